@@ -1,0 +1,466 @@
+"""Streaming chat client for EXO's OpenAI-style API, built for measurement.
+
+Contract
+--------
+`BenchClient(base_url, model).send(ChatRequest(...)) -> RequestRecord` never raises for a
+server or transport problem: the record carries `error` / `error_kind` instead, so a load
+generator can count failures. It raises only for programming errors (bad arguments).
+
+Clock rules: every duration comes from `time.perf_counter()` (monotonic, sub-µs); the wall
+clock (`time.time()`) is kept only as `wall_start`, a timestamp for the ledger. All times in a
+record are seconds *relative to* `t_send` (the instant just before the request is handed to
+`requests`), so records are JSON-ready and comparable across processes.
+
+Arrival times: the body is read with `urllib3`'s `read1()` — it returns as soon as *any* bytes
+are on the socket (chunked or not), so a chunk is stamped when it reaches Python, not when a
+line buffer fills. All SSE events that arrive in one read share that read's stamp (they did
+arrive together).
+
+EXO's SSE (reference/exo-contract.md §2.5) and how each piece is handled:
+- comment lines: `: keep-alive` (counted; a stream that shows only keep-alives for
+  `stall_timeout_s` is aborted as `stalled`), `: prefill_progress {...}` (kept with its
+  arrival time), `: generation_stats {...}` (parsed; server truth for token counts and tps);
+- `data: {...}` chunks with `object:"chat.completion"` (not `.chunk`) and `role` repeated in
+  every delta: a chunk is a *token chunk* when its delta has non-empty `content`,
+  `reasoning_content` (or `reasoning`), or `tool_calls`; role-only chunks are not tokens;
+- `usage` is read from whichever chunk carries it (EXO: the last content chunk);
+- `data: {"error": {...}}` -> `error_kind="stream_error"` (the message is kept);
+- end of body without `data: [DONE]` -> `error_kind="no_done"` (tokens so far are kept);
+- non-stream: HTTP 200 whose body is cut or is not JSON -> `error_kind="truncated"`;
+- non-200 -> `error_kind="http"` with EXO's `{"error":{"message":...}}` or FastAPI `detail`.
+
+Metric definitions (also in modeldrop/bench/README.md) are properties of `RequestRecord`:
+- TTFT  = first token chunk (reasoning included) - send
+- TTFC  = first *content* chunk - send (time to the answer; equals TTFT without reasoning)
+- E2E   = last token chunk - send (stream); response fully read - send (non-stream)
+- n     = server completion tokens: `usage.completion_tokens`, else
+          `generation_stats.generation_tokens`, else None (we never guess from chunk counts)
+- TPOT  = (E2E - TTFT) / (n - 1)
+- ITL   = gaps between consecutive token chunks (per chunk; a chunk may carry several tokens)
+- decode tok/s = (n - n_first) / (t_last - t_first), where n_first is the number of tokens in
+          the first token chunk: 1 when the server sends one token per chunk (EXO), else
+          estimated as n x chars(first chunk) / chars(all chunks). With one token per chunk this
+          is exactly (n - 1) / (t_last - t_first).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import requests
+
+CHAT_PATH = "/v1/chat/completions"
+BENCH_PATH = "/bench/chat/completions"
+
+ERROR_KINDS = ("http", "stream_error", "no_done", "truncated", "stalled", "timeout", "connection",
+               "parse")
+
+
+@dataclass
+class ChatRequest:
+    """One chat completion to send. `extra_body` is merged into the JSON body last."""
+
+    messages: list[dict[str, Any]]
+    max_tokens: int
+    stream: bool = True
+    endpoint: str = CHAT_PATH
+    temperature: float | None = 0.0
+    enable_thinking: bool | None = None
+    reasoning_effort: str | None = None
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    tag: str = ""
+
+    def body(self, model: str) -> dict[str, Any]:
+        """The JSON body EXO expects (`max_tokens`, never `max_completion_tokens`)."""
+        out: dict[str, Any] = {"model": model, "messages": self.messages,
+                               "max_tokens": self.max_tokens, "stream": self.stream}
+        if self.temperature is not None:
+            out["temperature"] = self.temperature
+        if self.enable_thinking is not None:
+            out["enable_thinking"] = self.enable_thinking
+        if self.reasoning_effort is not None:
+            out["reasoning_effort"] = self.reasoning_effort
+        out.update(self.extra_body)
+        return out
+
+
+@dataclass
+class RequestRecord:
+    """Everything measured about one request. Times are seconds after `t_send`."""
+
+    tag: str
+    endpoint: str
+    stream: bool
+    wall_start: float  # time.time() at send, for the ledger only
+    t_send: float  # perf_counter() at send (absolute; same clock for all requests of a process)
+    status: int | None = None
+    t_headers: float | None = None
+    t_first_byte: float | None = None
+    t_first_token: float | None = None
+    t_first_content: float | None = None
+    t_last_token: float | None = None
+    t_end: float | None = None
+    chunk_times: list[float] = field(default_factory=list)  # token chunks only
+    chunk_chars: list[int] = field(default_factory=list)
+    chunk_reasoning: list[bool] = field(default_factory=list)
+    data_events: int = 0  # every `data:` line, [DONE] excluded
+    keepalives: int = 0
+    prefill_progress: list[list[float]] = field(default_factory=list)  # [t, processed, total]
+    usage: dict[str, Any] | None = None
+    generation_stats: dict[str, Any] | None = None
+    finish_reason: str | None = None
+    saw_done: bool = False
+    text: str = ""
+    reasoning_text: str = ""
+    error: str | None = None
+    error_kind: str | None = None
+    client_cpu_s: float = 0.0  # CPU time of the sending thread spent on this request
+
+    # ---- derived metrics -------------------------------------------------------------------
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def completion_tokens(self) -> int | None:
+        """Server-reported output tokens (usage first, then generation_stats)."""
+        if self.usage and isinstance(self.usage.get("completion_tokens"), int):
+            return self.usage["completion_tokens"]
+        if self.generation_stats and isinstance(self.generation_stats.get("generation_tokens"), int):
+            return self.generation_stats["generation_tokens"]
+        return None
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        if self.usage and isinstance(self.usage.get("prompt_tokens"), int):
+            return self.usage["prompt_tokens"]
+        if self.generation_stats and isinstance(self.generation_stats.get("prompt_tokens"), int):
+            return self.generation_stats["prompt_tokens"]
+        return None
+
+    @property
+    def ttft(self) -> float | None:
+        return self.t_first_token
+
+    @property
+    def ttfc(self) -> float | None:
+        return self.t_first_content
+
+    @property
+    def e2e(self) -> float | None:
+        if self.stream:
+            return self.t_last_token if self.t_last_token is not None else self.t_end
+        return self.t_end
+
+    @property
+    def tpot(self) -> float | None:
+        n, e2e, ttft = self.completion_tokens, self.e2e, self.ttft
+        if n is None or n < 2 or e2e is None or ttft is None:
+            return None
+        return (e2e - ttft) / (n - 1)
+
+    @property
+    def itls(self) -> list[float]:
+        t = self.chunk_times
+        return [b - a for a, b in zip(t, t[1:], strict=False)]
+
+    @property
+    def first_chunk_tokens(self) -> float:
+        """Tokens in the first token chunk: 1 with one token per chunk, else a char-share estimate."""
+        n = self.completion_tokens
+        if n is None or not self.chunk_chars or len(self.chunk_chars) >= n:
+            return 1.0
+        total = sum(self.chunk_chars)
+        return max(1.0, n * self.chunk_chars[0] / total) if total else 1.0
+
+    @property
+    def decode_tps(self) -> float | None:
+        n = self.completion_tokens
+        if n is None or len(self.chunk_times) < 2:
+            return None
+        window = self.chunk_times[-1] - self.chunk_times[0]
+        tokens = n - self.first_chunk_tokens
+        return tokens / window if window > 0 and tokens > 0 else None
+
+    @property
+    def server_generation_tps(self) -> float | None:
+        gs = self.generation_stats or {}
+        v = gs.get("generation_tps")
+        return float(v) if isinstance(v, int | float) else None
+
+    @property
+    def reasoning_chunks(self) -> int:
+        return sum(self.chunk_reasoning)
+
+    @property
+    def reasoning_tokens_est(self) -> int | None:
+        """Reasoning tokens: the server's count when non-zero (EXO always sends 0), else
+        n x (reasoning chunks / token chunks), exact with one token per chunk."""
+        details = (self.usage or {}).get("completion_tokens_details") or {}
+        if details.get("reasoning_tokens"):
+            return int(details["reasoning_tokens"])
+        n = self.completion_tokens
+        if n is None or not self.chunk_reasoning:
+            return None if n is None else 0
+        return round(n * self.reasoning_chunks / len(self.chunk_reasoning))
+
+    def to_dict(self, keep_text: int = 400) -> dict[str, Any]:
+        """JSON-ready raw record plus the derived metrics; text capped to `keep_text` chars."""
+        d = asdict(self)
+        d["text"] = self.text[:keep_text]
+        d["reasoning_text"] = self.reasoning_text[:keep_text]
+        for name in ("completion_tokens", "prompt_tokens", "ttft", "ttfc", "e2e", "tpot",
+                     "decode_tps", "server_generation_tps", "reasoning_tokens_est"):
+            d[name] = getattr(self, name)
+        d["ok"] = self.ok
+        return d
+
+
+class _Abort(Exception):
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def _error_message(body: bytes) -> str:
+    """EXO `{"error":{"message"}}`, FastAPI `{"detail"}`, or the first 300 chars of the body."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return body[:300].decode("utf-8", "replace")
+    if isinstance(obj, dict):
+        err = obj.get("error")
+        if isinstance(err, dict) and "message" in err:
+            return str(err["message"])
+        if "detail" in obj:
+            return json.dumps(obj["detail"])[:300]
+    return json.dumps(obj)[:300]
+
+
+class _SSEState:
+    """Incremental SSE parser that fills a RequestRecord; call `feed(bytes, t)` per read."""
+
+    def __init__(self, rec: RequestRecord, stall_timeout_s: float):
+        self.rec = rec
+        self.buf = b""
+        self.stall_timeout_s = stall_timeout_s
+        self.last_data_t = 0.0
+        self.text_parts: list[str] = []
+        self.reasoning_parts: list[str] = []
+
+    def feed(self, data: bytes, t: float) -> None:
+        self.buf += data
+        if b"\n" not in data:
+            return
+        *lines, self.buf = self.buf.split(b"\n")
+        for raw in lines:
+            line = raw.rstrip(b"\r")
+            if line:
+                self._line(line, t)
+
+    def _line(self, line: bytes, t: float) -> None:
+        if line.startswith(b":"):
+            self._comment(line[1:].strip(), t)
+        elif line.startswith(b"data:"):
+            self.last_data_t = t
+            self._data(line[5:].strip(), t)
+        # other SSE fields (event:, id:, retry:) carry nothing for us
+
+    def _comment(self, body: bytes, t: float) -> None:
+        rec = self.rec
+        if body.startswith(b"keep-alive"):
+            rec.keepalives += 1
+            if t - self.last_data_t > self.stall_timeout_s:
+                raise _Abort("stalled", f"only keep-alive for {t - self.last_data_t:.1f}s, no data")
+        elif body.startswith(b"generation_stats"):
+            rec.generation_stats = _json_or_none(body[len(b"generation_stats"):])
+        elif body.startswith(b"prefill_progress"):
+            obj = _json_or_none(body[len(b"prefill_progress"):]) or {}
+            inner = obj.get("PrefillProgressChunk", obj)
+            rec.prefill_progress.append([t, inner.get("processed_tokens", 0), inner.get("total_tokens", 0)])
+
+    def _data(self, payload: bytes, t: float) -> None:
+        rec = self.rec
+        if payload == b"[DONE]":
+            rec.saw_done = True
+            return
+        rec.data_events += 1
+        obj = _json_or_none(payload)
+        if not isinstance(obj, dict):
+            raise _Abort("parse", f"unparseable data line: {payload[:120]!r}")
+        if "error" in obj:
+            err = obj["error"]
+            msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+            raise _Abort("stream_error", msg)
+        if isinstance(obj.get("usage"), dict):
+            rec.usage = obj["usage"]
+        if isinstance(obj.get("generation_stats"), dict):
+            rec.generation_stats = obj["generation_stats"]
+        for choice in obj.get("choices") or []:
+            self._choice(choice, t)
+
+    def _choice(self, choice: dict[str, Any], t: float) -> None:
+        rec = self.rec
+        if choice.get("finish_reason"):
+            rec.finish_reason = choice["finish_reason"]
+        delta = choice.get("delta") or {}
+        content = delta.get("content") or ""
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+        tools = delta.get("tool_calls")
+        if not (content or reasoning or tools):
+            return
+        if rec.t_first_token is None:
+            rec.t_first_token = t
+        if content and rec.t_first_content is None:
+            rec.t_first_content = t
+        rec.t_last_token = t
+        rec.chunk_times.append(t)
+        rec.chunk_chars.append(len(content) + len(reasoning) + (len(json.dumps(tools)) if tools else 0))
+        rec.chunk_reasoning.append(bool(reasoning) and not content)
+        if content:
+            self.text_parts.append(content)
+        if reasoning:
+            self.reasoning_parts.append(reasoning)
+
+    def finish(self) -> None:
+        if self.buf.strip():
+            self._line(self.buf.rstrip(b"\r"), self.rec.t_end or 0.0)
+            self.buf = b""
+        self.rec.text = "".join(self.text_parts)
+        self.rec.reasoning_text = "".join(self.reasoning_parts)
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+class BenchClient:
+    """A measuring client for one EXO API base URL and one model id; thread-safe.
+
+    Each thread gets its own `requests.Session` (keep-alive connection reuse), so N load
+    threads hold N connections, like N users.
+    """
+
+    def __init__(self, base_url: str, model: str, *, connect_timeout_s: float = 5.0,
+                 read_timeout_s: float = 600.0, stall_timeout_s: float = 60.0):
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.timeout = (connect_timeout_s, read_timeout_s)
+        self.stall_timeout_s = stall_timeout_s
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        s = getattr(self._local, "session", None)
+        if s is None:
+            s = requests.Session()
+            self._local.session = s
+        return s
+
+    def close(self) -> None:
+        """Close this thread's session (other threads' sessions close when they are collected)."""
+        s = getattr(self._local, "session", None)
+        if s is not None:
+            s.close()
+            self._local.session = None
+
+    def send(self, req: ChatRequest) -> RequestRecord:
+        """Send one request and measure it; errors are returned in the record, never raised."""
+        body = json.dumps(req.body(self.model)).encode()
+        cpu0 = time.thread_time()
+        rec = RequestRecord(tag=req.tag, endpoint=req.endpoint, stream=req.stream,
+                            wall_start=time.time(), t_send=time.perf_counter())
+        try:
+            self._exchange(req, body, rec)
+        except _Abort as e:
+            rec.error_kind, rec.error = e.kind, str(e)
+        except requests.Timeout as e:
+            rec.error_kind, rec.error = "timeout", f"{type(e).__name__}: {e}"
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as e:
+            rec.error_kind, rec.error = "truncated", f"body cut: {type(e).__name__}: {e}"
+        except requests.RequestException as e:
+            rec.error_kind, rec.error = "connection", f"{type(e).__name__}: {e}"
+        except Exception as e:  # urllib3 protocol errors surface raw from read1()
+            kind = "truncated" if rec.status == 200 else "connection"
+            rec.error_kind, rec.error = kind, f"{type(e).__name__}: {e}"
+        if rec.t_end is None:
+            rec.t_end = time.perf_counter() - rec.t_send
+        rec.client_cpu_s = time.thread_time() - cpu0
+        return rec
+
+    def _exchange(self, req: ChatRequest, body: bytes, rec: RequestRecord) -> None:
+        headers = {"Content-Type": "application/json",
+                   "Accept": "text/event-stream" if req.stream else "application/json"}
+        resp = self._session().post(self.base_url + req.endpoint, data=body, headers=headers,
+                                    stream=True, timeout=self.timeout)
+        with resp:
+            rec.t_headers = time.perf_counter() - rec.t_send
+            rec.status = resp.status_code
+            if resp.status_code != 200:
+                raw = resp.content
+                rec.t_end = time.perf_counter() - rec.t_send
+                raise _Abort("http", f"HTTP {resp.status_code}: {_error_message(raw)}")
+            if req.stream:
+                self._read_stream(resp, rec)
+            else:
+                self._read_whole(resp, rec)
+
+    def _read_stream(self, resp: requests.Response, rec: RequestRecord) -> None:
+        state = _SSEState(rec, self.stall_timeout_s)
+        raw = resp.raw
+        t0 = rec.t_send
+        clock = time.perf_counter
+        try:
+            while True:
+                data = raw.read1(65536)
+                t = clock() - t0
+                if not data:
+                    break
+                if rec.t_first_byte is None:
+                    rec.t_first_byte = t
+                state.feed(data, t)
+        finally:
+            rec.t_end = clock() - t0
+            try:
+                state.finish()
+            except _Abort:
+                pass
+        if not rec.saw_done:
+            raise _Abort("no_done", f"stream ended without [DONE] after {len(rec.chunk_times)} token chunks")
+
+    def _read_whole(self, resp: requests.Response, rec: RequestRecord) -> None:
+        raw_body = resp.content
+        rec.t_end = time.perf_counter() - rec.t_send
+        rec.t_first_byte = rec.t_headers
+        try:
+            obj = json.loads(raw_body)
+        except ValueError as e:
+            raise _Abort("truncated", f"HTTP 200 but body is not JSON ({len(raw_body)} bytes): {e}") from None
+        if not isinstance(obj, dict) or "error" in obj:
+            raise _Abort("stream_error", _error_message(raw_body))
+        rec.usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else None
+        if isinstance(obj.get("generation_stats"), dict):
+            rec.generation_stats = obj["generation_stats"]
+        choices = obj.get("choices") or [{}]
+        msg = choices[0].get("message") or {}
+        rec.finish_reason = choices[0].get("finish_reason")
+        rec.text = msg.get("content") or ""
+        rec.reasoning_text = msg.get("reasoning_content") or msg.get("reasoning") or ""
+        rec.saw_done = True
+
+
+def quick_chat(base_url: str, model: str, *, timeout_s: float = 60.0) -> RequestRecord:
+    """A short non-stream chat ("Say OK", 8 tokens) to check the instance still answers."""
+    client = BenchClient(base_url, model, read_timeout_s=timeout_s)
+    rec = client.send(ChatRequest(messages=[{"role": "user", "content": "Say OK."}],
+                                  max_tokens=8, stream=False, tag="liveness"))
+    client.close()
+    if rec.ok and not (rec.text or rec.reasoning_text):
+        rec.error_kind, rec.error = "parse", "HTTP 200 but no text in choices[0].message"
+    return rec

@@ -1,0 +1,323 @@
+"""RunConfig: what a run is about, from options > environment > env file > model profile.
+
+`OPTIONS` is the one table of settings: each has an env key (read from the environment and the
+env file) and, for most, a command-line flag that the plugin registers. `load_config` validates
+everything up front and raises `InputError` (one line, naming the input) before any node is
+touched. Per-node keys (`MODEL_DIR_NODE2`, …) are env/env-file only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modeldrop import profiles, validate
+from modeldrop.errors import InputError
+
+MAX_NODES = 4
+PER_NODE_KEYS = ("NODE", "MODEL_DIR_NODE", "HF_CMD_NODE", "EXO_CMD_NODE", "EXO_LOG_DIR_NODE", "PYTHON_CMD_NODE")
+DEFAULT_ENV_FILE = Path("config/model_drop.env")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: env key, optional CLI flag, kind ('str','bool','int','duration','choice'), default, help."""
+
+    key: str
+    flag: str | None
+    kind: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("MODEL_ID", "--model", "str", None, "Hugging Face model id org/name"),
+    Option("NODES", "--nodes", "str", None, "comma-separated node targets: local, ssh alias, user@host[:port]"),
+    Option("RUN_REPORT_DIR", "--report-dir", "str", "reports", "where run folders go"),
+    Option("PROFILE_PATH", "--profile-path", "str", "model_profiles.json", "model profiles file"),
+    Option("FAST", "--fast", "bool", False, "strict-only checks (counts, size plausibility, parity of non-weight files) become warnings"),
+    Option("ONLINE", "--online", "bool", False, "exo online (default offline) and the hub's tree as the expected manifest"),
+    Option("ALLOW_BLOCKED_MODEL", "--allow-blocked-model", "bool", False, "run a model whose profile status is blocked"),
+    Option("VERIFY_HASHES", "--verify-hashes", "bool", False, "also check sha256 of every large file against the hub's etag"),
+    Option("ACCEPT_NEW_HOST_KEYS", "--accept-new-host-keys", "bool", False, "accept and record SSH host keys not yet in known_hosts"),
+    Option("TEARDOWN", "--teardown", "bool", False, "stop the cluster after a green run (default: leave it serving)"),
+    Option("STOP_EXISTING_EXO", "--stop-existing-exo", "bool", False, "stop exo processes of the configured EXO_CMD or EXO.app found on the nodes"),
+    Option("RESUME_BOOTSTRAP", "--resume-bootstrap", "bool", False, "skip gates that have a matching recent pass"),
+    Option("AUDIT", "--audit", "bool", False, "preflight, verify and parity on the dirs as they are; no downloads, no exo"),
+    Option("PASS_MAX_AGE", "--pass-max-age", "duration", 24 * 3600.0, "how old a cached gate pass may be to be reused (e.g. 6h)"),
+    Option("CLUSTER_WINDOW_S", "--cluster-window", "duration", 60.0, "how long the cluster may show fewer than N nodes before the isolation fast stop"),
+    Option("SETTLE_WINDOW_S", "--settle-window", "duration", 10.0, "how long exo must stay up without exits or restarts at startup"),
+    Option("READY_TIMEOUT_S", "--ready-timeout", "duration", 600.0, "deadline for every runner to reach Ready"),
+    Option("EXO_SHARDING", "--sharding", "choice", None, "placement sharding (default from the profile, else Pipeline)", ("Pipeline", "Tensor")),
+    Option("EXO_INSTANCE_META", "--instance-meta", "choice", None, "placement transport (default from the profile, else MlxRing)", ("MlxRing", "MlxJaccl")),
+    Option("HF_REVISION", "--revision", "str", "main", "hub revision to download and audit"),
+    Option("HF_INCLUDE", None, "str", None, "hf download --include patterns, comma-separated (default from the profile)"),
+    Option("EXPECTED_SAFE_TENSOR_COUNT", None, "int", None, "expected number of .safetensors files"),
+    Option("EXPECTED_GGUF_COUNT", None, "int", None, "expected number of .gguf files"),
+    Option("EXO_API_PORT", None, "int", 52415, "exo API port, the same on every node"),
+    Option("EXO_NAMESPACE", None, "str", None, "exo discovery namespace (default modeldrop-<model folder>)"),
+    Option("HF_ENDPOINT", None, "str", None, "hub endpoint passed to hf on the nodes (default: the public hub)"),
+    Option("HF_TOKEN", None, "str", None, "hub token passed to hf on the nodes; never logged"),
+    Option("HF_CMD", None, "str", "/opt/homebrew/bin/hf", "default hf binary for nodes without HF_CMD_NODEk"),
+    Option("EXO_CMD", None, "str", "/Applications/EXO.app/Contents/Resources/exo/exo", "default exo binary for nodes without EXO_CMD_NODEk"),
+    Option("EXO_LOG_DIR", None, "str", "~/modeldrop-logs", "default dir on each node for exo's stdout/stderr"),
+    Option("DISK_MARGIN_GB", None, "int", None, "free disk required beyond the model size (default from the profile, else 10%% + 1 GB)"),
+    Option("SSH_CONFIG", None, "str", "~/.ssh/config", "ssh_config file for aliases, User, Port, IdentityFile"),
+    Option("SSH_KNOWN_HOSTS", None, "str", "~/.ssh/known_hosts", "known_hosts file that host keys are checked against"),
+)
+OPTION_BY_KEY = {o.key: o for o in OPTIONS}
+SECRET_KEYS = frozenset({"HF_TOKEN"})
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One node: its index (1-based), name (`node1`), SSH target or `local`, and absolute paths on it."""
+
+    index: int
+    name: str
+    target: str
+    model_dir: str
+    hf_cmd: str
+    exo_cmd: str
+    exo_log_dir: str
+    python_cmd: str | None = None
+
+    @property
+    def models_parent(self) -> str:
+        """The directory exo must be pointed at: the parent of the model dir."""
+        return self.model_dir.rsplit("/", 1)[0] or "/"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs to know, validated. `values` keeps every resolved key for the ledger."""
+
+    model_id: str
+    nodes: tuple[NodeConfig, ...]
+    include: tuple[str, ...]
+    expected_safetensors: int | None
+    expected_gguf: int | None
+    min_free_bytes: int | None
+    api_port: int
+    namespace: str
+    report_dir: Path
+    profile_path: Path
+    profile: dict | None
+    sources: dict[str, str] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+    env_file: Path | None = None
+    sandbox: bool = False
+
+    def __getattr__(self, name: str) -> Any:
+        """Flags and settings by lower-case key name, e.g. `cfg.fast`, `cfg.online`, `cfg.pass_max_age`."""
+        values = self.__dict__.get("values", {})
+        if name.upper() in values:
+            return values[name.upper()]
+        raise AttributeError(name)
+
+    @property
+    def model_folder(self) -> str:
+        """`org--name`: the folder exo expects under its models dir."""
+        return validate.model_folder(self.model_id)
+
+    def node(self, k: int) -> NodeConfig:
+        """Node `k` (1-based)."""
+        return self.nodes[k - 1]
+
+    def redacted(self) -> dict[str, Any]:
+        """Resolved values for reports, with secrets replaced by `***`."""
+        out = {k: ("***" if k in SECRET_KEYS and v else v) for k, v in self.values.items()}
+        out["nodes"] = [asdict(n) for n in self.nodes]
+        return out
+
+
+def read_env_file(path: Path) -> dict[str, tuple[str, str]]:
+    """Read an env file into {KEY: (value, "file:line")}; malformed lines and unknown keys raise InputError."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise InputError(f"--env-file: cannot read {path}: {e.strerror or e}") from None
+    out: dict[str, tuple[str, str]] = {}
+    for i, line in enumerate(lines, 1):
+        where = f"{path}:{i}"
+        parsed = validate.env_line(line, where)
+        if parsed is None:
+            continue
+        key, value = parsed
+        if not is_known_key(key):
+            raise InputError(f"{where}: unknown key {key!r}; known keys are listed in config/model_drop.env.example")
+        out[key] = (value, where)
+    return out
+
+
+def is_known_key(key: str) -> bool:
+    """True for a key in OPTIONS or a per-node key NODEk / MODEL_DIR_NODEk / … with k in 1..4."""
+    if key in OPTION_BY_KEY:
+        return True
+    m = re.fullmatch(r"([A-Z_]+?)([1-9])", key)
+    return bool(m and m.group(1) in PER_NODE_KEYS and int(m.group(2)) <= MAX_NODES)
+
+
+def _layered(cli: Mapping[str, Any], environ: Mapping[str, str],
+             file_values: Mapping[str, tuple[str, str]]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Merge raw values by precedence: command line > environment > env file; remember each source."""
+    raw: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for key, (value, where) in file_values.items():
+        raw[key], source[key] = value, where
+    for key, value in environ.items():
+        if is_known_key(key):
+            raw[key], source[key] = value, "environment"
+    for key, value in cli.items():
+        if value is not None:
+            opt = OPTION_BY_KEY[key]
+            raw[key], source[key] = value, opt.flag or key
+    return raw, source
+
+
+_CONVERT: dict[str, Callable[[Any, str], Any]] = {
+    "str": lambda v, s: str(v),
+    "bool": validate.boolean,
+    "int": lambda v, s: validate.count(v, s),
+    "duration": validate.duration_s,
+}
+
+
+def _convert(opt: Option, value: Any, where: str) -> Any:
+    """Convert one raw option value to its kind, validating choices."""
+    if opt.kind == "choice":
+        if value not in opt.choices:
+            raise InputError(f"{where}: invalid {opt.key} {value!r}; expected one of {', '.join(opt.choices)}")
+        return value
+    return _CONVERT[opt.kind](value, where)
+
+
+def _settings(raw: Mapping[str, Any], source: Mapping[str, str]) -> dict[str, Any]:
+    """Every OPTIONS key converted, defaults filled in."""
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        if opt.key in raw and raw[opt.key] not in (None, ""):
+            values[opt.key] = _convert(opt, raw[opt.key], f"{source.get(opt.key, opt.key)} ({opt.key})")
+        else:
+            values[opt.key] = opt.default
+    return values
+
+
+def _targets(raw: Mapping[str, Any], source: Mapping[str, str]) -> list[str]:
+    """Node targets from NODES (comma list) or NODE1..NODE4; at least one, at most four."""
+    if raw.get("NODES"):
+        items = [t.strip() for t in str(raw["NODES"]).split(",")]
+        where = source.get("NODES", "NODES")
+    else:
+        items = [str(raw[f"NODE{k}"]) for k in range(1, MAX_NODES + 1) if raw.get(f"NODE{k}")]
+        where = "NODE1..NODE4"
+    if not items:
+        raise InputError("--nodes: no nodes configured; set --nodes (e.g. local or studio1,studio2) or NODE1..NODE4")
+    if len(items) > MAX_NODES:
+        raise InputError(f"{where}: {len(items)} nodes given; modeldrop supports 1 to {MAX_NODES}")
+    targets = [validate.node_spec(t, where) for t in items]
+    if len(set(targets)) != len(targets):
+        raise InputError(f"{where}: the same node is listed twice: {', '.join(targets)}")
+    return targets
+
+
+def _node(k: int, target: str, raw: Mapping[str, Any], values: Mapping[str, Any], folder: str) -> NodeConfig:
+    """Resolve node k's paths: per-node key, else the global key, else the default."""
+    def pick(per_node: str, default: str) -> str:
+        key = f"{per_node}{k}"
+        return validate.node_path(str(raw.get(key) or default), key)
+
+    python = raw.get(f"PYTHON_CMD_NODE{k}")
+    return NodeConfig(
+        index=k, name=f"node{k}", target=target,
+        model_dir=pick("MODEL_DIR_NODE", f"~/.exo/models/{folder}"),
+        hf_cmd=pick("HF_CMD_NODE", values["HF_CMD"]),
+        exo_cmd=pick("EXO_CMD_NODE", values["EXO_CMD"]),
+        exo_log_dir=pick("EXO_LOG_DIR_NODE", values["EXO_LOG_DIR"]),
+        python_cmd=validate.node_path(str(python), f"PYTHON_CMD_NODE{k}") if python else None,
+    )
+
+
+def load_config(cli: Mapping[str, Any], *, environ: Mapping[str, str] | None = None,
+                env_file: Path | None = None, sandbox: bool = False) -> RunConfig:
+    """Build and validate the RunConfig; raise InputError (one line) on any bad input."""
+    environ = os.environ if environ is None else environ
+    file_values = read_env_file(env_file) if env_file else {}
+    raw, source = _layered(cli, environ, file_values)
+    values = _settings(raw, source)
+    if not values["MODEL_ID"]:
+        raise InputError("--model: no model given; pass --model org/name or set MODEL_ID")
+    model = validate.model_id(values["MODEL_ID"], source.get("MODEL_ID", "--model"))
+    values["MODEL_ID"] = model
+    profile_path = Path(values["PROFILE_PATH"]).expanduser()
+    profile = profiles.lookup(profiles.load(profile_path), model)
+    folder = validate.model_folder(model)
+    nodes = tuple(_node(k, t, raw, values, folder) for k, t in enumerate(_targets(raw, source), 1))
+    values["NODES"] = ",".join(n.target for n in nodes)
+    _apply_profile(values, raw, profile)
+    include = validate.include_patterns(values["HF_INCLUDE"] or "", source.get("HF_INCLUDE", "HF_INCLUDE"))
+    namespace = validate.namespace(values["EXO_NAMESPACE"] or f"modeldrop-{folder}"[:64], "EXO_NAMESPACE")
+    return RunConfig(
+        model_id=model, nodes=nodes, include=include,
+        expected_safetensors=values["EXPECTED_SAFE_TENSOR_COUNT"],
+        expected_gguf=values["EXPECTED_GGUF_COUNT"],
+        min_free_bytes=_min_free_bytes(values, profile),
+        api_port=validate.port(values["EXO_API_PORT"], "EXO_API_PORT"),
+        namespace=namespace, report_dir=Path(values["RUN_REPORT_DIR"]).expanduser(),
+        profile_path=profile_path, profile=profile, sources=dict(source), values=values,
+        env_file=env_file, sandbox=sandbox,
+    )
+
+
+def _apply_profile(values: dict[str, Any], raw: Mapping[str, Any], profile: dict | None) -> None:
+    """Fill keys the operator did not set from the model's profile (lowest precedence)."""
+    if not profile:
+        return
+    mapping = {"HF_INCLUDE": ("include", lambda v: ",".join(v)),
+               "EXPECTED_SAFE_TENSOR_COUNT": ("expected_safetensors", int),
+               "EXPECTED_GGUF_COUNT": ("expected_gguf", int),
+               "EXO_SHARDING": ("sharding", str), "EXO_INSTANCE_META": ("instance_meta", str)}
+    for key, (field_name, conv) in mapping.items():
+        if raw.get(key) in (None, "") and profile.get(field_name) is not None:
+            values[key] = conv(profile[field_name])
+
+
+def _min_free_bytes(values: Mapping[str, Any], profile: dict | None) -> int | None:
+    """Disk threshold: model size + margin, from DISK_MARGIN_GB / the profile; None when size is unknown."""
+    profile = profile or {}
+    if profile.get("disk_threshold_gb") is not None and values["DISK_MARGIN_GB"] is None:
+        return int(float(profile["disk_threshold_gb"]) * 1e9)
+    size = profile.get("total_size_bytes")
+    if size is None:
+        return None
+    margin = values["DISK_MARGIN_GB"]
+    return int(size + (margin * 1e9 if margin is not None else size * 0.10 + 1e9))
+
+
+def effective(cfg: RunConfig, key: str, fallback: Any) -> Any:
+    """A value with a run-time fallback, e.g. effective(cfg, 'EXO_SHARDING', 'Pipeline')."""
+    v = cfg.values.get(key)
+    return fallback if v in (None, "") else v
+
+
+def example_env_file() -> str:
+    """The text of config/model_drop.env.example: every key, commented."""
+    lines = ["# modeldrop configuration. Precedence: command line > environment > this file > model profile.",
+             "# Copy to config/model_drop.env (the default --env-file) and edit.", ""]
+    for opt in OPTIONS:
+        flag = f" (also {opt.flag})" if opt.flag else ""
+        default = "" if opt.default in (None, False) else opt.default
+        lines += [f"# {opt.help.replace('%%', '%')}{flag}", f"# {opt.key}={default}", ""]
+    lines += ["# Per node k = 1..4 (node 1 is where the canary runs):",
+              "# NODE1=studio1              # ssh_config alias, user@host[:port], or local",
+              "# MODEL_DIR_NODE1=~/.exo/models/mlx-community--Qwen3.5-122B-A10B-4bit   # must end in org--name",
+              "# HF_CMD_NODE1=/opt/homebrew/bin/hf",
+              "# EXO_CMD_NODE1=/Applications/EXO.app/Contents/Resources/exo/exo",
+              "# EXO_LOG_DIR_NODE1=~/modeldrop-logs",
+              "# PYTHON_CMD_NODE1=/opt/homebrew/bin/python3   # python3 for probes (default: picked per node)", ""]
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""NodePool: the run's Node objects, made lazily from the RunConfig and closed once at the end.
+
+One SSH connection per node for the whole session: every gate, fixture and plugin hook asks the
+pool for `pool.get(k)` instead of connecting itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from modeldrop.config import RunConfig
+from modeldrop.nodes import Node, make_node
+
+
+class NodePool:
+    """Lazily connected nodes of one run, keyed by 1-based index."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self._nodes: dict[int, Node] = {}
+        self._lock = threading.Lock()
+
+    def get(self, k: int) -> Node:
+        """Node k (1-based), created on first use with the run's SSH settings."""
+        with self._lock:
+            if k not in self._nodes:
+                nc = self.cfg.node(k)
+                self._nodes[k] = make_node(
+                    nc.name, nc.target,
+                    ssh_config=Path(self.cfg.values["SSH_CONFIG"]).expanduser(),
+                    known_hosts=Path(self.cfg.values["SSH_KNOWN_HOSTS"]).expanduser(),
+                    accept_new_host_keys=bool(self.cfg.values["ACCEPT_NEW_HOST_KEYS"]),
+                    python_cmd=nc.python_cmd,
+                )
+            return self._nodes[k]
+
+    def all(self) -> dict[int, Node]:
+        """Every configured node, created if needed."""
+        return {n.index: self.get(n.index) for n in self.cfg.nodes}
+
+    def opened(self) -> dict[int, Node]:
+        """Only the nodes already created (for transcripts and closing)."""
+        with self._lock:
+            return dict(self._nodes)
+
+    def close(self) -> None:
+        """Close every node that was opened."""
+        for node in self.opened().values():
+            node.close()

@@ -1,0 +1,83 @@
+"""Probes: stdlib-only Python 3.9 scripts that run ON a node, one round trip each.
+
+A probe is `modeldrop/probes/<name>.py` defining `main(args: dict) -> dict`. `probe_payload(name, args)`
+returns the script's source plus a footer that calls `main` with the args (embedded as a JSON string
+literal) and prints the result as one JSON line prefixed with `RESULT_MARKER`. The payload goes to the
+node's python on stdin (`python3 -`), so nothing is left on the node. The interpreter is chosen by the
+constant shell snippet `PYTHON_PICK` (macos-node-facts §2.2): it never runs the `/usr/bin/python3` CLT
+stub on a Mac without Command Line Tools, and exits 97 with `NO_PYTHON` when there is no python.
+
+Probe rules (checked by tests_selftest/test_probes.py with vermin): Python 3.9 stdlib only, no `match`,
+no runtime `X | Y`, no tomllib, no hashlib.file_digest; `from __future__ import annotations` at the top.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+PROBE_DIR = Path(__file__).resolve().parent
+RESULT_MARKER = "@@MODELDROP-RESULT@@ "
+PICKED_MARKER = "@@MODELDROP-PY@@ "
+NO_PYTHON_RC = 97
+
+# The only shell text the suite sends besides shlex-joined argv: pick a python, say which one on stderr
+# (the node caches it), and exec it on the probe script arriving on stdin.
+PYTHON_PICK = (
+    'PY=; for p in /opt/homebrew/bin/python3 /usr/local/bin/python3; do '
+    'if [ -x "$p" ]; then PY=$p; break; fi; done; '
+    'if [ -z "$PY" ]; then '
+    'if [ "$(uname -s)" = Darwin ]; then '
+    'D=$(xcode-select -p 2>/dev/null) && [ -x "$D/usr/bin/python3" ] && PY=$D/usr/bin/python3; '
+    'elif [ -x /usr/bin/python3 ]; then PY=/usr/bin/python3; '
+    'else PY=$(command -v python3 2>/dev/null); fi; fi; '
+    'if [ -z "$PY" ]; then echo NO_PYTHON >&2; exit 97; fi; '
+    f'echo "{PICKED_MARKER}$PY" >&2; exec "$PY" -'
+)
+
+PROBES = ("facts", "tool", "disk", "manifest", "hashes", "ports", "sockets", "procs", "tail", "spawn",
+          "stop", "fs", "dirsize")
+
+_FOOTER = """
+
+if __name__ == "__main__":
+    import json as _json
+    import sys as _sys
+    _result = main(_json.loads({args_literal}))
+    _sys.stdout.write("\\n" + {marker!r} + _json.dumps(_result, sort_keys=True) + "\\n")
+    _sys.stdout.flush()
+"""
+
+
+@cache
+def probe_source(name: str) -> str:
+    """The source of probe `name`; ValueError for a name that is not a probe."""
+    if name not in PROBES:
+        raise ValueError(f"unknown probe {name!r}; probes: {', '.join(PROBES)}")
+    return (PROBE_DIR / f"{name}.py").read_text(encoding="utf-8")
+
+
+def probe_payload(name: str, args: dict) -> bytes:
+    """The script sent on stdin: the probe's source and a footer that prints main(args) as one JSON line."""
+    args_literal = repr(json.dumps(args))
+    return (probe_source(name) + _FOOTER.format(args_literal=args_literal, marker=RESULT_MARKER)).encode()
+
+
+def parse_result(stdout: str) -> dict | None:
+    """The JSON object the probe printed after RESULT_MARKER (the last one), or None if there is none."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            return json.loads(line[len(RESULT_MARKER):])
+    return None
+
+
+def parse_picked(stderr: str) -> tuple[str | None, str]:
+    """(the python PYTHON_PICK chose, stderr without that line)."""
+    picked, rest = None, []
+    for line in stderr.splitlines(keepends=True):
+        if line.startswith(PICKED_MARKER):
+            picked = line[len(PICKED_MARKER):].strip()
+        else:
+            rest.append(line)
+    return picked, "".join(rest)

@@ -1,0 +1,87 @@
+"""model_profiles.json: what the suite knows about a model from earlier bootstraps.
+
+Shape: `{"version": 1, "models": {"org/name": {<fields below>}}}`. `load` validates every row and
+raises `InputError` naming the file and field; `status_gate` decides whether a run may start
+(blocked and deprecated stop it before any node is touched unless allowed; watch warns).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from modeldrop.errors import InputError
+
+STATUSES = ("active", "watch", "blocked", "deprecated")
+FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "status": (str, "one of " + "/".join(STATUSES)),
+    "include": (list, "a list of hf --include globs"),
+    "expected_safetensors": (int, "a whole number"),
+    "expected_gguf": (int, "a whole number"),
+    "total_size_bytes": (int, "a whole number of bytes"),
+    "disk_threshold_gb": ((int, float), "a number of GB"),
+    "sharding": (str, "Pipeline or Tensor"),
+    "instance_meta": (str, "MlxRing or MlxJaccl"),
+    "instance_id": (str, "a string"),
+    "hub_commit": (str, "a 40-hex commit"),
+    "notes": (str, "a string"),
+    "reason": (str, "a string"),
+    "updated": (str, "an ISO time"),
+    "reference": (dict, "an object of reference figures"),
+}
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Load and validate the profiles file; a missing file is an empty profile set."""
+    if not path.exists():
+        return {"version": 1, "models": {}}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("models", {}), dict):
+        raise InputError(f'{path}: expected an object {{"version": 1, "models": {{"org/name": {{...}}}}}}')
+    for model, row in data.get("models", {}).items():
+        _check_row(path, model, row)
+    data.setdefault("models", {})
+    return data
+
+
+def _check_row(path: Path, model: str, row: Any) -> None:
+    """Validate one model row: known fields, right types, status in STATUSES."""
+    where = f"{path}: models[{model!r}]"
+    if not isinstance(row, dict):
+        raise InputError(f"{where}: expected an object of profile fields")
+    for key, value in row.items():
+        if key not in FIELDS:
+            raise InputError(f"{where}: unknown field {key!r}; known fields: {', '.join(FIELDS)}")
+        kind, what = FIELDS[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise InputError(f"{where}.{key}: invalid value {value!r}; expected {what}")
+    if row.get("status", "active") not in STATUSES:
+        raise InputError(f"{where}.status: invalid value {row['status']!r}; expected one of {', '.join(STATUSES)}")
+    if not all(isinstance(p, str) and p for p in row.get("include", [])):
+        raise InputError(f"{where}.include: expected a list of non-empty glob strings")
+
+
+def lookup(profiles: dict[str, Any], model: str) -> dict | None:
+    """The row for `model`, or None."""
+    return profiles.get("models", {}).get(model)
+
+
+def status_gate(profile: dict | None, model: str, *, allow_blocked: bool) -> str | None:
+    """Raise InputError when the profile forbids the run; return a warning text for `watch`, else None."""
+    if not profile:
+        return None
+    status = profile.get("status", "active")
+    why = f" ({profile['reason']})" if profile.get("reason") else ""
+    if status == "blocked" and not allow_blocked:
+        raise InputError(f"{model}: profile status is blocked{why}; pass --allow-blocked-model (or ALLOW_BLOCKED_MODEL=1) to run it anyway")
+    if status == "deprecated":
+        raise InputError(f"{model}: profile status is deprecated{why}; use its successor or set the status to active in the profile")
+    if status == "watch":
+        return f"{model}: profile status is watch{why}; results are recorded but treat them with care"
+    return None

@@ -1,0 +1,8 @@
+"""EXO emulator: a stdlib + mlx-lm stand-in for exo-explore/exo (both wire generations).
+
+Started as ``python -m exo_emulator [exo flags]`` with ``EXO_EMULATOR_CONFIG`` naming the
+node's emulator.json. Fidelity target: /work/shared/reference/exo-contract.md.
+"""
+
+__all__ = ["__version__"]
+__version__ = "0.1.0"
