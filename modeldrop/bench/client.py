@@ -7,9 +7,12 @@ server or transport problem: the record carries `error` / `error_kind` instead, 
 generator can count failures. It raises only for programming errors (bad arguments).
 
 Clock rules: every duration comes from `time.perf_counter()` (monotonic, sub-µs); the wall
-clock (`time.time()`) is kept only as `wall_start`, a timestamp for the ledger. All times in a
-record are seconds *relative to* `t_send` (the instant just before the request is handed to
-`requests`), so records are JSON-ready and comparable across processes.
+clock (`time.time()`) is kept only as `wall_start`, a timestamp for the ledger. `t_send` is the
+instant the request's last byte was handed to the socket (stamped inside the HTTP connection's
+`send`); the time `requests` spends building the request before that is client overhead, kept
+apart as `send_overhead_s` (calibration showed it is ~1 ms per request and grows to tens of ms
+when 32 threads fire at once on 2 cores, which would otherwise be charged to the server's TTFT).
+All other times in a record are seconds *relative to* `t_send`, so records are JSON-ready.
 
 Arrival times: the body is read with `urllib3`'s `read1()` — it returns as soon as *any* bytes
 are on the socket (chunked or not), so a chunk is stamped when it reaches Python, not when a
@@ -52,6 +55,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 CHAT_PATH = "/v1/chat/completions"
 BENCH_PATH = "/bench/chat/completions"
@@ -96,7 +102,8 @@ class RequestRecord:
     endpoint: str
     stream: bool
     wall_start: float  # time.time() at send, for the ledger only
-    t_send: float  # perf_counter() at send (absolute; same clock for all requests of a process)
+    t_send: float  # perf_counter() when the request left for the socket (absolute, see module doc)
+    send_overhead_s: float = 0.0  # client time from send() call to t_send (not in any metric)
     status: int | None = None
     t_headers: float | None = None
     t_first_byte: float | None = None
@@ -113,6 +120,7 @@ class RequestRecord:
     usage: dict[str, Any] | None = None
     generation_stats: dict[str, Any] | None = None
     finish_reason: str | None = None
+    response_id: str | None = None  # EXO's command id (the `id` of the chunks)
     saw_done: bool = False
     text: str = ""
     reasoning_text: str = ""
@@ -220,6 +228,41 @@ class RequestRecord:
         return d
 
 
+_wire = threading.local()
+
+
+class _StampingHTTPConnection(HTTPConnection):
+    """Records in a thread-local the perf_counter right after each socket send."""
+
+    def send(self, data: Any) -> None:
+        super().send(data)
+        _wire.t = time.perf_counter()
+
+
+class _StampingHTTPSConnection(HTTPSConnection):
+    def send(self, data: Any) -> None:
+        super().send(data)
+        _wire.t = time.perf_counter()
+
+
+class _StampingHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _StampingHTTPConnection
+
+
+class _StampingHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _StampingHTTPSConnection
+
+
+def _stamping_session() -> requests.Session:
+    """A Session whose connections stamp the moment the request leaves for the socket."""
+    s = requests.Session()
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1)
+    adapter.poolmanager.pool_classes_by_scheme = {"http": _StampingHTTPPool, "https": _StampingHTTPSPool}
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    return s
+
+
 class _Abort(Exception):
     def __init__(self, kind: str, message: str):
         super().__init__(message)
@@ -296,6 +339,8 @@ class _SSEState:
             err = obj["error"]
             msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
             raise _Abort("stream_error", msg)
+        if rec.response_id is None and isinstance(obj.get("id"), str):
+            rec.response_id = obj["id"]
         if isinstance(obj.get("usage"), dict):
             rec.usage = obj["usage"]
         if isinstance(obj.get("generation_stats"), dict):
@@ -327,11 +372,14 @@ class _SSEState:
             self.reasoning_parts.append(reasoning)
 
     def finish(self) -> None:
-        if self.buf.strip():
-            self._line(self.buf.rstrip(b"\r"), self.rec.t_end or 0.0)
-            self.buf = b""
+        """Join the text; then parse a last line that had no newline (it may raise _Abort)."""
         self.rec.text = "".join(self.text_parts)
         self.rec.reasoning_text = "".join(self.reasoning_parts)
+        rest, self.buf = self.buf.rstrip(b"\r"), b""
+        if rest.strip():
+            self._line(rest, self.rec.t_end or 0.0)
+            self.rec.text = "".join(self.text_parts)
+            self.rec.reasoning_text = "".join(self.reasoning_parts)
 
 
 def _json_or_none(raw: bytes) -> Any:
@@ -359,7 +407,7 @@ class BenchClient:
     def _session(self) -> requests.Session:
         s = getattr(self._local, "session", None)
         if s is None:
-            s = requests.Session()
+            s = _stamping_session()
             self._local.session = s
         return s
 
@@ -397,8 +445,13 @@ class BenchClient:
     def _exchange(self, req: ChatRequest, body: bytes, rec: RequestRecord) -> None:
         headers = {"Content-Type": "application/json",
                    "Accept": "text/event-stream" if req.stream else "application/json"}
-        resp = self._session().post(self.base_url + req.endpoint, data=body, headers=headers,
-                                    stream=True, timeout=self.timeout)
+        t_call = rec.t_send
+        _wire.t = None
+        try:
+            resp = self._session().post(self.base_url + req.endpoint, data=body, headers=headers,
+                                        stream=True, timeout=self.timeout)
+        finally:
+            self._rebase(rec, t_call)
         with resp:
             rec.t_headers = time.perf_counter() - rec.t_send
             rec.status = resp.status_code
@@ -410,6 +463,14 @@ class BenchClient:
                 self._read_stream(resp, rec)
             else:
                 self._read_whole(resp, rec)
+
+    @staticmethod
+    def _rebase(rec: RequestRecord, t_call: float) -> None:
+        """Move t_send to the wire stamp when the connection recorded one (see module doc)."""
+        t_wire = getattr(_wire, "t", None)
+        if t_wire is not None and t_wire >= t_call:
+            rec.t_send = t_wire
+            rec.send_overhead_s = t_wire - t_call
 
     def _read_stream(self, resp: requests.Response, rec: RequestRecord) -> None:
         state = _SSEState(rec, self.stall_timeout_s)
@@ -444,6 +505,7 @@ class BenchClient:
             raise _Abort("truncated", f"HTTP 200 but body is not JSON ({len(raw_body)} bytes): {e}") from None
         if not isinstance(obj, dict) or "error" in obj:
             raise _Abort("stream_error", _error_message(raw_body))
+        rec.response_id = obj.get("id") if isinstance(obj.get("id"), str) else None
         rec.usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else None
         if isinstance(obj.get("generation_stats"), dict):
             rec.generation_stats = obj["generation_stats"]

@@ -50,12 +50,18 @@ if __name__ == "__main__":
 """
 
 
+# Helper modules prepended to a probe's payload (their names are then defined in the probe's namespace).
+PROBE_DEPS = {"procs": ("_proc",), "spawn": ("_proc",), "stop": ("_proc",)}
+_FUTURE = "from __future__ import annotations\n"
+
+
 @cache
 def probe_source(name: str) -> str:
-    """The source of probe `name`; ValueError for a name that is not a probe."""
+    """The full script of probe `name` (helpers first); ValueError for a name that is not a probe."""
     if name not in PROBES:
         raise ValueError(f"unknown probe {name!r}; probes: {', '.join(PROBES)}")
-    return (PROBE_DIR / f"{name}.py").read_text(encoding="utf-8")
+    parts = [(PROBE_DIR / f"{n}.py").read_text(encoding="utf-8") for n in (*PROBE_DEPS.get(name, ()), name)]
+    return _FUTURE + "".join(p.replace(_FUTURE, "", 1) for p in parts)
 
 
 def probe_payload(name: str, args: dict) -> bytes:

@@ -1,0 +1,93 @@
+"""Shared bodies of the per-node file gates (download, verify), so node 1 and nodes 2..N read alike.
+
+Each step asks the library for a verdict, attaches the evidence, and fails with a message that
+names the node and the evidence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from modeldrop import hub
+from modeldrop.config import RunConfig
+from modeldrop.download import run_hf_download
+from modeldrop.facts import RunFacts
+from modeldrop.nodepool import NodePool
+from modeldrop.verify import verify_node
+
+DOWNLOAD_TIMEOUT_S = 4 * 3600
+
+
+def hub_env(cfg: RunConfig) -> tuple[dict[str, str], list[str]]:
+    """Environment for hf on a node (endpoint, token) and the secrets to redact."""
+    env = {k: cfg.values[k] for k in ("HF_ENDPOINT", "HF_TOKEN") if cfg.values.get(k)}
+    return env, [env["HF_TOKEN"]] if "HF_TOKEN" in env else []
+
+
+def expected_total(cfg: RunConfig, hub_expectation: dict[str, Any]) -> int | None:
+    """Total bytes the download should reach: hub tree (online), else a quick hub look-up, else the profile."""
+    manifest = hub_expectation.get("manifest")
+    if manifest is None:
+        try:
+            manifest = hub.expected_online(cfg.model_id, revision=cfg.values["HF_REVISION"], include=cfg.include,
+                                           endpoint=cfg.values["HF_ENDPOINT"], token=cfg.values["HF_TOKEN"])
+        except Exception:  # progress falls back to bytes and rate only
+            manifest = None
+    if manifest is not None:
+        return sum(f.size for f in manifest.files.values())
+    return (cfg.profile or {}).get("total_size_bytes")
+
+
+def download_step(k: int, cfg: RunConfig, pool: NodePool, evidence: Any, live: Callable[[str], None],
+                  hub_expectation: dict[str, Any]) -> None:
+    """`hf download` into MODEL_DIR_NODEk exits 0, with a progress line at least every 10 s."""
+    nc = cfg.node(k)
+    env, secrets = hub_env(cfg)
+    total = expected_total(cfg, hub_expectation)
+    lines: list[str] = []
+
+    def heartbeat(line: str) -> None:
+        lines.append(line)
+        live(line)
+
+    result = run_hf_download(pool.get(k), hf_cmd=nc.hf_cmd, model_id=cfg.model_id, local_dir=nc.model_dir,
+                             include=cfg.include, env=env, timeout=DOWNLOAD_TIMEOUT_S, expected_bytes=total,
+                             heartbeat=heartbeat, revision=cfg.values["HF_REVISION"], secrets=secrets)
+    evidence.text(f"node{k} hf download", "\n".join(lines + ["--- stdout ---", result.stdout_tail,
+                                                               "--- stderr ---", result.stderr_tail]))
+    evidence.note(f"node{k}_download_s", round(result.duration_s, 1))
+    if result.reported_path:
+        evidence.note(f"node{k}_download_path", result.reported_path)
+    if result.rc != 0:
+        reason = result.hub_reason or (result.stderr_tail.strip().splitlines() or ["no output"])[-1]
+        evidence.strongest(f"node{k} hf download rc {result.rc}: {reason}")
+        pytest.fail(f"node{k}: hf download {cfg.model_id} into {nc.model_dir} failed (rc {result.rc}): {reason}",
+                    pytrace=False)
+
+
+def verify_step(k: int, cfg: RunConfig, pool: NodePool, facts: RunFacts, run_folder: Any, evidence: Any,
+                hub_expectation: dict[str, Any]) -> None:
+    """MODEL_DIR_NODEk is complete: no markers, one format, index + shards, headers, counts, sizes."""
+    if hub_expectation.get("error"):
+        pytest.fail(f"node{k}: cannot read the hub's tree for {cfg.model_id}: {hub_expectation['error']}",
+                    pytrace=False)
+    fallback = facts.manifest(1) if k != 1 else None
+    res = verify_node(pool.get(k), cfg.node(k), cfg, online=hub_expectation.get("manifest"),
+                      fallback_manifest=fallback)
+    facts.set_manifest(k, res.manifest)
+    if res.expected is not None:
+        facts.set_hub_commit(res.expected.commit)
+    run_folder.write_json(f"manifests/node{k}.json", res.manifest)
+    evidence.json(f"node{k} verdict", {"ok": res.verdict.ok, "problems": res.verdict.problems,
+                                       "warnings": res.verdict.warnings, "facts": res.verdict.facts,
+                                       "hashes": res.hashes, "expected_source": getattr(res.expected, "source", None)})
+    for key, value in res.counts.items():
+        evidence.note(key, value)
+    for w in res.verdict.warnings:
+        evidence.note("warning", f"node{k}: {w}")
+    if not res.verdict.ok:
+        evidence.strongest(f"node{k}: {res.verdict.problems[0]}")
+        pytest.fail(f"node{k} ({cfg.node(k).model_dir}): " + "; ".join(res.verdict.problems), pytrace=False)

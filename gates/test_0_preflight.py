@@ -1,0 +1,29 @@
+"""Phase 0 — preflight: every node can run what the bootstrap needs, before anything is downloaded."""
+
+import pytest
+
+from modeldrop.exo.preflight import exo_preflight
+from modeldrop.preflight import check_node, reach_problems
+from gates.steps import expected_total
+
+
+@pytest.mark.gate("preflight")
+def test_preflight(run_config, node_pool, on_each_node, run_facts, evidence, hub_expectation):
+    """SSH, python3, the exact hf and exo binaries, exo build parity, API port, disk, model dir name, reach."""
+    nodes = node_pool.all()
+    total = expected_total(run_config, hub_expectation)
+    pre = on_each_node(lambda k: check_node(nodes[k], run_config.node(k), run_config, total))
+    problems = [p for k in sorted(pre) for p in pre[k].problems]
+    evidence.json("nodes", {f"node{k}": {"facts": p.facts, "hf": p.hf, "disk": p.disk,
+                                         "present_bytes": p.present_bytes} for k, p in pre.items()})
+    if not problems:
+        problems += reach_problems(pre, nodes, run_config)
+    if not run_config.audit:
+        exo = exo_preflight(nodes, run_config)
+        for k, build in exo.builds.items():
+            run_facts.set_exo_build(k, build)
+        evidence.json("exo", exo.evidence)
+        problems += exo.problems
+    if problems:
+        evidence.strongest(problems[0])
+        pytest.fail(f"{len(problems)} preflight problem(s): " + " | ".join(problems), pytrace=False)

@@ -1,0 +1,113 @@
+"""Calibration of the measuring client against a server with a known timing schedule.
+
+Contract
+--------
+`measure(url, model, concurrency, ...)` drives the calibration server
+(tests_selftest/calibration_server.py, which must already be running at `url`) with
+`concurrency` barrier-released threads and returns the client's errors against the truth:
+- `ttft_err_ms`: client TTFT - configured TTFT (the schedule the server follows from the
+  moment it read the request), so it includes the request's trip to the server;
+- `ttft_lag_ms`: client first-token stamp - the server's actual write time of that chunk
+  (both on the host's CLOCK_MONOTONIC): the client's own measurement lag;
+- `decode_err_pct`: client decode tok/s / configured rate (1000/gap_ms) - 1, in percent;
+- `cpu_us_per_token`: the client's thread CPU time per output token.
+Each as a `stats.dist` with n. `python -m modeldrop.bench.calibrate` (or
+`python benchmarks/calibrate.py`) starts the server and prints the table for c = 1, 8, 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from modeldrop.bench.client import BenchClient, ChatRequest
+from modeldrop.bench.load import run_rounds
+from modeldrop.bench.stats import dist
+
+SERVER_SCRIPT = Path(__file__).resolve().parents[2] / "tests_selftest" / "calibration_server.py"
+
+
+def measure(url: str, model: str, concurrency: int, *, ttft_ms: float = 100.0, gap_ms: float = 20.0,
+            tokens: int = 64, chunk: int = 1, rounds: int = 3, server_log: Any = None) -> dict[str, Any]:
+    """Errors of the client at one concurrency level; `server_log()` returns the server's log."""
+    client = BenchClient(url, model)
+    calib = {"ttft_ms": ttft_ms, "gap_ms": gap_ms, "chunk": chunk}
+
+    def make(r: int, i: int) -> ChatRequest:
+        return ChatRequest(messages=[{"role": "user", "content": f"calibrate r{r} t{i}"}],
+                           max_tokens=tokens if r >= 0 else 2, extra_body={"calib": calib if r >= 0 else
+                                                                           {"ttft_ms": 1, "gap_ms": 1}})
+
+    recs = run_rounds(client, make, concurrency, rounds, warmup=1)
+    sent = {e["id"]: e for e in (server_log() if server_log else [])}
+    rate = 1000.0 / gap_ms
+    ok = [r for r in recs if r.ok]
+    lags = []
+    for r in ok:
+        e = sent.get(r.response_id or "")
+        if e and e["t_sent"] and r.ttft is not None:
+            lags.append((r.t_send + r.ttft - e["t_sent"][0]) * 1000)
+    out_tokens = sum(r.completion_tokens or 0 for r in ok)
+    return {
+        "concurrency": concurrency, "requests": len(recs), "errors": len(recs) - len(ok),
+        "config": {"ttft_ms": ttft_ms, "gap_ms": gap_ms, "tokens": tokens, "chunk": chunk, "rounds": rounds},
+        "ttft_err_ms": dist((r.ttft * 1000 - ttft_ms) for r in ok if r.ttft is not None),
+        "ttft_lag_ms": dist(lags),
+        "decode_err_pct": dist((r.decode_tps / rate - 1) * 100 for r in ok if r.decode_tps),
+        "cpu_us_per_token": sum(r.client_cpu_s for r in ok) / out_tokens * 1e6 if out_tokens else None,
+    }
+
+
+def _load_server_module() -> Any:
+    spec = importlib.util.spec_from_file_location("calibration_server", SERVER_SCRIPT)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {SERVER_SCRIPT}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["calibration_server"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(m: dict[str, Any]) -> str:
+    t, lag, d = m["ttft_err_ms"], m["ttft_lag_ms"], m["decode_err_pct"]
+    return (f"c={m['concurrency']:>3}  n={t['n']:>4}  TTFT err p50 {t['p50']:+6.2f} ms p95 {t['p95']:+6.2f} ms"
+            f" | client lag p50 {lag['p50'] or 0:5.2f} ms p95 {lag['p95'] or 0:5.2f} ms"
+            f" | decode err p50 {d['p50']:+6.3f} % max|.| {max(abs(d['min']), abs(d['max'])):5.3f} %"
+            f" | CPU {m['cpu_us_per_token']:6.1f} us/token | errors {m['errors']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Print the client's calibration errors (c=1, 8, 32).")
+    ap.add_argument("--levels", default="1,8,32")
+    ap.add_argument("--ttft-ms", type=float, default=100.0)
+    ap.add_argument("--gap-ms", type=float, default=20.0)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--chunk", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    a = ap.parse_args(argv)
+    srv = _load_server_module().CalibServer.start()
+    try:
+        rows = []
+        for c in (int(x) for x in a.levels.split(",")):
+            srv.reset_log()
+            rows.append(measure(srv.url, srv.model, c, ttft_ms=a.ttft_ms, gap_ms=a.gap_ms, tokens=a.tokens,
+                                chunk=a.chunk, rounds=a.rounds, server_log=srv.log))
+    finally:
+        srv.stop()
+    if a.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(f"calibration: ttft {a.ttft_ms} ms, gap {a.gap_ms} ms ({1000 / a.gap_ms:.1f} tok/s), "
+              f"{a.tokens} tokens, {a.chunk} token(s)/chunk, {a.rounds} rounds")
+        for m in rows:
+            print(_row(m))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""RunFacts: what the run learned about the nodes that decides whether a cached pass still holds.
+
+The pass-cache fingerprint of a gate needs the hub commit, each node's exo build and, for the file
+gates, each node's manifest digest. Gates set these as they measure them (`set_*`); when a gate
+was deselected (`-k`, `--resume-bootstrap`) the facts are probed on demand and cached.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from modeldrop import audit
+from modeldrop.config import RunConfig
+from modeldrop.nodepool import NodePool
+
+
+class RunFacts:
+    """Lazily probed, thread-safe facts of one run (hub commit, exo builds, manifest digests)."""
+
+    def __init__(self, cfg: RunConfig, pool: NodePool):
+        self.cfg = cfg
+        self.pool = pool
+        self._lock = threading.RLock()
+        self._hub_commit: str | None = None
+        self._exo: dict[int, Any] = {}
+        self._manifests: dict[int, dict] = {}
+
+    # -- setters used by gates as they measure -------------------------------------------------
+    def set_manifest(self, k: int, manifest: dict) -> None:
+        """Remember node k's manifest (from a verify gate or a probe)."""
+        with self._lock:
+            self._manifests[k] = manifest
+
+    def set_hub_commit(self, commit: str | None) -> None:
+        """Remember the hub commit the files were checked against."""
+        with self._lock:
+            self._hub_commit = commit or self._hub_commit
+
+    def set_exo_build(self, k: int, build: Any) -> None:
+        """Remember node k's exo build (an `ExoBuild`)."""
+        with self._lock:
+            self._exo[k] = build
+
+    # -- lazy getters -----------------------------------------------------------------------------
+    def manifest(self, k: int) -> dict:
+        """Node k's manifest, probed once if no gate measured it this run."""
+        return self._cached(self._manifests, k, lambda: self.pool.get(k).run_probe(
+            "manifest", {"path": self.cfg.node(k).model_dir, "model_folder": self.cfg.model_folder,
+                         "search_alternates": False}, timeout=600))
+
+    def manifest_digest(self, k: int) -> str | None:
+        """Digest of node k's (path, size) manifest; None when the model dir does not exist."""
+        m = self.manifest(k)
+        return audit.manifest_digest(m) if m.get("exists") else None
+
+    def hub_commit(self) -> str | None:
+        """The commit of node 1's download metadata (offline truth), unless a gate set it."""
+        with self._lock:
+            if self._hub_commit:
+                return self._hub_commit
+        commits = {v.get("commit") for v in self.manifest(1).get("metadata", {}).values() if v.get("commit")}
+        commit = commits.pop() if len(commits) == 1 else None
+        self.set_hub_commit(commit)
+        return commit
+
+    def exo_build(self, k: int) -> Any:
+        """Node k's exo build, probed once with `exo --help`."""
+        from modeldrop.exo.launcher import probe_build
+
+        return self._cached(self._exo, k, lambda: probe_build(self.pool.get(k), self.cfg.node(k).exo_cmd))
+
+    def exo_version(self, k: int) -> str | None:
+        """A stable string for node k's exo build: generation, version and help digest."""
+        b = self.exo_build(k)
+        if b is None:
+            return None
+        return f"{b.generation}:{b.version or '?'}:{b.help_sha[:12]}"
+
+    def _cached(self, store: dict, k: int, make: Callable[[], Any]) -> Any:
+        """Return store[k], computing it once with `make`."""
+        with self._lock:
+            if k in store:
+                return store[k]
+        value = make()
+        with self._lock:
+            store.setdefault(k, value)
+            return store[k]

@@ -1,0 +1,513 @@
+"""Nodes: run commands and probes on a cluster node, over SSH (paramiko) or locally.
+
+Contract:
+- `Node.run(argv, timeout=...)` runs an argv list and returns a `CommandResult`; it never raises for a
+  non-zero exit, raises `CommandTimeout` (with partial output) past the timeout and `NodeError` when the
+  node cannot be reached. `stream` is the same with each output line passed to `on_line` as it arrives.
+- On SSH nodes argv is joined with `shlex.join`; variables travel inside the command (`env -u X K=V argv`)
+  because the Macs' sshd drops requested environment. One paramiko connection per node is reused for
+  every command (lazy connect, one reconnect when the transport died); host keys are checked against
+  known_hosts and a new host is accepted only with `accept_new_host_keys=True` (the key is then appended).
+- `secrets` are replaced by `***` in the transcript, the returned result and every error message.
+- `run_probe(name, args)` sends `modeldrop/probes/<name>.py` to the node's python on stdin (one round trip,
+  nothing written on the node) and returns the JSON object it printed; the interpreter is picked once per
+  node by `probes.PYTHON_PICK` unless `python_cmd` is given.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from modeldrop import probes
+from modeldrop.errors import CommandTimeout, NodeError
+
+LineCallback = Callable[[str, str], None]
+TAIL_CHARS = 2000
+
+
+@dataclass
+class CommandResult:
+    """What a command did: argv (secrets redacted), exit status, decoded output, wall time."""
+
+    argv: list[str]
+    rc: int
+    stdout: str
+    stderr: str
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        """True when the command exited 0."""
+        return self.rc == 0
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    """`text` with every non-empty secret replaced by `***`."""
+    for s in secrets:
+        if s:
+            text = text.replace(s, "***")
+    return text
+
+
+def tail(text: str, n: int = TAIL_CHARS) -> str:
+    """The last n characters of text, marked when cut."""
+    return text if len(text) <= n else "…" + text[-n:]
+
+
+class _Lines:
+    """Accumulates one output stream and hands complete lines to on_line as they arrive."""
+
+    def __init__(self, name: str, on_line: LineCallback | None):
+        self.name, self.on_line = name, on_line
+        self.chunks: list[bytes] = []
+        self._pending = b""
+
+    def feed(self, data: bytes) -> None:
+        self.chunks.append(data)
+        if self.on_line is None:
+            return
+        self._pending += data
+        *lines, self._pending = self._pending.split(b"\n")
+        for line in lines:
+            self.on_line(self.name, line.decode("utf-8", "replace").rstrip("\r"))
+
+    def finish(self) -> str:
+        if self.on_line is not None and self._pending:
+            self.on_line(self.name, self._pending.decode("utf-8", "replace"))
+            self._pending = b""
+        return b"".join(self.chunks).decode("utf-8", "replace")
+
+
+@dataclass
+class _Exec:
+    """One command as the transport layer sees it: shell text (SSH) or argv (local), plus display argv."""
+
+    display: list[str]
+    argv: list[str] | None = None
+    shell_text: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    unset_env: Sequence[str] = ()
+
+
+class Node(ABC):
+    """A cluster node that runs argv commands and stdlib probes; see the module docstring for the contract."""
+
+    name: str
+    target: str
+
+    def __init__(self, name: str, target: str, *, python_cmd: str | None = None):
+        self.name, self.target = name, target
+        self.python_cmd = python_cmd
+        self._picked_python: str | None = None
+        self._facts: dict | None = None
+        self.transcript: list[dict] = []
+        self._lock = threading.Lock()
+
+    # -- transport-specific -------------------------------------------------------------------------
+    @abstractmethod
+    def _execute(self, cmd: _Exec, *, timeout: float, stdin: bytes | None,
+                 on_line: LineCallback | None) -> tuple[int, str, str]:
+        """Run one command; return (rc, stdout, stderr) or raise CommandTimeout/NodeError (unredacted)."""
+
+    @abstractmethod
+    def address(self) -> str:
+        """The IP of this node as seen from the control host."""
+
+    def close(self) -> None:
+        """Release the connection (a later command reconnects)."""
+
+    # -- public API ---------------------------------------------------------------------------------
+    def run(self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None,
+            unset_env: Sequence[str] = (), stdin: bytes | None = None,
+            secrets: Sequence[str] = ()) -> CommandResult:
+        """Run argv on the node; the result's rc may be non-zero. Raises CommandTimeout / NodeError."""
+        cmd = _Exec(display=[str(a) for a in argv], argv=[str(a) for a in argv], env=dict(env or {}),
+                    unset_env=tuple(unset_env))
+        return self._run_logged(cmd, timeout=timeout, stdin=stdin, secrets=secrets, on_line=None)
+
+    def stream(self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None,
+               unset_env: Sequence[str] = (), on_line: LineCallback,
+               secrets: Sequence[str] = ()) -> CommandResult:
+        """Like run, calling on_line(stream_name, line) for each stdout/stderr line as it arrives."""
+        cmd = _Exec(display=[str(a) for a in argv], argv=[str(a) for a in argv], env=dict(env or {}),
+                    unset_env=tuple(unset_env))
+
+        def redacted(stream_name: str, line: str) -> None:
+            on_line(stream_name, redact(line, secrets))
+
+        return self._run_logged(cmd, timeout=timeout, stdin=None, secrets=secrets, on_line=redacted)
+
+    def run_probe(self, name: str, args: dict, *, timeout: float = 60) -> dict:
+        """Run probe `name` with args on the node's python and return its JSON result; NodeError on failure."""
+        payload = probes.probe_payload(name, args)
+        cmd = self._python_exec(name)
+        res = self._run_logged(cmd, timeout=timeout, stdin=payload, secrets=(), on_line=None)
+        picked, stderr = probes.parse_picked(res.stderr)
+        if picked and self.python_cmd is None:
+            self._picked_python = picked
+        if res.rc == probes.NO_PYTHON_RC and "NO_PYTHON" in stderr:
+            raise NodeError(f"{self.name} ({self.target}): no usable python3 (tried /opt/homebrew/bin/python3, "
+                            "/usr/local/bin/python3, $(xcode-select -p)/usr/bin/python3, /usr/bin/python3); "
+                            "install Command Line Tools or Homebrew python, or set the node's python_cmd")
+        result = probes.parse_result(res.stdout) if res.rc == 0 else None
+        if result is None:
+            raise NodeError(f"{self.name} ({self.target}): probe {name} failed (rc {res.rc}): "
+                            f"{_last_lines(stderr or res.stdout)}")
+        return result
+
+    def facts(self, *, refresh: bool = False) -> dict:
+        """The `facts` probe result, cached per node."""
+        if self._facts is None or refresh:
+            self._facts = self.run_probe("facts", {}, timeout=30)
+        return self._facts
+
+    def expand_path(self, path: str) -> str:
+        """path with a leading `~` replaced by the node's home (from the cached facts)."""
+        if path == "~" or path.startswith("~/"):
+            return self.facts()["home"] + path[1:]
+        return path
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _python_exec(self, probe_name: str) -> _Exec:
+        py = self.python_cmd or self._picked_python
+        display = ["<probe>", probe_name, f"({py or 'python3 pick'})"]
+        if py:
+            return _Exec(display=display, argv=[py, "-"], shell_text=shlex.join([py, "-"]))
+        return _Exec(display=display, argv=["/bin/sh", "-c", probes.PYTHON_PICK], shell_text=probes.PYTHON_PICK)
+
+    def _run_logged(self, cmd: _Exec, *, timeout: float, stdin: bytes | None, secrets: Sequence[str],
+                    on_line: LineCallback | None) -> CommandResult:
+        shown = [redact(a, secrets) for a in cmd.display]
+        env_shown = [f"{k}={redact(v, secrets)}" for k, v in cmd.env.items()]
+        entry: dict[str, Any] = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                                 "node": self.name, "argv": shown, "env": env_shown, "rc": None,
+                                 "duration_s": None}
+        t0 = time.monotonic()
+        try:
+            rc, out, err = self._execute(cmd, timeout=timeout, stdin=stdin, on_line=on_line)
+        except CommandTimeout as exc:
+            entry.update(rc="timeout", duration_s=round(time.monotonic() - t0, 3))
+            self._record(entry)
+            raise CommandTimeout(redact(str(exc), secrets), redact(exc.partial, secrets)) from None
+        except NodeError as exc:
+            entry.update(rc="error", duration_s=round(time.monotonic() - t0, 3), error=redact(str(exc), secrets))
+            self._record(entry)
+            raise NodeError(redact(str(exc), secrets)) from None
+        duration = time.monotonic() - t0
+        entry.update(rc=rc, duration_s=round(duration, 3))
+        self._record(entry)
+        return CommandResult(shown, rc, redact(out, secrets), redact(err, secrets), duration)
+
+    def _record(self, entry: dict) -> None:
+        with self._lock:
+            self.transcript.append(entry)
+
+    def _timeout_error(self, cmd: _Exec, timeout: float, out: str, err: str) -> CommandTimeout:
+        partial = (out[-TAIL_CHARS:] + ("\n[stderr]\n" + err[-TAIL_CHARS:] if err else "")).strip()
+        return CommandTimeout(f"{self.name} ({self.target}): `{shlex.join(cmd.display)}` timed out after "
+                              f"{timeout:g}s", partial)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.target!r})"
+
+
+def _last_lines(text: str, n: int = 3) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return " | ".join(lines[-n:]) if lines else "(no output)"
+
+
+# ---------------------------------------------------------------------------------------------------
+class LocalNode(Node):
+    """The control host itself: argv run with subprocess (no shell), env merged into os.environ."""
+
+    def __init__(self, name: str, target: str = "local", *, python_cmd: str | None = None):
+        super().__init__(name, target, python_cmd=python_cmd)
+
+    def address(self) -> str:
+        return "127.0.0.1"
+
+    def _execute(self, cmd: _Exec, *, timeout: float, stdin: bytes | None,
+                 on_line: LineCallback | None) -> tuple[int, str, str]:
+        env = dict(os.environ)
+        for name in cmd.unset_env:
+            env.pop(name, None)
+        env.update(cmd.env)
+        try:
+            proc = subprocess.Popen(cmd.argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                    start_new_session=True)
+        except OSError as exc:
+            return 127, "", f"{cmd.argv[0]}: {exc.strerror or exc}\n"
+        streams = {"stdout": _Lines("stdout", on_line), "stderr": _Lines("stderr", on_line)}
+        readers = [threading.Thread(target=_pump, args=(getattr(proc, k), streams[k]), daemon=True)
+                   for k in streams]
+        for t in readers:
+            t.start()
+        if stdin is not None:
+            threading.Thread(target=_feed_stdin, args=(proc.stdin, stdin), daemon=True).start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            for t in readers:
+                t.join(2)
+            raise self._timeout_error(cmd, timeout, streams["stdout"].finish(), streams["stderr"].finish()) from None
+        for t in readers:
+            t.join()
+        return proc.returncode, streams["stdout"].finish(), streams["stderr"].finish()
+
+
+def _pump(pipe, lines: _Lines) -> None:
+    """Copy a pipe into a _Lines until EOF."""
+    with pipe:
+        for chunk in iter(lambda: pipe.read1(65536), b""):
+            lines.feed(chunk)
+
+
+def _feed_stdin(pipe, data: bytes) -> None:
+    try:
+        with pipe:
+            pipe.write(data)
+    except (BrokenPipeError, OSError):
+        pass
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group of a command we started (its own session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------------
+class HostKeyUnknown(NodeError):
+    """The node's host key is not in known_hosts and accepting new keys was not asked for."""
+
+
+class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
+    """Accept an unknown (never a changed) host key and append it to the known_hosts file."""
+
+    def __init__(self, known_hosts: Path):
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client, hostname, key):
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.known_hosts, "a", encoding="utf-8") as f:
+            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+class _RejectPolicy(paramiko.MissingHostKeyPolicy):
+    """Refuse an unknown host key, remembering it so the error can name its fingerprint."""
+
+    def missing_host_key(self, client, hostname, key):
+        raise HostKeyUnknown(f"{hostname} {key.get_name()} {key.fingerprint}")
+
+
+@dataclass
+class SSHTarget:
+    """Where and how to connect, after ssh_config resolution."""
+
+    hostname: str
+    port: int
+    user: str | None
+    identity_files: list[str]
+    known_hosts: Path
+    proxy_command: str | None
+
+
+def resolve_target(target: str, ssh_config: Path | None, known_hosts: Path | None) -> SSHTarget:
+    """Parse `user@host[:port]` or an alias and apply ssh_config (HostName, User, Port, IdentityFile, ...)."""
+    user, _, hostport = target.rpartition("@")
+    host, port = hostport, None
+    if hostport.count(":") == 1:
+        host, p = hostport.split(":")
+        port = int(p)
+    cfg_path = ssh_config if ssh_config is not None else Path("~/.ssh/config").expanduser()
+    opts: dict[str, Any] = {}
+    if cfg_path.is_file():
+        opts = paramiko.SSHConfig.from_path(str(cfg_path)).lookup(host)
+    kh = known_hosts
+    if kh is None and opts.get("userknownhostsfile"):
+        kh = Path(os.path.expanduser(opts["userknownhostsfile"].split()[0]))
+    return SSHTarget(hostname=opts.get("hostname", host), port=port or int(opts.get("port", 22)),
+                     user=user or opts.get("user") or None,
+                     identity_files=[os.path.expanduser(p) for p in opts.get("identityfile", [])],
+                     known_hosts=kh or Path("~/.ssh/known_hosts").expanduser(),
+                     proxy_command=opts.get("proxycommand"))
+
+
+class SSHNode(Node):
+    """A node reached over SSH with paramiko: one connection reused for every command."""
+
+    def __init__(self, name: str, target: str, *, ssh_config: Path | None = None, known_hosts: Path | None = None,
+                 accept_new_host_keys: bool = False, connect_timeout: float = 10, keepalive_s: int = 15,
+                 python_cmd: str | None = None):
+        super().__init__(name, target, python_cmd=python_cmd)
+        self.ssh_config = Path(ssh_config) if ssh_config else None
+        self.known_hosts = Path(known_hosts) if known_hosts else None
+        self.accept_new_host_keys = accept_new_host_keys
+        self.connect_timeout = connect_timeout
+        self.keepalive_s = keepalive_s
+        self._client: paramiko.SSHClient | None = None
+        self._conn_lock = threading.Lock()
+        self._resolved: SSHTarget | None = None
+
+    @property
+    def resolved(self) -> SSHTarget:
+        """The ssh_config-resolved target (computed once)."""
+        if self._resolved is None:
+            self._resolved = resolve_target(self.target, self.ssh_config, self.known_hosts)
+        return self._resolved
+
+    def address(self) -> str:
+        host = self.resolved.hostname
+        try:
+            return socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)[0][4][0]
+        except socket.gaierror as exc:
+            raise NodeError(f"{self.name} ({self.target}): cannot resolve {host}: {exc}") from None
+
+    def transport(self) -> paramiko.Transport:
+        """The live transport, connecting (or reconnecting once) as needed."""
+        with self._conn_lock:
+            t = self._client.get_transport() if self._client else None
+            if t is None or not t.is_active():
+                self._connect()
+                t = self._client.get_transport()
+            return t
+
+    def close(self) -> None:
+        with self._conn_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def _connect(self) -> None:
+        r = self.resolved
+        if self._client is not None:
+            self._client.close()
+        client = paramiko.SSHClient()
+        if r.known_hosts.is_file():
+            client.load_host_keys(str(r.known_hosts))
+        client.set_missing_host_key_policy(_AcceptNewPolicy(r.known_hosts) if self.accept_new_host_keys
+                                           else _RejectPolicy())
+        where = f"{self.name} ({self.target} -> {r.user + '@' if r.user else ''}{r.hostname}:{r.port})"
+        try:
+            client.connect(r.hostname, port=r.port, username=r.user, key_filename=r.identity_files or None,
+                           timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
+                           auth_timeout=self.connect_timeout, allow_agent=True, look_for_keys=not r.identity_files,
+                           sock=paramiko.ProxyCommand(r.proxy_command) if r.proxy_command else None)
+        except HostKeyUnknown as exc:
+            client.close()
+            raise NodeError(f"{where}: host key not in {r.known_hosts} (key {exc}); check it, then rerun with "
+                            "--accept-new-host-keys to record it") from None
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise NodeError(f"{where}: host key CHANGED ({exc.key.get_name()} {exc.key.fingerprint}, known_hosts "
+                            f"{r.known_hosts} has {exc.expected_key.fingerprint}); if the node was reinstalled, "
+                            f"remove the old line with ssh-keygen -R and rerun with --accept-new-host-keys") from None
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise NodeError(f"{where}: authentication failed ({exc}); identity files: "
+                            f"{', '.join(r.identity_files) or 'default keys/agent'}") from None
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            client.close()
+            cause = str(exc).strip() or type(exc).__name__
+            raise NodeError(f"{where}: cannot connect: {cause}") from None
+        client.get_transport().set_keepalive(self.keepalive_s)
+        self._client = client
+
+    def _command_text(self, cmd: _Exec) -> str:
+        if cmd.shell_text is not None:
+            return cmd.shell_text
+        prefix: list[str] = []
+        if cmd.env or cmd.unset_env:
+            prefix = ["env"]
+            for name in cmd.unset_env:
+                prefix += ["-u", name]
+            prefix += [f"{k}={v}" for k, v in cmd.env.items()]
+        return shlex.join([*prefix, *cmd.argv])
+
+    def _open_channel(self) -> paramiko.Channel:
+        """A new session channel on the shared transport; reconnect once when the transport died."""
+        for attempt in (1, 2):
+            t = self.transport()
+            try:
+                return t.open_session(timeout=self.connect_timeout)
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                if attempt == 2:
+                    raise NodeError(f"{self.name} ({self.target}): cannot open a channel: {exc}") from None
+                self.close()
+        raise AssertionError("unreachable")
+
+    def _execute(self, cmd: _Exec, *, timeout: float, stdin: bytes | None,
+                 on_line: LineCallback | None) -> tuple[int, str, str]:
+        deadline = time.monotonic() + timeout
+        chan = self._open_channel()
+        try:
+            chan.settimeout(min(max(timeout, 0.1), 30.0))
+            chan.exec_command(self._command_text(cmd))
+            streams = {"stdout": _Lines("stdout", on_line), "stderr": _Lines("stderr", on_line)}
+            readers = [threading.Thread(target=_drain, args=(chan.recv, streams["stdout"]), daemon=True),
+                       threading.Thread(target=_drain, args=(chan.recv_stderr, streams["stderr"]), daemon=True)]
+            for t in readers:
+                t.start()
+            if stdin is not None:
+                threading.Thread(target=_send_stdin, args=(chan, stdin), daemon=True).start()
+            else:
+                chan.shutdown_write()
+            for t in readers:
+                t.join(max(0.0, deadline - time.monotonic()))
+            if any(t.is_alive() for t in readers) or not chan.status_event.wait(max(0.0, deadline - time.monotonic())):
+                chan.close()
+                for t in readers:
+                    t.join(2)
+                raise self._timeout_error(cmd, timeout, streams["stdout"].finish(), streams["stderr"].finish())
+            return chan.recv_exit_status(), streams["stdout"].finish(), streams["stderr"].finish()
+        finally:
+            chan.close()
+
+
+def _drain(recv: Callable[[int], bytes], lines: _Lines) -> None:
+    """Read one channel stream until EOF/close; channel timeouts just loop (the caller owns the deadline)."""
+    while True:
+        try:
+            data = recv(65536)
+        except TimeoutError:
+            continue
+        except (OSError, EOFError):
+            return
+        if not data:
+            return
+        lines.feed(data)
+
+
+def _send_stdin(chan: paramiko.Channel, data: bytes) -> None:
+    try:
+        chan.sendall(data)
+        chan.shutdown_write()
+    except (OSError, EOFError, paramiko.SSHException):
+        pass
+
+
+def make_node(name: str, target: str, **ssh_options: Any) -> Node:
+    """LocalNode for target 'local' (only python_cmd is used from the options), else SSHNode."""
+    if target == "local":
+        return LocalNode(name, python_cmd=ssh_options.get("python_cmd"))
+    return SSHNode(name, target, **ssh_options)

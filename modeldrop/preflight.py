@@ -1,0 +1,97 @@
+"""Preflight (phase 0), file side: SSH and python3, the exact hf binary, disk, writable parent, reach.
+
+`check_node` runs on one node in one probe per question and returns the problems found, each a
+line naming the node and the evidence. The exo side of preflight is `modeldrop.exo.preflight`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from modeldrop.config import NodeConfig, RunConfig
+from modeldrop.errors import NodeError
+from modeldrop.nodes import Node
+
+GB = 1_000_000_000
+MACOS_ERRNO_HINT = {65: "no route to host (macOS Local Network privacy or wrong subnet)",
+                    60: "timed out (firewall drop or host down)", 61: "connection refused"}
+
+
+@dataclass
+class NodePreflight:
+    """What preflight saw on one node, and the problems it found there."""
+
+    k: int
+    facts: dict[str, Any] = field(default_factory=dict)
+    hf: dict[str, Any] = field(default_factory=dict)
+    disk: dict[str, Any] = field(default_factory=dict)
+    present_bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def check_node(node: Node, nc: NodeConfig, cfg: RunConfig, expected_total: int | None) -> NodePreflight:
+    """Check node `nc`: SSH + python3, hf runs, parent writable, free disk ≥ what is still to download."""
+    out = NodePreflight(nc.index)
+    try:
+        out.facts = node.run_probe("facts", {}, timeout=60)
+    except NodeError as e:
+        out.problems.append(f"{nc.name} ({nc.target}): cannot run probes: {e}")
+        return out
+    out.hf = node.run_probe("tool", {"path": nc.hf_cmd, "args": ["version"], "timeout": 60, "env": {}}, timeout=90)
+    out.problems += hf_problems(nc, out.hf)
+    out.disk = node.run_probe("disk", {"path": nc.model_dir}, timeout=60)
+    out.present_bytes = int(node.run_probe("dirsize", {"path": nc.model_dir}, timeout=300).get("bytes") or 0)
+    out.problems += disk_problems(nc, out.disk, required_free_bytes(cfg, expected_total, out.present_bytes))
+    return out
+
+
+def hf_problems(nc: NodeConfig, tool: dict[str, Any]) -> list[str]:
+    """Problems with node's hf binary: missing, not executable, or failing to run."""
+    where = f"{nc.name}: HF_CMD_NODE{nc.index}={nc.hf_cmd}"
+    if not tool.get("exists"):
+        return [f"{where} not found on the node (install huggingface_hub there, or set HF_CMD_NODE{nc.index} to its absolute path)"]
+    if not tool.get("executable"):
+        return [f"{where} is not executable"]
+    if tool.get("rc") != 0:
+        err = (tool.get("stderr_head") or tool.get("error") or "").strip().splitlines()
+        return [f"{where} fails to run (rc {tool.get('rc')}): {err[-1] if err else 'no output'}"]
+    return []
+
+
+def required_free_bytes(cfg: RunConfig, expected_total: int | None, present: int) -> int | None:
+    """Free bytes still needed: the profile's threshold (or model size + 10% + 1 GB) minus what is on disk."""
+    need = cfg.min_free_bytes
+    if need is None and expected_total:
+        need = int(expected_total * 1.10 + GB)
+    if need is None:
+        return None
+    return max(0, need - present)
+
+
+def disk_problems(nc: NodeConfig, disk: dict[str, Any], required: int | None) -> list[str]:
+    """Problems with the model dir's disk: parent not writable, free space below what is required."""
+    problems = []
+    if not disk.get("parent_writable"):
+        problems.append(f"{nc.name}: the parent of MODEL_DIR_NODE{nc.index}={nc.model_dir} is not writable "
+                        f"(nearest existing dir: {disk.get('nearest_existing')})")
+    free = disk.get("free_bytes")
+    if required is not None and free is not None and free < required:
+        problems.append(f"{nc.name}: disk free {free / GB:.2f} GB at {disk.get('nearest_existing')} is below the "
+                        f"threshold {required / GB:.2f} GB needed for {nc.model_dir}")
+    return problems
+
+
+def reach_problems(pre: dict[int, NodePreflight], nodes: dict[int, Node], cfg: RunConfig) -> list[str]:
+    """Each node must open TCP to every other node's SSH port at the address the control host uses."""
+    if len(nodes) < 2:
+        return []
+    addresses = {k: nodes[k].address() for k in nodes}
+    problems = []
+    for k, node in nodes.items():
+        targets = [[addresses[j], 22] for j in nodes if j != k]
+        for r in node.run_probe("reach", {"targets": targets, "timeout": 3}, timeout=60)["results"]:
+            if not r["ok"]:
+                hint = MACOS_ERRNO_HINT.get(r.get("errno") or 0, r.get("error") or "")
+                problems.append(f"node{k} cannot reach {r['host']}:{r['port']} (errno {r.get('errno')}: {hint})")
+    return problems

@@ -1,0 +1,92 @@
+"""Shared process helpers for the procs/spawn/stop probes (prepended to their payload; not a probe itself).
+
+A process's identity is (pid, start, exe, cmdline): `start` is its start time in epoch seconds (Linux:
+boot time + /proc/<pid>/stat starttime; macOS: `ps -o lstart=`, whole seconds), so two readings of one
+process agree within 1 s and a reused pid does not.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+START_TOLERANCE_S = 1.5
+
+
+def _linux_btime() -> float:
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def _linux_info(pid: int) -> dict | None:
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            stat = f.read()
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            cmdline = [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return None
+    rest = stat[stat.rindex(")") + 2:].split()
+    if rest[0] == "Z":
+        return None
+    start = _linux_btime() + int(rest[19]) / float(os.sysconf("SC_CLK_TCK"))
+    try:
+        exe = os.readlink("/proc/%d/exe" % pid)
+    except OSError:
+        exe = None
+    return {"pid": pid, "ppid": int(rest[1]), "start": round(start, 2), "exe": exe, "cmdline": cmdline}
+
+
+def _darwin_exe(pid: int) -> str | None:
+    try:
+        import ctypes
+        import ctypes.util
+        lib = ctypes.CDLL(ctypes.util.find_library("proc") or "/usr/lib/libproc.dylib")
+        buf = ctypes.create_string_buffer(4096)
+        n = lib.proc_pidpath(pid, buf, 4096)
+        return buf.value.decode("utf-8", "replace") if n > 0 else None
+    except (OSError, AttributeError):
+        return None
+
+
+def _darwin_ps(pids: list | None) -> list:
+    argv = ["/bin/ps", "-ww", "-o", "pid=,ppid=,stat=,lstart=,command="]
+    argv += ["-p", ",".join(str(p) for p in pids)] if pids else ["-ax"]
+    env = dict(os.environ, LC_ALL="C", LANG="C")
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, timeout=20,
+                          check=False)
+    out = []
+    for line in proc.stdout.decode("utf-8", "replace").splitlines():
+        parts = line.split(None, 8)
+        if len(parts) < 8 or parts[2].startswith("Z"):
+            continue
+        try:
+            start = time.mktime(time.strptime(" ".join(parts[3:8]), "%a %b %d %H:%M:%S %Y"))
+        except ValueError:
+            start = None
+        pid = int(parts[0])
+        cmd = parts[8] if len(parts) > 8 else ""
+        out.append({"pid": pid, "ppid": int(parts[1]), "start": start, "exe": _darwin_exe(pid),
+                    "cmdline": cmd.split(), "command": cmd})
+    return out
+
+
+def proc_info(pid: int) -> dict | None:
+    """{pid, ppid, start, exe, cmdline} of a live (non-zombie) process, or None."""
+    if sys.platform.startswith("linux"):
+        return _linux_info(pid)
+    rows = _darwin_ps([pid])
+    return rows[0] if rows else None
+
+
+def all_procs() -> list:
+    """proc_info of every process we can see."""
+    if sys.platform.startswith("linux"):
+        rows = (_linux_info(int(p)) for p in os.listdir("/proc") if p.isdigit())
+        return [r for r in rows if r]
+    return _darwin_ps(None)

@@ -1,0 +1,112 @@
+"""Probe `stop`: {pid, expect_start, expect_argv0 | expect_exe, grace_s} -> {result, detail}.
+
+Signals only a process whose identity still matches (start time within tolerance, and exe or argv0):
+TERM to its process group (it is a session leader when `spawn` started it; otherwise the pid alone), poll
+until the group is gone or grace_s passed, then KILL. result: stopped-term | stopped-kill | gone | mismatch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+if "proc_info" not in globals():  # imported for tests; on a node _proc.py is prepended
+    from _proc import START_TOLERANCE_S, proc_info
+
+
+def mismatch(info: dict, args: dict) -> str | None:
+    """Why the live process is not the one we started, or None when it is."""
+    want_start = args.get("expect_start")
+    if want_start is not None and info.get("start") is not None:
+        if abs(float(info["start"]) - float(want_start)) > START_TOLERANCE_S:
+            return "pid %d started at %s, expected %s (pid reused?)" % (info["pid"], info["start"], want_start)
+    exe = args.get("expect_exe")
+    if exe:
+        real = os.path.realpath(os.path.expanduser(exe))
+        have = info.get("exe")
+        argv = info.get("cmdline") or []
+        if not have and argv:
+            have = argv[0]
+        if have is None or os.path.realpath(have) != real:
+            return "pid %d runs %s, expected %s" % (info["pid"], have, real)
+    argv0 = args.get("expect_argv0")
+    if argv0:
+        argv = info.get("cmdline") or []
+        have0 = argv[0] if argv else None
+        if have0 != argv0 and not (have0 and os.path.basename(have0) == os.path.basename(argv0) and
+                                   "/" not in argv0):
+            return "pid %d argv0 is %r, expected %r" % (info["pid"], have0, argv0)
+    if want_start is None and not exe and not argv0:
+        return "refusing to signal pid %d without an identity to check (expect_start/expect_exe/argv0)" % info["pid"]
+    return None
+
+
+def alive(pid: int, group: bool) -> bool:
+    """Does the process (or any member of its group) still exist (zombies count as gone)?"""
+    if not group:
+        return proc_info(pid) is not None
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return proc_info(pid) is not None or _group_has_live_members(pid)
+
+
+def _group_has_live_members(pgid: int) -> bool:
+    if not os.path.isdir("/proc"):
+        return True
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % p) as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(rest[2]) == pgid and rest[0] != "Z":
+            return True
+    return False
+
+
+def send(pid: int, group: bool, sig: int) -> None:
+    try:
+        if group:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def wait_gone(pid: int, group: bool, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not alive(pid, group):
+            return True
+        time.sleep(0.05)
+    return not alive(pid, group)
+
+
+def main(args: dict) -> dict:
+    """Stop the process if it is still the expected one."""
+    pid = int(args["pid"])
+    info = proc_info(pid)
+    if info is None:
+        return {"result": "gone", "detail": "pid %d is not running" % pid}
+    why = mismatch(info, args)
+    if why:
+        return {"result": "mismatch", "detail": why, "found": info}
+    try:
+        group = os.getpgid(pid) == pid and pid != os.getpgid(0)
+    except ProcessLookupError:
+        return {"result": "gone", "detail": "pid %d exited" % pid}
+    send(pid, group, signal.SIGTERM)
+    if wait_gone(pid, group, float(args.get("grace_s", 10))):
+        return {"result": "stopped-term", "detail": "pid %d%s exited after SIGTERM" % (pid, " (group)" if group else "")}
+    send(pid, group, signal.SIGKILL)
+    wait_gone(pid, group, 5.0)
+    return {"result": "stopped-kill", "detail": "pid %d%s did not exit within %ss of SIGTERM; sent SIGKILL"
+            % (pid, " (group)" if group else "", args.get("grace_s", 10))}

@@ -1,0 +1,88 @@
+"""Verify (phases 1A/2A): a node's model dir is complete, checked against what the hub says.
+
+`verify_node` takes one manifest probe (plus an optional parallel sha256 probe) and returns the
+audit verdict together with the evidence that produced it. The expected manifest is the hub's
+tree when online, else the tree `hf download` kept under `.cache/huggingface` on that node (or
+node 1's, when this node has none).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from modeldrop import audit, hub
+from modeldrop.config import NodeConfig, RunConfig
+from modeldrop.nodes import Node
+
+LARGE_FILE_BYTES = 10 * 1024 * 1024
+
+
+@dataclass
+class VerifyResult:
+    """A node's verdict, its manifest, the expectation used, and the hash check when asked for."""
+
+    verdict: audit.Verdict
+    manifest: dict[str, Any]
+    expected: hub.ExpectedManifest | None
+    hashes: dict[str, Any] | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def probe_manifest(node: Node, nc: NodeConfig, cfg: RunConfig) -> dict[str, Any]:
+    """The node's manifest of MODEL_DIR_NODEk, searching other known dirs for the model too."""
+    return node.run_probe("manifest", {"path": nc.model_dir, "model_folder": cfg.model_folder,
+                                       "search_alternates": True}, timeout=900)
+
+
+def expectation(manifest: dict[str, Any], online: hub.ExpectedManifest | None,
+                fallback: dict[str, Any] | None) -> hub.ExpectedManifest | None:
+    """Hub tree when online; else this node's cached tree; else the fallback manifest's tree."""
+    if online is not None:
+        return online
+    for m in (manifest, fallback):
+        if m and m.get("tree"):
+            return hub.expected_from_cache(m)
+    return None
+
+
+def verify_node(node: Node, nc: NodeConfig, cfg: RunConfig, *, online: hub.ExpectedManifest | None = None,
+                fallback_manifest: dict[str, Any] | None = None) -> VerifyResult:
+    """Audit node `nc`'s model dir; with --verify-hashes also sha256 every large file on the node."""
+    manifest = probe_manifest(node, nc, cfg)
+    expected = expectation(manifest, online, fallback_manifest)
+    verdict = audit.completeness(
+        manifest, expected, include=cfg.include, expected_safetensors=cfg.expected_safetensors,
+        expected_gguf=cfg.expected_gguf, strict=not cfg.fast)
+    result = VerifyResult(verdict, manifest, expected, counts=weight_counts(manifest))
+    if cfg.verify_hashes and manifest.get("exists"):
+        result.hashes = check_hashes(node, nc, manifest, expected)
+        if result.hashes["mismatches"]:
+            verdict.ok = False
+            verdict.problems.append(f"{len(result.hashes['mismatches'])} files fail the sha256 check: "
+                                    + "; ".join(result.hashes["mismatches"][:5]))
+    return result
+
+
+def weight_counts(manifest: dict[str, Any]) -> dict[str, int]:
+    """Counts and total size for the ledger and the model profile."""
+    files = manifest.get("files", [])
+    return {"safetensors_count": sum(f["path"].endswith(".safetensors") for f in files),
+            "gguf_count": sum(f["path"].endswith(".gguf") for f in files),
+            "total_size_bytes": sum(f["size"] for f in files)}
+
+
+def check_hashes(node: Node, nc: NodeConfig, manifest: dict[str, Any],
+                 expected: hub.ExpectedManifest | None) -> dict[str, Any]:
+    """sha256 of every large file, computed on the node in parallel, against the hub's LFS etag."""
+    if expected is None:
+        return {"checked": 0, "mismatches": ["no expected sha256 (no hub tree and no cached tree)"]}
+    targets = [f["path"] for f in manifest.get("files", [])
+               if f["size"] >= LARGE_FILE_BYTES or (expected.files.get(f["path"]) and expected.files[f["path"]].sha256)]
+    targets = [p for p in targets if p in expected.files and expected.files[p].sha256]
+    got = node.run_probe("hashes", {"path": nc.model_dir, "files": targets, "workers": 4}, timeout=4 * 3600)
+    mismatches = [f"{p}: expected {expected.files[p].sha256[:12]}…, got {got['sha256'].get(p, 'missing')[:12]}…"
+                  for p in targets if got["sha256"].get(p) != expected.files[p].sha256]
+    mb_s = got["bytes"] / max(got["seconds"], 1e-9) / 1e6
+    return {"checked": len(targets), "bytes": got["bytes"], "seconds": got["seconds"],
+            "mb_per_s": round(mb_s, 1), "mismatches": mismatches}
