@@ -5,8 +5,9 @@ Contract
 `measure(url, model, concurrency, ...)` drives the calibration server
 (tests_selftest/calibration_server.py, which must already be running at `url`) with
 `concurrency` barrier-released threads and returns the client's errors against the truth:
-- `ttft_err_ms`: client TTFT - configured TTFT (the schedule the server follows from the
-  moment it read the request), so it includes the request's trip to the server;
+- `ttft_err_ms`: client TTFT - the scheduled TTFT (configured ttft + (chunk-1) x gap, since a
+  chunk leaves when its last token is due; the schedule runs from the moment the server read the
+  request), so it includes the request's trip to the server;
 - `ttft_lag_ms`: client first-token stamp - the server's actual write time of that chunk
   (both on the host's CLOCK_MONOTONIC): the client's own measurement lag;
 - `decode_err_pct`: client decode tok/s / configured rate (1000/gap_ms) - 1, in percent;
@@ -45,6 +46,7 @@ def measure(url: str, model: str, concurrency: int, *, ttft_ms: float = 100.0, g
     recs = run_rounds(client, make, concurrency, rounds, warmup=1)
     sent = {e["id"]: e for e in (server_log() if server_log else [])}
     rate = 1000.0 / gap_ms
+    first_due_ms = ttft_ms + (min(chunk, tokens) - 1) * gap_ms
     ok = [r for r in recs if r.ok]
     lags = []
     for r in ok:
@@ -55,7 +57,7 @@ def measure(url: str, model: str, concurrency: int, *, ttft_ms: float = 100.0, g
     return {
         "concurrency": concurrency, "requests": len(recs), "errors": len(recs) - len(ok),
         "config": {"ttft_ms": ttft_ms, "gap_ms": gap_ms, "tokens": tokens, "chunk": chunk, "rounds": rounds},
-        "ttft_err_ms": dist((r.ttft * 1000 - ttft_ms) for r in ok if r.ttft is not None),
+        "ttft_err_ms": dist((r.ttft * 1000 - first_due_ms) for r in ok if r.ttft is not None),
         "ttft_lag_ms": dist(lags),
         "decode_err_pct": dist((r.decode_tps / rate - 1) * 100 for r in ok if r.decode_tps),
         "cpu_us_per_token": sum(r.client_cpu_s for r in ok) / out_tokens * 1e6 if out_tokens else None,

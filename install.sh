@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install modeldrop on a fresh Debian/Ubuntu machine (or macOS control host):
+# system packages the sandbox needs (openssh-server, python3-venv), then .venv with the package.
+set -euo pipefail
+cd "$(dirname "$0")"
+if command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      openssh-server openssh-client python3-venv ca-certificates >/dev/null
+  else
+    echo "install.sh: not root: skipping apt (the sandbox needs openssh-server and python3-venv; without sshd it uses local nodes)" >&2
+  fi
+fi
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[sandbox,dev]'
+echo "installed: $(.venv/bin/python -c 'import modeldrop; print("modeldrop", modeldrop.__version__)') in $(pwd)/.venv"

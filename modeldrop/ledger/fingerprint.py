@@ -1,0 +1,142 @@
+"""Gate fingerprints: what a gate's pass depends on, hashed, so a later run can reuse the pass.
+
+Contract:
+- `fingerprint_parts(gate, cfg, facts)` returns a JSON-able dict of everything the gate's verdict
+  depends on: model id, hub commit, the node targets and model dirs the gate touches, each node's
+  exo version (from node1_canary on), the options that change the verdict for that kind of gate,
+  and node K's manifest digest for nodeK_download / nodeK_verify (parity: every node's digest).
+- `gate_fingerprint(gate, cfg, facts)` is the sha256 of those parts (hex, 24 chars).
+- `explain_change(old_parts, new_parts)` names, in words, what differs ("other files on node2
+  (manifest changed)"), for the "no reusable pass" diagnostics.
+- `facts` is anything with `hub_commit()`, `exo_version(k)`, `manifest_digest(k)` (see `Facts`);
+  those may probe nodes (lazily, cached by the facts object). Secrets are never part of the parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Protocol
+
+from modeldrop.config import RunConfig, effective
+
+
+class Facts(Protocol):
+    """What fingerprints need to know about the world; `modeldrop.facts.RunFacts` implements it."""
+
+    def hub_commit(self) -> str | None: ...
+
+    def exo_version(self, k: int) -> str | None: ...
+
+    def manifest_digest(self, k: int) -> str | None: ...
+
+
+_FILE_OPTS = ("ONLINE", "HF_INCLUDE")
+OPTIONS_BY_KIND: dict[str, tuple[str, ...]] = {
+    "preflight": ("ONLINE", "EXO_API_PORT"),
+    "download": (*_FILE_OPTS, "HF_REVISION"),
+    "verify": (*_FILE_OPTS, "FAST", "VERIFY_HASHES", "EXPECTED_SAFE_TENSOR_COUNT", "EXPECTED_GGUF_COUNT"),
+    "canary": ("ONLINE", "EXO_API_PORT"),
+    "parity": ("FAST", "HF_INCLUDE"),
+    "startup": ("ONLINE", "EXO_API_PORT", "EXO_NAMESPACE"),
+    "cluster": ("ONLINE", "EXO_API_PORT", "EXO_NAMESPACE"),
+    "placement": ("ONLINE", "EXO_API_PORT", "EXO_NAMESPACE", "EXO_SHARDING", "EXO_INSTANCE_META"),
+    "transport": ("ONLINE", "EXO_API_PORT", "EXO_NAMESPACE", "EXO_SHARDING", "EXO_INSTANCE_META"),
+    "chat": ("ONLINE", "EXO_API_PORT", "EXO_NAMESPACE", "EXO_SHARDING", "EXO_INSTANCE_META"),
+}
+_PER_NODE = re.compile(r"^node(\d+)_(download|verify|canary)$")
+
+
+def gate_kind(gate: str) -> str:
+    """`node2_verify` -> `verify`, `node1_canary` -> `canary`, `chat` -> `chat`."""
+    m = _PER_NODE.match(gate)
+    return m.group(2) if m else gate
+
+
+def gate_node(gate: str) -> int | None:
+    """The node a per-node gate is about (`node2_verify` -> 2), else None."""
+    m = _PER_NODE.match(gate)
+    return int(m.group(1)) if m else None
+
+
+def _option_value(cfg: RunConfig, key: str) -> Any:
+    """The resolved value of an option as it affects a verdict."""
+    if key == "HF_INCLUDE":
+        return list(cfg.include)
+    if key == "EXO_API_PORT":
+        return cfg.api_port
+    if key == "EXO_NAMESPACE":
+        return cfg.namespace
+    if key == "EXO_SHARDING":
+        return effective(cfg, key, "Pipeline")
+    if key == "EXO_INSTANCE_META":
+        return effective(cfg, key, "MlxRing")
+    return cfg.values.get(key)
+
+
+def fingerprint_parts(gate: str, cfg: RunConfig, facts: Facts) -> dict[str, Any]:
+    """Everything `gate`'s verdict depends on, as a JSON-able dict (see module docstring)."""
+    kind = gate_kind(gate)
+    k = gate_node(gate)
+    scope = [k] if k is not None else [n.index for n in cfg.nodes]
+    parts: dict[str, Any] = {
+        "gate": gate,
+        "model_id": cfg.model_id,
+        "hub_commit": facts.hub_commit(),
+        "nodes": {f"node{i}": cfg.node(i).target for i in scope},
+        "model_dirs": {f"node{i}": cfg.node(i).model_dir for i in scope},
+        "options": {key.lower(): _option_value(cfg, key) for key in OPTIONS_BY_KIND.get(kind, ())},
+    }
+    if kind not in ("preflight", "download", "verify", "parity"):
+        parts["exo_versions"] = {f"node{i}": facts.exo_version(i) for i in scope}
+    if kind in ("download", "verify"):
+        parts["manifests"] = {f"node{k}": facts.manifest_digest(k)}
+    elif kind == "parity":
+        parts["manifests"] = {f"node{i}": facts.manifest_digest(i) for i in scope}
+    return parts
+
+
+def digest(parts: dict[str, Any]) -> str:
+    """Stable hash of fingerprint parts (sha256 of canonical JSON, 24 hex chars)."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
+
+
+def gate_fingerprint(gate: str, cfg: RunConfig, facts: Facts) -> str:
+    """The fingerprint of `gate` in this configuration and world."""
+    return digest(fingerprint_parts(gate, cfg, facts))
+
+
+def _short(v: Any) -> str:
+    s = "unknown" if v is None else str(v)
+    return s[:12] if re.fullmatch(r"[0-9a-f]{13,}", s) else s
+
+
+def _dict_changes(old: dict, new: dict, what: str) -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            out.append(what.format(key=key, old=_short(old.get(key)), new=_short(new.get(key))))
+    return out
+
+
+def explain_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """Words for what differs between a recorded pass's parts and today's ("other files on node2 …")."""
+    if not old:
+        return "for a fingerprint recorded without details"
+    if old.get("model_id") != new.get("model_id"):
+        return f"for another model ({old.get('model_id')})"
+    reasons: list[str] = []
+    reasons += _dict_changes(old.get("manifests") or {}, new.get("manifests") or {},
+                             "for other files on {key} (manifest changed)")
+    if old.get("hub_commit") != new.get("hub_commit"):
+        reasons.append(f"for hub commit {_short(old.get('hub_commit'))} (now {_short(new.get('hub_commit'))})")
+    reasons += _dict_changes(old.get("exo_versions") or {}, new.get("exo_versions") or {},
+                             "for exo {old} on {key} (now {new})")
+    reasons += _dict_changes(old.get("nodes") or {}, new.get("nodes") or {}, "for {key} = {old} (now {new})")
+    reasons += _dict_changes(old.get("model_dirs") or {}, new.get("model_dirs") or {},
+                             "for model dir {old} on {key} (now {new})")
+    reasons += _dict_changes(old.get("options") or {}, new.get("options") or {},
+                             "with {key}={old} (now {new})")
+    return "; ".join(reasons) if reasons else "for another fingerprint"

@@ -1,0 +1,117 @@
+"""Gate passes across runs: `<report_dir>/pass_cache.json`.
+
+Contract:
+- `PassCache(path).record(gate, fingerprint, run_id, summary, parts=None, t=None)` appends a pass
+  (newest first, at most `KEEP` per gate) and rewrites the file atomically under an flock, so two
+  runs never lose each other's passes.
+- `lookup(gate, fingerprint, max_age_s, now=None)` returns the newest pass of `gate` with exactly
+  that fingerprint and no older than `max_age_s`, else None.
+- `latest(gate, model_id=None)` returns the newest pass of `gate` (optionally of one model), for the
+  "stale" / "changed" diagnostics; `matching(gate, fingerprint)` the newest with the fingerprint,
+  whatever its age.
+- A missing or unreadable file is an empty cache (a corrupt cache never stops a run).
+- `summary` holds the gate's notes (`{"notes": {...}, "evidence": "..."}`) so a reused gate still
+  contributes its measured facts (sizes, counts, instance id) to the ledger and the profile.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from modeldrop.ledger.runfolder import atomic_write_json
+
+KEEP = 20
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """One recorded gate pass: when, in which run, for which fingerprint, with its evidence summary."""
+
+    gate: str
+    fingerprint: str
+    time: float
+    run_id: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    parts: dict[str, Any] = field(default_factory=dict)
+
+    def age_s(self, now: float | None = None) -> float:
+        """Seconds since the pass was recorded."""
+        return (time.time() if now is None else now) - self.time
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PassRecord:
+        return cls(gate=str(d["gate"]), fingerprint=str(d["fingerprint"]), time=float(d["time"]),
+                   run_id=str(d.get("run_id", "")), summary=dict(d.get("summary") or {}),
+                   parts=dict(d.get("parts") or {}))
+
+
+class PassCache:
+    """The pass cache file of one reports directory."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _load(self) -> dict[str, list[dict[str, Any]]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            passes = data.get("passes", {})
+            return passes if isinstance(passes, dict) else {}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def records(self, gate: str) -> list[PassRecord]:
+        """All stored passes of `gate`, newest first."""
+        out = []
+        for d in self._load().get(gate, []):
+            try:
+                out.append(PassRecord.from_dict(d))
+            except (KeyError, TypeError, ValueError):
+                continue
+        return sorted(out, key=lambda r: r.time, reverse=True)
+
+    def record(self, gate: str, fingerprint: str, run_id: str, summary: dict[str, Any] | None = None,
+               parts: dict[str, Any] | None = None, t: float | None = None) -> PassRecord:
+        """Store a pass of `gate` for `fingerprint` (atomic rewrite under a lock)."""
+        rec = PassRecord(gate, fingerprint, time.time() if t is None else t, run_id,
+                         dict(summary or {}), dict(parts or {}))
+        with self._locked():
+            passes = self._load()
+            old = [r for r in passes.get(gate, []) if isinstance(r, dict)]
+            passes[gate] = [asdict(rec)] + old[:KEEP - 1]
+            atomic_write_json(self.path, {"version": VERSION, "passes": passes})
+        return rec
+
+    def lookup(self, gate: str, fingerprint: str, max_age_s: float, now: float | None = None) -> PassRecord | None:
+        """The newest pass of `gate` with this fingerprint and age <= max_age_s, else None."""
+        rec = self.matching(gate, fingerprint)
+        if rec is not None and rec.age_s(now) <= max_age_s:
+            return rec
+        return None
+
+    def matching(self, gate: str, fingerprint: str) -> PassRecord | None:
+        """The newest pass of `gate` with this fingerprint, whatever its age."""
+        return next((r for r in self.records(gate) if r.fingerprint == fingerprint), None)
+
+    def latest(self, gate: str, model_id: str | None = None) -> PassRecord | None:
+        """The newest pass of `gate` (of `model_id` when given, judged by its recorded parts)."""
+        for r in self.records(gate):
+            if model_id is None or r.parts.get("model_id") in (None, model_id):
+                return r
+        return None

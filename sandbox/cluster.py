@@ -1,0 +1,686 @@
+"""The sandbox cluster: N (1-4) SSH nodes on loopback, the fake hub, and an env file for the suite.
+
+Contract of `Sandbox(root, slot, n_nodes)`:
+- `up()` builds or refreshes, idempotently (seconds when warm), and returns the env file path:
+  per node k a user `mdsb{slot}n{k}` (password field `*`) with its own home, its own sshd on
+  `127.0.{10+slot}.{10+k}:22` (key-only, AllowUsers, own host key and pid file), the `hf` CLI
+  and the EXO emulator as wrapper scripts at a different absolute path per node (nothing on
+  PATH), exo's Linux layout (`~/.local/share/exo/{models,custom_model_cards}`), an
+  `emulator.json`; one client key, `ssh_config` (aliases `sbx{slot}-node{k}`) and
+  `known_hosts`; the hub on `127.0.{10+slot}.1:<hub_port>` with the tiny model published;
+  `model_drop.env`, `model_profiles.json` (if absent) and the reports dir.
+  Hub and node fault switches are cleared by `up()`.
+- `down()` stops exactly what the sandbox started (sshd listeners and their sessions, the
+  node users' processes, emulator processes of this sandbox, the hub), each by pid after
+  checking /proc/<pid>/cmdline (or environ) still names it. Never by process name.
+- Without root or /usr/sbin/sshd the nodes are `local` (one node only; more raises
+  SandboxError); `note` says why.
+Layout under root: `node{k}/{home,sshd_config,ssh_host_ed25519_key,sshd.pid,sshd.log,
+emulator.json}`, `lib/exo_emulator`, `model/`, `hub/{repos,requests.jsonl,hub.pid}`,
+`reference/` (a complete `hf download` for `populate_model`), `sandbox.json` (state).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pwd
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandbox import hub as hubmod
+from sandbox.model import MODEL_ID, folder_name, generate_model, model_card_toml
+from sandbox.nodevenv import DEFAULT_VENV, NODE_REQUIREMENTS, ensure_node_venv
+from sandbox.procs import cmdline, is_zombie, pid_matches, read_pid, stop_pid, wait_until
+
+log = logging.getLogger("sandbox")
+
+SSHD = "/usr/sbin/sshd"
+EXO_API_PORT = 52415
+DEFAULT_HUB_PORT = 8900
+EMULATOR_SRC = Path(__file__).resolve().parent / "exo_emulator"
+GENERATIONS = {"new": "0.3.70", "old": "1.0.71"}
+RAM_TOTAL, RAM_AVAILABLE = 17179869184, 12884901888
+# Where each node's tools live, relative to its home: different per node, like real installs.
+HF_PATHS = {1: ".local/bin/hf", 2: "homebrew/bin/hf", 3: "miniforge3/bin/hf", 4: "Library/Python/3.11/bin/hf"}
+EXO_PATHS = {1: "exo/.venv/bin/exo", 2: "Applications/EXO.app/Contents/Resources/exo/exo",
+             3: "src/exo/.venv/bin/exo", 4: "opt/exo/bin/exo"}
+
+
+class SandboxError(RuntimeError):
+    """The sandbox cannot be built as asked; the message says why and what to do."""
+
+
+def default_root(slot: int) -> Path:
+    """`/var/tmp/modeldrop-sandbox/slot{S}`: world-traversable, survives reboots of the shell."""
+    return Path("/var/tmp/modeldrop-sandbox") / f"slot{slot}"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """Everything the suite and tests need about node k."""
+
+    k: int
+    alias: str
+    user: str
+    address: str
+    home: Path
+    hf_cmd: Path
+    exo_cmd: Path
+    model_dir: Path
+    log_dir: Path
+    emulator_config: Path
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write atomically (temp + replace) with `mode`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.chmod(mode)
+    os.replace(tmp, path)
+
+
+def _chown_tree(path: Path, uid: int, gid: int) -> None:
+    """chown -R without following symlinks."""
+    if not path.exists():
+        return
+    os.chown(path, uid, gid, follow_symlinks=False)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+
+
+def _tcp_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _processes() -> list[tuple[int, int, int]]:
+    """(pid, ppid, uid) of every process."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            uid = (d / "status").read_text().split("\nUid:")[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError, PermissionError):
+            continue
+        out.append((int(d.name), int(stat.rsplit(")", 1)[1].split()[1]), int(uid)))
+    return out
+
+
+def _descendants(root_pid: int, procs: list[tuple[int, int, int]]) -> list[int]:
+    kids: dict[int, list[int]] = {}
+    for pid, ppid, _ in procs:
+        kids.setdefault(ppid, []).append(pid)
+    out, todo = [], [root_pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _environ_has(pid: int, needle: str) -> bool:
+    try:
+        return needle.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+
+
+class Sandbox:
+    """A local cluster of `n_nodes` SSH (or one local) nodes plus the hub; see the module doc."""
+
+    def __init__(self, root: Path | str | None = None, slot: int = 0, n_nodes: int = 2, *,
+                 generation: str = "new", hub_port: int = DEFAULT_HUB_PORT, mode: str = "auto",
+                 venv_dir: Path = DEFAULT_VENV, report_dir: Path | str | None = None,
+                 model_params: dict[str, Any] | None = None,
+                 node_requirements: tuple[str, ...] = NODE_REQUIREMENTS):
+        if not 0 <= slot <= 99:
+            raise SandboxError(f"slot must be 0..99, got {slot}")
+        if not 1 <= n_nodes <= 4:
+            raise SandboxError(f"n_nodes must be 1..4, got {n_nodes}")
+        if generation not in GENERATIONS:
+            raise SandboxError(f"generation must be one of {sorted(GENERATIONS)}, got {generation!r}")
+        self.root = Path(root) if root else default_root(slot)
+        self.slot, self.n_nodes, self.generation = slot, n_nodes, generation
+        self.hub_port, self.venv_dir = hub_port, Path(venv_dir)
+        self.report_dir = Path(report_dir) if report_dir else self.root / "reports"
+        self.model_params = dict(model_params or {})
+        self.node_requirements = tuple(node_requirements)
+        self.model_id = MODEL_ID
+        self.mode, self.note = self._pick_mode(mode)
+        self._faults: dict[int, dict[str, Any]] = {}
+        self.model_info: dict[str, Any] | None = None
+
+    # -- naming ----------------------------------------------------------------------------------
+    @property
+    def hub_host(self) -> str:
+        return f"127.0.{10 + self.slot}.1"
+
+    @property
+    def hub(self) -> hubmod.HubHandle:
+        """The hub handle (works whether or not this object started it)."""
+        hdir = self.root / "hub"
+        return hubmod.HubHandle(self.hub_host, self.hub_port, read_pid(hdir / "hub.pid"), hdir / "hub.pid",
+                                hdir / "requests.jsonl")
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.root / "ssh_config"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.root / "known_hosts"
+
+    @property
+    def env_file(self) -> Path:
+        return self.root / "model_drop.env"
+
+    @property
+    def client_key(self) -> Path:
+        return self.root / "client_ed25519"
+
+    def address(self, k: int) -> str:
+        """Node k's loopback address."""
+        return f"127.0.{10 + self.slot}.{10 + self._k(k)}"
+
+    def alias(self, k: int) -> str:
+        """Node k's ssh_config alias, or `local`."""
+        return "local" if self.mode == "local" else f"sbx{self.slot}-node{self._k(k)}"
+
+    def node_user(self, k: int) -> str:
+        """Node k's user name (the current user for a local node)."""
+        if self.mode == "local":
+            return pwd.getpwuid(os.geteuid()).pw_name
+        return f"mdsb{self.slot}n{self._k(k)}"
+
+    def node_home(self, k: int) -> Path:
+        """Node k's home."""
+        return self.root / f"node{self._k(k)}" / "home"
+
+    def node(self, k: int) -> NodeInfo:
+        """All paths and names of node k."""
+        home = self.node_home(k)
+        return NodeInfo(k, self.alias(k), self.node_user(k), self.address(k), home, home / HF_PATHS[k],
+                        home / EXO_PATHS[k], self.exo_models_dir(k) / folder_name(self.model_id),
+                        home / "modeldrop-logs", self.root / f"node{k}" / "emulator.json")
+
+    def exo_models_dir(self, k: int) -> Path:
+        """exo's models dir on the Linux layout (`EXO_DATA_HOME/models`)."""
+        return self.node_home(k) / ".local/share/exo/models"
+
+    def _k(self, k: int) -> int:
+        if not 1 <= k <= self.n_nodes:
+            raise SandboxError(f"node {k} is not in this sandbox (1..{self.n_nodes})")
+        return k
+
+    def nodes(self) -> list[NodeInfo]:
+        """NodeInfo for k = 1..N."""
+        return [self.node(k) for k in range(1, self.n_nodes + 1)]
+
+    # -- mode ------------------------------------------------------------------------------------
+    def _pick_mode(self, mode: str) -> tuple[str, str]:
+        why = []
+        if os.geteuid() != 0:
+            why.append("not root (users and port 22 need root)")
+        if not Path(SSHD).exists():
+            why.append(f"no {SSHD} (apt-get install openssh-server)")
+        if not shutil.which("ssh"):
+            why.append("no ssh client")
+        if mode == "ssh" and why:
+            raise SandboxError("SSH nodes are not possible here: " + "; ".join(why))
+        if mode == "local" or (mode == "auto" and why):
+            note = ("local nodes: " + ("; ".join(why) if why else "asked for")
+                    + ". Only 1 local node is supported (local nodes share one home).")
+            if self.n_nodes > 1:
+                raise SandboxError(f"{note} Asked for {self.n_nodes}; use --nodes 1 or run as root with sshd.")
+            return "local", note
+        if mode not in ("auto", "ssh"):
+            raise SandboxError(f"mode must be auto, ssh or local, got {mode!r}")
+        return "ssh", ""
+
+    # -- up --------------------------------------------------------------------------------------
+    def up(self) -> Path:
+        """Build or refresh everything; returns the env file path. Idempotent."""
+        t0 = time.monotonic()
+        if self.note:
+            log.warning("%s", self.note)
+        self._prepare_root()
+        self._stop_extra_nodes()
+        self.model_info = self._ensure_model()
+        self._ensure_hub()
+        bin_dir = self._python_bin()
+        self._copy_emulator()
+        if self.mode == "ssh":
+            self._ensure_client_key()
+        for n in self.nodes():
+            self._ensure_node(n, bin_dir)
+        if self.mode == "ssh":
+            self._write_ssh_files()
+            for n in self.nodes():
+                self._ensure_sshd(n)
+        self._ensure_reference_download()
+        self._write_env()
+        self._save_state()
+        log.info("sandbox slot %d up in %.1fs: %s", self.slot, time.monotonic() - t0, self.env_file)
+        return self.env_file
+
+    def _prepare_root(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for p in [self.root, *self.root.parents]:
+            if p == Path("/"):
+                break
+            if self.mode == "ssh" and not p.stat().st_mode & 0o001:
+                if p.stat().st_uid == os.geteuid() and p in (self.root, *self.root.parents[:2]):
+                    p.chmod(p.stat().st_mode | 0o055)
+                else:
+                    raise SandboxError(f"{p} is not traversable by other users (mode "
+                                       f"{oct(p.stat().st_mode & 0o777)}): node users could not reach "
+                                       f"{self.root}; pick a root under /var/tmp")
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+
+    def _stop_extra_nodes(self) -> None:
+        """Stop sshds of nodes a previous, larger up() started."""
+        state = self._load_state()
+        for k_str, rec in state.get("sshd", {}).items():
+            if int(k_str) > self.n_nodes:
+                stop_pid(rec.get("pid"), ["sshd", rec.get("config", "?")])
+
+    def _ensure_model(self) -> dict[str, Any]:
+        mdir = self.root / "model"
+        stamp = mdir / ".sandbox-params.json"
+        params = {"model_id": self.model_id, **self.model_params}
+        try:
+            old = json.loads(stamp.read_text())
+        except (FileNotFoundError, ValueError):
+            old = None
+        if old and old.get("params") == params:
+            return old["info"]
+        shutil.rmtree(mdir, ignore_errors=True)
+        info = generate_model(mdir, **params)
+        _write(stamp, json.dumps({"params": params, "info": info}, indent=1))
+        return info
+
+    def _ensure_hub(self) -> None:
+        hdir = self.root / "hub"
+        # stage the publish in a tmp dir outside the model dir so the stamp file is not served
+        src = self.root / "model"
+        hubmod.publish(hdir / "repos", self.model_id, src)
+        stamp = hdir / "repos" / self.model_id / ".sandbox-params.json"
+        stamp.unlink(missing_ok=True)
+        h = hubmod.start_hub(hdir / "repos", self.hub_host, self.hub_port, hdir / "requests.jsonl",
+                             hdir / "hub.pid")
+        h.clear_faults()
+
+    def _python_bin(self) -> Path:
+        """The bin dir holding the nodes' `hf` and `python`."""
+        if self.mode == "local":
+            return Path(sys.executable).parent
+        return ensure_node_venv(self.venv_dir, self.node_requirements) / "bin"
+
+    def _copy_emulator(self) -> None:
+        lib = self.root / "lib"
+        dest = lib / "exo_emulator"
+        lib.mkdir(parents=True, exist_ok=True)
+        lib.chmod(0o755)
+        shutil.rmtree(dest, ignore_errors=True)
+        if EMULATOR_SRC.is_dir():
+            shutil.copytree(EMULATOR_SRC, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            for dirpath, dirnames, filenames in os.walk(dest):
+                os.chmod(dirpath, 0o755)
+                for f in filenames:
+                    os.chmod(os.path.join(dirpath, f), 0o644)
+        else:
+            log.warning("no EXO emulator at %s yet: the exo wrappers will fail until it exists", EMULATOR_SRC)
+
+    def _ensure_client_key(self) -> None:
+        if not self.client_key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"modeldrop-sbx{self.slot}",
+                            "-f", str(self.client_key)], check=True, capture_output=True)
+        self.client_key.chmod(0o600)
+
+    def _ensure_user(self, n: NodeInfo) -> tuple[int, int]:
+        """Create or fix the node user; returns (uid, gid)."""
+        if self.mode == "local":
+            return os.geteuid(), os.getegid()
+        try:
+            pw = pwd.getpwnam(n.user)
+        except KeyError:
+            subprocess.run(["useradd", "--home-dir", str(n.home), "--no-create-home", "--shell", "/bin/sh",
+                            "--user-group", "--password", "*", "--comment", f"modeldrop sandbox {n.alias}",
+                            n.user], check=True, capture_output=True)
+            pw = pwd.getpwnam(n.user)
+        if pw.pw_dir != str(n.home) or pw.pw_shell != "/bin/sh":
+            subprocess.run(["usermod", "--home", str(n.home), "--shell", "/bin/sh", n.user],
+                           check=True, capture_output=True)
+        subprocess.run(["usermod", "--password", "*", n.user], check=True, capture_output=True)
+        return pw.pw_uid, pw.pw_gid
+
+    def _ensure_node(self, n: NodeInfo, bin_dir: Path) -> None:
+        uid, gid = self._ensure_user(n)
+        node_dir = n.home.parent
+        node_dir.mkdir(parents=True, exist_ok=True)
+        node_dir.chmod(0o755)
+        n.home.mkdir(exist_ok=True)
+        for d in (self.exo_models_dir(n.k), n.home / ".local/share/exo/custom_model_cards",
+                  n.home / ".cache/exo", n.home / ".config/exo", n.log_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._write_wrappers(n, bin_dir)
+        card = n.home / ".local/share/exo/custom_model_cards" / f"{folder_name(self.model_id)}.toml"
+        _write(card, model_card_toml(self.model_info or {}))
+        if self.mode == "ssh":
+            ssh_dir = n.home / ".ssh"
+            ssh_dir.mkdir(mode=0o700, exist_ok=True)
+            _write(ssh_dir / "authorized_keys", Path(f"{self.client_key}.pub").read_text(), 0o600)
+        _chown_tree(n.home, uid, gid)
+        n.home.chmod(0o755)
+        self._write_emulator_config(n.k)
+
+    def _write_wrappers(self, n: NodeInfo, bin_dir: Path) -> None:
+        local_env = ""
+        if self.mode == "local":
+            local_env = (f'HOME={shlex.quote(str(n.home))}; export HOME\n'
+                         f': "${{HF_HOME:={n.home}/.cache/huggingface}}"; export HF_HOME\n')
+        hf = ("#!/bin/sh\n# hf CLI of sandbox node {k} (wraps the node venv's hf; not on PATH, like a real"
+              " install)\n"
+              ': "${{HF_HUB_DISABLE_UPDATE_CHECK:=1}}"; export HF_HUB_DISABLE_UPDATE_CHECK\n'
+              ': "${{HF_HUB_DISABLE_TELEMETRY:=1}}"; export HF_HUB_DISABLE_TELEMETRY\n'
+              "{local}exec {hf} \"$@\"\n").format(k=n.k, local=local_env if self.mode == "local" else "",
+                                                   hf=shlex.quote(str(bin_dir / "hf")))
+        exo = ("#!/bin/sh\n# exo of sandbox node {k}: the EXO emulator (sandbox/exo_emulator)\n{local}"
+               "EXO_EMULATOR_CONFIG={cfg}; export EXO_EMULATOR_CONFIG\n"
+               "PYTHONPATH={lib}; export PYTHONPATH\n"
+               "exec {py} -m exo_emulator \"$@\"\n").format(
+            k=n.k, local=local_env.split("\n")[0] + "\n" if local_env else "",
+            cfg=shlex.quote(str(n.emulator_config)), lib=shlex.quote(str(self.root / "lib")),
+            py=shlex.quote(str(bin_dir / "python")))
+        _write(n.hf_cmd, hf, 0o755)
+        _write(n.exo_cmd, exo, 0o755)
+
+    def _emulator_config(self, k: int) -> dict[str, Any]:
+        return {"generation": self.generation, "version": GENERATIONS[self.generation],
+                "node_address": self.address(k),
+                "peer_addresses": [self.address(j) for j in range(1, self.n_nodes + 1)],
+                "friendly_name": f"sbx-node{k}", "ram_total_bytes": RAM_TOTAL,
+                "ram_available_bytes": RAM_AVAILABLE, "layout": "linux",
+                "faults": self._faults.get(k, {}), "hf_endpoint": self.hub.url}
+
+    def _write_emulator_config(self, k: int) -> None:
+        _write(self.node(k).emulator_config, json.dumps(self._emulator_config(k), indent=2) + "\n")
+
+    def _host_key(self, k: int) -> Path:
+        key = self.root / f"node{k}" / "ssh_host_ed25519_key"
+        if not key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"sbx{self.slot}-node{k}",
+                            "-f", str(key)], check=True, capture_output=True)
+        return key
+
+    def _write_ssh_files(self) -> None:
+        cfg = [f"# modeldrop sandbox slot {self.slot}: generated by `python -m sandbox up`; do not edit\n"]
+        hosts = []
+        for n in self.nodes():
+            cfg.append(f"Host {n.alias}\n  HostName {n.address}\n  User {n.user}\n  Port 22\n"
+                       f"  IdentityFile {self.client_key}\n  IdentitiesOnly yes\n"
+                       f"  UserKnownHostsFile {self.known_hosts}\n  StrictHostKeyChecking yes\n"
+                       f"  BatchMode yes\n  ConnectTimeout 5\n  LogLevel ERROR\n\n")
+            pub = Path(f"{self._host_key(n.k)}.pub").read_text().split()
+            hosts.append(f"{n.alias},{n.address} {pub[0]} {pub[1]}\n")
+        _write(self.ssh_config, "".join(cfg))
+        _write(self.known_hosts, "".join(hosts))
+
+    def _sshd_config_path(self, k: int) -> Path:
+        return self.root / f"node{k}" / "sshd_config"
+
+    def _ensure_sshd(self, n: NodeInfo) -> None:
+        ndir = self.root / f"node{n.k}"
+        cfg = self._sshd_config_path(n.k)
+        text = (f"# sshd of sandbox node {n.k} ({n.alias})\nListenAddress {n.address}\nPort 22\n"
+                f"HostKey {self._host_key(n.k)}\nPidFile {ndir / 'sshd.pid'}\n"
+                "AuthorizedKeysFile .ssh/authorized_keys\nPubkeyAuthentication yes\n"
+                "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin no\n"
+                f"UsePAM no\nAllowUsers {n.user}\nStrictModes yes\nPrintMotd no\nPrintLastLog no\n"
+                "AcceptEnv LANG LC_*\nMaxSessions 32\nMaxStartups 64:30:128\n"
+                "Subsystem sftp internal-sftp\nLogLevel VERBOSE\n")
+        changed = not cfg.exists() or cfg.read_text() != text
+        _write(cfg, text, 0o600)
+        pid = read_pid(ndir / "sshd.pid")
+        needles = ["sshd", str(cfg)]
+        if pid_matches(pid, needles) and not changed:
+            return
+        stop_pid(pid, needles)
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        r = subprocess.run([SSHD, "-f", str(cfg), "-E", str(ndir / "sshd.log")], capture_output=True, text=True)
+        if r.returncode != 0:
+            tail = (ndir / "sshd.log").read_text(errors="replace")[-1500:] if (ndir / "sshd.log").exists() else ""
+            raise SandboxError(f"sshd for node {n.k} failed (rc {r.returncode}): {r.stderr}{tail}")
+        wait_until(lambda: pid_matches(read_pid(ndir / "sshd.pid"), needles) and _tcp_open(n.address, 22),
+                   10, f"sshd of node {n.k} to listen on {n.address}:22")
+
+    def _ensure_reference_download(self) -> None:
+        """A complete `hf download` of the current commit, for populate_model()."""
+        commit = self.hub.commit(self.model_id)
+        ref = self.root / "reference" / folder_name(self.model_id)
+        if (ref / ".cache/huggingface/trees" / f"{commit}.json").exists():
+            return
+        shutil.rmtree(ref, ignore_errors=True)
+        hf = Path(sys.executable).parent / "hf"
+        env = {**os.environ, "HF_ENDPOINT": self.hub.url, "HF_HOME": str(self.root / "reference" / ".hfhome"),
+               "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+               "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        env.pop("HF_HUB_OFFLINE", None)
+        env.pop("HF_TOKEN", None)
+        r = subprocess.run([str(hf), "download", self.model_id, "--local-dir", str(ref)], env=env,
+                           capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise SandboxError(f"reference download failed (rc {r.returncode}): {r.stderr[-1500:]}")
+
+    def _write_env(self) -> None:
+        n_list = [n.alias for n in self.nodes()]
+        lines = [f"# modeldrop sandbox, slot {self.slot}: {self.n_nodes} {self.mode} node(s), exo emulator "
+                 f"generation {self.generation}.",
+                 f"# Written by `python -m sandbox up --slot {self.slot} --nodes {self.n_nodes}` on "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}.",
+                 "# Use it with: pytest gates/ --env-file " + str(self.env_file)]
+        if self.note:
+            lines.append(f"# NOTE: {self.note}")
+        lines += ["", "# the model and the nodes", f"MODEL_ID={self.model_id}", f"NODES={','.join(n_list)}"]
+        if self.mode == "ssh":
+            lines += [f"SSH_CONFIG={self.ssh_config}", f"SSH_KNOWN_HOSTS={self.known_hosts}"]
+        weights = len((self.model_info or {}).get("weight_files", []))
+        lines += ["", "# the hub (a local fake Hugging Face hub) and what to expect from it",
+                  f"HF_ENDPOINT={self.hub.url}", f"EXPECTED_SAFE_TENSOR_COUNT={weights}",
+                  "", "# exo", f"EXO_API_PORT={EXO_API_PORT}", f"EXO_NAMESPACE=modeldrop-sbx{self.slot}",
+                  "", "# the suite's own files", f"PROFILE_PATH={self._ensure_profiles()}",
+                  f"RUN_REPORT_DIR={self.report_dir}"]
+        for n in self.nodes():
+            lines += ["", f"# node {n.k}: {n.user}@{n.address} ({n.alias})", f"MODEL_DIR_NODE{n.k}={n.model_dir}",
+                      f"HF_CMD_NODE{n.k}={n.hf_cmd}", f"EXO_CMD_NODE{n.k}={n.exo_cmd}",
+                      f"EXO_LOG_DIR_NODE{n.k}={n.log_dir}"]
+        _write(self.env_file, "\n".join(lines) + "\n")
+
+    def _ensure_profiles(self) -> Path:
+        p = self.root / "model_profiles.json"
+        if not p.exists():
+            _write(p, json.dumps({"models": {}}, indent=2) + "\n")
+        return p
+
+    # -- state -----------------------------------------------------------------------------------
+    def _state_path(self) -> Path:
+        return self.root / "sandbox.json"
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self._state_path().read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _save_state(self) -> None:
+        state = {"slot": self.slot, "n_nodes": self.n_nodes, "mode": self.mode, "generation": self.generation,
+                 "hub_port": self.hub_port, "venv_dir": str(self.venv_dir), "report_dir": str(self.report_dir),
+                 "model_params": self.model_params, "note": self.note,
+                 "hub": {"pid": self.hub.pid, "host": self.hub_host, "port": self.hub_port},
+                 "sshd": {str(n.k): {"pid": read_pid(self.root / f"node{n.k}" / "sshd.pid"),
+                                     "config": str(self._sshd_config_path(n.k))}
+                          for n in self.nodes() if self.mode == "ssh"}}
+        _write(self._state_path(), json.dumps(state, indent=2) + "\n")
+
+    @classmethod
+    def from_root(cls, root: Path | str) -> Sandbox:
+        """The sandbox recorded in `root/sandbox.json` (for down/status from another process)."""
+        root = Path(root)
+        try:
+            s = json.loads((root / "sandbox.json").read_text())
+        except FileNotFoundError:
+            raise SandboxError(f"no sandbox at {root} (no sandbox.json); run `python -m sandbox up`") from None
+        return cls(root, s["slot"], s["n_nodes"], generation=s["generation"], hub_port=s["hub_port"],
+                   mode=s["mode"], venv_dir=Path(s["venv_dir"]), report_dir=s.get("report_dir"),
+                   model_params=s.get("model_params"))
+
+    # -- runtime controls --------------------------------------------------------------------------
+    def set_exo_generation(self, generation: str) -> None:
+        """Switch every node's emulator to `new` or `old` (takes effect at the emulator's next start)."""
+        if generation not in GENERATIONS:
+            raise SandboxError(f"generation must be one of {sorted(GENERATIONS)}, got {generation!r}")
+        self.generation = generation
+        for n in self.nodes():
+            self._write_emulator_config(n.k)
+        if self._state_path().exists():
+            self._save_state()
+
+    def set_exo_faults(self, k: int, faults: dict[str, Any]) -> None:
+        """Replace node k's emulator fault switches (the `faults` object of emulator.json)."""
+        self._faults[self._k(k)] = dict(faults)
+        self._write_emulator_config(k)
+
+    def set_hub_faults(self, faults: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+        """Shortcut for `self.hub.set_faults(...)`."""
+        return self.hub.set_faults(faults, **kw)
+
+    # -- node files --------------------------------------------------------------------------------
+    def _owner(self, k: int) -> tuple[int, int]:
+        pw = pwd.getpwnam(self.node_user(k))
+        return pw.pw_uid, pw.pw_gid
+
+    def reset_node_files(self, k: int, stop_processes: bool = True) -> None:
+        """Wipe node k's model dir, exo state (cache, config, event log), HF cache and logs."""
+        n = self.node(k)
+        if stop_processes:
+            self.stop_node_processes(k)
+        exo_data = n.home / ".local/share/exo"
+        for p in (n.model_dir, exo_data / "event_log", exo_data / "models" / "caches", n.home / ".cache/exo",
+                  n.home / ".config/exo", n.home / ".cache/huggingface", n.log_dir):
+            shutil.rmtree(p, ignore_errors=True)
+        for d in (self.exo_models_dir(k), n.home / ".cache/exo", n.home / ".config/exo", n.log_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        _chown_tree(n.home / ".local", *self._owner(k))
+        for d in (n.home / ".cache", n.home / ".config", n.log_dir):
+            _chown_tree(d, *self._owner(k))
+
+    def populate_model(self, k: int, src: Path | str | None = None) -> Path:
+        """Copy a complete download (default: the reference `hf download`, with .cache/huggingface)
+        into node k's model dir, replacing what is there; returns the model dir."""
+        n = self.node(k)
+        source = Path(src) if src else self.root / "reference" / folder_name(self.model_id)
+        if not (source / "config.json").exists():
+            raise SandboxError(f"{source} holds no download (no config.json); run up() first")
+        shutil.rmtree(n.model_dir, ignore_errors=True)
+        shutil.copytree(source, n.model_dir, symlinks=True)
+        _chown_tree(n.model_dir, *self._owner(k))
+        return n.model_dir
+
+    # -- processes -----------------------------------------------------------------------------------
+    def _node_pids(self, k: int) -> list[int]:
+        """Processes of node k: its user's (SSH mode) and any exo emulator of its config."""
+        needle = f"EXO_EMULATOR_CONFIG={self.root / f'node{k}' / 'emulator.json'}"
+        uid = self._owner(k)[0] if self.mode == "ssh" else None
+        me = os.getpid()
+        return [pid for pid, _, puid in _processes()
+                if pid != me and not is_zombie(pid) and (puid == uid or _environ_has(pid, needle))]
+
+    def stop_node_processes(self, k: int, timeout: float = 5.0) -> list[str]:
+        """Stop every process of node k (see `_node_pids`), by pid; returns what was stopped."""
+        stopped = []
+        for pid in self._node_pids(k):
+            line = cmdline(pid) or "?"
+            if stop_pid(pid, [line[:40]] if line != "?" else [], timeout):
+                stopped.append(f"node{k} pid {pid}: {line[:80]}")
+        return stopped
+
+    def down(self) -> list[str]:
+        """Stop what the sandbox started; returns one line per stopped process."""
+        stopped: list[str] = []
+        state = self._load_state()
+        for k_str, rec in sorted(state.get("sshd", {}).items()):
+            pid, needles = rec.get("pid"), ["sshd", rec.get("config", "?")]
+            if pid_matches(pid, needles):
+                sessions = _descendants(pid, _processes())
+                if stop_pid(pid, needles):
+                    stopped.append(f"node{k_str} sshd pid {pid}")
+                for s in sessions:
+                    line = cmdline(s)
+                    if line and line.startswith("sshd:") and stop_pid(s, [line]):
+                        stopped.append(f"node{k_str} ssh session pid {s}")
+        for k in range(1, self.n_nodes + 1):
+            try:
+                stopped += self.stop_node_processes(k)
+            except KeyError:
+                pass  # the user was never created
+        hub_state = state.get("hub", {"host": self.hub_host, "port": self.hub_port})
+        if hubmod.stop_hub(self.root / "hub" / "hub.pid", hub_state["host"], hub_state["port"]):
+            stopped.append(f"hub pid {hub_state.get('pid')}")
+        return stopped
+
+    def destroy(self) -> list[str]:
+        """down(), then delete the node users and the root folder."""
+        stopped = self.down()
+        if self.mode == "ssh":
+            for k in range(1, self.n_nodes + 1):
+                try:
+                    pwd.getpwnam(self.node_user(k))
+                except KeyError:
+                    continue
+                subprocess.run(["userdel", self.node_user(k)], capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+        return stopped
+
+    def status(self) -> dict[str, Any]:
+        """What runs and where: hub, nodes (sshd alive), env file."""
+        nodes = []
+        for n in self.nodes():
+            pid = read_pid(self.root / f"node{n.k}" / "sshd.pid")
+            alive = self.mode == "local" or pid_matches(pid, ["sshd", str(self._sshd_config_path(n.k))])
+            nodes.append({"k": n.k, "alias": n.alias, "user": n.user, "address": n.address,
+                          "home": str(n.home), "sshd_pid": pid, "alive": alive,
+                          "hf_cmd": str(n.hf_cmd), "exo_cmd": str(n.exo_cmd), "model_dir": str(n.model_dir)})
+        h = self.hub
+        return {"root": str(self.root), "slot": self.slot, "mode": self.mode, "note": self.note,
+                "generation": self.generation, "env_file": str(self.env_file),
+                "hub": {"url": h.url, "pid": h.pid, "alive": h.is_alive()}, "nodes": nodes}
+
+    # -- conveniences for tests -----------------------------------------------------------------------
+    def ssh_argv(self, k: int, argv: list[str]) -> list[str]:
+        """`ssh -F ssh_config alias -- <argv joined for the remote shell>` (local: argv itself)."""
+        if self.mode == "local":
+            return list(argv)
+        return ["ssh", "-F", str(self.ssh_config), self.alias(k), "--", shlex.join(argv)]
+
+    def run_on(self, k: int, argv: list[str], env: dict[str, str] | None = None,
+               timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """Run argv on node k, variables travelling as `env K=V` inside the command (as the suite does)."""
+        full = (["env", *[f"{a}={b}" for a, b in (env or {}).items()]] if env else []) + list(argv)
+        return subprocess.run(self.ssh_argv(k, full), capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)

@@ -1,0 +1,37 @@
+"""Self-test fixtures: pytester for the plugin, and one sandbox per xdist worker (its own slot)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+SANDBOX_BASE = Path(os.environ.get("MODELDROP_SELFTEST_SANDBOX", "/var/tmp/modeldrop-selftest"))
+
+
+def _worker_index(worker_id: str) -> int:
+    """0 for a plain run, N for xdist worker gwN."""
+    return int(worker_id[2:]) if worker_id.startswith("gw") else 0
+
+
+@pytest.fixture(scope="session")
+def sandbox_slot(worker_id: str) -> int:
+    """This worker's sandbox slot; slot 0 is left to the demo (`pytest gates/ --sandbox`)."""
+    return 1 + _worker_index(worker_id)
+
+
+@pytest.fixture(scope="session")
+def sandbox(sandbox_slot: int) -> Iterator[object]:
+    """A 2-node sandbox for this worker, built once, stopped at the end of the session."""
+    from sandbox.cluster import Sandbox
+
+    sbx = Sandbox(root=SANDBOX_BASE / f"slot{sandbox_slot}", slot=sandbox_slot, n_nodes=2)
+    sbx.up()
+    try:
+        yield sbx
+    finally:
+        sbx.down()

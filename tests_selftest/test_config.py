@@ -1,0 +1,147 @@
+"""Configuration: precedence, per-node keys, profile defaults, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from modeldrop import config, gatelist, profiles, validate
+from modeldrop.errors import InputError
+
+BASE = {"MODEL_ID": "mlx-community/Qwen3.5-122B-A10B-4bit", "NODES": "studio1,studio2"}
+
+
+def load(cli=None, environ=None, env_text=None, tmp_path: Path | None = None, profile=None):
+    """load_config with an optional env file and profile file written to tmp_path."""
+    env_file = None
+    environ = dict(environ or {})
+    if tmp_path is not None:
+        prof = tmp_path / "profiles.json"
+        prof.write_text(json.dumps(profile or {"version": 1, "models": {}}))
+        environ.setdefault("PROFILE_PATH", str(prof))
+    if env_text is not None:
+        env_file = tmp_path / "model_drop.env"
+        env_file.write_text(env_text)
+    return config.load_config(cli or {}, environ=environ, env_file=env_file)
+
+
+def test_precedence_cli_over_environment_over_env_file(tmp_path):
+    env_text = "MODEL_ID=a/from-file\nNODES=local\nEXO_API_PORT=1111\nHF_INCLUDE=*.json\n"
+    cfg = load({"MODEL_ID": "a/from-cli"}, {"EXO_API_PORT": "2222"}, env_text, tmp_path)
+    assert cfg.model_id == "a/from-cli"
+    assert cfg.api_port == 2222
+    assert cfg.include == ("*.json",)
+    assert cfg.sources["MODEL_ID"] == "--model" and cfg.sources["EXO_API_PORT"] == "environment"
+    assert cfg.sources["HF_INCLUDE"].endswith("model_drop.env:4")
+
+
+def test_per_node_keys_and_defaults(tmp_path):
+    env_text = "NODE1=studio1\nNODE2=me@10.0.0.2:2222\nMODEL_DIR_NODE2=~/Models/a--b\nHF_CMD_NODE2=/usr/local/bin/hf\n"
+    cfg = load({"MODEL_ID": "a/b"}, {}, env_text, tmp_path)
+    assert [n.target for n in cfg.nodes] == ["studio1", "me@10.0.0.2:2222"]
+    assert cfg.node(1).model_dir == "~/.exo/models/a--b"
+    assert cfg.node(2).model_dir == "~/Models/a--b" and cfg.node(2).models_parent == "~/Models"
+    assert cfg.node(2).hf_cmd == "/usr/local/bin/hf"
+    assert cfg.node(1).hf_cmd == config.OPTION_BY_KEY["HF_CMD"].default
+
+
+def test_profile_supplies_include_counts_and_threshold_but_operator_wins(tmp_path):
+    profile = {"version": 1, "models": {"a/b": {"status": "active", "include": ["*.safetensors", "*.json"],
+                                               "expected_safetensors": 3, "disk_threshold_gb": 80}}}
+    cfg = load({"MODEL_ID": "a/b", "NODES": "local"}, {}, None, tmp_path, profile)
+    assert cfg.include == ("*.safetensors", "*.json")
+    assert cfg.expected_safetensors == 3
+    assert cfg.min_free_bytes == 80_000_000_000
+    cfg = load({"MODEL_ID": "a/b", "NODES": "local"}, {"EXPECTED_SAFE_TENSOR_COUNT": "5"}, None, tmp_path, profile)
+    assert cfg.expected_safetensors == 5
+
+
+@pytest.mark.parametrize("bad", ["../x", "org/x;rm -rf ~", "org", "", "a/..", "a--b/c", "a/b c", "-a/b"])
+def test_bad_model_ids_are_one_line_errors(bad):
+    with pytest.raises(InputError) as e:
+        config.load_config({"MODEL_ID": bad, "NODES": "local"}, environ={})
+    msg = str(e.value)
+    assert "\n" not in msg and "--model" in msg and ("org/name" in msg or "no model" in msg)
+
+
+@pytest.mark.parametrize("bad", ["a b", "h;ls", "u@h:99999", "$(x)", "u@h`id`", "u@", "@h", "a,a"])
+def test_bad_node_specs_are_one_line_errors(bad):
+    with pytest.raises(InputError) as e:
+        config.load_config({"MODEL_ID": "a/b", "NODES": bad}, environ={})
+    assert "\n" not in str(e.value) and "--nodes" in str(e.value)
+
+
+def test_good_node_specs():
+    for spec in ["local", "studio-1", "me@10.0.0.2", "me@host.lan:2222", "me@[fe80::1]:22"]:
+        assert validate.node_spec(spec) == spec
+
+
+def test_malformed_and_unknown_env_lines_name_file_and_line(tmp_path):
+    with pytest.raises(InputError, match=r"model_drop.env:2: malformed line"):
+        load({}, {}, "MODEL_ID=a/b\nthis is not a key\n", tmp_path)
+    with pytest.raises(InputError, match=r"model_drop.env:1: unknown key 'MODLE_ID'"):
+        load({}, {}, "MODLE_ID=a/b\n", tmp_path)
+
+
+def test_bad_values_name_the_key(tmp_path):
+    with pytest.raises(InputError, match="EXO_API_PORT"):
+        load({"MODEL_ID": "a/b", "NODES": "local"}, {"EXO_API_PORT": "http"}, None, tmp_path)
+    with pytest.raises(InputError, match="MODEL_DIR_NODE1"):
+        load({"MODEL_ID": "a/b", "NODES": "local"}, {"MODEL_DIR_NODE1": "relative/dir"}, None, tmp_path)
+    with pytest.raises(InputError, match="'..'"):
+        load({"MODEL_ID": "a/b", "NODES": "local"}, {"MODEL_DIR_NODE1": "/a/../etc"}, None, tmp_path)
+    with pytest.raises(InputError, match="EXO_SHARDING"):
+        load({"MODEL_ID": "a/b", "NODES": "local"}, {"EXO_SHARDING": "Diagonal"}, None, tmp_path)
+
+
+def test_env_file_quotes_comments_and_export(tmp_path):
+    cfg = load({}, {}, "# c\nexport MODEL_ID='a/b'\nNODES=\"local\"  \nHF_INCLUDE=*.json # trailing\n", tmp_path)
+    assert cfg.model_id == "a/b" and cfg.nodes[0].target == "local" and cfg.include == ("*.json",)
+
+
+def test_secrets_are_redacted(tmp_path):
+    cfg = load({"MODEL_ID": "a/b", "NODES": "local"}, {"HF_TOKEN": "hf_secret"}, None, tmp_path)
+    assert "hf_secret" not in json.dumps(cfg.redacted())
+
+
+def test_invalid_profile_json_is_one_line(tmp_path):
+    bad = tmp_path / "p.json"
+    bad.write_text('{"models": {"a/b": {"status": "activ"}}}')
+    with pytest.raises(InputError, match=r"status: invalid value 'activ'"):
+        profiles.load(bad)
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match=r"invalid JSON at line 1"):
+        profiles.load(bad)
+    bad.write_text('{"models": {"a/b": {"sharding": 3}}}')
+    with pytest.raises(InputError, match=r"sharding: invalid value 3"):
+        profiles.load(bad)
+
+
+def test_status_gate():
+    assert profiles.status_gate(None, "a/b", allow_blocked=False) is None
+    with pytest.raises(InputError, match="blocked"):
+        profiles.status_gate({"status": "blocked", "reason": "bad shards"}, "a/b", allow_blocked=False)
+    assert profiles.status_gate({"status": "blocked"}, "a/b", allow_blocked=True) is None
+    with pytest.raises(InputError, match="deprecated"):
+        profiles.status_gate({"status": "deprecated"}, "a/b", allow_blocked=True)
+    assert "watch" in profiles.status_gate({"status": "watch"}, "a/b", allow_blocked=False)
+
+
+def test_example_env_file_lists_every_key():
+    text = (Path(__file__).resolve().parent.parent / "config" / "model_drop.env.example").read_text()
+    for opt in config.OPTIONS:
+        assert f"# {opt.key}=" in text, opt.key
+    for key in config.PER_NODE_KEYS:
+        assert f"# {key}1=" in text, key
+
+
+def test_gate_order_and_chain():
+    order = gatelist.gate_order(3)
+    assert order[:4] == ["preflight", "node1_download", "node1_verify", "node1_canary"]
+    assert order.index("node3_verify") < order.index("parity") < order.index("startup") < order.index("chat")
+    assert gatelist.upstream_of("node2_download", order) == "node1_canary"
+    assert gatelist.upstream_of("preflight", order) is None
+    assert gatelist.gate_order(2, audit=True) == ["preflight", "node1_verify", "node2_verify", "parity"]
+    assert gatelist.phase_of("node2_verify") == "2A" and gatelist.phase_of("transport") == "5b"
