@@ -280,16 +280,14 @@ class Sandbox:
         return self.env_file
 
     def _prepare_root(self) -> None:
+        """Create root (mode 755); in SSH mode every ancestor must be traversable by node users."""
         self.root.mkdir(parents=True, exist_ok=True)
-        for p in [self.root, *self.root.parents]:
-            if p == Path("/"):
-                break
-            if self.mode == "ssh" and not p.stat().st_mode & 0o001:
-                if p.stat().st_uid == os.geteuid() and p in (self.root, *self.root.parents[:2]):
-                    p.chmod(p.stat().st_mode | 0o055)
-                else:
+        self.root.chmod(0o755)
+        if self.mode == "ssh":
+            for p in self.root.parents:
+                if not p.stat().st_mode & 0o001:
                     raise SandboxError(f"{p} is not traversable by other users (mode "
-                                       f"{oct(p.stat().st_mode & 0o777)}): node users could not reach "
+                                       f"{oct(p.stat().st_mode & 0o777)}), so node users could not reach "
                                        f"{self.root}; pick a root under /var/tmp")
         self.report_dir.mkdir(parents=True, exist_ok=True)
 
@@ -302,7 +300,7 @@ class Sandbox:
 
     def _ensure_model(self) -> dict[str, Any]:
         mdir = self.root / "model"
-        stamp = mdir / ".sandbox-params.json"
+        stamp = self.root / "model.json"
         params = {"model_id": self.model_id, **self.model_params}
         try:
             old = json.loads(stamp.read_text())
@@ -311,17 +309,14 @@ class Sandbox:
         if old and old.get("params") == params:
             return old["info"]
         shutil.rmtree(mdir, ignore_errors=True)
+        stamp.unlink(missing_ok=True)
         info = generate_model(mdir, **params)
         _write(stamp, json.dumps({"params": params, "info": info}, indent=1))
         return info
 
     def _ensure_hub(self) -> None:
         hdir = self.root / "hub"
-        # stage the publish in a tmp dir outside the model dir so the stamp file is not served
-        src = self.root / "model"
-        hubmod.publish(hdir / "repos", self.model_id, src)
-        stamp = hdir / "repos" / self.model_id / ".sandbox-params.json"
-        stamp.unlink(missing_ok=True)
+        hubmod.publish(hdir / "repos", self.model_id, self.root / "model")
         h = hubmod.start_hub(hdir / "repos", self.hub_host, self.hub_port, hdir / "requests.jsonl",
                              hdir / "hub.pid")
         h.clear_faults()
@@ -391,25 +386,21 @@ class Sandbox:
         self._write_emulator_config(n.k)
 
     def _write_wrappers(self, n: NodeInfo, bin_dir: Path) -> None:
-        local_env = ""
-        if self.mode == "local":
-            local_env = (f'HOME={shlex.quote(str(n.home))}; export HOME\n'
-                         f': "${{HF_HOME:={n.home}/.cache/huggingface}}"; export HF_HOME\n')
-        hf = ("#!/bin/sh\n# hf CLI of sandbox node {k} (wraps the node venv's hf; not on PATH, like a real"
-              " install)\n"
-              ': "${{HF_HUB_DISABLE_UPDATE_CHECK:=1}}"; export HF_HUB_DISABLE_UPDATE_CHECK\n'
-              ': "${{HF_HUB_DISABLE_TELEMETRY:=1}}"; export HF_HUB_DISABLE_TELEMETRY\n'
-              "{local}exec {hf} \"$@\"\n").format(k=n.k, local=local_env if self.mode == "local" else "",
-                                                   hf=shlex.quote(str(bin_dir / "hf")))
-        exo = ("#!/bin/sh\n# exo of sandbox node {k}: the EXO emulator (sandbox/exo_emulator)\n{local}"
-               "EXO_EMULATOR_CONFIG={cfg}; export EXO_EMULATOR_CONFIG\n"
-               "PYTHONPATH={lib}; export PYTHONPATH\n"
-               "exec {py} -m exo_emulator \"$@\"\n").format(
-            k=n.k, local=local_env.split("\n")[0] + "\n" if local_env else "",
-            cfg=shlex.quote(str(n.emulator_config)), lib=shlex.quote(str(self.root / "lib")),
-            py=shlex.quote(str(bin_dir / "python")))
-        _write(n.hf_cmd, hf, 0o755)
-        _write(n.exo_cmd, exo, 0o755)
+        """node k's `hf` and `exo` scripts (see HF_PATHS / EXO_PATHS)."""
+        q = shlex.quote
+        hf = ["#!/bin/sh", f"# hf CLI of sandbox node {n.k}: wraps the node venv's hf (not on PATH, like a real install)",
+              ': "${HF_HUB_DISABLE_UPDATE_CHECK:=1}"; export HF_HUB_DISABLE_UPDATE_CHECK',
+              ': "${HF_HUB_DISABLE_TELEMETRY:=1}"; export HF_HUB_DISABLE_TELEMETRY']
+        exo = ["#!/bin/sh", f"# exo of sandbox node {n.k}: the EXO emulator (sandbox/exo_emulator)"]
+        if self.mode == "local":  # a local node's "home" is a folder of the sandbox
+            hf.append(f': "${{HF_HOME:={q(str(n.home / ".cache/huggingface"))}}}"; export HF_HOME')
+            exo.append(f"HOME={q(str(n.home))}; export HOME")
+        hf.append(f'exec {q(str(bin_dir / "hf"))} "$@"')
+        exo += [f"EXO_EMULATOR_CONFIG={q(str(n.emulator_config))}; export EXO_EMULATOR_CONFIG",
+                f"PYTHONPATH={q(str(self.root / 'lib'))}; export PYTHONPATH",
+                f'exec {q(str(bin_dir / "python"))} -m exo_emulator "$@"']
+        _write(n.hf_cmd, "\n".join(hf) + "\n", 0o755)
+        _write(n.exo_cmd, "\n".join(exo) + "\n", 0o755)
 
     def _emulator_config(self, k: int) -> dict[str, Any]:
         return {"generation": self.generation, "version": GENERATIONS[self.generation],

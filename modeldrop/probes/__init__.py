@@ -37,7 +37,7 @@ PYTHON_PICK = (
 )
 
 PROBES = ("facts", "tool", "disk", "manifest", "hashes", "ports", "sockets", "procs", "tail", "spawn",
-          "stop", "fs", "dirsize")
+          "stop", "fs", "dirsize", "reach")
 
 _FOOTER = """
 

@@ -1,31 +1,34 @@
-"""Probe: can this node open a TCP connection to each (host, port)? Stdlib, Python 3.9.
+"""Probe `reach`: {targets: [[host, port], ...], timeout} -> {results: [{host, port, ok, errno, error, seconds}]}.
 
-args: {"targets": [[host, port], ...], "timeout": seconds}
-result: {"results": [{"host", "port", "ok", "errno", "error", "seconds"}]}
-errno is the node's own number (macOS: 60 timed out, 61 refused, 65 no route / local network privacy).
+A TCP connect from this node to each target; errno tells macOS Local Network privacy (65 EHOSTUNREACH)
+from a firewall drop (60 ETIMEDOUT, or a socket timeout) and a closed port (61 ECONNREFUSED).
 """
+
 from __future__ import annotations
 
-import errno as _errno
+import errno as errno_mod
 import socket
 import time
 
 
-def _try(host, port, timeout):
+def connect(host: str, port: int, timeout: float) -> dict:
+    """One connect attempt and its outcome."""
     t0 = time.monotonic()
+    out = {"host": host, "port": port, "ok": False, "errno": None, "error": None}
     try:
-        with socket.create_connection((host, int(port)), timeout):
-            return {"host": host, "port": port, "ok": True, "errno": None, "error": None,
-                    "seconds": round(time.monotonic() - t0, 4)}
+        with socket.create_connection((host, port), timeout=timeout):
+            out["ok"] = True
     except socket.timeout:
-        code = getattr(_errno, "ETIMEDOUT", 60)
-        return {"host": host, "port": port, "ok": False, "errno": code, "error": "timed out",
-                "seconds": round(time.monotonic() - t0, 4)}
-    except OSError as e:
-        return {"host": host, "port": port, "ok": False, "errno": e.errno, "error": e.strerror or str(e),
-                "seconds": round(time.monotonic() - t0, 4)}
+        out["errno"] = errno_mod.ETIMEDOUT
+        out["error"] = "timed out after %ss" % timeout
+    except OSError as exc:
+        out["errno"] = exc.errno
+        out["error"] = exc.strerror or str(exc)
+    out["seconds"] = round(time.monotonic() - t0, 3)
+    return out
 
 
-def main(args):
+def main(args: dict) -> dict:
+    """Connect to every target (in order) with the given timeout."""
     timeout = float(args.get("timeout", 3))
-    return {"results": [_try(h, p, timeout) for h, p in args.get("targets", [])]}
+    return {"results": [connect(str(h), int(p), timeout) for h, p in args.get("targets") or []]}

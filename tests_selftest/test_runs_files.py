@@ -1,0 +1,200 @@
+"""Whole runs of gates 0–3 against the sandbox, with faults injected into real files, binaries and hub.
+
+Each fault must be caught at the named gate, with a message naming the evidence, and no later
+gate may run. The sandbox's nodes are real sshd nodes; the hub serves the real `hf` CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+from pathlib import Path
+
+import pytest
+
+from modeldrop.gatelist import gate_order
+from tests_selftest.runs import later_gates_not_run, run_suite
+
+pytestmark = [pytest.mark.sandbox_run, pytest.mark.timeout(900)]
+FAST = ["--cluster-window", "15", "--settle-window", "2", "--ready-timeout", "120", "--teardown"]
+ORDER = gate_order(2)
+
+
+def env_values(sbx) -> dict[str, str]:
+    """The sandbox's env file as a dict."""
+    out = {}
+    for line in Path(sbx.env_file).read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            k, _, v = line.partition("=")
+            out[k.strip().removeprefix("export ").strip()] = v.strip().strip("'\"")
+    return out
+
+
+def node_dir(sbx, k: int, key: str = "MODEL_DIR_NODE") -> Path:
+    """A node path from the env file, with ~ expanded to that node's home."""
+    value = env_values(sbx)[f"{key}{k}"]
+    return Path(value.replace("~", str(sbx.node_home(k)), 1)) if value.startswith("~") else Path(value)
+
+
+def give(sbx, k: int, path: Path) -> None:
+    """Hand a file or dir created by the test to node k's user (as a real download would be)."""
+    pw = pwd.getpwnam(sbx.node_user(k))
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        os.chown(p, pw.pw_uid, pw.pw_gid)
+
+
+def write_as(sbx, k: int, path: Path, data: bytes, keep_mtime_of: Path | None = None) -> None:
+    """Write a file on node k, optionally restoring the mtime so hf's fast path keeps it."""
+    st = keep_mtime_of.stat() if keep_mtime_of else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    if st:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    give(sbx, k, path)
+
+
+@pytest.fixture
+def clean(sandbox, tmp_path):
+    """Both nodes' model dirs wiped, hub faults off; yields (sandbox, report dir)."""
+    for k in (1, 2):
+        sandbox.reset_node_files(k)
+    sandbox.hub.set_faults({})
+    yield sandbox, tmp_path / "reports"
+    sandbox.hub.set_faults({})
+
+
+def run(sbx, reports: Path, *args: str):
+    """One whole run of the gates against this sandbox."""
+    return run_suite(["gates/"], Path(sbx.env_file), reports, *FAST, *args)
+
+
+def assert_caught(result, gate: str, *needles: str) -> None:
+    """The gate failed with each needle in its message, and nothing after it ran."""
+    assert result.outcome(gate) == "failed", (gate, result.outcomes, result.output[-3000:])
+    for needle in needles:
+        assert needle in result.message(gate), (needle, result.message(gate))
+    assert later_gates_not_run(result, gate, ORDER) == []
+    assert result.rc == 1
+
+
+def test_hf_missing_on_node2_fails_preflight(clean):
+    sbx, reports = clean
+    hf = node_dir(sbx, 2, "HF_CMD_NODE")
+    hidden = hf.with_name(hf.name + ".hidden")
+    hf.rename(hidden)
+    try:
+        result = run(sbx, reports)
+    finally:
+        hidden.rename(hf)
+    assert_caught(result, "preflight", "node2", str(hf), "not found")
+    assert result.outcome("node1_download") == "skipped"
+    assert "blocked by preflight (failed)" in result.message("node1_download")
+
+
+def test_disk_below_threshold_fails_preflight(clean):
+    sbx, reports = clean
+    profile = Path(env_values(sbx)["PROFILE_PATH"])
+    saved = profile.read_text() if profile.exists() else None
+    profile.write_text(json.dumps({"version": 1, "models": {env_values(sbx)["MODEL_ID"]: {
+        "status": "active", "disk_threshold_gb": 10_000_000}}}))
+    try:
+        result = run(sbx, reports)
+    finally:
+        profile.write_text(saved) if saved is not None else profile.unlink()
+    assert_caught(result, "preflight", "disk free", "below the threshold")
+
+
+def test_stale_incomplete_beside_complete_download_fails_node1_verify(clean):
+    sbx, reports = clean
+    sbx.populate_model(1)
+    stale = node_dir(sbx, 1) / ".cache/huggingface/download/D5-QTaCbl9VUFv9Wr0C28eFewRc=.abc123.e71801f8.incomplete"
+    write_as(sbx, 1, stale, b"x" * 100)
+    result = run(sbx, reports)
+    assert result.outcome("node1_download") == "passed", result.outcomes
+    assert_caught(result, "node1_verify", ".incomplete")
+
+
+def test_shard_truncated_under_its_own_name_fails_node1_verify(clean):
+    sbx, reports = clean
+    sbx.populate_model(1)
+    shard = sorted(node_dir(sbx, 1).glob("*.safetensors"))[1]
+    write_as(sbx, 1, shard, shard.read_bytes()[: shard.stat().st_size // 2], keep_mtime_of=shard)
+    result = run(sbx, reports)
+    assert_caught(result, "node1_verify", "truncated", shard.name)
+
+
+def test_index_naming_a_missing_shard_fails_node1_verify(clean):
+    sbx, reports = clean
+    sbx.populate_model(1)
+    index = node_dir(sbx, 1) / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    first = next(iter(data["weight_map"]))
+    data["weight_map"][first] = "model-00009-of-00009.safetensors"
+    write_as(sbx, 1, index, json.dumps(data).encode(), keep_mtime_of=index)
+    result = run(sbx, reports)
+    assert_caught(result, "node1_verify", "model-00009-of-00009.safetensors")
+
+
+def test_part_file_in_a_subfolder_on_node2_fails_node2_verify(clean):
+    sbx, reports = clean
+    sbx.populate_model(2)
+    write_as(sbx, 2, node_dir(sbx, 2) / "sub" / "extra.bin.part", b"partial")
+    result = run(sbx, reports)
+    assert result.outcome("node1_verify") == "passed", result.outcomes
+    assert_caught(result, "node2_verify", "sub/extra.bin.part")
+
+
+def test_node2_model_in_another_dir_fails_node2_verify(clean):
+    sbx, reports = clean
+    sbx.populate_model(1)
+    elsewhere = sbx.node_home(2) / "Models" / node_dir(sbx, 2).name
+    sbx.populate_model(2, dir=elsewhere)
+    result = run(sbx, reports, "--audit")
+    assert result.outcome("preflight") == "passed", result.outcomes
+    assert result.outcome("node1_verify") == "passed", result.outcomes
+    assert result.outcome("node2_verify") == "failed", result.outcomes
+    assert str(elsewhere) in result.message("node2_verify") or "Models" in result.message("node2_verify")
+    assert result.outcome("parity") == "skipped"
+
+
+@pytest.mark.parametrize("node_with_extra", [1, 2])
+def test_one_extra_or_missing_file_fails_parity(clean, node_with_extra):
+    sbx, reports = clean
+    for k in (1, 2):
+        sbx.populate_model(k)
+    write_as(sbx, node_with_extra, node_dir(sbx, node_with_extra) / "notes.txt", b"local notes\n")
+    result = run(sbx, reports)
+    assert result.outcome("node2_verify") == "passed", result.outcomes
+    assert_caught(result, "parity", "notes.txt", f"node{node_with_extra}")
+
+
+def test_files_differing_only_under_cache_pass_parity(clean):
+    sbx, reports = clean
+    for k in (1, 2):
+        sbx.populate_model(k)
+    write_as(sbx, 2, node_dir(sbx, 2) / ".cache/huggingface/download/leftover.lock", b"")
+    write_as(sbx, 2, node_dir(sbx, 2) / ".DS_Store", b"\0\0\0\1Bud1")
+    result = run(sbx, reports)
+    assert result.outcome("parity") == "passed", (result.outcomes, result.output[-3000:])
+
+
+def test_hub_429_fails_node1_download_with_the_hubs_reason(clean):
+    sbx, reports = clean
+    sbx.hub.set_faults({"rate_limit_429": True})
+    result = run(sbx, reports)
+    assert_caught(result, "node1_download", "429")
+
+
+def test_green_file_gates_leave_manifests_in_the_run_folder(clean):
+    sbx, reports = clean
+    result = run(sbx, reports)
+    for gate in ("preflight", "node1_download", "node1_verify", "node2_download", "node2_verify", "parity"):
+        assert result.outcome(gate) == "passed", (gate, result.outcomes, result.output[-3000:])
+    folder = result.run_folder()
+    for k in (1, 2):
+        manifest = json.loads((folder / "manifests" / f"node{k}.json").read_text())
+        assert any(f["path"] == "model.safetensors.index.json" for f in manifest["files"])
+    assert (folder / "ledger.html").exists()
+    shutil.rmtree(reports, ignore_errors=True)
