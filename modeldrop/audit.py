@@ -23,6 +23,7 @@ LITTER_NAMES = {".DS_Store", ".localized", "Icon\r", ".Spotlight-V100", ".fseven
                 ".VolumeIcon.icns", ".com.apple.timemachine.donotpresent"}
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth", ".index.json")
 MAX_LISTED = 6
+MAX_PARITY_LINES = 40
 
 
 @dataclass
@@ -92,7 +93,8 @@ def completeness(manifest: dict, expected: ExpectedManifest | None, *, include=(
     v = Verdict(ok=False)
     files = {e["path"]: e["size"] for e in manifest.get("files", [])}
     v.facts.update(expanded=manifest.get("expanded"), n_files=len(files), total_bytes=sum(files.values()),
-                   n_markers=len(manifest.get("markers", [])), n_litter=len(manifest.get("litter", [])))
+                   n_markers=len(manifest.get("markers", [])), n_litter=len(manifest.get("litter", [])),
+                   alternates=[a["path"] for a in manifest.get("alternates") or []])
     if not _dir_present(manifest, files, v, label):
         _check_markers(manifest, v)
         v.ok = not v.problems
@@ -303,6 +305,10 @@ def parity(manifests: dict[str, dict], *, strict: bool = True) -> Verdict:
     diffs += _etag_differences(manifests, v)
     v.facts["n_differences"] = diffs
     v.ok = not v.problems
+    for lines in (v.problems, v.warnings):
+        if len(lines) > MAX_PARITY_LINES:
+            lines[MAX_PARITY_LINES:] = [f"… and {len(lines) - MAX_PARITY_LINES} more differences "
+                                        "(the manifests in the run folder list them all)"]
     return v
 
 

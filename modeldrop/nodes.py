@@ -16,6 +16,7 @@ Contract:
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -83,11 +84,18 @@ class _Lines:
         self._pending += data
         *lines, self._pending = self._pending.split(b"\n")
         for line in lines:
-            self.on_line(self.name, line.decode("utf-8", "replace").rstrip("\r"))
+            self._call(line.decode("utf-8", "replace").rstrip("\r"))
+
+    def _call(self, line: str) -> None:
+        """Hand a line to on_line; a failing callback must not stop the draining (the command would stall)."""
+        try:
+            self.on_line(self.name, line)
+        except Exception:  # noqa: BLE001
+            pass
 
     def finish(self) -> str:
         if self.on_line is not None and self._pending:
-            self.on_line(self.name, self._pending.decode("utf-8", "replace"))
+            self._call(self._pending.decode("utf-8", "replace"))
             self._pending = b""
         return b"".join(self.chunks).decode("utf-8", "replace")
 
@@ -101,6 +109,12 @@ class _Exec:
     shell_text: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     unset_env: Sequence[str] = ()
+
+    @classmethod
+    def of(cls, argv: Sequence[str], env: Mapping[str, str] | None, unset_env: Sequence[str]) -> _Exec:
+        """An argv command with its environment changes."""
+        args = [str(a) for a in argv]
+        return cls(display=args, argv=args, env=dict(env or {}), unset_env=tuple(unset_env))
 
 
 class Node(ABC):
@@ -127,6 +141,7 @@ class Node(ABC):
     def address(self) -> str:
         """The IP of this node as seen from the control host."""
 
+    @abstractmethod
     def close(self) -> None:
         """Release the connection (a later command reconnects)."""
 
@@ -135,16 +150,14 @@ class Node(ABC):
             unset_env: Sequence[str] = (), stdin: bytes | None = None,
             secrets: Sequence[str] = ()) -> CommandResult:
         """Run argv on the node; the result's rc may be non-zero. Raises CommandTimeout / NodeError."""
-        cmd = _Exec(display=[str(a) for a in argv], argv=[str(a) for a in argv], env=dict(env or {}),
-                    unset_env=tuple(unset_env))
+        cmd = _Exec.of(argv, env, unset_env)
         return self._run_logged(cmd, timeout=timeout, stdin=stdin, secrets=secrets, on_line=None)
 
     def stream(self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None,
                unset_env: Sequence[str] = (), on_line: LineCallback,
                secrets: Sequence[str] = ()) -> CommandResult:
         """Like run, calling on_line(stream_name, line) for each stdout/stderr line as it arrives."""
-        cmd = _Exec(display=[str(a) for a in argv], argv=[str(a) for a in argv], env=dict(env or {}),
-                    unset_env=tuple(unset_env))
+        cmd = _Exec.of(argv, env, unset_env)
 
         def redacted(stream_name: str, line: str) -> None:
             on_line(stream_name, redact(line, secrets))
@@ -154,7 +167,7 @@ class Node(ABC):
     def run_probe(self, name: str, args: dict, *, timeout: float = 60) -> dict:
         """Run probe `name` with args on the node's python and return its JSON result; NodeError on failure."""
         payload = probes.probe_payload(name, args)
-        cmd = self._python_exec(name)
+        cmd = self._python_exec(name, args)
         res = self._run_logged(cmd, timeout=timeout, stdin=payload, secrets=(), on_line=None)
         picked, stderr = probes.parse_picked(res.stderr)
         if picked and self.python_cmd is None:
@@ -175,6 +188,11 @@ class Node(ABC):
             self._facts = self.run_probe("facts", {}, timeout=30)
         return self._facts
 
+    def read_tail(self, path: str, max_bytes: int = 65536) -> str:
+        """The last max_bytes of a file on the node ('' when it does not exist)."""
+        r = self.run_probe("tail", {"path": path, "max_bytes": max_bytes}, timeout=60)
+        return str(r.get("text") or "") if r.get("exists") else ""
+
     def expand_path(self, path: str) -> str:
         """path with a leading `~` replaced by the node's home (from the cached facts)."""
         if path == "~" or path.startswith("~/"):
@@ -182,12 +200,18 @@ class Node(ABC):
         return path
 
     # -- internals ----------------------------------------------------------------------------------
-    def _python_exec(self, probe_name: str) -> _Exec:
+    def _python_exec(self, probe_name: str, args: dict) -> _Exec:
+        """The command that feeds a probe to the node's python (the pick snippet until one is known)."""
         py = self.python_cmd or self._picked_python
-        display = ["<probe>", probe_name, f"({py or 'python3 pick'})"]
+        shown = json.dumps({k: v for k, v in args.items() if k != "env"}, sort_keys=True)
+        display = ["<probe>", probe_name, f"({py or 'python3 pick'})", shown[:300]]
         if py:
-            return _Exec(display=display, argv=[py, "-"], shell_text=shlex.join([py, "-"]))
-        return _Exec(display=display, argv=["/bin/sh", "-c", probes.PYTHON_PICK], shell_text=probes.PYTHON_PICK)
+            text = shlex.join([py, "-"])
+            if py.startswith("~/"):  # a configured ~/… interpreter: let the node's shell supply $HOME
+                text = '"$HOME"/' + shlex.join([py[2:], "-"])
+            return _Exec(display=display, argv=[os.path.expanduser(py), "-"], shell_text=text)
+        pick = ["/bin/sh", "-c", probes.PYTHON_PICK]  # /bin/sh whatever the login shell (zsh, bash, fish)
+        return _Exec(display=display, argv=pick, shell_text=shlex.join(pick))
 
     def _run_logged(self, cmd: _Exec, *, timeout: float, stdin: bytes | None, secrets: Sequence[str],
                     on_line: LineCallback | None) -> CommandResult:
@@ -239,6 +263,9 @@ class LocalNode(Node):
 
     def address(self) -> str:
         return "127.0.0.1"
+
+    def close(self) -> None:
+        """Nothing to release: every command is its own process."""
 
     def _execute(self, cmd: _Exec, *, timeout: float, stdin: bytes | None,
                  on_line: LineCallback | None) -> tuple[int, str, str]:
@@ -430,7 +457,10 @@ class SSHNode(Node):
             client.close()
             cause = str(exc).strip() or type(exc).__name__
             raise NodeError(f"{where}: cannot connect: {cause}") from None
-        client.get_transport().set_keepalive(self.keepalive_s)
+        transport = client.get_transport()
+        transport.set_keepalive(self.keepalive_s)
+        if isinstance(transport.sock, socket.socket):  # small channel requests must not wait on Nagle
+            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._client = client
 
     def _command_text(self, cmd: _Exec) -> str:
@@ -451,7 +481,8 @@ class SSHNode(Node):
             try:
                 return t.open_session(timeout=self.connect_timeout)
             except (paramiko.SSHException, EOFError, OSError) as exc:
-                if attempt == 2:
+                if attempt == 2 or (t.is_active() and isinstance(exc, paramiko.ChannelException)):
+                    # a live connection that refuses a channel (e.g. sshd MaxSessions): do not drop it
                     raise NodeError(f"{self.name} ({self.target}): cannot open a channel: {exc}") from None
                 self.close()
         raise AssertionError("unreachable")
@@ -462,7 +493,11 @@ class SSHNode(Node):
         chan = self._open_channel()
         try:
             chan.settimeout(min(max(timeout, 0.1), 30.0))
-            chan.exec_command(self._command_text(cmd))
+            try:
+                chan.exec_command(self._command_text(cmd))
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise NodeError(f"{self.name} ({self.target}): cannot start `{shlex.join(cmd.display)}`: "
+                                f"{exc}") from None
             streams = {"stdout": _Lines("stdout", on_line), "stderr": _Lines("stderr", on_line)}
             readers = [threading.Thread(target=_drain, args=(chan.recv, streams["stdout"]), daemon=True),
                        threading.Thread(target=_drain, args=(chan.recv_stderr, streams["stderr"]), daemon=True)]

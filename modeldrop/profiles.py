@@ -85,3 +85,48 @@ def status_gate(profile: dict | None, model: str, *, allow_blocked: bool) -> str
     if status == "watch":
         return f"{model}: profile status is watch{why}; results are recorded but treat them with care"
     return None
+
+
+KEEP_STATUSES = ("watch", "blocked", "deprecated")
+
+
+def record_bootstrap(path: Path, model_id: str, row_updates: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Create or update `model_id`'s row after a green bootstrap; return the diff {field: {old, new}}.
+
+    The file is re-read and validated, the row merged with `row_updates` (fields of `FIELDS` only),
+    `updated` set to now (UTC ISO), and written atomically (temp file in the same dir + os.replace).
+    A row whose status is watch/blocked/deprecated keeps it: a green run does not lift an operator's
+    decision; new rows are `active`. `updated` alone is not a change: with nothing else different the
+    file is left untouched and the diff is empty.
+    """
+    import os
+    import tempfile
+    import time
+
+    data = load(path)
+    old = dict(data["models"].get(model_id) or {})
+    new = {**old, **{k: v for k, v in row_updates.items() if k in FIELDS and v is not None}}
+    if old.get("status") in KEEP_STATUSES:
+        new["status"] = old["status"]
+    new.setdefault("status", "active")
+    diff = {k: {"old": old.get(k), "new": new.get(k)} for k in new if k != "updated" and old.get(k) != new.get(k)}
+    if not diff:
+        return {}
+    new["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    diff["updated"] = {"old": old.get("updated"), "new": new["updated"]}
+    _check_row(path, model_id, new)
+    data["models"][model_id] = new
+    data.setdefault("version", 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return diff

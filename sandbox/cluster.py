@@ -9,7 +9,7 @@ Contract of `Sandbox(root, slot, n_nodes)`:
   `emulator.json`; one client key, `ssh_config` (aliases `sbx{slot}-node{k}`) and
   `known_hosts`; the hub on `127.0.{10+slot}.1:<hub_port>` with the tiny model published;
   `model_drop.env`, `model_profiles.json` (if absent) and the reports dir.
-  Hub and node fault switches are cleared by `up()`.
+  Hub and node fault switches (and emulator timing overrides) are cleared by `up()`.
 - `down()` stops exactly what the sandbox started (sshd listeners and their sessions, the
   node users' processes, emulator processes of this sandbox, the hub), each by pid after
   checking /proc/<pid>/cmdline (or environ) still names it. Never by process name.
@@ -99,6 +99,19 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
             os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
+def _admin(argv: list[str], timeout: float = 30.0) -> None:
+    """Run useradd/usermod/userdel; retry while another process holds the passwd lock."""
+    def attempt() -> bool:
+        r = subprocess.run(argv, capture_output=True, text=True)
+        if r.returncode == 0:
+            return True
+        if "lock" in r.stderr.lower():
+            return False
+        raise SandboxError(f"{' '.join(argv)} failed (rc {r.returncode}): {r.stderr.strip()}")
+
+    wait_until(attempt, timeout, f"{argv[0]} to get the passwd lock", interval=0.2)
+
+
 def _tcp_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -134,6 +147,18 @@ def _descendants(root_pid: int, procs: list[tuple[int, int, int]]) -> list[int]:
     return out
 
 
+def spwd_field(user: str) -> str | None:
+    """The password field of `user` in /etc/shadow (None when absent)."""
+    try:
+        for line in Path("/etc/shadow").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            if name == user:
+                return rest.split(":", 1)[0]
+    except OSError:
+        pass
+    return None
+
+
 def _environ_has(pid: int, needle: str) -> bool:
     try:
         return needle.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -164,6 +189,7 @@ class Sandbox:
         self.model_id = MODEL_ID
         self.mode, self.note = self._pick_mode(mode)
         self._faults: dict[int, dict[str, Any]] = {}
+        self._timing: dict[int, dict[str, Any]] = {}
         self.model_info: dict[str, Any] | None = None
 
     # -- naming ----------------------------------------------------------------------------------
@@ -219,6 +245,10 @@ class Sandbox:
                         home / EXO_PATHS[k], self.exo_models_dir(k) / folder_name(self.model_id),
                         home / "modeldrop-logs", self.root / f"node{k}" / "emulator.json")
 
+    def node_tmp(self, k: int) -> Path:
+        """Node k's own temp dir (TMPDIR of its exo), as if it were a separate machine."""
+        return self.root / f"node{self._k(k)}" / "tmp"
+
     def exo_models_dir(self, k: int) -> Path:
         """exo's models dir on the Linux layout (`EXO_DATA_HOME/models`)."""
         return self.node_home(k) / ".local/share/exo/models"
@@ -247,6 +277,7 @@ class Sandbox:
             note = ("local nodes: " + ("; ".join(why) if why else "asked for")
                     + ". Only 1 local node is supported (local nodes share one home).")
             if self.n_nodes > 1:
+                log.error("%s Asked for %d local nodes.", note, self.n_nodes)
                 raise SandboxError(f"{note} Asked for {self.n_nodes}; use --nodes 1 or run as root with sshd.")
             return "local", note
         if mode not in ("auto", "ssh"):
@@ -292,11 +323,18 @@ class Sandbox:
         self.report_dir.mkdir(parents=True, exist_ok=True)
 
     def _stop_extra_nodes(self) -> None:
-        """Stop sshds of nodes a previous, larger up() started."""
+        """Stop the sshds and user processes of nodes a previous, larger up() started."""
         state = self._load_state()
         for k_str, rec in state.get("sshd", {}).items():
             if int(k_str) > self.n_nodes:
                 stop_pid(rec.get("pid"), ["sshd", rec.get("config", "?")])
+                try:
+                    uid = pwd.getpwnam(f"mdsb{self.slot}n{k_str}").pw_uid
+                except KeyError:
+                    continue
+                for pid, _, puid in _processes():
+                    if puid == uid:
+                        stop_pid(pid, [])
 
     def _ensure_model(self) -> dict[str, Any]:
         mdir = self.root / "model"
@@ -317,8 +355,13 @@ class Sandbox:
     def _ensure_hub(self) -> None:
         hdir = self.root / "hub"
         hubmod.publish(hdir / "repos", self.model_id, self.root / "model")
-        h = hubmod.start_hub(hdir / "repos", self.hub_host, self.hub_port, hdir / "requests.jsonl",
-                             hdir / "hub.pid")
+        try:
+            h = hubmod.start_hub(hdir / "repos", self.hub_host, self.hub_port, hdir / "requests.jsonl",
+                                 hdir / "hub.pid")
+        except (RuntimeError, TimeoutError) as e:
+            raise SandboxError(f"the hub could not start on {self.hub_host}:{self.hub_port} (is slot {self.slot} "
+                               f"used by another sandbox root? see `python -m sandbox status --slot "
+                               f"{self.slot}`): {e}") from None
         h.clear_faults()
 
     def _python_bin(self) -> Path:
@@ -335,7 +378,7 @@ class Sandbox:
         shutil.rmtree(dest, ignore_errors=True)
         if EMULATOR_SRC.is_dir():
             shutil.copytree(EMULATOR_SRC, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-            for dirpath, dirnames, filenames in os.walk(dest):
+            for dirpath, _dirs, filenames in os.walk(dest):
                 os.chmod(dirpath, 0o755)
                 for f in filenames:
                     os.chmod(os.path.join(dirpath, f), 0o644)
@@ -355,14 +398,14 @@ class Sandbox:
         try:
             pw = pwd.getpwnam(n.user)
         except KeyError:
-            subprocess.run(["useradd", "--home-dir", str(n.home), "--no-create-home", "--shell", "/bin/sh",
-                            "--user-group", "--password", "*", "--comment", f"modeldrop sandbox {n.alias}",
-                            n.user], check=True, capture_output=True)
+            _admin(["useradd", "--home-dir", str(n.home), "--no-create-home", "--shell", "/bin/sh",
+                    "--user-group", "--password", "*", "--comment", f"modeldrop sandbox {n.alias}", n.user])
             pw = pwd.getpwnam(n.user)
         if pw.pw_dir != str(n.home) or pw.pw_shell != "/bin/sh":
-            subprocess.run(["usermod", "--home", str(n.home), "--shell", "/bin/sh", n.user],
-                           check=True, capture_output=True)
-        subprocess.run(["usermod", "--password", "*", n.user], check=True, capture_output=True)
+            # the slot's users are machine-wide: another root used this slot before
+            _admin(["usermod", "--home", str(n.home), "--shell", "/bin/sh", n.user])
+        if spwd_field(n.user) != "*":
+            _admin(["usermod", "--password", "*", n.user])
         return pw.pw_uid, pw.pw_gid
 
     def _ensure_node(self, n: NodeInfo, bin_dir: Path) -> None:
@@ -375,6 +418,8 @@ class Sandbox:
                   n.home / ".cache/exo", n.home / ".config/exo", n.log_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._write_wrappers(n, bin_dir)
+        self.node_tmp(n.k).mkdir(mode=0o700, exist_ok=True)
+        os.chown(self.node_tmp(n.k), uid, gid)
         card = n.home / ".local/share/exo/custom_model_cards" / f"{folder_name(self.model_id)}.toml"
         _write(card, model_card_toml(self.model_info or {}))
         if self.mode == "ssh":
@@ -391,7 +436,9 @@ class Sandbox:
         hf = ["#!/bin/sh", f"# hf CLI of sandbox node {n.k}: wraps the node venv's hf (not on PATH, like a real install)",
               ': "${HF_HUB_DISABLE_UPDATE_CHECK:=1}"; export HF_HUB_DISABLE_UPDATE_CHECK',
               ': "${HF_HUB_DISABLE_TELEMETRY:=1}"; export HF_HUB_DISABLE_TELEMETRY']
-        exo = ["#!/bin/sh", f"# exo of sandbox node {n.k}: the EXO emulator (sandbox/exo_emulator)"]
+        exo = ["#!/bin/sh", f"# exo of sandbox node {n.k}: the EXO emulator (sandbox/exo_emulator)",
+               "# each node is its own machine: its own temp dir (the nodes share this host's /tmp)",
+               f"TMPDIR={q(str(self.node_tmp(n.k)))}; export TMPDIR"]
         if self.mode == "local":  # a local node's "home" is a folder of the sandbox
             hf.append(f': "${{HF_HOME:={q(str(n.home / ".cache/huggingface"))}}}"; export HF_HOME')
             exo.append(f"HOME={q(str(n.home))}; export HOME")
@@ -408,7 +455,8 @@ class Sandbox:
                 "peer_addresses": [self.address(j) for j in range(1, self.n_nodes + 1)],
                 "friendly_name": f"sbx-node{k}", "ram_total_bytes": RAM_TOTAL,
                 "ram_available_bytes": RAM_AVAILABLE, "layout": "linux",
-                "faults": self._faults.get(k, {}), "hf_endpoint": self.hub.url}
+                "faults": self._faults.get(k, {}), "timing": self._timing.get(k, {}),
+                "hf_endpoint": self.hub.url}
 
     def _write_emulator_config(self, k: int) -> None:
         _write(self.node(k).emulator_config, json.dumps(self._emulator_config(k), indent=2) + "\n")
@@ -557,6 +605,11 @@ class Sandbox:
         self._faults[self._k(k)] = dict(faults)
         self._write_emulator_config(k)
 
+    def set_exo_timing(self, k: int, timing: dict[str, Any]) -> None:
+        """Replace node k's emulator timing overrides (`timing` of emulator.json, e.g. hello_s)."""
+        self._timing[self._k(k)] = dict(timing)
+        self._write_emulator_config(k)
+
     def set_hub_faults(self, faults: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
         """Shortcut for `self.hub.set_faults(...)`."""
         return self.hub.set_faults(faults, **kw)
@@ -567,7 +620,7 @@ class Sandbox:
         return pw.pw_uid, pw.pw_gid
 
     def reset_node_files(self, k: int, stop_processes: bool = True) -> None:
-        """Wipe node k's model dir, exo state (cache, config, event log), HF cache and logs."""
+        """Wipe node k's model dir, exo state (cache, config, event log), HF cache, logs and temp dir."""
         n = self.node(k)
         if stop_processes:
             self.stop_node_processes(k)
@@ -575,23 +628,33 @@ class Sandbox:
         for p in (n.model_dir, exo_data / "event_log", exo_data / "models" / "caches", n.home / ".cache/exo",
                   n.home / ".config/exo", n.home / ".cache/huggingface", n.log_dir):
             shutil.rmtree(p, ignore_errors=True)
+        shutil.rmtree(self.node_tmp(k), ignore_errors=True)
         for d in (self.exo_models_dir(k), n.home / ".cache/exo", n.home / ".config/exo", n.log_dir):
             d.mkdir(parents=True, exist_ok=True)
-        _chown_tree(n.home / ".local", *self._owner(k))
-        for d in (n.home / ".cache", n.home / ".config", n.log_dir):
+        self.node_tmp(k).mkdir(mode=0o700)
+        for d in (n.home / ".local", n.home / ".cache", n.home / ".config", n.log_dir, self.node_tmp(k)):
             _chown_tree(d, *self._owner(k))
 
-    def populate_model(self, k: int, src: Path | str | None = None) -> Path:
-        """Copy a complete download (default: the reference `hf download`, with .cache/huggingface)
-        into node k's model dir, replacing what is there; returns the model dir."""
+    def populate_model(self, k: int, dir: Path | str | None = None, *,  # noqa: A002 - the agreed name
+                       source: Path | str | None = None) -> Path:
+        """Copy a complete download, as `hf download` leaves it (with .cache/huggingface), into
+        `dir` on node k (default: its MODEL_DIR), replacing what is there; new folders and files
+        are owned by the node user. `source` defaults to the reference download of the hub's
+        current commit. Returns the destination."""
         n = self.node(k)
-        source = Path(src) if src else self.root / "reference" / folder_name(self.model_id)
-        if not (source / "config.json").exists():
-            raise SandboxError(f"{source} holds no download (no config.json); run up() first")
-        shutil.rmtree(n.model_dir, ignore_errors=True)
-        shutil.copytree(source, n.model_dir, symlinks=True)
-        _chown_tree(n.model_dir, *self._owner(k))
-        return n.model_dir
+        src = Path(source) if source else self.root / "reference" / folder_name(self.model_id)
+        dest = Path(dir) if dir else n.model_dir
+        if not (src / "config.json").exists():
+            raise SandboxError(f"{src} holds no download (no config.json); run up() first")
+        uid, gid = self._owner(k)
+        missing = [p for p in [dest.parent, *dest.parent.parents] if not p.exists()]
+        for p in reversed(missing):
+            p.mkdir()
+            os.chown(p, uid, gid)
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(src, dest, symlinks=True)
+        _chown_tree(dest, uid, gid)
+        return dest
 
     # -- processes -----------------------------------------------------------------------------------
     def _node_pids(self, k: int) -> list[int]:
@@ -644,7 +707,7 @@ class Sandbox:
                     pwd.getpwnam(self.node_user(k))
                 except KeyError:
                     continue
-                subprocess.run(["userdel", self.node_user(k)], capture_output=True)
+                _admin(["userdel", self.node_user(k)])
         shutil.rmtree(self.root, ignore_errors=True)
         return stopped
 

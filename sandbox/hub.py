@@ -48,6 +48,14 @@ SCOPES = ("all", "revision", "tree", "resolve", "head", "get")
 CHUNK = 64 * 1024
 
 
+def code_hash() -> str:
+    """A hash of this module's source: a running hub with other code gets restarted by start_hub."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+
+
+CODE_HASH = code_hash()
+
+
 # ----------------------------------------------------------------------------------------------
 # content: files, oids, commit shas
 
@@ -351,6 +359,7 @@ class HubHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server: HubServer
+    body: bytes = b""
     server_version = "modeldrop-sandbox-hub/1"
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -425,6 +434,9 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def _route(self) -> None:
         try:
+            # read a request body first, whatever the answer, so keep-alive stays in sync
+            length = int(self.headers.get("Content-Length") or 0)
+            self.body = self.rfile.read(length) if length else b""
             parts, query = self._parts()
             if parts[:1] == ["_sandbox"]:
                 return self._admin(parts[1:])
@@ -442,13 +454,13 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def _admin(self, parts: list[str]) -> None:
         if parts == ["health"]:
-            return self._json({"ok": True, "pid": os.getpid(), "repos": self.server.store.repo_ids()})
+            return self._json({"ok": True, "pid": os.getpid(), "code": CODE_HASH,
+                               "repos": self.server.store.repo_ids()})
         if parts == ["faults"] and self.command == "GET":
             return self._json(asdict(self.server.faults))
         if parts == ["faults"] and self.command == "POST":
-            length = int(self.headers.get("Content-Length") or 0)
             try:
-                obj = json.loads(self.rfile.read(length) or b"{}")
+                obj = json.loads(self.body or b"{}")
                 faults = self.server.set_faults(obj)
             except (ValueError, TypeError) as e:
                 return self._json({"error": str(e)}, 400)
@@ -512,8 +524,7 @@ class HubHandler(BaseHTTPRequestHandler):
     def _paths_info(self, org: str, name: str, rev: str) -> None:
         if self._status_faults("tree"):
             return None
-        length = int(self.headers.get("Content-Length") or 0)
-        form = parse_qs(self.rfile.read(length).decode())
+        form = parse_qs(self.body.decode())
         snap = self._snapshot(org, name, rev)
         if snap:
             paths = form.get("paths", [])
@@ -662,11 +673,14 @@ def _needles(host: str, port: int) -> list[str]:
 
 def start_hub(repos_dir: Path, host: str, port: int, log_path: Path, pid_file: Path,
               python: str = sys.executable, timeout: float = 20.0) -> HubHandle:
-    """Start (or reuse, when the pid file names a live hub on host:port) the hub process."""
+    """Start the hub process, or reuse the one the pid file names when it is alive on host:port
+    and runs the current code (otherwise that one is stopped first)."""
     pid = read_pid(pid_file)
     handle = HubHandle(host, port, pid, pid_file, log_path)
     if pid and handle.is_alive():
-        return handle
+        if handle.health().get("code") == code_hash():
+            return handle
+        stop_pid(pid, _needles(host, port))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     argv = [python, "-m", "sandbox.hub", "--repos", str(repos_dir), "--host", host, "--port", str(port),

@@ -21,6 +21,7 @@ Per-request knobs go in the JSON body under "calib" (unknown keys are an error):
     HTTP body that is not valid JSON) | keepalive_only (only `: keep-alive` every keepalive_s
     until the client leaves or 30 s) | http_500 (plain 500 with EXO's error body) | role_first
     (a role-only chunk before the first token, as OpenAI does)
+`--defaults JSON` changes the defaults for every request (e.g. '{"reasoning": 8, "gap_ms": 5}').
 Prompt tokens are counted as round(1.3 x words) + 9 (a linear stand-in for a tokenizer +
 chat template). Answers: `--answers F` is a JSON {substring: reply}; when the last user
 message contains a substring, the reply's words are streamed as the tokens (for task tests).
@@ -350,9 +351,11 @@ class CalibServer:
 
     @classmethod
     def start(cls, model: str = "calib/model", answers: dict[str, str] | None = None,
-              answers_path: Path | None = None, timeout_s: float = 15.0) -> CalibServer:
+              answers_path: Path | None = None, timeout_s: float = 15.0,
+              defaults: dict[str, Any] | None = None) -> CalibServer:
         """Start the server in a subprocess and wait (polling its stdout) until it listens."""
-        argv = [sys.executable, str(Path(__file__).resolve()), "--port", "0", "--model", model]
+        argv = [sys.executable, str(Path(__file__).resolve()), "--port", "0", "--model", model,
+                "--defaults", json.dumps(defaults or {})]
         if answers:
             if answers_path is None:
                 raise ValueError("answers need answers_path (a file the subprocess can read)")
@@ -393,7 +396,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--model", default="calib/model")
     ap.add_argument("--answers", type=Path)
+    ap.add_argument("--defaults", default="{}", help="JSON overriding DEFAULTS for every request")
     a = ap.parse_args(argv)
+    DEFAULTS.update(json.loads(a.defaults))
     answers = json.loads(a.answers.read_text()) if a.answers else {}
     try:
         serve(a.host, a.port, a.model, answers)

@@ -8,9 +8,12 @@ Contract
 - `ttft_err_ms`: client TTFT - the scheduled TTFT (configured ttft + (chunk-1) x gap, since a
   chunk leaves when its last token is due; the schedule runs from the moment the server read the
   request), so it includes the request's trip to the server;
-- `ttft_lag_ms`: client first-token stamp - the server's actual write time of that chunk
-  (both on the host's CLOCK_MONOTONIC): the client's own measurement lag;
+- `ttft_lag_ms`: client TTFT - true TTFT, where true TTFT = the server's actual write time of
+  the first chunk - the client's send stamp (both on the host's CLOCK_MONOTONIC): the client's
+  own measurement error, free of the server's scheduling lateness;
 - `decode_err_pct`: client decode tok/s / configured rate (1000/gap_ms) - 1, in percent;
+- `decode_err_vs_sent_pct`: client decode tok/s / the rate the server actually achieved
+  ((n - n_first) / (last write - first write)) - 1, in percent: the client's own error;
 - `cpu_us_per_token`: the client's thread CPU time per output token.
 Each as a `stats.dist` with n. `python -m modeldrop.bench.calibrate` (or
 `python benchmarks/calibrate.py`) starts the server and prints the table for c = 1, 8, 32.
@@ -48,11 +51,15 @@ def measure(url: str, model: str, concurrency: int, *, ttft_ms: float = 100.0, g
     rate = 1000.0 / gap_ms
     first_due_ms = ttft_ms + (min(chunk, tokens) - 1) * gap_ms
     ok = [r for r in recs if r.ok]
-    lags = []
+    lags, dec_sent = [], []
     for r in ok:
         e = sent.get(r.response_id or "")
-        if e and e["t_sent"] and r.ttft is not None:
-            lags.append((r.t_send + r.ttft - e["t_sent"][0]) * 1000)
+        if not e or not e["t_sent"] or r.ttft is None:
+            continue
+        lags.append((r.t_send + r.ttft - e["t_sent"][0]) * 1000)
+        window = e["t_sent"][-1] - e["t_sent"][0]
+        if r.decode_tps and window > 0:
+            dec_sent.append((r.decode_tps / ((e["n"] - min(chunk, e["n"])) / window) - 1) * 100)
     out_tokens = sum(r.completion_tokens or 0 for r in ok)
     return {
         "concurrency": concurrency, "requests": len(recs), "errors": len(recs) - len(ok),
@@ -60,6 +67,7 @@ def measure(url: str, model: str, concurrency: int, *, ttft_ms: float = 100.0, g
         "ttft_err_ms": dist((r.ttft * 1000 - first_due_ms) for r in ok if r.ttft is not None),
         "ttft_lag_ms": dist(lags),
         "decode_err_pct": dist((r.decode_tps / rate - 1) * 100 for r in ok if r.decode_tps),
+        "decode_err_vs_sent_pct": dist(dec_sent),
         "cpu_us_per_token": sum(r.client_cpu_s for r in ok) / out_tokens * 1e6 if out_tokens else None,
     }
 
@@ -75,11 +83,12 @@ def _load_server_module() -> Any:
 
 
 def _row(m: dict[str, Any]) -> str:
-    t, lag, d = m["ttft_err_ms"], m["ttft_lag_ms"], m["decode_err_pct"]
-    return (f"c={m['concurrency']:>3}  n={t['n']:>4}  TTFT err p50 {t['p50']:+6.2f} ms p95 {t['p95']:+6.2f} ms"
-            f" | client lag p50 {lag['p50'] or 0:5.2f} ms p95 {lag['p95'] or 0:5.2f} ms"
-            f" | decode err p50 {d['p50']:+6.3f} % max|.| {max(abs(d['min']), abs(d['max'])):5.3f} %"
-            f" | CPU {m['cpu_us_per_token']:6.1f} us/token | errors {m['errors']}")
+    t, lag, d, ds = m["ttft_err_ms"], m["ttft_lag_ms"], m["decode_err_pct"], m["decode_err_vs_sent_pct"]
+    return (f"c={m['concurrency']:>3} n={t['n']:>3} | TTFT vs schedule p50 {t['p50']:+5.2f} p95 {t['p95']:+5.2f} ms"
+            f" | vs server writes p50 {lag['p50'] or 0:+5.2f} p95 {lag['p95'] or 0:+5.2f} ms"
+            f" | decode vs schedule p50 {d['p50']:+6.3f} % max|.| {max(abs(d['min']), abs(d['max'])):5.3f} %"
+            f" | vs writes p50 {ds['p50'] or 0:+6.3f} %"
+            f" | CPU {m['cpu_us_per_token']:5.1f} us/token | errors {m['errors']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gap-ms", type=float, default=20.0)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--chunk", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
     a = ap.parse_args(argv)
     srv = _load_server_module().CalibServer.start()

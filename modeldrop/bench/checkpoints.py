@@ -8,7 +8,7 @@ Contract
 - `find_done(case_id, fingerprint, config_key, run_dir, reports_dir, model_id)` returns
   `(path, payload)` of a finished checkpoint of that case with the *same fingerprint and config
   key*, looking first in the current run folder, then in earlier run folders of the same model
-  under `reports_dir` (`*-<org--name>`, newest first), or None. A payload counts as finished when
+  under `reports_dir` (`<UTC stamp>-<org--name>[-k]`, newest first), or None. A payload counts as finished when
   it has a "summary". Unreadable files are skipped (and logged), never fatal.
 - `previous_measurement(case_id, model_id, reports_dir, run_dir)` returns the newest *measured*
   (not reused) payload of the same case from an earlier run of the same model, whatever its
@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,8 +83,9 @@ def _model_runs(reports_dir: Path, model_id: str, exclude: Path | None) -> Itera
     if not Path(reports_dir).is_dir():
         return
     skip = exclude.resolve() if exclude is not None else None
-    runs = [p for p in Path(reports_dir).glob(f"*-{model_slug(model_id)}")
-            if p.is_dir() and not p.is_symlink() and p.resolve() != skip]
+    name = re.compile(rf"^\d{{8}}T\d{{6}}Z-{re.escape(model_slug(model_id))}(-\d+)?$")
+    runs = [p for p in Path(reports_dir).iterdir()
+            if name.match(p.name) and p.is_dir() and not p.is_symlink() and p.resolve() != skip]
     yield from sorted(runs, key=lambda p: p.name, reverse=True)
 
 

@@ -33,6 +33,7 @@ def stderr_sink(line: str) -> None:
 
 
 class Heartbeat:
+    MIN_RATE_WINDOW_S = 2.0
     def __init__(self, phase: str, case_id: str, total: int, *, sink: Sink | None = stderr_sink,
                  every_n: int = 5, every_s: float = 15.0):
         self.phase, self.case_id, self.total = phase, case_id, total
@@ -80,8 +81,11 @@ class Heartbeat:
             now = time.perf_counter()
             span = now - self._last_emit
             d0, k0 = self._window
-            rate = (self.tokens - k0) / span if span > 0 else 0.0
-            line = (f"bench {self.phase} {self.case_id} {self.done}/{self.total} elapsed {now - self._t0:.1f}s "
+            elapsed = now - self._t0
+            # the rate over the last window, unless the window is too short to mean anything
+            rate = ((self.tokens - k0) / span if span >= self.MIN_RATE_WINDOW_S
+                    else (self.tokens / elapsed if elapsed > 0 else 0.0))
+            line = (f"bench {self.phase} {self.case_id} {self.done}/{self.total} elapsed {elapsed:.1f}s "
                     f"rate {rate:.1f} tok/s ({self.done - d0} req in last {span:.1f}s)"
                     + (f" {note}" if note else ""))
             self._last_emit, self._window = now, (self.done, self.tokens)

@@ -32,7 +32,7 @@ log = logging.getLogger("modeldrop.bench")
 WORDS = ("river stone market lantern garden window silver morning paper orchard valley engine "
          "harbor candle meadow bridge forest copper signal winter").split()
 INSTRUCTION = "Continue the list above with a long, detailed story that uses every word."
-PROBE_WORDS = (64, 512)
+PROBE_WORDS = (64, 1024)
 
 
 @dataclass
@@ -42,6 +42,7 @@ class BuiltPrompt:
     predicted_tokens: int | None
     method: str
     filler_words: int
+    pad: int = 0
 
 
 def filler(n_words: int) -> str:
@@ -49,9 +50,10 @@ def filler(n_words: int) -> str:
     return " ".join(WORDS[i % len(WORDS)] for i in range(n_words))
 
 
-def messages_for(n_words: int, salt: int = 0) -> list[dict[str, Any]]:
-    """One user message: salt, `n_words` filler words, the instruction."""
-    return [{"role": "user", "content": f"[{salt % 1_000_000:06d}] {filler(n_words)}\n\n{INSTRUCTION}"}]
+def messages_for(n_words: int, salt: int = 0, pad: int = 0) -> list[dict[str, Any]]:
+    """One user message: salt, `n_words` filler words, `pad` x " ." (fine tuning), the instruction."""
+    return [{"role": "user",
+             "content": f"[{salt % 1_000_000:06d}] {filler(n_words)}{' .' * pad}\n\n{INSTRUCTION}"}]
 
 
 Counter = Callable[[list[dict[str, Any]]], int]
@@ -89,12 +91,19 @@ class PromptSizer:
         self.calibration: dict[str, Any] = {}
         self._probe = probe
         self._calibrated = False
+        self._words: dict[int, tuple[int, int]] = {}
         if tokenizer_dir is not None and (Path(tokenizer_dir) / "tokenizer.json").is_file():
             try:
                 self.counter, self.method = tokenizer_counter(Path(tokenizer_dir))
                 self._calibrated = True
             except Exception as e:
                 log.warning("tokenizer in %s unusable (%s); calibrating by server usage", tokenizer_dir, e)
+
+    def ensure_calibrated(self) -> str:
+        """Run the usage probes now if they are due; returns the sizing method."""
+        if not self._calibrated:
+            self._calibrate()
+        return self.method
 
     def _calibrate(self) -> None:
         self._calibrated = True
@@ -111,32 +120,46 @@ class PromptSizer:
         self.method = "usage-calibrated"
         self.calibration["fit"] = {"tokens_per_word": a, "overhead_tokens": self.fit[1]}
 
-    def predict(self, n_words: int) -> int:
+    def predict(self, n_words: int, pad: int = 0, salt: int = 0) -> int:
         if self.counter is not None:
-            return self.counter(messages_for(n_words))
+            return self.counter(messages_for(n_words, salt, pad))
         a, b = self.fit
         return round(a * n_words + b)
 
-    def words_for(self, target: int) -> int:
-        """Largest filler size whose predicted count does not exceed `target` (at least 1)."""
+    def words_for(self, target: int) -> tuple[int, int]:
+        """(filler words, pad) whose predicted count is the largest not above `target`."""
         if not self._calibrated:
             self._calibrate()
+        if target not in self._words:
+            self._words[target] = self._search(target)
+        return self._words[target]
+
+    def _search(self, target: int) -> tuple[int, int]:
         if self.counter is None:
             a, b = self.fit
-            return max(1, int((target - b) / a))
+            return max(1, round((target - b) / a)), 0
         lo, hi = 1, max(2, target * 2)
-        while lo < hi:
+        while lo < hi:  # largest word count not above the target
             mid = (lo + hi + 1) // 2
             if self.predict(mid) <= target:
                 lo = mid
             else:
                 hi = mid - 1
-        return lo
+        best = (lo, 0)
+        for pad in range(1, 33):  # then " ." atoms to close the last few tokens
+            got = self.predict(lo, pad)
+            if got > target:
+                break
+            best = (lo, pad)
+            if got == target:
+                break
+        return best
 
     def build(self, target_tokens: int, salt: int = 0) -> BuiltPrompt:
-        n = self.words_for(target_tokens)
-        return BuiltPrompt(messages=messages_for(n, salt), target_tokens=target_tokens,
-                           predicted_tokens=self.predict(n), method=self.method, filler_words=n)
+        n, pad = self.words_for(target_tokens)
+        return BuiltPrompt(messages=messages_for(n, salt, pad), target_tokens=target_tokens,
+                           predicted_tokens=self.predict(n, pad, salt), method=self.method,
+                           filler_words=n, pad=pad)
 
     def describe(self) -> dict[str, Any]:
         """Method and calibration data, for the case JSON."""

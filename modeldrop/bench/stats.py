@@ -67,8 +67,10 @@ def phase_wall(records: Sequence[RequestRecord]) -> float | None:
     return end - start
 
 
-def summarize(records: Sequence[RequestRecord]) -> dict[str, Any]:
-    """Phase summary of measured (non-warmup) records; see module contract."""
+def summarize(records: Sequence[RequestRecord], concurrency: int = 1) -> dict[str, Any]:
+    """Phase summary of measured (non-warmup) records; see module contract.
+
+    `concurrency` is the number of requests in flight together (N of exo's max x N)."""
     ok = [r for r in records if r.ok]
     wall = phase_wall(records)
     out_tokens = sum(r.completion_tokens or 0 for r in ok)
@@ -99,8 +101,8 @@ def summarize(records: Sequence[RequestRecord]) -> dict[str, Any]:
         "output_tokens_total": out_tokens,
         "phase_wall_s": wall,
         "aggregate_output_tps": out_tokens / wall if wall and out_tokens else None,
-        "exo_style_agg_tps": (max(s for s in server if s) * len(records)) if any(server) else None,
-        "exo_style_agg_note": "exo_bench style max(generation_tps) x N, optimistic, for comparison only",
+        "exo_style_agg_tps": (max(s for s in server if s) * concurrency) if any(server) else None,
+        "exo_style_agg_note": "exo_bench style max(generation_tps) x N: an optimistic estimate, for comparison only",
         "token_chunks": tokens_chunks,
         "tokens_per_chunk": (out_tokens / tokens_chunks) if tokens_chunks else None,
         "client_cpu_s": cpu,

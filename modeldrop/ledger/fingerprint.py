@@ -2,9 +2,10 @@
 
 Contract:
 - `fingerprint_parts(gate, cfg, facts)` returns a JSON-able dict of everything the gate's verdict
-  depends on: model id, hub commit, the node targets and model dirs the gate touches, each node's
-  exo version (from node1_canary on), the options that change the verdict for that kind of gate,
-  and node K's manifest digest for nodeK_download / nodeK_verify (parity: every node's digest).
+  depends on: model id, the node targets and model dirs the gate touches, the options that change
+  the verdict for that kind of gate (`OPTIONS_BY_KIND`), and the measured facts of `FACTS_BY_KIND`:
+  hub commit (from the verify gates on), each node's exo version (from node1_canary on), node K's
+  manifest digest for nodeK_verify (node1_canary: node 1's; parity: every node's).
 - `gate_fingerprint(gate, cfg, facts)` is the sha256 of those parts (hex, 24 chars).
 - `explain_change(old_parts, new_parts)` names, in words, what differs ("other files on node2
   (manifest changed)"), for the "no reusable pass" diagnostics.
@@ -75,6 +76,25 @@ def _option_value(cfg: RunConfig, key: str) -> Any:
     return cfg.values.get(key)
 
 
+# What each kind of gate's verdict depends on, besides the model, targets, dirs and options:
+# hub commit, exo version(s) and manifest digest(s). Only facts that the gate (or one before it)
+# has measured by the time it passes are used, so the parts recorded at the pass equal the parts
+# probed afresh by a later run when nothing changed. A download's pass is "hf download exited 0
+# into this dir"; whether the files are still the right ones is its verify gate's question.
+FACTS_BY_KIND: dict[str, tuple[str, ...]] = {
+    "preflight": (),
+    "download": (),
+    "verify": ("hub_commit", "manifests"),
+    "canary": ("hub_commit", "exo_versions", "manifests"),
+    "parity": ("hub_commit", "manifests"),
+    "startup": ("hub_commit", "exo_versions"),
+    "cluster": ("hub_commit", "exo_versions"),
+    "placement": ("hub_commit", "exo_versions"),
+    "transport": ("hub_commit", "exo_versions"),
+    "chat": ("hub_commit", "exo_versions"),
+}
+
+
 def fingerprint_parts(gate: str, cfg: RunConfig, facts: Facts) -> dict[str, Any]:
     """Everything `gate`'s verdict depends on, as a JSON-able dict (see module docstring)."""
     kind = gate_kind(gate)
@@ -83,16 +103,16 @@ def fingerprint_parts(gate: str, cfg: RunConfig, facts: Facts) -> dict[str, Any]
     parts: dict[str, Any] = {
         "gate": gate,
         "model_id": cfg.model_id,
-        "hub_commit": facts.hub_commit(),
         "nodes": {f"node{i}": cfg.node(i).target for i in scope},
         "model_dirs": {f"node{i}": cfg.node(i).model_dir for i in scope},
         "options": {key.lower(): _option_value(cfg, key) for key in OPTIONS_BY_KIND.get(kind, ())},
     }
-    if kind not in ("preflight", "download", "verify", "parity"):
+    wanted = FACTS_BY_KIND.get(kind, ("hub_commit", "exo_versions", "manifests"))
+    if "hub_commit" in wanted:
+        parts["hub_commit"] = facts.hub_commit()
+    if "exo_versions" in wanted:
         parts["exo_versions"] = {f"node{i}": facts.exo_version(i) for i in scope}
-    if kind in ("download", "verify"):
-        parts["manifests"] = {f"node{k}": facts.manifest_digest(k)}
-    elif kind == "parity":
+    if "manifests" in wanted:
         parts["manifests"] = {f"node{i}": facts.manifest_digest(i) for i in scope}
     return parts
 

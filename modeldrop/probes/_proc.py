@@ -16,6 +16,7 @@ START_TOLERANCE_S = 1.5
 
 
 def _linux_btime() -> float:
+    """Boot time in epoch seconds (/proc/stat btime)."""
     with open("/proc/stat") as f:
         for line in f:
             if line.startswith("btime "):
@@ -24,6 +25,7 @@ def _linux_btime() -> float:
 
 
 def _linux_info(pid: int) -> dict | None:
+    """proc_info from /proc (None for a zombie or a vanished pid)."""
     try:
         with open("/proc/%d/stat" % pid) as f:
             stat = f.read()
@@ -43,6 +45,7 @@ def _linux_info(pid: int) -> dict | None:
 
 
 def _darwin_exe(pid: int) -> str | None:
+    """The executable path from libproc proc_pidpath, or None."""
     try:
         import ctypes
         import ctypes.util
@@ -55,8 +58,13 @@ def _darwin_exe(pid: int) -> str | None:
 
 
 def _darwin_ps(pids: list | None) -> list:
+    """proc_info rows from BSD ps (`lstart` parsed in the C locale); zombies skipped."""
     argv = ["/bin/ps", "-ww", "-o", "pid=,ppid=,stat=,lstart=,command="]
-    argv += ["-p", ",".join(str(p) for p in pids)] if pids else ["-ax"]
+    if pids:
+        for p in pids:
+            argv += ["-p", str(int(p))]
+    else:
+        argv.append("-ax")
     env = dict(os.environ, LC_ALL="C", LANG="C")
     proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, timeout=20,
                           check=False)

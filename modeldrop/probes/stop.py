@@ -56,6 +56,7 @@ def alive(pid: int, group: bool) -> bool:
 
 
 def _group_has_live_members(pgid: int) -> bool:
+    """Linux: does any non-zombie process have this pgid? (True where /proc is missing.)"""
     if not os.path.isdir("/proc"):
         return True
     for p in os.listdir("/proc"):
@@ -72,6 +73,7 @@ def _group_has_live_members(pgid: int) -> bool:
 
 
 def send(pid: int, group: bool, sig: int) -> None:
+    """Signal the group (or the pid alone); a vanished target is fine."""
     try:
         if group:
             os.killpg(pid, sig)
@@ -82,6 +84,7 @@ def send(pid: int, group: bool, sig: int) -> None:
 
 
 def wait_gone(pid: int, group: bool, seconds: float) -> bool:
+    """Poll until the process (group) is gone or the deadline passes; True when gone."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if not alive(pid, group):

@@ -20,12 +20,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from exo_emulator.logs import logger
 from exo_emulator.placement import place
-from exo_emulator.state import State, unwrap
+from exo_emulator.state import State
 from exo_emulator.wire import JsonConn
 
 W_MAIN = "exo.main:_elect_loop:210"
@@ -45,6 +45,7 @@ class Cluster:
         self.master_id: str | None = None
         self.session = 0
         self.log: list[dict[str, Any]] = []
+        self.applied: list[dict[str, Any]] = []
         self.followers: list[JsonConn] = []
         self.upstream: JsonConn | None = None
         self.pending: list[dict[str, Any]] = []
@@ -145,6 +146,7 @@ class Cluster:
             session = self.session
             self.state.reset()
             self.log = []
+            self.applied = []
             self.pending = []
             followers, self.followers = self.followers, []
             upstream, self.upstream = self.upstream, None
@@ -212,6 +214,7 @@ class Cluster:
                     if session != self.session:
                         break
                     self.state.apply(msg["idx"], msg["event"])
+                    self.applied.append(msg["event"])
                     self.cond.notify_all()
             elif msg.get("type") == "not_master":
                 break
@@ -295,6 +298,7 @@ class Cluster:
     def _append(self, event: dict[str, Any]) -> None:
         idx = len(self.log)
         self.log.append(event)
+        self.applied.append(event)
         self.state.apply(idx, event)
         self.cond.notify_all()
         for c in list(self.followers):
@@ -333,12 +337,12 @@ class Cluster:
                     self._delete_orphan_instances()
 
     def _refresh_last_seen(self) -> None:
-        now_mono, now = time.monotonic(), datetime.now(timezone.utc)
+        now_mono, now = time.monotonic(), datetime.now(UTC)
         times = {}
         for nid in self.state.data["topology"]["nodes"]:
             seen = now_mono if nid == self.node_id else self.contact.get(nid, self.master_since)
             stamp = now.timestamp() - (now_mono - seen)
-            times[nid] = datetime.fromtimestamp(stamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            times[nid] = datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         if times:
             self._append({"type": "LastSeen", "times": times})
 

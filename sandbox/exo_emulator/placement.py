@@ -157,7 +157,7 @@ def place(state: dict[str, Any], card: dict[str, Any], sharding: str, meta: str,
         if not cycles:
             raise ValueError(f"No cycle where every node supports a backend in {sorted(backends)} for {card['model_id']}")
     if meta == "MlxJaccl":
-        rdma = [c for c in cycles if len(c) > 1 and _is_rdma_cycle(state, c)]
+        rdma = [c for c in cycles if _is_rdma_cycle(state, c, generation)]
         if not rdma:
             raise ValueError("Requested RDMA (MlxJaccl) but no RDMA-connected cycles available")
         cycles = rdma
@@ -176,12 +176,15 @@ def place(state: dict[str, Any], card: dict[str, Any], sharding: str, meta: str,
     return {"MlxRingInstance": body}
 
 
-def _is_rdma_cycle(state: dict, cycle: list[str]) -> bool:
+def _is_rdma_cycle(state: dict, cycle: list[str], generation: str) -> bool:
+    """RDMA edges between every pair (vacuous for one node); NEW also gates on nodeRdmaCtl.enabled."""
     conns = state["topology"]["connections"]
     for a in cycle:
         for b in cycle:
             if a != b and not any("sourceRdmaIface" in e for e in conns.get(a, {}).get(b, [])):
                 return False
+    if generation != "new":
+        return True
     return all(state["nodeRdmaCtl"].get(n, {}).get("enabled") for n in cycle)
 
 

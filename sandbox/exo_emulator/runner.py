@@ -169,10 +169,38 @@ def _text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
+def _redirect_stdio(log_dir: str | None) -> None:
+    """NEW exo appends raw runner stdout/stderr to ``exo_log/runner_log/{stdout,stderr}.log``."""
+    if not log_dir:
+        return
+    os.makedirs(log_dir, exist_ok=True)
+    for fd, name in ((1, "stdout.log"), (2, "stderr.log")):
+        target = os.open(os.path.join(log_dir, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(target, fd)
+        os.close(target)
+
+
+def _watch_parent() -> None:
+    """Exit when the node process goes away (a runner never outlives its exo)."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def runner_main(conn: Connection, spec: dict[str, Any]) -> None:
     """Child-process entry point."""
     if spec.get("pythonpath"):
         sys.path.insert(0, spec["pythonpath"])
+    _redirect_stdio(spec.get("runner_log_dir"))
+    _watch_parent()
     runner = Runner(conn, spec)
     try:
         runner.run()

@@ -121,7 +121,7 @@ class State:
 
     def _on_InstanceDeleted(self, e: dict[str, Any]) -> None:
         self.data["instances"].pop(e["instanceId"], None)
-        for tid, task in list(self.data["tasks"].items()):
+        for _tid, task in list(self.data["tasks"].items()):
             body = unwrap(task)
             if body.get("instanceId") == e["instanceId"] and body.get("taskStatus") in ("Pending", "Running"):
                 body["taskStatus"] = "Cancelled"

@@ -23,7 +23,7 @@ W_SUP = "exo.worker.runner.supervisor:_check_runner:399"
 
 class Supervisor:
     def __init__(self, runner_id: str, instance_id: str, spec: dict[str, Any],
-                 publish: Callable[[dict[str, Any]], None], on_failed: Callable[["Supervisor"], None]) -> None:
+                 publish: Callable[[dict[str, Any]], None], on_failed: Callable[[Supervisor], None]) -> None:
         self.runner_id, self.instance_id, self.spec = runner_id, instance_id, spec
         self.publish, self.on_failed = publish, on_failed
         self.sent: set[str] = set()

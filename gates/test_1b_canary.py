@@ -1,0 +1,22 @@
+"""Phase 1B — canary: exo alone on node 1 sees the audited model; stopped by pid, pass or fail."""
+
+import pytest
+
+from modeldrop.exo.client import ExoClient
+from modeldrop.exo.launcher import LaunchError, expand_home
+from modeldrop.exo.observe import canary_check
+
+
+@pytest.mark.gate("node1_canary")
+def test_node1_canary(run_config, exo_canary, exo_report, evidence):
+    """exo (offline) answers /node_id and lists the model under /v1/models?status=downloaded."""
+    try:
+        rec = exo_canary.start("canary")
+    except LaunchError as e:
+        exo_report.launch_failed("node1_canary", e, role="canary")
+    evidence.json("canary launch", rec.to_json())
+    model_dir = expand_home(run_config.node(1).model_dir, str(exo_canary.facts().get("home") or "~"))
+    verdict = canary_check(exo_canary, ExoClient(exo_canary.api_url), run_config.model_id, model_dir)
+    evidence.json("canary", verdict.details)
+    if not verdict.ok:
+        exo_report.fail("node1_canary", verdict, state=None, role="canary")

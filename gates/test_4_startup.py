@@ -1,0 +1,20 @@
+"""Phase 4 — startup: exo on every node with identical flags; every API answers; nothing exits or restarts."""
+
+import pytest
+
+from modeldrop.exo.launcher import LaunchError
+from modeldrop.exo.observe import watch_startup
+
+
+@pytest.mark.gate("startup")
+def test_startup(run_config, exo_cluster, exo_report, evidence):
+    """Each API answers /node_id, and no pid/start or node id changes within the settle window."""
+    try:
+        records = exo_cluster.start()
+    except LaunchError as e:
+        exo_report.launch_failed("startup", e)
+    evidence.json("launches", {f"node{k}": r.to_json() for k, r in records.items()})
+    verdict = watch_startup(exo_cluster.cluster_launchers(), exo_cluster.clients(), run_config.settle_window_s)
+    evidence.json("startup", verdict.details)
+    if not verdict.ok:
+        exo_report.fail("startup", verdict)

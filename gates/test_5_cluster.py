@@ -1,0 +1,20 @@
+"""Phase 5 — cluster: every node's API lists N nodes and connections run both ways for every pair."""
+
+import pytest
+
+from modeldrop.exo.observe import watch_cluster
+
+
+@pytest.mark.gate("cluster")
+def test_cluster(run_config, exo_running, exo_report, evidence):
+    """topology has the N live node ids and edges a->b and b->a, within the cluster window; else a fast stop."""
+    live_ids = exo_running.node_ids()
+    evidence.json("node ids", {f"node{k}": v for k, v in live_ids.items()})
+    missing = [f"node{k}" for k in exo_running.ks if k not in live_ids]
+    if missing:
+        exo_report.fail("cluster", message=f"API not answering /node_id on {', '.join(missing)}",
+                        facts={"exited": missing})
+    verdict = watch_cluster(exo_running.clients(), live_ids, run_config.cluster_window_s)
+    evidence.json("cluster", verdict.details)
+    if not verdict.ok:
+        exo_report.fail("cluster", verdict, state=exo_running.state_of(exo_running.ks[0]))

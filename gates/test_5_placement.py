@@ -1,0 +1,32 @@
+"""Phase 5 — placement: place the model on all N nodes; every runner reaches Ready/Running."""
+
+import pytest
+
+from modeldrop.config import effective
+from modeldrop.exo.observe import clear_instances, place, wait_ready
+from modeldrop.exo.state import parse_instance
+
+
+@pytest.mark.gate("placement")
+def test_placement(run_config, exo_running, exo_report, evidence):
+    """GET /instance/placement (min_nodes=N), POST /instance, then every runner Ready within the timeout."""
+    api = exo_running.clients()[exo_running.ks[0]]
+    n = len(run_config.nodes)
+    sharding = effective(run_config, "EXO_SHARDING", "Pipeline")
+    meta = effective(run_config, "EXO_INSTANCE_META", "MlxRing")
+    cleared = clear_instances(api, run_config.model_id)
+    if cleared:
+        evidence.note("warning", f"deleted earlier instance(s) of the model before placing: {', '.join(cleared)}")
+    inst, failed = place(api, run_config.model_id, sharding, meta, n)
+    if failed is not None:
+        exo_report.fail("placement", failed, http={"status": failed.facts.get("http_status"),
+                                                   "body": failed.details.get("body")},
+                        state=exo_running.state_of(exo_running.ks[0]))
+    instance = parse_instance(inst)
+    exo_running.instance_id = instance.instance_id
+    evidence.note("instance_id", instance.instance_id)
+    evidence.json("placement", inst)
+    verdict = wait_ready(api, instance.instance_id, run_config.ready_timeout_s)
+    evidence.json("readiness", verdict.details)
+    if not verdict.ok:
+        exo_report.fail("placement", verdict, state=exo_running.state_of(exo_running.ks[0]))

@@ -1,0 +1,28 @@
+"""Phase 6 — chat: a chat completion answered through every node's API, streamed and not."""
+
+import pytest
+
+from modeldrop import signatures
+from modeldrop.exo.observe import run_chats, runner_lag
+
+
+@pytest.mark.gate("chat")
+def test_chat(run_config, exo_running, exo_report, evidence):
+    """HTTP 200, a complete body, text or reasoning_content; latency recorded. Runner maps are evidence only."""
+    verdict = run_chats(exo_running.urls(), run_config.model_id)
+    evidence.json("chat", verdict.details)
+    if not verdict.ok:
+        bad = next(r for r in verdict.details["results"] if r.get("error") or not
+                   (r.get("text_chars") or r.get("reasoning_chars")))
+        exo_report.fail("chat", verdict, http={"status": bad.get("status"), "error": bad.get("error"),
+                                               "error_kind": bad.get("error_kind")},
+                        state=exo_running.state_of(exo_running.ks[0]))
+    evidence.note("chat_latency_s", {f"node{r['node']}-{'stream' if r['stream'] else 'json'}": r.get("latency_s")
+                                     for r in verdict.details["results"]})
+    inst = exo_running.find_instance()
+    if inst is not None:
+        lag, maps = runner_lag(exo_running.clients(), inst.instance_id)
+        evidence.json("runner maps", maps)
+        if lag:
+            evidence.note("warning", "chat works while /state runner maps lag: " + "; ".join(lag))
+            evidence.signatures([m.as_dict() for m in signatures.match("chat", facts={"runner_lag": lag})])

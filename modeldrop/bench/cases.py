@@ -1,0 +1,321 @@
+"""Load shapes (token_sweep, thinking, concurrency, tasks), profiles, and the case runner.
+
+Contract
+--------
+- `PROFILES["full" | "short"]` are `BenchProfile`s; `profile.replace(**overrides)` tunes one.
+  "short" runs in well under 2 minutes against a CPU tiny model (sandbox / `--bench-profile short`).
+- `cases_for(phase, profile) -> list[BenchCase]`; a case id is stable for the same parameters
+  (`token_sweep-pp512-tg128`, `thinking-on`, `concurrency-c4`, `tasks-arithmetic`).
+- `run_case(case, ctx) -> CaseOutcome` measures one case, or reuses a checkpoint with the same
+  fingerprint and config (current run folder, then earlier runs of the model) unless
+  `ctx.rerun`; it writes `<run_dir>/bench/<case_id>.json` atomically when the case ends, with
+  fingerprint, config, raw per-request records (warmups apart), summary, figures, reference
+  ratios and regression against the previous measured run. It raises only on programming
+  errors; request failures are counted in the summary.
+Sweep and concurrency go to `ctx.endpoint` (`/bench/chat/completions` when EXO has it: fixed
+output length, no prefix cache); thinking and tasks always use `/v1/chat/completions` (they need
+EOS and reasoning parsing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from modeldrop.bench import checkpoints, reference
+from modeldrop.bench.client import BENCH_PATH, CHAT_PATH, BenchClient, ChatRequest, RequestRecord
+from modeldrop.bench.heartbeat import Heartbeat, Sink, stderr_sink
+from modeldrop.bench.load import run_rounds
+from modeldrop.bench.prompts import PromptSizer
+from modeldrop.bench.stats import dist, summarize
+from modeldrop.bench.tasks import TASKS, grade, task_by_name
+
+PHASES = ("token_sweep", "thinking", "concurrency", "tasks")
+THINK_PROMPT = ("A farmer has 17 sheep. All but 9 run away, then he buys twice as many as he has left. "
+                "How many sheep does he have now? Think it through, then give the number.")
+
+
+@dataclass(frozen=True)
+class BenchProfile:
+    name: str
+    prompt_lens: tuple[int, ...] = (128, 256, 512, 640, 768, 896, 1024, 2048, 4096)
+    output_lens: tuple[int, ...] = (128, 512)
+    sweep_repeat: int = 3
+    thinking_max_tokens: int = 2048
+    thinking_repeat: int = 3
+    concurrency: tuple[int, ...] = (1, 2, 4, 8)
+    concurrency_rounds: int = 3
+    concurrency_prompt_tokens: int = 512
+    concurrency_max_tokens: int = 256
+    task_repeat: int = 1
+    task_max_tokens: int = 256
+    task_thinking: bool | None = False
+    warmup: int = 1
+    warmup_max_tokens: int = 8
+    request_timeout_s: float = 900.0
+
+    def replace(self, **overrides: Any) -> BenchProfile:
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+PROFILES: dict[str, BenchProfile] = {
+    "full": BenchProfile("full"),
+    "short": BenchProfile("short", prompt_lens=(128, 512), output_lens=(32,), sweep_repeat=2,
+                          thinking_max_tokens=64, thinking_repeat=1, concurrency=(1, 2, 4),
+                          concurrency_rounds=2, concurrency_prompt_tokens=128, concurrency_max_tokens=32,
+                          task_max_tokens=48, warmup_max_tokens=4, request_timeout_s=120.0),
+}
+
+
+@dataclass
+class BenchCase:
+    phase: str
+    case_id: str
+    params: dict[str, Any]
+
+
+def cases_for(phase: str, p: BenchProfile) -> list[BenchCase]:
+    """The cases of one phase under profile `p`; see module contract."""
+    if phase == "token_sweep":
+        return [BenchCase(phase, f"token_sweep-pp{pp}-tg{tg}",
+                          {"prompt_tokens": pp, "max_tokens": tg, "repeat": p.sweep_repeat})
+                for tg in p.output_lens for pp in p.prompt_lens]
+    if phase == "thinking":
+        return [BenchCase(phase, f"thinking-{mode}",
+                          {"thinking": mode == "on", "max_tokens": p.thinking_max_tokens, "repeat": p.thinking_repeat})
+                for mode in ("on", "off")]
+    if phase == "concurrency":
+        return [BenchCase(phase, f"concurrency-c{c}",
+                          {"concurrency": c, "rounds": p.concurrency_rounds, "prompt_tokens": p.concurrency_prompt_tokens,
+                           "max_tokens": p.concurrency_max_tokens}) for c in p.concurrency]
+    if phase == "tasks":
+        return [BenchCase(phase, f"tasks-{t.name}",
+                          {"task": t.name, "repeat": p.task_repeat, "max_tokens": p.task_max_tokens,
+                           "thinking": p.task_thinking}) for t in TASKS]
+    raise ValueError(f"unknown benchmark phase {phase!r}; known: {', '.join(PHASES)}")
+
+
+@dataclass
+class BenchContext:
+    """What a case needs to run: target, identity, where to write, how to report progress."""
+
+    client: BenchClient
+    model_id: str
+    fingerprint: str
+    run_dir: Path
+    profile: BenchProfile
+    sizer: PromptSizer
+    endpoint: str = CHAT_PATH
+    reports_dir: Path | None = None
+    reference: dict[str, Any] | None = None
+    rerun: bool = False
+    sink: Sink | None = stderr_sink
+    heartbeat_every_n: int = 5
+    heartbeat_every_s: float = 15.0
+    salt: int = field(default_factory=lambda: int(time.time()) % 1_000_000)
+
+
+@dataclass
+class CaseOutcome:
+    payload: dict[str, Any]
+    path: Path
+    reused: bool
+    reused_from: str | None = None
+
+
+def resolve_endpoint(client: BenchClient, choice: str = "auto") -> str:
+    """"v1" / "bench" as asked; "auto" probes /bench/chat/completions (1 token) and falls back."""
+    if choice == "v1":
+        return CHAT_PATH
+    if choice == "bench":
+        return BENCH_PATH
+    rec = client.send(ChatRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=1,
+                                  stream=False, endpoint=BENCH_PATH, tag="probe"))
+    client.close()
+    return BENCH_PATH if rec.ok else CHAT_PATH
+
+
+def usage_probe(client: BenchClient, endpoint: str = CHAT_PATH):  # noqa: ANN201
+    """A PromptSizer probe: send `messages` with max_tokens=1, return usage.prompt_tokens."""
+    def probe(messages: list[dict[str, Any]]) -> int | None:
+        rec = client.send(ChatRequest(messages=messages, max_tokens=1, stream=False, endpoint=endpoint,
+                                      tag="prompt-probe"))
+        return rec.prompt_tokens if rec.ok else None
+    return probe
+
+
+def make_sizer(client: BenchClient, tokenizer_dir: Path | None) -> PromptSizer:
+    """Tokenizer-based when `tokenizer_dir` holds tokenizer.json, else calibrated by usage."""
+    return PromptSizer(tokenizer_dir=tokenizer_dir, probe=usage_probe(client))
+
+
+def case_config(case: BenchCase, ctx: BenchContext) -> dict[str, Any]:
+    """Everything that makes two measurements of a case comparable (hashed into config_key)."""
+    endpoint = ctx.endpoint if case.phase in ("token_sweep", "concurrency") else CHAT_PATH
+    return {"phase": case.phase, "params": case.params, "endpoint": endpoint, "warmup": ctx.profile.warmup,
+            "warmup_max_tokens": ctx.profile.warmup_max_tokens, "model_id": ctx.model_id,
+            "prompt_method": ctx.sizer.ensure_calibrated() if case.phase in ("token_sweep", "concurrency") else "fixed"}
+
+
+def run_case(case: BenchCase, ctx: BenchContext) -> CaseOutcome:
+    """Measure or reuse one case; see module contract."""
+    cfg = case_config(case, ctx)
+    key = checkpoints.config_key(cfg)
+    if not ctx.rerun:
+        found = checkpoints.find_done(case.case_id, ctx.fingerprint, key, ctx.run_dir, ctx.reports_dir, ctx.model_id)
+        if found is not None:
+            return _reuse(case, ctx, *found)
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    measure = {"token_sweep": _sweep, "thinking": _thinking, "concurrency": _concurrency, "tasks": _tasks}[case.phase]
+    warm, recs, extra, figures, keys = measure(case, ctx, cfg)
+    summary = summarize(recs, concurrency=case.params.get("concurrency", 1)) | extra
+    prev = checkpoints.previous_measurement(case.case_id, ctx.model_id, ctx.reports_dir, ctx.run_dir)
+    payload = {
+        "case_id": case.case_id, "phase": case.phase, "model_id": ctx.model_id, "fingerprint": ctx.fingerprint,
+        "config": cfg, "config_key": key, "started_at": started.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(), "duration_s": time.perf_counter() - t0,
+        "endpoint": cfg["endpoint"], "base_url": ctx.client.base_url,
+        "warmup_requests": [r.to_dict() for r in warm], "requests": [r.to_dict() for r in recs],
+        "summary": summary, "figures": figures, "figure_keys": keys,
+        "reference": reference.compare_reference(figures, keys, ctx.reference),
+        "regression": reference.regression(figures, prev[1].get("figures") if prev else None,
+                                           str(prev[0].parent.parent.name) if prev else None),
+        "reused_from": None,
+    }
+    path = checkpoints.write_case(ctx.run_dir, payload)
+    return CaseOutcome(payload, path, reused=False)
+
+
+def _reuse(case: BenchCase, ctx: BenchContext, path: Path, payload: dict[str, Any]) -> CaseOutcome:
+    """A checkpoint of the same fingerprint and config: copy it into this run folder (once)."""
+    if ctx.sink is not None:
+        ctx.sink(f"bench {case.phase} {case.case_id} reused checkpoint {path} (same fingerprint and config)")
+    here = checkpoints.case_path(ctx.run_dir, case.case_id)
+    if path.resolve() == here.resolve():
+        return CaseOutcome(payload, path, reused=True, reused_from=payload.get("reused_from") or str(path))
+    copied = dict(payload, reused_from=str(path))
+    copied.pop("schema", None)
+    out = checkpoints.write_case(ctx.run_dir, copied)
+    return CaseOutcome(copied, out, reused=True, reused_from=str(path))
+
+
+# ---- measurement per phase -------------------------------------------------------------------
+Measured = tuple[list[RequestRecord], list[RequestRecord], dict[str, Any], dict[str, float | None], list[str]]
+
+
+def _warmup_request(ctx: BenchContext, endpoint: str) -> ChatRequest:
+    return ChatRequest(messages=[{"role": "user", "content": "Warm up: say hi."}],
+                       max_tokens=ctx.profile.warmup_max_tokens, endpoint=endpoint, tag="warmup")
+
+
+def _heartbeat(case: BenchCase, ctx: BenchContext, total: int) -> Heartbeat:
+    return Heartbeat(case.phase, case.case_id, total, sink=ctx.sink, every_n=ctx.heartbeat_every_n,
+                     every_s=ctx.heartbeat_every_s)
+
+
+def _sequential(case: BenchCase, ctx: BenchContext, make: Any, n: int, endpoint: str) -> tuple[list, list]:
+    warm = [ctx.client.send(_warmup_request(ctx, endpoint)) for _ in range(ctx.profile.warmup)]
+    recs = []
+    with _heartbeat(case, ctx, n) as hb:
+        for i in range(n):
+            rec = ctx.client.send(make(i))
+            recs.append(rec)
+            hb.tick(rec.completion_tokens or 0)
+    return warm, recs
+
+
+def _prompt_info(ctx: BenchContext, target: int, recs: list[RequestRecord], built: Any) -> dict[str, Any]:
+    achieved = dist(r.prompt_tokens for r in recs if r.ok)
+    return {"prompt": {"target_tokens": target, "predicted_tokens": built.predicted_tokens,
+                       "method": built.method, "filler_words": built.filler_words,
+                       "achieved_tokens_p50": achieved["p50"], "achieved_n": achieved["n"],
+                       "sizer": ctx.sizer.describe()}}
+
+
+def _sweep(case: BenchCase, ctx: BenchContext, cfg: dict[str, Any]) -> Measured:
+    pp, tg, n = case.params["prompt_tokens"], case.params["max_tokens"], case.params["repeat"]
+    built = ctx.sizer.build(pp)
+
+    def make(i: int) -> ChatRequest:
+        return ChatRequest(messages=ctx.sizer.build(pp, salt=ctx.salt + i).messages, max_tokens=tg,
+                           endpoint=cfg["endpoint"], tag=f"rep{i}")
+
+    warm, recs = _sequential(case, ctx, make, n, cfg["endpoint"])
+    s = summarize(recs)
+    figures = {"decode_tps": s["decode_tps"]["p50"], "ttft_s": s["ttft_s"]["p50"], "e2e_s": s["e2e_s"]["p50"],
+               "server_generation_tps": s["server_generation_tps"]["p50"]}
+    return warm, recs, _prompt_info(ctx, pp, recs, built), figures, [f"{pp}x{tg}", str(pp)]
+
+
+def _thinking(case: BenchCase, ctx: BenchContext, cfg: dict[str, Any]) -> Measured:
+    on, n = case.params["thinking"], case.params["repeat"]
+
+    def make(i: int) -> ChatRequest:
+        return ChatRequest(messages=[{"role": "user", "content": f"[{ctx.salt + i:06d}] {THINK_PROMPT}"}],
+                           max_tokens=case.params["max_tokens"], enable_thinking=on,
+                           reasoning_effort=None if on else "none", tag=f"rep{i}")
+
+    warm, recs = _sequential(case, ctx, make, n, CHAT_PATH)
+    s = summarize(recs)
+    no_answer = sum(1 for r in recs if r.ok and r.ttfc is None)
+    extra = {"reasoning_chunks": dist(r.reasoning_chunks for r in recs if r.ok),
+             "requests_without_content": no_answer,
+             "note": "reasoning tokens: server count when non-zero, else n x reasoning chunks / token chunks"}
+    mode = "on" if on else "off"
+    figures = {"ttfc_s": s["ttfc_s"]["p50"], "ttft_s": s["ttft_s"]["p50"], "e2e_s": s["e2e_s"]["p50"],
+               "reasoning_tokens": s["reasoning_tokens_est"]["p50"]}
+    return warm, recs, extra, figures, [mode]
+
+
+def _concurrency(case: BenchCase, ctx: BenchContext, cfg: dict[str, Any]) -> Measured:
+    c, rounds = case.params["concurrency"], case.params["rounds"]
+    pp, tg = case.params["prompt_tokens"], case.params["max_tokens"]
+    built = ctx.sizer.build(pp)
+
+    def make(r: int, i: int) -> ChatRequest:
+        return ChatRequest(messages=ctx.sizer.build(pp, salt=ctx.salt + 1000 * r + i).messages, max_tokens=tg,
+                           endpoint=cfg["endpoint"], tag=f"r{r}.t{i}")
+
+    warm: list[RequestRecord] = []
+
+    def make_warm(r: int, i: int) -> ChatRequest:
+        return _warmup_request(ctx, cfg["endpoint"])
+
+    with _heartbeat(case, ctx, c * rounds) as hb:
+        recs = run_rounds(ctx.client, make, c, rounds, warmup=ctx.profile.warmup,
+                          on_record=lambda rec: hb.tick(rec.completion_tokens or 0), make_warmup=make_warm)
+    per_round = []
+    for r in range(rounds):
+        group = [x for x in recs if x.tag.startswith(f"r{r}.")]
+        per_round.append(summarize(group, concurrency=c)["aggregate_output_tps"])
+    s = summarize(recs, concurrency=c)
+    extra = _prompt_info(ctx, pp, recs, built) | {"aggregate_output_tps_per_round": dist(per_round),
+                                                   "concurrency": c, "rounds": rounds}
+    figures = {"p50_latency_s": s["e2e_s"]["p50"], "p95_latency_s": s["e2e_s"]["p95"],
+               "p99_latency_s": s["e2e_s"]["p99"], "p50_ttft_s": s["ttft_s"]["p50"], "p95_ttft_s": s["ttft_s"]["p95"],
+               "decode_tps": s["decode_tps"]["p50"], "aggregate_tps": s["aggregate_output_tps"],
+               "error_rate": s["errors"] / s["requests"] if s["requests"] else None}
+    return warm, recs, extra, figures, [str(c)]
+
+
+def _tasks(case: BenchCase, ctx: BenchContext, cfg: dict[str, Any]) -> Measured:
+    task = task_by_name(case.params["task"])
+    n = case.params["repeat"]
+
+    def make(i: int) -> ChatRequest:
+        return ChatRequest(messages=[{"role": "user", "content": task.prompt}], max_tokens=case.params["max_tokens"],
+                           enable_thinking=case.params["thinking"], tag=f"rep{i}")
+
+    warm, recs = _sequential(case, ctx, make, n, CHAT_PATH)
+    graded = [(r, *grade(task, r.text)) if r.ok else (r, False, f"request failed: {r.error}") for r in recs]
+    failures = [{"attempt": r.tag, "answer": r.text[:300], "reasoning_chars": len(r.reasoning_text), "why": why}
+                for r, ok, why in graded if not ok]
+    passed = sum(1 for _, ok, _ in graded if ok)
+    extra = {"task": task.name, "task_prompt": task.prompt, "passed": passed, "attempts": len(graded),
+             "pass_rate": passed / len(graded) if graded else None, "failures": failures}
+    return warm, recs, extra, {"pass_rate": extra["pass_rate"]}, [task.name]

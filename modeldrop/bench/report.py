@@ -1,0 +1,64 @@
+"""Human-readable text of a benchmark case payload, for the ledger (pytest-html text extra).
+
+Contract: `format_case(payload) -> str`, a short multi-line summary stating every percentile
+with its n, the decode tok/s of the client beside the server's generation_tps (and their ratio),
+the measured aggregate beside exo's max x N estimate (labelled), reference ratios, regression,
+task failures quoted, and where the checkpoint came from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modeldrop.bench.reference import fmt_rows
+from modeldrop.bench.stats import fmt_dist
+
+
+def _num(v: Any, fmt: str = ".1f") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def format_case(payload: dict[str, Any], path: str | None = None) -> str:
+    s = payload["summary"]
+    src = f"reused from {payload['reused_from']}" if payload.get("reused_from") else "measured in this run"
+    lines = [f"{payload['case_id']} ({payload['phase']}): {src}",
+             f"model {payload['model_id']} via {payload.get('base_url', '?')}{payload.get('endpoint', '')}, "
+             f"fingerprint {str(payload.get('fingerprint'))[:16]}",
+             f"requests {s['requests']}: ok {s['ok']}, errors {s['errors']} {s['error_kinds'] or ''}".rstrip()]
+    for e in s.get("error_samples") or []:
+        lines.append(f"  error: {e}")
+    prompt = s.get("prompt")
+    if prompt:
+        lines.append(f"prompt tokens: target {prompt['target_tokens']}, achieved p50 {prompt['achieved_tokens_p50']} "
+                     f"(server usage, n={prompt['achieved_n']}), sized by {prompt['method']}")
+    lines += [f"TTFT  {fmt_dist(s['ttft_s'], 'ms', 1000)}",
+              f"TTFC  {fmt_dist(s['ttfc_s'], 'ms', 1000)}  (first content token)",
+              f"TPOT  {fmt_dist(s['tpot_s'], 'ms', 1000, 2)}",
+              f"ITL   {fmt_dist(s['itl_s'], 'ms', 1000, 2)}  ({s['itl_note']})",
+              f"E2E   {fmt_dist(s['e2e_s'], 's', 1, 3)}",
+              f"decode tok/s per request {fmt_dist(s['decode_tps'], '')}",
+              f"server generation_tps    {fmt_dist(s['server_generation_tps'], '')}",
+              f"ours / server ratio      {fmt_dist(s['decode_over_server_ratio'], '', 1, 3)}",
+              f"aggregate output tok/s {_num(s['aggregate_output_tps'])} (output tokens {s['output_tokens_total']} / "
+              f"phase wall {_num(s['phase_wall_s'], '.2f')} s); exo-style max x N {_num(s['exo_style_agg_tps'])} "
+              "(estimate, for comparison only)",
+              f"tokens per SSE chunk {_num(s['tokens_per_chunk'], '.2f')}; client CPU "
+              f"{_num(s['client_cpu_us_per_token'])} us/token"]
+    if s.get("reasoning_chunks"):
+        lines.append(f"reasoning tokens (est.) {fmt_dist(s['reasoning_tokens_est'], '', 1, 0)}; "
+                     f"requests without any content: {s.get('requests_without_content', 0)}")
+    if "pass_rate" in s:
+        lines.append(f"task {s['task']}: passed {s['passed']}/{s['attempts']} (pass rate {_num(s['pass_rate'], '.2f')})")
+        for f in s.get("failures") or []:
+            lines.append(f"  FAIL {f['attempt']}: {f['why']}\n    answer: {f['answer']!r}")
+    ref = fmt_rows(payload.get("reference") or [])
+    reg = fmt_rows(payload.get("regression") or [])
+    lines += [f"reference: {r}" for r in ref] or ["reference: none in the model profile for this case"]
+    if reg:
+        prev = (payload.get("regression") or [{}])[0].get("previous_run")
+        lines += [f"regression vs {prev}: {r}" for r in reg]
+    else:
+        lines.append("regression: no earlier measured run of this case")
+    if path:
+        lines.append(f"checkpoint: {path}")
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""model-drop and model-drop-latest: thin wrappers around `pytest gates/` that end with the hand-off.
+
+Contract:
+- `model-drop org/model [--fast] [--resume-bootstrap] [--online] [--audit] [pytest args…]` validates the
+  model id first (one `ERROR:` line, exit 4, nothing run), then runs `python -m pytest gates/ --model
+  org/model …` in the project root (the directory holding gates/ and conftest.py), prints the run
+  folder and the Hand-off Block, and returns pytest's exit status.
+- With `--audit`, the last line is `RING_INPUT_READY` only when pytest exited 0 and every gate of the
+  audit order (preflight, nodeK_verify, parity) passed or was reused.
+- `model-drop-latest [args…]` does the same with the model id of the last run (`reports/latest`).
+- Plain Python: the pytest run is a subprocess; the plugin tells it the run folder through the
+  file named by MODELDROP_RUN_FOLDER_FILE.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from modeldrop import gatelist, validate
+from modeldrop.errors import InputError
+from modeldrop.ledger.handoff import HANDOFF_KEYS, parse_block
+from modeldrop.ledger.jsonl import read_jsonl
+from modeldrop.ledger.runfolder import resolve_latest
+
+RUN_FOLDER_FILE_ENV = "MODELDROP_RUN_FOLDER_FILE"
+USAGE = ("usage: model-drop org/model [--fast] [--resume-bootstrap] [--online] [--audit] [pytest args…]\n"
+         "       model-drop-latest [--resume-bootstrap] [pytest args…]")
+EXIT_USAGE = 4
+
+
+def _error(msg: str) -> int:
+    print(f"ERROR: {msg}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The directory with gates/ and conftest.py: the cwd or an ancestor, else the package's checkout."""
+    start = (start or Path.cwd()).resolve()
+    for d in (start, *start.parents):
+        if (d / "gates").is_dir() and (d / "conftest.py").is_file():
+            return d
+    pkg_root = Path(__file__).resolve().parents[1]
+    if (pkg_root / "gates").is_dir():
+        return pkg_root
+    raise InputError(f"model-drop: no gates/ and conftest.py in {start} or above; run it from the modeldrop checkout")
+
+
+def report_dir(root: Path) -> Path:
+    """reports/ of the project (RUN_REPORT_DIR from the environment when set)."""
+    p = Path(os.environ.get("RUN_REPORT_DIR") or "reports").expanduser()
+    return p if p.is_absolute() else root / p
+
+
+def _run_pytest(root: Path, model: str, rest: Sequence[str]) -> tuple[int, Path | None]:
+    """Run `python -m pytest gates/ --model model rest…` in `root`; returns (exit status, run folder)."""
+    fd, pointer = tempfile.mkstemp(prefix="modeldrop-run-", suffix=".txt")
+    os.close(fd)
+    env = {**os.environ, RUN_FOLDER_FILE_ENV: pointer}
+    cmd = [sys.executable, "-m", "pytest", "gates/", "--model", model, *rest]
+    try:
+        proc = subprocess.Popen(cmd, cwd=root, env=env)
+        while True:
+            try:
+                rc = proc.wait()
+                break
+            except KeyboardInterrupt:  # pytest got the SIGINT too; let it finish its ledger
+                continue
+        text = Path(pointer).read_text(encoding="utf-8").strip()
+        folder = Path(text) if text else None
+    finally:
+        Path(pointer).unlink(missing_ok=True)
+    return rc, folder
+
+
+def audit_ready(folder: Path) -> bool:
+    """Every gate of the run's audit order passed or was reused (from ledger.jsonl)."""
+    records = read_jsonl(folder / "ledger.jsonl")
+    start = next((r for r in records if r.get("event") == "run_start"), None)
+    if not start or not start.get("audit"):
+        return False
+    order = start.get("order") or gatelist.gate_order(len(start.get("nodes") or []), audit=True)
+    ok = {r.get("gate") for r in records if r.get("event") in ("pass", "reuse")}
+    bad = {r.get("gate") for r in records if r.get("event") in ("fail", "skip")}
+    return all(g in ok and g not in bad for g in order)
+
+
+def print_handoff(folder: Path | None) -> None:
+    """Print the run folder and its Hand-off Block."""
+    if folder is None or not (folder / "handoff.md").exists():
+        print("\nmodel-drop: no run folder was written (see the errors above)")
+        return
+    block = parse_block((folder / "handoff.md").read_text(encoding="utf-8"))
+    print(f"\nrun folder: {folder}")
+    print(f"handoff:    {folder / 'handoff.md'}\n")
+    for key in HANDOFF_KEYS:
+        if key in block:
+            print(f"{key}={block[key]}")
+
+
+def run(model: str, rest: Sequence[str], root: Path | None = None) -> int:
+    """Validate, run the gates, print the hand-off; returns pytest's exit status."""
+    try:
+        model = validate.model_id(model, "model-drop")
+        root = root or project_root()
+    except InputError as e:
+        return _error(str(e))
+    rc, folder = _run_pytest(root, model, rest)
+    if folder is None and rc not in (EXIT_USAGE,):
+        folder = resolve_latest(report_dir(root))
+    print_handoff(folder)
+    if "--audit" in rest and rc == 0 and folder is not None and audit_ready(folder):
+        print("RING_INPUT_READY")
+    return rc
+
+
+def model_drop_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `model-drop`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if not args or args[0].startswith("-"):
+        return _error("model-drop: expected the model id first, e.g. model-drop mlx-community/Qwen3-8B-4bit --fast")
+    return run(args[0], args[1:])
+
+
+def latest_model(root: Path) -> str | None:
+    """The model id of the last run (`reports/latest`): its ledger's run_start, else the folder name."""
+    folder = resolve_latest(report_dir(root))
+    if folder is None:
+        return None
+    start = next((r for r in read_jsonl(folder / "ledger.jsonl") if r.get("event") == "run_start"), None)
+    if start and start.get("model"):
+        return str(start["model"])
+    name = folder.name.split("-", 1)[1] if "-" in folder.name else ""
+    return name.replace("--", "/", 1) or None
+
+
+def model_drop_latest_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `model-drop-latest`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    try:
+        root = project_root()
+    except InputError as e:
+        return _error(str(e))
+    model = latest_model(root)
+    if not model:
+        return _error(f"model-drop-latest: no previous run under {report_dir(root)} (no 'latest' link)")
+    print(f"model-drop-latest: {model} (from {report_dir(root) / 'latest'})")
+    return run(model, args, root)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(model_drop_main())

@@ -1,0 +1,195 @@
+"""`hf download` on a node, with live progress heartbeats and the hub's reason when it fails.
+
+`run_hf_download` runs `<hf_cmd> download <model> --local-dir <dir> [--include p]… [--revision r]
+--format json` on the node (env in the command; HF_TOKEN redacted everywhere), and while it runs polls the
+`dirsize` probe on a second channel at least every `interval_s` seconds, calling `heartbeat` with a line
+like `node1 download: 12.0 MiB / 34.5 MiB (35%), 4.1 MiB/s, ETA 0:05`. hf's retry / rate-limit warnings
+are passed on as heartbeats too. An exit code of 0 is not proof of a complete download (the verify gate
+decides); `hub_reason` says what the hub answered when hf reports it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from modeldrop.errors import CommandTimeout, NodeError
+from modeldrop.nodes import Node, tail
+
+HF_QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+                "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
+MiB = 1024 * 1024
+TIMEOUT_RC = 124
+_FORWARD = re.compile(r"rate limit|retry|retrying|429|5\d\d |resume|warning|error", re.I)
+_KNOWN_REASONS = tuple(re.compile(rx + r"[^\n]*", re.I) for rx in (
+    r"429 Too Many Requests", r"Repository Not Found|RepositoryNotFoundError", r"Revision Not Found",
+    r"GatedRepoError|gated repo", r"401 Unauthorized|403 Forbidden", r"No files matched",
+    r"Returning existing local_dir", r"Consistency check failed", r"No space left on device"))
+
+
+@dataclass
+class DownloadResult:
+    """What `hf download` did on the node (tails redacted)."""
+
+    rc: int
+    reported_path: str | None
+    stdout_tail: str
+    stderr_tail: str
+    duration_s: float
+    hub_reason: str | None
+    timed_out: bool = False
+    heartbeats: list[str] = field(default_factory=list)
+
+
+def hf_download_argv(hf_cmd: str, model_id: str, local_dir: str, include: Sequence[str] = (),
+                     revision: str | None = None) -> list[str]:
+    """The argv of the download command."""
+    argv = [hf_cmd, "download", model_id, "--local-dir", local_dir]
+    for pattern in include:
+        argv += ["--include", pattern]
+    if revision:
+        argv += ["--revision", revision]
+    return argv + ["--format", "json"]
+
+
+def hub_reason(stderr: str) -> str | None:
+    """The hub's reason from hf's stderr: its `Error: …` line, else a known HTTP/hub message, else the
+    exception line of a traceback; None when there is nothing notable."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("Error:"):
+            nxt = lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith(("Hint:", "Error:")) else ""
+            return (line[len("Error:"):].strip() + (" " + nxt if nxt and len(nxt) < 200 else "")).strip()
+    for rx in _KNOWN_REASONS:
+        m = rx.search(stderr)
+        if m:
+            return m.group(0).strip()
+    if any(ln.startswith("Traceback") for ln in lines):
+        exc = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*:", ln)]
+        return exc[-1] if exc else lines[-1]
+    return None
+
+
+def parse_reported_path(stdout: str) -> str | None:
+    """The `path` of the last JSON object hf printed with --format json."""
+    for line in reversed(stdout.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(data, dict) and data.get("path"):
+                return str(data["path"])
+    return None
+
+
+def fmt_eta(seconds: float) -> str:
+    """h:mm:ss or m:ss."""
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def progress_line(node_name: str, done: int, expected: int | None, rate: float, eta: float | None) -> str:
+    """`node1 download: 12.0 MiB / 34.5 MiB (35%), 4.1 MiB/s, ETA 0:05` (no total/%/ETA when unknown)."""
+    head = f"{node_name} download: {done / MiB:.1f} MiB"
+    if expected:
+        pct = min(100, round(100 * done / expected))
+        head += f" / {expected / MiB:.1f} MiB ({pct}%)"
+    line = f"{head}, {rate / MiB:.1f} MiB/s"
+    if expected and eta is not None:
+        line += f", ETA {fmt_eta(eta)}"
+    return line
+
+
+class _Progress:
+    """Polls dirsize on the node every interval and reports progress lines until stopped."""
+
+    def __init__(self, node: Node, local_dir: str, expected: int | None, emit: Callable[[str], None],
+                 interval_s: float):
+        self.node, self.local_dir, self.expected, self.emit = node, local_dir, expected, emit
+        self.interval_s = interval_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name=f"progress-{node.name}", daemon=True)
+        self.start_bytes: int | None = None
+
+    def _size(self) -> int | None:
+        try:
+            return int(self.node.run_probe("dirsize", {"path": self.local_dir},
+                                           timeout=max(30.0, self.interval_s * 3))["bytes"])
+        except NodeError as exc:
+            self.emit(f"{self.node.name} download: progress probe failed: {exc}")
+            return None
+
+    def _loop(self) -> None:
+        t0 = time.monotonic()
+        self.start_bytes = self._size() or 0
+        prev_t, prev_b = t0, self.start_bytes
+        while not self.stop.wait(self.interval_s):
+            b = self._size()
+            if b is None:
+                continue
+            now = time.monotonic()
+            rate = max(0.0, (b - prev_b) / max(now - prev_t, 1e-6))
+            avg = (b - self.start_bytes) / max(now - t0, 1e-6)
+            eta = (max(0, self.expected - b) / avg) if self.expected and avg > 0 else None
+            self.emit(progress_line(self.node.name, b, self.expected, rate, eta))
+            prev_t, prev_b = now, b
+
+
+def run_hf_download(node: Node, *, hf_cmd: str, model_id: str, local_dir: str, include: Sequence[str] = (),
+                    env: Mapping[str, str] | None = None, timeout: float, expected_bytes: int | None,
+                    heartbeat: Callable[[str], None], interval_s: float = 10, revision: str | None = None,
+                    secrets: Sequence[str] = ()) -> DownloadResult:
+    """Run hf download on the node with progress heartbeats; see the module docstring."""
+    env = {k: node.expand_path(v) for k, v in {**HF_QUIET_ENV, **(env or {})}.items()}  # HF_HOME=~/… too
+    secrets = [*secrets, *([env["HF_TOKEN"]] if env.get("HF_TOKEN") else [])]
+    unset = [] if "HF_HUB_OFFLINE" in env else ["HF_HUB_OFFLINE"]
+    hf_path, target_dir = node.expand_path(hf_cmd), node.expand_path(local_dir)
+    argv = hf_download_argv(hf_path, model_id, target_dir, include, revision)
+    beats: list[str] = []
+
+    def emit(line: str) -> None:
+        beats.append(line)
+        heartbeat(line)
+
+    def on_line(stream: str, line: str) -> None:
+        if stream == "stderr" and line.strip() and _FORWARD.search(line):
+            emit(f"{node.name} hf: {line.strip()[:300]}")
+
+    progress = _Progress(node, target_dir, expected_bytes, emit, interval_s)
+    progress.thread.start()
+    t0 = time.monotonic()
+    try:
+        res = node.stream(argv, timeout=timeout, env=env, unset_env=unset, on_line=on_line, secrets=secrets)
+    except CommandTimeout as exc:
+        progress.stop.set()
+        stopped = stop_stray_download(node, hf_path, target_dir)
+        return DownloadResult(TIMEOUT_RC, None, "", tail(exc.partial), time.monotonic() - t0,
+                              f"hf download timed out after {timeout:g}s; {stopped}", True, beats)
+    finally:
+        progress.stop.set()
+        progress.thread.join(timeout=max(35.0, interval_s * 3 + 5))
+    return DownloadResult(res.rc, parse_reported_path(res.stdout), tail(res.stdout), tail(res.stderr),
+                          res.duration_s, hub_reason(res.stderr), False, beats)
+
+
+def stop_stray_download(node: Node, hf_path: str, local_dir: str) -> str:
+    """After a timeout the remote hf may still run (closing an SSH channel does not kill it): stop the hf
+    processes downloading into local_dir, identified by exe/argv and start time. Returns what was done."""
+    try:
+        found = node.run_probe("procs", {"pids": None, "exe_paths": [hf_path]}, timeout=60)["procs"]
+        mine = [p for p in found if "download" in p["cmdline"] and local_dir in p["cmdline"]]
+        results = [node.run_probe("stop", {"pid": p["pid"], "expect_start": p["start"],
+                                           "expect_argv0": p["cmdline"][0], "grace_s": 10}, timeout=60)["result"]
+                   for p in mine]
+    except NodeError as exc:
+        return f"could not stop the remote hf: {exc}"
+    return f"stopped {len(results)} leftover hf process(es): {', '.join(results)}" if results else \
+        "no hf process left running"

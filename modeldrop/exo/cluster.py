@@ -1,0 +1,169 @@
+"""ExoCluster: the run's exo processes (canary and cluster), their APIs, logs and failure evidence.
+
+Lifecycle contract (fixtures/exo.py applies it):
+- `start()` prechecks every node first (nothing starts if any node has a problem), then starts exo
+  on every node with identical flags (`ExoLauncher.command("cluster")`).
+- `ensure_running()` is what gates after startup call: in a session that did not run `startup`
+  (a `-k` rerun whose startup pass was reused) it re-attaches to the cluster the latest earlier run
+  left serving — each node's launch record (`reports/<run>/exo/node<k>-cluster.json`) must name a
+  live process with the same start time, and that node's `/node_id` must answer — and copies the
+  records into this run's folder. Otherwise it raises `ReattachError` saying what is missing.
+- `stop_all()` stops by pid, identity-checked, everything this run started or adopted.
+- `failure_evidence(...)` fetches the log tails from the nodes (probe `tail`), matches the
+  signature table and returns (signature dicts, {log name: tail}).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from modeldrop import signatures
+from modeldrop.exo import logs as exologs
+from modeldrop.exo import state as st
+from modeldrop.exo.client import ExoClient
+from modeldrop.exo.launcher import ExoLauncher, LaunchError, precheck_facts, previous_records
+from modeldrop.exo.wait import call_safely
+
+EVIDENCE_TAIL_BYTES = 16 * 1024
+
+
+class ReattachError(Exception):
+    """No cluster to re-attach to; the message says which node and why."""
+
+
+class ExoCluster:
+    def __init__(self, cfg: Any, pool: Any, run_folder: Any):
+        self.cfg = cfg
+        self.pool = pool
+        self.run_folder = run_folder
+        self.launchers: dict[int, ExoLauncher] = {}
+        self.running = False
+        self.attached = False
+        self.instance_id: str | None = None
+
+    @property
+    def ks(self) -> list[int]:
+        return [n.index for n in self.cfg.nodes]
+
+    def launcher(self, k: int, role: str = "cluster") -> ExoLauncher:
+        key = k if role == "cluster" else -k
+        if key not in self.launchers:
+            self.launchers[key] = ExoLauncher(self.pool.get(k), self.cfg.node(k), self.cfg, self.run_folder)
+        return self.launchers[key]
+
+    def cluster_launchers(self) -> dict[int, ExoLauncher]:
+        return {k: self.launcher(k) for k in self.ks}
+
+    def clients(self) -> dict[int, ExoClient]:
+        return {k: ExoClient(self.launcher(k).api_url) for k in self.ks}
+
+    def urls(self) -> dict[int, str]:
+        return {k: self.launcher(k).api_url for k in self.ks}
+
+    # -- start / re-attach / stop -----------------------------------------------------------------
+    def start(self) -> dict[int, Any]:
+        """Precheck every node, then start exo on every node; LaunchError names every problem."""
+        problems = []
+        for k, la in self.cluster_launchers().items():
+            problems += la.precheck()
+        if problems:
+            raise LaunchError("; ".join(problems), precheck_facts(problems))
+        recs = {k: la.start("cluster", precheck=False) for k, la in self.cluster_launchers().items()}
+        self.running = True
+        return recs
+
+    def reattach(self) -> dict[int, str]:
+        """Adopt the cluster an earlier run left serving; {k: node id} or ReattachError."""
+        ids = {}
+        exclude = Path(str(self.run_folder.path))
+        for k in self.ks:
+            recs = [r for r in previous_records(Path(self.cfg.report_dir), exclude, k)
+                    if r.role == "cluster" and not r.stopped]
+            if not recs:
+                raise ReattachError(f"node{k}: no launch record of a running cluster in the earlier run folders")
+            la = self.launcher(k)
+            la.record = recs[0]
+            if la.proc() is None:
+                la.record = None
+                raise ReattachError(f"node{k}: pid {recs[0].pid} from the last run is not running any more")
+            nid, err = call_safely(lambda la=la: ExoClient(la.api_url).node_id(timeout_s=5))
+            if not nid:
+                la.record = None
+                raise ReattachError(f"node{k}: {la.api_url}/node_id does not answer ({err})")
+            la.adopt(recs[0])
+            ids[k] = nid
+        self.running = self.attached = True
+        return ids
+
+    def ensure_running(self) -> None:
+        if not self.running:
+            self.reattach()
+
+    def node_ids(self) -> dict[int, str]:
+        out = {}
+        for k, c in self.clients().items():
+            nid, _ = call_safely(lambda c=c: c.node_id(timeout_s=5))
+            if nid:
+                out[k] = nid
+        return out
+
+    def stop_all(self) -> dict[str, Any]:
+        """Stop every process this run started or adopted (canary included)."""
+        out = {}
+        for key, la in self.launchers.items():
+            if la.record is not None:
+                res, err = call_safely(la.stop)
+                out[f"node{abs(key)}-{la.record.role}"] = res or {"error": err}
+        self.running = False
+        return out
+
+    def stop_canaries(self) -> dict[str, Any]:
+        """Stop any canary still running (the canary never outlives its gate)."""
+        out = {}
+        for key, la in self.launchers.items():
+            if key < 0 and la.record is not None and not la.record.stopped:
+                res, err = call_safely(la.stop)
+                out[f"node{abs(key)}-canary"] = res or {"error": err}
+        return out
+
+    # -- logs and failure evidence ----------------------------------------------------------------
+    def scan_logs(self, role: str = "cluster", max_bytes: int = exologs.DEFAULT_TAIL_BYTES) -> dict[int, str]:
+        """{k: captured stdout/stderr + exo.log} of this run's processes (not the append-only runner log)."""
+        out = {}
+        for key, la in self.launchers.items():
+            if la.record is None or la.record.role != role:
+                continue
+            texts = exologs.logs_of(la.node, [la.record.log_path, la.record.exo_log_path], max_bytes)
+            out[abs(key)] = "\n".join(texts.values())
+        return out
+
+    def failure_evidence(self, gate: str, facts: dict, state: dict | None = None, http: dict | None = None,
+                         role: str = "cluster") -> tuple[list[dict], dict[str, str]]:
+        """(matched signatures as dicts, {log name: tail}) for a failing gate."""
+        scanned = {f"node{k}": t for k, t in self.scan_logs(role).items()}
+        facts = {"model_id": self.cfg.model_id, **facts}
+        sigs = [m.as_dict() for m in signatures.match(gate, scanned, state, http, facts)]
+        tails = {}
+        for key, la in self.launchers.items():
+            if la.record is None or la.record.role != role:
+                continue
+            for label, path in (("stdout", la.record.log_path), ("exo.log", la.record.exo_log_path),
+                                ("runner-stderr", la.record.runner_log_path)):
+                text = exologs.tail(la.node, path, EVIDENCE_TAIL_BYTES)
+                if text:
+                    tails[f"node{abs(key)}-{role}-{label}"] = text
+        return sigs, tails
+
+    def state_of(self, k: int = 1) -> dict | None:
+        s, _ = call_safely(ExoClient(self.launcher(k).api_url).state)
+        return s
+
+    def find_instance(self) -> st.Instance | None:
+        """The instance placed in this run, else the first instance of the model in node 1's /state."""
+        s = self.state_of(self.ks[0]) or {}
+        insts = st.instances(s)
+        if self.instance_id and self.instance_id in insts:
+            return insts[self.instance_id]
+        for_model = st.instances_for_model(s, self.cfg.model_id)
+        return for_model[0] if for_model else None

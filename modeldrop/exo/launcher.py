@@ -1,0 +1,402 @@
+"""Start and stop exo on a node exactly as configured, by pid, with an identity check.
+
+`probe_build(node, exo_cmd)` runs `exo --help` (contract §1.5): `--zenoh-port` present => NEW
+(zenoh, `--namespace`), else OLD (libp2p, `EXO_LIBP2P_NAMESPACE`). The version comes from
+`exo --version` when help offers it, else from the `--namespace` default shown in help (NEW's
+default namespace is the package version), else None; `ExoBuild.version_source` says which.
+
+`ExoLauncher(node, node_cfg, cfg, run_folder).start(role)` builds (see `command`):
+  argv  EXO_CMD_NODEk --api-port EXO_API_PORT [--namespace NS (NEW)] [--offline] [--no-downloads] -v
+  env   EXO_MODELS_READ_ONLY_DIRS=<parent of MODEL_DIR_NODEk, absolute>
+        EXO_LIBP2P_NAMESPACE=NS (OLD) | unset EXO_LIBP2P_NAMESPACE and EXO_BOOTSTRAP_PEERS (NEW: both fatal)
+        EXO_ZENOH_NAMESPACE=NS (NEW: only logged by exo, but it puts the namespace in the log)
+        EXO_OFFLINE=false with --online (so an inherited EXO_OFFLINE=true cannot flip it)
+Models dir: exo searches EXO_MODELS_READ_ONLY_DIRS first and never deletes from them (§1.3, §5.2),
+so pointing it at exactly the parent of the audited model dir makes exo use the audited files and
+nothing else; the canary proves it by the `DownloadCompleted.modelDirectory` it reports.
+EXO_DEFAULT_MODELS_DIR is deliberately NOT set: it is exo's *writable* dir (downloads, `DELETE
+/download`, `nodeDisk`); setting it to the audited parent would either make that dir writable to
+exo or, being in both lists, leave exo with no writable dir at all, and it adds nothing to what exo
+sees because read-only dirs win the lookup. Paths are given absolute (`~` expanded with the
+node's home): exo documents `~` expansion for EXO_DEFAULT_MODELS_DIR only.
+Roles: the cluster runs with `--no-downloads` (the suite downloads; exo never does). The canary
+runs `--offline` *without* `--no-downloads`: with `--no-downloads` there is no DownloadCoordinator,
+hence no startup DownloadCompleted scan, and `/v1/models?status=downloaded` could never list the
+model (§5.4); offline already guarantees no download. The canary uses its own namespace
+(`<ns>-canary`) so it stays alone even if exo from an earlier run still serves on other nodes.
+
+Before starting, a foreign process on the API port, or exo's pid-file lock held by a live exo, is a
+diagnosis (LaunchError), never a kill; `--stop-existing-exo` stops only processes whose executable
+(or script) is the configured EXO_CMD or the EXO.app bundle's exo, and lists them. Processes that an
+earlier modeldrop run started (its launch records) are ours: they are stopped by pid.
+Start is detached (probe `spawn`: new session, stdio to a file in EXO_LOG_DIR_NODEk), the first-run
+marker is pre-created so no browser opens, and `<run_folder>/exo/node<k>-<role>.json` records pid,
+start, log paths and the redacted command line. On macOS `caffeinate -i -s -w <pid>` keeps it awake.
+`stop()` signals only the pid it started, after the start-time identity check (probe `stop`:
+TERM to the process group, KILL after the grace period).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from modeldrop.exo.logs import ExoPaths, exo_paths
+
+APP_EXO_PATHS = ("/Applications/EXO.app/Contents/Resources/exo/exo", "/Applications/EXO.app/Contents/MacOS/EXO")
+SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSWORD|KEY", re.I)
+STOP_GRACE_S = 15.0
+
+
+class Node(Protocol):
+    def run_probe(self, name: str, args: dict, *, timeout: float) -> dict: ...
+    def address(self) -> str: ...
+
+
+class LaunchError(Exception):
+    """exo could not be started; the message is the diagnosis, `facts` feed the signature table."""
+
+    def __init__(self, message: str, facts: dict | None = None):
+        super().__init__(message)
+        self.facts = facts or {}
+
+
+@dataclass(frozen=True)
+class ExoBuild:
+    generation: str  # "new" | "old"
+    version: str | None
+    version_source: str | None  # "--version" | "namespace-default" | None
+    help_sha: str
+    exe_realpath: str | None
+    exe: str = ""
+
+    def label(self) -> str:
+        return f"{self.generation.upper()} {self.version or 'version?'} ({self.exe_realpath or self.exe})"
+
+    def identity(self) -> tuple:
+        """What must be equal on every node: generation and version (help text when no version is known)."""
+        return (self.generation, self.version) if self.version else (self.generation, self.help_sha)
+
+
+def parse_help(text: str) -> tuple[str, str | None]:
+    """(generation, namespace default shown by help or None) from `exo --help` output."""
+    gen = "new" if "--zenoh-port" in text else "old"
+    flat = re.sub(r"\s+", " ", text)
+    m = re.search(r"--namespace\b[^-]*?default(?:s to|:|=| is)?\s*['\"]?v?(\d+\.\d+[\w.+-]*)", flat, re.I)
+    return gen, (m.group(1).rstrip(".,)'\"") if m else None)
+
+
+def parse_version(text: str) -> str | None:
+    m = re.search(r"(\d+\.\d+\.\d+[\w.+-]*)", text or "")
+    return m.group(1) if m else None
+
+
+def probe_build(node: Node, exo_cmd: str, timeout_s: float = 120.0) -> ExoBuild:
+    """Identify the exo at exo_cmd on node; LaunchError when it is missing or `--help` fails."""
+    r = node.run_probe("tool", {"path": exo_cmd, "args": ["--help"], "timeout": timeout_s}, timeout=timeout_s + 30)
+    if not r.get("executable"):
+        raise LaunchError(f"exo binary {exo_cmd} on this node: {r.get('error') or 'not executable'}")
+    text = (r.get("stdout_head") or "") + (r.get("stderr_head") or "")
+    if r.get("rc") != 0 or "--api-port" not in text:
+        raise LaunchError(f"`{exo_cmd} --help` failed (rc={r.get('rc')}, {r.get('error') or ''}): {text[:300]!r}")
+    gen, ns_default = parse_help(text)
+    version, source = None, None
+    if re.search(r"(^|\s)--version\b", text):
+        v = node.run_probe("tool", {"path": exo_cmd, "args": ["--version"], "timeout": 60}, timeout=90)
+        version = parse_version((v.get("stdout_head") or "") + (v.get("stderr_head") or "")) if v.get("rc") == 0 else None
+        source = "--version" if version else None
+    if version is None and ns_default:
+        version, source = ns_default, "namespace-default"
+    return ExoBuild(gen, version, source, hashlib.sha256(text.encode()).hexdigest()[:16], r.get("realpath"), exo_cmd)
+
+
+@dataclass
+class LaunchRecord:
+    """What was started: written to <run_folder>/exo/node<k>-<role>.json."""
+
+    node: int
+    role: str
+    pid: int
+    start: float | None
+    exe: str
+    argv: list[str]
+    env: dict[str, str]
+    unset_env: list[str]
+    generation: str
+    namespace: str
+    api_url: str
+    log_path: str
+    exo_log_path: str
+    runner_log_path: str
+    started_at: float
+    extra_pids: list[dict] = field(default_factory=list)
+    stopped: dict | None = None
+    stopped_existing: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> LaunchRecord:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+
+def api_addresses(node: Node) -> list[str]:
+    """Where to connect-test the API port: loopback and the node's own address (exo binds 0.0.0.0)."""
+    try:
+        addr = node.address()
+    except Exception:  # noqa: BLE001
+        addr = None
+    return ["127.0.0.1"] + ([addr] if addr and addr not in ("127.0.0.1", "localhost") else [])
+
+
+def precheck_facts(problems: list[str]) -> dict:
+    return {"port_held": any("API port" in p for p in problems),
+            "pid_lock": any("pid-file lock" in p for p in problems)}
+
+
+def redact_env(env: dict[str, str]) -> dict[str, str]:
+    return {k: ("***" if SECRET_ENV.search(k) and v else v) for k, v in env.items()}
+
+
+def expand_home(path: str, home: str) -> str:
+    if path == "~":
+        return home
+    return home.rstrip("/") + path[1:] if path.startswith("~/") else path
+
+
+def previous_records(report_dir: Path, exclude: Path | None, node_index: int) -> list[LaunchRecord]:
+    """Launch records for node k from the newest earlier run folder that has any (for re-attach/cleanup)."""
+    if not report_dir.is_dir():
+        return []
+    folders = sorted((p for p in report_dir.iterdir() if p.is_dir() and not p.is_symlink()
+                      and (p / "exo").is_dir()), key=lambda p: p.name, reverse=True)
+    for folder in folders:
+        if exclude is not None and folder.resolve() == Path(exclude).resolve():
+            continue
+        recs = []
+        for f in sorted((folder / "exo").glob(f"node{node_index}-*.json")):
+            try:
+                recs.append(LaunchRecord.from_json(json.loads(f.read_text())))
+            except (OSError, ValueError, TypeError):
+                continue
+        if recs:
+            return recs
+    return []
+
+
+class ExoLauncher:
+    """Start/stop exo on one node; one launcher per (node, role)."""
+
+    def __init__(self, node: Node, node_cfg: Any, cfg: Any, run_folder: Any, build: ExoBuild | None = None,
+                 facts: dict | None = None):
+        self.node = node
+        self.node_cfg = node_cfg
+        self.cfg = cfg
+        self.run_folder = run_folder
+        self._build = build
+        self._facts = facts
+        self.record: LaunchRecord | None = None
+        self.stopped_existing: list[dict] = []
+
+    # -- facts ------------------------------------------------------------------------------------
+    @property
+    def k(self) -> int:
+        return int(self.node_cfg.index)
+
+    def facts(self) -> dict:
+        if self._facts is None:
+            self._facts = self.node.run_probe("facts", {}, timeout=60)
+        return self._facts
+
+    def build(self) -> ExoBuild:
+        if self._build is None:
+            self._build = probe_build(self.node, self.node_cfg.exo_cmd)
+        return self._build
+
+    @property
+    def paths(self) -> ExoPaths:
+        return exo_paths(str(self.facts().get("platform") or "darwin"))
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.node.address()}:{self.cfg.api_port}"
+
+    def namespace(self, role: str) -> str:
+        return self.cfg.namespace if role == "cluster" else f"{self.cfg.namespace}-canary"[:64]
+
+    def run_id(self) -> str:
+        return Path(str(self.run_folder.path)).name
+
+    # -- command ----------------------------------------------------------------------------------
+    def command(self, role: str) -> tuple[list[str], dict[str, str], list[str]]:
+        """(argv, env additions, env names to unset) for `role` ('canary' | 'cluster')."""
+        build, ns = self.build(), self.namespace(role)
+        home = str(self.facts().get("home") or "~")
+        parent = expand_home(self.node_cfg.models_parent, home)
+        argv = [self.node_cfg.exo_cmd, "--api-port", str(self.cfg.api_port)]
+        env = {"EXO_MODELS_READ_ONLY_DIRS": parent}
+        unset: list[str] = []
+        if build.generation == "new":
+            argv += ["--namespace", ns]
+            env["EXO_ZENOH_NAMESPACE"] = ns
+            unset += ["EXO_LIBP2P_NAMESPACE", "EXO_BOOTSTRAP_PEERS"]
+        else:
+            env["EXO_LIBP2P_NAMESPACE"] = ns
+        online = bool(getattr(self.cfg, "online", False)) and role == "cluster"
+        if online:
+            env["EXO_OFFLINE"] = "false"
+            for key in ("HF_ENDPOINT", "HF_TOKEN"):
+                if self.cfg.values.get(key):
+                    env[key] = str(self.cfg.values[key])
+        else:
+            argv.append("--offline")
+        if role == "cluster":
+            argv.append("--no-downloads")
+        argv.append("-v")
+        return argv, env, unset
+
+    # -- before start -----------------------------------------------------------------------------
+    def _exo_exe_paths(self) -> list[str]:
+        return [self.node_cfg.exo_cmd, *APP_EXO_PATHS]
+
+    def stop_previous_runs(self) -> list[dict]:
+        """Stop processes an earlier modeldrop run started on this node (its launch records), by pid."""
+        out = []
+        for rec in previous_records(Path(self.cfg.report_dir), Path(str(self.run_folder.path)), self.k):
+            if rec.stopped:
+                continue
+            for pid, start in [(rec.pid, rec.start)] + [(p["pid"], p.get("start")) for p in rec.extra_pids]:
+                if start is None:
+                    continue
+                res = self.node.run_probe("stop", {"pid": pid, "expect_start": start, "grace_s": STOP_GRACE_S},
+                                          timeout=STOP_GRACE_S + 60)
+                if res.get("result") in ("stopped-term", "stopped-kill"):
+                    out.append({"pid": pid, "from_run": rec.log_path, "result": res.get("result")})
+        return out
+
+    def _stop_existing(self) -> list[dict]:
+        rows = self.node.run_probe("procs", {"pids": None, "exe_paths": self._exo_exe_paths()}, timeout=60)["procs"]
+        out = []
+        for p in rows:
+            res = self.node.run_probe("stop", {"pid": p["pid"], "expect_start": p.get("start"), "grace_s": STOP_GRACE_S},
+                                      timeout=STOP_GRACE_S + 60)
+            out.append({"pid": p["pid"], "exe": p.get("exe"), "cmdline": p.get("cmdline"), "result": res.get("result"),
+                        "detail": res.get("detail")})
+        return out
+
+    def _pidfile_holder(self) -> dict | None:
+        r = self.node.run_probe("tail", {"path": self.paths.pid_file, "max_bytes": 64}, timeout=60)
+        m = re.search(r"\d+", str(r.get("text") or "")) if r.get("exists") else None
+        if not m:
+            return None
+        procs = self.node.run_probe("procs", {"pids": [int(m.group())], "exe_paths": None}, timeout=60)["procs"]
+        for p in procs:
+            names = [str(x) for x in ([p.get("exe")] + list(p.get("cmdline") or [])[:3]) if x]
+            if any("exo" in Path(n).name.lower() or "exo" in n.lower().split("/") for n in names):
+                return p
+        return None
+
+    def precheck(self) -> list[str]:
+        """Problems that forbid a start (API port held by another process, exo's pid lock held)."""
+        self.stopped_existing = self.stop_previous_runs()
+        if getattr(self.cfg, "stop_existing_exo", False):
+            self.stopped_existing += self._stop_existing()
+        problems = []
+        port = self.node.run_probe("ports", {"port": self.cfg.api_port, "addresses": api_addresses(self.node)},
+                                   timeout=60)
+        if not port.get("free"):
+            who = ", ".join(f"pid {h['pid']} ({h.get('cmd', '')[:120]})" for h in port.get("holders") or []) \
+                or "a process this user cannot see"
+            problems.append(f"{self.node_cfg.name}: API port {self.cfg.api_port} is already in use by {who}; "
+                            f"not started by modeldrop, so it is not killed (stop it, or pass --stop-existing-exo "
+                            f"if it is exo)")
+        holder = self._pidfile_holder()
+        if holder:
+            problems.append(f"{self.node_cfg.name}: exo's pid-file lock {self.paths.pid_file} is held by live pid "
+                            f"{holder['pid']} ({' '.join(holder.get('cmdline') or [])[:160]}); another exo runs "
+                            f"with this user's cache dir (stop it, or pass --stop-existing-exo)")
+        return problems
+
+    # -- start / stop -----------------------------------------------------------------------------
+    def _prepare_node(self, log_path: str) -> None:
+        marker = self.paths.first_run_marker
+        self.node.run_probe("fs", {"op": "mkdir", "path": marker.rsplit("/", 1)[0]}, timeout=60)
+        self.node.run_probe("fs", {"op": "touch", "path": marker}, timeout=60)
+        self.node.run_probe("fs", {"op": "mkdir", "path": log_path.rsplit("/", 1)[0]}, timeout=60)
+
+    def start(self, role: str = "cluster", precheck: bool = True) -> LaunchRecord:
+        """Start exo detached as `role`; LaunchError with the diagnosis when it cannot be started."""
+        problems = self.precheck() if precheck else []
+        if problems:
+            raise LaunchError("; ".join(problems), precheck_facts(problems))
+        argv, env, unset = self.command(role)
+        log_path = f"{self.node_cfg.exo_log_dir}/{self.run_id()}-node{self.k}-{role}.log"
+        self._prepare_node(log_path)
+        res = self.node.run_probe("spawn", {"argv": argv, "env": env, "unset_env": unset, "cwd": "~",
+                                            "log_path": log_path, "pid_file": None}, timeout=120)
+        self.record = LaunchRecord(
+            node=self.k, role=role, pid=int(res["pid"]), start=res.get("start"), exe=self.node_cfg.exo_cmd,
+            argv=argv, env=redact_env(env), unset_env=unset, generation=self.build().generation,
+            namespace=self.namespace(role), api_url=self.api_url, log_path=res.get("log_path") or log_path,
+            exo_log_path=self.paths.log_file, runner_log_path=self.paths.runner_stderr, started_at=time.time(),
+            stopped_existing=self.stopped_existing)
+        if self.facts().get("platform") == "darwin":
+            self._caffeinate()
+        self.save()
+        return self.record
+
+    def _caffeinate(self) -> None:
+        assert self.record is not None
+        try:
+            c = self.node.run_probe("spawn", {"argv": ["/usr/bin/caffeinate", "-i", "-s", "-w", str(self.record.pid)],
+                                              "env": {}, "unset_env": [], "cwd": "~", "log_path": "/dev/null",
+                                              "pid_file": None}, timeout=60)
+            self.record.extra_pids.append({"pid": c["pid"], "start": c.get("start"), "what": "caffeinate"})
+        except Exception:  # noqa: BLE001 - keeping the Mac awake is best effort
+            pass
+
+    def save(self) -> None:
+        if self.record is not None:
+            self.run_folder.write_json(f"exo/node{self.k}-{self.record.role}.json", self.record.to_json())
+
+    def adopt(self, record: LaunchRecord) -> None:
+        """Take over a process an earlier run started (re-attach), and record it in this run."""
+        self.record = record
+        self.save()
+
+    def proc(self) -> dict | None:
+        """The live process row of what we started if it is still the same process, else None."""
+        if self.record is None:
+            return None
+        rows = self.node.run_probe("procs", {"pids": [self.record.pid], "exe_paths": None}, timeout=60)["procs"]
+        for p in rows:
+            if self.record.start is None or p.get("start") is None or abs(float(p["start"]) - float(self.record.start)) <= 1.5:
+                return p
+        return None
+
+    def stop(self) -> dict:
+        """Stop what this launcher started (by pid, identity-checked); idempotent."""
+        if self.record is None:
+            return {"result": "not-started"}
+        if self.record.stopped:
+            return self.record.stopped
+        args: dict[str, Any] = {"pid": self.record.pid, "grace_s": STOP_GRACE_S}
+        if self.record.start is not None:
+            args["expect_start"] = self.record.start
+        else:
+            args["expect_exe"] = self.record.exe
+        res = self.node.run_probe("stop", args, timeout=STOP_GRACE_S + 60)
+        for extra in self.record.extra_pids:
+            if extra.get("start") is not None:
+                self.node.run_probe("stop", {"pid": extra["pid"], "expect_start": extra["start"], "grace_s": 5},
+                                    timeout=60)
+        self.record.stopped = {"result": res.get("result"), "detail": res.get("detail"), "at": time.time()}
+        self.save()
+        return self.record.stopped

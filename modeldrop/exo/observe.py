@@ -1,0 +1,252 @@
+"""The polling loops behind the gates: observe nodes and APIs, hand observations to `verdicts`.
+
+Every loop has a deadline from the run's options and returns a `Verdict` that says what was last
+seen; none sleeps a fixed time to synchronise. `clock`/`sleep` are injectable for unit tests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from modeldrop.exo import logs as exologs
+from modeldrop.exo import state as st
+from modeldrop.exo.client import ExoClient, ExoError, ExoHTTPError
+from modeldrop.exo.verdicts import (StartupSample, Verdict, chat_verdict, cluster_verdict, ready_verdict,
+                                    runner_map_lag, startup_verdict, transport_verdict)
+from modeldrop.exo.wait import call_safely, poll
+
+API_UP_TIMEOUT_S = 120.0
+INTERVAL_S = 0.5
+
+
+def stall_budget(ready_timeout_s: float) -> float:
+    """Seconds without any runner status/layer change that count as 'no progress'."""
+    return max(20.0, min(180.0, ready_timeout_s / 3.0))
+
+
+# -- startup --------------------------------------------------------------------------------------
+def sample_node(launcher: Any, client: ExoClient, t0: float, clock: Callable[[], float]) -> StartupSample:
+    proc = launcher.proc()
+    nid, err = call_safely(lambda: client.node_id(timeout_s=3.0))
+    return StartupSample(round(clock() - t0, 2), proc is not None, proc.get("start") if proc else None, nid, err)
+
+
+def watch_startup(launchers: dict[int, Any], clients: dict[int, ExoClient], settle_s: float,
+                  api_timeout_s: float = API_UP_TIMEOUT_S, clock: Callable[[], float] = time.monotonic,
+                  sleep: Callable[[float], None] = time.sleep) -> Verdict:
+    """Wait until every API answers (fail fast when a process exits), then watch for settle_s."""
+    t0 = clock()
+    samples: dict[int, list[StartupSample]] = {k: [] for k in launchers}
+
+    def look() -> dict[int, StartupSample]:
+        out = {k: sample_node(launchers[k], clients[k], t0, clock) for k in launchers}
+        for k, s in out.items():
+            samples[k].append(s)
+        return out
+
+    up = poll(look, lambda o: all(s.node_id for s in o.values()), api_timeout_s, INTERVAL_S,
+              stop=lambda o: any(not s.alive for s in o.values()), clock=clock, sleep=sleep)
+    starts = {k: (launchers[k].record.start if launchers[k].record else None) for k in launchers}
+    if up.done:
+        t1 = clock()
+        poll(look, lambda o: clock() - t1 >= settle_s, settle_s + 5.0, INTERVAL_S,
+             stop=lambda o: any(not s.alive for s in o.values()), clock=clock, sleep=sleep)
+    v = startup_verdict(samples, starts)
+    v.details["elapsed_s"] = round(clock() - t0, 2)
+    return v
+
+
+# -- cluster --------------------------------------------------------------------------------------
+def views_of(clients: dict[int, ExoClient]) -> dict[int, st.ClusterView | None]:
+    out: dict[int, st.ClusterView | None] = {}
+    for k, c in clients.items():
+        s, _ = call_safely(c.state)
+        out[k] = st.cluster_view(s) if isinstance(s, dict) else None
+    return out
+
+
+def watch_cluster(clients: dict[int, ExoClient], live_ids: dict[int, str], window_s: float,
+                  clock: Callable[[], float] = time.monotonic,
+                  sleep: Callable[[float], None] = time.sleep) -> Verdict:
+    """Poll every API until all N nodes and both-way edges show, or the window ends (isolation stop)."""
+    n = len(live_ids)
+    t0 = clock()
+    res = poll(lambda: cluster_verdict(live_ids, views_of(clients), n), lambda v: v.ok, window_s, 1.0,
+               clock=clock, sleep=sleep)
+    v = res.value if res.value is not None else Verdict(False, f"no /state answered ({res.last_error})")
+    v.details["elapsed_s"] = round(clock() - t0, 2)
+    if not v.ok and v.facts.get("isolated"):
+        v.summary = f"isolated for {window_s:.0f}s (cluster window): {v.summary}"
+    return v
+
+
+# -- placement ------------------------------------------------------------------------------------
+def place(client: ExoClient, model_id: str, sharding: str, instance_meta: str, n: int) -> tuple[dict | None, Verdict | None]:
+    """GET /instance/placement then POST /instance; (instance json, None) or (None, failed verdict)."""
+    try:
+        inst = client.placement(model_id, sharding, instance_meta, n)
+    except ExoHTTPError as e:
+        return None, Verdict(False, f"GET /instance/placement ({sharding}/{instance_meta}, min_nodes={n}): {e}",
+                             {"status": e.status, "body": e.body}, {"http_status": e.status, "http_body": e.message})
+    except ExoError as e:
+        return None, Verdict(False, f"GET /instance/placement: {e}", {}, {})
+    try:
+        client.create_instance(inst)
+    except ExoHTTPError as e:
+        return None, Verdict(False, f"POST /instance: {e}", {"status": e.status, "body": e.body, "instance": inst},
+                             {"http_status": e.status, "http_body": e.message})
+    except ExoError as e:
+        return None, Verdict(False, f"POST /instance: {e}", {"instance": inst}, {})
+    return inst, None
+
+
+def clear_instances(client: ExoClient, model_id: str, timeout_s: float = 60.0) -> list[str]:
+    """Delete existing instances of the model (an earlier run's) and wait until each is gone."""
+    s, _ = call_safely(client.state)
+    ids = [i.instance_id for i in st.instances_for_model(s or {}, model_id)]
+    for iid in ids:
+        call_safely(lambda iid=iid: client.delete_instance(iid))
+    for iid in ids:
+        poll(lambda iid=iid: client.get_instance(iid), lambda v: v is None, timeout_s, INTERVAL_S)
+    return ids
+
+
+def wait_ready(client: ExoClient, instance_id: str, ready_timeout_s: float, stall_s: float | None = None,
+               clock: Callable[[], float] = time.monotonic,
+               sleep: Callable[[float], None] = time.sleep) -> Verdict:
+    """Poll /state until every runner is Ready/Running; fail fast on RunnerFailed, vanishing, or a stall."""
+    stall_s = stall_budget(ready_timeout_s) if stall_s is None else stall_s
+    t0 = clock()
+    track = {"present": False, "key": None, "changed": t0, "stalled": None}
+    appear_budget = max(30.0, stall_s)
+
+    def look() -> st.InstanceProgress:
+        p = st.instance_progress(client.state(), instance_id)
+        now = clock()
+        if p.present:
+            track["present"] = True
+        if p.key() != track["key"]:
+            track["key"], track["changed"] = p.key(), now
+        quiet = now - track["changed"]
+        if (track["present"] and quiet >= stall_s) or (not track["present"] and now - t0 >= appear_budget):
+            track["stalled"] = quiet
+        return p
+
+    def bad(p: st.InstanceProgress) -> bool:
+        return bool(p.failures) or (track["present"] and not p.present) or track["stalled"] is not None
+
+    res = poll(look, lambda p: p.ready, ready_timeout_s, INTERVAL_S, stop=bad, clock=clock, sleep=sleep)
+    prog = res.value or st.InstanceProgress(instance_id, False, {}, [])
+    v = ready_verdict(prog, track["present"], track["stalled"] if track["present"] else None,
+                      res.timed_out, res.elapsed_s)
+    if res.last_error:
+        v.details["last_error"] = res.last_error
+    return v
+
+
+# -- transport ------------------------------------------------------------------------------------
+def check_transport(inst: st.Instance, node_ids: dict[int, str], node_logs: dict[int, str],
+                    nodes: dict[int, Any]) -> Verdict:
+    """Compare logged ring hosts with /state, look at sockets on the ring port (never connecting), scan errno lines."""
+    hostfiles = {k: exologs.hostfile_lines(t) for k, t in node_logs.items()}
+    errors = {k: exologs.ring_connect_errors(t) for k, t in node_logs.items()}
+    coords = {k: [m.group(0) for m in exologs.find("COORD_LINE", t)] for k, t in node_logs.items()}
+    sockets: dict[int, list[dict]] = {}
+    if inst.is_ring and inst.ephemeral_port and len(inst.node_ids) > 1:
+        for k, node in nodes.items():
+            r, err = call_safely(lambda node=node: node.run_probe("sockets", {"port": inst.ephemeral_port}, timeout=60))
+            sockets[k] = (r or {}).get("sockets") or []
+    return transport_verdict(inst, node_ids, hostfiles, sockets, errors, coords)
+
+
+# -- chat -----------------------------------------------------------------------------------------
+CHAT_PROMPT = [{"role": "user", "content": "Reply with one short sentence: what is 2 + 2?"}]
+
+
+def one_chat(url: str, model_id: str, stream: bool, max_tokens: int = 64, stall_s: float = 30.0,
+             read_timeout_s: float = 300.0) -> dict:
+    """One chat completion through `url`, as an evidence dict (never raises for server problems)."""
+    from modeldrop.bench.client import BenchClient, ChatRequest
+    client = BenchClient(url, model_id, read_timeout_s=read_timeout_s, stall_timeout_s=stall_s)
+    try:
+        rec = client.send(ChatRequest(messages=CHAT_PROMPT, max_tokens=max_tokens, stream=stream))
+    finally:
+        client.close()
+    return {"url": url, "stream": stream, "status": rec.status, "error": rec.error, "error_kind": rec.error_kind,
+            "text_chars": len(rec.text or ""), "reasoning_chars": len(rec.reasoning_text or ""),
+            "text_head": (rec.text or rec.reasoning_text or "")[:200], "finish_reason": rec.finish_reason,
+            "saw_done": rec.saw_done, "keepalives": rec.keepalives, "usage": rec.usage,
+            "latency_s": round(rec.e2e, 3) if rec.e2e is not None else None,
+            "ttft_s": round(rec.ttft, 3) if rec.ttft is not None else None}
+
+
+def run_chats(urls: dict[int, str], model_id: str, stall_s: float = 30.0, read_timeout_s: float = 120.0) -> Verdict:
+    """Streamed, then non-streamed, through every node's API; stops at the first failure (named in the verdict)."""
+    results = []
+    for k, url in sorted(urls.items()):
+        for stream in (True, False):
+            r = one_chat(url, model_id, stream, stall_s=stall_s, read_timeout_s=read_timeout_s)
+            r["node"] = k
+            results.append(r)
+            if not chat_verdict([r]).ok:
+                v = chat_verdict(results)
+                v.details["not_tried"] = [f"node{j}" for j in sorted(urls) if j > k]
+                return v
+    return chat_verdict(results)
+
+
+def runner_lag(clients: dict[int, ExoClient], instance_id: str) -> tuple[list[str], dict]:
+    """Each node's view of the instance after a working chat: lag is evidence, not a verdict."""
+    per, maps = {}, {}
+    for k, c in clients.items():
+        s, err = call_safely(c.state)
+        per[k] = st.instance_progress(s or {}, instance_id)
+        inst = st.instances(s or {}).get(instance_id)
+        maps[f"node{k}"] = {"error": err, "nodeToRunner": inst.node_to_runner if inst else None,
+                            "runners": per[k].labels() if per[k].present else None}
+    return runner_map_lag(per), maps
+
+
+def _norm(path: str) -> str:
+    """Compare dirs as exo reports them: no trailing slash, macOS /private prefix dropped."""
+    p = path.rstrip("/")
+    return p[len("/private"):] if p.startswith("/private/") else p
+
+
+# -- canary (gate 1B) -----------------------------------------------------------------------------
+CANARY_MODEL_TIMEOUT_S = 120.0
+
+
+def canary_check(launcher: Any, client: ExoClient, model_id: str, model_dir: str,
+                 api_timeout_s: float = API_UP_TIMEOUT_S, model_timeout_s: float = CANARY_MODEL_TIMEOUT_S,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Verdict:
+    """exo alone on node 1: /node_id answers, then the model is listed under ?status=downloaded from the audited dir."""
+    t0 = clock()
+    up = poll(lambda: sample_node(launcher, client, t0, clock), lambda s: bool(s.node_id), api_timeout_s, INTERVAL_S,
+              stop=lambda s: not s.alive, clock=clock, sleep=sleep)
+    last = up.value
+    if not up.done:
+        why = "exo exited" if last is not None and not last.alive else f"no answer within {api_timeout_s:.0f}s"
+        return Verdict(False, f"canary: API {client.base_url}/node_id: {why} ({last.api_error if last else up.last_error})",
+                       {"last": last.__dict__ if last else None}, {"exited": [1] if last and not last.alive else [],
+                                                                    "no_api": [1]})
+    listed = poll(client.downloaded_model_ids, lambda ids: model_id in ids, model_timeout_s, 1.0,
+                  stop=lambda ids: not launcher.proc(), clock=clock, sleep=sleep)
+    s, _ = call_safely(client.state)
+    dls = [d.__dict__ for d in st.downloads_for_model(s or {}, model_id)]
+    details = {"node_id": last.node_id, "downloaded": listed.value, "downloads": dls,
+               "elapsed_s": round(clock() - t0, 2)}
+    if not listed.done:
+        failed = [d for d in dls if d["kind"] == "DownloadFailed"]
+        why = f"; DownloadFailed: {failed[0]['error_message']}" if failed else ""
+        return Verdict(False, f"canary: {model_id} not listed under /v1/models?status=downloaded within "
+                              f"{model_timeout_s:.0f}s (listed: {listed.value or []}){why}", details,
+                       {"not_listed": True, "download_failed": bool(failed)})
+    dirs = {d["model_directory"] for d in dls if d["kind"] == "DownloadCompleted" and d["model_directory"]}
+    if dirs and _norm(model_dir) not in {_norm(d) for d in dirs}:
+        return Verdict(False, f"canary: exo found {model_id} at {sorted(dirs)}, not at the audited {model_dir}",
+                       details, {"dir_drift": True})
+    return Verdict(True, f"canary: API up, {model_id} listed as downloaded"
+                         + (f" from {model_dir}" if dirs else "") + f" after {details['elapsed_s']}s", details, {})

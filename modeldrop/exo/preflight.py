@@ -1,0 +1,91 @@
+"""The exo part of gate 0 (preflight): checks that need no running exo.
+
+`exo_preflight(nodes, cfg) -> ExoPreflight(problems, builds, evidence)`; the lead's preflight gate
+fails with `problems` (one line each, naming node, path and what is wrong):
+- the exo binary at EXO_CMD_NODEk exists and `--help` runs (probe `tool`);
+- the same generation and version on every node; drift names both sides, e.g.
+  "exo drift: node1 NEW 0.3.70 (/path), node2 OLD 1.0.71 (/path)";
+- the API port is free on every node (a port held by exo that an earlier modeldrop run started
+  is not a problem: the launcher stops its own processes by pid before starting);
+- MODEL_DIR_NODEk ends in the folder exo expects (`org--name`, contract §5.2), so path drift fails
+  here, before any download.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modeldrop.exo.launcher import ExoBuild, LaunchError, Node, api_addresses, previous_records, probe_build
+
+
+@dataclass
+class ExoPreflight:
+    problems: list[str]
+    builds: dict[int, ExoBuild]
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def folder_problem(k: int, model_dir: str, folder: str) -> str | None:
+    """The path-drift message when model_dir does not end in `folder`, else None."""
+    last = model_dir.rstrip("/").rsplit("/", 1)[-1]
+    if last == folder:
+        return None
+    return (f"MODEL_DIR_NODE{k} ends in '{last}' but exo looks for '{folder}' under its models dir "
+            f"(set MODEL_DIR_NODE{k}=<dir>/{folder})")
+
+
+def drift_problem(builds: dict[int, ExoBuild]) -> str | None:
+    """One line naming every node's build when they are not all the same."""
+    if len({b.identity() for b in builds.values()}) <= 1:
+        return None
+    return "exo drift: " + ", ".join(f"node{k} {b.label()}" for k, b in sorted(builds.items()))
+
+
+def _own_pids(cfg: Any, k: int) -> set[int]:
+    recs = previous_records(Path(cfg.report_dir), None, k)
+    return {r.pid for r in recs if not r.stopped}
+
+
+def port_problem(node: Node, k: int, cfg: Any) -> tuple[str | None, dict]:
+    r = node.run_probe("ports", {"port": cfg.api_port, "addresses": api_addresses(node)}, timeout=60)
+    if r.get("free"):
+        return None, r
+    holders = r.get("holders") or []
+    if holders and {h["pid"] for h in holders} <= _own_pids(cfg, k):
+        r["note"] = "held by exo an earlier modeldrop run started; the launcher stops it by pid"
+        return None, r
+    who = ", ".join(f"pid {h['pid']} ({str(h.get('cmd', ''))[:100]})" for h in holders) or "a process this user cannot see"
+    return (f"node{k}: API port {cfg.api_port} is in use by {who} (exo's API needs it; stop that process or "
+            f"change EXO_API_PORT; --stop-existing-exo stops it only if it is the configured exo)"), r
+
+
+def exo_preflight(nodes: dict[int, Node], cfg: Any) -> ExoPreflight:
+    """Run every exo preflight check on every node; never raises for a node-side problem."""
+    out = ExoPreflight([], {}, {"builds": {}, "ports": {}})
+    for k, node in sorted(nodes.items()):
+        nc = cfg.node(k)
+        p = folder_problem(k, nc.model_dir, cfg.model_folder)
+        if p:
+            out.problems.append(p)
+        try:
+            out.builds[k] = probe_build(node, nc.exo_cmd)
+            out.evidence["builds"][f"node{k}"] = out.builds[k].__dict__
+        except LaunchError as e:
+            out.problems.append(f"node{k}: {e}")
+        except Exception as e:  # noqa: BLE001 - one line per node, not a traceback
+            out.problems.append(f"node{k}: cannot probe exo at {nc.exo_cmd}: {type(e).__name__}: {e}")
+        try:
+            p, r = port_problem(node, k, cfg)
+            out.evidence["ports"][f"node{k}"] = r
+            if p and not getattr(cfg, "stop_existing_exo", False):
+                out.problems.append(p)
+            elif p:
+                out.evidence["ports"][f"node{k}"]["note"] = "in use; --stop-existing-exo will stop it if it is exo"
+        except Exception as e:  # noqa: BLE001
+            out.problems.append(f"node{k}: cannot check API port {cfg.api_port}: {type(e).__name__}: {e}")
+    d = drift_problem(out.builds)
+    if d:
+        out.problems.append(d)
+    return out

@@ -1,0 +1,217 @@
+"""Pure verdict functions: observations in, `Verdict` out. No I/O, no clocks.
+
+Each verdict names its evidence in `summary` (the gate's assertion message) and keeps the data in
+`details` (the gate's evidence JSON). `facts` carries the conditions the failure-signature table
+matches on (e.g. `isolated`, `restarted`, `stalled`), so signatures and verdicts agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from modeldrop.exo.logs import HostfileLine
+from modeldrop.exo.state import ClusterView, Instance, InstanceProgress
+
+NON_NEIGHBOUR = "198.51.100.1:0"
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+# -- startup (gate 4) -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StartupSample:
+    """One look at one node: is our pid alive with its start time, and what does /node_id say."""
+
+    t: float
+    alive: bool
+    start: float | None
+    node_id: str | None
+    api_error: str | None = None
+
+
+def startup_verdict(samples: dict[int, list[StartupSample]], expected_start: dict[int, float | None]) -> Verdict:
+    """Every node's API answered, and no process exited or restarted (pid/start or /node_id change)."""
+    problems, facts = [], {"exited": [], "restarted": [], "no_api": []}
+    for k, ss in sorted(samples.items()):
+        ids = [s.node_id for s in ss if s.node_id]
+        if any(not s.alive for s in ss):
+            t = next(s.t for s in ss if not s.alive)
+            problems.append(f"node{k}: exo exited {t:.1f}s after start")
+            facts["exited"].append(k)
+        elif any(s.start is not None and expected_start.get(k) is not None
+                 and abs(s.start - float(expected_start[k])) > 1.5 for s in ss):
+            problems.append(f"node{k}: exo restarted (process start time changed)")
+            facts["restarted"].append(k)
+        if len(set(ids)) > 1:
+            problems.append(f"node{k}: /node_id changed {' -> '.join(dict.fromkeys(ids))} (exo restarted)")
+            facts["restarted"].append(k)
+        if not ids and k not in facts["exited"]:
+            last = next((s.api_error for s in reversed(ss) if s.api_error), "no answer")
+            problems.append(f"node{k}: API never answered /node_id ({last})")
+            facts["no_api"].append(k)
+    details = {f"node{k}": [s.__dict__ for s in ss[-5:]] for k, ss in samples.items()}
+    if problems:
+        return Verdict(False, "; ".join(problems), details, facts)
+    ids = {k: next(s.node_id for s in ss if s.node_id) for k, ss in samples.items()}
+    return Verdict(True, "every exo up and stable: " + ", ".join(f"node{k}={v[:12]}" for k, v in sorted(ids.items())),
+                   details, {"node_ids": ids})
+
+
+# -- cluster (gate 5) -----------------------------------------------------------------------------
+def cluster_verdict(live_ids: dict[int, str], views: dict[int, ClusterView | None], n: int) -> Verdict:
+    """Every node's API lists all N live node ids, no others, and edges both ways for every pair."""
+    want = sorted(live_ids.values())
+    name = {v: f"node{k}" for k, v in live_ids.items()}
+    problems, isolated = [], []
+    for k, view in sorted(views.items()):
+        if view is None:
+            problems.append(f"node{k}: /state not readable")
+            continue
+        members = view.members
+        missing = [x for x in want if x not in members]
+        extra = sorted(members - set(want))
+        if len(members & set(want)) < n:
+            isolated.append(k)
+            problems.append(f"node{k} sees {len(members & set(want))}/{n} nodes (missing "
+                            f"{', '.join(name[x] for x in missing)})")
+        if extra:
+            problems.append(f"node{k} lists {len(extra)} node id(s) that no node answers as /node_id "
+                            f"(ghosts or another exo in the namespace): {', '.join(x[:12] for x in extra)}")
+        if not missing:
+            gaps = view.topology.missing_edges(want)
+            if gaps:
+                problems.append(f"node{k}: no edge " + ", ".join(f"{name[a]}->{name[b]}" for a, b in gaps))
+    details = {"live_ids": {f"node{k}": v for k, v in live_ids.items()},
+               "views": {f"node{k}": (v.summary() if v else None) for k, v in views.items()}}
+    facts = {"isolated": isolated, "n": n, "ghosts": any("ghosts" in p for p in problems),
+             "missing_edges": any("no edge" in p for p in problems)}
+    if problems:
+        return Verdict(False, "; ".join(problems), details, facts)
+    return Verdict(True, f"{n} node(s), connections both ways for every pair, on every node's API", details, facts)
+
+
+# -- placement (gate 5) ---------------------------------------------------------------------------
+def ready_verdict(progress: InstanceProgress, ever_present: bool, stalled_s: float | None,
+                  timed_out: bool, elapsed_s: float) -> Verdict:
+    """Ready = every runner of the instance RunnerReady/RunnerRunning; otherwise say why not."""
+    details = {"instance_id": progress.instance_id, "runners": progress.labels(), "elapsed_s": round(elapsed_s, 1)}
+    if progress.ready:
+        return Verdict(True, f"all {len(progress.expected)} runner(s) Ready/Running after {elapsed_s:.1f}s",
+                       details, {})
+    if progress.failures:
+        msgs = "; ".join(f"{r[:8]}: {m}" for r, m in progress.failures.items())
+        return Verdict(False, f"RunnerFailed: {msgs}", details, {"runner_failed": True, "errors": list(progress.failures.values())})
+    if ever_present and not progress.present:
+        return Verdict(False, f"instance {progress.instance_id} vanished from /state after {elapsed_s:.1f}s "
+                              "(a runner failed or a node left; read every node's log)", details, {"vanished": True})
+    if not ever_present:
+        return Verdict(False, f"instance {progress.instance_id} never appeared in /state within {elapsed_s:.1f}s",
+                       details, {"never_created": True})
+    if stalled_s is not None:
+        return Verdict(False, f"no runner progress for {stalled_s:.0f}s: {details['runners']}", details,
+                       {"stalled": True, "runners": details["runners"]})
+    why = "timed out" if timed_out else "not ready"
+    return Verdict(False, f"{why} after {elapsed_s:.0f}s: {details['runners']}", details,
+                   {"stalled": True, "runners": details["runners"]})
+
+
+# -- transport (gate 5b) --------------------------------------------------------------------------
+def expected_hosts(inst: Instance, nid: str) -> list[str]:
+    return inst.hosts_by_node.get(nid) or []
+
+
+def neighbour_ips(inst: Instance, nid: str) -> set[str]:
+    return {h.rsplit(":", 1)[0] for h in expected_hosts(inst, nid) if not h.startswith("0.0.0.0:") and h != NON_NEIGHBOUR}
+
+
+def transport_verdict(inst: Instance, node_ids: dict[int, str], hostfiles: dict[int, list[HostfileLine]],
+                      sockets: dict[int, list[dict]], errors: dict[int, list[int]],
+                      coord_lines: dict[int, list[str]] | None = None) -> Verdict:
+    """Ring: logged hosts == hostsByNode, ESTABLISHED sockets to the neighbours on the ring port, no errno lines."""
+    problems, facts = [], {"ring_errno": sorted({e for es in errors.values() for e in es}), "mismatch": False}
+    details: dict[str, Any] = {"kind": inst.kind, "ephemeral_port": inst.ephemeral_port,
+                               "hosts_by_node": inst.hosts_by_node, "jaccl_coordinators": inst.jaccl_coordinators}
+    for k, errs in sorted(errors.items()):
+        if errs:
+            problems.append(f"node{k}: [ring] Couldn't connect (error: {', '.join(map(str, sorted(set(errs))))})")
+    if len(inst.node_ids) < 2:
+        return Verdict(not problems, "; ".join(problems) or "1-node instance: no ring to check", details, facts)
+    if not inst.is_ring:
+        for k, nid in sorted(node_ids.items()):
+            if nid in inst.node_to_runner and not (coord_lines or {}).get(k):
+                problems.append(f"node{k}: no `rank N MLX_JACCL_COORDINATOR:` line in its exo log")
+        return Verdict(not problems, "; ".join(problems) or "JACCL coordinators announced on every node", details, facts)
+    port = inst.ephemeral_port
+    for k, nid in sorted(node_ids.items()):
+        if nid not in inst.node_to_runner:
+            continue
+        want = expected_hosts(inst, nid)
+        got = hostfiles.get(k) or []
+        details[f"node{k}_logged"] = [h.hosts for h in got]
+        if not got:
+            problems.append(f"node{k}: no `rank N hostfile: ... hosts: [...]` line in its exo log")
+        elif got[-1].hosts != want:
+            facts["mismatch"] = True
+            problems.append(f"node{k}: log says hosts {got[-1].hosts}, /state hostsByNode says {want}")
+        peers = neighbour_ips(inst, nid)
+        est = [s for s in sockets.get(k) or [] if s.get("state") == "ESTABLISHED" and port is not None
+               and _on_port(s, port) and _peer_ip(s, port) in peers]
+        details[f"node{k}_sockets"] = sockets.get(k)
+        linked = {_peer_ip(s, port) for s in est}
+        if port is not None and not peers <= linked:
+            problems.append(f"node{k}: no ESTABLISHED socket on ring port {port} to "
+                            f"{', '.join(sorted(peers - linked))}")
+            facts["no_socket"] = True
+    if problems:
+        return Verdict(False, "; ".join(problems), details, facts)
+    return Verdict(True, f"ring port {port}: hosts match /state and sockets ESTABLISHED to every neighbour", details, facts)
+
+
+def _split(addr: str) -> tuple[str, int | None]:
+    host, _, p = str(addr).rpartition(":")
+    return host.strip("[]"), int(p) if p.isdigit() else None
+
+
+def _on_port(s: dict, port: int) -> bool:
+    return _split(s.get("local", ""))[1] == port or _split(s.get("remote", ""))[1] == port
+
+
+def _peer_ip(s: dict, port: int) -> str:
+    host = _split(s.get("remote", ""))[0]
+    return host[7:] if host.startswith("::ffff:") else host
+
+
+# -- chat (gate 6) --------------------------------------------------------------------------------
+def chat_verdict(results: list[dict]) -> Verdict:
+    """Every chat answered: HTTP 200, complete body, text or reasoning_content non-empty."""
+    problems = []
+    for r in results:
+        where = f"node{r['node']} {'stream' if r['stream'] else 'non-stream'}"
+        if r.get("error"):
+            problems.append(f"{where}: {r.get('error_kind')}: {str(r['error'])[:200]}")
+        elif not (r.get("text_chars") or r.get("reasoning_chars")):
+            problems.append(f"{where}: HTTP {r.get('status')} but no content and no reasoning_content")
+    facts = {"kinds": sorted({str(r.get("error_kind")) for r in results if r.get("error")}),
+             "statuses": sorted({r.get("status") for r in results if r.get("status") is not None})}
+    if problems:
+        return Verdict(False, "; ".join(problems), {"results": results}, facts)
+    lat = ", ".join(f"node{r['node']}{'/s' if r['stream'] else ''} {r.get('latency_s', 0):.2f}s" for r in results)
+    return Verdict(True, f"{len(results)} chat completion(s) answered: {lat}", {"results": results}, facts)
+
+
+def runner_map_lag(per_node: dict[int, InstanceProgress]) -> list[str]:
+    """Nodes whose /state does not (yet) show the instance's runners Ready while chat works: evidence only."""
+    out = []
+    for k, p in sorted(per_node.items()):
+        if not p.present:
+            out.append(f"node{k}: instance absent from its /state")
+        elif not p.ready:
+            out.append(f"node{k}: runners {p.labels()}")
+    return out

@@ -1,0 +1,257 @@
+"""The run ledger: run folder, ledger.jsonl, handoff.md, pass cache, fingerprints, pytest-html glue.
+
+`Ledger` is the one writer of a run's ledger.jsonl and handoff.md. Contract:
+- every gate event (`gate_start`, `gate_result`, `gate_reused`, `note`, `signatures`, …) appends one
+  fsynced line to ledger.jsonl and rewrites handoff.md atomically before returning, so both are
+  current after every event, whatever kills the run afterwards;
+- `gate=None` events (benchmarks, run-level warnings) land in ledger.jsonl and the run-level
+  warnings of the hand-off;
+- secrets given to the constructor never reach either file.
+Plain Python: the plugin (modeldrop.plugin) calls it from pytest hooks.
+"""
+
+from __future__ import annotations
+
+import json as _json
+import re
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from modeldrop.ledger.handoff import GateRecord, RunState, handoff_fields, hm, one_line, render
+from modeldrop.ledger.jsonl import JsonlLedger
+from modeldrop.ledger.runfolder import RunFolder, atomic_write_text
+
+__all__ = ["Evidence", "Ledger", "GateRecord", "RunState", "RunFolder"]
+
+NOTE_KEYS = ("total_size_bytes", "safetensors_count", "gguf_count", "instance_id", "hub_commit",
+             "exo_version", "manifest_digest", "warning")
+
+
+class Ledger:
+    """Writer of ledger.jsonl and handoff.md for one run."""
+
+    def __init__(self, folder: RunFolder, state: RunState, secrets: Iterable[str] = ()):
+        self.folder = folder
+        self.state = state
+        self._secrets = [s for s in secrets if s and len(s) >= 4]
+        self.jsonl = JsonlLedger(folder.path / "ledger.jsonl", self._secrets)
+
+    # -- writing -------------------------------------------------------------------------
+    def _redact(self, text: str) -> str:
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return text
+
+    def write_handoff(self) -> None:
+        """Rewrite handoff.md atomically from the current state."""
+        atomic_write_text(self.folder.path / "handoff.md", self._redact(render(self.state)))
+
+    def _event(self, event: str, **fields: Any) -> None:
+        self.jsonl.append(event, **fields)
+        self.write_handoff()
+
+    def fields(self) -> dict[str, str]:
+        """The Hand-off Block values as they stand now (redacted)."""
+        return {k: self._redact(v) for k, v in handoff_fields(self.state).items()}
+
+    def _rec(self, gate: str | None) -> GateRecord | None:
+        return self.state.gates.get(gate) if gate else None
+
+    # -- run -----------------------------------------------------------------------------
+    def begin(self, **context: Any) -> None:
+        """Record the run start (model, nodes, order, options, …) and write the first handoff."""
+        s = self.state
+        self._event("run_start", run_id=s.run_id, model=s.model_id, nodes=s.nodes, model_dirs=s.model_dirs,
+                    order=s.order, command=s.command, audit=s.audit, **context)
+
+    def warning(self, text: str, gate: str | None = None) -> None:
+        """A run-level (or gate) warning: ledger.jsonl and the hand-off's warnings line."""
+        rec = self._rec(gate)
+        (rec.warnings if rec else self.state.warnings).append(one_line(text, 400))
+        self._event("warning", gate=gate, text=text)
+
+    def end(self, exitstatus: int, interrupted: str = "") -> None:
+        """Record the run end; a gate still `running` is marked interrupted in the hand-off."""
+        self.state.finished = True
+        self.state.interrupted = interrupted
+        self._event("run_end", exitstatus=int(exitstatus), interrupted=interrupted or None,
+                    handoff=self.fields())
+
+    def profile_update(self, path: str, diff: dict[str, Any]) -> None:
+        """Record the model-profile diff written after a green bootstrap."""
+        self.state.profile_diff = diff
+        self._event("profile_update", path=path, diff=diff)
+
+    # -- gates ---------------------------------------------------------------------------
+    def gate_start(self, gate: str, t: float | None = None) -> None:
+        """Gate `gate` starts now: the hand-off names it as running."""
+        rec = self.state.gates[gate]
+        rec.outcome, rec.started, rec.reason = "running", time.time() if t is None else t, ""
+        self._event("gate_start", gate=gate, phase=rec.phase)
+
+    def gate_result(self, gate: str, outcome: str, reason: str = "", duration: float | None = None,
+                    missing_pass: bool = False, **extra: Any) -> None:
+        """Gate finished: outcome passed/failed/skipped, first reason line, duration."""
+        rec = self.state.gates[gate]
+        rec.outcome, rec.reason = outcome, one_line(reason, 400)
+        rec.blocked_by_missing_pass = missing_pass
+        if rec.started is None:
+            rec.started = time.time()
+        rec.duration = duration if duration is not None else time.time() - rec.started
+        event = {"passed": "pass", "failed": "fail", "skipped": "skip"}.get(outcome, outcome)
+        self._event(event, gate=gate, phase=rec.phase, reason=rec.reason or None,
+                    duration_s=round(rec.duration, 3), evidence=rec.evidence or None,
+                    notes=rec.notes or None, **extra)
+
+    def gate_reused(self, gate: str, when: float, run_id: str, summary: dict[str, Any]) -> None:
+        """Gate satisfied by a cached pass (reused under --resume-bootstrap or an upstream under -k)."""
+        rec = self.state.gates[gate]
+        rec.outcome, rec.reused_from = "reused", f"{hm(when)} (run {run_id})"
+        rec.reason = f"reused pass from {hm(when)} (run {run_id})"
+        rec.notes = {**dict(summary.get("notes") or {}), **rec.notes}
+        rec.evidence = one_line(summary.get("evidence") or "", 200)
+        rec.started = rec.started or time.time()
+        rec.duration = 0.0
+        self._event("reuse", gate=gate, phase=rec.phase, from_time=when, from_run=run_id,
+                    evidence=rec.evidence or None)
+
+    def bench_result(self, name: str, outcome: str, reason: str = "", duration: float | None = None) -> None:
+        """A benchmark case finished (passed/failed/skipped)."""
+        self.state.bench[name] = (outcome, one_line(reason, 300))
+        self._event("bench", item=name, outcome=outcome, reason=one_line(reason, 300) or None,
+                    duration_s=round(duration, 3) if duration is not None else None)
+
+    def note(self, gate: str | None, key: str, value: Any, item: str | None = None) -> None:
+        """A measured fact; `warning` notes also become hand-off warnings."""
+        rec = self._rec(gate)
+        if key == "warning":
+            (rec.warnings if rec else self.state.warnings).append(one_line(value, 400))
+        elif rec is not None:
+            rec.notes[key] = value
+            rec.evidence = one_line(f"{key}={value}", 200) if not rec.evidence else rec.evidence
+        self._event("warning" if key == "warning" else "note", gate=gate, item=item, key=key, value=value)
+
+    def evidence_line(self, gate: str, text: str) -> None:
+        """Set the one-line evidence shown in the Phase Gates table."""
+        rec = self._rec(gate)
+        if rec is not None:
+            rec.evidence = one_line(text, 200)
+
+    def strongest(self, gate: str | None, text: str, item: str | None = None) -> None:
+        """Set STRONGEST_EVIDENCE explicitly (the furthest gate's wins)."""
+        rec = self._rec(gate)
+        if rec is not None:
+            rec.strongest = one_line(text, 400)
+            rec.evidence = rec.strongest
+        self._event("strongest", gate=gate, item=item, text=text)
+
+    def signatures(self, gate: str | None, sigs: list[dict[str, Any]], item: str | None = None) -> None:
+        """Failure signatures a gate matched (dicts: id, title, cause, next_command, matched)."""
+        clean = [{k: s.get(k) for k in ("id", "title", "cause", "next_command", "matched")} for s in sigs]
+        rec = self._rec(gate)
+        if rec is not None:
+            rec.signatures.extend(clean)
+        self._event("signature", gate=gate, item=item, signatures=clean)
+
+    def evidence_file(self, gate: str | None, kind: str, name: str, path: str | None = None,
+                      item: str | None = None) -> None:
+        """An evidence attachment (text/json/png) of a gate, as a ledger record (jsonl only)."""
+        self.jsonl.append("evidence", gate=gate, item=item, kind=kind, name=name, path=path)
+
+
+class Evidence:
+    """What a gate leaves as evidence: report extras for ledger.html, records for ledger.jsonl and handoff.md.
+
+    `.text(name, s)`, `.json(name, obj)`, `.png(name, path_or_bytes)` queue pytest-html extras (drained
+    into the report of the current phase by the plugin) and log an `evidence` record;
+    `.note(key, value)` records a fact (`warning` notes become hand-off warnings);
+    `.signatures(list_of_dicts)` records matched failure signatures; `.strongest(text)` sets
+    STRONGEST_EVIDENCE. Without a ledger (self-tests) everything is kept in memory only.
+    Secrets are replaced by `***` in every text.
+    """
+
+    def __init__(self, ledger: Ledger | None, gate: str | None, item: str, folder: RunFolder | None = None,
+                 secrets: Iterable[str] = ()):
+        from modeldrop.ledger import html as lhtml
+
+        self._html = lhtml
+        self.ledger = ledger
+        self.gate = gate
+        self.item = item
+        self.folder = folder
+        self._secrets = [s for s in secrets if s and len(s) >= 4]
+        self._pending: list[dict[str, Any]] = []
+        self.notes: dict[str, Any] = {}
+        self.warnings: list[str] = []
+        self.matched: list[dict[str, Any]] = []
+        self.strongest_text: str = ""
+
+    def _redact(self, text: str) -> str:
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return text
+
+    def _label(self, name: str) -> str:
+        return f"{self.gate}: {name}" if self.gate else name
+
+    def _log(self, kind: str, name: str, path: str | None = None) -> None:
+        if self.ledger is not None:
+            self.ledger.evidence_file(self.gate, kind, name, path, item=None if self.gate else self.item)
+
+    def _spill(self, name: str, text: str) -> str | None:
+        """Keep a full copy of a long text in logs/ (the extra is capped)."""
+        if self.folder is None or len(text) <= self._html.MAX_TEXT:
+            return None
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{self.gate or 'item'}--{name}")[:120]
+        return str(self.folder.write_text(f"logs/{safe}.txt", text))
+
+    def text(self, name: str, s: str) -> None:
+        """Attach a text (command transcript, log tail)."""
+        s = self._redact(str(s))
+        self._pending.append(self._html.text_extra(s, self._label(name)))
+        self._log("text", name, self._spill(name, s))
+
+    def json(self, name: str, obj: Any) -> None:
+        """Attach a JSON document (state snapshot, verdict)."""
+        safe = _json.loads(self._redact(_json.dumps(obj, default=str)))
+        self._pending.append(self._html.json_extra(safe, self._label(name)))
+        self._log("json", name)
+
+    def png(self, name: str, path_or_bytes: bytes | str | Path) -> None:
+        """Attach a PNG (plot), embedded in the self-contained ledger."""
+        self._pending.append(self._html.png_extra(path_or_bytes, self._label(name)))
+        self._log("png", name, str(path_or_bytes) if not isinstance(path_or_bytes, bytes) else None)
+
+    def html(self, content: str) -> None:
+        """Attach raw HTML (the caller escapes anything from a node)."""
+        self._pending.append(self._html.html_extra(content))
+
+    def note(self, key: str, value: Any) -> None:
+        """Record a measured fact (see NOTE_KEYS); `warning` notes become hand-off warnings."""
+        value = self._redact(value) if isinstance(value, str) else value
+        if key == "warning":
+            self.warnings.append(str(value))
+        else:
+            self.notes[key] = value
+        if self.ledger is not None:
+            self.ledger.note(self.gate, key, value, item=None if self.gate else self.item)
+
+    def signatures(self, sigs: list[dict[str, Any]]) -> None:
+        """Record matched failure signatures (dicts with id, title, cause, next_command, matched)."""
+        sigs = [dict(s) for s in sigs]
+        self.matched.extend(sigs)
+        if self.ledger is not None and sigs:
+            self.ledger.signatures(self.gate, sigs, item=None if self.gate else self.item)
+
+    def strongest(self, text: str) -> None:
+        """Set the hand-off's STRONGEST_EVIDENCE to `text`."""
+        self.strongest_text = self._redact(str(text))
+        if self.ledger is not None:
+            self.ledger.strongest(self.gate, self.strongest_text, item=None if self.gate else self.item)
+
+    def drain(self) -> list[dict[str, Any]]:
+        """The extras queued since the last drain (the plugin attaches them to the phase's report)."""
+        out, self._pending = self._pending, []
+        return out

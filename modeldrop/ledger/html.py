@@ -1,0 +1,102 @@
+"""pytest-html glue without pytest: extras dicts, table cells, and the hand-off block as HTML.
+
+Contract:
+- `text_extra`, `json_extra`, `png_extra`, `html_extra` return the dicts pytest-html 4.2 expects in
+  `report.extras` (same shape as `pytest_html.extras.*`); text is capped at `MAX_TEXT` characters.
+- `started_header()/started_cell(t)` and `gate_header()/gate_cell(g)` are the extra table columns.
+- `summary_html(fields, state)` renders the Hand-off Block and the gate table; everything that may
+  come from a node is passed through `html.escape`.
+- `atomic_writer(report_path, secrets)` replaces pytest-html's in-place write with an atomic one that
+  masks secrets, so a run killed mid-write still leaves the previous, readable ledger.html.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from modeldrop.ledger.handoff import HANDOFF_KEYS, RunState, dur, hm
+from modeldrop.ledger.runfolder import atomic_write_text
+
+MAX_TEXT = 200_000
+
+
+def _extra(content: Any, format_type: str, name: str | None, mime: str | None, ext: str | None) -> dict:
+    return {"name": name, "format_type": format_type, "content": content, "mime_type": mime, "extension": ext}
+
+
+def text_extra(content: str, name: str) -> dict:
+    """A text attachment (capped; the cap is said in the text)."""
+    if len(content) > MAX_TEXT:
+        content = content[:MAX_TEXT] + f"\n… [{len(content) - MAX_TEXT} more characters in the run folder]"
+    return _extra(content, "text", name, "text/plain", "txt")
+
+
+def json_extra(obj: Any, name: str) -> dict:
+    """A JSON attachment (pytest-html json.dumps it; we make it JSON-able first)."""
+    return _extra(json.loads(json.dumps(obj, default=str)), "json", name, "application/json", "json")
+
+
+def png_extra(data: bytes | str | Path, name: str) -> dict:
+    """A PNG attachment from bytes or a file path, embedded as base64."""
+    raw = Path(data).read_bytes() if isinstance(data, (str, Path)) else data
+    return _extra(base64.b64encode(raw).decode("ascii"), "image", name, "image/png", "png")
+
+
+def html_extra(content: str) -> dict:
+    """A raw HTML attachment (caller escapes node text)."""
+    return _extra(content, "html", None, None, None)
+
+
+def started_header() -> str:
+    return '<th class="sortable" data-column-type="started">Started</th>'
+
+
+def started_cell(t: float | None) -> str:
+    return f'<td class="col-started">{html.escape(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))) if t else ""}</td>'
+
+
+def gate_header() -> str:
+    return '<th class="sortable" data-column-type="gate">Gate</th>'
+
+
+def gate_cell(gate: str | None) -> str:
+    return f'<td class="col-gate">{html.escape(gate or "")}</td>'
+
+
+def summary_html(fields: dict[str, str], state: RunState | None) -> str:
+    """The hand-off block and gate table for the top of ledger.html (all text escaped)."""
+    e = html.escape
+    block = "\n".join(f"{k}={fields.get(k, '')}" for k in HANDOFF_KEYS)
+    out = ['<div class="modeldrop-handoff"><h2>Hand-off</h2>',
+           f'<pre style="white-space:pre-wrap">{e(block)}</pre>']
+    if state is not None:
+        out.append('<table class="modeldrop-gates"><tr><th>gate</th><th>phase</th><th>outcome</th>'
+                   '<th>started (UTC)</th><th>duration</th><th>evidence / reason</th><th>reused from</th></tr>')
+        for r in state.in_order():
+            detail = r.reason if r.outcome in ("failed", "skipped") else (r.evidence or r.reason)
+            out.append(f"<tr><td>{e(r.gate)}</td><td>{e(r.phase)}</td><td>{e(r.outcome)}</td>"
+                       f"<td>{e(hm(r.started))}</td><td>{e(dur(r.duration))}</td><td>{e(detail)}</td>"
+                       f"<td>{e(r.reused_from)}</td></tr>")
+        out.append("</table>")
+        warnings = state.warnings + [f"{r.gate}: {w}" for r in state.in_order() for w in r.warnings]
+        if warnings:
+            out.append("<p><b>Warnings</b></p><ul>" + "".join(f"<li>{e(w)}</li>" for w in warnings) + "</ul>")
+    out.append("</div>")
+    return "\n".join(out)
+
+
+def atomic_writer(report_path: Path, secrets: Iterable[str] = ()) -> Callable[[str], None]:
+    """A drop-in for pytest-html's `_write_report(rendered)` that writes atomically, secrets masked."""
+    masked = [s for s in secrets if s and len(s) >= 4]
+
+    def write(rendered: str) -> None:
+        for s in masked:
+            rendered = rendered.replace(s, "***")
+        atomic_write_text(report_path, rendered)
+    return write

@@ -1,0 +1,355 @@
+"""The failure-signature table: what a failing gate saw -> likely cause -> next command.
+
+Each `Signature` has an id (the catalog's in shared/reference/exo-failure-signatures.md, or
+`SEED-*`/`X-*` for the seed guide's failures and the suite's own), the gates that can see it, what it
+matches (a log regex from `modeldrop.exo.logs.RX`, a `/state` condition, HTTP evidence, or a verdict
+fact), the likely cause and the next command. `match(gate, logs, state, http, facts)` returns the
+signatures that match, each with `matched` = the evidence line that triggered it. A failing gate
+attaches them with `evidence.signatures([s.as_dict() for s in ...])`.
+
+Inputs: `logs` {node name: log text}; `state` one `/state` dict (the API the gate used) or None;
+`http` {status, body, error_kind, error} of the failing request or None; `facts` the verdict's facts
+(`modeldrop.exo.verdicts.Verdict.facts`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from modeldrop.exo import logs as L
+from modeldrop.exo import state as st
+
+ALL_EXO_GATES = ("node1_canary", "startup", "cluster", "placement", "transport", "chat")
+
+
+@dataclass(frozen=True)
+class Ctx:
+    gate: str
+    logs: dict[str, str]
+    state: dict | None
+    http: dict | None
+    facts: dict
+
+
+@dataclass(frozen=True)
+class Signature:
+    id: str
+    gates: tuple[str, ...]
+    title: str
+    cause: str
+    next_command: str
+    matches: str  # what it matches, for the table and the report
+    test: Callable[[Ctx], str | None]
+
+    def row(self) -> dict:
+        return {"id": self.id, "gates": list(self.gates), "title": self.title, "matches": self.matches,
+                "cause": self.cause, "next_command": self.next_command}
+
+
+@dataclass(frozen=True)
+class Matched:
+    sig: Signature
+    matched: str
+
+    @property
+    def id(self) -> str:
+        return self.sig.id
+
+    def as_dict(self) -> dict:
+        return {"id": self.sig.id, "title": self.sig.title, "cause": self.sig.cause,
+                "next_command": self.sig.next_command, "matched": self.matched}
+
+
+# -- matchers -------------------------------------------------------------------------------------
+def log(name: str, pred: Callable[[Any], bool] | None = None) -> Callable[[Ctx], str | None]:
+    """First log line (any node) matching catalog regex `name` (and pred(match) if given)."""
+    def test(c: Ctx) -> str | None:
+        for node, text in c.logs.items():
+            for m in L.RX[name].finditer(text or ""):
+                if pred is None or pred(m):
+                    start = text.rfind("\n", 0, m.start()) + 1
+                    end = text.find("\n", m.end())
+                    return f"{node}: {text[start:end if end >= 0 else len(text)].strip()[:300]}"
+        return None
+    return test
+
+
+def fact(key: str, pred: Callable[[Any], bool] = bool) -> Callable[[Ctx], str | None]:
+    def test(c: Ctx) -> str | None:
+        v = c.facts.get(key)
+        return f"{key}={v}" if v is not None and pred(v) else None
+    return test
+
+
+def http_body(rx_name: str) -> Callable[[Ctx], str | None]:
+    def test(c: Ctx) -> str | None:
+        h = c.http or {}
+        text = f"{h.get('body') or ''} {h.get('error') or ''} {c.facts.get('http_body') or ''}"
+        m = L.RX[rx_name].search(text)
+        return f"HTTP {h.get('status') or c.facts.get('http_status')}: {m.group(0)}" if m else None
+    return test
+
+
+def any_of(*tests: Callable[[Ctx], str | None]) -> Callable[[Ctx], str | None]:
+    def test(c: Ctx) -> str | None:
+        for t in tests:
+            r = t(c)
+            if r:
+                return r
+        return None
+    return test
+
+
+def _namespaces_differ(c: Ctx) -> str | None:
+    seen = {node: sorted({m.group("ns") for m in L.RX["NS_LINE"].finditer(t or "")}) for node, t in c.logs.items()}
+    values = {tuple(v) for v in seen.values() if v}
+    if len(values) > 1:
+        return "namespace lines differ: " + ", ".join(f"{n}={v}" for n, v in seen.items())
+    return None
+
+
+def _isolated(c: Ctx) -> str | None:
+    iso = c.facts.get("isolated")
+    if not iso:
+        return None
+    ns = _namespaces_differ(c)
+    return f"nodes seeing fewer than {c.facts.get('n')}: {['node%s' % k for k in iso]}" + (f"; {ns}" if ns else "")
+
+
+def _runners_stuck(kinds: set[str]) -> Callable[[Ctx], str | None]:
+    def test(c: Ctx) -> str | None:
+        if not c.facts.get("stalled"):
+            return None
+        labels = c.facts.get("runners") or {}
+        hit = {r: s for r, s in labels.items() if s.split("(")[0] in kinds}
+        return f"runners stuck: {hit}" if hit else None
+    return test
+
+
+def _downloads_incomplete(c: Ctx) -> str | None:
+    model = c.facts.get("model_id")
+    if not c.state or not model:
+        return None
+    bad = [f"{d.node_id[:12]}:{d.kind}" for d in st.downloads_for_model(c.state, model) if d.kind != "DownloadCompleted"]
+    return f"downloads not complete: {bad}" if bad else None
+
+
+def _download_failed_offline(c: Ctx) -> str | None:
+    if not c.state:
+        return None
+    for d in st.downloads(c.state):
+        if d.kind == "DownloadFailed" and "offline" in str(d.error_message).lower():
+            return f"DownloadFailed on {d.node_id[:12]}: {d.error_message}"
+    return None
+
+
+def _duplicate_friendly(c: Ctx) -> str | None:
+    if not c.state:
+        return None
+    names = [v for v in st.cluster_view(c.state).friendly.values() if v]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    return f"two node ids with friendlyName {dup}" if dup else None
+
+
+def _http_status(code: int) -> Callable[[Ctx], str | None]:
+    def test(c: Ctx) -> str | None:
+        h = c.http or {}
+        return f"HTTP {code}: {str(h.get('error') or h.get('body'))[:200]}" if h.get("status") == code else None
+    return test
+
+
+def _chat_kind(*kinds: str) -> Callable[[Ctx], str | None]:
+    def test(c: Ctx) -> str | None:
+        hit = sorted(set(c.facts.get("kinds") or []) & set(kinds))
+        return f"chat error kinds {hit}" if hit else None
+    return test
+
+
+def _errno(*nums: int) -> Callable[[Ctx], str | None]:
+    return log("RING_CONNECT", lambda m: int(m.group("errno")) in nums)
+
+
+# -- the table ------------------------------------------------------------------------------------
+CANARY_START = ("node1_canary", "startup")
+S = Signature
+TABLE: tuple[Signature, ...] = (
+    S("A1", ("cluster",), "Cluster isolated: nodes do not see each other",
+      "Namespace mismatch (different --namespace / EXO_LIBP2P_NAMESPACE, different exo versions whose default "
+      "namespace is the version, app vs CLI), or a flag that keeps a node out (--no-worker, --no-api)",
+      "grep -h 'NAMESPACE' <exo log> on every node and compare; on NEW pass the same --namespace, on OLD the same "
+      "EXO_LIBP2P_NAMESPACE; check `ps -o command= -p <pid>` for --no-worker/--no-api",
+      "verdict fact `isolated` (fewer than N nodes in a node's nodeIdentities/topology for the whole cluster "
+      "window) plus differing `EXO_*_NAMESPACE:` log lines", _isolated),
+    S("A5", ("cluster", "chat"), "Event-log resync loop (Nack attempts)",
+      "Follower stuck re-requesting the event log after a re-election", "coordinated stop of all nodes, restart together",
+      "log NACK_LOOP", log("NACK_LOOP")),
+    S("A6", ("cluster", "placement"), "Ghost node ids in the cluster",
+      "Node ids are random per start; departed ids linger, or another exo runs in the namespace",
+      "stop all exo on every node (--stop-existing-exo), start together",
+      "verdict fact `ghosts` (ids in /state that no node answers as /node_id)", fact("ghosts")),
+    S("A7", ("cluster", "placement", "transport", "chat"), "A node timed out of the cluster",
+      ">30 s without events from a node (sleep, Wi-Fi power save, overload)",
+      "sudo pmset -a sleep 0 disksleep 0; check lastSeen in /state; use wired links", "log NODE_TIMEOUT",
+      log("NODE_TIMEOUT")),
+    S("A9", CANARY_START, "exo refused to start: removed namespace variable or bootstrap peers",
+      "EXO_LIBP2P_NAMESPACE or EXO_BOOTSTRAP_PEERS set for a NEW (zenoh) exo",
+      "unset EXO_LIBP2P_NAMESPACE EXO_BOOTSTRAP_PEERS in the node's shell profile; use --namespace",
+      "log NS_REMOVED | BOOTSTRAP_GONE", any_of(log("NS_REMOVED"), log("BOOTSTRAP_GONE"))),
+    S("A10", ("cluster", "transport"), "Inbound connections blocked (firewall / Local Network privacy)",
+      "macOS application firewall or Local Network permission blocks the API port (topology edges) or the random "
+      "ring port", "/usr/libexec/ApplicationFirewall/socketfilterfw --getglobalstate; from each node "
+      "curl http://<peer-ip>:<api-port>/node_id",
+      "verdict fact `missing_edges` (a directed edge absent) or ring errno 60 (ETIMEDOUT)",
+      any_of(fact("missing_edges"), _errno(60, 110))),
+    S("C1x", ("placement",), "No cycle with sufficient memory",
+      "Sum of ramAvailable below the model's storage size, a node missing from nodeMemory, or min_nodes above the "
+      "node count", "curl -s <api>/state | jq '.nodeMemory'; close apps or add nodes",
+      "HTTP body PL_NO_MEM", http_body("PL_NO_MEM")),
+    S("C2x", ("placement",), "One node has too little memory for its layers",
+      "Uneven nodes; proportional split overflows the small node", "use Tensor on equal nodes or drop the small node",
+      "HTTP body PL_NODE_MEM", http_body("PL_NODE_MEM")),
+    S("C3x", ("placement",), "Model does not support tensor parallelism",
+      "Card supports_tensor=false", "rerun with --sharding Pipeline", "HTTP body PL_NO_TP_MODEL",
+      http_body("PL_NO_TP_MODEL")),
+    S("C4x", ("placement",), "No tensor sharding for this node count",
+      "hidden_size or kv_heads not divisible by N", "Pipeline for this N, or Tensor on a divisor node count",
+      "HTTP body PL_TP_DIVIS", http_body("PL_TP_DIVIS")),
+    S("C5x", ("placement",), "MlxJaccl requested but no RDMA cycle",
+      "RDMA not all-to-all, rdma_ctl disabled, ghost node, TB4", "rdma_ctl status on every node; or --instance-meta MlxRing",
+      "HTTP body PL_NO_RDMA", http_body("PL_NO_RDMA")),
+    S("C6x", ("placement",), "No connectivity between neighbouring nodes",
+      "No socket edge between a pair in topology", "curl http://<peer-ip>:<api-port>/node_id from each node",
+      "HTTP body PL_RING_CONN | PL_JACCL_COMM | PL_JACCL_A2A",
+      any_of(http_body("PL_RING_CONN"), http_body("PL_JACCL_COMM"), http_body("PL_JACCL_A2A"))),
+    S("C7x", ("placement",), "Pipeline not supported for this model", "Model-specific restriction",
+      "rerun with --sharding Tensor", "HTTP body PL_PIPE_UNSUP", http_body("PL_PIPE_UNSUP")),
+    S("C8x", ("placement",), "More nodes than layers", "Tiny model", "fewer nodes", "HTTP body PL_LAYERS",
+      http_body("PL_LAYERS")),
+    S("C9x", ("placement",), "POST /instance: insufficient memory",
+      "Cluster-wide ramAvailable too low (another instance still loaded?)",
+      "curl -s <api>/state | jq '.instances|keys'; delete old instances", "HTTP body PL_INSUFF_API",
+      http_body("PL_INSUFF_API")),
+    S("C10x", ("placement",), "Instance never appeared after POST /instance",
+      "Placement failed asynchronously or the API was paused during an election",
+      "grep 'Error in command processor' <exo log> on the master", "verdict fact `never_created` or log PL_CMD_ERR",
+      any_of(fact("never_created"), log("PL_CMD_ERR"))),
+    S("C11x", ("placement",), "Model card could not be loaded",
+      "Model id not in exo's catalog and the HF card fetch failed (offline, gated)",
+      "curl -s <api>/v1/models | jq '.data[].id'; run once with --online so exo stores the custom card",
+      "HTTP body PL_CARD (or a 500 from /instance/placement offline)", any_of(http_body("PL_CARD"), _http_status(500))),
+    S("C12x", ("placement",), "Internal placement inconsistency", "exo bug", "retry; file an exo issue with the log",
+      "HTTP body PL_ONE_NEW", http_body("PL_ONE_NEW")),
+    S("D1", ("placement",), "Runners wait for a download that is not complete on every node",
+      "One node half-downloaded or never started (loading waits for DownloadCompleted on every node; with "
+      "--no-downloads a missing model leaves runners RunnerIdle forever)",
+      "rerun the parity gate: pytest gates/ -k parity; check /state downloads per node",
+      "/state downloads for the model not Completed on a node, or runners stuck RunnerIdle",
+      any_of(_downloads_incomplete, _runners_stuck({"RunnerIdle"}))),
+    S("D6", ("node1_canary",), "exo does not see the audited model dir",
+      "Model dir drift: files under another models dir (~/Models vs ~/.exo/models), HF-cache layout, or the folder "
+      "is not org--name", "ls <parent of MODEL_DIR_NODE1>; the folder must be org--name with "
+      "model.safetensors.index.json and every shard",
+      "verdict fact `dir_drift` or `not_listed` without DownloadFailed", any_of(fact("dir_drift"), fact("not_listed"))),
+    S("E1", ("node1_canary", "placement"), "Offline and the model is not complete locally",
+      "Model not pre-staged (or incomplete / wrong layout) on that node", "pytest gates/ -k verify on that node",
+      "log OFFLINE_MISSING or DownloadFailed(offline) in /state", any_of(log("OFFLINE_MISSING"), _download_failed_offline)),
+    S("E2", ("node1_canary", "placement"), "Offline: a file or the file list is missing",
+      "Missing shard or index with no cached file list", "pytest gates/ -k verify", "log OFFLINE_FILE",
+      log("OFFLINE_FILE")),
+    S("F1", ("placement",), "Runners stuck connecting (distributed init blocked)",
+      "A peer cannot reach the ring/JACCL port: firewall, wrong IP, one node still downloading",
+      "grep 'hostfile' <exo log> on every node; route -n get <ip>",
+      "stall with runners RunnerConnecting/RunnerConnected", _runners_stuck({"RunnerConnecting", "RunnerConnected"})),
+    S("F2", ("placement",), "Runners stuck loading or warming up",
+      "Load/warmup wedged (JACCL ordering, GPU lock, slow disk)", "delete the instance, try MlxRing; check GPU use",
+      "stall with runners RunnerLoading/RunnerLoaded/RunnerWarmingUp",
+      _runners_stuck({"RunnerLoading", "RunnerLoaded", "RunnerWarmingUp"})),
+    S("F4", ("placement", "chat"), "Instance deleted after 5 runner retries",
+      "A runner keeps failing", "read the first RunnerFailed.errorMessage in the exo log", "log INST_RETRIES",
+      log("INST_RETRIES")),
+    S("F5", ("placement", "chat", "bench"), "Runner killed (signal 9): out of memory",
+      "OOM / jetsam kill while loading or at long context",
+      "log show --last 1h --predicate 'eventMessage contains \"memorystatus\"'; smaller quant or shorter context",
+      "log RUNNER_KILLED", log("RUNNER_KILLED")),
+    S("F8", ("placement", "chat"), "Runner crashed with an exception",
+      "Python exception in the runner (load, jaccl, tokenizer)", "read the exception in the exo log",
+      "log RUNNER_CRASH or verdict fact runner_failed", any_of(log("RUNNER_CRASH"), fact("runner_failed"))),
+    S("F11", ("placement",), "Instance vanished", "A runner failed somewhere, or a node left the topology",
+      "read every node's exo log, not only the API node's", "verdict fact `vanished`", fact("vanished")),
+    S("G1", ("placement", "chat", "bench"), "Metal GPU timeout", "A command buffer exceeded Metal's watchdog",
+      "upgrade exo; smaller prefill step", "log METAL_TIMEOUT", log("METAL_TIMEOUT")),
+    S("G2", ("placement", "transport"), "Ring peer unreachable at ConnectToGroup",
+      "ETIMEDOUT(60)/ECONNREFUSED(61)/EHOSTUNREACH(65): master and worker chose different IPs, firewall, wrong "
+      "interface", "route -n get <ip>; compare `rank N hostfile` lines with ifconfig on each node",
+      "log RING_CONNECT (error 60|61|65; Linux 110|111|113)", log("RING_CONNECT")),
+    S("G3", ("transport", "chat", "bench"), "Ring socket errors during inference",
+      "Link drop or the peer runner died (errno 54 ECONNRESET)", "check the peer runner's status first; cable/link",
+      "log RING_RECV | RING_ABORT", any_of(log("RING_RECV"), log("RING_ABORT"))),
+    S("B10", ("transport",), "Logged ring hosts differ from /state hostsByNode",
+      "Host IP selection differs between master and worker, or several NICs/VPN", "ifconfig; route -n get <ip> on each node",
+      "verdict fact `mismatch`", fact("mismatch")),
+    S("X-RING-SOCKET", ("transport",), "No ESTABLISHED socket to a ring neighbour",
+      "Ring connection dropped after init or went over another interface", "netstat -an | grep .<ring port> on each node",
+      "verdict fact `no_socket`", fact("no_socket")),
+    S("H1", ("chat",), "No instance found for the model", "`model` is not the instance's full id, or the instance is gone",
+      "curl -s <api>/state | jq '.instances[][].shardAssignments.modelId'", "HTTP 404 / log NO_INSTANCE",
+      any_of(_http_status(404), http_body("NO_INSTANCE"))),
+    S("H2", ("chat", "bench"), "Generation failed mid-request (HTTP 200, cut body or SSE error)",
+      "Runner died mid-request (F5/F6/G*)", "read RunnerFailed and the runner stderr log; re-place the instance",
+      "chat error kind truncated|stream_error|no_done or log RUNNER_MIDREQ",
+      any_of(_chat_kind("truncated", "stream_error", "no_done"), log("RUNNER_MIDREQ"))),
+    S("H3", ("chat", "bench"), "Stream stalls (keep-alives only) or request hangs",
+      "Collective deadlock, runner churn, API paused during an election",
+      "POST <api>/v1/cancel/<command_id>; delete and re-place the instance; --no-batch to isolate",
+      "chat error kind stalled|timeout", _chat_kind("stalled", "timeout")),
+    S("I1", CANARY_START, "API port already in use", "Another exo (app or CLI) or another program holds the port",
+      "lsof -nP -iTCP:<port> -sTCP:LISTEN; stop that pid or pass --stop-existing-exo if it is exo",
+      "log PORT_IN_USE or verdict fact `port_held`", any_of(fact("port_held"), log("PORT_IN_USE"))),
+    S("I2", CANARY_START, "exo's pid-file lock is held", "A second exo for the same user (~/.exo/exo.pid)",
+      "cat ~/.exo/exo.pid; ps -o command= -p <pid>; stop it or --stop-existing-exo",
+      "log PIDFILE or verdict fact `pid_lock`", any_of(fact("pid_lock"), log("PIDFILE"))),
+    S("I3", ("cluster",), "Two exo processes on one Mac", "App and CLI both running", "run exactly one exo per Mac",
+      "/state: two node ids with the same friendlyName", _duplicate_friendly),
+    S("X-EXIT", CANARY_START, "exo exited during startup",
+      "Bad flag, fatal environment check, or a crash at import (the traceback is in the captured stdout/stderr)",
+      "cat <EXO_LOG_DIR>/<run>-node<k>-*.log", "verdict fact `exited`", fact("exited")),
+    S("X-RESTART", ("startup",), "exo restarted within the settle window (crash loop)",
+      "A supervisor (app, launchd) restarts a crashing exo, or exo re-executed itself",
+      "tail the captured log and exo.log; launchctl list | grep -i exo", "verdict fact `restarted`", fact("restarted")),
+    S("SEED-HF-MISSING", ("preflight", "node1_download"), "hf missing on a node",
+      "HF_CMD_NODEk does not exist on that node (the exec PATH has no /opt/homebrew/bin)",
+      "ssh <node> ls -l <HF_CMD_NODEk>; brew install huggingface-cli or set HF_CMD_NODEk",
+      "log `hf: command not found` / exit 127", lambda c: next(
+          (f"{n}: {line.strip()[:200]}" for n, t in c.logs.items() for line in (t or '').splitlines()
+           if "command not found" in line or "No such file or directory" in line and "hf" in line), None)),
+    S("SEED-MAP-LAG", ("chat",), "/state runner maps lag while chat works",
+      "A node's /state has not caught up (or reset after a re-election); nodeToRunner is evidence, not a verdict",
+      "none needed; re-read /state later", "verdict fact `runner_lag` (chat passed)", fact("runner_lag")),
+    S("SEED-LATE-CRASH", ("chat", "bench"), "Runs crash late (runner terminated after Ready)",
+      "Memory growth, leaks or a GPU timeout under sustained load", "log show --last 1h ... memorystatus; tail the runner stderr log",
+      "log RUNNER_TERM", log("RUNNER_TERM")),
+)
+BY_ID = {s.id: s for s in TABLE}
+
+
+def match(gate: str, logs: dict[Any, str] | None = None, state: dict | None = None, http: dict | None = None,
+          facts: dict | None = None) -> list[Matched]:
+    """Signatures for `gate` whose condition holds, strongest (most specific) first as listed in TABLE."""
+    ctx = Ctx(gate, {str(k): v for k, v in (logs or {}).items()}, state, http, dict(facts or {}))
+    out = []
+    for sig in TABLE:
+        if gate not in sig.gates:
+            continue
+        try:
+            hit = sig.test(ctx)
+        except Exception:  # noqa: BLE001 - a broken matcher must not hide the failure
+            hit = None
+        if hit:
+            out.append(Matched(sig, hit))
+    return out
+
+
+def table_rows() -> list[dict]:
+    return [s.row() for s in TABLE]

@@ -1,0 +1,123 @@
+"""Chat-completion wire shapes (contract §2.5): request parsing, chunks, bodies, stats.
+
+Contract: every builder returns exactly exo's JSON — ``object: "chat.completion"`` in stream
+chunks too, ``role`` repeated in every delta, null fields omitted (NEW) or sent as null (OLD),
+``usage`` only on the last chunk, ``generation_stats`` in snake_case with ``peak_memory_usage``
+as ``{"in_bytes": N}`` in the SSE comment and ``{"inBytes": N}`` in the bench JSON body.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_MAX_TOKENS = 512
+
+
+class RequestError(Exception):
+    """A 422 FastAPI validation error; ``detail`` is the list body."""
+
+    def __init__(self, detail: list[dict[str, Any]]) -> None:
+        super().__init__("validation")
+        self.detail = detail
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    messages: list[dict[str, Any]]
+    stream: bool
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    bench: bool
+    command_id: str = ""
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def params(self) -> dict[str, Any]:
+        return {"messages": self.messages, "max_tokens": self.max_tokens, "temperature": self.temperature,
+                "top_p": self.top_p, "seed": self.seed, "bench": self.bench}
+
+
+def parse_chat(body: Any, bench: bool) -> ChatRequest:
+    """Validate like pydantic would (422 on missing model/messages or wrong types)."""
+    if not isinstance(body, dict):
+        raise RequestError([{"type": "model_attributes_type", "loc": ["body"],
+                             "msg": "Input should be a valid dictionary or object to extract fields from",
+                             "input": body}])
+    errors = []
+    for key in ("model", "messages"):
+        if key not in body:
+            errors.append({"type": "missing", "loc": ["body", key], "msg": "Field required", "input": body})
+    if "messages" in body and not isinstance(body["messages"], list):
+        errors.append({"type": "list_type", "loc": ["body", "messages"], "msg": "Input should be a valid list",
+                       "input": body["messages"]})
+    if errors:
+        raise RequestError(errors)
+    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
+    temp = body.get("temperature")
+    return ChatRequest(model=str(body["model"]), messages=body["messages"], stream=bool(body.get("stream", False)),
+                       max_tokens=int(max_tokens), temperature=0.0 if temp is None else float(temp),
+                       top_p=float(body.get("top_p") or 1.0), seed=body.get("seed"), bench=bench)
+
+
+def usage(prompt: int, completion: int) -> dict[str, Any]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+
+
+def delta_chunk(req: ChatRequest, text: str | None, new_gen: bool, finish: str | None = None,
+                use: dict[str, Any] | None = None) -> dict[str, Any]:
+    delta: dict[str, Any] = {"role": "assistant"}
+    if text is not None or not new_gen:
+        delta["content"] = text
+    if not new_gen:
+        delta.update({"reasoning_content": None, "tool_calls": None})
+    choice: dict[str, Any] = {"index": 0, "delta": delta}
+    if finish is not None or not new_gen:
+        choice["finish_reason"] = finish
+    if not new_gen:
+        choice["logprobs"] = None
+    chunk: dict[str, Any] = {"id": req.command_id, "object": "chat.completion", "created": req.created,
+                             "model": req.model, "choices": [choice]}
+    if use is not None:
+        chunk["usage"] = use
+    elif not new_gen:
+        chunk["usage"] = None
+    return chunk
+
+
+def stats(s: dict[str, Any], key: str) -> dict[str, Any]:
+    """``generation_stats``; ``key`` is ``in_bytes`` (SSE comment) or ``inBytes`` (bench JSON)."""
+    return {"prompt_tps": float(s["prompt_tps"]), "generation_tps": float(s["generation_tps"]),
+            "prompt_tokens": s["prompt_tokens"], "generation_tokens": s["generation_tokens"],
+            "peak_memory_usage": {key: int(s["peak_memory"])}, "prefix_cache_hit": "none"}
+
+
+def full_body(req: ChatRequest, text: str, s: dict[str, Any], finish: str) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": req.command_id, "object": "chat.completion", "created": req.created, "model": req.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+        "usage": usage(s["prompt_tokens"], s["generation_tokens"]),
+    }
+    if req.bench:
+        body["generation_stats"] = stats(s, "inBytes")
+        body["power_usage"] = None
+    return body
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def comment(text: str) -> bytes:
+    return f": {text}\n\n".encode()
+
+
+def error_chunk(message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "InternalServerError", "code": 500}}

@@ -1,0 +1,108 @@
+"""Load shapes and the case runner against the calibration server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modeldrop.bench import cases
+from modeldrop.bench.client import BENCH_PATH, CHAT_PATH, BenchClient, ChatRequest
+from modeldrop.bench.load import run_rounds
+from modeldrop.bench.tasks import TASKS, grade, strip_thinking
+from tests_selftest.calibration_server import CalibServer
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CalibServer]:
+    answers = {t.prompt: t.example_answer for t in TASKS}
+    answers[TASKS[2].prompt] = "Sure! Here it is: {city: Paris}"
+    srv = CalibServer.start(answers=answers, answers_path=tmp_path_factory.mktemp("a") / "answers.json",
+                            defaults={"ttft_ms": 10, "gap_ms": 5, "reasoning": 5})
+    yield srv
+    srv.stop()
+
+
+def test_full_profile_shapes() -> None:
+    full = cases.PROFILES["full"]
+    sweep = cases.cases_for("token_sweep", full)
+    pps = sorted({c.params["prompt_tokens"] for c in sweep})
+    assert pps[0] == 128 and pps[-1] == 4096 and len([p for p in pps if 512 <= p <= 1024]) >= 5
+    assert {c.params["max_tokens"] for c in sweep} == {128, 512} and len(sweep) == len(pps) * 2
+    assert [c.case_id for c in cases.cases_for("concurrency", full)] == [f"concurrency-c{c}" for c in (1, 2, 4, 8)]
+    assert [c.case_id for c in cases.cases_for("thinking", full)] == ["thinking-on", "thinking-off"]
+    assert len(cases.cases_for("tasks", full)) == len(TASKS)
+    assert cases.PROFILES["short"].replace(concurrency=(3,), sweep_repeat=None).concurrency == (3,)
+    with pytest.raises(ValueError):
+        cases.cases_for("nope", full)
+
+
+def test_task_checks() -> None:
+    for t in TASKS:
+        assert grade(t, t.example_answer)[0], t.name
+        assert not grade(t, "I cannot help with that.")[0], t.name
+    assert strip_thinking("<think>hmm 17*23</think>\n391") == "391"
+    assert grade(TASKS[1], "<think>17*23=391</think>The answer is 390")[0] is False
+
+
+def test_barrier_releases_each_round_together(server: CalibServer) -> None:
+    client = BenchClient(server.url, server.model)
+    server.reset_log()
+
+    def make(r: int, i: int) -> ChatRequest:
+        return ChatRequest(messages=[{"role": "user", "content": "x"}], max_tokens=4 if r >= 0 else 1,
+                           extra_body={"calib": {"ttft_ms": 5, "gap_ms": 30 * (i + 1) if r >= 0 else 1}})
+
+    recs = run_rounds(client, make, concurrency=4, rounds=2, warmup=1)
+    assert len(recs) == 8 and all(r.ok for r in recs)
+    assert sorted(r.tag for r in recs) == sorted(f"r{r}.t{i}" for r in range(2) for i in range(4))
+    first_round = [r for r in recs if r.tag.startswith("r0.")]
+    second_round = [r for r in recs if r.tag.startswith("r1.")]
+    # round 1 starts only after the slowest request of round 0 has finished
+    assert min(r.t_send for r in second_round) >= max(r.t_send + r.t_end for r in first_round) - 0.005
+    log = server.log()
+    assert sum(1 for e in log if e["n"] == 1) == 4  # warmups: one per thread, not returned
+
+
+def test_short_profile_all_phases_then_reuse(server: CalibServer, tmp_path: Path) -> None:
+    client = BenchClient(server.url, server.model)
+    reports = tmp_path / "reports"
+    run = reports / "20260101T000000Z-calib--model"
+    ctx = cases.BenchContext(client=client, model_id=server.model, fingerprint="fp", run_dir=run,
+                             profile=cases.PROFILES["short"], sizer=cases.make_sizer(client, None),
+                             endpoint=cases.resolve_endpoint(client), reports_dir=reports,
+                             reference={"aggregate_tps": {"4": 100.0}}, sink=None)
+    assert ctx.endpoint == BENCH_PATH
+    t0 = time.perf_counter()
+    out = {c.case_id: cases.run_case(c, ctx) for ph in cases.PHASES for c in cases.cases_for(ph, ctx.profile)}
+    assert time.perf_counter() - t0 < 120
+    assert all(not o.reused and o.payload["summary"]["errors"] == 0 for o in out.values())
+    assert {p.name for p in (run / "bench").iterdir()} == {f"{k}.json" for k in out}
+
+    sweep = out["token_sweep-pp512-tg32"].payload
+    assert sweep["endpoint"] == BENCH_PATH and len(sweep["requests"]) == 2 and len(sweep["warmup_requests"]) == 1
+    assert abs(sweep["summary"]["prompt"]["achieved_tokens_p50"] - 512) <= 2
+    assert sweep["summary"]["prompt"]["method"] == "usage-calibrated"
+    assert sweep["summary"]["decode_tps"]["p50"] == pytest.approx(200.0, rel=0.02)
+
+    conc = out["concurrency-c4"].payload
+    assert conc["summary"]["requests"] == 8 and conc["figure_keys"] == ["4"]
+    assert conc["reference"][0]["metric"] == "aggregate_tps"
+    assert conc["figures"]["aggregate_tps"] == conc["summary"]["aggregate_output_tps"]
+    assert conc["summary"]["exo_style_agg_tps"] > conc["summary"]["aggregate_output_tps"]
+
+    on, off = out["thinking-on"].payload, out["thinking-off"].payload
+    assert on["endpoint"] == CHAT_PATH
+    assert on["figures"]["reasoning_tokens"] == 5 and off["figures"]["reasoning_tokens"] == 0
+    assert on["figures"]["ttfc_s"] > on["figures"]["ttft_s"]
+
+    json_task = out["tasks-json_shape"].payload["summary"]
+    assert json_task["pass_rate"] == 0 and "{city: Paris}" in json_task["failures"][0]["answer"]
+    assert out["tasks-arithmetic"].payload["summary"]["pass_rate"] == 1
+
+    again = cases.run_case(cases.cases_for("concurrency", ctx.profile)[0], ctx)
+    assert again.reused and again.path == run / "bench" / "concurrency-c1.json"
+    ctx.rerun = True
+    assert not cases.run_case(cases.cases_for("concurrency", ctx.profile)[0], ctx).reused

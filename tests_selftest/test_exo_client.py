@@ -1,0 +1,110 @@
+"""ExoClient against a tiny local HTTP server that answers like the contract (§2)."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from modeldrop.exo import state as st
+from modeldrop.exo.client import ExoClient, ExoHTTPError, ExoUnreachable
+from modeldrop.exo.observe import canary_check
+from tests_selftest.exo_samples import A, IID, MODEL, NEW_STATE, RING_INSTANCE
+
+SEEN: list = []
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def _send(self, code, obj):
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        u = urlparse(self.path)
+        q = parse_qs(u.query)
+        SEEN.append(("GET", u.path, q))
+        if u.path == "/node_id":
+            return self._send(200, A)
+        if u.path == "/state":
+            return self._send(200, NEW_STATE)
+        if u.path == "/v1/models":
+            data = [{"id": MODEL, "object": "model"}] if q.get("status") == ["downloaded"] else []
+            return self._send(200, {"object": "list", "data": data})
+        if u.path == "/instance/placement":
+            if q.get("instance_meta") == ["MlxJaccl"]:
+                return self._send(400, {"error": {"message": "Requested RDMA (MlxJaccl) but no RDMA-connected cycles "
+                                                             "available", "type": "Bad Request", "param": None, "code": 400}})
+            return self._send(200, RING_INSTANCE)
+        if u.path.startswith("/instance/"):
+            return self._send(404, {"error": {"message": "Instance not found", "type": "Not Found", "code": 404}})
+        self._send(404, {"detail": "Not Found"})
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", 0))
+        body = json.loads(self.rfile.read(n))
+        SEEN.append(("POST", self.path, body))
+        self._send(200, {"message": "Command received.", "command_id": "c1", "model_card": {}})
+
+
+@pytest.fixture(scope="module")
+def api():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield ExoClient(f"http://127.0.0.1:{srv.server_address[1]}", timeout_s=3)
+    srv.shutdown()
+
+
+def test_node_id_is_a_bare_string(api):
+    assert api.node_id() == A
+
+
+def test_state_and_models(api):
+    assert st.cluster_view(api.state()).members
+    assert api.downloaded_model_ids() == [MODEL]
+    assert api.models() == []
+
+
+def test_placement_params_and_error_body(api):
+    inst = api.placement(MODEL, "Pipeline", "MlxRing", 2)
+    assert st.parse_instance(inst).instance_id == IID
+    assert SEEN[-1][2] == {"model_id": [MODEL], "sharding": ["Pipeline"], "instance_meta": ["MlxRing"], "min_nodes": ["2"]}
+    with pytest.raises(ExoHTTPError) as ei:
+        api.placement(MODEL, "Tensor", "MlxJaccl", 2)
+    assert ei.value.status == 400 and ei.value.message.startswith("Requested RDMA (MlxJaccl)")
+
+
+def test_create_instance_wraps_body(api):
+    api.create_instance(RING_INSTANCE)
+    assert SEEN[-1] == ("POST", "/instance", {"instance": RING_INSTANCE})
+
+
+def test_get_missing_instance_is_none(api):
+    assert api.get_instance("nope") is None
+
+
+def test_unreachable():
+    with pytest.raises(ExoUnreachable):
+        ExoClient("http://127.0.0.1:9", timeout_s=1).node_id()
+
+
+class AliveLauncher:
+    def proc(self):
+        return {"pid": 1, "start": 1.0}
+
+
+def test_canary_check_passes_and_flags_dir_drift(api):
+    v = canary_check(AliveLauncher(), api, MODEL, "/Users/me/.exo/models/mlx-community--Llama-3.2-1B-Instruct-4bit",
+                     api_timeout_s=5, model_timeout_s=5)
+    assert v.ok, v.summary
+    v = canary_check(AliveLauncher(), api, MODEL, "/Users/me/Models/mlx-community--Llama-3.2-1B-Instruct-4bit",
+                     api_timeout_s=5, model_timeout_s=5)
+    assert not v.ok and v.facts["dir_drift"] and "not at the audited" in v.summary

@@ -1,0 +1,163 @@
+"""Verdicts from fabricated observations, and the polling loops with a fake clock."""
+
+import itertools
+
+from modeldrop.exo import observe
+from modeldrop.exo import state as st
+from modeldrop.exo.logs import hostfile_lines, ring_connect_errors
+from modeldrop.exo.verdicts import (StartupSample, chat_verdict, cluster_verdict, ready_verdict, startup_verdict,
+                                    transport_verdict)
+from modeldrop.exo.wait import poll
+from tests_selftest.exo_samples import A, B, IID, NEW_STATE, R0, R1, RING_INSTANCE, new_state
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+    def sleep(self, s):
+        self.t += s
+
+
+def test_poll_reports_last_value_on_timeout():
+    c = FakeClock()
+    counter = itertools.count()
+    r = poll(lambda: next(counter), lambda v: v > 100, 2.0, 0.5, clock=c, sleep=c.sleep)
+    assert r.timed_out and r.value == 4 and r.samples == 5
+
+
+def test_poll_stops_fast_and_keeps_errors():
+    c = FakeClock()
+    r = poll(lambda: 1 / 0, lambda v: True, 1.0, 0.5, clock=c, sleep=c.sleep)
+    assert r.timed_out and "ZeroDivisionError" in r.last_error
+    r = poll(lambda: 5, lambda v: False, 10.0, 0.5, stop=lambda v: v == 5, clock=c, sleep=c.sleep)
+    assert r.stopped and r.samples == 1
+
+
+def test_startup_verdicts():
+    ok = {1: [StartupSample(0, True, 10.0, "n1"), StartupSample(1, True, 10.0, "n1")]}
+    assert startup_verdict(ok, {1: 10.0}).ok
+    exited = {1: [StartupSample(0, True, 10.0, None, "refused"), StartupSample(0.5, False, None, None, "refused")]}
+    v = startup_verdict(exited, {1: 10.0})
+    assert not v.ok and v.facts["exited"] == [1] and "exited 0.5s" in v.summary
+    restarted = {1: [StartupSample(0, True, 10.0, "n1"), StartupSample(1, True, 10.0, "n2")]}
+    v = startup_verdict(restarted, {1: 10.0})
+    assert not v.ok and v.facts["restarted"] == [1] and "n1 -> n2" in v.summary
+    new_pid = {1: [StartupSample(0, True, 99.0, "n1")]}
+    assert startup_verdict(new_pid, {1: 10.0}).facts["restarted"] == [1]
+    no_api = {1: [StartupSample(0, True, 10.0, None, "ConnectionError")]}
+    assert startup_verdict(no_api, {1: 10.0}).facts["no_api"] == [1]
+
+
+def test_cluster_verdict_ok_isolated_one_way_and_ghost():
+    view = st.cluster_view(NEW_STATE)
+    assert cluster_verdict({1: A, 2: B}, {1: view, 2: view}, 2).ok
+    alone = st.cluster_view(new_state(nodeIdentities={A: {}}, topology={"nodes": [A], "connections": {}}))
+    v = cluster_verdict({1: A, 2: B}, {1: alone, 2: view}, 2)
+    assert not v.ok and v.facts["isolated"] == [1] and "node1 sees 1/2 nodes (missing node2)" in v.summary
+    one_way = st.cluster_view(new_state(topology={"nodes": [A, B], "connections": {A: {B: [{}]}}}))
+    v = cluster_verdict({1: A, 2: B}, {1: one_way, 2: view}, 2)
+    assert not v.ok and "no edge node2->node1" in v.summary and v.facts["missing_edges"]
+    ghost = st.cluster_view(new_state(topology={"nodes": [A, B, "ghost"], "connections": NEW_STATE["topology"]["connections"]}))
+    v = cluster_verdict({1: A, 2: B}, {1: ghost, 2: view}, 2)
+    assert not v.ok and v.facts["ghosts"]
+
+
+def test_ready_verdict_reasons():
+    ready = st.instance_progress(NEW_STATE, IID)
+    assert ready_verdict(ready, True, None, False, 3.0).ok
+    failed = st.instance_progress(new_state(runners={R0: {"RunnerFailed": {"errorMessage": "boom"}}}), IID)
+    v = ready_verdict(failed, True, None, False, 3.0)
+    assert not v.ok and "boom" in v.summary and v.facts["runner_failed"]
+    gone = st.instance_progress(new_state(instances={}), IID)
+    assert ready_verdict(gone, True, None, False, 3.0).facts == {"vanished": True}
+    assert ready_verdict(gone, False, None, True, 30.0).facts == {"never_created": True}
+    loading = st.instance_progress(new_state(runners={R0: {"RunnerLoading": {"layersLoaded": 1, "totalLayers": 8}},
+                                                      R1: {"RunnerLoading": {"layersLoaded": 1, "totalLayers": 8}}}), IID)
+    v = ready_verdict(loading, True, 20.0, False, 25.0)
+    assert v.facts["stalled"] and "no runner progress for 20s" in v.summary
+
+
+class StateClient:
+    """A client whose /state walks through a script of states, one per call."""
+
+    def __init__(self, states):
+        self.states = list(states)
+
+    def state(self):
+        return self.states.pop(0) if len(self.states) > 1 else self.states[0]
+
+
+def test_wait_ready_passes_when_all_ready_after_loading():
+    c = FakeClock()
+    loading = new_state(runners={R0: {"RunnerLoading": {"layersLoaded": 1, "totalLayers": 8}}})
+    v = observe.wait_ready(StateClient([new_state(runners={}), loading, NEW_STATE]), IID, 60, clock=c, sleep=c.sleep)
+    assert v.ok
+
+
+def test_wait_ready_stall_fails_before_the_timeout():
+    c = FakeClock()
+    stuck = new_state(runners={R0: {"RunnerWarmingUp": {}}, R1: {"RunnerWarmingUp": {}}})
+    v = observe.wait_ready(StateClient([stuck]), IID, 600, stall_s=20, clock=c, sleep=c.sleep)
+    assert not v.ok and v.facts["stalled"] and 20 <= c.t < 25
+
+
+def test_wait_ready_fails_fast_on_runner_failed_and_vanish():
+    c = FakeClock()
+    failed = new_state(runners={R0: {"RunnerFailed": {"errorMessage": "[ring] Couldn't connect (error: 61)"}}})
+    v = observe.wait_ready(StateClient([new_state(runners={}), failed]), IID, 600, clock=c, sleep=c.sleep)
+    assert not v.ok and "error: 61" in v.summary and c.t < 2
+    c = FakeClock()
+    v = observe.wait_ready(StateClient([new_state(runners={}), new_state(instances={})]), IID, 600, clock=c, sleep=c.sleep)
+    assert v.facts == {"vanished": True} and c.t < 2
+
+
+LOG = ('[ 2026-06-22 10:00:00.000 | INFO | utils_mlx:init:1 ] rank 0 hostfile: /tmp/h_0.json hosts: '
+       '["0.0.0.0:51572", "192.168.1.10:51572"]\n'
+       'RuntimeError: [ring] Couldn\'t connect (error: 61)\n')
+
+
+def test_log_parsers():
+    h = hostfile_lines(LOG)
+    assert h[0].rank == 0 and h[0].hosts == ["0.0.0.0:51572", "192.168.1.10:51572"]
+    assert ring_connect_errors(LOG) == [61]
+
+
+def _socks(local, remote):
+    return [{"local": local, "remote": remote, "state": "ESTABLISHED"}]
+
+
+def test_transport_verdict_ring():
+    inst = st.parse_instance(RING_INSTANCE)
+    logs = {1: LOG.splitlines()[0], 2: LOG.splitlines()[0].replace('"0.0.0.0:51572", "192.168.1.10:51572"',
+                                                                   '"192.168.1.11:51572", "0.0.0.0:51572"')}
+    hf = {k: hostfile_lines(t) for k, t in logs.items()}
+    socks = {1: _socks("192.168.1.11:51572", "192.168.1.10:60000") + _socks("192.168.1.11:60001", "192.168.1.10:51572"),
+             2: _socks("192.168.1.10:51572", "192.168.1.11:60001")}
+    v = transport_verdict(inst, {1: B, 2: A}, hf, socks, {1: [], 2: []})
+    assert v.ok, v.summary
+    v = transport_verdict(inst, {1: B, 2: A}, hf, {1: socks[1], 2: []}, {1: [61], 2: []})
+    assert not v.ok and "error: 61" in v.summary and "node2: no ESTABLISHED socket on ring port 51572" in v.summary
+    v = transport_verdict(inst, {1: A, 2: B}, hf, socks, {1: [], 2: []})
+    assert not v.ok and v.facts["mismatch"]
+
+
+def test_transport_one_node_passes_with_note():
+    one = st.parse_instance({"MlxRingInstance": {"instanceId": "i", "shardAssignments": {
+        "modelId": "m", "runnerToShard": {R0: {}}, "nodeToRunner": {A: R0}}, "hostsByNode": {A: [{"ip": "0.0.0.0", "port": 1}]},
+        "ephemeralPort": 1}})
+    v = transport_verdict(one, {1: A}, {}, {}, {1: []})
+    assert v.ok and "no ring" in v.summary
+
+
+def test_chat_verdict():
+    good = {"node": 1, "stream": True, "status": 200, "error": None, "text_chars": 0, "reasoning_chars": 12, "latency_s": 0.5}
+    assert chat_verdict([good]).ok  # reasoning_content counts as output
+    cut = dict(good, stream=False, error="body cut", error_kind="truncated")
+    v = chat_verdict([good, cut])
+    assert not v.ok and "node1 non-stream: truncated" in v.summary and v.facts["kinds"] == ["truncated"]
+    empty = dict(good, reasoning_chars=0)
+    assert "no content and no reasoning_content" in chat_verdict([empty]).summary

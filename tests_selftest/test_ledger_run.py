@@ -1,0 +1,142 @@
+"""The run ledger of a whole (fake) run: run folder + reports/latest, ledger.jsonl records, handoff.md
+sections and Hand-off Block, ledger.html, NEXT_COMMAND that works as printed, the profile update
+after a green bootstrap, warnings, signatures, and no token anywhere."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from modeldrop.ledger.handoff import HANDOFF_KEYS, SECTIONS
+from tests_selftest.test_plugin_kit import (
+    FULL_ORDER_2,
+    handoff_block,
+    jsonl,
+    latest,
+    make_suite,
+    run_shell,
+    set_behaviour,
+    trace,
+)
+
+BASE = ("gates", "--model", "org/tiny-model", "--env-file", "test.env")
+TOKEN = "hf_SeCrEtToKeN0123456789"
+
+
+def test_run_folder_layout_and_latest(pytester):
+    make_suite(pytester)
+    assert pytester.runpytest(*BASE).ret == 0
+    first = latest(pytester)
+    assert re.fullmatch(r"\d{8}T\d{6}Z-org--tiny-model(-\d+)?", first.name)
+    for name in ("ledger.html", "ledger.jsonl", "handoff.md", "manifests", "logs", "exo", "bench", "plots"):
+        assert (first / name).exists(), name
+    assert (pytester.path / "reports" / "latest").is_symlink()
+    assert (pytester.path / "reports" / "pass_cache.json").exists()
+    assert pytester.runpytest(*BASE).ret == 0
+    second = latest(pytester)
+    assert second != first and second.parent == first.parent
+    assert not list(second.parent.glob(".*tmp"))
+
+
+def test_ledger_jsonl_records_every_gate_event(pytester):
+    make_suite(pytester, behaviour={"node2_verify": "fail:1 shard truncated",
+                                    "node1_verify:notes": {"safetensors_count": 3, "warning": "size plausibility skipped (--fast)"}})
+    pytester.runpytest(*BASE, "--fast")
+    records = jsonl(latest(pytester))
+    assert records[0]["event"] == "run_start" and records[0]["order"] == FULL_ORDER_2
+    assert records[-1]["event"] == "run_end" and records[-1]["exitstatus"] == 1
+    events = [(r["event"], r.get("gate")) for r in records if r["event"] in ("gate_start", "pass", "fail", "skip")]
+    assert events[:4] == [("gate_start", "preflight"), ("pass", "preflight"),
+                          ("gate_start", "node1_download"), ("pass", "node1_download")]
+    assert ("fail", "node2_verify") in events and ("skip", "chat") in events
+    notes = [r for r in records if r["event"] == "note"]
+    assert {"gate": "node1_verify", "key": "safetensors_count", "value": 3} in [
+        {k: n[k] for k in ("gate", "key", "value")} for n in notes]
+    assert any(r["event"] == "warning" and "plausibility" in str(r.get("value")) for r in records)
+    assert any(r["event"] == "signature" and r["signatures"][0]["id"] == "SIG-1" for r in records)
+    assert all({"t", "time", "event"} <= set(r) for r in records)
+
+
+def test_handoff_sections_and_block(pytester):
+    make_suite(pytester, behaviour={"node1_canary": "fail:API never answered on :52415",
+                                    "node1_verify:notes": {"warning": "gguf count not checked (--fast)"}})
+    pytester.runpytest(*BASE)
+    text = (latest(pytester) / "handoff.md").read_text()
+    positions = [text.index(f"## {s}") for s in SECTIONS]
+    assert positions == sorted(positions)
+    block = handoff_block(latest(pytester))
+    assert list(block) == list(HANDOFF_KEYS)
+    assert block["MODEL"] == "org/tiny-model"
+    assert block["NODES"] == "studio1,studio2"
+    assert block["MODEL_DIRS"] == "~/.exo/models/org--tiny-model,~/.exo/models/org--tiny-model"
+    assert block["LAST_PASS_PHASE"] == "1A (node1_verify)"
+    assert block["CURRENT_PHASE"] == "1B (node1_canary)"
+    assert block["KNOWN_BLOCKER"].startswith("node1_canary (failed): API never answered on :52415")
+    assert "SIG-1" in block["KNOWN_BLOCKER"]
+    assert block["DO_NOT_REPEAT"] == "preflight,node1_download,node1_verify"
+    assert block["NEXT_COMMAND"].endswith("gates/ --model org/tiny-model --env-file test.env -k node1_canary")
+    assert "| node1_canary | 1B | failed |" in text
+    assert "| SIG-1 | node1_canary | fake |" in text
+    assert "gguf count not checked" in text  # --fast warnings reach the hand-off
+
+
+def test_next_command_reruns_the_failed_gate_as_printed(pytester):
+    make_suite(pytester, behaviour={"node2_verify": "fail:1 shard truncated"})
+    assert pytester.runpytest(*BASE).ret == 1
+    trace(pytester)
+    nxt = handoff_block(latest(pytester))["NEXT_COMMAND"]
+    set_behaviour(pytester, {})  # the operator fixed node 2's files
+    done = run_shell(nxt, pytester.path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert trace(pytester) == ["node2_verify"]
+    records = jsonl(latest(pytester))
+    assert [r["gate"] for r in records if r["event"] == "reuse"] == FULL_ORDER_2[:5]
+    block = handoff_block(latest(pytester))
+    assert block["LAST_PASS_PHASE"] == "2A (node2_verify)"
+    # The rest of the order has not run yet: resume from the first gate without a pass.
+    assert block["NEXT_COMMAND"].endswith("--resume-bootstrap")
+    done = run_shell(block["NEXT_COMMAND"], pytester.path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert trace(pytester) == FULL_ORDER_2[6:]
+    assert "benchmarks/ --model org/tiny-model" in handoff_block(latest(pytester))["NEXT_COMMAND"]
+
+
+def test_green_bootstrap_updates_the_profile_and_points_at_benchmarks(pytester):
+    notes = {"total_size_bytes": 5_000_000_000, "safetensors_count": 3, "gguf_count": 0}
+    make_suite(pytester, behaviour={"node1_verify:notes": notes, "placement:notes": {"instance_id": "inst-42"}},
+               env_extra="HF_INCLUDE=*.safetensors,*.json\n")
+    assert pytester.runpytest(*BASE).ret == 0
+    folder = latest(pytester)
+    block = handoff_block(folder)
+    assert block["NEXT_COMMAND"].endswith("benchmarks/ --model org/tiny-model --env-file test.env")
+    assert block["CURRENT_PHASE"].startswith("done")
+    assert block["DO_NOT_REPEAT"] == ",".join(FULL_ORDER_2)
+    row = json.loads((pytester.path / "profiles.json").read_text())["models"]["org/tiny-model"]
+    assert row["status"] == "active" and row["instance_id"] == "inst-42"
+    assert row["expected_safetensors"] == 3 and row["expected_gguf"] == 0
+    assert row["total_size_bytes"] == 5_000_000_000 and row["disk_threshold_gb"] == 6.5
+    assert row["include"] == ["*.safetensors", "*.json"]
+    update = [r for r in jsonl(folder) if r["event"] == "profile_update"]
+    assert update and update[0]["diff"]["instance_id"] == {"old": None, "new": "inst-42"}
+    assert "profile updated" in (folder / "handoff.md").read_text()
+
+
+def test_ledger_html_has_handoff_started_column_and_environment(pytester):
+    make_suite(pytester, behaviour={"parity": "fail:node2 lacks model-00003.safetensors <script>"})
+    pytester.runpytest(*BASE)
+    html = (latest(pytester) / "ledger.html").read_text()
+    assert "modeldrop-handoff" in html and "NEXT_COMMAND=" in html
+    assert 'data-column-type="started"' in html and 'data-column-type="gate"' in html
+    assert "org/tiny-model" in html and "Hub commit" in html and "exo version" in html
+    assert "<script>" not in html.split("modeldrop-handoff")[1].split("</div>")[0]
+    assert "transcript" in html  # evidence extras
+
+
+def test_no_token_in_any_ledger_file(pytester):
+    make_suite(pytester, env_extra=f"HF_TOKEN={TOKEN}\n",
+               behaviour={"node1_download": f"fail:401 for token {TOKEN}"})
+    pytester.runpytest(*BASE)
+    folder = latest(pytester)
+    for name in ("ledger.html", "ledger.jsonl", "handoff.md"):
+        assert TOKEN not in (folder / name).read_text(), name
+    assert TOKEN not in (pytester.path / "reports" / "pass_cache.json").read_text()

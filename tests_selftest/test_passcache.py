@@ -1,0 +1,118 @@
+"""PassCache and fingerprints as plain Python: record/lookup/latest, age, atomic rewrite under a lock,
+concurrent writers, corrupt files, and what changes a fingerprint."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+from modeldrop.config import load_config
+from modeldrop.ledger.fingerprint import explain_change, fingerprint_parts, gate_fingerprint
+from modeldrop.ledger.passcache import KEEP, PassCache
+
+
+def test_record_lookup_latest(tmp_path):
+    cache = PassCache(tmp_path / "pass_cache.json")
+    assert cache.lookup("preflight", "fp1", 3600) is None and cache.latest("preflight") is None
+    rec = cache.record("preflight", "fp1", "run-1", {"notes": {"k": 1}}, {"model_id": "org/m"})
+    got = cache.lookup("preflight", "fp1", 3600)
+    assert got == rec and got.summary == {"notes": {"k": 1}}
+    assert cache.lookup("preflight", "fp2", 3600) is None
+    cache.record("preflight", "fp2", "run-2", parts={"model_id": "org/m"})
+    assert cache.latest("preflight").run_id == "run-2"
+    assert cache.matching("preflight", "fp1").run_id == "run-1"
+    assert cache.latest("preflight", model_id="org/other") is None
+
+
+def test_age_limit(tmp_path):
+    cache = PassCache(tmp_path / "c.json")
+    cache.record("chat", "fp", "old-run", t=time.time() - 30 * 3600)
+    assert cache.lookup("chat", "fp", 24 * 3600) is None
+    assert cache.lookup("chat", "fp", 48 * 3600).run_id == "old-run"
+    assert round(cache.matching("chat", "fp").age_s() / 3600) == 30
+
+
+def test_atomic_and_bounded(tmp_path):
+    cache = PassCache(tmp_path / "c.json")
+    for i in range(KEEP + 5):
+        cache.record("parity", f"fp{i}", f"run{i}")
+    assert len(json.loads((tmp_path / "c.json").read_text())["passes"]["parity"]) == KEEP
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_corrupt_file_is_an_empty_cache(tmp_path):
+    (tmp_path / "c.json").write_text("{not json")
+    cache = PassCache(tmp_path / "c.json")
+    assert cache.latest("preflight") is None
+    cache.record("preflight", "fp", "run")
+    assert cache.lookup("preflight", "fp", 60) is not None
+
+
+def _writer(path: str, n: int, who: int) -> None:
+    cache = PassCache(Path(path))
+    for i in range(n):
+        cache.record(f"gate{who}", f"fp{i}", f"run{who}-{i}")
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    path = str(tmp_path / "c.json")
+    procs = [multiprocessing.Process(target=_writer, args=(path, 10, w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    passes = json.loads(Path(path).read_text())["passes"]
+    assert {g: len(rows) for g, rows in passes.items()} == {f"gate{w}": 10 for w in range(4)}
+
+
+class Facts:
+    def __init__(self, **kw):
+        self.d = {"hub": "a" * 40, "exo": {1: "new:1", 2: "new:1"}, "man": {1: "d1", 2: "d2"}, **kw}
+
+    def hub_commit(self):
+        return self.d["hub"]
+
+    def exo_version(self, k):
+        return self.d["exo"].get(k)
+
+    def manifest_digest(self, k):
+        return self.d["man"].get(k)
+
+
+def cfg(**cli):
+    return load_config({"MODEL_ID": "org/m", "NODES": "studio1,studio2", **cli}, environ={},
+                       env_file=None)
+
+
+def test_fingerprint_scopes():
+    base, facts = cfg(), Facts()
+    changed_node2 = Facts(man={1: "d1", 2: "other"})
+    assert gate_fingerprint("node1_verify", base, facts) == gate_fingerprint("node1_verify", base, changed_node2)
+    assert gate_fingerprint("node2_verify", base, facts) != gate_fingerprint("node2_verify", base, changed_node2)
+    assert gate_fingerprint("parity", base, facts) != gate_fingerprint("parity", base, changed_node2)
+    new_exo = Facts(exo={1: "new:2", 2: "new:1"})
+    assert gate_fingerprint("node1_verify", base, facts) == gate_fingerprint("node1_verify", base, new_exo)
+    assert gate_fingerprint("chat", base, facts) != gate_fingerprint("chat", base, new_exo)
+    assert gate_fingerprint("node1_verify", base, facts) != gate_fingerprint("node1_verify", cfg(FAST=True), facts)
+    assert gate_fingerprint("node1_download", base, facts) == gate_fingerprint("node1_download", cfg(FAST=True), facts)
+    assert gate_fingerprint("placement", base, facts) != gate_fingerprint("placement", cfg(EXO_SHARDING="Tensor"), facts)
+    assert gate_fingerprint("preflight", base, facts) != gate_fingerprint("preflight", cfg(MODEL_ID="org/n"), facts)
+
+
+def test_fingerprint_has_no_secret():
+    c = load_config({"MODEL_ID": "org/m", "NODES": "local"}, environ={"HF_TOKEN": "hf_secret_value"}, env_file=None)
+    for gate in ("preflight", "node1_download", "node1_verify", "chat"):
+        assert "hf_secret_value" not in json.dumps(fingerprint_parts(gate, c, Facts()))
+
+
+def test_explain_change_words():
+    old = fingerprint_parts("node2_verify", cfg(), Facts())
+    new = fingerprint_parts("node2_verify", cfg(), Facts(man={1: "d1", 2: "x"}))
+    assert explain_change(old, new) == "for other files on node2 (manifest changed)"
+    new = fingerprint_parts("node2_verify", cfg(FAST=True), Facts())
+    assert explain_change(old, new) == "with fast=False (now True)"
+    assert explain_change(old, fingerprint_parts("node2_verify", cfg(), Facts(hub="b" * 40))).startswith(
+        "for hub commit aaaaaaaaaaaa (now bbbbbbbbbbbb)")
+    assert explain_change({}, new).startswith("for a fingerprint recorded without details")

@@ -1,0 +1,199 @@
+"""Whole runs of the EXO gates (1B, 4-6) against the sandbox: green for both generations, and each
+emulator fault caught at its gate with the expected signature id, no later gate run, and no process
+the run started left behind (every launch record's pid is gone, start time checked).
+
+Windows are kept short with the run options (--cluster-window 8 --settle-window 3 --ready-timeout 60).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from modeldrop.gatelist import gate_order
+from tests_selftest.runs import RunResult, later_gates_not_run, run_suite
+
+pytestmark = [pytest.mark.sandbox_run, pytest.mark.timeout(900)]
+WINDOWS = ["--cluster-window", "8", "--settle-window", "3", "--ready-timeout", "60"]
+ORDER = gate_order(2)
+BASE = Path(os.environ.get("MODELDROP_SELFTEST_SANDBOX", "/var/tmp/modeldrop-selftest"))
+
+
+@pytest.fixture(scope="module")
+def sbx(worker_id):
+    """A 2-node sandbox of its own slot (20 + xdist worker), so file-gate runs can go in parallel."""
+    from sandbox.cluster import Sandbox
+    idx = int(worker_id[2:]) if worker_id.startswith("gw") else 0
+    box = Sandbox(root=BASE / f"cluster-slot{20 + idx}", slot=20 + idx, n_nodes=2)
+    box.up()
+    yield box
+    box.down()
+
+
+@pytest.fixture
+def box(sbx):
+    """The sandbox with faults cleared after the test (up() clears them) and the NEW generation back."""
+    yield sbx
+    sbx.set_exo_generation("new")
+    sbx.up()
+
+
+def run(box, tmp_path: Path, *args: str, report: str = "reports") -> RunResult:
+    return run_suite(["gates/"], Path(box.env_file), tmp_path / report, *WINDOWS, *args, timeout=600)
+
+
+def launch_records(r: RunResult) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((r.run_folder() / "exo").glob("node*-*.json"))]
+
+
+def proc_start(pid: int) -> float | None:
+    """Start time (epoch s) of a live pid, as the probes compute it; None when gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = stat[stat.rindex(")") + 2:].split()
+    if rest[0] == "Z":
+        return None
+    btime = next(float(x.split()[1]) for x in Path("/proc/stat").read_text().splitlines() if x.startswith("btime "))
+    return btime + int(rest[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def alive(rec: dict) -> bool:
+    s = proc_start(rec["pid"])
+    return s is not None and (rec.get("start") is None or abs(s - rec["start"]) <= 1.5)
+
+
+def wait_gone(recs: list[dict], timeout: float = 20.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [r for r in recs if alive(r)]
+        if not left:
+            return []
+        time.sleep(0.2)
+    return [r for r in recs if alive(r)]
+
+
+def stop_leftovers(recs: list[dict]) -> None:
+    """Test cleanup only: TERM the process group of each launch record still alive (identity checked)."""
+    import signal
+    for rec in recs:
+        if alive(rec):
+            try:
+                os.killpg(rec["pid"], signal.SIGTERM)
+            except OSError:
+                pass
+    wait_gone(recs, 10.0)
+
+
+def signature_ids(r: RunResult, gate: str) -> list[str]:
+    out = []
+    for line in (r.run_folder() / "ledger.jsonl").read_text().splitlines():
+        ev = json.loads(line)
+        if ev.get("event") == "signature" and ev.get("gate") == gate:
+            out += [s["id"] for s in ev.get("signatures") or []]
+    return out
+
+
+def assert_caught(r: RunResult, gate: str, sig: str | None) -> None:
+    assert r.outcome(gate) == "failed", f"{gate}: {r.outcome(gate)}\n{r.output[-3000:]}"
+    assert later_gates_not_run(r, gate, ORDER) == []
+    if sig:
+        assert sig in signature_ids(r, gate), (signature_ids(r, gate), r.message(gate))
+    assert wait_gone(launch_records(r)) == [], "processes left behind after a failed run"
+
+
+# -- green ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("generation", ["new", "old"])
+def test_green_run_leaves_cluster_serving_then_rerun_reattaches(box, tmp_path, generation):
+    box.set_exo_generation(generation)
+    t0 = time.monotonic()
+    r = run(box, tmp_path)
+    wall = time.monotonic() - t0
+    try:
+        check_green_then_reattach(box, tmp_path, r, generation, wall)
+    finally:
+        stop_leftovers(launch_records(r))
+
+
+def check_green_then_reattach(box, tmp_path, r, generation, wall):
+    assert r.rc == 0, r.output[-4000:]
+    for g in ORDER:
+        assert r.outcome(g) == "passed", (g, r.message(g))
+    recs = launch_records(r)
+    canary = [x for x in recs if x["role"] == "canary"]
+    cluster = [x for x in recs if x["role"] == "cluster"]
+    assert canary and not any(alive(x) for x in canary), "the canary is always stopped"
+    assert len(cluster) == 2 and all(alive(x) for x in cluster), "a green run leaves the cluster serving"
+    gen_flag = [x["argv"] for x in cluster]
+    assert all(("--namespace" in a) == (generation == "new") for a in gen_flag)
+    print(f"green {generation} wall {wall:.1f}s")
+    # -k rerun of one gate: re-attaches to the running cluster, and --teardown stops it afterwards.
+    r2 = run(box, tmp_path, "-k", "chat", "--teardown")
+    assert r2.outcome("chat") == "passed", r2.output[-3000:]
+    assert {x["pid"] for x in launch_records(r2)} == {x["pid"] for x in cluster}
+    assert wait_gone(cluster) == []
+
+
+# -- faults caught at their gate ------------------------------------------------------------------
+FAULTS = [
+    ("isolated", 2, {"isolated": True}, "cluster", "A1"),
+    ("namespace", 2, {"namespace": "someone-else"}, "cluster", "A1"),
+    ("crash_at_start", 2, {"crash_at_start": True}, "startup", "X-EXIT"),
+    ("crash_loop", 2, {"crash_loop": 1.0}, "startup", "X-RESTART"),
+    ("runner_never_ready", 2, {"runner_never_ready": "loading"}, "placement", "F2"),
+    ("ring_connect_error_61", 2, {"ring_connect_error": 61}, "placement", "G2"),
+    ("ring_connect_error_60", 2, {"ring_connect_error": 60}, "placement", "G2"),
+    ("ring_connect_error_65", 2, {"ring_connect_error": 65}, "placement", "G2"),
+    ("chat_truncated_body", 1, {"chat_truncated_body": True}, "chat", "H2"),
+    ("stream_error_chunk", 1, {"stream_error_chunk": True}, "chat", "H2"),
+    ("stall_mid_stream", 1, {"stall_mid_stream": 2}, "chat", "H3"),
+]
+
+
+@pytest.mark.parametrize("name,k,faults,gate,sig", FAULTS, ids=[f[0] for f in FAULTS])
+def test_fault_caught_at_its_gate(box, tmp_path, name, k, faults, gate, sig):
+    box.set_exo_faults(k, faults)
+    t0 = time.monotonic()
+    r = run(box, tmp_path)
+    print(f"{name}: caught at {gate} after {time.monotonic() - t0:.1f}s of run; message: {r.message(gate)[:200]}")
+    try:
+        assert_caught(r, gate, sig)
+    finally:
+        stop_leftovers(launch_records(r))
+
+
+def test_foreign_listener_on_api_port_fails_preflight_and_is_not_killed(box, tmp_path):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((box.address(2), 52415))
+    s.listen(1)
+    try:
+        r = run(box, tmp_path)
+        assert r.outcome("preflight") == "failed" and "API port 52415" in r.message("preflight"), r.message("preflight")
+        assert later_gates_not_run(r, "preflight", ORDER) == []
+        s.getsockname()  # still ours: nobody killed the holder
+    finally:
+        s.close()
+
+
+def test_state_runner_lag_is_evidence_not_a_failure(box, tmp_path):
+    box.set_exo_faults(2, {"state_runner_lag": 30.0})
+    r = run(box, tmp_path, "--teardown")
+    assert r.outcome("chat") == "passed", r.output[-3000:]
+    assert "SEED-MAP-LAG" in signature_ids(r, "chat")
+    assert wait_gone(launch_records(r)) == []
+
+
+def test_slow_tokens_pass_with_latency_recorded(box, tmp_path):
+    box.set_exo_faults(1, {"token_rate": 20.0})
+    r = run(box, tmp_path, "--teardown")
+    assert r.outcome("chat") == "passed", r.output[-3000:]
+    notes = [json.loads(x) for x in (r.run_folder() / "ledger.jsonl").read_text().splitlines()]
+    assert any(n.get("key") == "chat_latency_s" for n in notes)
+    assert wait_gone(launch_records(r)) == []
