@@ -18,5 +18,6 @@ def test_node1_canary(run_config, exo_canary, exo_report, evidence):
     model_dir = expand_home(run_config.node(1).model_dir, str(exo_canary.facts().get("home") or "~"))
     verdict = canary_check(exo_canary, ExoClient(exo_canary.api_url), run_config.model_id, model_dir)
     evidence.json("canary", verdict.details)
+    evidence.note("verdict", verdict.summary)
     if not verdict.ok:
         exo_report.fail("node1_canary", verdict, state=None, role="canary")

@@ -16,5 +16,6 @@ def test_startup(run_config, exo_cluster, exo_report, evidence):
     evidence.json("launches", {f"node{k}": r.to_json() for k, r in records.items()})
     verdict = watch_startup(exo_cluster.cluster_launchers(), exo_cluster.clients(), run_config.settle_window_s)
     evidence.json("startup", verdict.details)
+    evidence.note("verdict", verdict.summary)
     if not verdict.ok:
         exo_report.fail("startup", verdict)

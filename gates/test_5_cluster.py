@@ -16,5 +16,6 @@ def test_cluster(run_config, exo_running, exo_report, evidence):
                         facts={"exited": missing})
     verdict = watch_cluster(exo_running.clients(), live_ids, run_config.cluster_window_s)
     evidence.json("cluster", verdict.details)
+    evidence.note("verdict", verdict.summary)
     if not verdict.ok:
         exo_report.fail("cluster", verdict, state=exo_running.state_of(exo_running.ks[0]))

@@ -28,5 +28,6 @@ def test_placement(run_config, exo_running, exo_report, evidence):
     evidence.json("placement", inst)
     verdict = wait_ready(api, instance.instance_id, run_config.ready_timeout_s)
     evidence.json("readiness", verdict.details)
+    evidence.note("verdict", verdict.summary)
     if not verdict.ok:
         exo_report.fail("placement", verdict, state=exo_running.state_of(exo_running.ks[0]))

@@ -18,6 +18,7 @@ def test_transport(run_config, exo_running, exo_report, evidence, node_pool):
     logs = exo_running.scan_logs("cluster")
     verdict = check_transport(inst, node_ids, logs, {k: node_pool.get(k) for k in exo_running.ks})
     evidence.json("transport", verdict.details)
+    evidence.note("verdict", verdict.summary)
     if len(inst.node_ids) < 2:
         evidence.note("warning", "1-node instance: no ring to check")
     if not verdict.ok:

@@ -11,6 +11,7 @@ def test_chat(run_config, exo_running, exo_report, evidence):
     """HTTP 200, a complete body, text or reasoning_content; latency recorded. Runner maps are evidence only."""
     verdict = run_chats(exo_running.urls(), run_config.model_id)
     evidence.json("chat", verdict.details)
+    evidence.note("verdict", verdict.summary)
     if not verdict.ok:
         bad = next(r for r in verdict.details["results"] if r.get("error") or not
                    (r.get("text_chars") or r.get("reasoning_chars")))

@@ -254,7 +254,8 @@ def _check_expected(manifest: dict, files: dict, exp: ExpectedManifest, v: Verdi
                           f"{human_bytes(total)} of {human_bytes(exp.total_size)} present")
     if wrong:
         items = [f"{p}: {files[p]} B on disk, {exp.files[p].size} B expected" for p in wrong]
-        v.problems.append(f"{plural(len(wrong), 'file')} differ in size from {src}: {listing(items)}")
+        v.problems.append(f"{plural(len(wrong), 'file')} {'differs' if len(wrong) == 1 else 'differ'} in size "
+                          f"from {src}: {listing(items)}")
     metadata = manifest.get("metadata") or {}
     etag_bad = []
     for p, e in sorted(exp.files.items()):

@@ -16,6 +16,7 @@ Contract:
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shlex
@@ -359,6 +360,25 @@ class SSHTarget:
     proxy_command: str | None
 
 
+def _config_text(path: Path, depth: int = 0) -> str:
+    """ssh_config text with `Include` lines inlined (paramiko's parser ignores them); relative paths are
+    taken from ~/.ssh as OpenSSH does; globs expand in sorted order."""
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        words = line.strip().split(None, 1)
+        if depth < 8 and len(words) == 2 and words[0].lower() == "include":
+            for pattern in shlex.split(words[1]):
+                pattern = os.path.expanduser(pattern)
+                if not os.path.isabs(pattern):
+                    pattern = os.path.join(os.path.expanduser("~/.ssh"), pattern)
+                for inc in sorted(glob.glob(pattern)):
+                    if os.path.isfile(inc):
+                        out.append(_config_text(Path(inc), depth + 1))
+            continue
+        out.append(line)
+    return "\n".join(out)
+
+
 def resolve_target(target: str, ssh_config: Path | None, known_hosts: Path | None) -> SSHTarget:
     """Parse `user@host[:port]` or an alias and apply ssh_config (HostName, User, Port, IdentityFile, ...)."""
     user, _, hostport = target.rpartition("@")
@@ -369,15 +389,19 @@ def resolve_target(target: str, ssh_config: Path | None, known_hosts: Path | Non
     cfg_path = ssh_config if ssh_config is not None else Path("~/.ssh/config").expanduser()
     opts: dict[str, Any] = {}
     if cfg_path.is_file():
-        opts = paramiko.SSHConfig.from_path(str(cfg_path)).lookup(host)
+        opts = paramiko.SSHConfig.from_text(_config_text(cfg_path)).lookup(host)
     kh = known_hosts
     if kh is None and opts.get("userknownhostsfile"):
         kh = Path(os.path.expanduser(opts["userknownhostsfile"].split()[0]))
-    return SSHTarget(hostname=opts.get("hostname", host), port=port or int(opts.get("port", 22)),
-                     user=user or opts.get("user") or None,
+    hostname, port = opts.get("hostname", host), port or int(opts.get("port", 22))
+    proxy = opts.get("proxycommand")
+    if not proxy and opts.get("proxyjump") and opts["proxyjump"].lower() != "none":
+        jump = opts["proxyjump"].split(",")[0]
+        proxy = shlex.join(["ssh", *(["-F", str(cfg_path)] if cfg_path.is_file() else []), "-W",
+                            f"{hostname}:{port}", jump])
+    return SSHTarget(hostname=hostname, port=port, user=user or opts.get("user") or None,
                      identity_files=[os.path.expanduser(p) for p in opts.get("identityfile", [])],
-                     known_hosts=kh or Path("~/.ssh/known_hosts").expanduser(),
-                     proxy_command=opts.get("proxycommand"))
+                     known_hosts=kh or Path("~/.ssh/known_hosts").expanduser(), proxy_command=proxy)
 
 
 class SSHNode(Node):

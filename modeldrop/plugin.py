@@ -527,6 +527,14 @@ def _upstream_verdict(gs: GateSession, config: pytest.Config, gate: str) -> tupl
 _SEVERITY = {"passed": 0, "reused": 0, "skipped": 1, "failed": 2}
 
 
+def _skip_here(reason: str) -> None:
+    """Skip the current item, reported at the test's own location (as skip marks are), not this file's."""
+    try:
+        raise pytest.skip.Exception(reason, _use_item_location=True)
+    except TypeError:  # a pytest without the keyword
+        pytest.skip(reason)
+
+
 def _is_subtest(report: Any) -> bool:
     return type(report).__name__ == "SubtestReport"
 
@@ -583,14 +591,14 @@ class _RunHooks:
             kind, reason, root = verdict
             self.skip_kind[item.nodeid] = kind
             gs.root[gate] = root
-            pytest.skip(reason)
+            _skip_here(reason)
         if gs.cfg.resume_bootstrap and not gs.resume_broken and gate not in gs.outcome:
             rec, why = reusable(gs, self.config, gate)
             if rec is not None:
                 self.skip_kind[item.nodeid] = "reused"
                 gs.outcome[gate] = "reused"
                 gs.ledger.gate_reused(gate, rec.time, rec.run_id, rec.summary)
-                pytest.skip(f"reused pass from {_when(rec.time)} (run {rec.run_id})")
+                _skip_here(f"reused pass from {_when(rec.time)} (run {rec.run_id})")
             gs.resume_broken = True
             gs.ledger.jsonl.append("resume_from", gate=gate, why=why)
 
@@ -601,7 +609,7 @@ class _RunHooks:
         bad = next((g for g in self.gs.order if self.gs.outcome.get(g) in ("failed", "skipped")), None)
         if bad is not None:
             root = self.gs.root.get(bad, (bad, self.gs.outcome[bad], ""))
-            pytest.skip(f"blocked by {root[0]} ({root[1]}): {root[2]}")
+            _skip_here(f"blocked by {root[0]} ({root[1]}): {root[2]}")
 
     # -- evidence on every phase ---------------------------------------------------------------
     @pytest.hookimpl(wrapper=True)
@@ -775,7 +783,10 @@ class _HtmlHooks:
         cells.insert(2, lhtml.started_header())
 
     def pytest_html_results_table_row(self, report: Any, cells: list[str]) -> None:
-        cells.insert(1, lhtml.gate_cell(dict(getattr(report, "user_properties", [])).get("gate")))
+        gate = dict(getattr(report, "user_properties", [])).get("gate")
+        if gate and report.skipped and _reason(report).startswith("reused pass from"):
+            gate = f"{gate} (reused)"
+        cells.insert(1, lhtml.gate_cell(gate))
         cells.insert(2, lhtml.started_cell(getattr(report, "start", None)))
 
     def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str],

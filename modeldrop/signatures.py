@@ -153,6 +153,11 @@ def _duplicate_friendly(c: Ctx) -> str | None:
     return f"two node ids with friendlyName {dup}" if dup else None
 
 
+def _exited_before_up(c: Ctx) -> str | None:
+    early = [k for k in c.facts.get("exited") or [] if k not in (c.facts.get("restarted") or [])]
+    return f"exited before the API answered: {['node%s' % k for k in early]}" if early else None
+
+
 def _http_status(code: int) -> Callable[[Ctx], str | None]:
     def test(c: Ctx) -> str | None:
         h = c.http or {}
@@ -314,9 +319,10 @@ TABLE: tuple[Signature, ...] = (
       "/state: two node ids with the same friendlyName", _duplicate_friendly),
     S("X-EXIT", CANARY_START, "exo exited during startup",
       "Bad flag, fatal environment check, or a crash at import (the traceback is in the captured stdout/stderr)",
-      "cat <EXO_LOG_DIR>/<run>-node<k>-*.log", "verdict fact `exited`", fact("exited")),
-    S("X-RESTART", ("startup",), "exo restarted within the settle window (crash loop)",
-      "A supervisor (app, launchd) restarts a crashing exo, or exo re-executed itself",
+      "cat <EXO_LOG_DIR>/<run>-node<k>-*.log", "verdict fact `exited` (before the API answered)", _exited_before_up),
+    S("X-RESTART", ("startup",), "exo crashed or restarted within the settle window (crash loop)",
+      "exo dies some seconds after start (a supervisor such as the app or launchd would restart it: a crash "
+      "loop), or it re-executed itself with a new node id",
       "tail the captured log and exo.log; launchctl list | grep -i exo", "verdict fact `restarted`", fact("restarted")),
     S("SEED-HF-MISSING", ("preflight", "node1_download"), "hf missing on a node",
       "HF_CMD_NODEk does not exist on that node (the exec PATH has no /opt/homebrew/bin)",

@@ -371,19 +371,25 @@ class Sandbox:
         return ensure_node_venv(self.venv_dir, self.node_requirements) / "bin"
 
     def _copy_emulator(self) -> None:
+        """Re-copy sandbox/exo_emulator to <root>/lib (world-readable), swapped in by rename."""
         lib = self.root / "lib"
-        dest = lib / "exo_emulator"
+        dest, new, old = lib / "exo_emulator", lib / ".exo_emulator.new", lib / ".exo_emulator.old"
         lib.mkdir(parents=True, exist_ok=True)
         lib.chmod(0o755)
-        shutil.rmtree(dest, ignore_errors=True)
-        if EMULATOR_SRC.is_dir():
-            shutil.copytree(EMULATOR_SRC, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-            for dirpath, _dirs, filenames in os.walk(dest):
-                os.chmod(dirpath, 0o755)
-                for f in filenames:
-                    os.chmod(os.path.join(dirpath, f), 0o644)
-        else:
+        if not EMULATOR_SRC.is_dir():
             log.warning("no EXO emulator at %s yet: the exo wrappers will fail until it exists", EMULATOR_SRC)
+            return
+        for p in (new, old):
+            shutil.rmtree(p, ignore_errors=True)
+        shutil.copytree(EMULATOR_SRC, new, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for dirpath, _dirs, filenames in os.walk(new):
+            os.chmod(dirpath, 0o755)
+            for f in filenames:
+                os.chmod(os.path.join(dirpath, f), 0o644)
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(new, dest)
+        shutil.rmtree(old, ignore_errors=True)
 
     def _ensure_client_key(self) -> None:
         if not self.client_key.exists():

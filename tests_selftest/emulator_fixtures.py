@@ -32,6 +32,8 @@ MODEL_ID = "modeldrop/tiny-llama-sbx"
 FAST_TIMING = {"hello_s": 0.3, "election_s": 1.0, "edge_probe_s": 0.5, "master_plan_s": 1.0,
                "node_timeout_s": 4.0, "info_s": 0.3, "ring_retry_s": [0.2, 0.2, 0.2, 0.2, 0.2],
                "ring_connect_timeout_s": 0.5, "runner_backoff_s": [0.2, 0.5], "keepalive_s": 1.0}
+# the interpreter that runs the emulator (default: this one; the sandbox node venv works too)
+EMULATOR_PYTHON = os.environ.get("MODELDROP_EMULATOR_PYTHON", sys.executable)
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -220,14 +222,14 @@ class EmuNode:
         return dest
 
     def start(self, *flags: str, env: dict[str, str] | None = None) -> EmuNode:
-        args = [sys.executable, "-m", "exo_emulator", "--api-port", str(self.api_port), *flags]
+        args = [EMULATOR_PYTHON, "-m", "exo_emulator", "--api-port", str(self.api_port), *flags]
         self.proc = subprocess.Popen(args, env=self.env(env), stdout=subprocess.DEVNULL,
                                      stderr=open(self.stderr_path, "wb"), cwd=str(self.home))  # noqa: SIM115
         return self
 
     def run(self, *flags: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
         """Run to completion (for fatal-start and --help cases)."""
-        return subprocess.run([sys.executable, "-m", "exo_emulator", *flags], env=self.env(env),
+        return subprocess.run([EMULATOR_PYTHON, "-m", "exo_emulator", *flags], env=self.env(env),
                               capture_output=True, text=True, timeout=timeout, cwd=str(self.home))
 
     @property

@@ -54,7 +54,7 @@ def test_truncated_shard(node, tmp_path):
     trunc = [p for p in v.problems if "truncated" in p]
     assert trunc and trunc[0].startswith("1 shard truncated: model-00002-of-00003.safetensors declares 8192 data "
                                          "bytes but the file holds 4096"), v.problems
-    assert any("differ in size" in p for p in v.problems)
+    assert any("differs in size" in p for p in v.problems)
 
 
 def test_index_names_missing_shard(node, tmp_path):

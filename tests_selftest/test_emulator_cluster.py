@@ -107,7 +107,6 @@ def test_old_generation_pair_and_namespace_isolation(emu_factory) -> None:  # no
     s = nodes[0].state()
     assert not {"nodeBackends", "instanceLinks", "prefillServerPorts", "customModelCards"} & set(s)
     assert all(i.startswith("12D3KooW") for i in ids)
-    time.sleep(0)  # the red node had the whole formation time (>= 3 hello periods) to leak in
     red = nodes[2].node_id()
     assert red not in nodes[0].state()["nodeIdentities"]
     assert list(nodes[2].state()["nodeIdentities"]) == [red]
@@ -174,12 +173,29 @@ def test_node_loss_and_master_change(emu_factory, tiny_model) -> None:  # noqa: 
     # a follower dies: removed after node_timeout_s (4 s in FAST_TIMING), logged by the master
     victim = followers[0]
     victim_id = victim.node_id()
+    code, inst = master.get("/instance/placement?model_id=mlx-community/Llama-3.2-1B-Instruct-4bit&min_nodes=3")
+    assert code == 200 and master.post("/instance", {"instance": inst})[0] == 200
+    iid = instance_body(inst)["instanceId"]
+    wait_for(lambda: iid in master.state()["instances"], 10, "3-node instance created")
     victim.kill()
     wait_for(lambda: victim_id not in master.state()["nodeIdentities"], 20, "victim removed")
     assert f"Manually removing node {victim_id} due to inactivity" in master.log()
+    wait_for(lambda: iid not in master.state()["instances"], 15, "instance on the lost node deleted")
     # the master dies: the survivor elects itself
     survivor = followers[1]
     s_id = survivor.node_id()
     master.kill()
     wait_for(lambda: "Node elected Master - promoting self" in survivor.log(), 20, "re-election")
     wait_for(lambda: list(survivor.state()["nodeIdentities"]) == [s_id], 20, "survivor alone in its state")
+
+
+def test_force_master_takes_over(emu_factory) -> None:  # noqa: F811
+    sub = fresh_subnet()
+    addrs = [f"127.{sub}.0.11", f"127.{sub}.0.12"]
+    a = emu_factory("a", addrs[0], addrs).start()
+    wait_for(lambda: "Node elected Master - promoting self" in a.log(), 20, "a master")
+    b = emu_factory("b", addrs[1], addrs).start("-m")
+    b_id = b.node_id()
+    wait_for(lambda: f"Node {b_id} elected master - demoting self" in a.log(), 20, "a demoted")
+    assert "Node elected Master - promoting self" in b.log()
+    wait_cluster([a, b])

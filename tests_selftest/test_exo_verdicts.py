@@ -42,7 +42,10 @@ def test_startup_verdicts():
     assert startup_verdict(ok, {1: 10.0}).ok
     exited = {1: [StartupSample(0, True, 10.0, None, "refused"), StartupSample(0.5, False, None, None, "refused")]}
     v = startup_verdict(exited, {1: 10.0})
-    assert not v.ok and v.facts["exited"] == [1] and "exited 0.5s" in v.summary
+    assert not v.ok and v.facts["exited"] == [1] and "exited 0.5s after start, before" in v.summary
+    crashed = {1: [StartupSample(0, True, 10.0, "n1"), StartupSample(2.0, False, None, None, "refused")]}
+    v = startup_verdict(crashed, {1: 10.0})
+    assert v.facts["restarted"] == [1] and "after its API had answered" in v.summary
     restarted = {1: [StartupSample(0, True, 10.0, "n1"), StartupSample(1, True, 10.0, "n2")]}
     v = startup_verdict(restarted, {1: 10.0})
     assert not v.ok and v.facts["restarted"] == [1] and "n1 -> n2" in v.summary

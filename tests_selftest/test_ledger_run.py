@@ -140,3 +140,39 @@ def test_no_token_in_any_ledger_file(pytester):
     for name in ("ledger.html", "ledger.jsonl", "handoff.md"):
         assert TOKEN not in (folder / name).read_text(), name
     assert TOKEN not in (pytester.path / "reports" / "pass_cache.json").read_text()
+
+
+BENCH = '''
+import pytest
+
+@pytest.mark.bench("token_sweep")
+@pytest.mark.parametrize("n", [1, 2])
+def test_sweep(n, evidence):
+    evidence.note("tps", 10.0 * n)
+    assert n == 1, "decode stalled at request 3"
+'''
+
+
+def test_benchmark_run_has_its_own_handoff(pytester):
+    make_suite(pytester)
+    pytester.makeini("[pytest]\nmarkers =\n    bench(phase): a benchmark case\n")
+    pytester.makepyfile(**{"benchmarks/test_bench": BENCH})
+    pytester.runpytest("benchmarks", "--model", "org/tiny-model", "--env-file", "test.env")
+    folder = latest(pytester)
+    block = handoff_block(folder)
+    assert block["CURRENT_PHASE"] == "benchmarks"
+    assert block["KNOWN_BLOCKER"] == "benchmark test_sweep[2] (failed): decode stalled at request 3"
+    assert block["NEXT_COMMAND"].endswith("benchmarks/ --model org/tiny-model --env-file test.env -k 'test_sweep[2]'")
+    text = (folder / "handoff.md").read_text()
+    assert "BENCHMARKS (bootstrap gates not run in this session): 1 passed, 1 failed" in text
+    assert [r["item"] for r in jsonl(folder) if r["event"] == "bench"] == ["test_sweep[1]", "test_sweep[2]"]
+
+
+def test_benchmarks_do_not_run_after_a_failed_gate(pytester):
+    make_suite(pytester, behaviour={"chat": "fail:no choices in the answer"})
+    pytester.makeini("[pytest]\nmarkers =\n    bench(phase): a benchmark case\n")
+    pytester.makepyfile(**{"benchmarks/test_bench": BENCH})
+    result = pytester.runpytest("gates", "benchmarks", "--model", "org/tiny-model", "--env-file", "test.env", "-rs")
+    result.stdout.fnmatch_lines(["SKIPPED*blocked by chat (failed): no choices in the answer"])
+    bench = {r["item"]: r["outcome"] for r in jsonl(latest(pytester)) if r["event"] == "bench"}
+    assert bench == {"test_sweep[1]": "skipped", "test_sweep[2]": "skipped"}

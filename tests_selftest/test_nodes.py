@@ -211,3 +211,19 @@ def test_tilde_python_cmd(sshd):
     n = SSHNode("node1", sshd.alias, ssh_config=sshd.ssh_config, python_cmd="~/../../usr/bin/python3")
     assert os.path.realpath(n.run_probe("facts", {})["python"]) == os.path.realpath("/usr/bin/python3")
     n.close()
+
+
+def test_ssh_config_include_and_proxyjump(sshd, tmp_path):
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "nodes.conf").write_text(sshd.ssh_config.read_text())
+    main = tmp_path / "config"
+    main.write_text(f"Include {tmp_path}/conf.d/*.conf\nHost jumped\n    HostName {sshd.addr}\n    Port {sshd.port}\n"
+                    f"    User {sshd.user}\n    IdentityFile {sshd.key}\n    UserKnownHostsFile {sshd.known_hosts}\n"
+                    f"    ProxyJump {sshd.alias}\n")
+    n = SSHNode("node1", sshd.alias, ssh_config=main)
+    assert n.run(["echo", "via include"], timeout=10).stdout == "via include\n"
+    n.close()
+    jumped = SSHNode("node2", "jumped", ssh_config=main)
+    assert jumped.resolved.proxy_command == f"ssh -F {main} -W {sshd.addr}:{sshd.port} {sshd.alias}"
+    assert jumped.run(["echo", "via jump"], timeout=20).stdout == "via jump\n"
+    jumped.close()

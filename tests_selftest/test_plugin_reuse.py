@@ -118,6 +118,7 @@ def test_resume_bootstrap_reuses_then_runs_from_the_first_gate_without_a_pass(py
     assert not [r for r in records if r["event"] == "skip"]
     text = (latest(pytester) / "handoff.md").read_text()
     assert "| cluster | 5 | reused |" in text and "GREEN" in text
+    assert "cluster (reused)" in (latest(pytester) / "ledger.html").read_text()
 
 
 def test_resume_bootstrap_reruns_everything_after_a_changed_gate(pytester):

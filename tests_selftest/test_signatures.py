@@ -73,6 +73,7 @@ CASES = [
     ("I3", "cluster", dict(state=new_state(nodeIdentities={A: {"friendlyName": "s"}, B: {"friendlyName": "s"}}))),
     ("X-EXIT", "startup", dict(facts={"exited": [2]})),
     ("X-RESTART", "startup", dict(facts={"restarted": [1]})),
+    ("X-RESTART", "startup", dict(facts={"restarted": [2], "exited": [2]})),
     ("SEED-HF-MISSING", "preflight", dict(logs={"node2": "sh: 1: /opt/homebrew/bin/hf: command not found"})),
     ("SEED-MAP-LAG", "chat", dict(facts={"runner_lag": ["node2: instance absent"]})),
     ("SEED-LATE-CRASH", "bench", dict(logs={"node1": "Runner terminated with exitcode=1"})),

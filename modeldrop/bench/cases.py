@@ -125,6 +125,7 @@ class CaseOutcome:
     path: Path
     reused: bool
     reused_from: str | None = None
+    plots: list[Path] = field(default_factory=list)  # filled by the pytest layer after redrawing
 
 
 def resolve_endpoint(client: BenchClient, choice: str = "auto") -> str:

@@ -43,7 +43,11 @@ def startup_verdict(samples: dict[int, list[StartupSample]], expected_start: dic
         ids = [s.node_id for s in ss if s.node_id]
         if any(not s.alive for s in ss):
             t = next(s.t for s in ss if not s.alive)
-            problems.append(f"node{k}: exo exited {t:.1f}s after start")
+            if ids:  # it had answered: a crash after start (a crash loop under any supervisor)
+                problems.append(f"node{k}: exo exited {t:.1f}s after start, after its API had answered")
+                facts["restarted"].append(k)
+            else:
+                problems.append(f"node{k}: exo exited {t:.1f}s after start, before its API answered")
             facts["exited"].append(k)
         elif any(s.start is not None and expected_start.get(k) is not None
                  and abs(s.start - float(expected_start[k])) > 1.5 for s in ss):

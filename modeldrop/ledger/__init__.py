@@ -12,8 +12,10 @@ Plain Python: the plugin (modeldrop.plugin) calls it from pytest hooks.
 
 from __future__ import annotations
 
+import functools
 import json as _json
 import re
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,10 +31,20 @@ NOTE_KEYS = ("total_size_bytes", "safetensors_count", "gguf_count", "instance_id
              "exo_version", "manifest_digest", "warning")
 
 
+def _locked(method):
+    """Serialize a Ledger method: gates may record evidence from worker threads."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
 class Ledger:
-    """Writer of ledger.jsonl and handoff.md for one run."""
+    """Writer of ledger.jsonl and handoff.md for one run (thread-safe)."""
 
     def __init__(self, folder: RunFolder, state: RunState, secrets: Iterable[str] = ()):
+        self._lock = threading.RLock()
         self.folder = folder
         self.state = state
         self._secrets = [s for s in secrets if s and len(s) >= 4]
@@ -44,6 +56,7 @@ class Ledger:
             text = text.replace(s, "***")
         return text
 
+    @_locked
     def write_handoff(self) -> None:
         """Rewrite handoff.md atomically from the current state."""
         atomic_write_text(self.folder.path / "handoff.md", self._redact(render(self.state)))
@@ -52,6 +65,7 @@ class Ledger:
         self.jsonl.append(event, **fields)
         self.write_handoff()
 
+    @_locked
     def fields(self) -> dict[str, str]:
         """The Hand-off Block values as they stand now (redacted)."""
         return {k: self._redact(v) for k, v in handoff_fields(self.state).items()}
@@ -60,18 +74,21 @@ class Ledger:
         return self.state.gates.get(gate) if gate else None
 
     # -- run -----------------------------------------------------------------------------
+    @_locked
     def begin(self, **context: Any) -> None:
         """Record the run start (model, nodes, order, options, …) and write the first handoff."""
         s = self.state
         self._event("run_start", run_id=s.run_id, model=s.model_id, nodes=s.nodes, model_dirs=s.model_dirs,
                     order=s.order, command=s.command, audit=s.audit, **context)
 
+    @_locked
     def warning(self, text: str, gate: str | None = None) -> None:
         """A run-level (or gate) warning: ledger.jsonl and the hand-off's warnings line."""
         rec = self._rec(gate)
         (rec.warnings if rec else self.state.warnings).append(one_line(text, 400))
         self._event("warning", gate=gate, text=text)
 
+    @_locked
     def end(self, exitstatus: int, interrupted: str = "") -> None:
         """Record the run end; a gate still `running` is marked interrupted in the hand-off."""
         self.state.finished = True
@@ -79,18 +96,21 @@ class Ledger:
         self._event("run_end", exitstatus=int(exitstatus), interrupted=interrupted or None,
                     handoff=self.fields())
 
+    @_locked
     def profile_update(self, path: str, diff: dict[str, Any]) -> None:
         """Record the model-profile diff written after a green bootstrap."""
         self.state.profile_diff = diff
         self._event("profile_update", path=path, diff=diff)
 
     # -- gates ---------------------------------------------------------------------------
+    @_locked
     def gate_start(self, gate: str, t: float | None = None) -> None:
         """Gate `gate` starts now: the hand-off names it as running."""
         rec = self.state.gates[gate]
         rec.outcome, rec.started, rec.reason = "running", time.time() if t is None else t, ""
         self._event("gate_start", gate=gate, phase=rec.phase)
 
+    @_locked
     def gate_result(self, gate: str, outcome: str, reason: str = "", duration: float | None = None,
                     missing_pass: bool = False, **extra: Any) -> None:
         """Gate finished: outcome passed/failed/skipped, first reason line, duration."""
@@ -105,6 +125,7 @@ class Ledger:
                     duration_s=round(rec.duration, 3), evidence=rec.evidence or None,
                     notes=rec.notes or None, **extra)
 
+    @_locked
     def gate_reused(self, gate: str, when: float, run_id: str, summary: dict[str, Any]) -> None:
         """Gate satisfied by a cached pass (reused under --resume-bootstrap or an upstream under -k)."""
         rec = self.state.gates[gate]
@@ -117,12 +138,14 @@ class Ledger:
         self._event("reuse", gate=gate, phase=rec.phase, from_time=when, from_run=run_id,
                     evidence=rec.evidence or None)
 
+    @_locked
     def bench_result(self, name: str, outcome: str, reason: str = "", duration: float | None = None) -> None:
         """A benchmark case finished (passed/failed/skipped)."""
         self.state.bench[name] = (outcome, one_line(reason, 300))
         self._event("bench", item=name, outcome=outcome, reason=one_line(reason, 300) or None,
                     duration_s=round(duration, 3) if duration is not None else None)
 
+    @_locked
     def note(self, gate: str | None, key: str, value: Any, item: str | None = None) -> None:
         """A measured fact; `warning` notes also become hand-off warnings."""
         rec = self._rec(gate)
@@ -133,12 +156,14 @@ class Ledger:
             rec.evidence = one_line(f"{key}={value}", 200) if not rec.evidence else rec.evidence
         self._event("warning" if key == "warning" else "note", gate=gate, item=item, key=key, value=value)
 
+    @_locked
     def evidence_line(self, gate: str, text: str) -> None:
         """Set the one-line evidence shown in the Phase Gates table."""
         rec = self._rec(gate)
         if rec is not None:
             rec.evidence = one_line(text, 200)
 
+    @_locked
     def strongest(self, gate: str | None, text: str, item: str | None = None) -> None:
         """Set STRONGEST_EVIDENCE explicitly (the furthest gate's wins)."""
         rec = self._rec(gate)
@@ -147,6 +172,7 @@ class Ledger:
             rec.evidence = rec.strongest
         self._event("strongest", gate=gate, item=item, text=text)
 
+    @_locked
     def signatures(self, gate: str | None, sigs: list[dict[str, Any]], item: str | None = None) -> None:
         """Failure signatures a gate matched (dicts: id, title, cause, next_command, matched)."""
         clean = [{k: s.get(k) for k in ("id", "title", "cause", "next_command", "matched")} for s in sigs]
@@ -155,6 +181,7 @@ class Ledger:
             rec.signatures.extend(clean)
         self._event("signature", gate=gate, item=item, signatures=clean)
 
+    @_locked
     def evidence_file(self, gate: str | None, kind: str, name: str, path: str | None = None,
                       item: str | None = None) -> None:
         """An evidence attachment (text/json/png) of a gate, as a ledger record (jsonl only)."""

@@ -142,6 +142,8 @@ class Runner:
 
     # ---- main loop -------------------------------------------------------------------------------
     def run(self) -> None:
+        fast = "0" if os.environ.get("EXO_FAST_SYNCH", "").lower() == "false" else "1"
+        self.log(f"Fast synch flag: {fast}", where="exo.worker.runner.bootstrap:entrypoint:60")
         self.log("hello from the runner")
         self.status("RunnerIdle")
         self.log("runner created")
