@@ -801,6 +801,8 @@ def _setup_html(config: pytest.Config, gs: GateSession) -> None:
     if not config.option.htmlpath:
         config.option.htmlpath = str(gs.folder.path / "ledger.html")
         config.option.self_contained_html = True
+        css = gs.folder.write_text("ledger.css", lhtml.LEDGER_CSS)
+        config.option.css = [*(getattr(config.option, "css", None) or []), str(css)]
     try:
         if not config.getini("generate_report_on_test"):
             config._inicache["generate_report_on_test"] = True  # a killed run still leaves a ledger
@@ -850,8 +852,9 @@ def profile_row_updates(gs: GateSession) -> dict[str, Any]:
     for key, value in (("sharding", config_value(gs, "EXO_SHARDING")), ("instance_meta", config_value(gs, "EXO_INSTANCE_META"))):
         if value:
             row[key] = value
-    row["notes"] = (f"green bootstrap {gs.folder.run_id} on {len(gs.cfg.nodes)} node(s)"
-                    + (f", {dur(time.time() - gs.ledger.state.started)}" if gs.ledger.state.started else ""))
+    if not (gs.cfg.profile or {}).get("notes"):  # never overwrite an operator's notes
+        row["notes"] = (f"first green bootstrap {gs.folder.run_id} on {len(gs.cfg.nodes)} node(s), "
+                        f"{dur(time.time() - gs.ledger.state.started)}")
     row["status"] = "active"
     return row
 

@@ -8,6 +8,9 @@ raises `InputError` naming the file and field; `status_gate` decides whether a r
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +102,6 @@ def record_bootstrap(path: Path, model_id: str, row_updates: dict[str, Any]) -> 
     decision; new rows are `active`. `updated` alone is not a change: with nothing else different the
     file is left untouched and the diff is empty.
     """
-    import os
-    import tempfile
-    import time
-
     data = load(path)
     old = dict(data["models"].get(model_id) or {})
     new = {**old, **{k: v for k, v in row_updates.items() if k in FIELDS and v is not None}}

@@ -8,7 +8,8 @@ Schedule (per request; all deadlines absolute against `time.perf_counter()`, nev
 sleeps, so lateness does not accumulate): the request is stamped `t_recv` when its body is
 read; token i (0-based) is due at `t_recv + ttft + i*gap`; a chunk of k tokens is written when
 its last token is due. The server's perf_counter is the same CLOCK_MONOTONIC as the client's
-(same host), so `GET /log` (per request: t_recv and the actual write time of every chunk) lets
+(same host), so `GET /log` (per request: t_recv, the actual write time of every chunk, and the number of the TCP connection
+it came on) lets
 a test compare the client's stamps with the server's.
 
 Per-request knobs go in the JSON body under "calib" (unknown keys are an error):
@@ -51,6 +52,7 @@ MODES = {"normal", "error_chunk", "no_done", "cut_body", "cut_json", "keepalive_
 
 class _State:
     model = "calib/model"
+    connections = 0
     answers: dict[str, str] = {}
     log: list[dict[str, Any]] = []
     lock = threading.Lock()
@@ -102,6 +104,9 @@ class Handler(socketserver.StreamRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with _State.lock:
+            _State.connections += 1
+            self.conn_no = _State.connections
 
     def handle(self) -> None:
         while True:
@@ -180,7 +185,7 @@ class Handler(socketserver.StreamRequestHandler):
         tokens, n_reason = _tokens_for(body, cfg, bench)
         entry: dict[str, Any] = {"id": f"cmd-{uuid.uuid4().hex[:12]}", "t_recv": t_recv, "t_sent": [],
                                  "n": len(tokens), "chunk": int(cfg["chunk"]), "bench": bench,
-                                 "stream": bool(body.get("stream")), "ttft_ms": cfg["ttft_ms"],
+                                 "stream": bool(body.get("stream")), "ttft_ms": cfg["ttft_ms"], "conn": self.conn_no,
                                  "gap_ms": cfg["gap_ms"]}
         with _State.lock:
             _State.log.append(entry)

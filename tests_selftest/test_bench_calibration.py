@@ -50,7 +50,9 @@ def test_accuracy_ttft_2ms_decode_1pct(server: CalibServer, concurrency: int, ch
         return (abs(m["ttft_err_ms"]["p50"]) < 2.0 and abs(m["decode_err_pct"]["p50"]) < 1.0
                 and abs(m["decode_err_pct"]["mean"]) < 1.0)
 
-    for attempt in range(1, 4):
+    attempt = 0
+    while True:
+        attempt += 1
         server.reset_log()
         m = measure(server.url, MODEL, concurrency, ttft_ms=80.0, gap_ms=10.0, tokens=48, chunk=chunk, rounds=3,
                     server_log=server.log)
@@ -60,7 +62,7 @@ def test_accuracy_ttft_2ms_decode_1pct(server: CalibServer, concurrency: int, ch
         assert abs(m["ttft_lag_ms"]["p50"]) < 2.0, m["ttft_lag_ms"]
         assert abs(m["decode_err_vs_sent_pct"]["p50"]) < 1.0, m["decode_err_vs_sent_pct"]
         assert abs(m["decode_err_vs_sent_pct"]["mean"]) < 1.0, m["decode_err_vs_sent_pct"]
-        if schedule_ok(m):
+        if schedule_ok(m) or attempt == 3:
             break
     assert schedule_ok(m), (f"after {attempt} attempts (load average {os.getloadavg()}): "
                             f"TTFT {m['ttft_err_ms']}, decode {m['decode_err_pct']}")
@@ -199,3 +201,31 @@ def test_parser_takes_data_line_without_trailing_newline_at_eof() -> None:
     st.feed(_chunk("a") + b"data: [DONE]", t=0.1)
     st.finish()
     assert rec.saw_done and rec.text == "a"
+
+
+def test_prefill_progress_is_not_a_stall_but_keepalive_alone_is() -> None:
+    from modeldrop.bench.client import _Abort
+
+    rec = RequestRecord(tag="", endpoint="", stream=True, wall_start=0, t_send=0)
+    st = _SSEState(rec, stall_timeout_s=0.3)
+    st.feed(b': prefill_progress {"PrefillProgressChunk": {"processed_tokens": 5, "total_tokens": 9}}\n\n', t=0.25)
+    st.feed(b": keep-alive\n\n", t=0.5)  # 0.25 s after progress: fine
+    assert rec.prefill_progress == [[0.25, 5, 9]] and rec.keepalives == 1
+    with pytest.raises(_Abort, match="only keep-alive"):
+        st.feed(b": keep-alive\n\n", t=0.6)  # 0.35 s without data or progress
+
+
+def test_keep_alive_connection_is_reused_after_complete_bodies(server: CalibServer) -> None:
+    client = BenchClient(server.url, MODEL)
+    server.reset_log()
+    for stream in (True, False, True):
+        assert client.send(ChatRequest(messages=[{"role": "user", "content": "x"}], max_tokens=3, stream=stream,
+                                       extra_body={"calib": {"ttft_ms": 1, "gap_ms": 1}})).ok
+    bad = client.send(ChatRequest(messages=[{"role": "user", "content": "x"}], max_tokens=3,
+                                  extra_body={"calib": {"mode": "error_chunk", "error_after": 1}}))
+    after = client.send(ChatRequest(messages=[{"role": "user", "content": "x"}], max_tokens=3,
+                                    extra_body={"calib": {"ttft_ms": 1, "gap_ms": 1}}))
+    conns = [e["conn"] for e in server.log()]
+    assert bad.error_kind == "stream_error" and after.ok
+    assert len(set(conns[:4])) == 1  # one connection for the complete bodies (and the aborted one)
+    assert conns[4] != conns[3]  # an aborted body is not reused

@@ -7,7 +7,15 @@ import time
 import pytest
 
 from tests_selftest.emulator_fixtures import (  # noqa: F401
-    MODEL_ID, emu_factory, fresh_subnet, instance_body, new_pair, tiny_model, wait_cluster, wait_for)
+    MODEL_ID,
+    emu_factory,
+    fresh_subnet,
+    instance_body,
+    new_pair,
+    tiny_model,
+    wait_cluster,
+    wait_for,
+)
 
 # contract §2.2 per-node map bodies
 IDENTITY_KEYS = {"modelId", "chipId", "friendlyName", "osVersion", "osBuildVersion"}
@@ -74,13 +82,16 @@ def test_pair_api_errors(new_pair) -> None:  # noqa: F811
     assert "mlx-community/Llama-3.2-1B-Instruct-4bit" in all_ids and MODEL_ID in all_ids
     code, prev = a.get(f"/instance/previews?model_id={MODEL_ID}")
     assert code == 200 and any(p["error"] is None for p in prev["previews"])
-    # Llama-1B (696 MB) does not fit 2 x 0.5 GB? it does fit 2 x 12 GB; ask for an impossible explicit instance
+    # POST /instance checks the card's size against the cluster-wide ramAvailable (2 x 12 GiB here)
     code, inst = a.get(f"/instance/placement?model_id={MODEL_ID}&min_nodes=1")
     assert code == 200
-    shard = next(iter(instance_body(inst)["shardAssignments"]["runnerToShard"].values()))
-    shard["PipelineShardMetadata"]["modelCard"]["storageSize"]["inBytes"] = 10 ** 12
+    instance_body(inst)["shardAssignments"]["modelId"] = "mlx-community/Qwen3.5-122B-A10B-4bit"  # 64.8 GiB card
     code, body = a.post("/instance", {"instance": inst})
-    assert code == 400 and body["error"]["message"].startswith("Insufficient memory to create instance. Required: ")
+    assert code == 400
+    assert body["error"]["message"] == "Insufficient memory to create instance. Required: 64.8GB, Available: 24.0GB"
+    assert a.get("/instance/placement?model_id=nobody/unknown")[0] == 500  # card fetch needs HF
+    assert a.get("/instance/previews?model_id=nobody/unknown")[1]["error"]["message"].startswith(
+        "Failed to load model card: ")
     # async placement failure: 200 and only the master's log knows
     code, body = a.post("/place_instance", {"model_id": MODEL_ID, "min_nodes": 3})
     assert code == 200 and body["message"] == "Command received." and "command_id" in body
@@ -120,9 +131,11 @@ def test_new_namespace_flag_isolation_and_isolated_fault(emu_factory) -> None:  
     b = emu_factory("b", addrs[1], addrs).start("--namespace", "team1")
     c = emu_factory("c", addrs[2], addrs).start("--namespace", "team2")
     d = emu_factory("d", addrs[3], addrs, faults={"isolated": True}).start("--namespace", "team1")
+    e = emu_factory("e", f"127.{sub}.0.15", [*addrs, f"127.{sub}.0.15"],
+                    faults={"namespace": "other"}).start("--namespace", "team1")
     wait_cluster([a, b])
-    wait_for(lambda: "Unpausing API" in c.log() and "Unpausing API" in d.log(), 20, "c, d up")
-    for lone in (c, d):
+    wait_for(lambda: all("Unpausing API" in n.log() for n in (c, d, e)), 20, "c, d, e up")
+    for lone in (c, d, e):
         assert list(lone.state()["nodeIdentities"]) == [lone.node_id()]
         assert lone.node_id() not in a.state()["nodeIdentities"]
 
@@ -166,7 +179,7 @@ def test_node_loss_and_master_change(emu_factory, tiny_model) -> None:  # noqa: 
     for n in nodes:
         n.start()
     ids = wait_cluster(nodes)
-    logs = {i: n for i, n in zip(ids, nodes)}
+    logs = {i: n for i, n in zip(ids, nodes, strict=False)}
     master_id = next(i for i, n in logs.items() if "promoting self" in n.log())
     master = logs[master_id]
     followers = [n for i, n in logs.items() if i != master_id]
@@ -199,3 +212,26 @@ def test_force_master_takes_over(emu_factory) -> None:  # noqa: F811
     wait_for(lambda: f"Node {b_id} elected master - demoting self" in a.log(), 20, "a demoted")
     assert "Node elected Master - promoting self" in b.log()
     wait_cluster([a, b])
+
+
+def test_pair_instance_record_await_and_delete(new_pair) -> None:  # noqa: F811
+    import json
+    import urllib.request
+
+    a, b = new_pair
+    code, inst = a.get(f"/instance/placement?model_id={MODEL_ID}&min_nodes=1")
+    iid = instance_body(inst)["instanceId"]
+    code, created = b.post("/instance", {"instance": inst})
+    assert code == 200 and set(created) == {"message", "command_id", "model_card"}
+    assert created["model_card"]["modelId"] == MODEL_ID  # camelCase card inside a snake_case wrapper
+    wait_for(lambda: iid in a.state()["instances"] and iid in b.state()["instances"], 10, "instance on both")
+    assert b.get(f"/instance/{iid}")[1] == inst
+    with urllib.request.urlopen(f"{a.url}/instance/await?model_id={MODEL_ID}&timeout_seconds=5", timeout=10) as r:
+        text = r.read().decode()
+    assert text.startswith(": keep-alive")
+    ready = json.loads(next(ln for ln in text.splitlines() if ln.startswith("data: "))[6:])
+    assert ready["type"] == "ready" and ready["instance"]["instance_id"] == iid
+    assert "node_to_runner" in ready["instance"]["shard_assignments"]
+    code, d = http_delete(a, f"/instance/{iid}")
+    assert code == 200 and d["instance_id"] == iid and d["message"] == "Command received."
+    wait_for(lambda: a.get(f"/instance/{iid}")[0] == 404 and b.get(f"/instance/{iid}")[0] == 404, 20, "gone")

@@ -222,3 +222,11 @@ def test_chat_shapes() -> None:
                                              "peak_memory_usage", "prefix_cache_hit"}
     with pytest.raises(C.RequestError):
         C.parse_chat({"messages": []}, bench=False)
+
+
+def test_old_stream_chunks_send_nulls() -> None:
+    # contract §2.5: since 2026-05-14 null fields are omitted; older versions (v1.0.71) sent them as null
+    req = C.parse_chat({"model": "m", "messages": [{"role": "user", "content": "hi"}]}, bench=False)
+    old = C.delta_chunk(req, "Hel", False)
+    assert old["choices"][0]["delta"]["content"] == "Hel" and old["choices"][0]["finish_reason"] is None
+    assert old["usage"] is None and old["object"] == "chat.completion"

@@ -73,6 +73,7 @@ def test_handoff_sections_and_block(pytester):
     assert block["CURRENT_PHASE"] == "1B (node1_canary)"
     assert block["KNOWN_BLOCKER"].startswith("node1_canary (failed): API never answered on :52415")
     assert "SIG-1" in block["KNOWN_BLOCKER"]
+    assert block["STRONGEST_EVIDENCE"] == "node1_canary: API never answered on :52415"
     assert block["DO_NOT_REPEAT"] == "preflight,node1_download,node1_verify"
     assert block["NEXT_COMMAND"].endswith("gates/ --model org/tiny-model --env-file test.env -k node1_canary")
     assert "| node1_canary | 1B | failed |" in text
@@ -119,6 +120,11 @@ def test_green_bootstrap_updates_the_profile_and_points_at_benchmarks(pytester):
     update = [r for r in jsonl(folder) if r["event"] == "profile_update"]
     assert update and update[0]["diff"]["instance_id"] == {"old": None, "new": "inst-42"}
     assert "profile updated" in (folder / "handoff.md").read_text()
+    assert row["notes"].startswith("first green bootstrap ")
+    # A second green run with the same measurements changes nothing (and keeps the notes).
+    assert pytester.runpytest(*BASE, "--resume-bootstrap").ret == 0
+    assert json.loads((pytester.path / "profiles.json").read_text())["models"]["org/tiny-model"] == row
+    assert not [r for r in jsonl(latest(pytester)) if r["event"] == "profile_update"]
 
 
 def test_ledger_html_has_handoff_started_column_and_environment(pytester):
@@ -176,3 +182,35 @@ def test_benchmarks_do_not_run_after_a_failed_gate(pytester):
     result.stdout.fnmatch_lines(["SKIPPED*blocked by chat (failed): no choices in the answer"])
     bench = {r["item"]: r["outcome"] for r in jsonl(latest(pytester)) if r["event"] == "bench"}
     assert bench == {"test_sweep[1]": "skipped", "test_sweep[2]": "skipped"}
+
+
+def test_evidence_from_setup_and_teardown_reaches_ledger_html(pytester):
+    make_suite(pytester, nodes="studio1")
+    pytester.makepyfile(**{"gates/test_c_phases": '''
+import pytest
+
+@pytest.fixture
+def cluster(evidence):
+    evidence.text("setup transcript", "launched exo on node1")
+    yield
+    evidence.json("teardown state", {"runners": "stopped"})
+
+@pytest.fixture
+def broken(evidence):
+    evidence.text("setup failure transcript", "ssh: connect to host studio1 port 22: refused")
+    raise RuntimeError("cannot reach node1")
+
+@pytest.mark.gate("startup")
+def test_startup_phases(cluster):
+    pass
+
+@pytest.mark.gate("cluster")
+def test_cluster_broken(broken):
+    pass
+'''})
+    pytester.runpytest(*BASE)
+    html = (latest(pytester) / "ledger.html").read_text()
+    for name in ("startup: setup transcript", "startup: teardown state", "cluster: setup failure transcript"):
+        assert name in html, name
+    fail = next(r for r in jsonl(latest(pytester)) if r["event"] == "fail")
+    assert fail["gate"] == "cluster" and fail["reason"] == "RuntimeError: cannot reach node1"

@@ -116,3 +116,15 @@ def test_explain_change_words():
     assert explain_change(old, fingerprint_parts("node2_verify", cfg(), Facts(hub="b" * 40))).startswith(
         "for hub commit aaaaaaaaaaaa (now bbbbbbbbbbbb)")
     assert explain_change({}, new).startswith("for a fingerprint recorded without details")
+
+
+def test_optional_exo_session_invalidates_cluster_gates_only():
+    class WithSession(Facts):
+        def exo_session(self, k):
+            return self.d.get("sess", {}).get(k)
+
+    before, after = WithSession(sess={1: "pid1@t0", 2: "pid2@t0"}), WithSession(sess={1: "pid9@t5", 2: "pid2@t0"})
+    assert gate_fingerprint("chat", cfg(), before) != gate_fingerprint("chat", cfg(), after)
+    assert gate_fingerprint("parity", cfg(), before) == gate_fingerprint("parity", cfg(), after)
+    old, new = fingerprint_parts("startup", cfg(), before), fingerprint_parts("startup", cfg(), after)
+    assert explain_change(old, new) == "for another exo session on node1 (exo restarted)"

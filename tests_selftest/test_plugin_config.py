@@ -133,3 +133,16 @@ def test_selftests_need_no_config(pytester):
     result = pytester.runpytest()
     assert result.ret == 0
     assert not (pytester.path / "reports").exists()
+
+
+def test_sandbox_unavailable_is_one_line(pytester, no_nodes, monkeypatch):
+    import sys
+    make_suite(pytester)
+    monkeypatch.setitem(sys.modules, "sandbox.cluster", None)
+    line = one_line_usage_error(pytester.runpytest("gates", "--sandbox"))
+    assert line.startswith("ERROR: --sandbox: the sandbox is unavailable")
+
+
+def test_sandbox_node_count_is_checked(pytester, no_nodes):
+    make_suite(pytester)
+    assert "--sandbox-nodes" in one_line_usage_error(pytester.runpytest("gates", "--sandbox", "--sandbox-nodes", "7"))

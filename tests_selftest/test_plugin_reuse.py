@@ -141,3 +141,9 @@ def test_audit_passes_are_recorded_and_reused(pytester):
     passes = json.loads((pytester.path / "reports" / "pass_cache.json").read_text())["passes"]
     assert set(passes) == {"preflight", "node1_verify", "node2_verify", "parity"}
     assert all(time.time() - rows[0]["time"] < 600 for rows in passes.values())
+    # Ring input ready: the printed next step is the bootstrap. The audit's preflight skipped the exo
+    # checks, so it is not reused, and the bootstrap runs from preflight on.
+    nxt = handoff_block(latest(pytester))["NEXT_COMMAND"]
+    assert "--audit" not in nxt and nxt.endswith("--resume-bootstrap")
+    assert pytester.runpytest(*BASE, "--resume-bootstrap").ret == 0
+    assert trace(pytester) == FULL_ORDER_2

@@ -100,6 +100,20 @@ def signature_ids(r: RunResult, gate: str) -> list[str]:
     return out
 
 
+def gate_times(r: RunResult, gate: str) -> tuple[float | None, float | None]:
+    """(the gate's own duration, seconds from exo's start — the startup gate's start — to the gate's verdict)."""
+    start_t, result = None, None
+    for line in (r.run_folder() / "ledger.jsonl").read_text().splitlines():
+        ev = json.loads(line)
+        if ev.get("event") == "gate_start" and ev.get("gate") == "startup":
+            start_t = float(ev["t"])
+        if ev.get("event") in ("pass", "fail") and ev.get("gate") == gate:
+            result = ev
+    if result is None:
+        return None, None
+    return float(result["duration_s"]), (float(result["t"]) - start_t) if start_t else None
+
+
 def assert_caught(r: RunResult, gate: str, sig: str | None) -> None:
     assert r.outcome(gate) == "failed", f"{gate}: {r.outcome(gate)}\n{r.output[-3000:]}"
     assert later_gates_not_run(r, gate, ORDER) == []
@@ -161,7 +175,9 @@ def test_fault_caught_at_its_gate(box, tmp_path, name, k, faults, gate, sig):
     box.set_exo_faults(k, faults)
     t0 = time.monotonic()
     r = run(box, tmp_path)
-    print(f"{name}: caught at {gate} after {time.monotonic() - t0:.1f}s of run; message: {r.message(gate)[:200]}")
+    own, since_exo = gate_times(r, gate)
+    print(f"\nMEASURE {name}: {gate} failed after {own}s in the gate, {since_exo and round(since_exo, 1)}s after exo "
+          f"started; run {time.monotonic() - t0:.1f}s; {r.message(gate)[:160]}")
     try:
         assert_caught(r, gate, sig)
     finally:

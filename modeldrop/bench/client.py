@@ -20,8 +20,8 @@ line buffer fills. All SSE events that arrive in one read share that read's stam
 arrive together).
 
 EXO's SSE (reference/exo-contract.md §2.5) and how each piece is handled:
-- comment lines: `: keep-alive` (counted; a stream that shows only keep-alives for
-  `stall_timeout_s` is aborted as `stalled`), `: prefill_progress {...}` (kept with its
+- comment lines: `: keep-alive` (counted; a stream that shows only keep-alives, with neither
+  data nor prefill progress, for `stall_timeout_s` is aborted as `stalled`: the hang signature), `: prefill_progress {...}` (kept with its
   arrival time), `: generation_stats {...}` (parsed; server truth for token counts and tps);
 - `data: {...}` chunks with `object:"chat.completion"` (not `.chunk`) and `role` repeated in
   every delta: a chunk is a *token chunk* when its delta has non-empty `content`,
@@ -322,6 +322,7 @@ class _SSEState:
         elif body.startswith(b"generation_stats"):
             rec.generation_stats = _json_or_none(body[len(b"generation_stats"):])
         elif body.startswith(b"prefill_progress"):
+            self.last_data_t = t  # prefill is progressing: not a hang
             obj = _json_or_none(body[len(b"prefill_progress"):]) or {}
             inner = obj.get("PrefillProgressChunk", obj)
             rec.prefill_progress.append([t, inner.get("processed_tokens", 0), inner.get("total_tokens", 0)])
@@ -346,13 +347,16 @@ class _SSEState:
         if isinstance(obj.get("generation_stats"), dict):
             rec.generation_stats = obj["generation_stats"]
         for choice in obj.get("choices") or []:
-            self._choice(choice, t)
+            if isinstance(choice, dict):
+                self._choice(choice, t)
 
     def _choice(self, choice: dict[str, Any], t: float) -> None:
         rec = self.rec
         if choice.get("finish_reason"):
             rec.finish_reason = choice["finish_reason"]
-        delta = choice.get("delta") or {}
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            return
         content = delta.get("content") or ""
         reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
         tools = delta.get("tool_calls")
@@ -397,7 +401,7 @@ class BenchClient:
     """
 
     def __init__(self, base_url: str, model: str, *, connect_timeout_s: float = 5.0,
-                 read_timeout_s: float = 600.0, stall_timeout_s: float = 60.0):
+                 read_timeout_s: float = 600.0, stall_timeout_s: float = 120.0):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.timeout = (connect_timeout_s, read_timeout_s)
@@ -452,17 +456,26 @@ class BenchClient:
                                         stream=True, timeout=self.timeout)
         finally:
             self._rebase(rec, t_call)
-        with resp:
+        complete = False
+        try:
             rec.t_headers = time.perf_counter() - rec.t_send
             rec.status = resp.status_code
             if resp.status_code != 200:
                 raw = resp.content
                 rec.t_end = time.perf_counter() - rec.t_send
+                complete = True
                 raise _Abort("http", f"HTTP {resp.status_code}: {_error_message(raw)}")
             if req.stream:
-                self._read_stream(resp, rec)
+                complete = self._read_stream(resp, rec)
             else:
                 self._read_whole(resp, rec)
+                complete = True
+        finally:
+            # a body read to its end leaves the connection reusable (keep-alive); otherwise drop it
+            if complete:
+                resp.raw.release_conn()
+            else:
+                resp.close()
 
     @staticmethod
     def _rebase(rec: RequestRecord, t_call: float) -> None:
@@ -472,7 +485,8 @@ class BenchClient:
             rec.t_send = t_wire
             rec.send_overhead_s = t_wire - t_call
 
-    def _read_stream(self, resp: requests.Response, rec: RequestRecord) -> None:
+    def _read_stream(self, resp: requests.Response, rec: RequestRecord) -> bool:
+        """Read the SSE body to its end (returns True) or raise _Abort on an error event/stall."""
         state = _SSEState(rec, self.stall_timeout_s)
         raw = resp.raw
         t0 = rec.t_send
@@ -494,6 +508,7 @@ class BenchClient:
                 pass
         if not rec.saw_done:
             raise _Abort("no_done", f"stream ended without [DONE] after {len(rec.chunk_times)} token chunks")
+        return True
 
     def _read_whole(self, resp: requests.Response, rec: RequestRecord) -> None:
         raw_body = resp.content

@@ -148,12 +148,16 @@ class LaunchRecord:
 
 
 def api_addresses(node: Node) -> list[str]:
-    """Where to connect-test the API port: loopback and the node's own address (exo binds 0.0.0.0)."""
+    """Where to connect-test the API port: the address the suite reaches the API at, plus 127.0.0.1 when that
+    address is not itself a loopback address (exo binds 0.0.0.0, so a loopback-only listener blocks it too;
+    nodes addressed by a loopback address, e.g. several on one host, each have their own)."""
     try:
         addr = node.address()
     except Exception:  # noqa: BLE001
         addr = None
-    return ["127.0.0.1"] + ([addr] if addr and addr not in ("127.0.0.1", "localhost") else [])
+    if not addr or addr == "localhost":
+        return ["127.0.0.1"]
+    return [addr] if addr.startswith("127.") or addr == "::1" else ["127.0.0.1", addr]
 
 
 def precheck_facts(problems: list[str]) -> dict:

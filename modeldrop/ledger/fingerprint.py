@@ -32,10 +32,12 @@ class Facts(Protocol):
 
     def manifest_digest(self, k: int) -> str | None: ...
 
+    # Optional: `exo_session(k) -> str | None`, identifying the exo process running on node k.
+
 
 _FILE_OPTS = ("ONLINE", "HF_INCLUDE")
 OPTIONS_BY_KIND: dict[str, tuple[str, ...]] = {
-    "preflight": ("ONLINE", "EXO_API_PORT"),
+    "preflight": ("ONLINE", "EXO_API_PORT", "AUDIT"),  # an audit's preflight skips the exo checks
     "download": (*_FILE_OPTS, "HF_REVISION"),
     "verify": (*_FILE_OPTS, "FAST", "VERIFY_HASHES", "EXPECTED_SAFE_TENSOR_COUNT", "EXPECTED_GGUF_COUNT"),
     "canary": ("ONLINE", "EXO_API_PORT"),
@@ -46,6 +48,9 @@ OPTIONS_BY_KIND: dict[str, tuple[str, ...]] = {
     "transport": ("ONLINE", "EXO_API_PORT", "EXO_NAMESPACE", "EXO_SHARDING", "EXO_INSTANCE_META"),
     "chat": ("ONLINE", "EXO_API_PORT", "EXO_NAMESPACE", "EXO_SHARDING", "EXO_INSTANCE_META"),
 }
+# Gates whose pass is about running exo processes: when the facts can tell which exo session runs on a
+# node (optional `exo_session(k)`: e.g. pid + start time), a restart or reboot invalidates their passes.
+CLUSTER_KINDS = ("startup", "cluster", "placement", "transport", "chat")
 _PER_NODE = re.compile(r"^node(\d+)_(download|verify|canary)$")
 
 
@@ -114,6 +119,9 @@ def fingerprint_parts(gate: str, cfg: RunConfig, facts: Facts) -> dict[str, Any]
         parts["exo_versions"] = {f"node{i}": facts.exo_version(i) for i in scope}
     if "manifests" in wanted:
         parts["manifests"] = {f"node{i}": facts.manifest_digest(i) for i in scope}
+    session = getattr(facts, "exo_session", None)
+    if kind in CLUSTER_KINDS and callable(session):
+        parts["exo_sessions"] = {f"node{i}": session(i) for i in scope}
     return parts
 
 
@@ -154,6 +162,8 @@ def explain_change(old: dict[str, Any], new: dict[str, Any]) -> str:
         reasons.append(f"for hub commit {_short(old.get('hub_commit'))} (now {_short(new.get('hub_commit'))})")
     reasons += _dict_changes(old.get("exo_versions") or {}, new.get("exo_versions") or {},
                              "for exo {old} on {key} (now {new})")
+    reasons += _dict_changes(old.get("exo_sessions") or {}, new.get("exo_sessions") or {},
+                             "for another exo session on {key} (exo restarted)")
     reasons += _dict_changes(old.get("nodes") or {}, new.get("nodes") or {}, "for {key} = {old} (now {new})")
     reasons += _dict_changes(old.get("model_dirs") or {}, new.get("model_dirs") or {},
                              "for model dir {old} on {key} (now {new})")

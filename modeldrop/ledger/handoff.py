@@ -99,9 +99,6 @@ class RunState:
     bench_only: bool = False
     bench: dict[str, tuple[str, str]] = field(default_factory=dict)  # test name -> (outcome, reason)
 
-    def record(self, gate: str) -> GateRecord:
-        return self.gates[gate]
-
     def in_order(self) -> list[GateRecord]:
         return [self.gates[g] for g in self.order]
 
@@ -158,7 +155,9 @@ def next_command(state: RunState) -> str:
     if state.bench_only:
         return _bench_next(state)
     if green(state):
-        return _cmd(state.base_argv + ["--resume-bootstrap"]) if state.audit else _bench_next(state)
+        if state.audit:  # the files are ring input: the bootstrap comes next
+            return _cmd([a for a in state.base_argv if a != "--audit"] + ["--resume-bootstrap"])
+        return _bench_next(state)
     b = blocker(state)
     if b is not None and not any(r.outcome == "running" for r in state.in_order()):
         return _cmd(state.base_argv + ["-k", state.k_exprs.get(b.gate, b.gate)])

@@ -53,6 +53,18 @@ def html_extra(content: str) -> dict:
     return _extra(content, "html", None, None, None)
 
 
+# pytest-html draws Title, Environment, Summary, results; this puts the Summary (whose prefix holds the
+# hand-off block) right under the title, above the long environment table.
+LEDGER_CSS = """
+body { display: flex; flex-direction: column; }
+body > #title, body > p { order: -2; }
+body > .summary { order: -1; }
+.modeldrop-handoff pre { background: #f6f8fa; border: 1px solid #d0d7de; padding: 8px; }
+.modeldrop-gates td, .modeldrop-gates th { border: 1px solid #d0d7de; padding: 2px 6px; text-align: left; }
+.modeldrop-gates { border-collapse: collapse; margin-bottom: 8px; }
+"""
+
+
 def started_header() -> str:
     return '<th class="sortable" data-column-type="started">Started</th>'
 

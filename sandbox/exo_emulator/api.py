@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from exo_emulator import chat as C
-from exo_emulator.cards import card_json, model_list_entry, uncamel_card
+from exo_emulator.cards import card_json, model_list_entry
 from exo_emulator.ids import new_uuid
 from exo_emulator.logs import logger
 from exo_emulator.placement import place, previews
@@ -236,17 +236,24 @@ class Handler(BaseHTTPRequestHandler):
             raise Unprocessable(errors)
         return str(model_id), sharding, meta, min_nodes
 
-    def _card_or_400(self, model_id: str, prefix: str = "Failed to load model card: ") -> dict[str, Any]:
+    def _card(self, model_id: str) -> dict[str, Any]:
+        """``ModelCard.load``: built-in, custom, synced; an unknown id would need an HF fetch, which
+        the emulator never does — the unguarded exception is FastAPI's plain 500, as exo offline."""
         card = self.node.find_card(model_id)
         if card is None:
-            if self.node.args.offline:
-                raise RuntimeError(f"Offline mode: cannot fetch model card for {model_id}")
-            raise HttpError(400, f"{prefix}Could not fetch config.json for {model_id}")
+            raise RuntimeError(f"Failed to fetch model card for {model_id}: no HF access")
         return card
+
+    def _card_or_400(self, model_id: str) -> dict[str, Any]:
+        """``/instance/previews`` wraps the card failure into 400 ``Failed to load model card: ...``."""
+        try:
+            return self._card(model_id)
+        except RuntimeError as exc:
+            raise HttpError(400, f"Failed to load model card: {exc}") from None
 
     def _placement(self, q: dict[str, list[str]]) -> None:
         model_id, sharding, meta, min_nodes = self._place_params(q)
-        card = self._card_or_400(model_id)
+        card = self._card(model_id)
         try:
             inst = place(self.node.state_data(), card, sharding, meta, min_nodes, self.node.cfg.generation)
         except ValueError as exc:
@@ -274,14 +281,10 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(inst, dict) or len(inst) != 1 or tag_of(inst) not in ("MlxRingInstance", "MlxJacclInstance"):
             raise Unprocessable([{"type": "union_tag_invalid", "loc": ["body", "instance"],
                                   "msg": "Input tag not found for tagged union", "input": inst}])
-        inner = unwrap(inst)
-        sa = inner["shardAssignments"]
-        shard = unwrap(next(iter(sa["runnerToShard"].values())))
-        card = uncamel_card(shard["modelCard"])
+        card = self._card(unwrap(inst)["shardAssignments"]["modelId"])
         state = self.node.state_data()
         required = card["storage_size"]["in_bytes"]
-        available = sum(int(state["nodeMemory"].get(nid, {}).get("ramAvailable", {}).get("inBytes", 0))
-                        for nid in sa["nodeToRunner"])
+        available = sum(int(m.get("ramAvailable", {}).get("inBytes", 0)) for m in state["nodeMemory"].values())
         if required > available:
             raise HttpError(400, f"Insufficient memory to create instance. Required: {required / 1024**3:.1f}GB, "
                                  f"Available: {available / 1024**3:.1f}GB")
@@ -303,7 +306,7 @@ class Handler(BaseHTTPRequestHandler):
             errors.append(_enum_error("instance_meta", meta, META_VALUES) | {"loc": ["body", "instance_meta"]})
         if errors:
             raise Unprocessable(errors)
-        card = self._card_or_400(str(body["model_id"]))
+        card = self._card(str(body["model_id"]))
         cid = new_uuid()
         self.node.send_command({"kind": "PlaceInstance", "card": card, "sharding": sharding, "instanceMeta": meta,
                                 "minNodes": int(body.get("min_nodes", 1))})

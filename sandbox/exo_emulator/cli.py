@@ -124,7 +124,18 @@ def _bind_error(errno_: int | None, layout: str, port: int) -> OSError:
     return OSError(num, f"error while attempting to bind on address ('0.0.0.0', {port}): address already in use")
 
 
+def _banner(port: int) -> None:
+    """exo prints a startup banner with the dashboard URL to stderr (not to exo.log)."""
+    url = f"http://localhost:{port}"
+    rule = "=" * 72
+    sys.stderr.write(f"\n{rule}\n  EXO  Distributed AI Inference Cluster\n{rule}\n"
+                     f"  Dashboard & API Ready\n  {url}\n"
+                     f"  Click the URL above to open the dashboard in your browser\n{rule}\n\n")
+    sys.stderr.flush()
+
+
 def _first_run(paths: Any, port: int) -> None:
+    _banner(port)
     marker = paths.first_run_marker
     if marker.exists():
         return

@@ -1,6 +1,6 @@
 """Peer discovery over UDP hellos to ``peer_addresses`` (stands in for zenoh multicast / mDNS).
 
-Contract: every ``hello_s`` a hello is sent to each peer address on the discovery port; hellos
+Contract: every ``hello_s`` a hello is sent to each peer address on the discovery port(s); hellos
 carry a hash of the namespace (NEW: ``--namespace``; OLD: the libp2p PSK material from
 ``EXO_LIBP2P_NAMESPACE``, default ``v0.0.1``) and the generation, so nodes of another namespace or
 generation are dropped silently. ``on_hello(info)`` is called for every accepted hello.
@@ -27,18 +27,37 @@ def namespace_hash(generation: str, namespace: str) -> str:
 
 
 class Discovery:
-    def __init__(self, bind_addr: str, port: int, peers: list[str], ns_hash: str, generation: str,
+    def __init__(self, bind_addr: str, ports: list[int], peers: list[str], ns_hash: str, generation: str,
                  interval: float, make_hello: Callable[[], dict[str, Any]],
                  on_hello: Callable[[dict[str, Any]], None]) -> None:
-        self.bind_addr, self.port, self.peers = bind_addr, port, [p for p in peers if p != bind_addr]
+        """``ports``: the first one that binds is used; hellos go to every one of them (OLD's mDNS
+        port 5353 needs root, so unprivileged node users fall back to the second)."""
+        self.bind_addr, self.ports, self.peers = bind_addr, ports, [p for p in peers if p != bind_addr]
         self.ns_hash, self.generation, self.interval = ns_hash, generation, interval
         self.make_hello, self.on_hello = make_hello, on_hello
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if hasattr(socket, "SO_REUSEPORT"):
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self.sock.bind((bind_addr, port))
+        self.sock = self._bind(bind_addr, ports)
         self.stopped = threading.Event()
+
+    @staticmethod
+    def _bind(addr: str, ports: list[int]) -> socket.socket:
+        last: OSError | None = None
+        for port in ports:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if hasattr(socket, "SO_REUSEPORT"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                sock.bind((addr, port))
+                return sock
+            except PermissionError as exc:
+                sock.close()
+                last = exc
+                continue
+            except OSError:
+                sock.close()
+                raise
+        assert last is not None
+        raise last
 
     def start(self) -> None:
         threading.Thread(target=self._send_loop, name="discovery-send", daemon=True).start()
@@ -49,10 +68,11 @@ class Discovery:
             hello = dict(self.make_hello(), magic="EXO", ns=self.ns_hash, gen=self.generation)
             data = json.dumps(hello).encode()
             for peer in self.peers:
-                try:
-                    self.sock.sendto(data, (peer, self.port))
-                except OSError as exc:
-                    logger.debug(f"discovery error {exc}", "exo.networking:discovery:1")
+                for port in self.ports:
+                    try:
+                        self.sock.sendto(data, (peer, port))
+                    except OSError as exc:
+                        logger.debug(f"discovery error {exc}", "exo.networking:discovery:1")
             self.stopped.wait(self.interval)
 
     def _recv_loop(self) -> None:

@@ -27,6 +27,9 @@ from exo_emulator.state import unwrap
 from exo_emulator.wire import JsonConn
 from exo_emulator.worker import READYISH, Worker
 
+MDNS_PORT = 5353  # OLD: libp2p mDNS
+MDNS_FALLBACK_PORT = 15353  # unprivileged users cannot bind 5353
+
 
 class BindError(Exception):
     """A listening socket could not be bound (port taken)."""
@@ -62,9 +65,10 @@ class Node:
             raise BindError(link_port, exc) from None
         self.cluster.chat_handler = self._serve_remote_chat
         if not cfg.faults.isolated:
-            port = a.discovery_port if cfg.is_new else 5353
+            ports = [a.discovery_port] if cfg.is_new else [MDNS_PORT, MDNS_FALLBACK_PORT]
+            port = ports[0]
             try:
-                self.discovery = Discovery(cfg.node_address, port, list(cfg.peer_addresses),
+                self.discovery = Discovery(cfg.node_address, ports, list(cfg.peer_addresses),
                                            namespace_hash(cfg.generation, self.namespace), cfg.generation,
                                            cfg.timing.hello_s, self.cluster.hello, self.cluster.on_hello)
             except OSError as exc:

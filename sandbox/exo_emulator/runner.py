@@ -47,7 +47,7 @@ class Runner:
 
         self.status("RunnerConnecting")
         hosts = [f"{h['ip']}:{h['port']}" for h in self.spec["hosts"]]
-        path = os.path.join(tempfile.gettempdir(), "exo_emulator", f"hosts_{self.spec['instance_id']}_{self.rank}.json")
+        path = os.path.join(tempfile.gettempdir(), f"exo_{os.getuid()}", f"hosts_{self.spec['instance_id']}_{self.rank}.json")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(hosts, f)

@@ -97,7 +97,10 @@ class Supervisor:
         """Shut the runner down (healthy shutdown: no RunnerFailed)."""
         self.stopping = True
         self.command("shutdown")
-        self.proc.join(timeout=2.0)
+        self.proc.join(timeout=0.5)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(timeout=1.0)
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join(timeout=2.0)
