@@ -15,12 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from modeldrop.hub import ExpectedManifest
+from modeldrop.probes.manifest import CACHE_PREFIX, is_litter
 
-CACHE_PREFIX = ".cache/huggingface/"
-CACHE_DOWNLOAD = CACHE_PREFIX + "download/"
-LITTER_NAMES = {".DS_Store", ".localized", "Icon\r", ".Spotlight-V100", ".fseventsd", ".Trashes",
-                ".TemporaryItems", ".DocumentRevisions-V100", ".metadata_never_index", ".apdisk",
-                ".VolumeIcon.icns", ".com.apple.timemachine.donotpresent"}
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth", ".index.json")
 MAX_LISTED = 6
 MAX_PARITY_LINES = 40
@@ -66,11 +62,6 @@ def listing(items: list[str], limit: int = MAX_LISTED) -> str:
 def plural(n: int, word: str, many: str | None = None) -> str:
     """'1 shard', '2 shards'."""
     return f"{n} {word if n == 1 else (many or word + 's')}"
-
-
-def is_litter(rel: str) -> bool:
-    """macOS litter: any path component in LITTER_NAMES or starting with '._'."""
-    return any(part in LITTER_NAMES or part.startswith("._") for part in rel.split("/"))
 
 
 def weight_format(rel: str) -> str | None:

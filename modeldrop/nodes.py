@@ -39,6 +39,8 @@ from modeldrop.errors import CommandTimeout, NodeError
 
 LineCallback = Callable[[str, str], None]
 TAIL_CHARS = 2000
+NO_STATUS_NOTE = ("\n[modeldrop] the SSH channel closed without an exit status: the command was killed by a "
+                  "signal, or the node's sshd / the connection went away\n")
 
 
 @dataclass
@@ -538,7 +540,10 @@ class SSHNode(Node):
                 for t in readers:
                     t.join(2)
                 raise self._timeout_error(cmd, timeout, streams["stdout"].finish(), streams["stderr"].finish())
-            return chan.recv_exit_status(), streams["stdout"].finish(), streams["stderr"].finish()
+            rc, err = chan.recv_exit_status(), streams["stderr"].finish()
+            if rc == -1:  # paramiko's "no exit-status": sshd sent exit-signal or the session died
+                err += NO_STATUS_NOTE
+            return rc, streams["stdout"].finish(), err
         finally:
             chan.close()
 

@@ -42,10 +42,10 @@ import pytest
 from modeldrop import gatelist, profiles
 from modeldrop.config import DEFAULT_ENV_FILE, OPTION_BY_KEY, OPTIONS, RunConfig, load_config
 from modeldrop.errors import InputError
-from modeldrop.ledger import GateRecord, Ledger, RunState
+from modeldrop.ledger import Evidence, GateRecord, Ledger, RunState
 from modeldrop.ledger import html as lhtml
 from modeldrop.ledger.fingerprint import digest, explain_change, fingerprint_parts
-from modeldrop.ledger.handoff import dur, green, hm, one_line
+from modeldrop.ledger.handoff import dur, green, one_line
 from modeldrop.ledger.passcache import PassCache, PassRecord
 from modeldrop.ledger.runfolder import RunFolder
 
@@ -166,7 +166,6 @@ def evidence_for(item: pytest.Item) -> Any:
     """The item's Evidence (created on first use); attached to the report of every phase."""
     ev = item.stash.get(EVIDENCE_KEY, None)
     if ev is None:
-        from modeldrop.ledger import Evidence
         gs = session_of(item.config)
         ev = Evidence(gs.ledger if gs else None, gate_id(item), item.nodeid,
                       gs.folder if gs else None, gs.secrets if gs else ())
@@ -866,4 +865,4 @@ def config_value(gs: GateSession, key: str) -> Any:
 
 
 __all__ = ["SESSION_KEY", "FACTS_KEY", "POOL_KEY", "GateSession", "gate_id", "evidence_for", "run_config_of",
-           "run_folder_of", "ledger_of", "pass_cache_of", "node_pool_of", "facts_of", "reusable", "hm"]
+           "run_folder_of", "ledger_of", "pass_cache_of", "node_pool_of", "facts_of", "reusable"]

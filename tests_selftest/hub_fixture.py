@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from tests_selftest.modelfiles import make_model
+from tests_selftest.sshd_fixture import free_port
 
 REPO = "modeldrop/unit-model"
 
@@ -20,12 +20,6 @@ class HubForTests:
     url: str
     repo: str
     tree: dict
-
-
-def _free_port(addr: str) -> int:
-    with socket.socket() as s:
-        s.bind((addr, 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +33,7 @@ def hub(tmp_path_factory) -> Iterator[HubForTests]:
     tree["sub/extra.txt"] = {"size": 6}
     hubmod.publish(root / "repos", REPO, src)
     host = f"127.0.98.{10 + os.getpid() % 200}"
-    port = _free_port(host)
+    port = free_port(host)
     handle = hubmod.start_hub(root / "repos", host, port, root / "hub.log", root / "hub.pid")
     try:
         yield HubForTests(handle, handle.url, REPO, tree)

@@ -10,6 +10,8 @@ import os
 import struct
 from pathlib import Path
 
+from sandbox.hub import git_blob_sha1
+
 COMMIT = "c0ffee" + "0" * 34
 
 
@@ -27,11 +29,6 @@ def write_safetensors(path: Path, data_bytes: int, *, chunk: bytes | None = None
             f.write(block[:left])
             left -= len(block[:left])
     return path.stat().st_size
-
-
-def git_blob_sha1(data: bytes) -> str:
-    """git's blob id of some content (what the hub's tree gives as `oid` for non-LFS files)."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def make_model(root: Path, *, n_shards: int = 3, shard_bytes: int = 4096, hf_cache: bool = True,

@@ -51,7 +51,8 @@ class SSHDHandle:
                 self.proc.wait()
 
 
-def _free_port(addr: str) -> int:
+def free_port(addr: str) -> int:
+    """A TCP port free on addr right now."""
     with socket.socket() as s:
         s.bind((addr, 0))
         return s.getsockname()[1]
@@ -80,7 +81,7 @@ def start_sshd(workdir: Path, addr: str | None = None) -> SSHDHandle:
     """Start a private sshd in workdir (see the module docstring)."""
     workdir.mkdir(parents=True, exist_ok=True)
     addr = addr or f"127.0.99.{10 + os.getpid() % 200}"
-    port = _free_port(addr)
+    port = free_port(addr)
     user = getpass.getuser()
     host_pub = keygen(workdir / "host_ed25519")
     client_pub = keygen(workdir / "client_ed25519")

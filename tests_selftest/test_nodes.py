@@ -227,3 +227,17 @@ def test_ssh_config_include_and_proxyjump(sshd, tmp_path):
     assert jumped.resolved.proxy_command == f"ssh -F {main} -W {sshd.addr}:{sshd.port} {sshd.alias}"
     assert jumped.run(["echo", "via jump"], timeout=20).stdout == "via jump\n"
     jumped.close()
+
+
+def test_ports_probe_counts_the_address_the_node_is_reached_at(node, sshd):
+    import socket
+    with socket.socket() as s:
+        s.bind((sshd.addr, 0))
+        s.listen(1)
+        p = node.run_probe("ports", {"port": s.getsockname()[1], "addresses": ["127.0.0.1"]})
+    assert not p["free"] and sshd.addr in p["addresses"] and p["listening_on"] == [sshd.addr]
+
+
+def test_killed_command_says_so(node):
+    r = node.run(["sh", "-c", "kill -9 $$"], timeout=10)
+    assert r.rc == -1 and "closed without an exit status" in r.stderr

@@ -132,6 +132,24 @@ def test_ports_and_sockets_see_a_listener(node):
     assert node.run_probe("ports", {"port": port, "addresses": ["127.0.0.1"]})["free"]
 
 
+def test_ports_ignores_listeners_on_other_addresses(node):
+    """Sandbox nodes share one host: a listener on another node's address is not this node's conflict."""
+    with socket.socket() as s:
+        s.bind(("127.0.97.5", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        p = node.run_probe("ports", {"port": port, "addresses": ["127.0.0.1"]})
+        assert p["free"] and p["holders"] == [] and p["other_listeners"][0]["local"] == "127.0.97.5"
+        assert p["other_listeners"][0]["pid"] == os.getpid()
+        mine = node.run_probe("ports", {"port": port, "addresses": ["127.0.0.1", "127.0.97.5"]})
+        assert not mine["free"] and mine["listening_on"] == ["127.0.97.5"]
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen(1)
+        p = node.run_probe("ports", {"port": s.getsockname()[1], "addresses": ["127.0.97.6"]})
+        assert not p["free"] and p["holders"][0]["local"] == "0.0.0.0"
+
+
 NETSTAT_SEQUOIA = """Active Internet connections (including servers)
 Proto Recv-Q Send-Q  Local Address          Foreign Address        (state)
 tcp4       0      0  192.168.1.20.52415     192.168.1.21.61234     ESTABLISHED
@@ -210,11 +228,7 @@ def test_picked_marker_parsing():
 def test_bsd_ps_parser_agrees_with_proc():
     """The macOS path (ps -o pid=,ppid=,stat=,lstart=,command=) parsed with procps ps gives the same
     identity as /proc: same ppid, start within the stop probe's tolerance."""
-    sys.path.insert(0, str(ROOT / "modeldrop" / "probes"))
-    try:
-        import _proc
-    finally:
-        sys.path.pop(0)
+    from modeldrop.probes import _proc
     if not shutil.which("ps"):
         pytest.skip("no ps")
     (bsd,) = _proc._darwin_ps([os.getpid()])

@@ -37,8 +37,12 @@ def sbx(worker_id):
 
 @pytest.fixture
 def box(sbx):
-    """The sandbox with faults cleared after the test (up() clears them) and the NEW generation back."""
+    """The sandbox with faults cleared after the test (up() clears them) and the NEW generation back.
+    Each test checks itself that its run left nothing behind; stopping the node users' processes here
+    only keeps one failing test from cascading into the next."""
     yield sbx
+    for k in (1, 2):
+        sbx.stop_node_processes(k)
     sbx.set_exo_generation("new")
     sbx.up()
 
@@ -47,8 +51,10 @@ def run(box, tmp_path: Path, *args: str, report: str = "reports") -> RunResult:
     return run_suite(["gates/"], Path(box.env_file), tmp_path / report, *WINDOWS, *args, timeout=600)
 
 
-def launch_records(r: RunResult) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((r.run_folder() / "exo").glob("node*-*.json"))]
+def launch_records(r: RunResult | Path) -> list[dict]:
+    """The launch records of a run (pass the folder when a later run in the same report dir moved `latest`)."""
+    folder = r if isinstance(r, Path) else r.run_folder()
+    return [json.loads(p.read_text()) for p in sorted((folder / "exo").glob("node*-*.json"))]
 
 
 def proc_start(pid: int) -> float | None:
@@ -124,18 +130,36 @@ def assert_caught(r: RunResult, gate: str, sig: str | None) -> None:
 
 # -- green ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("generation", ["new", "old"])
-def test_green_run_leaves_cluster_serving_then_rerun_reattaches(box, tmp_path, generation):
+def test_green_run_both_generations(box, tmp_path, generation):
+    """Every gate green; the canary stopped; the cluster left serving (no --teardown); flags per generation."""
     box.set_exo_generation(generation)
     t0 = time.monotonic()
     r = run(box, tmp_path)
     wall = time.monotonic() - t0
+    folder = r.run_folder()
     try:
-        check_green_then_reattach(box, tmp_path, r, generation, wall)
+        cluster = check_green(r, generation)
+        print(f"\nMEASURE green {generation}: full `pytest gates/` wall {wall:.1f}s")
     finally:
-        stop_leftovers(launch_records(r))
+        stop_leftovers(launch_records(folder))
+    assert wait_gone(cluster) == []
 
 
-def check_green_then_reattach(box, tmp_path, r, generation, wall):
+def test_k_rerun_reattaches_and_teardown_stops(box, tmp_path):
+    """After a green run, `-k chat` re-attaches to the serving cluster (same pids); --teardown stops it."""
+    r = run(box, tmp_path)
+    folder = r.run_folder()
+    try:
+        cluster = check_green(r, "new")
+        r2 = run(box, tmp_path, "-k", "chat", "--teardown")
+        assert r2.outcome("chat") == "passed", r2.output[-3000:]
+        assert {x["pid"] for x in launch_records(r2)} == {x["pid"] for x in cluster}
+        assert wait_gone(cluster) == []
+    finally:
+        stop_leftovers(launch_records(folder))
+
+
+def check_green(r: RunResult, generation: str) -> list[dict]:
     assert r.rc == 0, r.output[-4000:]
     for g in ORDER:
         assert r.outcome(g) == "passed", (g, r.message(g))
@@ -144,14 +168,11 @@ def check_green_then_reattach(box, tmp_path, r, generation, wall):
     cluster = [x for x in recs if x["role"] == "cluster"]
     assert canary and not any(alive(x) for x in canary), "the canary is always stopped"
     assert len(cluster) == 2 and all(alive(x) for x in cluster), "a green run leaves the cluster serving"
-    gen_flag = [x["argv"] for x in cluster]
-    assert all(("--namespace" in a) == (generation == "new") for a in gen_flag)
-    print(f"green {generation} wall {wall:.1f}s")
-    # -k rerun of one gate: re-attaches to the running cluster, and --teardown stops it afterwards.
-    r2 = run(box, tmp_path, "-k", "chat", "--teardown")
-    assert r2.outcome("chat") == "passed", r2.output[-3000:]
-    assert {x["pid"] for x in launch_records(r2)} == {x["pid"] for x in cluster}
-    assert wait_gone(cluster) == []
+    for x in cluster:
+        assert ("--namespace" in x["argv"]) == (generation == "new")
+        assert ("EXO_LIBP2P_NAMESPACE" in x["env"]) == (generation == "old")
+        assert ("EXO_LIBP2P_NAMESPACE" in x["unset_env"]) == (generation == "new")
+    return cluster
 
 
 # -- faults caught at their gate ------------------------------------------------------------------

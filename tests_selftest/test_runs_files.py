@@ -182,6 +182,8 @@ def test_files_differing_only_under_cache_pass_parity(clean):
 
 def test_hub_429_fails_node1_download_with_the_hubs_reason(clean):
     sbx, reports = clean
+    model_dir = node_dir(sbx, 1)
+    assert not model_dir.exists() or not any(model_dir.iterdir()), "hf serves a non-empty dir despite a 429"
     sbx.hub.set_faults({"rate_limit_429": True})
     result = run(sbx, reports)
     assert_caught(result, "node1_download", "429")

@@ -51,7 +51,7 @@ if __name__ == "__main__":
 
 
 # Helper modules prepended to a probe's payload (their names are then defined in the probe's namespace).
-PROBE_DEPS = {"procs": ("_proc",), "spawn": ("_proc",), "stop": ("_proc",)}
+PROBE_DEPS = {"procs": ("_proc",), "spawn": ("_proc",), "stop": ("_proc",), "ports": ("_net",), "sockets": ("_net",)}
 _FUTURE = "from __future__ import annotations\n"
 
 

@@ -1,8 +1,11 @@
-"""Probe `ports`: {port, addresses} -> {free, listening_on, holders} for a TCP port on this node.
+"""Probe `ports`: {port, addresses} -> {free, listening_on, holders, other_listeners} for a TCP port here.
 
-A connect test on each address decides `free`; holders are best effort: Linux /proc/net/tcp{,6} inodes
-matched against /proc/*/fd, macOS `lsof -nP -iTCP:<port> -sTCP:LISTEN` (a non-root lsof sees only the
-user's own processes, so an empty list does not prove anything).
+`free` is False when a connect to the port succeeds on one of `addresses` or on the address this node is
+reached at over SSH, or when a listener is bound there or to a wildcard address. Listeners on other
+specific addresses (another sandbox node on the same host) are reported in `other_listeners` only.
+Holders are best effort: Linux /proc/net/tcp{,6} inodes matched against /proc/*/fd (only the processes we
+may read), macOS `lsof -nP -iTCP:<port> -sTCP:LISTEN` (a non-root lsof sees only the user's own
+processes, so an empty list proves nothing: the connect test decides).
 """
 
 from __future__ import annotations
@@ -11,6 +14,11 @@ import os
 import socket
 import subprocess
 import sys
+
+if "proc_net_rows" not in globals():  # imported as a module (tests); on a node _net.py is prepended
+    from modeldrop.probes._net import plain_ip, proc_net_addr, proc_net_rows
+
+WILDCARDS = {"0.0.0.0", "::", "*"}
 
 
 def listening(addr: str, port: int) -> bool:
@@ -22,77 +30,74 @@ def listening(addr: str, port: int) -> bool:
         return False
 
 
-def linux_listen_inodes(port: int) -> set:
-    """Socket inodes in LISTEN state (0A) on the port, from /proc/net/tcp and tcp6."""
-    inodes = set()
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(name) as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            cols = row.split()
-            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(cols[9])
-    return inodes
-
-
-def linux_holders(port: int) -> list:
-    """Processes whose fds point at a listening socket on the port (only those we may read)."""
-    inodes = linux_listen_inodes(port)
-    holders = []
-    if not inodes:
-        return holders
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            fds = os.listdir("/proc/%s/fd" % pid)
-        except OSError:
-            continue
-        for fd in fds:
+def linux_listeners(port: int) -> list:
+    """[{pid, cmd, local}] for each LISTEN socket on the port; pid None when its owner is not visible."""
+    sockets = {}
+    for cols in proc_net_rows():
+        if len(cols) > 9 and cols[3] == "0A" and proc_net_addr(cols[1])[1] == port:
+            sockets[cols[9]] = proc_net_addr(cols[1])[0]
+    owners = {}
+    if sockets:
+        for pid in (p for p in os.listdir("/proc") if p.isdigit()):
             try:
-                link = os.readlink("/proc/%s/fd/%s" % (pid, fd))
+                fds = os.listdir("/proc/%s/fd" % pid)
             except OSError:
                 continue
-            if link.startswith("socket:[") and link[8:-1] in inodes:
+            for fd in fds:
                 try:
-                    with open("/proc/%s/cmdline" % pid, "rb") as f:
-                        cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+                    link = os.readlink("/proc/%s/fd/%s" % (pid, fd))
                 except OSError:
-                    cmd = ""
-                holders.append({"pid": int(pid), "cmd": cmd})
-                break
-    return holders
+                    continue
+                if link.startswith("socket:[") and link[8:-1] in sockets:
+                    owners.setdefault(link[8:-1], int(pid))
+    return [{"pid": owners.get(inode), "cmd": _cmdline(owners.get(inode)), "local": ip}
+            for inode, ip in sorted(sockets.items())]
 
 
-def darwin_holders(port: int) -> list:
-    """`lsof -nP -iTCP:<port> -sTCP:LISTEN` rows as {pid, cmd}."""
+def _cmdline(pid) -> str:
+    if pid is None:
+        return ""
     try:
-        proc = subprocess.run(["/usr/sbin/lsof", "-nP", "-iTCP:%d" % port, "-sTCP:LISTEN", "-Fpc"],
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def darwin_listeners(port: int) -> list:
+    """[{pid, cmd, local}] from `lsof -nP -iTCP:<port> -sTCP:LISTEN -Fpcn`."""
+    try:
+        proc = subprocess.run(["/usr/sbin/lsof", "-nP", "-iTCP:%d" % port, "-sTCP:LISTEN", "-Fpcn"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return []
-    holders, cur = [], None
+    out, pid, cmd = [], None, ""
     for line in proc.stdout.decode("utf-8", "replace").splitlines():
         if line.startswith("p"):
-            cur = {"pid": int(line[1:]), "cmd": ""}
-            holders.append(cur)
-        elif line.startswith("c") and cur is not None:
-            cur["cmd"] = line[1:]
-    return holders
+            pid, cmd = int(line[1:]), ""
+        elif line.startswith("c"):
+            cmd = line[1:]
+        elif line.startswith("n") and pid is not None:
+            out.append({"pid": pid, "cmd": cmd, "local": plain_ip(line[1:].rsplit(":", 1)[0])})
+    return out
 
 
 def main(args: dict) -> dict:
-    """Connect-test the port on each address and name the holders where the OS lets us."""
+    """Connect-test the port and sort its listeners into conflicting holders and others."""
     port = int(args["port"])
-    addresses = list(args.get("addresses") or ["127.0.0.1"])
-    on = [a for a in addresses if listening(a, port)]
+    conn = os.environ.get("SSH_CONNECTION", "").split()
+    mine = list(args.get("addresses") or ["127.0.0.1"])
+    if len(conn) >= 3 and conn[2] not in mine:
+        mine.append(plain_ip(conn[2]))
+    on = [a for a in mine if listening(a, port)]
     if sys.platform.startswith("linux"):
-        holders = linux_holders(port)
+        listeners = linux_listeners(port)
     elif sys.platform == "darwin":
-        holders = darwin_holders(port)
+        listeners = darwin_listeners(port)
     else:
-        holders = []
-    return {"port": port, "free": not on and not holders, "listening_on": on, "holders": holders}
+        listeners = []
+    relevant = set(mine) | WILDCARDS
+    conflicting = [h for h in listeners if h["local"] in relevant]
+    return {"port": port, "addresses": mine, "free": not on and not conflicting, "listening_on": on,
+            "holders": [h for h in conflicting if h["pid"] is not None],
+            "other_listeners": [h for h in listeners if h["local"] not in relevant]}

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 
-if "proc_info" not in globals():  # imported for tests; on a node _proc.py is prepended
-    from _proc import all_procs, proc_info
+if "proc_info" not in globals():  # imported as a module (tests); on a node _proc.py is prepended
+    from modeldrop.probes._proc import all_procs, proc_info
 
 
 def _matches(p: dict, wanted: set) -> bool:

@@ -6,45 +6,27 @@ releases; addresses are `a.b.c.d.port` or `*.port`). It never connects to the po
 
 from __future__ import annotations
 
-import socket
-import struct
 import subprocess
 import sys
+
+if "proc_net_rows" not in globals():  # imported as a module (tests); on a node _net.py is prepended
+    from modeldrop.probes._net import proc_net_addr, proc_net_rows
 
 TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
               "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN",
               "0B": "CLOSING"}
 
 
-def _linux_addr(hexaddr: str) -> tuple:
-    """'0100007F:1F90' -> ('127.0.0.1', 8080); IPv6 too."""
-    ip_hex, port_hex = hexaddr.split(":")
-    raw = bytes.fromhex(ip_hex)
-    if len(raw) == 4:
-        ip = socket.inet_ntop(socket.AF_INET, struct.pack("<I", struct.unpack(">I", raw)[0]))
-    else:
-        words = struct.unpack(">4I", raw)
-        ip = socket.inet_ntop(socket.AF_INET6, b"".join(struct.pack("<I", w) for w in words))
-    return ip, int(port_hex, 16)
-
-
 def linux_sockets(port: int) -> list:
     """TCP sockets from /proc/net/tcp{,6} whose local or remote port is `port`."""
     out = []
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(name) as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
+    for cols in proc_net_rows():
+        if len(cols) < 4:
             continue
-        for row in rows:
-            cols = row.split()
-            if len(cols) < 4:
-                continue
-            (lip, lport), (rip, rport) = _linux_addr(cols[1]), _linux_addr(cols[2])
-            if port in (lport, rport):
-                out.append({"local": "%s:%d" % (lip, lport), "remote": "%s:%d" % (rip, rport),
-                            "state": TCP_STATES.get(cols[3], cols[3])})
+        (lip, lport), (rip, rport) = proc_net_addr(cols[1]), proc_net_addr(cols[2])
+        if port in (lport, rport):
+            out.append({"local": "%s:%d" % (lip, lport), "remote": "%s:%d" % (rip, rport),
+                        "state": TCP_STATES.get(cols[3], cols[3])})
     return out
 
 

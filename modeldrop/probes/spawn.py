@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 
-if "proc_info" not in globals():  # imported for tests; on a node _proc.py is prepended
-    from _proc import proc_info
+if "proc_info" not in globals():  # imported as a module (tests); on a node _proc.py is prepended
+    from modeldrop.probes._proc import proc_info
 
 
 def main(args: dict) -> dict:

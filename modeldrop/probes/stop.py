@@ -11,8 +11,8 @@ import os
 import signal
 import time
 
-if "proc_info" not in globals():  # imported for tests; on a node _proc.py is prepended
-    from _proc import START_TOLERANCE_S, proc_info
+if "proc_info" not in globals():  # imported as a module (tests); on a node _proc.py is prepended
+    from modeldrop.probes._proc import START_TOLERANCE_S, proc_info
 
 
 def mismatch(info: dict, args: dict) -> str | None:

@@ -88,8 +88,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _body(self) -> Any:
-        n = int(self.headers.get("content-length") or 0)
-        raw = self.rfile.read(n) if n else b""
+        raw = self._raw
         if not raw:
             return None
         try:
@@ -99,6 +98,8 @@ class Handler(BaseHTTPRequestHandler):
                                   "input": {}, "ctx": {"error": "Expecting value"}}]) from None
 
     def _dispatch(self, method: str) -> None:
+        n = int(self.headers.get("content-length") or 0)
+        self._raw = self.rfile.read(n) if n else b""  # always consumed: keeps keep-alive framing intact
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query)
         try:
