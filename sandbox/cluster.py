@@ -55,6 +55,24 @@ EXO_PATHS = {1: "exo/.venv/bin/exo", 2: "Applications/EXO.app/Contents/Resources
              3: "src/exo/.venv/bin/exo", 4: "opt/exo/bin/exo"}
 
 
+
+def exo_entry_point(python: Path, k: int, env: dict[str, str]) -> str:
+    """node k's `exo`: a console-script entry point like a pip/uv-installed exo (`#!<venv python>`), so the
+    process is `<python> <path of exo> args…` as on a real node. It sets the node's identity in its
+    environment once and re-executes itself, so the variables are visible in the process environ."""
+    return "\n".join([
+        f"#!{python}",
+        f"# exo of sandbox node {k}: the EXO emulator (sandbox/exo_emulator), installed like a console script",
+        "import os, sys",
+        f"NODE_ENV = {json.dumps(env)}",
+        "if os.environ.get('EXO_EMULATOR_CONFIG') != NODE_ENV['EXO_EMULATOR_CONFIG']:",
+        "    os.environ.update(NODE_ENV)",
+        "    os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]])",
+        "sys.path.insert(0, NODE_ENV['PYTHONPATH'])",
+        "from exo_emulator.cli import main",
+        "sys.exit(main())",
+        ""])
+
 class SandboxError(RuntimeError):
     """The sandbox cannot be built as asked; the message says why and what to do."""
 
@@ -442,20 +460,18 @@ class Sandbox:
         hf = ["#!/bin/sh", f"# hf CLI of sandbox node {n.k}: wraps the node venv's hf (not on PATH, like a real install)",
               ': "${HF_HUB_DISABLE_UPDATE_CHECK:=1}"; export HF_HUB_DISABLE_UPDATE_CHECK',
               ': "${HF_HUB_DISABLE_TELEMETRY:=1}"; export HF_HUB_DISABLE_TELEMETRY']
-        exo = ["#!/bin/sh", f"# exo of sandbox node {n.k}: the EXO emulator (sandbox/exo_emulator)",
-               "# each node is its own machine: its own temp dir (the nodes share this host's /tmp)",
-               f"TMPDIR={q(str(self.node_tmp(n.k)))}; export TMPDIR"]
+        exo_env = {"TMPDIR": str(self.node_tmp(n.k)),  # each node is its own machine: its own temp dir
+                   "EXO_EMULATOR_CONFIG": str(n.emulator_config), "PYTHONPATH": str(self.root / "lib")}
         if self.mode == "local":  # a local node's "home" is a folder of the sandbox
             hf.append(f': "${{HF_HOME:={q(str(n.home / ".cache/huggingface"))}}}"; export HF_HOME')
-            exo.append(f"HOME={q(str(n.home))}; export HOME")
+            exo_env["HOME"] = str(n.home)
         hf.append(f'exec {q(str(bin_dir / "hf"))} "$@"')
-        exo += [f"EXO_EMULATOR_CONFIG={q(str(n.emulator_config))}; export EXO_EMULATOR_CONFIG",
-                f"PYTHONPATH={q(str(self.root / 'lib'))}; export PYTHONPATH",
-                f'exec {q(str(bin_dir / "python"))} -m exo_emulator "$@"']
+        exo = exo_entry_point(bin_dir / "python", n.k, exo_env)
         _write(n.hf_cmd, "\n".join(hf) + "\n", 0o755)
-        _write(n.exo_cmd, "\n".join(exo) + "\n", 0o755)
+        _write(n.exo_cmd, exo, 0o755)
 
     def _emulator_config(self, k: int) -> dict[str, Any]:
+        """node k's emulator.json (the agreed schema; see sandbox/exo_emulator/README.md)."""
         return {"generation": self.generation, "version": GENERATIONS[self.generation],
                 "node_address": self.address(k),
                 "peer_addresses": [self.address(j) for j in range(1, self.n_nodes + 1)],
