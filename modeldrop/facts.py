@@ -78,6 +78,21 @@ class RunFacts:
             return None
         return f"{b.generation}:{b.version or '?'}:{b.help_sha[:12]}"
 
+    def exo_session(self, k: int) -> str | None:
+        """The node id node k's exo API answers now (new at every exo start), or None when it does not answer.
+
+        Not cached: a cluster gate's pass holds only while the same exo processes serve, so a restart or
+        a reboot since the pass makes its fingerprint differ.
+        """
+        import requests
+
+        url = f"http://{self.pool.get(k).address()}:{self.cfg.api_port}/node_id"
+        try:
+            r = requests.get(url, timeout=(2, 3))
+            return str(r.json()) if r.status_code == 200 else None
+        except (requests.RequestException, ValueError):
+            return None
+
     def _cached(self, store: dict, k: int, make: Callable[[], Any]) -> Any:
         """Return store[k], computing it once with `make`."""
         with self._lock:

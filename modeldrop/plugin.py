@@ -591,6 +591,9 @@ class _RunHooks:
             self.skip_kind[item.nodeid] = kind
             gs.root[gate] = root
             _skip_here(reason)
+        if gs.outcome.get(gate) == "reused":  # another item of a gate already reused
+            self.skip_kind[item.nodeid] = "reused"
+            _skip_here(gs.ledger.state.gates[gate].reason)
         if gs.cfg.resume_bootstrap and not gs.resume_broken and gate not in gs.outcome:
             rec, why = reusable(gs, self.config, gate)
             if rec is not None:

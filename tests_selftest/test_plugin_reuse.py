@@ -147,3 +147,21 @@ def test_audit_passes_are_recorded_and_reused(pytester):
     assert "--audit" not in nxt and nxt.endswith("--resume-bootstrap")
     assert pytester.runpytest(*BASE, "--resume-bootstrap").ret == 0
     assert trace(pytester) == FULL_ORDER_2
+
+
+def test_a_gate_with_two_tests_is_reused_as_a_whole(pytester):
+    make_suite(pytester, nodes="studio1")
+    pytester.makepyfile(**{"gates/test_c_two": '''
+import pytest
+from gatehelpers import act
+
+@pytest.mark.gate("transport")
+def test_transport_logs(evidence):
+    act("transport-logs", evidence)
+'''})
+    assert pytester.runpytest(*BASE).ret == 0
+    assert "transport-logs" in trace(pytester)
+    assert pytester.runpytest(*BASE, "--resume-bootstrap").ret == 0
+    assert trace(pytester) == []
+    reuse = [r["gate"] for r in jsonl(latest(pytester)) if r["event"] == "reuse"]
+    assert reuse.count("transport") == 1

@@ -130,7 +130,7 @@ class Ledger:
         """Gate satisfied by a cached pass (reused under --resume-bootstrap or an upstream under -k)."""
         rec = self.state.gates[gate]
         rec.outcome, rec.reused_from = "reused", f"{hm(when)} (run {run_id})"
-        rec.reason = f"reused pass from {hm(when)} (run {run_id})"
+        rec.reason = f"reused pass from {time.strftime('%Y-%m-%d %H:%M', time.gmtime(when))} (run {run_id})"
         rec.notes = {**dict(summary.get("notes") or {}), **rec.notes}
         rec.evidence = one_line(summary.get("evidence") or "", 200)
         rec.started = rec.started or time.time()
