@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 LINUX_TO_MAC = {errno.ECONNREFUSED: 61, errno.ETIMEDOUT: 60, errno.EHOSTUNREACH: 65, errno.EHOSTDOWN: 64,
                 errno.ENETUNREACH: 51, errno.EADDRNOTAVAIL: 49, errno.EADDRINUSE: 48, errno.ECONNRESET: 54}
@@ -42,9 +42,9 @@ def _listen(bind_addr: str, port: int) -> socket.socket:
 
 
 def _connect(host: tuple[str, int], bind_addr: str, retry_s: Sequence[float], timeout: float,
-             fault_errno: int | None) -> socket.socket:
+             fault_errno: int | None, debug: Callable[[str], None]) -> socket.socket:
     last = 0
-    for delay in retry_s:
+    for attempt, delay in enumerate(retry_s, 1):
         if fault_errno is not None:
             if fault_errno == 60:
                 time.sleep(timeout)
@@ -57,30 +57,36 @@ def _connect(host: tuple[str, int], bind_addr: str, retry_s: Sequence[float], ti
                 sock.connect(host)
                 sock.settimeout(None)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                debug(f"[ring] connected to {host[0]}:{host[1]} from {sock.getsockname()} (attempt {attempt})")
                 return sock
             except TimeoutError:
                 last = 60
             except OSError as exc:
                 last = mac_errno(exc.errno)
             sock.close()
+        debug(f"[ring] connect to {host[0]}:{host[1]} attempt {attempt} failed (error: {last}); sleeping {delay}s")
         time.sleep(delay)
     raise RuntimeError(f"[ring] Couldn't connect (error: {last})")
 
 
 def ring_connect(hosts: list[str], rank: int, bind_addr: str, retry_s: Sequence[float], timeout: float,
-                 fault_errno: int | None = None) -> list[socket.socket]:
+                 fault_errno: int | None = None,
+                 debug: Callable[[str], None] = lambda _m: None) -> list[socket.socket]:
     """Run the handshake; returns [accepted-from-left, connected-to-right]."""
     n = len(hosts)
     own_port = parse_host(hosts[rank])[1]
     right = parse_host(hosts[(rank + 1) % n])
     srv = _listen(bind_addr, own_port)
+    debug(f"[ring] rank {rank} listening on {bind_addr}:{own_port}")
     try:
         if rank < n - 1:
-            left_sock, _ = srv.accept()
-            right_sock = _connect(right, bind_addr, retry_s, timeout, fault_errno)
+            left_sock, peer = srv.accept()
+            debug(f"[ring] rank {rank} accepted {peer}")
+            right_sock = _connect(right, bind_addr, retry_s, timeout, fault_errno, debug)
         else:
-            right_sock = _connect(right, bind_addr, retry_s, timeout, fault_errno)
-            left_sock, _ = srv.accept()
+            right_sock = _connect(right, bind_addr, retry_s, timeout, fault_errno, debug)
+            left_sock, peer = srv.accept()
+            debug(f"[ring] rank {rank} accepted {peer}")
     finally:
         srv.close()
     return [left_sock, right_sock]

@@ -55,7 +55,8 @@ class Runner:
         self.log(f"rank {self.rank} hostfile: {path} hosts: {json.dumps(hosts, separators=(',', ':'))}", where=W_INIT)
         timing = self.spec["timing"]
         self.sockets = ring_connect(hosts, self.rank, self.spec["bind_addr"], timing["ring_retry_s"],
-                                    timing["ring_connect_timeout_s"], self.spec.get("ring_connect_error"))
+                                    timing["ring_connect_timeout_s"], self.spec.get("ring_connect_error"),
+                                    debug=lambda m: self.log(m, "DEBUG", W_INIT))
         self.log(f"Rank {self.rank} mlx distributed initialization complete", where=W_INIT)
         self.status("RunnerConnected")
 
