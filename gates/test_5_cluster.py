@@ -2,6 +2,7 @@
 
 import pytest
 
+from modeldrop.exo.logs import namespace_lines
 from modeldrop.exo.observe import watch_cluster
 
 
@@ -18,4 +19,9 @@ def test_cluster(run_config, exo_running, exo_report, evidence):
     evidence.json("cluster", verdict.details)
     evidence.note("verdict", verdict.summary)
     if not verdict.ok:
-        exo_report.fail("cluster", verdict, state=exo_running.state_of(exo_running.ks[0]))
+        logs = exo_running.scan_logs("cluster")
+        ns = {f"node{k}": sorted(set(namespace_lines(t))) for k, t in logs.items()}
+        evidence.json("namespace lines", ns)
+        seen = {k: v["identities"] for k, v in verdict.details["views"].items() if v}
+        exo_report.fail("cluster", verdict, state=exo_running.state_of(exo_running.ks[0]),
+                        message=f"{verdict.summary}; nodeIdentities seen: {seen}; namespace lines: {ns}")

@@ -221,8 +221,10 @@ class EmuNode:
             (cards / f"{model_id.replace('/', '--')}.toml").write_text(custom_card_toml(model_dir, model_id))
         return dest
 
-    def start(self, *flags: str, env: dict[str, str] | None = None) -> EmuNode:
-        args = [EMULATOR_PYTHON, "-m", "exo_emulator", "--api-port", str(self.api_port), *flags]
+    def start(self, *flags: str, env: dict[str, str] | None = None, script: Path | None = None) -> EmuNode:
+        """Start ``python -m exo_emulator`` (or ``script``, an executable launcher) with ``flags``."""
+        head = [str(script)] if script else [EMULATOR_PYTHON, "-m", "exo_emulator"]
+        args = [*head, "--api-port", str(self.api_port), *flags]
         self.proc = subprocess.Popen(args, env=self.env(env), stdout=subprocess.DEVNULL,
                                      stderr=open(self.stderr_path, "wb"), cwd=str(self.home))  # noqa: SIM115
         return self

@@ -226,6 +226,8 @@ def test_pair_instance_record_await_and_delete(new_pair) -> None:  # noqa: F811
     assert created["model_card"]["modelId"] == MODEL_ID  # camelCase card inside a snake_case wrapper
     wait_for(lambda: iid in a.state()["instances"] and iid in b.state()["instances"], 10, "instance on both")
     assert b.get(f"/instance/{iid}")[1] == inst
+    events = b.get("/events")[1]
+    assert all(len(e) == 1 for e in events) and any("InstanceCreated" in e for e in events)
     with urllib.request.urlopen(f"{a.url}/instance/await?model_id={MODEL_ID}&timeout_seconds=5", timeout=10) as r:
         text = r.read().decode()
     assert text.startswith(": keep-alive")
@@ -235,3 +237,22 @@ def test_pair_instance_record_await_and_delete(new_pair) -> None:  # noqa: F811
     code, d = http_delete(a, f"/instance/{iid}")
     assert code == 200 and d["instance_id"] == iid and d["message"] == "Command received."
     wait_for(lambda: a.get(f"/instance/{iid}")[0] == 404 and b.get(f"/instance/{iid}")[0] == 404, 20, "gone")
+
+
+@pytest.mark.sandbox_run
+def test_frozen_master_is_replaced(emu_factory) -> None:  # noqa: F811
+    import signal
+
+    sub = fresh_subnet()
+    addrs = [f"127.{sub}.0.11", f"127.{sub}.0.12"]
+    nodes = [emu_factory(f"f{i}", addrs[i], addrs) for i in range(2)]
+    for n in nodes:
+        n.start()
+    wait_cluster(nodes)
+    master = next(n for n in nodes if "promoting self" in n.log())
+    other = next(n for n in nodes if n is not master)
+    master.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: "Node elected Master - promoting self" in other.log(), 20, "survivor takes over")
+    finally:
+        master.proc.send_signal(signal.SIGCONT)

@@ -266,3 +266,20 @@ def test_stall_mid_stream_and_token_rate(emu_factory, tiny_model) -> None:  # no
                                                      "max_tokens": 10})
     assert code == 200 and reply["usage"]["completion_tokens"] == 10
     assert time.monotonic() - t0 >= 0.85
+
+
+def test_console_script_launcher_without_main_guard(emu_factory, tiny_model, tmp_path) -> None:  # noqa: F811
+    """exo installed as a console script: the runner (spawn) must not re-run the launcher's CLI."""
+    from tests_selftest.emulator_fixtures import EMULATOR_PYTHON, SANDBOX
+
+    script = tmp_path / "exo"
+    script.write_text(f"#!{EMULATOR_PYTHON}\nimport sys\nsys.path.insert(0, {str(SANDBOX)!r})\n"
+                      "from exo_emulator.cli import main\nsys.exit(main())\n")
+    script.chmod(0o755)
+    addr = f"127.{fresh_subnet()}.0.11"
+    n = emu_factory("script", addr, [addr])
+    n.stage_model(tiny_model)
+    n.start(script=script)
+    wait_cluster([n])
+    wait_ready(n, place_and_create(n, 1), 60)
+    assert "PidfileError" not in n.stderr_path.read_text()

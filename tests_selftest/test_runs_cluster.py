@@ -43,6 +43,7 @@ def box(sbx):
     yield sbx
     for k in (1, 2):
         sbx.stop_node_processes(k)
+        sbx.set_exo_faults(k, {})
     sbx.set_exo_generation("new")
     sbx.up()
 

@@ -83,18 +83,31 @@ class ExoCluster:
             if not recs:
                 raise ReattachError(f"node{k}: no launch record of a running cluster in the earlier run folders")
             la = self.launcher(k)
-            la.record = recs[0]
-            if la.proc() is None:
-                la.record = None
-                raise ReattachError(f"node{k}: pid {recs[0].pid} from the last run is not running any more")
+            live = self._first_live(la, recs)
+            if live is None:
+                raise ReattachError(f"node{k}: no process from the earlier runs' records is running any more "
+                                    f"(newest: pid {recs[0].pid})")
             nid, err = call_safely(lambda la=la: ExoClient(la.api_url).node_id(timeout_s=5))
             if not nid:
                 la.record = None
                 raise ReattachError(f"node{k}: {la.api_url}/node_id does not answer ({err})")
-            la.adopt(recs[0])
+            la.adopt(live)
             ids[k] = nid
         self.running = self.attached = True
         return ids
+
+    @staticmethod
+    def _first_live(la: ExoLauncher, recs: list) -> Any:
+        seen = set()
+        for rec in recs:
+            if (rec.pid, rec.start) in seen:
+                continue
+            seen.add((rec.pid, rec.start))
+            la.record = rec
+            if la.proc() is not None:
+                return rec
+        la.record = None
+        return None
 
     def ensure_running(self) -> None:
         if not self.running:

@@ -175,24 +175,26 @@ def expand_home(path: str, home: str) -> str:
     return home.rstrip("/") + path[1:] if path.startswith("~/") else path
 
 
-def previous_records(report_dir: Path, exclude: Path | None, node_index: int) -> list[LaunchRecord]:
-    """Launch records for node k from the newest earlier run folder that has any (for re-attach/cleanup)."""
+def previous_records(report_dir: Path, exclude: Path | None, node_index: int, max_runs: int = 50) -> list[LaunchRecord]:
+    """Launch records for node k from earlier run folders, newest run first (for re-attach and cleanup).
+
+    Every earlier run counts (a run that failed before starting exo has no records, and the cluster an
+    older green run left serving is still ours); a record's pid is only ever signalled after the
+    `stop` probe re-checks its start time, so a stale record cannot hit a reused pid."""
     if not report_dir.is_dir():
         return []
     folders = sorted((p for p in report_dir.iterdir() if p.is_dir() and not p.is_symlink()
-                      and (p / "exo").is_dir()), key=lambda p: p.name, reverse=True)
+                      and (p / "exo").is_dir()), key=lambda p: p.name, reverse=True)[:max_runs]
+    out = []
     for folder in folders:
         if exclude is not None and folder.resolve() == Path(exclude).resolve():
             continue
-        recs = []
         for f in sorted((folder / "exo").glob(f"node{node_index}-*.json")):
             try:
-                recs.append(LaunchRecord.from_json(json.loads(f.read_text())))
+                out.append(LaunchRecord.from_json(json.loads(f.read_text())))
             except (OSError, ValueError, TypeError):
                 continue
-        if recs:
-            return recs
-    return []
+    return out
 
 
 class ExoLauncher:
@@ -272,13 +274,14 @@ class ExoLauncher:
 
     def stop_previous_runs(self) -> list[dict]:
         """Stop processes an earlier modeldrop run started on this node (its launch records), by pid."""
-        out = []
+        out, seen = [], set()
         for rec in previous_records(Path(self.cfg.report_dir), Path(str(self.run_folder.path)), self.k):
             if rec.stopped:
                 continue
             for pid, start in [(rec.pid, rec.start)] + [(p["pid"], p.get("start")) for p in rec.extra_pids]:
-                if start is None:
+                if start is None or (pid, start) in seen:
                     continue
+                seen.add((pid, start))
                 res = self.node.run_probe("stop", {"pid": pid, "expect_start": start, "grace_s": STOP_GRACE_S},
                                           timeout=STOP_GRACE_S + 60)
                 if res.get("result") in ("stopped-term", "stopped-kill"):

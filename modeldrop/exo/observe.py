@@ -19,6 +19,10 @@ from modeldrop.exo.wait import call_safely, poll
 
 API_UP_TIMEOUT_S = 120.0
 INTERVAL_S = 0.5
+# MLX ring connect retries sleep 1+2+4+8+16 s before `[ring] Couldn't connect (error: N)` (contract §4.4);
+# while runners are Connecting the stall budget is at least this, so the errno (G2) wins over "stuck" (F1).
+CONNECT_BUDGET_S = 45.0
+CONNECTING = frozenset({"RunnerConnecting", "RunnerConnected"})
 
 
 def stall_budget(ready_timeout_s: float) -> float:
@@ -130,7 +134,9 @@ def wait_ready(client: ExoClient, instance_id: str, ready_timeout_s: float, stal
         if p.key() != track["key"]:
             track["key"], track["changed"] = p.key(), now
         quiet = now - track["changed"]
-        if (track["present"] and quiet >= stall_s) or (not track["present"] and now - t0 >= appear_budget):
+        connecting = any(x.kind in CONNECTING for x in p.statuses.values())
+        budget = max(stall_s, CONNECT_BUDGET_S) if connecting else stall_s
+        if (track["present"] and quiet >= budget) or (not track["present"] and now - t0 >= appear_budget):
             track["stalled"] = quiet
         return p
 

@@ -71,7 +71,7 @@ class Handler(BaseHTTPRequestHandler):
     server: ApiServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        logger.debug(f"{self.address_string()} - {format % args}", "hypercorn.access:log:1")
+        """exo runs hypercorn without an access log: requests are not logged."""
 
     # ---- plumbing ----------------------------------------------------------------------------------
     @property

@@ -145,7 +145,20 @@ def _first_run(paths: Any, port: int) -> None:
     marker.touch()
 
 
+def _shield_spawn_children() -> None:
+    """Runner processes use multiprocessing ``spawn``, which re-imports a *script* ``__main__`` in
+    every child. When exo is started through a launcher script (a console-script wrapper, possibly
+    without a ``__name__`` guard) that would re-run the whole CLI in the runner. Naming the main
+    module ``exo_emulator.__main__`` makes the children skip that re-import (as with ``-m``)."""
+    import importlib.util
+
+    main_mod = sys.modules.get("__main__")
+    if main_mod is not None and getattr(main_mod, "__spec__", None) is None:
+        main_mod.__spec__ = importlib.util.find_spec("exo_emulator.__main__")
+
+
 def main(argv: list[str] | None = None) -> None:
+    _shield_spawn_children()
     cfg = load_config()
     args = build_parser(cfg).parse_args(argv)
     paths = exo_paths(cfg.layout)

@@ -221,8 +221,14 @@ class Cluster:
         conn.close()
 
     def _heartbeat(self, session: int, conn: JsonConn) -> None:
+        """Heartbeats upstream; a master whose hellos stopped for ``node_timeout_s`` (e.g. a frozen
+        process whose socket stays open) counts as lost: closing the link starts a new election."""
         while session == self.session and not conn.closed and not self.stopped.is_set():
             conn.send({"type": "hb", "zid": self.node_id})
+            heard = self.contact.get(self.master_id or "", time.monotonic())
+            if time.monotonic() - max(heard, self.master_since) > self.timing.node_timeout_s:
+                conn.close()
+                return
             self.stopped.wait(self.timing.info_s)
 
     def _master_lost(self, session: int) -> None:

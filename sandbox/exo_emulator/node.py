@@ -31,6 +31,19 @@ MDNS_PORT = 5353  # OLD: libp2p mDNS
 MDNS_FALLBACK_PORT = 15353  # unprivileged users cannot bind 5353
 
 
+EXO_EVENT_NAMES = {"NodeInfo": "NodeGatheredInfo", "LastSeen": "NodeGatheredInfo", "RunnerStatus": "RunnerStatusUpdated",
+                   "Download": "NodeDownloadProgress", "EdgeCreated": "TopologyEdgeCreated",
+                   "EdgeDeleted": "TopologyEdgeDeleted", "TaskStatus": "TaskStatusUpdated",
+                   "CustomCard": "CustomModelCardAdded"}
+
+
+def _exo_event(e: dict[str, Any]) -> dict[str, Any]:
+    body = {k: v for k, v in e.items() if k != "type"}
+    if e["type"] == "RunnerDeleted":
+        return {"RunnerStatusUpdated": {"runnerId": e["runnerId"], "runnerStatus": {"RunnerShutdown": {}}}}
+    return {EXO_EVENT_NAMES.get(e["type"], e["type"]): body}
+
+
 class BindError(Exception):
     """A listening socket could not be bound (port taken)."""
 
@@ -166,9 +179,11 @@ class Node:
         return out
 
     def cluster_events(self) -> list[dict[str, Any]]:
+        """``GET /events``: every applied event, tagged with exo's event class names."""
         assert self.cluster is not None
         with self.cluster.cond:
-            return copy.deepcopy(self.cluster.applied)
+            applied = copy.deepcopy(self.cluster.applied)
+        return [_exo_event(e) for e in applied]
 
     def downloaded_model_ids(self) -> set[str]:
         done: set[str] = set()
