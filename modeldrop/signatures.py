@@ -115,7 +115,7 @@ def _isolated(c: Ctx) -> str | None:
     if not iso:
         return None
     ns = _namespaces_differ(c)
-    return f"nodes seeing fewer than {c.facts.get('n')}: {['node%s' % k for k in iso]}" + (f"; {ns}" if ns else "")
+    return f"nodes seeing fewer than {c.facts.get('n')}: {[f'node{k}' for k in iso]}" + (f"; {ns}" if ns else "")
 
 
 def _runners_stuck(kinds: set[str]) -> Callable[[Ctx], str | None]:
@@ -155,7 +155,7 @@ def _duplicate_friendly(c: Ctx) -> str | None:
 
 def _exited_before_up(c: Ctx) -> str | None:
     early = [k for k in c.facts.get("exited") or [] if k not in (c.facts.get("restarted") or [])]
-    return f"exited before the API answered: {['node%s' % k for k in early]}" if early else None
+    return f"exited before the API answered: {[f'node{k}' for k in early]}" if early else None
 
 
 def _http_status(code: int) -> Callable[[Ctx], str | None]:

@@ -65,12 +65,13 @@ def exo_entry_point(python: Path, k: int, env: dict[str, str]) -> str:
         f"# exo of sandbox node {k}: the EXO emulator (sandbox/exo_emulator), installed like a console script",
         "import os, sys",
         f"NODE_ENV = {json.dumps(env)}",
-        "if os.environ.get('EXO_EMULATOR_CONFIG') != NODE_ENV['EXO_EMULATOR_CONFIG']:",
-        "    os.environ.update(NODE_ENV)",
-        "    os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]])",
-        "sys.path.insert(0, NODE_ENV['PYTHONPATH'])",
-        "from exo_emulator.cli import main",
-        "sys.exit(main())",
+        "if __name__ == '__main__':",
+        "    if os.environ.get('EXO_EMULATOR_CONFIG') != NODE_ENV['EXO_EMULATOR_CONFIG']:",
+        "        os.environ.update(NODE_ENV)",
+        "        os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]])",
+        "    sys.path.insert(0, NODE_ENV['PYTHONPATH'])",
+        "    from exo_emulator.cli import main",
+        "    sys.exit(main())",
         ""])
 
 class SandboxError(RuntimeError):

@@ -283,3 +283,49 @@ def test_console_script_launcher_without_main_guard(emu_factory, tiny_model, tmp
     wait_cluster([n])
     wait_ready(n, place_and_create(n, 1), 60)
     assert "PidfileError" not in n.stderr_path.read_text()
+
+
+def _mini_hub(model_dir) -> tuple:
+    """A minimal HF-style file server for one repo (tree + resolve), on 127.0.0.1."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    files = sorted(p for p in model_dir.iterdir() if p.is_file())
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            if "/api/models/" in self.path:
+                body = json.dumps([{"type": "file", "path": p.name, "size": p.stat().st_size} for p in files]).encode()
+            else:
+                body = (model_dir / self.path.rsplit("/", 1)[-1]).read_bytes()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}"
+
+
+def test_online_missing_model_is_downloaded(emu_factory, tiny_model) -> None:  # noqa: F811
+    srv, url = _mini_hub(tiny_model)
+    try:
+        addr = f"127.{fresh_subnet()}.0.11"
+        n = emu_factory("online", addr, [addr])
+        dest = n.stage_model(tiny_model)
+        import shutil
+
+        shutil.rmtree(dest)
+        n.start(env={"HF_ENDPOINT": url})
+        wait_cluster([n])
+        iid = place_and_create(n, 1)
+        wait_ready(n, iid, 60)
+        assert (dest / "model.safetensors.index.json").exists() and not list(dest.glob("*.partial"))
+        dl = n.state()["downloads"][n.node_id()]
+        assert any("DownloadCompleted" in d for d in dl)
+    finally:
+        srv.shutdown()

@@ -10,7 +10,7 @@ import pytest
 from modeldrop.exo import state as st
 from modeldrop.exo.client import ExoClient, ExoHTTPError, ExoUnreachable
 from modeldrop.exo.observe import canary_check
-from tests_selftest.exo_samples import A, IID, MODEL, NEW_STATE, RING_INSTANCE
+from tests_selftest.exo_samples import IID, MODEL, NEW_STATE, RING_INSTANCE, A
 
 SEEN: list = []
 

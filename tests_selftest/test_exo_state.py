@@ -1,8 +1,19 @@
 """Parsing /state for both generations, from the contract's JSON examples."""
 
 from modeldrop.exo import state as st
-from tests_selftest.exo_samples import (A, AWAIT_INSTANCE, B, IID, JACCL_INSTANCE, MODEL, NEW_STATE, OLD_STATE, R0,
-                                        R1, new_state)
+from tests_selftest.exo_samples import (
+    AWAIT_INSTANCE,
+    IID,
+    JACCL_INSTANCE,
+    MODEL,
+    NEW_STATE,
+    OLD_STATE,
+    R0,
+    R1,
+    A,
+    B,
+    new_state,
+)
 
 
 def test_untag_tagged_and_bare():

@@ -5,10 +5,16 @@ import itertools
 from modeldrop.exo import observe
 from modeldrop.exo import state as st
 from modeldrop.exo.logs import hostfile_lines, ring_connect_errors
-from modeldrop.exo.verdicts import (StartupSample, chat_verdict, cluster_verdict, ready_verdict, startup_verdict,
-                                    transport_verdict)
+from modeldrop.exo.verdicts import (
+    StartupSample,
+    chat_verdict,
+    cluster_verdict,
+    ready_verdict,
+    startup_verdict,
+    transport_verdict,
+)
 from modeldrop.exo.wait import poll
-from tests_selftest.exo_samples import A, B, IID, NEW_STATE, R0, R1, RING_INSTANCE, new_state
+from tests_selftest.exo_samples import IID, NEW_STATE, R0, R1, RING_INSTANCE, A, B, new_state
 
 
 class FakeClock:

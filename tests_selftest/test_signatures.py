@@ -3,7 +3,7 @@
 import pytest
 
 from modeldrop import signatures as sg
-from tests_selftest.exo_samples import A, B, IID, MODEL, R0, new_state
+from tests_selftest.exo_samples import IID, MODEL, R0, A, B, new_state
 
 EXERCISED: set[str] = set()
 

@@ -65,7 +65,7 @@ class ExoCluster:
     def start(self) -> dict[int, Any]:
         """Precheck every node, then start exo on every node; LaunchError names every problem."""
         problems = []
-        for k, la in self.cluster_launchers().items():
+        for la in self.cluster_launchers().values():
             problems += la.precheck()
         if problems:
             raise LaunchError("; ".join(problems), precheck_facts(problems))

@@ -13,8 +13,16 @@ from typing import Any
 from modeldrop.exo import logs as exologs
 from modeldrop.exo import state as st
 from modeldrop.exo.client import ExoClient, ExoError, ExoHTTPError
-from modeldrop.exo.verdicts import (StartupSample, Verdict, chat_verdict, cluster_verdict, ready_verdict,
-                                    runner_map_lag, startup_verdict, transport_verdict)
+from modeldrop.exo.verdicts import (
+    StartupSample,
+    Verdict,
+    chat_verdict,
+    cluster_verdict,
+    ready_verdict,
+    runner_map_lag,
+    startup_verdict,
+    transport_verdict,
+)
 from modeldrop.exo.wait import call_safely, poll
 
 API_UP_TIMEOUT_S = 120.0

@@ -211,7 +211,8 @@ def run(cfg: EmulatorConfig, args: Any, paths: Any) -> None:
             _raised(RuntimeError(f"emulator fault crash_loop: exo exited after {cfg.faults.crash_loop} s")), node))
         t.daemon = True
         t.start()
-    node.stopped.wait()
+    while not node.stopped.wait(1.0):
+        pass
     _shutdown(node, 0)
 
 
@@ -224,9 +225,10 @@ def _install_signals(node: Any) -> None:
 
 
 def _shutdown(node: Any, code: int) -> NoReturn:
-    try:
-        node.stop()
-    finally:
-        logger.info("EXO Shutdown complete", "exo.main:main_inner:385")
-        logger.close()
-        os._exit(code)
+    """Stop runners and sockets (at most ~5 s), log the last line, exit."""
+    stopper = threading.Thread(target=node.stop, daemon=True)
+    stopper.start()
+    stopper.join(timeout=5.0)
+    logger.info("EXO Shutdown complete", "exo.main:main_inner:385")
+    logger.close()
+    os._exit(code)

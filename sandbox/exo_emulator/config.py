@@ -67,6 +67,7 @@ class EmulatorConfig:
     chip_id: str = "Apple M4 Pro"
     os_version: str = "15.5"
     os_build_version: str = "24F74"
+    hf_endpoint: str | None = None  # the sandbox hub; used only when HF_ENDPOINT is unset
     timing: Timing = field(default_factory=Timing)
     faults: Faults = field(default_factory=Faults)
 

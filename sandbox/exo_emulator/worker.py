@@ -21,6 +21,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from exo_emulator.cards import card_json
@@ -157,6 +158,37 @@ class Worker:
         else:
             self.cluster.publish({"type": "Download", "nodeId": self.node_id, "progress": self._progress(
                 "DownloadPending", card, target, downloaded={"inBytes": 0}, total={"inBytes": 0})})
+            endpoint = os.environ.get("HF_ENDPOINT") or self.cfg.hf_endpoint or "https://huggingface.co"
+            threading.Thread(target=self._download, args=(card, target, endpoint), daemon=True).start()
+
+    def _download(self, card: dict[str, Any], target: str, endpoint: str) -> None:
+        """StartDownload on this node: Ongoing progress, then Completed or Failed (online only)."""
+        from exo_emulator.downloads import download_model
+
+        started = time.monotonic()
+        last = [0.0]
+
+        def progress(done: int, total: int, files_done: int, files: int) -> None:
+            now = time.monotonic()
+            if now - last[0] < 0.5 and files_done < files:
+                return
+            last[0] = now
+            speed = done / max(now - started, 1e-6)
+            self.cluster.publish({"type": "Download", "nodeId": self.node_id, "progress": self._progress(
+                "DownloadOngoing", card, target, downloadProgress={
+                    "total": {"inBytes": total}, "downloaded": {"inBytes": done},
+                    "downloadedThisSession": {"inBytes": done}, "completedFiles": files_done, "totalFiles": files,
+                    "speed": speed, "etaMs": int((total - done) / speed * 1000) if speed > 0 else 0, "files": {}})})
+
+        try:
+            download_model(endpoint, card["model_id"], Path(target), progress)
+        except RuntimeError as exc:
+            logger.error(f"Download failed for {card['model_id']}: {exc}", "exo.download.coordinator:_download:1")
+            self.cluster.publish({"type": "Download", "nodeId": self.node_id, "progress": self._progress(
+                "DownloadFailed", card, target, errorMessage=str(exc))})
+            return
+        self.cluster.publish({"type": "Download", "nodeId": self.node_id, "progress": self._progress(
+            "DownloadCompleted", card, target, total={"inBytes": card["storage_size"]["in_bytes"]}, readOnly=False)})
 
     # ---- topology probes -------------------------------------------------------------------------
     def _probe_loop(self) -> None:
