@@ -2,9 +2,9 @@
 
 import pytest
 
+from gates.steps import expected_total
 from modeldrop.exo.preflight import exo_preflight
 from modeldrop.preflight import check_node, reach_problems
-from gates.steps import expected_total
 
 
 @pytest.mark.gate("preflight")

@@ -8,12 +8,11 @@ raises `InputError` naming the file and field; `status_gate` decides whether a r
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from modeldrop import atomic
 from modeldrop.errors import InputError
 
 STATUSES = ("active", "watch", "blocked", "deprecated")
@@ -116,16 +115,5 @@ def record_bootstrap(path: Path, model_id: str, row_updates: dict[str, Any]) -> 
     _check_row(path, model_id, new)
     data["models"][model_id] = new
     data.setdefault("version", 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_json(path, data)
     return diff

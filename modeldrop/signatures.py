@@ -264,7 +264,9 @@ TABLE: tuple[Signature, ...] = (
       "Missing shard or index with no cached file list", "pytest gates/ -k verify", "log OFFLINE_FILE",
       log("OFFLINE_FILE")),
     S("F1", ("placement",), "Runners stuck connecting (distributed init blocked)",
-      "A peer cannot reach the ring/JACCL port: firewall, wrong IP, one node still downloading",
+      "A peer cannot reach the ring/JACCL port: firewall, wrong IP (errno 60 ETIMEDOUT: each of MLX's 5 connect "
+      "attempts waits for the kernel timeout, so the `[ring] Couldn't connect` line comes minutes later), one "
+      "node still downloading",
       "grep 'hostfile' <exo log> on every node; route -n get <ip>",
       "stall with runners RunnerConnecting/RunnerConnected", _runners_stuck({"RunnerConnecting", "RunnerConnected"})),
     S("F2", ("placement",), "Runners stuck loading or warming up",

@@ -26,10 +26,12 @@ BASE = Path(os.environ.get("MODELDROP_SELFTEST_SANDBOX", "/var/tmp/modeldrop-sel
 
 @pytest.fixture(scope="module")
 def sbx(worker_id):
-    """A 2-node sandbox of its own slot (20 + xdist worker), so file-gate runs can go in parallel."""
+    """A 2-node sandbox of its own slot (MODELDROP_CLUSTER_SLOT, default 20, + xdist worker), so file-gate runs
+    can go in parallel; two sessions at once need different MODELDROP_CLUSTER_SLOT values."""
     from sandbox.cluster import Sandbox
     idx = int(worker_id[2:]) if worker_id.startswith("gw") else 0
-    box = Sandbox(root=BASE / f"cluster-slot{20 + idx}", slot=20 + idx, n_nodes=2)
+    slot = int(os.environ.get("MODELDROP_CLUSTER_SLOT", "20")) + idx
+    box = Sandbox(root=BASE / f"cluster-slot{slot}", slot=slot, n_nodes=2)
     box.up()
     yield box
     box.down()
@@ -184,7 +186,9 @@ FAULTS = [
     ("crash_loop", 2, {"crash_loop": 1.0}, "startup", "X-RESTART"),
     ("runner_never_ready", 2, {"runner_never_ready": "loading"}, "placement", "F2"),
     ("ring_connect_error_61", 2, {"ring_connect_error": 61}, "placement", "G2"),
-    ("ring_connect_error_60", 2, {"ring_connect_error": 60}, "placement", "G2"),
+    # ETIMEDOUT: each of MLX's 5 connect attempts waits for the kernel's connect timeout, so the errno line comes
+    # after the stall budget; what is observable by then is runners stuck Connecting (F1).
+    ("ring_connect_error_60", 2, {"ring_connect_error": 60}, "placement", "F1"),
     ("ring_connect_error_65", 2, {"ring_connect_error": 65}, "placement", "G2"),
     ("chat_truncated_body", 1, {"chat_truncated_body": True}, "chat", "H2"),
     ("stream_error_chunk", 1, {"stream_error_chunk": True}, "chat", "H2"),

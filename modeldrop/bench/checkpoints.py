@@ -21,12 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from modeldrop import atomic
 
 log = logging.getLogger("modeldrop.bench")
 SCHEMA = "modeldrop.bench.case/1"
@@ -45,27 +45,9 @@ def case_path(run_dir: Path, case_id: str) -> Path:
     return Path(run_dir) / "bench" / f"{case_id}.json"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Temp file in the same dir + fsync + os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_case(run_dir: Path, payload: dict[str, Any]) -> Path:
     path = case_path(run_dir, payload["case_id"])
-    atomic_write_text(path, json.dumps({"schema": SCHEMA, **payload}, indent=1, default=str))
+    atomic.write_text(path, json.dumps({"schema": SCHEMA, **payload}, indent=1, default=str))
     return path
 
 

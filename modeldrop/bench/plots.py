@@ -16,8 +16,7 @@ writes its PNGs atomically and returns their paths; with nothing to plot it retu
 from __future__ import annotations
 
 import base64
-import os
-import tempfile
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,20 +26,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from modeldrop import atomic  # noqa: E402
 from modeldrop.bench.checkpoints import load_run_cases  # noqa: E402
 
 
 def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
+    """Render `fig` as PNG and write it atomically to `path`."""
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
+        fig.savefig(buf, dpi=100, bbox_inches="tight", format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic.write_bytes(path, buf.getvalue())
     return path
 
 

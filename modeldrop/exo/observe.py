@@ -252,6 +252,9 @@ def canary_check(launcher: Any, client: ExoClient, model_id: str, model_dir: str
     dls = [d.__dict__ for d in st.downloads_for_model(s or {}, model_id)]
     details = {"node_id": last.node_id, "downloaded": listed.value, "downloads": dls,
                "elapsed_s": round(clock() - t0, 2)}
+    if listed.stopped:
+        return Verdict(False, f"canary: exo exited {details['elapsed_s']}s after start, before listing {model_id} "
+                              f"(last listing: {listed.value or []})", details, {"exited": [1], "restarted": [1]})
     if not listed.done:
         failed = [d for d in dls if d["kind"] == "DownloadFailed"]
         why = f"; DownloadFailed: {failed[0]['error_message']}" if failed else ""

@@ -11,36 +11,26 @@ Contract:
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from modeldrop import atomic
 
 SUBDIRS = ("manifests", "logs", "exo", "bench", "plots")
 LATEST = "latest"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically: temp file in the same dir, fsync, os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `text` to `path` atomically (see modeldrop.atomic)."""
+    atomic.write_text(path, text)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write `obj` as indented JSON to `path` atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    atomic.write_json(path, obj)
 
 
 def utc_stamp(t: float | None = None) -> str:
