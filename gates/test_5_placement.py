@@ -26,6 +26,9 @@ def test_placement(run_config, exo_running, exo_report, evidence):
     exo_running.instance_id = instance.instance_id
     evidence.note("instance_id", instance.instance_id)
     evidence.json("placement", inst)
+    if len(instance.node_ids) != n:
+        exo_report.fail("placement", message=f"placement with min_nodes={n} put {run_config.model_id} on "
+                                             f"{len(instance.node_ids)} node(s), not {n}: {instance.node_ids}")
     verdict = wait_ready(api, instance.instance_id, run_config.ready_timeout_s)
     evidence.json("readiness", verdict.details)
     evidence.note("verdict", verdict.summary)
