@@ -78,20 +78,25 @@ class RunFacts:
             return None
         return f"{b.generation}:{b.version or '?'}:{b.help_sha[:12]}"
 
-    def exo_session(self, k: int) -> str | None:
-        """The node id node k's exo API answers now (new at every exo start), or None when it does not answer.
+    def exo_session(self, k: int) -> str:
+        """The node id node k's exo API answers now (new at every exo start), or a one-off `unreachable:…`.
 
-        Not cached: a cluster gate's pass holds only while the same exo processes serve, so a restart or
-        a reboot since the pass makes its fingerprint differ.
+        Not cached: a cluster gate's pass holds only while the same exo processes serve, so a restart,
+        a reboot or a dead API since the pass makes its fingerprint differ (an unreachable API never
+        matches anything, not even another unreachable one).
         """
+        import uuid
+
         import requests
 
         url = f"http://{self.pool.get(k).address()}:{self.cfg.api_port}/node_id"
         try:
-            r = requests.get(url, timeout=(2, 3))
-            return str(r.json()) if r.status_code == 200 else None
+            r = requests.get(url, timeout=(3, 5))
+            if r.status_code == 200 and isinstance(r.json(), str):
+                return r.json()
         except (requests.RequestException, ValueError):
-            return None
+            pass
+        return f"unreachable:{uuid.uuid4().hex}"
 
     def _cached(self, store: dict, k: int, make: Callable[[], Any]) -> Any:
         """Return store[k], computing it once with `make`."""
