@@ -110,7 +110,7 @@ def ready_verdict(progress: InstanceProgress, ever_present: bool, stalled_s: flo
         return Verdict(True, f"all {len(progress.expected)} runner(s) Ready/Running after {elapsed_s:.1f}s",
                        details, {})
     if progress.failures:
-        msgs = "; ".join(f"{r[:8]}: {m}" for r, m in progress.failures.items())
+        msgs = "; ".join(f"{r[:8]}: {_one_line(m)}" for r, m in progress.failures.items())
         return Verdict(False, f"RunnerFailed: {msgs}", details, {"runner_failed": True, "errors": list(progress.failures.values())})
     if ever_present and not progress.present:
         return Verdict(False, f"instance {progress.instance_id} vanished from /state after {elapsed_s:.1f}s "
@@ -124,6 +124,13 @@ def ready_verdict(progress: InstanceProgress, ever_present: bool, stalled_s: flo
     why = "timed out" if timed_out else "not ready"
     return Verdict(False, f"{why} after {elapsed_s:.0f}s: {details['runners']}", details,
                    {"stalled": True, "runners": details["runners"]})
+
+
+def _one_line(msg: str, limit: int = 300) -> str:
+    """A RunnerFailed.errorMessage (multi-line traceback) as one line, the runner error kept in front."""
+    lines = [x.strip() for x in str(msg).splitlines() if x.strip()]
+    key = [x for x in lines if x.startswith("Runner error") or "Couldn't" in x or "Error:" in x]
+    return " | ".join(dict.fromkeys(lines[:1] + key[:2]))[:limit]
 
 
 # -- transport (gate 5b) --------------------------------------------------------------------------
