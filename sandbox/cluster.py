@@ -305,8 +305,10 @@ class Sandbox:
 
     # -- up --------------------------------------------------------------------------------------
     def up(self) -> Path:
-        """Build or refresh everything; returns the env file path. Idempotent."""
+        """Build or refresh everything, fault switches and timing overrides cleared; returns the env file path."""
         t0 = time.monotonic()
+        self._faults.clear()
+        self._timing.clear()
         if self.note:
             log.warning("%s", self.note)
         self._prepare_root()
