@@ -179,28 +179,34 @@ def check_green(r: RunResult, generation: str) -> list[dict]:
 
 
 # -- faults caught at their gate ------------------------------------------------------------------
+# The sandbox's timing knob shortens MLX's ring retry schedule (1, 2, 4, 8, 16 s) where the case is about the
+# errno line, not the wait; a shorter --ready-timeout shortens the stall budget. The gates are unchanged.
+FAST_RING = {"ring_retry_s": [0.2, 0.4, 0.8, 1.6, 3.2]}
 FAULTS = [
-    ("isolated", 2, {"isolated": True}, "cluster", "A1"),
-    ("namespace", 2, {"namespace": "someone-else"}, "cluster", "A1"),
-    ("crash_at_start", 2, {"crash_at_start": True}, "startup", "X-EXIT"),
-    ("crash_loop", 2, {"crash_loop": 1.0}, "startup", "X-RESTART"),
-    ("runner_never_ready", 2, {"runner_never_ready": "loading"}, "placement", "F2"),
-    ("ring_connect_error_61", 2, {"ring_connect_error": 61}, "placement", "G2"),
+    ("isolated", 2, {"isolated": True}, "cluster", "A1", {}, ()),
+    ("namespace", 2, {"namespace": "someone-else"}, "cluster", "A1", {}, ()),
+    ("crash_at_start", 2, {"crash_at_start": True}, "startup", "X-EXIT", {}, ()),
+    ("crash_loop", 2, {"crash_loop": 1.0}, "startup", "X-RESTART", {}, ()),
+    ("runner_never_ready", 2, {"runner_never_ready": "loading"}, "placement", "F2", {}, ("--ready-timeout", "30")),
+    ("ring_connect_error_61", 2, {"ring_connect_error": 61}, "placement", "G2", FAST_RING, ()),
     # ETIMEDOUT: each of MLX's 5 connect attempts waits for the kernel's connect timeout, so the errno line comes
     # after the stall budget; what is observable by then is runners stuck Connecting (F1).
-    ("ring_connect_error_60", 2, {"ring_connect_error": 60}, "placement", "F1"),
-    ("ring_connect_error_65", 2, {"ring_connect_error": 65}, "placement", "G2"),
-    ("chat_truncated_body", 1, {"chat_truncated_body": True}, "chat", "H2"),
-    ("stream_error_chunk", 1, {"stream_error_chunk": True}, "chat", "H2"),
-    ("stall_mid_stream", 1, {"stall_mid_stream": 2}, "chat", "H3"),
+    ("ring_connect_error_60", 2, {"ring_connect_error": 60}, "placement", "F1", {}, ("--ready-timeout", "30")),
+    ("ring_connect_error_65", 2, {"ring_connect_error": 65}, "placement", "G2", FAST_RING, ()),
+    ("chat_truncated_body", 1, {"chat_truncated_body": True}, "chat", "H2", {}, ()),
+    ("stream_error_chunk", 1, {"stream_error_chunk": True}, "chat", "H2", {}, ()),
+    ("stall_mid_stream", 1, {"stall_mid_stream": 2}, "chat", "H3", {}, ()),
 ]
 
 
-@pytest.mark.parametrize("name,k,faults,gate,sig", FAULTS, ids=[f[0] for f in FAULTS])
-def test_fault_caught_at_its_gate(box, tmp_path, name, k, faults, gate, sig):
+@pytest.mark.parametrize("name,k,faults,gate,sig,timing,extra", FAULTS, ids=[f[0] for f in FAULTS])
+def test_fault_caught_at_its_gate(box, tmp_path, name, k, faults, gate, sig, timing, extra):
     box.set_exo_faults(k, faults)
+    if timing:
+        for j in (1, 2):
+            box.set_exo_timing(j, timing)
     t0 = time.monotonic()
-    r = run(box, tmp_path)
+    r = run(box, tmp_path, *extra)
     own, since_exo = gate_times(r, gate)
     print(f"\nMEASURE {name}: {gate} failed after {own}s in the gate, {since_exo and round(since_exo, 1)}s after exo "
           f"started; run {time.monotonic() - t0:.1f}s; {r.message(gate)[:160]}")
