@@ -220,8 +220,8 @@ def subprocess_env() -> dict[str, str]:
 
 
 def run_shell(cmd: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run a printed command line with the shell, as an operator would."""
-    return subprocess.run(cmd, shell=True, cwd=cwd, env=subprocess_env(), capture_output=True, text=True,
+    """Run a printed command line through /bin/sh, as an operator pasting it would."""
+    return subprocess.run(["/bin/sh", "-c", cmd], cwd=cwd, env=subprocess_env(), capture_output=True, text=True,
                           timeout=timeout)
 
 
