@@ -200,3 +200,16 @@ def test_green_file_gates_leave_manifests_in_the_run_folder(clean):
         assert any(f["path"] == "model.safetensors.index.json" for f in manifest["files"])
     assert (folder / "ledger.html").exists()
     shutil.rmtree(reports, ignore_errors=True)
+
+
+def test_verify_hashes_catches_a_corrupt_shard_that_kept_its_size(clean):
+    sbx, reports = clean
+    sbx.populate_model(1)
+    shard = sorted(node_dir(sbx, 1).glob("*.safetensors"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF  # same size, same header: only a hash can tell
+    write_as(sbx, 1, shard, bytes(data), keep_mtime_of=shard)
+    plain = run(sbx, reports)
+    assert plain.outcome("node1_verify") == "passed", plain.outcomes
+    hashed = run(sbx, reports, "--verify-hashes")
+    assert_caught(hashed, "node1_verify", "sha256", shard.name)
