@@ -23,6 +23,7 @@ def write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by whoever takes over
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
