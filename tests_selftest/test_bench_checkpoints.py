@@ -16,7 +16,7 @@ MODEL = "org/model"
 
 
 def payload(case_id: str = "token_sweep-pp128-tg32", fp: str = "fp1", key: str = "k1", **extra: object) -> dict:
-    return {"case_id": case_id, "fingerprint": fp, "config_key": key, "summary": {"ok": 1},
+    return {"case_id": case_id, "model_id": MODEL, "fingerprint": fp, "config_key": key, "summary": {"ok": 1},
             "figures": {"decode_tps": 10.0}, "reused_from": None} | extra
 
 
@@ -99,3 +99,15 @@ def test_heartbeat_every_n_and_on_a_timer() -> None:
         assert any("waiting" in ln and "concurrency-c4 6/10" in ln for ln in lines)
     assert lines[0].endswith("start") and lines[-1].endswith("done")
     assert all(ln.startswith("bench concurrency concurrency-c4 ") and "elapsed" in ln and "tok/s" in ln for ln in lines)
+
+
+def test_previous_measurement_ignores_a_model_whose_folder_name_extends_this_one(tmp_path):
+    """`org/m` must not take `org/m-7`'s results as its previous run (run folder names alone are ambiguous)."""
+    from modeldrop.bench import checkpoints as ck
+
+    other = tmp_path / "20261101T000000Z-org--m-7"
+    ck.write_case(other, {"case_id": "c1", "model_id": "org/m-7", "fingerprint": "f", "config_key": "k",
+                          "summary": {"decode_tps": 1.0}})
+    current = tmp_path / "20261102T000000Z-org--m"
+    assert ck.previous_measurement("c1", "org/m", tmp_path, current) is None
+    assert ck.previous_measurement("c1", "org/m-7", tmp_path, current) is not None

@@ -61,7 +61,9 @@ def read_case(path: Path) -> dict[str, Any] | None:
 
 
 def _model_runs(reports_dir: Path, model_id: str, exclude: Path | None) -> Iterator[Path]:
-    """Run folders of this model, newest first (names start with a UTC stamp), symlinks skipped."""
+    """Run folders that may be this model's, newest first (names start with a UTC stamp), symlinks skipped.
+    The name alone is ambiguous (`org/m` + a `-2` collision suffix looks like `org/m-2`): callers also check
+    the payload's model_id."""
     if not Path(reports_dir).is_dir():
         return
     skip = exclude.resolve() if exclude is not None else None
@@ -96,7 +98,8 @@ def previous_measurement(case_id: str, model_id: str, reports_dir: Path | None,
         path = case_path(run, case_id)
         if path.is_file():
             payload = read_case(path)
-            if payload and payload.get("summary") is not None and not payload.get("reused_from"):
+            if (payload and payload.get("model_id") == model_id and payload.get("summary") is not None
+                    and not payload.get("reused_from")):
                 return path, payload
     return None
 
