@@ -353,10 +353,22 @@ class Handler(BaseHTTPRequestHandler):
         from exo_emulator.serve import serve_chat
 
         req = C.parse_chat(body, bench)
-        if self.node.instance_for_model(req.model) is None:
+        inst = self.node.instance_for_model(req.model)
+        if inst is None:
             raise HttpError(404, f"No instance found for model {req.model}")
+        req.resolve_thinking(_capabilities(self.node, inst, req.model))
         req.command_id = new_uuid()
         serve_chat(self, req)
+
+
+def _capabilities(node: Any, inst: dict[str, Any], model_id: str) -> list[str]:
+    """The instance's model card capabilities (its shard's card; else the node's card for the id)."""
+    try:
+        shard = next(iter(next(iter(inst.values()))["shardAssignments"]["runnerToShard"].values()))
+        return list(next(iter(shard.values()))["modelCard"].get("capabilities") or [])
+    except (StopIteration, KeyError, AttributeError, TypeError):
+        card = node.find_card(model_id)
+        return list(card["capabilities"]) if card else []
 
 
 def tag_of(obj: dict[str, Any]) -> str:

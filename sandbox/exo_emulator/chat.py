@@ -4,6 +4,9 @@ Contract: every builder returns exactly exo's JSON — ``object: "chat.completio
 chunks too, ``role`` repeated in every delta, null fields omitted (NEW) or sent as null (OLD),
 ``usage`` only on the last chunk, ``generation_stats`` in snake_case with ``peak_memory_usage``
 as ``{"in_bytes": N}`` in the SSE comment and ``{"inBytes": N}`` in the bench JSON body.
+Reasoning: for a card with the ``thinking`` capability, unless the request turns thinking off
+(``enable_thinking: false`` or ``reasoning_effort: "none"``), the prompt is rendered with thinking
+on and ``ReasoningSplitter`` routes generated text up to ``</think>`` to ``reasoning_content``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_MAX_TOKENS = 512
+THINK_CLOSE = "</think>"
 
 
 class RequestError(Exception):
@@ -34,12 +38,27 @@ class ChatRequest:
     top_p: float
     seed: int | None
     bench: bool
+    thinking_off: bool = False
     command_id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
+    # set by the API from the model card: True = render with thinking on and split reasoning
+    thinking: bool = False
+    # the template's ``enable_thinking`` (None = not passed, the template's default)
+    enable_thinking: bool | None = None
+
+    def resolve_thinking(self, capabilities: list[str]) -> None:
+        """Thinking is on for a ``thinking`` card unless the request turned it off."""
+        if "thinking" in capabilities:
+            self.thinking = not self.thinking_off
+            self.enable_thinking = self.thinking
+        else:
+            self.thinking = False
+            self.enable_thinking = False if self.thinking_off else None
 
     def params(self) -> dict[str, Any]:
         return {"messages": self.messages, "max_tokens": self.max_tokens, "temperature": self.temperature,
-                "top_p": self.top_p, "seed": self.seed, "bench": self.bench}
+                "top_p": self.top_p, "seed": self.seed, "bench": self.bench,
+                "enable_thinking": self.enable_thinking}
 
 
 def parse_chat(body: Any, bench: bool) -> ChatRequest:
@@ -59,9 +78,41 @@ def parse_chat(body: Any, bench: bool) -> ChatRequest:
         raise RequestError(errors)
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
     temp = body.get("temperature")
+    # exo: enable_thinking=false is the same as reasoning_effort="none"
+    thinking_off = body.get("enable_thinking") is False or body.get("reasoning_effort") == "none"
     return ChatRequest(model=str(body["model"]), messages=body["messages"], stream=bool(body.get("stream", False)),
                        max_tokens=int(max_tokens), temperature=0.0 if temp is None else float(temp),
-                       top_p=float(body.get("top_p") or 1.0), seed=body.get("seed"), bench=bench)
+                       top_p=float(body.get("top_p") or 1.0), seed=body.get("seed"), bench=bench,
+                       thinking_off=thinking_off)
+
+
+class ReasoningSplitter:
+    """Routes generated text to ``reasoning_content`` until ``</think>``, then to ``content``.
+
+    ``feed(text)`` / ``flush()`` return ``[(field, text), ...]`` with non-empty texts; a possible
+    start of ``</think>`` at the end of the text is held back until the next piece decides it.
+    """
+
+    def __init__(self, thinking: bool) -> None:
+        self.in_think = thinking
+        self.buf = ""
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        if not self.in_think:
+            return [("content", text)] if text else []
+        self.buf += text
+        if THINK_CLOSE in self.buf:
+            reasoning, rest = self.buf.split(THINK_CLOSE, 1)
+            self.buf, self.in_think = "", False
+            return [p for p in (("reasoning_content", reasoning), ("content", rest)) if p[1]]
+        hold = next((k for k in range(min(len(THINK_CLOSE) - 1, len(self.buf)), 0, -1)
+                     if THINK_CLOSE.startswith(self.buf[-k:])), 0)
+        out, self.buf = self.buf[: len(self.buf) - hold], self.buf[len(self.buf) - hold:]
+        return [("reasoning_content", out)] if out else []
+
+    def flush(self) -> list[tuple[str, str]]:
+        out, self.buf = self.buf, ""
+        return [("reasoning_content" if self.in_think else "content", out)] if out else []
 
 
 def usage(prompt: int, completion: int) -> dict[str, Any]:
@@ -72,12 +123,13 @@ def usage(prompt: int, completion: int) -> dict[str, Any]:
 
 
 def delta_chunk(req: ChatRequest, text: str | None, new_gen: bool, finish: str | None = None,
-                use: dict[str, Any] | None = None) -> dict[str, Any]:
+                use: dict[str, Any] | None = None, key: str = "content") -> dict[str, Any]:
+    """One stream chunk; ``key`` is ``content`` or ``reasoning_content``."""
     delta: dict[str, Any] = {"role": "assistant"}
-    if text is not None or not new_gen:
-        delta["content"] = text
     if not new_gen:
-        delta.update({"reasoning_content": None, "tool_calls": None})
+        delta.update({"content": None, "reasoning_content": None, "tool_calls": None})
+    if text is not None or not new_gen:
+        delta[key] = text
     choice: dict[str, Any] = {"index": 0, "delta": delta}
     if finish is not None or not new_gen:
         choice["finish_reason"] = finish
@@ -99,10 +151,14 @@ def stats(s: dict[str, Any], key: str) -> dict[str, Any]:
             "peak_memory_usage": {key: int(s["peak_memory"])}, "prefix_cache_hit": "none"}
 
 
-def full_body(req: ChatRequest, text: str, s: dict[str, Any], finish: str) -> dict[str, Any]:
+def full_body(req: ChatRequest, text: str, s: dict[str, Any], finish: str,
+              reasoning: str | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if reasoning:
+        message["reasoning_content"] = reasoning
     body: dict[str, Any] = {
         "id": req.command_id, "object": "chat.completion", "created": req.created, "model": req.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": usage(s["prompt_tokens"], s["generation_tokens"]),
     }
     if req.bench:

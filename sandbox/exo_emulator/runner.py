@@ -89,11 +89,13 @@ class Runner:
         self.status("RunnerReady", **({"prefillServerPort": None} if self.spec["generation"] == "new" else {}))
 
     # ---- generation ------------------------------------------------------------------------------
-    def _prompt(self, messages: list[dict[str, Any]]) -> list[int]:
+    def _prompt(self, messages: list[dict[str, Any]], enable_thinking: bool | None = None) -> list[int]:
+        """Chat-template tokens; ``enable_thinking`` (when not None) goes to the template like exo's."""
         msgs = [{"role": m.get("role", "user"), "content": _text(m.get("content"))} for m in messages]
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
-            out = tok.apply_chat_template(msgs, add_generation_prompt=True)
+            extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+            out = tok.apply_chat_template(msgs, add_generation_prompt=True, **extra)
             if isinstance(out, str):
                 return tok.encode(out)
             return list(out)
@@ -101,7 +103,7 @@ class Runner:
         return tok.encode(text)
 
     def _stream(self, messages: list[dict[str, Any]], max_tokens: int, temperature: float, top_p: float,
-                ban_eos: bool, seed: int | None = None):
+                ban_eos: bool, seed: int | None = None, enable_thinking: bool | None = None):
         import mlx.core as mx
         from mlx_lm.generate import stream_generate
         from mlx_lm.sample_utils import make_sampler
@@ -117,18 +119,18 @@ class Runner:
                 return logits
 
             processors.append(ban)
-        prompt = self._prompt(messages)
+        prompt = self._prompt(messages, enable_thinking)
         sampler = make_sampler(temp=temperature, top_p=top_p)
         yield from stream_generate(self.model, self.tokenizer, prompt, max_tokens=max_tokens, sampler=sampler,
                                    logits_processors=processors)
 
     def generate(self, req_id: str, p: dict[str, Any]) -> None:
         try:
-            n_prompt = len(self._prompt(p["messages"]))
+            n_prompt = len(self._prompt(p["messages"], p.get("enable_thinking")))
             self.send("prefill", req_id, n_prompt, n_prompt)
             last = None
             for resp in self._stream(p["messages"], p["max_tokens"], p["temperature"], p["top_p"],
-                                     p["bench"], p.get("seed")):
+                                     p["bench"], p.get("seed"), p.get("enable_thinking")):
                 last = resp
                 self.send("token", req_id, resp.text, resp.token)
             stats = {"prompt_tokens": last.prompt_tokens if last else n_prompt,

@@ -3,7 +3,8 @@
 Contract: non-stream replies are ``200 application/json`` sent before generation runs (chunked),
 so a failure mid-generation shows as a truncated body; streams start with ``: keep-alive``,
 repeat it after ``keepalive_s`` of silence, send ``: prefill_progress``, one ``data:`` chunk per
-token (the last carries ``finish_reason`` and ``usage``), ``: generation_stats {...}`` and
+token (the last carries ``finish_reason`` and ``usage``; text before ``</think>`` goes in
+``reasoning_content`` when the request thinks, see ``chat.ReasoningSplitter``), ``: generation_stats {...}`` and
 ``data: [DONE]``; a runner error gives exo's error chunk then ``[DONE]``; a deleted instance
 ends the stream without ``[DONE]``. Faults: ``chat_truncated_body``, ``stream_error_chunk``,
 ``token_rate``, ``stall_mid_stream``.
@@ -55,7 +56,8 @@ def _serve_stream(h: Any, req: C.ChatRequest) -> None:
     w = ChunkedWriter(h, "text/event-stream")
     w.write(C.comment("keep-alive"))
     last = time.monotonic()
-    pending: str | None = None
+    pending: tuple[str, str] | None = None  # (delta key, text) held back for the final chunk
+    split = C.ReasoningSplitter(req.thinking)
     n_tokens = 0
     pacer = _Pacer(f.token_rate)
     for ev in node.chat_events(req):
@@ -78,16 +80,22 @@ def _serve_stream(h: Any, req: C.ChatRequest) -> None:
                 _error_end(w, "Runner shutdown before completing command (signal=9 (Killed: 9))")
                 return
             pacer.wait()
-            if pending:
-                w.write(C.sse(C.delta_chunk(req, pending, new_gen)))
-            pending = ev[1]
+            for piece in split.feed(ev[1]):
+                if pending:
+                    w.write(C.sse(C.delta_chunk(req, pending[1], new_gen, key=pending[0])))
+                pending = piece
         elif kind == "gen_done":
             s = ev[1]
             if f.stream_error_chunk:
                 _error_end(w, "Runner shutdown before completing command (signal=9 (Killed: 9))")
                 return
+            for piece in split.flush():
+                if pending:
+                    w.write(C.sse(C.delta_chunk(req, pending[1], new_gen, key=pending[0])))
+                pending = piece
+            key, text = pending or ("content", "")
             use = C.usage(s["prompt_tokens"], s["generation_tokens"])
-            w.write(C.sse(C.delta_chunk(req, pending or "", new_gen, s["finish_reason"], use)))
+            w.write(C.sse(C.delta_chunk(req, text, new_gen, s["finish_reason"], use, key=key)))
             w.write(C.comment("generation_stats " + json.dumps(C.stats(s, "in_bytes"), separators=(",", ":"))))
             w.write(b"data: [DONE]\n\n")
             w.finish()
@@ -114,7 +122,8 @@ def _serve_json(h: Any, req: C.ChatRequest) -> None:
     node = h.node
     f = node.cfg.faults
     w = ChunkedWriter(h, "application/json")
-    parts: list[str] = []
+    parts: dict[str, list[str]] = {"content": [], "reasoning_content": []}
+    split = C.ReasoningSplitter(req.thinking)
     n_tokens = 0
     pacer = _Pacer(f.token_rate)
     for ev in node.chat_events(req):
@@ -125,10 +134,14 @@ def _serve_json(h: Any, req: C.ChatRequest) -> None:
                 _stall_forever(None, node.cfg.timing.keepalive_s, node)
                 return
             pacer.wait()
-            parts.append(ev[1])
+            for key, text in split.feed(ev[1]):
+                parts[key].append(text)
         elif kind == "gen_done":
             s = ev[1]
-            data = json.dumps(C.full_body(req, "".join(parts), s, s["finish_reason"])).encode()
+            for key, text in split.flush():
+                parts[key].append(text)
+            data = json.dumps(C.full_body(req, "".join(parts["content"]), s, s["finish_reason"],
+                                          "".join(parts["reasoning_content"]) or None)).encode()
             if f.chat_truncated_body:
                 w.write(data[: len(data) // 2])
                 w.abort()
