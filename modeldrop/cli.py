@@ -5,8 +5,9 @@ Contract:
   model id first (one `ERROR:` line, exit 4, nothing run), then runs `python -m pytest gates/ --model
   org/model …` in the project root (the directory holding gates/ and conftest.py), prints the run
   folder and the Hand-off Block, and returns pytest's exit status.
-- With `--audit`, the last line is `RING_INPUT_READY` only when pytest exited 0 and every gate of the
-  audit order (preflight, nodeK_verify, parity) passed or was reused.
+- In an audit run (`--audit`, or AUDIT=1 in the environment or env file), the last line is
+  `RING_INPUT_READY` only when pytest exited 0 and every gate of the audit order (preflight,
+  nodeK_verify, parity) passed or was reused.
 - `model-drop-latest [args…]` does the same with the model id of the last run (`reports/latest`).
 - Plain Python: the pytest run is a subprocess; the plugin tells it the run folder through the
   file named by MODELDROP_RUN_FOLDER_FILE.
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from modeldrop import gatelist, validate
+from modeldrop.config import DEFAULT_ENV_FILE, read_env_file
 from modeldrop.errors import InputError
 from modeldrop.ledger.handoff import HANDOFF_KEYS, parse_block
 from modeldrop.ledger.jsonl import read_jsonl
@@ -50,9 +52,29 @@ def project_root(start: Path | None = None) -> Path:
     raise InputError(f"model-drop: no gates/ and conftest.py in {start} or above; run it from the modeldrop checkout")
 
 
-def report_dir(root: Path) -> Path:
-    """reports/ of the project (RUN_REPORT_DIR from the environment when set)."""
-    p = Path(os.environ.get("RUN_REPORT_DIR") or "reports").expanduser()
+def _arg_value(args: Sequence[str], flag: str) -> str | None:
+    """The value of `flag` in pytest args (`--flag v` or `--flag=v`), the last one winning."""
+    value = None
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif a.startswith(flag + "="):
+            value = a[len(flag) + 1:]
+    return value
+
+
+def report_dir(root: Path, args: Sequence[str] = ()) -> Path:
+    """Where the plugin puts run folders, resolved as it does: `--report-dir` in `args`, else RUN_REPORT_DIR
+    from the environment, else from the env file (`--env-file` in `args`, else config/model_drop.env when it
+    exists), else `reports`; relative to `root`. A bad env file raises InputError."""
+    value = _arg_value(args, "--report-dir") or os.environ.get("RUN_REPORT_DIR")
+    if not value:
+        given = _arg_value(args, "--env-file")
+        env_file = Path(given).expanduser() if given else DEFAULT_ENV_FILE
+        env_file = env_file if env_file.is_absolute() else root / env_file
+        if given or env_file.is_file():
+            value = read_env_file(env_file).get("RUN_REPORT_DIR", ("", ""))[0]
+    p = Path(value or "reports").expanduser()
     return p if p.is_absolute() else root / p
 
 
@@ -111,9 +133,12 @@ def run(model: str, rest: Sequence[str], root: Path | None = None) -> int:
         return _error(str(e))
     rc, folder = _run_pytest(root, model, rest)
     if folder is None and rc not in (EXIT_USAGE,):
-        folder = resolve_latest(report_dir(root))
+        try:
+            folder = resolve_latest(report_dir(root, rest))
+        except InputError:
+            folder = None
     print_handoff(folder)
-    if "--audit" in rest and rc == 0 and folder is not None and audit_ready(folder):
+    if rc == 0 and folder is not None and audit_ready(folder):  # audit_ready: only an audit run (--audit or AUDIT=1)
         print("RING_INPUT_READY")
     return rc
 
@@ -129,9 +154,9 @@ def model_drop_main(argv: Sequence[str] | None = None) -> int:
     return run(args[0], args[1:])
 
 
-def latest_model(root: Path) -> str | None:
-    """The model id of the last run (`reports/latest`): its ledger's run_start, else the folder name."""
-    folder = resolve_latest(report_dir(root))
+def latest_model(root: Path, args: Sequence[str] = ()) -> str | None:
+    """The model id of the last run (`<report dir>/latest`): its ledger's run_start, else the folder name."""
+    folder = resolve_latest(report_dir(root, args))
     if folder is None:
         return None
     start = next((r for r in read_jsonl(folder / "ledger.jsonl") if r.get("event") == "run_start"), None)
@@ -149,12 +174,13 @@ def model_drop_latest_main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         root = project_root()
+        reports = report_dir(root, args)
     except InputError as e:
         return _error(str(e))
-    model = latest_model(root)
+    model = latest_model(root, args)
     if not model:
-        return _error(f"model-drop-latest: no previous run under {report_dir(root)} (no 'latest' link)")
-    print(f"model-drop-latest: {model} (from {report_dir(root) / 'latest'})")
+        return _error(f"model-drop-latest: no previous run under {reports} (no 'latest' link)")
+    print(f"model-drop-latest: {model} (from {reports / 'latest'})")
     return run(model, args, root)
 
 

@@ -131,7 +131,9 @@ class _Progress:
         t0 = time.monotonic()
         self.start_bytes = self._size() or 0
         prev_t, prev_b = t0, self.start_bytes
-        while not self.stop.wait(self.interval_s):
+        due = t0 + self.interval_s  # a fixed cadence: the probe's own round trip must not stretch the gaps
+        while not self.stop.wait(max(0.0, due - time.monotonic())):
+            due = max(due + self.interval_s, time.monotonic())
             b = self._size()
             if b is None:
                 continue

@@ -6,7 +6,6 @@ Every gate after the first depends on the one before it in the active order. `--
 
 from __future__ import annotations
 
-FILE_GATES = ("download", "verify")
 CLUSTER_GATES = ("startup", "cluster", "placement", "transport", "chat")
 
 

@@ -185,10 +185,10 @@ class Node(ABC):
                             f"{_last_lines(stderr or res.stdout)}")
         return result
 
-    def facts(self, *, refresh: bool = False) -> dict:
-        """The `facts` probe result, cached per node."""
+    def facts(self, *, refresh: bool = False, timeout: float = 30) -> dict:
+        """The `facts` probe result, cached per node (probed again with refresh=True)."""
         if self._facts is None or refresh:
-            self._facts = self.run_probe("facts", {}, timeout=30)
+            self._facts = self.run_probe("facts", {}, timeout=timeout)
         return self._facts
 
     def read_tail(self, path: str, max_bytes: int = 65536) -> str:

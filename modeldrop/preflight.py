@@ -34,15 +34,19 @@ def check_node(node: Node, nc: NodeConfig, cfg: RunConfig, expected_total: int |
     """Check node `nc`: SSH + python3, hf runs, parent writable, free disk ≥ what is still to download."""
     out = NodePreflight(nc.index)
     try:
-        out.facts = node.run_probe("facts", {}, timeout=60)
+        out.facts = node.facts(refresh=True, timeout=60)  # fills the node's cache (expand_path, exo launcher)
     except NodeError as e:
         out.problems.append(f"{nc.name} ({nc.target}): cannot run probes: {e}")
         return out
-    out.hf = node.run_probe("tool", {"path": nc.hf_cmd, "args": ["version"], "timeout": 60, "env": {}}, timeout=90)
-    out.problems += hf_problems(nc, out.hf)
-    out.disk = node.run_probe("disk", {"path": nc.model_dir}, timeout=60)
-    out.present_bytes = int(node.run_probe("dirsize", {"path": nc.model_dir}, timeout=300).get("bytes") or 0)
-    out.problems += disk_problems(nc, out.disk, required_free_bytes(cfg, expected_total, out.present_bytes))
+    try:  # the node answered once; a later probe failing (timeout, dropped link) is a problem line too
+        out.hf = node.run_probe("tool", {"path": nc.hf_cmd, "args": ["version"], "timeout": 60, "env": {}},
+                                timeout=90)
+        out.problems += hf_problems(nc, out.hf)
+        out.disk = node.run_probe("disk", {"path": nc.model_dir}, timeout=60)
+        out.present_bytes = int(node.run_probe("dirsize", {"path": nc.model_dir}, timeout=300).get("bytes") or 0)
+        out.problems += disk_problems(nc, out.disk, required_free_bytes(cfg, expected_total, out.present_bytes))
+    except NodeError as e:  # CommandTimeout is a NodeError
+        out.problems.append(f"{nc.name} ({nc.target}): {e}")
     return out
 
 
@@ -82,6 +86,12 @@ def disk_problems(nc: NodeConfig, disk: dict[str, Any], required: int | None) ->
     return problems
 
 
+def ssh_port(node: Node) -> int:
+    """The port the control host reaches the node's sshd at (`user@host:2222`, ssh_config Port); 22 for local."""
+    resolved = getattr(node, "resolved", None)  # SSHNode only
+    return int(resolved.port) if resolved is not None else 22
+
+
 def reach_problems(pre: dict[int, NodePreflight], nodes: dict[int, Node], cfg: RunConfig) -> list[str]:
     """Each node must open TCP to every other node's SSH port at the address the control host uses."""
     if len(nodes) < 2:
@@ -89,7 +99,7 @@ def reach_problems(pre: dict[int, NodePreflight], nodes: dict[int, Node], cfg: R
     addresses = {k: nodes[k].address() for k in nodes}
     problems = []
     for k, node in nodes.items():
-        targets = [[addresses[j], 22] for j in nodes if j != k]
+        targets = [[addresses[j], ssh_port(nodes[j])] for j in nodes if j != k]
         for r in node.run_probe("reach", {"targets": targets, "timeout": 3}, timeout=60)["results"]:
             if not r["ok"]:
                 hint = MACOS_ERRNO_HINT.get(r.get("errno") or 0, r.get("error") or "")

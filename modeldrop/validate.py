@@ -151,7 +151,10 @@ def env_line(line: str, where: str) -> tuple[str, str] | None:
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not _KEY_RE.match(key):
-        raise InputError(f"{where}: malformed line (expected KEY=value): {line.strip()!r}")
+        # the line is not echoed: it may be a token pasted without `HF_TOKEN=` (stderr ends up in CI logs)
+        head = re.match(r"[A-Z][A-Z0-9_]*\b", text)
+        hint = f" at {head.group(0)!r}" if head else ""
+        raise InputError(f"{where}: malformed line{hint} (expected KEY=value; the line is not shown, it may hold a secret)")
     value = value.strip()
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
         value = value[1:-1]

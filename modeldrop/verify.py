@@ -15,8 +15,6 @@ from modeldrop import audit, hub
 from modeldrop.config import NodeConfig, RunConfig
 from modeldrop.nodes import Node
 
-LARGE_FILE_BYTES = 10 * 1024 * 1024
-
 
 @dataclass
 class VerifyResult:
@@ -41,8 +39,9 @@ def expectation(manifest: dict[str, Any], online: hub.ExpectedManifest | None,
     if online is not None:
         return online
     for m in (manifest, fallback):
-        if m and m.get("tree"):
-            return hub.expected_from_cache(m)
+        expected = hub.expected_from_cache(m) if m else None
+        if expected is not None:  # a tree that is there but unreadable or empty falls through to the next
+            return expected
     return None
 
 
@@ -74,12 +73,12 @@ def weight_counts(manifest: dict[str, Any]) -> dict[str, int]:
 
 def check_hashes(node: Node, nc: NodeConfig, manifest: dict[str, Any],
                  expected: hub.ExpectedManifest | None) -> dict[str, Any]:
-    """sha256 of every large file, computed on the node in parallel, against the hub's LFS etag."""
+    """sha256 of every file the hub tree gives an LFS sha256 for (the large files), computed on the node in
+    parallel, against that sha256."""
     if expected is None:
         return {"checked": 0, "mismatches": ["no expected sha256 (no hub tree and no cached tree)"]}
     targets = [f["path"] for f in manifest.get("files", [])
-               if f["size"] >= LARGE_FILE_BYTES or (expected.files.get(f["path"]) and expected.files[f["path"]].sha256)]
-    targets = [p for p in targets if p in expected.files and expected.files[p].sha256]
+               if f["path"] in expected.files and expected.files[f["path"]].sha256]
     got = node.run_probe("hashes", {"path": nc.model_dir, "files": targets, "workers": 4}, timeout=4 * 3600)
     mismatches = [f"{p}: expected {expected.files[p].sha256[:12]}…, got {got['sha256'].get(p, 'missing')[:12]}…"
                   for p in targets if got["sha256"].get(p) != expected.files[p].sha256]

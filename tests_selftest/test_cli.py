@@ -74,3 +74,24 @@ def test_model_drop_latest_uses_the_last_model(suite, capfd):
     out = capfd.readouterr().out
     assert "model-drop-latest: org/tiny-model" in out and "MODEL=org/tiny-model" in out
     assert trace(suite) == []  # everything reused
+
+
+def test_model_drop_latest_finds_the_env_files_report_dir(suite, capfd, monkeypatch):
+    monkeypatch.delenv("RUN_REPORT_DIR", raising=False)
+    suite.path.joinpath("test.env").write_text(suite.path.joinpath("test.env").read_text() + "RUN_REPORT_DIR=runs\n")
+    assert cli.model_drop_main(["org/tiny-model", "--env-file", "test.env"]) == 0
+    assert (suite.path / "runs" / "latest").exists() and not (suite.path / "reports").exists()
+    trace(suite)
+    capfd.readouterr()
+    assert cli.model_drop_latest_main(["--env-file", "test.env", "--resume-bootstrap"]) == 0
+    out = capfd.readouterr().out
+    assert "model-drop-latest: org/tiny-model" in out and str(suite.path / "runs" / "latest") in out
+    assert cli.model_drop_latest_main(["--report-dir", "elsewhere"]) == 4
+    assert "no previous run under" in capfd.readouterr().err
+
+
+def test_audit_from_the_env_file_prints_ring_input_ready(suite, capfd):
+    suite.path.joinpath("test.env").write_text(suite.path.joinpath("test.env").read_text() + "AUDIT=1\n")
+    assert cli.model_drop_main(["org/tiny-model", "--env-file", "test.env"]) == 0
+    assert capfd.readouterr().out.rstrip().splitlines()[-1] == "RING_INPUT_READY"
+    assert trace(suite) == ["preflight", "node1_verify", "node2_verify", "parity"]

@@ -85,6 +85,13 @@ def test_malformed_and_unknown_env_lines_name_file_and_line(tmp_path):
         load({}, {}, "MODLE_ID=a/b\n", tmp_path)
 
 
+@pytest.mark.parametrize("line", ["HF_TOKEN hf_SecretValue123", "hf_SecretValue123", "HF_TOKEN: hf_SecretValue123"])
+def test_malformed_env_line_is_not_echoed(tmp_path, line):
+    with pytest.raises(InputError, match=r"model_drop.env:2: malformed line") as e:
+        load({}, {}, f"MODEL_ID=a/b\n{line}\n", tmp_path)
+    assert "SecretValue123" not in str(e.value)
+
+
 def test_bad_values_name_the_key(tmp_path):
     with pytest.raises(InputError, match="EXO_API_PORT"):
         load({"MODEL_ID": "a/b", "NODES": "local"}, {"EXO_API_PORT": "http"}, None, tmp_path)

@@ -86,3 +86,36 @@ def test_pure_helpers():
     assert hub_reason("Traceback (most recent call last):\n  File x\nOSError: [Errno 28] No space left on device\n") \
         == "No space left on device"
     assert hub_reason("all good\n") is None
+
+
+def test_progress_cadence_is_not_stretched_by_the_probe_round_trip():
+    """Heartbeats come every interval_s, not every interval_s + the dirsize round trip (README: at least every 10 s)."""
+    import itertools
+    import threading
+    import time
+
+    from modeldrop.download import _Progress
+
+    class SlowNode:
+        name = "node1"
+
+        def run_probe(self, name, args, *, timeout):
+            time.sleep(0.25)  # a slow SSH round trip
+            return {"bytes": 0}
+
+    stamps, done = [], threading.Event()
+
+    def emit(line):
+        stamps.append(time.monotonic())
+        if len(stamps) >= 5:
+            done.set()
+
+    p = _Progress(SlowNode(), "/x", None, emit, interval_s=0.4)
+    p.thread.start()
+    try:
+        assert done.wait(10)
+    finally:
+        p.stop.set()
+        p.thread.join(5)
+    gaps = sorted(b - a for a, b in itertools.pairwise(stamps))
+    assert gaps[len(gaps) // 2] < 0.55, gaps  # stretched: 0.4 + 0.25 = 0.65

@@ -108,3 +108,34 @@ def test_canary_check_passes_and_flags_dir_drift(api):
     v = canary_check(AliveLauncher(), api, MODEL, "/Users/me/Models/mlx-community--Llama-3.2-1B-Instruct-4bit",
                      api_timeout_s=5, model_timeout_s=5)
     assert not v.ok and v.facts["dir_drift"] and "not at the audited" in v.summary
+
+
+def test_canary_sees_exo_exit_while_its_api_is_down():
+    """exo answered /node_id, then died: the canary says it exited (fast), not 'not listed' at the deadline."""
+    class DyingLauncher:
+        calls = 0
+
+        def proc(self):
+            self.calls += 1
+            return {"pid": 1, "start": 1.0} if self.calls == 1 else None
+
+    class DeadAfterNodeId:
+        base_url = "http://10.0.0.1:52415"
+
+        def node_id(self, timeout_s=None):
+            return A
+
+        def downloaded_model_ids(self):
+            raise ExoUnreachable("GET /v1/models: ConnectionError")
+
+        def state(self):
+            raise ExoUnreachable("GET /state: ConnectionError")
+
+    now = [0.0]
+
+    def sleep(s):
+        now[0] += s
+
+    v = canary_check(DyingLauncher(), DeadAfterNodeId(), MODEL, "/Users/me/Models/x", api_timeout_s=5,
+                     model_timeout_s=120, clock=lambda: now[0], sleep=sleep)
+    assert not v.ok and "exo exited" in v.summary and now[0] < 5, (v.summary, now[0])

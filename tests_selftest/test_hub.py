@@ -43,3 +43,15 @@ def test_expected_from_cache_without_tree():
                                                 "w.safetensors": {"size": 9, "blob_id": "c", "lfs_sha256": "d"}}}}
     exp = expected_from_cache(m, include=["*.json"])
     assert exp.source == "cache" and list(exp.files) == ["a.json"] and exp.total_size == 3
+
+
+def test_verify_expectation_falls_back_past_an_unreadable_tree():
+    """This node's tree is there but unreadable (files {}): node 1's tree is used, not no expectation at all."""
+    from modeldrop.verify import expectation
+
+    broken = {"tree": {"commit": "c2", "path": ".cache/huggingface/trees/c2.json", "files": {},
+                       "error": "ValueError: truncated"}}
+    node1 = {"tree": {"commit": "c1", "files": {"config.json": {"size": 10, "blob_id": "b", "lfs_sha256": None}}}}
+    exp = expectation(broken, None, node1)
+    assert exp is not None and exp.commit == "c1" and exp.source == "cache"
+    assert expectation(broken, None, None) is None

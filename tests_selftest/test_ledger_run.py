@@ -214,3 +214,15 @@ def test_cluster_broken(broken):
         assert name in html, name
     fail = next(r for r in jsonl(latest(pytester)) if r["event"] == "fail")
     assert fail["gate"] == "cluster" and fail["reason"] == "RuntimeError: cannot reach node1"
+
+
+def test_benchmark_next_command_keeps_the_bench_shape(pytester):
+    make_suite(pytester)
+    conftest = pytester.path / "conftest.py"
+    conftest.write_text(conftest.read_text().replace('"fixtures.ledger"]', '"fixtures.ledger", "fixtures.bench"]'))
+    pytester.makepyfile(**{"benchmarks/test_bench": BENCH})
+    pytester.runpytest("benchmarks", "--model", "org/tiny-model", "--env-file", "test.env",
+                       "--bench-profile", "short", "--bench-node=1")
+    block = handoff_block(latest(pytester))
+    assert block["NEXT_COMMAND"].endswith("benchmarks/ --model org/tiny-model --env-file test.env "
+                                          "--bench-profile short --bench-node=1 -k 'test_sweep[2]'"), block

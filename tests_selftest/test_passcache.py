@@ -50,6 +50,17 @@ def test_corrupt_file_is_an_empty_cache(tmp_path):
     assert cache.lookup("preflight", "fp", 60) is not None
 
 
+def test_malformed_gate_entries_are_left_out(tmp_path):
+    good = {"gate": "parity", "fingerprint": "fp", "time": time.time(), "run_id": "r"}
+    (tmp_path / "c.json").write_text(json.dumps({"passes": {"preflight": 5, "node1_verify": {"x": 1},
+                                                            "parity": ["junk", good]}}))
+    cache = PassCache(tmp_path / "c.json")
+    assert cache.lookup("preflight", "fp", 60) is None and cache.latest("node1_verify") is None
+    assert cache.lookup("parity", "fp", 60).run_id == "r"
+    cache.record("preflight", "fp", "run")
+    assert cache.lookup("preflight", "fp", 60) is not None and cache.latest("parity").run_id == "r"
+
+
 def _writer(path: str, n: int, who: int) -> None:
     cache = PassCache(Path(path))
     for i in range(n):

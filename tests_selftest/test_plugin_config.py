@@ -146,3 +146,28 @@ def test_sandbox_unavailable_is_one_line(pytester, no_nodes, monkeypatch):
 def test_sandbox_node_count_is_checked(pytester, no_nodes):
     make_suite(pytester)
     assert "--sandbox-nodes" in one_line_usage_error(pytester.runpytest("gates", "--sandbox", "--sandbox-nodes", "7"))
+
+
+@pytest.mark.parametrize("args, flag", [(["--bench-concurrency", "x"], "--bench-concurrency"),
+                                        (["--bench-prompt-lens", "0"], "--bench-prompt-lens"),
+                                        (["--bench-repeat", "0"], "--bench-repeat"),
+                                        (["--bench-node", "0"], "--bench-node")])
+def test_bad_bench_option_is_one_line_before_the_run_folder(pytester, no_nodes, args, flag):
+    make_suite(pytester)
+    conftest = pytester.path / "conftest.py"
+    conftest.write_text(conftest.read_text().replace('"fixtures.ledger"]', '"fixtures.ledger", "fixtures.bench"]'))
+    pytester.makepyfile(**{"benchmarks/test_b": "import pytest\n\n@pytest.mark.bench('concurrency')\n"
+                                                "def test_c(bench_case):\n    pass\n"})
+    line = one_line_usage_error(pytester.runpytest("benchmarks", "--model", "org/m", "--env-file", "test.env", *args))
+    assert flag in line, line
+    assert not no_nodes
+    assert not (pytester.path / "reports").exists()
+
+
+def test_unusable_report_dir_is_one_line(pytester, no_nodes):
+    make_suite(pytester)
+    (pytester.path / "afile").write_text("not a dir")
+    line = one_line_usage_error(pytester.runpytest("gates", "--model", "org/m", "--env-file", "test.env",
+                                                   "--report-dir", "afile"))
+    assert "--report-dir" in line and "afile" in line, line
+    assert not no_nodes and not trace(pytester)

@@ -3,7 +3,17 @@ subtests, and the -n refusal. Fake gate modules via pytester; no nodes, no sandb
 
 from __future__ import annotations
 
-from tests_selftest.test_plugin_kit import FULL_ORDER_2, jsonl, latest, make_suite, trace
+import subprocess
+
+from tests_selftest.test_plugin_kit import (
+    FULL_ORDER_2,
+    PYTEST,
+    jsonl,
+    latest,
+    make_suite,
+    subprocess_env,
+    trace,
+)
 
 BASE = ("gates", "--model", "org/tiny-model", "--env-file", "test.env")
 
@@ -155,3 +165,40 @@ def test_gate_items_outside_a_gate_run_are_refused(pytester):
     result = pytester.runpytest()
     assert result.ret == 4
     assert "pytest gates/ --model org/name" in result.stderr.str()
+
+
+def test_ctrl_c_stops_the_cluster_this_session_started(pytester):
+    make_suite(pytester)
+    conftest = pytester.path / "conftest.py"
+    conftest.write_text(conftest.read_text().replace('"fixtures.ledger"]', '"fixtures.ledger", "fixtures.core", "fixtures.exo"]') + '''
+
+import fixtures.exo
+
+
+class FakeCluster:
+    def __init__(self, cfg, pool, folder):
+        self.folder = folder
+
+    def stop_all(self):
+        Path("stopped.txt").write_text("stop_all")
+        return []
+
+    def stop_canaries(self):
+        Path("stopped.txt").write_text("canaries only")
+
+
+fixtures.exo.ExoCluster = FakeCluster
+''')
+    pytester.makepyfile(**{"gates/test_c_interrupt": '''
+import pytest
+
+@pytest.mark.gate("preflight")
+def test_preflight_ctrl_c(exo_cluster):
+    raise KeyboardInterrupt
+'''})
+    (pytester.path / "gates" / "test_a_cluster.py").unlink()
+    (pytester.path / "gates" / "test_b_files.py").unlink()
+    done = subprocess.run([*PYTEST, "-p", "no:cacheprovider", "gates", "--model", "org/m", "--env-file", "test.env"],
+                          cwd=pytester.path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert (pytester.path / "stopped.txt").read_text() == "stop_all"

@@ -13,6 +13,7 @@ from tests_selftest.test_plugin_kit import (
     jsonl,
     latest,
     make_suite,
+    run_shell,
     set_behaviour,
     set_facts,
     trace,
@@ -165,3 +166,14 @@ def test_transport_logs(evidence):
     assert trace(pytester) == []
     reuse = [r["gate"] for r in jsonl(latest(pytester)) if r["event"] == "reuse"]
     assert reuse.count("transport") == 1
+
+
+def test_audit_from_the_env_file_points_at_a_bootstrap_that_works_as_printed(pytester):
+    make_suite(pytester, env_extra="AUDIT=1\n")
+    assert pytester.runpytest(*BASE).ret == 0
+    assert trace(pytester) == ["preflight", "node1_verify", "node2_verify", "parity"]
+    nxt = handoff_block(latest(pytester))["NEXT_COMMAND"]
+    assert nxt.startswith("env AUDIT=0 ") and nxt.endswith("--resume-bootstrap")
+    done = run_shell(nxt, pytester.path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert trace(pytester) == FULL_ORDER_2

@@ -159,6 +159,16 @@ tcp6       0      0  fe80::1%lo0.52415      *.*                    LISTEN
 """
 
 
+def test_ports_does_not_test_the_ssh_address_twice(monkeypatch):
+    """sshd may report the address as IPv4-mapped IPv6: the plain form is what is compared and added."""
+    from modeldrop.probes import ports as ports_probe
+    monkeypatch.setenv("SSH_CONNECTION", "::ffff:127.0.0.1 50000 ::ffff:127.0.0.1 22")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert ports_probe.main({"port": port, "addresses": ["127.0.0.1"]})["addresses"] == ["127.0.0.1"]
+
+
 def test_netstat_parser_by_header():
     rows = sockets_probe.parse_netstat(NETSTAT_SEQUOIA, 52415)
     assert rows == [{"local": "192.168.1.20:52415", "remote": "192.168.1.21:61234", "state": "ESTABLISHED"},
@@ -201,6 +211,22 @@ def test_spawn_env_and_stop_escalates_to_kill(node, tmp_path):
             pass
 
 
+def test_stop_signals_only_the_pid_of_a_job_leader_not_its_group(node):
+    """A process leading a group but not a session (a shell job: `exo | tee`) is stopped alone, never its group."""
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    leader = subprocess.Popen(sleeper, process_group=0)
+    sibling = subprocess.Popen(sleeper, process_group=leader.pid)
+    try:
+        row = node.run_probe("procs", {"pids": [leader.pid], "exe_paths": None})["procs"][0]
+        res = node.run_probe("stop", {"pid": leader.pid, "expect_start": row["start"], "grace_s": 5})
+        assert res["result"] == "stopped-term" and "(group)" not in res["detail"], res
+        assert leader.wait(5) == -signal.SIGTERM and sibling.poll() is None
+    finally:
+        for p in (leader, sibling):
+            p.kill()
+            p.wait()
+
+
 def test_stop_without_identity_refuses(node):
     res = node.run_probe("stop", {"pid": os.getpid(), "grace_s": 1})
     assert res["result"] == "mismatch" and "without an identity" in res["detail"]
@@ -209,6 +235,17 @@ def test_stop_without_identity_refuses(node):
 def test_probe_failure_is_one_nodeerror(node):
     with pytest.raises(NodeError, match=r"probe tail failed \(rc 1\): .*KeyError"):
         node.run_probe("tail", {})
+
+
+def test_cut_short_result_line_is_one_nodeerror(tmp_path):
+    """A result line cut off mid-JSON (probe killed while writing) is a NodeError, not a JSONDecodeError."""
+    assert probes.parse_result(probes.RESULT_MARKER + '{"ok": tr') is None
+    assert probes.parse_result(probes.RESULT_MARKER + "[1, 2]") is None
+    fake = tmp_path / "fakepy"
+    fake.write_text("#!/bin/sh\ncat >/dev/null\nprintf '%s{\"ok\": tr' '" + probes.RESULT_MARKER + "'\n")
+    fake.chmod(0o755)
+    with pytest.raises(NodeError, match=r"probe fs failed \(rc 0\)"):
+        LocalNode("node1", python_cmd=str(fake)).run_probe("fs", {"op": "exists", "path": "/"})
 
 
 def test_default_python_pick_is_cached():

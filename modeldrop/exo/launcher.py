@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from modeldrop.exo.logs import ExoPaths, exo_paths
+from modeldrop.probes._proc import START_TOLERANCE_S
 
 APP_EXO_PATHS = ("/Applications/EXO.app/Contents/Resources/exo/exo", "/Applications/EXO.app/Contents/MacOS/EXO")
 SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSWORD|KEY", re.I)
@@ -217,8 +218,11 @@ class ExoLauncher:
         return int(self.node_cfg.index)
 
     def facts(self) -> dict:
+        """The node's `facts` probe, from the node's own cache when it has one (one probe per node, not per
+        launcher: the canary and the cluster launcher share it)."""
         if self._facts is None:
-            self._facts = self.node.run_probe("facts", {}, timeout=60)
+            cached = getattr(self.node, "facts", None)
+            self._facts = cached(timeout=60) if callable(cached) else self.node.run_probe("facts", {}, timeout=60)
         return self._facts
 
     def build(self) -> ExoBuild:
@@ -384,7 +388,7 @@ class ExoLauncher:
             return None
         rows = self.node.run_probe("procs", {"pids": [self.record.pid], "exe_paths": None}, timeout=60)["procs"]
         for p in rows:
-            if self.record.start is None or p.get("start") is None or abs(float(p["start"]) - float(self.record.start)) <= 1.5:
+            if self.record.start is None or p.get("start") is None or abs(float(p["start"]) - float(self.record.start)) <= START_TOLERANCE_S:
                 return p
         return None
 

@@ -246,8 +246,9 @@ def canary_check(launcher: Any, client: ExoClient, model_id: str, model_dir: str
         return Verdict(False, f"canary: API {client.base_url}/node_id: {why} ({last.api_error if last else up.last_error})",
                        {"last": last.__dict__ if last else None}, {"exited": [1] if last and not last.alive else [],
                                                                     "no_api": [1]})
-    listed = poll(client.downloaded_model_ids, lambda ids: model_id in ids, model_timeout_s, 1.0,
-                  stop=lambda ids: not launcher.proc(), clock=clock, sleep=sleep)
+    # an API that stops answering is a sample too (None), so an exo that died is seen at once, not at the deadline
+    listed = poll(lambda: call_safely(client.downloaded_model_ids)[0], lambda ids: model_id in (ids or []),
+                  model_timeout_s, 1.0, stop=lambda ids: not launcher.proc(), clock=clock, sleep=sleep)
     s, _ = call_safely(client.state)
     dls = [d.__dict__ for d in st.downloads_for_model(s or {}, model_id)]
     details = {"node_id": last.node_id, "downloaded": listed.value, "downloads": dls,

@@ -8,7 +8,8 @@ Contract:
   the CLI print the same values.
 - NEXT_COMMAND works as printed: a failed (or gate-skipped) gate -> the base command `-k <gate>`;
   a run stopped for lack of a reusable pass, interrupted or partial -> base `--resume-bootstrap`;
-  a green bootstrap -> the benchmark command; a green audit -> the bootstrap command.
+  a green bootstrap -> the benchmark command; a green audit -> the bootstrap command (prefixed
+  `env AUDIT=0` when the audit came from the environment or the env file).
 - DO_NOT_REPEAT lists the gates that passed (here or by reuse) for this run's fingerprints.
 """
 
@@ -156,7 +157,10 @@ def next_command(state: RunState) -> str:
         return _bench_next(state)
     if green(state):
         if state.audit:  # the files are ring input: the bootstrap comes next
-            return _cmd([a for a in state.base_argv if a != "--audit"] + ["--resume-bootstrap"])
+            argv = [a for a in state.base_argv if a != "--audit"] + ["--resume-bootstrap"]
+            if "--audit" not in state.base_argv:  # AUDIT=1 came from the environment or the env file
+                argv = ["env", "AUDIT=0", *argv]
+            return _cmd(argv)
         return _bench_next(state)
     b = blocker(state)
     if b is not None and not any(r.outcome == "running" for r in state.in_order()):

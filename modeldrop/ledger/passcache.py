@@ -70,12 +70,15 @@ class PassCache:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _load(self) -> dict[str, list[dict[str, Any]]]:
+        """{gate: [pass dicts]}; anything malformed (file, gate entry or record) is left out."""
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             passes = data.get("passes", {})
-            return passes if isinstance(passes, dict) else {}
         except (OSError, ValueError, AttributeError):
             return {}
+        if not isinstance(passes, dict):
+            return {}
+        return {g: [d for d in v if isinstance(d, dict)] for g, v in passes.items() if isinstance(v, list)}
 
     def records(self, gate: str) -> list[PassRecord]:
         """All stored passes of `gate`, newest first."""
@@ -94,8 +97,7 @@ class PassCache:
                          dict(summary or {}), dict(parts or {}))
         with self._locked():
             passes = self._load()
-            old = [r for r in passes.get(gate, []) if isinstance(r, dict)]
-            passes[gate] = [asdict(rec)] + old[:KEEP - 1]
+            passes[gate] = [asdict(rec)] + passes.get(gate, [])[:KEEP - 1]
             atomic_write_json(self.path, {"version": VERSION, "passes": passes})
         return rec
 

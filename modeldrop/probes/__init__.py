@@ -71,10 +71,15 @@ def probe_payload(name: str, args: dict) -> bytes:
 
 
 def parse_result(stdout: str) -> dict | None:
-    """The JSON object the probe printed after RESULT_MARKER (the last one), or None if there is none."""
+    """The JSON object the probe printed after RESULT_MARKER (the last one), or None if there is none
+    (or it is cut short / not an object: the node's output is not trusted to be well formed)."""
     for line in reversed(stdout.splitlines()):
         if line.startswith(RESULT_MARKER):
-            return json.loads(line[len(RESULT_MARKER):])
+            try:
+                result = json.loads(line[len(RESULT_MARKER):])
+            except ValueError:
+                return None
+            return result if isinstance(result, dict) else None
     return None
 
 

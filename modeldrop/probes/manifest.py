@@ -176,9 +176,8 @@ def alternates(expanded: str, folder: str) -> list:
     parts = folder.split("--", 1)
     if len(parts) == 2:
         hub_roots = [os.path.join(home, ".cache", "huggingface", "hub")]
-        for var in ("HF_HUB_CACHE",):
-            if os.environ.get(var):
-                hub_roots.append(os.environ[var])
+        if os.environ.get("HF_HUB_CACHE"):
+            hub_roots.append(os.environ["HF_HUB_CACHE"])
         if os.environ.get("HF_HOME"):
             hub_roots.append(os.path.join(os.environ["HF_HOME"], "hub"))
         for r in hub_roots:

@@ -87,7 +87,7 @@ def main(args: dict) -> dict:
     port = int(args["port"])
     conn = os.environ.get("SSH_CONNECTION", "").split()
     mine = list(args.get("addresses") or ["127.0.0.1"])
-    if len(conn) >= 3 and conn[2] not in mine:
+    if len(conn) >= 3 and plain_ip(conn[2]) not in mine:
         mine.append(plain_ip(conn[2]))
     on = [a for a in mine if listening(a, port)]
     if sys.platform.startswith("linux"):

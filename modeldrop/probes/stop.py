@@ -1,7 +1,7 @@
 """Probe `stop`: {pid, expect_start, expect_argv0 | expect_exe, grace_s} -> {result, detail}.
 
 Signals only a process whose identity still matches (start time within tolerance, and exe or argv0):
-TERM to its process group (it is a session leader when `spawn` started it; otherwise the pid alone), poll
+TERM to its process group when it leads its own session (as `spawn` starts it), otherwise to the pid alone, poll
 until the group is gone or grace_s passed, then KILL. result: stopped-term | stopped-kill | gone | mismatch.
 """
 
@@ -102,8 +102,8 @@ def main(args: dict) -> dict:
     why = mismatch(info, args)
     if why:
         return {"result": "mismatch", "detail": why, "found": info}
-    try:
-        group = os.getpgid(pid) == pid and pid != os.getpgid(0)
+    try:  # a session leader (what `spawn` starts) owns its group; a shell's job leader shares it with its pipe
+        group = os.getsid(pid) == pid and os.getpgid(pid) == pid and pid != os.getpgid(0)
     except ProcessLookupError:
         return {"result": "gone", "detail": "pid %d exited" % pid}
     send(pid, group, signal.SIGTERM)

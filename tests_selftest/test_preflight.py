@@ -1,0 +1,68 @@
+"""modeldrop.preflight (file side) with fake nodes: no SSH, no sandbox."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from modeldrop.config import NodeConfig
+from modeldrop.errors import CommandTimeout
+from modeldrop.exo.launcher import ExoLauncher
+from modeldrop.nodes import LocalNode, SSHTarget
+from modeldrop.preflight import check_node, reach_problems
+
+
+class FakeNode:
+    """Answers probes from a dict; a probe whose answer is an exception raises it."""
+
+    def __init__(self, answers: dict, address: str = "10.0.0.1", port: int | None = None):
+        self.answers, self._address, self.calls = answers, address, []
+        if port is not None:
+            self.resolved = SSHTarget(address, port, None, [], None, None)
+
+    def run_probe(self, name: str, args: dict, *, timeout: float = 60) -> dict:
+        self.calls.append((name, args))
+        answer = self.answers[name]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def facts(self, *, refresh: bool = False, timeout: float = 30) -> dict:
+        return self.run_probe("facts", {}, timeout=timeout)
+
+    def address(self) -> str:
+        return self._address
+
+
+NC = NodeConfig(1, "node1", "me@mac1", "~/Models/org--m", "/opt/hf", "/opt/exo", "~/logs")
+CFG = SimpleNamespace(min_free_bytes=None)
+
+
+def test_check_node_turns_a_later_probe_failure_into_a_problem_line():
+    node = FakeNode({"facts": {"home": "/Users/me"},
+                     "tool": CommandTimeout("node1 (me@mac1): `<probe> tool` timed out after 90s", "")})
+    out = check_node(node, NC, CFG, None)  # must not raise
+    assert len(out.problems) == 1
+    assert "node1" in out.problems[0] and "timed out after 90s" in out.problems[0]
+
+
+def test_reach_uses_each_nodes_ssh_port():
+    n1 = FakeNode({"reach": {"results": []}}, "10.0.0.1", port=2222)
+    n2 = FakeNode({"reach": {"results": []}}, "10.0.0.2", port=22)
+    assert reach_problems({}, {1: n1, 2: n2}, CFG) == []
+    assert n1.calls[0][1]["targets"] == [["10.0.0.2", 22]]
+    assert n2.calls[0][1]["targets"] == [["10.0.0.1", 2222]]
+
+
+def _facts_probes(node: LocalNode) -> int:
+    return sum(1 for e in node.transcript if e["argv"][:2] == ["<probe>", "facts"])
+
+
+def test_facts_probed_once_per_node_for_preflight_paths_and_launchers(tmp_path):
+    node = LocalNode("node1")
+    nc = NodeConfig(1, "node1", "local", str(tmp_path / "org--m"), str(tmp_path / "no-hf"), "/opt/exo", "~/logs")
+    out = check_node(node, nc, CFG, None)
+    assert out.facts["home"] and any("not found" in p for p in out.problems)
+    assert node.expand_path("~/x") == out.facts["home"] + "/x"
+    canary, cluster = (ExoLauncher(node, nc, CFG, None) for _ in range(2))
+    assert canary.facts()["home"] == cluster.facts()["home"] == out.facts["home"]
+    assert _facts_probes(node) == 1
