@@ -13,6 +13,7 @@ from typing import Any
 
 from modeldrop import audit
 from modeldrop.config import RunConfig
+from modeldrop.errors import NodeError
 from modeldrop.nodepool import NodePool
 
 
@@ -89,12 +90,12 @@ class RunFacts:
 
         import requests
 
-        url = f"http://{self.pool.get(k).address()}:{self.cfg.api_port}/node_id"
         try:
+            url = f"http://{self.pool.get(k).address()}:{self.cfg.api_port}/node_id"
             r = requests.get(url, timeout=(3, 5))
             if r.status_code == 200 and isinstance(r.json(), str):
                 return r.json()
-        except (requests.RequestException, ValueError):
+        except (NodeError, requests.RequestException, ValueError):
             pass
         return f"unreachable:{uuid.uuid4().hex}"
 

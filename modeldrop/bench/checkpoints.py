@@ -27,14 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from modeldrop import atomic
+from modeldrop.validate import model_folder
 
 log = logging.getLogger("modeldrop.bench")
 SCHEMA = "modeldrop.bench.case/1"
-
-
-def model_slug(model_id: str) -> str:
-    """'org/name' -> 'org--name' (the run folder suffix, as in the hub cache)."""
-    return model_id.replace("/", "--")
 
 
 def config_key(config: dict[str, Any]) -> str:
@@ -67,7 +63,7 @@ def _model_runs(reports_dir: Path, model_id: str, exclude: Path | None) -> Itera
     if not Path(reports_dir).is_dir():
         return
     skip = exclude.resolve() if exclude is not None else None
-    name = re.compile(rf"^\d{{8}}T\d{{6}}Z-{re.escape(model_slug(model_id))}(-\d+)?$")
+    name = re.compile(rf"^\d{{8}}T\d{{6}}Z-{re.escape(model_folder(model_id))}(-\d+)?$")
     runs = [p for p in Path(reports_dir).iterdir()
             if name.match(p.name) and p.is_dir() and not p.is_symlink() and p.resolve() != skip]
     yield from sorted(runs, key=lambda p: p.name, reverse=True)
