@@ -69,9 +69,7 @@ def log(name: str, pred: Callable[[Any], bool] | None = None) -> Callable[[Ctx],
         for node, text in c.logs.items():
             for m in L.RX[name].finditer(text or ""):
                 if pred is None or pred(m):
-                    start = text.rfind("\n", 0, m.start()) + 1
-                    end = text.find("\n", m.end())
-                    return f"{node}: {text[start:end if end >= 0 else len(text)].strip()[:300]}"
+                    return f"{node}: {L.line_of(text, m, 300)}"
         return None
     return test
 

@@ -65,6 +65,8 @@ class FakeNode:
         return {"procs": list(self.exo_procs)}
 
     def _p_fs(self, a):
+        if "ops" in a:  # the batch form: one round trip, each operation answered like the single form
+            return {"ok": True, "results": [{"ok": True, "expanded": path} for _, path in a["ops"]]}
         return {"ok": True, "expanded": a["path"]}
 
     def _p_spawn(self, a):
@@ -81,7 +83,12 @@ class FakeNode:
         return {"sockets": []}
 
     def probes(self, name: str) -> list[dict]:
-        return [a for n, a in self.calls if n == name]
+        """The args of every call of probe `name`; a batch `fs` call counts as its single operations."""
+        out: list[dict] = []
+        for n, a in self.calls:
+            if n == name:
+                out += [{"op": op, "path": path} for op, path in a["ops"]] if "ops" in a else [a]
+        return out
 
 
 class FakeRunFolder:

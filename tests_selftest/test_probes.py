@@ -78,6 +78,10 @@ def test_disk_fs_tail_dirsize(node, tmp_path):
     assert node.run_probe("fs", {"op": "mkdir", "path": str(tmp_path / "a" / "b")})["ok"]
     assert node.run_probe("fs", {"op": "touch", "path": str(tmp_path / "a" / "b" / "f")})["ok"]
     assert node.run_probe("fs", {"op": "exists", "path": str(tmp_path / "a" / "b" / "f")})["ok"]
+    batch = node.run_probe("fs", {"ops": [["mkdir", str(tmp_path / "c")], ["touch", str(tmp_path / "c" / "m")],
+                                          ["exists", str(tmp_path / "nope")]]})
+    assert not batch["ok"] and [r["ok"] for r in batch["results"]] == [True, True, False]
+    assert (tmp_path / "c" / "m").exists()
     log = tmp_path / "log.txt"
     log.write_text("x" * 100 + "tail-end")
     t = node.run_probe("tail", {"path": str(log), "max_bytes": 8})

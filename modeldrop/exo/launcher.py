@@ -161,6 +161,17 @@ def api_addresses(node: Node) -> list[str]:
     return [addr] if addr.startswith("127.") or addr == "::1" else ["127.0.0.1", addr]
 
 
+def probe_api_port(node: Node, port: int) -> dict:
+    """The `ports` probe for exo's API port on the addresses exo would bind on this node."""
+    return node.run_probe("ports", {"port": port, "addresses": api_addresses(node)}, timeout=60)
+
+
+def describe_holders(port_result: dict) -> str:
+    """`pid N (command), …` of the processes holding a port, for a one-line diagnosis."""
+    return ", ".join(f"pid {h['pid']} ({str(h.get('cmd', ''))[:120]})" for h in port_result.get("holders") or []) \
+        or "a process this user cannot see"
+
+
 def precheck_facts(problems: list[str]) -> dict:
     return {"port_held": any("API port" in p for p in problems),
             "pid_lock": any("pid-file lock" in p for p in problems)}
@@ -320,11 +331,9 @@ class ExoLauncher:
         if getattr(self.cfg, "stop_existing_exo", False):
             self.stopped_existing += self._stop_existing()
         problems = []
-        port = self.node.run_probe("ports", {"port": self.cfg.api_port, "addresses": api_addresses(self.node)},
-                                   timeout=60)
+        port = probe_api_port(self.node, self.cfg.api_port)
         if not port.get("free"):
-            who = ", ".join(f"pid {h['pid']} ({h.get('cmd', '')[:120]})" for h in port.get("holders") or []) \
-                or "a process this user cannot see"
+            who = describe_holders(port)
             problems.append(f"{self.node_cfg.name}: API port {self.cfg.api_port} is already in use by {who}; "
                             f"not started by modeldrop, so it is not killed (stop it, or pass --stop-existing-exo "
                             f"if it is exo)")
@@ -338,9 +347,8 @@ class ExoLauncher:
     # -- start / stop -----------------------------------------------------------------------------
     def _prepare_node(self, log_path: str) -> None:
         marker = self.paths.first_run_marker
-        self.node.run_probe("fs", {"op": "mkdir", "path": marker.rsplit("/", 1)[0]}, timeout=60)
-        self.node.run_probe("fs", {"op": "touch", "path": marker}, timeout=60)
-        self.node.run_probe("fs", {"op": "mkdir", "path": log_path.rsplit("/", 1)[0]}, timeout=60)
+        self.node.run_probe("fs", {"ops": [["mkdir", marker.rsplit("/", 1)[0]], ["touch", marker],
+                                           ["mkdir", log_path.rsplit("/", 1)[0]]]}, timeout=60)
 
     def start(self, role: str = "cluster", precheck: bool = True) -> LaunchRecord:
         """Start exo detached as `role`; LaunchError with the diagnosis when it cannot be started."""

@@ -132,14 +132,17 @@ def find(name: str, text: str) -> list[re.Match]:
     return list(RX[name].finditer(text or ""))
 
 
+def line_of(text: str, m: re.Match, limit: int = 400) -> str:
+    """The whole log line that holds match `m`, stripped and cut to `limit` characters."""
+    start = text.rfind("\n", 0, m.start()) + 1
+    end = text.find("\n", m.end())
+    return text[start:end if end >= 0 else len(text)].strip()[:limit]
+
+
 def first_line(name: str, text: str) -> str | None:
     """The full log line of the first match of `name`, or None."""
     m = RX[name].search(text or "")
-    if not m:
-        return None
-    start = text.rfind("\n", 0, m.start()) + 1
-    end = text.find("\n", m.end())
-    return text[start:end if end >= 0 else len(text)].strip()[:400]
+    return line_of(text, m) if m else None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modeldrop.exo.launcher import ExoBuild, LaunchError, Node, api_addresses, previous_records, probe_build
+from modeldrop.exo.launcher import (
+    ExoBuild,
+    LaunchError,
+    Node,
+    describe_holders,
+    previous_records,
+    probe_api_port,
+    probe_build,
+)
 
 
 @dataclass
@@ -49,15 +57,14 @@ def _own_pids(cfg: Any, k: int) -> set[int]:
 
 
 def port_problem(node: Node, k: int, cfg: Any) -> tuple[str | None, dict]:
-    r = node.run_probe("ports", {"port": cfg.api_port, "addresses": api_addresses(node)}, timeout=60)
+    r = probe_api_port(node, cfg.api_port)
     if r.get("free"):
         return None, r
     holders = r.get("holders") or []
     if holders and {h["pid"] for h in holders} <= _own_pids(cfg, k):
         r["note"] = "held by exo an earlier modeldrop run started; the launcher stops it by pid"
         return None, r
-    who = ", ".join(f"pid {h['pid']} ({str(h.get('cmd', ''))[:100]})" for h in holders) or "a process this user cannot see"
-    return (f"node{k}: API port {cfg.api_port} is in use by {who} (exo's API needs it; stop that process or "
+    return (f"node{k}: API port {cfg.api_port} is in use by {describe_holders(r)} (exo's API needs it; stop that process or "
             f"change EXO_API_PORT; --stop-existing-exo stops it only if it is the configured exo)"), r
 
 

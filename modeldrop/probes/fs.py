@@ -1,14 +1,17 @@
-"""Probe `fs`: {op: mkdir|touch|exists, path} -> {ok, expanded}."""
+"""Probe `fs`: {op: mkdir|touch|exists, path} -> {ok, expanded}; or {ops: [[op, path], ...]} -> {ok, results}.
+
+The batch form does several small file operations in one round trip (e.g. the launcher's first-run
+marker and log dir); `ok` is True only when every operation succeeded.
+"""
 
 from __future__ import annotations
 
 import os
 
 
-def main(args: dict) -> dict:
+def _one(op, path):
     """mkdir -p, touch, or test existence of the expanded path; ok is False with `error` on OSError."""
-    op = args["op"]
-    expanded = os.path.expanduser(args["path"])
+    expanded = os.path.expanduser(path)
     out = {"ok": False, "expanded": expanded, "error": None}
     try:
         if op == "mkdir":
@@ -27,3 +30,11 @@ def main(args: dict) -> dict:
     except OSError as exc:
         out["error"] = "%s: %s" % (type(exc).__name__, exc)
     return out
+
+
+def main(args: dict) -> dict:
+    """One operation (`op`, `path`) or a batch (`ops`), in order."""
+    if "ops" in args:
+        results = [_one(op, path) for op, path in args["ops"]]
+        return {"ok": all(r["ok"] for r in results), "results": results}
+    return _one(args["op"], args["path"])
