@@ -50,7 +50,8 @@ from modeldrop.ledger.passcache import PassCache, PassRecord
 from modeldrop.ledger.runfolder import RunFolder
 
 GATE_MARKER = "gate(name, per_node_from=None): a phase gate of the bootstrap (see modeldrop.gatelist)"
-SANDBOX_ROOT = Path("/var/tmp/modeldrop-sandbox/slot0")
+# The demo's sandbox slot (0); MODELDROP_SANDBOX_SLOT moves it, so several checkouts can run side by side.
+SANDBOX_SLOT_ENV = "MODELDROP_SANDBOX_SLOT"
 RUN_FOLDER_FILE_ENV = "MODELDROP_RUN_FOLDER_FILE"
 DEFAULT_TIMEOUTS_S: dict[str, float] = {
     "preflight": 300, "download": 4 * 3600, "verify": 3600, "canary": 900, "parity": 900,
@@ -228,7 +229,8 @@ def _sandbox_env_file(config: pytest.Config) -> Path:
     n = config.getoption("modeldrop_sandbox_nodes") or 2
     if not 1 <= n <= 4:
         raise pytest.UsageError(f"--sandbox-nodes: {n} nodes given; the sandbox supports 1 to 4")
-    kwargs: dict[str, Any] = {"root": SANDBOX_ROOT, "slot": 0, "n_nodes": n}
+    slot = _sandbox_slot()
+    kwargs: dict[str, Any] = {"root": Path(f"/var/tmp/modeldrop-sandbox/slot{slot}"), "slot": slot, "n_nodes": n}
     gen = config.getoption("modeldrop_sandbox_generation")
     if gen and "generation" in inspect.signature(Sandbox).parameters:
         kwargs["generation"] = gen
@@ -240,6 +242,14 @@ def _sandbox_env_file(config: pytest.Config) -> Path:
     except Exception as e:  # noqa: BLE001
         raise pytest.UsageError(f"--sandbox: could not bring the sandbox up: {type(e).__name__}: {one_line(e)}") from None
     return Path(box.env_file)
+
+
+def _sandbox_slot() -> int:
+    """The demo's sandbox slot: MODELDROP_SANDBOX_SLOT (0..99), else 0."""
+    raw = os.environ.get(SANDBOX_SLOT_ENV, "0")
+    if not raw.isdigit() or not 0 <= int(raw) <= 99:
+        raise pytest.UsageError(f"{SANDBOX_SLOT_ENV}={raw!r}: a sandbox slot is a number 0..99")
+    return int(raw)
 
 
 def _env_file(config: pytest.Config) -> Path | None:

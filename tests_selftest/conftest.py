@@ -20,8 +20,10 @@ def _worker_index(worker_id: str) -> int:
 
 @pytest.fixture(scope="session")
 def sandbox_slot(worker_id: str) -> int:
-    """This worker's sandbox slot; slot 0 is left to the demo (`pytest gates/ --sandbox`)."""
-    return 1 + _worker_index(worker_id)
+    """This worker's sandbox slot: MODELDROP_SELFTEST_SLOT_BASE (default 1) + the worker index.
+
+    Slot 0 is left to the demo (`pytest gates/ --sandbox`)."""
+    return int(os.environ.get("MODELDROP_SELFTEST_SLOT_BASE", "1")) + _worker_index(worker_id)
 
 
 @pytest.fixture(scope="session")

@@ -61,7 +61,7 @@ def _uid_pids(uid: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def sbx(worker_id: str) -> Iterator[Sandbox]:
-    slot = 90 + _worker(worker_id)
+    slot = int(os.environ.get("MODELDROP_SBXTEST_SLOT", "90")) + _worker(worker_id)
     s = Sandbox(BASE / f"sbxtest-slot{slot}", slot=slot, n_nodes=2)
     t0 = time.monotonic()
     s.up()
@@ -213,7 +213,7 @@ def test_down_leaves_no_process_behind(sbx: Sandbox) -> None:
 
 @pytest.mark.sandbox_run
 def test_local_mode_one_node(worker_id: str) -> None:
-    slot = 95 + _worker(worker_id)
+    slot = int(os.environ.get("MODELDROP_SBXTEST_SLOT", "90")) + 5 + _worker(worker_id)
     with pytest.raises(SandboxError, match="Only 1 local node"):
         Sandbox(BASE / f"sbxtest-slot{slot}", slot=slot, n_nodes=2, mode="local")
     s = Sandbox(BASE / f"sbxtest-slot{slot}", slot=slot, n_nodes=1, mode="local")

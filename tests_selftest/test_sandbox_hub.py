@@ -35,7 +35,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[Hu
     root = tmp_path_factory.mktemp("hub")
     generate_model(root / "model")
     publish(root / "repos", MODEL_ID, root / "model")
-    host = f"127.0.9.{1 + (int(worker_id[2:]) if worker_id.startswith('gw') else 0)}"
+    host = f"127.0.9.{1 + os.getpid() % 250}"
     handle = start_hub(root / "repos", host, _free_port(host), root / "requests.jsonl", root / "hub.pid")
     yield handle
     stop_hub(root / "hub.pid", handle.host, handle.port)
