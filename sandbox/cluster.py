@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import hub as hubmod
-from sandbox.model import MODEL_ID, folder_name, generate_model, model_card_toml
+from sandbox.model import MODEL_ID, folder_name, generate_model
 from sandbox.nodevenv import DEFAULT_VENV, NODE_REQUIREMENTS, ensure_node_venv
 from sandbox.procs import cmdline, is_zombie, pid_matches, read_pid, stop_pid, wait_until
 
@@ -447,8 +447,9 @@ class Sandbox:
         self._write_wrappers(n, bin_dir)
         self.node_tmp(n.k).mkdir(mode=0o700, exist_ok=True)
         os.chown(self.node_tmp(n.k), uid, gid)
-        card = n.home / ".local/share/exo/custom_model_cards" / f"{folder_name(self.model_id)}.toml"
-        _write(card, model_card_toml(self.model_info or {}))
+        # no card is pre-installed: EXO meets the model as a new drop (the canary adds the card); a card
+        # left by an earlier sandbox that did pre-install one is removed so every session starts card-less
+        (n.home / ".local/share/exo/custom_model_cards" / f"{folder_name(self.model_id)}.toml").unlink(missing_ok=True)
         if self.mode == "ssh":
             ssh_dir = n.home / ".ssh"
             ssh_dir.mkdir(mode=0o700, exist_ok=True)

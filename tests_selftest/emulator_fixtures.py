@@ -205,6 +205,8 @@ class EmuNode:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("EXO_", "XDG_"))}
         env.update({"HOME": str(self.home), "PYTHONPATH": str(SANDBOX), "EXO_EMULATOR_CONFIG": str(self.config_path),
                     "PYTHONUNBUFFERED": "1"})
+        if self.resources_dir.is_dir():
+            env["EXO_RESOURCES_DIR"] = str(self.resources_dir)
         env.update(extra or {})
         return env
 
@@ -215,11 +217,18 @@ class EmuNode:
         if dest.exists():
             shutil.rmtree(dest)
         shutil.copytree(model_dir, dest)
-        if card:
-            cards = self.data_home / "custom_model_cards"
-            cards.mkdir(parents=True, exist_ok=True)
-            (cards / f"{model_id.replace('/', '--')}.toml").write_text(custom_card_toml(model_dir, model_id))
+        if card:  # a built-in card (EXO_RESOURCES_DIR): a TOML in custom_model_cards/ is deleted by EXO
+            self.card_path(model_id).parent.mkdir(parents=True, exist_ok=True)
+            self.card_path(model_id).write_text(custom_card_toml(model_dir, model_id))
         return dest
+
+    @property
+    def resources_dir(self) -> Path:
+        return self.home / "exo-resources"
+
+    def card_path(self, model_id: str = MODEL_ID) -> Path:
+        """Where ``stage_model`` puts the model's card: a built-in card under ``EXO_RESOURCES_DIR``."""
+        return self.resources_dir / "inference_model_cards" / f"{model_id.replace('/', '--')}.toml"
 
     def start(self, *flags: str, env: dict[str, str] | None = None, script: Path | None = None) -> EmuNode:
         """Start ``python -m exo_emulator`` (or ``script``, an executable launcher) with ``flags``."""

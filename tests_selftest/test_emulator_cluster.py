@@ -232,8 +232,10 @@ def test_pair_instance_record_await_and_delete(new_pair) -> None:  # noqa: F811
         text = r.read().decode()
     assert text.startswith(": keep-alive")
     ready = json.loads(next(ln for ln in text.splitlines() if ln.startswith("data: "))[6:])
-    assert ready["type"] == "ready" and ready["instance"]["instance_id"] == iid
-    assert "node_to_runner" in ready["instance"]["shard_assignments"]
+    # the union tag is kept around the snake_case body, as EXO's AwaitInstanceReadyMessage dumps it
+    assert ready["type"] == "ready" and list(ready["instance"]) == ["MlxRingInstance"]
+    body = ready["instance"]["MlxRingInstance"]
+    assert body["instance_id"] == iid and "node_to_runner" in body["shard_assignments"]
     code, d = http_delete(a, f"/instance/{iid}")
     assert code == 200 and d["instance_id"] == iid and d["message"] == "Command received."
     wait_for(lambda: a.get(f"/instance/{iid}")[0] == 404 and b.get(f"/instance/{iid}")[0] == 404, 20, "gone")

@@ -60,12 +60,17 @@ def test_reasoning_chunk_and_body_shapes() -> None:
     assert new["choices"][0]["delta"] == {"role": "assistant", "reasoning_content": "hmm"}
     old = C.delta_chunk(req, "hmm", False, key="reasoning_content")
     assert old["choices"][0]["delta"] == {"role": "assistant", "content": None, "reasoning_content": "hmm",
-                                          "tool_calls": None}
+                                          "name": None, "tool_calls": None, "tool_call_id": None,
+                                          "function_call": None}
+    assert old["choices"][0]["usage"] is None and old["service_tier"] is None
     s = {"prompt_tokens": 3, "generation_tokens": 4}
     msg = C.full_body(req, "", s, "length", "thinking...")["choices"][0]["message"]
     assert msg == {"role": "assistant", "content": "", "reasoning_content": "thinking..."}
     assert "reasoning_content" not in C.full_body(req, "hi", s, "length")["choices"][0]["message"]
     assert C.usage(3, 4)["completion_tokens_details"]["reasoning_tokens"] == 0
+    bench = C.parse_chat({"model": "m", "messages": MSGS}, bench=True)
+    bench.resolve_thinking(["text", "thinking"])
+    assert bench.thinking and not bench.split_reasoning  # /bench skips the parsers: thinking arrives as content
 
 
 # ---- against a running emulator -----------------------------------------------------------------------
@@ -83,7 +88,7 @@ def test_thinking_card_streams_reasoning_content(emu_factory, tiny_model) -> Non
     addr = f"127.{fresh_subnet()}.0.11"
     n: EmuNode = emu_factory("think", addr, [addr])
     n.stage_model(tiny_model)
-    card = n.data_home / "custom_model_cards" / f"{MODEL_ID.replace('/', '--')}.toml"
+    card = n.card_path()
     text = card.read_text()
     assert 'capabilities = ["text"]' in text
     card.write_text(text.replace('capabilities = ["text"]', THINKING_CAPS))

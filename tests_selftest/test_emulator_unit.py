@@ -216,8 +216,10 @@ def test_chat_shapes() -> None:
                                   "completion_tokens_details"}
     s = {"prompt_tps": 1, "generation_tps": 2, "prompt_tokens": 12, "generation_tokens": 5, "peak_memory": 123}
     assert C.stats(s, "in_bytes")["peak_memory_usage"] == {"in_bytes": 123}
+    req.node_ids = ["n1", "n2"]
     body = C.full_body(req, "Hello", s, "length")
-    assert body["generation_stats"]["peak_memory_usage"] == {"inBytes": 123} and body["power_usage"] is None
+    assert body["generation_stats"]["peak_memory_usage"] == {"inBytes": 123} and body["usage"] is None
+    assert [n["node_id"] for n in body["power_usage"]["nodes"]] == ["n1", "n2"] and body["service_tier"] is None
     assert set(body["generation_stats"]) == {"prompt_tps", "generation_tps", "prompt_tokens", "generation_tokens",
                                              "peak_memory_usage", "prefix_cache_hit"}
     with pytest.raises(C.RequestError):

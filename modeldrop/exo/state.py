@@ -164,6 +164,12 @@ class Instance:
         return list(self.node_to_runner)
 
     @property
+    def shard_count(self) -> int:
+        """How many ranks the instance has by its shards (runnerToShard, or the largest worldSize)."""
+        worlds = [s.world_size for s in self.runner_to_shard.values() if s.world_size]
+        return max([len(self.runner_to_shard), *worlds]) if self.runner_to_shard else len(self.node_to_runner)
+
+    @property
     def is_ring(self) -> bool:
         return bool(self.kind and "Ring" in self.kind) or bool(self.hosts_by_node or self.flat_hosts)
 

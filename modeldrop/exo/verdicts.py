@@ -152,6 +152,12 @@ def transport_verdict(inst: Instance, node_ids: dict[int, str], hostfiles: dict[
     for k, errs in sorted(errors.items()):
         if errs:
             problems.append(f"node{k}: [ring] Couldn't connect (error: {', '.join(map(str, sorted(set(errs))))})")
+    if len(inst.node_ids) < 2 and inst.shard_count >= 2:
+        facts["no_runner_map"] = True
+        problems.append(f"instance {inst.instance_id} has {inst.shard_count} shards but its nodeToRunner lists "
+                        f"{len(inst.node_ids)} node(s): no evidence of which node runs which rank, so the ring "
+                        "cannot be checked")
+        return Verdict(False, "; ".join(problems), details, facts)
     if len(inst.node_ids) < 2:
         return Verdict(not problems, "; ".join(problems) or "1-node instance: no ring to check", details, facts)
     if not inst.is_ring:

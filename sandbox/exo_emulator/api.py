@@ -181,6 +181,8 @@ class Handler(BaseHTTPRequestHandler):
         if method == "POST":
             if path == "/instance":
                 self._create_instance(self._body())
+            elif path == "/models/add":
+                self._add_model(self._body())
             elif path == "/place_instance":
                 self._place_instance(self._body())
             elif path in ("/v1/chat/completions", "/bench/chat/completions"):
@@ -208,10 +210,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def _models(self, q: dict[str, list[str]]) -> None:
         cards = self.node.all_cards()
+        gen = self.node.cfg.generation
         if q.get("status", [None])[0] == "downloaded":
             done = self.node.downloaded_model_ids()
             cards = [c for c in cards if c["model_id"] in done]
-        self._send_json(200, {"object": "list", "data": [model_list_entry(c) for c in cards]})
+        self._send_json(200, {"object": "list", "data": [model_list_entry(c, gen) for c in cards]})
 
     # ---- placement ---------------------------------------------------------------------------------
     def _place_params(self, q: dict[str, list[str]]) -> tuple[str, str, str, int]:
@@ -238,12 +241,31 @@ class Handler(BaseHTTPRequestHandler):
         return str(model_id), sharding, meta, min_nodes
 
     def _card(self, model_id: str) -> dict[str, Any]:
-        """``ModelCard.load``: built-in, custom, synced; an unknown id would need an HF fetch, which
-        the emulator never does — the unguarded exception is FastAPI's plain 500, as exo offline."""
-        card = self.node.find_card(model_id)
+        """``ModelCard.load``: built-in, custom, synced, else built from the local model files (so
+        placement works with no card); an id with neither would need an HF fetch, which the emulator
+        never does — the unguarded exception is FastAPI's plain 500, as exo offline."""
+        card = self.node.card_or_local(model_id)
         if card is None:
             raise RuntimeError(f"Failed to fetch model card for {model_id}: no HF access")
         return card
+
+    def _add_model(self, body: Any) -> None:
+        """``POST /models/add``: the card from the local files (exo reads them offline), sent to the
+        cluster as ``AddCustomModelCard``; 400 ``Failed to fetch model: ...`` when it cannot be built."""
+        if not isinstance(body, dict) or not isinstance(body.get("model_id"), str):
+            raise Unprocessable([{"type": "missing", "loc": ["body", "model_id"], "msg": "Field required",
+                                  "input": body}])
+        model_id = body["model_id"]
+        if self.node.cfg.faults.card_add_fails:
+            raise HttpError(400, f"Failed to fetch model: Failed to download file {model_id=} path='config.json'")
+        card = self.node.card_or_local(model_id)
+        if card is None:
+            raise HttpError(400, f"Failed to fetch model: File config.json not found locally for {model_id} "
+                                 "and the hub is unreachable")
+        card = {**card, "is_custom": True}
+        self.node.send_command({"kind": "AddCustomModelCard", "card": card_json(card, "new")})
+        row = model_list_entry(card, self.node.cfg.generation)
+        self._send_json(200, row)
 
     def _card_or_400(self, model_id: str) -> dict[str, Any]:
         """``/instance/previews`` wraps the card failure into 400 ``Failed to load model card: ...``."""
@@ -337,7 +359,7 @@ class Handler(BaseHTTPRequestHandler):
         while True:
             inst = self.node.instance_for_model(model_id)
             if inst is not None:
-                stream.write(C.sse({"type": "ready", "instance": snake_instance(inst)}))
+                stream.write(C.sse({"type": "ready", "instance": {tag_of(inst): snake_instance(inst)}}))
                 break
             if time.monotonic() >= deadline:
                 stream.write(C.sse({"type": "timeout", "message": f"No instance found for model {model_id}"}))
@@ -357,6 +379,7 @@ class Handler(BaseHTTPRequestHandler):
         if inst is None:
             raise HttpError(404, f"No instance found for model {req.model}")
         req.resolve_thinking(_capabilities(self.node, inst, req.model))
+        req.node_ids = list(unwrap(inst)["shardAssignments"]["nodeToRunner"])
         req.command_id = new_uuid()
         serve_chat(self, req)
 
@@ -376,7 +399,8 @@ def tag_of(obj: dict[str, Any]) -> str:
 
 
 def snake_instance(inst: dict[str, Any]) -> dict[str, Any]:
-    """The un-aliased (snake_case) instance used by ``/instance/await``."""
+    """The un-aliased (snake_case) instance body used by ``/instance/await`` (which keeps the union tag
+    around it: ``{"MlxRingInstance": <this>}``); class-name keys (shard tags) are kept as they are."""
     import re
 
     def conv(o: Any, keep: bool = False) -> Any:

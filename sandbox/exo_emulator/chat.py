@@ -6,7 +6,8 @@ chunks too, ``role`` repeated in every delta, null fields omitted (NEW) or sent 
 as ``{"in_bytes": N}`` in the SSE comment and ``{"inBytes": N}`` in the bench JSON body.
 Reasoning: for a card with the ``thinking`` capability, unless the request turns thinking off
 (``enable_thinking: false`` or ``reasoning_effort: "none"``), the prompt is rendered with thinking
-on and ``ReasoningSplitter`` routes generated text up to ``</think>`` to ``reasoning_content``.
+on and ``ReasoningSplitter`` routes generated text up to ``</think>`` to ``reasoning_content``
+(not on ``/bench``: exo's bench skips the output parsers, so thinking arrives as ``content``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ class ChatRequest:
     thinking: bool = False
     # the template's ``enable_thinking`` (None = not passed, the template's default)
     enable_thinking: bool | None = None
+    # the instance's node ids (``/bench`` ``power_usage.nodes``)
+    node_ids: list[str] = field(default_factory=list)
+
+    @property
+    def split_reasoning(self) -> bool:
+        """Reasoning goes to ``reasoning_content`` only on chat: ``/bench`` skips exo's output parsers."""
+        return self.thinking and not self.bench
 
     def resolve_thinking(self, capabilities: list[str]) -> None:
         """Thinking is on for a ``thinking`` card unless the request turned it off."""
@@ -122,26 +130,30 @@ def usage(prompt: int, completion: int) -> dict[str, Any]:
                                           "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
 
 
+NULL_DELTA = {"content": None, "reasoning_content": None, "name": None, "tool_calls": None,
+              "tool_call_id": None, "function_call": None}
+
+
 def delta_chunk(req: ChatRequest, text: str | None, new_gen: bool, finish: str | None = None,
                 use: dict[str, Any] | None = None, key: str = "content") -> dict[str, Any]:
-    """One stream chunk; ``key`` is ``content`` or ``reasoning_content``."""
-    delta: dict[str, Any] = {"role": "assistant"}
-    if not new_gen:
-        delta.update({"content": None, "reasoning_content": None, "tool_calls": None})
-    if text is not None or not new_gen:
-        delta[key] = text
-    choice: dict[str, Any] = {"index": 0, "delta": delta}
-    if finish is not None or not new_gen:
-        choice["finish_reason"] = finish
-    if not new_gen:
-        choice["logprobs"] = None
-    chunk: dict[str, Any] = {"id": req.command_id, "object": "chat.completion", "created": req.created,
-                             "model": req.model, "choices": [choice]}
-    if use is not None:
-        chunk["usage"] = use
-    elif not new_gen:
-        chunk["usage"] = None
-    return chunk
+    """One stream chunk; ``key`` is ``content`` or ``reasoning_content``. NEW omits nulls; OLD
+    (v1.0.71) sends every field, null-filled (``delta.name``, ``choices[].usage``, ``service_tier``...)."""
+    if new_gen:
+        delta: dict[str, Any] = {"role": "assistant"}
+        if text is not None:
+            delta[key] = text
+        choice: dict[str, Any] = {"index": 0, "delta": delta}
+        if finish is not None:
+            choice["finish_reason"] = finish
+        chunk = {"id": req.command_id, "object": "chat.completion", "created": req.created, "model": req.model,
+                 "choices": [choice]}
+        if use is not None:
+            chunk["usage"] = use
+        return chunk
+    delta = {"role": "assistant", **NULL_DELTA, key: text}
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish, "usage": None}
+    return {"id": req.command_id, "object": "chat.completion", "created": req.created, "model": req.model,
+            "choices": [choice], "usage": use, "service_tier": None}
 
 
 def stats(s: dict[str, Any], key: str) -> dict[str, Any]:
@@ -151,19 +163,43 @@ def stats(s: dict[str, Any], key: str) -> dict[str, Any]:
             "peak_memory_usage": {key: int(s["peak_memory"])}, "prefix_cache_hit": "none"}
 
 
+def power_usage(node_ids: list[str], elapsed_s: float, new_gen: bool) -> dict[str, Any]:
+    """``/bench`` ``power_usage``: always an object (no power sampler here, so zero watts)."""
+    per = {"samples": 0, "avg_sys_power": 0.0}
+    if new_gen:
+        per.update({"prefill_avg_sys_power": 0.0, "generation_avg_sys_power": 0.0,
+                    "prefill_energy_joules": 0.0, "generation_energy_joules": 0.0})
+    body: dict[str, Any] = {"elapsed_seconds": float(elapsed_s), "nodes": [{"node_id": n, **per} for n in node_ids],
+                            "total_avg_sys_power_watts": 0.0, "total_energy_joules": 0.0}
+    if new_gen:
+        body.update({"prefill_seconds": 0.0, "generation_seconds": float(elapsed_s), "prefill_energy_joules": 0.0,
+                     "generation_energy_joules": 0.0, "prefill_avg_sys_power_watts": 0.0,
+                     "generation_avg_sys_power_watts": 0.0})
+    return body
+
+
 def full_body(req: ChatRequest, text: str, s: dict[str, Any], finish: str,
-              reasoning: str | None = None) -> dict[str, Any]:
+              reasoning: str | None = None, new_gen: bool = True) -> dict[str, Any]:
+    """Non-stream body. NEW chat omits nulls; OLD chat and ``/bench`` (both) keep them; ``/bench``
+    sends ``usage: null`` (counts are in ``generation_stats``) and a ``power_usage`` object."""
+    keep_nulls = req.bench or not new_gen
     message: dict[str, Any] = {"role": "assistant", "content": text}
-    if reasoning:
+    if keep_nulls:
+        message = {"role": "assistant", **NULL_DELTA, "content": text, "reasoning_content": reasoning}
+    elif reasoning:
         message["reasoning_content"] = reasoning
+    choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
+    if keep_nulls:
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
     body: dict[str, Any] = {
         "id": req.command_id, "object": "chat.completion", "created": req.created, "model": req.model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-        "usage": usage(s["prompt_tokens"], s["generation_tokens"]),
+        "choices": [choice], "usage": None if req.bench else usage(s["prompt_tokens"], s["generation_tokens"]),
     }
+    if keep_nulls:
+        body["service_tier"] = None
     if req.bench:
         body["generation_stats"] = stats(s, "inBytes")
-        body["power_usage"] = None
+        body["power_usage"] = power_usage(req.node_ids, float(s.get("elapsed_s", 0.0)), new_gen)
     return body
 
 
@@ -175,5 +211,8 @@ def comment(text: str) -> bytes:
     return f": {text}\n\n".encode()
 
 
-def error_chunk(message: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": "InternalServerError", "code": 500}}
+def error_chunk(message: str, new_gen: bool = True) -> dict[str, Any]:
+    """The mid-stream error chunk; v1.0.71 also sends ``"param": null``."""
+    if new_gen:
+        return {"error": {"message": message, "type": "InternalServerError", "code": 500}}
+    return {"error": {"message": message, "type": "InternalServerError", "param": None, "code": 500}}

@@ -320,6 +320,8 @@ class Cluster:
                 if cmd["instanceId"] not in self.state.data["instances"]:
                     raise ValueError(f"Instance {cmd['instanceId']} not found")
                 self._append({"type": "InstanceDeleted", "instanceId": cmd["instanceId"]})
+            elif kind == "AddCustomModelCard":
+                self._append({"type": "CustomCard", "card": cmd["card"]})
             elif kind == "PlaceInstance":
                 inst = place(self.state.data, cmd["card"], cmd["sharding"], cmd["instanceMeta"],
                              int(cmd["minNodes"]), self.generation)

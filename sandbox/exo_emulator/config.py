@@ -32,6 +32,7 @@ class Timing:
     ring_connect_timeout_s: float = 10.0
     runner_backoff_s: tuple[float, float] = (0.5, 10.0)
     load_layer_s: float = 0.0
+    card_reconcile_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class Faults:
     stream_error_chunk: bool = False
     token_rate: float | None = None
     stall_mid_stream: int | None = None
+    card_add_fails: bool = False
+    late_rescan_s: float | None = None
 
 
 @dataclass(frozen=True)

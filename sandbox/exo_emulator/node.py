@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from exo_emulator.api import ApiServer
-from exo_emulator.cards import builtin_cards, load_custom_cards, uncamel_card
+from exo_emulator.cards import builtin_cards, card_from_local, load_custom_cards, uncamel_card
 from exo_emulator.cluster import Cluster
 from exo_emulator.config import EmulatorConfig
 from exo_emulator.discovery import Discovery, namespace_hash
 from exo_emulator.ids import new_node_id
 from exo_emulator.logs import logger
-from exo_emulator.paths import ExoPaths
+from exo_emulator.models import find_model
+from exo_emulator.paths import ExoPaths, models_dirs
 from exo_emulator.state import unwrap
 from exo_emulator.wire import JsonConn
 from exo_emulator.worker import READYISH, Worker
@@ -127,21 +128,43 @@ class Node:
     def local_custom_cards(self) -> list[dict[str, Any]]:
         return list(self.custom_cards)
 
+    def synced_cards(self) -> list[dict[str, Any]]:
+        """Cards added through ``POST /models/add`` (the cluster's ``CustomModelCardAdded`` events)."""
+        if self.cluster is None:
+            return []
+        with self.cluster.cond:
+            synced = list(self.cluster.state.data["customModelCards"].values())
+        out = []
+        for raw in synced:
+            card = uncamel_card(raw)
+            card["is_custom"] = True
+            out.append(card)
+        return out
+
     def all_cards(self) -> list[dict[str, Any]]:
+        """Built-in cards, then NEW: the cluster state's custom cards (a TOML file alone does not count:
+        the worker deletes it); OLD: the custom cards dir (the worker saves added cards there)."""
         cards = {c["model_id"]: c for c in builtin_cards()}
-        for c in self.custom_cards:
+        extra = self.synced_cards() if self.cfg.is_new else list(self.custom_cards)
+        for c in extra:
             cards.setdefault(c["model_id"], c)
-        if self.cfg.is_new and self.cluster is not None:
-            with self.cluster.cond:
-                synced = list(self.cluster.state.data["customModelCards"].values())
-            for raw in synced:
-                card = uncamel_card(raw)
-                card["is_custom"] = True
-                cards.setdefault(card["model_id"], card)
         return list(cards.values())
 
     def find_card(self, model_id: str) -> dict[str, Any] | None:
         return next((c for c in self.all_cards() if c["model_id"] == model_id), None)
+
+    def card_or_local(self, model_id: str) -> dict[str, Any] | None:
+        """``ModelCard.load``: a known card, else one built from the local files (never stored), else None."""
+        card = self.find_card(model_id)
+        if card is not None:
+            return card
+        found = find_model(model_id, models_dirs(self.paths))
+        if found is None:
+            return None
+        try:
+            return card_from_local(model_id, found.path)
+        except ValueError:
+            return None
 
     @staticmethod
     def card_from_shard(shard: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """exo's placement (contract §2.4; ``src/exo/master/placement.py`` semantics).
 
 Contract: ``place(state, card, sharding, meta, min_nodes, required)`` returns one camelCase tagged
-Instance or raises ``ValueError`` with exo's exact message. Rank order is the cycle order;
+Instance or raises ``ValueError`` with exo's exact message. Rank order is the cycle order (each cycle
+starts at its highest topology index, as rustworkx 0.17 gives it); cycles with a leaf node win;
 1-node results are forced to Pipeline/MlxRing; pipeline layers are split by available RAM.
 """
 
@@ -17,7 +18,8 @@ PLACEHOLDER = {"ip": "198.51.100.1", "port": 0}
 
 
 def simple_cycles(nodes: list[str], conns: dict[str, dict[str, list]]) -> list[list[str]]:
-    """Singletons plus every simple directed cycle (each once, starting at its lowest index)."""
+    """Singletons plus every simple directed cycle, each once, starting at its highest index (as
+    rustworkx 0.17 lists them: for nodes [A, B] the 2-cycle is [B, A], so B gets rank 0)."""
     order = {n: i for i, n in enumerate(nodes)}
     cycles: list[list[str]] = [[n] for n in nodes]
 
@@ -27,12 +29,20 @@ def simple_cycles(nodes: list[str], conns: dict[str, dict[str, list]]) -> list[l
                 continue
             if nxt == start and len(path) > 1:
                 cycles.append(list(path))
-            elif nxt not in path and order[nxt] > order[start]:
+            elif nxt not in path and order[nxt] < order[start]:
                 dfs(start, nxt, path + [nxt])
 
-    for n in nodes:
+    for n in reversed(nodes):
         dfs(n, n, [n])
     return cycles
+
+
+def _has_leaf(conns: dict[str, dict[str, list]], cycle: list[str]) -> bool:
+    """A cycle containing a leaf (a node with at most one neighbour) is preferred, as in exo."""
+    def neighbours(n: str) -> set[str]:
+        out = {m for m, edges in conns.get(n, {}).items() if edges}
+        return out | {m for m, sinks in conns.items() if sinks.get(n)}
+    return any(len(neighbours(n)) <= 1 for n in cycle)
 
 
 def _avail(state: dict[str, Any], nid: str) -> int:
@@ -161,19 +171,36 @@ def place(state: dict[str, Any], card: dict[str, Any], sharding: str, meta: str,
         if not rdma:
             raise ValueError("Requested RDMA (MlxJaccl) but no RDMA-connected cycles available")
         cycles = rdma
-    cycle = max(cycles, key=lambda c: (_download_score(state, c, card["model_id"]), sum(_avail(state, n) for n in c)))
+    conns = state["topology"]["connections"]
+    cycle = max(cycles, key=lambda c: (_has_leaf(conns, c), _download_score(state, c, card["model_id"]),
+                                       sum(_avail(state, n) for n in c)))
     if len(cycle) == 1:
         sharding, meta = "Pipeline", "MlxRing"
     assignments = _shards(state, card, cycle, sharding, generation)
     port = random_ephemeral_port()
     body = {"instanceId": new_uuid(), "shardAssignments": assignments}
-    if meta == "MlxJaccl":  # never reached on the emulator (no RDMA), kept for shape
-        body["jacclDevices"] = [[None] * len(cycle) for _ in cycle]
-        body["jacclCoordinators"] = {n: ("0.0.0.0" if i == 0 else "0.0.0.0") + f":{port}" for i, n in enumerate(cycle)}
+    if meta == "MlxJaccl":  # the emulator's nodes have no RDMA, so only a state with RDMA edges gets here
+        body["jacclDevices"] = jaccl_devices(cycle, conns)
+        body["jacclCoordinators"] = jaccl_coordinators(cycle, conns, port)
         return {"MlxJacclInstance": body}
     body["hostsByNode"] = hosts_by_node(cycle, state["topology"]["connections"], port)
     body["ephemeralPort"] = port
     return {"MlxRingInstance": body}
+
+
+def jaccl_devices(cycle: list[str], conns: dict) -> list[list[str | None]]:
+    """``jacclDevices[i][j]``: rank i's RDMA interface towards rank j (None on the diagonal)."""
+    def iface(a: str, b: str) -> str | None:
+        return next((e["sourceRdmaIface"] for e in conns.get(a, {}).get(b, []) if "sourceRdmaIface" in e), None)
+    return [[None if i == j else iface(a, b) for j, b in enumerate(cycle)] for i, a in enumerate(cycle)]
+
+
+def jaccl_coordinators(cycle: list[str], conns: dict, port: int) -> dict[str, str]:
+    """Rank 0 listens on ``0.0.0.0:P``; every other rank reaches it at rank 0's address as it sees it."""
+    out = {cycle[0]: f"0.0.0.0:{port}"}
+    for nid in cycle[1:]:
+        out[nid] = f"{_edge_ip(conns, nid, cycle[0]) or '0.0.0.0'}:{port}"
+    return out
 
 
 def _is_rdma_cycle(state: dict, cycle: list[str], generation: str) -> bool:

@@ -43,7 +43,8 @@ def _stall_forever(w: ChunkedWriter | None, keepalive: float, node: Any) -> None
 
 
 def serve_chat(h: Any, req: C.ChatRequest) -> None:
-    if req.stream:
+    """Stream or not as asked; v1.0.71's ``/bench`` never streams (it always answers the JSON body)."""
+    if req.stream and not (req.bench and not h.node.cfg.is_new):
         _serve_stream(h, req)
     else:
         _serve_json(h, req)
@@ -57,7 +58,7 @@ def _serve_stream(h: Any, req: C.ChatRequest) -> None:
     w.write(C.comment("keep-alive"))
     last = time.monotonic()
     pending: tuple[str, str] | None = None  # (delta key, text) held back for the final chunk
-    split = C.ReasoningSplitter(req.thinking)
+    split = C.ReasoningSplitter(req.split_reasoning)
     n_tokens = 0
     pacer = _Pacer(f.token_rate)
     for ev in node.chat_events(req):
@@ -77,7 +78,7 @@ def _serve_stream(h: Any, req: C.ChatRequest) -> None:
                 _stall_forever(w, ka, node)
                 return
             if f.stream_error_chunk and n_tokens > 1:
-                _error_end(w, "Runner shutdown before completing command (signal=9 (Killed: 9))")
+                _error_end(w, "Runner shutdown before completing command (signal=9 (Killed: 9))", new_gen)
                 return
             pacer.wait()
             for piece in split.feed(ev[1]):
@@ -87,7 +88,7 @@ def _serve_stream(h: Any, req: C.ChatRequest) -> None:
         elif kind == "gen_done":
             s = ev[1]
             if f.stream_error_chunk:
-                _error_end(w, "Runner shutdown before completing command (signal=9 (Killed: 9))")
+                _error_end(w, "Runner shutdown before completing command (signal=9 (Killed: 9))", new_gen)
                 return
             for piece in split.flush():
                 if pending:
@@ -104,7 +105,7 @@ def _serve_stream(h: Any, req: C.ChatRequest) -> None:
             if node.instance_for_model(req.model) is None:
                 w.abort()
                 return
-            _error_end(w, ev[1])
+            _error_end(w, ev[1], new_gen)
             return
         elif kind == "instance_gone":
             w.abort()
@@ -112,8 +113,8 @@ def _serve_stream(h: Any, req: C.ChatRequest) -> None:
     w.abort()
 
 
-def _error_end(w: ChunkedWriter, message: str) -> None:
-    w.write(C.sse(C.error_chunk(message)))
+def _error_end(w: ChunkedWriter, message: str, new_gen: bool) -> None:
+    w.write(C.sse(C.error_chunk(message, new_gen)))
     w.write(b"data: [DONE]\n\n")
     w.finish()
 
@@ -123,9 +124,10 @@ def _serve_json(h: Any, req: C.ChatRequest) -> None:
     f = node.cfg.faults
     w = ChunkedWriter(h, "application/json")
     parts: dict[str, list[str]] = {"content": [], "reasoning_content": []}
-    split = C.ReasoningSplitter(req.thinking)
+    split = C.ReasoningSplitter(req.split_reasoning)
     n_tokens = 0
     pacer = _Pacer(f.token_rate)
+    t0 = time.monotonic()
     for ev in node.chat_events(req):
         kind = ev[0]
         if kind == "token":
@@ -140,8 +142,9 @@ def _serve_json(h: Any, req: C.ChatRequest) -> None:
             s = ev[1]
             for key, text in split.flush():
                 parts[key].append(text)
+            s = {**s, "elapsed_s": time.monotonic() - t0}
             data = json.dumps(C.full_body(req, "".join(parts["content"]), s, s["finish_reason"],
-                                          "".join(parts["reasoning_content"]) or None)).encode()
+                                          "".join(parts["reasoning_content"]) or None, node.cfg.is_new)).encode()
             if f.chat_truncated_body:
                 w.write(data[: len(data) // 2])
                 w.abort()

@@ -4,6 +4,7 @@ Contract: ``Supervisor.start()`` spawns the runner (multiprocessing ``spawn``); 
 messages are published as ``RunnerStatus`` events, its log records land in exo.log. When the
 process exits non-zero the supervisor logs ``Runner terminated with exitcode=1\\nRunner error: ...``,
 publishes ``RunnerFailed{errorMessage:"Terminated (exitcode=1\\nRunner error: <Type>: <msg>\\n<tb>)"}``
+(v1.0.71: only ``"Terminated (exitcode=1)"``, the cause stays in the log)
 and calls ``on_failed``. In-flight generations get an error.
 """
 
@@ -81,13 +82,14 @@ class Supervisor:
             q.put(("gen_error", f"Runner shutdown before completing command ({_cause(rc)})"))
         if self.stopping or rc == 0:
             return
-        cause = _cause(rc)
+        cause = short = _cause(rc)
         if self.fatal is not None:
             typ, msg, tb = self.fatal
             cause = f"{cause}\nRunner error: {typ}: {msg}\n{tb.rstrip()}"
         logger.error(f"Runner terminated with {cause}", W_SUP)
         self.status = "RunnerFailed"
-        body: dict[str, Any] = {"errorMessage": f"Terminated ({cause})"}
+        # HEAD puts the runner's error text in errorMessage; v1.0.71 only the exit cause (the rest is in the log)
+        body: dict[str, Any] = {"errorMessage": f"Terminated ({cause if self.spec['generation'] == 'new' else short})"}
         if self.spec["generation"] == "new":
             body["diagnostics"] = []
         self.publish({"type": "RunnerStatus", "runnerId": self.runner_id, "status": {"RunnerFailed": body}})

@@ -24,10 +24,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from exo_emulator.cards import card_json
+from exo_emulator.cards import card_json, card_toml
 from exo_emulator.ids import new_uuid
 from exo_emulator.logs import logger
-from exo_emulator.models import find_model
+from exo_emulator.models import find_model, normalize
 from exo_emulator.paths import default_models_dir, models_dirs
 from exo_emulator.state import unwrap
 from exo_emulator.supervisor import Supervisor
@@ -35,6 +35,7 @@ from exo_emulator.supervisor import Supervisor
 W_PLAN = "exo.worker.main:plan_step:225"
 W_DL = "exo.worker.main:_download_model:247"
 W_COORD = "exo.download.coordinator:_scan:214"
+W_CARDS = "exo.worker.main:_reconcile_custom_cards:180"
 MAX_RETRIES = 5
 READYISH = ("RunnerReady", "RunnerRunning")
 
@@ -48,6 +49,7 @@ class Worker:
         self.retry_at: dict[str, float] = {}
         self.deleting: set[str] = set()
         self.dl_sent: set[str] = set()
+        self.cards_seen: set[str] = set()
         self.lock = threading.RLock()
         self.stopped = threading.Event()
         self.epoch = 0
@@ -58,6 +60,7 @@ class Worker:
             logger.warning("macmon not found, falling back to psutil...", "exo.utils.info_gatherer:_monitor:1")
         threading.Thread(target=self._plan_loop, name="worker-plan", daemon=True).start()
         threading.Thread(target=self._probe_loop, name="edge-probe", daemon=True).start()
+        threading.Thread(target=self._card_loop, name="custom-cards", daemon=True).start()
         if not self.node.args.no_downloads:
             threading.Thread(target=self._scan_loop, name="download-scan", daemon=True).start()
 
@@ -73,10 +76,15 @@ class Worker:
         for s in sups:
             s.stop()
         self.publish_info()
-        for card in self.node.local_custom_cards():
-            if self.cfg.is_new:
-                self.cluster.publish({"type": "CustomCard", "card": card_json(card, "new")})
-        if not self.node.args.no_downloads:
+        with self.lock:
+            self.cards_seen.clear()
+        if self.node.args.no_downloads:
+            return
+        late = self.cfg.faults.late_rescan_s
+        if late:  # fault: the rescan after an election comes late (real EXO on 2 nodes offline: 46-57 s)
+            epoch = self.epoch
+            threading.Timer(late, lambda: self.epoch == epoch and self.scan_downloads(force=True)).start()
+        else:
             self.scan_downloads(force=True)
 
     def publish_info(self) -> None:
@@ -103,10 +111,14 @@ class Worker:
         self.cluster.publish(ev)
 
     # ---- downloads -------------------------------------------------------------------------------
-    def _progress(self, kind: str, card: dict[str, Any], path: str, **extra: Any) -> dict[str, Any]:
-        shard = {"PipelineShardMetadata": {"modelCard": card_json(card, self.cfg.generation), "deviceRank": 0,
-                                           "worldSize": 1, "immediateException": False, "shouldTimeout": None,
-                                           "startLayer": 0, "endLayer": card["n_layers"], "nLayers": card["n_layers"]}}
+    def _progress(self, kind: str, card: dict[str, Any], path: str, shard: dict[str, Any] | None = None,
+                  **extra: Any) -> dict[str, Any]:
+        """A download status; ``shard`` is the runner's own tagged shard (else the whole model, as the scan)."""
+        if shard is None:
+            shard = {"PipelineShardMetadata": {"modelCard": card_json(card, self.cfg.generation), "deviceRank": 0,
+                                               "worldSize": 1, "immediateException": False, "shouldTimeout": None,
+                                               "startLayer": 0, "endLayer": card["n_layers"],
+                                               "nLayers": card["n_layers"]}}
         return {kind: {"nodeId": self.node_id, "shardMetadata": shard, "modelDirectory": path, **extra}}
 
     def _my_download(self, model_id: str) -> str | None:
@@ -135,9 +147,10 @@ class Worker:
         while not self.stopped.wait(self.cfg.timing.download_scan_s):
             self.scan_downloads()
 
-    def _ensure_download(self, card: dict[str, Any], status: str | None) -> None:
-        """DownloadModel task: worker-side check when a runner needs the model."""
-        if status in ("DownloadCompleted", "DownloadFailed", "DownloadPending") or card["model_id"] in self.dl_sent:
+    def _ensure_download(self, card: dict[str, Any], status: str | None, shard: dict[str, Any] | None = None) -> None:
+        """DownloadModel task: worker-side check when a runner needs the model; a local model is
+        reported DownloadCompleted with the runner's own shard (also over the scan's whole-model entry)."""
+        if status in ("DownloadFailed", "DownloadPending") or card["model_id"] in self.dl_sent:
             return
         self.dl_sent.add(card["model_id"])
         found = find_model(card["model_id"], models_dirs(self.node.paths))
@@ -145,8 +158,10 @@ class Worker:
         if found is not None:
             logger.info(f"Model {card['model_id']} found at {found.path}", W_DL)
             self.cluster.publish({"type": "Download", "nodeId": self.node_id, "progress": self._progress(
-                "DownloadCompleted", card, str(found.path), total={"inBytes": card["storage_size"]["in_bytes"]},
+                "DownloadCompleted", card, str(found.path), shard, total={"inBytes": card["storage_size"]["in_bytes"]},
                 readOnly=found.read_only)})
+        elif status == "DownloadCompleted":
+            return
         elif self.node.args.no_downloads:
             return  # no coordinator: StartDownload is never handled, runner stays Idle
         elif self.node.args.offline:
@@ -189,6 +204,40 @@ class Worker:
             return
         self.cluster.publish({"type": "Download", "nodeId": self.node_id, "progress": self._progress(
             "DownloadCompleted", card, target, total={"inBytes": card["storage_size"]["in_bytes"]}, readOnly=False)})
+
+    # ---- custom cards ------------------------------------------------------------------------------
+    def _card_loop(self) -> None:
+        while not self.stopped.wait(self.cfg.timing.card_reconcile_s):
+            try:
+                self.reconcile_cards()
+            except OSError as exc:
+                logger.warning(f"custom card reconcile failed: {exc}", W_CARDS)
+
+    def reconcile_cards(self) -> None:
+        """``Worker._reconcile_custom_cards``: every card added to the cluster is saved to this node's
+        custom cards dir (OLD: and loaded, the dir is where v1.0.71 keeps them); NEW deletes any TOML
+        there that the cluster state does not hold. A newly seen card triggers a download rescan."""
+        synced = {c["model_id"]: c for c in self.node.synced_cards()}
+        cards_dir = self.node.paths.custom_cards_dir
+        fresh = []
+        for mid, card in synced.items():
+            path = cards_dir / f"{normalize(mid)}.toml"
+            if not path.exists():
+                cards_dir.mkdir(parents=True, exist_ok=True)
+                path.write_text(card_toml(card), encoding="utf-8")
+            if not self.cfg.is_new and all(c["model_id"] != mid for c in self.node.custom_cards):
+                self.node.custom_cards.append(card)
+            with self.lock:
+                if mid not in self.cards_seen:
+                    self.cards_seen.add(mid)
+                    fresh.append(mid)
+        if self.cfg.is_new and cards_dir.is_dir():
+            for path in sorted(cards_dir.glob("*.toml")):
+                if path.stem not in {normalize(m) for m in synced}:
+                    path.unlink(missing_ok=True)
+                    logger.debug(f"Removed custom card {path.name}: not in the cluster state", W_CARDS)
+        if fresh and not self.node.args.no_downloads:
+            self.scan_downloads()
 
     # ---- topology probes -------------------------------------------------------------------------
     def _probe_loop(self) -> None:
@@ -271,7 +320,7 @@ class Worker:
             self._maybe_create(iid, body, rid, shard, other_failed, sup)
             return
         card = self.node.card_from_shard(shard)
-        self._ensure_download(card, self._status_in(snap, self.node_id, card["model_id"]))
+        self._ensure_download(card, self._status_in(snap, self.node_id, card["model_id"]), sa["runnerToShard"][rid])
         mystat = statuses[rid]
         if mystat is None or sup.status != mystat:
             return
