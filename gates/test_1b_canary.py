@@ -9,7 +9,8 @@ from modeldrop.exo.observe import canary_check
 
 @pytest.mark.gate("node1_canary")
 def test_node1_canary(run_config, exo_canary, exo_report, evidence):
-    """exo (offline) answers /node_id and lists the model under /v1/models?status=downloaded."""
+    """exo (offline) answers /node_id, has a card for the model (POST /models/add when it has none) and lists
+    the model under /v1/models?status=downloaded."""
     try:
         rec = exo_canary.start("canary")
     except LaunchError as e:
@@ -18,6 +19,11 @@ def test_node1_canary(run_config, exo_canary, exo_report, evidence):
     model_dir = expand_home(run_config.node(1).model_dir, str(exo_canary.facts().get("home") or "~"))
     verdict = canary_check(exo_canary, ExoClient(exo_canary.api_url), run_config.model_id, model_dir)
     evidence.json("canary", verdict.details)
+    card = verdict.details.get("card") or {}
+    if card.get("card"):
+        evidence.note("model card", {"present": "EXO already had a card for the model",
+                                     "added": "EXO had no card for the model: added with POST /models/add",
+                                     "missing": "EXO has no card for the model and it could not be added"}[card["card"]])
     evidence.note("verdict", verdict.summary)
     if not verdict.ok:
         exo_report.fail("node1_canary", verdict, state=None, role="canary")

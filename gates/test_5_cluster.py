@@ -3,12 +3,13 @@
 import pytest
 
 from modeldrop.exo.logs import namespace_lines
-from modeldrop.exo.observe import watch_cluster
+from modeldrop.exo.observe import ensure_cards, watch_cluster
 
 
 @pytest.mark.gate("cluster")
 def test_cluster(run_config, exo_running, exo_report, evidence):
-    """topology has the N live node ids and edges a->b and b->a, within the cluster window; else a fast stop."""
+    """topology has the N live node ids and edges a->b and b->a, within the cluster window (else a fast stop);
+    then every node lists a model card for the model (added with POST /models/add where missing)."""
     live_ids = exo_running.node_ids()
     evidence.json("node ids", {f"node{k}": v for k, v in live_ids.items()})
     missing = [f"node{k}" for k in exo_running.ks if k not in live_ids]
@@ -25,3 +26,9 @@ def test_cluster(run_config, exo_running, exo_report, evidence):
         seen = {k: v["identities"] for k, v in verdict.details["views"].items() if v}
         exo_report.fail("cluster", verdict, state=exo_running.state_of(exo_running.ks[0]),
                         message=f"{verdict.summary}; nodeIdentities seen: {seen}; namespace lines: {ns}")
+    # a model that just dropped has no EXO card: every node must list one before placement
+    cards = ensure_cards(exo_running.clients(), run_config.model_id)
+    evidence.json("model cards", cards.details)
+    evidence.note("model card", cards.summary)
+    if not cards.ok:
+        exo_report.fail("cluster", cards, state=exo_running.state_of(exo_running.ks[0]))

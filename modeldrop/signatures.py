@@ -151,6 +151,28 @@ def _duplicate_friendly(c: Ctx) -> str | None:
     return f"two node ids with friendlyName {dup}" if dup else None
 
 
+def _not_listed_with_card(c: Ctx) -> str | None:
+    """D6 holds only when EXO has a card for the model and still does not list it as downloaded."""
+    if c.facts.get("not_listed") and c.facts.get("has_card") and not c.facts.get("download_failed"):
+        return "EXO has a card for the model but never listed it under ?status=downloaded"
+    return None
+
+
+def _no_card(c: Ctx) -> str | None:
+    if not c.facts.get("no_card"):
+        return None
+    return f"EXO has no model card; add it with: {c.facts.get('add_command') or 'POST <api>/models/add'}"
+
+
+def _runner_signal(c: Ctx) -> str | None:
+    """A runner killed by a signal: verdict fact `runner_signal` or the supervisor's log line."""
+    sigs = c.facts.get("runner_signal")
+    if sigs:
+        where = ", ".join(c.facts.get("runner_nodes") or [])
+        return f"runner killed by signal {', '.join(map(str, sigs))}" + (f" on {where}" if where else "")
+    return log("RUNNER_TERM", lambda m: m.group("sig") is not None)(c)
+
+
 def _exited_before_up(c: Ctx) -> str | None:
     early = [k for k in c.facts.get("exited") or [] if k not in (c.facts.get("restarted") or [])]
     return f"exited before the API answered: {[f'node{k}' for k in early]}" if early else None
@@ -240,7 +262,9 @@ TABLE: tuple[Signature, ...] = (
       any_of(fact("never_created"), log("PL_CMD_ERR"))),
     S("C11x", ("placement",), "Model card could not be loaded",
       "Model id not in exo's catalog and the HF card fetch failed (offline, gated)",
-      "curl -s <api>/v1/models | jq '.data[].id'; run once with --online so exo stores the custom card",
+      "curl -s <api>/v1/models | jq '.data[].id'; curl -s -X POST <api>/models/add -H 'Content-Type: "
+      "application/json' -d '{\"model_id\": \"<MODEL_ID>\"}' (works offline when the model dir is local; a card "
+      "file dropped into custom_model_cards/ is deleted by EXO at start)",
       "HTTP body PL_CARD (or a 500 from /instance/placement offline)", any_of(http_body("PL_CARD"), _http_status(500))),
     S("C12x", ("placement",), "Internal placement inconsistency", "exo bug", "retry; file an exo issue with the log",
       "HTTP body PL_ONE_NEW", http_body("PL_ONE_NEW")),
@@ -254,7 +278,15 @@ TABLE: tuple[Signature, ...] = (
       "Model dir drift: files under another models dir (~/Models vs ~/.exo/models), HF-cache layout, or the folder "
       "is not org--name", "ls <parent of MODEL_DIR_NODE1>; the folder must be org--name with "
       "model.safetensors.index.json and every shard",
-      "verdict fact `dir_drift` or `not_listed` without DownloadFailed", any_of(fact("dir_drift"), fact("not_listed"))),
+      "verdict fact `dir_drift`, or `not_listed` while EXO has a card for the model and no DownloadFailed",
+      any_of(fact("dir_drift"), _not_listed_with_card)),
+    S("X-NO-CARD", ("node1_canary", "cluster", "placement"), "EXO has no model card for the model",
+      "EXO lists and scans only models it has a card for; a model that just dropped has none, and POST /models/add "
+      "failed (model dir not local on that node, config.json or the safetensors index missing or unreadable, or "
+      "the hub unreachable for files that are not local)",
+      "curl -s -X POST http://<node>:<api-port>/models/add -H 'Content-Type: application/json' "
+      "-d '{\"model_id\": \"<MODEL_ID>\"}'; then pytest gates/ -k canary",
+      "verdict fact `no_card` (the unfiltered GET /v1/models lacks the model and POST /models/add failed)", _no_card),
     S("E1", ("node1_canary", "placement"), "Offline and the model is not complete locally",
       "Model not pre-staged (or incomplete / wrong layout) on that node", "pytest gates/ -k verify on that node",
       "log OFFLINE_MISSING or DownloadFailed(offline) in /state", any_of(log("OFFLINE_MISSING"), _download_failed_offline)),
@@ -274,6 +306,12 @@ TABLE: tuple[Signature, ...] = (
     S("F4", ("placement", "chat"), "Instance deleted after 5 runner retries",
       "A runner keeps failing", "read the first RunnerFailed.errorMessage in the exo log", "log INST_RETRIES",
       log("INST_RETRIES")),
+    S("X-RUNNER-SIGNAL", ("placement", "chat", "bench"), "Runner killed by a signal",
+      "The runner process was killed from outside, not by a Python error: the OOM killer / jetsam (signal 9) "
+      "or another process or a person (kill, signal 15 or 9)",
+      "on the named node: log show --last 1h --predicate 'eventMessage contains \"memorystatus\"' (macOS) or "
+      "dmesg | grep -i 'killed process' (Linux); check who else stops processes there; smaller quant or context",
+      "verdict fact `runner_signal` (RunnerFailed `signal=N`) or log RUNNER_TERM with a signal", _runner_signal),
     S("F5", ("placement", "chat", "bench"), "Runner killed (signal 9): out of memory",
       "OOM / jetsam kill while loading or at long context",
       "log show --last 1h --predicate 'eventMessage contains \"memorystatus\"'; smaller quant or shorter context",
@@ -298,6 +336,12 @@ TABLE: tuple[Signature, ...] = (
     S("X-RING-SOCKET", ("transport",), "No ESTABLISHED socket to a ring neighbour",
       "Ring connection dropped after init or went over another interface", "netstat -an | grep .<ring port> on each node",
       "verdict fact `no_socket`", fact("no_socket")),
+    S("X-NO-RUNNER-MAP", ("transport",), "Multi-shard instance with an empty nodeToRunner",
+      "/state has not caught up (a node reset after a re-election) or the instance was posted by hand with "
+      "nodeToRunner {}: no evidence of which node runs which rank",
+      "curl -s <api>/state | jq '.instances[][].shardAssignments'; rerun pytest gates/ -k transport once /state "
+      "shows the runners, else delete and re-place the instance", "verdict fact `no_runner_map`",
+      fact("no_runner_map")),
     S("H1", ("chat",), "No instance found for the model", "`model` is not the instance's full id, or the instance is gone",
       "curl -s <api>/state | jq '.instances[][].shardAssignments.modelId'", "HTTP 404 / log NO_INSTANCE",
       any_of(_http_status(404), http_body("NO_INSTANCE"))),

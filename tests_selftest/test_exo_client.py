@@ -13,6 +13,8 @@ from modeldrop.exo.observe import canary_check
 from tests_selftest.exo_samples import IID, MODEL, NEW_STATE, RING_INSTANCE, A
 
 SEEN: list = []
+CARDS: set = set()  # model ids the fake EXO has a card for (the unfiltered /v1/models)
+UNADDABLE = "nobody/not-local"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -36,7 +38,9 @@ class Handler(BaseHTTPRequestHandler):
         if u.path == "/state":
             return self._send(200, NEW_STATE)
         if u.path == "/v1/models":
-            data = [{"id": MODEL, "object": "model"}] if q.get("status") == ["downloaded"] else []
+            data = [{"id": m, "object": "model"} for m in sorted(CARDS)]
+            if q.get("status") == ["downloaded"]:
+                data = [{"id": MODEL, "object": "model"}] if MODEL in CARDS else []
             return self._send(200, {"object": "list", "data": data})
         if u.path == "/instance/placement":
             if q.get("instance_meta") == ["MlxJaccl"]:
@@ -51,6 +55,12 @@ class Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length", 0))
         body = json.loads(self.rfile.read(n))
         SEEN.append(("POST", self.path, body))
+        if self.path == "/models/add":  # EXO reads the local model dir; UNADDABLE has none
+            if body.get("model_id") == UNADDABLE:
+                return self._send(400, {"error": {"message": f"Failed to fetch model: no config.json for {UNADDABLE}",
+                                                  "type": "Bad Request", "param": None, "code": 400}})
+            CARDS.add(body["model_id"])
+            return self._send(200, {"id": body["model_id"], "object": "model", "is_custom": True})
         self._send(200, {"message": "Command received.", "command_id": "c1", "model_card": {}})
 
 
@@ -68,9 +78,15 @@ def test_node_id_is_a_bare_string(api):
 
 
 def test_state_and_models(api):
+    CARDS.clear()
     assert st.cluster_view(api.state()).members
+    assert api.models() == [] and api.downloaded_model_ids() == [] and not api.has_card(MODEL)
+    assert api.add_model(MODEL)["id"] == MODEL and api.has_card(MODEL)
     assert api.downloaded_model_ids() == [MODEL]
-    assert api.models() == []
+    assert SEEN[-3][:2] == ("POST", "/models/add") and SEEN[-3][2] == {"model_id": MODEL}
+    with pytest.raises(ExoHTTPError) as e:
+        api.add_model(UNADDABLE)
+    assert e.value.status == 400 and "Failed to fetch model" in e.value.message
 
 
 def test_placement_params_and_error_body(api):
@@ -102,12 +118,54 @@ class AliveLauncher:
 
 
 def test_canary_check_passes_and_flags_dir_drift(api):
+    CARDS.clear()  # a model that just dropped: EXO has no card, the canary adds it
     v = canary_check(AliveLauncher(), api, MODEL, "/Users/me/.exo/models/mlx-community--Llama-3.2-1B-Instruct-4bit",
                      api_timeout_s=5, model_timeout_s=5)
-    assert v.ok, v.summary
+    assert v.ok and v.facts["card_added"] and v.details["card"]["card"] == "added", v.summary
+    assert "POST /models/add" in v.summary and MODEL in CARDS
+    v = canary_check(AliveLauncher(), api, MODEL, "/Users/me/.exo/models/mlx-community--Llama-3.2-1B-Instruct-4bit",
+                     api_timeout_s=5, model_timeout_s=5)
+    assert v.ok and not v.facts["card_added"] and v.details["card"]["card"] == "present"
     v = canary_check(AliveLauncher(), api, MODEL, "/Users/me/Models/mlx-community--Llama-3.2-1B-Instruct-4bit",
                      api_timeout_s=5, model_timeout_s=5)
     assert not v.ok and v.facts["dir_drift"] and "not at the audited" in v.summary
+
+
+def test_canary_no_card_is_its_own_diagnosis(api):
+    """POST /models/add fails: 'EXO has no model card', with the command that adds it; never dir drift (D6)."""
+    from modeldrop import signatures as sg
+    now = [0.0]
+    v = canary_check(AliveLauncher(), api, UNADDABLE, "/x/models/nobody--not-local", api_timeout_s=5,
+                     model_timeout_s=5, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    assert not v.ok and v.facts["no_card"] and "EXO has no model card for nobody/not-local" in v.summary
+    assert "/models/add" in v.facts["add_command"] and '"model_id": "nobody/not-local"' in v.facts["add_command"]
+    assert [m.id for m in sg.match("node1_canary", facts=v.facts)] == ["X-NO-CARD"]
+
+
+def test_canary_not_listed_with_a_card_is_dir_drift():
+    """A card and still not listed as downloaded: the model dir is where D6 points."""
+    from modeldrop import signatures as sg
+
+    class CardButNoDownload:
+        base_url = "http://10.0.0.1:52415"
+
+        def node_id(self, timeout_s=None):
+            return A
+
+        def has_card(self, model_id):
+            return True
+
+        def downloaded_model_ids(self):
+            return []
+
+        def state(self):
+            return {}
+
+    now = [0.0]
+    v = canary_check(AliveLauncher(), CardButNoDownload(), MODEL, "/x", api_timeout_s=5, model_timeout_s=10,
+                     clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    assert not v.ok and v.facts["not_listed"] and v.facts["has_card"] and "has a card" in v.summary
+    assert "D6" in [m.id for m in sg.match("node1_canary", facts=v.facts)]
 
 
 def test_canary_sees_exo_exit_while_its_api_is_down():
@@ -124,6 +182,9 @@ def test_canary_sees_exo_exit_while_its_api_is_down():
 
         def node_id(self, timeout_s=None):
             return A
+
+        def has_card(self, model_id):
+            return True
 
         def downloaded_model_ids(self):
             raise ExoUnreachable("GET /v1/models: ConnectionError")

@@ -90,6 +90,20 @@ def test_ready_verdict_reasons():
     assert v.facts["stalled"] and "no runner progress for 20s" in v.summary
 
 
+def test_runner_failure_names_the_node_and_the_signal():
+    killed = new_state(runners={R1: {"RunnerFailed": {"errorMessage": "Terminated (signal=9 (Killed: 9))"}}})
+    v = ready_verdict(st.instance_progress(killed, IID), True, None, False, 3.0)
+    assert not v.ok and f"on studio-1 (node {A[:12]}), runner {R1[:8]}" in v.summary, v.summary
+    assert v.facts["runner_signal"] == [9] and v.facts["runner_nodes"] == [f"studio-1 (node {A[:12]})"]
+    crashed = new_state(runners={R1: {"RunnerFailed": {"errorMessage": "Terminated (exitcode=1)"}}})
+    assert "runner_signal" not in ready_verdict(st.instance_progress(crashed, IID), True, None, False, 3.0).facts
+    # nodeToRunner empty (state lag): the shard's rank still says which runner it was
+    body = st.untag(killed["instances"][IID])[1]
+    body["shardAssignments"]["nodeToRunner"] = {}
+    v = ready_verdict(st.instance_progress(killed, IID), True, None, False, 3.0)
+    assert "on rank 1 (nodeToRunner does not say which node)" in v.summary, v.summary
+
+
 class StateClient:
     """A client whose /state walks through a script of states, one per call."""
 
@@ -160,6 +174,18 @@ def test_transport_one_node_passes_with_note():
         "ephemeralPort": 1}})
     v = transport_verdict(one, {1: A}, {}, {}, {1: []})
     assert v.ok and "no ring" in v.summary
+
+
+def test_transport_empty_runner_map_on_a_multi_shard_instance_is_missing_evidence():
+    """nodeToRunner {} with 2 shards is not a 1-node instance: the gate cannot check the ring, so it fails."""
+    import copy
+    raw = copy.deepcopy(RING_INSTANCE)
+    raw["MlxRingInstance"]["shardAssignments"]["nodeToRunner"] = {}
+    inst = st.parse_instance(raw)
+    assert inst.shard_count == 2 and inst.node_ids == []
+    v = transport_verdict(inst, {1: B, 2: A}, {}, {}, {1: [], 2: []})
+    assert not v.ok and v.facts["no_runner_map"] and "no ring to check" not in v.summary
+    assert "2 shards but its nodeToRunner lists 0 node(s)" in v.summary
 
 
 def test_chat_verdict():

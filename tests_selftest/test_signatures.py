@@ -49,6 +49,12 @@ CASES = [
     ("D1", "placement", dict(state=new_state(), facts={"model_id": MODEL})),
     ("D1", "placement", dict(facts={"stalled": True, "runners": {R0: "RunnerIdle"}})),
     ("D6", "node1_canary", dict(facts={"dir_drift": True})),
+    ("D6", "node1_canary", dict(facts={"not_listed": True, "has_card": True})),
+    ("X-NO-CARD", "node1_canary", dict(facts={"no_card": True, "add_command": "curl -X POST x/models/add"})),
+    ("X-NO-CARD", "cluster", dict(facts={"no_card": True})),
+    ("X-RUNNER-SIGNAL", "placement", dict(facts={"runner_signal": [9], "runner_nodes": ["sbx-node2 (node abc)"]})),
+    ("X-RUNNER-SIGNAL", "chat", dict(logs={"node2": "Runner terminated with signal=15 (Terminated)"})),
+    ("X-NO-RUNNER-MAP", "transport", dict(facts={"no_runner_map": True})),
     ("E1", "node1_canary", dict(logs={"node1": "Offline mode: model m is not fully available locally, cannot download"})),
     ("E1", "placement", dict(state=new_state(downloads={A: [{"DownloadFailed": {"nodeId": A, "shardMetadata": {},
                                                 "errorMessage": "Model files not found locally in offline mode: m"}}]}))),
@@ -88,6 +94,21 @@ def test_signature_matches(sig, gate, kw):
 def test_quiet_inputs_match_nothing():
     for gate in sg.ALL_EXO_GATES:
         assert ids(gate, logs={"node1": "[ INFO ] Running on http://0.0.0.0:52415"}, state=None, http=None) == []
+
+
+def test_card_signatures_keep_apart():
+    """D6 (dir drift) only when EXO has a card; a missing card is its own diagnosis, never D6."""
+    assert "D6" not in ids("node1_canary", facts={"not_listed": True})
+    no_card = sg.match("node1_canary", facts={"no_card": True, "add_command": "curl -X POST h/models/add"})
+    assert [m.id for m in no_card] == ["X-NO-CARD"] and "curl -X POST h/models/add" in no_card[0].matched
+    assert "/models/add" in sg.BY_ID["C11x"].next_command and "--online" not in sg.BY_ID["C11x"].next_command
+
+
+def test_signal_killed_runner_is_named_before_the_generic_crash():
+    got = ids("placement", facts={"runner_failed": True, "runner_signal": [9], "runner_nodes": ["sbx-node2"]})
+    assert got[0] == "X-RUNNER-SIGNAL" and "F8" in got
+    assert "X-RUNNER-SIGNAL" not in ids("placement", facts={"runner_failed": True})
+    assert "X-RUNNER-SIGNAL" not in ids("chat", logs={"node1": "Runner terminated with exitcode=1"})
 
 
 def test_gate_scoping():

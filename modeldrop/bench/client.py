@@ -465,7 +465,9 @@ class BenchClient:
                 rec.t_end = time.perf_counter() - rec.t_send
                 complete = True
                 raise _Abort("http", f"HTTP {resp.status_code}: {_error_message(raw)}")
-            if req.stream:
+            # EXO v1.0.71's /bench/chat/completions answers a JSON body even when asked to stream
+            as_json = resp.headers.get("content-type", "").startswith("application/json")
+            if req.stream and not as_json:
                 complete = self._read_stream(resp, rec)
             else:
                 self._read_whole(resp, rec)

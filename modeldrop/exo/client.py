@@ -107,6 +107,15 @@ class ExoClient:
         v = self._json("GET", "/v1/models", params=params)
         return list(v.get("data") or []) if isinstance(v, dict) else []
 
+    def has_card(self, model_id: str) -> bool:
+        """EXO knows a model card for `model_id` (listed by the unfiltered GET /v1/models)."""
+        return any(str(m.get("id")) == model_id for m in self.models())
+
+    def add_model(self, model_id: str) -> dict:
+        """POST /models/add {"model_id": ...}: EXO builds the card (offline from the local model dir) and
+        shares it with the cluster; returns EXO's model row, or raises ExoHTTPError (400 `Failed to fetch model`)."""
+        return self._json("POST", "/models/add", json={"model_id": model_id}, timeout_s=max(self.timeout_s, 60.0))
+
     def downloaded_model_ids(self) -> list[str]:
         """Ids listed under /v1/models?status=downloaded (DownloadCompleted on any node)."""
         return [str(m.get("id")) for m in self.models("downloaded")]

@@ -6,6 +6,8 @@ seen; none sleeps a fixed time to synchronise. `clock`/`sleep` are injectable fo
 
 from __future__ import annotations
 
+import json
+import shlex
 import time
 from collections.abc import Callable
 from typing import Any
@@ -229,6 +231,69 @@ def _norm(path: str) -> str:
     return p[len("/private"):] if p.startswith("/private/") else p
 
 
+# -- model cards (gates 1B and 5) -----------------------------------------------------------------
+CARD_TIMEOUT_S = 30.0
+
+
+def add_card_command(base_url: str, model_id: str) -> str:
+    """The shell command that gives EXO a card for `model_id` (POST /models/add)."""
+    body = json.dumps({"model_id": model_id})
+    return (f"curl -s -X POST {shlex.quote(base_url + '/models/add')} -H 'Content-Type: application/json' "
+            f"-d {shlex.quote(body)}")
+
+
+def _listed(client: ExoClient, model_id: str) -> bool | None:
+    return call_safely(lambda: client.has_card(model_id))[0]
+
+
+def ensure_card(client: ExoClient, model_id: str, timeout_s: float = CARD_TIMEOUT_S, wait_first_s: float = 0.0,
+                clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Verdict:
+    """EXO (this API) lists a card for `model_id` in the unfiltered GET /v1/models: already, after
+    `wait_first_s` (a card added on another node syncing here), or after POST /models/add."""
+    details: dict[str, Any] = {"api": client.base_url}
+    seen = poll(lambda: _listed(client, model_id), bool, wait_first_s, 0.5, clock=clock, sleep=sleep) \
+        if wait_first_s > 0 else None
+    if (seen and seen.done) or _listed(client, model_id):
+        details["card"] = "present"
+        return Verdict(True, f"EXO has a model card for {model_id} ({client.base_url})", details,
+                       {"has_card": True})
+    cmd = add_card_command(client.base_url, model_id)
+    try:
+        details["add_response"] = client.add_model(model_id)
+    except ExoError as e:
+        details.update({"card": "missing", "add_error": str(e), "add_command": cmd})
+        return Verdict(False, f"EXO has no model card for {model_id} and POST /models/add failed ({e}); "
+                              f"add it with: {cmd}", details, {"no_card": True, "add_command": cmd})
+    listed = poll(lambda: _listed(client, model_id), bool, timeout_s, 0.5, clock=clock, sleep=sleep)
+    if not listed.done:
+        details.update({"card": "missing", "add_command": cmd})
+        return Verdict(False, f"EXO has no model card for {model_id}: POST /models/add answered but GET /v1/models "
+                              f"did not list it within {timeout_s:.0f}s; add it with: {cmd}", details,
+                       {"no_card": True, "add_command": cmd})
+    details["card"] = "added"
+    return Verdict(True, f"EXO had no model card for {model_id}: added with POST /models/add ({client.base_url})",
+                   details, {"has_card": True, "card_added": True})
+
+
+def ensure_cards(clients: dict[int, ExoClient], model_id: str, timeout_s: float = CARD_TIMEOUT_S,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Verdict:
+    """Every node's API lists the card for `model_id`, adding it where needed (a card added on one node is
+    shared through the cluster, so later nodes wait a few seconds for it before adding it themselves)."""
+    per: dict[str, Any] = {}
+    added = False
+    for k, c in sorted(clients.items()):
+        v = ensure_card(c, model_id, timeout_s, wait_first_s=10.0 if added else 0.0, clock=clock, sleep=sleep)
+        per[f"node{k}"] = v.details
+        if not v.ok:
+            v.summary = f"node{k}: {v.summary}"
+            v.details = per
+            return v
+        added = added or bool(v.facts.get("card_added"))
+    how = "added with POST /models/add" if added else "already there"
+    return Verdict(True, f"every node lists the model card for {model_id} ({how})", per,
+                   {"has_card": True, "card_added": added})
+
+
 # -- canary (gate 1B) -----------------------------------------------------------------------------
 CANARY_MODEL_TIMEOUT_S = 120.0
 
@@ -236,7 +301,8 @@ CANARY_MODEL_TIMEOUT_S = 120.0
 def canary_check(launcher: Any, client: ExoClient, model_id: str, model_dir: str,
                  api_timeout_s: float = API_UP_TIMEOUT_S, model_timeout_s: float = CANARY_MODEL_TIMEOUT_S,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Verdict:
-    """exo alone on node 1: /node_id answers, then the model is listed under ?status=downloaded from the audited dir."""
+    """exo alone on node 1: /node_id answers, EXO has (or is given) a card for the model, then the model is
+    listed under ?status=downloaded from the audited dir."""
     t0 = clock()
     up = poll(lambda: sample_node(launcher, client, t0, clock), lambda s: bool(s.node_id), api_timeout_s, INTERVAL_S,
               stop=lambda s: not s.alive, clock=clock, sleep=sleep)
@@ -246,12 +312,17 @@ def canary_check(launcher: Any, client: ExoClient, model_id: str, model_dir: str
         return Verdict(False, f"canary: API {client.base_url}/node_id: {why} ({last.api_error if last else up.last_error})",
                        {"last": last.__dict__ if last else None}, {"exited": [1] if last and not last.alive else [],
                                                                     "no_api": [1]})
+    card = ensure_card(client, model_id, clock=clock, sleep=sleep)
+    if not card.ok:
+        card.summary = f"canary: {card.summary}"
+        card.details = {"node_id": last.node_id, "card": card.details, "elapsed_s": round(clock() - t0, 2)}
+        return card
     # an API that stops answering is a sample too (None), so an exo that died is seen at once, not at the deadline
     listed = poll(lambda: call_safely(client.downloaded_model_ids)[0], lambda ids: model_id in (ids or []),
                   model_timeout_s, 1.0, stop=lambda ids: not launcher.proc(), clock=clock, sleep=sleep)
     s, _ = call_safely(client.state)
     dls = [d.__dict__ for d in st.downloads_for_model(s or {}, model_id)]
-    details = {"node_id": last.node_id, "downloaded": listed.value, "downloads": dls,
+    details = {"node_id": last.node_id, "card": card.details, "downloaded": listed.value, "downloads": dls,
                "elapsed_s": round(clock() - t0, 2)}
     if listed.stopped:
         return Verdict(False, f"canary: exo exited {details['elapsed_s']}s after start, before listing {model_id} "
@@ -259,12 +330,15 @@ def canary_check(launcher: Any, client: ExoClient, model_id: str, model_dir: str
     if not listed.done:
         failed = [d for d in dls if d["kind"] == "DownloadFailed"]
         why = f"; DownloadFailed: {failed[0]['error_message']}" if failed else ""
-        return Verdict(False, f"canary: {model_id} not listed under /v1/models?status=downloaded within "
-                              f"{model_timeout_s:.0f}s (listed: {listed.value or []}){why}", details,
-                       {"not_listed": True, "download_failed": bool(failed)})
+        return Verdict(False, f"canary: EXO has a card for {model_id} but does not list it under "
+                              f"/v1/models?status=downloaded within {model_timeout_s:.0f}s (listed: "
+                              f"{listed.value or []}){why}", details,
+                       {"not_listed": True, "has_card": True, "download_failed": bool(failed)})
     dirs = {d["model_directory"] for d in dls if d["kind"] == "DownloadCompleted" and d["model_directory"]}
     if dirs and _norm(model_dir) not in {_norm(d) for d in dirs}:
         return Verdict(False, f"canary: exo found {model_id} at {sorted(dirs)}, not at the audited {model_dir}",
                        details, {"dir_drift": True})
-    return Verdict(True, f"canary: API up, {model_id} listed as downloaded"
-                         + (f" from {model_dir}" if dirs else "") + f" after {details['elapsed_s']}s", details, {})
+    how = "card added with POST /models/add, " if card.facts.get("card_added") else ""
+    return Verdict(True, f"canary: API up, {how}{model_id} listed as downloaded"
+                         + (f" from {model_dir}" if dirs else "") + f" after {details['elapsed_s']}s", details,
+                   {"card_added": bool(card.facts.get("card_added"))})

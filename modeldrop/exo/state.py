@@ -304,6 +304,11 @@ class InstanceProgress:
     present: bool
     statuses: dict[str, RunnerStatus]  # runner id -> status; missing ids are absent
     expected: list[str]
+    where: dict[str, str] = field(default_factory=dict)  # runner id -> the node running it, as a person reads it
+
+    def node_of(self, runner_id: str) -> str:
+        """The node (friendly name and id prefix, or the shard's rank) of a runner, for messages."""
+        return self.where.get(runner_id) or "unknown node"
 
     @property
     def ready(self) -> bool:
@@ -328,4 +333,18 @@ def instance_progress(state: dict, instance_id: str) -> InstanceProgress:
         return InstanceProgress(instance_id, False, {}, [])
     rs = runners(state)
     expected = inst.runner_ids
-    return InstanceProgress(instance_id, True, {r: rs[r] for r in expected if r in rs}, expected)
+    return InstanceProgress(instance_id, True, {r: rs[r] for r in expected if r in rs}, expected,
+                            runner_locations(state, inst))
+
+
+def runner_locations(state: dict, inst: Instance) -> dict[str, str]:
+    """{runner id: "friendly-name (node id prefix)"} from nodeToRunner; "rank N" when the map is empty."""
+    friendly = cluster_view(state).friendly
+    out = {}
+    for nid, rid in inst.node_to_runner.items():
+        name = friendly.get(nid)
+        out[rid] = f"{name} (node {nid[:12]})" if name else f"node {nid[:12]}"
+    for rid, shard in inst.runner_to_shard.items():
+        if rid not in out and shard.rank is not None:
+            out[rid] = f"rank {shard.rank} (nodeToRunner does not say which node)"
+    return out

@@ -7,6 +7,7 @@ matches on (e.g. `isolated`, `restarted`, `stalled`), so signatures and verdicts
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,8 @@ from modeldrop.exo.logs import HostfileLine
 from modeldrop.exo.state import ClusterView, Instance, InstanceProgress
 
 NON_NEIGHBOUR = "198.51.100.1:0"
+# `Terminated (signal=9 (Killed: 9))`: the runner process was killed by a signal (OOM killer, an outside kill)
+SIGNAL_RX = re.compile(r"signal=(\d+)")
 
 
 @dataclass
@@ -110,8 +113,15 @@ def ready_verdict(progress: InstanceProgress, ever_present: bool, stalled_s: flo
         return Verdict(True, f"all {len(progress.expected)} runner(s) Ready/Running after {elapsed_s:.1f}s",
                        details, {})
     if progress.failures:
-        msgs = "; ".join(f"{r[:8]}: {_one_line(m)}" for r, m in progress.failures.items())
-        return Verdict(False, f"RunnerFailed: {msgs}", details, {"runner_failed": True, "errors": list(progress.failures.values())})
+        msgs = "; ".join(f"on {progress.node_of(r)}, runner {r[:8]}: {_one_line(m)}"
+                         for r, m in progress.failures.items())
+        signals = sorted({int(x) for m in progress.failures.values() for x in SIGNAL_RX.findall(str(m))})
+        facts = {"runner_failed": True, "errors": list(progress.failures.values()),
+                 "runner_nodes": [progress.node_of(r) for r in progress.failures]}
+        if signals:
+            facts["runner_signal"] = signals
+        details["failed_on"] = {r[:8]: progress.node_of(r) for r in progress.failures}
+        return Verdict(False, f"RunnerFailed: {msgs}", details, facts)
     if ever_present and not progress.present:
         return Verdict(False, f"instance {progress.instance_id} vanished from /state after {elapsed_s:.1f}s "
                               "(a runner failed or a node left; read every node's log)", details, {"vanished": True})
