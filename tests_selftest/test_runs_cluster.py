@@ -123,6 +123,12 @@ def gate_times(r: RunResult, gate: str) -> tuple[float | None, float | None]:
     return float(result["duration_s"]), (float(result["t"]) - start_t) if start_t else None
 
 
+def notes(r: RunResult, gate: str, key: str) -> list:
+    """The values of the ledger notes `key` of `gate`."""
+    evs = [json.loads(x) for x in (r.run_folder() / "ledger.jsonl").read_text().splitlines()]
+    return [e.get("value") for e in evs if e.get("event") == "note" and e.get("gate") == gate and e.get("key") == key]
+
+
 def assert_caught(r: RunResult, gate: str, sig: str | None) -> None:
     assert r.outcome(gate) == "failed", f"{gate}: {r.outcome(gate)}\n{r.output[-3000:]}"
     assert later_gates_not_run(r, gate, ORDER) == []
@@ -171,6 +177,10 @@ def check_green(r: RunResult, generation: str) -> list[dict]:
     cluster = [x for x in recs if x["role"] == "cluster"]
     assert canary and not any(alive(x) for x in canary), "the canary is always stopped"
     assert len(cluster) == 2 and all(alive(x) for x in cluster), "a green run leaves the cluster serving"
+    # the sandbox pre-installs no card: EXO meets the model as a new drop, the canary adds its card (recorded),
+    # and every cluster node lists it before placement
+    assert notes(r, "node1_canary", "model card") == ["EXO had no card for the model: added with POST /models/add"]
+    assert notes(r, "cluster", "model card")[0].startswith("every node lists the model card")
     for x in cluster:
         assert ("--namespace" in x["argv"]) == (generation == "new")
         assert ("EXO_LIBP2P_NAMESPACE" in x["env"]) == (generation == "old")
@@ -193,6 +203,10 @@ FAULTS = [
     # after the stall budget; what is observable by then is runners stuck Connecting (F1).
     ("ring_connect_error_60", 2, {"ring_connect_error": 60}, "placement", "F1", {}, ("--ready-timeout", "30")),
     ("ring_connect_error_65", 2, {"ring_connect_error": 65}, "placement", "G2", FAST_RING, ()),
+    # EXO cannot build a card for the model (POST /models/add answers 400): its own diagnosis, not dir drift (D6)
+    ("card_add_fails", 1, {"card_add_fails": True}, "node1_canary", "X-NO-CARD", {}, ()),
+    # a runner killed from outside (the OOM killer) while loading on node 2: its own signature, the node named
+    ("runner_killed_signal", 2, {"runner_killed_signal": 9}, "placement", "X-RUNNER-SIGNAL", {}, ()),
     ("chat_truncated_body", 1, {"chat_truncated_body": True}, "chat", "H2", {}, ()),
     ("stream_error_chunk", 1, {"stream_error_chunk": True}, "chat", "H2", {}, ()),
     ("stall_mid_stream", 1, {"stall_mid_stream": 2}, "chat", "H3", {}, ()),
@@ -212,6 +226,10 @@ def test_fault_caught_at_its_gate(box, tmp_path, name, k, faults, gate, sig, tim
           f"started; run {time.monotonic() - t0:.1f}s; {r.message(gate)[:160]}")
     try:
         assert_caught(r, gate, sig)
+        if name == "card_add_fails":
+            assert "D6" not in signature_ids(r, gate) and "EXO has no model card" in r.message(gate), r.message(gate)
+        if name == "runner_killed_signal":
+            assert f"on sbx-node{k} (node " in r.message(gate), r.message(gate)
     finally:
         stop_leftovers(launch_records(r))
 

@@ -51,6 +51,7 @@ class Faults:
     token_rate: float | None = None
     stall_mid_stream: int | None = None
     card_add_fails: bool = False
+    runner_killed_signal: int | None = None
     late_rescan_s: float | None = None
 
 

@@ -63,6 +63,10 @@ class Runner:
     def load(self, model_path: str) -> None:
         total = self.spec["end_layer"] - self.spec["start_layer"]
         self.status("RunnerLoading", layersLoaded=0, totalLayers=total)
+        sig = self.spec.get("runner_killed_signal")
+        if sig:  # fault: killed from outside while loading, as the OOM killer does
+            import os
+            os.kill(os.getpid(), int(sig))
         from mlx_lm.utils import load
 
         self.model, self.tokenizer = load(model_path)

@@ -349,6 +349,7 @@ class Worker:
                            "ring_connect_timeout_s": self.cfg.timing.ring_connect_timeout_s,
                            "load_layer_s": self.cfg.timing.load_layer_s},
                 "ring_connect_error": f.ring_connect_error, "runner_never_ready": f.runner_never_ready,
+                "runner_killed_signal": f.runner_killed_signal,
                 "pythonpath": self.node.pythonpath,
                 "runner_log_dir": str(self.node.paths.runner_log_dir) if self.cfg.is_new else None}
         sup = Supervisor(rid, iid, spec, self.cluster.publish, self._on_failed)
