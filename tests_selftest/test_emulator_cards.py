@@ -89,3 +89,19 @@ def test_models_add_fails_with_exos_400(emu_factory, tiny_model) -> None:  # noq
     code, body = ok.post("/models/add", {"id": MODEL_ID})
     assert code == 422 and body["detail"][0]["loc"] == ["body", "model_id"], body
     assert MODEL_ID not in listed(broken) and MODEL_ID not in listed(ok)
+
+
+@pytest.mark.sandbox_run
+def test_late_rescan_fault_delays_the_downloaded_listing(emu_factory, tiny_model) -> None:  # noqa: F811
+    """`late_rescan_s` (real EXO on two nodes offline listed the model 46-57 s after start): the model with a
+    card shows as downloaded only after the delayed rescan; by default it shows at once."""
+    import time
+    sub = fresh_subnet()
+    late = emu_factory("late", f"127.{sub}.0.11", [f"127.{sub}.0.11"], faults={"late_rescan_s": 10.0})
+    late.stage_model(tiny_model)
+    t0 = time.monotonic()
+    late.start()
+    wait_cluster([late])
+    assert MODEL_ID not in listed(late, True), "listed before the delayed rescan"
+    wait_for(lambda: MODEL_ID in listed(late, True), 30, "listed after the delayed rescan")
+    assert time.monotonic() - t0 >= 10.0

@@ -142,6 +142,29 @@ def test_canary_no_card_is_its_own_diagnosis(api):
     assert [m.id for m in sg.match("node1_canary", facts=v.facts)] == ["X-NO-CARD"]
 
 
+def test_canary_unreadable_models_is_not_a_missing_card():
+    """GET /v1/models failing says so; it is never 'EXO has no model card' (no POST /models/add is tried)."""
+    from modeldrop import signatures as sg
+
+    class ModelsDown:
+        base_url = "http://10.0.0.1:52415"
+        added = False
+
+        def node_id(self, timeout_s=None):
+            return A
+
+        def has_card(self, model_id):
+            raise ExoUnreachable("GET /v1/models: ReadTimeout")
+
+        def add_model(self, model_id):
+            self.added = True
+
+    c = ModelsDown()
+    v = canary_check(AliveLauncher(), c, MODEL, "/x", api_timeout_s=5, model_timeout_s=5)
+    assert not v.ok and v.facts == {"models_unreadable": True} and "ReadTimeout" in v.summary and not c.added
+    assert "X-NO-CARD" not in [m.id for m in sg.match("node1_canary", facts=v.facts)]
+
+
 def test_canary_not_listed_with_a_card_is_dir_drift():
     """A card and still not listed as downloaded: the model dir is where D6 points."""
     from modeldrop import signatures as sg

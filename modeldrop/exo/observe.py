@@ -251,9 +251,14 @@ def ensure_card(client: ExoClient, model_id: str, timeout_s: float = CARD_TIMEOU
     """EXO (this API) lists a card for `model_id` in the unfiltered GET /v1/models: already, after
     `wait_first_s` (a card added on another node syncing here), or after POST /models/add."""
     details: dict[str, Any] = {"api": client.base_url}
-    seen = poll(lambda: _listed(client, model_id), bool, wait_first_s, 0.5, clock=clock, sleep=sleep) \
-        if wait_first_s > 0 else None
-    if (seen and seen.done) or _listed(client, model_id):
+    if wait_first_s > 0:
+        poll(lambda: _listed(client, model_id), bool, wait_first_s, 0.5, clock=clock, sleep=sleep)
+    have, err = call_safely(lambda: client.has_card(model_id))
+    if err is not None:  # no answer is not "no card": say what failed
+        details["models_error"] = err
+        return Verdict(False, f"GET {client.base_url}/v1/models failed ({err}): cannot tell whether EXO has a "
+                              f"card for {model_id}", details, {"models_unreadable": True})
+    if have:
         details["card"] = "present"
         return Verdict(True, f"EXO has a model card for {model_id} ({client.base_url})", details,
                        {"has_card": True})
@@ -298,6 +303,20 @@ def ensure_cards(clients: dict[int, ExoClient], model_id: str, timeout_s: float 
 CANARY_MODEL_TIMEOUT_S = 120.0
 
 
+def _canary_card(launcher: Any, client: ExoClient, model_id: str, node_id: str | None, t: float,
+                 clock: Callable[[], float], sleep: Callable[[float], None]) -> Verdict:
+    """The canary's card step: `ensure_card`, or why it failed (an exo that exited is said as such)."""
+    card = ensure_card(client, model_id, clock=clock, sleep=sleep)
+    if card.ok:
+        return card
+    if not launcher.proc():
+        return Verdict(False, f"canary: exo exited {t:.2f}s after start, before its model card could be checked "
+                              f"({card.summary})", {"card": card.details}, {"exited": [1], "restarted": [1]})
+    card.summary = f"canary: {card.summary}"
+    card.details = {"node_id": node_id, "card": card.details, "elapsed_s": round(t, 2)}
+    return card
+
+
 def canary_check(launcher: Any, client: ExoClient, model_id: str, model_dir: str,
                  api_timeout_s: float = API_UP_TIMEOUT_S, model_timeout_s: float = CANARY_MODEL_TIMEOUT_S,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Verdict:
@@ -312,10 +331,8 @@ def canary_check(launcher: Any, client: ExoClient, model_id: str, model_dir: str
         return Verdict(False, f"canary: API {client.base_url}/node_id: {why} ({last.api_error if last else up.last_error})",
                        {"last": last.__dict__ if last else None}, {"exited": [1] if last and not last.alive else [],
                                                                     "no_api": [1]})
-    card = ensure_card(client, model_id, clock=clock, sleep=sleep)
+    card = _canary_card(launcher, client, model_id, last.node_id, clock() - t0, clock, sleep)
     if not card.ok:
-        card.summary = f"canary: {card.summary}"
-        card.details = {"node_id": last.node_id, "card": card.details, "elapsed_s": round(clock() - t0, 2)}
         return card
     # an API that stops answering is a sample too (None), so an exo that died is seen at once, not at the deadline
     listed = poll(lambda: call_safely(client.downloaded_model_ids)[0], lambda ids: model_id in (ids or []),
