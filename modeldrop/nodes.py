@@ -4,11 +4,21 @@ Contract:
 - `Node.run(argv, timeout=...)` runs an argv list and returns a `CommandResult`; it never raises for a
   non-zero exit, raises `CommandTimeout` (with partial output) past the timeout and `NodeError` when the
   node cannot be reached. `stream` is the same with each output line passed to `on_line` as it arrives.
-- On SSH nodes argv is joined with `shlex.join`; variables travel inside the command (`env -u X K=V argv`)
-  because the Macs' sshd drops requested environment. One paramiko connection per node is reused for
-  every command (lazy connect, one reconnect when the transport died); host keys are checked against
-  known_hosts and a new host is accepted only with `accept_new_host_keys=True` (the key is then appended).
-- `secrets` are replaced by `***` in the transcript, the returned result and every error message.
+- On SSH nodes the command is a /bin/sh script (`unset X; export K='v'; exec argv`, shlex-quoted) handed to
+  the account's login shell as `/bin/sh -c '<script>'`, or, when the script holds characters some login
+  shell would still interpret inside single quotes (backslash for fish, `!` and newlines for csh/tcsh,
+  non-ASCII), as octal escapes that /bin/sh's printf decodes: fish, tcsh and csh accounts run exactly the
+  argv that bash ones do. Variables travel inside the script because the Macs' sshd drops requested
+  environment; `secret_env` values travel on stdin (read by the script before the command starts), never
+  on a command line. One paramiko connection per node is reused for every command (lazy connect, one
+  reconnect when the transport died). Every wait is bounded: TCP connect, banner, key exchange and auth by
+  `connect_timeout`; the channel open, the exec request and every read by the command's own timeout.
+- Host keys are checked against every known_hosts file that applies (the explicit file, ssh_config's
+  UserKnownHostsFile and GlobalKnownHostsFile, else /etc/ssh/ssh_known_hosts{,2}); a new host is accepted
+  only with `accept_new_host_keys=True` and only when no file pins any key for it (the key is then
+  appended to the first user file). Targets are `user@host[:port]`, `user@[v6addr][:port]` or an alias.
+- `secrets` (and `secret_env` values) are replaced by `***` in the transcript, the returned result and
+  every error message.
 - `run_probe(name, args)` sends `modeldrop/probes/<name>.py` to the node's python on stdin (one round trip,
   nothing written on the node) and returns the JSON object it printed; the interpreter is picked once per
   node by `probes.PYTHON_PICK` unless `python_cmd` is given.
@@ -19,6 +29,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -39,6 +50,9 @@ from modeldrop.errors import CommandTimeout, NodeError
 
 LineCallback = Callable[[str, str], None]
 TAIL_CHARS = 2000
+GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LOGIN_SHELL_SAFE = re.compile(r"^[ -~]*$")  # printable ASCII; backslash and `!` are checked apart
 NO_STATUS_NOTE = ("\n[modeldrop] the SSH channel closed without an exit status: the command was killed by a "
                   "signal, or the node's sshd / the connection went away\n")
 
@@ -112,12 +126,43 @@ class _Exec:
     shell_text: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     unset_env: Sequence[str] = ()
+    secret_env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, argv: Sequence[str], env: Mapping[str, str] | None, unset_env: Sequence[str]) -> _Exec:
-        """An argv command with its environment changes."""
+    def of(cls, argv: Sequence[str], env: Mapping[str, str] | None, unset_env: Sequence[str],
+           secret_env: Mapping[str, str] | None = None) -> _Exec:
+        """An argv command with its environment changes (secret_env travels on stdin over SSH)."""
         args = [str(a) for a in argv]
-        return cls(display=args, argv=args, env=dict(env or {}), unset_env=tuple(unset_env))
+        for name in [*(env or {}), *unset_env, *(secret_env or {})]:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"invalid environment variable name {name!r}")
+        for name, value in (secret_env or {}).items():
+            if "\n" in value or "\r" in value:
+                raise NodeError(f"{name} contains a line break; it cannot be passed to a node")
+        return cls(display=args, argv=args, env=dict(env or {}), unset_env=tuple(unset_env),
+                   secret_env=dict(secret_env or {}))
+
+    def sh_script(self) -> str:
+        """The /bin/sh script that runs this command: unset, read secrets from stdin, export, exec."""
+        parts = [f"unset {' '.join(self.unset_env)}"] if self.unset_env else []
+        parts += [f"IFS= read -r {n} || exit 125; export {n}" for n in self.secret_env]
+        if self.env:
+            parts.append("export " + " ".join(f"{k}={shlex.quote(str(v))}" for k, v in self.env.items()))
+        parts.append(self.shell_text if self.shell_text is not None else "exec " + shlex.join(self.argv or []))
+        return "; ".join(parts)
+
+    def stdin_prefix(self) -> bytes:
+        """The secret values, one line each, sent before any stdin of the command itself."""
+        return "".join(f"{v}\n" for v in self.secret_env.values()).encode()
+
+
+def login_shell_text(script: str) -> str:
+    """Text sshd hands to the account's login shell (bash, zsh, fish, tcsh, csh...) that runs `script` with
+    /bin/sh: single-quoted when no login shell can read anything into it, else as printf octal escapes."""
+    if _LOGIN_SHELL_SAFE.match(script) and "\\" not in script and "!" not in script:
+        return "/bin/sh -c " + shlex.quote(script)
+    octal = "".join(f"\\{b:03o}" for b in script.encode())
+    return "/bin/sh -c 'eval \"$(printf \"" + octal + "\")\"'"
 
 
 class Node(ABC):
@@ -150,17 +195,19 @@ class Node(ABC):
 
     # -- public API ---------------------------------------------------------------------------------
     def run(self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None,
-            unset_env: Sequence[str] = (), stdin: bytes | None = None,
-            secrets: Sequence[str] = ()) -> CommandResult:
+            unset_env: Sequence[str] = (), stdin: bytes | None = None, secrets: Sequence[str] = (),
+            secret_env: Mapping[str, str] | None = None) -> CommandResult:
         """Run argv on the node; the result's rc may be non-zero. Raises CommandTimeout / NodeError."""
-        cmd = _Exec.of(argv, env, unset_env)
+        cmd = _Exec.of(argv, env, unset_env, secret_env)
+        secrets = [*secrets, *cmd.secret_env.values()]
         return self._run_logged(cmd, timeout=timeout, stdin=stdin, secrets=secrets, on_line=None)
 
     def stream(self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None,
-               unset_env: Sequence[str] = (), on_line: LineCallback,
-               secrets: Sequence[str] = ()) -> CommandResult:
+               unset_env: Sequence[str] = (), on_line: LineCallback, secrets: Sequence[str] = (),
+               secret_env: Mapping[str, str] | None = None) -> CommandResult:
         """Like run, calling on_line(stream_name, line) for each stdout/stderr line as it arrives."""
-        cmd = _Exec.of(argv, env, unset_env)
+        cmd = _Exec.of(argv, env, unset_env, secret_env)
+        secrets = [*secrets, *cmd.secret_env.values()]
 
         def redacted(stream_name: str, line: str) -> None:
             on_line(stream_name, redact(line, secrets))
@@ -209,17 +256,17 @@ class Node(ABC):
         shown = json.dumps({k: v for k, v in args.items() if k != "env"}, sort_keys=True)
         display = ["<probe>", probe_name, f"({py or 'python3 pick'})", shown[:300]]
         if py:
-            text = shlex.join([py, "-"])
+            text = "exec " + shlex.join([py, "-"])
             if py.startswith("~/"):  # a configured ~/… interpreter: let the node's shell supply $HOME
-                text = '"$HOME"/' + shlex.join([py[2:], "-"])
+                text = 'exec "$HOME"/' + shlex.join([py[2:], "-"])
             return _Exec(display=display, argv=[os.path.expanduser(py), "-"], shell_text=text)
-        pick = ["/bin/sh", "-c", probes.PYTHON_PICK]  # /bin/sh whatever the login shell (zsh, bash, fish)
-        return _Exec(display=display, argv=pick, shell_text=shlex.join(pick))
+        pick = ["/bin/sh", "-c", probes.PYTHON_PICK]  # the SSH script is run by /bin/sh already
+        return _Exec(display=display, argv=pick, shell_text=probes.PYTHON_PICK)
 
     def _run_logged(self, cmd: _Exec, *, timeout: float, stdin: bytes | None, secrets: Sequence[str],
                     on_line: LineCallback | None) -> CommandResult:
         shown = [redact(a, secrets) for a in cmd.display]
-        env_shown = [f"{k}={redact(v, secrets)}" for k, v in cmd.env.items()]
+        env_shown = [f"{k}={redact(v, secrets)}" for k, v in cmd.env.items()] + [f"{k}=***" for k in cmd.secret_env]
         entry: dict[str, Any] = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                                  "node": self.name, "argv": shown, "env": env_shown, "rc": None,
                                  "duration_s": None}
@@ -276,6 +323,7 @@ class LocalNode(Node):
         for name in cmd.unset_env:
             env.pop(name, None)
         env.update(cmd.env)
+        env.update(cmd.secret_env)
         try:
             proc = subprocess.Popen(cmd.argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
@@ -330,13 +378,23 @@ class HostKeyUnknown(NodeError):
     """The node's host key is not in known_hosts and accepting new keys was not asked for."""
 
 
+class HostKeyPinned(NodeError):
+    """The node presents a key of a type no file pins, while some known_hosts file pins another key for it."""
+
+
 class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
-    """Accept an unknown (never a changed) host key and append it to the known_hosts file."""
+    """Accept a host no known_hosts file knows (never a changed key, never a new key type for a pinned host)
+    and append its key to the user known_hosts file."""
 
     def __init__(self, known_hosts: Path):
         self.known_hosts = known_hosts
 
     def missing_host_key(self, client, hostname, key):
+        pinned = {**(client.get_host_keys().lookup(hostname) or {}),
+                  **(client._system_host_keys.lookup(hostname) or {})}  # noqa: SLF001 - paramiko keeps them apart
+        if pinned:
+            raise HostKeyPinned(f"{hostname} presents {key.get_name()} {key.fingerprint}, but known_hosts pins "
+                                f"{', '.join(sorted(pinned))} for it")
         client.get_host_keys().add(hostname, key.get_name(), key)
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
         with open(self.known_hosts, "a", encoding="utf-8") as f:
@@ -360,6 +418,8 @@ class SSHTarget:
     identity_files: list[str]
     known_hosts: Path
     proxy_command: str | None
+    user_known_hosts: list[Path] = field(default_factory=list)
+    global_known_hosts: list[Path] = field(default_factory=list)
 
 
 def _config_text(path: Path, depth: int = 0) -> str:
@@ -381,20 +441,36 @@ def _config_text(path: Path, depth: int = 0) -> str:
     return "\n".join(out)
 
 
-def resolve_target(target: str, ssh_config: Path | None, known_hosts: Path | None) -> SSHTarget:
-    """Parse `user@host[:port]` or an alias and apply ssh_config (HostName, User, Port, IdentityFile, ...)."""
-    user, _, hostport = target.rpartition("@")
-    host, port = hostport, None
+def split_host_port(hostport: str) -> tuple[str, int | None]:
+    """`host`, `host:port`, `[v6addr]` or `[v6addr]:port` -> (host without brackets, port or None)."""
+    if hostport.startswith("["):
+        host, _, rest = hostport[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
     if hostport.count(":") == 1:
         host, p = hostport.split(":")
-        port = int(p)
+        return host, int(p) if p.isdigit() else None
+    return hostport, None
+
+
+def _paths(value: str | None) -> list[Path]:
+    """The files an ssh_config *KnownHostsFile value names (several, space-separated; `none` for none)."""
+    words = shlex.split(value) if value else []
+    return [Path(os.path.expanduser(w)) for w in words if w.lower() != "none"]
+
+
+def resolve_target(target: str, ssh_config: Path | None, known_hosts: Path | None) -> SSHTarget:
+    """Parse `user@host[:port]`, `user@[v6addr][:port]` or an alias and apply ssh_config (HostName, User,
+    Port, IdentityFile, UserKnownHostsFile, GlobalKnownHostsFile, ProxyCommand/ProxyJump)."""
+    user, _, hostport = target.rpartition("@")
+    host, port = split_host_port(hostport)
     cfg_path = ssh_config if ssh_config is not None else Path("~/.ssh/config").expanduser()
     opts: dict[str, Any] = {}
     if cfg_path.is_file():
         opts = paramiko.SSHConfig.from_text(_config_text(cfg_path)).lookup(host)
-    kh = known_hosts
-    if kh is None and opts.get("userknownhostsfile"):
-        kh = Path(os.path.expanduser(opts["userknownhostsfile"].split()[0]))
+    user_files = ([Path(known_hosts)] if known_hosts is not None else []) + _paths(opts.get("userknownhostsfile"))
+    kh = user_files[0] if user_files else None
+    global_files = (_paths(opts["globalknownhostsfile"]) if "globalknownhostsfile" in opts
+                    else [Path(p) for p in GLOBAL_KNOWN_HOSTS])
     hostname, port = opts.get("hostname", host), port or int(opts.get("port", 22))
     proxy = opts.get("proxycommand")
     if not proxy and opts.get("proxyjump") and opts["proxyjump"].lower() != "none":
@@ -403,7 +479,9 @@ def resolve_target(target: str, ssh_config: Path | None, known_hosts: Path | Non
                             f"{hostname}:{port}", jump])
     return SSHTarget(hostname=hostname, port=port, user=user or opts.get("user") or None,
                      identity_files=[os.path.expanduser(p) for p in opts.get("identityfile", [])],
-                     known_hosts=kh or Path("~/.ssh/known_hosts").expanduser(), proxy_command=proxy)
+                     known_hosts=kh or Path("~/.ssh/known_hosts").expanduser(), proxy_command=proxy,
+                     user_known_hosts=user_files or [Path("~/.ssh/known_hosts").expanduser()],
+                     global_known_hosts=global_files)
 
 
 class SSHNode(Node):
@@ -456,8 +534,7 @@ class SSHNode(Node):
         if self._client is not None:
             self._client.close()
         client = paramiko.SSHClient()
-        if r.known_hosts.is_file():
-            client.load_host_keys(str(r.known_hosts))
+        _load_known_hosts(client, r)
         client.set_missing_host_key_policy(_AcceptNewPolicy(r.known_hosts) if self.accept_new_host_keys
                                            else _RejectPolicy())
         where = f"{self.name} ({self.target} -> {r.user + '@' if r.user else ''}{r.hostname}:{r.port})"
@@ -470,10 +547,14 @@ class SSHNode(Node):
             client.close()
             raise NodeError(f"{where}: host key not in {r.known_hosts} (key {exc}); check it, then rerun with "
                             "--accept-new-host-keys to record it") from None
+        except HostKeyPinned as exc:
+            client.close()
+            raise NodeError(f"{where}: host key refused: {exc} (in {', '.join(map(str, _kh_files(r)))}); "
+                            "--accept-new-host-keys never overrides a pinned key") from None
         except paramiko.BadHostKeyException as exc:
             client.close()
             raise NodeError(f"{where}: host key CHANGED ({exc.key.get_name()} {exc.key.fingerprint}, known_hosts "
-                            f"{r.known_hosts} has {exc.expected_key.fingerprint}); if the node was reinstalled, "
+                            f"({', '.join(map(str, _kh_files(r)))}) has {exc.expected_key.fingerprint}); if the node was reinstalled, "
                             f"remove the old line with ssh-keygen -R and rerun with --accept-new-host-keys") from None
         except paramiko.AuthenticationException as exc:
             client.close()
@@ -490,15 +571,30 @@ class SSHNode(Node):
         self._client = client
 
     def _command_text(self, cmd: _Exec) -> str:
-        if cmd.shell_text is not None:
-            return cmd.shell_text
-        prefix: list[str] = []
-        if cmd.env or cmd.unset_env:
-            prefix = ["env"]
-            for name in cmd.unset_env:
-                prefix += ["-u", name]
-            prefix += [f"{k}={v}" for k, v in cmd.env.items()]
-        return shlex.join([*prefix, *cmd.argv])
+        """What sshd hands to the login shell: /bin/sh running the command's script (see module doc)."""
+        return login_shell_text(cmd.sh_script())
+
+    def _exec_request(self, chan: paramiko.Channel, cmd: _Exec, deadline: float, timeout: float) -> None:
+        """Send the exec request, waiting for sshd's answer no longer than the command's deadline (paramiko
+        waits forever); a session that never answers drops the connection, which ends the waiting thread."""
+        failed: list[BaseException] = []
+
+        def request() -> None:
+            try:
+                chan.exec_command(self._command_text(cmd))
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                failed.append(exc)
+
+        waiter = threading.Thread(target=request, name=f"exec-{self.name}", daemon=True)
+        waiter.start()
+        waiter.join(max(0.0, deadline - time.monotonic()))
+        if waiter.is_alive():
+            self.close()
+            raise CommandTimeout(f"{self.name} ({self.target}): `{shlex.join(cmd.display)}` timed out after "
+                                 f"{timeout:g}s: sshd accepted the session but never answered the exec request")
+        if failed:
+            raise NodeError(f"{self.name} ({self.target}): cannot start `{shlex.join(cmd.display)}`: "
+                            f"{failed[0]}")
 
     def _open_channel(self) -> paramiko.Channel:
         """A new session channel on the shared transport; reconnect once when the transport died."""
@@ -519,18 +615,15 @@ class SSHNode(Node):
         chan = self._open_channel()
         try:
             chan.settimeout(min(max(timeout, 0.1), 30.0))
-            try:
-                chan.exec_command(self._command_text(cmd))
-            except (paramiko.SSHException, EOFError, OSError) as exc:
-                raise NodeError(f"{self.name} ({self.target}): cannot start `{shlex.join(cmd.display)}`: "
-                                f"{exc}") from None
+            self._exec_request(chan, cmd, deadline, timeout)
             streams = {"stdout": _Lines("stdout", on_line), "stderr": _Lines("stderr", on_line)}
             readers = [threading.Thread(target=_drain, args=(chan.recv, streams["stdout"]), daemon=True),
                        threading.Thread(target=_drain, args=(chan.recv_stderr, streams["stderr"]), daemon=True)]
             for t in readers:
                 t.start()
-            if stdin is not None:
-                threading.Thread(target=_send_stdin, args=(chan, stdin), daemon=True).start()
+            feed = cmd.stdin_prefix() + (stdin or b"")
+            if feed or stdin is not None:
+                threading.Thread(target=_send_stdin, args=(chan, feed), daemon=True).start()
             else:
                 chan.shutdown_write()
             for t in readers:
@@ -546,6 +639,23 @@ class SSHNode(Node):
             return rc, streams["stdout"].finish(), err
         finally:
             chan.close()
+
+
+def _kh_files(r: SSHTarget) -> list[Path]:
+    """Every known_hosts file that applies to the target (user files first)."""
+    return [*r.user_known_hosts, *r.global_known_hosts]
+
+
+def _load_known_hosts(client: paramiko.SSHClient, r: SSHTarget) -> None:
+    """Load the user files into the client's host keys (the first is where accept-new appends) and the global
+    ones into its system keys; unreadable or missing files are skipped."""
+    for path, load in [*((p, client.get_host_keys().load) for p in r.user_known_hosts),
+                       *((p, client.load_system_host_keys) for p in r.global_known_hosts)]:
+        try:
+            if path.is_file():
+                load(str(path))
+        except (OSError, paramiko.SSHException):
+            continue
 
 
 def _drain(recv: Callable[[int], bytes], lines: _Lines) -> None:

@@ -117,10 +117,19 @@ def test_user_host_port_target(sshd, tmp_path):
     n.close()
 
 
+def bare_config(sshd: SSHDHandle, tmp_path: Path) -> Path:
+    """The sshd's ssh_config without its UserKnownHostsFile, and an empty GlobalKnownHostsFile."""
+    lines = [ln for ln in sshd.ssh_config.read_text().splitlines() if "KnownHostsFile" not in ln]
+    (tmp_path / "global_known_hosts").write_text("")
+    cfg = tmp_path / "bare_ssh_config"
+    cfg.write_text("\n".join(lines + [f"    GlobalKnownHostsFile {tmp_path / 'global_known_hosts'}"]) + "\n")
+    return cfg
+
+
 def test_unknown_host_key_rejected_one_line(sshd, tmp_path):
     kh = tmp_path / "known_hosts"
     kh.write_text("")
-    n = SSHNode("node1", sshd.alias, ssh_config=sshd.ssh_config, known_hosts=kh)
+    n = SSHNode("node1", sshd.alias, ssh_config=bare_config(sshd, tmp_path), known_hosts=kh)
     with pytest.raises(NodeError) as exc:
         n.run(["true"], timeout=10)
     msg = str(exc.value)
@@ -130,12 +139,13 @@ def test_unknown_host_key_rejected_one_line(sshd, tmp_path):
 
 def test_new_host_key_accepted_and_recorded(sshd, tmp_path):
     kh = tmp_path / "sub" / "known_hosts"
-    n = SSHNode("node1", sshd.alias, ssh_config=sshd.ssh_config, known_hosts=kh, accept_new_host_keys=True)
+    cfg = bare_config(sshd, tmp_path)
+    n = SSHNode("node1", sshd.alias, ssh_config=cfg, known_hosts=kh, accept_new_host_keys=True)
     assert n.run(["true"], timeout=10).rc == 0
     n.close()
     line = kh.read_text().strip()
     assert line == f"[{sshd.addr}]:{sshd.port} {' '.join(sshd.host_pub.split()[:2])}"
-    strict = SSHNode("node1", sshd.alias, ssh_config=sshd.ssh_config, known_hosts=kh)
+    strict = SSHNode("node1", sshd.alias, ssh_config=cfg, known_hosts=kh)
     assert strict.run(["true"], timeout=10).rc == 0
     strict.close()
 
@@ -144,7 +154,8 @@ def test_changed_host_key_never_accepted(sshd, tmp_path):
     other = keygen(tmp_path / "other")
     kh = tmp_path / "known_hosts"
     kh.write_text(f"[{sshd.addr}]:{sshd.port} {' '.join(other.split()[:2])}\n")
-    n = SSHNode("node1", sshd.alias, ssh_config=sshd.ssh_config, known_hosts=kh, accept_new_host_keys=True)
+    n = SSHNode("node1", sshd.alias, ssh_config=bare_config(sshd, tmp_path), known_hosts=kh,
+                accept_new_host_keys=True)
     with pytest.raises(NodeError, match="host key CHANGED"):
         n.run(["true"], timeout=10)
 
