@@ -13,12 +13,11 @@ import pytest
 
 from modeldrop import hub
 from modeldrop.config import RunConfig
-from modeldrop.download import run_hf_download
+from modeldrop.download import HF_DOWNLOAD_TIMEOUT_S, run_hf_download
 from modeldrop.facts import RunFacts
 from modeldrop.nodepool import NodePool
 from modeldrop.verify import verify_node
 
-DOWNLOAD_TIMEOUT_S = 4 * 3600
 
 
 def hub_env(cfg: RunConfig) -> tuple[dict[str, str], list[str]]:
@@ -33,7 +32,8 @@ def expected_total(cfg: RunConfig, hub_expectation: dict[str, Any]) -> int | Non
     if manifest is None:
         try:
             manifest = hub.expected_online(cfg.model_id, revision=cfg.values["HF_REVISION"], include=cfg.include,
-                                           endpoint=cfg.values["HF_ENDPOINT"], token=cfg.values["HF_TOKEN"])
+                                           endpoint=cfg.values["HF_ENDPOINT"], token=cfg.values["HF_TOKEN"],
+                                           allow_insecure=bool(cfg.values.get("ALLOW_INSECURE_HUB")))
         except Exception:  # progress falls back to bytes and rate only
             manifest = None
     if manifest is not None:
@@ -54,8 +54,9 @@ def download_step(k: int, cfg: RunConfig, pool: NodePool, evidence: Any, live: C
         live(line)
 
     result = run_hf_download(pool.get(k), hf_cmd=nc.hf_cmd, model_id=cfg.model_id, local_dir=nc.model_dir,
-                             include=cfg.include, env=env, timeout=DOWNLOAD_TIMEOUT_S, expected_bytes=total,
-                             heartbeat=heartbeat, revision=cfg.values["HF_REVISION"], secrets=secrets)
+                             include=cfg.include, env=env, timeout=HF_DOWNLOAD_TIMEOUT_S, expected_bytes=total,
+                             heartbeat=heartbeat, revision=cfg.values["HF_REVISION"], secrets=secrets,
+                             allow_insecure_hub=bool(cfg.values.get("ALLOW_INSECURE_HUB")))
     evidence.text(f"node{k} hf download", "\n".join(lines + ["--- stdout ---", result.stdout_tail,
                                                                "--- stderr ---", result.stderr_tail]))
     evidence.note(f"node{k}_download_s", round(result.duration_s, 1))

@@ -63,6 +63,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("EXO_NAMESPACE", None, "str", None, "exo discovery namespace (default modeldrop-<model folder>)"),
     Option("HF_ENDPOINT", None, "str", None, "hub endpoint passed to hf on the nodes (default: the public hub)"),
     Option("HF_TOKEN", None, "str", None, "hub token passed to hf on the nodes; never logged"),
+    Option("ALLOW_INSECURE_HUB", "--allow-insecure-hub", "bool", False, "send HF_TOKEN to a plain-http HF_ENDPOINT that is not loopback"),
     Option("HF_CMD", None, "str", "/opt/homebrew/bin/hf", "default hf binary for nodes without HF_CMD_NODEk"),
     Option("EXO_CMD", None, "str", "/Applications/EXO.app/Contents/Resources/exo/exo", "default exo binary for nodes without EXO_CMD_NODEk"),
     Option("EXO_LOG_DIR", None, "str", "~/modeldrop-logs", "default dir on each node for exo's stdout/stderr"),

@@ -1,7 +1,9 @@
 """`hf download` on a node, with live progress heartbeats and the hub's reason when it fails.
 
 `run_hf_download` runs `<hf_cmd> download <model> --local-dir <dir> [--include p]… [--revision r]
---format json` on the node (env in the command; HF_TOKEN redacted everywhere), and while it runs polls the
+--format json` on the node (env in the command; HF_TOKEN travels on the command's stdin, never on a command
+line, is redacted everywhere, and is refused for a plain-http non-loopback HF_ENDPOINT unless
+`allow_insecure_hub`), and while it runs polls the
 `dirsize` probe on a second channel at least every `interval_s` seconds, calling `heartbeat` with a line
 like `node1 download: 12.0 MiB / 34.5 MiB (35%), 4.1 MiB/s, ETA 0:05`. hf's retry / rate-limit warnings
 are passed on as heartbeats too. An exit code of 0 is not proof of a complete download (the verify gate
@@ -18,12 +20,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from modeldrop.errors import CommandTimeout, NodeError
+from modeldrop.hub import insecure_endpoint_problem
 from modeldrop.nodes import Node, tail
 
 HF_QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
                 "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
 MiB = 1024 * 1024
 TIMEOUT_RC = 124
+HF_DOWNLOAD_TIMEOUT_S = 4 * 3600.0  # node-side limit of one `hf download`
+STOP_GRACE_S = 10.0
+PROBE_TIMEOUT_S = 60.0
+# after the node-side timeout: the progress thread's last probe, then finding and stopping the remote hf
+CLEANUP_BUDGET_S = 3 * PROBE_TIMEOUT_S + STOP_GRACE_S + 5 * 60
 _FORWARD = re.compile(r"rate limit|retry|retrying|429|5\d\d |resume|warning|error", re.I)
 _KNOWN_REASONS = tuple(re.compile(rx + r"[^\n]*", re.I) for rx in (
     r"429 Too Many Requests", r"Repository Not Found|RepositoryNotFoundError", r"Revision Not Found",
@@ -148,10 +156,17 @@ class _Progress:
 def run_hf_download(node: Node, *, hf_cmd: str, model_id: str, local_dir: str, include: Sequence[str] = (),
                     env: Mapping[str, str] | None = None, timeout: float, expected_bytes: int | None,
                     heartbeat: Callable[[str], None], interval_s: float = 10, revision: str | None = None,
-                    secrets: Sequence[str] = ()) -> DownloadResult:
-    """Run hf download on the node with progress heartbeats; see the module docstring."""
-    env = {k: node.expand_path(v) for k, v in {**HF_QUIET_ENV, **(env or {})}.items()}  # HF_HOME=~/… too
-    secrets = [*secrets, *([env["HF_TOKEN"]] if env.get("HF_TOKEN") else [])]
+                    secrets: Sequence[str] = (), allow_insecure_hub: bool = False) -> DownloadResult:
+    """Run hf download on the node with progress heartbeats; see the module docstring. When the token may not
+    go to HF_ENDPOINT (hub.insecure_endpoint_problem) nothing runs and the result says why (rc 2)."""
+    env = dict(env or {})
+    token = env.pop("HF_TOKEN", None) or None
+    refused = insecure_endpoint_problem(env.get("HF_ENDPOINT"), token, allow_insecure_hub)
+    if refused:  # nothing runs: the token must not leave for this endpoint
+        return DownloadResult(2, None, "", "", 0.0, refused)
+    env = {k: node.expand_path(v) for k, v in {**HF_QUIET_ENV, **env}.items()}  # HF_HOME=~/… too
+    secret_env = {"HF_TOKEN": token} if token else {}
+    secrets = [*secrets, *([token] if token else [])]
     unset = [] if "HF_HUB_OFFLINE" in env else ["HF_HUB_OFFLINE"]
     hf_path, target_dir = node.expand_path(hf_cmd), node.expand_path(local_dir)
     argv = hf_download_argv(hf_path, model_id, target_dir, include, revision)
@@ -169,7 +184,8 @@ def run_hf_download(node: Node, *, hf_cmd: str, model_id: str, local_dir: str, i
     progress.thread.start()
     t0 = time.monotonic()
     try:
-        res = node.stream(argv, timeout=timeout, env=env, unset_env=unset, on_line=on_line, secrets=secrets)
+        res = node.stream(argv, timeout=timeout, env=env, unset_env=unset, on_line=on_line, secrets=secrets,
+                          secret_env=secret_env)
     except CommandTimeout as exc:
         progress.stop.set()
         stopped = stop_stray_download(node, hf_path, target_dir)
@@ -177,7 +193,7 @@ def run_hf_download(node: Node, *, hf_cmd: str, model_id: str, local_dir: str, i
                               f"hf download timed out after {timeout:g}s; {stopped}", True, beats)
     finally:
         progress.stop.set()
-        progress.thread.join(timeout=max(35.0, interval_s * 3 + 5))
+        progress.thread.join(timeout=max(PROBE_TIMEOUT_S, interval_s * 3) + 5)
     return DownloadResult(res.rc, parse_reported_path(res.stdout), tail(res.stdout), tail(res.stderr),
                           res.duration_s, hub_reason(res.stderr), False, beats)
 
@@ -186,10 +202,11 @@ def stop_stray_download(node: Node, hf_path: str, local_dir: str) -> str:
     """After a timeout the remote hf may still run (closing an SSH channel does not kill it): stop the hf
     processes downloading into local_dir, identified by exe/argv and start time. Returns what was done."""
     try:
-        found = node.run_probe("procs", {"pids": None, "exe_paths": [hf_path]}, timeout=60)["procs"]
+        found = node.run_probe("procs", {"pids": None, "exe_paths": [hf_path]}, timeout=PROBE_TIMEOUT_S)["procs"]
         mine = [p for p in found if "download" in p["cmdline"] and local_dir in p["cmdline"]]
         results = [node.run_probe("stop", {"pid": p["pid"], "expect_start": p["start"],
-                                           "expect_argv0": p["cmdline"][0], "grace_s": 10}, timeout=60)["result"]
+                                           "expect_argv0": p["cmdline"][0], "grace_s": STOP_GRACE_S},
+                                  timeout=STOP_GRACE_S + PROBE_TIMEOUT_S)["result"]
                    for p in mine]
     except NodeError as exc:
         return f"could not stop the remote hf: {exc}"

@@ -4,15 +4,25 @@
 that commit); `expected_from_cache` reads the `tree` the `manifest` probe found in the model dir's
 `.cache/huggingface/trees/<commit>.json` (offline). Both give an `ExpectedManifest` that `audit.completeness`
 checks the files against. `filter_include` applies `--include` patterns with hf's own semantics.
+
+Every hub look-up is bounded by `HUB_TIMEOUT_S` in total (huggingface_hub's own client has no timeout and
+retries), and a token is only sent to an https endpoint or a loopback one unless the operator allows an
+insecure hub explicitly (`insecure_endpoint_problem`).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import threading
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from modeldrop.errors import NodeError
+from modeldrop.errors import InputError, NodeError
+
+HUB_TIMEOUT_S = 60.0
+INSECURE_HUB_OPTION = "--allow-insecure-hub"
 
 
 @dataclass(frozen=True)
@@ -55,27 +65,90 @@ def filter_include(paths, patterns) -> list[str]:
     return [p for p in paths if not pats or any(fnmatchcase(p.replace("\\", "/"), q) for q in pats)]
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def insecure_endpoint_problem(endpoint: str | None, token: str | None, allow_insecure: bool) -> str | None:
+    """Why HF_TOKEN must not go to `endpoint` (plain http to a non-loopback host without the explicit
+    option, or a scheme that is neither http nor https), else None. No token, no problem."""
+    if not token or not endpoint:
+        return None
+    parts = urlsplit(endpoint)
+    if parts.scheme == "https" or (parts.scheme == "http" and (allow_insecure or _is_loopback(parts.hostname or ""))):
+        return None
+    if parts.scheme not in ("http", "https"):
+        return f"HF_ENDPOINT {endpoint!r}: expected an http(s) URL"
+    return (f"HF_ENDPOINT {endpoint!r} is plain http to a non-loopback host: HF_TOKEN would travel unencrypted; "
+            f"use https, or pass {INSECURE_HUB_OPTION} (ALLOW_INSECURE_HUB=1) to send it anyway")
+
+
+def check_endpoint(endpoint: str | None, token: str | None, allow_insecure: bool) -> None:
+    """Raise InputError (one line) when insecure_endpoint_problem finds one."""
+    problem = insecure_endpoint_problem(endpoint, token, allow_insecure)
+    if problem:
+        raise InputError(problem)
+
+
+def bounded(call, timeout_s: float, what: str) -> Any:
+    """call() in a daemon thread, waiting at most timeout_s: NodeError naming `what` when it does not return
+    (the thread is left to the silent endpoint; it holds no lock of ours). Exceptions pass through."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name="hub-call", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise NodeError(f"{what}: no answer within {timeout_s:g}s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def expected_online(model_id: str, revision: str = "main", include=(), endpoint: str | None = None,
-                    token: str | None = None) -> ExpectedManifest:
+                    token: str | None = None, *, timeout_s: float = HUB_TIMEOUT_S,
+                    allow_insecure: bool = False) -> ExpectedManifest:
     """The hub's file list for model_id at revision (resolved to a commit), filtered by include.
 
-    Raises NodeError with the hub's reason on failure (not found, gated, rate-limited, unreachable).
+    Raises NodeError with the hub's reason on failure (not found, gated, rate-limited, unreachable, no
+    answer within timeout_s for both calls together); InputError when the token may not go to endpoint.
     """
+    check_endpoint(endpoint, token, allow_insecure)
+    where = f"hub: cannot list {model_id}@{revision} at {endpoint or 'huggingface.co'}"
+    try:
+        commit, files = bounded(lambda: _list_online(model_id, revision, endpoint, token), timeout_s, where)
+    except NodeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any hub/HTTP failure becomes one line for the operator
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NodeError(f"{where}: {type(exc).__name__}: {first}") from None
+    return ExpectedManifest(commit, files, "hub").filtered(tuple(include))
+
+
+def _list_online(model_id: str, revision: str, endpoint: str | None,
+                 token: str | None) -> tuple[str, dict[str, ExpectedFile]]:
+    """(commit, files) straight from the hub (unbounded: see expected_online)."""
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 
     api = HfApi(endpoint=endpoint, token=token)
-    try:
-        commit = api.model_info(model_id, revision=revision).sha
-        entries = api.list_repo_tree(model_id, revision=commit, recursive=True)
-        files = {e.path: ExpectedFile(size=e.lfs.size if e.lfs else e.size,
-                                      sha256=e.lfs.sha256 if e.lfs else None, blob_id=e.blob_id)
-                 for e in entries if isinstance(e, RepoFile)}
-    except Exception as exc:  # noqa: BLE001 - any hub/HTTP failure becomes one line for the operator
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NodeError(f"hub: cannot list {model_id}@{revision} at {endpoint or 'huggingface.co'}: "
-                        f"{type(exc).__name__}: {first}") from None
-    return ExpectedManifest(commit, files, "hub").filtered(tuple(include))
+    commit = api.model_info(model_id, revision=revision).sha
+    entries = api.list_repo_tree(model_id, revision=commit, recursive=True)
+    files = {e.path: ExpectedFile(size=e.lfs.size if e.lfs else e.size,
+                                  sha256=e.lfs.sha256 if e.lfs else None, blob_id=e.blob_id)
+             for e in entries if isinstance(e, RepoFile)}
+    return commit, files
 
 
 def expected_from_cache(manifest_result: dict, include=()) -> ExpectedManifest | None:

@@ -77,16 +77,17 @@ def keygen(path: Path) -> str:
     return path.with_suffix(".pub").read_text().strip()
 
 
-def start_sshd(workdir: Path, addr: str | None = None) -> SSHDHandle:
-    """Start a private sshd in workdir (see the module docstring)."""
+def start_sshd(workdir: Path, addr: str | None = None, user: str | None = None) -> SSHDHandle:
+    """Start a private sshd in workdir (see the module docstring); `user` logs in instead of the current
+    one (workdir must then be readable by that user)."""
     workdir.mkdir(parents=True, exist_ok=True)
     addr = addr or f"127.0.99.{10 + os.getpid() % 200}"
     port = free_port(addr)
-    user = getpass.getuser()
+    user = user or getpass.getuser()
     host_pub = keygen(workdir / "host_ed25519")
     client_pub = keygen(workdir / "client_ed25519")
     (workdir / "authorized_keys").write_text(client_pub + "\n")
-    os.chmod(workdir / "authorized_keys", 0o600)
+    os.chmod(workdir / "authorized_keys", 0o600 if user == getpass.getuser() else 0o644)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     cfg = workdir / "sshd_config"
     cfg.write_text(f"""ListenAddress {addr}

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from modeldrop.exo.logs import ExoPaths, exo_paths
+from modeldrop.hub import insecure_endpoint_problem
 from modeldrop.probes._proc import START_TOLERANCE_S
 
 APP_EXO_PATHS = ("/Applications/EXO.app/Contents/Resources/exo/exo", "/Applications/EXO.app/Contents/MacOS/EXO")
@@ -273,6 +274,10 @@ class ExoLauncher:
         online = bool(getattr(self.cfg, "online", False)) and role == "cluster"
         if online:
             env["EXO_OFFLINE"] = "false"
+            refused = insecure_endpoint_problem(self.cfg.values.get("HF_ENDPOINT"), self.cfg.values.get("HF_TOKEN"),
+                                                bool(self.cfg.values.get("ALLOW_INSECURE_HUB")))
+            if refused:
+                raise LaunchError(f"{self.node_cfg.name}: exo not started online: {refused}")
             for key in ("HF_ENDPOINT", "HF_TOKEN"):
                 if self.cfg.values.get(key):
                     env[key] = str(self.cfg.values[key])
