@@ -1,0 +1,84 @@
+"""Hub faults, injected: a silent endpoint (accepts TCP, never answers) must end the look-up within its
+bound with one line; a token is never sent to a plain-http non-loopback endpoint without the option."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from modeldrop import hub
+from modeldrop.download import run_hf_download
+from modeldrop.errors import InputError, NodeError
+from modeldrop.nodes import LocalNode
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def silent_endpoint():
+    """http://127.0.0.1:<port> that accepts connections and never sends a byte."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(sock.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+    for c in held:
+        c.close()
+
+
+def test_silent_hub_is_bounded_and_one_line(silent_endpoint):
+    t0 = time.monotonic()
+    with pytest.raises(NodeError) as exc:
+        hub.expected_online("org/model", endpoint=silent_endpoint, timeout_s=2)
+    took = time.monotonic() - t0
+    assert took < 4, took
+    msg = str(exc.value)
+    assert "\n" not in msg and "no answer within 2s" in msg and "org/model@main" in msg and silent_endpoint in msg
+
+
+@pytest.mark.parametrize(("endpoint", "allow", "refused"), [
+    ("http://hub.example.org", False, True),
+    ("http://10.1.2.3:8080", False, True),
+    ("ftp://hub.example.org", True, True),
+    ("http://hub.example.org", True, False),
+    ("https://hub.example.org", False, False),
+    ("http://127.0.0.7:9000", False, False),
+    ("http://[::1]:9000", False, False),
+    ("http://localhost:9000", False, False),
+])
+def test_token_only_to_https_or_loopback(endpoint, allow, refused):
+    problem = hub.insecure_endpoint_problem(endpoint, "hf_x", allow)
+    assert (problem is not None) == refused
+    assert hub.insecure_endpoint_problem(endpoint, None, False) is None  # no token, nothing to protect
+    if refused:
+        assert "hf_x" not in problem and "\n" not in problem
+        with pytest.raises(InputError):
+            hub.expected_online("org/model", endpoint=endpoint, token="hf_x", allow_insecure=allow, timeout_s=1)
+
+
+def test_download_refuses_to_send_the_token_over_plain_http(tmp_path):
+    ran = tmp_path / "ran"
+    hf = tmp_path / "hf"
+    hf.write_text(f"#!/bin/sh\ntouch {ran}\n")
+    hf.chmod(0o755)
+    res = run_hf_download(LocalNode("node1"), hf_cmd=str(hf), model_id="org/m", local_dir=str(tmp_path / "m"),
+                          env={"HF_TOKEN": "hf_secret", "HF_ENDPOINT": "http://hub.example.org"}, timeout=10,
+                          expected_bytes=None, heartbeat=lambda _l: None)
+    assert res.rc != 0 and "--allow-insecure-hub" in (res.hub_reason or "") and not ran.exists()
+    res = run_hf_download(LocalNode("node1"), hf_cmd=str(hf), model_id="org/m", local_dir=str(tmp_path / "m"),
+                          env={"HF_TOKEN": "hf_secret", "HF_ENDPOINT": "http://hub.example.org"}, timeout=10,
+                          expected_bytes=None, heartbeat=lambda _l: None, allow_insecure_hub=True)
+    assert res.rc == 0 and ran.exists()
