@@ -20,8 +20,12 @@ line buffer fills. All SSE events that arrive in one read share that read's stam
 arrive together).
 
 EXO's SSE (reference/exo-contract.md §2.5) and how each piece is handled:
-- comment lines: `: keep-alive` (counted; a stream that shows only keep-alives, with neither
-  data nor prefill progress, for `stall_timeout_s` is aborted as `stalled`: the hang signature), `: prefill_progress {...}` (kept with its
+- a stall is no progress for `stall_timeout_s`, whatever else arrives: progress is a new token
+  chunk, or a prefill_progress whose processed count grew. Keep-alives and other comment lines,
+  role-only chunks, repeated prefill progress, bytes without a newline and a silent socket (the
+  stream's read timeout is the stall window) all leave the clock running; past the window the
+  request is aborted as `stalled` (the hang signature), saying what did arrive meanwhile;
+- comment lines: `: keep-alive` (counted), `: prefill_progress {...}` (kept with its
   arrival time), `: generation_stats {...}` (parsed; server truth for token counts and tps);
 - `data: {...}` chunks with `object:"chat.completion"` (not `.chunk`) and `role` repeated in
   every delta: a chunk is a *token chunk* when its delta has non-empty `content`,
@@ -58,6 +62,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ReadTimeoutError
 
 CHAT_PATH = "/v1/chat/completions"
 BENCH_PATH = "/bench/chat/completions"
@@ -291,41 +296,67 @@ class _SSEState:
         self.rec = rec
         self.buf = b""
         self.stall_timeout_s = stall_timeout_s
-        self.last_data_t = 0.0
+        self.last_progress_t = 0.0
+        self.prefill_done = -1
+        self.since_progress: dict[str, int] = {}  # what arrived since the last progress, for the message
         self.text_parts: list[str] = []
         self.reasoning_parts: list[str] = []
 
     def feed(self, data: bytes, t: float) -> None:
+        """Parse one read's bytes (stamped t); raise _Abort on an error event or a stall."""
         self.buf += data
-        if b"\n" not in data:
+        if b"\n" in data:
+            *lines, self.buf = self.buf.split(b"\n")
+            for raw in lines:
+                line = raw.rstrip(b"\r")
+                if line:
+                    self._line(line, t)
+        else:
+            self._saw("bytes without a newline")
+        self.check_stall(t)
+
+    def _saw(self, what: str) -> None:
+        self.since_progress[what] = self.since_progress.get(what, 0) + 1
+
+    def _progress(self, t: float) -> None:
+        self.last_progress_t = t
+        self.since_progress.clear()
+
+    def check_stall(self, t: float) -> None:
+        """Abort as `stalled` when no progress came for longer than the stall window (not after [DONE])."""
+        if self.rec.saw_done or t - self.last_progress_t <= self.stall_timeout_s:
             return
-        *lines, self.buf = self.buf.split(b"\n")
-        for raw in lines:
-            line = raw.rstrip(b"\r")
-            if line:
-                self._line(line, t)
+        seen = ", ".join(f"{n} {what}" for what, n in self.since_progress.items()) or "nothing at all"
+        raise _Abort("stalled", f"no new token for {t - self.last_progress_t:.1f}s (stall window "
+                                f"{self.stall_timeout_s:g}s); meanwhile: {seen}")
 
     def _line(self, line: bytes, t: float) -> None:
         if line.startswith(b":"):
             self._comment(line[1:].strip(), t)
         elif line.startswith(b"data:"):
-            self.last_data_t = t
             self._data(line[5:].strip(), t)
-        # other SSE fields (event:, id:, retry:) carry nothing for us
+        else:  # other SSE fields (event:, id:, retry:) carry nothing for us
+            self._saw("other SSE lines")
 
     def _comment(self, body: bytes, t: float) -> None:
         rec = self.rec
         if body.startswith(b"keep-alive"):
             rec.keepalives += 1
-            if t - self.last_data_t > self.stall_timeout_s:
-                raise _Abort("stalled", f"only keep-alive for {t - self.last_data_t:.1f}s, no data")
+            self._saw("keep-alive")
         elif body.startswith(b"generation_stats"):
             rec.generation_stats = _json_or_none(body[len(b"generation_stats"):])
         elif body.startswith(b"prefill_progress"):
-            self.last_data_t = t  # prefill is progressing: not a hang
             obj = _json_or_none(body[len(b"prefill_progress"):]) or {}
-            inner = obj.get("PrefillProgressChunk", obj)
-            rec.prefill_progress.append([t, inner.get("processed_tokens", 0), inner.get("total_tokens", 0)])
+            inner = obj.get("PrefillProgressChunk", obj) if isinstance(obj, dict) else {}
+            done = inner.get("processed_tokens", 0) if isinstance(inner, dict) else 0
+            rec.prefill_progress.append([t, done, inner.get("total_tokens", 0) if isinstance(inner, dict) else 0])
+            if isinstance(done, (int, float)) and done > self.prefill_done:
+                self.prefill_done = done
+                self._progress(t)  # prefill is moving: not a hang
+            else:
+                self._saw("repeated prefill progress")
+        else:
+            self._saw("comment lines")
 
     def _data(self, payload: bytes, t: float) -> None:
         rec = self.rec
@@ -361,7 +392,9 @@ class _SSEState:
         reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
         tools = delta.get("tool_calls")
         if not (content or reasoning or tools):
+            self._saw("chunks without a token")
             return
+        self._progress(t)
         if rec.t_first_token is None:
             rec.t_first_token = t
         if content and rec.t_first_content is None:
@@ -405,6 +438,8 @@ class BenchClient:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.timeout = (connect_timeout_s, read_timeout_s)
+        # a stream's socket may not stay silent longer than the stall window (each read is bounded by it)
+        self.stream_timeout = (connect_timeout_s, min(read_timeout_s, stall_timeout_s))
         self.stall_timeout_s = stall_timeout_s
         self._local = threading.local()
 
@@ -453,7 +488,7 @@ class BenchClient:
         _wire.t = None
         try:
             resp = self._session().post(self.base_url + req.endpoint, data=body, headers=headers,
-                                        stream=True, timeout=self.timeout)
+                                        stream=True, timeout=self.stream_timeout if req.stream else self.timeout)
         finally:
             self._rebase(rec, t_call)
         complete = False
@@ -495,7 +530,11 @@ class BenchClient:
         clock = time.perf_counter
         try:
             while True:
-                data = raw.read1(65536)
+                try:
+                    data = raw.read1(65536)
+                except (ReadTimeoutError, TimeoutError):
+                    state.check_stall(clock() - t0)
+                    raise _Abort("stalled", f"the socket stayed silent for {self.stream_timeout[1]:g}s") from None
                 t = clock() - t0
                 if not data:
                     break

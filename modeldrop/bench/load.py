@@ -9,25 +9,37 @@ TCP connect is not charged to the first measured TTFT), then for each round all 
 a `threading.Barrier` and fire at once; the next round starts when every thread has finished
 the previous one. `on_record(record)` is called from the worker thread after each measured
 request (use it for heartbeats); it must be cheap and thread-safe.
+
+Bounded: a thread that does not reach the barrier within `barrier_timeout_s` of the first one (a
+request that never ends), or does not finish within that long after the first thread finished,
+makes `run_rounds` raise `BarrierTimeout` (one line, naming the threads still busy) instead of
+waiting forever; the stuck threads are daemons and are left behind.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from modeldrop.bench.client import BenchClient, ChatRequest, RequestRecord
 
 MakeRequest = Callable[[int, int], ChatRequest]  # (round, thread) -> request
+BARRIER_TIMEOUT_S = 1800.0
+
+
+class BarrierTimeout(RuntimeError):
+    """Some load threads never reached the round barrier (or never finished) within the bound."""
 
 
 def run_rounds(client: BenchClient, make_request: MakeRequest, concurrency: int, rounds: int,
                warmup: int = 1, on_record: Callable[[RequestRecord], None] | None = None,
-               make_warmup: MakeRequest | None = None) -> list[RequestRecord]:
+               make_warmup: MakeRequest | None = None,
+               barrier_timeout_s: float = BARRIER_TIMEOUT_S) -> list[RequestRecord]:
     """Run `rounds` barrier-synchronised rounds of `concurrency` requests; see module contract."""
     if concurrency < 1 or rounds < 1:
         raise ValueError("concurrency and rounds must be >= 1")
-    barrier = threading.Barrier(concurrency)
+    barrier = threading.Barrier(concurrency, timeout=barrier_timeout_s)
     results: list[list[RequestRecord]] = [[] for _ in range(concurrency)]
     failures: list[BaseException] = []
 
@@ -52,9 +64,30 @@ def run_rounds(client: BenchClient, make_request: MakeRequest, concurrency: int,
                for i in range(concurrency)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    _join_bounded(threads, barrier, barrier_timeout_s)
     real = [f for f in failures if not isinstance(f, threading.BrokenBarrierError)]
     if real:
         raise real[0]
+    if failures:
+        raise BarrierTimeout(f"load: the round barrier broke: a thread did not arrive within {barrier_timeout_s:g}s")
     return [rec for per_thread in results for rec in per_thread]
+
+
+def _join_bounded(threads: list[threading.Thread], barrier: threading.Barrier, timeout_s: float) -> None:
+    """Wait for the threads; once the barrier broke or one thread finished, give the rest timeout_s at most
+    (a broken barrier: only until the threads waiting on it have left), then raise BarrierTimeout."""
+    deadline: float | None = None
+    while True:
+        alive = [t for t in threads if t.is_alive()]
+        if not alive:
+            return
+        now = time.monotonic()
+        if deadline is None and (len(alive) < len(threads) or barrier.broken):
+            deadline = now + timeout_s
+        if deadline is not None and (now > deadline or (barrier.broken and barrier.n_waiting == 0
+                                                         and len(alive) < len(threads))):
+            barrier.abort()
+            names = ", ".join(t.name for t in alive)
+            raise BarrierTimeout(f"load: {len(alive)} of {len(threads)} threads ({names}) still in a request "
+                                 f"after the round barrier's {timeout_s:g}s")
+        alive[0].join(0.1)
