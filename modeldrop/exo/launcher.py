@@ -309,7 +309,13 @@ class ExoLauncher:
         return out
 
     def _stop_existing(self) -> list[dict]:
-        rows = self.node.run_probe("procs", {"pids": None, "exe_paths": self._exo_exe_paths()}, timeout=60)["procs"]
+        """--stop-existing-exo: this SSH user's processes whose program is the configured exo or EXO.app's
+        (never a match on argv alone), listed in the run folder before any is stopped, then stopped by pid."""
+        rows = self.node.run_probe("procs", {"pids": None, "exe_paths": self._exo_exe_paths(), "own_only": True},
+                                   timeout=60)["procs"]
+        found = [{key: p.get(key) for key in ("pid", "uid", "start", "exe", "cmdline")} for p in rows]
+        self.run_folder.write_json(f"exo/node{self.k}-existing-exo.json",
+                                   {"programs": self._exo_exe_paths(), "found": found})
         out = []
         for p in rows:
             res = self.node.run_probe("stop", {"pid": p["pid"], "expect_start": p.get("start"), "grace_s": STOP_GRACE_S},

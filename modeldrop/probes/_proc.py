@@ -1,7 +1,7 @@
 """Shared process helpers for the procs/spawn/stop probes (prepended to their payload; not a probe itself).
 
-A process's identity is (pid, start, exe, cmdline): `start` is its start time in epoch seconds (Linux:
-boot time + /proc/<pid>/stat starttime; macOS: `ps -o lstart=`, whole seconds), so two readings of one
+A process's identity is (pid, start, exe, cmdline), and `uid` says whose it is: `start` is its start time
+in epoch seconds (Linux: boot time + /proc/<pid>/stat starttime; macOS: `ps -o lstart=`, whole seconds), so two readings of one
 process agree within 1 s and a reused pid does not.
 """
 
@@ -31,6 +31,7 @@ def _linux_info(pid: int) -> dict | None:
             stat = f.read()
         with open("/proc/%d/cmdline" % pid, "rb") as f:
             cmdline = [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+        uid = os.stat("/proc/%d" % pid).st_uid
     except OSError:
         return None
     rest = stat[stat.rindex(")") + 2:].split()
@@ -41,7 +42,7 @@ def _linux_info(pid: int) -> dict | None:
         exe = os.readlink("/proc/%d/exe" % pid)
     except OSError:
         exe = None
-    return {"pid": pid, "ppid": int(rest[1]), "start": round(start, 2), "exe": exe, "cmdline": cmdline}
+    return {"pid": pid, "ppid": int(rest[1]), "uid": uid, "start": round(start, 2), "exe": exe, "cmdline": cmdline}
 
 
 def _darwin_exe(pid: int) -> str | None:
@@ -59,7 +60,7 @@ def _darwin_exe(pid: int) -> str | None:
 
 def _darwin_ps(pids: list | None) -> list:
     """proc_info rows from BSD ps (`lstart` parsed in the C locale); zombies skipped."""
-    argv = ["/bin/ps", "-ww", "-o", "pid=,ppid=,stat=,lstart=,command="]
+    argv = ["/bin/ps", "-ww", "-o", "pid=,ppid=,uid=,stat=,lstart=,command="]
     if pids:
         for p in pids:
             argv += ["-p", str(int(p))]
@@ -70,22 +71,22 @@ def _darwin_ps(pids: list | None) -> list:
                           check=False)
     out = []
     for line in proc.stdout.decode("utf-8", "replace").splitlines():
-        parts = line.split(None, 8)
-        if len(parts) < 8 or parts[2].startswith("Z"):
+        parts = line.split(None, 9)
+        if len(parts) < 9 or parts[3].startswith("Z"):
             continue
         try:
-            start = time.mktime(time.strptime(" ".join(parts[3:8]), "%a %b %d %H:%M:%S %Y"))
+            start = time.mktime(time.strptime(" ".join(parts[4:9]), "%a %b %d %H:%M:%S %Y"))
         except ValueError:
             start = None
         pid = int(parts[0])
-        cmd = parts[8] if len(parts) > 8 else ""
-        out.append({"pid": pid, "ppid": int(parts[1]), "start": start, "exe": _darwin_exe(pid),
-                    "cmdline": cmd.split(), "command": cmd})
+        cmd = parts[9] if len(parts) > 9 else ""
+        out.append({"pid": pid, "ppid": int(parts[1]), "uid": int(parts[2]), "start": start,
+                    "exe": _darwin_exe(pid), "cmdline": cmd.split(), "command": cmd})
     return out
 
 
 def proc_info(pid: int) -> dict | None:
-    """{pid, ppid, start, exe, cmdline} of a live (non-zombie) process, or None."""
+    """{pid, ppid, uid, start, exe, cmdline} of a live (non-zombie) process, or None."""
     if sys.platform.startswith("linux"):
         return _linux_info(pid)
     rows = _darwin_ps([pid])

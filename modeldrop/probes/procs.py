@@ -1,7 +1,13 @@
-"""Probe `procs`: {pids: [int] | null, exe_paths: [str] | null} -> {procs: [{pid, ppid, start, exe, cmdline}]}.
+"""Probe `procs`: {pids: [int] | null, exe_paths: [str] | null, own_only: bool} -> {procs: [{pid, ppid, uid,
+start, exe, cmdline}]}.
 
-With `pids`, those processes that are alive; with `exe_paths`, processes whose executable or first two argv
-entries (an interpreter's script) resolve to one of the paths; with neither, every process.
+With `pids`, those processes that are alive; with `exe_paths`, processes whose PROGRAM is one of the paths:
+for a binary, the process's executable is that file; for a script (`#!` first line, e.g. a console-script
+exo or hf), the process's executable is the script's interpreter AND its argv[1] is the script (that is how
+the kernel runs a script; with `#!/usr/bin/env NAME` the interpreter is found by NAME, so argv[0]'s name
+must be NAME). Nothing matches on argv alone: `tail <path> -f`, or another program started with the path
+as its argv[0] or symlinked there, is not the program. With `own_only`, only processes of the user running
+the probe. With neither pids nor paths, every process.
 """
 
 from __future__ import annotations
@@ -12,23 +18,56 @@ if "proc_info" not in globals():  # imported as a module (tests); on a node _pro
     from modeldrop.probes._proc import all_procs, proc_info
 
 
-def _matches(p: dict, wanted: set) -> bool:
-    cands = [p.get("exe")] + list(p.get("cmdline") or [])[:2]
-    return any(c and (c in wanted or os.path.realpath(os.path.expanduser(c)) in wanted) for c in cands)
+def _real(path: str) -> str:
+    return os.path.realpath(os.path.expanduser(path))
+
+
+def program(path: str) -> dict:
+    """What running `path` executes: {script, binary} for a binary, {script, interpreter | env_name} for a
+    script with a `#!` line (the script's realpath in `script`)."""
+    real = _real(path)
+    try:
+        with open(real, "rb") as f:
+            head = f.read(256).split(b"\n", 1)[0]
+    except OSError:
+        head = b""
+    if not head.startswith(b"#!"):
+        return {"binary": real, "script": real}
+    words = head[2:].decode("utf-8", "replace").split()
+    if not words:
+        return {"binary": real, "script": real}
+    if os.path.basename(words[0]) == "env":
+        names = [w for w in words[1:] if not w.startswith("-")]
+        return {"script": real, "env_name": names[0] if names else None}
+    return {"script": real, "interpreter": _real(words[0])}
+
+
+def runs(p: dict, prog: dict) -> bool:
+    """Is process row `p` running program `prog` (see the module docstring)?"""
+    exe = p.get("exe")
+    argv = list(p.get("cmdline") or [])
+    exe_real = os.path.realpath(exe) if exe else None
+    if "binary" in prog:
+        return exe_real == prog["binary"]
+    if len(argv) < 2 or _real(argv[1]) != prog["script"]:
+        return False
+    if "interpreter" in prog:
+        return exe_real is not None and exe_real == prog["interpreter"]
+    name = prog.get("env_name")
+    return bool(name) and os.path.basename(argv[0]) == name and exe_real is not None
 
 
 def main(args: dict) -> dict:
-    """Live processes selected by pid and/or executable path."""
+    """Live processes selected by pid, program path and owner."""
     pids = args.get("pids")
     exe_paths = args.get("exe_paths")
     if pids is not None:
         rows = [r for r in (proc_info(int(p)) for p in pids) if r]
     else:
         rows = all_procs()
+    if args.get("own_only"):
+        rows = [r for r in rows if r.get("uid") == os.getuid()]
     if exe_paths:
-        wanted = set()
-        for e in exe_paths:
-            x = os.path.expanduser(e)
-            wanted.update({e, x, os.path.realpath(x)})
-        rows = [r for r in rows if _matches(r, wanted)]
+        progs = [program(e) for e in exe_paths]
+        rows = [r for r in rows if any(runs(r, prog) for prog in progs)]
     return {"procs": rows}

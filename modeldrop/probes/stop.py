@@ -2,7 +2,7 @@
 
 Signals only a process whose identity still matches (start time within tolerance, and exe or argv0):
 TERM to its process group when it leads its own session (as `spawn` starts it), otherwise to the pid alone, poll
-until the group is gone or grace_s passed, then KILL. result: stopped-term | stopped-kill | gone | mismatch.
+until the group is gone or grace_s passed, then KILL. result: stopped-term | stopped-kill | gone | mismatch | not-permitted (another user's process: never an error).
 """
 
 from __future__ import annotations
@@ -106,7 +106,10 @@ def main(args: dict) -> dict:
         group = os.getsid(pid) == pid and os.getpgid(pid) == pid and pid != os.getpgid(0)
     except ProcessLookupError:
         return {"result": "gone", "detail": "pid %d exited" % pid}
-    send(pid, group, signal.SIGTERM)
+    try:
+        send(pid, group, signal.SIGTERM)
+    except PermissionError:
+        return {"result": "not-permitted", "detail": "pid %d belongs to another user; not signalled" % pid}
     if wait_gone(pid, group, float(args.get("grace_s", 10))):
         return {"result": "stopped-term", "detail": "pid %d%s exited after SIGTERM" % (pid, " (group)" if group else "")}
     send(pid, group, signal.SIGKILL)
