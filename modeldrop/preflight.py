@@ -30,20 +30,26 @@ class NodePreflight:
     problems: list[str] = field(default_factory=list)
 
 
+FACTS_TIMEOUT_S, HF_TOOL_TIMEOUT_S, DISK_TIMEOUT_S, DIRSIZE_TIMEOUT_S = 60.0, 90.0, 60.0, 300.0
+NODE_CHECK_BUDGET_S = FACTS_TIMEOUT_S + HF_TOOL_TIMEOUT_S + DISK_TIMEOUT_S + DIRSIZE_TIMEOUT_S  # check_node's worst case
+REACH_TIMEOUT_S = 60.0  # one node's reach probe
+
+
 def check_node(node: Node, nc: NodeConfig, cfg: RunConfig, expected_total: int | None) -> NodePreflight:
     """Check node `nc`: SSH + python3, hf runs, parent writable, free disk ≥ what is still to download."""
     out = NodePreflight(nc.index)
     try:
-        out.facts = node.facts(refresh=True, timeout=60)  # fills the node's cache (expand_path, exo launcher)
+        out.facts = node.facts(refresh=True, timeout=FACTS_TIMEOUT_S)  # fills the node's cache (expand_path, exo launcher)
     except NodeError as e:
         out.problems.append(f"{nc.name} ({nc.target}): cannot run probes: {e}")
         return out
     try:  # the node answered once; a later probe failing (timeout, dropped link) is a problem line too
         out.hf = node.run_probe("tool", {"path": nc.hf_cmd, "args": ["version"], "timeout": 60, "env": {}},
-                                timeout=90)
+                                timeout=HF_TOOL_TIMEOUT_S)
         out.problems += hf_problems(nc, out.hf)
-        out.disk = node.run_probe("disk", {"path": nc.model_dir}, timeout=60)
-        out.present_bytes = int(node.run_probe("dirsize", {"path": nc.model_dir}, timeout=300).get("bytes") or 0)
+        out.disk = node.run_probe("disk", {"path": nc.model_dir}, timeout=DISK_TIMEOUT_S)
+        out.present_bytes = int(node.run_probe("dirsize", {"path": nc.model_dir},
+                                               timeout=DIRSIZE_TIMEOUT_S).get("bytes") or 0)
         out.problems += disk_problems(nc, out.disk, required_free_bytes(cfg, expected_total, out.present_bytes))
     except NodeError as e:  # CommandTimeout is a NodeError
         out.problems.append(f"{nc.name} ({nc.target}): {e}")
@@ -100,7 +106,7 @@ def reach_problems(pre: dict[int, NodePreflight], nodes: dict[int, Node], cfg: R
     problems = []
     for k, node in nodes.items():
         targets = [[addresses[j], ssh_port(nodes[j])] for j in nodes if j != k]
-        for r in node.run_probe("reach", {"targets": targets, "timeout": 3}, timeout=60)["results"]:
+        for r in node.run_probe("reach", {"targets": targets, "timeout": 3}, timeout=REACH_TIMEOUT_S)["results"]:
             if not r["ok"]:
                 hint = MACOS_ERRNO_HINT.get(r.get("errno") or 0, r.get("error") or "")
                 problems.append(f"node{k} cannot reach {r['host']}:{r['port']} (errno {r.get('errno')}: {hint})")

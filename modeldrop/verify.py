@@ -27,10 +27,14 @@ class VerifyResult:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+MANIFEST_TIMEOUT_S = 900.0
+HASHES_TIMEOUT_S = 2 * 3600.0  # node-side limit of the --verify-hashes probe; the verify gate's limit is longer
+
+
 def probe_manifest(node: Node, nc: NodeConfig, cfg: RunConfig) -> dict[str, Any]:
     """The node's manifest of MODEL_DIR_NODEk, searching other known dirs for the model too."""
     return node.run_probe("manifest", {"path": nc.model_dir, "model_folder": cfg.model_folder,
-                                       "search_alternates": True}, timeout=900)
+                                       "search_alternates": True}, timeout=MANIFEST_TIMEOUT_S)
 
 
 def expectation(manifest: dict[str, Any], online: hub.ExpectedManifest | None,
@@ -79,7 +83,7 @@ def check_hashes(node: Node, nc: NodeConfig, manifest: dict[str, Any],
         return {"checked": 0, "mismatches": ["no expected sha256 (no hub tree and no cached tree)"]}
     targets = [f["path"] for f in manifest.get("files", [])
                if f["path"] in expected.files and expected.files[f["path"]].sha256]
-    got = node.run_probe("hashes", {"path": nc.model_dir, "files": targets, "workers": 4}, timeout=4 * 3600)
+    got = node.run_probe("hashes", {"path": nc.model_dir, "files": targets, "workers": 4}, timeout=HASHES_TIMEOUT_S)
     mismatches = [f"{p}: expected {expected.files[p].sha256[:12]}…, got {got['sha256'].get(p, 'missing')[:12]}…"
                   for p in targets if got["sha256"].get(p) != expected.files[p].sha256]
     mb_s = got["bytes"] / max(got["seconds"], 1e-9) / 1e6

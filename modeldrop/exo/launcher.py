@@ -53,6 +53,11 @@ from modeldrop.probes._proc import START_TOLERANCE_S
 APP_EXO_PATHS = ("/Applications/EXO.app/Contents/Resources/exo/exo", "/Applications/EXO.app/Contents/MacOS/EXO")
 SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSWORD|KEY", re.I)
 STOP_GRACE_S = 15.0
+PROBE_TIMEOUT_S = 60.0
+HELP_TIMEOUT_S = 120.0
+VERSION_TIMEOUT_S = 60.0
+# probe_build's worst case: `--help` (its own limit + 30 s for the probe round trip), then `--version`
+PROBE_BUILD_BUDGET_S = HELP_TIMEOUT_S + 30 + VERSION_TIMEOUT_S + 30
 
 
 class Node(Protocol):
@@ -98,7 +103,7 @@ def parse_version(text: str) -> str | None:
     return m.group(1) if m else None
 
 
-def probe_build(node: Node, exo_cmd: str, timeout_s: float = 120.0) -> ExoBuild:
+def probe_build(node: Node, exo_cmd: str, timeout_s: float = HELP_TIMEOUT_S) -> ExoBuild:
     """Identify the exo at exo_cmd on node; LaunchError when it is missing or `--help` fails."""
     r = node.run_probe("tool", {"path": exo_cmd, "args": ["--help"], "timeout": timeout_s}, timeout=timeout_s + 30)
     if not r.get("executable"):
@@ -109,7 +114,8 @@ def probe_build(node: Node, exo_cmd: str, timeout_s: float = 120.0) -> ExoBuild:
     gen, ns_default = parse_help(text)
     version, source = None, None
     if re.search(r"(^|\s)--version\b", text):
-        v = node.run_probe("tool", {"path": exo_cmd, "args": ["--version"], "timeout": 60}, timeout=90)
+        v = node.run_probe("tool", {"path": exo_cmd, "args": ["--version"], "timeout": VERSION_TIMEOUT_S},
+                           timeout=VERSION_TIMEOUT_S + 30)
         version = parse_version((v.get("stdout_head") or "") + (v.get("stderr_head") or "")) if v.get("rc") == 0 else None
         source = "--version" if version else None
     if version is None and ns_default:
@@ -164,7 +170,7 @@ def api_addresses(node: Node) -> list[str]:
 
 def probe_api_port(node: Node, port: int) -> dict:
     """The `ports` probe for exo's API port on the addresses exo would bind on this node."""
-    return node.run_probe("ports", {"port": port, "addresses": api_addresses(node)}, timeout=60)
+    return node.run_probe("ports", {"port": port, "addresses": api_addresses(node)}, timeout=PROBE_TIMEOUT_S)
 
 
 def describe_holders(port_result: dict) -> str:

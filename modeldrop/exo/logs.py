@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 DEFAULT_TAIL_BYTES = 256 * 1024
+TAIL_TIMEOUT_S = 60.0
 
 
 class ProbeNode(Protocol):
@@ -63,7 +64,7 @@ def exo_paths(platform: str) -> ExoPaths:
 def tail(node: ProbeNode, path: str, max_bytes: int = DEFAULT_TAIL_BYTES) -> str:
     """The last max_bytes of a file on the node ('' when it does not exist or cannot be read)."""
     try:
-        r = node.run_probe("tail", {"path": path, "max_bytes": max_bytes}, timeout=60)
+        r = node.run_probe("tail", {"path": path, "max_bytes": max_bytes}, timeout=TAIL_TIMEOUT_S)
     except Exception:  # noqa: BLE001 - a missing log must not hide the real failure
         return ""
     return str(r.get("text") or "") if r.get("exists") else ""

@@ -28,6 +28,8 @@ from modeldrop.exo.verdicts import (
 from modeldrop.exo.wait import call_safely, poll
 
 API_UP_TIMEOUT_S = 120.0
+SOCKETS_TIMEOUT_S = 60.0
+CHAT_STALL_S, CHAT_READ_TIMEOUT_S = 30.0, 120.0  # the chat gate's per-request bounds (run_chats)
 INTERVAL_S = 0.5
 # MLX ring connect retries sleep 1+2+4+8+16 s before `[ring] Couldn't connect (error: N)` (contract §4.4);
 # while runners are Connecting the stall budget is at least this, so the errno (G2) wins over "stuck" (F1).
@@ -172,7 +174,8 @@ def check_transport(inst: st.Instance, node_ids: dict[int, str], node_logs: dict
     sockets: dict[int, list[dict]] = {}
     if inst.is_ring and inst.ephemeral_port and len(inst.node_ids) > 1:
         for k, node in nodes.items():
-            r, err = call_safely(lambda node=node: node.run_probe("sockets", {"port": inst.ephemeral_port}, timeout=60))
+            r, err = call_safely(lambda node=node: node.run_probe("sockets", {"port": inst.ephemeral_port},
+                                                                     timeout=SOCKETS_TIMEOUT_S))
             sockets[k] = (r or {}).get("sockets") or []
     return transport_verdict(inst, node_ids, hostfiles, sockets, errors, coords)
 
@@ -198,7 +201,8 @@ def one_chat(url: str, model_id: str, stream: bool, max_tokens: int = 64, stall_
             "ttft_s": round(rec.ttft, 3) if rec.ttft is not None else None}
 
 
-def run_chats(urls: dict[int, str], model_id: str, stall_s: float = 30.0, read_timeout_s: float = 120.0) -> Verdict:
+def run_chats(urls: dict[int, str], model_id: str, stall_s: float = CHAT_STALL_S,
+              read_timeout_s: float = CHAT_READ_TIMEOUT_S) -> Verdict:
     """Streamed, then non-streamed, through every node's API; stops at the first failure (named in the verdict)."""
     results = []
     for k, url in sorted(urls.items()):

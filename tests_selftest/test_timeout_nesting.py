@@ -1,0 +1,59 @@
+"""Timeouts nest: every gate's pytest-timeout is longer than the worst case of the bounded waits inside it
+(node-side limits, hub look-ups, the cleanup after a node-side timeout, the log reads of a failure's
+diagnosis), so a gate fails by its own diagnosis and its cleanup runs, never by the outer kill.
+
+Worst cases are built from the library's own constants, with MAX_NODES nodes; where the gate runs the
+nodes in parallel (preflight's check_node) one node counts.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from modeldrop import download, hub, preflight, verify
+from modeldrop.config import MAX_NODES, OPTION_BY_KEY
+from modeldrop.exo import launcher, logs, observe
+from modeldrop.plugin import DEFAULT_TIMEOUTS_S
+
+N = MAX_NODES
+MARGIN_S = 60.0  # the test's own teardown steps and scheduling
+LOGS_PER_NODE = 3  # a launch record's exo stdout log, exo's log and the runner log
+LOG_SCAN_S = N * LOGS_PER_NODE * logs.TAIL_TIMEOUT_S  # what a failure's diagnosis may read
+STOP_S = launcher.STOP_GRACE_S + launcher.PROBE_TIMEOUT_S
+CHAT_REQUEST_S = 5.0 + max(observe.CHAT_STALL_S, observe.CHAT_READ_TIMEOUT_S)  # connect + the longest silence
+
+
+def _default(key: str) -> float:
+    return float(OPTION_BY_KEY[key].default)
+
+
+INNER_S: dict[str, float] = {
+    "preflight": hub.HUB_TIMEOUT_S + preflight.NODE_CHECK_BUDGET_S + N * preflight.REACH_TIMEOUT_S
+    + N * (launcher.PROBE_BUILD_BUDGET_S + launcher.PROBE_TIMEOUT_S),
+    "download": hub.HUB_TIMEOUT_S + download.HF_DOWNLOAD_TIMEOUT_S + download.CLEANUP_BUDGET_S,
+    "verify": verify.MANIFEST_TIMEOUT_S + verify.HASHES_TIMEOUT_S,
+    "canary": observe.API_UP_TIMEOUT_S + observe.CANARY_MODEL_TIMEOUT_S + STOP_S
+    + LOGS_PER_NODE * logs.TAIL_TIMEOUT_S,
+    "parity": 0.0,  # compares facts already gathered: no node, no hub
+    "startup": _default("SETTLE_WINDOW_S") + observe.API_UP_TIMEOUT_S + LOG_SCAN_S,
+    "cluster": _default("CLUSTER_WINDOW_S") + observe.API_UP_TIMEOUT_S + LOG_SCAN_S,
+    "placement": 60.0 + _default("READY_TIMEOUT_S") + LOG_SCAN_S,  # clear_instances' own 60 s, then Ready
+    "transport": N * observe.SOCKETS_TIMEOUT_S + 2 * LOG_SCAN_S,  # the scan, and the diagnosis on failure
+    "chat": N * 2 * CHAT_REQUEST_S + LOG_SCAN_S,
+}
+
+
+def test_every_gate_has_a_worst_case():
+    assert set(INNER_S) == set(DEFAULT_TIMEOUTS_S)
+
+
+@pytest.mark.parametrize("gate", sorted(DEFAULT_TIMEOUTS_S))
+def test_gate_limit_leaves_the_inner_limits_their_time(gate):
+    outer, inner = DEFAULT_TIMEOUTS_S[gate], INNER_S[gate]
+    assert outer >= inner + MARGIN_S, f"{gate}: pytest-timeout {outer:g}s < inner worst case {inner:g}s + {MARGIN_S:g}s"
+
+
+def test_node_side_limits_are_inside_their_gates():
+    assert verify.HASHES_TIMEOUT_S < DEFAULT_TIMEOUTS_S["verify"]
+    assert download.HF_DOWNLOAD_TIMEOUT_S + download.CLEANUP_BUDGET_S < DEFAULT_TIMEOUTS_S["download"]
+    assert download.CLEANUP_BUDGET_S >= 2 * download.PROBE_TIMEOUT_S + download.STOP_GRACE_S
