@@ -55,12 +55,11 @@ class DownloadResult:
 
 def hf_download_argv(hf_cmd: str, model_id: str, local_dir: str, include: Sequence[str] = (),
                      revision: str | None = None) -> list[str]:
-    """The argv of the download command."""
-    argv = [hf_cmd, "download", model_id, "--local-dir", local_dir]
-    for pattern in include:
-        argv += ["--include", pattern]
+    """The argv of the download command; option values are attached (`--revision=-x` stays a value)."""
+    argv = [hf_cmd, "download", model_id, f"--local-dir={local_dir}"]
+    argv += [f"--include={pattern}" for pattern in include]
     if revision:
-        argv += ["--revision", revision]
+        argv.append(f"--revision={revision}")
     return argv + ["--format", "json"]
 
 
@@ -203,7 +202,8 @@ def stop_stray_download(node: Node, hf_path: str, local_dir: str) -> str:
     processes downloading into local_dir, identified by exe/argv and start time. Returns what was done."""
     try:
         found = node.run_probe("procs", {"pids": None, "exe_paths": [hf_path]}, timeout=PROBE_TIMEOUT_S)["procs"]
-        mine = [p for p in found if "download" in p["cmdline"] and local_dir in p["cmdline"]]
+        mine = [p for p in found if "download" in p["cmdline"]
+                and (f"--local-dir={local_dir}" in p["cmdline"] or local_dir in p["cmdline"])]
         results = [node.run_probe("stop", {"pid": p["pid"], "expect_start": p["start"],
                                            "expect_argv0": p["cmdline"][0], "grace_s": STOP_GRACE_S},
                                   timeout=STOP_GRACE_S + PROBE_TIMEOUT_S)["result"]

@@ -15,6 +15,7 @@ from modeldrop import audit
 from modeldrop.config import RunConfig
 from modeldrop.errors import NodeError
 from modeldrop.nodepool import NodePool
+from modeldrop.nodes import url_host
 
 
 class RunFacts:
@@ -91,7 +92,7 @@ class RunFacts:
         import requests
 
         try:
-            url = f"http://{self.pool.get(k).address()}:{self.cfg.api_port}/node_id"
+            url = f"http://{url_host(self.pool.get(k).address())}:{self.cfg.api_port}/node_id"
             r = requests.get(url, timeout=(3, 5))
             if r.status_code == 200 and isinstance(r.json(), str):
                 return r.json()

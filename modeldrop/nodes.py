@@ -680,6 +680,11 @@ def _send_stdin(chan: paramiko.Channel, data: bytes) -> None:
         pass
 
 
+def url_host(address: str) -> str:
+    """An address as it goes into a URL: IPv6 in brackets."""
+    return f"[{address}]" if ":" in address and not address.startswith("[") else address
+
+
 def make_node(name: str, target: str, **ssh_options: Any) -> Node:
     """LocalNode for target 'local' (only python_cmd is used from the options), else SSHNode."""
     if target == "local":

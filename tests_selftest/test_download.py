@@ -77,7 +77,8 @@ def test_timeout_stops_the_download(hub, tmp_path):  # noqa: F811
 
 def test_pure_helpers():
     assert hf_download_argv("hf", "o/n", "/d", ["*.json"], "main") == [
-        "hf", "download", "o/n", "--local-dir", "/d", "--include", "*.json", "--revision", "main", "--format", "json"]
+        "hf", "download", "o/n", "--local-dir=/d", "--include=*.json", "--revision=main", "--format", "json"]
+    assert hf_download_argv("hf", "o/n", "/d", ["-x"], "-r")[3:6] == ["--local-dir=/d", "--include=-x", "--revision=-r"]
     assert progress_line("node1", 12 * 2**20, int(34.5 * 2**20), 4.1 * 2**20, 5) == \
         "node1 download: 12.0 MiB / 34.5 MiB (35%), 4.1 MiB/s, ETA 0:05"
     assert progress_line("node2", 2**20, None, 2**19, None) == "node2 download: 1.0 MiB, 0.5 MiB/s"

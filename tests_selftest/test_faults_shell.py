@@ -114,7 +114,7 @@ with open(d + "/argv.json", "w") as f:
 deadline = time.monotonic() + 30
 while not os.path.exists(d + "/go") and time.monotonic() < deadline:
     time.sleep(0.05)
-print(json.dumps({"path": sys.argv[sys.argv.index("--local-dir") + 1]}))
+print(json.dumps({"path": [a for a in sys.argv if a.startswith("--local-dir=")][0].split("=", 1)[1]}))
 """
 
 
@@ -160,8 +160,8 @@ def test_hf_path_with_equals_crafted_revision_and_token_off_the_command_line(fis
         worker.join(60)
     import json
     seen = json.loads((fake_dir / "argv.json").read_text())
-    assert seen["argv"] == [str(hf), "download", "org/m", "--local-dir", local_dir, "--include",
-                            f"; touch {marker} #", "--revision", revision, "--format", "json"]
+    assert seen["argv"] == [str(hf), "download", "org/m", f"--local-dir={local_dir}",
+                            f"--include=; touch {marker} #", f"--revision={revision}", "--format", "json"]
     assert seen["token"] == token and not marker.exists()
     res = box["res"]
     assert res.rc == 0 and res.reported_path == local_dir and token not in res.stderr_tail + res.stdout_tail

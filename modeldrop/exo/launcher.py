@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 from modeldrop.exo.logs import ExoPaths, exo_paths
 from modeldrop.hub import insecure_endpoint_problem
+from modeldrop.nodes import url_host
 from modeldrop.probes._proc import START_TOLERANCE_S
 
 APP_EXO_PATHS = ("/Applications/EXO.app/Contents/Resources/exo/exo", "/Applications/EXO.app/Contents/MacOS/EXO")
@@ -254,7 +255,7 @@ class ExoLauncher:
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.node.address()}:{self.cfg.api_port}"
+        return f"http://{url_host(self.node.address())}:{self.cfg.api_port}"
 
     def namespace(self, role: str) -> str:
         return self.cfg.namespace if role == "cluster" else f"{self.cfg.namespace}-canary"[:64]
