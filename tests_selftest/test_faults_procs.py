@@ -118,6 +118,9 @@ def test_program_matching_rules(tmp_path):
     assert not procs_probe.runs({"exe": "/usr/bin/sleep", "cmdline": [str(exo), "9"]}, prog)
     assert not procs_probe.runs({"exe": py, "cmdline": [PY, "/other.py", str(exo)]}, prog)
     assert not procs_probe.runs({"exe": None, "cmdline": [PY, str(exo)]}, prog)  # unknown exe: not ours to say
+    framework = "/Library/Frameworks/Python.framework/Versions/3.12/Resources/Python.app/Contents/MacOS/Python"
+    assert procs_probe.runs({"exe": framework, "cmdline": [PY, str(exo)]}, prog)  # macOS framework re-exec
+    assert not procs_probe.runs({"exe": "/bin/sleep", "cmdline": [PY, str(exo)]}, prog)
     assert procs_probe.runs({"exe": py, "cmdline": ["python3", str(envexo)]}, envprog)
     assert not procs_probe.runs({"exe": "/usr/bin/tail", "cmdline": ["tail", str(envexo)]}, envprog)
     binary = procs_probe.program("/bin/sleep")

@@ -5,7 +5,8 @@ With `pids`, those processes that are alive; with `exe_paths`, processes whose P
 for a binary, the process's executable is that file; for a script (`#!` first line, e.g. a console-script
 exo or hf), the process's executable is the script's interpreter AND its argv[1] is the script (that is how
 the kernel runs a script; with `#!/usr/bin/env NAME` the interpreter is found by NAME, so argv[0]'s name
-must be NAME). Nothing matches on argv alone: `tail <path> -f`, or another program started with the path
+must be NAME; a macOS framework python runs as `Python.app/.../Python` with the interpreter path kept in
+argv[0]). Nothing matches on argv alone: `tail <path> -f`, or another program started with the path
 as its argv[0] or symlinked there, is not the program. With `own_only`, only processes of the user running
 the probe. With neither pids nor paths, every process.
 """
@@ -52,7 +53,11 @@ def runs(p: dict, prog: dict) -> bool:
     if len(argv) < 2 or _real(argv[1]) != prog["script"]:
         return False
     if "interpreter" in prog:
-        return exe_real is not None and exe_real == prog["interpreter"]
+        if exe_real is None:
+            return False
+        # a macOS framework python re-executes itself as .../Python.app/Contents/MacOS/Python, keeping argv[0]
+        framework = os.path.basename(exe_real).lower().startswith("python") and _real(argv[0]) == prog["interpreter"]
+        return exe_real == prog["interpreter"] or framework
     name = prog.get("env_name")
     return bool(name) and os.path.basename(argv[0]) == name and exe_real is not None
 
