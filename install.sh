@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Install modeldrop on a fresh Debian/Ubuntu machine (or macOS control host):
-# system packages the sandbox needs (openssh-server, python3-venv), then .venv with the package.
+# system packages the sandbox needs (openssh-server, python3-venv; fish for the login-shell self-tests),
+# then .venv with the package.
 set -euo pipefail
 cd "$(dirname "$0")"
 if command -v apt-get >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      openssh-server openssh-client python3-venv ca-certificates >/dev/null
+      openssh-server openssh-client python3-venv ca-certificates fish >/dev/null
   else
     echo "install.sh: not root: skipping apt (the sandbox needs openssh-server and python3-venv; without sshd it uses local nodes)" >&2
   fi

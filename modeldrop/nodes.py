@@ -52,7 +52,7 @@ LineCallback = Callable[[str, str], None]
 TAIL_CHARS = 2000
 GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_LOGIN_SHELL_SAFE = re.compile(r"^[ -~]*$")  # printable ASCII; backslash and `!` are checked apart
+_LOGIN_SHELL_SAFE = re.compile(r"[ -~]*")  # printable ASCII; backslash and `!` are checked apart
 NO_STATUS_NOTE = ("\n[modeldrop] the SSH channel closed without an exit status: the command was killed by a "
                   "signal, or the node's sshd / the connection went away\n")
 
@@ -159,7 +159,7 @@ class _Exec:
 def login_shell_text(script: str) -> str:
     """Text sshd hands to the account's login shell (bash, zsh, fish, tcsh, csh...) that runs `script` with
     /bin/sh: single-quoted when no login shell can read anything into it, else as printf octal escapes."""
-    if _LOGIN_SHELL_SAFE.match(script) and "\\" not in script and "!" not in script:
+    if _LOGIN_SHELL_SAFE.fullmatch(script) and "\\" not in script and "!" not in script:
         return "/bin/sh -c " + shlex.quote(script)
     octal = "".join(f"\\{b:03o}" for b in script.encode())
     return "/bin/sh -c 'eval \"$(printf \"" + octal + "\")\"'"

@@ -166,3 +166,11 @@ def test_hf_path_with_equals_crafted_revision_and_token_off_the_command_line(fis
     res = box["res"]
     assert res.rc == 0 and res.reported_path == local_dir and token not in res.stderr_tail + res.stdout_tail
     assert all(token not in str(e) for e in fish_node.transcript)
+
+
+@pytest.mark.parametrize("script", ["echo a\n", "echo 'x\\'", "echo !!", "echo é", "echo a\tb", "echo plain"])
+def test_login_shell_text_is_plain_ascii_without_history_or_fish_escapes(script):
+    text = login_shell_text(script)
+    assert all(32 <= ord(c) < 127 for c in text) and "!" not in text
+    if "\\" in text:  # octal form: the only backslashes are printf escapes inside the quoted printf format
+        assert text.startswith("/bin/sh -c 'eval \"$(printf \"\\") and "'" not in text[len("/bin/sh -c '"):-1]
