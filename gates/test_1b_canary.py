@@ -14,7 +14,7 @@ def test_node1_canary(run_config, exo_canary, exo_report, evidence):
     try:
         rec = exo_canary.start("canary")
     except LaunchError as e:
-        exo_report.launch_failed("node1_canary", e, role="canary")
+        exo_report.launch_failed(e, role="canary")
     evidence.json("canary launch", rec.to_json())
     model_dir = expand_home(run_config.node(1).model_dir, str(exo_canary.facts().get("home") or "~"))
     verdict = canary_check(exo_canary, ExoClient(exo_canary.api_url), run_config.model_id, model_dir)
@@ -26,4 +26,4 @@ def test_node1_canary(run_config, exo_canary, exo_report, evidence):
                                      "missing": "EXO has no card for the model and it could not be added"}[card["card"]])
     evidence.note("verdict", verdict.summary)
     if not verdict.ok:
-        exo_report.fail("node1_canary", verdict, state=None, role="canary")
+        exo_report.fail(verdict, state=None, role="canary")

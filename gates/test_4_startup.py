@@ -12,10 +12,10 @@ def test_startup(run_config, exo_cluster, exo_report, evidence):
     try:
         records = exo_cluster.start()
     except LaunchError as e:
-        exo_report.launch_failed("startup", e)
+        exo_report.launch_failed(e)
     evidence.json("launches", {f"node{k}": r.to_json() for k, r in records.items()})
     verdict = watch_startup(exo_cluster.cluster_launchers(), exo_cluster.clients(), run_config.settle_window_s)
     evidence.json("startup", verdict.details)
     evidence.note("verdict", verdict.summary)
     if not verdict.ok:
-        exo_report.fail("startup", verdict)
+        exo_report.fail(verdict)

@@ -14,7 +14,7 @@ def test_cluster(run_config, exo_running, exo_report, evidence):
     evidence.json("node ids", {f"node{k}": v for k, v in live_ids.items()})
     missing = [f"node{k}" for k in exo_running.ks if k not in live_ids]
     if missing:
-        exo_report.fail("cluster", message=f"API not answering /node_id on {', '.join(missing)}",
+        exo_report.fail(message=f"API not answering /node_id on {', '.join(missing)}",
                         facts={"exited": missing})
     verdict = watch_cluster(exo_running.clients(), live_ids, run_config.cluster_window_s)
     evidence.json("cluster", verdict.details)
@@ -24,7 +24,7 @@ def test_cluster(run_config, exo_running, exo_report, evidence):
         ns = {f"node{k}": sorted(set(namespace_lines(t))) for k, t in logs.items()}
         evidence.json("namespace lines", ns)
         seen = {k: v["identities"] for k, v in verdict.details["views"].items() if v}
-        exo_report.fail("cluster", verdict, state=exo_running.state_of(exo_running.ks[0]),
+        exo_report.fail(verdict, state=exo_running.state_of(exo_running.ks[0]),
                         message=f"{verdict.summary}; nodeIdentities seen: {seen}; namespace lines: {ns}")
     # a model that just dropped has no EXO card: every node must list one before placement
     cards = ensure_cards(exo_running.clients(), run_config.model_id)

@@ -19,18 +19,18 @@ def test_placement(run_config, exo_running, exo_report, evidence):
         evidence.note("warning", f"deleted earlier instance(s) of the model before placing: {', '.join(cleared)}")
     inst, failed = place(api, run_config.model_id, sharding, meta, n)
     if failed is not None:
-        exo_report.fail("placement", failed, http={"status": failed.facts.get("http_status"),
-                                                   "body": failed.details.get("body")},
+        exo_report.fail(failed, http={"status": failed.facts.get("http_status"),
+                                      "body": failed.details.get("body")},
                         state=exo_running.state_of(exo_running.ks[0]))
     instance = parse_instance(inst)
     exo_running.instance_id = instance.instance_id
     evidence.note("instance_id", instance.instance_id)
     evidence.json("placement", inst)
     if len(instance.node_ids) != n:
-        exo_report.fail("placement", message=f"placement with min_nodes={n} put {run_config.model_id} on "
-                                             f"{len(instance.node_ids)} node(s), not {n}: {instance.node_ids}")
+        exo_report.fail(message=f"placement with min_nodes={n} put {run_config.model_id} on "
+                                f"{len(instance.node_ids)} node(s), not {n}: {instance.node_ids}")
     verdict = wait_ready(api, instance.instance_id, run_config.ready_timeout_s)
     evidence.json("readiness", verdict.details)
     evidence.note("verdict", verdict.summary)
     if not verdict.ok:
-        exo_report.fail("placement", verdict, state=exo_running.state_of(exo_running.ks[0]))
+        exo_report.fail(verdict, state=exo_running.state_of(exo_running.ks[0]))

@@ -1,4 +1,4 @@
-"""Phase 5b — transport: the ring addresses the runners announced match /state, sockets are up, no errno lines."""
+"""Phase 6 — transport: the ring addresses the runners announced match /state, sockets are up, no errno lines."""
 
 import pytest
 
@@ -11,7 +11,7 @@ def test_transport(run_config, exo_running, exo_report, evidence, node_pool):
     no `[ring] Couldn't connect (error: 60|61|65)` in any node's log. A 1-node instance has no ring."""
     inst = exo_running.find_instance()
     if inst is None:
-        exo_report.fail("transport", message=f"no instance of {run_config.model_id} in node 1's /state",
+        exo_report.fail(message=f"no instance of {run_config.model_id} in node 1's /state",
                         facts={"vanished": True})
     evidence.note("instance_id", inst.instance_id)
     node_ids = exo_running.node_ids()
@@ -22,4 +22,4 @@ def test_transport(run_config, exo_running, exo_report, evidence, node_pool):
     if inst.shard_count < 2:
         evidence.note("warning", "1-node instance: no ring to check")
     if not verdict.ok:
-        exo_report.fail("transport", verdict, state=exo_running.state_of(exo_running.ks[0]))
+        exo_report.fail(verdict, state=exo_running.state_of(exo_running.ks[0]))

@@ -1,4 +1,4 @@
-"""Phase 6 — chat: a chat completion answered through every node's API, streamed and not."""
+"""Phase 7 — chat: a chat completion answered through every node's API, streamed and not."""
 
 import pytest
 
@@ -15,8 +15,8 @@ def test_chat(run_config, exo_running, exo_report, evidence):
     if not verdict.ok:
         bad = next(r for r in verdict.details["results"] if r.get("error") or not
                    (r.get("text_chars") or r.get("reasoning_chars")))
-        exo_report.fail("chat", verdict, http={"status": bad.get("status"), "error": bad.get("error"),
-                                               "error_kind": bad.get("error_kind")},
+        exo_report.fail(verdict, http={"status": bad.get("status"), "error": bad.get("error"),
+                                       "error_kind": bad.get("error_kind")},
                         state=exo_running.state_of(exo_running.ks[0]))
     evidence.note("chat_latency_s", {f"node{r['node']}-{'stream' if r['stream'] else 'json'}": r.get("latency_s")
                                      for r in verdict.details["results"]})
@@ -26,4 +26,4 @@ def test_chat(run_config, exo_running, exo_report, evidence):
         evidence.json("runner maps", maps)
         if lag:
             evidence.note("warning", "chat works while /state runner maps lag: " + "; ".join(lag))
-            evidence.signatures([m.as_dict() for m in signatures.match("chat", facts={"runner_lag": lag})])
+            evidence.signatures([m.as_dict() for m in signatures.match(evidence.gate, facts={"runner_lag": lag})])

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from modeldrop import gatelist, validate
+from modeldrop import gatetable, validate
 from modeldrop.config import DEFAULT_ENV_FILE, read_env_file
 from modeldrop.errors import InputError
 from modeldrop.ledger.handoff import HANDOFF_KEYS, parse_block
@@ -105,7 +105,7 @@ def audit_ready(folder: Path) -> bool:
     start = next((r for r in records if r.get("event") == "run_start"), None)
     if not start or not start.get("audit"):
         return False
-    order = start.get("order") or gatelist.gate_order(len(start.get("nodes") or []), audit=True)
+    order = start.get("order") or gatetable.gate_order(len(start.get("nodes") or []), audit=True)
     ok = {r.get("gate") for r in records if r.get("event") in ("pass", "reuse")}
     bad = {r.get("gate") for r in records if r.get("event") in ("fail", "skip")}
     return all(g in ok and g not in bad for g in order)

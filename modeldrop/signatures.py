@@ -18,10 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from modeldrop import gatetable
 from modeldrop.exo import logs as L
 from modeldrop.exo import state as st
 
-ALL_EXO_GATES = ("node1_canary", "startup", "cluster", "placement", "transport", "chat")
+ALL_EXO_GATES = gatetable.exo_gates()
 
 
 @dataclass(frozen=True)

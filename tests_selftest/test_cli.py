@@ -35,7 +35,7 @@ def test_green_run_prints_folder_and_handoff(suite, capfd):
     out = capfd.readouterr().out
     assert "run folder: " in out and "reports/" in out
     tail = out[out.index("run folder: "):]
-    for key in ("MODEL=org/tiny-model", "LAST_PASS_PHASE=6 (chat)", "NEXT_COMMAND=", "DO_NOT_REPEAT=preflight,"):
+    for key in ("MODEL=org/tiny-model", "LAST_PASS_PHASE=7 (chat)", "NEXT_COMMAND=", "DO_NOT_REPEAT=preflight,"):
         assert key in tail
     assert "RING_INPUT_READY" not in out
 

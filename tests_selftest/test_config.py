@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from modeldrop import config, gatelist, profiles, validate
+from modeldrop import config, profiles, validate
 from modeldrop.errors import InputError
 
 BASE = {"MODEL_ID": "mlx-community/Qwen3.5-122B-A10B-4bit", "NODES": "studio1,studio2"}
@@ -142,13 +142,3 @@ def test_example_env_file_lists_every_key():
         assert f"# {opt.key}=" in text, opt.key
     for key in config.PER_NODE_KEYS:
         assert f"# {key}1=" in text, key
-
-
-def test_gate_order_and_chain():
-    order = gatelist.gate_order(3)
-    assert order[:4] == ["preflight", "node1_download", "node1_verify", "node1_canary"]
-    assert order.index("node3_verify") < order.index("parity") < order.index("startup") < order.index("chat")
-    assert gatelist.upstream_of("node2_download", order) == "node1_canary"
-    assert gatelist.upstream_of("preflight", order) is None
-    assert gatelist.gate_order(2, audit=True) == ["preflight", "node1_verify", "node2_verify", "parity"]
-    assert gatelist.phase_of("node2_verify") == "2A" and gatelist.phase_of("transport") == "5b"

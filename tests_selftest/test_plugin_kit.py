@@ -25,7 +25,7 @@ import pytest
 
 from modeldrop import plugin
 
-pytest_plugins = ["modeldrop.plugin", "fixtures.ledger"]
+pytest_plugins = ["modeldrop.plugin", "sandbox.pytest_plugin", "fixtures.ledger"]
 
 
 class FakeFacts:

@@ -50,7 +50,7 @@ def test_k_transport_reuses_fresh_matching_passes(pytester):
     records = jsonl(latest(pytester))
     assert [r["gate"] for r in records if r["event"] == "reuse"] == FULL_ORDER_2[:10]
     block = handoff_block(latest(pytester))
-    assert block["LAST_PASS_PHASE"] == "5b (transport)"
+    assert block["LAST_PASS_PHASE"] == "6 (transport)"
     assert "| placement | 5 | reused |" in (latest(pytester) / "handoff.md").read_text()
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from modeldrop.gatelist import gate_order
+from modeldrop.gatetable import gate_order
 from tests_selftest.runs import RunResult, later_gates_not_run, run_suite
 
 pytestmark = [pytest.mark.sandbox_run, pytest.mark.timeout(900)]

@@ -18,7 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from modeldrop import signatures
 from modeldrop.exo import logs as exologs
 from modeldrop.exo import state as st
 from modeldrop.exo.client import ExoClient
@@ -151,12 +150,8 @@ class ExoCluster:
             out[abs(key)] = "\n".join(texts.values())
         return out
 
-    def failure_evidence(self, gate: str, facts: dict, state: dict | None = None, http: dict | None = None,
-                         role: str = "cluster") -> tuple[list[dict], dict[str, str]]:
-        """(matched signatures as dicts, {log name: tail}) for a failing gate."""
-        scanned = {f"node{k}": t for k, t in self.scan_logs(role).items()}
-        facts = {"model_id": self.cfg.model_id, **facts}
-        sigs = [m.as_dict() for m in signatures.match(gate, scanned, state, http, facts)]
+    def log_tails(self, role: str = "cluster") -> dict[str, str]:
+        """{log name: tail} of this run's `role` processes, as evidence for a failing gate."""
         tails = {}
         for key, la in self.launchers.items():
             if la.record is None or la.record.role != role:
@@ -166,7 +161,7 @@ class ExoCluster:
                 text = exologs.tail(la.node, path, EVIDENCE_TAIL_BYTES)
                 if text:
                     tails[f"node{abs(key)}-{role}-{label}"] = text
-        return sigs, tails
+        return tails
 
     def state_of(self, k: int = 1) -> dict | None:
         s, _ = call_safely(ExoClient(self.launcher(k).api_url).state)

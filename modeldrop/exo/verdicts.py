@@ -27,7 +27,7 @@ class Verdict:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
-# -- startup (gate 4) -----------------------------------------------------------------------------
+# -- startup (phase 4) ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StartupSample:
     """One look at one node: is our pid alive with its start time, and what does /node_id say."""
@@ -71,7 +71,7 @@ def startup_verdict(samples: dict[int, list[StartupSample]], expected_start: dic
                    details, {"node_ids": ids})
 
 
-# -- cluster (gate 5) -----------------------------------------------------------------------------
+# -- cluster (phase 5) ----------------------------------------------------------------------------
 def cluster_verdict(live_ids: dict[int, str], views: dict[int, ClusterView | None], n: int) -> Verdict:
     """Every node's API lists all N live node ids, no others, and edges both ways for every pair."""
     want = sorted(live_ids.values())
@@ -104,7 +104,7 @@ def cluster_verdict(live_ids: dict[int, str], views: dict[int, ClusterView | Non
     return Verdict(True, f"{n} node(s), connections both ways for every pair, on every node's API", details, facts)
 
 
-# -- placement (gate 5) ---------------------------------------------------------------------------
+# -- placement (phase 5) --------------------------------------------------------------------------
 def ready_verdict(progress: InstanceProgress, ever_present: bool, stalled_s: float | None,
                   timed_out: bool, elapsed_s: float) -> Verdict:
     """Ready = every runner of the instance RunnerReady/RunnerRunning; otherwise say why not."""
@@ -143,7 +143,7 @@ def _one_line(msg: str, limit: int = 300) -> str:
     return " | ".join(dict.fromkeys(lines[:1] + key[:2]))[:limit]
 
 
-# -- transport (gate 5b) --------------------------------------------------------------------------
+# -- transport (phase 6) --------------------------------------------------------------------------
 def expected_hosts(inst: Instance, nid: str) -> list[str]:
     return inst.hosts_by_node.get(nid) or []
 
@@ -215,7 +215,7 @@ def _peer_ip(s: dict, port: int) -> str:
     return host[7:] if host.startswith("::ffff:") else host
 
 
-# -- chat (gate 6) --------------------------------------------------------------------------------
+# -- chat (phase 7) ---------------------------------------------------------------------------------
 def chat_verdict(results: list[dict]) -> Verdict:
     """Every chat answered: HTTP 200, complete body, text or reasoning_content non-empty."""
     problems = []

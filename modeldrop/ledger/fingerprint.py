@@ -3,9 +3,12 @@
 Contract:
 - `fingerprint_parts(gate, cfg, facts)` returns a JSON-able dict of everything the gate's verdict
   depends on: model id, the node targets and model dirs the gate touches, the options that change
-  the verdict for that kind of gate (`OPTIONS_BY_KIND`), and the measured facts of `FACTS_BY_KIND`:
-  hub commit (from the verify gates on), each node's exo version (from node1_canary on), node K's
-  manifest digest for nodeK_verify (node1_canary: node 1's; parity: every node's).
+  the verdict for that kind of gate, and the measured facts it rests on (both from the gate table,
+  `modeldrop.gatetable.GATES`): hub commit (from the verify gates on), each node's exo version (from
+  node1_canary on), node K's manifest digest for nodeK_verify (node1_canary: node 1's; parity: every
+  node's). Only facts measured by the time the gate passes are used, so a later run probing afresh
+  gets the same parts when nothing changed; for gates whose pass is about running exo processes,
+  the exo session each node runs (when the facts can tell) is part too.
 - `gate_fingerprint(gate, cfg, facts)` is the sha256 of those parts (hex, 24 chars).
 - `explain_change(old_parts, new_parts)` names, in words, what differs ("other files on node2
   (manifest changed)"), for the "no reusable pass" diagnostics.
@@ -20,6 +23,7 @@ import json
 import re
 from typing import Any, Protocol
 
+from modeldrop import gatetable
 from modeldrop.config import RunConfig, effective
 
 
@@ -33,37 +37,6 @@ class Facts(Protocol):
     def manifest_digest(self, k: int) -> str | None: ...
 
     # Optional: `exo_session(k) -> str | None`, identifying the exo process running on node k.
-
-
-_FILE_OPTS = ("ONLINE", "HF_INCLUDE")
-OPTIONS_BY_KIND: dict[str, tuple[str, ...]] = {
-    "preflight": ("ONLINE", "EXO_API_PORT", "AUDIT"),  # an audit's preflight skips the exo checks
-    "download": (*_FILE_OPTS, "HF_REVISION"),
-    "verify": (*_FILE_OPTS, "FAST", "VERIFY_HASHES", "EXPECTED_SAFE_TENSOR_COUNT", "EXPECTED_GGUF_COUNT"),
-    "canary": ("ONLINE", "EXO_API_PORT"),
-    "parity": ("FAST", "HF_INCLUDE"),
-    "startup": ("ONLINE", "EXO_API_PORT", "EXO_NAMESPACE"),
-    "cluster": ("ONLINE", "EXO_API_PORT", "EXO_NAMESPACE"),
-    "placement": ("ONLINE", "EXO_API_PORT", "EXO_NAMESPACE", "EXO_SHARDING", "EXO_INSTANCE_META"),
-    "transport": ("ONLINE", "EXO_API_PORT", "EXO_NAMESPACE", "EXO_SHARDING", "EXO_INSTANCE_META"),
-    "chat": ("ONLINE", "EXO_API_PORT", "EXO_NAMESPACE", "EXO_SHARDING", "EXO_INSTANCE_META"),
-}
-# Gates whose pass is about running exo processes: when the facts can tell which exo session runs on a
-# node (optional `exo_session(k)`: e.g. pid + start time), a restart or reboot invalidates their passes.
-CLUSTER_KINDS = ("startup", "cluster", "placement", "transport", "chat")
-_PER_NODE = re.compile(r"^node(\d+)_(download|verify|canary)$")
-
-
-def gate_kind(gate: str) -> str:
-    """`node2_verify` -> `verify`, `node1_canary` -> `canary`, `chat` -> `chat`."""
-    m = _PER_NODE.match(gate)
-    return m.group(2) if m else gate
-
-
-def gate_node(gate: str) -> int | None:
-    """The node a per-node gate is about (`node2_verify` -> 2), else None."""
-    m = _PER_NODE.match(gate)
-    return int(m.group(1)) if m else None
 
 
 def _option_value(cfg: RunConfig, key: str) -> Any:
@@ -81,38 +54,19 @@ def _option_value(cfg: RunConfig, key: str) -> Any:
     return cfg.values.get(key)
 
 
-# What each kind of gate's verdict depends on, besides the model, targets, dirs and options:
-# hub commit, exo version(s) and manifest digest(s). Only facts that the gate (or one before it)
-# has measured by the time it passes are used, so the parts recorded at the pass equal the parts
-# probed afresh by a later run when nothing changed. A download's pass is "hf download exited 0
-# into this dir"; whether the files are still the right ones is its verify gate's question.
-FACTS_BY_KIND: dict[str, tuple[str, ...]] = {
-    "preflight": (),
-    "download": (),
-    "verify": ("hub_commit", "manifests"),
-    "canary": ("hub_commit", "exo_versions", "manifests"),
-    "parity": ("hub_commit", "manifests"),
-    "startup": ("hub_commit", "exo_versions"),
-    "cluster": ("hub_commit", "exo_versions"),
-    "placement": ("hub_commit", "exo_versions"),
-    "transport": ("hub_commit", "exo_versions"),
-    "chat": ("hub_commit", "exo_versions"),
-}
-
-
 def fingerprint_parts(gate: str, cfg: RunConfig, facts: Facts) -> dict[str, Any]:
     """Everything `gate`'s verdict depends on, as a JSON-able dict (see module docstring)."""
-    kind = gate_kind(gate)
-    k = gate_node(gate)
+    row = gatetable.gate_of(gate)
+    k = gatetable.gate_node(gate)
     scope = [k] if k is not None else [n.index for n in cfg.nodes]
     parts: dict[str, Any] = {
         "gate": gate,
         "model_id": cfg.model_id,
         "nodes": {f"node{i}": cfg.node(i).target for i in scope},
         "model_dirs": {f"node{i}": cfg.node(i).model_dir for i in scope},
-        "options": {key.lower(): _option_value(cfg, key) for key in OPTIONS_BY_KIND.get(kind, ())},
+        "options": {key.lower(): _option_value(cfg, key) for key in (row.options if row else ())},
     }
-    wanted = FACTS_BY_KIND.get(kind, ("hub_commit", "exo_versions", "manifests"))
+    wanted = row.facts if row else gatetable.ALL_FACTS
     if "hub_commit" in wanted:
         parts["hub_commit"] = facts.hub_commit()
     if "exo_versions" in wanted:
@@ -120,7 +74,7 @@ def fingerprint_parts(gate: str, cfg: RunConfig, facts: Facts) -> dict[str, Any]
     if "manifests" in wanted:
         parts["manifests"] = {f"node{i}": facts.manifest_digest(i) for i in scope}
     session = getattr(facts, "exo_session", None)
-    if kind in CLUSTER_KINDS and callable(session):
+    if row is not None and row.cluster and callable(session):
         parts["exo_sessions"] = {f"node{i}": session(i) for i in scope}
     return parts
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from modeldrop.gatelist import phase_of
+from modeldrop.gatetable import phase_of
 
 HANDOFF_KEYS = ("MODEL", "NODES", "MODEL_DIRS", "LAST_PASS_PHASE", "CURRENT_PHASE", "KNOWN_BLOCKER",
                 "STRONGEST_EVIDENCE", "NEXT_COMMAND", "DO_NOT_REPEAT")

@@ -104,7 +104,7 @@ def summary_html(fields: dict[str, str], state: RunState | None) -> str:
 
 
 def atomic_writer(report_path: Path, secrets: Iterable[str] = ()) -> Callable[[str], None]:
-    """A drop-in for pytest-html's `_write_report(rendered)` that writes atomically, secrets masked."""
+    """A writer for pytest-html's rendered page that writes it atomically, secrets masked."""
     masked = [s for s in secrets if s and len(s) >= 4]
 
     def write(rendered: str) -> None:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modeldrop.ledger.fingerprint import explain_change
 from modeldrop.ledger.runfolder import atomic_write_json
 
 KEEP = 20
@@ -118,3 +119,37 @@ class PassCache:
             if model_id is None or r.parts.get("model_id") in (None, model_id):
                 return r
         return None
+
+    def fresh(self, gate: str, fingerprint: str, max_age_s: float, model_id: str | None = None,
+              parts: dict[str, Any] | None = None) -> tuple[PassRecord | None, str]:
+        """The newest pass of `gate` for `fingerprint` within `max_age_s`, or None and why not
+        (too old, recorded for something that changed since — said in words from `parts` —, or never)."""
+        rec = self.lookup(gate, fingerprint, max_age_s)
+        if rec is not None:
+            return rec, ""
+        match = self.matching(gate, fingerprint)
+        if match is not None:
+            return None, (f"its last pass ({utc_minute(match.time)}, run {match.run_id}) is older than "
+                          f"--pass-max-age {age_words(max_age_s)} (recorded {age_words(match.age_s())} ago)")
+        latest = self.latest(gate, model_id)
+        if latest is not None and parts is not None:
+            return None, (f"its last pass ({utc_minute(latest.time)}, run {latest.run_id}) was "
+                          f"{explain_change(latest.parts, parts)}")
+        return None, "never passed for this fingerprint"
+
+
+def age_words(seconds: float) -> str:
+    """`45s`, `12m`, `30h`, `3d` (rounded) for ages and --pass-max-age."""
+    s = max(0.0, seconds)
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 2 * 3600:
+        return f"{s / 60:.0f}m"
+    if s < 2 * 86400:
+        return f"{s / 3600:.0f}h"
+    return f"{s / 86400:.0f}d"
+
+
+def utc_minute(t: float) -> str:
+    """A time as `YYYY-mm-dd HH:MM` (UTC)."""
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t))

@@ -1,0 +1,228 @@
+"""modeldrop's pytest layer: options, the gate order, skip-with-reason, pass reuse and the run ledger.
+
+The only part of `modeldrop/` that imports pytest; this module holds its hooks, the modules beside
+it the work. A *gate run* is a session whose paths lie under `gates/` or `benchmarks/`; for it
+`pytest_configure` resolves the configuration (a bad value is one `ERROR:` line, exit 4, no node
+touched) and creates the run folder. Gates are `@pytest.mark.gate("id")` or, per node,
+`@pytest.mark.gate("node{k}_x", per_node_from=2)` with a fixture argument `k`. Items run in the
+order of `modeldrop.gatetable`; a gate whose upstream failed or skipped is skipped naming the root
+cause; an upstream not run in this session counts only through a fresh matching pass in the pass
+cache; every pass is cached with its fingerprint as soon as it passes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from modeldrop.ledger import html as lhtml
+from modeldrop.ledger.handoff import green
+from modeldrop.ledger.passcache import utc_minute
+from modeldrop.plugin import hookspecs, options, ordering, reporting
+from modeldrop.plugin.outcomes import GateTracker, is_subtest, reason_of, skip_here
+from modeldrop.plugin.reuse import reusable, upstream_verdict
+from modeldrop.plugin.session import (
+    EVIDENCE_KEY,
+    FACTS_KEY,
+    POOL_KEY,
+    SESSION_KEY,
+    GateSession,
+    evidence_for,
+    facts_of,
+    gate_id,
+    ledger_of,
+    node_pool_of,
+    pass_cache_of,
+    run_config_of,
+    run_folder_of,
+    session_of,
+)
+from modeldrop.plugin.start import start_run
+
+GATE_MARKER = "gate(name, per_node_from=None): a phase gate of the bootstrap (see modeldrop.gatetable)"
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register the config flags and --env-file."""
+    options.add_options(parser)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the gate marker; for a gate run build the config, run folder and ledger."""
+    if not any(line.startswith(("gate(", "gate:")) for line in config.getini("markers")):
+        config.addinivalue_line("markers", GATE_MARKER)
+    if hasattr(config, "workerinput") or not options.is_gate_run(config):
+        return
+    options.refuse_xdist(config)
+    gs, warning = start_run(config)
+    config.stash[SESSION_KEY] = gs
+    config.pluginmanager.register(RunHooks(config, gs), "modeldrop-run")
+    if reporting.setup_html(config, gs):
+        config.pluginmanager.register(HtmlHooks(gs), "modeldrop-html")
+    if warning:
+        gs.ledger.warning(warning)
+        config.issue_config_time_warning(pytest.PytestWarning(warning), stacklevel=2)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize per-node gates with k = per_node_from..N (ids node2, node3, …)."""
+    cfg = run_config_of(metafunc.config)
+    ks = ordering.per_node_ks(metafunc, len(cfg.nodes) if cfg else 0)
+    if ks is not None:
+        metafunc.parametrize("k", ks, ids=[f"node{k}" for k in ks])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Before -k: gate ids become keywords and user properties; inactive gates are deselected."""
+    ordering.label_items(items)
+    gs = session_of(config)
+    if gs is None:
+        if any(it.get_closest_marker("gate") for it in items) and not hasattr(config, "workerinput"):
+            raise pytest.UsageError("gate tests run as `pytest gates/ --model org/name` "
+                                    "(self-tests: `pytest tests_selftest/`)")
+        return
+    ordering.drop_inactive(gs, config, items)
+
+
+class RunHooks:
+    """Gate ordering, skip-with-reason, outcome recording and the ledger for one gate run."""
+
+    def __init__(self, config: pytest.Config, gs: GateSession):
+        self.config = config
+        self.gs = gs
+        self.tracker = GateTracker(config, gs)
+        self.interrupted = ""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """After -k: sort by the gate order, count selected items, add default timeouts."""
+        ordering.order_selected(self.gs, items)
+        self.tracker.items_left = dict(self.gs.selected)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """Skip a gate (before its fixtures) when blocked, missing a reusable upstream, or reused."""
+        gate = gate_id(item)
+        if gate is None:
+            self._gate_benchmark(item)
+            return
+        gs, kinds = self.gs, self.tracker.skip_kind
+        if self.tracker.start_gate(gate):
+            reporting.refresh_html(self.config, gs, regenerate=True)
+        verdict = upstream_verdict(gs, self.config, gate)
+        if verdict is not None:
+            kinds[item.nodeid], reason, gs.root[gate] = verdict
+            skip_here(reason)
+        if gs.outcome.get(gate) == "reused":  # another item of a gate already reused
+            kinds[item.nodeid] = "reused"
+            skip_here(gs.ledger.state.gates[gate].reason)
+        if gs.cfg.resume_bootstrap and not gs.resume_broken and gate not in gs.outcome:
+            rec, why = reusable(gs, self.config, gate)
+            if rec is not None:
+                kinds[item.nodeid] = gs.outcome[gate] = "reused"
+                gs.ledger.gate_reused(gate, rec.time, rec.run_id, rec.summary)
+                skip_here(f"reused pass from {utc_minute(rec.time)} (run {rec.run_id})")
+            gs.resume_broken = True
+            gs.ledger.jsonl.append("resume_from", gate=gate, why=why)
+
+    def _gate_benchmark(self, item: pytest.Item) -> None:
+        """Benchmarks do not run after a gate of this session failed or was skipped."""
+        bad = self.gs.first_bad_gate()
+        if item.get_closest_marker("bench") is not None and bad is not None:
+            root = self.gs.root_cause(bad)
+            skip_here(f"blocked by {root[0]} ({root[1]}): {root[2]}")
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo) -> Any:
+        """Attach the evidence queued during this phase to its report."""
+        rep = yield
+        ev = item.stash.get(EVIDENCE_KEY, None)
+        extras = ev.drain() if ev is not None else []
+        if extras:
+            rep.extras = list(getattr(rep, "extras", [])) + extras
+        return rep
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Record item outcomes (after subtests have adjusted the parent); finish a gate on its last item."""
+        if is_subtest(report):
+            return
+        props = dict(report.user_properties)
+        gate, bench = props.get("gate"), props.get("bench")
+        if (gate is None or gate not in self.gs.ledger.state.gates) and bench is None:
+            return
+        finished = self.tracker.item_report(report, gate if gate in self.gs.ledger.state.gates else None, bench)
+        if finished is not None:
+            reporting.update_metadata(self.config, self.gs)
+            reporting.after_item(self.config, self.gs)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """Environment table (pytest-metadata) and the live HTML ledger."""
+        reporting.update_metadata(self.config, self.gs)
+        reporting.start_html(self.config, self.gs)
+        reporting.refresh_html(self.config, self.gs)
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo) -> None:
+        self.interrupted = "interrupted (Ctrl-C)"
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """Profile update on a green bootstrap, the last ledger records, close the nodes."""
+        gs = self.gs
+        running = [r for r in gs.ledger.state.in_order() if r.outcome == "running"]
+        interrupted = self.interrupted or (f"session ended while {running[0].gate} was running" if running else "")
+        if green(gs.ledger.state) and not gs.cfg.audit:
+            reporting.profile_update(gs)
+        gs.ledger.end(int(exitstatus), interrupted)
+        reporting.update_metadata(self.config, gs)
+        reporting.refresh_html(self.config, gs)
+        if gs.pool is not None:
+            try:
+                gs.pool.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """Where the run folder is and what to run next."""
+        f = self.gs.ledger.fields()
+        terminalreporter.write_sep("-", "modeldrop")
+        terminalreporter.write_line(f"run folder: {self.gs.folder.path}")
+        terminalreporter.write_line(f"handoff:    {self.gs.folder.path / 'handoff.md'}")
+        for key in ("LAST_PASS_PHASE", "KNOWN_BLOCKER", "NEXT_COMMAND"):
+            terminalreporter.write_line(f"{key}={f[key]}")
+
+
+class HtmlHooks:
+    """pytest-html hooks, registered only when pytest-html is active."""
+
+    def __init__(self, gs: GateSession):
+        self.gs = gs
+
+    def pytest_html_report_title(self, report: Any) -> None:
+        report.title = f"modeldrop ledger: {self.gs.cfg.model_id} ({self.gs.folder.run_id})"
+
+    def pytest_html_results_table_header(self, cells: list[str]) -> None:
+        cells.insert(1, lhtml.gate_header())
+        cells.insert(2, lhtml.started_header())
+
+    def pytest_html_results_table_row(self, report: Any, cells: list[str]) -> None:
+        gate = dict(getattr(report, "user_properties", [])).get("gate")
+        if gate and report.skipped and reason_of(report).startswith("reused pass from"):
+            gate = f"{gate} (reused)"
+        cells.insert(1, lhtml.gate_cell(gate))
+        cells.insert(2, lhtml.started_cell(getattr(report, "start", None)))
+
+    def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str],
+                                    session: pytest.Session) -> None:
+        reporting.prefix_updater(self.gs)(prefix)
+
+
+__all__ = ["SESSION_KEY", "FACTS_KEY", "POOL_KEY", "GateSession", "gate_id", "evidence_for", "run_config_of",
+           "run_folder_of", "ledger_of", "pass_cache_of", "node_pool_of", "facts_of", "reusable", "session_of"]

@@ -1,0 +1,51 @@
+"""Pass reuse: a gate deselected by `-k` (or skipped by --resume-bootstrap) counts through a fresh
+pass of the same fingerprint in the pass cache; otherwise its dependents skip and say why."""
+
+from __future__ import annotations
+
+import pytest
+
+from modeldrop import gatetable
+from modeldrop.ledger.fingerprint import digest, fingerprint_parts
+from modeldrop.ledger.handoff import one_line
+from modeldrop.ledger.passcache import PassRecord
+from modeldrop.plugin.session import BAD_OUTCOMES, GateSession, facts_of
+
+
+def fingerprint_now(gs: GateSession, config: pytest.Config, gate: str) -> tuple[dict, str]:
+    """Parts and digest of `gate`'s fingerprint now (may probe nodes through the facts)."""
+    parts = fingerprint_parts(gate, gs.cfg, facts_of(config))
+    gs.parts[gate] = parts
+    return parts, digest(parts)
+
+
+def reusable(gs: GateSession, config: pytest.Config, gate: str) -> tuple[PassRecord | None, str]:
+    """A fresh matching pass of `gate`, or None and why not (stale / changed / never passed)."""
+    try:
+        parts, fp = fingerprint_now(gs, config, gate)
+    except Exception as e:  # noqa: BLE001 - an unreachable node means "not reusable", said plainly
+        return None, f"cannot compute its fingerprint ({type(e).__name__}: {one_line(e, 160)})"
+    return gs.cache.fresh(gate, fp, float(gs.cfg.pass_max_age), gs.cfg.model_id, parts)
+
+
+def upstream_verdict(gs: GateSession, config: pytest.Config, gate: str) -> tuple[str, str, tuple] | None:
+    """None when `gate` may run; else (kind, skip reason, root) with kind blocked/missing."""
+    up = gatetable.upstream_of(gate, gs.order)
+    chain: list[str] = []
+    while up is not None and up not in gs.selected and up not in gs.outcome:
+        chain.append(up)
+        up = gatetable.upstream_of(up, gs.order)
+    if up is not None and gs.outcome.get(up) in BAD_OUTCOMES:
+        root = gs.root_cause(up)
+        return "blocked", f"blocked by {root[0]} ({root[1]}): {root[2]}", root
+    if up is not None and up not in gs.outcome:
+        reason = f"blocked by {up} (not run): it did not finish before {gate}"
+        return "blocked", reason, (up, "not run", "it did not finish")
+    for g in reversed(chain):
+        rec, why = reusable(gs, config, g)
+        if rec is None:
+            reason = f"no reusable pass for {g}: {why}"
+            return "missing", reason, (gate, "skipped", reason)
+        gs.outcome[g] = "reused"
+        gs.ledger.gate_reused(g, rec.time, rec.run_id, rec.summary)
+    return None

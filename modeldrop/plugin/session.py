@@ -1,0 +1,142 @@
+"""The state of one gate run and the accessors fixtures use to reach it.
+
+`GateSession` lives on `config.stash[SESSION_KEY]` for a gate run (None in self-tests). It is the one
+source of gate outcomes: the plugin records them, fixtures, benchmarks and the run summary ask it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from modeldrop.config import RunConfig
+from modeldrop.ledger import Evidence, Ledger
+from modeldrop.ledger.passcache import PassCache
+from modeldrop.ledger.runfolder import RunFolder
+
+BAD_OUTCOMES = ("failed", "skipped")
+
+
+@dataclass
+class GateSession:
+    """Everything the plugin keeps for one gate run."""
+
+    cfg: RunConfig
+    folder: RunFolder
+    ledger: Ledger
+    cache: PassCache
+    order: list[str]
+    secrets: list[str]
+    facts: Any = None
+    pool: Any = None
+    selected: dict[str, int] = field(default_factory=dict)  # gate -> number of selected items
+    outcome: dict[str, str] = field(default_factory=dict)   # gate -> passed/failed/skipped/reused
+    root: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # gate -> (root gate, outcome, reason)
+    failed_items: dict[str, str] = field(default_factory=dict)  # nodeid -> gate, as soon as a phase fails
+    resume_broken: bool = False
+    parts: dict[str, dict] = field(default_factory=dict)   # gate -> fingerprint parts last computed
+    html_report: Any = None
+
+    def outcome_of(self, gate: str) -> str | None:
+        """passed / failed / skipped / reused for a gate finished in this session, else None."""
+        return self.outcome.get(gate)
+
+    def failed_gates(self) -> list[str]:
+        """Gates with a failed item in this session (known as soon as the item's phase fails)."""
+        return list(dict.fromkeys(self.failed_items.values()))
+
+    def first_bad_gate(self) -> str | None:
+        """The first gate of the order that failed or was skipped in this session."""
+        return next((g for g in self.order if self.outcome.get(g) in BAD_OUTCOMES), None)
+
+    def root_cause(self, gate: str) -> tuple[str, str, str]:
+        """(root gate, outcome, reason) behind a bad outcome of `gate`."""
+        return self.root.get(gate, (gate, self.outcome.get(gate, "not run"), ""))
+
+
+SESSION_KEY = pytest.StashKey[GateSession]()
+FACTS_KEY = pytest.StashKey[Any]()          # tests may inject a fake facts object here
+POOL_KEY = pytest.StashKey[Any]()
+EVIDENCE_KEY = pytest.StashKey[Any]()       # per item
+
+
+def session_of(config: pytest.Config) -> GateSession | None:
+    """The gate-run state, or None (self-tests)."""
+    return config.stash.get(SESSION_KEY, None)
+
+
+def run_config_of(config: pytest.Config) -> RunConfig | None:
+    """The validated RunConfig of a gate run, else None."""
+    gs = session_of(config)
+    return gs.cfg if gs else None
+
+
+def run_folder_of(config: pytest.Config) -> RunFolder | None:
+    """This run's folder, else None."""
+    gs = session_of(config)
+    return gs.folder if gs else None
+
+
+def ledger_of(config: pytest.Config) -> Ledger | None:
+    """This run's Ledger, else None."""
+    gs = session_of(config)
+    return gs.ledger if gs else None
+
+
+def pass_cache_of(config: pytest.Config) -> PassCache | None:
+    """The reports dir's PassCache, else None."""
+    gs = session_of(config)
+    return gs.cache if gs else None
+
+
+def node_pool_of(config: pytest.Config) -> Any:
+    """The run's NodePool (created on first use; closed at session end)."""
+    gs = session_of(config)
+    if gs is None:
+        raise RuntimeError("no gate run: node pool unavailable")
+    if gs.pool is None:
+        gs.pool = config.stash.get(POOL_KEY, None)
+    if gs.pool is None:
+        from modeldrop.nodepool import NodePool
+        gs.pool = NodePool(gs.cfg)
+    return gs.pool
+
+
+def facts_of(config: pytest.Config) -> Any:
+    """The run's facts (`modeldrop.facts.RunFacts`, or what a test put on `config.stash[FACTS_KEY]`)."""
+    gs = session_of(config)
+    if gs is None:
+        raise RuntimeError("no gate run: facts unavailable")
+    if gs.facts is None:
+        gs.facts = config.stash.get(FACTS_KEY, None)
+    if gs.facts is None:
+        from modeldrop.facts import RunFacts
+        gs.facts = RunFacts(gs.cfg, node_pool_of(config))
+    return gs.facts
+
+
+def gate_id(item: pytest.Item) -> str | None:
+    """The gate id of an item (`node2_verify` for a per-node gate with k=2), or None."""
+    m = item.get_closest_marker("gate")
+    if m is None:
+        return None
+    name = m.args[0] if m.args else m.kwargs.get("name")
+    if not isinstance(name, str):
+        return None
+    if "{k}" not in name:
+        return name
+    k = getattr(getattr(item, "callspec", None), "params", {}).get("k")
+    return name.format(k=k) if isinstance(k, int) else None
+
+
+def evidence_for(item: pytest.Item) -> Any:
+    """The item's Evidence (created on first use); attached to the report of every phase."""
+    ev = item.stash.get(EVIDENCE_KEY, None)
+    if ev is None:
+        gs = session_of(item.config)
+        ev = Evidence(gs.ledger if gs else None, gate_id(item), item.nodeid,
+                      gs.folder if gs else None, gs.secrets if gs else ())
+        item.stash[EVIDENCE_KEY] = ev
+    return ev
