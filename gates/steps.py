@@ -26,9 +26,9 @@ def hub_env(cfg: RunConfig) -> tuple[dict[str, str], list[str]]:
     return env, [env["HF_TOKEN"]] if "HF_TOKEN" in env else []
 
 
-def expected_total(cfg: RunConfig, hub_expectation: dict[str, Any]) -> int | None:
+def expected_total(cfg: RunConfig, hub_expectation: hub.HubExpectation) -> int | None:
     """Total bytes the download should reach: hub tree (online), else a quick hub look-up, else the profile."""
-    manifest = hub_expectation.get("manifest")
+    manifest = hub_expectation.manifest
     if manifest is None:
         try:
             manifest = hub.expected_online(cfg.model_id, revision=cfg.values["HF_REVISION"], include=cfg.include,
@@ -42,7 +42,7 @@ def expected_total(cfg: RunConfig, hub_expectation: dict[str, Any]) -> int | Non
 
 
 def download_step(k: int, cfg: RunConfig, pool: NodePool, evidence: Any, live: Callable[[str], None],
-                  hub_expectation: dict[str, Any]) -> None:
+                  hub_expectation: hub.HubExpectation) -> None:
     """`hf download` into MODEL_DIR_NODEk exits 0, with a progress line at least every 10 s."""
     nc = cfg.node(k)
     env, secrets = hub_env(cfg)
@@ -70,13 +70,13 @@ def download_step(k: int, cfg: RunConfig, pool: NodePool, evidence: Any, live: C
 
 
 def verify_step(k: int, cfg: RunConfig, pool: NodePool, facts: RunFacts, run_folder: Any, evidence: Any,
-                hub_expectation: dict[str, Any]) -> None:
+                hub_expectation: hub.HubExpectation) -> None:
     """MODEL_DIR_NODEk is complete: no markers, one format, index + shards, headers, counts, sizes."""
-    if hub_expectation.get("error"):
-        pytest.fail(f"node{k}: cannot read the hub's tree for {cfg.model_id}: {hub_expectation['error']}",
+    if hub_expectation.error:
+        pytest.fail(f"node{k}: cannot read the hub's tree for {cfg.model_id}: {hub_expectation.error}",
                     pytrace=False)
     fallback = facts.manifest(1) if k != 1 else None
-    res = verify_node(pool.get(k), cfg.node(k), cfg, online=hub_expectation.get("manifest"),
+    res = verify_node(pool.get(k), cfg.node(k), cfg, online=hub_expectation.manifest,
                       fallback_manifest=fallback)
     facts.set_manifest(k, res.manifest)
     if res.expected is not None:

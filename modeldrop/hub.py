@@ -116,6 +116,15 @@ def bounded(call, timeout_s: float, what: str) -> Any:
     return box["value"]
 
 
+@dataclass(frozen=True)
+class HubExpectation:
+    """What the hub says the files should be: its manifest (online), or None with the hub's error or
+    offline (both None)."""
+
+    manifest: ExpectedManifest | None = None
+    error: str | None = None
+
+
 def expected_online(model_id: str, revision: str = "main", include=(), endpoint: str | None = None,
                     token: str | None = None, *, timeout_s: float = HUB_TIMEOUT_S,
                     allow_insecure: bool = False) -> ExpectedManifest:

@@ -21,6 +21,7 @@ from typing import Any
 from modeldrop import gatetable
 from modeldrop.exo import logs as L
 from modeldrop.exo import state as st
+from modeldrop.exo.verdicts import Fact, checked_facts
 
 ALL_EXO_GATES = gatetable.exo_gates()
 
@@ -31,7 +32,7 @@ class Ctx:
     logs: dict[str, str]
     state: dict | None
     http: dict | None
-    facts: dict
+    facts: dict[Fact, Any]
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,10 @@ def log(name: str, pred: Callable[[Any], bool] | None = None) -> Callable[[Ctx],
     return test
 
 
-def fact(key: str, pred: Callable[[Any], bool] = bool) -> Callable[[Ctx], str | None]:
+def fact(key: Fact, pred: Callable[[Any], bool] = bool) -> Callable[[Ctx], str | None]:
+    """The verdict fact `key` when it holds (pred(value)), as `key=value`."""
+    Fact(key)  # a name outside the Fact enum fails when the table is built
+
     def test(c: Ctx) -> str | None:
         v = c.facts.get(key)
         return f"{key}={v}" if v is not None and pred(v) else None
@@ -85,9 +89,9 @@ def fact(key: str, pred: Callable[[Any], bool] = bool) -> Callable[[Ctx], str | 
 def http_body(rx_name: str) -> Callable[[Ctx], str | None]:
     def test(c: Ctx) -> str | None:
         h = c.http or {}
-        text = f"{h.get('body') or ''} {h.get('error') or ''} {c.facts.get('http_body') or ''}"
+        text = f"{h.get('body') or ''} {h.get('error') or ''} {c.facts.get(Fact.http_body) or ''}"
         m = L.RX[rx_name].search(text)
-        return f"HTTP {h.get('status') or c.facts.get('http_status')}: {m.group(0)}" if m else None
+        return f"HTTP {h.get('status') or c.facts.get(Fact.http_status)}: {m.group(0)}" if m else None
     return test
 
 
@@ -110,25 +114,25 @@ def _namespaces_differ(c: Ctx) -> str | None:
 
 
 def _isolated(c: Ctx) -> str | None:
-    iso = c.facts.get("isolated")
+    iso = c.facts.get(Fact.isolated)
     if not iso:
         return None
     ns = _namespaces_differ(c)
-    return f"nodes seeing fewer than {c.facts.get('n')}: {[f'node{k}' for k in iso]}" + (f"; {ns}" if ns else "")
+    return f"nodes seeing fewer than {c.facts.get(Fact.n)}: {[f'node{k}' for k in iso]}" + (f"; {ns}" if ns else "")
 
 
 def _runners_stuck(kinds: set[str]) -> Callable[[Ctx], str | None]:
     def test(c: Ctx) -> str | None:
-        if not c.facts.get("stalled"):
+        if not c.facts.get(Fact.stalled):
             return None
-        labels = c.facts.get("runners") or {}
+        labels = c.facts.get(Fact.runners) or {}
         hit = {r: s for r, s in labels.items() if s.split("(")[0] in kinds}
         return f"runners stuck: {hit}" if hit else None
     return test
 
 
 def _downloads_incomplete(c: Ctx) -> str | None:
-    model = c.facts.get("model_id")
+    model = c.facts.get(Fact.model_id)
     if not c.state or not model:
         return None
     bad = [f"{d.node_id[:12]}:{d.kind}" for d in st.downloads_for_model(c.state, model) if d.kind != "DownloadCompleted"]
@@ -154,28 +158,28 @@ def _duplicate_friendly(c: Ctx) -> str | None:
 
 def _not_listed_with_card(c: Ctx) -> str | None:
     """D6 holds only when EXO has a card for the model and still does not list it as downloaded."""
-    if c.facts.get("not_listed") and c.facts.get("has_card") and not c.facts.get("download_failed"):
+    if c.facts.get(Fact.not_listed) and c.facts.get(Fact.has_card) and not c.facts.get(Fact.download_failed):
         return "EXO has a card for the model but never listed it under ?status=downloaded"
     return None
 
 
 def _no_card(c: Ctx) -> str | None:
-    if not c.facts.get("no_card"):
+    if not c.facts.get(Fact.no_card):
         return None
-    return f"EXO has no model card; add it with: {c.facts.get('add_command') or 'POST <api>/models/add'}"
+    return f"EXO has no model card; add it with: {c.facts.get(Fact.add_command) or 'POST <api>/models/add'}"
 
 
 def _runner_signal(c: Ctx) -> str | None:
     """A runner killed by a signal: verdict fact `runner_signal` or the supervisor's log line."""
-    sigs = c.facts.get("runner_signal")
+    sigs = c.facts.get(Fact.runner_signal)
     if sigs:
-        where = ", ".join(c.facts.get("runner_nodes") or [])
+        where = ", ".join(c.facts.get(Fact.runner_nodes) or [])
         return f"runner killed by signal {', '.join(map(str, sigs))}" + (f" on {where}" if where else "")
     return log("RUNNER_TERM", lambda m: m.group("sig") is not None)(c)
 
 
 def _exited_before_up(c: Ctx) -> str | None:
-    early = [k for k in c.facts.get("exited") or [] if k not in (c.facts.get("restarted") or [])]
+    early = [k for k in c.facts.get(Fact.exited) or [] if k not in (c.facts.get(Fact.restarted) or [])]
     return f"exited before the API answered: {[f'node{k}' for k in early]}" if early else None
 
 
@@ -188,7 +192,7 @@ def _http_status(code: int) -> Callable[[Ctx], str | None]:
 
 def _chat_kind(*kinds: str) -> Callable[[Ctx], str | None]:
     def test(c: Ctx) -> str | None:
-        hit = sorted(set(c.facts.get("kinds") or []) & set(kinds))
+        hit = sorted(set(c.facts.get(Fact.kinds) or []) & set(kinds))
         return f"chat error kinds {hit}" if hit else None
     return test
 
@@ -214,7 +218,7 @@ TABLE: tuple[Signature, ...] = (
     S("A6", ("cluster", "placement"), "Ghost node ids in the cluster",
       "Node ids are random per start; departed ids linger, or another exo runs in the namespace",
       "stop all exo on every node (--stop-existing-exo), start together",
-      "verdict fact `ghosts` (ids in /state that no node answers as /node_id)", fact("ghosts")),
+      "verdict fact `ghosts` (ids in /state that no node answers as /node_id)", fact(Fact.ghosts)),
     S("A7", ("cluster", "placement", "transport", "chat"), "A node timed out of the cluster",
       ">30 s without events from a node (sleep, Wi-Fi power save, overload)",
       "sudo pmset -a sleep 0 disksleep 0; check lastSeen in /state; use wired links", "log NODE_TIMEOUT",
@@ -228,7 +232,7 @@ TABLE: tuple[Signature, ...] = (
       "ring port", "/usr/libexec/ApplicationFirewall/socketfilterfw --getglobalstate; from each node "
       "curl http://<peer-ip>:<api-port>/node_id",
       "verdict fact `missing_edges` (a directed edge absent) or ring errno 60 (ETIMEDOUT)",
-      any_of(fact("missing_edges"), _errno(60, 110))),
+      any_of(fact(Fact.missing_edges), _errno(60, 110))),
     S("C1x", ("placement",), "No cycle with sufficient memory",
       "Sum of ramAvailable below the model's storage size, a node missing from nodeMemory, or min_nodes above the "
       "node count", "curl -s <api>/state | jq '.nodeMemory'; close apps or add nodes",
@@ -260,7 +264,7 @@ TABLE: tuple[Signature, ...] = (
     S("C10x", ("placement",), "Instance never appeared after POST /instance",
       "Placement failed asynchronously or the API was paused during an election",
       "grep 'Error in command processor' <exo log> on the master", "verdict fact `never_created` or log PL_CMD_ERR",
-      any_of(fact("never_created"), log("PL_CMD_ERR"))),
+      any_of(fact(Fact.never_created), log("PL_CMD_ERR"))),
     S("C11x", ("placement",), "Model card could not be loaded",
       "Model id not in exo's catalog and the HF card fetch failed (offline, gated)",
       "curl -s <api>/v1/models | jq '.data[].id'; curl -s -X POST <api>/models/add -H 'Content-Type: "
@@ -280,7 +284,7 @@ TABLE: tuple[Signature, ...] = (
       "is not org--name", "ls <parent of MODEL_DIR_NODE1>; the folder must be org--name with "
       "model.safetensors.index.json and every shard",
       "verdict fact `dir_drift`, or `not_listed` while EXO has a card for the model and no DownloadFailed",
-      any_of(fact("dir_drift"), _not_listed_with_card)),
+      any_of(fact(Fact.dir_drift), _not_listed_with_card)),
     S("X-NO-CARD", ("node1_canary", "cluster", "placement"), "EXO has no model card for the model",
       "EXO lists and scans only models it has a card for; a model that just dropped has none, and POST /models/add "
       "failed (model dir not local on that node, config.json or the safetensors index missing or unreadable, or "
@@ -319,9 +323,9 @@ TABLE: tuple[Signature, ...] = (
       "log RUNNER_KILLED", log("RUNNER_KILLED")),
     S("F8", ("placement", "chat"), "Runner crashed with an exception",
       "Python exception in the runner (load, jaccl, tokenizer)", "read the exception in the exo log",
-      "log RUNNER_CRASH or verdict fact runner_failed", any_of(log("RUNNER_CRASH"), fact("runner_failed"))),
+      "log RUNNER_CRASH or verdict fact runner_failed", any_of(log("RUNNER_CRASH"), fact(Fact.runner_failed))),
     S("F11", ("placement",), "Instance vanished", "A runner failed somewhere, or a node left the topology",
-      "read every node's exo log, not only the API node's", "verdict fact `vanished`", fact("vanished")),
+      "read every node's exo log, not only the API node's", "verdict fact `vanished`", fact(Fact.vanished)),
     S("G1", ("placement", "chat", "bench"), "Metal GPU timeout", "A command buffer exceeded Metal's watchdog",
       "upgrade exo; smaller prefill step", "log METAL_TIMEOUT", log("METAL_TIMEOUT")),
     S("G2", ("placement", "transport"), "Ring peer unreachable at ConnectToGroup",
@@ -333,16 +337,16 @@ TABLE: tuple[Signature, ...] = (
       "log RING_RECV | RING_ABORT", any_of(log("RING_RECV"), log("RING_ABORT"))),
     S("B10", ("transport",), "Logged ring hosts differ from /state hostsByNode",
       "Host IP selection differs between master and worker, or several NICs/VPN", "ifconfig; route -n get <ip> on each node",
-      "verdict fact `mismatch`", fact("mismatch")),
+      "verdict fact `mismatch`", fact(Fact.mismatch)),
     S("X-RING-SOCKET", ("transport",), "No ESTABLISHED socket to a ring neighbour",
       "Ring connection dropped after init or went over another interface", "netstat -an | grep .<ring port> on each node",
-      "verdict fact `no_socket`", fact("no_socket")),
+      "verdict fact `no_socket`", fact(Fact.no_socket)),
     S("X-NO-RUNNER-MAP", ("transport",), "Multi-shard instance with an empty nodeToRunner",
       "/state has not caught up (a node reset after a re-election) or the instance was posted by hand with "
       "nodeToRunner {}: no evidence of which node runs which rank",
       "curl -s <api>/state | jq '.instances[][].shardAssignments'; rerun pytest gates/ -k transport once /state "
       "shows the runners, else delete and re-place the instance", "verdict fact `no_runner_map`",
-      fact("no_runner_map")),
+      fact(Fact.no_runner_map)),
     S("H1", ("chat",), "No instance found for the model", "`model` is not the instance's full id, or the instance is gone",
       "curl -s <api>/state | jq '.instances[][].shardAssignments.modelId'", "HTTP 404 / log NO_INSTANCE",
       any_of(_http_status(404), http_body("NO_INSTANCE"))),
@@ -356,10 +360,10 @@ TABLE: tuple[Signature, ...] = (
       "chat error kind stalled|timeout", _chat_kind("stalled", "timeout")),
     S("I1", CANARY_START, "API port already in use", "Another exo (app or CLI) or another program holds the port",
       "lsof -nP -iTCP:<port> -sTCP:LISTEN; stop that pid or pass --stop-existing-exo if it is exo",
-      "log PORT_IN_USE or verdict fact `port_held`", any_of(fact("port_held"), log("PORT_IN_USE"))),
+      "log PORT_IN_USE or verdict fact `port_held`", any_of(fact(Fact.port_held), log("PORT_IN_USE"))),
     S("I2", CANARY_START, "exo's pid-file lock is held", "A second exo for the same user (~/.exo/exo.pid)",
       "cat ~/.exo/exo.pid; ps -o command= -p <pid>; stop it or --stop-existing-exo",
-      "log PIDFILE or verdict fact `pid_lock`", any_of(fact("pid_lock"), log("PIDFILE"))),
+      "log PIDFILE or verdict fact `pid_lock`", any_of(fact(Fact.pid_lock), log("PIDFILE"))),
     S("I3", ("cluster",), "Two exo processes on one Mac", "App and CLI both running", "run exactly one exo per Mac",
       "/state: two node ids with the same friendlyName", _duplicate_friendly),
     S("X-EXIT", CANARY_START, "exo exited during startup",
@@ -368,7 +372,7 @@ TABLE: tuple[Signature, ...] = (
     S("X-RESTART", ("startup",), "exo crashed or restarted within the settle window (crash loop)",
       "exo dies some seconds after start (a supervisor such as the app or launchd would restart it: a crash "
       "loop), or it re-executed itself with a new node id",
-      "tail the captured log and exo.log; launchctl list | grep -i exo", "verdict fact `restarted`", fact("restarted")),
+      "tail the captured log and exo.log; launchctl list | grep -i exo", "verdict fact `restarted`", fact(Fact.restarted)),
     S("SEED-HF-MISSING", ("preflight", "node1_download"), "hf missing on a node",
       "HF_CMD_NODEk does not exist on that node (the exec PATH has no /opt/homebrew/bin)",
       "ssh <node> ls -l <HF_CMD_NODEk>; brew install huggingface-cli or set HF_CMD_NODEk",
@@ -377,7 +381,7 @@ TABLE: tuple[Signature, ...] = (
            if "command not found" in line or "No such file or directory" in line and "hf" in line), None)),
     S("SEED-MAP-LAG", ("chat",), "/state runner maps lag while chat works",
       "A node's /state has not caught up (or reset after a re-election); nodeToRunner is evidence, not a verdict",
-      "none needed; re-read /state later", "verdict fact `runner_lag` (chat passed)", fact("runner_lag")),
+      "none needed; re-read /state later", "verdict fact `runner_lag` (chat passed)", fact(Fact.runner_lag)),
     S("SEED-LATE-CRASH", ("chat", "bench"), "Runs crash late (runner terminated after Ready)",
       "Memory growth, leaks or a GPU timeout under sustained load", "log show --last 1h ... memorystatus; tail the runner stderr log",
       "log RUNNER_TERM", log("RUNNER_TERM")),
@@ -388,7 +392,7 @@ BY_ID = {s.id: s for s in TABLE}
 def match(gate: str, logs: dict[Any, str] | None = None, state: dict | None = None, http: dict | None = None,
           facts: dict | None = None) -> list[Matched]:
     """Signatures for `gate` whose condition holds, strongest (most specific) first as listed in TABLE."""
-    ctx = Ctx(gate, {str(k): v for k, v in (logs or {}).items()}, state, http, dict(facts or {}))
+    ctx = Ctx(gate, {str(k): v for k, v in (logs or {}).items()}, state, http, checked_facts(facts))
     out = []
     for sig in TABLE:
         if gate not in sig.gates:

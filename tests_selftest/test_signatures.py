@@ -118,3 +118,15 @@ def test_gate_scoping():
 def test_every_signature_is_exercised():
     covered = {c[0] for c in CASES}
     assert covered == set(sg.BY_ID), sorted(set(sg.BY_ID) - covered)
+
+
+def test_misspelt_fact_names_are_rejected():
+    from modeldrop.exo.verdicts import Fact, Verdict
+    with pytest.raises(ValueError, match="unknown verdict fact 'isolatd'"):
+        sg.match("cluster", facts={"isolatd": [2], "n": 2})
+    with pytest.raises(ValueError, match="unknown verdict fact 'vanshed'"):
+        Verdict(False, "instance gone", {}, {"vanshed": True})
+    with pytest.raises(ValueError):
+        sg.fact("never_creatd")
+    assert Verdict(False, "gone", {}, {"vanished": True}).facts == {Fact.vanished: True}
+    assert ids("placement", facts={Fact.vanished: True}) == ["F11"]

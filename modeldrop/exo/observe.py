@@ -16,6 +16,7 @@ from modeldrop.exo import logs as exologs
 from modeldrop.exo import state as st
 from modeldrop.exo.client import ExoClient, ExoError, ExoHTTPError
 from modeldrop.exo.verdicts import (
+    Fact,
     StartupSample,
     Verdict,
     chat_verdict,
@@ -93,7 +94,7 @@ def watch_cluster(clients: dict[int, ExoClient], live_ids: dict[int, str], windo
                clock=clock, sleep=sleep)
     v = res.value if res.value is not None else Verdict(False, f"no /state answered ({res.last_error})")
     v.details["elapsed_s"] = round(clock() - t0, 2)
-    if not v.ok and v.facts.get("isolated"):
+    if not v.ok and v.facts.get(Fact.isolated):
         v.summary = f"isolated for {window_s:.0f}s (cluster window): {v.summary}"
     return v
 

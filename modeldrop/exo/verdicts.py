@@ -2,13 +2,16 @@
 
 Each verdict names its evidence in `summary` (the gate's assertion message) and keeps the data in
 `details` (the gate's evidence JSON). `facts` carries the conditions the failure-signature table
-matches on (e.g. `isolated`, `restarted`, `stalled`), so signatures and verdicts agree.
+matches on, named by `Fact` (e.g. `isolated`, `restarted`, `stalled`), so signatures and verdicts
+agree and a misspelt name fails at once.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from modeldrop.exo.logs import HostfileLine
@@ -19,12 +22,70 @@ NON_NEIGHBOUR = "198.51.100.1:0"
 SIGNAL_RX = re.compile(r"signal=(\d+)")
 
 
+class Fact(StrEnum):
+    """The names of verdict facts: what a verdict observed that the failure-signature table matches on."""
+
+    exited = "exited"                # nodes whose exo exited (startup, canary)
+    restarted = "restarted"          # nodes whose exo restarted (pid/start time or /node_id changed)
+    no_api = "no_api"                # nodes whose API never answered
+    node_ids = "node_ids"            # {k: node id} of a healthy startup
+    isolated = "isolated"            # nodes seeing fewer than n nodes
+    n = "n"                          # the cluster size the verdict expected
+    ghosts = "ghosts"                # node ids in /state that no node answers as its own
+    missing_edges = "missing_edges"  # a directed topology edge absent
+    runner_failed = "runner_failed"  # a runner reported RunnerFailed
+    errors = "errors"                # the runners' error messages
+    vanished = "vanished"            # the instance left /state
+    never_created = "never_created"  # the instance never appeared in /state
+    stalled = "stalled"              # no runner progress
+    runners = "runners"              # runner status labels
+    ring_errno = "ring_errno"        # errno values of ring connect errors
+    mismatch = "mismatch"            # logged ring hosts differ from /state hostsByNode
+    no_socket = "no_socket"          # no ESTABLISHED socket to a ring neighbour
+    kinds = "kinds"                  # chat error kinds
+    statuses = "statuses"            # chat HTTP statuses
+    http_status = "http_status"      # status of the failing request
+    http_body = "http_body"          # message of the failing request
+    not_listed = "not_listed"        # the canary's model never listed as downloaded
+    download_failed = "download_failed"  # exo reported DownloadFailed
+    dir_drift = "dir_drift"          # exo found the model in another dir
+    port_held = "port_held"          # the API port is held by another process
+    pid_lock = "pid_lock"            # exo's pid-file lock is held
+    runner_lag = "runner_lag"        # /state runner maps lag while chat works
+    model_id = "model_id"            # the model the gate is about
+    has_card = "has_card"            # EXO has a model card for the model
+    no_card = "no_card"              # EXO has no model card for the model
+    add_command = "add_command"      # the command that gives EXO a card
+    runner_signal = "runner_signal"  # signals that killed runners
+    runner_nodes = "runner_nodes"    # nodes whose runners failed
+    no_runner_map = "no_runner_map"  # a multi-shard instance with an empty nodeToRunner
+    models_unreadable = "models_unreadable"  # /v1/models could not be read
+    card_added = "card_added"        # the gate added EXO's card for the model
+
+
+def checked_facts(facts: Mapping[str, Any] | None) -> dict[Fact, Any]:
+    """`facts` keyed by `Fact`; an unknown name raises ValueError (a misspelt fact never silently misses)."""
+    out: dict[Fact, Any] = {}
+    for key, value in (facts or {}).items():
+        try:
+            out[Fact(key)] = value
+        except ValueError:
+            raise ValueError(f"unknown verdict fact {key!r}; known: {', '.join(f.value for f in Fact)}") from None
+    return out
+
+
 @dataclass
 class Verdict:
+    """A gate's judgement: ok, the one-line summary (its assertion message), details (evidence JSON) and
+    the facts the signature table matches on (names checked against `Fact`)."""
+
     ok: bool
     summary: str
     details: dict[str, Any] = field(default_factory=dict)
-    facts: dict[str, Any] = field(default_factory=dict)
+    facts: dict[Fact, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.facts = checked_facts(self.facts)
 
 
 # -- startup (phase 4) ----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -15,12 +15,13 @@ from modeldrop.plugin.session import GateSession
 SEVERITY = {"passed": 0, "reused": 0, "skipped": 1, "failed": 2}
 
 
-def skip_here(reason: str) -> None:
+def skip_here(reason: str) -> NoReturn:
     """Skip the current item, reported at the test's own location (as skip marks are), not this file's."""
     try:
         raise pytest.skip.Exception(reason, _use_item_location=True)
     except TypeError:  # a pytest without the keyword
-        pytest.skip(reason)
+        pass
+    pytest.skip(reason)
 
 
 def is_subtest(report: Any) -> bool:
