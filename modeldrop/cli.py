@@ -4,7 +4,7 @@ Contract:
 - `model-drop org/model [--fast] [--resume-bootstrap] [--online] [--audit] [pytest args…]` validates the
   model id first (one `ERROR:` line, exit 4, nothing run), then runs `python -m pytest gates/ --model
   org/model …` in the project root (the directory holding gates/ and conftest.py), prints the run
-  folder and the Hand-off Block, and returns pytest's exit status.
+  folder and the Hand-off Block (read from the run's run.json), and returns pytest's exit status.
 - In an audit run (`--audit`, or AUDIT=1 in the environment or env file), the last line is
   `RING_INPUT_READY` only when pytest exited 0 and every gate of the audit order (preflight,
   nodeK_verify, parity) passed or was reused.
@@ -22,14 +22,13 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from modeldrop import gatetable, validate
+from modeldrop import validate
 from modeldrop.config import DEFAULT_ENV_FILE, read_env_file
 from modeldrop.errors import InputError
-from modeldrop.ledger.handoff import HANDOFF_KEYS, parse_block
-from modeldrop.ledger.jsonl import read_jsonl
-from modeldrop.ledger.runfolder import resolve_latest
+from modeldrop.ledger import runjson
+from modeldrop.ledger.handoff import HANDOFF_KEYS
+from modeldrop.ledger.runfolder import RUN_FOLDER_FILE_ENV, resolve_latest
 
-RUN_FOLDER_FILE_ENV = "MODELDROP_RUN_FOLDER_FILE"
 USAGE = ("usage: model-drop org/model [--fast] [--resume-bootstrap] [--online] [--audit] [pytest args…]\n"
          "       model-drop-latest [--resume-bootstrap] [pytest args…]")
 EXIT_USAGE = 4
@@ -100,23 +99,17 @@ def _run_pytest(root: Path, model: str, rest: Sequence[str]) -> tuple[int, Path 
 
 
 def audit_ready(folder: Path) -> bool:
-    """Every gate of the run's audit order passed or was reused (from ledger.jsonl)."""
-    records = read_jsonl(folder / "ledger.jsonl")
-    start = next((r for r in records if r.get("event") == "run_start"), None)
-    if not start or not start.get("audit"):
-        return False
-    order = start.get("order") or gatetable.gate_order(len(start.get("nodes") or []), audit=True)
-    ok = {r.get("gate") for r in records if r.get("event") in ("pass", "reuse")}
-    bad = {r.get("gate") for r in records if r.get("event") in ("fail", "skip")}
-    return all(g in ok and g not in bad for g in order)
+    """Every gate of the run's audit order passed or was reused (from run.json)."""
+    return runjson.audit_ready(runjson.read(folder))
 
 
 def print_handoff(folder: Path | None) -> None:
-    """Print the run folder and its Hand-off Block."""
-    if folder is None or not (folder / "handoff.md").exists():
+    """Print the run folder and its Hand-off Block (from run.json)."""
+    run = runjson.read(folder) if folder is not None else None
+    if folder is None or run is None:
         print("\nmodel-drop: no run folder was written (see the errors above)")
         return
-    block = parse_block((folder / "handoff.md").read_text(encoding="utf-8"))
+    block = run.get("handoff") or {}
     print(f"\nrun folder: {folder}")
     print(f"handoff:    {folder / 'handoff.md'}\n")
     for key in HANDOFF_KEYS:
@@ -155,13 +148,13 @@ def model_drop_main(argv: Sequence[str] | None = None) -> int:
 
 
 def latest_model(root: Path, args: Sequence[str] = ()) -> str | None:
-    """The model id of the last run (`<report dir>/latest`): its ledger's run_start, else the folder name."""
+    """The model id of the last run (`<report dir>/latest`): its run.json, else the folder name."""
     folder = resolve_latest(report_dir(root, args))
     if folder is None:
         return None
-    start = next((r for r in read_jsonl(folder / "ledger.jsonl") if r.get("event") == "run_start"), None)
-    if start and start.get("model"):
-        return str(start["model"])
+    run = runjson.read(folder)
+    if run and run.get("model"):
+        return str(run["model"])
     name = folder.name.split("-", 1)[1] if "-" in folder.name else ""
     return name.replace("--", "/", 1) or None
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from modeldrop import profiles, validate
 from modeldrop.errors import InputError
+from modeldrop.redaction import redact_mapping
 
 MAX_NODES = 4
 PER_NODE_KEYS = ("NODE", "MODEL_DIR_NODE", "HF_CMD_NODE", "EXO_CMD_NODE", "EXO_LOG_DIR_NODE", "PYTHON_CMD_NODE")
@@ -72,7 +73,6 @@ OPTIONS: tuple[Option, ...] = (
     Option("SSH_KNOWN_HOSTS", None, "str", "~/.ssh/known_hosts", "known_hosts file that host keys are checked against"),
 )
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
-SECRET_KEYS = frozenset({"HF_TOKEN"})
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ class RunConfig:
 
     def redacted(self) -> dict[str, Any]:
         """Resolved values for reports, with secrets replaced by `***`."""
-        out = {k: ("***" if k in SECRET_KEYS and v else v) for k, v in self.values.items()}
+        out = redact_mapping(self.values)
         out["nodes"] = [asdict(n) for n in self.nodes]
         return out
 

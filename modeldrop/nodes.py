@@ -47,6 +47,7 @@ import paramiko
 
 from modeldrop import probes
 from modeldrop.errors import CommandTimeout, NodeError
+from modeldrop.redaction import redact
 
 LineCallback = Callable[[str, str], None]
 TAIL_CHARS = 2000
@@ -71,14 +72,6 @@ class CommandResult:
     def ok(self) -> bool:
         """True when the command exited 0."""
         return self.rc == 0
-
-
-def redact(text: str, secrets: Sequence[str]) -> str:
-    """`text` with every non-empty secret replaced by `***`."""
-    for s in secrets:
-        if s:
-            text = text.replace(s, "***")
-    return text
 
 
 def tail(text: str, n: int = TAIL_CHARS) -> str:

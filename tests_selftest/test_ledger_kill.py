@@ -54,6 +54,11 @@ def test_sigkill_mid_gate_leaves_a_current_ledger(pytester):
     assert block["LAST_PASS_PHASE"] == "1B (node1_canary)"
     assert block["NEXT_COMMAND"].endswith("--resume-bootstrap")
 
+    run = json.loads((folder / "run.json").read_text())  # the machine-readable summary is current too
+    assert run["gates"]["node2_download"]["outcome"] == "running" and run["finished"] is False
+    assert run["gates"]["node1_canary"] == {**run["gates"]["node1_canary"], "outcome": "passed", "phase": "1B"}
+    assert run["handoff"]["CURRENT_PHASE"] == "2 (node2_download)"
+
     html = (folder / "ledger.html").read_text()
     assert html.rstrip().endswith("</html>")
     blob = html.split('data-jsonblob="', 1)[1].split('"', 1)[0]

@@ -143,7 +143,7 @@ def test_no_token_in_any_ledger_file(pytester):
                behaviour={"node1_download": f"fail:401 for token {TOKEN}"})
     pytester.runpytest(*BASE)
     folder = latest(pytester)
-    for name in ("ledger.html", "ledger.jsonl", "handoff.md"):
+    for name in ("ledger.html", "ledger.jsonl", "handoff.md", "run.json"):
         assert TOKEN not in (folder / name).read_text(), name
     assert TOKEN not in (pytester.path / "reports" / "pass_cache.json").read_text()
 

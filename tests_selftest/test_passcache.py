@@ -8,6 +8,8 @@ import multiprocessing
 import time
 from pathlib import Path
 
+import pytest
+
 from modeldrop.config import load_config
 from modeldrop.ledger.fingerprint import explain_change, fingerprint_parts, gate_fingerprint
 from modeldrop.ledger.passcache import KEEP, PassCache
@@ -139,3 +141,25 @@ def test_optional_exo_session_invalidates_cluster_gates_only():
     assert gate_fingerprint("parity", cfg(), before) == gate_fingerprint("parity", cfg(), after)
     old, new = fingerprint_parts("startup", cfg(), before), fingerprint_parts("startup", cfg(), after)
     assert explain_change(old, new) == "for another exo session on node1 (exo restarted)"
+
+
+def test_pass_cache_masks_secrets(tmp_path):
+    token = "hf_abcdefghijklmnop"
+    cache = PassCache(tmp_path / "pass_cache.json", [token])
+    cache.record("node1_download", "fp", "run1", {"notes": {"warning": f"retried with {token}"}, "evidence": token},
+                 {"options": {"hf_endpoint": f"https://x/?t={token}"}})
+    text = (tmp_path / "pass_cache.json").read_text()
+    assert token not in text and "retried with ***" in text
+    assert cache.lookup("node1_download", "fp", 60).summary["evidence"] == "***"
+
+
+@pytest.mark.parametrize("name,secret", [("HF_TOKEN", True), ("AWS_SECRET_ACCESS_KEY", True), ("DB_PASSWORD", True),
+                                         ("ACCEPT_NEW_HOST_KEYS", False), ("PASS_MAX_AGE", False),
+                                         ("EXO_API_PORT", False)])
+def test_one_definition_of_a_secret(name, secret):
+    from modeldrop.redaction import is_secret_name, redact, redact_mapping, secret_values
+    assert is_secret_name(name) is secret
+    values = {name: "s3cr3t-value", "MODEL_ID": "org/m"}
+    assert (secret_values(values) == ["s3cr3t-value"]) is secret
+    assert (redact_mapping(values)[name] == "***") is secret
+    assert redact("a s3cr3t-value b", secret_values(values)) == ("a *** b" if secret else "a s3cr3t-value b")

@@ -50,9 +50,9 @@ from modeldrop.exo.logs import ExoPaths, exo_paths
 from modeldrop.hub import insecure_endpoint_problem
 from modeldrop.nodes import redact, url_host
 from modeldrop.probes._proc import START_TOLERANCE_S
+from modeldrop.redaction import redact_mapping
 
 APP_EXO_PATHS = ("/Applications/EXO.app/Contents/Resources/exo/exo", "/Applications/EXO.app/Contents/MacOS/EXO")
-SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSWORD|KEY", re.I)
 STOP_GRACE_S = 15.0
 PROBE_TIMEOUT_S = 60.0
 HELP_TIMEOUT_S = 120.0
@@ -183,10 +183,6 @@ def describe_holders(port_result: dict) -> str:
 def precheck_facts(problems: list[str]) -> dict:
     return {"port_held": any("API port" in p for p in problems),
             "pid_lock": any("pid-file lock" in p for p in problems)}
-
-
-def redact_env(env: dict[str, str]) -> dict[str, str]:
-    return {k: ("***" if SECRET_ENV.search(k) and v else v) for k, v in env.items()}
 
 
 def expand_home(path: str, home: str) -> str:
@@ -382,7 +378,7 @@ class ExoLauncher:
                                             "log_path": log_path, "pid_file": None}, timeout=120)
         self.record = LaunchRecord(
             node=self.k, role=role, pid=int(res["pid"]), start=res.get("start"), exe=self.node_cfg.exo_cmd,
-            argv=argv, env=redact_env(env), unset_env=unset, generation=self.build().generation,
+            argv=argv, env=redact_mapping(env), unset_env=unset, generation=self.build().generation,
             namespace=self.namespace(role), api_url=self.api_url, log_path=res.get("log_path") or log_path,
             exo_log_path=self.paths.log_file, runner_log_path=self.paths.runner_stderr, started_at=time.time(),
             stopped_existing=self.stopped_existing)

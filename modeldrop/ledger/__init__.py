@@ -1,12 +1,12 @@
 """The run ledger: run folder, ledger.jsonl, handoff.md, pass cache, fingerprints, pytest-html glue.
 
-`Ledger` is the one writer of a run's ledger.jsonl and handoff.md. Contract:
+`Ledger` is the one writer of a run's ledger.jsonl, handoff.md and run.json. Contract:
 - every gate event (`gate_start`, `gate_result`, `gate_reused`, `note`, `signatures`, …) appends one
-  fsynced line to ledger.jsonl and rewrites handoff.md atomically before returning, so both are
-  current after every event, whatever kills the run afterwards;
+  fsynced line to ledger.jsonl and rewrites handoff.md and run.json atomically before returning, so
+  all three are current after every event, whatever kills the run afterwards;
 - `gate=None` events (benchmarks, run-level warnings) land in ledger.jsonl and the run-level
   warnings of the hand-off;
-- secrets given to the constructor never reach either file.
+- secrets given to the constructor never reach any of them (`modeldrop.redaction`).
 Plain Python: the plugin (modeldrop.plugin) calls it from pytest hooks.
 """
 
@@ -21,9 +21,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from modeldrop.ledger import runjson
 from modeldrop.ledger.handoff import GateRecord, RunState, handoff_fields, hm, one_line, render
 from modeldrop.ledger.jsonl import JsonlLedger
-from modeldrop.ledger.runfolder import RunFolder, atomic_write_text
+from modeldrop.ledger.runfolder import RunFolder, atomic_write_json, atomic_write_text
+from modeldrop.redaction import masked, redact, redact_obj
 
 __all__ = ["Evidence", "Ledger", "GateRecord", "RunState", "RunFolder"]
 
@@ -47,19 +49,19 @@ class Ledger:
         self._lock = threading.RLock()
         self.folder = folder
         self.state = state
-        self._secrets = [s for s in secrets if s and len(s) >= 4]
+        self._secrets = masked(secrets)
         self.jsonl = JsonlLedger(folder.path / "ledger.jsonl", self._secrets)
 
     # -- writing -------------------------------------------------------------------------
     def _redact(self, text: str) -> str:
-        for s in self._secrets:
-            text = text.replace(s, "***")
-        return text
+        return redact(text, self._secrets)
 
     @_locked
     def write_handoff(self) -> None:
-        """Rewrite handoff.md atomically from the current state."""
+        """Rewrite handoff.md and run.json atomically from the current state."""
         atomic_write_text(self.folder.path / "handoff.md", self._redact(render(self.state)))
+        atomic_write_json(self.folder.path / runjson.RUN_JSON,
+                          redact_obj(runjson.summary(self.state, self.fields()), self._secrets))
 
     def _event(self, event: str, **fields: Any) -> None:
         self.jsonl.append(event, **fields)
@@ -208,7 +210,7 @@ class Evidence:
         self.gate = gate
         self.item = item
         self.folder = folder
-        self._secrets = [s for s in secrets if s and len(s) >= 4]
+        self._secrets = masked(secrets)
         self._pending: list[dict[str, Any]] = []
         self.notes: dict[str, Any] = {}
         self.warnings: list[str] = []
@@ -216,9 +218,7 @@ class Evidence:
         self.strongest_text: str = ""
 
     def _redact(self, text: str) -> str:
-        for s in self._secrets:
-            text = text.replace(s, "***")
-        return text
+        return redact(text, self._secrets)
 
     def _label(self, name: str) -> str:
         return f"{self.gate}: {name}" if self.gate else name
@@ -242,7 +242,7 @@ class Evidence:
 
     def json(self, name: str, obj: Any) -> None:
         """Attach a JSON document (state snapshot, verdict)."""
-        safe = _json.loads(self._redact(_json.dumps(obj, default=str)))
+        safe = redact_obj(_json.loads(_json.dumps(obj, default=str)), self._secrets)
         self._pending.append(self._html.json_extra(safe, self._label(name)))
         self._log("json", name)
 

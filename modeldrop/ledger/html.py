@@ -22,6 +22,7 @@ from typing import Any
 
 from modeldrop.ledger.handoff import HANDOFF_KEYS, RunState, dur, hm
 from modeldrop.ledger.runfolder import atomic_write_text
+from modeldrop.redaction import masked, redact
 
 MAX_TEXT = 200_000
 
@@ -105,10 +106,8 @@ def summary_html(fields: dict[str, str], state: RunState | None) -> str:
 
 def atomic_writer(report_path: Path, secrets: Iterable[str] = ()) -> Callable[[str], None]:
     """A writer for pytest-html's rendered page that writes it atomically, secrets masked."""
-    masked = [s for s in secrets if s and len(s) >= 4]
+    keep = masked(secrets)
 
     def write(rendered: str) -> None:
-        for s in masked:
-            rendered = rendered.replace(s, "***")
-        atomic_write_text(report_path, rendered)
+        atomic_write_text(report_path, redact(rendered, keep))
     return write

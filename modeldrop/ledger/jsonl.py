@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from modeldrop.redaction import masked, redact_obj
+
 
 def iso_utc(t: float) -> str:
     """ISO-8601 UTC with seconds, e.g. 2026-11-27T14:02:11Z."""
@@ -30,20 +32,15 @@ class JsonlLedger:
 
     def __init__(self, path: Path, secrets: Iterable[str] = ()):
         self.path = path
-        self._secrets = [s for s in secrets if s and len(s) >= 4]
+        self._secrets = masked(secrets)
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
-
-    def _redact(self, line: str) -> str:
-        for s in self._secrets:
-            line = line.replace(s, "***")
-        return line
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Append one record and make it durable; returns the record written."""
         t = time.time()
         record = {"t": round(t, 3), "time": iso_utc(t), "event": event, **fields}
-        line = self._redact(json.dumps(record, default=str, ensure_ascii=False)) + "\n"
+        line = json.dumps(redact_obj(record, self._secrets), default=str, ensure_ascii=False) + "\n"
         with self._lock, open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()

@@ -9,6 +9,7 @@ Contract:
 - `latest(gate, model_id=None)` returns the newest pass of `gate` (optionally of one model), for the
   "stale" / "changed" diagnostics; `matching(gate, fingerprint)` the newest with the fingerprint,
   whatever its age.
+- Secrets given to the constructor are masked in what is stored.
 - A missing or unreadable file is an empty cache (a corrupt cache never stops a run).
 - `summary` holds the gate's notes (`{"notes": {...}, "evidence": "..."}`) so a reused gate still
   contributes its measured facts (sizes, counts, instance id) to the ledger and the profile.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import fcntl
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 
 from modeldrop.ledger.fingerprint import explain_change
 from modeldrop.ledger.runfolder import atomic_write_json
+from modeldrop.redaction import masked, redact_obj
 
 KEEP = 20
 VERSION = 1
@@ -57,8 +59,9 @@ class PassRecord:
 class PassCache:
     """The pass cache file of one reports directory."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, secrets: Iterable[str] = ()):
         self.path = path
+        self._secrets = masked(secrets)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -95,7 +98,7 @@ class PassCache:
                parts: dict[str, Any] | None = None, t: float | None = None) -> PassRecord:
         """Store a pass of `gate` for `fingerprint` (atomic rewrite under a lock)."""
         rec = PassRecord(gate, fingerprint, time.time() if t is None else t, run_id,
-                         dict(summary or {}), dict(parts or {}))
+                         redact_obj(dict(summary or {}), self._secrets), redact_obj(dict(parts or {}), self._secrets))
         with self._locked():
             passes = self._load()
             passes[gate] = [asdict(rec)] + passes.get(gate, [])[:KEEP - 1]

@@ -21,6 +21,8 @@ from modeldrop import atomic
 
 SUBDIRS = ("manifests", "logs", "exo", "bench", "plots")
 LATEST = "latest"
+# names a file the plugin writes the run folder path into (how `model-drop` learns where a run went)
+RUN_FOLDER_FILE_ENV = "MODELDROP_RUN_FOLDER_FILE"
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -14,12 +14,11 @@ from modeldrop.config import RunConfig, load_config
 from modeldrop.errors import InputError
 from modeldrop.ledger import GateRecord, Ledger, RunState
 from modeldrop.ledger.passcache import PassCache
-from modeldrop.ledger.runfolder import RunFolder
+from modeldrop.ledger.runfolder import RUN_FOLDER_FILE_ENV, RunFolder
 from modeldrop.plugin import options
 from modeldrop.plugin.commands import rerun_argv
 from modeldrop.plugin.session import GateSession
-
-RUN_FOLDER_FILE_ENV = "MODELDROP_RUN_FOLDER_FILE"
+from modeldrop.redaction import secret_values
 
 
 def start_run(config: pytest.Config) -> tuple[GateSession, str | None]:
@@ -48,7 +47,7 @@ def new_session(config: pytest.Config, cfg: RunConfig, env_file: Path | None) ->
     if pointer:
         Path(pointer).write_text(str(folder.path) + "\n", encoding="utf-8")
     order = gatetable.gate_order(len(cfg.nodes), audit=bool(cfg.audit))
-    secrets = [str(cfg.values.get("HF_TOKEN") or "")]
+    secrets = secret_values(cfg.values)
     state = RunState(
         run_id=folder.run_id, started=time.time(), model_id=cfg.model_id,
         nodes=[n.target for n in cfg.nodes], model_dirs=[n.model_dir for n in cfg.nodes],
@@ -59,5 +58,5 @@ def new_session(config: pytest.Config, cfg: RunConfig, env_file: Path | None) ->
     ledger = Ledger(folder, state, secrets)
     ledger.begin(options={k: v for k, v in cfg.redacted().items() if k != "nodes"},
                  env_file=str(env_file) if env_file else None, sources=cfg.sources)
-    return GateSession(cfg=cfg, folder=folder, ledger=ledger, cache=PassCache(folder.report_dir / "pass_cache.json"),
+    return GateSession(cfg=cfg, folder=folder, ledger=ledger, cache=PassCache(folder.report_dir / "pass_cache.json", secrets),
                        order=order, secrets=secrets)

@@ -1,0 +1,50 @@
+"""run.json: the machine-readable summary of a run, rewritten atomically after every ledger event.
+
+It holds the run's identity (run id, model, nodes, dirs, audit, order), each gate's phase, outcome,
+reason, start and duration, the benchmarks' outcomes, whether the run finished, and the Hand-off
+Block fields. Tools (model-drop, model-drop-latest) read it instead of parsing handoff.md or
+ledger.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from modeldrop.ledger.handoff import RunState
+
+RUN_JSON = "run.json"
+VERSION = 1
+GOOD = ("passed", "reused")
+
+
+def summary(state: RunState, fields: dict[str, str]) -> dict[str, Any]:
+    """The run.json document of a run as it stands (secrets are the caller's to redact)."""
+    return {
+        "version": VERSION, "run_id": state.run_id, "model": state.model_id, "nodes": state.nodes,
+        "model_dirs": state.model_dirs, "audit": state.audit, "order": state.order,
+        "started": state.started, "finished": state.finished, "interrupted": state.interrupted or None,
+        "gates": {r.gate: {"phase": r.phase, "outcome": r.outcome, "reason": r.reason or None, "started": r.started,
+                           "duration_s": None if r.duration is None else round(r.duration, 3),
+                           "reused_from": r.reused_from or None} for r in state.in_order()},
+        "bench": {name: {"outcome": o, "reason": why or None} for name, (o, why) in state.bench.items()},
+        "handoff": fields,
+    }
+
+
+def read(folder: Path) -> dict[str, Any] | None:
+    """A run folder's run.json, or None when absent or unreadable."""
+    try:
+        data = json.loads((folder / RUN_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def audit_ready(run: dict[str, Any] | None) -> bool:
+    """An audit run in which every gate of its order passed or was reused."""
+    if not run or not run.get("audit"):
+        return False
+    gates = run.get("gates") or {}
+    return bool(run.get("order")) and all((gates.get(g) or {}).get("outcome") in GOOD for g in run["order"])
