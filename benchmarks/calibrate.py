@@ -2,15 +2,10 @@
 
     python benchmarks/calibrate.py [--levels 1,8,32] [--chunk 1] [--gap-ms 20] [--json]
 
-Same as `python -m modeldrop.bench.calibrate`; starts tests_selftest/calibration_server.py.
+Same as `python -m sandbox.calibrate`; starts the sandbox's calibration server.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from modeldrop.bench.calibrate import main  # noqa: E402
+from sandbox.calibrate import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

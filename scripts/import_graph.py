@@ -41,8 +41,16 @@ def imports_of(tree: ast.AST, name: str, is_pkg: bool) -> set[str]:
     return out
 
 
+LOADERS = {"spec_from_file_location", "run_path", "exec_module", "SourceFileLoader"}
+
+
 def path_loads(tree: ast.AST) -> set[str]:
-    """Top-level packages joined into a path (`root / "tests_selftest" / ...`): files loaded by path."""
+    """Top-level packages joined into a path (`root / "tests_selftest" / ...`) in a module that loads
+    code by path (importlib's spec_from_file_location, runpy.run_path): files imported by path."""
+    names = {n.attr if isinstance(n, ast.Attribute) else n.id for n in ast.walk(tree)
+             if isinstance(n, (ast.Attribute, ast.Name))}
+    if not names & LOADERS:
+        return set()
     return {node.right.value for node in ast.walk(tree)
             if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(node.right, ast.Constant)
             and node.right.value in LAYERS}

@@ -7,7 +7,7 @@ it prints the median wall time of the `manifest` probe and of `audit.completenes
 With --verify-hashes it also runs the `hashes` probe over the big dir's shards and `sha256sum` over the same
 files (page cache warmed first) and prints MB/s for each.
 
-Usage: .venv/bin/python scripts/measure_audit.py [--verify-hashes] [--target local|user@host:port|alias
+Usage: .venv/bin/python -m scripts.measure_audit [--verify-hashes] [--target local|user@host:port|alias
        --ssh-config FILE] [--python /usr/bin/python3] [--workdir /var/tmp/modeldrop-measure]
 """
 
@@ -20,13 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from modeldrop.audit import completeness  # noqa: E402
-from modeldrop.hub import expected_from_cache  # noqa: E402
-from modeldrop.nodes import Node, make_node  # noqa: E402
-from tests_selftest.modelfiles import make_model  # noqa: E402
+from modeldrop.audit import completeness
+from modeldrop.hub import expected_from_cache
+from modeldrop.nodes import Node, make_node
+from tests_selftest.modelfiles import make_model
 
 MB = 1_000_000
 

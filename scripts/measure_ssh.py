@@ -19,10 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from modeldrop.nodes import SSHNode  # noqa: E402
+from modeldrop.nodes import SSHNode
 
 
 def median_ms(samples: list[float]) -> str:

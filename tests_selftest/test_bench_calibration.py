@@ -8,7 +8,7 @@ chunk, against two truths:
 - the server's configured schedule (TTFT, gap): this also carries the request's trip and the
   server process's scheduling lateness, so a host busy with other work (other engineers' tests
   on the same 2 cores) can spoil one run; it is measured up to 3 times and must hold once.
-The printed figures come from `python -m modeldrop.bench.calibrate`, not from these tests.
+The printed figures come from `python -m sandbox.calibrate`, not from these tests.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 
 from modeldrop.bench.calibrate import measure
 from modeldrop.bench.client import BENCH_PATH, BenchClient, ChatRequest, RequestRecord, _SSEState
-from tests_selftest.calibration_server import CalibServer, prompt_tokens_of
+from sandbox.calibration_server import CalibServer, prompt_tokens_of
 
 MODEL = "calib/model"
 

@@ -12,7 +12,7 @@ from modeldrop.bench import cases
 from modeldrop.bench.client import BENCH_PATH, CHAT_PATH, BenchClient, ChatRequest
 from modeldrop.bench.load import run_rounds
 from modeldrop.bench.tasks import TASKS, grade, strip_thinking
-from tests_selftest.calibration_server import CalibServer
+from sandbox.calibration_server import CalibServer
 
 
 @pytest.fixture(scope="module")

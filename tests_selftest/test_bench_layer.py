@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from modeldrop.ledger.passcache import PassCache
-from tests_selftest.calibration_server import CalibServer
+from sandbox.calibration_server import CalibServer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import pytest
 from modeldrop.bench.cases import make_sizer
 from modeldrop.bench.client import BenchClient, ChatRequest
 from modeldrop.bench.prompts import PROBE_WORDS, PromptSizer
-from tests_selftest.calibration_server import CalibServer, prompt_tokens_of
+from sandbox.calibration_server import CalibServer, prompt_tokens_of
 
 
 @pytest.fixture(scope="module")

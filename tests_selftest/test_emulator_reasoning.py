@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sandbox"))
 from exo_emulator import chat as C  # type: ignore[import-not-found]  # noqa: E402
 
 from tests_selftest.emulator_fixtures import (  # noqa: F401, E402

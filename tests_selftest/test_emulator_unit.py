@@ -10,13 +10,9 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sandbox"))
-
 from exo_emulator import chat as C  # noqa: E402
 from exo_emulator.cards import builtin_cards, card_json, load_custom_cards, model_list_entry  # noqa: E402
 from exo_emulator.config import config_from_dict  # noqa: E402

@@ -12,5 +12,5 @@ Modules (each states its contract in its docstring; definitions in README.md nex
   reference    ratios to the model profile's reference figures, regression vs the previous run
   plots        PNGs of a run's checkpoints
   report       the ledger text of a case
-  calibrate    the client's errors against tests_selftest/calibration_server.py
+  calibrate    the client's errors against a server with a known timing schedule
 """

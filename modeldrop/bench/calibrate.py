@@ -3,7 +3,7 @@
 Contract
 --------
 `measure(url, model, concurrency, ...)` drives the calibration server
-(tests_selftest/calibration_server.py, which must already be running at `url`) with
+(a server with a known timing schedule, e.g. the sandbox's calibration server, already running at `url`) with
 `concurrency` barrier-released threads and returns the client's errors against the truth:
 - `ttft_err_ms`: client TTFT - the scheduled TTFT (configured ttft + (chunk-1) x gap, since a
   chunk leaves when its last token is due; the schedule runs from the moment the server read the
@@ -15,24 +15,17 @@ Contract
 - `decode_err_vs_sent_pct`: client decode tok/s / the rate the server actually achieved
   ((n - n_first) / (last write - first write)) - 1, in percent: the client's own error;
 - `cpu_us_per_token`: the client's thread CPU time per output token.
-Each as a `stats.dist` with n. `python -m modeldrop.bench.calibrate` (or
-`python benchmarks/calibrate.py`) starts the server and prints the table for c = 1, 8, 32.
+Each as a `stats.dist` with n. `python -m sandbox.calibrate` (or `python benchmarks/calibrate.py`)
+starts the sandbox's calibration server and prints the table for c = 1, 8, 32.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
-import json
-import sys
-from pathlib import Path
 from typing import Any
 
 from modeldrop.bench.client import BenchClient, ChatRequest
 from modeldrop.bench.load import run_rounds
 from modeldrop.bench.stats import dist
-
-SERVER_SCRIPT = Path(__file__).resolve().parents[2] / "tests_selftest" / "calibration_server.py"
 
 
 def measure(url: str, model: str, concurrency: int, *, ttft_ms: float = 100.0, gap_ms: float = 20.0,
@@ -72,53 +65,11 @@ def measure(url: str, model: str, concurrency: int, *, ttft_ms: float = 100.0, g
     }
 
 
-def _load_server_module() -> Any:
-    spec = importlib.util.spec_from_file_location("calibration_server", SERVER_SCRIPT)
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load {SERVER_SCRIPT}")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["calibration_server"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _row(m: dict[str, Any]) -> str:
+def format_row(m: dict[str, Any]) -> str:
+    """One calibration level as a table line."""
     t, lag, d, ds = m["ttft_err_ms"], m["ttft_lag_ms"], m["decode_err_pct"], m["decode_err_vs_sent_pct"]
     return (f"c={m['concurrency']:>3} n={t['n']:>3} | TTFT vs schedule p50 {t['p50']:+5.2f} p95 {t['p95']:+5.2f} ms"
             f" | vs server writes p50 {lag['p50'] or 0:+5.2f} p95 {lag['p95'] or 0:+5.2f} ms"
             f" | decode vs schedule p50 {d['p50']:+6.3f} % max|.| {max(abs(d['min']), abs(d['max'])):5.3f} %"
             f" | vs writes p50 {ds['p50'] or 0:+6.3f} %"
             f" | CPU {m['cpu_us_per_token']:5.1f} us/token | errors {m['errors']}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Print the client's calibration errors (c=1, 8, 32).")
-    ap.add_argument("--levels", default="1,8,32")
-    ap.add_argument("--ttft-ms", type=float, default=100.0)
-    ap.add_argument("--gap-ms", type=float, default=20.0)
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--chunk", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    a = ap.parse_args(argv)
-    srv = _load_server_module().CalibServer.start()
-    try:
-        rows = []
-        for c in (int(x) for x in a.levels.split(",")):
-            srv.reset_log()
-            rows.append(measure(srv.url, srv.model, c, ttft_ms=a.ttft_ms, gap_ms=a.gap_ms, tokens=a.tokens,
-                                chunk=a.chunk, rounds=a.rounds, server_log=srv.log))
-    finally:
-        srv.stop()
-    if a.json:
-        print(json.dumps(rows, indent=1))
-    else:
-        print(f"calibration: ttft {a.ttft_ms} ms, gap {a.gap_ms} ms ({1000 / a.gap_ms:.1f} tok/s), "
-              f"{a.tokens} tokens, {a.chunk} token(s)/chunk, {a.rounds} rounds")
-        for m in rows:
-            print(_row(m))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

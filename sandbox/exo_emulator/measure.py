@@ -1,6 +1,6 @@
 """Dev tool (never imported by the emulator): measure the emulator with exo's default timing.
 
-Run from the repo root: ``.venv/bin/python sandbox/exo_emulator/measure.py``. Prints the time from
+Run from the repo root: ``.venv/bin/python -m sandbox.exo_emulator.measure``. Prints the time from
 start to a 2-node cluster in /state, from POST /instance to all runners Ready, chat tok/s through the
 emulator vs mlx-lm's ``stream_generate`` on the same files (ratio), and RSS per node (emulator and
 its child processes: the runner and multiprocessing's resource tracker).
@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from sandbox.model import generate_model  # noqa: E402
-from tests_selftest import emulator_fixtures as f  # noqa: E402
+from sandbox import emulator_driver as f
+from sandbox.model import generate_model
 
 ADDRS = ["127.91.0.11", "127.91.0.12"]
 MSGS = [{"role": "user", "content": "hello there"}]

@@ -1,6 +1,6 @@
 """Calibration server: EXO-shaped chat completions on an exact, known timing schedule.
 
-Run:  python tests_selftest/calibration_server.py [--port 0] [--model calib/model] [--answers F]
+Run:  python -m sandbox.calibration_server [--port 0] [--model calib/model] [--answers F]
 It prints `CALIBRATION_SERVER_PORT=<port>` once listening. `CalibServer.start()` does that in a
 subprocess and gives a handle (`.url`, `.log()`, `.reset_log()`, `.stop()`).
 
