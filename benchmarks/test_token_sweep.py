@@ -1,4 +1,4 @@
-"""Token sweep: prompt length x output length at concurrency 1, one case per pair (DESIGN §4).
+"""Token sweep: prompt length x output length at concurrency 1,, one case per pair.
 
 Each case: `repeat` requests of a prompt sized to the target token count (model tokenizer, or
 calibrated by the server's usage), to /bench/chat/completions when EXO has it (exact output

@@ -36,7 +36,7 @@ def model_id(value: str, source: str = "--model") -> str:
 
 
 def model_folder(model: str) -> str:
-    """The folder name EXO expects for a model: `org/name` -> `org--name` (contract §5.2)."""
+    """The folder name EXO expects for a model: `org/name` -> `org--name`."""
     return model.replace("/", "--")
 
 

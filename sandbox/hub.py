@@ -1,6 +1,6 @@
 """A fake Hugging Face hub for the real `hf download` CLI (HF_ENDPOINT), with fault switches.
 
-Contract (reference/hf-hub-protocol.md §1, §4):
+Contract (the hub API `hf download` uses):
 - Serves model repos from `<repos>/<org>/<name>/` (every file below it, `.git` excluded). A
   repo's commit sha is a stable 40-hex digest of its content (paths and blob ids), so editing
   the directory gives a new commit; `main` and that sha are the only revisions.

@@ -251,7 +251,7 @@ def generate_model(out_dir: str | Path, *, layers: int = 4, hidden: int = 64, vo
 
 
 def model_card_toml(info: dict[str, Any]) -> str:
-    """An exo custom model card (exo-contract §5.1) for a model described by `generate_model`."""
+    """An exo custom model card (TOML, as exo stores one) for a model described by `generate_model`."""
     mid = info["model_id"]
     return (f'model_id = "{mid}"\n'
             f'n_layers = {info["n_layers"]}\n'

@@ -19,7 +19,7 @@ are on the socket (chunked or not), so a chunk is stamped when it reaches Python
 line buffer fills. All SSE events that arrive in one read share that read's stamp (they did
 arrive together).
 
-EXO's SSE (reference/exo-contract.md §2.5) and how each piece is handled:
+EXO's server-sent events and how each piece is handled:
 - a stall is no progress for `stall_timeout_s`, whatever else arrives: progress is a new token
   chunk, or a prefill_progress whose processed count grew. Keep-alives and other comment lines,
   role-only chunks, repeated prefill progress, bytes without a newline and a silent socket (the

@@ -1,4 +1,4 @@
-"""ExoClient: a small HTTP client for one EXO node's API (contract §2), timeouts on every call.
+"""ExoClient: a small HTTP client for one EXO node's API (both generations), timeouts on every call.
 
 Contract: every method either returns parsed JSON (or a typed value) or raises
 - `ExoUnreachable` when no HTTP answer came (refused, timeout, reset before a status line), or

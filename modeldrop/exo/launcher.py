@@ -1,6 +1,6 @@
 """Start and stop exo on a node exactly as configured, by pid, with an identity check.
 
-`probe_build(node, exo_cmd)` runs `exo --help` (contract §1.5): `--zenoh-port` present => NEW
+`probe_build(node, exo_cmd)` runs `exo --help`: `--zenoh-port` present => NEW
 (zenoh, `--namespace`), else OLD (libp2p, `EXO_LIBP2P_NAMESPACE`). The version comes from
 `exo --version` when help offers it, else from the `--namespace` default shown in help (NEW's
 default namespace is the package version), else None; `ExoBuild.version_source` says which.
@@ -11,7 +11,7 @@ default namespace is the package version), else None; `ExoBuild.version_source` 
         EXO_LIBP2P_NAMESPACE=NS (OLD) | unset EXO_LIBP2P_NAMESPACE and EXO_BOOTSTRAP_PEERS (NEW: both fatal)
         EXO_ZENOH_NAMESPACE=NS (NEW: only logged by exo, but it puts the namespace in the log)
         EXO_OFFLINE=false with --online (so an inherited EXO_OFFLINE=true cannot flip it)
-Models dir: exo searches EXO_MODELS_READ_ONLY_DIRS first and never deletes from them (§1.3, §5.2),
+Models dir: exo searches EXO_MODELS_READ_ONLY_DIRS first and never deletes from them,
 so pointing it at exactly the parent of the audited model dir makes exo use the audited files and
 nothing else; the canary proves it by the `DownloadCompleted.modelDirectory` it reports.
 EXO_DEFAULT_MODELS_DIR is deliberately NOT set: it is exo's *writable* dir (downloads, `DELETE
@@ -22,7 +22,7 @@ node's home): exo documents `~` expansion for EXO_DEFAULT_MODELS_DIR only.
 Roles: the cluster runs with `--no-downloads` (the suite downloads; exo never does). The canary
 runs `--offline` *without* `--no-downloads`: with `--no-downloads` there is no DownloadCoordinator,
 hence no startup DownloadCompleted scan, and `/v1/models?status=downloaded` could never list the
-model (§5.4); offline already guarantees no download. The canary uses its own namespace
+model; offline already guarantees no download. The canary uses its own namespace
 (`<ns>-canary`) so it stays alone even if exo from an earlier run still serves on other nodes.
 
 Before starting, a foreign process on the API port, or exo's pid-file lock held by a live exo, is a

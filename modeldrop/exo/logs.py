@@ -1,6 +1,6 @@
 """exo's files per layout, log tails fetched from nodes, and the catalog's log regexes.
 
-Layout (contract §1.4): macOS (any non-Linux OS) keeps config, data and cache in `~/.exo`;
+Layout: macOS (any non-Linux OS) keeps config, data and cache in `~/.exo`;
 Linux uses XDG (`~/.config/exo`, `~/.local/share/exo`, `~/.cache/exo`). The main log is
 `<cache>/exo_log/exo.log` (rotated at each start, so it holds the current run only), runner stdio
 `<cache>/exo_log/runner_log/{stdout,stderr}.log`, the pid lock `<cache>/exo.pid`, the first-run
@@ -80,7 +80,7 @@ def logs_of(node: ProbeNode, paths: list[str], max_bytes: int = DEFAULT_TAIL_BYT
     return out
 
 
-# -- the catalog's regexes (exo-failure-signatures.md §3) ---------------------------------------
+# -- the failure catalog's log regexes ---------------------------------------------------------
 RX = {name: re.compile(rx) for name, rx in {
     "NS_LINE": r"EXO_(LIBP2P|ZENOH)_NAMESPACE: (?P<ns>\S+)",
     "NS_REMOVED": r"EXO_LIBP2P_NAMESPACE has been removed - use EXO_ZENOH_NAMESPACE instead",

@@ -32,7 +32,7 @@ API_UP_TIMEOUT_S = 120.0
 SOCKETS_TIMEOUT_S = 60.0
 CHAT_STALL_S, CHAT_READ_TIMEOUT_S = 30.0, 120.0  # the chat gate's per-request bounds (run_chats)
 INTERVAL_S = 0.5
-# MLX ring connect retries sleep 1+2+4+8+16 s before `[ring] Couldn't connect (error: N)` (contract §4.4);
+# MLX ring connect retries sleep 1+2+4+8+16 s before `[ring] Couldn't connect (error: N)`;
 # while runners are Connecting the stall budget is at least this, so the errno (G2) wins over "stuck" (F1).
 CONNECT_BUDGET_S = 45.0
 CONNECTING = frozenset({"RunnerConnecting", "RunnerConnected"})

@@ -7,7 +7,7 @@ fails with `problems` (one line each, naming node, path and what is wrong):
   "exo drift: node1 NEW 0.3.70 (/path), node2 OLD 1.0.71 (/path)";
 - the API port is free on every node (a port held by exo that an earlier modeldrop run started
   is not a problem: the launcher stops its own processes by pid before starting);
-- MODEL_DIR_NODEk ends in the folder exo expects (`org--name`, contract §5.2), so path drift fails
+- MODEL_DIR_NODEk ends in the folder exo expects (`org--name`: exo looks a model up by that folder name), so path drift fails
   here, before any download.
 """
 

@@ -1,4 +1,4 @@
-"""Pure parsing of EXO's `/state` for both generations (contract §2.2, §3).
+"""Pure parsing of EXO's `/state` for both generations (camelCase or snake_case keys).
 
 Rules (each is a pitfall the contract documents):
 - Tagged unions are one-key objects keyed by the class name (`{"MlxRingInstance": {...}}`,

@@ -1,4 +1,4 @@
-"""The run folder of one run: `reports/<UTC yyyymmddTHHMMSSZ>-<org--name>/` (DESIGN §5).
+"""The run folder of one run: `reports/<UTC yyyymmddTHHMMSSZ>-<org--name>/`.
 
 Contract:
 - `RunFolder.create(report_dir, model_id)` makes the folder with its sub-folders (`manifests/`,

@@ -4,7 +4,7 @@ A probe is `modeldrop/probes/<name>.py` defining `main(args: dict) -> dict`. `pr
 returns the script's source plus a footer that calls `main` with the args (embedded as a JSON string
 literal) and prints the result as one JSON line prefixed with `RESULT_MARKER`. The payload goes to the
 node's python on stdin (`python3 -`), so nothing is left on the node. The interpreter is chosen by the
-constant shell snippet `PYTHON_PICK` (macos-node-facts §2.2): it never runs the `/usr/bin/python3` CLT
+constant shell snippet `PYTHON_PICK`: it never runs the `/usr/bin/python3` CLT
 stub on a Mac without Command Line Tools, and exits 97 with `NO_PYTHON` when there is no python.
 
 Probe rules (checked by tests_selftest/test_probes.py with vermin): Python 3.9 stdlib only, no `match`,

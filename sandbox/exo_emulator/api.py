@@ -1,6 +1,6 @@
-"""exo's HTTP API on stdlib ``http.server`` (contract §2): HTTP/1.1, chunked streams.
+"""exo's HTTP API on stdlib ``http.server``: HTTP/1.1, chunked streams.
 
-Contract: routes, status codes and JSON bodies follow contract §2 for the node's generation;
+Contract: routes, status codes and JSON bodies follow real exo's for the node's generation;
 exo errors are ``{"error":{"message","type":"<HTTP phrase>","param":null,"code":N}}``, request
 validation errors are FastAPI's 422 ``{"detail":[...]}``; unknown GET paths fall through to the
 dashboard (``/`` serves a page, anything else 404 ``Not Found``).

@@ -1,4 +1,4 @@
-"""Chat-completion wire shapes (contract §2.5): request parsing, chunks, bodies, stats.
+"""Chat-completion wire shapes: request parsing, chunks, bodies, stats.
 
 Contract: every builder returns exactly exo's JSON — ``object: "chat.completion"`` in stream
 chunks too, ``role`` repeated in every delta, null fields omitted (NEW) or sent as null (OLD),

@@ -1,6 +1,6 @@
 """Command line and process lifecycle of the emulator, mirroring ``exo.main`` per generation.
 
-Contract (contract §1): argparse errors exit 2 before anything else; NEW takes the PID lock
+Contract: argparse errors exit 2 before anything else; NEW takes the PID lock
 (second instance: ``PidfileError`` on stderr, exit 1); the log is set up (previous log rotated);
 NEW raises ``ValueError`` for a non-empty ``EXO_LIBP2P_NAMESPACE`` or bootstrap peers after the
 ``pid = N`` line (traceback on stderr only, exit 1); a taken port fails with an

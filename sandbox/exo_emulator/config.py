@@ -17,7 +17,7 @@ OLD_VERSION = "1.0.71"
 
 @dataclass(frozen=True)
 class Timing:
-    """Periods in seconds; defaults are exo's own (contract §3, §4)."""
+    """Periods in seconds; defaults are exo's own."""
 
     hello_s: float = 1.0
     election_s: float = 3.0
@@ -37,7 +37,7 @@ class Timing:
 
 @dataclass(frozen=True)
 class Faults:
-    """Fault switches (README §Faults)."""
+    """Fault switches (see README.md, Faults)."""
 
     isolated: bool = False
     namespace: str | None = None

@@ -1,4 +1,4 @@
-"""Online model download (contract §5.4 online path; ``download_utils`` semantics, simplified).
+"""Online model download.
 
 Contract: ``download_model(endpoint, model_id, dest, on_progress)`` lists the repo with
 ``GET {endpoint}/api/models/{id}/tree/main?recursive=true`` and fetches every file with

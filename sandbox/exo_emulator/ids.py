@@ -1,4 +1,4 @@
-"""Identifiers: node ids per generation, uuids, ring ports (contract §1.4, §2.2)."""
+"""Identifiers: node ids per generation, uuids, ring ports."""
 
 from __future__ import annotations
 

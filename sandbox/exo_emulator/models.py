@@ -1,4 +1,4 @@
-"""Where a model lives on this node and whether it is complete (contract §5.2).
+"""Where a model lives on this node and whether it is complete.
 
 Contract: ``find_model(model_id, dirs)`` returns the first ``<dir>/<org>--<name>`` that holds at
 least one ``*.safetensors.index.json`` (searched recursively) and every weight file named in its

@@ -1,4 +1,4 @@
-"""exo's directories and model dirs (contract §1.3, §1.4).
+"""exo's directories and model dirs.
 
 Contract: every path follows the node's ``layout`` (``macos``: ``~/.exo`` for all three homes;
 ``linux``: XDG) unless ``EXO_HOME`` overrides; models dirs come from the env exactly as exo reads

@@ -1,4 +1,4 @@
-"""exo's placement (contract §2.4; ``src/exo/master/placement.py`` semantics).
+"""exo's placement.
 
 Contract: ``place(state, card, sharding, meta, min_nodes, required)`` returns one camelCase tagged
 Instance or raises ``ValueError`` with exo's exact message. Rank order is the cycle order (each cycle

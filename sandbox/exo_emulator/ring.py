@@ -1,4 +1,4 @@
-"""The MLX ring handshake over real TCP sockets (contract §4.4).
+"""The MLX ring handshake over real TCP sockets.
 
 Contract: ``ring_connect`` binds a listener on ``bind_addr:P`` (the own ``0.0.0.0:P`` slot),
 ranks < n-1 accept first then connect right, rank n-1 connects first then accepts; connects

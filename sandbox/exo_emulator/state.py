@@ -2,7 +2,7 @@
 
 Contract: the master appends events to its log; every node (master included) applies the same
 events in index order with ``State.apply``; ``State.to_json(generation)`` is the camelCase
-``/state`` body with exactly the top-level keys of contract §2.2 for that generation.
+``/state`` body with exactly the top-level keys real exo's has for that generation.
 Events are plain dicts ``{"type": ..., ...}`` so they cross the cluster link as JSON.
 """
 

@@ -1,4 +1,4 @@
-"""The Worker: node info, downloads, topology probes and the runner plan (contract §3, §4.3, §5).
+"""The Worker: node info, downloads, topology probes and the runner plan.
 
 Contract:
 - publishes this node's identity/memory/disk/network (and NEW: backends) when started and after
