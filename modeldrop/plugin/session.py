@@ -67,54 +67,58 @@ def session_of(config: pytest.Config) -> GateSession | None:
     return config.stash.get(SESSION_KEY, None)
 
 
+def _of(config: pytest.Config, attr: str) -> Any:
+    gs = session_of(config)
+    return getattr(gs, attr) if gs else None
+
+
 def run_config_of(config: pytest.Config) -> RunConfig | None:
     """The validated RunConfig of a gate run, else None."""
-    gs = session_of(config)
-    return gs.cfg if gs else None
+    return _of(config, "cfg")
 
 
 def run_folder_of(config: pytest.Config) -> RunFolder | None:
     """This run's folder, else None."""
-    gs = session_of(config)
-    return gs.folder if gs else None
+    return _of(config, "folder")
 
 
 def ledger_of(config: pytest.Config) -> Ledger | None:
     """This run's Ledger, else None."""
-    gs = session_of(config)
-    return gs.ledger if gs else None
+    return _of(config, "ledger")
 
 
 def pass_cache_of(config: pytest.Config) -> PassCache | None:
     """The reports dir's PassCache, else None."""
+    return _of(config, "cache")
+
+
+def _lazy(config: pytest.Config, attr: str, key: Any, make: Any) -> Any:
+    """The session's `attr`: created on first use from what a test put on `config.stash[key]`, else by
+    `make(session, config)`."""
     gs = session_of(config)
-    return gs.cache if gs else None
+    if gs is None:
+        raise RuntimeError(f"no gate run: {attr} unavailable")
+    if getattr(gs, attr) is None:
+        setattr(gs, attr, config.stash.get(key, None))
+    if getattr(gs, attr) is None:
+        setattr(gs, attr, make(gs, config))
+    return getattr(gs, attr)
 
 
 def node_pool_of(config: pytest.Config) -> Any:
     """The run's NodePool (created on first use; closed at session end)."""
-    gs = session_of(config)
-    if gs is None:
-        raise RuntimeError("no gate run: node pool unavailable")
-    if gs.pool is None:
-        gs.pool = config.stash.get(POOL_KEY, None)
-    if gs.pool is None:
+    def make(gs: GateSession, _config: pytest.Config) -> Any:
         from modeldrop.nodepool import NodePool
-        gs.pool = NodePool(gs.cfg)
-    return gs.pool
+        return NodePool(gs.cfg)
+    return _lazy(config, "pool", POOL_KEY, make)
 
 
 def facts_of(config: pytest.Config) -> Any:
     """The run's facts (`modeldrop.facts.RunFacts`, or what a test put on `config.stash[FACTS_KEY]`)."""
-    gs = session_of(config)
-    if gs is None:
-        raise RuntimeError("no gate run: facts unavailable")
-    if gs.facts is None:
-        gs.facts = config.stash.get(FACTS_KEY, None)
-    if gs.facts is None:
+    def make(gs: GateSession, cfg: pytest.Config) -> Any:
         from modeldrop.facts import RunFacts
-        gs.facts = RunFacts(gs.cfg, node_pool_of(config))
-    return gs.facts
+        return RunFacts(gs.cfg, node_pool_of(cfg))
+    return _lazy(config, "facts", FACTS_KEY, make)
 
 
 def gate_id(item: pytest.Item) -> str | None:
