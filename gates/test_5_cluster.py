@@ -31,4 +31,4 @@ def test_cluster(run_config, exo_running, exo_report, evidence):
     evidence.json("model cards", cards.details)
     evidence.note("model card", cards.summary)
     if not cards.ok:
-        exo_report.fail("cluster", cards, state=exo_running.state_of(exo_running.ks[0]))
+        exo_report.fail(cards, state=exo_running.state_of(exo_running.ks[0]))

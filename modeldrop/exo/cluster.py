@@ -9,8 +9,8 @@ Lifecycle contract (fixtures/exo.py applies it):
   live process with the same start time, and that node's `/node_id` must answer — and copies the
   records into this run's folder. Otherwise it raises `ReattachError` saying what is missing.
 - `stop_all()` stops by pid, identity-checked, everything this run started or adopted.
-- `failure_evidence(...)` fetches the log tails from the nodes (probe `tail`), matches the
-  signature table and returns (signature dicts, {log name: tail}).
+- `scan_logs(role)` and `log_tails(role)` fetch the nodes' logs (probe `tail`) for a failing gate's
+  evidence; matching them against the signature table is the caller's (this package never imports it).
 """
 
 from __future__ import annotations
