@@ -69,7 +69,8 @@ GATES: tuple[Gate, ...] = (
          "safetensors headers match file sizes; counts; total size against the hub's tree", audit=True,
          later_phase="2A"),
     Gate("node1_canary", "canary", "1B", 900, ("ONLINE", "EXO_API_PORT"), (*_EXO_FACTS, "manifests"),
-         "exo alone on node 1 (offline, no downloads) lists the model under `?status=downloaded`; then stopped "
+         "exo alone on node 1 (offline, no downloads) has a card for the model (the unfiltered `/v1/models`; when "
+         "it has none, `POST /models/add`, recorded) and lists the model under `?status=downloaded`; then stopped "
          "by pid", needs_exo=True),
     Gate("parity", "parity", "3", 900, ("FAST", "HF_INCLUDE"), ("hub_commit", "manifests"),
          "every node holds the same (path, size) manifest, `.cache/huggingface/` and macOS litter excluded",
@@ -78,8 +79,9 @@ GATES: tuple[Gate, ...] = (
          "exo on every node with identical flags, each API answers, nothing exits or restarts in the settle window",
          needs_exo=True, cluster=True),
     Gate("cluster", "cluster", "5", 1200, _EXO_OPTS, _EXO_FACTS,
-         "`topology` lists N nodes with connections both ways; fewer than N for longer than the window is a fast "
-         "stop", needs_exo=True, cluster=True),
+         "`topology` lists N nodes with connections both ways (fewer than N for longer than the window is a fast "
+         "stop); then every node's `/v1/models` lists the model's card, added where missing",
+         needs_exo=True, cluster=True),
     Gate("placement", "placement", "5", 3600, _PLACED_OPTS, _EXO_FACTS,
          "placement for `min_nodes=N` succeeds, the instance is created, every runner reaches Ready/Running",
          needs_exo=True, cluster=True),
