@@ -19,7 +19,6 @@ from modeldrop.nodepool import NodePool
 from modeldrop.verify import verify_node
 
 
-
 def hub_env(cfg: RunConfig) -> tuple[dict[str, str], list[str]]:
     """Environment for hf on a node (endpoint, token) and the secrets to redact."""
     env = {k: cfg.values[k] for k in ("HF_ENDPOINT", "HF_TOKEN") if cfg.values.get(k)}

@@ -34,7 +34,9 @@ def test_phases_as_the_guide_numbers_them(gate, phase):
 def test_ids_parse_through_the_table():
     assert gatetable.gate_kind("node4_verify") == "verify" and gatetable.gate_node("node4_verify") == 4
     assert gatetable.gate_of("node2_canary") is None  # only node 1 has a canary
-    assert gatetable.timeout_of("node3_download") == 4 * 3600 and gatetable.timeout_of("chat") == 900
+    assert gatetable.timeout_of("node3_download") == gatetable.BY_KIND["download"].timeout_s > 4 * 3600
+    assert gatetable.timeout_of("chat") == gatetable.BY_KIND["chat"].timeout_s
+    assert gatetable.timeout_of("node2_canary") == gatetable.DEFAULT_TIMEOUT_S
     assert gatetable.timeout_of("nonsense") == gatetable.DEFAULT_TIMEOUT_S
 
 

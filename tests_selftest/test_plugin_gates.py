@@ -118,8 +118,8 @@ import pytest
 
 @pytest.mark.gate("node1_download")
 def test_download_timeout(request):
-    from modeldrop.plugin import DEFAULT_TIMEOUTS_S
-    assert request.node.get_closest_marker("timeout").args[0] == DEFAULT_TIMEOUTS_S["download"] > 4 * 3600
+    from modeldrop.gatetable import timeout_of
+    assert request.node.get_closest_marker("timeout").args[0] == timeout_of("node1_download") > 4 * 3600
 
 @pytest.mark.gate("transport")
 @pytest.mark.timeout(1)

@@ -13,9 +13,10 @@ import pytest
 from modeldrop import download, hub, preflight, verify
 from modeldrop.config import MAX_NODES, OPTION_BY_KEY
 from modeldrop.exo import launcher, logs, observe
-from modeldrop.plugin import DEFAULT_TIMEOUTS_S
+from modeldrop.gatetable import GATES
 
 N = MAX_NODES
+DEFAULT_TIMEOUTS_S: dict[str, float] = {g.kind: g.timeout_s for g in GATES}  # the gate table's limits
 MARGIN_S = 60.0  # the test's own teardown steps and scheduling
 LOGS_PER_NODE = 3  # a launch record's exo stdout log, exo's log and the runner log
 LOG_SCAN_S = N * LOGS_PER_NODE * logs.TAIL_TIMEOUT_S  # what a failure's diagnosis may read

@@ -48,9 +48,9 @@ from typing import Any, Protocol
 
 from modeldrop.exo.logs import ExoPaths, exo_paths
 from modeldrop.hub import insecure_endpoint_problem
-from modeldrop.nodes import redact, url_host
+from modeldrop.nodes import url_host
 from modeldrop.probes._proc import START_TOLERANCE_S
-from modeldrop.redaction import redact_mapping
+from modeldrop.redaction import redact, redact_mapping, secret_values
 
 APP_EXO_PATHS = ("/Applications/EXO.app/Contents/Resources/exo/exo", "/Applications/EXO.app/Contents/MacOS/EXO")
 STOP_GRACE_S = 15.0
@@ -316,7 +316,7 @@ class ExoLauncher:
         (never a match on argv alone), listed in the run folder before any is stopped, then stopped by pid."""
         rows = self.node.run_probe("procs", {"pids": None, "exe_paths": self._exo_exe_paths(), "own_only": True},
                                    timeout=60)["procs"]
-        secrets = [str(v) for k, v in (getattr(self.cfg, "values", None) or {}).items() if SECRET_ENV.search(k) and v]
+        secrets = secret_values(getattr(self.cfg, "values", None) or {})
         found = [{"pid": p.get("pid"), "uid": p.get("uid"), "start": p.get("start"), "exe": p.get("exe"),
                   "cmdline": [redact(a, secrets) for a in p.get("cmdline") or []]} for p in rows]
         self.run_folder.write_json(f"exo/node{self.k}-existing-exo.json",
