@@ -78,6 +78,26 @@ class SandboxError(RuntimeError):
     """The sandbox cannot be built as asked; the message says why and what to do."""
 
 
+EXO_CHOICES = ("auto", "real", "emulator")
+
+
+def pick_exo(asked: str, generation: str) -> tuple[str, str]:
+    """("real" | "emulator", note): `auto` is real EXO where this machine can build it, else the emulator
+    with a one-line note saying what is missing; `real` where it cannot is a SandboxError."""
+    if asked not in EXO_CHOICES:
+        raise SandboxError(f"exo must be one of {', '.join(EXO_CHOICES)}, got {asked!r}")
+    if asked == "emulator":
+        return "emulator", ""
+    from sandbox.exo_real.install import missing_inputs
+    missing = missing_inputs(generation)
+    if not missing:
+        return "real", ""
+    line = f"real EXO ({generation}) is not available here (missing {'; '.join(missing)})"
+    if asked == "real":
+        raise SandboxError(line + "; use the emulator (--sandbox-exo emulator)")
+    return "emulator", line + ": using the EXO emulator"
+
+
 def default_root(slot: int) -> Path:
     """`/var/tmp/modeldrop-sandbox/slot{S}`: world-traversable, survives reboots of the shell."""
     return Path("/var/tmp/modeldrop-sandbox") / f"slot{slot}"
@@ -192,7 +212,8 @@ class Sandbox:
                  generation: str = "new", hub_port: int = DEFAULT_HUB_PORT, mode: str = "auto",
                  venv_dir: Path = DEFAULT_VENV, report_dir: Path | str | None = None,
                  model_params: dict[str, Any] | None = None,
-                 node_requirements: tuple[str, ...] = NODE_REQUIREMENTS):
+                 node_requirements: tuple[str, ...] = NODE_REQUIREMENTS, exo: str = "emulator",
+                 preinstall_card: bool = True):
         if not 0 <= slot <= 99:
             raise SandboxError(f"slot must be 0..99, got {slot}")
         if not 1 <= n_nodes <= 4:
@@ -210,6 +231,9 @@ class Sandbox:
         self._faults: dict[int, dict[str, Any]] = {}
         self._timing: dict[int, dict[str, Any]] = {}
         self.model_info: dict[str, Any] | None = None
+        self.exo_asked, self.preinstall_card = exo, preinstall_card
+        self.exo, self.exo_note = pick_exo(exo, generation)
+        self._real: Any = None  # the real-EXO Install once up() has it
 
     # -- naming ----------------------------------------------------------------------------------
     @property
@@ -311,12 +335,15 @@ class Sandbox:
         self._timing.clear()
         if self.note:
             log.warning("%s", self.note)
+        if self.exo_note:
+            log.warning("%s", self.exo_note)
         self._prepare_root()
         self._stop_extra_nodes()
         self.model_info = self._ensure_model()
         self._ensure_hub()
         bin_dir = self._python_bin()
         self._copy_emulator()
+        self._prepare_real_exo()
         if self.mode == "ssh":
             self._ensure_client_key()
         for n in self.nodes():
@@ -470,7 +497,7 @@ class Sandbox:
             hf.append(f': "${{HF_HOME:={q(str(n.home / ".cache/huggingface"))}}}"; export HF_HOME')
             exo_env["HOME"] = str(n.home)
         hf.append(f'exec {q(str(bin_dir / "hf"))} "$@"')
-        exo = exo_entry_point(bin_dir / "python", n.k, exo_env)
+        exo = self._real_entry_point(n) if self.exo == "real" else exo_entry_point(bin_dir / "python", n.k, exo_env)
         _write(n.hf_cmd, "\n".join(hf) + "\n", 0o755)
         _write(n.exo_cmd, exo, 0o755)
 
@@ -555,8 +582,8 @@ class Sandbox:
 
     def _write_env(self) -> None:
         n_list = [n.alias for n in self.nodes()]
-        lines = [f"# modeldrop sandbox, slot {self.slot}: {self.n_nodes} {self.mode} node(s), exo emulator "
-                 f"generation {self.generation}.",
+        lines = [f"# modeldrop sandbox, slot {self.slot}: {self.n_nodes} {self.mode} node(s), "
+                 f"{'real EXO' if self.exo == 'real' else 'exo emulator'} generation {self.generation}.",
                  f"# Written by `python -m sandbox up --slot {self.slot} --nodes {self.n_nodes}` on "
                  f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}.",
                  "# Use it with: pytest gates/ --env-file " + str(self.env_file)]
@@ -596,7 +623,8 @@ class Sandbox:
     def _save_state(self) -> None:
         state = {"slot": self.slot, "n_nodes": self.n_nodes, "mode": self.mode, "generation": self.generation,
                  "hub_port": self.hub_port, "venv_dir": str(self.venv_dir), "report_dir": str(self.report_dir),
-                 "model_params": self.model_params, "note": self.note,
+                 "model_params": self.model_params, "note": self.note, "exo": self.exo,
+                 "preinstall_card": self.preinstall_card,
                  "hub": {"pid": self.hub.pid, "host": self.hub_host, "port": self.hub_port},
                  "sshd": {str(n.k): {"pid": read_pid(self.root / f"node{n.k}" / "sshd.pid"),
                                      "config": str(self._sshd_config_path(n.k))}
@@ -613,7 +641,8 @@ class Sandbox:
             raise SandboxError(f"no sandbox at {root} (no sandbox.json); run `python -m sandbox up`") from None
         return cls(root, s["slot"], s["n_nodes"], generation=s["generation"], hub_port=s["hub_port"],
                    mode=s["mode"], venv_dir=Path(s["venv_dir"]), report_dir=s.get("report_dir"),
-                   model_params=s.get("model_params"))
+                   model_params=s.get("model_params"), exo=s.get("exo", "emulator"),
+                   preinstall_card=s.get("preinstall_card", True))
 
     # -- runtime controls --------------------------------------------------------------------------
     def set_exo_generation(self, generation: str) -> None:
@@ -686,10 +715,11 @@ class Sandbox:
     def _node_pids(self, k: int) -> list[int]:
         """Processes of node k: its user's (SSH mode) and any exo emulator of its config."""
         needle = f"EXO_EMULATOR_CONFIG={self.root / f'node{k}' / 'emulator.json'}"
+        real = f"MODELDROP_EXO_NODE_HOME={self.node_home(k)}"
         uid = self._owner(k)[0] if self.mode == "ssh" else None
         me = os.getpid()
-        return [pid for pid, _, puid in _processes()
-                if pid != me and not is_zombie(pid) and (puid == uid or _environ_has(pid, needle))]
+        return [pid for pid, _, puid in _processes() if pid != me and not is_zombie(pid)
+                and (puid == uid or _environ_has(pid, needle) or _environ_has(pid, real))]
 
     def stop_node_processes(self, k: int, timeout: float = 5.0) -> list[str]:
         """Stop every process of node k (see `_node_pids`), by pid; returns what was stopped."""
@@ -747,9 +777,46 @@ class Sandbox:
                           "home": str(n.home), "sshd_pid": pid, "alive": alive,
                           "hf_cmd": str(n.hf_cmd), "exo_cmd": str(n.exo_cmd), "model_dir": str(n.model_dir)})
         h = self.hub
-        return {"root": str(self.root), "slot": self.slot, "mode": self.mode, "note": self.note,
+        return {"root": str(self.root), "slot": self.slot, "mode": self.mode, "note": self.note, "exo": self.exo,
                 "generation": self.generation, "env_file": str(self.env_file),
                 "hub": {"url": h.url, "pid": h.pid, "alive": h.is_alive()}, "nodes": nodes}
+
+    # -- real EXO (sandbox/exo_real) ---------------------------------------------------------------------
+    def _prepare_real_exo(self) -> None:
+        """For `exo == "real"`: the cached install (built on first use, its time logged), the stand-ins
+        and node shim in <root>/lib/exo_real, and (preinstall_card) EXO's resources with the model's card.
+        A failed install removes every node's `exo`, so no node looks healthy, and raises SandboxError."""
+        if self.exo != "real":
+            self._real = None
+            return
+        from sandbox.exo_real import install as inst
+        from sandbox.exo_real.node import resources_with_card, stage_node_files
+        if inst.current(self.generation) is None:
+            log.info("building real EXO (%s) once for this machine; several minutes", self.generation)
+        try:
+            self._real = inst.ensure_install(self.generation)
+        except inst.InstallError as e:
+            for k in range(1, self.n_nodes + 1):
+                (self.node_home(k) / EXO_PATHS[k]).unlink(missing_ok=True)
+            raise SandboxError(str(e)) from None
+        if self._real.built_s is not None:
+            log.info("real EXO (%s) built in %.0fs (cached from now on)", self.generation, self._real.built_s)
+        stage_node_files(self.root / "lib" / "exo_real")
+        if self.preinstall_card:
+            resources_with_card(self._real, self.root / "exo-resources", f"{folder_name(self.model_id)}.toml",
+                                model_card_toml(self.model_info or {}))
+
+    def _real_entry_point(self, n: NodeInfo) -> str:
+        """node k's `exo` running real EXO (sandbox/exo_real/node.py), bound to the node's own address."""
+        from sandbox.exo_real.node import entry_point
+        env = {"TMPDIR": str(self.node_tmp(n.k)), "MODELDROP_EXO_NODE_ADDRESS": n.address,
+               "MODELDROP_EXO_PEER_ADDRESSES": ",".join(self.address(j) for j in range(1, self.n_nodes + 1)),
+               "MODELDROP_EXO_NODE_HOME": str(n.home)}
+        if self.mode == "local":
+            env["HOME"] = str(n.home)
+        if self.preinstall_card:  # switch: off once the suite's canary adds the card itself (POST /models/add)
+            env["EXO_RESOURCES_DIR"] = str(self.root / "exo-resources")
+        return entry_point(self._real, n.k, env, self.root / "lib" / "exo_real", n.emulator_config)
 
     # -- conveniences for tests -----------------------------------------------------------------------
     def ssh_argv(self, k: int, argv: list[str]) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     metavar="N", help="number of sandbox nodes (1-4, default 2)")
     group.addoption("--sandbox-generation", action="store", default=None, choices=("new", "old"),
                     dest="modeldrop_sandbox_generation", help="exo generation the sandbox emulates")
+    group.addoption("--sandbox-exo", action="store", default=None, choices=("real", "emulator"),
+                    dest="modeldrop_sandbox_exo",
+                    help="the sandbox nodes' EXO: real (EXO's own code; the default where it can be built) or emulator")
 
 
 def sandbox_slot() -> int:
@@ -55,8 +59,12 @@ def pytest_modeldrop_env_file(config: pytest.Config) -> Path | None:
     gen = config.getoption("modeldrop_sandbox_generation")
     if gen and "generation" in inspect.signature(Sandbox).parameters:
         kwargs["generation"] = gen
+    if "exo" in inspect.signature(Sandbox).parameters:
+        kwargs["exo"] = config.getoption("modeldrop_sandbox_exo") or "auto"
     try:
         box = Sandbox(**kwargs)
+        if getattr(box, "exo_note", ""):
+            print(f"--sandbox: {box.exo_note}", file=sys.stderr)
         box.up()
     except InputError:
         raise
@@ -71,7 +79,8 @@ def pytest_modeldrop_rerun_args(config: pytest.Config) -> list[str]:
         return []
     argv = ["--sandbox"]
     for dest, flag in (("modeldrop_sandbox_nodes", "--sandbox-nodes"),
-                       ("modeldrop_sandbox_generation", "--sandbox-generation")):
+                       ("modeldrop_sandbox_generation", "--sandbox-generation"),
+                       ("modeldrop_sandbox_exo", "--sandbox-exo")):
         if config.getoption(dest):
             argv += [flag, str(config.getoption(dest))]
     return argv

@@ -1,0 +1,125 @@
+"""Make one real EXO process keep to its sandbox node's own loopback address, without editing EXO.
+
+Several sandbox nodes (and several sandboxes) share one host, while real EXO binds 0.0.0.0 and
+uses one port on every node. `apply()` (called by the node's `exo` entry point, in EXO's process
+and again in each runner process, which re-imports the entry point) patches three library calls,
+all keyed on `MODELDROP_EXO_NODE_ADDRESS`:
+- hypercorn's `Config.bind`: `0.0.0.0:<port>` becomes `<node address>:<port>` (EXO's API bind);
+- psutil's `net_if_addrs()`: only the node's own address (EXO advertises these interfaces, and
+  its peers' reachability probes and ring placement use them);
+- MLX's `distributed.init`: the ring hostfile entry `0.0.0.0:<port>` (the rank's own listener)
+  becomes `<node address>:<port>`, so ranks on one host do not collide.
+Nothing else changes; without the variable `apply()` does nothing.
+`load_faults(path)` turns the node's fault switches (the `faults` object of a JSON file) into
+environment variables EXO's processes inherit: `namespace` (the transport stand-in discovers
+under that namespace instead: a mismatch) and `runner_sigkill_s` (every runner process SIGKILLs
+itself that many seconds after it starts, as an OOM kill would).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any
+
+ADDRESS_ENV = "MODELDROP_EXO_NODE_ADDRESS"
+
+
+def own(address: str, hostport: str) -> str:
+    """`0.0.0.0:<port>` -> `<address>:<port>`; anything else unchanged."""
+    return f"{address}:{hostport.split(':', 1)[1]}" if hostport.startswith("0.0.0.0:") else hostport
+
+
+def _patch_bind(address: str) -> None:
+    import hypercorn.config as hc
+
+    prop = hc.Config.bind
+    if getattr(prop.fset, "modeldrop", False):
+        return
+
+    def setter(self: Any, value: Any) -> None:
+        values = [value] if isinstance(value, str) else list(value)
+        prop.fset(self, [own(address, v) for v in values])
+
+    setter.modeldrop = True  # type: ignore[attr-defined]
+    hc.Config.bind = property(prop.fget, setter)
+
+
+def _patch_interfaces(address: str) -> None:
+    import psutil
+
+    original = psutil.net_if_addrs
+    if getattr(original, "modeldrop", False):
+        return
+
+    def net_if_addrs() -> dict[str, list[Any]]:
+        mine = {name: [a for a in addrs if a.family == socket.AF_INET and a.address == address]
+                for name, addrs in original().items()}
+        return {name: addrs for name, addrs in mine.items() if addrs}
+
+    net_if_addrs.modeldrop = True  # type: ignore[attr-defined]
+    psutil.net_if_addrs = net_if_addrs
+
+
+def _patch_ring_hostfile(address: str) -> None:
+    try:
+        import mlx.core as mx
+    except ImportError:
+        return
+    original = mx.distributed.init
+    if getattr(original, "modeldrop", False):
+        return
+
+    def init(*args: Any, **kwargs: Any) -> Any:
+        path = os.environ.get("MLX_HOSTFILE")
+        if path and os.path.isfile(path):
+            with open(path) as f:
+                hosts = json.load(f)
+            if isinstance(hosts, list) and all(isinstance(h, str) for h in hosts):
+                with open(path, "w") as f:
+                    json.dump([own(address, h) for h in hosts], f)
+        return original(*args, **kwargs)
+
+    init.modeldrop = True  # type: ignore[attr-defined]
+    mx.distributed.init = init
+
+
+def load_faults(path: str) -> None:
+    """Export the fault switches of `path` (see the module docstring); a missing file means none."""
+    try:
+        with open(path) as f:
+            faults = json.load(f).get("faults") or {}
+    except (OSError, ValueError):
+        faults = {}
+    for key, var in (("namespace", "MODELDROP_EXO_FAULT_NAMESPACE"), ("runner_sigkill_s", "MODELDROP_EXO_FAULT_RUNNER_KILL_S")):
+        if faults.get(key) is not None:
+            os.environ[var] = str(faults[key])
+        else:
+            os.environ.pop(var, None)
+
+
+def _runner_self_kill() -> None:
+    """In a runner process with the fault set: SIGKILL self after the delay."""
+    import signal
+    import threading
+
+    delay = os.environ.get("MODELDROP_EXO_FAULT_RUNNER_KILL_S")
+    if not delay:
+        return
+    timer = threading.Timer(float(delay), os.kill, (os.getpid(), signal.SIGKILL))
+    timer.daemon = True
+    timer.start()
+
+
+def apply(runner: bool = False) -> None:
+    """Install the three patches for `$MODELDROP_EXO_NODE_ADDRESS` (no-op when unset); `runner`: this is
+    a runner process (the entry point re-imported as `__mp_main__`), where a runner fault may act."""
+    address = os.environ.get(ADDRESS_ENV)
+    if not address:
+        return
+    _patch_bind(address)
+    _patch_interfaces(address)
+    _patch_ring_hostfile(address)
+    if runner:
+        _runner_self_kill()
