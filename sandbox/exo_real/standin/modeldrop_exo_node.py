@@ -5,7 +5,7 @@ uses one port on every node. `apply()` (called by the node's `exo` entry point, 
 and again in each runner process, which re-imports the entry point) patches three library calls,
 all keyed on `MODELDROP_EXO_NODE_ADDRESS`:
 - hypercorn's `Config.bind`: `0.0.0.0:<port>` becomes `<node address>:<port>` (EXO's API bind);
-- psutil's `net_if_addrs()`: only the node's own address (EXO advertises these interfaces, and
+- psutil's `net_if_addrs()`: the node's own address alone (EXO advertises these interfaces, and
   its peers' reachability probes and ring placement use them);
 - MLX's `distributed.init`: the ring hostfile entry `0.0.0.0:<port>` (the rank's own listener)
   becomes `<node address>:<port>`, so ranks on one host do not collide.
@@ -54,9 +54,12 @@ def _patch_interfaces(address: str) -> None:
         return
 
     def net_if_addrs() -> dict[str, list[Any]]:
-        mine = {name: [a for a in addrs if a.family == socket.AF_INET and a.address == address]
-                for name, addrs in original().items()}
-        return {name: addrs for name, addrs in mine.items() if addrs}
+        # loopback aliases (127.0.x.y) are routed, not listed: the node's interface is its address alone
+        addrs = [a for name_addrs in original().values() for a in name_addrs]
+        make = type(addrs[0]) if addrs else None
+        if make is None or not hasattr(make, "_fields"):
+            return {}
+        return {"lo": [make(socket.AF_INET, address, "255.0.0.0", None, None)]}
 
     net_if_addrs.modeldrop = True  # type: ignore[attr-defined]
     psutil.net_if_addrs = net_if_addrs

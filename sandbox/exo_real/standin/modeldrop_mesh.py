@@ -125,6 +125,7 @@ class Mesh:
         self.topics: set[str] = set()
         self.peers: dict[str, _Peer] = {}
         self.hello_seen: dict[str, float] = {}
+        self._dialing: set[str] = set()
         self._lock = threading.RLock()
         self._started = False
 
@@ -171,8 +172,9 @@ class Mesh:
             with self._lock:
                 self.hello_seen[ident] = time.monotonic()
                 known = ident in self.peers
-            if not known and self.identity < ident:
-                self._dial(ident, addr, int(hello["port"]))
+            if not known and self.identity < ident and ident not in self._dialing:
+                self._dialing.add(ident)
+                threading.Thread(target=self._dial, args=(ident, addr, int(hello["port"])), daemon=True).start()
 
     def _expire_silent_peers(self) -> None:
         now = time.monotonic()
@@ -183,10 +185,13 @@ class Mesh:
 
     # -- links ------------------------------------------------------------------------------------
     def _dial(self, ident: str, addr: str, port: int) -> None:
+        """Connect to a peer and serve the link (in its own thread, until the link closes)."""
         try:
             sock = socket.create_connection((addr, port), timeout=2.0, source_address=(self.address, 0))
         except OSError:
             return
+        finally:
+            self._dialing.discard(ident)
         sock.settimeout(None)
         self._handshake(sock)
 
