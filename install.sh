@@ -17,4 +17,9 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[sandbox,dev]'
+# Real EXO for the sandbox's nodes (sandbox/exo_real), built once per machine and cached; where the EXO
+# snapshot or a Python 3.13 is missing it says so in one line and the sandbox uses the EXO emulator.
+if [ "$(id -u)" = 0 ]; then
+  .venv/bin/python -m sandbox.exo_real build || echo "install.sh: real EXO not built (see above): the sandbox uses the EXO emulator" >&2
+fi
 echo "installed: $(.venv/bin/python -c 'import modeldrop; print("modeldrop", modeldrop.__version__)') in $(pwd)/.venv"

@@ -19,8 +19,11 @@ import pytest
 from sandbox.exo_real import install as inst
 from sandbox.exo_real.node import STANDIN, entry_point
 
-SLOT = int(os.environ.get("MODELDROP_SBXTEST_SLOT", "95")) + 1
+# The sandbox-test slot's addresses, on ports no sandbox node uses; one port pair per xdist worker.
+SLOT = int(os.environ.get("MODELDROP_SBXTEST_SLOT", "90"))
 NET = f"127.0.{10 + SLOT}"
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+PORT = 52480 + 10 * int(WORKER[2:] or 0)
 MESH_PROG = textwrap.dedent("""
     import asyncio, json, os, sys
     sys.path.insert(0, sys.argv[1])
@@ -58,7 +61,7 @@ def mesh_node(ident: str, k: int, ns: str, subscribe: bool, seconds: float, peer
     env = {**os.environ, "MODELDROP_EXO_NODE_ADDRESS": f"{NET}.{10 + k}",
            "MODELDROP_EXO_PEER_ADDRESSES": ",".join(f"{NET}.{10 + j}" for j in range(1, peers + 1))}
     return subprocess.Popen([sys.executable, "-c", MESH_PROG, str(STANDIN), ident, ns, "1" if subscribe else "0",
-                             str(52414), str(seconds)], env=env, stdout=subprocess.PIPE, text=True)
+                             str(PORT), str(seconds)], env=env, stdout=subprocess.PIPE, text=True)
 
 
 def events(p: subprocess.Popen) -> list:

@@ -130,6 +130,14 @@ def _paths(generation: str) -> tuple[Path, Path, Path]:
     return root, root / "venv", root / "exo"
 
 
+def build_seconds(generation: str) -> float | None:
+    """How long the cached install took to build (from its marker), or None."""
+    try:
+        return json.loads((_paths(generation)[0] / MARKER).read_text()).get("build_s")
+    except (OSError, ValueError):
+        return None
+
+
 def current(generation: str) -> Install | None:
     """The install when its marker matches today's inputs and its parts are there, else None."""
     root, venv, src = _paths(generation)
@@ -159,7 +167,7 @@ def ensure_install(generation: str, force: bool = False, timeout: float = 1800.0
         if not force and (inst := current(generation)):
             return inst
         t0 = time.monotonic()
-        _build(generation, timeout)
+        _build(generation, timeout, t0)
         built = time.monotonic() - t0
     inst = current(generation)
     if inst is None:
@@ -167,7 +175,7 @@ def ensure_install(generation: str, force: bool = False, timeout: float = 1800.0
     return Install(inst.generation, inst.root, inst.python, inst.source, inst.lib_dir, built)
 
 
-def _build(generation: str, timeout: float) -> None:
+def _build(generation: str, timeout: float, t0: float) -> None:
     """Every step from scratch; the marker is written last."""
     r = recipe(generation)
     python = find_python313()
@@ -192,7 +200,8 @@ def _build(generation: str, timeout: float) -> None:
             if not p.is_symlink():
                 p.chmod(p.stat().st_mode | (0o005 if p.is_dir() else 0o004))
     (root / MARKER).write_text(json.dumps({"hash": input_hash(generation, python), "python": str(python),
-                                           "requirements": list(r.requirements)}) + "\n")
+                                           "requirements": list(r.requirements),
+                                           "build_s": round(time.monotonic() - t0, 1)}) + "\n")
 
 
 def _copy_python(python: Path) -> Path:

@@ -8,7 +8,9 @@ all keyed on `MODELDROP_EXO_NODE_ADDRESS`:
 - psutil's `net_if_addrs()`: the node's own address alone (EXO advertises these interfaces, and
   its peers' reachability probes and ring placement use them);
 - MLX's `distributed.init`: the ring hostfile entry `0.0.0.0:<port>` (the rank's own listener)
-  becomes `<node address>:<port>`, so ranks on one host do not collide.
+  becomes `<node address>:<port>`, so ranks on one host do not collide; and a 1 s pause before the
+  init, which blocks holding the GIL, so the runner's RunnerConnecting status leaves first (without
+  it two CPU ranks deadlock: each waits for the other's status).
 Nothing else changes; without the variable `apply()` does nothing.
 `load_faults(path)` turns the node's fault switches (the `faults` object of a JSON file) into
 environment variables EXO's processes inherit: `namespace` (the transport stand-in discovers
@@ -21,9 +23,11 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from typing import Any
 
 ADDRESS_ENV = "MODELDROP_EXO_NODE_ADDRESS"
+PRE_INIT_PAUSE_S = 1.0
 
 
 def own(address: str, hostport: str) -> str:
@@ -82,6 +86,9 @@ def _patch_ring_hostfile(address: str) -> None:
             if isinstance(hosts, list) and all(isinstance(h, str) for h in hosts):
                 with open(path, "w") as f:
                     json.dump([own(address, h) for h in hosts], f)
+        # MLX's ring init blocks holding the GIL; the runner's RunnerConnecting status (sent just before, by a
+        # multiprocessing feeder thread) would never leave, and the other rank waits for it. Let it go first.
+        time.sleep(PRE_INIT_PAUSE_S)
         return original(*args, **kwargs)
 
     init.modeldrop = True  # type: ignore[attr-defined]
