@@ -8,8 +8,8 @@ loop and uses it in another, so no asyncio object is made before then):
   `MODELDROP_EXO_PEER_ADDRESSES` on the same discovery port; hellos of another namespace are
   dropped, so a namespace mismatch isolates the node. The lower identity dials.
 - links: TCP, length-prefixed frames; a peer silent for `PEER_TIMEOUT_S` or whose link closes is
-  gone. `events()` yields ("conn", peer, bool) per peer that comes or goes (plus one
-  ("conn", "", True) at start) and ("msg", origin, topic, data) per message received.
+  gone. `next_event()` gives ("conn", peer, bool) per peer that comes or goes (plus one
+  ("conn", "", True) at start when `start_event`) and ("msg", origin, topic, data) per message.
 - pub/sub: a message goes to the other nodes subscribed to its topic, never back to its sender;
   a topic no peer subscribes to is dropped silently.
 - fault switch: `MODELDROP_EXO_FAULT_NAMESPACE` replaces the namespace EXO passed (mismatch injection).
@@ -114,7 +114,8 @@ def _read_frame(sock: socket.socket) -> tuple[bytes, bytes] | None:
 class Mesh:
     """See the module docstring."""
 
-    def __init__(self, identity: str, namespace: str, listen_port: int, discovery_port: int) -> None:
+    def __init__(self, identity: str, namespace: str, listen_port: int, discovery_port: int,
+                 start_event: bool = True) -> None:
         self.identity = identity
         # fault switch of the sandbox (a namespace mismatch): EXO logs and passes its own namespace
         self.namespace = os.environ.get("MODELDROP_EXO_FAULT_NAMESPACE") or namespace
@@ -126,6 +127,7 @@ class Mesh:
         self.peers: dict[str, _Peer] = {}
         self.hello_seen: dict[str, float] = {}
         self._dialing: set[str] = set()
+        self._start_event = start_event
         self._lock = threading.RLock()
         self._started = False
 
@@ -142,7 +144,8 @@ class Mesh:
         self._udp.bind((self.address, self.discovery_port))
         for target in (self._accept_loop, self._hello_loop, self._discovery_loop):
             threading.Thread(target=target, daemon=True, name=f"mesh-{target.__name__}").start()
-        self.inbox.put(("conn", "", True))
+        if self._start_event:
+            self.inbox.put(("conn", "", True))
 
     # -- discovery --------------------------------------------------------------------------------
     def _hello(self) -> bytes:
@@ -271,16 +274,20 @@ class Mesh:
             p.send(b"U", topic.encode())
         return True
 
-    def publish(self, topic: str, data: bytes) -> None:
-        """To every other node subscribed to `topic`; nobody subscribed: dropped silently."""
+    def publish(self, topic: str, data: bytes) -> int:
+        """To every other node subscribed to `topic` (nobody subscribed: dropped); returns how many got it."""
         self.start()
         t = topic.encode()
         payload = struct.pack("!H", len(t)) + t + bytes(data)
         with self._lock:
             peers = [p for p in self.peers.values() if topic in p.topics]
+        sent = 0
         for p in peers:
-            if not p.send(b"M", payload):
+            if p.send(b"M", payload):
+                sent += 1
+            else:
                 self._drop(p)
+        return sent
 
     async def next_event(self) -> tuple[Any, ...]:
         self.start()
