@@ -169,3 +169,29 @@ def test_failed_pip_step_leaves_no_marker_and_the_sandbox_no_exo(monkeypatch, tm
     msg = str(e.value)
     assert "\n" not in msg and "pinned requirements" in msg and "--force" in msg, msg
     assert inst.current("new") is None and not (base / "exo-real-new" / inst.MARKER).exists()
+
+
+def test_a_failed_real_exo_install_leaves_no_node_exo(monkeypatch):
+    """A sandbox whose nodes had an exo, brought up again on a real-EXO install that fails: SandboxError in one
+    line naming the failure and the rebuild command, and no node keeps an `exo` that would look healthy."""
+    from sandbox.cluster import Sandbox, SandboxError
+    slot = int(os.environ.get("MODELDROP_SBXTEST_SLOT", "90")) + 3
+    root = Path(os.environ.get("MODELDROP_SELFTEST_SANDBOX", "/var/tmp/modeldrop-selftest")) / f"broken-real-{slot}"
+    box = Sandbox(root, slot, 1, mode="local", exo="emulator")
+    box.up()
+    try:
+        assert box.node(1).exo_cmd.exists()
+
+        def broken(generation: str, force: bool = False, timeout: float = 0) -> None:
+            raise inst.InstallError("real EXO build could not install the pinned requirements (exit 1): "
+                                    f"no such package; {inst.REBUILD_HINT}")
+
+        monkeypatch.setattr(inst, "missing_inputs", lambda generation: [])
+        monkeypatch.setattr(inst, "ensure_install", broken)
+        again = Sandbox(root, slot, 1, mode="local", exo="real")
+        with pytest.raises(SandboxError) as e:
+            again.up()
+        assert "\n" not in str(e.value) and "--force" in str(e.value)
+        assert not again.node(1).exo_cmd.exists()
+    finally:
+        box.destroy()
