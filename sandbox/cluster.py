@@ -790,7 +790,7 @@ class Sandbox:
             self._real = None
             return
         from sandbox.exo_real import install as inst
-        from sandbox.exo_real.node import resources_with_card, stage_node_files
+        from sandbox.exo_real.node import card_for_generation, resources_with_card, stage_node_files
         if inst.current(self.generation) is None:
             log.info("building real EXO (%s) once for this machine; several minutes", self.generation)
         try:
@@ -804,7 +804,7 @@ class Sandbox:
         stage_node_files(self.root / "lib" / "exo_real")
         if self.preinstall_card:
             resources_with_card(self._real, self.root / "exo-resources", f"{folder_name(self.model_id)}.toml",
-                                model_card_toml(self.model_info or {}))
+                                card_for_generation(model_card_toml(self.model_info or {}), self.generation))
 
     def _real_entry_point(self, n: NodeInfo) -> str:
         """node k's `exo` running real EXO (sandbox/exo_real/node.py), bound to the node's own address."""

@@ -4,6 +4,7 @@ sandbox with one line (missing snapshot, no Python 3.13, a failed pip step), inj
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import os
@@ -88,7 +89,8 @@ def test_mesh_namespace_mismatch_isolates():
 
 def test_mesh_reports_a_peer_that_goes_away():
     a, b = mesh_node("a", 1, "ns", True, 6.0), mesh_node("b", 2, "ns", True, 2.0)
-    eb, ea = events(b), events(a)
+    events(b)
+    ea = events(a)
     conns = [e[1] for e in ea if e[0] == "conn"]
     assert conns[:2] == [True, True] and conns[-1] is False, ea
 
@@ -195,3 +197,22 @@ def test_a_failed_real_exo_install_leaves_no_node_exo(monkeypatch):
         assert not again.node(1).exo_cmd.exists()
     finally:
         box.destroy()
+
+
+def test_old_generation_stand_in_raises_when_no_peer_subscribes(monkeypatch):
+    """v1.0.71's gossipsub raises NoPeersSubscribedToTopicError (its router catches it); ids look like peer ids."""
+    monkeypatch.setenv("MODELDROP_EXO_NODE_ADDRESS", f"{NET}.13")
+    monkeypatch.setenv("MODELDROP_EXO_PEER_ADDRESSES", "")
+    monkeypatch.syspath_prepend(str(STANDIN))
+    import exo_pyo3_bindings as b
+    key = b.Keypair.generate()
+    assert key.to_node_id().startswith("12D3KooW") and b.Keypair.from_bytes(key.to_bytes()).to_node_id() == key.to_node_id()
+    handle = b.NetworkingHandle(key, [], PORT + 5)
+    handle._mesh.discovery_port = PORT + 6  # not mDNS's 5353 in a test
+
+    async def publish() -> None:
+        await handle.gossipsub_subscribe("t")
+        await handle.gossipsub_publish("t", b"x")
+
+    with pytest.raises(b.NoPeersSubscribedToTopicError):
+        asyncio.run(publish())

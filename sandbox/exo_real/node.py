@@ -64,12 +64,20 @@ def stage_node_files(lib_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def card_for_generation(card_text: str, generation: str) -> str:
+    """The card as `generation`'s EXO accepts it: v1.0.71's ModelCard forbids fields it does not know
+    (`backends` came later), and an invalid card is skipped silently."""
+    if generation != "old":
+        return card_text
+    return "".join(line for line in card_text.splitlines(keepends=True) if not line.startswith("backends ="))
+
+
 def resources_with_card(install: Install, dest: Path, card_name: str, card_text: str) -> Path:
     """`dest`: EXO's resources/ plus `inference_model_cards/<card_name>` (rebuilt each call)."""
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(install.source / "resources", dest)
     (dest / "inference_model_cards" / card_name).write_text(card_text)
-    for dirpath, dirs, files in os.walk(dest):
+    for dirpath, _dirs, files in os.walk(dest):
         os.chmod(dirpath, 0o755)
         for f in files:
             os.chmod(os.path.join(dirpath, f), 0o644)

@@ -48,11 +48,11 @@ class Keypair:
         self._secret = bytes(secret)
 
     @staticmethod
-    def generate() -> "Keypair":
+    def generate() -> Keypair:
         return Keypair(os.urandom(32))
 
     @staticmethod
-    def from_bytes(bytes: bytes) -> "Keypair":  # noqa: A002 - the extension's name
+    def from_bytes(bytes: bytes) -> Keypair:  # noqa: A002 - the extension's name
         if len(bytes) < 32:
             raise ValueError("invalid keypair bytes")
         return Keypair(bytes[-32:])

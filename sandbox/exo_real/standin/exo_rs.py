@@ -65,7 +65,7 @@ class NetworkingHandle:
         self._mesh = mesh
 
     @staticmethod
-    def new(identity: str, namespace: str, listen_port: int, discovery_service_port: int) -> "NetworkingHandle":
+    def new(identity: str, namespace: str, listen_port: int, discovery_service_port: int) -> NetworkingHandle:
         return NetworkingHandle(Mesh(identity, namespace, listen_port, discovery_service_port))
 
     async def recv(self) -> FromSwarm:
@@ -97,7 +97,7 @@ class PidfileError(Exception):
 class Pidfile:
     """A PID file held with flock; deleted on close (like libbsd's pidfile)."""
 
-    def __init__(self, path: "str | os.PathLike[str]", mode: int) -> None:
+    def __init__(self, path: str | os.PathLike[str], mode: int) -> None:
         self._path = os.fspath(path)
         os.makedirs(os.path.dirname(self._path) or ".", exist_ok=True)
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT, mode)
