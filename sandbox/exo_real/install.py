@@ -58,8 +58,9 @@ def _new_requirements() -> tuple[str, ...]:
     return ("mlx==0.32.0", "mlx-cpu==0.32.0", *[x for x in lines if x and not x.startswith("#")])
 
 
-# v1.0.71 on Linux: its uv.lock pins, PyPI only (mlx 0.31.1 + mlx-cpu 0.31.1 + mlx-lm 0.31.3 from its `cpu` extra).
-OLD_REQUIREMENTS = ("mlx==0.31.1", "mlx-cpu==0.31.1", "mlx-lm==0.31.3", "aiofiles==25.1.0", "aiohttp==3.13.3",
+# v1.0.71: its uv.lock pins, PyPI only. Its Linux `cpu` extra pins mlx 0.31.1, but the mlx-lm 0.31.3 it pins
+# calls `mx.new_thread_local_stream`, which 0.31.1 lacks (every runner fails); 0.31.2, its macOS pin, has it.
+OLD_REQUIREMENTS = ("mlx==0.31.2", "mlx-cpu==0.31.2", "mlx-lm==0.31.3", "aiofiles==25.1.0", "aiohttp==3.13.3",
                     "types-aiofiles==25.1.0.20251011", "pydantic==2.12.5", "fastapi==0.128.0", "filelock==3.20.3",
                     "rustworkx==0.17.1", "huggingface-hub==1.8.0", "psutil==7.2.1", "loguru==0.7.3", "anyio==4.11.0",
                     "tiktoken==0.12.0", "hypercorn==0.18.0", "openai-harmony==0.0.8", "httpx==0.28.1",
