@@ -646,7 +646,8 @@ class Sandbox:
 
     # -- runtime controls --------------------------------------------------------------------------
     def set_exo_generation(self, generation: str) -> None:
-        """Switch every node's emulator to `new` or `old` (takes effect at the emulator's next start)."""
+        """Switch every node's emulator to `new` or `old` (takes effect at the emulator's next start; with real
+        EXO the nodes' `exo` switches install at the next up())."""
         if generation not in GENERATIONS:
             raise SandboxError(f"generation must be one of {sorted(GENERATIONS)}, got {generation!r}")
         self.generation = generation
