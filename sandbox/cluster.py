@@ -793,7 +793,7 @@ class Sandbox:
         from sandbox.exo_real import install as inst
         from sandbox.exo_real.node import card_for_generation, resources_with_card, stage_node_files
         if inst.current(self.generation) is None:
-            log.info("building real EXO (%s) once for this machine; several minutes", self.generation)
+            log.warning("building real EXO (%s) once for this machine; several minutes", self.generation)
         try:
             self._real = inst.ensure_install(self.generation)
         except inst.InstallError as e:
@@ -801,7 +801,7 @@ class Sandbox:
                 (self.node_home(k) / EXO_PATHS[k]).unlink(missing_ok=True)
             raise SandboxError(str(e)) from None
         if self._real.built_s is not None:
-            log.info("real EXO (%s) built in %.0fs (cached from now on)", self.generation, self._real.built_s)
+            log.warning("real EXO (%s) built in %.0fs (cached from now on)", self.generation, self._real.built_s)
         stage_node_files(self.root / "lib" / "exo_real")
         if self.preinstall_card:
             resources_with_card(self._real, self.root / "exo-resources", f"{folder_name(self.model_id)}.toml",
