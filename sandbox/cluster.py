@@ -213,7 +213,7 @@ class Sandbox:
                  venv_dir: Path = DEFAULT_VENV, report_dir: Path | str | None = None,
                  model_params: dict[str, Any] | None = None,
                  node_requirements: tuple[str, ...] = NODE_REQUIREMENTS, exo: str = "emulator",
-                 preinstall_card: bool = True):
+                 preinstall_card: bool = False):
         if not 0 <= slot <= 99:
             raise SandboxError(f"slot must be 0..99, got {slot}")
         if not 1 <= n_nodes <= 4:
@@ -642,7 +642,7 @@ class Sandbox:
         return cls(root, s["slot"], s["n_nodes"], generation=s["generation"], hub_port=s["hub_port"],
                    mode=s["mode"], venv_dir=Path(s["venv_dir"]), report_dir=s.get("report_dir"),
                    model_params=s.get("model_params"), exo=s.get("exo", "emulator"),
-                   preinstall_card=s.get("preinstall_card", True))
+                   preinstall_card=s.get("preinstall_card", False))
 
     # -- runtime controls --------------------------------------------------------------------------
     def set_exo_generation(self, generation: str) -> None:
@@ -792,6 +792,7 @@ class Sandbox:
             return
         from sandbox.exo_real import install as inst
         from sandbox.exo_real.node import card_for_generation, resources_with_card, stage_node_files
+        from sandbox.model import model_card_toml
         if inst.current(self.generation) is None:
             log.warning("building real EXO (%s) once for this machine; several minutes", self.generation)
         try:
@@ -815,7 +816,7 @@ class Sandbox:
                "MODELDROP_EXO_NODE_HOME": str(n.home)}
         if self.mode == "local":
             env["HOME"] = str(n.home)
-        if self.preinstall_card:  # switch: off once the suite's canary adds the card itself (POST /models/add)
+        if self.preinstall_card:  # off by default: the canary adds the card itself (POST /models/add)
             env["EXO_RESOURCES_DIR"] = str(self.root / "exo-resources")
         return entry_point(self._real, n.k, env, self.root / "lib" / "exo_real", n.emulator_config)
 
