@@ -722,6 +722,10 @@ class Sandbox:
         return [pid for pid, _, puid in _processes() if pid != me and not is_zombie(pid)
                 and (puid == uid or _environ_has(pid, needle) or _environ_has(pid, real))]
 
+    def node_pids(self, k: int) -> list[int]:
+        """Live processes of node k: its user's (SSH mode) and any exo emulator of its config."""
+        return self._node_pids(k)
+
     def stop_node_processes(self, k: int, timeout: float = 5.0) -> list[str]:
         """Stop every process of node k (see `_node_pids`), by pid; returns what was stopped."""
         stopped = []

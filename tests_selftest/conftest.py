@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["pytester"]
+pytest_plugins = ["pytester", "tests_selftest.fault_plugin"]
 
 SANDBOX_BASE = Path(os.environ.get("MODELDROP_SELFTEST_SANDBOX", "/var/tmp/modeldrop-selftest"))
 

@@ -11,10 +11,15 @@ import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# Called before each whole run (with the run's arguments) and after it (with its RunResult): the fault-matrix
+# harness (tests_selftest/conftest.py) measures what the run left on the nodes before the test cleans up.
+BEFORE_RUN: list[Callable[[list[str]], None]] = []
+AFTER_RUN: list[Callable[[RunResult], None]] = []
 
 
 def gate_id(testcase_name: str) -> str:
@@ -33,6 +38,7 @@ class RunResult:
     output: str
     report_dir: Path
     outcomes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
 
     def outcome(self, gate: str) -> str:
         """passed / failed / skipped / error, or 'not run' when the gate has no result."""
@@ -72,8 +78,13 @@ def run_suite(paths: list[str], env_file: Path, report_dir: Path, *args: str, ti
     cmd = [sys.executable, "-m", "pytest", *paths, "--env-file", str(env_file), "--report-dir", str(report_dir),
            f"--junitxml={junit}", "-p", "no:cacheprovider", "-q", "-rA", *args]
     env = {**os.environ, **(extra_env or {})}
+    for before in BEFORE_RUN:
+        before(list(args))
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
-    return RunResult(proc.returncode, proc.stdout + proc.stderr, report_dir, parse_junit(junit))
+    result = RunResult(proc.returncode, proc.stdout + proc.stderr, report_dir, parse_junit(junit), list(args))
+    for after in AFTER_RUN:
+        after(result)
+    return result
 
 
 def later_gates_not_run(run: RunResult, gate: str, order: list[str]) -> list[str]:

@@ -192,28 +192,40 @@ def check_green(r: RunResult, generation: str) -> list[dict]:
 # The sandbox's timing knob shortens MLX's ring retry schedule (1, 2, 4, 8, 16 s) where the case is about the
 # errno line, not the wait; a shorter --ready-timeout shortens the stall budget. The gates are unchanged.
 FAST_RING = {"ring_retry_s": [0.2, 0.4, 0.8, 1.6, 3.2]}
+WINDOW_OF = {"startup": "--settle-window", "cluster": "--cluster-window", "placement": "--ready-timeout"}
+
+
+def fault_case(name: str, k: int, faults: dict, gate: str, sig: str, timing: dict, extra: tuple):
+    """One row of the fault matrix: the emulator fault `faults` on node k, caught at `gate` with `sig`."""
+    since = "node1_canary" if gate == "node1_canary" else "startup"  # exo's first start in the run
+    mark = pytest.mark.fault(name.replace("_", "-"), gate=gate, signature=sig, since=since,
+                             window=WINDOW_OF.get(gate))
+    return pytest.param(name, k, faults, gate, sig, timing, extra, id=name, marks=mark)
+
+
 FAULTS = [
-    ("isolated", 2, {"isolated": True}, "cluster", "A1", {}, ()),
-    ("namespace", 2, {"namespace": "someone-else"}, "cluster", "A1", {}, ()),
-    ("crash_at_start", 2, {"crash_at_start": True}, "startup", "X-EXIT", {}, ()),
-    ("crash_loop", 2, {"crash_loop": 1.0}, "startup", "X-RESTART", {}, ()),
-    ("runner_never_ready", 2, {"runner_never_ready": "loading"}, "placement", "F2", {}, ("--ready-timeout", "30")),
-    ("ring_connect_error_61", 2, {"ring_connect_error": 61}, "placement", "G2", FAST_RING, ()),
+    fault_case("isolated", 2, {"isolated": True}, "cluster", "A1", {}, ()),
+    fault_case("namespace", 2, {"namespace": "someone-else"}, "cluster", "A1", {}, ()),
+    fault_case("crash_at_start", 2, {"crash_at_start": True}, "startup", "X-EXIT", {}, ()),
+    fault_case("crash_loop", 2, {"crash_loop": 1.0}, "startup", "X-RESTART", {}, ()),
+    fault_case("runner_never_ready", 2, {"runner_never_ready": "loading"}, "placement", "F2", {},
+               ("--ready-timeout", "30")),
+    fault_case("ring_connect_error_61", 2, {"ring_connect_error": 61}, "placement", "G2", FAST_RING, ()),
     # ETIMEDOUT: each of MLX's 5 connect attempts waits for the kernel's connect timeout, so the errno line comes
     # after the stall budget; what is observable by then is runners stuck Connecting (F1).
-    ("ring_connect_error_60", 2, {"ring_connect_error": 60}, "placement", "F1", {}, ("--ready-timeout", "30")),
-    ("ring_connect_error_65", 2, {"ring_connect_error": 65}, "placement", "G2", FAST_RING, ()),
+    fault_case("ring_connect_error_60", 2, {"ring_connect_error": 60}, "placement", "F1", {}, ("--ready-timeout", "30")),
+    fault_case("ring_connect_error_65", 2, {"ring_connect_error": 65}, "placement", "G2", FAST_RING, ()),
     # EXO cannot build a card for the model (POST /models/add answers 400): its own diagnosis, not dir drift (D6)
-    ("card_add_fails", 1, {"card_add_fails": True}, "node1_canary", "X-NO-CARD", {}, ()),
+    fault_case("card_add_fails", 1, {"card_add_fails": True}, "node1_canary", "X-NO-CARD", {}, ()),
     # a runner killed from outside (the OOM killer) while loading on node 2: its own signature, the node named
-    ("runner_killed_signal", 2, {"runner_killed_signal": 9}, "placement", "X-RUNNER-SIGNAL", {}, ()),
-    ("chat_truncated_body", 1, {"chat_truncated_body": True}, "chat", "H2", {}, ()),
-    ("stream_error_chunk", 1, {"stream_error_chunk": True}, "chat", "H2", {}, ()),
-    ("stall_mid_stream", 1, {"stall_mid_stream": 2}, "chat", "H3", {}, ()),
+    fault_case("runner_killed_signal", 2, {"runner_killed_signal": 9}, "placement", "X-RUNNER-SIGNAL", {}, ()),
+    fault_case("chat_truncated_body", 1, {"chat_truncated_body": True}, "chat", "H2", {}, ()),
+    fault_case("killed_mid_chat", 1, {"stream_error_chunk": True}, "chat", "H2", {}, ()),
+    fault_case("stall_mid_stream", 1, {"stall_mid_stream": 2}, "chat", "H3", {}, ()),
 ]
 
 
-@pytest.mark.parametrize("name,k,faults,gate,sig,timing,extra", FAULTS, ids=[f[0] for f in FAULTS])
+@pytest.mark.parametrize("name,k,faults,gate,sig,timing,extra", FAULTS)
 def test_fault_caught_at_its_gate(box, tmp_path, name, k, faults, gate, sig, timing, extra):
     box.set_exo_faults(k, faults)
     if timing:
@@ -234,6 +246,7 @@ def test_fault_caught_at_its_gate(box, tmp_path, name, k, faults, gate, sig, tim
         stop_leftovers(launch_records(r))
 
 
+@pytest.mark.fault("api-port-taken", gate="preflight", signature="API port 52415")
 def test_foreign_listener_on_api_port_fails_preflight_and_is_not_killed(box, tmp_path):
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -79,6 +79,7 @@ def assert_caught(result, gate: str, *needles: str) -> None:
     assert result.rc == 1
 
 
+@pytest.mark.fault("hf-missing-node2", gate="preflight", signature="not found")
 def test_hf_missing_on_node2_fails_preflight(clean):
     sbx, reports = clean
     hf = node_dir(sbx, 2, "HF_CMD_NODE")
@@ -93,6 +94,7 @@ def test_hf_missing_on_node2_fails_preflight(clean):
     assert "blocked by preflight (failed)" in result.message("node1_download")
 
 
+@pytest.mark.fault("disk-below-margin", gate="preflight", signature="below the threshold")
 def test_disk_below_threshold_fails_preflight(clean):
     sbx, reports = clean
     profile = Path(env_values(sbx)["PROFILE_PATH"])
@@ -106,6 +108,7 @@ def test_disk_below_threshold_fails_preflight(clean):
     assert_caught(result, "preflight", "disk free", "below the threshold")
 
 
+@pytest.mark.fault("stale-incomplete", gate="node1_verify", signature=".incomplete")
 def test_stale_incomplete_beside_complete_download_fails_node1_verify(clean):
     sbx, reports = clean
     sbx.populate_model(1)
@@ -116,6 +119,7 @@ def test_stale_incomplete_beside_complete_download_fails_node1_verify(clean):
     assert_caught(result, "node1_verify", ".incomplete")
 
 
+@pytest.mark.fault("shard-truncated", gate="node1_verify", signature="truncated")
 def test_shard_truncated_under_its_own_name_fails_node1_verify(clean):
     sbx, reports = clean
     sbx.populate_model(1)
@@ -125,6 +129,7 @@ def test_shard_truncated_under_its_own_name_fails_node1_verify(clean):
     assert_caught(result, "node1_verify", "truncated", shard.name)
 
 
+@pytest.mark.fault("index-names-missing-shard", gate="node1_verify", signature="model-00009-of-00009.safetensors")
 def test_index_naming_a_missing_shard_fails_node1_verify(clean):
     sbx, reports = clean
     sbx.populate_model(1)
@@ -137,6 +142,7 @@ def test_index_naming_a_missing_shard_fails_node1_verify(clean):
     assert_caught(result, "node1_verify", "model-00009-of-00009.safetensors")
 
 
+@pytest.mark.fault("part-file-in-subfolder-node2", gate="node2_verify", signature="sub/extra.bin.part")
 def test_part_file_in_a_subfolder_on_node2_fails_node2_verify(clean):
     sbx, reports = clean
     sbx.populate_model(2)
@@ -146,6 +152,7 @@ def test_part_file_in_a_subfolder_on_node2_fails_node2_verify(clean):
     assert_caught(result, "node2_verify", "sub/extra.bin.part")
 
 
+@pytest.mark.fault("model-in-another-dir-node2", gate="node2_verify", signature="Models")
 def test_node2_model_in_another_dir_fails_node2_verify(clean):
     sbx, reports = clean
     sbx.populate_model(1)
@@ -159,7 +166,9 @@ def test_node2_model_in_another_dir_fails_node2_verify(clean):
     assert result.outcome("parity") == "skipped"
 
 
-@pytest.mark.parametrize("node_with_extra", [1, 2])
+@pytest.mark.parametrize("node_with_extra", [
+    pytest.param(k, marks=pytest.mark.fault(f"extra-file-node{k}", gate="parity", signature="notes.txt"))
+    for k in (1, 2)])
 def test_one_extra_or_missing_file_fails_parity(clean, node_with_extra):
     sbx, reports = clean
     for k in (1, 2):
@@ -180,6 +189,7 @@ def test_files_differing_only_under_cache_pass_parity(clean):
     assert result.outcome("parity") == "passed", (result.outcomes, result.output[-3000:])
 
 
+@pytest.mark.fault("hub-429", gate="node1_download", signature="429")
 def test_hub_429_fails_node1_download_with_the_hubs_reason(clean):
     sbx, reports = clean
     model_dir = node_dir(sbx, 1)
@@ -202,6 +212,7 @@ def test_green_file_gates_leave_manifests_in_the_run_folder(clean):
     shutil.rmtree(reports, ignore_errors=True)
 
 
+@pytest.mark.fault("corrupt-shard-same-size", gate="node1_verify", signature="sha256")
 def test_verify_hashes_catches_a_corrupt_shard_that_kept_its_size(clean):
     sbx, reports = clean
     sbx.populate_model(1)
