@@ -65,9 +65,9 @@ def clean(sandbox, tmp_path):
     sandbox.hub.set_faults({})
 
 
-def run(sbx, reports: Path, *args: str):
-    """One whole run of the gates against this sandbox."""
-    return run_suite(["gates/"], Path(sbx.env_file), reports, *FAST, *args)
+def run(sbx, reports: Path, *args: str, **kw):
+    """One whole run of the gates against this sandbox (kw: run_suite's extra_env, timeout)."""
+    return run_suite(["gates/"], Path(sbx.env_file), reports, *FAST, *args, **kw)
 
 
 def assert_caught(result, gate: str, *needles: str) -> None:
