@@ -15,9 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from tests_selftest.test_runs_files import assert_caught, clean, env_values, node_dir, run  # noqa: F401
+from tests_selftest import test_runs_files
+from tests_selftest.test_runs_files import assert_caught, node_dir, run
 
 pytestmark = [pytest.mark.sandbox_run, pytest.mark.timeout(600)]
+
+
+clean = test_runs_files.clean  # (sandbox, report dir): both nodes' files wiped, hub faults off
+
+
+@pytest.fixture
+def files_box(clean):
+    """The file-gate sandbox, clean (test_runs_files.clean)."""
+    return clean
 
 
 def node2_target(sbx, user: str | None = None, port: int | None = None) -> str:
@@ -38,16 +48,16 @@ def free_port(host: str) -> int:
 
 
 @pytest.mark.fault("ssh-refused", gate="preflight", signature="cannot connect")
-def test_ssh_connection_refused_fails_preflight(clean):
-    sbx, reports = clean
+def test_ssh_connection_refused_fails_preflight(files_box):
+    sbx, reports = files_box
     port = free_port(sbx.address(2))
     result = run_nodes(sbx, reports, node2_target(sbx, port=port))
     assert_caught(result, "preflight", "node2", f"{sbx.address(2)}:{port}", "cannot connect")
 
 
 @pytest.mark.fault("ssh-wedged-before-banner", gate="preflight", signature="node2")
-def test_sshd_that_accepts_and_never_speaks_fails_preflight(clean):
-    sbx, reports = clean
+def test_sshd_that_accepts_and_never_speaks_fails_preflight(files_box):
+    sbx, reports = files_box
     wedged = socket.socket()
     wedged.bind((sbx.address(2), 0))
     wedged.listen(4)  # the kernel accepts connections; nothing ever answers
@@ -59,16 +69,16 @@ def test_sshd_that_accepts_and_never_speaks_fails_preflight(clean):
 
 
 @pytest.mark.fault("ssh-auth-failure", gate="preflight", signature="node2")
-def test_ssh_auth_failure_fails_preflight(clean):
-    sbx, reports = clean
+def test_ssh_auth_failure_fails_preflight(files_box):
+    sbx, reports = files_box
     result = run_nodes(sbx, reports, node2_target(sbx, user=sbx.node_user(1)))  # not allowed on node 2
     assert_caught(result, "preflight", "node2")
     assert "auth" in result.message("preflight").lower(), result.message("preflight")
 
 
 @pytest.mark.fault("ssh-host-key-changed", gate="preflight", signature="node2")
-def test_changed_host_key_fails_preflight(clean, tmp_path):
-    sbx, reports = clean
+def test_changed_host_key_fails_preflight(files_box, tmp_path):
+    sbx, reports = files_box
     other = tmp_path / "other_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     fake = other.with_suffix(".pub").read_text().split()[:2]
@@ -84,8 +94,8 @@ def test_changed_host_key_fails_preflight(clean, tmp_path):
 
 
 @pytest.mark.fault("exo-missing-node2", gate="preflight", signature="not found")
-def test_exo_missing_on_node2_fails_preflight(clean):
-    sbx, reports = clean
+def test_exo_missing_on_node2_fails_preflight(files_box):
+    sbx, reports = files_box
     exo = node_dir(sbx, 2, "EXO_CMD_NODE")
     hidden = exo.with_name(exo.name + ".hidden")
     exo.rename(hidden)
@@ -97,8 +107,8 @@ def test_exo_missing_on_node2_fails_preflight(clean):
 
 
 @pytest.mark.fault("hf-not-executable-node1", gate="preflight", signature="node1")
-def test_hf_not_executable_fails_preflight(clean):
-    sbx, reports = clean
+def test_hf_not_executable_fails_preflight(files_box):
+    sbx, reports = files_box
     hf = node_dir(sbx, 1, "HF_CMD_NODE")
     mode = hf.stat().st_mode
     os.chmod(hf, mode & ~0o111)
@@ -110,8 +120,8 @@ def test_hf_not_executable_fails_preflight(clean):
 
 
 @pytest.mark.fault("config-json-missing", gate="node1_verify", signature="config.json")
-def test_config_json_missing_fails_node1_verify(clean):
-    sbx, reports = clean
+def test_config_json_missing_fails_node1_verify(files_box):
+    sbx, reports = files_box
     sbx.populate_model(1)
     (node_dir(sbx, 1) / "config.json").unlink()
     result = run(sbx, reports, "--audit")
@@ -119,8 +129,8 @@ def test_config_json_missing_fails_node1_verify(clean):
 
 
 @pytest.mark.fault("hub-file-404", gate="node1_download", signature="not found")
-def test_hub_that_cannot_serve_a_listed_file_fails_node1_download(clean):
-    sbx, reports = clean
+def test_hub_that_cannot_serve_a_listed_file_fails_node1_download(files_box):
+    sbx, reports = files_box
     sbx.hub.set_faults({"missing_file": ["model-00002-of-00003.safetensors"]})
     result = run(sbx, reports)
     assert_caught(result, "node1_download")
