@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from modeldrop.cleanup import PID_TAG, REGISTRY, RemoteProcess, parse_pid_line, with_pid_report
 from modeldrop.errors import CommandTimeout, NodeError
 from modeldrop.hub import insecure_endpoint_problem
 from modeldrop.nodes import Node, tail
@@ -175,26 +176,40 @@ def run_hf_download(node: Node, *, hf_cmd: str, model_id: str, local_dir: str, i
         beats.append(line)
         heartbeat(line)
 
+    token: list[int] = []
+
     def on_line(stream: str, line: str) -> None:
-        if stream == "stderr" and line.strip() and _FORWARD.search(line):
+        pid = parse_pid_line(line) if stream == "stderr" and not token else None
+        if pid is not None:  # the run's own hf: stopped by pid on every exit path until it ends
+            token.append(REGISTRY.register(RemoteProcess(node, pid, f"hf download {model_id}",
+                                                         ("download", target_dir))))
+        elif stream == "stderr" and line.strip() and _FORWARD.search(line):
             emit(f"{node.name} hf: {line.strip()[:300]}")
 
     progress = _Progress(node, target_dir, expected_bytes, emit, interval_s)
     progress.thread.start()
     t0 = time.monotonic()
     try:
-        res = node.stream(argv, timeout=timeout, env=env, unset_env=unset, on_line=on_line, secrets=secrets,
-                          secret_env=secret_env)
+        res = node.stream(with_pid_report(argv), timeout=timeout, env=env, unset_env=unset, on_line=on_line,
+                          secrets=secrets, secret_env=secret_env)
     except CommandTimeout as exc:
         progress.stop.set()
-        stopped = stop_stray_download(node, hf_path, target_dir)
+        stopped = REGISTRY.stop_one(token[0]) if token else stop_stray_download(node, hf_path, target_dir)
         return DownloadResult(TIMEOUT_RC, None, "", tail(exc.partial), time.monotonic() - t0,
                               f"hf download timed out after {timeout:g}s; {stopped}", True, beats)
+    except (KeyboardInterrupt, SystemExit):
+        raise  # the session's cleanup stops the registered hf (a second Ctrl-C must not cut it short here)
+    except BaseException:  # e.g. the gate's own timeout: stop the remote hf before the next gate starts
+        if token:
+            REGISTRY.stop_one(token[0])
+        raise
     finally:
         progress.stop.set()
         progress.thread.join(timeout=max(PROBE_TIMEOUT_S, interval_s * 3) + 5)
-    return DownloadResult(res.rc, parse_reported_path(res.stdout), tail(res.stdout), tail(res.stderr),
-                          res.duration_s, hub_reason(res.stderr), False, beats)
+    REGISTRY.done(token[0] if token else None)
+    stderr = "\n".join(ln for ln in res.stderr.splitlines() if not ln.startswith(PID_TAG))
+    return DownloadResult(res.rc, parse_reported_path(res.stdout), tail(res.stdout), tail(stderr),
+                          res.duration_s, hub_reason(stderr), False, beats)
 
 
 def stop_stray_download(node: Node, hf_path: str, local_dir: str) -> str:

@@ -91,6 +91,14 @@ class Ledger:
         self._event("warning", gate=gate, text=text)
 
     @_locked
+    def cleanup(self, stopped: list[str]) -> None:
+        """Record what the run's cleanup did to the remote processes it had started (one line each)."""
+        if stopped:
+            self.state.warnings.append(one_line(
+                f"cleanup: {len(stopped)} remote process(es) the run started: " + "; ".join(stopped), 400))
+        self._event("cleanup", stopped=stopped)
+
+    @_locked
     def end(self, exitstatus: int, interrupted: str = "") -> None:
         """Record the run end; a gate still `running` is marked interrupted in the hand-off."""
         self.state.finished = True

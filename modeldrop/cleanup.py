@@ -1,0 +1,131 @@
+"""The remote processes a run started and has not yet seen end, so every exit path can stop them.
+
+Contract:
+- `RemoteProcess(node, pid, what, needles)`: a process the run started on a node; `needles` are strings its
+  command line must still contain for it to be ours (the pid alone may have been reused).
+- `REGISTRY.register(proc) -> token` when the pid is known, `REGISTRY.done(token)` when it ended normally.
+- `REGISTRY.drain(deadline_s)` stops every process still registered, by pid, after checking its identity
+  with the `procs` probe (alive, command line holds every needle; its start time then goes to the `stop`
+  probe, which checks it again before signalling), one thread per node, within one deadline; it returns one
+  line per process ("node1 pid 123 (hf download …): stopped-term") and empties the registry. A process whose
+  identity no longer matches is left alone and said so.
+- `stop_one(token)` does the same for one process (a gate that gave up on its command).
+Nothing here knows pytest: the plugin drains at session end (gate failure, timeout, Ctrl-C, SIGTERM).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+
+from modeldrop.errors import NodeError
+from modeldrop.nodes import Node
+
+PID_TAG = "modeldrop-pid"
+# Prints `modeldrop-pid <pid>` on stderr, then execs the command in the same process (so the pid is the
+# command's own): `/bin/sh -c REPORT_PID sh argv...`.
+REPORT_PID = f'echo "{PID_TAG} $$" >&2; exec "$@"'
+
+
+def with_pid_report(argv: list[str]) -> list[str]:
+    """argv run through /bin/sh so that its pid is printed first on stderr (see `parse_pid_line`)."""
+    return ["/bin/sh", "-c", REPORT_PID, "sh", *argv]
+
+
+def parse_pid_line(line: str) -> int | None:
+    """The pid from a `modeldrop-pid <pid>` line, else None."""
+    words = line.strip().split()
+    if len(words) == 2 and words[0] == PID_TAG and words[1].isdigit():
+        return int(words[1])
+    return None
+
+
+@dataclass
+class RemoteProcess:
+    """One process the run started on a node."""
+
+    node: Node
+    pid: int
+    what: str
+    needles: tuple[str, ...] = ()
+    registered: float = field(default_factory=time.time)
+
+    def label(self) -> str:
+        return f"{self.node.name} pid {self.pid} ({self.what})"
+
+
+def stop_remote(proc: RemoteProcess, grace_s: float = 10, timeout_s: float = 60) -> str:
+    """Stop one registered process after checking it is still ours; returns what happened, one line."""
+    try:
+        found = proc.node.run_probe("procs", {"pids": [proc.pid], "exe_paths": None}, timeout=timeout_s)["procs"]
+        if not found:
+            return f"{proc.label()}: gone"
+        info = found[0]
+        line = " ".join(info.get("cmdline") or [])
+        missing = [n for n in proc.needles if n not in line]
+        if missing:
+            return f"{proc.label()}: left alone: pid now runs {line[:120]!r} (not ours)"
+        argv0 = (info.get("cmdline") or [None])[0]
+        res = proc.node.run_probe("stop", {"pid": proc.pid, "expect_start": info.get("start"),
+                                           "expect_argv0": argv0, "grace_s": grace_s}, timeout=timeout_s)
+        return f"{proc.label()}: {res['result']}"
+    except NodeError as exc:
+        return f"{proc.label()}: could not stop: {exc}"
+
+
+class CleanupRegistry:
+    """Registered remote processes; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, RemoteProcess] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+
+    def register(self, proc: RemoteProcess) -> int:
+        with self._lock:
+            token = next(self._ids)
+            self._procs[token] = proc
+            return token
+
+    def done(self, token: int | None) -> None:
+        """The process ended on its own: forget it."""
+        with self._lock:
+            self._procs.pop(token, None)
+
+    def pending(self) -> list[RemoteProcess]:
+        with self._lock:
+            return list(self._procs.values())
+
+    def stop_one(self, token: int | None) -> str | None:
+        """Stop one registered process now (None when it is not registered)."""
+        with self._lock:
+            proc = self._procs.pop(token, None)
+        return stop_remote(proc) if proc else None
+
+    def drain(self, deadline_s: float = 90) -> list[str]:
+        """Stop every registered process (see the module docstring); bounded by deadline_s."""
+        with self._lock:
+            procs, self._procs = list(self._procs.values()), {}
+        by_node: dict[str, list[RemoteProcess]] = {}
+        for p in procs:
+            by_node.setdefault(p.node.name, []).append(p)
+        lines: list[str] = []
+
+        def work(items: list[RemoteProcess]) -> None:
+            for p in items:
+                lines.append(stop_remote(p, timeout_s=max(5.0, deadline_s / 2)))
+
+        threads = [threading.Thread(target=work, args=(items,), daemon=True) for items in by_node.values()]
+        for t in threads:
+            t.start()
+        end = time.monotonic() + deadline_s
+        for t in threads:
+            t.join(max(0.0, end - time.monotonic()))
+        out = list(lines)
+        done = {ln.split(":", 1)[0] for ln in out}
+        return out + [f"{p.label()}: still stopping after {deadline_s:g}s" for p in procs if p.label() not in done]
+
+
+REGISTRY = CleanupRegistry()

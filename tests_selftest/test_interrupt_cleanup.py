@@ -1,0 +1,87 @@
+"""Ctrl-C (once or twice) and SIGTERM in the middle of a download: the run stops every remote process it
+started (the node's `hf`), by pid after an identity check, the ledger says so, and the hand-off is current.
+
+The hub's slow link keeps `hf download` running on node 1; the signal goes to the run's process group
+as a terminal's Ctrl-C would. The time from the first signal until the nodes hold no process of the
+run (decoys excepted) is the Ctrl-C-to-clean time, recorded for scripts/fault_matrix.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests_selftest import faultmatrix as fm
+from tests_selftest import test_runs_files
+from tests_selftest.fault_plugin import _live_decoys
+from tests_selftest.runs import REPO
+from tests_selftest.test_runs_files import FAST
+
+pytestmark = [pytest.mark.sandbox_run, pytest.mark.timeout(300)]
+clean = test_runs_files.clean  # (sandbox, report dir): both nodes' files wiped, hub faults off
+SIGNALS = {"ctrl-c": [signal.SIGINT], "ctrl-c-twice": [signal.SIGINT, signal.SIGINT], "sigterm": [signal.SIGTERM]}
+
+
+def start_run(sbx, reports: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "pytest", "gates/", "--env-file", str(sbx.env_file), "--report-dir", str(reports),
+           "-p", "no:cacheprovider", "-q", *FAST]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def hf_running(sbx, k: int) -> list[int]:
+    """Pids of node k's processes running `hf … download`."""
+    return [pid for pid in sbx.node_pids(k) if "download" in (fm.cmdline(pid) or "")]
+
+
+def wait_until(check, proc: subprocess.Popen, what: str, deadline_s: float = 90):
+    end = time.monotonic() + deadline_s
+    while not (found := check()):
+        assert proc.poll() is None, f"the run ended before {what}: {proc.stdout.read().decode()[-3000:]}"
+        assert time.monotonic() < end, f"never saw {what}"
+        time.sleep(0.1)
+    return found
+
+
+@pytest.mark.parametrize("how", list(SIGNALS))
+def test_interrupt_mid_download_stops_the_remote_hf(clean, how):
+    sbx, reports = clean
+    decoys = _live_decoys(sbx)
+    sbx.hub.set_faults({"slow_link_bps": 40_000})  # the 1.6 MB model takes ~40 s
+    proc = start_run(sbx, reports)
+    try:
+        pids = wait_until(lambda: hf_running(sbx, 1), proc, "hf download running on node1")
+        t0 = time.monotonic()
+        for i, sig in enumerate(SIGNALS[how]):
+            if i:
+                time.sleep(0.3)
+            os.killpg(proc.pid, sig)
+        output = proc.communicate(timeout=120)[0].decode(errors="replace")
+        left = fm.wait_no_node_processes(sbx, {d.proc.pid for d in decoys}, deadline_s=30)
+        clean_s = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert left == [], (left, output[-3000:])
+    assert all(d.alive() for d in decoys)
+    folder = (reports / "latest").resolve()
+    events, torn = fm.ledger_events(folder)
+    assert torn == 0
+    cleanup = [e for e in events if e.get("event") == "cleanup"]
+    assert cleanup, output[-3000:]
+    stopped = [line for e in cleanup for line in e.get("stopped", [])]
+    assert any(f"node1 pid {p} (hf download" in line and "stopped" in line for p in pids for line in stopped), \
+        (pids, stopped)
+    assert events[-1]["event"] == "run_end" and events[-1]["interrupted"], events[-1]
+    assert "INTERRUPTED in node1_download" in (folder / "handoff.md").read_text()
+    print(f"\nMEASURE {how}-to-clean: {clean_s:.1f}s")
+    record = {"measure": f"{how}_to_clean_s", "value": round(clean_s, 1), "test": f"interrupt[{how}]"}
+    with open(fm.results_path(), "a") as f:
+        f.write(json.dumps(record) + "\n")
