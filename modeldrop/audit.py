@@ -321,6 +321,10 @@ def _etag_differences(manifests: dict[str, dict], v: Verdict) -> int:
 
 
 def manifest_digest(manifest: dict) -> str:
-    """sha256 of the sorted (path, size) list (cache and litter excluded): a cheap key for the pass cache."""
-    items = sorted(_sizes(manifest).items())
+    """sha256 of the sorted (path, size, mtime) list (cache and litter excluded): a cheap key for the pass
+    cache that changes when a file is rewritten in place, even at the same size."""
+    sizes = _sizes(manifest)
+    mtimes = {f.get("path"): f.get("mtime") for f in manifest.get("files") or []}
+    items = sorted((p, n, round(float(mtimes[p]), 3) if mtimes.get(p) is not None else None)
+                   for p, n in sizes.items())
     return hashlib.sha256(json.dumps(items, separators=(",", ":")).encode()).hexdigest()

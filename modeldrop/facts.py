@@ -7,8 +7,12 @@ was deselected (`-k`, `--resume-bootstrap`) the facts are probed on demand and c
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from modeldrop import audit
@@ -28,6 +32,7 @@ class RunFacts:
         self._hub_commit: str | None = None
         self._exo: dict[int, Any] = {}
         self._manifests: dict[int, dict] = {}
+        self._tools: dict[int, str] = {}
 
     # -- setters used by gates as they measure -------------------------------------------------
     def set_manifest(self, k: int, manifest: dict) -> None:
@@ -80,25 +85,58 @@ class RunFacts:
             return None
         return f"{b.generation}:{b.version or '?'}:{b.help_sha[:12]}"
 
+    def tool_versions(self, k: int) -> str:
+        """What node k's tools answer, probed once per run: `hf version`, the exo build, the python."""
+        def probe() -> str:
+            node, nc = self.pool.get(k), self.cfg.node(k)
+            try:
+                hf = node.run_probe("tool", {"path": nc.hf_cmd, "args": ["version"], "timeout": 60, "env": {}},
+                                    timeout=90)
+                hf_v = (hf.get("stdout_head") or hf.get("stderr_head") or "").strip().splitlines()[:1]
+                py = node.facts()
+                return (f"hf {hf_v[0] if hf_v else '?'} (rc {hf.get('rc')}); exo {self.exo_version(k)}; "
+                        f"python {py.get('python')} {py.get('python_version')}")
+            except NodeError as exc:
+                return f"unknown:{uuid.uuid4().hex} ({exc})"  # a node that cannot say never matches
+        return self._cached(self._tools, k, probe)
+
     def exo_session(self, k: int) -> str:
-        """The node id node k's exo API answers now (new at every exo start), or a one-off `unreachable:…`.
+        """Which exo serves node k now: the node id its API answers plus the process identity (pid, start
+        time, argv digest) from the launch record of the cluster process still running; a one-off
+        `unreachable:…` / `no-live-launch-record:…` otherwise.
 
         Not cached: a cluster gate's pass holds only while the same exo processes serve, so a restart,
         a reboot or a dead API since the pass makes its fingerprint differ (an unreachable API never
-        matches anything, not even another unreachable one).
+        matches anything, not even another unreachable one), even if exo's node id were persistent.
         """
-        import uuid
-
         import requests
 
         try:
             url = f"http://{url_host(self.pool.get(k).address())}:{self.cfg.api_port}/node_id"
             r = requests.get(url, timeout=(3, 5))
             if r.status_code == 200 and isinstance(r.json(), str):
-                return r.json()
+                return f"{r.json()}|{self.exo_process(k)}"
         except (NodeError, requests.RequestException, ValueError):
             pass
         return f"unreachable:{uuid.uuid4().hex}"
+
+    def exo_process(self, k: int, max_records: int = 8) -> str:
+        """`pid P start S argv D` of the newest cluster launch record for node k whose process still runs
+        (start time checked), else `no-live-launch-record:<random>`."""
+        from modeldrop.exo.launcher import previous_records
+        from modeldrop.probes._proc import START_TOLERANCE_S
+
+        seen: set[tuple] = set()
+        for rec in previous_records(Path(self.cfg.report_dir), None, k):
+            if rec.role != "cluster" or rec.stopped or (rec.pid, rec.start) in seen or len(seen) >= max_records:
+                continue
+            seen.add((rec.pid, rec.start))
+            rows = self.pool.get(k).run_probe("procs", {"pids": [rec.pid], "exe_paths": None}, timeout=60)["procs"]
+            if any(rec.start is not None and row.get("start") is not None
+                   and abs(float(row["start"]) - float(rec.start)) <= START_TOLERANCE_S for row in rows):
+                argv = hashlib.sha256(json.dumps(rec.argv).encode()).hexdigest()[:12]
+                return f"pid {rec.pid} start {rec.start:.2f} argv {argv}"
+        return f"no-live-launch-record:{uuid.uuid4().hex}"
 
     def _cached(self, store: dict, k: int, make: Callable[[], Any]) -> Any:
         """Return store[k], computing it once with `make`."""

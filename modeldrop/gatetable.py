@@ -56,7 +56,7 @@ class Gate:
 # Each limit leaves the node-side limits inside the gate (and their cleanup) their time: checked by
 # tests_selftest/test_timeout_nesting.py against the library's own constants.
 GATES: tuple[Gate, ...] = (
-    Gate("preflight", "preflight", "0", 2400, ("ONLINE", "EXO_API_PORT", "AUDIT"), (),
+    Gate("preflight", "preflight", "0", 2400, ("ONLINE", "EXO_API_PORT", "AUDIT", "DISK_MARGIN_GB"), ("exo_versions",),
          "every node: SSH, python3, the exact hf and exo binaries run, same exo build and generation everywhere, "
          "API port free, disk free ≥ model size + margin, model dir ends in `org--name` and its parent is "
          "writable, nodes reach each other", audit=True),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from modeldrop.config import load_config
-from modeldrop.ledger.fingerprint import explain_change, fingerprint_parts, gate_fingerprint
+from modeldrop.ledger.fingerprint import digest, explain_change, fingerprint_parts, gate_fingerprint
 from modeldrop.ledger.passcache import KEEP, PassCache
 
 
@@ -163,3 +163,28 @@ def test_one_definition_of_a_secret(name, secret):
     assert (secret_values(values) == ["s3cr3t-value"]) is secret
     assert (redact_mapping(values)[name] == "***") is secret
     assert redact("a s3cr3t-value b", secret_values(values)) == ("a *** b" if secret else "a s3cr3t-value b")
+
+
+def test_preflight_pass_is_not_reused_after_a_tool_python_or_margin_change():
+    class WithTools(Facts):
+        def tool_versions(self, k):
+            return self.d.get("tools", {}).get(k, "hf 1.0; exo new:1; python /usr/bin/python3 3.9.6")
+
+    base = fingerprint_parts("preflight", cfg(), WithTools())
+    for changed in (cfg(HF_CMD="/usr/local/bin/hf"), cfg(EXO_CMD="/opt/exo/bin/exo"), cfg(DISK_MARGIN_GB=50)):
+        assert digest(fingerprint_parts("preflight", changed, WithTools())) != digest(base)
+    upgraded = fingerprint_parts("preflight", cfg(), WithTools(tools={2: "hf 1.1; exo new:1; python x 3.9.6"}))
+    assert digest(upgraded) != digest(base)
+    assert "for tool versions" in explain_change(base, upgraded) and "node2" in explain_change(base, upgraded)
+    assert "for tools" in explain_change(base, fingerprint_parts("preflight", cfg(HF_CMD="/x/hf"), WithTools()))
+    assert digest(fingerprint_parts("preflight", cfg(), WithTools())) == digest(base)  # nothing changed: reuse
+
+
+def test_manifest_digest_changes_when_a_file_is_rewritten_at_the_same_size():
+    from modeldrop.audit import manifest_digest
+    files = [{"path": "model.safetensors", "size": 10, "mtime": 1700000000.25},
+             {"path": ".cache/huggingface/x.lock", "size": 0, "mtime": 1.0}]
+    touched = [dict(files[0], mtime=1700000999.0), files[1]]
+    assert manifest_digest({"files": files}) != manifest_digest({"files": touched})
+    cache_only = [files[0], dict(files[1], mtime=2.0)]
+    assert manifest_digest({"files": files}) == manifest_digest({"files": cache_only})
