@@ -1,0 +1,71 @@
+"""Every wait has a limit, and the limits nest: an outer limit always leaves the inner cleanup its time.
+
+Contract:
+- The inner limits: `DOWNLOAD_TIMEOUT_S` (the node-side `hf download`), `HASH_TIMEOUT_S` (the sha256 probe),
+  `MANIFEST_TIMEOUT_S`; `CLEANUP_S` is what stopping a remote process and collecting evidence may take.
+- `GATE_TIMEOUTS_S[kind]`: the gate's own limit (pytest-timeout), always its longest inner wait plus
+  `CLEANUP_S`, so the node-side timeout fires first and its cleanup (stop the remote `hf`) runs.
+- `BENCH_CASE_TIMEOUT_S`: one benchmark case; `FIXTURE_SETUP_S`: one fixture's setup; `TEARDOWN_S`: one
+  test's teardown, the session fixtures' included (stopping a 4-node cluster and its canary one by one).
+- `alarm(seconds, what)`: a context that raises `DeadlineExceeded(what …)` in the main thread after
+  `seconds` (SIGALRM timer); it restores an enclosing alarm on exit, and where the enclosing one would fire
+  first it leaves it alone (the outer limit is the tighter one). Elsewhere than the main thread, a no-op.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from modeldrop.exo.launcher import STOP_GRACE_S
+
+DOWNLOAD_TIMEOUT_S = 4 * 3600
+HASH_TIMEOUT_S = 4 * 3600
+MANIFEST_TIMEOUT_S = 900
+PROBE_TIMEOUT_S = 60
+CLEANUP_S = 300
+MAX_NODES = 4
+GATE_TIMEOUTS_S: dict[str, float] = {
+    "preflight": 300, "download": DOWNLOAD_TIMEOUT_S + CLEANUP_S,
+    "verify": MANIFEST_TIMEOUT_S + HASH_TIMEOUT_S + CLEANUP_S, "canary": 900, "parity": 900,
+    "startup": 600, "cluster": 600, "placement": 3600, "transport": 300, "chat": 900,
+}
+BENCH_CASE_TIMEOUT_S = 3600
+FIXTURE_SETUP_S = 900
+# stop_all stops each node's cluster process and canary in turn: each a stop probe (grace + round trip)
+TEARDOWN_S = 2 * MAX_NODES * (STOP_GRACE_S + PROBE_TIMEOUT_S) + CLEANUP_S
+
+
+class DeadlineExceeded(Exception):
+    """A bounded wait ran out (see `alarm`)."""
+
+
+@contextmanager
+def alarm(seconds: float, what: str) -> Iterator[None]:
+    """Raise DeadlineExceeded after `seconds` inside the block (see the module docstring)."""
+    outer_left, _ = signal.getitimer(signal.ITIMER_REAL) if _main() else (0.0, 0.0)
+    if not _main() or seconds <= 0 or (outer_left and outer_left <= seconds):
+        yield
+        return
+    previous = signal.getsignal(signal.SIGALRM)
+    t0 = time.monotonic()
+
+    def fire(signum: int, frame: object) -> None:
+        raise DeadlineExceeded(f"{what} still running after {seconds:g}s")
+
+    signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer_left:
+            signal.setitimer(signal.ITIMER_REAL, max(0.001, outer_left - (time.monotonic() - t0)))
+
+
+def _main() -> bool:
+    return threading.current_thread() is threading.main_thread()
