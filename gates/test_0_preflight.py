@@ -14,6 +14,9 @@ def test_preflight(run_config, node_pool, on_each_node, run_facts, evidence, hub
     total = expected_total(run_config, hub_expectation)
     pre = on_each_node(lambda k: check_node(nodes[k], run_config.node(k), run_config, total))
     problems = [p for k in sorted(pre) for p in pre[k].problems]
+    for k, p in pre.items():
+        if p.hf:
+            run_facts.set_hf_probe(k, p.hf)
     evidence.json("nodes", {f"node{k}": {"facts": p.facts, "hf": p.hf, "disk": p.disk,
                                          "present_bytes": p.present_bytes} for k, p in pre.items()})
     if not problems:

@@ -32,7 +32,7 @@ class RunFacts:
         self._hub_commit: str | None = None
         self._exo: dict[int, Any] = {}
         self._manifests: dict[int, dict] = {}
-        self._tools: dict[int, str] = {}
+        self._hf: dict[int, dict] = {}
 
     # -- setters used by gates as they measure -------------------------------------------------
     def set_manifest(self, k: int, manifest: dict) -> None:
@@ -85,20 +85,23 @@ class RunFacts:
             return None
         return f"{b.generation}:{b.version or '?'}:{b.help_sha[:12]}"
 
+    def set_hf_probe(self, k: int, result: dict) -> None:
+        """Remember what node k's `hf version` answered (the preflight gate's `tool` probe)."""
+        with self._lock:
+            self._hf[k] = result
+
     def tool_versions(self, k: int) -> str:
-        """What node k's tools answer, probed once per run: `hf version`, the exo build, the python."""
-        def probe() -> str:
-            node, nc = self.pool.get(k), self.cfg.node(k)
-            try:
-                hf = node.run_probe("tool", {"path": nc.hf_cmd, "args": ["version"], "timeout": 60, "env": {}},
-                                    timeout=90)
-                hf_v = (hf.get("stdout_head") or hf.get("stderr_head") or "").strip().splitlines()[:1]
-                py = node.facts()
-                return (f"hf {hf_v[0] if hf_v else '?'} (rc {hf.get('rc')}); exo {self.exo_version(k)}; "
-                        f"python {py.get('python')} {py.get('python_version')}")
-            except NodeError as exc:
-                return f"unknown:{uuid.uuid4().hex} ({exc})"  # a node that cannot say never matches
-        return self._cached(self._tools, k, probe)
+        """What node k's hf and python answer (`hf version`, the probes' interpreter), probed once per run
+        unless preflight measured them; a node that cannot say gets a one-off value that never matches."""
+        nc = self.cfg.node(k)
+        try:
+            hf = self._cached(self._hf, k, lambda: self.pool.get(k).run_probe(
+                "tool", {"path": nc.hf_cmd, "args": ["version"], "timeout": 60, "env": {}}, timeout=90))
+            py = self.pool.get(k).facts()
+        except NodeError as exc:
+            return f"unknown:{uuid.uuid4().hex} ({exc})"
+        head = (hf.get("stdout_head") or hf.get("stderr_head") or "").strip().splitlines()[:1]
+        return f"hf {head[0] if head else '?'} (rc {hf.get('rc')}); python {py.get('python')} {py.get('python_version')}"
 
     def exo_session(self, k: int) -> str:
         """Which exo serves node k now: the node id its API answers plus the process identity (pid, start

@@ -135,3 +135,11 @@ def test_hub_that_cannot_serve_a_listed_file_fails_node1_download(files_box):
     result = run(sbx, reports)
     assert_caught(result, "node1_download")
     assert "not found" in result.message("node1_download").lower(), result.message("node1_download")
+
+
+@pytest.mark.fault("gate-timeout-mid-download", gate="node1_download", signature="Timeout")
+def test_gate_timeout_mid_download_stops_the_remote_hf_at_once(files_box):
+    sbx, reports = files_box
+    sbx.hub.set_faults({"slow_link_bps": 20_000})  # ~80 s for the model: the gate's limit fires first
+    result = run(sbx, reports, "-o", "modeldrop_gate_timeouts=download=15")
+    assert_caught(result, "node1_download", "Timeout")
