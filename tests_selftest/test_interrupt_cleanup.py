@@ -19,13 +19,25 @@ from pathlib import Path
 import pytest
 
 from tests_selftest import faultmatrix as fm
-from tests_selftest import test_runs_files
+from tests_selftest import test_runs_cluster, test_runs_files
 from tests_selftest.fault_plugin import _live_decoys
 from tests_selftest.runs import REPO
 from tests_selftest.test_runs_files import FAST
 
 pytestmark = [pytest.mark.sandbox_run, pytest.mark.timeout(300)]
 clean = test_runs_files.clean  # (sandbox, report dir): both nodes' files wiped, hub faults off
+sbx = test_runs_cluster.sbx  # the 2-node cluster sandbox (its own slot)
+WINDOWS = test_runs_cluster.WINDOWS
+
+
+@pytest.fixture
+def cluster_box(sbx):
+    """The cluster sandbox; faults cleared and leftovers of a failing test stopped afterwards."""
+    yield sbx
+    for k in (1, 2):
+        sbx.stop_node_processes(k)
+        sbx.set_exo_faults(k, {})
+    sbx.up()
 SIGNALS = {"ctrl-c": [signal.SIGINT], "ctrl-c-twice": [signal.SIGINT, signal.SIGINT], "sigterm": [signal.SIGTERM]}
 
 
@@ -85,3 +97,40 @@ def test_interrupt_mid_download_stops_the_remote_hf(clean, how):
     record = {"measure": f"{how}_to_clean_s", "value": round(clean_s, 1), "test": f"interrupt[{how}]"}
     with open(fm.results_path(), "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def test_ctrl_c_while_the_cluster_loads_stops_every_exo(cluster_box, tmp_path):
+    """Ctrl-C in the placement gate (a runner that never gets ready): every exo the run started is stopped."""
+    box = cluster_box
+    decoys = _live_decoys(box)
+    box.set_exo_faults(2, {"runner_never_ready": "loading"})
+    reports = tmp_path / "reports"
+    cmd = [sys.executable, "-m", "pytest", "gates/", "--env-file", str(box.env_file), "--report-dir", str(reports),
+           "-p", "no:cacheprovider", "-q", *WINDOWS, "--ready-timeout", "300"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def in_placement() -> bool:
+            folder = reports / "latest"
+            events = fm.ledger_events(folder.resolve())[0] if folder.exists() else []
+            return any(e.get("event") == "gate_start" and e.get("gate") == "placement" for e in events)
+        wait_until(in_placement, proc, "the placement gate", deadline_s=240)
+        time.sleep(1)  # inside the gate's polling loop
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        output = proc.communicate(timeout=180)[0].decode(errors="replace")
+        left = fm.wait_no_node_processes(box, {d.proc.pid for d in decoys}, deadline_s=30)
+        clean_s = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert left == [], (left, output[-3000:])
+    assert all(d.alive() for d in decoys)
+    folder = (reports / "latest").resolve()
+    teardown = json.loads((folder / "exo" / "teardown.json").read_text())
+    assert teardown["reason"] == "interrupted" and len(teardown["stopped"]) >= 2, teardown
+    assert "INTERRUPTED in placement" in (folder / "handoff.md").read_text()
+    print(f"\nMEASURE ctrl-c-in-placement-to-clean: {clean_s:.1f}s")
+    with open(fm.results_path(), "a") as f:
+        f.write(json.dumps({"measure": "ctrl-c_in_placement_to_clean_s", "value": round(clean_s, 1),
+                            "test": "interrupt[placement]"}) + "\n")
