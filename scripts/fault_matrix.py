@@ -29,12 +29,23 @@ COLUMNS = ("fault", "caught by", "signature", "s to verdict", "window", "downstr
            "decoys hurt", "lost", "")
 
 
+def load_measures(path: Path) -> dict[str, float]:
+    """The measurement records of a results file ({"measure": name, "value": v}), last one winning."""
+    out: dict[str, float] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        rec = json.loads(line)
+        if "measure" in rec:
+            out[rec["measure"]] = rec["value"]
+    return out
+
+
 def load_rows(path: Path) -> list[dict]:
     """The rows of a results file, last row per test winning (a rerun replaces its row)."""
     rows: dict[str, dict] = {}
     for line in path.read_text().splitlines() if path.exists() else []:
         row = json.loads(line)
-        rows[row["test"]] = row
+        if "fault" in row:
+            rows[row["test"]] = row
     order = {g: i for i, g in enumerate(gate_order(4))}
     return sorted(rows.values(), key=lambda r: (order.get(r["expected_gate"], len(order)), r["expected_gate"],
                                                 r["fault"]))
@@ -87,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fault_matrix: no rows in {args.results}", file=sys.stderr)
         return rc or 1
     print("\n".join(table_lines(rows)))
+    for name, value in sorted(load_measures(args.results).items()):
+        print(f"{name}: {value}")
     return rc
 
 

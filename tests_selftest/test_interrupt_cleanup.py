@@ -52,6 +52,14 @@ def hf_running(sbx, k: int) -> list[int]:
     return [pid for pid in sbx.node_pids(k) if "download" in (fm.cmdline(pid) or "")]
 
 
+def record_row(row: fm.FaultRow, gate: str, clean_s: float, left: list, decoys: list, torn: int) -> None:
+    """The matrix row of an interrupt: seconds from the signal until the nodes were clean."""
+    row.caught_by, row.signature_seen, row.verdict_s = gate, True, round(clean_s, 1)
+    row.downstream_run, row.procs_left, row.results_lost = 0, len(left), torn
+    row.decoys_harmed = sum(1 for d in decoys if not d.alive())
+    row.notes += left[:5]
+
+
 def wait_until(check, proc: subprocess.Popen, what: str, deadline_s: float = 90):
     end = time.monotonic() + deadline_s
     while not (found := check()):
@@ -61,8 +69,10 @@ def wait_until(check, proc: subprocess.Popen, what: str, deadline_s: float = 90)
     return found
 
 
-@pytest.mark.parametrize("how", list(SIGNALS))
-def test_interrupt_mid_download_stops_the_remote_hf(clean, how):
+@pytest.mark.parametrize("how", [
+    pytest.param(h, marks=pytest.mark.fault(f"{h}-mid-download", gate="node1_download", signature="interrupted"))
+    for h in SIGNALS])
+def test_interrupt_mid_download_stops_the_remote_hf(clean, how, fault_row):
     sbx, reports = clean
     decoys = _live_decoys(sbx)
     sbx.hub.set_faults({"slow_link_bps": 40_000})  # the 1.6 MB model takes ~40 s
@@ -81,10 +91,11 @@ def test_interrupt_mid_download_stops_the_remote_hf(clean, how):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert left == [], (left, output[-3000:])
-    assert all(d.alive() for d in decoys)
     folder = (reports / "latest").resolve()
     events, torn = fm.ledger_events(folder)
+    record_row(fault_row, "node1_download", clean_s, left, decoys, torn)
+    assert left == [], (left, output[-3000:])
+    assert all(d.alive() for d in decoys)
     assert torn == 0
     cleanup = [e for e in events if e.get("event") == "cleanup"]
     assert cleanup, output[-3000:]
@@ -99,7 +110,8 @@ def test_interrupt_mid_download_stops_the_remote_hf(clean, how):
         f.write(json.dumps(record) + "\n")
 
 
-def test_ctrl_c_while_the_cluster_loads_stops_every_exo(cluster_box, tmp_path):
+@pytest.mark.fault("ctrl-c-in-placement", gate="placement", signature="interrupted")
+def test_ctrl_c_while_the_cluster_loads_stops_every_exo(cluster_box, tmp_path, fault_row):
     """Ctrl-C in the placement gate (a runner that never gets ready): every exo the run started is stopped."""
     box = cluster_box
     decoys = _live_decoys(box)
@@ -124,9 +136,10 @@ def test_ctrl_c_while_the_cluster_loads_stops_every_exo(cluster_box, tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    folder = (reports / "latest").resolve()
+    record_row(fault_row, "placement", clean_s, left, decoys, fm.ledger_events(folder)[1])
     assert left == [], (left, output[-3000:])
     assert all(d.alive() for d in decoys)
-    folder = (reports / "latest").resolve()
     teardown = json.loads((folder / "exo" / "teardown.json").read_text())
     assert teardown["reason"] == "interrupted" and len(teardown["stopped"]) >= 2, teardown
     assert "INTERRUPTED in placement" in (folder / "handoff.md").read_text()
