@@ -27,6 +27,7 @@ PID_TAG = "modeldrop-pid"
 # Prints `modeldrop-pid <pid>` on stderr, then execs the command in the same process (so the pid is the
 # command's own): `/bin/sh -c REPORT_PID sh argv...`.
 REPORT_PID = f'echo "{PID_TAG} $$" >&2; exec "$@"'
+DRAIN_DEADLINE_S = 90.0
 
 
 def with_pid_report(argv: list[str]) -> list[str]:
@@ -104,7 +105,7 @@ class CleanupRegistry:
             proc = self._procs.pop(token, None)
         return stop_remote(proc) if proc else None
 
-    def drain(self, deadline_s: float = 90) -> list[str]:
+    def drain(self, deadline_s: float = DRAIN_DEADLINE_S) -> list[str]:
         """Stop every registered process (see the module docstring); bounded by deadline_s."""
         with self._lock:
             procs, self._procs = list(self._procs.values()), {}
