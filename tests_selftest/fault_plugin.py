@@ -105,11 +105,38 @@ def fault_row(request: pytest.FixtureRequest) -> fm.FaultRow:
     return rec.row
 
 
+class DecoyWatch:
+    """For the whole runs of tests that are not fault rows: the decoys named exo survive them too."""
+
+    def __init__(self, item: pytest.Item):
+        self.item, self.decoys, self.harmed = item, [], []
+
+    def before(self, args: list[str]) -> None:
+        self.decoys = [d for s in _sandboxes(self.item) for d in _live_decoys(s)]
+
+    def after(self, result: runs.RunResult) -> None:
+        self.harmed += [d.what for d in self.decoys if not d.alive()]
+
+
+def _watch_decoys(item: pytest.Item):
+    """Run an unmarked test with its whole runs watched for harm to the decoys."""
+    watch = DecoyWatch(item)
+    runs.BEFORE_RUN.append(watch.before)
+    runs.AFTER_RUN.append(watch.after)
+    try:
+        result = yield
+    finally:
+        runs.BEFORE_RUN.remove(watch.before)
+        runs.AFTER_RUN.remove(watch.after)
+    assert not watch.harmed, f"a run stopped a process that was not its own: {watch.harmed}"
+    return result
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
     rec: Recorder | None = item.stash.get(ROW_KEY, None)
     if rec is None:
-        return (yield)
+        return (yield from _watch_decoys(item))
     runs.BEFORE_RUN.append(rec.before)
     runs.AFTER_RUN.append(rec.after)
     t0 = time.monotonic()
