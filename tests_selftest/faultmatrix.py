@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import signal
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -204,11 +205,18 @@ def start_decoys(sbx: Any) -> list[Decoy]:
     for k in range(1, sbx.n_nodes + 1):
         exo_cmd = str(sbx.node(k).exo_cmd)
         for label, pw in ((f"node{k} user", pwd.getpwnam(sbx.node_user(k))), ("another user", nobody)):
-            proc = subprocess.Popen([exo_cmd, "86400"], executable=str(exe), user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], cwd="/",
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen([exo_cmd, "86400"], executable=str(exe), user=pw.pw_uid, group=pw.pw_gid,
+                                    extra_groups=[], cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
             decoys.append(Decoy(f"{label}: {exe} as {exo_cmd}", proc, _wait_start(proc.pid)))
     return decoys
+
+
+def _die_with_parent() -> None:
+    """In the decoy, after its user change: SIGTERM when the process that started it dies (a test worker
+    killed mid-run must not leave decoys behind). Linux prctl(PR_SET_PDEATHSIG)."""
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
 
 
 def _wait_start(pid: int) -> int | None:

@@ -65,10 +65,8 @@ def test_a_hanging_fixture_is_cut_at_its_limit(pytester, phase):
     make_suite(pytester, nodes="studio1", behaviour={phase: "hang"})
     (pytester.path / "gates" / "conftest.py").write_text(HANGING_FIXTURES)
     pytester.makeini("[pytest]\nmodeldrop_fixture_timeout = 1\nmodeldrop_teardown_timeout = 1\n")
-    t0 = time.monotonic()
     result = subprocess.run([*PYTEST, *BASE], cwd=pytester.path, env=subprocess_env(), capture_output=True,
-                            text=True, timeout=60)
-    assert time.monotonic() - t0 < 45, "a hanging fixture was not cut"
+                            text=True, timeout=150)  # a fixture left hanging would hit this
     text = result.stdout + result.stderr
     what = "setup of fixture slow_world" if phase == "setup" else "teardown after test_chat"
     assert f"{what} still running after 1s" in text, text[-3000:]

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from scripts.fault_matrix import load_rows, table_lines
@@ -111,3 +112,15 @@ def test_decoys_are_named_exo_and_run_another_program():
         fm.stop_decoys(decoys)
         shutil.rmtree(root, ignore_errors=True)
     assert not any(d.alive() for d in decoys)
+
+
+def test_a_decoy_dies_with_the_worker_that_started_it():
+    code = ("import subprocess, sys; from tests_selftest import faultmatrix as fm; "
+            "p = subprocess.Popen(['sleep', '60'], preexec_fn=fm._die_with_parent); print(p.pid, flush=True)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[1])
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and fm.proc_start_ticks(pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fm.proc_start_ticks(pid) is None, "the decoy outlived its worker"
