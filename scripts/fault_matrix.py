@@ -19,10 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from modeldrop.gatetable import gate_order
 
-from modeldrop.gatelist import gate_order  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_RESULTS = ROOT / "reports" / "fault_matrix.jsonl"
 COLUMNS = ("fault", "caught by", "signature", "s to verdict", "window", "downstream", "procs left",

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from modeldrop.gatelist import gate_order
+from modeldrop.gatetable import gate_order
 from tests_selftest import faultmatrix as fm
 from tests_selftest import runs
 

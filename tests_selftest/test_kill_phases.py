@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from modeldrop.gatelist import phase_of
+from modeldrop.gatetable import phase_of
 from tests_selftest.test_bench_layer import ROOT, _project, server  # noqa: F401
 from tests_selftest.test_plugin_kit import (
     FULL_ORDER_2,

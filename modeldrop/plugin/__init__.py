@@ -19,7 +19,7 @@ import pytest
 from modeldrop.ledger import html as lhtml
 from modeldrop.ledger.handoff import green
 from modeldrop.ledger.passcache import utc_minute
-from modeldrop.plugin import hookspecs, options, ordering, reporting
+from modeldrop.plugin import bounds, hookspecs, options, ordering, reporting
 from modeldrop.plugin.outcomes import GateTracker, is_subtest, reason_of, skip_here
 from modeldrop.plugin.reuse import reusable, upstream_verdict
 from modeldrop.plugin.session import (
@@ -48,8 +48,9 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """Register the config flags and --env-file."""
+    """Register the config flags, --env-file and the limit ini keys."""
     options.add_options(parser)
+    bounds.add_ini(parser)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -63,6 +64,7 @@ def pytest_configure(config: pytest.Config) -> None:
     gs, warning = start_run(config)
     config.stash[SESSION_KEY] = gs
     config.pluginmanager.register(RunHooks(config, gs), "modeldrop-run")
+    config.pluginmanager.register(bounds.Bounds(config, gs), "modeldrop-bounds")
     if reporting.setup_html(config, gs):
         config.pluginmanager.register(HtmlHooks(gs), "modeldrop-html")
     if warning:
@@ -99,6 +101,7 @@ class RunHooks:
         self.gs = gs
         self.tracker = GateTracker(config, gs)
         self.interrupted = ""
+        self.exits = bounds.Exits(gs)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -171,7 +174,8 @@ class RunHooks:
         reporting.refresh_html(self.config, self.gs)
 
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo) -> None:
-        self.interrupted = "interrupted (Ctrl-C)"
+        """Ctrl-C or SIGTERM: from here on a second one is noted, not raised, so the cleanup finishes."""
+        self.interrupted = self.exits.interrupted(excinfo.value)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         """Profile update on a green bootstrap, the last ledger records, close the nodes."""
@@ -180,7 +184,10 @@ class RunHooks:
         interrupted = self.interrupted or (f"session ended while {running[0].gate} was running" if running else "")
         if green(gs.ledger.state) and not gs.cfg.audit:
             reporting.profile_update(gs)
-        gs.ledger.end(int(exitstatus), interrupted)
+        try:
+            self.exits.drain()
+        finally:
+            gs.ledger.end(int(exitstatus), interrupted)
         reporting.update_metadata(self.config, gs)
         reporting.refresh_html(self.config, gs)
         if gs.pool is not None:
@@ -188,6 +195,7 @@ class RunHooks:
                 gs.pool.close()
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
+        self.exits.close()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         """Where the run folder is and what to run next."""

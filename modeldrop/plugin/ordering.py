@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from modeldrop import gatetable
+from modeldrop.deadlines import BENCH_CASE_TIMEOUT_S
+from modeldrop.plugin.bounds import bound
 from modeldrop.plugin.keywords import k_expressions
 from modeldrop.plugin.session import GateSession, gate_id
 
@@ -40,7 +42,8 @@ def drop_inactive(gs: GateSession, config: pytest.Config, items: list[pytest.Ite
 
 
 def order_selected(gs: GateSession, items: list[pytest.Item]) -> None:
-    """Sort by the gate order, count selected items per gate, add the table's default timeouts."""
+    """Sort by the gate order, count selected items per gate, add the table's default timeouts (benchmark
+    cases: theirs)."""
     index = {g: i for i, g in enumerate(gs.order)}
 
     def key(pair: tuple[int, pytest.Item]) -> tuple[int, int, int]:
@@ -53,10 +56,11 @@ def order_selected(gs: GateSession, items: list[pytest.Item]) -> None:
     for item in items:
         g = gate_id(item)
         if g is None:
+            bound(item, BENCH_CASE_TIMEOUT_S if item.get_closest_marker("bench") else None)
             continue
         gs.selected[g] = gs.selected.get(g, 0) + 1
-        if item.get_closest_marker("timeout") is None:
-            item.add_marker(pytest.mark.timeout(gatetable.timeout_of(g)))
+        row = gatetable.gate_of(g)
+        bound(item, gatetable.timeout_of(g), row.kind if row else None)
     for g in gs.order:
         if g not in gs.selected:
             gs.ledger.state.gates[g].outcome = "deselected"

@@ -1,0 +1,111 @@
+"""Limits where pytest-timeout does not reach, and the exit paths of an interrupted run.
+
+- `add_ini(parser)`: `modeldrop_fixture_timeout` (one fixture's setup), `modeldrop_teardown_timeout` (one
+  test's teardown, session fixtures included: the cluster stop), `modeldrop_gate_timeouts` (`kind=seconds`
+  lines overriding a kind of gate's limit from the gate table, e.g. `download=28800` for a slow link).
+- `bound(item, default_s, kind)`: the item's timeout marker unless it has one (benchmark cases get
+  `BENCH_CASE_TIMEOUT_S`).
+- `Bounds`: the hooks that bound fixture setup, each teardown and the session teardown of an interrupted
+  run (`modeldrop.deadlines.alarm`); a session teardown that runs out is a ledger warning, not a crash.
+- `Exits`: SIGTERM unwinds like Ctrl-C; after the first interrupt further SIGINT/SIGTERM are noted, not
+  raised; `drain()` stops, by pid after an identity check, every remote process the run started and did not
+  see end (`modeldrop.cleanup.REGISTRY`) and records it in the ledger.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+
+from modeldrop.cleanup import REGISTRY
+from modeldrop.deadlines import FIXTURE_SETUP_S, TEARDOWN_S, DeadlineExceeded, alarm
+from modeldrop.interrupts import install_sigterm, interrupt_reason, shield
+from modeldrop.plugin.session import GateSession
+
+
+def add_ini(parser: pytest.Parser) -> None:
+    """Register the limit ini keys (see the module docstring)."""
+    parser.addini("modeldrop_fixture_timeout", f"seconds one fixture's setup may take (default {FIXTURE_SETUP_S})",
+                  default=str(FIXTURE_SETUP_S))
+    parser.addini("modeldrop_gate_timeouts", "per kind of gate, `kind=seconds` lines overriding its limit "
+                  "(e.g. download=28800)", type="linelist", default=[])
+    parser.addini("modeldrop_teardown_timeout", "seconds one test's teardown may take, session fixtures included "
+                  f"(default {TEARDOWN_S:g})", default=str(TEARDOWN_S))
+
+
+def bound(item: pytest.Item, default_s: float | None, kind: str | None = None) -> None:
+    """Give the item its default timeout unless it has one; modeldrop_gate_timeouts overrides a kind's."""
+    if default_s is None or item.get_closest_marker("timeout") is not None:
+        return
+    overrides = dict(line.split("=", 1) for line in item.config.getini("modeldrop_gate_timeouts") if "=" in line)
+    try:
+        seconds = float(overrides.get(kind or "", default_s))
+    except ValueError:
+        raise pytest.UsageError(f"modeldrop_gate_timeouts: {kind}={overrides[kind]!r} is not a number of "
+                                "seconds") from None
+    item.add_marker(pytest.mark.timeout(seconds))
+
+
+class Bounds:
+    """Bounded fixture setup and teardown (pytest-timeout bounds only the test function)."""
+
+    def __init__(self, config: pytest.Config, gs: GateSession):
+        self.config, self.gs = config, gs
+
+    def _limit(self, name: str) -> float:
+        return float(self.config.getini(name))
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef: Any, request: pytest.FixtureRequest) -> Any:
+        with alarm(self._limit("modeldrop_fixture_timeout"), f"setup of fixture {fixturedef.argname}"):
+            return (yield)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+        with alarm(self._limit("modeldrop_teardown_timeout"), f"teardown after {item.name}"):
+            return (yield)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> Any:
+        """An interrupted run tears its session fixtures down here (the cluster stop): bounded too."""
+        try:
+            with alarm(self._limit("modeldrop_teardown_timeout"), "session teardown"):
+                return (yield)
+        except DeadlineExceeded as exc:
+            sys.stderr.write(f"\nmodeldrop: {exc}; see the run folder's exo/ records for what may still run\n")
+            self.gs.ledger.warning(str(exc))
+            return None
+
+
+class Exits:
+    """SIGTERM as Ctrl-C, a cleanup that a second Ctrl-C cannot cut short, and the remote-process drain."""
+
+    def __init__(self, gs: GateSession):
+        self.gs = gs
+        self.extra_signals: list[str] = []
+        self._unshield = lambda: None
+        self._unsigterm = install_sigterm()
+
+    def interrupted(self, exc: BaseException | None) -> str:
+        """From the first interrupt on, further ones are noted; returns the ledger's words for it."""
+        self._unshield = shield(self._note_signal)
+        return interrupt_reason(exc)
+
+    def _note_signal(self, name: str) -> None:
+        self.extra_signals.append(name)
+        sys.stderr.write(f"\nmodeldrop: {name} again: still stopping what the run started on the nodes "
+                         "(each step has a deadline)\n")
+
+    def drain(self) -> None:
+        """Stop every remote process the run started and did not see end; the ledger says what happened."""
+        if REGISTRY.pending():
+            self.gs.ledger.cleanup(REGISTRY.drain())
+        if self.extra_signals:
+            self.gs.ledger.warning(f"{', '.join(self.extra_signals)} during cleanup: ignored until it finished")
+
+    def close(self) -> None:
+        """Give the signals back."""
+        self._unshield()
+        self._unsigterm()
