@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from modeldrop.deadlines import DeadlineExceeded, alarm
 from modeldrop.ledger import html as lhtml
 from modeldrop.ledger.handoff import green
 from modeldrop.ledger.passcache import utc_minute
@@ -64,7 +65,7 @@ def pytest_configure(config: pytest.Config) -> None:
     gs, warning = start_run(config)
     config.stash[SESSION_KEY] = gs
     config.pluginmanager.register(RunHooks(config, gs), "modeldrop-run")
-    config.pluginmanager.register(bounds.Bounds(config, gs), "modeldrop-bounds")
+    config.pluginmanager.register(BoundsHooks(config, gs), "modeldrop-bounds")
     if reporting.setup_html(config, gs):
         config.pluginmanager.register(HtmlHooks(gs), "modeldrop-html")
     if warning:
@@ -205,6 +206,36 @@ class RunHooks:
         terminalreporter.write_line(f"handoff:    {self.gs.folder.path / 'handoff.md'}")
         for key in ("LAST_PASS_PHASE", "KNOWN_BLOCKER", "NEXT_COMMAND"):
             terminalreporter.write_line(f"{key}={f[key]}")
+
+
+class BoundsHooks:
+    """Bounded fixture setup and teardown (pytest-timeout bounds only the test function)."""
+
+    def __init__(self, config: pytest.Config, gs: GateSession):
+        self.config, self.gs = config, gs
+
+    def _limit(self, name: str) -> float:
+        return float(self.config.getini(name))
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef: Any, request: pytest.FixtureRequest) -> Any:
+        with alarm(self._limit("modeldrop_fixture_timeout"), f"setup of fixture {fixturedef.argname}"):
+            return (yield)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+        with alarm(self._limit("modeldrop_teardown_timeout"), f"teardown after {item.name}"):
+            return (yield)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> Any:
+        """An interrupted run tears its session fixtures down here (the cluster stop): bounded too."""
+        try:
+            with alarm(self._limit("modeldrop_teardown_timeout"), "session teardown"):
+                return (yield)
+        except DeadlineExceeded as exc:
+            bounds.session_teardown_overran(self.gs, exc)
+            return None
 
 
 class HtmlHooks:

@@ -5,8 +5,9 @@
   lines overriding a kind of gate's limit from the gate table, e.g. `download=28800` for a slow link).
 - `bound(item, default_s, kind)`: the item's timeout marker unless it has one (benchmark cases get
   `BENCH_CASE_TIMEOUT_S`).
-- `Bounds`: the hooks that bound fixture setup, each teardown and the session teardown of an interrupted
-  run (`modeldrop.deadlines.alarm`); a session teardown that runs out is a ledger warning, not a crash.
+- The hooks (`BoundsHooks` in `__init__`) bound fixture setup, each teardown and the session teardown of an
+  interrupted run with `modeldrop.deadlines.alarm`; a session teardown that runs out is a ledger warning
+  (`session_teardown_overran`), not a crash.
 - `Exits`: SIGTERM unwinds like Ctrl-C; after the first interrupt further SIGINT/SIGTERM are noted, not
   raised; `drain()` stops, by pid after an identity check, every remote process the run started and did not
   see end (`modeldrop.cleanup.REGISTRY`) and records it in the ledger.
@@ -15,12 +16,11 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import pytest
 
 from modeldrop.cleanup import REGISTRY
-from modeldrop.deadlines import FIXTURE_SETUP_S, TEARDOWN_S, DeadlineExceeded, alarm
+from modeldrop.deadlines import FIXTURE_SETUP_S, TEARDOWN_S, DeadlineExceeded
 from modeldrop.interrupts import install_sigterm, interrupt_reason, shield
 from modeldrop.plugin.session import GateSession
 
@@ -48,35 +48,10 @@ def bound(item: pytest.Item, default_s: float | None, kind: str | None = None) -
     item.add_marker(pytest.mark.timeout(seconds))
 
 
-class Bounds:
-    """Bounded fixture setup and teardown (pytest-timeout bounds only the test function)."""
-
-    def __init__(self, config: pytest.Config, gs: GateSession):
-        self.config, self.gs = config, gs
-
-    def _limit(self, name: str) -> float:
-        return float(self.config.getini(name))
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_fixture_setup(self, fixturedef: Any, request: pytest.FixtureRequest) -> Any:
-        with alarm(self._limit("modeldrop_fixture_timeout"), f"setup of fixture {fixturedef.argname}"):
-            return (yield)
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
-        with alarm(self._limit("modeldrop_teardown_timeout"), f"teardown after {item.name}"):
-            return (yield)
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> Any:
-        """An interrupted run tears its session fixtures down here (the cluster stop): bounded too."""
-        try:
-            with alarm(self._limit("modeldrop_teardown_timeout"), "session teardown"):
-                return (yield)
-        except DeadlineExceeded as exc:
-            sys.stderr.write(f"\nmodeldrop: {exc}; see the run folder's exo/ records for what may still run\n")
-            self.gs.ledger.warning(str(exc))
-            return None
+def session_teardown_overran(gs: GateSession, exc: DeadlineExceeded) -> None:
+    """Say so on the terminal and in the ledger (the hook returns normally: the run still ends cleanly)."""
+    sys.stderr.write(f"\nmodeldrop: {exc}; see the run folder's exo/ records for what may still run\n")
+    gs.ledger.warning(str(exc))
 
 
 class Exits:
