@@ -153,6 +153,22 @@ class _Progress:
             prev_t, prev_b = now, b
 
 
+class _HfLines:
+    """The remote hf's output lines: its pid (the first stderr line, see `cleanup.with_pid_report`) is
+    registered for cleanup on every exit path; retry / rate-limit / error lines become heartbeats."""
+
+    def __init__(self, node: Node, what: str, needles: tuple[str, ...], emit: Callable[[str], None]):
+        self.node, self.what, self.needles, self.emit = node, what, needles, emit
+        self.reg: int | None = None
+
+    def __call__(self, stream: str, line: str) -> None:
+        pid = parse_pid_line(line) if stream == "stderr" and self.reg is None else None
+        if pid is not None:
+            self.reg = REGISTRY.register(RemoteProcess(self.node, pid, self.what, self.needles))
+        elif stream == "stderr" and line.strip() and _FORWARD.search(line):
+            self.emit(f"{self.node.name} hf: {line.strip()[:300]}")
+
+
 def run_hf_download(node: Node, *, hf_cmd: str, model_id: str, local_dir: str, include: Sequence[str] = (),
                     env: Mapping[str, str] | None = None, timeout: float, expected_bytes: int | None,
                     heartbeat: Callable[[str], None], interval_s: float = 10, revision: str | None = None,
@@ -176,37 +192,27 @@ def run_hf_download(node: Node, *, hf_cmd: str, model_id: str, local_dir: str, i
         beats.append(line)
         heartbeat(line)
 
-    token: list[int] = []
-
-    def on_line(stream: str, line: str) -> None:
-        pid = parse_pid_line(line) if stream == "stderr" and not token else None
-        if pid is not None:  # the run's own hf: stopped by pid on every exit path until it ends
-            token.append(REGISTRY.register(RemoteProcess(node, pid, f"hf download {model_id}",
-                                                         ("download", target_dir))))
-        elif stream == "stderr" and line.strip() and _FORWARD.search(line):
-            emit(f"{node.name} hf: {line.strip()[:300]}")
-
+    lines = _HfLines(node, f"hf download {model_id}", ("download", target_dir), emit)
     progress = _Progress(node, target_dir, expected_bytes, emit, interval_s)
     progress.thread.start()
     t0 = time.monotonic()
     try:
-        res = node.stream(with_pid_report(argv), timeout=timeout, env=env, unset_env=unset, on_line=on_line,
+        res = node.stream(with_pid_report(argv), timeout=timeout, env=env, unset_env=unset, on_line=lines,
                           secrets=secrets, secret_env=secret_env)
     except CommandTimeout as exc:
         progress.stop.set()
-        stopped = REGISTRY.stop_one(token[0]) if token else stop_stray_download(node, hf_path, target_dir)
+        stopped = REGISTRY.stop_one(lines.reg) if lines.reg else stop_stray_download(node, hf_path, target_dir)
         return DownloadResult(TIMEOUT_RC, None, "", tail(exc.partial), time.monotonic() - t0,
                               f"hf download timed out after {timeout:g}s; {stopped}", True, beats)
     except (KeyboardInterrupt, SystemExit):
         raise  # the session's cleanup stops the registered hf (a second Ctrl-C must not cut it short here)
     except BaseException:  # e.g. the gate's own timeout: stop the remote hf before the next gate starts
-        if token:
-            REGISTRY.stop_one(token[0])
+        REGISTRY.stop_one(lines.reg)
         raise
     finally:
         progress.stop.set()
         progress.thread.join(timeout=max(PROBE_TIMEOUT_S, interval_s * 3) + 5)
-    REGISTRY.done(token[0] if token else None)
+    REGISTRY.done(lines.reg)
     stderr = "\n".join(ln for ln in res.stderr.splitlines() if not ln.startswith(PID_TAG))
     return DownloadResult(res.rc, parse_reported_path(res.stdout), tail(res.stdout), tail(stderr),
                           res.duration_s, hub_reason(stderr), False, beats)
