@@ -47,7 +47,10 @@ class Recorder:
     def __init__(self, item: pytest.Item, mark: pytest.Mark):
         kw = mark.kwargs
         self.item, self.since, self.window = item, kw.get("since"), kw.get("window")
-        self.row = fm.FaultRow(fault=str(mark.args[0]), expected_gate=kw.get("gate", ""),
+        callspec = getattr(item, "callspec", None)  # a function-level mark on a parametrized test: a row per param
+        per_param = callspec is not None and not any(m.name == "fault" for m in callspec.marks)
+        fault = f"{mark.args[0]}[{callspec.id}]" if per_param else str(mark.args[0])
+        self.row = fm.FaultRow(fault=fault, expected_gate=kw.get("gate", ""),
                                signature=kw.get("signature", ""), test=item.nodeid)
         self.sandboxes: list[Any] = []
         self.decoys: list[fm.Decoy] = []

@@ -96,6 +96,7 @@ def _send(url: str, stall_s: float = STALL_S) -> tuple[RequestRecord, float]:
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.fault("bench-stall", gate="benchmarks", signature="stall")
 def test_no_token_within_the_window_is_a_stall_whatever_arrives(shape):
     srv = _StreamServer(SHAPES[shape])
     try:
@@ -133,6 +134,7 @@ class _StuckClient:
         pass
 
 
+@pytest.mark.fault("bench-barrier-wedged", gate="benchmarks", signature="barrier")
 def test_round_barrier_is_bounded():
     client = _StuckClient()
 

@@ -39,6 +39,7 @@ def silent_endpoint():
         c.close()
 
 
+@pytest.mark.fault("hub-silent", gate="node1_verify", signature="timed out")
 def test_silent_hub_is_bounded_and_one_line(silent_endpoint):
     t0 = time.monotonic()
     with pytest.raises(NodeError) as exc:

@@ -77,6 +77,7 @@ def _decoys(world) -> dict[str, subprocess.Popen]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="decoys are Linux processes")
+@pytest.mark.fault("stop-existing-exo-spares-decoys", gate="startup", signature="listed")
 def test_only_this_users_exo_program_is_listed_then_stopped(world, tmp_path):
     real = world.start([str(world.exo)])
     decoys = _decoys(world)

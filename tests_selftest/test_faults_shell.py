@@ -72,6 +72,7 @@ def test_login_shell_is_fish(fish_node):
     assert fish_node.run(["/bin/sh", "-c", "getent passwd $(id -un) | cut -d: -f7"], timeout=20).stdout.strip() == FISH
 
 
+@pytest.mark.fault("fish-login-shell-crafted-input", gate="node1_download", signature="verbatim")
 def test_crafted_argv_env_and_secret_run_verbatim_under_fish(fish_node, fish_sshd):
     marker = fish_sshd.home / "pwned"
     args = _crafted(marker)

@@ -37,6 +37,7 @@ def _timed(fn):
 
 
 @pytest.mark.parametrize("fake", ["exec"], indirect=True)
+@pytest.mark.fault("ssh-exec-request-wedged", gate="preflight", signature="timed out")
 def test_exec_request_never_answered_times_out(fake):
     node = _node(fake)
     err, took = _timed(lambda: node.run(["true"], timeout=3))
@@ -46,6 +47,7 @@ def test_exec_request_never_answered_times_out(fake):
 
 
 @pytest.mark.parametrize("fake", ["silent"], indirect=True)
+@pytest.mark.fault("ssh-command-silent", gate="preflight", signature="timed out")
 def test_command_that_never_answers_times_out(fake):
     node = _node(fake)
     err, took = _timed(lambda: node.run(["true"], timeout=2))
@@ -55,6 +57,7 @@ def test_command_that_never_answers_times_out(fake):
 
 
 @pytest.mark.parametrize("fake", ["banner", "auth"], indirect=True)
+@pytest.mark.fault("ssh-wedged-banner-or-auth", gate="preflight", signature="connect")
 def test_wedged_sshd_before_the_session_is_bounded_by_connect_timeout(fake):
     node = _node(fake, connect_timeout=2)
     err, took = _timed(lambda: node.run(["true"], timeout=30))
@@ -78,6 +81,7 @@ def test_bracketed_ipv6_target_connects(fake):
 
 
 @pytest.mark.parametrize("fake", ["ok"], indirect=True)
+@pytest.mark.fault("host-key-pinned-globally", gate="preflight", signature="host key")
 def test_key_pinned_in_global_known_hosts_wins_over_accept_new(fake, tmp_path):
     other = keygen(tmp_path / "other")
     pinned = tmp_path / "global_known_hosts"
