@@ -6,6 +6,7 @@ names the node and the evidence.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from modeldrop import hub
 from modeldrop.config import RunConfig
-from modeldrop.download import HF_DOWNLOAD_TIMEOUT_S, run_hf_download
+from modeldrop.download import HF_DOWNLOAD_TIMEOUT_S, DownloadResult, run_hf_download
 from modeldrop.facts import RunFacts
 from modeldrop.nodepool import NodePool
 from modeldrop.verify import verify_node
@@ -40,32 +41,65 @@ def expected_total(cfg: RunConfig, hub_expectation: hub.HubExpectation) -> int |
     return (cfg.profile or {}).get("total_size_bytes")
 
 
-def download_step(k: int, cfg: RunConfig, pool: NodePool, evidence: Any, live: Callable[[str], None],
-                  hub_expectation: hub.HubExpectation) -> None:
-    """`hf download` into MODEL_DIR_NODEk exits 0, with a progress line at least every 10 s."""
+def node_download(k: int, cfg: RunConfig, pool: NodePool, hub_expectation: hub.HubExpectation
+                  ) -> Callable[[Callable[[str], None]], DownloadResult]:
+    """Node k's own `hf download` from the hub into MODEL_DIR_NODEk, as a function of its heartbeat."""
     nc = cfg.node(k)
     env, secrets = hub_env(cfg)
     total = expected_total(cfg, hub_expectation)
-    lines: list[str] = []
 
-    def heartbeat(line: str) -> None:
-        lines.append(line)
-        live(line)
+    def run(heartbeat: Callable[[str], None]) -> DownloadResult:
+        return run_hf_download(pool.get(k), hf_cmd=nc.hf_cmd, model_id=cfg.model_id, local_dir=nc.model_dir,
+                               include=cfg.include, env=env, timeout=HF_DOWNLOAD_TIMEOUT_S, expected_bytes=total,
+                               heartbeat=heartbeat, revision=cfg.values["HF_REVISION"], secrets=secrets,
+                               allow_insecure_hub=bool(cfg.values.get("ALLOW_INSECURE_HUB")))
+    return run
 
-    result = run_hf_download(pool.get(k), hf_cmd=nc.hf_cmd, model_id=cfg.model_id, local_dir=nc.model_dir,
-                             include=cfg.include, env=env, timeout=HF_DOWNLOAD_TIMEOUT_S, expected_bytes=total,
-                             heartbeat=heartbeat, revision=cfg.values["HF_REVISION"], secrets=secrets,
-                             allow_insecure_hub=bool(cfg.values.get("ALLOW_INSECURE_HUB")))
+
+def download_step(k: int, cfg: RunConfig, pool: NodePool, evidence: Any, live: Callable[[str], None],
+                  hub_expectation: hub.HubExpectation, parallel: Any = None) -> None:
+    """`hf download` into MODEL_DIR_NODEk exits 0, with a progress line at least every 10 s.
+
+    With `parallel` (the session's ParallelDownloads, --parallel-downloads) the download was started in
+    the background with node 1's: this waits for node k's and reports it the same way."""
+    nc = cfg.node(k)
+    if parallel is not None:
+        job = parallel.wait(k)
+        lines, result, stopped = job.lines, job.result, job.stopped_because
+    else:
+        lines, stopped = [], None
+
+        def heartbeat(line: str) -> None:
+            lines.append(line)
+            live(line)
+
+        t0 = time.time()
+        record_download_span(evidence, k, "start", t0)
+        result = node_download(k, cfg, pool, hub_expectation)(heartbeat)
+        record_download_span(evidence, k, "end", t0, time.time(), result.rc)
     evidence.text(f"node{k} hf download", "\n".join(lines + ["--- stdout ---", result.stdout_tail,
                                                                "--- stderr ---", result.stderr_tail]))
     evidence.note(f"node{k}_download_s", round(result.duration_s, 1))
     if result.reported_path:
         evidence.note(f"node{k}_download_path", result.reported_path)
+    if stopped:
+        evidence.strongest(f"node{k} hf download stopped: {stopped}")
+        pytest.fail(f"node{k}: hf download {cfg.model_id} into {nc.model_dir} stopped because {stopped}",
+                    pytrace=False)
     if result.rc != 0:
         reason = result.hub_reason or (result.stderr_tail.strip().splitlines() or ["no output"])[-1]
         evidence.strongest(f"node{k} hf download rc {result.rc}: {reason}")
         pytest.fail(f"node{k}: hf download {cfg.model_id} into {nc.model_dir} failed (rc {result.rc}): {reason}",
                     pytrace=False)
+
+
+def record_download_span(evidence: Any, k: int, kind: str, start: float, end: float | None = None,
+                         rc: int | None = None, stopped: str | None = None) -> None:
+    """A `download_start` / `download_end` record in ledger.jsonl (the timeline draws each node's download)."""
+    ledger = getattr(evidence, "ledger", None)
+    if ledger is not None:
+        ledger.jsonl.append(f"download_{kind}", node=f"node{k}", start=round(start, 3),
+                            end=round(end, 3) if end is not None else None, rc=rc, stopped=stopped)
 
 
 def verify_step(k: int, cfg: RunConfig, pool: NodePool, facts: RunFacts, run_folder: Any, evidence: Any,

@@ -6,9 +6,9 @@ from gates.steps import download_step, verify_step
 
 
 @pytest.mark.gate("node1_download")
-def test_node1_download(run_config, node_pool, evidence, live, hub_expectation):
+def test_node1_download(run_config, node_pool, evidence, live, hub_expectation, parallel_downloads):
     """`hf download` into MODEL_DIR_NODE1 exits 0 (with progress heartbeats)."""
-    download_step(1, run_config, node_pool, evidence, live, hub_expectation)
+    download_step(1, run_config, node_pool, evidence, live, hub_expectation, parallel_downloads)
 
 
 @pytest.mark.gate("node1_verify")

@@ -46,6 +46,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("ALLOW_BLOCKED_MODEL", "--allow-blocked-model", "bool", False, "run a model whose profile status is blocked"),
     Option("VERIFY_HASHES", "--verify-hashes", "bool", False, "also check sha256 of every large file against the hub's etag"),
     Option("ACCEPT_NEW_HOST_KEYS", "--accept-new-host-keys", "bool", False, "accept and record SSH host keys not yet in known_hosts"),
+    Option("PARALLEL_DOWNLOADS", "--parallel-downloads", "bool", False, "start the downloads of nodes 2..N with node 1's (each node still downloads from the hub); gates still report in order"),
+    Option("KEEP_DOWNLOADING", "--keep-downloading", "bool", False, "with --parallel-downloads: a failed download does not stop the other nodes' downloads"),
     Option("TEARDOWN", "--teardown", "bool", False, "stop the cluster after a green run (default: leave it serving)"),
     Option("STOP_EXISTING_EXO", "--stop-existing-exo", "bool", False, "stop exo processes of the configured EXO_CMD or EXO.app found on the nodes"),
     Option("RESUME_BOOTSTRAP", "--resume-bootstrap", "bool", False, "skip gates that have a matching recent pass"),
