@@ -155,6 +155,6 @@ def stop_node_download(node: Node, model_id: str, local_dir: str, grace_s: float
     results = [node.run_probe("stop", {"pid": p["pid"], "expect_start": p["start"],
                                        "expect_argv0": p["cmdline"][0], "grace_s": grace_s},
                               timeout=60 + grace_s)["result"] for p in mine]
-    pids = ", ".join(f"pid {p['pid']}: {r}" for p, r in zip(mine, results))
+    pids = ", ".join(f"pid {p['pid']}: {r}" for p, r in zip(mine, results, strict=True))
     return f"stopped {len(results)} hf process(es) on {node.name} ({pids})" if results else \
         f"no hf process left running on {node.name}"

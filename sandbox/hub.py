@@ -25,9 +25,11 @@ import fnmatch
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -219,7 +221,11 @@ class Faults:
     - cut_body: {"patterns": [glob], "fraction": 0.5, "times": n|None} -> a GET of a matching
       path announces the full Content-Length, sends `fraction` of it and closes the connection.
     - missing_file: [glob] -> listed in the tree, but HEAD/GET answer 404 EntryNotFound.
-    - slow_link_bps: bytes per second for GET bodies (None = unthrottled).
+    - slow_link_bps: bytes per second for GET bodies, one line shared by every client (None = unthrottled).
+    - node_link_bps: each client on its own line: an int (the same rate for every client) or
+      {client: bps} with "*" for the rest; a client is `user@address`: the user owning the
+      connecting socket (each sandbox node has its own) and its source address (`client_key`), and
+      a key may name either part or both. With slow_link_bps too, a body is paced by both lines.
     - override_files: {path: text} -> served instead of (or in addition to) the repo's file;
       the commit sha changes with it (e.g. an index naming a shard that does not exist).
     """
@@ -229,6 +235,7 @@ class Faults:
     cut_body: dict[str, Any] | None = None
     missing_file: list[str] = field(default_factory=list)
     slow_link_bps: int | None = None
+    node_link_bps: int | dict[str, int] | None = None
     override_files: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -247,6 +254,7 @@ class Faults:
         if bps is not None and (not isinstance(bps, int) or bps <= 0):
             raise ValueError(f"slow_link_bps must be a positive int or null, got {bps!r}")
         f.slow_link_bps = bps
+        f.node_link_bps = _node_links(obj.get("node_link_bps"))
         over = obj.get("override_files") or {}
         if not isinstance(over, dict) or not all(isinstance(v, str) for v in over.values()):
             raise ValueError("override_files must map path -> text")
@@ -265,6 +273,19 @@ def _status_fault(v: Any, key: str) -> dict[str, Any] | None:
         raise ValueError(f"{key} must be a scope in {SCOPES} or {{'scope','retry_after','times'}}, got {v!r}")
     return {"scope": v.get("scope", "all"), "retry_after": int(v.get("retry_after", 1)),
             "times": None if v.get("times") is None else int(v["times"])}
+
+
+def _node_links(v: Any) -> int | dict[str, int] | None:
+    def rate(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and x > 0
+
+    if v is None or v == {}:
+        return None
+    if rate(v):
+        return v
+    if isinstance(v, dict) and all(isinstance(k, str) and rate(x) for k, x in v.items()):
+        return dict(v)
+    raise ValueError(f"node_link_bps must be a positive int or {{client: positive int}}, got {v!r}")
 
 
 def _cut_fault(v: Any) -> dict[str, Any] | None:
@@ -302,19 +323,33 @@ class HubServer(ThreadingHTTPServer):
         self.lock = threading.RLock()
         self.log_path = Path(log_path) if log_path else None
         self._log_file = open(self.log_path, "a", buffering=1, encoding="utf-8") if self.log_path else None
-        self._link_next = 0.0
+        self._link_next: dict[str, float] = {}
         super().__init__((host, port), HubHandler)
 
-    def pace(self, nbytes: int) -> None:
-        """Throttle to `slow_link_bps` across all connections: one shared link, FIFO slots."""
-        bps = self.faults.slow_link_bps
-        if not bps:
+    def link_rates(self, client: str) -> dict[str, int]:
+        """The lines a body to `client` goes through: {line: bytes/s} (shared line "", the client's own)."""
+        f = self.faults
+        lines = {"": f.slow_link_bps} if f.slow_link_bps else {}
+        node = f.node_link_bps
+        if isinstance(node, dict):
+            user, _, addr = client.rpartition("@")
+            node = next((node[k] for k in (client, user, addr, "*") if k in node), None)
+        if node:
+            lines["node:" + client] = node
+        return lines
+
+    def pace(self, nbytes: int, client: str = "") -> None:
+        """Throttle a chunk on every line it goes through (the shared one, the client's own): FIFO slots."""
+        lines = self.link_rates(client)
+        if not lines:
             return
         with self.lock:
             now = time.monotonic()
-            start = max(now, self._link_next)
-            self._link_next = start + nbytes / bps
-            done_at = self._link_next
+            done_at = now
+            for line, bps in lines.items():
+                start = max(now, self._link_next.get(line, 0.0))
+                self._link_next[line] = start + nbytes / bps
+                done_at = max(done_at, self._link_next[line])
         delay = done_at - time.monotonic()
         if delay > 0:
             time.sleep(delay)  # pacing the link, not synchronisation
@@ -366,11 +401,20 @@ class HubHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # the JSON request log replaces stderr chatter
 
-    def _record(self, status: int, sent: int, note: str = "") -> None:
-        self.server.log_request_record({
-            "t": round(time.time(), 3), "client": self.client_address[0], "method": self.command,
-            "path": self.path, "status": status, "bytes": sent, "range": self.headers.get("Range"),
-            "note": note})
+    @property
+    def client(self) -> str:
+        """Who is asking: the user owning the connecting socket (each sandbox node has its own), else its address."""
+        if getattr(self, "_client", None) is None:
+            self._client = client_key(self.client_address, self.server.server_address)
+        return self._client
+
+    def _record(self, status: int, sent: int, note: str = "", t0: float | None = None) -> None:
+        rec = {"t": round(time.time(), 3), "client": self.client_address[0], "node": self.client,
+               "method": self.command, "path": self.path, "status": status, "bytes": sent,
+               "range": self.headers.get("Range"), "note": note}
+        if t0 is not None:
+            rec["body_s"] = round(time.monotonic() - t0, 3)
+        self.server.log_request_record(rec)
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
               ctype: str = "application/json", note: str = "") -> None:
@@ -567,12 +611,13 @@ class HubHandler(BaseHTTPRequestHandler):
     def _body(self, f: RepoFile, start: int, end: int, status: int) -> None:
         cut = self.server.take_fault("cut_body", path=f.path) if self.server.faults.cut_body else None
         stop = start + int((end - start) * cut["fraction"]) if cut else end
-        bps = self.server.faults.slow_link_bps
-        sent, pos = 0, start
+        rates = self.server.link_rates(self.client)
+        bps = min(rates.values()) if rates else None
+        sent, pos, t0 = 0, start, time.monotonic()
         step = min(CHUNK, max(1024, bps // 20)) if bps else CHUNK
         while pos < stop:
             chunk = f.read(pos, min(stop, pos + step))
-            self.server.pace(len(chunk))
+            self.server.pace(len(chunk), self.client)
             self.wfile.write(chunk)
             pos += len(chunk)
             sent += len(chunk)
@@ -584,7 +629,29 @@ class HubHandler(BaseHTTPRequestHandler):
             except OSError:
                 pass
         note = "fault:cut_body" if cut else ("slow" if bps else "")
-        self._record(status, sent, note)
+        self._record(status, sent, note, t0)
+
+
+def _proc_net_addr(host: str, port: int) -> str:
+    """An IPv4 address as /proc/net/tcp prints it (little-endian hex, then the port)."""
+    return f"{struct.unpack('<I', socket.inet_aton(host))[0]:08X}:{port:04X}"
+
+
+def client_key(client: tuple, server: tuple, proc_net: Path = Path("/proc/net/tcp")) -> str:
+    """`user@address` of a connection's client: the user owning its socket (Linux /proc/net/tcp; "?" when
+    not found) and its source address. On loopback a connection to the hub comes from the same address
+    whichever node opens it, so the owner (each sandbox node has its own user) tells the nodes apart."""
+    user = "?"
+    try:
+        local, remote = _proc_net_addr(client[0], client[1]), _proc_net_addr(server[0], server[1])
+        for line in proc_net.read_text().splitlines()[1:]:
+            cols = line.split()
+            if len(cols) > 7 and cols[1] == local and cols[2] == remote:
+                user = pwd.getpwuid(int(cols[7])).pw_name
+                break
+    except (OSError, ValueError, KeyError, struct.error):
+        pass
+    return f"{user}@{client[0]}"
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:

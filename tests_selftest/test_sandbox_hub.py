@@ -188,3 +188,56 @@ def test_slow_link_makes_it_take_longer(hub: HubHandle, tmp_path: Path) -> None:
     slow = time.monotonic() - t0
     assert r.returncode == 0, r.stderr
     assert slow >= size / bps * 0.9 and slow > fast + 1.0, (fast, slow)
+
+
+def _timed_gets(hub: HubHandle, sources: list[str], path: str) -> None:
+    """GET `path` at once from each source address (as separate clients would), bodies read to the end."""
+    import http.client
+    import threading
+
+    def one(src: str) -> None:
+        c = http.client.HTTPConnection(hub.host, hub.port, timeout=60, source_address=(src, 0))
+        c.request("GET", path)
+        assert c.getresponse().read()
+        c.close()
+
+    threads = [threading.Thread(target=one, args=(s,)) for s in sources]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+
+
+def _body_seconds(hub: HubHandle, since: int, path: str) -> dict[str, float]:
+    return {r["node"]: r["body_s"] for r in hub.requests()[since:] if r["path"] == path and "body_s" in r}
+
+
+@pytest.mark.sandbox_run
+def test_node_links_give_each_client_its_own_line(hub: HubHandle) -> None:
+    """Two clients at once: per-node links each carry their own rate; a shared link splits one rate."""
+    sizes = json.loads(_get(f"{hub.url}/api/models/{MODEL_ID}/revision/main?blobs=true")[2])["siblings"]
+    size = next(s["size"] for s in sizes if s["rfilename"] == SHARD2)
+    bps = size  # about one second for the shard on one line
+    path = f"/{MODEL_ID}/resolve/main/{SHARD2}"
+    sources = [f"127.0.7.{11 + os.getpid() % 200}", f"127.0.7.{12 + os.getpid() % 200}"]
+    hub.set_faults(node_link_bps=bps)
+    n0 = len(hub.requests())
+    _timed_gets(hub, sources, path)
+    own = _body_seconds(hub, n0, path)
+    hub.set_faults(slow_link_bps=bps)
+    n1 = len(hub.requests())
+    _timed_gets(hub, sources, path)
+    shared = _body_seconds(hub, n1, path)
+    assert sorted(k.rpartition("@")[2] for k in own) == sorted(sources), own  # two clients, told apart
+    assert all(0.8 <= s <= 1.6 for s in own.values()), own  # each at its own line's full rate
+    assert max(shared.values()) >= 1.8, shared  # one line: the later body waited for the other
+
+
+def test_client_key_names_the_socket_owner(tmp_path: Path) -> None:
+    from sandbox.hub import client_key
+    table = tmp_path / "tcp"
+    table.write_text("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
+                     "   0: 0100007F:A000 0154007F:22C4 01 00000000:00000000 00:00000000 00000000     0 0 1\n")
+    assert client_key(("127.0.0.1", 0xA000), ("127.0.84.1", 8900), table) == "root@127.0.0.1"
+    assert client_key(("127.0.0.1", 0xA001), ("127.0.84.1", 8900), table) == "?@127.0.0.1"
+    assert client_key(("127.0.0.1", 1), ("127.0.84.1", 8900), tmp_path / "absent") == "?@127.0.0.1"
