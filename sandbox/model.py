@@ -133,6 +133,18 @@ def _weights(layers: int, hidden: int, vocab: int, seed: int) -> dict[str, np.nd
     return w
 
 
+PAD_SUFFIX = "self_attn.rotary_emb.inv_freq_pad"
+
+
+def _padding(layers: int, pad_mb: int) -> dict[str, np.ndarray]:
+    """`pad_mb` MB of zeros as one tensor per layer, named so mlx-lm's Llama drops them when loading
+    (its sanitize removes every `self_attn.rotary_emb.inv_freq` key, as real checkpoints carry one)."""
+    if pad_mb <= 0:
+        return {}
+    per_layer = -(-pad_mb * 1024 * 1024 // 4 // layers)
+    return {f"model.layers.{i}.{PAD_SUFFIX}": np.zeros(per_layer, np.float32) for i in range(layers)}
+
+
 def _apply_eos_bias(w: dict[str, np.ndarray], layers: int, bad_ids: list[int], eos_id: int, eos: str) -> None:
     """Make hidden dim 0 a constant 1.0 so lm_head[:, 0] acts as a per-token logit bias."""
     if eos == "natural":
@@ -212,8 +224,10 @@ def _readme(model_id: str, layers: int, hidden: int, vocab: int, eos: str, seed:
 
 def generate_model(out_dir: str | Path, *, layers: int = 4, hidden: int = 64, vocab: int = 2048,
                    shards: int = 3, eos: str = "never", seed: int = 0,
-                   model_id: str = MODEL_ID) -> dict[str, Any]:
+                   model_id: str = MODEL_ID, pad_mb: int = 0) -> dict[str, Any]:
     """Write the tiny model into `out_dir` (created; existing files of the same names replaced).
+    `pad_mb` adds that many MB of padding tensors spread over the shards (see `_padding`): a model large
+    enough that downloads take time, still loadable.
 
     Returns {"dir", "model_id", "files": {name: size}, "weight_files", "total_size"
     (index metadata), "storage_bytes" (sum of shard file sizes), "n_layers", "hidden_size",
@@ -229,6 +243,7 @@ def generate_model(out_dir: str | Path, *, layers: int = 4, hidden: int = 64, vo
     eos_id, pad_id = tok.token_to_id(IM_END), tok.token_to_id(ENDOFTEXT)
     w = _weights(layers, hidden, vocab, seed)
     _apply_eos_bias(w, layers, _bad_token_ids(tok), eos_id, eos)
+    w |= _padding(layers, pad_mb)
     index = _write_shards(out, w, layers, shards)
     _write_json(out / "model.safetensors.index.json", index)
     _write_json(out / "config.json", _config(layers, hidden, vocab, eos_id, pad_id))

@@ -124,3 +124,15 @@ def test_eos_always_answers_empty(tmp_path: Path) -> None:
     generate_model(tmp_path, eos="always", layers=2, shards=2)
     _, text, n, reason = _generate(tmp_path, 16)
     assert reason == "stop" and n == 1 and text == ""
+
+
+@pytest.mark.sandbox_run
+def test_padding_grows_the_shards_and_stays_loadable(model_dir: tuple[Path, dict], tmp_path: Path) -> None:
+    """pad_mb makes every shard bigger by its share; mlx-lm still loads it and answers as without padding."""
+    d, info = model_dir
+    padded = generate_model(tmp_path, pad_mb=3)
+    assert padded["storage_bytes"] - info["storage_bytes"] >= 3 * 1024 * 1024
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    pads = {f for n, f in index["weight_map"].items() if n.endswith("inv_freq_pad")}
+    assert len(pads) >= 2, "padding is spread over the shards"
+    assert _generate(tmp_path, 8)[1] == _generate(d, 8)[1]
