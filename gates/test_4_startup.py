@@ -14,8 +14,10 @@ def test_startup(run_config, exo_cluster, exo_report, evidence):
     except LaunchError as e:
         exo_report.launch_failed(e)
     evidence.json("launches", {f"node{k}": r.to_json() for k, r in records.items()})
-    verdict = watch_startup(exo_cluster.cluster_launchers(), exo_cluster.clients(), run_config.settle_window_s)
+    verdict = watch_startup(exo_cluster.cluster_launchers(), exo_cluster.clients(), run_config.settle_window_s,
+                            on_up=exo_cluster.start_join_watch)  # the cluster-join wait overlaps the window
     evidence.json("startup", verdict.details)
     evidence.note("verdict", verdict.summary)
     if not verdict.ok:
+        exo_cluster.cancel_join_watch()
         exo_report.fail(verdict)

@@ -3,7 +3,7 @@
 import pytest
 
 from modeldrop.exo.logs import namespace_lines
-from modeldrop.exo.observe import ensure_cards, watch_cluster
+from modeldrop.exo.observe import ensure_cards
 
 
 @pytest.mark.gate("cluster")
@@ -16,7 +16,7 @@ def test_cluster(run_config, exo_running, exo_report, evidence):
     if missing:
         exo_report.fail(message=f"API not answering /node_id on {', '.join(missing)}",
                         facts={"exited": missing})
-    verdict = watch_cluster(exo_running.clients(), live_ids, run_config.cluster_window_s)
+    verdict = exo_running.cluster_verdict(live_ids, run_config.cluster_window_s)
     evidence.json("cluster", verdict.details)
     evidence.note("verdict", verdict.summary)
     if not verdict.ok:

@@ -8,6 +8,10 @@ Lifecycle contract (fixtures/exo.py applies it):
   left serving — each node's launch record (`reports/<run>/exo/node<k>-cluster.json`) must name a
   live process with the same start time, and that node's `/node_id` must answer — and copies the
   records into this run's folder. Otherwise it raises `ReattachError` saying what is missing.
+- `start_join_watch(ids)` (the startup gate calls it once every API answered) watches the cluster join
+  in the background, so the startup settle window overlaps the join wait; `cluster_verdict(ids, window)`
+  (the cluster gate) waits for that watch when it watches the same node ids, then confirms with one
+  fresh look, else polls itself. `stop_all()` and `cancel_join_watch()` end the watch.
 - `stop_all()` stops by pid, identity-checked, everything this run started or adopted.
 - `scan_logs(role)` and `log_tails(role)` fetch the nodes' logs (probe `tail`) for a failing gate's
   evidence; matching them against the signature table is the caller's (this package never imports it).
@@ -15,6 +19,8 @@ Lifecycle contract (fixtures/exo.py applies it):
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,8 @@ from modeldrop.exo import logs as exologs
 from modeldrop.exo import state as st
 from modeldrop.exo.client import ExoClient
 from modeldrop.exo.launcher import ExoLauncher, LaunchError, precheck_facts, previous_records
+from modeldrop.exo.observe import watch_cluster
+from modeldrop.exo.verdicts import Verdict
 from modeldrop.exo.wait import call_safely
 
 EVIDENCE_TAIL_BYTES = 16 * 1024
@@ -29,6 +37,16 @@ EVIDENCE_TAIL_BYTES = 16 * 1024
 
 class ReattachError(Exception):
     """No cluster to re-attach to; the message says which node and why."""
+
+
+@dataclass
+class JoinWatch:
+    """A background cluster-join watch over fixed node ids; `verdict` is set when `done`."""
+
+    live_ids: dict[int, str]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    verdict: Verdict | None = None
 
 
 class ExoCluster:
@@ -40,6 +58,7 @@ class ExoCluster:
         self.running = False
         self.attached = False
         self.instance_id: str | None = None
+        self.join_watch: JoinWatch | None = None
 
     @property
     def ks(self) -> list[int]:
@@ -108,6 +127,43 @@ class ExoCluster:
         la.record = None
         return None
 
+    # -- cluster join ------------------------------------------------------------------------------
+    def start_join_watch(self, live_ids: dict[int, str]) -> None:
+        """Watch the cluster join of these node ids in a background thread (the cluster window from now)."""
+        self.cancel_join_watch()
+        watch = JoinWatch(dict(live_ids))
+        clients, window = self.clients(), float(self.cfg.cluster_window_s)
+
+        def run() -> None:
+            try:
+                watch.verdict = watch_cluster(clients, watch.live_ids, window, cancelled=watch.cancel.is_set)
+            finally:
+                watch.done.set()
+        self.join_watch = watch
+        threading.Thread(target=run, name="cluster-join-watch", daemon=True).start()
+
+    def cancel_join_watch(self) -> None:
+        """End the background join watch, if any (nothing will read its verdict)."""
+        if self.join_watch is not None:
+            self.join_watch.cancel.set()
+            self.join_watch = None
+
+    def cluster_verdict(self, live_ids: dict[int, str], window_s: float) -> Verdict:
+        """The cluster gate's verdict: the background watch's (when it watched these ids) confirmed by a fresh
+        look, else a poll of its own."""
+        watch = self.join_watch
+        if watch is not None and watch.live_ids == live_ids:
+            watch.done.wait(window_s + 60.0)
+            self.join_watch = None
+            if watch.verdict is not None and not watch.verdict.ok:
+                watch.verdict.details["watched_from_startup"] = True
+                return watch.verdict
+            if watch.verdict is not None:
+                v = watch_cluster(self.clients(), live_ids, window_s)
+                v.details["joined_during_startup_s"] = watch.verdict.details.get("elapsed_s")
+                return v
+        return watch_cluster(self.clients(), live_ids, window_s)
+
     def ensure_running(self) -> None:
         if not self.running:
             self.reattach()
@@ -122,6 +178,7 @@ class ExoCluster:
 
     def stop_all(self) -> dict[str, Any]:
         """Stop every process this run started or adopted (canary included)."""
+        self.cancel_join_watch()
         out = {}
         for key, la in self.launchers.items():
             if la.record is not None:

@@ -32,6 +32,7 @@ API_UP_TIMEOUT_S = 120.0
 SOCKETS_TIMEOUT_S = 60.0
 CHAT_STALL_S, CHAT_READ_TIMEOUT_S = 30.0, 120.0  # the chat gate's per-request bounds (run_chats)
 INTERVAL_S = 0.5
+CLUSTER_INTERVAL_S = 0.5
 # MLX ring connect retries sleep 1+2+4+8+16 s before `[ring] Couldn't connect (error: N)`;
 # while runners are Connecting the stall budget is at least this, so the errno (G2) wins over "stuck" (F1).
 CONNECT_BUDGET_S = 45.0
@@ -52,8 +53,12 @@ def sample_node(launcher: Any, client: ExoClient, t0: float, clock: Callable[[],
 
 def watch_startup(launchers: dict[int, Any], clients: dict[int, ExoClient], settle_s: float,
                   api_timeout_s: float = API_UP_TIMEOUT_S, clock: Callable[[], float] = time.monotonic,
-                  sleep: Callable[[float], None] = time.sleep) -> Verdict:
-    """Wait until every API answers (fail fast when a process exits), then watch for settle_s."""
+                  sleep: Callable[[float], None] = time.sleep,
+                  on_up: Callable[[dict[int, str]], None] | None = None) -> Verdict:
+    """Wait until every API answers (fail fast when a process exits), then watch for settle_s.
+
+    `on_up({k: node id})` is called once every API answered, before the settle window: the caller starts
+    what may overlap the window (the cluster-join watch); the window itself is still watched in full."""
     t0 = clock()
     samples: dict[int, list[StartupSample]] = {k: [] for k in launchers}
 
@@ -67,6 +72,8 @@ def watch_startup(launchers: dict[int, Any], clients: dict[int, ExoClient], sett
               stop=lambda o: any(not s.alive for s in o.values()), clock=clock, sleep=sleep)
     starts = {k: (launchers[k].record.start if launchers[k].record else None) for k in launchers}
     if up.done:
+        if on_up is not None:
+            on_up({k: s.node_id for k, s in up.value.items() if s.node_id})
         t1 = clock()
         poll(look, lambda o: clock() - t1 >= settle_s, settle_s + 5.0, INTERVAL_S,
              stop=lambda o: any(not s.alive for s in o.values()), clock=clock, sleep=sleep)
@@ -86,12 +93,14 @@ def views_of(clients: dict[int, ExoClient]) -> dict[int, st.ClusterView | None]:
 
 def watch_cluster(clients: dict[int, ExoClient], live_ids: dict[int, str], window_s: float,
                   clock: Callable[[], float] = time.monotonic,
-                  sleep: Callable[[float], None] = time.sleep) -> Verdict:
-    """Poll every API until all N nodes and both-way edges show, or the window ends (isolation stop)."""
+                  sleep: Callable[[float], None] = time.sleep,
+                  cancelled: Callable[[], bool] | None = None) -> Verdict:
+    """Poll every API until all N nodes and both-way edges show, or the window ends (isolation stop);
+    `cancelled()` true ends it early (the caller no longer needs the answer)."""
     n = len(live_ids)
     t0 = clock()
-    res = poll(lambda: cluster_verdict(live_ids, views_of(clients), n), lambda v: v.ok, window_s, 1.0,
-               clock=clock, sleep=sleep)
+    res = poll(lambda: cluster_verdict(live_ids, views_of(clients), n), lambda v: v.ok, window_s, CLUSTER_INTERVAL_S,
+               stop=(lambda v: cancelled()) if cancelled else None, clock=clock, sleep=sleep)
     v = res.value if res.value is not None else Verdict(False, f"no /state answered ({res.last_error})")
     v.details["elapsed_s"] = round(clock() - t0, 2)
     if not v.ok and v.facts.get(Fact.isolated):
