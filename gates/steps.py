@@ -98,8 +98,7 @@ def record_download_span(evidence: Any, k: int, kind: str, start: float, end: fl
     """A `download_start` / `download_end` record in ledger.jsonl (the timeline draws each node's download)."""
     ledger = getattr(evidence, "ledger", None)
     if ledger is not None:
-        ledger.jsonl.append(f"download_{kind}", node=f"node{k}", start=round(start, 3),
-                            end=round(end, 3) if end is not None else None, rc=rc, stopped=stopped)
+        ledger.download_span(f"node{k}", kind, start, end, rc, stopped=stopped)
 
 
 def verify_step(k: int, cfg: RunConfig, pool: NodePool, facts: RunFacts, run_folder: Any, evidence: Any,

@@ -226,3 +226,35 @@ def test_benchmark_next_command_keeps_the_bench_shape(pytester):
     block = handoff_block(latest(pytester))
     assert block["NEXT_COMMAND"].endswith("benchmarks/ --model org/tiny-model --env-file test.env "
                                           "--bench-profile short --bench-node=1 -k 'test_sweep[2]'"), block
+
+
+def test_timeline_drawn_for_a_failed_run_with_every_gate_that_ran(pytester):
+    """plots/timeline.png (+ the spans drawn, timeline.json) after a failing run: every gate that started is
+    a bar with its outcome, and ledger.html embeds the picture."""
+    make_suite(pytester, behaviour={"node2_verify": "fail:1 shard truncated"})
+    assert pytester.runpytest(*BASE).ret == 1
+    run = latest(pytester)
+    png, drawn = run / "plots" / "timeline.png", run / "plots" / "timeline.json"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    started = [r["gate"] for r in jsonl(run) if r["event"] == "gate_start"]
+    bars = {s["label"]: s["outcome"] for s in json.loads(drawn.read_text())}
+    assert started and set(started) <= set(bars), (started, bars)
+    assert bars["node2_verify"] == "failed" and bars["preflight"] == "passed"
+    assert bars.get("parity") == "skipped"
+    assert 'class="modeldrop-timeline"' in (run / "ledger.html").read_text()
+
+
+def test_timeline_spans_downloads_and_running_gates():
+    from modeldrop.ledger.timeline import spans
+    recs = [{"event": "gate_start", "gate": "node1_download", "t": 10.0},
+            {"event": "download_start", "node": "node1", "start": 10.1, "t": 10.1},
+            {"event": "download_start", "node": "node2", "start": 10.2, "t": 10.2},
+            {"event": "download_end", "node": "node1", "start": 10.1, "end": 30.0, "rc": 0, "t": 30.0},
+            {"event": "pass", "gate": "node1_download", "t": 30.1, "duration_s": 20.1},
+            {"event": "download_end", "node": "node2", "start": 10.2, "end": 31.0, "rc": 1, "t": 31.0},
+            {"event": "gate_start", "gate": "node1_verify", "t": 30.2}]
+    got = {s.label: (s.start, s.end, s.outcome) for s in spans(recs, now=40.0)}
+    assert got["node1 hf download"] == (10.1, 30.0, "download")
+    assert got["node2 hf download"] == (10.2, 31.0, "download_failed")
+    assert got["node1_download"] == (10.0, 30.1, "passed")
+    assert got["node1_verify"] == (30.2, 40.0, "running")

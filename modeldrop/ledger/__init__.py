@@ -6,7 +6,9 @@
   all three are current after every event, whatever kills the run afterwards;
 - `gate=None` events (benchmarks, run-level warnings) land in ledger.jsonl and the run-level
   warnings of the hand-off;
-- secrets given to the constructor never reach any of them (`modeldrop.redaction`).
+- secrets given to the constructor never reach any of them (`modeldrop.redaction`);
+- `plots/timeline.png` (every gate and each node's download as a bar on one time axis) is redrawn in the
+  background after every gate or download event and drawn once more at the run's end, green or not.
 Plain Python: the plugin (modeldrop.plugin) calls it from pytest hooks.
 """
 
@@ -25,10 +27,12 @@ from modeldrop.ledger import runjson
 from modeldrop.ledger.handoff import GateRecord, RunState, handoff_fields, hm, one_line, render
 from modeldrop.ledger.jsonl import JsonlLedger
 from modeldrop.ledger.runfolder import RunFolder, atomic_write_json, atomic_write_text
+from modeldrop.ledger.timeline import TimelineWriter
 from modeldrop.redaction import masked, redact, redact_obj
 
 __all__ = ["Evidence", "Ledger", "GateRecord", "RunState", "RunFolder"]
 
+TIMELINE_EVENTS = frozenset({"gate_start", "pass", "fail", "skip", "reuse", "download_start", "download_end"})
 NOTE_KEYS = ("total_size_bytes", "safetensors_count", "gguf_count", "instance_id", "hub_commit",
              "exo_version", "manifest_digest", "warning")
 
@@ -51,6 +55,7 @@ class Ledger:
         self.state = state
         self._secrets = masked(secrets)
         self.jsonl = JsonlLedger(folder.path / "ledger.jsonl", self._secrets)
+        self.timeline = TimelineWriter(self.jsonl.path, folder.path / "plots" / "timeline.png")
 
     # -- writing -------------------------------------------------------------------------
     def _redact(self, text: str) -> str:
@@ -66,6 +71,8 @@ class Ledger:
     def _event(self, event: str, **fields: Any) -> None:
         self.jsonl.append(event, **fields)
         self.write_handoff()
+        if event in TIMELINE_EVENTS:
+            self.timeline.touch()
 
     @_locked
     def fields(self) -> dict[str, str]:
@@ -105,6 +112,14 @@ class Ledger:
         self.state.interrupted = interrupted
         self._event("run_end", exitstatus=int(exitstatus), interrupted=interrupted or None,
                     handoff=self.fields())
+        self.timeline.flush()
+
+    def download_span(self, node: str, kind: str, start: float, end: float | None = None, rc: int | None = None,
+                      **extra: Any) -> None:
+        """A node's download started (`kind` "start") or ended ("end", with its rc): for the timeline."""
+        self.jsonl.append(f"download_{kind}", node=node, start=round(start, 3),
+                          end=round(end, 3) if end is not None else None, rc=rc, **extra)
+        self.timeline.touch()
 
     @_locked
     def profile_update(self, path: str, diff: dict[str, Any]) -> None:

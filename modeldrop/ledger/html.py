@@ -82,8 +82,9 @@ def gate_cell(gate: str | None) -> str:
     return f'<td class="col-gate">{html.escape(gate or "")}</td>'
 
 
-def summary_html(fields: dict[str, str], state: RunState | None) -> str:
-    """The hand-off block and gate table for the top of ledger.html (all text escaped)."""
+def summary_html(fields: dict[str, str], state: RunState | None, timeline_png: Path | None = None) -> str:
+    """The hand-off block, gate table and (when drawn) the timeline picture for the top of ledger.html
+    (all text escaped; the picture embedded, so the ledger stays self-contained)."""
     e = html.escape
     block = "\n".join(f"{k}={fields.get(k, '')}" for k in HANDOFF_KEYS)
     out = ['<div class="modeldrop-handoff"><h2>Hand-off</h2>',
@@ -100,8 +101,21 @@ def summary_html(fields: dict[str, str], state: RunState | None) -> str:
         warnings = state.warnings + [f"{r.gate}: {w}" for r in state.in_order() for w in r.warnings]
         if warnings:
             out.append("<p><b>Warnings</b></p><ul>" + "".join(f"<li>{e(w)}</li>" for w in warnings) + "</ul>")
+    out.append(timeline_img(timeline_png))
     out.append("</div>")
     return "\n".join(out)
+
+
+def timeline_img(png: Path | None) -> str:
+    """The timeline picture as an embedded <img> ("" when not drawn yet)."""
+    try:
+        data = Path(png).read_bytes() if png else b""
+    except OSError:
+        data = b""
+    if not data:
+        return ""
+    return ('<p><b>Timeline</b></p><img class="modeldrop-timeline" alt="timeline of the gates and downloads" '
+            f'src="data:image/png;base64,{base64.b64encode(data).decode()}"/>')
 
 
 def atomic_writer(report_path: Path, secrets: Iterable[str] = ()) -> Callable[[str], None]:

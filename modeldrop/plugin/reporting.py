@@ -20,7 +20,7 @@ def prefix_updater(gs: GateSession) -> Any:
     """A function that puts the current hand-off block at the top of a summary prefix."""
     def update(prefix: list[str]) -> None:
         prefix[:] = [p for p in prefix if 'class="modeldrop-handoff"' not in p]
-        prefix.insert(0, lhtml.summary_html(gs.ledger.fields(), gs.ledger.state))
+        prefix.insert(0, lhtml.summary_html(gs.ledger.fields(), gs.ledger.state, gs.ledger.timeline.png))
     return update
 
 
