@@ -215,8 +215,9 @@ def publish(repos_dir: Path, repo_id: str, src_dir: Path) -> Path:
 class Faults:
     """The fault switches. Empty (all None) means a healthy hub.
 
-    - rate_limit_429: {"scope": one of SCOPES, "retry_after": s, "times": n|None} -> 429 +
-      Retry-After on matching requests (`times` None = every time). A bare scope string works.
+    - rate_limit_429: {"scope": one of SCOPES, "retry_after": s, "times": n|None, "clients": [key]|None}
+      -> 429 + Retry-After on matching requests (`times` None = every time; `clients` limits it to
+      those clients, keys as in node_link_bps). A bare scope string works.
     - server_error_500: same shape -> 500.
     - cut_body: {"patterns": [glob], "fraction": 0.5, "times": n|None} -> a GET of a matching
       path announces the full Content-Length, sends `fraction` of it and closes the connection.
@@ -271,8 +272,11 @@ def _status_fault(v: Any, key: str) -> dict[str, Any] | None:
         v = {"scope": v}
     if not isinstance(v, dict) or v.get("scope", "all") not in SCOPES:
         raise ValueError(f"{key} must be a scope in {SCOPES} or {{'scope','retry_after','times'}}, got {v!r}")
+    clients = v.get("clients")
+    if clients is not None and (not isinstance(clients, list) or not all(isinstance(c, str) for c in clients)):
+        raise ValueError(f"{key}.clients must be a list of client keys (user, address or user@address), got {clients!r}")
     return {"scope": v.get("scope", "all"), "retry_after": int(v.get("retry_after", 1)),
-            "times": None if v.get("times") is None else int(v["times"])}
+            "times": None if v.get("times") is None else int(v["times"]), "clients": clients}
 
 
 def _node_links(v: Any) -> int | dict[str, int] | None:
@@ -304,6 +308,12 @@ def _cut_fault(v: Any) -> dict[str, Any] | None:
     return {"patterns": pats, "fraction": frac, "times": None if v.get("times") is None else int(v["times"])}
 
 
+def _client_named(client: str, keys: list[str]) -> bool:
+    """True when one of `keys` names the client `user@address` (the whole key, the user or the address)."""
+    user, _, addr = client.rpartition("@")
+    return any(k in (client, user, addr) for k in keys)
+
+
 def _matches(path: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(path, p) for p in patterns)
 
@@ -332,8 +342,7 @@ class HubServer(ThreadingHTTPServer):
         lines = {"": f.slow_link_bps} if f.slow_link_bps else {}
         node = f.node_link_bps
         if isinstance(node, dict):
-            user, _, addr = client.rpartition("@")
-            node = next((node[k] for k in (client, user, addr, "*") if k in node), None)
+            node = next((bps for k, bps in node.items() if _client_named(client, [k])), node.get("*"))
         if node:
             lines["node:" + client] = node
         return lines
@@ -360,13 +369,16 @@ class HubServer(ThreadingHTTPServer):
             with self.lock:
                 self._log_file.write(json.dumps(rec) + "\n")
 
-    def take_fault(self, name: str, scope: str | None = None, path: str | None = None) -> dict | None:
-        """The active fault `name` if it applies to this request; counts down its `times`."""
+    def take_fault(self, name: str, scope: str | None = None, path: str | None = None,
+                   client: str = "") -> dict | None:
+        """The active fault `name` if it applies to this request (and client); counts down its `times`."""
         with self.lock:
             fault = getattr(self.faults, name)
             if not fault:
                 return None
             if scope is not None and fault["scope"] not in ("all", scope):
+                return None
+            if fault.get("clients") is not None and not _client_named(client, fault["clients"]):
                 return None
             if path is not None and not _matches(path, fault["patterns"]):
                 return None
@@ -440,12 +452,12 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def _status_faults(self, scope: str) -> bool:
         """Answer with an injected 429/500 when one applies; True when answered."""
-        f = self.server.take_fault("rate_limit_429", scope)
+        f = self.server.take_fault("rate_limit_429", scope, client=self.client)
         if f:
             self._error(429, None, "Too Many Requests (sandbox fault rate_limit_429)",
                         {"Retry-After": str(f["retry_after"])}, note="fault:rate_limit_429")
             return True
-        f = self.server.take_fault("server_error_500", scope)
+        f = self.server.take_fault("server_error_500", scope, client=self.client)
         if f:
             self._error(500, None, "Internal Error (sandbox fault server_error_500)", note="fault:server_error_500")
             return True
