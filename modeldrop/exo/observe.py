@@ -350,7 +350,7 @@ def canary_check(launcher: Any, client: ExoClient, model_id: str, model_dir: str
         return card
     # an API that stops answering is a sample too (None), so an exo that died is seen at once, not at the deadline
     listed = poll(lambda: call_safely(client.downloaded_model_ids)[0], lambda ids: model_id in (ids or []),
-                  model_timeout_s, 1.0, stop=lambda ids: not launcher.proc(), clock=clock, sleep=sleep)
+                  model_timeout_s, INTERVAL_S, stop=lambda ids: not launcher.proc(), clock=clock, sleep=sleep)
     s, _ = call_safely(client.state)
     dls = [d.__dict__ for d in st.downloads_for_model(s or {}, model_id)]
     details = {"node_id": last.node_id, "card": card.details, "downloaded": listed.value, "downloads": dls,
