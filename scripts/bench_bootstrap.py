@@ -85,7 +85,8 @@ def run_bootstrap(box: Any, order: str, link: str, rate_bps: int, report_dir: Pa
 
 
 def ledger_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Downloads per node, bootstrap wall (first gate start to last gate end), wall / slowest download."""
+    """Downloads per node, bootstrap wall (first gate start to last gate end), wall / slowest download, and the
+    download phase (first download start to the end of the last nodeK_download gate)."""
     downloads = {r["node"]: round(r["end"] - r["start"], 1) for r in records
                  if r.get("event") == "download_end" and r.get("end")}
     starts = [r["t"] for r in records if r.get("event") == "gate_start"]
@@ -93,7 +94,11 @@ def ledger_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
     wall = round(max(ends) - min(starts), 1) if starts and ends else None
     slowest = max(downloads.values(), default=None)
     failed = [r["gate"] for r in records if r.get("event") == "fail"]
+    dl_starts = [r["start"] for r in records if r.get("event") == "download_start"]
+    dl_gates = [r["t"] for r in records if r.get("event") in ("pass", "fail") and str(r.get("gate")).endswith("_download")]
+    phase = round(max(dl_gates) - min(dl_starts), 1) if dl_starts and dl_gates else None
     return {"downloads_s": downloads, "wall_s": wall, "slowest_download_s": slowest, "failed": failed,
+            "download_phase_s": phase,
             "wall_over_slowest": round(wall / slowest, 2) if wall and slowest else None}
 
 
@@ -113,13 +118,14 @@ def hub_rates(requests: list[dict[str, Any]]) -> dict[str, float]:
 def table(rows: list[dict[str, Any]], nodes: int) -> str:
     """The printed table, one line per run."""
     head = f"{'order':<9}{'links':<13}" + "".join(f"{'node' + str(k) + ' dl s':>12}" for k in range(1, nodes + 1))
-    head += f"{'wall s':>9}{'wall/slowest':>14}{'hub MB/s per node':>30}  result"
+    head += f"{'dl phase s':>12}{'wall s':>9}{'wall/slowest':>14}{'hub MB/s per node':>30}  result"
     lines = [head]
     for r in rows:
         dls = "".join(f"{r['downloads_s'].get(f'node{k}', float('nan')):>12.1f}" for k in range(1, nodes + 1))
         rates = ", ".join(f"{c}={v}" for c, v in sorted(r["hub_rate_mb_s"].items()))
         result = "green" if r["rc"] == 0 else f"rc {r['rc']} failed {r['failed']}"
-        lines.append(f"{r['order']:<9}{r['link']:<13}{dls}{r['wall_s'] or float('nan'):>9.1f}"
+        lines.append(f"{r['order']:<9}{r['link']:<13}{dls}{r['download_phase_s'] or float('nan'):>12.1f}"
+                     f"{r['wall_s'] or float('nan'):>9.1f}"
                      f"{r['wall_over_slowest'] or float('nan'):>14.2f}{rates:>30}  {result}")
     return "\n".join(lines)
 

@@ -208,6 +208,9 @@ FAULTS = [
     fault_case("namespace", 2, {"namespace": "someone-else"}, "cluster", "A1", {}, ()),
     fault_case("crash_at_start", 2, {"crash_at_start": True}, "startup", "X-EXIT", {}, ()),
     fault_case("crash_loop", 2, {"crash_loop": 1.0}, "startup", "X-RESTART", {}, ()),
+    # the crash comes after every API answered, while the cluster-join watch already runs: the settle window
+    # overlapping the join wait is still watched in full
+    fault_case("crash_in_settle_window", 2, {"crash_loop": 9.0}, "startup", "X-RESTART", {}, ("--settle-window", "20")),
     fault_case("runner_never_ready", 2, {"runner_never_ready": "loading"}, "placement", "F2", {},
                ("--ready-timeout", "30")),
     fault_case("ring_connect_error_61", 2, {"ring_connect_error": 61}, "placement", "G2", FAST_RING, ()),

@@ -13,7 +13,7 @@ from modeldrop.plugin.options import cli_values
 
 # Options that do not belong in a printed rerun command (the command adds its own selection).
 NOT_RERUN = {"RESUME_BOOTSTRAP"}
-NOT_BENCH = {"RESUME_BOOTSTRAP", "AUDIT", "FAST"}
+NOT_BENCH = {"RESUME_BOOTSTRAP", "AUDIT", "FAST", "PARALLEL_DOWNLOADS", "KEEP_DOWNLOADING"}
 
 
 def pytest_prog() -> list[str]:
