@@ -81,6 +81,8 @@ class DownloadSupervisor:
             why = f"{type(e).__name__}: {e}"
             job.result = DownloadResult(1, None, "", why, self.clock() - job.started, why)
         job.ended = self.clock()
+        if job.result.rc == 0 and job.stopped_because:  # it finished before the stop reached it
+            job.stop_report, job.stopped_because = f"finished before the stop ({job.stop_report})", None
         self.on_event("end", job)
         if job.failed and not self.keep_going:
             self._stop_others(job)

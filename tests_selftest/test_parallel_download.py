@@ -102,3 +102,15 @@ def test_download_processes_are_found_by_their_argv():
                      "--format", "json"], words)
     assert not _has_run(["/x/hf", "download", "org/m", "--local-dir", "/h/models/org--m2"], words)
     assert not _has_run(["sh", "-c", "hf download org/m --local-dir /h/models/org--m"], words)
+
+
+def test_a_download_that_finished_before_the_stop_is_not_called_stopped():
+    fast, failing = FakeDownload(), FakeDownload(rc=1, reason="boom")
+    fast.stop = lambda: "no hf process left running"  # type: ignore[method-assign] - it had exited already
+    sup = supervisor({1: fast, 2: failing})
+    sup.start()
+    with sup._lock:
+        sup.jobs[1].stopped_because = "node2's download failed (rc 1): boom"  # the stop raced the end
+    fast.release.set()
+    job = sup.wait(1, 5)
+    assert job.result.rc == 0 and job.stopped_because is None

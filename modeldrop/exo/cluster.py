@@ -129,10 +129,13 @@ class ExoCluster:
 
     # -- cluster join ------------------------------------------------------------------------------
     def start_join_watch(self, live_ids: dict[int, str]) -> None:
-        """Watch the cluster join of these node ids in a background thread (the cluster window from now)."""
+        """Watch the cluster join of these node ids in a background thread. It starts before the settle window,
+        so its deadline is that window plus the cluster window: the isolation stop comes no sooner than when
+        the cluster gate started after the window."""
         self.cancel_join_watch()
         watch = JoinWatch(dict(live_ids))
-        clients, window = self.clients(), float(self.cfg.cluster_window_s)
+        clients = self.clients()
+        window = float(self.cfg.cluster_window_s) + float(self.cfg.settle_window_s)
 
         def run() -> None:
             try:
