@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from modeldrop.download import DownloadResult
+from modeldrop.download import DownloadResult, hf_download_argv
 from modeldrop.nodes import Node
 
 RunFn = Callable[[Callable[[str], None]], DownloadResult]
@@ -138,8 +138,9 @@ def _safe_stop(job: DownloadJob) -> str:
 
 
 def download_argv_tail(model_id: str, local_dir: str) -> list[str]:
-    """The argv words that identify one `hf download` into local_dir (contiguous in its command line)."""
-    return ["download", model_id, "--local-dir", local_dir]
+    """The argv words that identify one `hf download` into local_dir (contiguous in its command line): the
+    command, model and target dir words exactly as `hf_download_argv` writes them."""
+    return hf_download_argv("hf", model_id, local_dir)[1:4]
 
 
 def _has_run(cmdline: list[str], words: list[str]) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 
-from modeldrop.download import DownloadResult
+from modeldrop.download import DownloadResult, hf_download_argv
 from modeldrop.parallel_download import DownloadSupervisor, _has_run, download_argv_tail
 
 
@@ -98,10 +98,10 @@ def test_a_crashing_job_is_a_failed_download():
 
 def test_download_processes_are_found_by_their_argv():
     words = download_argv_tail("org/m", "/h/models/org--m")
-    assert _has_run(["/usr/bin/python3", "/x/hf", "download", "org/m", "--local-dir", "/h/models/org--m",
-                     "--format", "json"], words)
-    assert not _has_run(["/x/hf", "download", "org/m", "--local-dir", "/h/models/org--m2"], words)
-    assert not _has_run(["sh", "-c", "hf download org/m --local-dir /h/models/org--m"], words)
+    running = ["/usr/bin/python3", *hf_download_argv("/x/hf", "org/m", "/h/models/org--m", ["*.json"], "main")]
+    assert _has_run(running, words)
+    assert not _has_run(["/usr/bin/python3", *hf_download_argv("/x/hf", "org/m", "/h/models/org--m2")], words)
+    assert not _has_run(["sh", "-c", " ".join(running)], words)
 
 
 def test_a_download_that_finished_before_the_stop_is_not_called_stopped():
