@@ -195,21 +195,32 @@ def _timed_gets(hub: HubHandle, sources: list[str], path: str) -> None:
     import http.client
     import threading
 
+    errors: list[str] = []
+
     def one(src: str) -> None:
-        c = http.client.HTTPConnection(hub.host, hub.port, timeout=60, source_address=(src, 0))
-        c.request("GET", path)
-        assert c.getresponse().read()
-        c.close()
+        try:
+            c = http.client.HTTPConnection(hub.host, hub.port, timeout=60, source_address=(src, 0))
+            c.request("GET", path)
+            assert c.getresponse().read()
+            c.close()
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            errors.append(f"{src}: {type(e).__name__}: {e}")
 
     threads = [threading.Thread(target=one, args=(s,)) for s in sources]
     for t in threads:
         t.start()
     for t in threads:
         t.join(90)
+    assert not errors, errors
 
 
-def _body_seconds(hub: HubHandle, since: int, path: str) -> dict[str, float]:
-    return {r["node"]: r["body_s"] for r in hub.requests()[since:] if r["path"] == path and "body_s" in r}
+def _body_seconds(hub: HubHandle, since: int, path: str, n: int = 2) -> dict[str, float]:
+    """Each client's body time for `path`, once the hub logged `n` of them (it logs after the last byte)."""
+    from modeldrop.exo.wait import poll
+
+    def look() -> dict[str, float]:
+        return {r["node"]: r["body_s"] for r in hub.requests()[since:] if r["path"] == path and "body_s" in r}
+    return poll(look, lambda got: len(got) >= n, 10.0, 0.05).value or {}
 
 
 @pytest.mark.sandbox_run
