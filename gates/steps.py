@@ -22,7 +22,7 @@ from modeldrop.verify import verify_node
 
 def hub_env(cfg: RunConfig) -> tuple[dict[str, str], list[str]]:
     """Environment for hf on a node (endpoint, token) and the secrets to redact."""
-    env = {k: cfg.values[k] for k in ("HF_ENDPOINT", "HF_TOKEN") if cfg.values.get(k)}
+    env = {k: v for k, v in (("HF_ENDPOINT", cfg.hf_endpoint), ("HF_TOKEN", cfg.hf_token)) if v}
     return env, [env["HF_TOKEN"]] if "HF_TOKEN" in env else []
 
 
@@ -31,9 +31,9 @@ def expected_total(cfg: RunConfig, hub_expectation: hub.HubExpectation) -> int |
     manifest = hub_expectation.manifest
     if manifest is None:
         try:
-            manifest = hub.expected_online(cfg.model_id, revision=cfg.values["HF_REVISION"], include=cfg.include,
-                                           endpoint=cfg.values["HF_ENDPOINT"], token=cfg.values["HF_TOKEN"],
-                                           allow_insecure=bool(cfg.values.get("ALLOW_INSECURE_HUB")))
+            manifest = hub.expected_online(cfg.model_id, revision=cfg.hf_revision, include=cfg.include,
+                                           endpoint=cfg.hf_endpoint, token=cfg.hf_token,
+                                           allow_insecure=cfg.allow_insecure_hub)
         except Exception:  # progress falls back to bytes and rate only
             manifest = None
     if manifest is not None:
@@ -51,8 +51,8 @@ def node_download(k: int, cfg: RunConfig, pool: NodePool, hub_expectation: hub.H
     def run(heartbeat: Callable[[str], None]) -> DownloadResult:
         return run_hf_download(pool.get(k), hf_cmd=nc.hf_cmd, model_id=cfg.model_id, local_dir=nc.model_dir,
                                include=cfg.include, env=env, timeout=HF_DOWNLOAD_TIMEOUT_S, expected_bytes=total,
-                               heartbeat=heartbeat, revision=cfg.values["HF_REVISION"], secrets=secrets,
-                               allow_insecure_hub=bool(cfg.values.get("ALLOW_INSECURE_HUB")))
+                               heartbeat=heartbeat, revision=cfg.hf_revision, secrets=secrets,
+                               allow_insecure_hub=cfg.allow_insecure_hub)
     return run
 
 

@@ -2,7 +2,6 @@
 
 import pytest
 
-from modeldrop.config import effective
 from modeldrop.exo.observe import clear_instances, place, wait_ready
 from modeldrop.exo.state import parse_instance
 
@@ -12,8 +11,7 @@ def test_placement(run_config, exo_running, exo_report, evidence):
     """GET /instance/placement (min_nodes=N), POST /instance, then every runner Ready within the timeout."""
     api = exo_running.clients()[exo_running.ks[0]]
     n = len(run_config.nodes)
-    sharding = effective(run_config, "EXO_SHARDING", "Pipeline")
-    meta = effective(run_config, "EXO_INSTANCE_META", "MlxRing")
+    sharding, meta = run_config.sharding, run_config.instance_meta
     cleared = clear_instances(api, run_config.model_id)
     if cleared:
         evidence.note("warning", f"deleted earlier instance(s) of the model before placing: {', '.join(cleared)}")

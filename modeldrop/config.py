@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from modeldrop import profiles, validate
+from modeldrop import envfile, profiles, validate
 from modeldrop.errors import InputError
+from modeldrop.exo import flags
 from modeldrop.redaction import redact_mapping
 
 MAX_NODES = 4
@@ -26,7 +27,7 @@ DEFAULT_ENV_FILE = Path("config/model_drop.env")
 
 @dataclass(frozen=True)
 class Option:
-    """One setting: env key, optional CLI flag, kind ('str','bool','int','duration','choice'), default, help."""
+    """One setting: env key, optional CLI flag, kind ('str','bool','int','port','duration','choice'), default, help."""
 
     key: str
     flag: str | None
@@ -38,6 +39,7 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("MODEL_ID", "--model", "str", None, "Hugging Face model id org/name"),
+    Option("MODEL_INSTANCE_ID", None, "str", None, "the model's folder name org--name (optional; must equal MODEL_ID with '/' as '--')"),
     Option("NODES", "--nodes", "str", None, "comma-separated node targets: local, ssh alias, user@host[:port]"),
     Option("RUN_REPORT_DIR", "--report-dir", "str", "reports", "where run folders go"),
     Option("PROFILE_PATH", "--profile-path", "str", "model_profiles.json", "model profiles file"),
@@ -50,6 +52,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("KEEP_DOWNLOADING", "--keep-downloading", "bool", False, "with --parallel-downloads: a failed download does not stop the other nodes' downloads"),
     Option("TEARDOWN", "--teardown", "bool", False, "stop the cluster after a green run (default: leave it serving)"),
     Option("STOP_EXISTING_EXO", "--stop-existing-exo", "bool", False, "stop exo processes of the configured EXO_CMD or EXO.app found on the nodes"),
+    Option("UPDATE_PROFILE", "--update-profile", "bool", False, "rewrite the model's profile row from this green bootstrap (default: a row is written once, later runs only report differences)"),
     Option("RESUME_BOOTSTRAP", "--resume-bootstrap", "bool", False, "skip gates that have a matching recent pass"),
     Option("AUDIT", "--audit", "bool", False, "preflight, verify and parity on the dirs as they are; no downloads, no exo"),
     Option("PASS_MAX_AGE", "--pass-max-age", "duration", 24 * 3600.0, "how old a cached gate pass may be to be reused (e.g. 6h)"),
@@ -62,8 +65,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("HF_INCLUDE", None, "str", None, "hf download --include patterns, comma-separated (default from the profile)"),
     Option("EXPECTED_SAFE_TENSOR_COUNT", None, "int", None, "expected number of .safetensors files"),
     Option("EXPECTED_GGUF_COUNT", None, "int", None, "expected number of .gguf files"),
-    Option("EXO_API_PORT", None, "int", 52415, "exo API port, the same on every node"),
+    Option("EXO_API_PORT", None, "port", 52415, "exo API port, the same on every node"),
     Option("EXO_NAMESPACE", None, "str", None, "exo discovery namespace (default modeldrop-<model folder>)"),
+    Option("EXO_LIBP2P_PORT", None, "port", None, "libp2p TCP port for OLD (libp2p) exo, passed as --libp2p-port; NEW (zenoh) exo has none and ignores it"),
+    Option("EXO_EXTRA_ARGS", None, "str", None, "extra exo flags, the same on every node (e.g. --no-fast-synch); checked against `exo --help` at preflight"),
     Option("HF_ENDPOINT", None, "str", None, "hub endpoint passed to hf on the nodes (default: the public hub)"),
     Option("HF_TOKEN", None, "str", None, "hub token passed to hf on the nodes; never logged"),
     Option("ALLOW_INSECURE_HUB", "--allow-insecure-hub", "bool", False, "send HF_TOKEN to a plain-http HF_ENDPOINT that is not loopback"),
@@ -96,9 +101,27 @@ class NodeConfig:
         return self.model_dir.rsplit("/", 1)[0] or "/"
 
 
+# RunConfig field of each option key whose field name is not simply the key in lower case.
+FIELD_OF: dict[str, str] = {
+    "MODEL_INSTANCE_ID": "instance_id", "NODES": "nodes", "RUN_REPORT_DIR": "report_dir",
+    "EXO_SHARDING": "sharding", "EXO_INSTANCE_META": "instance_meta", "HF_INCLUDE": "include",
+    "EXPECTED_SAFE_TENSOR_COUNT": "expected_safetensors", "EXPECTED_GGUF_COUNT": "expected_gguf",
+    "EXO_API_PORT": "api_port", "EXO_NAMESPACE": "namespace", "EXO_LIBP2P_PORT": "libp2p_port",
+}
+
+
+def field_of(key: str) -> str:
+    """The RunConfig attribute that holds option `key` (e.g. EXO_API_PORT -> api_port, FAST -> fast)."""
+    return FIELD_OF.get(key, key.lower())
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run needs to know, validated. `values` keeps every resolved key for the ledger."""
+    """Everything a run needs to know, validated and typed: one attribute per option (see `field_of`).
+
+    `values` keeps every resolved key for the ledger and `sources` where each came from ("file:line",
+    "environment", a flag); code reads the typed attributes, never `values`.
+    """
 
     model_id: str
     nodes: tuple[NodeConfig, ...]
@@ -111,17 +134,39 @@ class RunConfig:
     report_dir: Path
     profile_path: Path
     profile: dict | None
+    instance_id: str = ""
+    sharding: str = "Pipeline"
+    instance_meta: str = "MlxRing"
+    libp2p_port: int | None = None
+    exo_extra_args: tuple[str, ...] = ()
+    fast: bool = False
+    online: bool = False
+    allow_blocked_model: bool = False
+    verify_hashes: bool = False
+    accept_new_host_keys: bool = False
+    teardown: bool = False
+    stop_existing_exo: bool = False
+    update_profile: bool = False
+    resume_bootstrap: bool = False
+    audit: bool = False
+    pass_max_age: float = 24 * 3600.0
+    cluster_window_s: float = 60.0
+    settle_window_s: float = 10.0
+    ready_timeout_s: float = 600.0
+    hf_revision: str = "main"
+    hf_endpoint: str | None = None
+    hf_token: str | None = field(default=None, repr=False)
+    allow_insecure_hub: bool = False
+    hf_cmd: str = "/opt/homebrew/bin/hf"
+    exo_cmd: str = "/Applications/EXO.app/Contents/Resources/exo/exo"
+    exo_log_dir: str = "~/modeldrop-logs"
+    disk_margin_gb: int | None = None
+    ssh_config: str = "~/.ssh/config"
+    ssh_known_hosts: str = "~/.ssh/known_hosts"
     sources: dict[str, str] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
     env_file: Path | None = None
     sandbox: bool = False
-
-    def __getattr__(self, name: str) -> Any:
-        """Flags and settings by lower-case key name, e.g. `cfg.fast`, `cfg.online`, `cfg.pass_max_age`."""
-        values = self.__dict__.get("values", {})
-        if name.upper() in values:
-            return values[name.upper()]
-        raise AttributeError(name)
 
     @property
     def model_folder(self) -> str:
@@ -139,23 +184,23 @@ class RunConfig:
         return out
 
 
-def read_env_file(path: Path) -> dict[str, tuple[str, str]]:
-    """Read an env file into {KEY: (value, "file:line")}; malformed lines and unknown keys raise InputError."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise InputError(f"--env-file: cannot read {path}: {e.strerror or e}") from None
-    out: dict[str, tuple[str, str]] = {}
-    for i, line in enumerate(lines, 1):
-        where = f"{path}:{i}"
-        parsed = validate.env_line(line, where)
-        if parsed is None:
-            continue
-        key, value = parsed
-        if not is_known_key(key):
-            raise InputError(f"{where}: unknown key {key!r}; known keys are listed in config/model_drop.env.example")
-        out[key] = (value, where)
-    return out
+# RunConfig fields filled straight from an option's resolved value (the rest are derived in load_config).
+_SIMPLE_FIELDS = frozenset(f.name for f in fields(RunConfig)) - {
+    "model_id", "nodes", "instance_id", "include", "min_free_bytes", "exo_extra_args", "namespace", "report_dir",
+    "profile_path", "profile", "sources", "values", "env_file", "sandbox"}
+
+
+def read_env_file(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, tuple[str, str]]:
+    """Read an env file as the shell would (quotes, comments, `export`, `${VAR}`) into {KEY: (value, "file:line")}.
+
+    Malformed lines, unknown keys (with the nearest known key suggested) and unset `${VAR}` raise InputError.
+    """
+    return envfile.read(path, is_known_key, known_keys(), os.environ if environ is None else environ)
+
+
+def known_keys() -> list[str]:
+    """Every key an env file may set: the OPTIONS keys and the per-node keys for nodes 1..4."""
+    return [o.key for o in OPTIONS] + [f"{p}{k}" for p in PER_NODE_KEYS for k in range(1, MAX_NODES + 1)]
 
 
 def is_known_key(key: str) -> bool:
@@ -187,6 +232,7 @@ _CONVERT: dict[str, Callable[[Any, str], Any]] = {
     "str": lambda v, s: str(v),
     "bool": validate.boolean,
     "int": lambda v, s: validate.count(v, s),
+    "port": validate.port,
     "duration": validate.duration_s,
 }
 
@@ -229,11 +275,13 @@ def _targets(raw: Mapping[str, Any], source: Mapping[str, str]) -> list[str]:
     return targets
 
 
-def _node(k: int, target: str, raw: Mapping[str, Any], values: Mapping[str, Any], folder: str) -> NodeConfig:
+def _node(k: int, target: str, raw: Mapping[str, Any], source: Mapping[str, str], values: Mapping[str, Any],
+          folder: str) -> NodeConfig:
     """Resolve node k's paths: per-node key, else the global key, else the default."""
     def pick(per_node: str, default: str) -> str:
         key = f"{per_node}{k}"
-        return validate.node_path(str(raw.get(key) or default), key)
+        where = f"{source[key]} ({key})" if key in source else key
+        return validate.node_path(str(raw.get(key) or default), where)
 
     python = raw.get(f"PYTHON_CMD_NODE{k}")
     return NodeConfig(
@@ -242,39 +290,61 @@ def _node(k: int, target: str, raw: Mapping[str, Any], values: Mapping[str, Any]
         hf_cmd=pick("HF_CMD_NODE", values["HF_CMD"]),
         exo_cmd=pick("EXO_CMD_NODE", values["EXO_CMD"]),
         exo_log_dir=pick("EXO_LOG_DIR_NODE", values["EXO_LOG_DIR"]),
-        python_cmd=validate.node_path(str(python), f"PYTHON_CMD_NODE{k}") if python else None,
+        python_cmd=pick("PYTHON_CMD_NODE", "") if python else None,
     )
+
+
+def _where(source: Mapping[str, str], key: str) -> str:
+    """How an error names a key: "file:line (KEY)", "environment (KEY)", "--flag (KEY)" or "KEY"."""
+    return f"{source[key]} ({key})" if key in source else key
 
 
 def load_config(cli: Mapping[str, Any], *, environ: Mapping[str, str] | None = None,
                 env_file: Path | None = None, sandbox: bool = False) -> RunConfig:
-    """Build and validate the RunConfig; raise InputError (one line) on any bad input."""
+    """Build and validate the RunConfig; raise InputError (one line, naming the input) on any bad input."""
     environ = os.environ if environ is None else environ
-    file_values = read_env_file(env_file) if env_file else {}
+    file_values = read_env_file(env_file, environ) if env_file else {}
     raw, source = _layered(cli, environ, file_values)
     values = _settings(raw, source)
     if not values["MODEL_ID"]:
         raise InputError("--model: no model given; pass --model org/name or set MODEL_ID")
     model = validate.model_id(values["MODEL_ID"], source.get("MODEL_ID", "--model"))
     values["MODEL_ID"] = model
+    folder = validate.model_folder(model)
+    values["MODEL_INSTANCE_ID"] = _instance_id(values["MODEL_INSTANCE_ID"], folder, model, source)
+    extra = _extra_args(values["EXO_EXTRA_ARGS"], source)
     profile_path = Path(values["PROFILE_PATH"]).expanduser()
     profile = profiles.lookup(profiles.load(profile_path), model)
-    folder = validate.model_folder(model)
-    nodes = tuple(_node(k, t, raw, values, folder) for k, t in enumerate(_targets(raw, source), 1))
+    nodes = tuple(_node(k, t, raw, source, values, folder) for k, t in enumerate(_targets(raw, source), 1))
     values["NODES"] = ",".join(n.target for n in nodes)
     _apply_profile(values, raw, profile)
-    include = validate.include_patterns(values["HF_INCLUDE"] or "", source.get("HF_INCLUDE", "HF_INCLUDE"))
-    namespace = validate.namespace(values["EXO_NAMESPACE"] or f"modeldrop-{folder}"[:64], "EXO_NAMESPACE")
+    values["EXO_SHARDING"] = values["EXO_SHARDING"] or "Pipeline"
+    values["EXO_INSTANCE_META"] = values["EXO_INSTANCE_META"] or "MlxRing"
+    typed = {field_of(k): v for k, v in values.items() if field_of(k) in _SIMPLE_FIELDS}
     return RunConfig(
-        model_id=model, nodes=nodes, include=include,
-        expected_safetensors=values["EXPECTED_SAFE_TENSOR_COUNT"],
-        expected_gguf=values["EXPECTED_GGUF_COUNT"],
-        min_free_bytes=_min_free_bytes(values, profile),
-        api_port=validate.port(values["EXO_API_PORT"], "EXO_API_PORT"),
-        namespace=namespace, report_dir=Path(values["RUN_REPORT_DIR"]).expanduser(),
-        profile_path=profile_path, profile=profile, sources=dict(source), values=values,
-        env_file=env_file, sandbox=sandbox,
+        **typed, model_id=model, nodes=nodes, instance_id=values["MODEL_INSTANCE_ID"],
+        include=validate.include_patterns(values["HF_INCLUDE"] or "", _where(source, "HF_INCLUDE")),
+        min_free_bytes=_min_free_bytes(values, profile), exo_extra_args=extra,
+        namespace=validate.namespace(values["EXO_NAMESPACE"] or f"modeldrop-{folder}"[:64], _where(source, "EXO_NAMESPACE")),
+        report_dir=Path(values["RUN_REPORT_DIR"]).expanduser(), profile_path=profile_path, profile=profile,
+        sources=dict(source), values=values, env_file=env_file, sandbox=sandbox,
     )
+
+
+def _instance_id(given: str | None, folder: str, model: str, source: Mapping[str, str]) -> str:
+    """MODEL_INSTANCE_ID: `org--name` of MODEL_ID; a different value is an InputError naming its line."""
+    if given not in (None, "") and given != folder:
+        raise InputError(f"{_where(source, 'MODEL_INSTANCE_ID')}: {given!r} does not match MODEL_ID {model!r}; "
+                         f"expected {folder!r} (org--name), or leave MODEL_INSTANCE_ID unset")
+    return folder
+
+
+def _extra_args(value: str | None, source: Mapping[str, str]) -> tuple[str, ...]:
+    """EXO_EXTRA_ARGS split and checked against exo's known flags (InputError naming the line)."""
+    try:
+        return flags.parse_extra_args(value or "", _where(source, "EXO_EXTRA_ARGS"))
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 def _apply_profile(values: dict[str, Any], raw: Mapping[str, Any], profile: dict | None) -> None:
@@ -303,22 +373,23 @@ def _min_free_bytes(values: Mapping[str, Any], profile: dict | None) -> int | No
 
 
 def effective(cfg: RunConfig, key: str, fallback: Any) -> Any:
-    """A value with a run-time fallback, e.g. effective(cfg, 'EXO_SHARDING', 'Pipeline')."""
-    v = cfg.values.get(key)
+    """Option `key`'s typed value on cfg, or `fallback` when it is unset (None or empty)."""
+    v = getattr(cfg, field_of(key), None)
     return fallback if v in (None, "") else v
 
 
 def example_env_file() -> str:
     """The text of config/model_drop.env.example: every key, commented."""
     lines = ["# modeldrop configuration. Precedence: command line > environment > this file > model profile.",
-             "# Copy to config/model_drop.env (the default --env-file) and edit.", ""]
+             "# Copy to config/model_drop.env (the default --env-file) and edit. Read as a shell reads it:",
+             '# KEY="value" # comment, export KEY=value, and ${KEY} of a key set above (or in the environment).', ""]
     for opt in OPTIONS:
         flag = f" (also {opt.flag})" if opt.flag else ""
         default = "" if opt.default in (None, False) else opt.default
         lines += [f"# {opt.help.replace('%%', '%')}{flag}", f"# {opt.key}={default}", ""]
     lines += ["# Per node k = 1..4 (node 1 is where the canary runs):",
               "# NODE1=studio1              # ssh_config alias, user@host[:port], or local",
-              "# MODEL_DIR_NODE1=~/.exo/models/mlx-community--Qwen3.5-122B-A10B-4bit   # must end in org--name",
+              '# MODEL_DIR_NODE1="~/Models/${MODEL_INSTANCE_ID}"   # must end in org--name',
               "# HF_CMD_NODE1=/opt/homebrew/bin/hf",
               "# EXO_CMD_NODE1=/Applications/EXO.app/Contents/Resources/exo/exo",
               "# EXO_LOG_DIR_NODE1=~/modeldrop-logs",

@@ -28,9 +28,9 @@ class NodePool:
                 nc = self.cfg.node(k)
                 self._nodes[k] = make_node(
                     nc.name, nc.target,
-                    ssh_config=Path(self.cfg.values["SSH_CONFIG"]).expanduser(),
-                    known_hosts=Path(self.cfg.values["SSH_KNOWN_HOSTS"]).expanduser(),
-                    accept_new_host_keys=bool(self.cfg.values["ACCEPT_NEW_HOST_KEYS"]),
+                    ssh_config=Path(self.cfg.ssh_config).expanduser(),
+                    known_hosts=Path(self.cfg.ssh_known_hosts).expanduser(),
+                    accept_new_host_keys=bool(self.cfg.accept_new_host_keys),
                     python_cmd=nc.python_cmd,
                 )
             return self._nodes[k]

@@ -1,4 +1,4 @@
-"""Validation of operator input: model ids, node specs, paths and env-file lines.
+"""Validation of operator input: model ids, node specs, paths, ports, counts and durations.
 
 Every function returns the value it accepted or raises `InputError` with one line that names the
 input and says what would be valid. Nothing here touches a node.
@@ -18,7 +18,6 @@ _USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 _HOST_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _IPV6_RE = re.compile(r"^\[[0-9A-Fa-f:.]+\]$")
 _PATH_BAD = re.compile(r"[\x00-\x1f\x7f]")
-_KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 MODEL_ID_HELP = "expected org/name (letters, digits, '-', '_', '.'), e.g. mlx-community/Qwen3.5-122B-A10B-4bit"
 NODE_HELP = "expected 'local', an ssh_config alias, or user@host[:port]"
@@ -139,25 +138,3 @@ def include_patterns(value: str, source: str) -> tuple[str, ...]:
         if _PATH_BAD.search(p) or p.startswith("-") or ".." in p.split("/"):
             raise InputError(f"{source}: invalid include pattern {p!r}; expected globs like '*.safetensors'")
     return parts
-
-
-def env_line(line: str, where: str) -> tuple[str, str] | None:
-    """Parse one env-file line: `KEY=value` or `export KEY=value`; None for blanks and comments."""
-    text = line.strip()
-    if not text or text.startswith("#"):
-        return None
-    if text.startswith("export "):
-        text = text[len("export "):].lstrip()
-    key, sep, value = text.partition("=")
-    key = key.strip()
-    if not sep or not _KEY_RE.match(key):
-        # the line is not echoed: it may be a token pasted without `HF_TOKEN=` (stderr ends up in CI logs)
-        head = re.match(r"[A-Z][A-Z0-9_]*\b", text)
-        hint = f" at {head.group(0)!r}" if head else ""
-        raise InputError(f"{where}: malformed line{hint} (expected KEY=value; the line is not shown, it may hold a secret)")
-    value = value.strip()
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        value = value[1:-1]
-    elif " #" in value:
-        value = value.split(" #", 1)[0].rstrip()
-    return key, value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -142,3 +143,72 @@ def test_example_env_file_lists_every_key():
         assert f"# {opt.key}=" in text, opt.key
     for key in config.PER_NODE_KEYS:
         assert f"# {key}1=" in text, key
+
+
+# --- the guide's env file, as operators write it ----------------------------------------------------
+GUIDE_ENV = Path(__file__).resolve().parent / "data" / "seed-model_drop.env"
+
+
+def test_guide_env_file_is_read_verbatim(tmp_path):
+    """The bootstrap guide's config block: quotes, trailing comments, ${MODEL_INSTANCE_ID}, its extra keys."""
+    cfg = config.load_config({}, environ={"PROFILE_PATH": str(tmp_path / "none.json")}, env_file=GUIDE_ENV)
+    assert cfg.model_id == "organization/model-name" and cfg.instance_id == "organization--model-name"
+    assert [n.target for n in cfg.nodes] == ["user1@node1-host", "user2@node2-host"]
+    assert cfg.node(2).model_dir == "/Users/user2/Models/organization--model-name"
+    assert cfg.node(1).hf_cmd == "/path/to/user1/hf"  # the trailing "# e.g." comment is not part of it
+    assert cfg.expected_safetensors is None and cfg.expected_gguf is None  # "" # optional: …
+    assert cfg.libp2p_port == 51001 and cfg.namespace == "my-cluster" and cfg.api_port == 52415
+    assert cfg.node(1).exo_log_dir == "~/exo-bootstrap-logs"
+    assert cfg.report_dir == Path("artifacts/bootstrap-runs")
+    assert cfg.sources["EXO_LIBP2P_PORT"].endswith("seed-model_drop.env:13")
+    assert (cfg.sharding, cfg.instance_meta) == ("Pipeline", "MlxRing")
+
+
+def test_variable_expansion_export_and_single_quotes(tmp_path):
+    text = ("export MODEL_ID=\"a/b\"\nNODES=local\nROOT_UNUSED=1\n")
+    with pytest.raises(InputError, match=r"model_drop.env:3: unknown key 'ROOT_UNUSED'"):
+        load({}, {}, text, tmp_path)
+    text = "MODEL_ID=a/b\nNODES=local\nMODEL_DIR_NODE1=\"${HOME_BASE}/a--b\"\n"
+    cfg = load({}, {"HOME_BASE": "/srv/models"}, text, tmp_path)
+    assert cfg.node(1).model_dir == "/srv/models/a--b"
+    with pytest.raises(InputError, match=r"model_drop.env:3: MODEL_DIR_NODE1 uses \$\{HOME_BASE\}, which is not set"):
+        load({}, {}, text, tmp_path)
+    cfg = load({}, {}, "MODEL_ID=a/b\nNODES=local\nHF_INCLUDE='${X}*.json'  # literal\n", tmp_path)
+    assert cfg.include == ("${X}*.json",)
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('MODEL_INSTANCE_ID="org--other"', r"model_drop.env:2 \(MODEL_INSTANCE_ID\): 'org--other' does not match "
+                                       r"MODEL_ID 'org/name'; expected 'org--name'"),
+    ('EXO_LIBP2P_PORT="70000"', r"model_drop.env:2 \(EXO_LIBP2P_PORT\): invalid port '70000'; expected an integer 1-65535"),
+    ('EXO_API_PORT="0"  # api', r"model_drop.env:2 \(EXO_API_PORT\): invalid port '0'"),
+    ('EXO_EXTRA_ARGS="--no-fast-synch --turbo"', r"model_drop.env:2 \(EXO_EXTRA_ARGS\): unknown exo flag '--turbo'"),
+    ('EXO_EXTRA_ARGS="--api-port 1"', r"model_drop.env:2 \(EXO_EXTRA_ARGS\): EXO_EXTRA_ARGS sets --api-port, which modeldrop sets from EXO_API_PORT"),
+    ('EXO_EXTRA_ARGS="--zenoh-port"', r"needs a value"),
+    ('EXO_LOG_DIR_NODE1="logs"', r"model_drop.env:2 \(EXO_LOG_DIR_NODE1\): path 'logs' must be absolute"),
+    ('MODEL_INSTANCE_IDS=x', r"model_drop.env:2: unknown key 'MODEL_INSTANCE_IDS' \(did you mean 'MODEL_INSTANCE_ID'\?\)"),
+    ('EXO_LIBP2P_PRT=1', r"did you mean 'EXO_LIBP2P_PORT'"),
+])
+def test_bad_values_of_new_keys_name_file_and_line(tmp_path, line, message):
+    """Every new key: a bad value is one line naming file:line and what would be valid."""
+    with pytest.raises(InputError, match=message) as e:
+        load({}, {}, f'MODEL_ID="org/name"\n{line}\nNODE1="local"\n', tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_extra_args_are_kept_in_order(tmp_path):
+    cfg = load({}, {}, 'MODEL_ID=a/b\nNODES=local\nEXO_EXTRA_ARGS="--no-fast-synch --zenoh-port 5000"\n', tmp_path)
+    assert cfg.exo_extra_args == ("--no-fast-synch", "--zenoh-port", "5000")
+
+
+def test_every_option_is_a_typed_field(tmp_path):
+    """Each OPTIONS key has its own RunConfig attribute (no attribute served by name lookup)."""
+    names = {f.name for f in dataclasses.fields(config.RunConfig)}
+    missing = [o.key for o in config.OPTIONS if config.field_of(o.key) not in names]
+    assert not missing, f"add a RunConfig field for {missing}"
+    assert not hasattr(config.RunConfig, "__getattr__")
+    cfg = load({"MODEL_ID": "a/b", "NODES": "local", "FAST": True}, {"PASS_MAX_AGE": "6h", "HF_REVISION": "v2"},
+               None, tmp_path)
+    assert cfg.fast is True and cfg.pass_max_age == 6 * 3600 and cfg.hf_revision == "v2"
+    with pytest.raises(AttributeError):
+        _ = cfg.no_such_setting

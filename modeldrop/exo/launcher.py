@@ -274,16 +274,15 @@ class ExoLauncher:
             unset += ["EXO_LIBP2P_NAMESPACE", "EXO_BOOTSTRAP_PEERS"]
         else:
             env["EXO_LIBP2P_NAMESPACE"] = ns
-        online = bool(getattr(self.cfg, "online", False)) and role == "cluster"
+        online = bool(self.cfg.online) and role == "cluster"
         if online:
             env["EXO_OFFLINE"] = "false"
-            refused = insecure_endpoint_problem(self.cfg.values.get("HF_ENDPOINT"), self.cfg.values.get("HF_TOKEN"),
-                                                bool(self.cfg.values.get("ALLOW_INSECURE_HUB")))
+            refused = insecure_endpoint_problem(self.cfg.hf_endpoint, self.cfg.hf_token, self.cfg.allow_insecure_hub)
             if refused:
                 raise LaunchError(f"{self.node_cfg.name}: exo not started online: {refused}")
-            for key in ("HF_ENDPOINT", "HF_TOKEN"):
-                if self.cfg.values.get(key):
-                    env[key] = str(self.cfg.values[key])
+            for key, value in (("HF_ENDPOINT", self.cfg.hf_endpoint), ("HF_TOKEN", self.cfg.hf_token)):
+                if value:
+                    env[key] = str(value)
         else:
             argv.append("--offline")
         if role == "cluster":
@@ -344,7 +343,7 @@ class ExoLauncher:
     def precheck(self) -> list[str]:
         """Problems that forbid a start (API port held by another process, exo's pid lock held)."""
         self.stopped_existing = self.stop_previous_runs()
-        if getattr(self.cfg, "stop_existing_exo", False):
+        if self.cfg.stop_existing_exo:
             self.stopped_existing += self._stop_existing()
         problems = []
         port = probe_api_port(self.node, self.cfg.api_port)

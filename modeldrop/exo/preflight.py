@@ -86,7 +86,7 @@ def exo_preflight(nodes: dict[int, Node], cfg: Any) -> ExoPreflight:
         try:
             p, r = port_problem(node, k, cfg)
             out.evidence["ports"][f"node{k}"] = r
-            if p and not getattr(cfg, "stop_existing_exo", False):
+            if p and not cfg.stop_existing_exo:
                 out.problems.append(p)
             elif p:
                 out.evidence["ports"][f"node{k}"]["note"] = "in use; --stop-existing-exo will stop it if it is exo"

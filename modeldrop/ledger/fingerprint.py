@@ -29,7 +29,7 @@ import re
 from typing import Any, Protocol
 
 from modeldrop import gatetable
-from modeldrop.config import RunConfig, effective
+from modeldrop.config import RunConfig, field_of
 
 
 class Facts(Protocol):
@@ -52,11 +52,7 @@ def _option_value(cfg: RunConfig, key: str) -> Any:
         return cfg.api_port
     if key == "EXO_NAMESPACE":
         return cfg.namespace
-    if key == "EXO_SHARDING":
-        return effective(cfg, key, "Pipeline")
-    if key == "EXO_INSTANCE_META":
-        return effective(cfg, key, "MlxRing")
-    return cfg.values.get(key)
+    return getattr(cfg, field_of(key), None)
 
 
 # The tool paths (NodeConfig fields) each kind of gate runs: a pass does not carry over to other binaries.

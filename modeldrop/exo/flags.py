@@ -1,0 +1,69 @@
+"""EXO's command-line flags: which exist (either generation), which modeldrop sets itself, and a check
+of operator extra flags (EXO_EXTRA_ARGS) against a node's `exo --help`.
+
+Flags of exo's parser at v1.0.71 (OLD, libp2p) and b5375f8 (NEW, zenoh). modeldrop always sets
+`--api-port`, `--namespace` (NEW), `--offline` / `--no-downloads` by role and `-v`, so extra args
+may not set those (the run's own settings would be contradicted on some node).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+# flag -> takes a value
+EXO_FLAGS: dict[str, bool] = {
+    "-q": False, "--quiet": False, "-v": False, "--verbose": False, "-m": False, "--force-master": False,
+    "--no-api": False, "--api-port": True, "--no-worker": False, "--no-downloads": False, "--offline": False,
+    "--no-batch": False, "--legacy-daemon": False, "--bootstrap-peers": True, "--namespace": True,
+    "--zenoh-port": True, "--discovery-port": True, "--libp2p-port": True, "--fast-synch": False,
+    "--no-fast-synch": False,
+}
+MANAGED: dict[str, str] = {
+    "--api-port": "EXO_API_PORT", "--namespace": "EXO_NAMESPACE", "--offline": "--online (off by default)",
+    "--no-downloads": "the run (the cluster never downloads)", "-v": "the run", "--verbose": "the run",
+    "-q": "the run", "--quiet": "the run", "--libp2p-port": "EXO_LIBP2P_PORT",
+    "--no-api": "the run (the gates need every node's API)",
+}
+_BAD = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def parse_extra_args(value: str, where: str) -> tuple[str, ...]:
+    """Split EXO_EXTRA_ARGS shell-style and check every flag; ValueError (one line, naming `where`) if bad."""
+    try:
+        tokens = shlex.split(value or "")
+    except ValueError as e:
+        raise ValueError(f"{where}: cannot split EXO_EXTRA_ARGS {value!r}: {e}") from None
+    i = 0
+    while i < len(tokens):
+        flag, _, inline = tokens[i].partition("=")
+        if _BAD.search(tokens[i]) or flag not in EXO_FLAGS:
+            known = " ".join(f for f in EXO_FLAGS if f not in MANAGED)
+            raise ValueError(f"{where}: unknown exo flag {tokens[i]!r} in EXO_EXTRA_ARGS; exo's flags: {known}")
+        if flag in MANAGED:
+            raise ValueError(f"{where}: EXO_EXTRA_ARGS sets {flag}, which modeldrop sets from {MANAGED[flag]}")
+        if EXO_FLAGS[flag] and not inline:
+            if i + 1 >= len(tokens) or tokens[i + 1].startswith("-"):
+                raise ValueError(f"{where}: exo flag {flag} in EXO_EXTRA_ARGS needs a value")
+            i += 1
+        i += 1
+    return tuple(tokens)
+
+
+def flags_of(args: tuple[str, ...]) -> list[str]:
+    """The flags (not their values) among extra args, e.g. ('--zenoh-port', '5') -> ['--zenoh-port']."""
+    out, skip = [], False
+    for t in args:
+        if skip:
+            skip = False
+            continue
+        flag, eq, _ = t.partition("=")
+        out.append(flag)
+        skip = EXO_FLAGS.get(flag, False) and not eq
+    return out
+
+
+def missing_from_help(args: tuple[str, ...], help_text: str) -> list[str]:
+    """Extra-arg flags this exo's `--help` does not list (the flag would make exo exit at start)."""
+    listed = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", help_text or ""))
+    return [f for f in flags_of(args) if f not in listed]
