@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import ipaddress
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
+
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from modeldrop.errors import InputError, NodeError
 
 HUB_TIMEOUT_S = 60.0
 INSECURE_HUB_OPTION = "--allow-insecure-hub"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -125,13 +130,34 @@ class HubExpectation:
     error: str | None = None
 
 
+HUB_ATTEMPTS = 3
+
+
+def transient(exc: BaseException) -> bool:
+    """A hub failure worth retrying: rate limit (429), a 5xx, or the connection dropping or timing out."""
+    import requests
+
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status is not None:
+        return status == 429 or status >= 500
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError))
+
+
+def _hub_retry(fn: Callable[[], T]) -> T:
+    """fn() with up to HUB_ATTEMPTS tries on transient hub errors (exponential wait 0.5..4 s); the last error is raised."""
+    retrying = Retrying(stop=stop_after_attempt(HUB_ATTEMPTS), wait=wait_exponential(multiplier=0.5, max=4),
+                        retry=retry_if_exception(transient), reraise=True)
+    return retrying(fn)
+
+
 def expected_online(model_id: str, revision: str = "main", include=(), endpoint: str | None = None,
                     token: str | None = None, *, timeout_s: float = HUB_TIMEOUT_S,
                     allow_insecure: bool = False) -> ExpectedManifest:
     """The hub's file list for model_id at revision (resolved to a commit), filtered by include.
 
-    Raises NodeError with the hub's reason on failure (not found, gated, rate-limited, unreachable, no
-    answer within timeout_s for both calls together); InputError when the token may not go to endpoint.
+    Transient failures (429, 5xx, connection) are retried (tenacity). Raises NodeError with the hub's
+    reason on failure (not found, gated, rate-limited, unreachable, no answer within timeout_s for both
+    calls and their retries together); InputError when the token may not go to endpoint.
     """
     check_endpoint(endpoint, token, allow_insecure)
     where = f"hub: cannot list {model_id}@{revision} at {endpoint or 'huggingface.co'}"
@@ -152,8 +178,8 @@ def _list_online(model_id: str, revision: str, endpoint: str | None,
     from huggingface_hub.hf_api import RepoFile
 
     api = HfApi(endpoint=endpoint, token=token)
-    commit = api.model_info(model_id, revision=revision).sha
-    entries = api.list_repo_tree(model_id, revision=commit, recursive=True)
+    commit = _hub_retry(lambda: api.model_info(model_id, revision=revision).sha)
+    entries = _hub_retry(lambda: list(api.list_repo_tree(model_id, revision=commit, recursive=True)))
     files = {e.path: ExpectedFile(size=e.lfs.size if e.lfs else e.size,
                                   sha256=e.lfs.sha256 if e.lfs else None, blob_id=e.blob_id)
              for e in entries if isinstance(e, RepoFile)}

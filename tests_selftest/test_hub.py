@@ -55,3 +55,23 @@ def test_verify_expectation_falls_back_past_an_unreadable_tree():
     exp = expectation(broken, None, node1)
     assert exp is not None and exp.commit == "c1" and exp.source == "cache"
     assert expectation(broken, None, None) is None
+
+
+def test_expected_online_retries_a_rate_limit(hub):  # noqa: F811
+    """A 429 on the first hub call is retried (tenacity) and the listing still succeeds; a 404 is not retried."""
+    import requests
+
+    requests.post(f"{hub.url}/_sandbox/faults", json={"rate_limit_429": {"scope": "all", "retry_after": 0, "times": 1}},
+                  timeout=5).raise_for_status()
+    try:
+        exp = expected_online(hub.repo, endpoint=hub.url)
+    finally:
+        requests.post(f"{hub.url}/_sandbox/faults", json={}, timeout=5)
+    assert exp.files and exp.source == "hub"
+    from modeldrop.hub import transient
+
+    class Err(Exception):
+        def __init__(self, status):
+            self.response = type("R", (), {"status_code": status})()
+
+    assert transient(Err(429)) and transient(Err(503)) and not transient(Err(404)) and not transient(ValueError())
