@@ -217,8 +217,22 @@ def _check_headers(manifest: dict, v: Verdict) -> None:
         v.problems.append(f"{plural(len(bad_gguf), 'GGUF file')} without the GGUF magic: {listing(bad_gguf)}")
 
 
+def live_metadata(manifest: dict) -> tuple[dict[str, dict], list[str]]:
+    """(metadata of files that exist in the model dir, paths of orphaned `.metadata` files).
+
+    hf leaves `.cache/huggingface/download/<f>.metadata` behind when `<f>` left the repo (an earlier
+    revision): such orphans are cache noise, listed in the evidence and never checked.
+    """
+    files = {e["path"] for e in manifest.get("files", [])}
+    meta = manifest.get("metadata") or {}
+    return {p: m for p, m in meta.items() if p in files}, sorted(p for p in meta if p not in files)
+
+
 def _check_metadata_commits(manifest: dict, expected: ExpectedManifest | None, v: Verdict) -> None:
-    commits = Counter(m.get("commit") for m in (manifest.get("metadata") or {}).values() if m.get("commit"))
+    live, orphans = live_metadata(manifest)
+    if orphans:
+        v.facts["metadata_noise"] = [f"{CACHE_PREFIX}download/{p}.metadata" for p in orphans]
+    commits = Counter(m.get("commit") for m in live.values() if m.get("commit"))
     v.facts["commits"] = dict(commits)
     if len(commits) > 1:
         parts = [f"{c[:12]} ({plural(n, 'file')})" for c, n in commits.most_common()]
@@ -308,7 +322,7 @@ def _etag_differences(manifests: dict[str, dict], v: Verdict) -> int:
     """Same path, same size, different hf etag in .metadata: different content."""
     tags: dict[str, dict[str, str]] = {}
     for node, m in manifests.items():
-        for path, meta in (m.get("metadata") or {}).items():
+        for path, meta in live_metadata(m)[0].items():
             if meta.get("etag"):
                 tags.setdefault(path, {})[node] = meta["etag"]
     n = 0

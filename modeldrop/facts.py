@@ -67,7 +67,8 @@ class RunFacts:
         with self._lock:
             if self._hub_commit:
                 return self._hub_commit
-        commits = {v.get("commit") for v in self.manifest(1).get("metadata", {}).values() if v.get("commit")}
+        live, _ = audit.live_metadata(self.manifest(1))
+        commits = {v.get("commit") for v in live.values() if v.get("commit")}
         commit = commits.pop() if len(commits) == 1 else None
         self.set_hub_commit(commit)
         return commit

@@ -199,3 +199,21 @@ def test_parity_lists_differences(node, tmp_path):
     lenient = parity({"node1": ma, "node2": mb}, strict=False)
     assert "only on node1: notes.txt (12 B)" in lenient.warnings and not lenient.ok
     assert manifest_digest(ma) != manifest_digest(mb)
+
+
+def test_orphaned_cache_metadata_is_noise_not_a_failure(node, tmp_path):
+    """A `.metadata` left by an earlier revision for a file no longer in the repo: listed, never failed on."""
+    d = tmp_path / "org--name"
+    tree = make_model(d)
+    (d / ".cache/huggingface/download/old-shard.safetensors.metadata").write_text("f" * 40 + "\noldetag\n1.0\n")
+    m = manifest(node, d)
+    assert m["tree"] is not None and m["tree"]["commit"] == COMMIT  # the orphan does not sway the cached tree
+    v = completeness(m, expected_of(tree))
+    assert v.ok, v.problems
+    assert v.facts["metadata_noise"] == [".cache/huggingface/download/old-shard.safetensors.metadata"]
+    assert v.facts["commits"] == {COMMIT: len(tree)}
+    other = tmp_path / "b" / "org--name"
+    shutil.copytree(d, other)
+    (other / ".cache/huggingface/download/old-shard.safetensors.metadata").write_text("e" * 40 + "\nothertag\n1.0\n")
+    pv = parity({"node1": m, "node2": manifest(node, other)})
+    assert pv.ok, pv.problems

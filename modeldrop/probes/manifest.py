@@ -241,5 +241,7 @@ def main(args: dict) -> dict:
         groups.setdefault(e["path"].casefold(), []).append(e["path"])
     out["case_collisions"] = sorted(sorted(g) for g in groups.values() if len(g) > 1)
     out["index"] = read_index(expanded, [e["path"] for e in out["files"]])
-    out["tree"] = read_tree(expanded, out["metadata"], out["cache_files"])
+    present = set(e["path"] for e in out["files"])  # .metadata of files no longer there is noise
+    live = dict((k, v) for k, v in out["metadata"].items() if k in present)
+    out["tree"] = read_tree(expanded, live, out["cache_files"])
     return out
