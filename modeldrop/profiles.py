@@ -117,3 +117,30 @@ def record_bootstrap(path: Path, model_id: str, row_updates: dict[str, Any]) -> 
     data.setdefault("version", 1)
     atomic.write_json(path, data)
     return diff
+
+
+# Fields a later green run compares with the row (status and notes stay the operator's).
+COMPARED = tuple(k for k in FIELDS if k not in ("status", "notes", "reason", "updated", "reference"))
+
+
+def after_green_bootstrap(path: Path, model_id: str, row_updates: dict[str, Any], *,
+                          rewrite: bool = False) -> tuple[dict[str, dict[str, Any]], bool]:
+    """The profile rule of a green bootstrap: (diff {field: {old, new}}, whether the file was written).
+
+    A model without a row gets one (written once, from this run). A model with a row keeps it: the
+    run only reports the fields this run measured differently, unless `rewrite` (--update-profile)
+    asks for the row to be rewritten from this run.
+    """
+    old = lookup(load(path), model_id)
+    if old is None or rewrite:
+        return record_bootstrap(path, model_id, row_updates), True
+    diff = {k: {"old": old.get(k), "new": v} for k, v in row_updates.items()
+            if k in COMPARED and v is not None and old.get(k) != v}
+    return diff, False
+
+
+def differences_line(path: Path, model_id: str, diff: dict[str, dict[str, Any]]) -> str:
+    """One line for the ledger: what this green run measured differently from the model's profile row."""
+    items = "; ".join(f"{k}: {v['old']!r} -> {v['new']!r}" for k, v in sorted(diff.items()))
+    return (f"profile row of {model_id} in {path} differs from this run (kept; --update-profile rewrites it): "
+            f"{items}")

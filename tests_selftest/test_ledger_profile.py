@@ -69,3 +69,29 @@ def test_write_is_atomic(tmp_path, monkeypatch):
         profiles.record_bootstrap(path, "org/m", UPDATES)
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["p.json"]
+
+
+def test_row_written_once_then_only_differences(tmp_path):
+    """First green bootstrap writes the row; later runs report differences and leave it; --update-profile rewrites."""
+    path = tmp_path / "p.json"
+    diff, written = profiles.after_green_bootstrap(path, "org/m", UPDATES)
+    assert written and diff["expected_safetensors"] == {"old": None, "new": 3}
+    first = path.read_text()
+    later = {**UPDATES, "expected_safetensors": 4, "notes": "another note", "status": "active"}
+    diff, written = profiles.after_green_bootstrap(path, "org/m", later)
+    assert not written and diff == {"expected_safetensors": {"old": 3, "new": 4}}
+    assert path.read_text() == first
+    diff, written = profiles.after_green_bootstrap(path, "org/m", later, rewrite=True)
+    assert written and profiles.load(path)["models"]["org/m"]["expected_safetensors"] == 4
+
+
+def test_shipped_profile_follows_the_guide():
+    """The Qwen3.5 row places as the guide does (Pipeline + MlxRing), instance id org--name, no RDMA."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "model_profiles.json"
+    row = profiles.load(path)["models"]["mlx-community/Qwen3.5-122B-A10B-4bit"]
+    assert (row["sharding"], row["instance_meta"]) == ("Pipeline", "MlxRing")
+    assert row["instance_id"] == "mlx-community--Qwen3.5-122B-A10B-4bit"
+    assert "RDMA" not in json.dumps(row) and "Jaccl" not in json.dumps(row)
+    assert row["reference"]["decode_tps"]["512"] == 52.0 and row["reference"]["p95_latency_s"]["2"] == 10.37

@@ -113,18 +113,28 @@ def test_green_bootstrap_updates_the_profile_and_points_at_benchmarks(pytester):
     assert block["CURRENT_PHASE"].startswith("done")
     assert block["DO_NOT_REPEAT"] == ",".join(FULL_ORDER_2)
     row = json.loads((pytester.path / "profiles.json").read_text())["models"]["org/tiny-model"]
-    assert row["status"] == "active" and row["instance_id"] == "inst-42"
+    assert row["status"] == "active" and row["instance_id"] == "org--tiny-model"  # the guide's org--name
     assert row["expected_safetensors"] == 3 and row["expected_gguf"] == 0
     assert row["total_size_bytes"] == 5_000_000_000 and row["disk_threshold_gb"] == 6.5
     assert row["include"] == ["*.safetensors", "*.json"]
     update = [r for r in jsonl(folder) if r["event"] == "profile_update"]
-    assert update and update[0]["diff"]["instance_id"] == {"old": None, "new": "inst-42"}
+    assert update and update[0]["diff"]["instance_id"] == {"old": None, "new": "org--tiny-model"}
+    assert (row["sharding"], row["instance_meta"]) == ("Pipeline", "MlxRing")
     assert "profile updated" in (folder / "handoff.md").read_text()
     assert row["notes"].startswith("first green bootstrap ")
     # A second green run with the same measurements changes nothing (and keeps the notes).
     assert pytester.runpytest(*BASE, "--resume-bootstrap").ret == 0
     assert json.loads((pytester.path / "profiles.json").read_text())["models"]["org/tiny-model"] == row
     assert not [r for r in jsonl(latest(pytester)) if r["event"] == "profile_update"]
+    # A later green run that measures something else reports it and keeps the row; --update-profile rewrites.
+    make_suite(pytester, behaviour={"node1_verify:notes": {**notes, "safetensors_count": 4}},
+               env_extra="HF_INCLUDE=*.safetensors,*.json\n")
+    assert pytester.runpytest(*BASE).ret == 0
+    warnings = [r for r in jsonl(latest(pytester)) if r["event"] == "warning"]
+    assert any("expected_safetensors: 3 -> 4" in w["text"] and "--update-profile" in w["text"] for w in warnings)
+    assert json.loads((pytester.path / "profiles.json").read_text())["models"]["org/tiny-model"] == row
+    assert pytester.runpytest(*BASE, "--update-profile").ret == 0
+    assert json.loads((pytester.path / "profiles.json").read_text())["models"]["org/tiny-model"]["expected_safetensors"] == 4
 
 
 def test_ledger_html_has_handoff_started_column_and_environment(pytester):

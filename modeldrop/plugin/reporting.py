@@ -101,17 +101,13 @@ def profile_row_updates(gs: GateSession) -> dict[str, Any]:
                                  ("total_size_bytes", "total_size_bytes")):
         if isinstance(notes.get(note_key), int) and not isinstance(notes.get(note_key), bool):
             row[field_name] = notes[note_key]
-    if notes.get("instance_id"):
-        row["instance_id"] = str(notes["instance_id"])
+    row["instance_id"] = gs.cfg.instance_id
     if "total_size_bytes" in row:
         row["disk_threshold_gb"] = round((row["total_size_bytes"] * 1.10 + 1e9) / 1e9, 1)
     hub = _hub_commit(gs)
     if hub and re.fullmatch(r"[0-9a-f]{40}", str(hub)):
         row["hub_commit"] = hub
-    for key, value in (("sharding", config_value(gs, "EXO_SHARDING")),
-                       ("instance_meta", config_value(gs, "EXO_INSTANCE_META"))):
-        if value:
-            row[key] = value
+    row["sharding"], row["instance_meta"] = gs.cfg.sharding, gs.cfg.instance_meta
     if not (gs.cfg.profile or {}).get("notes"):  # never overwrite an operator's notes
         row["notes"] = (f"first green bootstrap {gs.folder.run_id} on {len(gs.cfg.nodes)} node(s), "
                         f"{dur(time.time() - gs.ledger.state.started)}")
@@ -125,10 +121,14 @@ def config_value(gs: GateSession, key: str) -> Any:
 
 
 def profile_update(gs: GateSession) -> None:
-    """After a fully green bootstrap: create/update the model's profile row; diff into the ledger."""
+    """After a fully green bootstrap: write the model's profile row once (or on --update-profile); later runs
+    report what they measured differently as a warning."""
     try:
-        diff = profiles.record_bootstrap(gs.cfg.profile_path, gs.cfg.model_id, profile_row_updates(gs))
-        if diff:
+        diff, written = profiles.after_green_bootstrap(gs.cfg.profile_path, gs.cfg.model_id, profile_row_updates(gs),
+                                                       rewrite=gs.cfg.update_profile)
+        if diff and written:
             gs.ledger.profile_update(str(gs.cfg.profile_path), diff)
+        elif diff:
+            gs.ledger.warning(profiles.differences_line(gs.cfg.profile_path, gs.cfg.model_id, diff))
     except Exception as e:  # noqa: BLE001 - the bootstrap stays green; the ledger says why
         gs.ledger.warning(f"profile not updated: {type(e).__name__}: {one_line(e, 200)}")
