@@ -379,9 +379,14 @@ TABLE: tuple[Signature, ...] = (
       "log `hf: command not found` / exit 127", lambda c: next(
           (f"{n}: {line.strip()[:200]}" for n, t in c.logs.items() for line in (t or '').splitlines()
            if "command not found" in line or "No such file or directory" in line and "hf" in line), None)),
-    S("SEED-MAP-LAG", ("chat",), "/state runner maps lag while chat works",
+    S("SEED-MAP-LAG", ("placement", "chat"), "/state runner maps lag while chat works",
       "A node's /state has not caught up (or reset after a re-election); nodeToRunner is evidence, not a verdict",
       "none needed; re-read /state later", "verdict fact `runner_lag` (chat passed)", fact(Fact.runner_lag)),
+    S("SEED-NO-RUNNERS", ("placement",), "Fast stop: repeated create with nodeToRunner=0 and no successful chat",
+      "The instance never got runners on any node and no node serves the model (runner start failed before "
+      "reporting, a node without the model, or the workers never took the instance)",
+      "read every node's exo log (runner lines); pytest gates/ -k 'startup or cluster or placement' after fixing it",
+      "verdict fact `no_runners_no_chat`", fact(Fact.no_runners_no_chat)),
     S("SEED-LATE-CRASH", ("chat", "bench"), "Runs crash late (runner terminated after Ready)",
       "Memory growth, leaks or a GPU timeout under sustained load", "log show --last 1h ... memorystatus; tail the runner stderr log",
       "log RUNNER_TERM", log("RUNNER_TERM")),

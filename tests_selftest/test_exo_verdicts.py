@@ -138,6 +138,50 @@ def test_wait_ready_fails_fast_on_runner_failed_and_vanish():
     assert v.facts == {"vanished": True} and c.t < 2
 
 
+def _chat(ok: bool):
+    from modeldrop.exo.verdicts import Verdict
+
+    calls = []
+
+    def serving():
+        calls.append(1)
+        return Verdict(ok, "2 chat completion(s) answered" if ok else "node1 non-stream: http: 404", {}, {})
+    return serving, calls
+
+
+def test_no_runners_but_chat_answers_is_serving_truth():
+    """nodeToRunner {} / runners absent while chat works: placement passes, the lag is a warning fact."""
+    c = FakeClock()
+    serving, calls = _chat(True)
+    lagging = new_state(runners={})
+    v = observe.wait_ready(StateClient([lagging]), IID, 600, stall_s=180, clock=c, sleep=c.sleep, serving=serving)
+    assert v.ok and v.facts["runner_lag"] and "serving truth" in v.summary
+    assert observe.SERVING_AFTER_S <= c.t < observe.SERVING_AFTER_S + 1 and len(calls) == 1
+    from modeldrop import signatures
+    assert [m.sig.id for m in signatures.match("placement", facts=v.facts)] == ["SEED-MAP-LAG"]
+
+
+def test_no_runners_and_no_chat_is_the_guides_fast_stop():
+    c = FakeClock()
+    serving, calls = _chat(False)
+    v = observe.wait_ready(StateClient([new_state(runners={})]), IID, 600, stall_s=60, clock=c, sleep=c.sleep,
+                           serving=serving)
+    assert not v.ok and v.facts["no_runners_no_chat"] and "fast stop" in v.summary
+    assert "nodeToRunner=0 and no successful chat" in v.summary and 60 <= c.t < 61
+    assert len(calls) >= 4  # retried every SERVING_EVERY_S, and once more at the stop
+    from modeldrop import signatures
+    assert "SEED-NO-RUNNERS" in [m.sig.id for m in signatures.match("placement", facts=v.facts)]
+
+
+def test_runners_loading_are_not_probed_with_chat():
+    c = FakeClock()
+    serving, calls = _chat(True)
+    loading = new_state(runners={R0: {"RunnerLoading": {"layersLoaded": 1, "totalLayers": 8}}})
+    v = observe.wait_ready(StateClient([loading] * 40 + [NEW_STATE]), IID, 600, clock=c, sleep=c.sleep,
+                           serving=serving)
+    assert v.ok and not calls and "runner_lag" not in v.facts
+
+
 LOG = ('[ 2026-06-22 10:00:00.000 | INFO | utils_mlx:init:1 ] rank 0 hostfile: /tmp/h_0.json hosts: '
        '["0.0.0.0:51572", "192.168.1.10:51572"]\n'
        'RuntimeError: [ring] Couldn\'t connect (error: 61)\n')

@@ -44,6 +44,8 @@ CASES = [
     ("C8x", "placement", dict(http={"status": 400, "body": "Cannot distribute 4 layers across 8 nodes"})),
     ("C9x", "placement", dict(http={"status": 400, "body": "Insufficient memory to create instance. Required: 9GB"})),
     ("C10x", "placement", dict(facts={"never_created": True})),
+    ("SEED-NO-RUNNERS", "placement", dict(facts={"no_runners_no_chat": True})),
+    ("SEED-MAP-LAG", "placement", dict(facts={"runner_lag": ["nodeToRunner=0 after 12s while chat answers"]})),
     ("C11x", "placement", dict(http={"status": 400, "body": "Failed to load model card: x"})),
     ("C12x", "placement", dict(http={"status": 500, "body": "Expected exactly one new instance from placement"})),
     ("D1", "placement", dict(state=new_state(), facts={"model_id": MODEL})),

@@ -139,13 +139,23 @@ def clear_instances(client: ExoClient, model_id: str, timeout_s: float = 60.0) -
     return ids
 
 
+SERVING_AFTER_S = 10.0   # how long no runner may show before a chat is tried as serving truth
+SERVING_EVERY_S = 15.0   # how often the chat is retried while no runner shows
+
+
 def wait_ready(client: ExoClient, instance_id: str, ready_timeout_s: float, stall_s: float | None = None,
-               clock: Callable[[], float] = time.monotonic,
-               sleep: Callable[[float], None] = time.sleep) -> Verdict:
-    """Poll /state until every runner is Ready/Running; fail fast on RunnerFailed, vanishing, or a stall."""
+               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+               serving: Callable[[], Verdict] | None = None) -> Verdict:
+    """Poll /state until every runner is Ready/Running; fail fast on RunnerFailed, vanishing, or a stall.
+
+    Serving truth: while no runner of the instance shows in /state, `serving()` (a chat through every
+    node) is tried every SERVING_EVERY_S; a chat that answers passes (the map lag is a warning fact),
+    no runner and no chat by the stall/deadline is the fast stop "nodeToRunner=0 and no successful chat".
+    """
     stall_s = stall_budget(ready_timeout_s) if stall_s is None else stall_s
     t0 = clock()
-    track = {"present": False, "key": None, "changed": t0, "stalled": None}
+    track: dict[str, Any] = {"present": False, "key": None, "changed": t0, "stalled": None, "chat": None,
+                             "chat_at": None, "chats": 0}
     appear_budget = max(30.0, stall_s)
 
     def look() -> st.InstanceProgress:
@@ -160,18 +170,53 @@ def wait_ready(client: ExoClient, instance_id: str, ready_timeout_s: float, stal
         budget = max(stall_s, CONNECT_BUDGET_S) if connecting else stall_s
         if (track["present"] and quiet >= budget) or (not track["present"] and now - t0 >= appear_budget):
             track["stalled"] = quiet
+        _try_serving(p, track, serving, now - t0, now, final=track["stalled"] is not None)
         return p
 
-    def bad(p: st.InstanceProgress) -> bool:
-        return bool(p.failures) or (track["present"] and not p.present) or track["stalled"] is not None
+    def served() -> bool:
+        return track["chat"] is not None and track["chat"].ok
 
-    res = poll(look, lambda p: p.ready, ready_timeout_s, INTERVAL_S, stop=bad, clock=clock, sleep=sleep)
+    def bad(p: st.InstanceProgress) -> bool:
+        return bool(p.failures) or (track["present"] and not p.present and not served()) or track["stalled"] is not None
+
+    res = poll(look, lambda p: p.ready or served(), ready_timeout_s, INTERVAL_S, stop=bad, clock=clock, sleep=sleep)
     prog = res.value or st.InstanceProgress(instance_id, False, {}, [])
+    chat, vanished = track["chat"], track["present"] and not prog.present
+    if serving is not None and not prog.statuses and not prog.failures and (served() or not vanished):
+        return serving_verdict(prog, chat, track["chats"], res.elapsed_s, ever_present=track["present"])
     v = ready_verdict(prog, track["present"], track["stalled"] if track["present"] else None,
                       res.timed_out, res.elapsed_s)
     if res.last_error:
         v.details["last_error"] = res.last_error
     return v
+
+
+def _try_serving(p: st.InstanceProgress, track: dict[str, Any], serving: Callable[[], Verdict] | None,
+                 elapsed: float, now: float, final: bool) -> None:
+    """Try a chat when no runner of the instance shows (and it is time to, or the poll is about to stop)."""
+    if serving is None or p.statuses or p.failures or elapsed < SERVING_AFTER_S and not final:
+        return
+    if track["chat_at"] is not None and now - track["chat_at"] < SERVING_EVERY_S and not final:
+        return
+    track["chat"], track["chat_at"] = serving(), now
+    track["chats"] += 1
+
+
+def serving_verdict(prog: st.InstanceProgress, chat: Verdict | None, tries: int, elapsed_s: float,
+                    ever_present: bool = True) -> Verdict:
+    """No runner of the instance in /state: chat answered = serving (map lag); else the guide's fast stop."""
+    where = "instance absent from /state" if not prog.present else "nodeToRunner=0 (no runner of the instance in /state)"
+    details = {"instance_id": prog.instance_id, "runners": prog.labels(), "elapsed_s": round(elapsed_s, 1),
+               "chat_tries": tries, "chat": chat.details if chat else None}
+    if chat is not None and chat.ok:
+        lag = [f"{where} after {elapsed_s:.0f}s while chat answers"]
+        return Verdict(True, f"serving truth: {chat.summary} while /state shows {where} (runner map lag)",
+                       details, {"runner_lag": lag})
+    last = chat.summary if chat is not None else "no chat tried"
+    return Verdict(False, f"fast stop: {where} and no successful chat after {elapsed_s:.0f}s "
+                          f"({tries} chat tries; last: {last}) - the guide's 'repeated create with nodeToRunner=0 "
+                          "and no successful chat'", details,
+                   {"no_runners_no_chat": True, **({"never_created": True} if not ever_present else {})})
 
 
 # -- transport ------------------------------------------------------------------------------------
@@ -224,6 +269,18 @@ def run_chats(urls: dict[int, str], model_id: str, stall_s: float = CHAT_STALL_S
                 v = chat_verdict(results)
                 v.details["not_tried"] = [f"node{j}" for j in sorted(urls) if j > k]
                 return v
+    return chat_verdict(results)
+
+
+def serving_check(urls: dict[int, str], model_id: str, read_timeout_s: float = 60.0) -> Verdict:
+    """One short non-streamed chat through every node's API (the guide's serving truth); stops at the first failure."""
+    results = []
+    for k, url in sorted(urls.items()):
+        r = one_chat(url, model_id, False, max_tokens=8, stall_s=min(30.0, read_timeout_s), read_timeout_s=read_timeout_s)
+        r["node"] = k
+        results.append(r)
+        if not chat_verdict([r]).ok:
+            break
     return chat_verdict(results)
 
 

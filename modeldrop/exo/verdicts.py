@@ -61,6 +61,8 @@ class Fact(StrEnum):
     no_runner_map = "no_runner_map"  # a multi-shard instance with an empty nodeToRunner
     models_unreadable = "models_unreadable"  # /v1/models could not be read
     card_added = "card_added"        # the gate added EXO's card for the model
+    no_runners_no_chat = "no_runners_no_chat"  # no runner of the instance in /state and no chat answered
+    offline_join = "offline_join"    # the cluster was isolated while the joins ran offline
 
 
 def checked_facts(facts: Mapping[str, Any] | None) -> dict[Fact, Any]:
