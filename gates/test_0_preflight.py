@@ -9,7 +9,7 @@ from modeldrop.preflight import check_node, reach_problems
 
 @pytest.mark.gate("preflight")
 def test_preflight(run_config, node_pool, on_each_node, run_facts, evidence, hub_expectation):
-    """SSH, python3, the exact hf and exo binaries, exo build parity, API port, disk, model dir name, reach."""
+    """SSH, python3, the exact hf and exo binaries, exo build parity, API port, disk, model dir name and place, reach."""
     nodes = node_pool.all()
     total = expected_total(run_config, hub_expectation)
     pre = on_each_node(lambda k: check_node(nodes[k], run_config.node(k), run_config, total))
@@ -18,7 +18,8 @@ def test_preflight(run_config, node_pool, on_each_node, run_facts, evidence, hub
         if p.hf:
             run_facts.set_hf_probe(k, p.hf)
     evidence.json("nodes", {f"node{k}": {"facts": p.facts, "hf": p.hf, "disk": p.disk,
-                                         "present_bytes": p.present_bytes} for k, p in pre.items()})
+                                         "present_bytes": p.present_bytes, "located": p.located}
+                            for k, p in pre.items()})
     if not problems:
         problems += reach_problems(pre, nodes, run_config)
     if not run_config.audit:

@@ -1,4 +1,5 @@
-"""Preflight (phase 0), file side: SSH and python3, the exact hf binary, disk, writable parent, reach.
+"""Preflight (phase 0), file side: SSH and python3, the exact hf binary, disk, writable parent, reach,
+and the model-dir-mismatch fast stop (the model complete elsewhere on the node, the configured dir empty).
 
 `check_node` runs on one node in one probe per question and returns the problems found, each a
 line naming the node and the evidence. The exo side of preflight is `modeldrop.exo.preflight`.
@@ -27,6 +28,7 @@ class NodePreflight:
     hf: dict[str, Any] = field(default_factory=dict)
     disk: dict[str, Any] = field(default_factory=dict)
     present_bytes: int = 0
+    located: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
 
@@ -48,12 +50,28 @@ def check_node(node: Node, nc: NodeConfig, cfg: RunConfig, expected_total: int |
                                 timeout=HF_TOOL_TIMEOUT_S)
         out.problems += hf_problems(nc, out.hf)
         out.disk = node.run_probe("disk", {"path": nc.model_dir}, timeout=DISK_TIMEOUT_S)
-        out.present_bytes = int(node.run_probe("dirsize", {"path": nc.model_dir},
-                                               timeout=DIRSIZE_TIMEOUT_S).get("bytes") or 0)
+        out.located = node.run_probe("locate", {"path": nc.model_dir, "model_folder": cfg.model_folder},
+                                     timeout=DIRSIZE_TIMEOUT_S)
+        out.present_bytes = int(out.located.get("bytes") or 0)
+        out.problems += dir_mismatch_problems(nc, out.located, cfg.sources)
         out.problems += disk_problems(nc, out.disk, required_free_bytes(cfg, expected_total, out.present_bytes))
     except NodeError as e:  # CommandTimeout is a NodeError
         out.problems.append(f"{nc.name} ({nc.target}): {e}")
     return out
+
+
+def dir_mismatch_problems(nc: NodeConfig, located: dict[str, Any], sources: dict[str, str]) -> list[str]:
+    """The guide's fast stop "model dir mismatch": the configured dir is empty or absent while a complete
+    copy of the model sits elsewhere on the node; names both paths and the two ways out."""
+    complete = [a for a in located.get("elsewhere") or [] if a.get("complete")]
+    if int(located.get("files") or 0) > 0 or not complete:
+        return []
+    best = max(complete, key=lambda a: (a.get("total_size", 0), a.get("n_files", 0)))
+    key = f"MODEL_DIR_NODE{nc.index}"
+    where = f" ({sources[key]})" if key in sources else ""
+    return [f"{nc.name}: model dir mismatch (fast stop): {key}={nc.model_dir}{where} is empty or absent, but the "
+            f"model is complete at {best['path']} ({best.get('n_files')} files, {best.get('total_size', 0) / GB:.2f} GB); "
+            f"either set {key}={best['path']}, or move it: mv {best['path']} {located.get('expanded') or nc.model_dir}"]
 
 
 def hf_problems(nc: NodeConfig, tool: dict[str, Any]) -> list[str]:

@@ -34,7 +34,7 @@ class FakeNode:
 
 
 NC = NodeConfig(1, "node1", "me@mac1", "~/Models/org--m", "/opt/hf", "/opt/exo", "~/logs")
-CFG = SimpleNamespace(min_free_bytes=None)
+CFG = SimpleNamespace(min_free_bytes=None, model_folder="org--m", sources={})
 
 
 def test_check_node_turns_a_later_probe_failure_into_a_problem_line():
@@ -66,3 +66,30 @@ def test_facts_probed_once_per_node_for_preflight_paths_and_launchers(tmp_path):
     canary, cluster = (ExoLauncher(node, nc, CFG, None) for _ in range(2))
     assert canary.facts()["home"] == cluster.facts()["home"] == out.facts["home"]
     assert _facts_probes(node) == 1
+
+
+def test_model_dir_mismatch_is_a_preflight_fast_stop(tmp_path, monkeypatch):
+    """The model complete in ~/Models/<org--name>, the configured ~/.exo/models/<org--name> empty: preflight stops,
+    naming both paths and both ways out, in one `locate` round trip; a partial copy elsewhere does not stop it."""
+    from modeldrop.preflight import dir_mismatch_problems
+    from tests_selftest.modelfiles import make_model
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    node = LocalNode("node1", python_cmd="/usr/bin/python3")
+    make_model(tmp_path / "Models" / "org--m")
+    configured = tmp_path / ".exo" / "models" / "org--m"
+    configured.mkdir(parents=True)
+    nc = NodeConfig(1, "node1", "local", str(configured), "/opt/hf", "/opt/exo", "~/logs")
+    located = node.run_probe("locate", {"path": str(configured), "model_folder": "org--m"})
+    problems = dir_mismatch_problems(nc, located, {"MODEL_DIR_NODE1": "config/model_drop.env:5"})
+    assert len(problems) == 1
+    p = problems[0]
+    assert "model dir mismatch (fast stop)" in p and str(configured) in p and str(tmp_path / "Models" / "org--m") in p
+    assert f"set MODEL_DIR_NODE1={tmp_path / 'Models' / 'org--m'}" in p and "mv " in p and "model_drop.env:5" in p
+    (configured / "config.json").write_text("{}")  # the configured dir is in use: not a mismatch
+    assert dir_mismatch_problems(nc, node.run_probe("locate", {"path": str(configured), "model_folder": "org--m"}), {}) == []
+    (configured / "config.json").unlink()
+    shard = next((tmp_path / "Models" / "org--m").glob("*.safetensors"))
+    shard.rename(shard.with_name(shard.name + ".incomplete"))
+    located = node.run_probe("locate", {"path": str(configured), "model_folder": "org--m"})
+    assert dir_mismatch_problems(nc, located, {}) == [] and located["elsewhere"][0]["complete"] is False

@@ -152,18 +152,19 @@ def test_part_file_in_a_subfolder_on_node2_fails_node2_verify(clean):
     assert_caught(result, "node2_verify", "sub/extra.bin.part")
 
 
-@pytest.mark.fault("model-in-another-dir-node2", gate="node2_verify", signature="Models")
-def test_node2_model_in_another_dir_fails_node2_verify(clean):
+@pytest.mark.fault("model-in-another-dir-node2", gate="preflight", signature="model dir mismatch (fast stop)")
+def test_node2_model_in_another_dir_is_the_dir_mismatch_fast_stop(clean):
+    """The guide's fast stop: node 2's model complete in ~/Models, its MODEL_DIR_NODE2 empty -> preflight stops,
+    naming both paths and the two ways out, before any download or verify."""
     sbx, reports = clean
     sbx.populate_model(1)
     elsewhere = sbx.node_home(2) / "Models" / node_dir(sbx, 2).name
     sbx.populate_model(2, dir=elsewhere)
-    result = run(sbx, reports, "--audit")
-    assert result.outcome("preflight") == "passed", result.outcomes
-    assert result.outcome("node1_verify") == "passed", result.outcomes
-    assert result.outcome("node2_verify") == "failed", result.outcomes
-    assert str(elsewhere) in result.message("node2_verify") or "Models" in result.message("node2_verify")
-    assert result.outcome("parity") == "skipped"
+    result = run(sbx, reports)
+    assert_caught(result, "preflight", "node2: model dir mismatch (fast stop)")
+    handoff = (result.run_folder() / "ledger.jsonl").read_text()
+    assert f"set MODEL_DIR_NODE2={elsewhere}" in handoff and f"mv {elsewhere} " in handoff
+    assert "node1: model dir mismatch" not in handoff
 
 
 @pytest.mark.parametrize("node_with_extra", [

@@ -37,7 +37,7 @@ PYTHON_PICK = (
 )
 
 PROBES = ("facts", "tool", "disk", "manifest", "hashes", "ports", "sockets", "procs", "tail", "spawn",
-          "stop", "fs", "dirsize", "reach")
+          "stop", "fs", "dirsize", "reach", "locate")
 
 _FOOTER = """
 
@@ -51,7 +51,8 @@ if __name__ == "__main__":
 
 
 # Helper modules prepended to a probe's payload (their names are then defined in the probe's namespace).
-PROBE_DEPS = {"procs": ("_proc",), "spawn": ("_proc",), "stop": ("_proc",), "ports": ("_net",), "sockets": ("_net",)}
+PROBE_DEPS = {"procs": ("_proc",), "spawn": ("_proc",), "stop": ("_proc",), "ports": ("_net",), "sockets": ("_net",),
+              "locate": ("manifest",)}
 _FUTURE = "from __future__ import annotations\n"
 
 
