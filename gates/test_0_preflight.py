@@ -27,6 +27,8 @@ def test_preflight(run_config, node_pool, on_each_node, run_facts, evidence, hub
         for k, build in exo.builds.items():
             run_facts.set_exo_build(k, build)
         evidence.json("exo", exo.evidence)
+        for line in exo.warnings:
+            evidence.note("warning", line)
         problems += exo.problems
     if problems:
         evidence.strongest(problems[0])

@@ -151,3 +151,30 @@ def test_exo_preflight_collects_every_problem(tmp_path):
     assert "MODEL_DIR_NODE2 ends in 'Llama'" in text and "exo drift: node1 NEW" in text
     assert "node2: API port 52415 is in use by pid 3 (nginx)" in text
     assert set(pre.builds) == {1, 2}
+
+
+def test_extra_args_and_libp2p_port_per_generation(tmp_path):
+    """EXO_EXTRA_ARGS go to every exo start; EXO_LIBP2P_PORT becomes --libp2p-port on OLD and is ignored on NEW."""
+    la, _ = launcher(tmp_path, FakeNode(help_text=OLD_HELP), EXO_EXTRA_ARGS="--no-batch", EXO_LIBP2P_PORT="51001")
+    argv = la.command("cluster")[0]
+    assert argv[argv.index("--libp2p-port") + 1] == "51001" and "--no-batch" in argv
+    assert "--no-batch" in la.command("canary")[0]
+    la, _ = launcher(tmp_path, EXO_EXTRA_ARGS="--no-batch", EXO_LIBP2P_PORT="51001")
+    assert "--libp2p-port" not in la.command("cluster")[0] and "--no-batch" in la.command("cluster")[0]
+
+
+def test_preflight_checks_extra_flags_against_each_nodes_help(tmp_path):
+    """A flag exo's --help does not list (here --no-fast-synch on an exo without it) is a preflight problem naming
+    the node and the env-file line; the libp2p port's fate is one warning line."""
+    env = tmp_path / "m.env"
+    env.write_text('EXO_EXTRA_ARGS="--no-fast-synch"\nEXO_LIBP2P_PORT="51001"\n')
+    from modeldrop.config import load_config
+    cfg = load_config({}, environ={"MODEL_ID": "a/b", "NODES": "u@h1,u@h2", "PROFILE_PATH": str(tmp_path / "p.json"),
+                                   "RUN_REPORT_DIR": str(tmp_path / "r")}, env_file=env)
+    with_flag = NEW_HELP.replace("[--offline]", "[--offline] [--no-fast-synch]")
+    out = exo_preflight({1: FakeNode(help_text=with_flag), 2: FakeNode(help_text=NEW_HELP)}, cfg)
+    assert [p for p in out.problems if "EXO_EXTRA_ARGS" in p] == [
+        f"node2: EXO_EXTRA_ARGS ({env}:1) has --no-fast-synch, which `/Applications/EXO.app/Contents/Resources/exo/exo"
+        " --help` (NEW) does not list; remove it or install an exo that has it"]
+    assert out.warnings == ["EXO_LIBP2P_PORT=51001 is ignored: NEW (zenoh) exo has no libp2p port; its transport "
+                            "listens on --zenoh-port (default 52414), set with EXO_EXTRA_ARGS='--zenoh-port N'"]

@@ -63,7 +63,19 @@ def flags_of(args: tuple[str, ...]) -> list[str]:
     return out
 
 
-def missing_from_help(args: tuple[str, ...], help_text: str) -> list[str]:
+def missing_from_help(args: tuple[str, ...], listed: tuple[str, ...] | set[str]) -> list[str]:
     """Extra-arg flags this exo's `--help` does not list (the flag would make exo exit at start)."""
-    listed = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", help_text or ""))
-    return [f for f in flags_of(args) if f not in listed]
+    return [f for f in flags_of(args) if f not in set(listed)]
+
+
+def libp2p_port_line(port: int | None, generation: str, listed: tuple[str, ...] | set[str]) -> str | None:
+    """What EXO_LIBP2P_PORT does with this exo, in one line (None when it is unset)."""
+    if not port:
+        return None
+    if generation == "new":
+        return (f"EXO_LIBP2P_PORT={port} is ignored: NEW (zenoh) exo has no libp2p port; its transport listens on "
+                "--zenoh-port (default 52414), set with EXO_EXTRA_ARGS='--zenoh-port N'")
+    if "--libp2p-port" in set(listed):
+        return f"EXO_LIBP2P_PORT={port} is passed as --libp2p-port {port} (OLD, libp2p)"
+    return (f"EXO_LIBP2P_PORT={port} is ignored: this OLD exo's --help has no --libp2p-port (flag added 2026-03-25; "
+            "the port is OS-assigned)")

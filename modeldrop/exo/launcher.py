@@ -6,7 +6,8 @@
 default namespace is the package version), else None; `ExoBuild.version_source` says which.
 
 `ExoLauncher(node, node_cfg, cfg, run_folder).start(role)` builds (see `command`):
-  argv  EXO_CMD_NODEk --api-port EXO_API_PORT [--namespace NS (NEW)] [--offline] [--no-downloads] -v
+  argv  EXO_CMD_NODEk --api-port EXO_API_PORT [--namespace NS (NEW)] [--libp2p-port EXO_LIBP2P_PORT (OLD, when
+        its help lists it)] [EXO_EXTRA_ARGS…] [--offline] [--no-downloads] -v
   env   EXO_MODELS_READ_ONLY_DIRS=<parent of MODEL_DIR_NODEk, absolute>
         EXO_LIBP2P_NAMESPACE=NS (OLD) | unset EXO_LIBP2P_NAMESPACE and EXO_BOOTSTRAP_PEERS (NEW: both fatal)
         EXO_ZENOH_NAMESPACE=NS (NEW: only logged by exo, but it puts the namespace in the log)
@@ -82,6 +83,7 @@ class ExoBuild:
     help_sha: str
     exe_realpath: str | None
     exe: str = ""
+    help_flags: tuple[str, ...] = ()  # every flag `exo --help` lists
 
     def label(self) -> str:
         return f"{self.generation.upper()} {self.version or 'version?'} ({self.exe_realpath or self.exe})"
@@ -121,7 +123,13 @@ def probe_build(node: Node, exo_cmd: str, timeout_s: float = HELP_TIMEOUT_S) -> 
         source = "--version" if version else None
     if version is None and ns_default:
         version, source = ns_default, "namespace-default"
-    return ExoBuild(gen, version, source, hashlib.sha256(text.encode()).hexdigest()[:16], r.get("realpath"), exo_cmd)
+    return ExoBuild(gen, version, source, hashlib.sha256(text.encode()).hexdigest()[:16], r.get("realpath"), exo_cmd,
+                    tuple(sorted(set(help_flags(text)))))
+
+
+def help_flags(text: str) -> list[str]:
+    """The flags an `exo --help` text lists (`-v`, `--no-fast-synch`, …)."""
+    return re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", text or "")
 
 
 @dataclass
@@ -274,6 +282,9 @@ class ExoLauncher:
             unset += ["EXO_LIBP2P_NAMESPACE", "EXO_BOOTSTRAP_PEERS"]
         else:
             env["EXO_LIBP2P_NAMESPACE"] = ns
+        if build.generation == "old" and self.cfg.libp2p_port and "--libp2p-port" in build.help_flags:
+            argv += ["--libp2p-port", str(self.cfg.libp2p_port)]
+        argv += list(self.cfg.exo_extra_args)  # the same on every node and in both roles
         online = bool(self.cfg.online) and role == "cluster"
         if online:
             env["EXO_OFFLINE"] = "false"

@@ -7,6 +7,8 @@ fails with `problems` (one line each, naming node, path and what is wrong):
   "exo drift: node1 NEW 0.3.70 (/path), node2 OLD 1.0.71 (/path)";
 - the API port is free on every node (a port held by exo that an earlier modeldrop run started
   is not a problem: the launcher stops its own processes by pid before starting);
+- every EXO_EXTRA_ARGS flag is listed by each node's `exo --help`; what EXO_LIBP2P_PORT does with this
+  generation is said in one warning line;
 - MODEL_DIR_NODEk ends in the folder exo expects (`org--name`: exo looks a model up by that folder name), so path drift fails
   here, before any download.
 """
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modeldrop.exo import flags
 from modeldrop.exo.launcher import (
     ExoBuild,
     LaunchError,
@@ -33,6 +36,17 @@ class ExoPreflight:
     problems: list[str]
     builds: dict[int, ExoBuild]
     evidence: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def flag_problems(k: int, build: ExoBuild, cfg: Any) -> list[str]:
+    """EXO_EXTRA_ARGS flags node k's exo does not list in `--help` (exo would exit on them)."""
+    missing = flags.missing_from_help(cfg.exo_extra_args, build.help_flags)
+    if not missing:
+        return []
+    where = cfg.sources.get("EXO_EXTRA_ARGS", "EXO_EXTRA_ARGS")
+    return [f"node{k}: EXO_EXTRA_ARGS ({where}) has {', '.join(missing)}, which `{build.exe} --help` "
+            f"({build.generation.upper()}) does not list; remove it or install an exo that has it"]
 
 
 def folder_problem(k: int, model_dir: str, folder: str) -> str | None:
@@ -79,6 +93,7 @@ def exo_preflight(nodes: dict[int, Node], cfg: Any) -> ExoPreflight:
         try:
             out.builds[k] = probe_build(node, nc.exo_cmd)
             out.evidence["builds"][f"node{k}"] = out.builds[k].__dict__
+            out.problems += flag_problems(k, out.builds[k], cfg)
         except LaunchError as e:
             out.problems.append(f"node{k}: {e}")
         except Exception as e:  # noqa: BLE001 - one line per node, not a traceback
@@ -95,4 +110,6 @@ def exo_preflight(nodes: dict[int, Node], cfg: Any) -> ExoPreflight:
     d = drift_problem(out.builds)
     if d:
         out.problems.append(d)
+    lines = {flags.libp2p_port_line(cfg.libp2p_port, b.generation, b.help_flags) for b in out.builds.values()}
+    out.warnings += sorted(line for line in lines if line)
     return out
