@@ -279,3 +279,58 @@ def test_slow_tokens_pass_with_latency_recorded(box, tmp_path):
     notes = [json.loads(x) for x in (r.run_folder() / "ledger.jsonl").read_text().splitlines()]
     assert any(n.get("key") == "chat_latency_s" for n in notes)
     assert wait_gone(launch_records(r)) == []
+
+
+# -- the guide's own env file ---------------------------------------------------------------------
+GUIDE_ENV = Path(__file__).resolve().parent / "data" / "seed-model_drop.env"
+GUIDE_POINTED = ("MODEL_ID", "MODEL_INSTANCE_ID", "NODE1", "NODE2", "MODEL_DIR_NODE1", "MODEL_DIR_NODE2",
+                 "HF_CMD_NODE1", "HF_CMD_NODE2", "EXO_LOG_DIR_NODE1", "EXO_LOG_DIR_NODE2", "PROFILE_PATH",
+                 "RUN_REPORT_DIR")
+
+
+def guide_env_for(box, tmp_path: Path) -> Path:
+    """The guide's env block verbatim, with only its model, node and dir lines pointed at the sandbox (their
+    quotes, comments and `${MODEL_INSTANCE_ID}` kept), plus the sandbox-only keys (ssh config, hub, exo path)."""
+    import re
+
+    sbx = dict(line.split("=", 1) for line in Path(box.env_file).read_text().splitlines()
+               if line and not line.startswith("#"))
+    nodes = sbx["NODES"].split(",")
+    folder = sbx["MODEL_ID"].replace("/", "--")
+    point = {"MODEL_ID": sbx["MODEL_ID"], "MODEL_INSTANCE_ID": folder, "NODE1": nodes[0], "NODE2": nodes[1],
+             "PROFILE_PATH": str(tmp_path / "model_profiles.json"), "RUN_REPORT_DIR": str(tmp_path / "reports")}
+    for k in (1, 2):
+        parent = sbx[f"MODEL_DIR_NODE{k}"].rsplit("/", 1)[0]
+        point[f"MODEL_DIR_NODE{k}"] = parent + "/${MODEL_INSTANCE_ID}"
+        point[f"HF_CMD_NODE{k}"], point[f"EXO_LOG_DIR_NODE{k}"] = sbx[f"HF_CMD_NODE{k}"], sbx[f"EXO_LOG_DIR_NODE{k}"]
+    out = []
+    for line in GUIDE_ENV.read_text().splitlines():
+        m = re.match(r'^([A-Z0-9_]+)="([^"]*)"(.*)$', line)
+        out.append(f'{m.group(1)}="{point[m.group(1)]}"{m.group(3)}' if m and m.group(1) in point else line)
+    changed = {a.split("=")[0] for a, b in zip(out, GUIDE_ENV.read_text().splitlines(), strict=True) if a != b}
+    assert changed <= set(GUIDE_POINTED) and "EXO_LIBP2P_PORT=\"51001\"" in out
+    extra = [f"{key}={sbx[key]}" for key in ("SSH_CONFIG", "SSH_KNOWN_HOSTS", "HF_ENDPOINT", "EXO_CMD_NODE1",
+                                              "EXO_CMD_NODE2") if key in sbx]
+    env = tmp_path / "model_drop.env"
+    env.write_text("\n".join(out + ["", "# the sandbox's own keys", *extra]) + "\n")
+    return env
+
+
+def test_guide_env_runs_green_and_chat_is_serving_truth_while_runner_maps_lag(box, tmp_path):
+    """The guide's env block, pointed at the sandbox, runs every gate green; node 1's /state never shows the
+    instance's runners (nodeToRunner {}), so placement passes on a working chat through every node, with the
+    lag recorded as a warning and SEED-MAP-LAG; EXO_LIBP2P_PORT is said to be ignored on NEW."""
+    box.set_exo_faults(1, {"state_runner_lag": 3600.0})
+    env = guide_env_for(box, tmp_path)
+    r = run_suite(["gates/"], env, tmp_path / "reports", *WINDOWS, "--teardown", timeout=600)
+    try:
+        for g in ORDER:
+            assert r.outcome(g) == "passed", (g, r.message(g), r.output[-3000:])
+        assert "SEED-MAP-LAG" in signature_ids(r, "placement")
+        events = [json.loads(x) for x in (r.run_folder() / "ledger.jsonl").read_text().splitlines()]
+        warnings = [str(e.get("value") or e.get("text")) for e in events if e.get("event") == "warning"]
+        assert any("placement passed on a working chat" in w for w in warnings), warnings
+        assert any(w.startswith("EXO_LIBP2P_PORT=51001 is ignored: NEW (zenoh)") for w in warnings), warnings
+        assert all("my-cluster" in x["argv"] for x in launch_records(r) if x["role"] == "cluster")
+    finally:
+        stop_leftovers(launch_records(r.run_folder()))
