@@ -36,6 +36,8 @@ class FakeNode:
     exo_procs: list = field(default_factory=list)
     calls: list = field(default_factory=list)
     next_pid: int = 4242
+    mlx: str | None = "0.30.1"
+    os_version: str = "26.1"
 
     def address(self) -> str:
         return self.addr
@@ -50,7 +52,14 @@ class FakeNode:
                 "stderr_head": "", "error": None}
 
     def _p_facts(self, a):
-        return {"platform": self.platform, "home": self.home, "user": "me"}
+        return {"platform": self.platform, "home": self.home, "user": "me", "os_version": self.os_version,
+                "python_version": "3.9.6"}
+
+    def facts(self, *, refresh: bool = False, timeout: float = 30) -> dict:
+        return self.run_probe("facts", {}, timeout=timeout)
+
+    def _p_runtime(self, a):
+        return {"exo_realpath": "/real" + a["exo_cmd"], "mlx": self.mlx, "python": "3.12" if self.mlx else None}
 
     def _p_ports(self, a):
         return {"free": self.port_free, "listening_on": [] if self.port_free else ["127.0.0.1"], "holders": self.holders}

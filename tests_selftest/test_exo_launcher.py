@@ -178,3 +178,16 @@ def test_preflight_checks_extra_flags_against_each_nodes_help(tmp_path):
         " --help` (NEW) does not list; remove it or install an exo that has it"]
     assert out.warnings == ["EXO_LIBP2P_PORT=51001 is ignored: NEW (zenoh) exo has no libp2p port; its transport "
                             "listens on --zenoh-port (default 52414), set with EXO_EXTRA_ARGS='--zenoh-port N'"]
+
+
+def test_runtime_drift_warns_exo_build_drift_fails(tmp_path):
+    """MLX / Python / macOS versions that differ across nodes are warnings naming each node; exo build drift fails."""
+    cfg = make_cfg(tmp_path)
+    same = exo_preflight({1: FakeNode(), 2: FakeNode()}, cfg)
+    assert same.warnings == [] and not any("drift" in p for p in same.problems)
+    out = exo_preflight({1: FakeNode(), 2: FakeNode(mlx="0.29.0", os_version="15.6")}, cfg)
+    assert "MLX drift across nodes: node1 0.30.1, node2 0.29.0" in out.warnings[0]
+    assert any(w.startswith("macOS drift across nodes: node1 26.1, node2 15.6") for w in out.warnings)
+    assert not any("drift" in p for p in out.problems)
+    built = exo_preflight({1: FakeNode(), 2: FakeNode(help_text=OLD_HELP)}, cfg)
+    assert any(p.startswith("exo drift: node1 NEW") for p in built.problems)

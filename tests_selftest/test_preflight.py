@@ -93,3 +93,17 @@ def test_model_dir_mismatch_is_a_preflight_fast_stop(tmp_path, monkeypatch):
     shard.rename(shard.with_name(shard.name + ".incomplete"))
     located = node.run_probe("locate", {"path": str(configured), "model_folder": "org--m"})
     assert dir_mismatch_problems(nc, located, {}) == [] and located["elsewhere"][0]["complete"] is False
+
+
+def test_runtime_probe_finds_mlx_beside_exo_or_its_interpreter(tmp_path):
+    """A console-script exo whose #! names a venv python: MLX and Python versions come from that venv."""
+    venv = tmp_path / "venv"
+    (venv / "lib" / "python3.12" / "site-packages" / "mlx-0.30.1.dist-info").mkdir(parents=True)
+    (venv / "bin").mkdir()
+    exo = tmp_path / "bin" / "exo"
+    exo.parent.mkdir()
+    exo.write_text(f"#!{venv}/bin/python\nimport exo\n")
+    node = LocalNode("node1", python_cmd="/usr/bin/python3")
+    r = node.run_probe("runtime", {"exo_cmd": str(exo)})
+    assert (r["mlx"], r["python"]) == ("0.30.1", "3.12")
+    assert node.run_probe("runtime", {"exo_cmd": str(tmp_path / "nothing")})["mlx"] is None

@@ -4,7 +4,8 @@
 fails with `problems` (one line each, naming node, path and what is wrong):
 - the exo binary at EXO_CMD_NODEk exists and `--help` runs (probe `tool`);
 - the same generation and version on every node; drift names both sides, e.g.
-  "exo drift: node1 NEW 0.3.70 (/path), node2 OLD 1.0.71 (/path)";
+  "exo drift: node1 NEW 0.3.70 (/path), node2 OLD 1.0.71 (/path)"; MLX, Python and macOS versions
+  that differ across nodes are warnings (probe `runtime` beside exo's install, and the node facts);
 - the API port is free on every node (a port held by exo that an earlier modeldrop run started
   is not a problem: the launcher stops its own processes by pid before starting);
 - every EXO_EXTRA_ARGS flag is listed by each node's `exo --help`; what EXO_LIBP2P_PORT does with this
@@ -82,6 +83,32 @@ def port_problem(node: Node, k: int, cfg: Any) -> tuple[str | None, dict]:
             f"change EXO_API_PORT; --stop-existing-exo stops it only if it is the configured exo)"), r
 
 
+def runtime_of(node: Node, exo_cmd: str) -> dict[str, Any]:
+    """Node's OS version (facts, cached) and the MLX / Python exo runs with (probe `runtime`); errors kept."""
+    out: dict[str, Any] = {}
+    try:
+        facts = node.facts()
+        out["os"] = facts.get("os_version")
+        out["platform"] = facts.get("platform")
+        out.update(node.run_probe("runtime", {"exo_cmd": exo_cmd}, timeout=60))
+        out["python"] = out.get("python") or facts.get("python_version")
+    except Exception as e:  # noqa: BLE001 - an unknown runtime is not a problem, only no drift evidence
+        out["error"] = f"{type(e).__name__}: {e}"
+    return out
+
+
+def runtime_drift(runtimes: dict[int, dict[str, Any]]) -> list[str]:
+    """Warnings for MLX, Python and OS versions that differ across nodes (exo build drift is a problem instead)."""
+    darwin = all(r.get("platform") == "darwin" for r in runtimes.values())
+    out = []
+    for key, label in (("mlx", "MLX"), ("python", "Python"), ("os", "macOS" if darwin else "OS")):
+        values = {k: r.get(key) for k, r in sorted(runtimes.items())}
+        if len({v for v in values.values() if v}) > 1:
+            out.append(f"{label} drift across nodes: " + ", ".join(f"node{k} {v or '?'}" for k, v in values.items())
+                       + " (keep every node on matching code and bindings before transport triage)")
+    return out
+
+
 def exo_preflight(nodes: dict[int, Node], cfg: Any) -> ExoPreflight:
     """Run every exo preflight check on every node; never raises for a node-side problem."""
     out = ExoPreflight([], {}, {"builds": {}, "ports": {}})
@@ -110,6 +137,9 @@ def exo_preflight(nodes: dict[int, Node], cfg: Any) -> ExoPreflight:
     d = drift_problem(out.builds)
     if d:
         out.problems.append(d)
+    runtimes = {k: runtime_of(node, cfg.node(k).exo_cmd) for k, node in sorted(nodes.items())}
+    out.evidence["runtimes"] = {f"node{k}": r for k, r in runtimes.items()}
+    out.warnings += runtime_drift(runtimes)
     lines = {flags.libp2p_port_line(cfg.libp2p_port, b.generation, b.help_flags) for b in out.builds.values()}
     out.warnings += sorted(line for line in lines if line)
     return out

@@ -37,7 +37,7 @@ PYTHON_PICK = (
 )
 
 PROBES = ("facts", "tool", "disk", "manifest", "hashes", "ports", "sockets", "procs", "tail", "spawn",
-          "stop", "fs", "dirsize", "reach", "locate")
+          "stop", "fs", "dirsize", "reach", "locate", "runtime")
 
 _FOOTER = """
 
