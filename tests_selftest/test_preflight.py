@@ -106,4 +106,7 @@ def test_runtime_probe_finds_mlx_beside_exo_or_its_interpreter(tmp_path):
     node = LocalNode("node1", python_cmd="/usr/bin/python3")
     r = node.run_probe("runtime", {"exo_cmd": str(exo)})
     assert (r["mlx"], r["python"]) == ("0.30.1", "3.12")
-    assert node.run_probe("runtime", {"exo_cmd": str(tmp_path / "nothing")})["mlx"] is None
+    bare = tmp_path / "other" / "a" / "b" / "c" / "d" / "exo"  # five levels: the search never reaches venv/
+    bare.parent.mkdir(parents=True)
+    bare.write_text("#!/bin/sh\n")
+    assert node.run_probe("runtime", {"exo_cmd": str(bare)})["mlx"] is None
