@@ -24,8 +24,10 @@ def test_cluster(run_config, exo_running, exo_report, evidence):
         ns = {f"node{k}": sorted(set(namespace_lines(t))) for k, t in logs.items()}
         evidence.json("namespace lines", ns)
         seen = {k: v["identities"] for k, v in verdict.details["views"].items() if v}
-        exo_report.fail(verdict, state=exo_running.state_of(exo_running.ks[0]),
-                        message=f"{verdict.summary}; nodeIdentities seen: {seen}; namespace lines: {ns}")
+        offline = bool(verdict.facts.get("isolated")) and not run_config.online
+        hint = "; the joins ran offline (EXO_OFFLINE=true): validate the join with --online" if offline else ""
+        exo_report.fail(verdict, state=exo_running.state_of(exo_running.ks[0]), facts={"offline_join": offline},
+                        message=f"{verdict.summary}; nodeIdentities seen: {seen}; namespace lines: {ns}{hint}")
     # a model that just dropped has no EXO card: every node must list one before placement
     cards = ensure_cards(exo_running.clients(), run_config.model_id)
     evidence.json("model cards", cards.details)

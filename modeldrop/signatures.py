@@ -382,6 +382,12 @@ TABLE: tuple[Signature, ...] = (
     S("SEED-MAP-LAG", ("placement", "chat"), "/state runner maps lag while chat works",
       "A node's /state has not caught up (or reset after a re-election); nodeToRunner is evidence, not a verdict",
       "none needed; re-read /state later", "verdict fact `runner_lag` (chat passed)", fact(Fact.runner_lag)),
+    S("SEED-OFFLINE-JOIN", ("cluster",), "Cluster isolated while the joins ran offline",
+      "exo was started with --offline (EXO_OFFLINE=true) for the join; the guide validates joins with "
+      "EXO_OFFLINE=false and the same flags on every node",
+      "rerun the join online: pytest gates/ -k 'startup or cluster' --online",
+      "verdict facts `isolated` and `offline_join`", lambda c: "joins ran offline" if c.facts.get(Fact.isolated)
+      and c.facts.get(Fact.offline_join) else None),
     S("SEED-NO-RUNNERS", ("placement",), "Fast stop: repeated create with nodeToRunner=0 and no successful chat",
       "The instance never got runners on any node and no node serves the model (runner start failed before "
       "reporting, a node without the model, or the workers never took the instance)",

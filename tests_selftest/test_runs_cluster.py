@@ -204,7 +204,7 @@ def fault_case(name: str, k: int, faults: dict, gate: str, sig: str, timing: dic
 
 
 FAULTS = [
-    fault_case("isolated", 2, {"isolated": True}, "cluster", "A1", {}, ()),
+    fault_case("isolated", 2, {"isolated": True}, "cluster", "SEED-OFFLINE-JOIN", {}, ()),  # joins offline: --online
     fault_case("namespace", 2, {"namespace": "someone-else"}, "cluster", "A1", {}, ()),
     fault_case("crash_at_start", 2, {"crash_at_start": True}, "startup", "X-EXIT", {}, ()),
     fault_case("crash_loop", 2, {"crash_loop": 1.0}, "startup", "X-RESTART", {}, ()),

@@ -45,6 +45,7 @@ CASES = [
     ("C9x", "placement", dict(http={"status": 400, "body": "Insufficient memory to create instance. Required: 9GB"})),
     ("C10x", "placement", dict(facts={"never_created": True})),
     ("SEED-NO-RUNNERS", "placement", dict(facts={"no_runners_no_chat": True})),
+    ("SEED-OFFLINE-JOIN", "cluster", dict(facts={"isolated": [2], "n": 2, "offline_join": True})),
     ("SEED-MAP-LAG", "placement", dict(facts={"runner_lag": ["nodeToRunner=0 after 12s while chat answers"]})),
     ("C11x", "placement", dict(http={"status": 400, "body": "Failed to load model card: x"})),
     ("C12x", "placement", dict(http={"status": 500, "body": "Expected exactly one new instance from placement"})),
@@ -132,3 +133,8 @@ def test_misspelt_fact_names_are_rejected():
         sg.fact("never_creatd")
     assert Verdict(False, "gone", {}, {"vanished": True}).facts == {Fact.vanished: True}
     assert ids("placement", facts={Fact.vanished: True}) == ["F11"]
+
+
+def test_offline_join_hint_only_when_the_join_ran_offline():
+    assert "SEED-OFFLINE-JOIN" not in ids("cluster", facts={"isolated": [2], "n": 2, "offline_join": False})
+    assert "SEED-OFFLINE-JOIN" not in ids("cluster", facts={"offline_join": True})
