@@ -133,6 +133,10 @@ def test_resume_bootstrap_reruns_everything_after_a_changed_gate(pytester):
     assert why["gate"] == "node1_verify" and "other files on node1" in why["why"]
 
 
+# The bootstrap after a green --audit: preflight, then the exo gates (files reused).
+AFTER_AUDIT = ["preflight", "node1_canary", *FULL_ORDER_2[7:]]
+
+
 def test_audit_passes_are_recorded_and_reused(pytester):
     make_suite(pytester)
     assert pytester.runpytest(*BASE, "--audit").ret == 0
@@ -143,11 +147,14 @@ def test_audit_passes_are_recorded_and_reused(pytester):
     assert set(passes) == {"preflight", "node1_verify", "node2_verify", "parity"}
     assert all(time.time() - rows[0]["time"] < 600 for rows in passes.values())
     # Ring input ready: the printed next step is the bootstrap. The audit's preflight skipped the exo
-    # checks, so it is not reused, and the bootstrap runs from preflight on.
+    # checks, so it runs again; the audit's verify and parity passes are reused (and the downloads with
+    # them: the files are verified), and the exo gates run.
     nxt = handoff_block(latest(pytester))["NEXT_COMMAND"]
     assert "--audit" not in nxt and nxt.endswith("--resume-bootstrap")
     assert pytester.runpytest(*BASE, "--resume-bootstrap").ret == 0
-    assert trace(pytester) == FULL_ORDER_2
+    assert trace(pytester) == AFTER_AUDIT
+    reused = [r["gate"] for r in jsonl(latest(pytester)) if r["event"] == "reuse"]
+    assert reused == ["node1_download", "node1_verify", "node2_download", "node2_verify", "parity"]
 
 
 def test_a_gate_with_two_tests_is_reused_as_a_whole(pytester):
@@ -176,4 +183,18 @@ def test_audit_from_the_env_file_points_at_a_bootstrap_that_works_as_printed(pyt
     assert nxt.startswith("env AUDIT=0 ") and nxt.endswith("--resume-bootstrap")
     done = run_shell(nxt, pytester.path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert trace(pytester) == FULL_ORDER_2
+    assert trace(pytester) == AFTER_AUDIT
+
+
+def test_resume_after_audit_downloads_again_when_the_files_changed(pytester):
+    """A verify pass is reused only while the files are what it verified: changed files on node 2 mean a
+    download and verify there (and parity and the exo gates after them)."""
+    make_suite(pytester)
+    assert pytester.runpytest(*BASE, "--audit").ret == 0
+    trace(pytester)
+    facts = default_facts()
+    facts["manifests"]["2"] = "digest-2-changed"
+    set_facts(pytester, facts)
+    assert pytester.runpytest(*BASE, "--resume-bootstrap").ret == 0
+    assert trace(pytester) == ["preflight", "node1_canary", "node2_download", "node2_verify", "parity",
+                               *FULL_ORDER_2[7:]]

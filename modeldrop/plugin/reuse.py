@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from modeldrop import gatetable
+from modeldrop.gatetable import gate_kind
 from modeldrop.ledger.fingerprint import digest, fingerprint_parts
 from modeldrop.ledger.handoff import one_line
 from modeldrop.ledger.passcache import PassRecord
@@ -17,6 +18,24 @@ def fingerprint_now(gs: GateSession, config: pytest.Config, gate: str) -> tuple[
     parts = fingerprint_parts(gate, gs.cfg, facts_of(config))
     gs.parts[gate] = parts
     return parts, digest(parts)
+
+
+def resume_chain(gate: str) -> str:
+    """Which --resume-bootstrap chain a gate is in: "files" (downloads, verifies, parity), "exo", or "none"
+    (preflight: read-only, and an --audit's preflight differs from a bootstrap's, so running it breaks nothing)."""
+    kind = gate_kind(gate)
+    if kind == "preflight":
+        return "none"
+    return "files" if kind in ("download", "verify", "parity") else "exo"
+
+
+def resumable(gs: GateSession, config: pytest.Config, gate: str) -> tuple[PassRecord | None, str]:
+    """A pass `--resume-bootstrap` may reuse: the gate's own, or for nodeK_download nodeK_verify's (the files
+    are verified, e.g. by a green --audit, so there is nothing to download)."""
+    rec, why = reusable(gs, config, gate)
+    if rec is None and gate_kind(gate) == "download":
+        rec, _ = reusable(gs, config, gate.replace("_download", "_verify"))
+    return rec, why
 
 
 def reusable(gs: GateSession, config: pytest.Config, gate: str) -> tuple[PassRecord | None, str]:

@@ -35,7 +35,7 @@ class GateSession:
     outcome: dict[str, str] = field(default_factory=dict)   # gate -> passed/failed/skipped/reused
     root: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # gate -> (root gate, outcome, reason)
     failed_items: dict[str, str] = field(default_factory=dict)  # nodeid -> gate, as soon as a phase fails
-    resume_broken: bool = False
+    resume_broken: set[str] = field(default_factory=set)  # resume chains ("files", "exo") a gate ran in
     parts: dict[str, dict] = field(default_factory=dict)   # gate -> fingerprint parts last computed
     html_report: Any = None
 
