@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -115,7 +116,8 @@ def test_benchmarks_run_checkpoint_reuse_and_report(tmp_path: Path, server: Cali
     res = _pytest(tmp_path, f"--html={html}", "--self-contained-html")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "11 passed" in res.stdout
-    assert "bench token_sweep token_sweep-pp512-tg32 2/2" in res.stdout  # heartbeat reached the terminal
+    # the heartbeat reached the terminal, with its UTC timestamp
+    assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ bench token_sweep token_sweep-pp512-tg32 2/2", res.stdout, re.M)
     got = _cases(run1)
     assert len(got) == 11
     assert all(c["fingerprint"] == "fp-0001" and c["summary"]["errors"] == 0 and c["reused_from"] is None

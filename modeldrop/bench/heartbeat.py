@@ -25,10 +25,10 @@ Sink = Callable[[str], None]
 
 
 def stderr_sink(line: str) -> None:
-    """Write to the real stderr, past pytest's capture."""
+    """Write to the real stderr, past pytest's capture, prefixed with the UTC time."""
     stream = sys.__stderr__
     if stream is not None:
-        stream.write(line + "\n")
+        stream.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {line}\n")
         stream.flush()
 
 
