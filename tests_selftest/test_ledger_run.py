@@ -79,6 +79,16 @@ def test_handoff_sections_and_block(pytester):
     assert "| node1_canary | 1B | failed |" in text
     assert "| SIG-1 | node1_canary | fake |" in text
     assert "gguf count not checked" in text  # --fast warnings reach the hand-off
+    # the guide's stable sections carry their stable content, and the block uses its `FIELD: value` lines
+    sections = {name: text.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0] for name in SECTIONS}
+    assert "Confirm serving truth with an actual /v1/chat/completions" in sections["90-Second Handoff"]
+    assert "nodeToRunner=0 and no successful chat" in sections["90-Second Handoff"]
+    assert "| 1B | node1_canary | exo alone on node 1" in sections["Phase Gates"]
+    assert "| PASS if | STOP if |" in sections["Phase Gates"] and "failed" not in sections["Phase Gates"]
+    assert "| SEED-MAP-LAG | placement, chat |" in sections["Failure Signatures"]
+    assert "| node1_canary | 1B | failed |" in sections["Run Ledger"]
+    assert "KNOWN_BLOCKER: node1_canary (failed)" in sections["Hand-off Block"]
+    assert "\nMODEL: org/tiny-model\n" in sections["Hand-off Block"] and "MODEL=" not in sections["Hand-off Block"]
 
 
 def test_next_command_reruns_the_failed_gate_as_printed(pytester):

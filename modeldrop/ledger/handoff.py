@@ -1,9 +1,11 @@
 """handoff.md: the runbook a colleague reads to take over a bootstrap, rewritten after every gate event.
 
 Contract:
-- `render(state)` returns the markdown with exactly these sections, in this order:
-  `## 90-Second Handoff`, `## Current Run Header`, `## Phase Gates`, `## Failure Signatures`,
-  `## Run Ledger`, `## Hand-off Block` (a fenced block of KEY=value lines, `HANDOFF_KEYS`).
+- `render(state)` returns the markdown with exactly these sections, in the guide's order: the stable
+  `## 90-Second Handoff` (operator protocol), `## Current Run Header` (mutable: model, nodes, dirs, state,
+  blocker), the stable `## Phase Gates` (each phase's pass/fail criteria) and `## Failure Signatures`
+  (the signature reference), `## Run Ledger` (mutable: timestamped outcomes per gate, matched
+  signatures) and `## Hand-off Block` (a fenced block of the guide's `FIELD: value` lines, `HANDOFF_KEYS`).
 - `handoff_fields(state)` returns the Hand-off Block values (one line each); the HTML summary and
   the CLI print the same values.
 - NEXT_COMMAND works as printed: a failed (or gate-skipped) gate -> the base command `-k <gate>`;
@@ -15,12 +17,14 @@ Contract:
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from modeldrop.gatetable import phase_of
+from modeldrop.ledger import runbook
 
 HANDOFF_KEYS = ("MODEL", "NODES", "MODEL_DIRS", "LAST_PASS_PHASE", "CURRENT_PHASE", "KNOWN_BLOCKER",
                 "STRONGEST_EVIDENCE", "NEXT_COMMAND", "DO_NOT_REPEAT")
@@ -99,6 +103,7 @@ class RunState:
     pass_cache: str = ""
     bench_only: bool = False
     bench: dict[str, tuple[str, str]] = field(default_factory=dict)  # test name -> (outcome, reason)
+    signature_table: list[dict[str, Any]] = field(default_factory=list)  # every known signature (stable section)
 
     def in_order(self) -> list[GateRecord]:
         return [self.gates[g] for g in self.order]
@@ -310,25 +315,28 @@ def render(state: RunState) -> str:
               f"- **Started:** {hm(state.started)} UTC" + ("" if not state.finished else " (finished)"),
               f"- **Model:** `{state.model_id}`",
               "- **Nodes:** " + ", ".join(f"node{i}=`{t}`" for i, t in enumerate(state.nodes, 1)),
+              "- **Model dirs:** " + ", ".join(f"node{i}=`{d}`" for i, d in enumerate(state.model_dirs, 1)),
               f"- **Mode:** {'audit' if state.audit else 'benchmarks' if state.bench_only else 'bootstrap'}",
-              f"- **Command:** `{_cmd(state.command)}`"]
-    block = ["```text", *(f"{k}={f[k]}" for k in HANDOFF_KEYS), "```"]
+              f"- **Command:** `{_cmd(state.command)}`", *_ninety(state, f)]
+    block = ["```text", *(f"{k}: {f[k]}" for k in HANDOFF_KEYS), "```"]
     parts = [f"# modeldrop hand-off: {state.model_id}", "",
-             "## 90-Second Handoff", "", *_ninety(state, f), "",
+             "## 90-Second Handoff", "", *runbook.OPERATOR_PROTOCOL, "",
              "## Current Run Header", "", *header, "",
-             "## Phase Gates", "", *_gate_table(state), *_bench_table(state), "",
-             "## Failure Signatures", "", *_signature_table(state), "",
-             "## Run Ledger", "", *_ledger_links(state), "",
+             "## Phase Gates", "", *runbook.criteria_table(state.order, phase_of), "",
+             "## Failure Signatures", "", *runbook.signature_reference(state.signature_table), "",
+             "## Run Ledger", "", *_gate_table(state), *_bench_table(state), "",
+             "Signatures matched in this run:", "", *_signature_table(state), "", *_ledger_links(state), "",
              "## Hand-off Block", "", *block, ""]
     return "\n".join(parts)
 
 
 def parse_block(markdown: str) -> dict[str, str]:
-    """The KEY=value lines of the Hand-off Block of a handoff.md (for the CLI and tests)."""
+    """The `FIELD: value` lines of the Hand-off Block of a handoff.md (for the CLI and tests); the older
+    `FIELD=value` form is read too."""
     _, _, tail = markdown.partition("## Hand-off Block")
     out: dict[str, str] = {}
     for line in tail.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key in HANDOFF_KEYS:
-            out[key] = value
+        m = re.match(r"^([A-Z_]+)(?:: |=)(.*)$", line)
+        if m and m.group(1) in HANDOFF_KEYS:
+            out[m.group(1)] = m.group(2)
     return out

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from modeldrop import gatetable, profiles
+from modeldrop import gatetable, profiles, signatures
 from modeldrop.config import RunConfig, load_config
 from modeldrop.errors import InputError
 from modeldrop.ledger import GateRecord, Ledger, RunState
@@ -54,7 +54,7 @@ def new_session(config: pytest.Config, cfg: RunConfig, env_file: Path | None) ->
         command=["pytest", *config.invocation_params.args], base_argv=rerun_argv(config, cfg, env_file, bench=False),
         bench_argv=rerun_argv(config, cfg, env_file, bench=True), order=order,
         gates={g: GateRecord(g) for g in order}, audit=bool(cfg.audit),
-        pass_cache=str(folder.report_dir / "pass_cache.json"))
+        pass_cache=str(folder.report_dir / "pass_cache.json"), signature_table=signatures.table_rows())
     ledger = Ledger(folder, state, secrets)
     ledger.begin(options={k: v for k, v in cfg.redacted().items() if k != "nodes"},
                  env_file=str(env_file) if env_file else None, sources=cfg.sources)
