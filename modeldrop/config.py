@@ -190,12 +190,24 @@ _SIMPLE_FIELDS = frozenset(f.name for f in fields(RunConfig)) - {
     "profile_path", "profile", "sources", "values", "env_file", "sandbox"}
 
 
-def read_env_file(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, tuple[str, str]]:
+def read_env_file(path: Path, environ: Mapping[str, str] | None = None,
+                  pinned: Mapping[str, str] | None = None) -> dict[str, tuple[str, str]]:
     """Read an env file as the shell would (quotes, comments, `export`, `${VAR}`) into {KEY: (value, "file:line")}.
 
-    Malformed lines, unknown keys (with the nearest known key suggested) and unset `${VAR}` raise InputError.
+    `${VAR}` of a key in `pinned` (set by a higher-precedence source) takes that value. Malformed lines,
+    unknown keys (with the nearest known key suggested) and unset `${VAR}` raise InputError.
     """
-    return envfile.read(path, is_known_key, known_keys(), os.environ if environ is None else environ)
+    return envfile.read(path, is_known_key, known_keys(), os.environ if environ is None else environ, pinned)
+
+
+def _pinned(cli: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """Keys set above the env file (environment, command line), for `${VAR}` in the file; a MODEL_ID set there
+    also fixes MODEL_INSTANCE_ID (its `org--name`) unless that is set there too."""
+    out = {k: str(v) for k, v in environ.items() if is_known_key(k)}
+    out.update({k: str(v) for k, v in cli.items() if v is not None})
+    if out.get("MODEL_ID") and "MODEL_INSTANCE_ID" not in out:
+        out["MODEL_INSTANCE_ID"] = validate.model_folder(out["MODEL_ID"].strip())
+    return out
 
 
 def known_keys() -> list[str]:
@@ -303,7 +315,11 @@ def load_config(cli: Mapping[str, Any], *, environ: Mapping[str, str] | None = N
                 env_file: Path | None = None, sandbox: bool = False) -> RunConfig:
     """Build and validate the RunConfig; raise InputError (one line, naming the input) on any bad input."""
     environ = os.environ if environ is None else environ
-    file_values = read_env_file(env_file, environ) if env_file else {}
+    pinned = _pinned(cli, environ)
+    file_values = read_env_file(env_file, environ, pinned) if env_file else {}
+    if "MODEL_INSTANCE_ID" in pinned and "MODEL_INSTANCE_ID" in file_values and "MODEL_ID" in file_values \
+            and file_values["MODEL_INSTANCE_ID"][0] == validate.model_folder(file_values["MODEL_ID"][0]):
+        del file_values["MODEL_INSTANCE_ID"]  # the file's instance id was its own model's: it follows MODEL_ID
     raw, source = _layered(cli, environ, file_values)
     values = _settings(raw, source)
     if not values["MODEL_ID"]:

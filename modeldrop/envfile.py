@@ -24,8 +24,12 @@ _KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 def read(path: Path, is_known: Callable[[str], bool], known_keys: Iterable[str],
-         environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
-    """{KEY: (expanded value, "file:line")} for every binding of the file at `path`."""
+         environ: Mapping[str, str], pinned: Mapping[str, str] | None = None) -> dict[str, tuple[str, str]]:
+    """{KEY: (expanded value, "file:line")} for every binding of the file at `path`.
+
+    `${VAR}` takes the value VAR will have in the run: `pinned` (keys set by a higher-precedence source,
+    e.g. the command line's MODEL_ID), else the file's own earlier line, else the environment.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -43,7 +47,7 @@ def read(path: Path, is_known: Callable[[str], bool], known_keys: Iterable[str],
         if _single_quoted(binding.original.string):  # shell: no expansion inside '…'
             out[key] = (value, where)
             continue
-        scope = {**environ, **{k: v for k, (v, _) in out.items()}}
+        scope = {**environ, **{k: v for k, (v, _) in out.items()}, **(pinned or {})}
         out[key] = (_expand(value, scope, where, key), where)
     return out
 

@@ -212,3 +212,16 @@ def test_every_option_is_a_typed_field(tmp_path):
     assert cfg.fast is True and cfg.pass_max_age == 6 * 3600 and cfg.hf_revision == "v2"
     with pytest.raises(AttributeError):
         _ = cfg.no_such_setting
+
+
+def test_model_from_the_command_line_carries_the_guide_files_instance_id_and_dirs(tmp_path):
+    """`model-drop org/other` with the guide's file as defaults: MODEL_INSTANCE_ID and the ${MODEL_INSTANCE_ID}
+    dirs follow the command line's model; an instance id that matches neither model is still an error."""
+    environ = {"PROFILE_PATH": str(tmp_path / "none.json")}
+    cfg = config.load_config({"MODEL_ID": "org/other"}, environ=environ, env_file=GUIDE_ENV)
+    assert cfg.instance_id == "org--other" and cfg.node(1).model_dir == "/Users/user1/Models/org--other"
+    env = tmp_path / "m.env"
+    env.write_text(GUIDE_ENV.read_text().replace('MODEL_INSTANCE_ID="organization--model-name"',
+                                                 'MODEL_INSTANCE_ID="someone--else"'))
+    with pytest.raises(InputError, match=r"m.env:2 \(MODEL_INSTANCE_ID\): 'someone--else' does not match"):
+        config.load_config({"MODEL_ID": "org/other"}, environ=environ, env_file=env)
