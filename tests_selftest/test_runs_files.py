@@ -57,9 +57,11 @@ def write_as(sbx, k: int, path: Path, data: bytes, keep_mtime_of: Path | None = 
 
 @pytest.fixture
 def clean(sandbox, tmp_path):
-    """Both nodes' model dirs wiped, hub faults off; yields (sandbox, report dir)."""
+    """Both nodes' model dirs (and copies in ~/Models, which preflight's dir-mismatch check sees) wiped, hub
+    faults off; yields (sandbox, report dir)."""
     for k in (1, 2):
         sandbox.reset_node_files(k)
+        shutil.rmtree(sandbox.node_home(k) / "Models", ignore_errors=True)
     sandbox.hub.set_faults({})
     yield sandbox, tmp_path / "reports"
     sandbox.hub.set_faults({})
