@@ -228,8 +228,17 @@ class ExoCluster:
         return s
 
     def find_instance(self) -> st.Instance | None:
-        """The instance placed in this run, else the first instance of the model in node 1's /state."""
-        s = self.state_of(self.ks[0]) or {}
+        """The instance placed in this run (else the first of the model), as seen by the first node whose
+        /state maps its runners (a node's runner map can lag while chat works), else as node 1 sees it."""
+        first = None
+        for k in self.ks:
+            inst = self._instance_in(self.state_of(k) or {})
+            if inst is not None and inst.node_to_runner:
+                return inst
+            first = first or inst
+        return first
+
+    def _instance_in(self, s: dict) -> st.Instance | None:
         insts = st.instances(s)
         if self.instance_id and self.instance_id in insts:
             return insts[self.instance_id]
