@@ -157,6 +157,8 @@ class RunConfig:
     hf_endpoint: str | None = None
     hf_token: str | None = field(default=None, repr=False)
     allow_insecure_hub: bool = False
+    parallel_downloads: bool = False
+    keep_downloading: bool = False
     hf_cmd: str = "/opt/homebrew/bin/hf"
     exo_cmd: str = "/Applications/EXO.app/Contents/Resources/exo/exo"
     exo_log_dir: str = "~/modeldrop-logs"

@@ -57,9 +57,11 @@ class Gate:
 # tests_selftest/test_timeout_nesting.py against the library's own constants.
 GATES: tuple[Gate, ...] = (
     Gate("preflight", "preflight", "0", 2400, ("ONLINE", "EXO_API_PORT", "AUDIT", "DISK_MARGIN_GB"), ("exo_versions",),
-         "every node: SSH, python3, the exact hf and exo binaries run, same exo build and generation everywhere, "
-         "API port free, disk free ≥ model size + margin, model dir ends in `org--name` and its parent is "
-         "writable, nodes reach each other", audit=True),
+         "every node: SSH, python3, the exact hf and exo binaries run, same exo build and generation everywhere "
+         "(MLX, Python, macOS drift warned), EXO_EXTRA_ARGS in every `exo --help`, API port free, disk free ≥ "
+         "model size + margin, model dir ends in `org--name` and its parent is writable, the model not complete "
+         "in another dir while the configured one is empty (model dir mismatch: a fast stop naming both paths), "
+         "nodes reach each other", audit=True),
     Gate("node{k}_download", "download", "1", 4 * 3600 + 900, (*_FILE_OPTS, "HF_REVISION"), (),
          "`hf download` into MODEL_DIR_NODE1 exits 0, with a progress line at least every 10 s", later_phase="2"),
     Gate("node{k}_verify", "verify", "1A", 9000,
@@ -76,14 +78,17 @@ GATES: tuple[Gate, ...] = (
          "every node holds the same (path, size) manifest, `.cache/huggingface/` and macOS litter excluded (a `.metadata` of a file no longer there is noise, listed, never a failure)",
          audit=True),
     Gate("startup", "startup", "4", 1200, _EXO_OPTS, _EXO_FACTS,
-         "exo on every node with identical flags, each API answers, nothing exits or restarts in the settle window",
+         "exo on every node with identical flags, each API answers, nothing exits or restarts in the settle window "
+         "(the cluster-join wait runs during it)",
          needs_exo=True, cluster=True),
     Gate("cluster", "cluster", "5", 1200, _EXO_OPTS, _EXO_FACTS,
          "`topology` lists N nodes with connections both ways (fewer than N for longer than the window is a fast "
          "stop); then every node's `/v1/models` lists the model's card, added where missing",
          needs_exo=True, cluster=True),
     Gate("placement", "placement", "5", 3600, _PLACED_OPTS, _EXO_FACTS,
-         "placement for `min_nodes=N` succeeds, the instance is created, every runner reaches Ready/Running",
+         "placement for `min_nodes=N` succeeds, the instance is created, every runner reaches Ready/Running; "
+         "while `/state` shows no runner of it, a chat through every node decides (serving truth; no runners "
+         "and no chat by the deadline is the guide's fast stop)",
          needs_exo=True, cluster=True),
     Gate("transport", "transport", "6", 1800, _PLACED_OPTS, _EXO_FACTS,
          "the ring addresses the runners announced are in place, no connect errors (errno 60/61/65) in any log",
@@ -178,5 +183,6 @@ def readme_table() -> str:
     if later:
         ids = " / ".join(g.id.replace("{k}", "K") for g in later)
         rows.insert(2 + GATES.index(BY_KIND["canary"]) + 1,
-                    f"| {ids} | {'/'.join(g.later_phase or '' for g in later)} | the same for nodes 2..N |")
+                    f"| {ids} | {'/'.join(g.later_phase or '' for g in later)} | the same for nodes 2..N (with `--parallel-downloads` the download started with "
+                    "node 1's; the gate waits for it) |")
     return "\n".join(rows)
