@@ -46,7 +46,7 @@ def _run(argv: list[str], timeout: float) -> None:
         raise RuntimeError(f"{' '.join(argv[:4])} ... exited {r.returncode}:\n{(r.stdout + r.stderr)[-3000:]}")
 
 
-def _open_up(path: Path) -> None:
+def open_up(path: Path) -> None:
     """Make `path` and every parent traversable by others (o+rx on dirs we own)."""
     for p in [path, *path.parents]:
         if p == Path("/"):
@@ -63,7 +63,7 @@ def ensure_node_venv(venv_dir: Path = DEFAULT_VENV, requirements: tuple[str, ...
     if venv_is_current(venv_dir, requirements):
         return venv_dir
     venv_dir.parent.mkdir(parents=True, exist_ok=True)
-    _open_up(venv_dir.parent)
+    open_up(venv_dir.parent)
     with open(venv_dir.parent / f".{venv_dir.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if venv_is_current(venv_dir, requirements):
@@ -73,5 +73,5 @@ def ensure_node_venv(venv_dir: Path = DEFAULT_VENV, requirements: tuple[str, ...
         _run([str(venv_dir / "bin" / "python"), "-m", "pip", "install", "--quiet", *requirements], timeout)
         (venv_dir / MARKER).write_text(json.dumps({"hash": requirements_hash(requirements),
                                                     "requirements": list(requirements)}) + "\n")
-        _open_up(venv_dir)
+        open_up(venv_dir)
     return venv_dir

@@ -1,7 +1,7 @@
 """EXO emulator: a stdlib + mlx-lm stand-in for exo-explore/exo (both wire generations).
 
 Started as ``python -m exo_emulator [exo flags]`` with ``EXO_EMULATOR_CONFIG`` naming the
-node's emulator.json. Fidelity target: /work/shared/reference/exo-contract.md.
+node's emulator.json. Fidelity target: EXO's own API bodies (tests_selftest/data/exo-golden/).
 """
 
 __all__ = ["__version__"]

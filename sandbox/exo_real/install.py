@@ -29,8 +29,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox.nodevenv import open_up
+
 BASE = Path(os.environ.get("MODELDROP_EXO_REAL_BASE", "/opt/modeldrop-sandbox"))
-SNAPSHOTS = Path(os.environ.get("MODELDROP_EXO_SNAPSHOTS", "/work/shared/exo-real"))
+# The snapshots sit in shared/exo-real beside the checkout (MODELDROP_EXO_SNAPSHOTS moves them).
+SNAPSHOTS = Path(os.environ.get("MODELDROP_EXO_SNAPSHOTS", Path(__file__).resolve().parents[2].parent / "shared" / "exo-real"))
 PYTHON_CANDIDATES = ("/root/.pyenv/versions/3.13.0", "/usr/local/python3.13", "/opt/python3.13")
 RECIPE = "3"  # bump when the build steps change
 MARKER = ".modeldrop-exo-real.json"
@@ -162,7 +165,7 @@ def ensure_install(generation: str, force: bool = False, timeout: float = 1800.0
     if missing:
         raise InstallError(f"real EXO ({generation}) cannot be built here: missing {'; '.join(missing)}")
     BASE.mkdir(parents=True, exist_ok=True)
-    _open_up(BASE)
+    open_up(BASE)
     with open(BASE / f".exo-real-{generation}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not force and (inst := current(generation)):
@@ -194,7 +197,7 @@ def _build(generation: str, timeout: float, t0: float) -> None:
     for name in r.no_deps:
         _step([*pip, "--no-deps", str(SNAPSHOTS / name)], env, 600, f"install {name}")
     _register_exo(venv, src, r.version)
-    _open_up(root)
+    open_up(root)
     for dirpath, dirs, files in os.walk(root):
         for name in dirs + files:
             p = Path(dirpath) / name
@@ -213,7 +216,7 @@ def _copy_python(python: Path) -> Path:
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(python, dest, symlinks=True)
         stamp.write_text(str(python))
-        _open_up(dest)
+        open_up(dest)
         for dirpath, dirs, files in os.walk(dest):
             for name in dirs + files:
                 p = Path(dirpath) / name
@@ -258,12 +261,3 @@ def _step(argv: list[str], env: dict[str, str], timeout: float, what: str) -> No
         tail = " | ".join(x for x in (r.stdout + r.stderr).strip().splitlines()[-3:] if x)
         raise InstallError(f"real EXO build could not {what} (exit {r.returncode}): {tail[-400:]}; {REBUILD_HINT}")
 
-
-def _open_up(path: Path) -> None:
-    """Make `path` and every parent traversable by others (o+rx on dirs we own)."""
-    for p in [path, *path.parents]:
-        if p == Path("/"):
-            break
-        st = p.stat()
-        if st.st_uid == os.geteuid() and (st.st_mode & 0o005) != 0o005:
-            p.chmod(st.st_mode | 0o005)
