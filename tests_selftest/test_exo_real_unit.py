@@ -71,10 +71,11 @@ def events(p: subprocess.Popen) -> list:
 
 
 def test_mesh_delivers_to_subscribers_only_never_back_to_the_sender():
-    a, b = mesh_node("a", 1, "ns", True, 8.0), mesh_node("b", 2, "ns", False, 8.0)
+    # b outlives a (started later, runs longer), so a never sees b's exit: a link drop in ea is a real one
+    a, b = mesh_node("a", 1, "ns", True, 8.0), mesh_node("b", 2, "ns", False, 11.0)
     ea, eb = events(a), events(b)
     assert ["conn", True] in ea and ["conn", True] in eb
-    assert ["conn", False] not in ea + eb, "the link stays up longer than the peer timeout"
+    assert ["conn", False] not in ea, "the link stays up longer than the peer timeout"
     assert any(e == ["hello", "b"] for e in ea) and any(e == ["hello", "a"] for e in eb)
     assert not any(e[0] == "hello" and e[1] == "a" for e in ea), "a message never comes back to its sender"
     assert any(e[0] == "t" and e[1].startswith("b") for e in ea), "a subscribes to t: it gets b's messages"
