@@ -5,7 +5,7 @@ One 2-node real-EXO sandbox per xdist worker (slot MODELDROP_SBXTEST_SLOT + 2 + 
 module. Faults that must land between gates (a taken port, a missing shard, a node's EXO killed) are
 injected by watching the run's own ledger for the gate event. Each case's gate can only fail after every
 earlier gate passed on real EXO, so the cases also prove the setup (the green run itself is
-`pytest gates/ benchmarks/ --sandbox`, measured by `python -m sandbox.exo_real.measure`). Select them with `-m real_exo`; skipped
+`pytest gates/ benchmarks/ --sandbox`, measured by `python -m scripts.measure_real_exo`). Select them with `-m real_exo`; skipped
 where real EXO cannot be built (no snapshot or no Python 3.13).
 """
 

@@ -1,4 +1,4 @@
-"""Print the real-EXO sandbox's figures: `python -m sandbox.exo_real.measure [--slot S] [--skip-runs]`.
+"""Print the real-EXO sandbox's figures: `python -m scripts.measure_real_exo [--slot S] [--skip-runs]`.
 
 Contract: prints one line per figure, each measured here and now (nothing hard-coded):
 - the install's first build (from its marker) and a cached check;
@@ -120,7 +120,7 @@ def mlx_lm_tps(sbx: Any) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sandbox.exo_real.measure")
+    ap = argparse.ArgumentParser(prog="python -m scripts.measure_real_exo")
     ap.add_argument("--slot", type=int, default=int(os.environ.get("MODELDROP_SANDBOX_SLOT", "0")))
     ap.add_argument("--skip-runs", action="store_true", help="skip the two whole gate runs")
     a = ap.parse_args(argv)
