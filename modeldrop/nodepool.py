@@ -8,9 +8,18 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 from modeldrop.config import RunConfig
-from modeldrop.nodes import Node, make_node
+from modeldrop.nodes import LocalNode, Node
+from modeldrop.ssh import SSHNode
+
+
+def make_node(name: str, target: str, **ssh_options: Any) -> Node:
+    """LocalNode for target 'local' (only python_cmd is used from the options), else SSHNode."""
+    if target == "local":
+        return LocalNode(name, python_cmd=ssh_options.get("python_cmd"))
+    return SSHNode(name, target, **ssh_options)
 
 
 class NodePool:

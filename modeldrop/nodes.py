@@ -1,4 +1,4 @@
-"""Nodes: run commands and probes on a cluster node, over SSH (paramiko) or locally.
+"""Nodes: run commands and probes on a cluster node, over SSH (`modeldrop.ssh.SSHNode`) or locally.
 
 Contract:
 - `Node.run(argv, timeout=...)` runs an argv list and returns a `CommandResult`; it never raises for a
@@ -26,13 +26,11 @@ Contract:
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -40,10 +38,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-
-import paramiko
 
 from modeldrop import probes
 from modeldrop.errors import CommandTimeout, NodeError
@@ -51,11 +46,8 @@ from modeldrop.redaction import redact
 
 LineCallback = Callable[[str, str], None]
 TAIL_CHARS = 2000
-GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LOGIN_SHELL_SAFE = re.compile(r"[ -~]*")  # printable ASCII; backslash and `!` are checked apart
-NO_STATUS_NOTE = ("\n[modeldrop] the SSH channel closed without an exit status: the command was killed by a "
-                  "signal, or the node's sshd / the connection went away\n")
 
 
 @dataclass
@@ -366,320 +358,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-# ---------------------------------------------------------------------------------------------------
-class HostKeyUnknown(NodeError):
-    """The node's host key is not in known_hosts and accepting new keys was not asked for."""
-
-
-class HostKeyPinned(NodeError):
-    """The node presents a key of a type no file pins, while some known_hosts file pins another key for it."""
-
-
-class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
-    """Accept a host no known_hosts file knows (never a changed key, never a new key type for a pinned host)
-    and append its key to the user known_hosts file."""
-
-    def __init__(self, known_hosts: Path):
-        self.known_hosts = known_hosts
-
-    def missing_host_key(self, client, hostname, key):
-        pinned = {**(client.get_host_keys().lookup(hostname) or {}),
-                  **(client._system_host_keys.lookup(hostname) or {})}  # noqa: SLF001 - paramiko keeps them apart
-        if pinned:
-            raise HostKeyPinned(f"{hostname} presents {key.get_name()} {key.fingerprint}, but known_hosts pins "
-                                f"{', '.join(sorted(pinned))} for it")
-        client.get_host_keys().add(hostname, key.get_name(), key)
-        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.known_hosts, "a", encoding="utf-8") as f:
-            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-
-
-class _RejectPolicy(paramiko.MissingHostKeyPolicy):
-    """Refuse an unknown host key, remembering it so the error can name its fingerprint."""
-
-    def missing_host_key(self, client, hostname, key):
-        raise HostKeyUnknown(f"{hostname} {key.get_name()} {key.fingerprint}")
-
-
-@dataclass
-class SSHTarget:
-    """Where and how to connect, after ssh_config resolution."""
-
-    hostname: str
-    port: int
-    user: str | None
-    identity_files: list[str]
-    known_hosts: Path
-    proxy_command: str | None
-    user_known_hosts: list[Path] = field(default_factory=list)
-    global_known_hosts: list[Path] = field(default_factory=list)
-
-
-def _config_text(path: Path, depth: int = 0) -> str:
-    """ssh_config text with `Include` lines inlined (paramiko's parser ignores them); relative paths are
-    taken from ~/.ssh as OpenSSH does; globs expand in sorted order."""
-    out = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        words = line.strip().split(None, 1)
-        if depth < 8 and len(words) == 2 and words[0].lower() == "include":
-            for pattern in shlex.split(words[1]):
-                pattern = os.path.expanduser(pattern)
-                if not os.path.isabs(pattern):
-                    pattern = os.path.join(os.path.expanduser("~/.ssh"), pattern)
-                for inc in sorted(glob.glob(pattern)):
-                    if os.path.isfile(inc):
-                        out.append(_config_text(Path(inc), depth + 1))
-            continue
-        out.append(line)
-    return "\n".join(out)
-
-
-def split_host_port(hostport: str) -> tuple[str, int | None]:
-    """`host`, `host:port`, `[v6addr]` or `[v6addr]:port` -> (host without brackets, port or None)."""
-    if hostport.startswith("["):
-        host, _, rest = hostport[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
-    if hostport.count(":") == 1:
-        host, p = hostport.split(":")
-        return host, int(p) if p.isdigit() else None
-    return hostport, None
-
-
-def _paths(value: str | None) -> list[Path]:
-    """The files an ssh_config *KnownHostsFile value names (several, space-separated; `none` for none)."""
-    words = shlex.split(value) if value else []
-    return [Path(os.path.expanduser(w)) for w in words if w.lower() != "none"]
-
-
-def resolve_target(target: str, ssh_config: Path | None, known_hosts: Path | None) -> SSHTarget:
-    """Parse `user@host[:port]`, `user@[v6addr][:port]` or an alias and apply ssh_config (HostName, User,
-    Port, IdentityFile, UserKnownHostsFile, GlobalKnownHostsFile, ProxyCommand/ProxyJump)."""
-    user, _, hostport = target.rpartition("@")
-    host, port = split_host_port(hostport)
-    cfg_path = ssh_config if ssh_config is not None else Path("~/.ssh/config").expanduser()
-    opts: dict[str, Any] = {}
-    if cfg_path.is_file():
-        opts = paramiko.SSHConfig.from_text(_config_text(cfg_path)).lookup(host)
-    user_files = ([Path(known_hosts)] if known_hosts is not None else []) + _paths(opts.get("userknownhostsfile"))
-    kh = user_files[0] if user_files else None
-    global_files = (_paths(opts["globalknownhostsfile"]) if "globalknownhostsfile" in opts
-                    else [Path(p) for p in GLOBAL_KNOWN_HOSTS])
-    hostname, port = opts.get("hostname", host), port or int(opts.get("port", 22))
-    proxy = opts.get("proxycommand")
-    if not proxy and opts.get("proxyjump") and opts["proxyjump"].lower() != "none":
-        jump = opts["proxyjump"].split(",")[0]
-        proxy = shlex.join(["ssh", *(["-F", str(cfg_path)] if cfg_path.is_file() else []), "-W",
-                            f"{hostname}:{port}", jump])
-    return SSHTarget(hostname=hostname, port=port, user=user or opts.get("user") or None,
-                     identity_files=[os.path.expanduser(p) for p in opts.get("identityfile", [])],
-                     known_hosts=kh or Path("~/.ssh/known_hosts").expanduser(), proxy_command=proxy,
-                     user_known_hosts=user_files or [Path("~/.ssh/known_hosts").expanduser()],
-                     global_known_hosts=global_files)
-
-
-class SSHNode(Node):
-    """A node reached over SSH with paramiko: one connection reused for every command."""
-
-    def __init__(self, name: str, target: str, *, ssh_config: Path | None = None, known_hosts: Path | None = None,
-                 accept_new_host_keys: bool = False, connect_timeout: float = 10, keepalive_s: int = 15,
-                 python_cmd: str | None = None):
-        super().__init__(name, target, python_cmd=python_cmd)
-        self.ssh_config = Path(ssh_config) if ssh_config else None
-        self.known_hosts = Path(known_hosts) if known_hosts else None
-        self.accept_new_host_keys = accept_new_host_keys
-        self.connect_timeout = connect_timeout
-        self.keepalive_s = keepalive_s
-        self._client: paramiko.SSHClient | None = None
-        self._conn_lock = threading.Lock()
-        self._resolved: SSHTarget | None = None
-
-    @property
-    def resolved(self) -> SSHTarget:
-        """The ssh_config-resolved target (computed once)."""
-        if self._resolved is None:
-            self._resolved = resolve_target(self.target, self.ssh_config, self.known_hosts)
-        return self._resolved
-
-    def address(self) -> str:
-        host = self.resolved.hostname
-        try:
-            return socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)[0][4][0]
-        except socket.gaierror as exc:
-            raise NodeError(f"{self.name} ({self.target}): cannot resolve {host}: {exc}") from None
-
-    def transport(self) -> paramiko.Transport:
-        """The live transport, connecting (or reconnecting once) as needed."""
-        with self._conn_lock:
-            t = self._client.get_transport() if self._client else None
-            if t is None or not t.is_active():
-                self._connect()
-                t = self._client.get_transport()
-            return t
-
-    def close(self) -> None:
-        with self._conn_lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-
-    def _connect(self) -> None:
-        r = self.resolved
-        if self._client is not None:
-            self._client.close()
-        client = paramiko.SSHClient()
-        _load_known_hosts(client, r)
-        client.set_missing_host_key_policy(_AcceptNewPolicy(r.known_hosts) if self.accept_new_host_keys
-                                           else _RejectPolicy())
-        where = f"{self.name} ({self.target} -> {r.user + '@' if r.user else ''}{r.hostname}:{r.port})"
-        try:
-            client.connect(r.hostname, port=r.port, username=r.user, key_filename=r.identity_files or None,
-                           timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
-                           auth_timeout=self.connect_timeout, allow_agent=True, look_for_keys=not r.identity_files,
-                           sock=paramiko.ProxyCommand(r.proxy_command) if r.proxy_command else None)
-        except HostKeyUnknown as exc:
-            client.close()
-            raise NodeError(f"{where}: host key not in {r.known_hosts} (key {exc}); check it, then rerun with "
-                            "--accept-new-host-keys to record it") from None
-        except HostKeyPinned as exc:
-            client.close()
-            raise NodeError(f"{where}: host key refused: {exc} (in {', '.join(map(str, _kh_files(r)))}); "
-                            "--accept-new-host-keys never overrides a pinned key") from None
-        except paramiko.BadHostKeyException as exc:
-            client.close()
-            raise NodeError(f"{where}: host key CHANGED ({exc.key.get_name()} {exc.key.fingerprint}, known_hosts "
-                            f"({', '.join(map(str, _kh_files(r)))}) has {exc.expected_key.fingerprint}); if the node was reinstalled, "
-                            f"remove the old line with ssh-keygen -R and rerun with --accept-new-host-keys") from None
-        except paramiko.AuthenticationException as exc:
-            client.close()
-            raise NodeError(f"{where}: authentication failed ({exc}); identity files: "
-                            f"{', '.join(r.identity_files) or 'default keys/agent'}") from None
-        except (OSError, paramiko.SSHException, EOFError) as exc:
-            client.close()
-            cause = str(exc).strip() or type(exc).__name__
-            raise NodeError(f"{where}: cannot connect: {cause}") from None
-        transport = client.get_transport()
-        transport.set_keepalive(self.keepalive_s)
-        if isinstance(transport.sock, socket.socket):  # small channel requests must not wait on Nagle
-            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._client = client
-
-    def _command_text(self, cmd: _Exec) -> str:
-        """What sshd hands to the login shell: /bin/sh running the command's script (see module doc)."""
-        return login_shell_text(cmd.sh_script())
-
-    def _exec_request(self, chan: paramiko.Channel, cmd: _Exec, deadline: float, timeout: float) -> None:
-        """Send the exec request, waiting for sshd's answer no longer than the command's deadline (paramiko
-        waits forever); a session that never answers drops the connection, which ends the waiting thread."""
-        failed: list[BaseException] = []
-
-        def request() -> None:
-            try:
-                chan.exec_command(self._command_text(cmd))
-            except (paramiko.SSHException, EOFError, OSError) as exc:
-                failed.append(exc)
-
-        waiter = threading.Thread(target=request, name=f"exec-{self.name}", daemon=True)
-        waiter.start()
-        waiter.join(max(0.0, deadline - time.monotonic()))
-        if waiter.is_alive():
-            self.close()
-            raise CommandTimeout(f"{self.name} ({self.target}): `{shlex.join(cmd.display)}` timed out after "
-                                 f"{timeout:g}s: sshd accepted the session but never answered the exec request")
-        if failed:
-            raise NodeError(f"{self.name} ({self.target}): cannot start `{shlex.join(cmd.display)}`: "
-                            f"{failed[0]}")
-
-    def _open_channel(self) -> paramiko.Channel:
-        """A new session channel on the shared transport; reconnect once when the transport died."""
-        for attempt in (1, 2):
-            t = self.transport()
-            try:
-                return t.open_session(timeout=self.connect_timeout)
-            except (paramiko.SSHException, EOFError, OSError) as exc:
-                if attempt == 2 or (t.is_active() and isinstance(exc, paramiko.ChannelException)):
-                    # a live connection that refuses a channel (e.g. sshd MaxSessions): do not drop it
-                    raise NodeError(f"{self.name} ({self.target}): cannot open a channel: {exc}") from None
-                self.close()
-        raise AssertionError("unreachable")
-
-    def _execute(self, cmd: _Exec, *, timeout: float, stdin: bytes | None,
-                 on_line: LineCallback | None) -> tuple[int, str, str]:
-        deadline = time.monotonic() + timeout
-        chan = self._open_channel()
-        try:
-            chan.settimeout(min(max(timeout, 0.1), 30.0))
-            self._exec_request(chan, cmd, deadline, timeout)
-            streams = {"stdout": _Lines("stdout", on_line), "stderr": _Lines("stderr", on_line)}
-            readers = [threading.Thread(target=_drain, args=(chan.recv, streams["stdout"]), daemon=True),
-                       threading.Thread(target=_drain, args=(chan.recv_stderr, streams["stderr"]), daemon=True)]
-            for t in readers:
-                t.start()
-            feed = cmd.stdin_prefix() + (stdin or b"")
-            if feed or stdin is not None:
-                threading.Thread(target=_send_stdin, args=(chan, feed), daemon=True).start()
-            else:
-                chan.shutdown_write()
-            for t in readers:
-                t.join(max(0.0, deadline - time.monotonic()))
-            if any(t.is_alive() for t in readers) or not chan.status_event.wait(max(0.0, deadline - time.monotonic())):
-                chan.close()
-                for t in readers:
-                    t.join(2)
-                raise self._timeout_error(cmd, timeout, streams["stdout"].finish(), streams["stderr"].finish())
-            rc, err = chan.recv_exit_status(), streams["stderr"].finish()
-            if rc == -1:  # paramiko's "no exit-status": sshd sent exit-signal or the session died
-                err += NO_STATUS_NOTE
-            return rc, streams["stdout"].finish(), err
-        finally:
-            chan.close()
-
-
-def _kh_files(r: SSHTarget) -> list[Path]:
-    """Every known_hosts file that applies to the target (user files first)."""
-    return [*r.user_known_hosts, *r.global_known_hosts]
-
-
-def _load_known_hosts(client: paramiko.SSHClient, r: SSHTarget) -> None:
-    """Load the user files into the client's host keys (the first is where accept-new appends) and the global
-    ones into its system keys; unreadable or missing files are skipped."""
-    for path, load in [*((p, client.get_host_keys().load) for p in r.user_known_hosts),
-                       *((p, client.load_system_host_keys) for p in r.global_known_hosts)]:
-        try:
-            if path.is_file():
-                load(str(path))
-        except (OSError, paramiko.SSHException):
-            continue
-
-
-def _drain(recv: Callable[[int], bytes], lines: _Lines) -> None:
-    """Read one channel stream until EOF/close; channel timeouts just loop (the caller owns the deadline)."""
-    while True:
-        try:
-            data = recv(65536)
-        except TimeoutError:
-            continue
-        except (OSError, EOFError):
-            return
-        if not data:
-            return
-        lines.feed(data)
-
-
-def _send_stdin(chan: paramiko.Channel, data: bytes) -> None:
-    try:
-        chan.sendall(data)
-        chan.shutdown_write()
-    except (OSError, EOFError, paramiko.SSHException):
-        pass
-
-
 def url_host(address: str) -> str:
     """An address as it goes into a URL: IPv6 in brackets."""
     return f"[{address}]" if ":" in address and not address.startswith("[") else address
-
-
-def make_node(name: str, target: str, **ssh_options: Any) -> Node:
-    """LocalNode for target 'local' (only python_cmd is used from the options), else SSHNode."""
-    if target == "local":
-        return LocalNode(name, python_cmd=ssh_options.get("python_cmd"))
-    return SSHNode(name, target, **ssh_options)

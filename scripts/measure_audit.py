@@ -22,7 +22,8 @@ from pathlib import Path
 
 from modeldrop.audit import completeness
 from modeldrop.hub import expected_from_cache
-from modeldrop.nodes import Node, make_node
+from modeldrop.nodepool import make_node
+from modeldrop.nodes import Node
 from tests_selftest.modelfiles import make_model
 
 MB = 1_000_000

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from modeldrop.nodes import SSHNode
+from modeldrop.ssh import SSHNode
 
 
 def median_ms(samples: list[float]) -> str:

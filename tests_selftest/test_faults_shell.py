@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from modeldrop.download import run_hf_download
-from modeldrop.nodes import SSHNode, _Exec, login_shell_text
+from modeldrop.nodes import _Exec, login_shell_text
+from modeldrop.ssh import SSHNode
 from tests_selftest.conftest import SANDBOX_BASE
 from tests_selftest.sshd_fixture import SSHD, SSHDHandle, start_sshd
 

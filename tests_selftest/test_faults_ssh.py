@@ -10,7 +10,7 @@ import pytest
 
 from modeldrop import validate
 from modeldrop.errors import CommandTimeout, NodeError
-from modeldrop.nodes import SSHNode, resolve_target, split_host_port
+from modeldrop.ssh import SSHNode, resolve_target, split_host_port
 from tests_selftest.fake_sshd import FakeSSHD
 from tests_selftest.sshd_fixture import keygen
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from modeldrop.errors import CommandTimeout, NodeError
-from modeldrop.nodes import LocalNode, SSHNode, make_node
+from modeldrop.nodepool import make_node
+from modeldrop.nodes import LocalNode
+from modeldrop.ssh import SSHNode
 from tests_selftest.sshd_fixture import SSHD, SSHDHandle, keygen, start_sshd
 
 pytestmark = pytest.mark.timeout(120)

@@ -7,8 +7,9 @@ from types import SimpleNamespace
 from modeldrop.config import NodeConfig
 from modeldrop.errors import CommandTimeout
 from modeldrop.exo.launcher import ExoLauncher
-from modeldrop.nodes import LocalNode, SSHTarget
+from modeldrop.nodes import LocalNode
 from modeldrop.preflight import check_node, reach_problems
+from modeldrop.ssh import SSHTarget
 
 
 class FakeNode:
