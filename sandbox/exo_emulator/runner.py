@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 import traceback
@@ -206,8 +205,6 @@ def _watch_parent() -> None:
 
 def runner_main(conn: Connection, spec: dict[str, Any]) -> None:
     """Child-process entry point."""
-    if spec.get("pythonpath"):
-        sys.path.insert(0, spec["pythonpath"])
     _redirect_stdio(spec.get("runner_log_dir"))
     _watch_parent()
     runner = Runner(conn, spec)
