@@ -121,8 +121,12 @@ def test_commit_follows_content_and_overrides(hub: HubHandle) -> None:
 
 def test_requests_are_logged(hub: HubHandle) -> None:
     _get(f"{hub.url}/api/models/{MODEL_ID}/revision/main")
-    last = hub.requests()[-1]
-    assert last["path"].endswith("/revision/main") and last["status"] == 200 and last["method"] == "GET"
+    deadline, hits = time.monotonic() + 5.0, []  # the hub writes its log line after answering: poll for it
+    while not hits and time.monotonic() < deadline:
+        hits = [r for r in hub.requests() if r["path"].endswith("/revision/main")]
+        time.sleep(0.02)
+    assert hits, f"no /revision/main in the request log: {hub.requests()[-3:]}"
+    assert hits[-1]["status"] == 200 and hits[-1]["method"] == "GET"
 
 
 # -- the real hf CLI ------------------------------------------------------------------------------
