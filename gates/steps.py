@@ -114,13 +114,12 @@ def verify_step(k: int, cfg: RunConfig, pool: NodePool, facts: RunFacts, run_fol
     if res.expected is not None:
         facts.set_hub_commit(res.expected.commit)
     run_folder.write_json(f"manifests/node{k}.json", res.manifest)
-    evidence.json(f"node{k} verdict", {"ok": res.verdict.ok, "problems": res.verdict.problems,
-                                       "warnings": res.verdict.warnings, "facts": res.verdict.facts,
-                                       "hashes": res.hashes, "expected_source": getattr(res.expected, "source", None)})
+    evidence.json(f"node{k} verdict", {**res.verdict.as_dict(), "hashes": res.hashes,
+                                       "expected_source": getattr(res.expected, "source", None)})
     for key, value in res.counts.items():
         evidence.note(key, value)
     for w in res.verdict.warnings:
         evidence.note("warning", f"node{k}: {w}")
     if not res.verdict.ok:
         evidence.strongest(f"node{k}: {res.verdict.problems[0]}")
-        pytest.fail(f"node{k} ({cfg.node(k).model_dir}): " + "; ".join(res.verdict.problems), pytrace=False)
+        pytest.fail(f"node{k} ({cfg.node(k).model_dir}): {res.verdict.summary}", pytrace=False)

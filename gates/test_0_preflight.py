@@ -4,7 +4,7 @@ import pytest
 
 from gates.steps import expected_total
 from modeldrop.exo.preflight import exo_preflight
-from modeldrop.preflight import check_node, reach_problems
+from modeldrop.preflight import check_node, preflight_verdict, reach_problems
 
 
 @pytest.mark.gate("preflight")
@@ -22,14 +22,16 @@ def test_preflight(run_config, node_pool, on_each_node, run_facts, evidence, hub
                             for k, p in pre.items()})
     if not problems:
         problems += reach_problems(pre, nodes, run_config)
+    warnings: list[str] = []
     if not run_config.audit:
         exo = exo_preflight(nodes, run_config)
         for k, build in exo.builds.items():
             run_facts.set_exo_build(k, build)
         evidence.json("exo", exo.evidence)
-        for line in exo.warnings:
-            evidence.note("warning", line)
-        problems += exo.problems
-    if problems:
-        evidence.strongest(problems[0])
-        pytest.fail(f"{len(problems)} preflight problem(s): " + " | ".join(problems), pytrace=False)
+        problems, warnings = problems + exo.problems, exo.warnings
+    verdict = preflight_verdict(problems, warnings, len(nodes))
+    for line in verdict.warnings:
+        evidence.note("warning", line)
+    if not verdict.ok:
+        evidence.strongest(verdict.problems[0])
+        pytest.fail(verdict.summary, pytrace=False)

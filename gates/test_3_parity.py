@@ -10,9 +10,9 @@ def test_parity(run_config, run_facts, evidence):
     """The manifests of all nodes are equal."""
     manifests = {f"node{n.index}": run_facts.manifest(n.index) for n in run_config.nodes}
     verdict = audit.parity(manifests, strict=not run_config.fast)
-    evidence.json("parity", {"ok": verdict.ok, "problems": verdict.problems, "warnings": verdict.warnings})
+    evidence.json("parity", verdict.as_dict())
     for w in verdict.warnings:
         evidence.note("warning", w)
     if not verdict.ok:
         evidence.strongest(verdict.problems[0])
-        pytest.fail("nodes differ: " + "; ".join(verdict.problems), pytrace=False)
+        pytest.fail(f"nodes differ: {verdict.summary}", pytrace=False)

@@ -12,31 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass, field
 
 from modeldrop.hub import ExpectedManifest
 from modeldrop.probes.manifest import CACHE_PREFIX, is_litter
+from modeldrop.verdict import Verdict
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth", ".index.json")
 MAX_LISTED = 6
 MAX_PARITY_LINES = 40
-
-
-@dataclass
-class Verdict:
-    """ok is True when there is no problem; facts holds the numbers behind the verdict (for the ledger)."""
-
-    ok: bool
-    problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    facts: dict = field(default_factory=dict)
-
-    def summary(self) -> str:
-        """One line: 'ok' or the first problem and how many more."""
-        if self.ok:
-            return "ok" + (f" ({len(self.warnings)} warnings)" if self.warnings else "")
-        more = f" (+{len(self.problems) - 1} more problems)" if len(self.problems) > 1 else ""
-        return self.problems[0] + more
 
 
 # --- wording helpers ---------------------------------------------------------------------------------
@@ -81,15 +64,14 @@ def completeness(manifest: dict, expected: ExpectedManifest | None, *, include=(
                  expected_safetensors: int | None = None, expected_gguf: int | None = None,
                  strict: bool = True, label: str = "model dir") -> Verdict:
     """Is this node's model dir a complete download? `label` names the dir in messages (e.g. MODEL_DIR_NODE2)."""
-    v = Verdict(ok=False)
+    v = Verdict.open()
     files = {e["path"]: e["size"] for e in manifest.get("files", [])}
-    v.facts.update(expanded=manifest.get("expanded"), n_files=len(files), total_bytes=sum(files.values()),
+    v.details.update(expanded=manifest.get("expanded"), n_files=len(files), total_bytes=sum(files.values()),
                    n_markers=len(manifest.get("markers", [])), n_litter=len(manifest.get("litter", [])),
                    alternates=[a["path"] for a in manifest.get("alternates") or []])
     if not _dir_present(manifest, files, v, label):
         _check_markers(manifest, v)
-        v.ok = not v.problems
-        return v
+        return v.settle()
     _check_markers(manifest, v)
     _check_formats(manifest, files, v, expected_safetensors, expected_gguf, strict)
     _check_index(manifest, files, v, strict)
@@ -101,8 +83,7 @@ def completeness(manifest: dict, expected: ExpectedManifest | None, *, include=(
         groups = [" / ".join(g) for g in manifest["case_collisions"]]
         v.problems.append(f"{plural(len(groups), 'name collision')} that differ only in case or Unicode form "
                           f"(one file on a case-insensitive APFS volume): {listing(groups)}")
-    v.ok = not v.problems
-    return v
+    return v.settle(f"complete: {plural(len(files), 'file')}, {human_bytes(sum(files.values()))}")
 
 
 def _alternates_hint(manifest: dict) -> str:
@@ -152,7 +133,7 @@ def _check_markers(manifest: dict, v: Verdict) -> None:
 def _check_formats(manifest: dict, files: dict, v: Verdict, want_st: int | None, want_gguf: int | None,
                    strict: bool) -> None:
     formats = Counter(f for f in map(weight_format, files) if f)
-    v.facts.update(formats=dict(formats), n_safetensors=formats.get("safetensors", 0), n_gguf=formats.get("gguf", 0))
+    v.details.update(formats=dict(formats), n_safetensors=formats.get("safetensors", 0), n_gguf=formats.get("gguf", 0))
     if len(formats) > 1:
         v.problems.append("mixed weight formats: " + ", ".join(f"{n} {f}" for f, n in sorted(formats.items())) +
                           " - exo loads one format; download with HF_INCLUDE for one of them")
@@ -180,7 +161,7 @@ def _check_index(manifest: dict, files: dict, v: Verdict, strict: bool) -> None:
     named = index.get("weight_files") or []
     missing = [p for p in named if p not in files]
     empty = [p for p in named if files.get(p) == 0]
-    v.facts.update(index=index["path"], index_shards=len(named))
+    v.details.update(index=index["path"], index_shards=len(named))
     if missing:
         v.problems.append(f"index {index['path']} names {plural(len(missing), 'shard')} that "
                           f"{'is' if len(missing) == 1 else 'are'} missing: {listing(missing)}")
@@ -231,9 +212,9 @@ def live_metadata(manifest: dict) -> tuple[dict[str, dict], list[str]]:
 def _check_metadata_commits(manifest: dict, expected: ExpectedManifest | None, v: Verdict) -> None:
     live, orphans = live_metadata(manifest)
     if orphans:
-        v.facts["metadata_noise"] = [f"{CACHE_PREFIX}download/{p}.metadata" for p in orphans]
+        v.details["metadata_noise"] = [f"{CACHE_PREFIX}download/{p}.metadata" for p in orphans]
     commits = Counter(m.get("commit") for m in live.values() if m.get("commit"))
-    v.facts["commits"] = dict(commits)
+    v.details["commits"] = dict(commits)
     if len(commits) > 1:
         parts = [f"{c[:12]} ({plural(n, 'file')})" for c, n in commits.most_common()]
         v.problems.append("mixed commits in .cache/huggingface/download/*.metadata: " + ", ".join(parts) +
@@ -248,7 +229,7 @@ def _check_metadata_commits(manifest: dict, expected: ExpectedManifest | None, v
 
 def _check_expected(manifest: dict, files: dict, exp: ExpectedManifest, v: Verdict) -> None:
     src = f"the {'hub' if exp.source == 'hub' else 'cached hub tree'} at {exp.commit[:12]}"
-    v.facts.update(expected_commit=exp.commit, expected_source=exp.source, expected_files=len(exp.files),
+    v.details.update(expected_commit=exp.commit, expected_source=exp.source, expected_files=len(exp.files),
                    expected_bytes=exp.total_size)
     missing = sorted(p for p in exp.files if p not in files)
     wrong = sorted(p for p in exp.files if p in files and files[p] != exp.files[p].size)
@@ -292,8 +273,9 @@ def parity(manifests: dict[str, dict], *, strict: bool = True) -> Verdict:
     """Do all nodes hold the same (path, size) set? Non-weight differences are warnings when not strict."""
     sizes = {node: _sizes(m) for node, m in manifests.items()}
     nodes = list(sizes)
-    v = Verdict(ok=False, facts={"nodes": nodes, "n_files": {n: len(s) for n, s in sizes.items()},
-                                 "digests": {n: manifest_digest(m) for n, m in manifests.items()}})
+    v = Verdict.open()
+    v.details.update({"nodes": nodes, "n_files": {n: len(s) for n, s in sizes.items()},
+                      "digests": {n: manifest_digest(m) for n, m in manifests.items()}})
     diffs = 0
     for path in sorted(set().union(*sizes.values()) if sizes else ()):
         have = {n: s[path] for n, s in sizes.items() if path in s}
@@ -309,13 +291,12 @@ def parity(manifests: dict[str, dict], *, strict: bool = True) -> Verdict:
             diffs += 1
             (v.problems if strict or is_weight_path(path) else v.warnings).append(line)
     diffs += _etag_differences(manifests, v)
-    v.facts["n_differences"] = diffs
-    v.ok = not v.problems
+    v.details["n_differences"] = diffs
     for lines in (v.problems, v.warnings):
         if len(lines) > MAX_PARITY_LINES:
             lines[MAX_PARITY_LINES:] = [f"… and {len(lines) - MAX_PARITY_LINES} more differences "
                                         "(the manifests in the run folder list them all)"]
-    return v
+    return v.settle(f"{len(nodes)} nodes hold the same files")
 
 
 def _etag_differences(manifests: dict[str, dict], v: Verdict) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 from modeldrop.config import NodeConfig, RunConfig
 from modeldrop.errors import NodeError
 from modeldrop.nodes import Node
+from modeldrop.verdict import Verdict
 
 GB = 1_000_000_000
 MACOS_ERRNO_HINT = {65: "no route to host (macOS Local Network privacy or wrong subnet)",
@@ -129,3 +130,11 @@ def reach_problems(pre: dict[int, NodePreflight], nodes: dict[int, Node], cfg: R
                 hint = MACOS_ERRNO_HINT.get(r.get("errno") or 0, r.get("error") or "")
                 problems.append(f"node{k} cannot reach {r['host']}:{r['port']} (errno {r.get('errno')}: {hint})")
     return problems
+
+
+def preflight_verdict(problems: list[str], warnings: list[str], n_nodes: int) -> Verdict:
+    """The preflight gate's verdict: every problem found on every node, counted and joined in one line."""
+    if problems:
+        return Verdict.failed(problems, summary=f"{len(problems)} preflight problem(s): " + " | ".join(problems),
+                              warnings=warnings)
+    return Verdict.passed(f"{n_nodes} node(s) ready for the bootstrap", warnings=warnings)

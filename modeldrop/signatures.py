@@ -9,7 +9,7 @@ attaches them with `evidence.signatures([s.as_dict() for s in ...])`.
 
 Inputs: `logs` {node name: log text}; `state` one `/state` dict (the API the gate used) or None;
 `http` {status, body, error_kind, error} of the failing request or None; `facts` the verdict's facts
-(`modeldrop.exo.verdicts.Verdict.facts`).
+(`modeldrop.verdict.Verdict.facts`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from modeldrop import gatetable
 from modeldrop.exo import logs as L
 from modeldrop.exo import state as st
-from modeldrop.exo.verdicts import Fact, checked_facts
+from modeldrop.verdict import Fact, checked_facts
 
 ALL_EXO_GATES = gatetable.exo_gates()
 

@@ -14,13 +14,14 @@ from typing import Any
 from modeldrop import audit, hub
 from modeldrop.config import NodeConfig, RunConfig
 from modeldrop.nodes import Node
+from modeldrop.verdict import Verdict
 
 
 @dataclass
 class VerifyResult:
     """A node's verdict, its manifest, the expectation used, and the hash check when asked for."""
 
-    verdict: audit.Verdict
+    verdict: Verdict
     manifest: dict[str, Any]
     expected: hub.ExpectedManifest | None
     hashes: dict[str, Any] | None = None
@@ -61,9 +62,9 @@ def verify_node(node: Node, nc: NodeConfig, cfg: RunConfig, *, online: hub.Expec
     if cfg.verify_hashes and manifest.get("exists"):
         result.hashes = check_hashes(node, nc, manifest, expected)
         if result.hashes["mismatches"]:
-            verdict.ok = False
             verdict.problems.append(f"{len(result.hashes['mismatches'])} files fail the sha256 check: "
                                     + "; ".join(result.hashes["mismatches"][:5]))
+            verdict.settle()
     return result
 
 

@@ -37,7 +37,7 @@ def test_complete_model_passes(node, tmp_path):
     m = manifest(node, d)
     v = completeness(m, expected_of(tree), expected_safetensors=3)
     assert v.ok, v.problems
-    assert v.facts["n_safetensors"] == 3 and v.facts["expected_files"] == len(tree)
+    assert v.details["n_safetensors"] == 3 and v.details["expected_files"] == len(tree)
     offline = expected_from_cache(m)
     assert offline is not None and offline.source == "cache" and set(offline.files) == set(tree)
     assert completeness(m, offline).ok
@@ -210,8 +210,8 @@ def test_orphaned_cache_metadata_is_noise_not_a_failure(node, tmp_path):
     assert m["tree"] is not None and m["tree"]["commit"] == COMMIT  # the orphan does not sway the cached tree
     v = completeness(m, expected_of(tree))
     assert v.ok, v.problems
-    assert v.facts["metadata_noise"] == [".cache/huggingface/download/old-shard.safetensors.metadata"]
-    assert v.facts["commits"] == {COMMIT: len(tree)}
+    assert v.details["metadata_noise"] == [".cache/huggingface/download/old-shard.safetensors.metadata"]
+    assert v.details["commits"] == {COMMIT: len(tree)}
     other = tmp_path / "b" / "org--name"
     shutil.copytree(d, other)
     (other / ".cache/huggingface/download/old-shard.safetensors.metadata").write_text("e" * 40 + "\nothertag\n1.0\n")

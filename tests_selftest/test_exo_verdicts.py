@@ -139,7 +139,7 @@ def test_wait_ready_fails_fast_on_runner_failed_and_vanish():
 
 
 def _chat(ok: bool):
-    from modeldrop.exo.verdicts import Verdict
+    from modeldrop.verdict import Verdict
 
     calls = []
 

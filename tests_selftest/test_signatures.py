@@ -124,7 +124,7 @@ def test_every_signature_is_exercised():
 
 
 def test_misspelt_fact_names_are_rejected():
-    from modeldrop.exo.verdicts import Fact, Verdict
+    from modeldrop.verdict import Fact, Verdict
     with pytest.raises(ValueError, match="unknown verdict fact 'isolatd'"):
         sg.match("cluster", facts={"isolatd": [2], "n": 2})
     with pytest.raises(ValueError, match="unknown verdict fact 'vanshed'"):

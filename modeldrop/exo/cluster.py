@@ -29,8 +29,8 @@ from modeldrop.exo import state as st
 from modeldrop.exo.client import ExoClient
 from modeldrop.exo.launcher import ExoLauncher, LaunchError, precheck_facts, previous_records
 from modeldrop.exo.observe import watch_cluster
-from modeldrop.exo.verdicts import Verdict
 from modeldrop.exo.wait import call_safely
+from modeldrop.verdict import Verdict
 
 EVIDENCE_TAIL_BYTES = 16 * 1024
 

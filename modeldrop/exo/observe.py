@@ -16,9 +16,7 @@ from modeldrop.exo import logs as exologs
 from modeldrop.exo import state as st
 from modeldrop.exo.client import ExoClient, ExoError, ExoHTTPError
 from modeldrop.exo.verdicts import (
-    Fact,
     StartupSample,
-    Verdict,
     chat_verdict,
     cluster_verdict,
     ready_verdict,
@@ -27,6 +25,7 @@ from modeldrop.exo.verdicts import (
     transport_verdict,
 )
 from modeldrop.exo.wait import call_safely, poll
+from modeldrop.verdict import Fact, Verdict
 
 API_UP_TIMEOUT_S = 120.0
 SOCKETS_TIMEOUT_S = 60.0
@@ -101,10 +100,10 @@ def watch_cluster(clients: dict[int, ExoClient], live_ids: dict[int, str], windo
     t0 = clock()
     res = poll(lambda: cluster_verdict(live_ids, views_of(clients), n), lambda v: v.ok, window_s, CLUSTER_INTERVAL_S,
                stop=(lambda v: cancelled()) if cancelled else None, clock=clock, sleep=sleep)
-    v = res.value if res.value is not None else Verdict(False, f"no /state answered ({res.last_error})")
+    v = res.value if res.value is not None else Verdict.failed(f"no /state answered ({res.last_error})")
     v.details["elapsed_s"] = round(clock() - t0, 2)
     if not v.ok and v.facts.get(Fact.isolated):
-        v.summary = f"isolated for {window_s:.0f}s (cluster window): {v.summary}"
+        v.reword(f"isolated for {window_s:.0f}s (cluster window): ")
     return v
 
 
@@ -114,17 +113,18 @@ def place(client: ExoClient, model_id: str, sharding: str, instance_meta: str, n
     try:
         inst = client.placement(model_id, sharding, instance_meta, n)
     except ExoHTTPError as e:
-        return None, Verdict(False, f"GET /instance/placement ({sharding}/{instance_meta}, min_nodes={n}): {e}",
-                             {"status": e.status, "body": e.body}, {"http_status": e.status, "http_body": e.message})
+        return None, Verdict.failed(f"GET /instance/placement ({sharding}/{instance_meta}, min_nodes={n}): {e}",
+                                    {"status": e.status, "body": e.body},
+                                    {"http_status": e.status, "http_body": e.message})
     except ExoError as e:
-        return None, Verdict(False, f"GET /instance/placement: {e}", {}, {})
+        return None, Verdict.failed(f"GET /instance/placement: {e}", {}, {})
     try:
         client.create_instance(inst)
     except ExoHTTPError as e:
-        return None, Verdict(False, f"POST /instance: {e}", {"status": e.status, "body": e.body, "instance": inst},
-                             {"http_status": e.status, "http_body": e.message})
+        return None, Verdict.failed(f"POST /instance: {e}", {"status": e.status, "body": e.body, "instance": inst},
+                                    {"http_status": e.status, "http_body": e.message})
     except ExoError as e:
-        return None, Verdict(False, f"POST /instance: {e}", {"instance": inst}, {})
+        return None, Verdict.failed(f"POST /instance: {e}", {"instance": inst}, {})
     return inst, None
 
 
@@ -210,13 +210,13 @@ def serving_verdict(prog: st.InstanceProgress, chat: Verdict | None, tries: int,
                "chat_tries": tries, "chat": chat.details if chat else None}
     if chat is not None and chat.ok:
         lag = [f"{where} after {elapsed_s:.0f}s while chat answers"]
-        return Verdict(True, f"serving truth: {chat.summary} while /state shows {where} (runner map lag)",
-                       details, {"runner_lag": lag})
+        return Verdict.passed(f"serving truth: {chat.summary} while /state shows {where} (runner map lag)",
+                              details, {"runner_lag": lag})
     last = chat.summary if chat is not None else "no chat tried"
-    return Verdict(False, f"fast stop: {where} and no successful chat after {elapsed_s:.0f}s "
+    return Verdict.failed(f"fast stop: {where} and no successful chat after {elapsed_s:.0f}s "
                           f"({tries} chat tries; last: {last}) - the guide's 'repeated create with nodeToRunner=0 "
                           "and no successful chat'", details,
-                   {"no_runners_no_chat": True, **({"never_created": True} if not ever_present else {})})
+                          {"no_runners_no_chat": True, **({"never_created": True} if not ever_present else {})})
 
 
 # -- transport ------------------------------------------------------------------------------------
@@ -327,28 +327,28 @@ def ensure_card(client: ExoClient, model_id: str, timeout_s: float = CARD_TIMEOU
     have, err = call_safely(lambda: client.has_card(model_id))
     if err is not None:  # no answer is not "no card": say what failed
         details["models_error"] = err
-        return Verdict(False, f"GET {client.base_url}/v1/models failed ({err}): cannot tell whether EXO has a "
+        return Verdict.failed(f"GET {client.base_url}/v1/models failed ({err}): cannot tell whether EXO has a "
                               f"card for {model_id}", details, {"models_unreadable": True})
     if have:
         details["card"] = "present"
-        return Verdict(True, f"EXO has a model card for {model_id} ({client.base_url})", details,
-                       {"has_card": True})
+        return Verdict.passed(f"EXO has a model card for {model_id} ({client.base_url})", details,
+                              {"has_card": True})
     cmd = add_card_command(client.base_url, model_id)
     try:
         details["add_response"] = client.add_model(model_id)
     except ExoError as e:
         details.update({"card": "missing", "add_error": str(e), "add_command": cmd})
-        return Verdict(False, f"EXO has no model card for {model_id} and POST /models/add failed ({e}); "
+        return Verdict.failed(f"EXO has no model card for {model_id} and POST /models/add failed ({e}); "
                               f"add it with: {cmd}", details, {"no_card": True, "add_command": cmd})
     listed = poll(lambda: _listed(client, model_id), bool, timeout_s, 0.5, clock=clock, sleep=sleep)
     if not listed.done:
         details.update({"card": "missing", "add_command": cmd})
-        return Verdict(False, f"EXO has no model card for {model_id}: POST /models/add answered but GET /v1/models "
+        return Verdict.failed(f"EXO has no model card for {model_id}: POST /models/add answered but GET /v1/models "
                               f"did not list it within {timeout_s:.0f}s; add it with: {cmd}", details,
-                       {"no_card": True, "add_command": cmd})
+                              {"no_card": True, "add_command": cmd})
     details["card"] = "added"
-    return Verdict(True, f"EXO had no model card for {model_id}: added with POST /models/add ({client.base_url})",
-                   details, {"has_card": True, "card_added": True})
+    return Verdict.passed(f"EXO had no model card for {model_id}: added with POST /models/add ({client.base_url})",
+                          details, {"has_card": True, "card_added": True})
 
 
 def ensure_cards(clients: dict[int, ExoClient], model_id: str, timeout_s: float = CARD_TIMEOUT_S,
@@ -361,13 +361,13 @@ def ensure_cards(clients: dict[int, ExoClient], model_id: str, timeout_s: float 
         v = ensure_card(c, model_id, timeout_s, wait_first_s=10.0 if added else 0.0, clock=clock, sleep=sleep)
         per[f"node{k}"] = v.details
         if not v.ok:
-            v.summary = f"node{k}: {v.summary}"
+            v.reword(f"node{k}: ")
             v.details = per
             return v
         added = added or bool(v.facts.get("card_added"))
     how = "added with POST /models/add" if added else "already there"
-    return Verdict(True, f"every node lists the model card for {model_id} ({how})", per,
-                   {"has_card": True, "card_added": added})
+    return Verdict.passed(f"every node lists the model card for {model_id} ({how})", per,
+                          {"has_card": True, "card_added": added})
 
 
 # -- canary (gate 1B) -----------------------------------------------------------------------------
@@ -381,9 +381,9 @@ def _canary_card(launcher: Any, client: ExoClient, model_id: str, node_id: str |
     if card.ok:
         return card
     if not launcher.proc():
-        return Verdict(False, f"canary: exo exited {t:.2f}s after start, before its model card could be checked "
+        return Verdict.failed(f"canary: exo exited {t:.2f}s after start, before its model card could be checked "
                               f"({card.summary})", {"card": card.details}, {"exited": [1], "restarted": [1]})
-    card.summary = f"canary: {card.summary}"
+    card.reword("canary: ")
     card.details = {"node_id": node_id, "card": card.details, "elapsed_s": round(t, 2)}
     return card
 
@@ -399,9 +399,10 @@ def canary_check(launcher: Any, client: ExoClient, model_id: str, model_dir: str
     last = up.value
     if not up.done:
         why = "exo exited" if last is not None and not last.alive else f"no answer within {api_timeout_s:.0f}s"
-        return Verdict(False, f"canary: API {client.base_url}/node_id: {why} ({last.api_error if last else up.last_error})",
-                       {"last": last.__dict__ if last else None}, {"exited": [1] if last and not last.alive else [],
-                                                                    "no_api": [1]})
+        error = last.api_error if last else up.last_error
+        exited = [1] if last and not last.alive else []
+        return Verdict.failed(f"canary: API {client.base_url}/node_id: {why} ({error})",
+                              {"last": last.__dict__ if last else None}, {"exited": exited, "no_api": [1]})
     card = _canary_card(launcher, client, model_id, last.node_id, clock() - t0, clock, sleep)
     if not card.ok:
         return card
@@ -413,20 +414,20 @@ def canary_check(launcher: Any, client: ExoClient, model_id: str, model_dir: str
     details = {"node_id": last.node_id, "card": card.details, "downloaded": listed.value, "downloads": dls,
                "elapsed_s": round(clock() - t0, 2)}
     if listed.stopped:
-        return Verdict(False, f"canary: exo exited {details['elapsed_s']}s after start, before listing {model_id} "
+        return Verdict.failed(f"canary: exo exited {details['elapsed_s']}s after start, before listing {model_id} "
                               f"(last listing: {listed.value or []})", details, {"exited": [1], "restarted": [1]})
     if not listed.done:
         failed = [d for d in dls if d["kind"] == "DownloadFailed"]
         why = f"; DownloadFailed: {failed[0]['error_message']}" if failed else ""
-        return Verdict(False, f"canary: EXO has a card for {model_id} but does not list it under "
+        return Verdict.failed(f"canary: EXO has a card for {model_id} but does not list it under "
                               f"/v1/models?status=downloaded within {model_timeout_s:.0f}s (listed: "
                               f"{listed.value or []}){why}", details,
-                       {"not_listed": True, "has_card": True, "download_failed": bool(failed)})
+                              {"not_listed": True, "has_card": True, "download_failed": bool(failed)})
     dirs = {d["model_directory"] for d in dls if d["kind"] == "DownloadCompleted" and d["model_directory"]}
     if dirs and _norm(model_dir) not in {_norm(d) for d in dirs}:
-        return Verdict(False, f"canary: exo found {model_id} at {sorted(dirs)}, not at the audited {model_dir}",
-                       details, {"dir_drift": True})
+        return Verdict.failed(f"canary: exo found {model_id} at {sorted(dirs)}, not at the audited {model_dir}",
+                              details, {"dir_drift": True})
     how = "card added with POST /models/add, " if card.facts.get("card_added") else ""
-    return Verdict(True, f"canary: API up, {how}{model_id} listed as downloaded"
-                         + (f" from {model_dir}" if dirs else "") + f" after {details['elapsed_s']}s", details,
-                   {"card_added": bool(card.facts.get("card_added"))})
+    return Verdict.passed(f"canary: API up, {how}{model_id} listed as downloaded"
+                          + (f" from {model_dir}" if dirs else "") + f" after {details['elapsed_s']}s", details,
+                          {"card_added": bool(card.facts.get("card_added"))})

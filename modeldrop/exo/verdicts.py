@@ -1,93 +1,19 @@
-"""Pure verdict functions: observations in, `Verdict` out. No I/O, no clocks.
-
-Each verdict names its evidence in `summary` (the gate's assertion message) and keeps the data in
-`details` (the gate's evidence JSON). `facts` carries the conditions the failure-signature table
-matches on, named by `Fact` (e.g. `isolated`, `restarted`, `stalled`), so signatures and verdicts
-agree and a misspelt name fails at once.
-"""
+"""Pure verdicts on EXO observations (startup, cluster, placement, transport, chat): observations in,
+`modeldrop.verdict.Verdict` out. No I/O, no clocks."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from typing import Any
 
 from modeldrop.exo.logs import HostfileLine
 from modeldrop.exo.state import ClusterView, Instance, InstanceProgress
+from modeldrop.verdict import Verdict
 
 NON_NEIGHBOUR = "198.51.100.1:0"
 # `Terminated (signal=9 (Killed: 9))`: the runner process was killed by a signal (OOM killer, an outside kill)
 SIGNAL_RX = re.compile(r"signal=(\d+)")
-
-
-class Fact(StrEnum):
-    """The names of verdict facts: what a verdict observed that the failure-signature table matches on."""
-
-    exited = "exited"                # nodes whose exo exited (startup, canary)
-    restarted = "restarted"          # nodes whose exo restarted (pid/start time or /node_id changed)
-    no_api = "no_api"                # nodes whose API never answered
-    node_ids = "node_ids"            # {k: node id} of a healthy startup
-    isolated = "isolated"            # nodes seeing fewer than n nodes
-    n = "n"                          # the cluster size the verdict expected
-    ghosts = "ghosts"                # node ids in /state that no node answers as its own
-    missing_edges = "missing_edges"  # a directed topology edge absent
-    runner_failed = "runner_failed"  # a runner reported RunnerFailed
-    errors = "errors"                # the runners' error messages
-    vanished = "vanished"            # the instance left /state
-    never_created = "never_created"  # the instance never appeared in /state
-    stalled = "stalled"              # no runner progress
-    runners = "runners"              # runner status labels
-    ring_errno = "ring_errno"        # errno values of ring connect errors
-    mismatch = "mismatch"            # logged ring hosts differ from /state hostsByNode
-    no_socket = "no_socket"          # no ESTABLISHED socket to a ring neighbour
-    kinds = "kinds"                  # chat error kinds
-    statuses = "statuses"            # chat HTTP statuses
-    http_status = "http_status"      # status of the failing request
-    http_body = "http_body"          # message of the failing request
-    not_listed = "not_listed"        # the canary's model never listed as downloaded
-    download_failed = "download_failed"  # exo reported DownloadFailed
-    dir_drift = "dir_drift"          # exo found the model in another dir
-    port_held = "port_held"          # the API port is held by another process
-    pid_lock = "pid_lock"            # exo's pid-file lock is held
-    runner_lag = "runner_lag"        # /state runner maps lag while chat works
-    model_id = "model_id"            # the model the gate is about
-    has_card = "has_card"            # EXO has a model card for the model
-    no_card = "no_card"              # EXO has no model card for the model
-    add_command = "add_command"      # the command that gives EXO a card
-    runner_signal = "runner_signal"  # signals that killed runners
-    runner_nodes = "runner_nodes"    # nodes whose runners failed
-    no_runner_map = "no_runner_map"  # a multi-shard instance with an empty nodeToRunner
-    models_unreadable = "models_unreadable"  # /v1/models could not be read
-    card_added = "card_added"        # the gate added EXO's card for the model
-    no_runners_no_chat = "no_runners_no_chat"  # no runner of the instance in /state and no chat answered
-    offline_join = "offline_join"    # the cluster was isolated while the joins ran offline
-
-
-def checked_facts(facts: Mapping[str, Any] | None) -> dict[Fact, Any]:
-    """`facts` keyed by `Fact`; an unknown name raises ValueError (a misspelt fact never silently misses)."""
-    out: dict[Fact, Any] = {}
-    for key, value in (facts or {}).items():
-        try:
-            out[Fact(key)] = value
-        except ValueError:
-            raise ValueError(f"unknown verdict fact {key!r}; known: {', '.join(f.value for f in Fact)}") from None
-    return out
-
-
-@dataclass
-class Verdict:
-    """A gate's judgement: ok, the one-line summary (its assertion message), details (evidence JSON) and
-    the facts the signature table matches on (names checked against `Fact`)."""
-
-    ok: bool
-    summary: str
-    details: dict[str, Any] = field(default_factory=dict)
-    facts: dict[Fact, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.facts = checked_facts(self.facts)
 
 
 # -- startup (phase 4) ----------------------------------------------------------------------------
@@ -128,10 +54,10 @@ def startup_verdict(samples: dict[int, list[StartupSample]], expected_start: dic
             facts["no_api"].append(k)
     details = {f"node{k}": [s.__dict__ for s in ss[-5:]] for k, ss in samples.items()}
     if problems:
-        return Verdict(False, "; ".join(problems), details, facts)
+        return Verdict.failed(problems, details, facts)
     ids = {k: next(s.node_id for s in ss if s.node_id) for k, ss in samples.items()}
-    return Verdict(True, "every exo up and stable: " + ", ".join(f"node{k}={v[:12]}" for k, v in sorted(ids.items())),
-                   details, {"node_ids": ids})
+    return Verdict.passed("every exo up and stable: " + ", ".join(f"node{k}={v[:12]}" for k, v in sorted(ids.items())),
+                          details, {"node_ids": ids})
 
 
 # -- cluster (phase 5) ----------------------------------------------------------------------------
@@ -163,8 +89,8 @@ def cluster_verdict(live_ids: dict[int, str], views: dict[int, ClusterView | Non
     facts = {"isolated": isolated, "n": n, "ghosts": any("ghosts" in p for p in problems),
              "missing_edges": any("no edge" in p for p in problems)}
     if problems:
-        return Verdict(False, "; ".join(problems), details, facts)
-    return Verdict(True, f"{n} node(s), connections both ways for every pair, on every node's API", details, facts)
+        return Verdict.failed(problems, details, facts)
+    return Verdict.passed(f"{n} node(s), connections both ways for every pair, on every node's API", details, facts)
 
 
 # -- placement (phase 5) --------------------------------------------------------------------------
@@ -173,8 +99,8 @@ def ready_verdict(progress: InstanceProgress, ever_present: bool, stalled_s: flo
     """Ready = every runner of the instance RunnerReady/RunnerRunning; otherwise say why not."""
     details = {"instance_id": progress.instance_id, "runners": progress.labels(), "elapsed_s": round(elapsed_s, 1)}
     if progress.ready:
-        return Verdict(True, f"all {len(progress.expected)} runner(s) Ready/Running after {elapsed_s:.1f}s",
-                       details, {})
+        return Verdict.passed(f"all {len(progress.expected)} runner(s) Ready/Running after {elapsed_s:.1f}s",
+                              details, {})
     if progress.failures:
         msgs = "; ".join(f"on {progress.node_of(r)}, runner {r[:8]}: {_one_line(m)}"
                          for r, m in progress.failures.items())
@@ -184,19 +110,19 @@ def ready_verdict(progress: InstanceProgress, ever_present: bool, stalled_s: flo
         if signals:
             facts["runner_signal"] = signals
         details["failed_on"] = {r[:8]: progress.node_of(r) for r in progress.failures}
-        return Verdict(False, f"RunnerFailed: {msgs}", details, facts)
+        return Verdict.failed(f"RunnerFailed: {msgs}", details, facts)
     if ever_present and not progress.present:
-        return Verdict(False, f"instance {progress.instance_id} vanished from /state after {elapsed_s:.1f}s "
+        return Verdict.failed(f"instance {progress.instance_id} vanished from /state after {elapsed_s:.1f}s "
                               "(a runner failed or a node left; read every node's log)", details, {"vanished": True})
     if not ever_present:
-        return Verdict(False, f"instance {progress.instance_id} never appeared in /state within {elapsed_s:.1f}s",
-                       details, {"never_created": True})
+        return Verdict.failed(f"instance {progress.instance_id} never appeared in /state within {elapsed_s:.1f}s",
+                              details, {"never_created": True})
     if stalled_s is not None:
-        return Verdict(False, f"no runner progress for {stalled_s:.0f}s: {details['runners']}", details,
-                       {"stalled": True, "runners": details["runners"]})
+        return Verdict.failed(f"no runner progress for {stalled_s:.0f}s: {details['runners']}", details,
+                              {"stalled": True, "runners": details["runners"]})
     why = "timed out" if timed_out else "not ready"
-    return Verdict(False, f"{why} after {elapsed_s:.0f}s: {details['runners']}", details,
-                   {"stalled": True, "runners": details["runners"]})
+    return Verdict.failed(f"{why} after {elapsed_s:.0f}s: {details['runners']}", details,
+                          {"stalled": True, "runners": details["runners"]})
 
 
 def _one_line(msg: str, limit: int = 300) -> str:
@@ -230,14 +156,14 @@ def transport_verdict(inst: Instance, node_ids: dict[int, str], hostfiles: dict[
         problems.append(f"instance {inst.instance_id} has {inst.shard_count} shards but its nodeToRunner lists "
                         f"{len(inst.node_ids)} node(s): no evidence of which node runs which rank, so the ring "
                         "cannot be checked")
-        return Verdict(False, "; ".join(problems), details, facts)
+        return Verdict.failed(problems, details, facts)
     if len(inst.node_ids) < 2:
-        return Verdict(not problems, "; ".join(problems) or "1-node instance: no ring to check", details, facts)
+        return Verdict.judged(problems, "1-node instance: no ring to check", details, facts)
     if not inst.is_ring:
         for k, nid in sorted(node_ids.items()):
             if nid in inst.node_to_runner and not (coord_lines or {}).get(k):
                 problems.append(f"node{k}: no `rank N MLX_JACCL_COORDINATOR:` line in its exo log")
-        return Verdict(not problems, "; ".join(problems) or "JACCL coordinators announced on every node", details, facts)
+        return Verdict.judged(problems, "JACCL coordinators announced on every node", details, facts)
     port = inst.ephemeral_port
     for k, nid in sorted(node_ids.items()):
         if nid not in inst.node_to_runner:
@@ -260,8 +186,8 @@ def transport_verdict(inst: Instance, node_ids: dict[int, str], hostfiles: dict[
                             f"{', '.join(sorted(peers - linked))}")
             facts["no_socket"] = True
     if problems:
-        return Verdict(False, "; ".join(problems), details, facts)
-    return Verdict(True, f"ring port {port}: hosts match /state and sockets ESTABLISHED to every neighbour", details, facts)
+        return Verdict.failed(problems, details, facts)
+    return Verdict.passed(f"ring port {port}: hosts match /state and sockets ESTABLISHED to every neighbour", details, facts)
 
 
 def _split(addr: str) -> tuple[str, int | None]:
@@ -291,9 +217,9 @@ def chat_verdict(results: list[dict]) -> Verdict:
     facts = {"kinds": sorted({str(r.get("error_kind")) for r in results if r.get("error")}),
              "statuses": sorted({r.get("status") for r in results if r.get("status") is not None})}
     if problems:
-        return Verdict(False, "; ".join(problems), {"results": results}, facts)
+        return Verdict.failed(problems, {"results": results}, facts)
     lat = ", ".join(f"node{r['node']}{'/s' if r['stream'] else ''} {r.get('latency_s', 0):.2f}s" for r in results)
-    return Verdict(True, f"{len(results)} chat completion(s) answered: {lat}", {"results": results}, facts)
+    return Verdict.passed(f"{len(results)} chat completion(s) answered: {lat}", {"results": results}, facts)
 
 
 def runner_map_lag(per_node: dict[int, InstanceProgress]) -> list[str]:
