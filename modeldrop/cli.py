@@ -26,7 +26,7 @@ from modeldrop import validate
 from modeldrop.config import DEFAULT_ENV_FILE, read_env_file
 from modeldrop.errors import InputError
 from modeldrop.ledger import runjson
-from modeldrop.ledger.handoff import HANDOFF_KEYS
+from modeldrop.ledger.handoff import HANDOFF_KEYS, block_lines
 from modeldrop.ledger.runfolder import RUN_FOLDER_FILE_ENV, resolve_latest
 
 USAGE = ("usage: model-drop org/model [--fast] [--resume-bootstrap] [--online] [--audit] [pytest args…]\n"
@@ -112,9 +112,8 @@ def print_handoff(folder: Path | None) -> None:
     block = run.get("handoff") or {}
     print(f"\nrun folder: {folder}")
     print(f"handoff:    {folder / 'handoff.md'}\n")
-    for key in HANDOFF_KEYS:
-        if key in block:
-            print(f"{key}={block[key]}")
+    for line in block_lines(block, tuple(k for k in HANDOFF_KEYS if k in block)):
+        print(line)
 
 
 def run(model: str, rest: Sequence[str], root: Path | None = None) -> int:

@@ -35,7 +35,7 @@ def test_green_run_prints_folder_and_handoff(suite, capfd):
     out = capfd.readouterr().out
     assert "run folder: " in out and "reports/" in out
     tail = out[out.index("run folder: "):]
-    for key in ("MODEL=org/tiny-model", "LAST_PASS_PHASE=7 (chat)", "NEXT_COMMAND=", "DO_NOT_REPEAT=preflight,"):
+    for key in ("MODEL: org/tiny-model", "LAST_PASS_PHASE: 7 (chat)", "NEXT_COMMAND: ", "DO_NOT_REPEAT: preflight,"):
         assert key in tail
     assert "RING_INPUT_READY" not in out
 
@@ -44,7 +44,7 @@ def test_failed_run_returns_pytests_status(suite, capfd):
     suite.path.joinpath("behaviour.json").write_text('{"parity": "fail:manifests differ"}')
     assert cli.model_drop_main(["org/tiny-model", "--env-file", "test.env"]) == 1
     out = capfd.readouterr().out
-    assert "KNOWN_BLOCKER=parity (failed): manifests differ" in out
+    assert "KNOWN_BLOCKER: parity (failed): manifests differ" in out
     assert "-k parity" in out
 
 
@@ -72,7 +72,7 @@ def test_model_drop_latest_uses_the_last_model(suite, capfd):
     capfd.readouterr()
     assert cli.model_drop_latest_main(["--env-file", "test.env", "--resume-bootstrap"]) == 0
     out = capfd.readouterr().out
-    assert "model-drop-latest: org/tiny-model" in out and "MODEL=org/tiny-model" in out
+    assert "model-drop-latest: org/tiny-model" in out and "MODEL: org/tiny-model" in out
     assert trace(suite) == []  # everything reused
 
 

@@ -63,7 +63,7 @@ def test_sigkill_mid_gate_leaves_a_current_ledger(pytester):
     assert html.rstrip().endswith("</html>")
     blob = html.split('data-jsonblob="', 1)[1].split('"', 1)[0]
     assert "test_canary" in blob  # the rows of the gates that finished are there
-    assert "CURRENT_PHASE=2 (node2_download)" in html
+    assert "CURRENT_PHASE: 2 (node2_download)" in html
     assert not list(folder.glob(".*.tmp"))
 
 

@@ -151,7 +151,7 @@ def test_ledger_html_has_handoff_started_column_and_environment(pytester):
     make_suite(pytester, behaviour={"parity": "fail:node2 lacks model-00003.safetensors <script>"})
     pytester.runpytest(*BASE)
     html = (latest(pytester) / "ledger.html").read_text()
-    assert "modeldrop-handoff" in html and "NEXT_COMMAND=" in html
+    assert "modeldrop-handoff" in html and "NEXT_COMMAND: " in html
     assert 'data-column-type="started"' in html and 'data-column-type="gate"' in html
     assert "org/tiny-model" in html and "Hub commit" in html and "exo version" in html
     assert "<script>" not in html.split("modeldrop-handoff")[1].split("</div>")[0]

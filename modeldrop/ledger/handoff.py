@@ -6,8 +6,8 @@ Contract:
   blocker), the stable `## Phase Gates` (each phase's pass/fail criteria) and `## Failure Signatures`
   (the signature reference), `## Run Ledger` (mutable: timestamped outcomes per gate, matched
   signatures) and `## Hand-off Block` (a fenced block of the guide's `FIELD: value` lines, `HANDOFF_KEYS`).
-- `handoff_fields(state)` returns the Hand-off Block values (one line each); the HTML summary and
-  the CLI print the same values.
+- `handoff_fields(state)` returns the Hand-off Block values; `block_lines` is how every output prints them
+  (handoff.md, ledger.html, the terminal summary, `model-drop`).
 - NEXT_COMMAND works as printed: a failed (or gate-skipped) gate -> the base command `-k <gate>`;
   a run stopped for lack of a reusable pass, interrupted or partial -> base `--resume-bootstrap`;
   a green bootstrap -> the benchmark command; a green audit -> the bootstrap command (prefixed
@@ -31,6 +31,12 @@ HANDOFF_KEYS = ("MODEL", "NODES", "MODEL_DIRS", "LAST_PASS_PHASE", "CURRENT_PHAS
 SECTIONS = ("90-Second Handoff", "Current Run Header", "Phase Gates", "Failure Signatures", "Run Ledger",
             "Hand-off Block")
 PASSING = ("passed", "reused")
+
+
+def block_lines(fields: dict[str, str], keys: tuple[str, ...] = HANDOFF_KEYS) -> list[str]:
+    """The Hand-off Block as the guide writes it, one `FIELD: value` line per key (handoff.md, ledger.html,
+    the terminal summary and `model-drop` all print these lines)."""
+    return [f"{k}: {fields.get(k, '')}" for k in keys]
 
 
 def hm(t: float | None) -> str:
@@ -318,7 +324,7 @@ def render(state: RunState) -> str:
               "- **Model dirs:** " + ", ".join(f"node{i}=`{d}`" for i, d in enumerate(state.model_dirs, 1)),
               f"- **Mode:** {'audit' if state.audit else 'benchmarks' if state.bench_only else 'bootstrap'}",
               f"- **Command:** `{_cmd(state.command)}`", *_ninety(state, f)]
-    block = ["```text", *(f"{k}: {f[k]}" for k in HANDOFF_KEYS), "```"]
+    block = ["```text", *block_lines(f), "```"]
     parts = [f"# modeldrop hand-off: {state.model_id}", "",
              "## 90-Second Handoff", "", *runbook.OPERATOR_PROTOCOL, "",
              "## Current Run Header", "", *header, "",

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from modeldrop.ledger.handoff import HANDOFF_KEYS, RunState, dur, hm
+from modeldrop.ledger.handoff import RunState, block_lines, dur, hm
 from modeldrop.ledger.runfolder import atomic_write_text
 from modeldrop.redaction import masked, redact
 
@@ -86,7 +86,7 @@ def summary_html(fields: dict[str, str], state: RunState | None, timeline_png: P
     """The hand-off block, gate table and (when drawn) the timeline picture for the top of ledger.html
     (all text escaped; the picture embedded, so the ledger stays self-contained)."""
     e = html.escape
-    block = "\n".join(f"{k}={fields.get(k, '')}" for k in HANDOFF_KEYS)
+    block = "\n".join(block_lines(fields))
     out = ['<div class="modeldrop-handoff"><h2>Hand-off</h2>',
            f'<pre style="white-space:pre-wrap">{e(block)}</pre>']
     if state is not None:

@@ -18,7 +18,7 @@ import pytest
 
 from modeldrop.deadlines import DeadlineExceeded, alarm
 from modeldrop.ledger import html as lhtml
-from modeldrop.ledger.handoff import green
+from modeldrop.ledger.handoff import block_lines, green
 from modeldrop.ledger.passcache import utc_minute
 from modeldrop.plugin import bounds, hookspecs, options, ordering, reporting
 from modeldrop.plugin.outcomes import GateTracker, is_subtest, reason_of, skip_here
@@ -205,8 +205,8 @@ class RunHooks:
         terminalreporter.write_sep("-", "modeldrop")
         terminalreporter.write_line(f"run folder: {self.gs.folder.path}")
         terminalreporter.write_line(f"handoff:    {self.gs.folder.path / 'handoff.md'}")
-        for key in ("LAST_PASS_PHASE", "KNOWN_BLOCKER", "NEXT_COMMAND"):
-            terminalreporter.write_line(f"{key}={f[key]}")
+        for line in block_lines(f, ("LAST_PASS_PHASE", "KNOWN_BLOCKER", "NEXT_COMMAND")):
+            terminalreporter.write_line(line)
 
 
 class BoundsHooks:
