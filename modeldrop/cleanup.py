@@ -9,8 +9,10 @@ Contract:
   probe, which checks it again before signalling), one thread per node, within one deadline; it returns one
   line per process ("node1 pid 123 (hf download …): stopped-term") and empties the registry. A process whose
   identity no longer matches is left alone and said so.
-- `stop_one(token)` does the same for one process (a gate that gave up on its command).
-Nothing here knows pytest: the plugin drains at session end (gate failure, timeout, Ctrl-C, SIGTERM).
+- `stop_one(token)` does the same for one process (a gate that gave up on its command); its line is kept until
+  `take_stopped()` hands it over, so the ledger records the stops made mid-run too.
+Nothing here knows pytest: the plugin records `take_stopped()` after each test and drains at session end (gate
+failure, timeout, Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
@@ -19,15 +21,20 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from modeldrop.errors import NodeError
-from modeldrop.nodes import Node
+
+if TYPE_CHECKING:  # nodes registers its long probes here
+    from modeldrop.nodes import Node
 
 PID_TAG = "modeldrop-pid"
 # Prints `modeldrop-pid <pid>` on stderr, then execs the command in the same process (so the pid is the
 # command's own): `/bin/sh -c REPORT_PID sh argv...`.
 REPORT_PID = f'echo "{PID_TAG} $$" >&2; exec "$@"'
 DRAIN_DEADLINE_S = 90.0
+STOP_PROBE_TIMEOUT_S = 60.0
+STOP_BUDGET_S = 2 * STOP_PROBE_TIMEOUT_S  # stop_remote's worst case: the procs probe, then the stop probe
 
 
 def with_pid_report(argv: list[str]) -> list[str]:
@@ -57,10 +64,11 @@ class RemoteProcess:
         return f"{self.node.name} pid {self.pid} ({self.what})"
 
 
-def stop_remote(proc: RemoteProcess, grace_s: float = 10, timeout_s: float = 60) -> str:
+def stop_remote(proc: RemoteProcess, grace_s: float = 10, timeout_s: float = STOP_PROBE_TIMEOUT_S) -> str:
     """Stop one registered process after checking it is still ours; returns what happened, one line."""
     try:
-        found = proc.node.run_probe("procs", {"pids": [proc.pid], "exe_paths": None}, timeout=timeout_s)["procs"]
+        found = proc.node.run_probe("procs", {"pids": [proc.pid], "exe_paths": None}, timeout=timeout_s,
+                                    register=False)["procs"]
         if not found:
             return f"{proc.label()}: gone"
         info = found[0]
@@ -70,7 +78,8 @@ def stop_remote(proc: RemoteProcess, grace_s: float = 10, timeout_s: float = 60)
             return f"{proc.label()}: left alone: pid now runs {line[:120]!r} (not ours)"
         argv0 = (info.get("cmdline") or [None])[0]
         res = proc.node.run_probe("stop", {"pid": proc.pid, "expect_start": info.get("start"),
-                                           "expect_argv0": argv0, "grace_s": grace_s}, timeout=timeout_s)
+                                           "expect_argv0": argv0, "grace_s": grace_s}, timeout=timeout_s,
+                                 register=False)
         return f"{proc.label()}: {res['result']}"
     except NodeError as exc:
         return f"{proc.label()}: could not stop: {exc}"
@@ -83,6 +92,7 @@ class CleanupRegistry:
         self._procs: dict[int, RemoteProcess] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        self._stopped: list[str] = []
 
     def register(self, proc: RemoteProcess) -> int:
         with self._lock:
@@ -100,10 +110,22 @@ class CleanupRegistry:
             return list(self._procs.values())
 
     def stop_one(self, token: int | None) -> str | None:
-        """Stop one registered process now (None when it is not registered)."""
+        """Stop one registered process now (None when it is not registered); the line is also kept for
+        `take_stopped`."""
         with self._lock:
             proc = self._procs.pop(token, None)
-        return stop_remote(proc) if proc else None
+        if proc is None:
+            return None
+        line = stop_remote(proc)
+        with self._lock:
+            self._stopped.append(line)
+        return line
+
+    def take_stopped(self) -> list[str]:
+        """The lines of the `stop_one` calls since the last take (then forgotten)."""
+        with self._lock:
+            lines, self._stopped = self._stopped, []
+        return lines
 
     def drain(self, deadline_s: float = DRAIN_DEADLINE_S) -> list[str]:
         """Stop every registered process (see the module docstring); bounded by deadline_s."""

@@ -21,7 +21,8 @@ Contract:
   every error message.
 - `run_probe(name, args)` sends `modeldrop/probes/<name>.py` to the node's python on stdin (one round trip,
   nothing written on the node) and returns the JSON object it printed; the interpreter is picked once per
-  node by `probes.PYTHON_PICK` unless `python_cmd` is given.
+  node by `probes.PYTHON_PICK` unless `python_cmd` is given. A long probe is registered for cleanup while it
+  runs (the rule is in `run_probe`'s docstring).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from modeldrop import probes
+from modeldrop.cleanup import REGISTRY, RemoteProcess, parse_pid_line
 from modeldrop.errors import CommandTimeout, NodeError
 from modeldrop.redaction import redact
 
@@ -48,6 +50,7 @@ LineCallback = Callable[[str, str], None]
 TAIL_CHARS = 2000
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LOGIN_SHELL_SAFE = re.compile(r"[ -~]*")  # printable ASCII; backslash and `!` are checked apart
+LONG_PROBE_S = 60.0  # a probe allowed more than this is registered for cleanup while it runs (see run_probe)
 
 
 @dataclass
@@ -77,14 +80,18 @@ class _Lines:
     def __init__(self, name: str, on_line: LineCallback | None):
         self.name, self.on_line = name, on_line
         self.chunks: list[bytes] = []
-        self._pending = b""
+        self._pending: list[bytes] = []  # the start of a line not yet complete (kept in pieces: a long line stays linear)
 
     def feed(self, data: bytes) -> None:
         self.chunks.append(data)
         if self.on_line is None:
             return
-        self._pending += data
-        *lines, self._pending = self._pending.split(b"\n")
+        if b"\n" not in data:
+            self._pending.append(data)
+            return
+        lines = data.split(b"\n")
+        lines[0] = b"".join([*self._pending, lines[0]])
+        self._pending = [lines.pop()]
         for line in lines:
             self._call(line.decode("utf-8", "replace").rstrip("\r"))
 
@@ -96,9 +103,10 @@ class _Lines:
             pass
 
     def finish(self) -> str:
-        if self.on_line is not None and self._pending:
-            self._call(self._pending.decode("utf-8", "replace"))
-            self._pending = b""
+        rest = b"".join(self._pending)
+        if self.on_line is not None and rest:
+            self._call(rest.decode("utf-8", "replace"))
+        self._pending = []
         return b"".join(self.chunks).decode("utf-8", "replace")
 
 
@@ -199,12 +207,25 @@ class Node(ABC):
 
         return self._run_logged(cmd, timeout=timeout, stdin=None, secrets=secrets, on_line=redacted)
 
-    def run_probe(self, name: str, args: dict, *, timeout: float = 60) -> dict:
-        """Run probe `name` with args on the node's python and return its JSON result; NodeError on failure."""
+    def run_probe(self, name: str, args: dict, *, timeout: float = 60, register: bool | None = None) -> dict:
+        """Run probe `name` with args on the node's python and return its JSON result; NodeError on failure.
+
+        Cleanup rule: closing the connection does not stop a probe's python, so a probe is registered in
+        `cleanup.REGISTRY` while it runs when `register` is True, or when it is None and `timeout` exceeds
+        LONG_PROBE_S (manifest, hashes, locate, tool runs: node-side work that can outlast a gate's limit or a
+        Ctrl-C by minutes). The registration holds the pid the python itself reports first and the
+        `probes.probe_argv_tags` words of its command line; it ends when the probe returns. When the wait
+        times out, or a gate's limit or a deadline cuts it short, the probe is stopped at once (the timeout's
+        message says how); on Ctrl-C or SIGTERM, or a lost connection, it stays registered for the session's
+        drain. The cleanup's own procs/stop probes pass register=False."""
         payload = probes.probe_payload(name, args)
-        cmd = self._python_exec(name, args)
-        res = self._run_logged(cmd, timeout=timeout, stdin=payload, secrets=(), on_line=None)
+        nonce = os.urandom(6).hex()
+        cmd = self._python_exec(name, args, nonce)
+        long_probe = register if register is not None else timeout > LONG_PROBE_S
+        watch = _ProbeWatch(self, name, nonce) if long_probe else None
+        res = self._run_watched(cmd, payload, timeout, watch)
         picked, stderr = probes.parse_picked(res.stderr)
+        stderr = "".join(ln for ln in stderr.splitlines(keepends=True) if parse_pid_line(ln) is None)
         if picked and self.python_cmd is None:
             self._picked_python = picked
         if res.rc == probes.NO_PYTHON_RC and "NO_PYTHON" in stderr:
@@ -235,18 +256,37 @@ class Node(ABC):
         return path
 
     # -- internals ----------------------------------------------------------------------------------
-    def _python_exec(self, probe_name: str, args: dict) -> _Exec:
-        """The command that feeds a probe to the node's python (the pick snippet until one is known)."""
+    def _python_exec(self, probe_name: str, args: dict, nonce: str) -> _Exec:
+        """The command that feeds a probe to the node's python (the pick snippet until one is known), its
+        command line marked by `probes.probe_argv_tags`."""
         py = self.python_cmd or self._picked_python
         shown = json.dumps({k: v for k, v in args.items() if k != "env"}, sort_keys=True)
         display = ["<probe>", probe_name, f"({py or 'python3 pick'})", shown[:300]]
+        tags = probes.probe_argv_tags(probe_name, nonce)
         if py:
-            text = "exec " + shlex.join([py, "-"])
+            text = "exec " + shlex.join([py, "-", *tags])
             if py.startswith("~/"):  # a configured ~/… interpreter: let the node's shell supply $HOME
-                text = 'exec "$HOME"/' + shlex.join([py[2:], "-"])
-            return _Exec(display=display, argv=[os.path.expanduser(py), "-"], shell_text=text)
-        pick = ["/bin/sh", "-c", probes.PYTHON_PICK]  # the SSH script is run by /bin/sh already
-        return _Exec(display=display, argv=pick, shell_text=probes.PYTHON_PICK)
+                text = 'exec "$HOME"/' + shlex.join([py[2:], "-", *tags])
+            return _Exec(display=display, argv=[os.path.expanduser(py), "-", *tags], shell_text=text)
+        pick = ["/bin/sh", "-c", probes.PYTHON_PICK, "sh", *tags]  # the SSH script is run by /bin/sh already
+        return _Exec(display=display, argv=pick, shell_text=f"set -- {shlex.join(tags)}; {probes.PYTHON_PICK}")
+
+    def _run_watched(self, cmd: _Exec, payload: bytes, timeout: float, watch: _ProbeWatch | None) -> CommandResult:
+        """Run a probe's command; a watched one is done, stopped or left registered as `run_probe` says."""
+        if watch is None:
+            return self._run_logged(cmd, timeout=timeout, stdin=payload, secrets=(), on_line=None)
+        try:
+            res = self._run_logged(cmd, timeout=timeout, stdin=payload, secrets=(), on_line=watch)
+        except CommandTimeout as exc:
+            stopped = REGISTRY.stop_one(watch.token) or f"{watch.what}: no pid reported"
+            raise CommandTimeout(f"{exc}; {stopped}", exc.partial) from None
+        except (KeyboardInterrupt, SystemExit, NodeError):
+            raise  # the session's drain stops it (a second Ctrl-C must not cut a stop short here)
+        except BaseException:  # a gate's limit or a deadline: nobody will read the result
+            REGISTRY.stop_one(watch.token)
+            raise
+        REGISTRY.done(watch.token)
+        return res
 
     def _run_logged(self, cmd: _Exec, *, timeout: float, stdin: bytes | None, secrets: Sequence[str],
                     on_line: LineCallback | None) -> CommandResult:
@@ -282,6 +322,20 @@ class Node(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.target!r})"
+
+
+class _ProbeWatch:
+    """A long probe's stderr watcher: registers the node python for cleanup once it reports its pid."""
+
+    def __init__(self, node: Node, name: str, nonce: str):
+        self.node, self.what = node, f"probe {name}"
+        self.needles = tuple(probes.probe_argv_tags(name, nonce))
+        self.token: int | None = None
+
+    def __call__(self, stream: str, line: str) -> None:
+        pid = parse_pid_line(line) if stream == "stderr" and self.token is None else None
+        if pid is not None:
+            self.token = REGISTRY.register(RemoteProcess(self.node, pid, self.what, self.needles))
 
 
 def _last_lines(text: str, n: int = 3) -> str:

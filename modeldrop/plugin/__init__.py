@@ -159,6 +159,7 @@ class RunHooks:
         """Record item outcomes (after subtests have adjusted the parent); finish a gate on its last item."""
         if is_subtest(report):
             return
+        self.exits.record_stops()
         props = dict(report.user_properties)
         gate, bench = props.get("gate"), props.get("bench")
         if (gate is None or gate not in self.gs.ledger.state.gates) and bench is None:

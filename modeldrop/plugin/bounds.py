@@ -10,7 +10,8 @@
   (`session_teardown_overran`), not a crash.
 - `Exits`: SIGTERM unwinds like Ctrl-C; after the first interrupt further SIGINT/SIGTERM are noted, not
   raised; `drain()` stops, by pid after an identity check, every remote process the run started and did not
-  see end (`modeldrop.cleanup.REGISTRY`) and records it in the ledger.
+  see end (`modeldrop.cleanup.REGISTRY`) and records it in the ledger; `record_stops()` records the ones a
+  gate stopped itself (a command that timed out or was cut short), after each test.
 """
 
 from __future__ import annotations
@@ -73,8 +74,15 @@ class Exits:
         sys.stderr.write(f"\nmodeldrop: {name} again: still stopping what the run started on the nodes "
                          "(each step has a deadline)\n")
 
+    def record_stops(self) -> None:
+        """The remote processes stopped mid-run (`REGISTRY.stop_one`) since the last call go to the ledger."""
+        stopped = REGISTRY.take_stopped()
+        if stopped:
+            self.gs.ledger.cleanup(stopped)
+
     def drain(self) -> None:
         """Stop every remote process the run started and did not see end; the ledger says what happened."""
+        self.record_stops()
         if REGISTRY.pending():
             self.gs.ledger.cleanup(REGISTRY.drain())
         if self.extra_signals:

@@ -2,8 +2,10 @@
 
 A probe is `modeldrop/probes/<name>.py` defining `main(args: dict) -> dict`. `probe_payload(name, args)`
 returns the script's source plus a footer that calls `main` with the args (embedded as a JSON string
-literal) and prints the result as one JSON line prefixed with `RESULT_MARKER`. The payload goes to the
-node's python on stdin (`python3 -`), so nothing is left on the node. The interpreter is chosen by the
+literal) and prints the result as one JSON line prefixed with `RESULT_MARKER`; before calling `main` it prints
+the python's own pid on stderr as `modeldrop-pid <pid>` (so a long probe can be stopped by pid). The payload
+goes to the node's python on stdin (`python3 - modeldrop-probe <name> <nonce>`: the words after `-` only mark
+the process's command line, see `probe_argv_tags`), so nothing is left on the node. The interpreter is chosen by the
 constant shell snippet `PYTHON_PICK`: it never runs the `/usr/bin/python3` CLT
 stub on a Mac without Command Line Tools, and exits 97 with `NO_PYTHON` when there is no python.
 
@@ -16,6 +18,8 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
+
+from modeldrop.cleanup import PID_TAG
 
 PROBE_DIR = Path(__file__).resolve().parent
 RESULT_MARKER = "@@MODELDROP-RESULT@@ "
@@ -33,8 +37,9 @@ PYTHON_PICK = (
     'elif [ -x /usr/bin/python3 ]; then PY=/usr/bin/python3; '
     'else PY=$(command -v python3 2>/dev/null); fi; fi; '
     'if [ -z "$PY" ]; then echo NO_PYTHON >&2; exit 97; fi; '
-    f'echo "{PICKED_MARKER}$PY" >&2; exec "$PY" -'
+    f'echo "{PICKED_MARKER}$PY" >&2; exec "$PY" - "$@"'
 )
+PROBE_TAG = "modeldrop-probe"  # the first word after `-` on every probe's command line
 
 PROBES = ("facts", "tool", "disk", "manifest", "hashes", "ports", "sockets", "procs", "tail", "spawn",
           "stop", "fs", "dirsize", "reach", "locate", "runtime")
@@ -43,7 +48,10 @@ _FOOTER = """
 
 if __name__ == "__main__":
     import json as _json
+    import os as _os
     import sys as _sys
+    _sys.stderr.write({pid_tag!r} + " %d\\n" % _os.getpid())
+    _sys.stderr.flush()
     _result = main(_json.loads({args_literal}))
     _sys.stdout.write("\\n" + {marker!r} + _json.dumps(_result, sort_keys=True) + "\\n")
     _sys.stdout.flush()
@@ -68,7 +76,14 @@ def probe_source(name: str) -> str:
 def probe_payload(name: str, args: dict) -> bytes:
     """The script sent on stdin: the probe's source and a footer that prints main(args) as one JSON line."""
     args_literal = repr(json.dumps(args))
-    return (probe_source(name) + _FOOTER.format(args_literal=args_literal, marker=RESULT_MARKER)).encode()
+    footer = _FOOTER.format(args_literal=args_literal, marker=RESULT_MARKER, pid_tag=PID_TAG)
+    return (probe_source(name) + footer).encode()
+
+
+def probe_argv_tags(name: str, nonce: str) -> list[str]:
+    """The words after `python3 -` that mark one probe's command line (`modeldrop-probe <name> <nonce>`): the
+    python ignores them (they are its sys.argv[1:]); they are what identifies the process before it is stopped."""
+    return [PROBE_TAG, name, nonce]
 
 
 def parse_result(stdout: str) -> dict | None:

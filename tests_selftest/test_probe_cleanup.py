@@ -1,0 +1,184 @@
+"""Long probes are registered for cleanup while they run (the rule in `Node.run_probe`): the python reports
+its own pid, the registration's needles are on that process's real command line (/proc and the BSD `ps`
+form the macOS path of the `procs` probe reads), it is forgotten when the probe returns, stopped at once
+when its wait times out or a deadline cuts it short, and left for the session's drain on Ctrl-C.
+
+A `hashes` probe on a FIFO blocks in open() until the test writes to it: a probe that runs exactly as long
+as the test wants, through LocalNode (the SSH path is covered by tests_selftest/test_interrupt_probes.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from modeldrop import cleanup, deadlines, probes
+from modeldrop.cleanup import REGISTRY, RemoteProcess
+from modeldrop.errors import CommandTimeout, NodeError
+from modeldrop.nodes import LONG_PROBE_S, LocalNode
+from modeldrop.probes import _proc
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def blocked(tmp_path: Path) -> Path:
+    """A dir holding `w.bin`, a FIFO: hashing it blocks until something opens it for writing."""
+    os.mkfifo(tmp_path / "w.bin")
+    return tmp_path
+
+
+@pytest.fixture
+def node() -> LocalNode:
+    """A local node; whatever it left registered is stopped afterwards (by pid, after the identity check)."""
+    n = LocalNode("node1")
+    yield n
+    REGISTRY.drain(10)
+    REGISTRY.take_stopped()
+
+
+def release(folder: Path) -> None:
+    """Let a blocked hashes probe finish: open the FIFO for writing and close it (EOF)."""
+    fd = os.open(folder / "w.bin", os.O_WRONLY | os.O_NONBLOCK)
+    os.close(fd)
+
+
+def registered(node: LocalNode, what: str = "probe hashes", deadline_s: float = 20) -> RemoteProcess:
+    """The registration of node's running probe, polled for until the deadline."""
+    end = time.monotonic() + deadline_s
+    while not (found := [p for p in REGISTRY.pending() if p.node is node and p.what == what]):
+        if time.monotonic() >= end:
+            break
+        time.sleep(0.02)
+    if found:
+        return found[0]
+    raise AssertionError(f"no {what} registered within {deadline_s}s: {REGISTRY.pending()}")
+
+
+def alive(pid: int) -> bool:
+    return _proc.proc_info(pid) is not None
+
+
+def wait_gone(pid: int, deadline_s: float = 10) -> bool:
+    end = time.monotonic() + deadline_s
+    while alive(pid) and time.monotonic() < end:
+        time.sleep(0.02)
+    return not alive(pid)
+
+
+def hash_in_thread(node: LocalNode, folder: Path, timeout: float = 3600) -> tuple[threading.Thread, list]:
+    out: list = []
+
+    def work() -> None:
+        try:
+            out.append(node.run_probe("hashes", {"path": str(folder), "files": ["w.bin"]}, timeout=timeout))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out.append(exc)
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    return t, out
+
+
+def test_a_long_probe_registers_its_own_python_until_it_returns(node, blocked):
+    t, out = hash_in_thread(node, blocked)
+    proc = registered(node)
+    info = _proc.proc_info(proc.pid)
+    assert info is not None, "the registered pid is not a live process"
+    cmdline = " ".join(info["cmdline"])
+    assert os.path.basename(info["exe"]).startswith("python"), info  # the python itself, not a shell around it
+    assert proc.needles[0] == probes.PROBE_TAG and proc.needles[1] == "hashes" and len(proc.needles[2]) == 12
+    assert all(n in cmdline for n in proc.needles), (proc.needles, cmdline)
+    (bsd,) = _proc._darwin_ps([proc.pid])  # the macOS procs probe reads `ps -o command=`: the needles are there too
+    assert all(n in " ".join(bsd["cmdline"]) for n in proc.needles), bsd
+    release(blocked)
+    t.join(30)
+    assert isinstance(out[0], dict) and out[0]["sha256"]["w.bin"], out
+    assert [p for p in REGISTRY.pending() if p.node is node] == []
+    assert REGISTRY.take_stopped() == []
+
+
+def test_the_rule_is_the_timeout_unless_the_call_says(node, monkeypatch):
+    seen: list[RemoteProcess] = []
+    real = REGISTRY.register
+    monkeypatch.setattr(REGISTRY, "register", lambda p: seen.append(p) or real(p))
+    node.run_probe("fs", {"op": "exists", "path": "/"}, timeout=LONG_PROBE_S)
+    assert seen == []
+    node.run_probe("fs", {"op": "exists", "path": "/"}, timeout=LONG_PROBE_S + 1)
+    node.run_probe("fs", {"op": "exists", "path": "/"}, timeout=5, register=True)
+    node.run_probe("fs", {"op": "exists", "path": "/"}, timeout=3600, register=False)
+    assert [p.what for p in seen] == ["probe fs", "probe fs"]
+    assert len({p.needles[2] for p in seen}) == 2, "every probe run gets its own nonce"
+    assert not any(alive(p.pid) for p in seen)
+    assert [p for p in REGISTRY.pending() if p.node is node] == []
+
+
+def test_the_pid_line_stays_out_of_results_and_errors(node):
+    with pytest.raises(NodeError, match=r"probe tail failed") as err:
+        node.run_probe("tail", {}, timeout=3600)
+    assert cleanup.PID_TAG not in str(err.value)
+    node.run_probe("fs", {"op": "exists", "path": "/"}, timeout=3600)
+    assert cleanup.PID_TAG not in str(node.transcript[-1])
+
+
+def test_a_probe_whose_wait_times_out_is_stopped_and_the_message_says_so(node, blocked):
+    with pytest.raises(CommandTimeout, match=r"timed out after 2s; node1 pid \d+ \(probe hashes\): ") as err:
+        node.run_probe("hashes", {"path": str(blocked), "files": ["w.bin"]}, timeout=2, register=True)
+    pid = int(str(err.value).split(" pid ")[1].split()[0])
+    assert wait_gone(pid, 5)
+    assert REGISTRY.take_stopped() and [p for p in REGISTRY.pending() if p.node is node] == []
+
+
+def _signal_main_once_registered(node: LocalNode, sig: int) -> threading.Thread:
+    """From a helper thread: wait for the probe's registration, then signal this process (main thread)."""
+    def work() -> None:
+        registered(node)
+        os.kill(os.getpid(), sig)
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_probe_cut_short_by_a_deadline_is_stopped_at_once(node, blocked):
+    """A gate's limit (pytest-timeout's signal method, or deadlines.alarm) raises in the main thread while it
+    waits: the probe is stopped before the exception leaves run_probe, and the stop is kept for the ledger."""
+    with deadlines.alarm(30, "the gate"):  # inside this test's 60 s pytest-timeout, so it is the one armed
+        _signal_main_once_registered(node, signal.SIGALRM)
+        with pytest.raises(deadlines.DeadlineExceeded):
+            node.run_probe("hashes", {"path": str(blocked), "files": ["w.bin"]}, timeout=3600)
+    (line,) = REGISTRY.take_stopped()
+    assert " (probe hashes): stopped-term" in line, line
+    pid = int(line.split(" pid ")[1].split()[0])
+    assert not alive(pid)
+    assert [p for p in REGISTRY.pending() if p.node is node] == []
+
+
+def test_ctrl_c_leaves_the_probe_registered_for_the_drain(node, blocked):
+    _signal_main_once_registered(node, signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        node.run_probe("hashes", {"path": str(blocked), "files": ["w.bin"]}, timeout=3600)
+    proc = registered(node, deadline_s=0)
+    assert alive(proc.pid), "Ctrl-C reached the probe: it runs in its own session, only the drain may stop it"
+    (line,) = REGISTRY.drain(20)
+    assert line == f"node1 pid {proc.pid} (probe hashes): stopped-term", line
+    assert not alive(proc.pid)
+
+
+def test_a_pid_that_runs_something_else_now_is_left_alone(node):
+    """The identity check: a registered pid whose command line lacks the probe's needles is not signalled."""
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        token = REGISTRY.register(RemoteProcess(node, other.pid, "probe hashes",
+                                                tuple(probes.probe_argv_tags("hashes", "0123456789ab"))))
+        line = REGISTRY.stop_one(token)
+        assert "left alone" in line and "not ours" in line, line
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
