@@ -80,7 +80,7 @@ class _Lines:
     def __init__(self, name: str, on_line: LineCallback | None):
         self.name, self.on_line = name, on_line
         self.chunks: list[bytes] = []
-        self._pending: list[bytes] = []  # the start of a line not yet complete (kept in pieces: a long line stays linear)
+        self._pending: list[bytes] = []  # an unfinished line, in pieces (a long line stays linear)
 
     def feed(self, data: bytes) -> None:
         self.chunks.append(data)
@@ -211,17 +211,18 @@ class Node(ABC):
         """Run probe `name` with args on the node's python and return its JSON result; NodeError on failure.
 
         Cleanup rule: closing the connection does not stop a probe's python, so a probe is registered in
-        `cleanup.REGISTRY` while it runs when `register` is True, or when it is None and `timeout` exceeds
-        LONG_PROBE_S (manifest, hashes, locate, tool runs: node-side work that can outlast a gate's limit or a
-        Ctrl-C by minutes). The registration holds the pid the python itself reports first and the
-        `probes.probe_argv_tags` words of its command line; it ends when the probe returns. When the wait
-        times out, or a gate's limit or a deadline cuts it short, the probe is stopped at once (the timeout's
-        message says how); on Ctrl-C or SIGTERM, or a lost connection, it stays registered for the session's
-        drain. The cleanup's own procs/stop probes pass register=False."""
+        `cleanup.REGISTRY` while it runs when `register` is True, or when it is None, `timeout` exceeds
+        LONG_PROBE_S (manifest, hashes, locate, tool runs, spawn: node-side work that can outlast a gate's
+        limit or a Ctrl-C by minutes) and the probe is not `stop` (bounded node-side by its own grace, and
+        itself the cleanup: cut short, it would leave its target without the SIGKILL). The registration holds
+        the pid the python itself reports first and the `probes.probe_argv_tags` words of its command line;
+        it ends when the probe returns. When the wait times out, or a gate's limit or a deadline cuts it
+        short, the probe is stopped at once (the timeout's message says how); on Ctrl-C or SIGTERM, or a lost
+        connection, it stays registered for the session's drain."""
         payload = probes.probe_payload(name, args)
         nonce = os.urandom(6).hex()
         cmd = self._python_exec(name, args, nonce)
-        long_probe = register if register is not None else timeout > LONG_PROBE_S
+        long_probe = register if register is not None else timeout > LONG_PROBE_S and name != "stop"
         watch = _ProbeWatch(self, name, nonce) if long_probe else None
         res = self._run_watched(cmd, payload, timeout, watch)
         picked, stderr = probes.parse_picked(res.stderr)

@@ -113,6 +113,7 @@ def test_the_rule_is_the_timeout_unless_the_call_says(node, monkeypatch):
     node.run_probe("fs", {"op": "exists", "path": "/"}, timeout=LONG_PROBE_S + 1)
     node.run_probe("fs", {"op": "exists", "path": "/"}, timeout=5, register=True)
     node.run_probe("fs", {"op": "exists", "path": "/"}, timeout=3600, register=False)
+    assert node.run_probe("stop", {"pid": 2 ** 22 + 1}, timeout=3600)["result"] == "gone"  # stop: never
     assert [p.what for p in seen] == ["probe fs", "probe fs"]
     assert len({p.needles[2] for p in seen}) == 2, "every probe run gets its own nonce"
     assert not any(alive(p.pid) for p in seen)
