@@ -254,3 +254,16 @@ def test_ports_probe_counts_the_address_the_node_is_reached_at(node, sshd):
 def test_killed_command_says_so(node):
     r = node.run(["sh", "-c", "kill -9 $$"], timeout=10)
     assert r.rc == -1 and "closed without an exit status" in r.stderr
+
+
+def test_lines_split_across_chunks_and_a_long_line_in_pieces():
+    """Lines cut anywhere by the transport come out whole, `\\r\\n` trimmed, the unfinished tail at finish."""
+    from modeldrop.nodes import _Lines
+    seen: list[str] = []
+    lines = _Lines("stdout", lambda _s, line: seen.append(line))
+    long = b"x" * 300_000
+    for chunk in (b"modeldrop-p", b"id 12\r", b"\nab", *(long[i:i + 4096] for i in range(0, len(long), 4096)),
+                  b"\n\nlast"):
+        lines.feed(chunk)
+    assert seen == ["modeldrop-pid 12", "ab" + "x" * 300_000, ""]
+    assert lines.finish().endswith("\n\nlast") and seen[-1] == "last"

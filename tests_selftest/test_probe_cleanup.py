@@ -4,7 +4,8 @@ form the macOS path of the `procs` probe reads), it is forgotten when the probe 
 when its wait times out or a deadline cuts it short, and left for the session's drain on Ctrl-C.
 
 A `hashes` probe on a FIFO blocks in open() until the test writes to it: a probe that runs exactly as long
-as the test wants, through LocalNode (the SSH path is covered by tests_selftest/test_interrupt_probes.py).
+as the test wants, through LocalNode and over SSH to a private sshd (whole runs against the sandbox's
+nodes: tests_selftest/test_interrupt_probes.py).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import pytest
 from modeldrop import cleanup, deadlines, probes
 from modeldrop.cleanup import REGISTRY, RemoteProcess
 from modeldrop.errors import CommandTimeout, NodeError
-from modeldrop.nodes import LONG_PROBE_S, LocalNode
+from modeldrop.nodes import LONG_PROBE_S, LocalNode, Node
 from modeldrop.probes import _proc
+from modeldrop.ssh import SSHNode
+from tests_selftest.sshd_fixture import SSHD, SSHDHandle, start_sshd
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,13 +37,28 @@ def blocked(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def node() -> LocalNode:
-    """A local node; whatever it left registered is stopped afterwards (by pid, after the identity check)."""
-    n = LocalNode("node1")
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory) -> SSHDHandle:
+    if not os.access(SSHD, os.X_OK) or os.geteuid() != 0:
+        pytest.skip(f"needs root and {SSHD} (apt-get install openssh-server)")
+    handle = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(params=["local", "ssh"])
+def node(request) -> Node:
+    """A local node and one over SSH (a private sshd logging in as this user, so it sees the test's files);
+    whatever a test left registered is stopped afterwards (by pid, after the identity check)."""
+    if request.param == "local":
+        n: Node = LocalNode("node1")
+    else:
+        sshd = request.getfixturevalue("sshd")
+        n = SSHNode("node1", sshd.alias, ssh_config=sshd.ssh_config)
     yield n
     REGISTRY.drain(10)
     REGISTRY.take_stopped()
+    n.close()
 
 
 def release(folder: Path) -> None:
@@ -49,7 +67,7 @@ def release(folder: Path) -> None:
     os.close(fd)
 
 
-def registered(node: LocalNode, what: str = "probe hashes", deadline_s: float = 20) -> RemoteProcess:
+def registered(node: Node, what: str = "probe hashes", deadline_s: float = 20) -> RemoteProcess:
     """The registration of node's running probe, polled for until the deadline."""
     end = time.monotonic() + deadline_s
     while not (found := [p for p in REGISTRY.pending() if p.node is node and p.what == what]):
@@ -72,7 +90,7 @@ def wait_gone(pid: int, deadline_s: float = 10) -> bool:
     return not alive(pid)
 
 
-def hash_in_thread(node: LocalNode, folder: Path, timeout: float = 3600) -> tuple[threading.Thread, list]:
+def hash_in_thread(node: Node, folder: Path, timeout: float = 3600) -> tuple[threading.Thread, list]:
     out: list = []
 
     def work() -> None:
@@ -132,11 +150,13 @@ def test_a_probe_whose_wait_times_out_is_stopped_and_the_message_says_so(node, b
     with pytest.raises(CommandTimeout, match=r"timed out after 2s; node1 pid \d+ \(probe hashes\): ") as err:
         node.run_probe("hashes", {"path": str(blocked), "files": ["w.bin"]}, timeout=2, register=True)
     pid = int(str(err.value).split(" pid ")[1].split()[0])
+    if isinstance(node, SSHNode):  # closing the channel left it running: the stop is what ended it
+        assert str(err.value).endswith("(probe hashes): stopped-term"), str(err.value)
     assert wait_gone(pid, 5)
     assert REGISTRY.take_stopped() and [p for p in REGISTRY.pending() if p.node is node] == []
 
 
-def _signal_main_once_registered(node: LocalNode, sig: int) -> threading.Thread:
+def _signal_main_once_registered(node: Node, sig: int) -> threading.Thread:
     """From a helper thread: wait for the probe's registration, then signal this process (main thread)."""
     def work() -> None:
         registered(node)
