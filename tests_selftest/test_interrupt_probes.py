@@ -30,7 +30,7 @@ from tests_selftest.test_runs_files import FAST, assert_caught, node_dir, run
 pytestmark = [pytest.mark.sandbox_run, pytest.mark.timeout(300)]
 clean = test_runs_files.clean  # (sandbox, report dir): both nodes' files wiped, hub faults off
 SPARSE_BYTES = 1 << 40
-GATE_LIMIT_S = 15  # the verify gate's limit in the gate-timeout run: its manifest probe takes well under 1 s
+GATE_LIMIT_S = 10  # the verify gate's limit in the gate-timeout run: its manifest probe takes well under 1 s
 STOPPED = re.compile(r"node1 pid (\d+) \(probe hashes\): stopped-(term|kill)")
 
 
