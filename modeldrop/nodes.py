@@ -272,7 +272,8 @@ class Node(ABC):
         pick = ["/bin/sh", "-c", probes.PYTHON_PICK, "sh", *tags]  # the SSH script is run by /bin/sh already
         return _Exec(display=display, argv=pick, shell_text=f"set -- {shlex.join(tags)}; {probes.PYTHON_PICK}")
 
-    def _run_watched(self, cmd: _Exec, payload: bytes, timeout: float, watch: _ProbeWatch | None) -> CommandResult:
+    def _run_watched(self, cmd: _Exec, payload: bytes, timeout: float,
+                     watch: _ProbeWatch | None) -> CommandResult:
         """Run a probe's command; a watched one is done, stopped or left registered as `run_probe` says."""
         if watch is None:
             return self._run_logged(cmd, timeout=timeout, stdin=payload, secrets=(), on_line=None)

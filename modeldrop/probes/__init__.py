@@ -2,12 +2,13 @@
 
 A probe is `modeldrop/probes/<name>.py` defining `main(args: dict) -> dict`. `probe_payload(name, args)`
 returns the script's source plus a footer that calls `main` with the args (embedded as a JSON string
-literal) and prints the result as one JSON line prefixed with `RESULT_MARKER`; before calling `main` it prints
-the python's own pid on stderr as `modeldrop-pid <pid>` (so a long probe can be stopped by pid). The payload
-goes to the node's python on stdin (`python3 - modeldrop-probe <name> <nonce>`: the words after `-` only mark
-the process's command line, see `probe_argv_tags`), so nothing is left on the node. The interpreter is chosen by the
-constant shell snippet `PYTHON_PICK`: it never runs the `/usr/bin/python3` CLT
-stub on a Mac without Command Line Tools, and exits 97 with `NO_PYTHON` when there is no python.
+literal) and prints the result as one JSON line prefixed with `RESULT_MARKER`; before calling `main` it
+prints the python's own pid on stderr as `modeldrop-pid <pid>` (so a long probe can be stopped by pid).
+The payload goes to the node's python on stdin (`python3 - modeldrop-probe <name> <nonce>`: the words
+after `-` only mark the process's command line, see `probe_argv_tags`), so nothing is left on the node.
+The interpreter is chosen by the constant shell snippet `PYTHON_PICK`: it never runs the
+`/usr/bin/python3` CLT stub on a Mac without Command Line Tools, and exits 97 with `NO_PYTHON` when
+there is no python.
 
 Probe rules (checked by tests_selftest/test_probes.py with vermin): Python 3.9 stdlib only, no `match`,
 no runtime `X | Y`, no tomllib, no hashlib.file_digest; `from __future__ import annotations` at the top.
@@ -81,8 +82,8 @@ def probe_payload(name: str, args: dict) -> bytes:
 
 
 def probe_argv_tags(name: str, nonce: str) -> list[str]:
-    """The words after `python3 -` that mark one probe's command line (`modeldrop-probe <name> <nonce>`): the
-    python ignores them (they are its sys.argv[1:]); they are what identifies the process before it is stopped."""
+    """The words after `python3 -` that mark one probe's command line (`modeldrop-probe <name> <nonce>`):
+    the python ignores them (its sys.argv[1:]); they identify the process before it is stopped."""
     return [PROBE_TAG, name, nonce]
 
 
