@@ -10,6 +10,7 @@ nodes: tests_selftest/test_interrupt_probes.py).
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -61,10 +62,18 @@ def node(request) -> Node:
     n.close()
 
 
-def release(folder: Path) -> None:
-    """Let a blocked hashes probe finish: open the FIFO for writing and close it (EOF)."""
-    fd = os.open(folder / "w.bin", os.O_WRONLY | os.O_NONBLOCK)
-    os.close(fd)
+def release(folder: Path, deadline_s: float = 20) -> None:
+    """Let a blocked hashes probe finish: open the FIFO for writing and close it (EOF). Until the probe has
+    opened its end (it reports its pid first), the open fails with ENXIO: polled until the deadline."""
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            os.close(os.open(folder / "w.bin", os.O_WRONLY | os.O_NONBLOCK))
+            return
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or time.monotonic() > end:
+                raise
+        time.sleep(0.02)
 
 
 def registered(node: Node, what: str = "probe hashes", deadline_s: float = 20) -> RemoteProcess:
