@@ -21,14 +21,20 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from modeldrop.errors import NodeError
+from modeldrop.probes import PID_TAG
 
-if TYPE_CHECKING:  # nodes registers its long probes here
-    from modeldrop.nodes import Node
 
-PID_TAG = "modeldrop-pid"
+class Node(Protocol):
+    """What the cleanup needs of a node (`modeldrop.nodes.Node` is one): its name and its probes."""
+
+    name: str
+
+    def run_probe(self, name: str, args: dict, *, timeout: float = 60,
+                  register: bool | None = None) -> dict[str, Any]: ...
+
 # Prints `modeldrop-pid <pid>` on stderr, then execs the command in the same process (so the pid is the
 # command's own): `/bin/sh -c REPORT_PID sh argv...`.
 REPORT_PID = f'echo "{PID_TAG} $$" >&2; exec "$@"'

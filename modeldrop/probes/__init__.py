@@ -20,8 +20,7 @@ import json
 from functools import cache
 from pathlib import Path
 
-from modeldrop.cleanup import PID_TAG
-
+PID_TAG = "modeldrop-pid"  # `modeldrop-pid <pid>` on stderr: the pid of a process the run started
 PROBE_DIR = Path(__file__).resolve().parent
 RESULT_MARKER = "@@MODELDROP-RESULT@@ "
 PICKED_MARKER = "@@MODELDROP-PY@@ "
