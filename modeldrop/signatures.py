@@ -183,6 +183,12 @@ def _exited_before_up(c: Ctx) -> str | None:
     return f"exited before the API answered: {[f'node{k}' for k in early]}" if early else None
 
 
+def _exo_gone(c: Ctx) -> str | None:
+    """The cluster's exo processes that died after startup (verdict fact `exo_gone`, {k: "pid N"})."""
+    gone = c.facts.get(Fact.exo_gone) or {}
+    return "; ".join(f"exo of node{k} ({pid}) is no longer running" for k, pid in sorted(gone.items())) or None
+
+
 def _http_status(code: int) -> Callable[[Ctx], str | None]:
     def test(c: Ctx) -> str | None:
         h = c.http or {}
@@ -203,8 +209,17 @@ def _errno(*nums: int) -> Callable[[Ctx], str | None]:
 
 # -- the table ------------------------------------------------------------------------------------
 CANARY_START = ("node1_canary", "startup")
+AFTER_START = ("cluster", "placement", "transport", "chat")
 S = Signature
 TABLE: tuple[Signature, ...] = (
+    S("X-EXO-GONE", AFTER_START, "A node's exo process died after startup",
+      "exo itself, not only a runner, ended mid-run: killed from outside (the OOM killer or jetsam, a person, "
+      "another tool's cleanup), a crash (its traceback ends the captured log), or the Mac slept or rebooted; "
+      "every later request through that node fails",
+      "on the named node: tail -n 50 <EXO_LOG_DIR_NODEk>/<run>-node<k>-cluster.log; dmesg | grep -i 'killed "
+      "process' (Linux) or log show --last 1h --predicate 'eventMessage contains \"memorystatus\"' (macOS); "
+      "then start the cluster again: pytest gates/ -k 'startup or cluster or placement or transport or chat'",
+      "verdict fact `exo_gone` (a launch record's pid no longer runs, start time checked)", _exo_gone),
     S("A1", ("cluster",), "Cluster isolated: nodes do not see each other",
       "Namespace mismatch (different --namespace / EXO_LIBP2P_NAMESPACE, different exo versions whose default "
       "namespace is the version, app vs CLI), or a flag that keeps a node out (--no-worker, --no-api)",

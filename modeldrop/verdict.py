@@ -56,6 +56,7 @@ class Fact(StrEnum):
     card_added = "card_added"        # the gate added EXO's card for the model
     no_runners_no_chat = "no_runners_no_chat"  # no runner of the instance in /state and no chat answered
     offline_join = "offline_join"    # the cluster was isolated while the joins ran offline
+    exo_gone = "exo_gone"            # {k: "pid N"}: the cluster's exo processes that died after startup
 
 
 def checked_facts(facts: Mapping[str, Any] | None) -> dict[Fact, Any]:

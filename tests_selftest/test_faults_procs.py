@@ -148,3 +148,27 @@ def test_probes_as_another_user_never_fail_on_a_foreign_process(world):
     assert all(p["pid"] != mine.pid or p["uid"] == 0 for p in everyone)
     res = as_nobody("stop", {"pid": mine.pid, "expect_start": row["start"], "grace_s": 1})
     assert res["result"] == "not-permitted" and mine.poll() is None, res
+
+
+def test_shell_trampoline_script_runs_as_the_interpreter_it_execs(tmp_path):
+    """A `#!/bin/sh` console script that re-executes itself (pip's form for an interpreter path with a space, and
+    one with `env K=V` before it) is the program of a process running that interpreter on it, not of the shell;
+    a line that does not exec "$0" leaves the shell as the interpreter."""
+    py = os.path.realpath(PY)
+    spaced = tmp_path / "my env" / "python3"
+    spaced.parent.mkdir()
+    spaced.symlink_to(py)
+    pip = tmp_path / "exo"
+    pip.write_text(f"#!/bin/sh\n'''exec' \"{spaced}\" \"$0\" \"$@\"\n' '''\nimport sys\n")
+    envd = tmp_path / "exo-env"
+    envd.write_text(f"#!/bin/sh\n''''exec env A='x y' B=1 {PY} \"$0\" \"$@\" # '''\nimport sys\n")
+    plain = tmp_path / "exo-plain"
+    plain.write_text("#!/bin/sh\nexec sleep 5\n")
+    for script in (pip, envd):
+        prog = procs_probe.program(str(script))
+        assert prog == {"script": str(script), "interpreter": py}, prog
+        assert procs_probe.runs({"exe": py, "cmdline": [str(spaced), str(script), "-v"]}, prog)
+        assert not procs_probe.runs({"exe": "/usr/bin/tail", "cmdline": ["tail", str(script), "-f"]}, prog)
+        assert not procs_probe.runs({"exe": os.path.realpath("/bin/sh"), "cmdline": ["sh", str(script)]}, prog)
+        assert not procs_probe.runs({"exe": py, "cmdline": [PY, "/other.py", str(script)]}, prog)
+    assert procs_probe.program(str(plain))["interpreter"] == os.path.realpath("/bin/sh")

@@ -81,6 +81,8 @@ CASES = [
     ("I2", "startup", dict(logs={"node1": "PidfileError(...)"})),
     ("I3", "cluster", dict(state=new_state(nodeIdentities={A: {"friendlyName": "s"}, B: {"friendlyName": "s"}}))),
     ("X-EXIT", "startup", dict(facts={"exited": [2]})),
+    ("X-EXO-GONE", "chat", dict(facts={"exo_gone": {1: "pid 4242"}, "kinds": ["transport"]})),
+    ("X-EXO-GONE", "placement", dict(facts={"exo_gone": {2: "pid 7"}, "vanished": True})),
     ("X-RESTART", "startup", dict(facts={"restarted": [1]})),
     ("X-RESTART", "startup", dict(facts={"restarted": [2], "exited": [2]})),
     ("SEED-HF-MISSING", "preflight", dict(logs={"node2": "sh: 1: /opt/homebrew/bin/hf: command not found"})),
@@ -138,3 +140,16 @@ def test_misspelt_fact_names_are_rejected():
 def test_offline_join_hint_only_when_the_join_ran_offline():
     assert "SEED-OFFLINE-JOIN" not in ids("cluster", facts={"isolated": [2], "n": 2, "offline_join": False})
     assert "SEED-OFFLINE-JOIN" not in ids("cluster", facts={"offline_join": True})
+
+
+def test_a_dead_exo_process_leads_and_names_the_node():
+    """A node's exo that died mid-chat is the first signature, naming the node and pid; the next command says where
+    to look and how to start the cluster again; nothing matches it without the fact, or at startup (X-EXIT's)."""
+    got = sg.match("chat", facts={"exo_gone": {"1": "pid 4242"}, "kinds": ["truncated"]})
+    assert [m.id for m in got] == ["X-EXO-GONE", "H2"], [m.id for m in got]
+    assert got[0].matched == "exo of node1 (pid 4242) is no longer running"
+    nxt = sg.BY_ID["X-EXO-GONE"].next_command
+    assert "node<k>-cluster.log" in nxt and "pytest gates/ -k 'startup or cluster" in nxt
+    assert "X-EXO-GONE" not in ids("chat", facts={"kinds": ["truncated"]})
+    assert "X-EXO-GONE" not in ids("chat", facts={"exo_gone": {}})
+    assert "X-EXO-GONE" not in ids("startup", facts={"exo_gone": {"2": "pid 9"}})

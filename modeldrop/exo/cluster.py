@@ -13,6 +13,7 @@ Lifecycle contract (fixtures/exo.py applies it):
   (the cluster gate) waits for that watch when it watches the same node ids, then confirms with one
   fresh look, else polls itself. `stop_all()` and `cancel_join_watch()` end the watch.
 - `stop_all()` stops by pid, identity-checked, everything this run started or adopted.
+- `gone()` names the cluster's exo processes that died (a failing gate's evidence).
 - `scan_logs(role)` and `log_tails(role)` fetch the nodes' logs (probe `tail`) for a failing gate's
   evidence; matching them against the signature table is the caller's (this package never imports it).
 """
@@ -222,6 +223,19 @@ class ExoCluster:
                 if text:
                     tails[f"node{abs(key)}-{role}-{label}"] = text
         return tails
+
+    def gone(self) -> dict[int, str]:
+        """{k: "pid N"} of the cluster processes this run started or adopted and did not stop that are no longer
+        running (pid and start time checked); a node whose probe fails is left out (unknown is not gone)."""
+        out = {}
+        for k in self.ks:
+            la = self.launchers.get(k)
+            if la is None or la.record is None or la.record.role != "cluster" or la.record.stopped:
+                continue
+            row, err = call_safely(la.proc)
+            if row is None and err is None:
+                out[k] = f"pid {la.record.pid}"
+        return out
 
     def state_of(self, k: int = 1) -> dict | None:
         s, _ = call_safely(ExoClient(self.launcher(k).api_url).state)

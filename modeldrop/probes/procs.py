@@ -6,7 +6,9 @@ for a binary, the process's executable is that file; for a script (`#!` first li
 exo or hf), the process's executable is the script's interpreter AND its argv[1] is the script (that is how
 the kernel runs a script; with `#!/usr/bin/env NAME` the interpreter is found by NAME, so argv[0]'s name
 must be NAME; a macOS framework python runs as `Python.app/.../Python` with the interpreter path kept in
-argv[0]). Nothing matches on argv alone: `tail <path> -f`, or another program started with the path
+argv[0]; a `#!/bin/sh` script that re-executes itself, `exec … PYTHON "$0" "$@"` on its second line, as pip and
+uv write console scripts whose interpreter path is too long or has a space for a `#!` line, runs as PYTHON).
+Nothing matches on argv alone: `tail <path> -f`, or another program started with the path
 as its argv[0] or symlinked there, is not the program. With `own_only`, only processes of the user running
 the probe. With neither pids nor paths, every process.
 """
@@ -14,6 +16,9 @@ the probe. With neither pids nor paths, every process.
 from __future__ import annotations
 
 import os
+import shlex
+
+SHELLS = ("sh", "bash", "dash", "zsh", "ksh")
 
 if "proc_info" not in globals():  # imported as a module (tests); on a node _proc.py is prepended
     from modeldrop.probes._proc import all_procs, proc_info
@@ -29,9 +34,10 @@ def program(path: str) -> dict:
     real = _real(path)
     try:
         with open(real, "rb") as f:
-            head = f.read(256).split(b"\n", 1)[0]
+            lines = f.read(8192).split(b"\n", 2)
     except OSError:
-        head = b""
+        lines = [b""]
+    head = lines[0]
     if not head.startswith(b"#!"):
         return {"binary": real, "script": real}
     words = head[2:].decode("utf-8", "replace").split()
@@ -40,7 +46,21 @@ def program(path: str) -> dict:
     if os.path.basename(words[0]) == "env":
         names = [w for w in words[1:] if not w.startswith("-")]
         return {"script": real, "env_name": names[0] if names else None}
-    return {"script": real, "interpreter": _real(words[0])}
+    again = _reexec_interpreter(lines[1]) if len(lines) > 1 and os.path.basename(words[0]) in SHELLS else None
+    return {"script": real, "interpreter": _real(again or words[0])}
+
+
+def _reexec_interpreter(line: bytes) -> str | None:
+    """The absolute interpreter path of a shell line `exec … /path/python "$0" "$@"`, read as the shell reads
+    its quotes (pip's line starts with three quotes before `exec'`), or None when the line is not such an exec."""
+    try:
+        words = shlex.split(line.decode("utf-8", "replace"), comments=True)
+    except ValueError:
+        return None
+    if not words or words[0] != "exec" or "$0" not in words:
+        return None
+    i = words.index("$0")
+    return words[i - 1] if i >= 2 and os.path.isabs(words[i - 1]) else None
 
 
 def runs(p: dict, prog: dict) -> bool:
