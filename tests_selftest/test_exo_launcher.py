@@ -75,7 +75,7 @@ def test_start_records_and_marker_and_stop_by_pid(tmp_path):
     assert any(a["argv"][0] == "/usr/bin/caffeinate" for a in node.probes("spawn"))
     res = la.stop()
     assert res["result"] == "stopped-term"
-    assert node.probes("stop")[0] == {"pid": rec.pid, "grace_s": 15.0, "expect_start": 1000.0}
+    assert node.probes("stop")[0] == {"pid": rec.pid, "grace_s": 15.0, "expect_start": 1000.0, "orphans": True}
     assert la.stop() is la.record.stopped  # idempotent
 
 

@@ -172,3 +172,28 @@ def test_shell_trampoline_script_runs_as_the_interpreter_it_execs(tmp_path):
         assert not procs_probe.runs({"exe": os.path.realpath("/bin/sh"), "cmdline": ["sh", str(script)]}, prog)
         assert not procs_probe.runs({"exe": py, "cmdline": [PY, "/other.py", str(script)]}, prog)
     assert procs_probe.program(str(plain))["interpreter"] == os.path.realpath("/bin/sh")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_stop_reaches_the_group_of_a_killed_session_leader_only_when_asked(world):
+    """A session leader (as `spawn` starts exo) SIGKILLed from outside leaves its child (a runner) in its group:
+    `stop` with `orphans` stops that group, without it the probe only says the leader is gone."""
+    node = LocalNode("node1")
+    results = []
+    for orphans in (False, True):
+        leader = world.start(["/bin/sh", "-c", "sleep 120 & wait"], start_new_session=True)
+        _wait_running([leader.pid])
+        start = node.run_probe("procs", {"pids": [leader.pid], "exe_paths": None})["procs"][0]["start"]
+        deadline = time.monotonic() + 10
+        while not (kids := [p for p in procs_probe.all_procs() if p["ppid"] == leader.pid
+                            and (p["cmdline"] or [""])[0] == "sleep"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert kids, "the leader's child never started"
+        os.kill(leader.pid, 9)
+        leader.wait()
+        res = node.run_probe("stop", {"pid": leader.pid, "expect_start": start, "grace_s": 2, "orphans": orphans})
+        child_alive = procs_probe.proc_info(kids[0]["pid"]) is not None
+        results.append((res["result"], child_alive))
+        if child_alive:
+            os.kill(kids[0]["pid"], 9)
+    assert results == [("gone", True), ("stopped-term", False)], results

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.exo_real.install import missing_inputs
+from tests_selftest import runs
 from tests_selftest.runs import REPO, RunResult, parse_junit
 from tests_selftest.test_runs_cluster import (
     BASE,
@@ -86,6 +87,8 @@ def run_with(box, tmp_path: Path, when: tuple[str, str] | None = None, act: Call
     junit = report / "junit-0.xml"
     cmd = [sys.executable, "-m", "pytest", "gates/", "--env-file", str(box.env_file), "--report-dir", str(report),
            f"--junitxml={junit}", "-p", "no:cacheprovider", "-q", "-rA", *WINDOWS, *args]
+    for before in runs.BEFORE_RUN:  # the fault-matrix recorder and the decoy watch observe this run too
+        before([*WINDOWS, *args])
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + timeout
     done = when is None
@@ -99,8 +102,11 @@ def run_with(box, tmp_path: Path, when: tuple[str, str] | None = None, act: Call
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
+    result = RunResult(proc.returncode, out, report, parse_junit(junit), [*WINDOWS, *args])
+    for after in runs.AFTER_RUN:
+        after(result)
     assert done, f"the run never reached {when}:\n{out[-3000:]}"
-    return RunResult(proc.returncode, out, report, parse_junit(junit))
+    return result
 
 
 def caught(r: RunResult, gate: str, sigs: set[str]) -> None:
@@ -173,3 +179,66 @@ def test_node_exo_killed_mid_run_is_caught(box, tmp_path):
     finally:
         stop_leftovers(launch_records(r))
     caught(r, "placement", {"A7", "F11", "D1", "F1", "F8"})
+
+
+def chat_in_flight(state: dict) -> bool:
+    """Does this /state hold a TextGeneration task that is pending or running (a chat request in flight)?"""
+    for task in (state.get("tasks") or {}).values():
+        body = task.get("TextGeneration") if isinstance(task, dict) else None
+        if isinstance(body, dict) and body.get("taskStatus") in ("Pending", "Running"):
+            return True
+    return False
+
+
+def wait_chat_in_flight(url: str, timeout: float = 120.0) -> float:
+    """Poll `url`/state until a chat request is in flight; the monotonic time it was seen (AssertionError with the
+    last answer at the deadline)."""
+    from modeldrop.exo.client import ExoClient
+    client, last = ExoClient(url), "no answer yet"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = client.state()
+            if chat_in_flight(state):
+                return time.monotonic()
+            last = f"tasks {json.dumps(state.get('tasks'))[:300]}"
+        except Exception as e:  # noqa: BLE001 - the API is busy; poll again
+            last = f"{type(e).__name__}: {e}"
+        time.sleep(0.1)
+    raise AssertionError(f"no chat request in flight on {url} within {timeout:.0f}s; last seen: {last}")
+
+
+@pytest.mark.fault("exo-killed-mid-chat (real)", gate="chat", signature="X-EXO-GONE", since="chat")
+def test_node_exo_killed_mid_chat_is_caught_at_chat(box, tmp_path, fault_row):
+    """Node 1's EXO (the API the chat gate's first request goes through) is SIGKILLed while that request is in
+    flight, seen as a pending or running TextGeneration task in its /state: the chat gate fails naming node 1's
+    dead exo (X-EXO-GONE), no later gate runs, and the run leaves nothing on the nodes."""
+    report = tmp_path / "reports"
+    seen: dict = {}
+
+    def kill_node1_mid_chat() -> None:
+        folder = max(report.glob("*/ledger.jsonl"), key=lambda p: p.stat().st_mtime).parent
+        rec = next(x for x in launch_records(folder) if x["node"] == 1 and x["role"] == "cluster")
+        try:
+            seen["in_flight"] = wait_chat_in_flight(rec["api_url"])
+        except AssertionError as e:
+            seen["error"] = str(e)
+            return
+        assert alive(rec)
+        os.kill(rec["pid"], signal.SIGKILL)
+        seen["pid"], seen["killed"], seen["in_flight_at"] = rec["pid"], time.time(), time.time() - (
+            time.monotonic() - seen["in_flight"])
+
+    r = run_with(box, tmp_path, ("gate_start", "chat"), kill_node1_mid_chat)
+    assert "error" not in seen, seen.get("error")
+    try:
+        caught(r, "chat", {"X-EXO-GONE"})
+        msg = r.message("chat")
+        assert f"exo of node1 (pid {seen['pid']}) died: node1 stream" in msg, msg[:500]
+        assert signature_ids(r, "chat")[0] == "X-EXO-GONE", signature_ids(r, "chat")
+        fail = next(e for e in ledger_events(report) if e.get("event") == "fail" and e.get("gate") == "chat")
+        fault_row.verdict_s = round(float(fail["t"]) - seen["killed"], 2)  # from the kill, not the gate's start
+        print(f"\nMEASURE exo-killed-mid-chat: chat verdict {fault_row.verdict_s}s after the kill "
+              f"({seen['killed'] - seen['in_flight_at']:.1f}s after the request was seen); {msg[:200]}")
+    finally:
+        stop_leftovers(launch_records(r))

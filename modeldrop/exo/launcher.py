@@ -315,8 +315,8 @@ class ExoLauncher:
                 if start is None or (pid, start) in seen:
                     continue
                 seen.add((pid, start))
-                res = self.node.run_probe("stop", {"pid": pid, "expect_start": start, "grace_s": STOP_GRACE_S},
-                                          timeout=STOP_GRACE_S + 60)
+                res = self.node.run_probe("stop", {"pid": pid, "expect_start": start, "grace_s": STOP_GRACE_S,
+                                                   "orphans": pid == rec.pid}, timeout=STOP_GRACE_S + 60)
                 if res.get("result") in ("stopped-term", "stopped-kill"):
                     out.append({"pid": pid, "from_run": rec.log_path, "result": res.get("result")})
         return out
@@ -432,7 +432,7 @@ class ExoLauncher:
             return {"result": "not-started"}
         if self.record.stopped:
             return self.record.stopped
-        args: dict[str, Any] = {"pid": self.record.pid, "grace_s": STOP_GRACE_S}
+        args: dict[str, Any] = {"pid": self.record.pid, "grace_s": STOP_GRACE_S, "orphans": True}
         if self.record.start is not None:
             args["expect_start"] = self.record.start
         else:

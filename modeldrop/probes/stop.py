@@ -1,8 +1,12 @@
-"""Probe `stop`: {pid, expect_start, expect_argv0 | expect_exe, grace_s} -> {result, detail}.
+"""Probe `stop`: {pid, expect_start, expect_argv0 | expect_exe, grace_s, orphans} -> {result, detail}.
 
 Signals only a process whose identity still matches (start time within tolerance, and exe or argv0):
 TERM to its process group when it leads its own session (as `spawn` starts it), otherwise to the pid alone, poll
-until the group is gone or grace_s passed, then KILL. result: stopped-term | stopped-kill | gone | mismatch | not-permitted (another user's process: never an error).
+until the group is gone or grace_s passed, then KILL. With `orphans` (the caller spawned `pid` as a session
+leader): when `pid` is gone but its process group lives on (the runners of an exo that was killed), the group
+gets the same TERM then KILL; the system never reuses a pid while a process group with that id exists, so the
+group's members are the leader's own children. result: stopped-term | stopped-kill | gone | mismatch |
+not-permitted (another user's process: never an error).
 """
 
 from __future__ import annotations
@@ -98,6 +102,8 @@ def main(args: dict) -> dict:
     pid = int(args["pid"])
     info = proc_info(pid)
     if info is None:
+        if args.get("orphans") and args.get("expect_start") is not None and alive(pid, True):
+            return _stop_group(pid, True, float(args.get("grace_s", 10)), "pid %d was gone; its process group" % pid)
         return {"result": "gone", "detail": "pid %d is not running" % pid}
     why = mismatch(info, args)
     if why:
@@ -106,13 +112,17 @@ def main(args: dict) -> dict:
         group = os.getsid(pid) == pid and os.getpgid(pid) == pid and pid != os.getpgid(0)
     except ProcessLookupError:
         return {"result": "gone", "detail": "pid %d exited" % pid}
+    return _stop_group(pid, group, float(args.get("grace_s", 10)), "pid %d%s" % (pid, " (group)" if group else ""))
+
+
+def _stop_group(pid: int, group: bool, grace_s: float, what: str) -> dict:
+    """TERM the pid (or its group), wait up to grace_s, then KILL."""
     try:
         send(pid, group, signal.SIGTERM)
     except PermissionError:
         return {"result": "not-permitted", "detail": "pid %d belongs to another user; not signalled" % pid}
-    if wait_gone(pid, group, float(args.get("grace_s", 10))):
-        return {"result": "stopped-term", "detail": "pid %d%s exited after SIGTERM" % (pid, " (group)" if group else "")}
+    if wait_gone(pid, group, grace_s):
+        return {"result": "stopped-term", "detail": "%s exited after SIGTERM" % what}
     send(pid, group, signal.SIGKILL)
     wait_gone(pid, group, 5.0)
-    return {"result": "stopped-kill", "detail": "pid %d%s did not exit within %ss of SIGTERM; sent SIGKILL"
-            % (pid, " (group)" if group else "", args.get("grace_s", 10))}
+    return {"result": "stopped-kill", "detail": "%s did not exit within %ss of SIGTERM; sent SIGKILL" % (what, grace_s)}
