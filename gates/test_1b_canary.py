@@ -3,6 +3,7 @@
 import pytest
 
 from modeldrop.exo.client import ExoClient
+from modeldrop.exo.cluster import stopped_existing_lines
 from modeldrop.exo.launcher import LaunchError, expand_home
 from modeldrop.exo.observe import canary_check
 
@@ -16,6 +17,8 @@ def test_node1_canary(run_config, exo_canary, exo_report, evidence):
     except LaunchError as e:
         exo_report.launch_failed(e, role="canary")
     evidence.json("canary launch", rec.to_json())
+    for line in stopped_existing_lines(rec):
+        evidence.note("warning", line)
     model_dir = expand_home(run_config.node(1).model_dir, str(exo_canary.facts().get("home") or "~"))
     verdict = canary_check(exo_canary, ExoClient(exo_canary.api_url), run_config.model_id, model_dir)
     evidence.json("canary", verdict.details)

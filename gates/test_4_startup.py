@@ -2,6 +2,7 @@
 
 import pytest
 
+from modeldrop.exo.cluster import stopped_existing_lines
 from modeldrop.exo.launcher import LaunchError
 from modeldrop.exo.observe import watch_startup
 
@@ -14,6 +15,8 @@ def test_startup(run_config, exo_cluster, exo_report, evidence):
     except LaunchError as e:
         exo_report.launch_failed(e)
     evidence.json("launches", {f"node{k}": r.to_json() for k, r in records.items()})
+    for line in (x for r in records.values() for x in stopped_existing_lines(r)):
+        evidence.note("warning", line)
     verdict = watch_startup(exo_cluster.cluster_launchers(), exo_cluster.clients(), run_config.settle_window_s,
                             on_up=exo_cluster.start_join_watch)  # the cluster-join wait overlaps the window
     evidence.json("startup", verdict.details)

@@ -161,7 +161,7 @@ def test_shell_trampoline_script_runs_as_the_interpreter_it_execs(tmp_path):
     pip = tmp_path / "exo"
     pip.write_text(f"#!/bin/sh\n'''exec' \"{spaced}\" \"$0\" \"$@\"\n' '''\nimport sys\n")
     envd = tmp_path / "exo-env"
-    envd.write_text(f"#!/bin/sh\n''''exec env A='x y' B=1 {PY} \"$0\" \"$@\" # '''\nimport sys\n")
+    envd.write_text(f"#!/bin/sh\n# a console script\n\n''''exec env A='x y' B=1 {PY} \"$0\" \"$@\" # '''\nimport sys\n")
     plain = tmp_path / "exo-plain"
     plain.write_text("#!/bin/sh\nexec sleep 5\n")
     for script in (pip, envd):

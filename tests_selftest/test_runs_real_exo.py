@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -32,6 +33,7 @@ from tests_selftest.test_runs_cluster import (
     alive,
     assert_caught,
     launch_records,
+    proc_start,
     signature_ids,
     stop_leftovers,
 )
@@ -118,9 +120,74 @@ def caught(r: RunResult, gate: str, sigs: set[str]) -> None:
         stop_leftovers(launch_records(r))
 
 
-def test_namespace_mismatch_isolates_at_cluster(box, tmp_path):
+def _die_with_parent() -> None:
+    """In a child after its user change: SIGTERM when this test process dies (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+
+
+def start_on_node(argv: list[str], user: str, exe: str, env: dict[str, str] | None = None, cwd: str = "/",
+                  executable: str | None = None, log: Path | None = None) -> subprocess.Popen:
+    """`argv` as `user`, in its own session; returns once the process runs `exe` (polled with a deadline)."""
+    pw = pwd.getpwnam(user)
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child keeps the descriptor
+    proc = subprocess.Popen(argv, executable=executable, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], cwd=cwd,
+                            env=env if env is not None else {"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+    want, deadline, seen = os.path.realpath(exe), time.monotonic() + 30, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            seen = os.path.realpath(f"/proc/{proc.pid}/exe")
+        except OSError:
+            seen = None
+        if seen == want:
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"{argv} as {user} never ran {want} (last seen {seen}, exit {proc.poll()})")
+
+
+def stale_exo_and_decoys(box, tmp_path: Path) -> tuple[subprocess.Popen, dict[str, subprocess.Popen]]:
+    """On node 1, as its SSH user: a real EXO left running from the configured exo (the operator's stale one),
+    and processes that only look like it: `tail <exo> -f`, `sleep` exec'd with the exo path as argv[0], and
+    another user (nobody) running the exo script with the same interpreter, held in its sitecustomize."""
+    node, user = box.node(1), box.node_user(1)
+    exo, python = str(node.exo_cmd), str(box._real.python)
+    home = pwd.getpwnam(user).pw_dir
+    login = {"HOME": home, "USER": user, "LOGNAME": user, "PATH": "/usr/bin:/bin", "SHELL": "/bin/sh"}
+    stale = start_on_node([exo], user, python, env=login, cwd=home, log=tmp_path / "stale-exo.log")
+    site = Path(box.root) / "held-site"  # nobody must read it: the sandbox root is world-traversable
+    site.mkdir(mode=0o755, exist_ok=True)
+    (site / "sitecustomize.py").write_text("import time\ntime.sleep(86400)\n")
+    held = {**box._real.env, "PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    decoys = {"tail <exo> -f": start_on_node(["tail", exo, "-f"], user, "/usr/bin/tail"),
+              "sleep as <exo>": start_on_node([exo, "3600"], user, "/bin/sleep", executable="/bin/sleep"),
+              "nobody's exo": start_on_node([python, exo], "nobody", python, env=held)}
+    return stale, decoys
+
+
+def test_namespace_mismatch_isolates_at_cluster_and_stop_existing_spares_decoys(box, tmp_path):
+    """Node 2 runs another namespace: caught at cluster (A1). The run also passes --stop-existing-exo with a stale
+    real EXO of node 1's user running (started from the configured exo) and decoys beside it: the stale EXO is
+    listed, stopped by pid and named in the ledger's warnings; every decoy survives."""
     box.set_exo_faults(2, {"namespace": "someone-else"})
-    caught(run_with(box, tmp_path), "cluster", {"A1"})
+    stale, decoys = stale_exo_and_decoys(box, tmp_path)
+    stale_start = proc_start(stale.pid)
+    try:
+        r = run_with(box, tmp_path, None, None, "--stop-existing-exo")
+        caught(r, "cluster", {"A1"})
+        assert stale.poll() is not None, f"the stale exo pid {stale.pid} still runs"
+        listed = json.loads((r.run_folder() / "exo" / "node1-existing-exo.json").read_text())["found"]
+        assert [(x["pid"], x["start"]) for x in listed] == [(stale.pid, pytest.approx(stale_start, abs=1.5))], listed
+        warnings = [str(e.get("value")) for e in ledger_events(r.report_dir) if e.get("event") == "warning"]
+        assert any(w.startswith(f"node1: --stop-existing-exo stopped pid {stale.pid} ") for w in warnings), warnings
+        harmed = [name for name, p in decoys.items() if p.poll() is not None]
+        assert not harmed, f"decoys stopped by the run: {harmed}"
+    finally:
+        for p in (stale, *decoys.values()):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+            p.wait(timeout=20)
 
 
 def test_runner_killed_is_caught_at_placement(box, tmp_path):

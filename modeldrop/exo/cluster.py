@@ -36,6 +36,14 @@ from modeldrop.verdict import Verdict
 EVIDENCE_TAIL_BYTES = 16 * 1024
 
 
+def stopped_existing_lines(rec: Any) -> list[str]:
+    """One line per process `--stop-existing-exo` stopped before launch record `rec`'s start (the gate records
+    them as warnings: the suite stopped something it had not started)."""
+    return [f"node{rec.node}: --stop-existing-exo stopped pid {p.get('pid')} "
+            f"({' '.join(map(str, p.get('cmdline') or []))[:160]}): {p.get('result')}"
+            for p in rec.stopped_existing if "from_run" not in p]
+
+
 class ReattachError(Exception):
     """No cluster to re-attach to; the message says which node and why."""
 

@@ -6,7 +6,7 @@ for a binary, the process's executable is that file; for a script (`#!` first li
 exo or hf), the process's executable is the script's interpreter AND its argv[1] is the script (that is how
 the kernel runs a script; with `#!/usr/bin/env NAME` the interpreter is found by NAME, so argv[0]'s name
 must be NAME; a macOS framework python runs as `Python.app/.../Python` with the interpreter path kept in
-argv[0]; a `#!/bin/sh` script that re-executes itself, `exec … PYTHON "$0" "$@"` on its second line, as pip and
+argv[0]; a `#!/bin/sh` script that re-executes itself, `exec … PYTHON "$0" "$@"` as its first command, as pip and
 uv write console scripts whose interpreter path is too long or has a space for a `#!` line, runs as PYTHON).
 Nothing matches on argv alone: `tail <path> -f`, or another program started with the path
 as its argv[0] or symlinked there, is not the program. With `own_only`, only processes of the user running
@@ -34,9 +34,10 @@ def program(path: str) -> dict:
     real = _real(path)
     try:
         with open(real, "rb") as f:
-            lines = f.read(8192).split(b"\n", 2)
+            data = f.read(8192)
     except OSError:
-        lines = [b""]
+        data = b""
+    lines = data.split(b"\n")[:-1 if len(data) == 8192 else None] or [b""]  # no cut line at the read's end
     head = lines[0]
     if not head.startswith(b"#!"):
         return {"binary": real, "script": real}
@@ -46,7 +47,8 @@ def program(path: str) -> dict:
     if os.path.basename(words[0]) == "env":
         names = [w for w in words[1:] if not w.startswith("-")]
         return {"script": real, "env_name": names[0] if names else None}
-    again = _reexec_interpreter(lines[1]) if len(lines) > 1 and os.path.basename(words[0]) in SHELLS else None
+    code = [x for x in lines[1:] if x.strip() and not x.lstrip().startswith(b"#")][:1]  # the first command
+    again = _reexec_interpreter(code[0]) if code and os.path.basename(words[0]) in SHELLS else None
     return {"script": real, "interpreter": _real(again or words[0])}
 
 
