@@ -96,11 +96,11 @@ def test_only_this_users_exo_program_is_listed_then_stopped(world, tmp_path):
     la = ExoLauncher(node, SimpleNamespace(exo_cmd=str(world.exo), index=1, name="node1"),
                      SimpleNamespace(stop_existing_exo=True), folder)
     t0 = time.monotonic()
-    stopped = la._stop_existing()
+    stopped = la._stop_existing("canary")
     took = time.monotonic() - t0
     assert [s["pid"] for s in stopped] == [real.pid] and stopped[0]["result"] == "stopped-term", stopped
     assert calls.index("list") < calls.index("stop")
-    assert [f["pid"] for f in written["exo/node1-existing-exo.json"]["found"]] == [real.pid]
+    assert [f["pid"] for f in written["exo/node1-canary-existing-exo.json"]["found"]] == [real.pid]
     assert real.wait(5) is not None
     alive = {name: p.poll() is None for name, p in decoys.items()}
     assert all(alive.values()), alive

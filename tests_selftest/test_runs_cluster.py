@@ -58,7 +58,7 @@ def launch_records(r: RunResult | Path) -> list[dict]:
     """The launch records of a run (pass the folder when a later run in the same report dir moved `latest`)."""
     folder = r if isinstance(r, Path) else r.run_folder()
     recs = [json.loads(p.read_text()) for p in sorted((folder / "exo").glob("node*-*.json"))]
-    return [r for r in recs if "role" in r]  # not node<k>-existing-exo.json (what --stop-existing-exo listed)
+    return [r for r in recs if "role" in r]  # not node<k>-<role>-existing-exo.json (what --stop-existing-exo listed)
 
 
 def proc_start(pid: int) -> float | None:

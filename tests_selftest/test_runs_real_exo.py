@@ -169,7 +169,7 @@ def stale_exo_and_decoys(box, tmp_path: Path) -> tuple[subprocess.Popen, dict[st
 def test_namespace_mismatch_isolates_at_cluster_and_stop_existing_spares_decoys(box, tmp_path):
     """Node 2 runs another namespace: caught at cluster (A1). The run also passes --stop-existing-exo with a stale
     real EXO of node 1's user running (started from the configured exo) and decoys beside it: the stale EXO is
-    listed, stopped by pid and named in the ledger's warnings; every decoy survives."""
+    listed, stopped by pid before node 1's canary starts and named in the ledger's warnings; every decoy survives."""
     box.set_exo_faults(2, {"namespace": "someone-else"})
     stale, decoys = stale_exo_and_decoys(box, tmp_path)
     stale_start = proc_start(stale.pid)
@@ -177,7 +177,7 @@ def test_namespace_mismatch_isolates_at_cluster_and_stop_existing_spares_decoys(
         r = run_with(box, tmp_path, None, None, "--stop-existing-exo")
         caught(r, "cluster", {"A1"})
         assert stale.poll() is not None, f"the stale exo pid {stale.pid} still runs"
-        listed = json.loads((r.run_folder() / "exo" / "node1-existing-exo.json").read_text())["found"]
+        listed = json.loads((r.run_folder() / "exo" / "node1-canary-existing-exo.json").read_text())["found"]
         assert [(x["pid"], x["start"]) for x in listed] == [(stale.pid, pytest.approx(stale_start, abs=1.5))], listed
         warnings = [str(e.get("value")) for e in ledger_events(r.report_dir) if e.get("event") == "warning"]
         assert any(w.startswith(f"node1: --stop-existing-exo stopped pid {stale.pid} ") for w in warnings), warnings

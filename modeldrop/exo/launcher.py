@@ -321,7 +321,7 @@ class ExoLauncher:
                     out.append({"pid": pid, "from_run": rec.log_path, "result": res.get("result")})
         return out
 
-    def _stop_existing(self) -> list[dict]:
+    def _stop_existing(self, role: str) -> list[dict]:
         """--stop-existing-exo: this SSH user's processes whose program is the configured exo or EXO.app's
         (never a match on argv alone), listed in the run folder before any is stopped, then stopped by pid."""
         rows = self.node.run_probe("procs", {"pids": None, "exe_paths": self._exo_exe_paths(), "own_only": True},
@@ -329,7 +329,7 @@ class ExoLauncher:
         secrets = secret_values(getattr(self.cfg, "values", None) or {})
         found = [{"pid": p.get("pid"), "uid": p.get("uid"), "start": p.get("start"), "exe": p.get("exe"),
                   "cmdline": [redact(a, secrets) for a in p.get("cmdline") or []]} for p in rows]
-        self.run_folder.write_json(f"exo/node{self.k}-existing-exo.json",
+        self.run_folder.write_json(f"exo/node{self.k}-{role}-existing-exo.json",
                                    {"programs": self._exo_exe_paths(), "found": found})
         out = []
         for p in rows:
@@ -351,11 +351,11 @@ class ExoLauncher:
                 return p
         return None
 
-    def precheck(self) -> list[str]:
+    def precheck(self, role: str = "cluster") -> list[str]:
         """Problems that forbid a start (API port held by another process, exo's pid lock held)."""
         self.stopped_existing = self.stop_previous_runs()
         if self.cfg.stop_existing_exo:
-            self.stopped_existing += self._stop_existing()
+            self.stopped_existing += self._stop_existing(role)
         problems = []
         port = probe_api_port(self.node, self.cfg.api_port)
         if not port.get("free"):
@@ -378,7 +378,7 @@ class ExoLauncher:
 
     def start(self, role: str = "cluster", precheck: bool = True) -> LaunchRecord:
         """Start exo detached as `role`; LaunchError with the diagnosis when it cannot be started."""
-        problems = self.precheck() if precheck else []
+        problems = self.precheck(role) if precheck else []
         if problems:
             raise LaunchError("; ".join(problems), precheck_facts(problems))
         argv, env, unset = self.command(role)
