@@ -1,6 +1,7 @@
 """Launcher and preflight with a fake node: flags per generation, models dir, prechecks, stop by pid."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -191,3 +192,21 @@ def test_runtime_drift_warns_exo_build_drift_fails(tmp_path):
     assert not any("drift" in p for p in out.problems)
     built = exo_preflight({1: FakeNode(), 2: FakeNode(help_text=OLD_HELP)}, cfg)
     assert any(p.startswith("exo drift: node1 NEW") for p in built.problems)
+
+
+def test_cluster_gone_names_only_cluster_processes_that_died():
+    """gone(): a cluster record whose process no longer runs; not one that answers, one the suite stopped, a canary,
+    or a node whose probe failed (unknown is not gone)."""
+    from modeldrop.exo.cluster import ExoCluster
+
+    def la(pid, row=None, err=None, stopped=None, role="cluster"):
+        def proc():
+            if err:
+                raise err
+            return row
+        return SimpleNamespace(record=SimpleNamespace(pid=pid, role=role, stopped=stopped), proc=proc)
+
+    c = ExoCluster(SimpleNamespace(nodes=[SimpleNamespace(index=k) for k in (1, 2, 3, 4)]), None, None)
+    c.launchers = {1: la(11), 2: la(12, row={"pid": 12}), 3: la(13, err=OSError("ssh: timed out")),
+                   4: la(14, stopped={"result": "stopped-term"}), -1: la(21, role="canary")}
+    assert c.gone() == {1: "pid 11"}
