@@ -230,7 +230,8 @@ def test_shard_missing_when_exo_starts_is_caught(box, tmp_path):
 
 
 def test_node_exo_killed_mid_run_is_caught(box, tmp_path):
-    """Node 2's EXO is SIGKILLed once the cluster gate passed (the launch record gives its pid)."""
+    """Node 2's EXO is SIGKILLed once the cluster gate passed (the launch record gives its pid): placement fails
+    naming node 2's dead exo first (X-EXO-GONE)."""
     report = tmp_path / "reports"
 
     def kill_node2() -> None:
@@ -245,7 +246,9 @@ def test_node_exo_killed_mid_run_is_caught(box, tmp_path):
         assert failed == ["placement"], ({g: r.outcome(g) for g in ORDER}, r.output[-3000:])
     finally:
         stop_leftovers(launch_records(r))
-    caught(r, "placement", {"A7", "F11", "D1", "F1", "F8"})
+    caught(r, "placement", {"X-EXO-GONE"})  # then what the instance showed: A7, F11, D1, F1 or F8
+    assert signature_ids(r, "placement")[0] == "X-EXO-GONE", signature_ids(r, "placement")
+    assert "exo of node2 (pid " in r.message("placement"), r.message("placement")[:500]
 
 
 def chat_in_flight(state: dict) -> bool:
