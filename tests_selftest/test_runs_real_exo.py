@@ -3,7 +3,9 @@ its gate with the expected signature id, no later gate run, and nothing the run 
 
 One 2-node real-EXO sandbox per xdist worker (slot MODELDROP_SBXTEST_SLOT + 2 + worker), shared by the
 module. Faults that must land between gates (a taken port, a missing shard, a node's EXO killed) are
-injected by watching the run's own ledger for the gate event. Each case's gate can only fail after every
+injected by watching the run's own ledger for the gate event; node 1's EXO killed mid-chat also waits for the
+chat gate's request to show as a task in that node's /state. The namespace case runs with `--stop-existing-exo`
+and a stale real EXO plus look-alike decoys on node 1. Each case's gate can only fail after every
 earlier gate passed on real EXO, so the cases also prove the setup (the green run itself is
 `pytest gates/ benchmarks/ --sandbox`, measured by `python -m scripts.measure_real_exo`). Select them with `-m real_exo`; skipped
 where real EXO cannot be built (no snapshot or no Python 3.13).
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
@@ -130,10 +133,15 @@ def start_on_node(argv: list[str], user: str, exe: str, env: dict[str, str] | No
                   executable: str | None = None, log: Path | None = None) -> subprocess.Popen:
     """`argv` as `user`, in its own session; returns once the process runs `exe` (polled with a deadline)."""
     pw = pwd.getpwnam(user)
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child keeps the descriptor
-    proc = subprocess.Popen(argv, executable=executable, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], cwd=cwd,
-                            env=env if env is not None else {"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL,
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed once the child has its copy
+    try:
+        proc = subprocess.Popen(argv, executable=executable, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
+                                cwd=cwd, env=env if env is not None else {"PATH": "/usr/bin:/bin"},
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_parent)
+    finally:
+        if log:
+            out.close()
     want, deadline, seen = os.path.realpath(exe), time.monotonic() + 30, None
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -160,7 +168,7 @@ def stale_exo_and_decoys(box, tmp_path: Path) -> tuple[subprocess.Popen, dict[st
     site.mkdir(mode=0o755, exist_ok=True)
     (site / "sitecustomize.py").write_text("import time\ntime.sleep(86400)\n")
     held = {**box._real.env, "PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
-    decoys = {"tail <exo> -f": start_on_node(["tail", exo, "-f"], user, "/usr/bin/tail"),
+    decoys = {"tail <exo> -f": start_on_node(["tail", exo, "-f"], user, shutil.which("tail") or "/usr/bin/tail"),
               "sleep as <exo>": start_on_node([exo, "3600"], user, "/bin/sleep", executable="/bin/sleep"),
               "nobody's exo": start_on_node([python, exo], "nobody", python, env=held)}
     return stale, decoys
@@ -278,7 +286,7 @@ def wait_chat_in_flight(url: str, timeout: float = 120.0) -> float:
     raise AssertionError(f"no chat request in flight on {url} within {timeout:.0f}s; last seen: {last}")
 
 
-@pytest.mark.fault("exo-killed-mid-chat (real)", gate="chat", signature="X-EXO-GONE", since="chat")
+@pytest.mark.fault("killed-mid-chat-real-exo", gate="chat", signature="X-EXO-GONE", since="chat")
 def test_node_exo_killed_mid_chat_is_caught_at_chat(box, tmp_path, fault_row):
     """Node 1's EXO (the API the chat gate's first request goes through) is SIGKILLed while that request is in
     flight, seen as a pending or running TextGeneration task in its /state: the chat gate fails naming node 1's
@@ -308,7 +316,7 @@ def test_node_exo_killed_mid_chat_is_caught_at_chat(box, tmp_path, fault_row):
         assert signature_ids(r, "chat")[0] == "X-EXO-GONE", signature_ids(r, "chat")
         fail = next(e for e in ledger_events(report) if e.get("event") == "fail" and e.get("gate") == "chat")
         fault_row.verdict_s = round(float(fail["t"]) - seen["killed"], 2)  # from the kill, not the gate's start
-        print(f"\nMEASURE exo-killed-mid-chat: chat verdict {fault_row.verdict_s}s after the kill "
+        print(f"\nMEASURE killed-mid-chat-real-exo: chat verdict {fault_row.verdict_s}s after the kill "
               f"({seen['killed'] - seen['in_flight_at']:.1f}s after the request was seen); {msg[:200]}")
     finally:
         stop_leftovers(launch_records(r))
