@@ -731,10 +731,16 @@ class HubHandle:
         return self._call(f"/_sandbox/commit/{repo_id}")["commit"]
 
     def requests(self) -> list[dict[str, Any]]:
-        """Every request logged so far (the request log's JSON lines)."""
+        """Every request logged so far (the request log's JSON lines; a line still being written is left out)."""
         if not self.log_path or not self.log_path.exists():
             return []
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
 
     def is_alive(self) -> bool:
         """True when the pid still is this hub and it answers."""

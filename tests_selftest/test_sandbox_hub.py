@@ -120,10 +120,11 @@ def test_commit_follows_content_and_overrides(hub: HubHandle) -> None:
 
 
 def test_requests_are_logged(hub: HubHandle) -> None:
+    before = len(hub.requests())  # the hub is shared: earlier tests' requests are in the log too
     _get(f"{hub.url}/api/models/{MODEL_ID}/revision/main")
     deadline, hits = time.monotonic() + 5.0, []  # the hub writes its log line after answering: poll for it
     while not hits and time.monotonic() < deadline:
-        hits = [r for r in hub.requests() if r["path"].endswith("/revision/main")]
+        hits = [r for r in hub.requests()[before:] if r["path"].endswith(f"/{MODEL_ID}/revision/main")]
         time.sleep(0.02)
     assert hits, f"no /revision/main in the request log: {hub.requests()[-3:]}"
     assert hits[-1]["status"] == 200 and hits[-1]["method"] == "GET"
