@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests_selftest.sshd_fixture import SSHD, SSHDHandle, start_sshd
+
 pytest_plugins = ["pytester", "tests_selftest.fault_plugin"]
 
 SANDBOX_BASE = Path(os.environ.get("MODELDROP_SELFTEST_SANDBOX", "/var/tmp/modeldrop-selftest"))
@@ -37,3 +39,13 @@ def sandbox(sandbox_slot: int) -> Iterator[object]:
         yield sbx
     finally:
         sbx.down()
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHDHandle]:
+    """A private sshd logging in as this user (root and OpenSSH's sshd needed, else the test is skipped)."""
+    if not os.access(SSHD, os.X_OK) or os.geteuid() != 0:
+        pytest.skip(f"needs root and {SSHD} (apt-get install openssh-server)")
+    handle = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield handle
+    handle.stop()

@@ -14,10 +14,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from modeldrop.exo.client import ExoClient
 from tests_selftest import faultmatrix as fm
 from tests_selftest import test_runs_cluster, test_runs_files
 from tests_selftest.fault_plugin import _live_decoys
@@ -38,13 +42,9 @@ def cluster_box(sbx):
         sbx.stop_node_processes(k)
         sbx.set_exo_faults(k, {})
     sbx.up()
+
+
 SIGNALS = {"ctrl-c": [signal.SIGINT], "ctrl-c-twice": [signal.SIGINT, signal.SIGINT], "sigterm": [signal.SIGTERM]}
-
-
-def start_run(sbx, reports: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "pytest", "gates/", "--env-file", str(sbx.env_file), "--report-dir", str(reports),
-           "-p", "no:cacheprovider", "-q", *FAST]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def hf_running(sbx, k: int) -> list[int]:
@@ -69,6 +69,44 @@ def wait_until(check, proc: subprocess.Popen, what: str, deadline_s: float = 90)
     return found
 
 
+@dataclass
+class Interrupted:
+    """An interrupted run: what `ready()` found, the run's output, node processes left, signal-to-clean seconds."""
+
+    found: Any
+    output: str
+    left: list
+    clean_s: float
+
+
+def interrupt_when(box, cmd: list[str], ready: Callable[[], Any], what: str, decoys: list, *,
+                   signals: tuple[int, ...] = (signal.SIGINT,), deadline_s: float = 90, exit_s: float = 120) -> Interrupted:
+    """Run `cmd` in its own process group and, once `ready()` finds something, send it `signals` as a terminal
+    would (a human's 0.3 s apart); then wait for the run to end and the nodes to hold none of its processes."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        found = wait_until(ready, proc, what, deadline_s)
+        t0 = time.monotonic()
+        for i, sig in enumerate(signals):
+            if i:
+                time.sleep(0.3)
+            os.killpg(proc.pid, sig)
+        output = proc.communicate(timeout=exit_s)[0].decode(errors="replace")
+        left = fm.wait_no_node_processes(box, {d.proc.pid for d in decoys}, deadline_s=30)
+        return Interrupted(found, output, left, time.monotonic() - t0)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def record_measure(name: str, clean_s: float, test: str) -> None:
+    """Print a MEASURE line and keep the figure for scripts/fault_matrix.py."""
+    print(f"\nMEASURE {name}-to-clean: {clean_s:.1f}s")
+    with open(fm.results_path(), "a") as f:
+        f.write(json.dumps({"measure": f"{name}-to-clean s", "value": round(clean_s, 1), "test": test}) + "\n")
+
+
 @pytest.mark.parametrize("how", [
     pytest.param(h, marks=pytest.mark.fault(f"{h}-mid-download", gate="node1_download", signature="interrupted"))
     for h in SIGNALS])
@@ -76,38 +114,40 @@ def test_interrupt_mid_download_stops_the_remote_hf(clean, how, fault_row):
     sbx, reports = clean
     decoys = _live_decoys(sbx)
     sbx.hub.set_faults({"slow_link_bps": 40_000})  # the 1.6 MB model takes ~40 s
-    proc = start_run(sbx, reports)
-    try:
-        pids = wait_until(lambda: hf_running(sbx, 1), proc, "hf download running on node1")
-        t0 = time.monotonic()
-        for i, sig in enumerate(SIGNALS[how]):
-            if i:
-                time.sleep(0.3)
-            os.killpg(proc.pid, sig)
-        output = proc.communicate(timeout=120)[0].decode(errors="replace")
-        left = fm.wait_no_node_processes(sbx, {d.proc.pid for d in decoys}, deadline_s=30)
-        clean_s = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    cmd = [sys.executable, "-m", "pytest", "gates/", "--env-file", str(sbx.env_file), "--report-dir", str(reports),
+           "-p", "no:cacheprovider", "-q", *FAST]
+    run = interrupt_when(sbx, cmd, lambda: hf_running(sbx, 1), "hf download running on node1", decoys,
+                         signals=tuple(SIGNALS[how]))
     folder = (reports / "latest").resolve()
     events, torn = fm.ledger_events(folder)
-    record_row(fault_row, "node1_download", clean_s, left, decoys, torn)
-    assert left == [], (left, output[-3000:])
+    record_row(fault_row, "node1_download", run.clean_s, run.left, decoys, torn)
+    assert run.left == [], (run.left, run.output[-3000:])
     assert all(d.alive() for d in decoys)
     assert torn == 0
     cleanup = [e for e in events if e.get("event") == "cleanup"]
-    assert cleanup, output[-3000:]
+    assert cleanup, run.output[-3000:]
     stopped = [line for e in cleanup for line in e.get("stopped", [])]
-    assert any(f"node1 pid {p} (hf download" in line and "stopped" in line for p in pids for line in stopped), \
-        (pids, stopped)
+    assert any(f"node1 pid {p} (hf download" in line and "stopped" in line for p in run.found for line in stopped), \
+        (run.found, stopped)
     assert events[-1]["event"] == "run_end" and events[-1]["interrupted"], events[-1]
     assert "INTERRUPTED in node1_download" in (folder / "handoff.md").read_text()
-    print(f"\nMEASURE {how}-to-clean: {clean_s:.1f}s")
-    record = {"measure": f"{how}_to_clean_s", "value": round(clean_s, 1), "test": f"interrupt[{how}]"}
-    with open(fm.results_path(), "a") as f:
-        f.write(json.dumps(record) + "\n")
+    record_measure(how, run.clean_s, f"interrupt[{how}]")
+
+
+def instance_loading(reports: Path) -> bool:
+    """The run is inside the placement gate's polling loop: the gate started and node 1's /state holds an instance."""
+    folder = reports / "latest"
+    if not folder.exists():
+        return False
+    folder = folder.resolve()
+    events = fm.ledger_events(folder)[0]
+    if not any(e.get("event") == "gate_start" and e.get("gate") == "placement" for e in events):
+        return False
+    node1 = [r for r in test_runs_cluster.launch_records(folder) if r["node"] == 1 and r["role"] == "cluster"]
+    try:
+        return bool(node1) and bool(ExoClient(node1[0]["api_url"]).state().get("instances"))
+    except Exception:  # noqa: BLE001 - the API is busy or not up yet: look again
+        return False
 
 
 @pytest.mark.fault("ctrl-c-in-placement", gate="placement", signature="interrupted")
@@ -119,31 +159,13 @@ def test_ctrl_c_while_the_cluster_loads_stops_every_exo(cluster_box, tmp_path, f
     reports = tmp_path / "reports"
     cmd = [sys.executable, "-m", "pytest", "gates/", "--env-file", str(box.env_file), "--report-dir", str(reports),
            "-p", "no:cacheprovider", "-q", *WINDOWS, "--ready-timeout", "300"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        def in_placement() -> bool:
-            folder = reports / "latest"
-            events = fm.ledger_events(folder.resolve())[0] if folder.exists() else []
-            return any(e.get("event") == "gate_start" and e.get("gate") == "placement" for e in events)
-        wait_until(in_placement, proc, "the placement gate", deadline_s=240)
-        time.sleep(1)  # inside the gate's polling loop
-        t0 = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)
-        output = proc.communicate(timeout=180)[0].decode(errors="replace")
-        left = fm.wait_no_node_processes(box, {d.proc.pid for d in decoys}, deadline_s=30)
-        clean_s = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    run = interrupt_when(box, cmd, lambda: instance_loading(reports), "the placement gate polling an instance",
+                         decoys, deadline_s=240, exit_s=180)
     folder = (reports / "latest").resolve()
-    record_row(fault_row, "placement", clean_s, left, decoys, fm.ledger_events(folder)[1])
-    assert left == [], (left, output[-3000:])
+    record_row(fault_row, "placement", run.clean_s, run.left, decoys, fm.ledger_events(folder)[1])
+    assert run.left == [], (run.left, run.output[-3000:])
     assert all(d.alive() for d in decoys)
     teardown = json.loads((folder / "exo" / "teardown.json").read_text())
     assert teardown["reason"] == "interrupted" and len(teardown["stopped"]) >= 2, teardown
     assert "INTERRUPTED in placement" in (folder / "handoff.md").read_text()
-    print(f"\nMEASURE ctrl-c-in-placement-to-clean: {clean_s:.1f}s")
-    with open(fm.results_path(), "a") as f:
-        f.write(json.dumps({"measure": "ctrl-c_in_placement_to_clean_s", "value": round(clean_s, 1),
-                            "test": "interrupt[placement]"}) + "\n")
+    record_measure("ctrl-c-in-placement", run.clean_s, "interrupt[placement]")

@@ -9,13 +9,9 @@ the fault lands. Whole runs against the sandbox's SSH nodes.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,8 +19,7 @@ import pytest
 from tests_selftest import faultmatrix as fm
 from tests_selftest import test_runs_files
 from tests_selftest.fault_plugin import _live_decoys
-from tests_selftest.runs import REPO
-from tests_selftest.test_interrupt_cleanup import record_row, wait_until
+from tests_selftest.test_interrupt_cleanup import interrupt_when, record_measure, record_row
 from tests_selftest.test_runs_files import FAST, assert_caught, node_dir, run
 
 pytestmark = [pytest.mark.sandbox_run, pytest.mark.timeout(300)]
@@ -96,26 +91,14 @@ def test_ctrl_c_mid_hashing_stops_the_remote_probe(slow_hashing, fault_row):
     decoys = _live_decoys(sbx)
     cmd = [sys.executable, "-m", "pytest", "gates/", "--env-file", str(sbx.env_file), "--report-dir", str(reports),
            "-p", "no:cacheprovider", "-q", *FAST, "--verify-hashes"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        pids = wait_until(lambda: hashing_pids(sbx), proc, "the hashes probe running on node1", deadline_s=180)
-        t0 = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)
-        output = proc.communicate(timeout=120)[0].decode(errors="replace")
-        left = fm.wait_no_node_processes(sbx, {d.proc.pid for d in decoys}, deadline_s=30)
-        clean_s = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    run = interrupt_when(sbx, cmd, lambda: hashing_pids(sbx), "the hashes probe running on node1", decoys,
+                         deadline_s=180)
     folder = (reports / "latest").resolve()
     lines, events = cleanup_lines(folder)
-    record_row(fault_row, "node1_verify", clean_s, left, decoys, fm.ledger_events(folder)[1])
-    assert left == [], (left, output[-3000:])
-    assert any(m and int(m.group(1)) in pids for m in map(STOPPED.fullmatch, lines)), (pids, lines, output[-3000:])
+    record_row(fault_row, "node1_verify", run.clean_s, run.left, decoys, fm.ledger_events(folder)[1])
+    assert run.left == [], (run.left, run.output[-3000:])
+    assert any(m and int(m.group(1)) in run.found for m in map(STOPPED.fullmatch, lines)), \
+        (run.found, lines, run.output[-3000:])
     assert events[-1]["event"] == "run_end" and events[-1]["interrupted"], events[-1]
     assert "INTERRUPTED in node1_verify" in (folder / "handoff.md").read_text()
-    print(f"\nMEASURE ctrl-c-mid-hashing-to-clean: {clean_s:.1f}s")
-    with open(fm.results_path(), "a") as f:
-        f.write(json.dumps({"measure": "ctrl-c_mid_hashing_to_clean_s", "value": round(clean_s, 1),
-                            "test": "interrupt[hashing]"}) + "\n")
+    record_measure("ctrl-c-mid-hashing", run.clean_s, "interrupt[hashing]")

@@ -13,18 +13,9 @@ from modeldrop.errors import CommandTimeout, NodeError
 from modeldrop.nodepool import make_node
 from modeldrop.nodes import LocalNode
 from modeldrop.ssh import SSHNode
-from tests_selftest.sshd_fixture import SSHD, SSHDHandle, keygen, start_sshd
+from tests_selftest.sshd_fixture import SSHDHandle, keygen
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory) -> SSHDHandle:
-    if not os.access(SSHD, os.X_OK) or os.geteuid() != 0:
-        pytest.skip(f"needs root and {SSHD} (apt-get install openssh-server)")
-    handle = start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield handle
-    handle.stop()
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from modeldrop.errors import CommandTimeout, NodeError
 from modeldrop.nodes import LONG_PROBE_S, LocalNode, Node
 from modeldrop.probes import _proc
 from modeldrop.ssh import SSHNode
-from tests_selftest.sshd_fixture import SSHD, SSHDHandle, start_sshd
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,15 +35,6 @@ def blocked(tmp_path: Path) -> Path:
     """A dir holding `w.bin`, a FIFO: hashing it blocks until something opens it for writing."""
     os.mkfifo(tmp_path / "w.bin")
     return tmp_path
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory) -> SSHDHandle:
-    if not os.access(SSHD, os.X_OK) or os.geteuid() != 0:
-        pytest.skip(f"needs root and {SSHD} (apt-get install openssh-server)")
-    handle = start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield handle
-    handle.stop()
 
 
 @pytest.fixture(params=["local", "ssh"])
