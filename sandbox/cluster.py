@@ -787,6 +787,11 @@ class Sandbox:
                 "hub": {"url": h.url, "pid": h.pid, "alive": h.is_alive()}, "nodes": nodes}
 
     # -- real EXO (sandbox/exo_real) ---------------------------------------------------------------------
+    @property
+    def real_exo(self) -> Any:
+        """The real-EXO install the nodes run (its `python` and `env`), or None for the emulator or before up()."""
+        return self._real
+
     def _prepare_real_exo(self) -> None:
         """For `exo == "real"`: the cached install (built on first use, its time logged), the stand-ins
         and node shim in <root>/lib/exo_real, and (preinstall_card) EXO's resources with the model's card.

@@ -160,14 +160,14 @@ def stale_exo_and_decoys(box, tmp_path: Path) -> tuple[subprocess.Popen, dict[st
     and processes that only look like it: `tail <exo> -f`, `sleep` exec'd with the exo path as argv[0], and
     another user (nobody) running the exo script with the same interpreter, held in its sitecustomize."""
     node, user = box.node(1), box.node_user(1)
-    exo, python = str(node.exo_cmd), str(box._real.python)
+    exo, python = str(node.exo_cmd), str(box.real_exo.python)
     home = pwd.getpwnam(user).pw_dir
     login = {"HOME": home, "USER": user, "LOGNAME": user, "PATH": "/usr/bin:/bin", "SHELL": "/bin/sh"}
     stale = start_on_node([exo], user, python, env=login, cwd=home, log=tmp_path / "stale-exo.log")
     site = Path(box.root) / "held-site"  # nobody must read it: the sandbox root is world-traversable
     site.mkdir(mode=0o755, exist_ok=True)
     (site / "sitecustomize.py").write_text("import time\ntime.sleep(86400)\n")
-    held = {**box._real.env, "PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    held = {**box.real_exo.env, "PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
     decoys = {"tail <exo> -f": start_on_node(["tail", exo, "-f"], user, shutil.which("tail") or "/usr/bin/tail"),
               "sleep as <exo>": start_on_node([exo, "3600"], user, "/bin/sleep", executable="/bin/sleep"),
               "nobody's exo": start_on_node([python, exo], "nobody", python, env=held)}
