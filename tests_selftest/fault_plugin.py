@@ -54,6 +54,7 @@ class Recorder:
                                signature=kw.get("signature", ""), test=item.nodeid)
         self.sandboxes: list[Any] = []
         self.decoys: list[fm.Decoy] = []
+        self.test_decoys: dict[str, Any] = {}  # the test's own decoys (name -> Popen): not left, must survive
         self.best: runs.RunResult | None = None
 
     def before(self, args: list[str]) -> None:
@@ -63,9 +64,10 @@ class Recorder:
 
     def after(self, result: runs.RunResult) -> None:
         """Right after a whole run, before the test cleans up: what it left and what it harmed."""
-        exclude = {d.proc.pid for d in self.decoys}
+        exclude = {d.proc.pid for d in self.decoys} | {p.pid for p in self.test_decoys.values()}
         left = [p for s in self.sandboxes for p in fm.wait_no_node_processes(s, exclude)]
         harmed = [d.what for d in self.decoys if not d.alive()]
+        harmed += [name for name, p in self.test_decoys.items() if p.poll() is not None]
         lost, why = fm.results_lost(result.run_folder(), result.outcomes) if (result.report_dir / "latest").exists() \
             else (0, [])
         r = self.row
@@ -84,8 +86,8 @@ class Recorder:
         events, _ = fm.ledger_events(result.run_folder()) if (result.report_dir / "latest").exists() else ([], 0)
         r.caught_by = caught or "nothing"
         gate = caught or r.expected_gate
-        r.signature_seen = bool(r.signature) and (r.signature in fm.signature_ids(events, gate)
-                                                  or r.signature in result.message(gate))
+        ids, message = fm.signature_ids(events, gate), result.message(gate)
+        r.signature_seen = any(s in ids or s in message for s in r.signature.split("|") if s)  # "F5|F8": either
         r.verdict_s = fm.verdict_seconds(events, gate, self.since)
         r.window = fm.option_value(result.args, self.window)
         r.downstream_run = len(runs.later_gates_not_run(result, gate, order)) if gate in order else 0
@@ -106,6 +108,16 @@ def fault_row(request: pytest.FixtureRequest) -> fm.FaultRow:
     if rec is None:
         raise pytest.UsageError("fault_row needs @pytest.mark.fault(...) on the test")
     return rec.row
+
+
+@pytest.fixture
+def fault_decoys(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """A `fault`-marked test's own decoys (name -> Popen), added before its run: the recorder does not count them
+    as processes left, and counts each one the run stopped as harmed."""
+    rec = request.node.stash.get(ROW_KEY, None)
+    if rec is None:
+        raise pytest.UsageError("fault_decoys needs @pytest.mark.fault(...) on the test")
+    return rec.test_decoys
 
 
 class DecoyWatch:

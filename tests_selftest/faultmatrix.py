@@ -2,8 +2,9 @@
 
 A fault test is marked `@pytest.mark.fault("id", gate="node1_verify", signature="…", since=…, window=…)`:
 - `gate`: the gate that must catch it; `signature`: a signature id (ledger.jsonl `signature` events) or text
-  that must appear in that gate's message; `since`: the gate whose start is the fault's onset (default: the
-  run's start); `window`: the run option whose value bounds the verdict (e.g. `--ready-timeout`).
+  that must appear in that gate's message, or several joined by `|` (any one will do); `since`: the gate
+  whose start is the fault's onset (default: the run's start); `window`: the run option whose value bounds
+  the verdict (e.g. `--ready-timeout`).
 The tests_selftest conftest wraps every marked test: each whole run it drives through `runs.run_suite`
 is observed (decoys checked before and after, node processes counted right after the run, before the
 test's own cleanup), and a row is appended to the results file (`MODELDROP_FAULT_RESULTS`, default

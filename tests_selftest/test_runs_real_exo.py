@@ -174,12 +174,14 @@ def stale_exo_and_decoys(box, tmp_path: Path) -> tuple[subprocess.Popen, dict[st
     return stale, decoys
 
 
-def test_namespace_mismatch_isolates_at_cluster_and_stop_existing_spares_decoys(box, tmp_path):
+@pytest.mark.fault("namespace-real-exo", gate="cluster", signature="A1", window="--cluster-window")
+def test_namespace_mismatch_isolates_at_cluster_and_stop_existing_spares_decoys(box, tmp_path, fault_decoys):
     """Node 2 runs another namespace: caught at cluster (A1). The run also passes --stop-existing-exo with a stale
     real EXO of node 1's user running (started from the configured exo) and decoys beside it: the stale EXO is
     listed, stopped by pid before node 1's canary starts and named in the ledger's warnings; every decoy survives."""
     box.set_exo_faults(2, {"namespace": "someone-else"})
     stale, decoys = stale_exo_and_decoys(box, tmp_path)
+    fault_decoys.update(decoys)
     stale_start = proc_start(stale.pid)
     try:
         r = run_with(box, tmp_path, None, None, "--stop-existing-exo")
@@ -198,12 +200,15 @@ def test_namespace_mismatch_isolates_at_cluster_and_stop_existing_spares_decoys(
             p.wait(timeout=20)
 
 
+@pytest.mark.fault("runner-killed-real-exo", gate="placement", signature="F5|X-RUNNER-SIGNAL|F8|F4",
+                   window="--ready-timeout")
 def test_runner_killed_is_caught_at_placement(box, tmp_path):
     """Every runner process of node 2 is SIGKILLed 2 s after it starts (as an OOM kill would)."""
     box.set_exo_faults(2, {"runner_sigkill_s": 2.0})
     caught(run_with(box, tmp_path), "placement", {"F5", "F8", "F4"})
 
 
+@pytest.mark.fault("api-port-taken-after-preflight-real-exo", gate="startup", signature="I1|X-EXIT", since="startup")
 def test_api_port_taken_before_exo_starts_is_caught_at_startup(box, tmp_path):
     """A foreign listener takes node 2's API address:port after preflight checked it: real EXO's bind fails."""
     holder = socket.socket()
@@ -220,6 +225,8 @@ def test_api_port_taken_before_exo_starts_is_caught_at_startup(box, tmp_path):
         holder.close()
 
 
+@pytest.mark.fault("shard-missing-at-start-real-exo", gate="placement", signature="D1|E1|E2|F1", since="startup",
+                   window="--ready-timeout")
 def test_shard_missing_when_exo_starts_is_caught(box, tmp_path):
     """A shard of node 2 disappears after the file gates passed, before EXO starts."""
     def remove() -> None:
@@ -237,6 +244,7 @@ def test_shard_missing_when_exo_starts_is_caught(box, tmp_path):
         box.populate_model(2)
 
 
+@pytest.mark.fault("exo-killed-after-cluster-real-exo", gate="placement", signature="X-EXO-GONE", since="placement")
 def test_node_exo_killed_mid_run_is_caught(box, tmp_path):
     """Node 2's EXO is SIGKILLed once the cluster gate passed (the launch record gives its pid): placement fails
     naming node 2's dead exo first (X-EXO-GONE)."""
