@@ -38,10 +38,7 @@ WINDOWS = test_runs_cluster.WINDOWS
 def cluster_box(sbx):
     """The cluster sandbox; faults cleared and leftovers of a failing test stopped afterwards."""
     yield sbx
-    for k in (1, 2):
-        sbx.stop_node_processes(k)
-        sbx.set_exo_faults(k, {})
-    sbx.up()
+    test_runs_cluster.reset_nodes(sbx)
 
 
 SIGNALS = {"ctrl-c": [signal.SIGINT], "ctrl-c-twice": [signal.SIGINT, signal.SIGINT], "sigterm": [signal.SIGTERM]}

@@ -43,10 +43,15 @@ def box(sbx):
     Each test checks itself that its run left nothing behind; stopping the node users' processes here
     only keeps one failing test from cascading into the next."""
     yield sbx
-    for k in (1, 2):
+    sbx.set_exo_generation("new")
+    reset_nodes(sbx)
+
+
+def reset_nodes(sbx) -> None:
+    """After a test: every node user's process stopped, EXO faults cleared, the sandbox up again."""
+    for k in range(1, sbx.n_nodes + 1):
         sbx.stop_node_processes(k)
         sbx.set_exo_faults(k, {})
-    sbx.set_exo_generation("new")
     sbx.up()
 
 

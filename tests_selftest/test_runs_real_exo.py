@@ -37,6 +37,7 @@ from tests_selftest.test_runs_cluster import (
     assert_caught,
     launch_records,
     proc_start,
+    reset_nodes,
     signature_ids,
     stop_leftovers,
 )
@@ -63,10 +64,7 @@ def real(worker_id):
 def box(real):
     """The sandbox with faults cleared and node processes stopped after the test."""
     yield real
-    for k in (1, 2):
-        real.stop_node_processes(k)
-        real.set_exo_faults(k, {})
-    real.up()
+    reset_nodes(real)
 
 
 def ledger_events(report_dir: Path) -> list[dict]:
