@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from modeldrop.gatetable import gate_order
+from tests_selftest.faultmatrix import proc_start_ticks
 from tests_selftest.runs import RunResult, later_gates_not_run, run_suite
 
 pytestmark = [pytest.mark.sandbox_run, pytest.mark.timeout(900)]
@@ -68,15 +69,11 @@ def launch_records(r: RunResult | Path) -> list[dict]:
 
 def proc_start(pid: int) -> float | None:
     """Start time (epoch s) of a live pid, as the probes compute it; None when gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    rest = stat[stat.rindex(")") + 2:].split()
-    if rest[0] == "Z":
+    ticks = proc_start_ticks(pid)
+    if ticks is None:
         return None
     btime = next(float(x.split()[1]) for x in Path("/proc/stat").read_text().splitlines() if x.startswith("btime "))
-    return btime + int(rest[19]) / os.sysconf("SC_CLK_TCK")
+    return btime + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def alive(rec: dict) -> bool:
