@@ -82,22 +82,22 @@ class RequestRecord:
     def ok(self) -> bool:
         return self.error is None
 
-    @property
-    def completion_tokens(self) -> int | None:
-        """Server-reported output tokens (usage first, then generation_stats)."""
-        if self.usage and isinstance(self.usage.get("completion_tokens"), int):
-            return self.usage["completion_tokens"]
-        if self.generation_stats and isinstance(self.generation_stats.get("generation_tokens"), int):
-            return self.generation_stats["generation_tokens"]
+    def _server_count(self, usage_key: str, stats_key: str) -> int | None:
+        """A server-reported count: `usage[usage_key]` first, then `generation_stats[stats_key]`."""
+        for source, key in ((self.usage, usage_key), (self.generation_stats, stats_key)):
+            if source and isinstance(source.get(key), int):
+                return source[key]
         return None
 
     @property
+    def completion_tokens(self) -> int | None:
+        """Server-reported output tokens (usage first, then generation_stats)."""
+        return self._server_count("completion_tokens", "generation_tokens")
+
+    @property
     def prompt_tokens(self) -> int | None:
-        if self.usage and isinstance(self.usage.get("prompt_tokens"), int):
-            return self.usage["prompt_tokens"]
-        if self.generation_stats and isinstance(self.generation_stats.get("prompt_tokens"), int):
-            return self.generation_stats["prompt_tokens"]
-        return None
+        """Server-reported prompt tokens (usage first, then generation_stats)."""
+        return self._server_count("prompt_tokens", "prompt_tokens")
 
     @property
     def ttft(self) -> float | None:
