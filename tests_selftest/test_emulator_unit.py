@@ -38,6 +38,16 @@ def test_state_keys_both_generations() -> None:
     assert s.to_json("new")["topology"] == {"nodes": [], "connections": {}}
 
 
+def test_node_joins_with_its_last_seen() -> None:
+    """As EXO's apply_node_gathered_info: the event that adds a node to the topology stamps its lastSeen."""
+    s = State()
+    s.apply(0, {"type": "NodeInfo", "nodeId": "a1", "when": "2026-12-02T03:40:00.000001Z", "rdmaCtl": {"enabled": False}})
+    st = s.to_json("new")
+    assert st["topology"]["nodes"] == ["a1"] and st["lastSeen"] == {"a1": "2026-12-02T03:40:00.000001Z"}
+    s.apply(1, {"type": "NodeTimedOut", "nodeId": "a1"})
+    assert s.to_json("new")["lastSeen"] == {}
+
+
 def test_node_ids_per_generation() -> None:
     new = {new_node_id("new") for _ in range(50)}
     assert len(new) == 50 and all(re.fullmatch(r"[0-9a-f]{1,32}", n) and not n.startswith("0") for n in new)

@@ -20,12 +20,11 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from exo_emulator.logs import logger
 from exo_emulator.placement import place
-from exo_emulator.state import State
+from exo_emulator.state import State, utc_stamp
 from exo_emulator.wire import JsonConn
 
 W_MAIN = "exo.main:_elect_loop:210"
@@ -345,12 +344,12 @@ class Cluster:
                     self._delete_orphan_instances()
 
     def _refresh_last_seen(self) -> None:
-        now_mono, now = time.monotonic(), datetime.now(UTC)
+        now_mono, now = time.monotonic(), time.time()
         times = {}
         for nid in self.state.data["topology"]["nodes"]:
             seen = now_mono if nid == self.node_id else self.contact.get(nid, self.master_since)
-            stamp = now.timestamp() - (now_mono - seen)
-            times[nid] = datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            stamp = now - (now_mono - seen)
+            times[nid] = utc_stamp(stamp)
         if times:
             self._append({"type": "LastSeen", "times": times})
 

@@ -9,6 +9,8 @@ Events are plain dicts ``{"type": ..., ...}`` so they cross the cluster link as 
 from __future__ import annotations
 
 import copy
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 NEW_KEYS = ("instances", "runners", "downloads", "tasks", "lastSeen", "topology", "lastEventAppliedIdx",
@@ -21,6 +23,11 @@ NODE_MAPS = ("nodeIdentities", "nodeMemory", "nodeDisk", "nodeSystem", "nodeNetw
 INFO_FIELDS = {"identity": "nodeIdentities", "memory": "nodeMemory", "disk": "nodeDisk",
                "system": "nodeSystem", "network": "nodeNetwork", "thunderbolt": "nodeThunderbolt",
                "thunderboltBridge": "nodeThunderboltBridge", "rdmaCtl": "nodeRdmaCtl", "backends": "nodeBackends"}
+
+
+def utc_stamp(epoch_s: float | None = None) -> str:
+    """An EXO ``lastSeen`` timestamp (ISO 8601, microseconds, ``Z``) for ``epoch_s`` (default now)."""
+    return datetime.fromtimestamp(time.time() if epoch_s is None else epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def unwrap(tagged: dict[str, Any]) -> dict[str, Any]:
@@ -78,6 +85,8 @@ class State:
         for field, key in INFO_FIELDS.items():
             if field in e:
                 self.data[key][nid] = e[field]
+        if "when" in e:  # as EXO's apply_node_gathered_info: a node in the topology always has a lastSeen
+            self.data["lastSeen"][nid] = e["when"]
 
     def _on_LastSeen(self, e: dict[str, Any]) -> None:
         for nid, stamp in e["times"].items():

@@ -29,7 +29,7 @@ from exo_emulator.ids import new_uuid
 from exo_emulator.logs import logger
 from exo_emulator.models import find_model, normalize
 from exo_emulator.paths import default_models_dir, models_dirs
-from exo_emulator.state import unwrap
+from exo_emulator.state import unwrap, utc_stamp
 from exo_emulator.supervisor import Supervisor
 
 W_PLAN = "exo.worker.main:plan_step:225"
@@ -90,7 +90,7 @@ class Worker:
     def publish_info(self) -> None:
         c = self.cfg
         ev: dict[str, Any] = {
-            "type": "NodeInfo", "nodeId": self.node_id,
+            "type": "NodeInfo", "nodeId": self.node_id, "when": utc_stamp(),
             "identity": {"modelId": c.model_id, "chipId": c.chip_id, "friendlyName": c.friendly_name,
                          "osVersion": c.os_version, "osBuildVersion": c.os_build_version},
             "memory": {"ramTotal": {"inBytes": c.ram_total_bytes}, "ramAvailable": {"inBytes": c.ram_available_bytes},
