@@ -61,7 +61,7 @@ def table_lines(rows: list[dict]) -> list[str]:
         by = r["caught_by"] or f"({r['expected_gate']})"
         if r["caught_by"] and r["caught_by"] != r["expected_gate"]:
             by += f" [want {r['expected_gate']}]"
-        sig = r["signature"] + ("" if r["signature_seen"] is not False else " (NOT SEEN)")
+        sig = r.get("signature_matched") or r["signature"] + ("" if r["signature_seen"] is not False else " (NOT SEEN)")
         body.append((r["fault"], by, sig[:28], _cell(r["verdict_s"]), _cell(r["window"]), _cell(r["downstream_run"]),
                      _cell(r["procs_left"]), _cell(r["decoys_harmed"]), _cell(r["results_lost"]),
                      "ok" if r["caught"] else r["outcome"].upper()))

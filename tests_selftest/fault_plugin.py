@@ -87,7 +87,8 @@ class Recorder:
         r.caught_by = caught or "nothing"
         gate = caught or r.expected_gate
         ids, message = fm.signature_ids(events, gate), result.message(gate)
-        r.signature_seen = any(s in ids or s in message for s in r.signature.split("|") if s)  # "F5|F8": either
+        seen = [s for s in r.signature.split("|") if s and (s in ids or s in message)]  # "F5|F8": either
+        r.signature_seen, r.signature_matched = bool(seen), (seen[0] if seen else None)
         r.verdict_s = fm.verdict_seconds(events, gate, self.since)
         r.window = fm.option_value(result.args, self.window)
         r.downstream_run = len(runs.later_gates_not_run(result, gate, order)) if gate in order else 0

@@ -50,6 +50,7 @@ class FaultRow:
     test: str
     caught_by: str | None = None
     signature_seen: bool | None = None
+    signature_matched: str | None = None
     verdict_s: float | None = None
     window: str | None = None
     downstream_run: int | None = None

@@ -72,12 +72,15 @@ def test_a_row_with_a_leak_is_a_violation_and_the_table_says_so(tmp_path):
                        results_lost=0)
     wrong = fm.FaultRow("isolated", "cluster", "A1", "t::c", caught_by="placement", signature_seen=False,
                         verdict_s=1.0, outcome="failed")
+    either = fm.FaultRow("runner-gone", "placement", "F5|F8", "t::d", caught_by="placement", signature_seen=True,
+                         signature_matched="F8", verdict_s=2.0)
     assert ok.violations() == [] and leak.violations() == ["procs_left=2"]
-    for row in (ok, leak, wrong):
+    for row in (ok, leak, wrong, either):
         row.append_to(path)
     lines = table_lines(load_rows(path))
     text = "\n".join(lines)
-    assert "caught 2/3" in text and "placement [want cluster]" in text and "A1 (NOT SEEN)" in text
+    assert "caught 3/4" in text and "placement [want cluster]" in text and "A1 (NOT SEEN)" in text
+    assert any(line.startswith("runner-gone") and "  F8  " in line and "F5|F8" not in line for line in lines)
     assert "slowest fault-to-verdict: ssh-refused 9.5s (window --x 3" in text
     assert "procs_left: 2 in total" in text
 
