@@ -4,6 +4,10 @@ Contract:
 - `RemoteProcess(node, pid, what, needles)`: a process the run started on a node; `needles` are strings its
   command line must still contain for it to be ours (the pid alone may have been reused).
 - `REGISTRY.register(proc) -> token` when the pid is known, `REGISTRY.done(token)` when it ended normally.
+  A process whose command line carries a nonce of ours (a probe's `modeldrop-probe <name> <nonce>`) is
+  registered before it starts, with pid None, and `REGISTRY.identified(token, pid)` fills the pid in when the
+  process reports it: stopped before that, it is looked up by its needles among the SSH user's processes
+  (nothing else has that nonce), then stopped by pid like any other.
 - `REGISTRY.drain(deadline_s)` stops every process still registered, by pid, after checking its identity
   with the `procs` probe (alive, command line holds every needle; its start time then goes to the `stop`
   probe, which checks it again before signalling), one thread per node, within one deadline; it returns one
@@ -61,17 +65,19 @@ class RemoteProcess:
     """One process the run started on a node."""
 
     node: Node
-    pid: int
+    pid: int | None
     what: str
     needles: tuple[str, ...] = ()
     registered: float = field(default_factory=time.time)
 
     def label(self) -> str:
-        return f"{self.node.name} pid {self.pid} ({self.what})"
+        return f"{self.node.name} pid {'?' if self.pid is None else self.pid} ({self.what})"
 
 
 def stop_remote(proc: RemoteProcess, grace_s: float = 10, timeout_s: float = STOP_PROBE_TIMEOUT_S) -> str:
     """Stop one registered process after checking it is still ours; returns what happened, one line."""
+    if proc.pid is None:
+        return _stop_unreported(proc, grace_s, timeout_s)
     try:
         found = proc.node.run_probe("procs", {"pids": [proc.pid], "exe_paths": None}, timeout=timeout_s,
                                     register=False)["procs"]
@@ -82,13 +88,34 @@ def stop_remote(proc: RemoteProcess, grace_s: float = 10, timeout_s: float = STO
         missing = [n for n in proc.needles if n not in line]
         if missing:
             return f"{proc.label()}: left alone: pid now runs {line[:120]!r} (not ours)"
-        argv0 = (info.get("cmdline") or [None])[0]
-        res = proc.node.run_probe("stop", {"pid": proc.pid, "expect_start": info.get("start"),
-                                           "expect_argv0": argv0, "grace_s": grace_s}, timeout=timeout_s,
-                                 register=False)
-        return f"{proc.label()}: {res['result']}"
+        return f"{proc.label()}: {_stop_checked(proc.node, info, grace_s, timeout_s)}"
     except NodeError as exc:
         return f"{proc.label()}: could not stop: {exc}"
+
+
+def _stop_unreported(proc: RemoteProcess, grace_s: float, timeout_s: float) -> str:
+    """Stop a process registered before it reported its pid: found by its nonce-bearing needles among the SSH
+    user's own processes (none found: it never started, or already ended)."""
+    if not any(len(n) >= 12 for n in proc.needles):
+        return f"{proc.label()}: no pid reported and no nonce to find it by: left alone"
+    try:
+        found = proc.node.run_probe("procs", {"pids": None, "exe_paths": None, "own_only": True,
+                                              "argv_has": list(proc.needles)}, timeout=timeout_s,
+                                    register=False)["procs"]
+        if not found:
+            return f"{proc.label()}: gone (never reported a pid)"
+        return "; ".join(f"{proc.node.name} pid {info['pid']} ({proc.what}): "
+                         f"{_stop_checked(proc.node, info, grace_s, timeout_s)}" for info in found)
+    except NodeError as exc:
+        return f"{proc.label()}: could not stop: {exc}"
+
+
+def _stop_checked(node: Node, info: dict[str, Any], grace_s: float, timeout_s: float) -> str:
+    """The `stop` probe's result for the process `procs` described (it checks start time and argv0 again)."""
+    argv0 = (info.get("cmdline") or [None])[0]
+    res = node.run_probe("stop", {"pid": info["pid"], "expect_start": info.get("start"), "expect_argv0": argv0,
+                                  "grace_s": grace_s}, timeout=timeout_s, register=False)
+    return str(res["result"])
 
 
 class CleanupRegistry:
@@ -105,6 +132,12 @@ class CleanupRegistry:
             token = next(self._ids)
             self._procs[token] = proc
             return token
+
+    def identified(self, token: int, pid: int) -> None:
+        """The process registered before it started has reported its pid."""
+        with self._lock:
+            if token in self._procs:
+                self._procs[token].pid = pid
 
     def done(self, token: int | None) -> None:
         """The process ended on its own: forget it."""
@@ -137,14 +170,14 @@ class CleanupRegistry:
         """Stop every registered process (see the module docstring); bounded by deadline_s."""
         with self._lock:
             procs, self._procs = list(self._procs.values()), {}
-        by_node: dict[str, list[RemoteProcess]] = {}
-        for p in procs:
-            by_node.setdefault(p.node.name, []).append(p)
-        lines: list[str] = []
+        by_node: dict[str, list[int]] = {}
+        for i, p in enumerate(procs):
+            by_node.setdefault(p.node.name, []).append(i)
+        lines: dict[int, str] = {}
 
-        def work(items: list[RemoteProcess]) -> None:
-            for p in items:
-                lines.append(stop_remote(p, timeout_s=max(5.0, deadline_s / 2)))
+        def work(items: list[int]) -> None:
+            for i in items:
+                lines[i] = stop_remote(procs[i], timeout_s=max(5.0, deadline_s / 2))
 
         threads = [threading.Thread(target=work, args=(items,), daemon=True) for items in by_node.values()]
         for t in threads:
@@ -152,9 +185,8 @@ class CleanupRegistry:
         end = time.monotonic() + deadline_s
         for t in threads:
             t.join(max(0.0, end - time.monotonic()))
-        out = list(lines)
-        done = {ln.split(":", 1)[0] for ln in out}
-        return out + [f"{p.label()}: still stopping after {deadline_s:g}s" for p in procs if p.label() not in done]
+        done = dict(lines)
+        return [done.get(i, f"{p.label()}: still stopping after {deadline_s:g}s") for i, p in enumerate(procs)]
 
 
 REGISTRY = CleanupRegistry()

@@ -214,9 +214,10 @@ class Node(ABC):
         `cleanup.REGISTRY` while it runs when `register` is True, or when it is None, `timeout` exceeds
         LONG_PROBE_S (manifest, hashes, locate, tool runs, spawn: node-side work that can outlast a gate's
         limit or a Ctrl-C by minutes) and the probe is not `stop` (bounded node-side by its own grace, and
-        itself the cleanup: cut short, it would leave its target without the SIGKILL). The registration holds
-        the pid the python itself reports first and the `probes.probe_argv_tags` words of its command line;
-        it ends when the probe returns. When the wait times out, or a gate's limit or a deadline cuts it
+        itself the cleanup: cut short, it would leave its target without the SIGKILL). The registration is made
+        before the command starts and holds the `probes.probe_argv_tags` words of its command line (with a
+        fresh nonce) and, once the python reports it first thing, its pid; it ends when the probe returns, or
+        on a connection error before any pid was reported. When the wait times out, or a gate's limit or a deadline cuts it
         short, the probe is stopped at once (the timeout's message says how); on Ctrl-C or SIGTERM, or a lost
         connection, it stays registered for the session's drain."""
         payload = probes.probe_payload(name, args)
@@ -280,9 +281,13 @@ class Node(ABC):
         try:
             res = self._run_logged(cmd, timeout=timeout, stdin=payload, secrets=(), on_line=watch)
         except CommandTimeout as exc:
-            stopped = REGISTRY.stop_one(watch.token) or f"{watch.what}: no pid reported"
+            stopped = REGISTRY.stop_one(watch.token) or f"{watch.what}: not registered"
             raise CommandTimeout(f"{exc}; {stopped}", exc.partial) from None
-        except (KeyboardInterrupt, SystemExit, NodeError):
+        except NodeError:
+            if watch.pid is None:  # the command never got as far as the probe's python: nothing to stop
+                REGISTRY.done(watch.token)
+            raise  # a lost connection: the session's drain stops it
+        except (KeyboardInterrupt, SystemExit):
             raise  # the session's drain stops it (a second Ctrl-C must not cut a stop short here)
         except BaseException:  # a gate's limit or a deadline: nobody will read the result
             REGISTRY.stop_one(watch.token)
@@ -327,17 +332,20 @@ class Node(ABC):
 
 
 class _ProbeWatch:
-    """A long probe's stderr watcher: registers the node python for cleanup once it reports its pid."""
+    """A long probe's registration for cleanup, made before it starts (found by its nonce until it reports its
+    pid), and the stderr watcher that fills the pid in."""
 
     def __init__(self, node: Node, name: str, nonce: str):
-        self.node, self.what = node, f"probe {name}"
-        self.needles = tuple(probes.probe_argv_tags(name, nonce))
-        self.token: int | None = None
+        self.what = f"probe {name}"
+        needles = tuple(probes.probe_argv_tags(name, nonce))
+        self.token = REGISTRY.register(RemoteProcess(node, None, self.what, needles))
+        self.pid: int | None = None
 
     def __call__(self, stream: str, line: str) -> None:
-        pid = parse_pid_line(line) if stream == "stderr" and self.token is None else None
+        pid = parse_pid_line(line) if stream == "stderr" and self.pid is None else None
         if pid is not None:
-            self.token = REGISTRY.register(RemoteProcess(self.node, pid, self.what, self.needles))
+            self.pid = pid
+            REGISTRY.identified(self.token, pid)
 
 
 def _last_lines(text: str, n: int = 3) -> str:

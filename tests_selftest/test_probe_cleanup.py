@@ -67,9 +67,10 @@ def release(folder: Path, deadline_s: float = 20) -> None:
 
 
 def registered(node: Node, what: str = "probe hashes", deadline_s: float = 20) -> RemoteProcess:
-    """The registration of node's running probe, polled for until the deadline."""
+    """The registration of node's running probe, once it holds the pid the probe reported, polled for until
+    the deadline."""
     end = time.monotonic() + deadline_s
-    while not (found := [p for p in REGISTRY.pending() if p.node is node and p.what == what]):
+    while not (found := [p for p in REGISTRY.pending() if p.node is node and p.what == what and p.pid]):
         if time.monotonic() >= end:
             break
         time.sleep(0.02)
@@ -202,3 +203,85 @@ def test_a_pid_that_runs_something_else_now_is_left_alone(node):
     finally:
         other.kill()
         other.wait()
+
+
+def _own_pythons_with(text: str) -> list[int]:
+    """Pids of this user's python processes whose command line holds text (not the shells that start them)."""
+    return [r["pid"] for r in _proc.all_procs() if r["uid"] == os.getuid() and text in " ".join(r["cmdline"] or [])
+            and os.path.basename(r["exe"] or "").startswith("python")]
+
+
+def _blocked_on_fifo(pid: int) -> bool:
+    """Linux: one of the process's threads waits in open() for the FIFO's writer (so it has read its whole
+    probe script)."""
+    try:
+        return any((t / "wchan").read_text() == "wait_for_partner" for t in Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return False
+
+
+def test_ctrl_c_before_the_pid_is_read_still_leaves_the_probe_to_the_drain(node, blocked, monkeypatch):
+    """The registration exists before the command starts: interrupted before the probe's pid line was read,
+    the drain finds the probe by the nonce on its command line (and nothing else: a python with the same
+    probe name and another nonce survives), then stops it by pid."""
+    monkeypatch.setattr("modeldrop.nodes.parse_pid_line", lambda line: None)  # the pid line never read
+    decoy_tags = probes.probe_argv_tags("hashes", "feedfacecafe")
+    decoy = subprocess.Popen(["python3", "-", *decoy_tags], stdin=subprocess.PIPE, start_new_session=True)
+    decoy.stdin.write(b"import time\ntime.sleep(60)\n")
+    decoy.stdin.close()
+
+    def interrupt_once_started() -> None:
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            waiting = [p for p in REGISTRY.pending() if p.node is node and p.what == "probe hashes"]
+            if waiting and any(_blocked_on_fifo(pid) for pid in _own_pythons_with(waiting[0].needles[2])):
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.02)
+
+    threading.Thread(target=interrupt_once_started, daemon=True).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            node.run_probe("hashes", {"path": str(blocked), "files": ["w.bin"]}, timeout=3600)
+        (proc,) = [p for p in REGISTRY.pending() if p.node is node]
+        assert proc.pid is None, "the pid line was read after all: this test did not cover the race"
+        (pid,) = _own_pythons_with(proc.needles[2])
+        (line,) = REGISTRY.drain(20)
+        assert line == f"node1 pid {pid} (probe hashes): stopped-term", line
+        assert wait_gone(pid, 5)
+        assert decoy.poll() is None, "a probe with another nonce was stopped"
+    finally:
+        decoy.kill()
+        decoy.wait()
+
+
+def test_a_probe_that_never_started_is_gone_at_the_drain(node):
+    token = REGISTRY.register(RemoteProcess(node, None, "probe hashes",
+                                            tuple(probes.probe_argv_tags("hashes", "0badc0ffee00"))))
+    assert REGISTRY.stop_one(token) == "node1 pid ? (probe hashes): gone (never reported a pid)"
+
+
+@pytest.mark.parametrize("leader", [True, False], ids=["group-leader", "under-a-shell"])
+def test_a_stopped_tool_probe_takes_its_tool_with_it(leader: bool):
+    """The stop probe signals a session leader's group, else the pid alone (a login shell that did not exec):
+    either way the tool the probe runs ends with it."""
+    tags = probes.probe_argv_tags("tool", "5ca1ab1e0000")
+    argv = ["python3", "-", *tags] if leader else ["/bin/sh", "-c", 'python3 - "$@"; true', "sh", *tags]
+    probe = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             start_new_session=True)
+    probe.stdin.write(probes.probe_payload("tool", {"path": "/bin/sleep", "args": ["300"], "timeout": 600}))
+    probe.stdin.close()
+    pid = cleanup.parse_pid_line(probe.stderr.readline().decode())
+    try:
+        end = time.monotonic() + 20
+        while not (tools := [r for r in _proc.all_procs() if r["ppid"] == pid and r["cmdline"][:1] == ["/bin/sleep"]]):
+            assert time.monotonic() < end, "the tool never started"
+            time.sleep(0.02)
+        info = _proc.proc_info(pid)
+        res = LocalNode("node1").run_probe("stop", {"pid": pid, "expect_start": info["start"],
+                                                    "expect_argv0": info["cmdline"][0], "grace_s": 5})
+        assert res["result"] == "stopped-term", res
+        assert wait_gone(tools[0]["pid"], 5), "the probe's tool outlived it"
+    finally:
+        os.killpg(probe.pid, signal.SIGKILL)
+        probe.wait()

@@ -1,5 +1,5 @@
-"""Probe `procs`: {pids: [int] | null, exe_paths: [str] | null, own_only: bool} -> {procs: [{pid, ppid, uid,
-start, exe, cmdline}]}.
+"""Probe `procs`: {pids: [int] | null, exe_paths: [str] | null, own_only: bool, argv_has: [str] | null} ->
+{procs: [{pid, ppid, uid, start, exe, cmdline}]}.
 
 With `pids`, those processes that are alive; with `exe_paths`, processes whose PROGRAM is one of the paths:
 for a binary, the process's executable is that file; for a script (`#!` first line, e.g. a console-script
@@ -10,7 +10,9 @@ argv[0]; a `#!/bin/sh` script that re-executes itself, `exec … PYTHON "$0" "$@
 uv write console scripts whose interpreter path is too long or has a space for a `#!` line, runs as PYTHON).
 Nothing matches on argv alone: `tail <path> -f`, or another program started with the path
 as its argv[0] or symlinked there, is not the program. With `own_only`, only processes of the user running
-the probe. With neither pids nor paths, every process.
+the probe. With `argv_has`, only processes whose command line (its words joined by spaces) holds every one of
+those strings: how a probe is found by the nonce it was started with before it reported its pid. With neither
+pids nor paths, every process.
 """
 
 from __future__ import annotations
@@ -94,6 +96,9 @@ def main(args: dict) -> dict:
         rows = all_procs()
     if args.get("own_only"):
         rows = [r for r in rows if r.get("uid") == os.getuid()]
+    needles = args.get("argv_has") or []
+    if needles:
+        rows = [r for r in rows if all(n in " ".join(r.get("cmdline") or []) for n in needles)]
     if exe_paths:
         progs = [program(e) for e in exe_paths]
         rows = [r for r in rows if any(runs(r, prog) for prog in progs)]

@@ -1,13 +1,39 @@
 """Probe `tool`: {path, args, timeout, env} -> does this exact binary exist, and what does it print.
 
 The path is tilde-expanded on the node; the tool runs with a timeout and no shell. `env` adds variables.
+The tool never outlives the probe: it shares the probe's process group (a stop of the group reaches it) and
+a SIGTERM to the probe alone kills it before the probe exits.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
+
+
+def run_owned(argv: list, env: dict, timeout: float) -> tuple:
+    """(rc, stdout, stderr) of argv; subprocess.TimeoutExpired (child killed) after timeout; a SIGTERM to this
+    process kills the child first, then exits 143."""
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=env)
+
+    def on_term(signum: int, frame: object) -> None:
+        child.kill()
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        try:
+            stdout, stderr = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            stdout, stderr = child.communicate()
+            raise subprocess.TimeoutExpired(argv, timeout, stdout, stderr) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return child.returncode, stdout, stderr
 
 
 def main(args: dict) -> dict:
@@ -26,12 +52,11 @@ def main(args: dict) -> dict:
     head = int(args.get("head_bytes", 4000))
     t0 = time.monotonic()
     try:
-        proc = subprocess.run([expanded] + [str(a) for a in args.get("args", [])], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                              timeout=float(args.get("timeout", 30)), check=False)
-        out["rc"] = proc.returncode
-        out["stdout_head"] = proc.stdout[:head].decode("utf-8", "replace")
-        out["stderr_head"] = proc.stderr[:head].decode("utf-8", "replace")
+        rc, stdout, stderr = run_owned([expanded] + [str(a) for a in args.get("args", [])], env,
+                                       float(args.get("timeout", 30)))
+        out["rc"] = rc
+        out["stdout_head"] = stdout[:head].decode("utf-8", "replace")
+        out["stderr_head"] = stderr[:head].decode("utf-8", "replace")
     except subprocess.TimeoutExpired as exc:
         out["error"] = "timed out after %ss" % args.get("timeout", 30)
         out["stdout_head"] = (exc.stdout or b"")[:head].decode("utf-8", "replace")
