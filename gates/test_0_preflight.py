@@ -24,7 +24,8 @@ def test_preflight(run_config, node_pool, on_each_node, run_facts, evidence, hub
         problems += reach_problems(pre, nodes, run_config)
     warnings: list[str] = []
     if not run_config.audit:
-        exo = exo_preflight(nodes, run_config)
+        answered = {k: nodes[k] for k in nodes if pre[k].facts}  # one line per unreachable node is enough
+        exo = exo_preflight(answered, run_config)
         for k, build in exo.builds.items():
             run_facts.set_exo_build(k, build)
         evidence.json("exo", exo.evidence)

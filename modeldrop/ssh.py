@@ -145,6 +145,16 @@ def resolve_target(target: str, ssh_config: Path | None, known_hosts: Path | Non
                      global_known_hosts=global_files)
 
 
+def _connect_cause(exc: BaseException, timeout_s: float) -> str:
+    """What a failed connect means: paramiko says "No existing session" or "Error reading SSH protocol banner"
+    when the TCP connection was accepted but no SSH banner came."""
+    cause = str(exc).strip() or type(exc).__name__
+    if "No existing session" in cause or "protocol banner" in cause:
+        return (f"the port accepted the TCP connection but sent no SSH banner within {timeout_s:g}s "
+                f"(a wedged sshd, or not an SSH server on that port) [{cause}]")
+    return cause
+
+
 class SSHNode(Node):
     """A node reached over SSH with paramiko: one connection reused for every command."""
 
@@ -223,8 +233,7 @@ class SSHNode(Node):
                             f"{', '.join(r.identity_files) or 'default keys/agent'}") from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
             client.close()
-            cause = str(exc).strip() or type(exc).__name__
-            raise NodeError(f"{where}: cannot connect: {cause}") from None
+            raise NodeError(f"{where}: cannot connect: {_connect_cause(exc, self.connect_timeout)}") from None
         transport = client.get_transport()
         transport.set_keepalive(self.keepalive_s)
         if isinstance(transport.sock, socket.socket):  # small channel requests must not wait on Nagle

@@ -65,7 +65,8 @@ def test_sshd_that_accepts_and_never_speaks_fails_preflight(files_box):
         result = run_nodes(sbx, reports, node2_target(sbx, port=wedged.getsockname()[1]))
     finally:
         wedged.close()
-    assert_caught(result, "preflight", "node2")
+    assert_caught(result, "preflight", "node2", "sent no SSH banner within")
+    assert "cannot probe exo" not in result.message("preflight")  # one connect per unreachable node, not three
 
 
 @pytest.mark.fault("ssh-auth-failure", gate="preflight", signature="node2")
