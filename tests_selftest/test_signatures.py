@@ -116,6 +116,19 @@ def test_signal_killed_runner_is_named_before_the_generic_crash():
     assert "X-RUNNER-SIGNAL" not in ids("chat", logs={"node1": "Runner terminated with exitcode=1"})
 
 
+def test_a_placed_node_with_no_download_record_is_d1():
+    """Real EXO offline with a shard gone from one node: that node records no download at all while the other's
+    is Completed and runners wait; D1 names the silent node. Every placed node Completed: no D1."""
+    silent = new_state()
+    done = silent["downloads"][A]  # this sample's one Completed record
+    silent["downloads"] = {A: done}
+    (d1,) = [m for m in sg.match("placement", state=silent, facts={"model_id": MODEL}) if m.id == "D1"]
+    assert f"{B[:12]}:no download record" in d1.matched and A[:12] not in d1.matched
+    complete = new_state()
+    complete["downloads"] = {A: done, B: [{"DownloadCompleted": {**next(iter(done[0].values())), "nodeId": B}}]}
+    assert "D1" not in ids("placement", state=complete, facts={"model_id": MODEL})
+
+
 def test_gate_scoping():
     assert "H1" not in ids("placement", http={"status": 404, "error": "x"})
 
