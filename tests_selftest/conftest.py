@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,15 @@ import pytest
 from tests_selftest.sshd_fixture import SSHD, SSHDHandle, start_sshd
 
 pytest_plugins = ["pytester", "tests_selftest.fault_plugin"]
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The interrupt self-tests send SIGINT to the runs they start. A shell that starts a job in the background
+    (`nohup … &`, a CI step run with `&`) leaves SIGINT ignored, and an ignored signal stays ignored across
+    exec: every run would shrug off its Ctrl-C. Restore Python's handler here, so runs started from this
+    process get the default disposition (a handled signal is reset on exec) and install their own."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 SANDBOX_BASE = Path(os.environ.get("MODELDROP_SELFTEST_SANDBOX", "/var/tmp/modeldrop-selftest"))
 
