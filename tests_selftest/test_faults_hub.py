@@ -45,7 +45,7 @@ def test_silent_hub_is_bounded_and_one_line(silent_endpoint):
     with pytest.raises(NodeError) as exc:
         hub.expected_online("org/model", endpoint=silent_endpoint, timeout_s=2)
     took = time.monotonic() - t0
-    assert took < 4, took
+    assert took < 8, took  # bounded by the 2 s asked for (the default is HUB_TIMEOUT_S, 60 s); slack for a busy CI
     msg = str(exc.value)
     assert "\n" not in msg and "no answer within 2s" in msg and "org/model@main" in msg and silent_endpoint in msg
 

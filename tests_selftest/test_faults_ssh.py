@@ -41,7 +41,7 @@ def _timed(fn):
 def test_exec_request_never_answered_times_out(fake):
     node = _node(fake)
     err, took = _timed(lambda: node.run(["true"], timeout=3))
-    assert isinstance(err, CommandTimeout) and took < 6, took
+    assert isinstance(err, CommandTimeout) and took < 9, took  # 3 s asked; slack for a busy CI
     assert "\n" not in str(err) and "never answered the exec request" in str(err) and "node1" in str(err)
     node.close()
 
@@ -51,7 +51,7 @@ def test_exec_request_never_answered_times_out(fake):
 def test_command_that_never_answers_times_out(fake):
     node = _node(fake)
     err, took = _timed(lambda: node.run(["true"], timeout=2))
-    assert isinstance(err, CommandTimeout) and took < 5, took
+    assert isinstance(err, CommandTimeout) and took < 8, took  # 2 s asked; slack for a busy CI
     assert "timed out after 2s" in str(err)
     node.close()
 
