@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modeldrop.errors import NodeError
-from modeldrop.probes import PID_TAG
+from modeldrop.probes import PID_TAG, is_nonce
 
 
 class Node(Protocol):
@@ -96,7 +96,7 @@ def stop_remote(proc: RemoteProcess, grace_s: float = 10, timeout_s: float = STO
 def _stop_unreported(proc: RemoteProcess, grace_s: float, timeout_s: float) -> str:
     """Stop a process registered before it reported its pid: found by its nonce-bearing needles among the SSH
     user's own processes (none found: it never started, or already ended)."""
-    if not any(len(n) >= 12 for n in proc.needles):
+    if not any(is_nonce(n) for n in proc.needles):
         return f"{proc.label()}: no pid reported and no nonce to find it by: left alone"
     try:
         found = proc.node.run_probe("procs", {"pids": None, "exe_paths": None, "own_only": True,

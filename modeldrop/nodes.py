@@ -217,11 +217,11 @@ class Node(ABC):
         itself the cleanup: cut short, it would leave its target without the SIGKILL). The registration is made
         before the command starts and holds the `probes.probe_argv_tags` words of its command line (with a
         fresh nonce) and, once the python reports it first thing, its pid; it ends when the probe returns, or
-        on a connection error before any pid was reported. When the wait times out, or a gate's limit or a deadline cuts it
-        short, the probe is stopped at once (the timeout's message says how); on Ctrl-C or SIGTERM, or a lost
-        connection, it stays registered for the session's drain."""
+        on a connection error before any pid was reported. When the wait times out, or a gate's limit or a
+        deadline cuts it short, the probe is stopped at once (the timeout's message says how); on Ctrl-C or
+        SIGTERM, or a lost connection, it stays registered for the session's drain."""
         payload = probes.probe_payload(name, args)
-        nonce = os.urandom(6).hex()
+        nonce = probes.new_nonce()
         cmd = self._python_exec(name, args, nonce)
         long_probe = register if register is not None else timeout > LONG_PROBE_S and name != "stop"
         watch = _ProbeWatch(self, name, nonce) if long_probe else None

@@ -257,8 +257,16 @@ def test_ctrl_c_before_the_pid_is_read_still_leaves_the_probe_to_the_drain(node,
 
 def test_a_probe_that_never_started_is_gone_at_the_drain(node):
     token = REGISTRY.register(RemoteProcess(node, None, "probe hashes",
-                                            tuple(probes.probe_argv_tags("hashes", "0badc0ffee00"))))
+                                            tuple(probes.probe_argv_tags("hashes", probes.new_nonce()))))
     assert REGISTRY.stop_one(token) == "node1 pid ? (probe hashes): gone (never reported a pid)"
+
+
+def test_without_a_pid_or_a_nonce_nothing_is_looked_up():
+    """Words any process could carry are no identity: such a registration is never searched for."""
+    assert probes.is_nonce(probes.new_nonce()) and not probes.is_nonce(probes.PROBE_TAG)
+    assert not probes.is_nonce("hashes") and not probes.is_nonce("0BADC0FFEE00")
+    token = REGISTRY.register(RemoteProcess(LocalNode("node1"), None, "probe hashes", (probes.PROBE_TAG, "hashes")))
+    assert REGISTRY.stop_one(token) == "node1 pid ? (probe hashes): no pid reported and no nonce to find it by: left alone"
 
 
 @pytest.mark.parametrize("leader", [True, False], ids=["group-leader", "under-a-shell"])

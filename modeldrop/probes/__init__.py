@@ -17,6 +17,7 @@ no runtime `X | Y`, no tomllib, no hashlib.file_digest; `from __future__ import 
 from __future__ import annotations
 
 import json
+import os
 from functools import cache
 from pathlib import Path
 
@@ -78,6 +79,16 @@ def probe_payload(name: str, args: dict) -> bytes:
     args_literal = repr(json.dumps(args))
     footer = _FOOTER.format(args_literal=args_literal, marker=RESULT_MARKER, pid_tag=PID_TAG)
     return (probe_source(name) + footer).encode()
+
+
+def new_nonce() -> str:
+    """A fresh nonce for one probe's command line (12 hex digits: nothing else on a node carries it)."""
+    return os.urandom(6).hex()
+
+
+def is_nonce(word: str) -> bool:
+    """Is word a nonce as `new_nonce` makes them?"""
+    return len(word) == 12 and all(c in "0123456789abcdef" for c in word)
 
 
 def probe_argv_tags(name: str, nonce: str) -> list[str]:
