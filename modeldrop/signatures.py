@@ -140,8 +140,7 @@ def _downloads_incomplete(c: Ctx) -> str | None:
     placed = {nid for inst in st.instances_for_model(c.state, model) for nid in inst.node_ids}
     # real EXO offline with a shard gone: the node's worker keeps planning DownloadModel, records nothing
     friendly = st.cluster_view(c.state).friendly
-    bad += [f"{friendly.get(nid) or 'node'} ({nid[:12]}): no download record"
-            for nid in sorted(placed - {d.node_id for d in recorded})]
+    bad += [f"{st.node_label(friendly, nid)}: no download record" for nid in sorted(placed - {d.node_id for d in recorded})]
     return f"downloads not complete: {bad}" if bad else None
 
 

@@ -124,7 +124,7 @@ def test_a_placed_node_with_no_download_record_is_d1():
     silent["downloads"] = {A: done}
     (d1,) = [m for m in sg.match("placement", state=silent, facts={"model_id": MODEL}) if m.id == "D1"]
     name = silent["nodeIdentities"][B]["friendlyName"]
-    assert f"{name} ({B[:12]}): no download record" in d1.matched and A[:12] not in d1.matched
+    assert f"{name} (node {B[:12]}): no download record" in d1.matched and A[:12] not in d1.matched
     complete = new_state()
     complete["downloads"] = {A: done, B: [{"DownloadCompleted": {**next(iter(done[0].values())), "nodeId": B}}]}
     assert "D1" not in ids("placement", state=complete, facts={"model_id": MODEL})

@@ -337,13 +337,18 @@ def instance_progress(state: dict, instance_id: str) -> InstanceProgress:
                             runner_locations(state, inst))
 
 
+def node_label(friendly: dict[str, str], nid: str) -> str:
+    """A node as a person reads it in a message: "friendly-name (node id prefix)", or "node id prefix"."""
+    name = friendly.get(nid)
+    return f"{name} (node {nid[:12]})" if name else f"node {nid[:12]}"
+
+
 def runner_locations(state: dict, inst: Instance) -> dict[str, str]:
-    """{runner id: "friendly-name (node id prefix)"} from nodeToRunner; "rank N" when the map is empty."""
+    """{runner id: `node_label` of its node} from nodeToRunner; "rank N" when the map is empty."""
     friendly = cluster_view(state).friendly
     out = {}
     for nid, rid in inst.node_to_runner.items():
-        name = friendly.get(nid)
-        out[rid] = f"{name} (node {nid[:12]})" if name else f"node {nid[:12]}"
+        out[rid] = node_label(friendly, nid)
     for rid, shard in inst.runner_to_shard.items():
         if rid not in out and shard.rank is not None:
             out[rid] = f"rank {shard.rank} (nodeToRunner does not say which node)"
