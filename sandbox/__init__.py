@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["MODEL_ID", "Sandbox", "SandboxError", "generate_model", "HubHandle", "start_hub", "stop_hub"]
+# a sandbox slot S puts its nodes on 127.0.<10+S>.x: 0..MAX_SLOT
+MAX_SLOT = 239
+
+__all__ = ["MAX_SLOT", "MODEL_ID", "Sandbox", "SandboxError", "generate_model", "HubHandle", "start_hub", "stop_hub"]
 
 _WHERE = {"MODEL_ID": "sandbox.model", "generate_model": "sandbox.model", "Sandbox": "sandbox.cluster",
           "SandboxError": "sandbox.cluster", "HubHandle": "sandbox.hub", "start_hub": "sandbox.hub",

@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("up", "down", "status", "env"):
         p = sub.add_parser(name)
-        p.add_argument("--slot", type=int, default=0, help="0..99; addresses 127.0.<10+slot>.x (default 0)")
+        p.add_argument("--slot", type=int, default=0, help="0..239; addresses 127.0.<10+slot>.x (default 0)")
         p.add_argument("--root", type=Path, help="default /var/tmp/modeldrop-sandbox/slot<S>")
         if name == "up":
             p.add_argument("--nodes", type=int, default=2, help="1..4 (default 2)")

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sandbox import MAX_SLOT
 from sandbox import hub as hubmod
 from sandbox.model import MODEL_ID, folder_name, generate_model
 from sandbox.nodevenv import DEFAULT_VENV, NODE_REQUIREMENTS, ensure_node_venv
@@ -214,8 +215,8 @@ class Sandbox:
                  model_params: dict[str, Any] | None = None,
                  node_requirements: tuple[str, ...] = NODE_REQUIREMENTS, exo: str = "emulator",
                  preinstall_card: bool = False):
-        if not 0 <= slot <= 99:
-            raise SandboxError(f"slot must be 0..99, got {slot}")
+        if not 0 <= slot <= MAX_SLOT:
+            raise SandboxError(f"slot must be 0..{MAX_SLOT}, got {slot}")
         if not 1 <= n_nodes <= 4:
             raise SandboxError(f"n_nodes must be 1..4, got {n_nodes}")
         if generation not in GENERATIONS:

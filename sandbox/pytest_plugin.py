@@ -2,7 +2,7 @@
 
 Registered from the root conftest. Implements the modeldrop plugin's `pytest_modeldrop_env_file` and
 `pytest_modeldrop_rerun_args` hooks, so the library never imports the sandbox. The sandbox lives
-under /var/tmp/modeldrop-sandbox/slot<S>, S from MODELDROP_SANDBOX_SLOT (0..99, default 0), so
+under /var/tmp/modeldrop-sandbox/slot<S>, S from MODELDROP_SANDBOX_SLOT (0..239, default 0), so
 several checkouts can run side by side.
 """
 
@@ -18,6 +18,7 @@ import pytest
 
 from modeldrop.errors import InputError
 from modeldrop.ledger.handoff import one_line
+from sandbox import MAX_SLOT
 
 SANDBOX_SLOT_ENV = "MODELDROP_SANDBOX_SLOT"
 
@@ -36,10 +37,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def sandbox_slot() -> int:
-    """The demo's sandbox slot: MODELDROP_SANDBOX_SLOT (0..99), else 0."""
+    """The demo's sandbox slot: MODELDROP_SANDBOX_SLOT (0..MAX_SLOT), else 0."""
     raw = os.environ.get(SANDBOX_SLOT_ENV, "0")
-    if not raw.isdigit() or not 0 <= int(raw) <= 99:
-        raise pytest.UsageError(f"{SANDBOX_SLOT_ENV}={raw!r}: a sandbox slot is a number 0..99")
+    if not raw.isdigit() or not 0 <= int(raw) <= MAX_SLOT:
+        raise pytest.UsageError(f"{SANDBOX_SLOT_ENV}={raw!r}: a sandbox slot is a number 0..{MAX_SLOT}")
     return int(raw)
 
 

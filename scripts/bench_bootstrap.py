@@ -50,8 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, got, valid in (("--orders", a.orders, ORDERS), ("--links", a.links, LINKS)):
         if not got or not set(got) <= set(valid):
             ap.error(f"{name}: {','.join(got)!r}; valid: a comma list of {', '.join(valid)}")
-    if a.pad_mb < 0 or a.rate_mb <= 0 or not 1 <= a.nodes <= 4 or not 0 <= a.slot <= 99:
-        ap.error("--pad-mb >= 0, --rate-mb > 0, --nodes 1..4 and --slot 0..99 are required")
+    if a.pad_mb < 0 or a.rate_mb <= 0 or not 1 <= a.nodes <= 4 or not 0 <= a.slot <= 239:
+        ap.error("--pad-mb >= 0, --rate-mb > 0, --nodes 1..4 and --slot 0..239 are required")
     return a
 
 
