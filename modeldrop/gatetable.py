@@ -54,7 +54,7 @@ class Gate:
 
 
 # Each limit leaves the node-side limits inside the gate (and their cleanup) their time: checked by
-# tests_selftest/test_timeout_nesting.py against the library's own constants.
+# tests_selftest/unit/gatetable/test_timeout_nesting.py against the library's own constants.
 GATES: tuple[Gate, ...] = (
     Gate("preflight", "preflight", "0", 2400, ("ONLINE", "EXO_API_PORT", "AUDIT", "DISK_MARGIN_GB"), ("exo_versions",),
          "every node: SSH, python3, the exact hf and exo binaries run, same exo build and generation everywhere "

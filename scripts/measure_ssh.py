@@ -3,7 +3,7 @@
 
 Also the first (connecting) SSHNode command and the `facts` probe round trip. Needs an sshd: the sandbox's
 (`--ssh-config <root>/ssh_config --host sbx1-node1`) or, with `--own-sshd`, a private one started here
-(tests_selftest/sshd_fixture.py) and stopped by pid at the end.
+(tests_selftest/support/sshd_fixture.py) and stopped by pid at the end.
 
 Usage: .venv/bin/python scripts/measure_ssh.py --ssh-config FILE --host ALIAS [-n 30]
        .venv/bin/python scripts/measure_ssh.py --own-sshd [-n 30]

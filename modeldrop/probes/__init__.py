@@ -10,7 +10,7 @@ The interpreter is chosen by the constant shell snippet `PYTHON_PICK`: it never 
 `/usr/bin/python3` CLT stub on a Mac without Command Line Tools, and exits 97 with `NO_PYTHON` when
 there is no python.
 
-Probe rules (checked by tests_selftest/test_probes.py with vermin): Python 3.9 stdlib only, no `match`,
+Probe rules (checked by tests_selftest/unit/probes/test_probes.py with vermin): Python 3.9 stdlib only, no `match`,
 no runtime `X | Y`, no tomllib, no hashlib.file_digest; `from __future__ import annotations` at the top.
 """
 

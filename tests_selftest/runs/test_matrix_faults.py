@@ -3,7 +3,7 @@ before the banner, auth failure, changed host key), tools (exo missing, hf not e
 (config.json gone) and hub (a listed file the hub cannot serve).
 
 Each run must fail at the named gate with the named evidence and run nothing after it; the fault
-harness (tests_selftest/fault_plugin.py) adds processes left, decoys harmed and results lost.
+harness (tests_selftest/support/fault_plugin.py) adds processes left, decoys harmed and results lost.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.sandbox_run, pytest.mark.timeout(600)]
 
 @pytest.fixture
 def files_box(clean):
-    """The file-gate sandbox, clean (test_runs_files.clean)."""
+    """The file-gate sandbox, clean (runs/conftest.py's `clean`)."""
     return clean
 
 

@@ -1,7 +1,6 @@
-"""Fixtures and helpers for the EXO emulator self-tests (tests_selftest/test_emulator_*.py).
+"""Fixtures and helpers for the EXO emulator self-tests (tests_selftest/unit/emulator/).
 
-Register in tests_selftest/conftest.py with ``pytest_plugins = ["tests_selftest.support.emulator_fixtures"]``
-(the test modules also import the helpers directly, so they work without registration).
+The emulator tests import the fixtures and helpers they use from here (no registration needed).
 
 Contract: ``EmuNode`` (from ``sandbox.emulator_driver``) runs ``python -m exo_emulator`` as a local subprocess with its own HOME and
 emulator.json on a 127.0.x.y address, and is stopped by pid; ``tiny_model`` builds a random-weight

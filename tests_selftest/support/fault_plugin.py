@@ -1,4 +1,4 @@
-"""pytest glue of the fault matrix (see tests_selftest/faultmatrix.py): the `fault` marker's recorder.
+"""pytest glue of the fault matrix (see support/faultmatrix.py): the `fault` marker's recorder.
 
 For a test marked `@pytest.mark.fault(...)`, every whole run it drives is observed (decoys alive before
 and after, node processes counted at once, results lost, the gate that caught it), one row is appended

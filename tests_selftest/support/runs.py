@@ -18,7 +18,7 @@ from pathlib import Path
 from tests_selftest.support import REPO
 
 # Called before each whole run (with the run's arguments) and after it (with its RunResult): the fault-matrix
-# harness (tests_selftest/conftest.py) measures what the run left on the nodes before the test cleans up.
+# harness (support/fault_plugin.py) measures what the run left on the nodes before the test cleans up.
 BEFORE_RUN: list[Callable[[list[str]], None]] = []
 AFTER_RUN: list[Callable[[RunResult], None]] = []
 

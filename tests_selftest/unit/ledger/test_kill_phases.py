@@ -1,6 +1,6 @@
 """SIGKILL of the suite during each phase loses no completed result.
 
-Gates: the fake gate suite (test_plugin_kit) hangs in one gate; the run is killed with SIGKILL; every
+Gates: the fake gate suite (support/plugin_kit.py) hangs in one gate; the run is killed with SIGKILL; every
 gate the terminal reported PASSED must have its pass in ledger.jsonl and in ledger.html, the hand-off
 must name the running gate and the last pass, and no temp file is left. Benchmarks: `pytest benchmarks/`
 against the calibration server is killed after a few cases; every case the terminal reported PASSED has

@@ -5,7 +5,7 @@ when its wait times out or a deadline cuts it short, and left for the session's 
 
 A `hashes` probe on a FIFO blocks in open() until the test writes to it: a probe that runs exactly as long
 as the test wants, through LocalNode and over SSH to a private sshd (whole runs against the sandbox's
-nodes: tests_selftest/test_interrupt_probes.py).
+nodes: tests_selftest/runs/test_interrupt_probes.py).
 """
 
 from __future__ import annotations
