@@ -1,4 +1,4 @@
-"""Self-test fixtures: pytester for the plugin, and one sandbox per xdist worker (its own slot)."""
+"""Self-test fixtures: pytester for the plugin, and one sandbox per xdist worker (its own slot, support/slots.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests_selftest.support.slots import SANDBOX_BASE
+from sandbox import Sandbox
+from tests_selftest.support.slots import SANDBOX_BASE, slot
 from tests_selftest.support.sshd_fixture import SSHD, SSHDHandle, start_sshd
 
 pytest_plugins = ["pytester", "tests_selftest.support.fault_plugin"]
@@ -23,24 +24,15 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _worker_index(worker_id: str) -> int:
-    """0 for a plain run, N for xdist worker gwN."""
-    return int(worker_id[2:]) if worker_id.startswith("gw") else 0
-
-
 @pytest.fixture(scope="session")
-def sandbox_slot(worker_id: str) -> int:
-    """This worker's sandbox slot: MODELDROP_SELFTEST_SLOT_BASE (default 1) + the worker index.
-
-    Slot 0 is left to the demo (`pytest gates/ --sandbox`)."""
-    return int(os.environ.get("MODELDROP_SELFTEST_SLOT_BASE", "1")) + _worker_index(worker_id)
+def sandbox_slot() -> int:
+    """This worker's slot for the file-gate runs' sandbox (slots.slot("files"))."""
+    return slot("files")
 
 
 @pytest.fixture(scope="session")
 def sandbox(sandbox_slot: int) -> Iterator[object]:
     """A 2-node sandbox for this worker, built once, stopped at the end of the session."""
-    from sandbox.cluster import Sandbox
-
     sbx = Sandbox(root=SANDBOX_BASE / f"slot{sandbox_slot}", slot=sandbox_slot, n_nodes=2)
     sbx.up()
     try:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import pytest
 
-from sandbox.cluster import Sandbox
-from tests_selftest.support.slots import SANDBOX_BASE
+from sandbox import Sandbox
+from tests_selftest.support.slots import SANDBOX_BASE, slot
 
 
 @pytest.fixture
@@ -24,12 +23,10 @@ def clean(sandbox, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def sbx(worker_id):
-    """A 2-node sandbox of its own slot (MODELDROP_CLUSTER_SLOT, default 20, + xdist worker), so file-gate runs
-    can go in parallel; two sessions at once need different MODELDROP_CLUSTER_SLOT values."""
-    idx = int(worker_id[2:]) if worker_id.startswith("gw") else 0
-    slot = int(os.environ.get("MODELDROP_CLUSTER_SLOT", "20")) + idx
-    box = Sandbox(root=SANDBOX_BASE / f"cluster-slot{slot}", slot=slot, n_nodes=2)
+def sbx():
+    """A 2-node sandbox for the EXO-gate runs, this worker's "cluster" slot."""
+    n = slot("cluster")
+    box = Sandbox(root=SANDBOX_BASE / f"cluster-slot{n}", slot=n, n_nodes=2)
     box.up()
     yield box
     box.down()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -47,9 +46,7 @@ def test_interrupt_mid_download_stops_the_remote_hf(clean, how, fault_row):
     sbx, reports = clean
     decoys = _live_decoys(sbx)
     sbx.hub.set_faults({"slow_link_bps": 40_000})  # the 1.6 MB model takes ~40 s
-    cmd = [sys.executable, "-m", "pytest", "gates/", "--env-file", str(sbx.env_file), "--report-dir", str(reports),
-           "-p", "no:cacheprovider", "-q", *FAST]
-    run = interrupt_when(sbx, cmd, lambda: hf_running(sbx, 1), "hf download running on node1", decoys,
+    run = interrupt_when(sbx, reports, FAST, lambda: hf_running(sbx, 1), "hf download running on node1", decoys,
                          signals=tuple(SIGNALS[how]))
     folder = (reports / "latest").resolve()
     events, torn = fm.ledger_events(folder)
@@ -90,10 +87,8 @@ def test_ctrl_c_while_the_cluster_loads_stops_every_exo(cluster_box, tmp_path, f
     decoys = _live_decoys(box)
     box.set_exo_faults(2, {"runner_never_ready": "loading"})
     reports = tmp_path / "reports"
-    cmd = [sys.executable, "-m", "pytest", "gates/", "--env-file", str(box.env_file), "--report-dir", str(reports),
-           "-p", "no:cacheprovider", "-q", *WINDOWS, "--ready-timeout", "300"]
-    run = interrupt_when(box, cmd, lambda: instance_loading(reports), "the placement gate polling an instance",
-                         decoys, deadline_s=240, exit_s=180)
+    run = interrupt_when(box, reports, [*WINDOWS, "--ready-timeout", "300"], lambda: instance_loading(reports),
+                         "the placement gate polling an instance", decoys, deadline_s=240, exit_s=180)
     folder = (reports / "latest").resolve()
     record_row(fault_row, "placement", run.clean_s, run.left, decoys, fm.ledger_events(folder)[1])
     assert run.left == [], (run.left, run.output[-3000:])

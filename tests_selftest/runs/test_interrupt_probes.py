@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -87,10 +86,8 @@ def test_gate_timeout_mid_hashing_stops_the_remote_probe(slow_hashing):
 def test_ctrl_c_mid_hashing_stops_the_remote_probe(slow_hashing, fault_row):
     sbx, reports = slow_hashing
     decoys = _live_decoys(sbx)
-    cmd = [sys.executable, "-m", "pytest", "gates/", "--env-file", str(sbx.env_file), "--report-dir", str(reports),
-           "-p", "no:cacheprovider", "-q", *FAST, "--verify-hashes"]
-    run = interrupt_when(sbx, cmd, lambda: hashing_pids(sbx), "the hashes probe running on node1", decoys,
-                         deadline_s=180)
+    run = interrupt_when(sbx, reports, [*FAST, "--verify-hashes"], lambda: hashing_pids(sbx),
+                         "the hashes probe running on node1", decoys, deadline_s=180)
     folder = (reports / "latest").resolve()
     lines, events = cleanup_lines(folder)
     record_row(fault_row, "node1_verify", run.clean_s, run.left, decoys, fm.ledger_events(folder)[1])

@@ -1,7 +1,7 @@
 """Whole runs of the gates against real EXO (EXO's own code, sandbox/exo_real) with real faults, each caught at
 its gate with the expected signature id, no later gate run, and nothing the run started left behind.
 
-One 2-node real-EXO sandbox per xdist worker (slot MODELDROP_SBXTEST_SLOT + 2 + worker), shared by the
+One 2-node real-EXO sandbox per xdist worker (its "real" slot, support/slots.py), shared by the
 module. Faults that must land between gates (a taken port, a missing shard, a node's EXO killed) are
 injected by watching the run's own ledger for the gate event; node 1's EXO killed mid-chat also waits for the
 chat gate's request to show as a task in that node's /state. The namespace case runs with `--stop-existing-exo`
@@ -20,13 +20,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from sandbox import Sandbox
 from sandbox.exo_real.install import missing_inputs
 from tests_selftest.support import runs
 from tests_selftest.support.cluster_runs import (
@@ -39,8 +39,8 @@ from tests_selftest.support.cluster_runs import (
     signature_ids,
     stop_leftovers,
 )
-from tests_selftest.support.runs import REPO, RunResult, parse_junit
-from tests_selftest.support.slots import SANDBOX_BASE
+from tests_selftest.support.runs import RunResult
+from tests_selftest.support.slots import SANDBOX_BASE, slot
 
 # Real EXO probes topology edges about every 10 s and loads on a busy CPU: windows wider than the emulator's.
 WINDOWS = ["--cluster-window", "30", "--settle-window", "3", "--ready-timeout", "180"]
@@ -49,12 +49,10 @@ pytestmark = [pytest.mark.sandbox_run, pytest.mark.real_exo, pytest.mark.timeout
 
 
 @pytest.fixture(scope="module")
-def real(worker_id):
-    """A 2-node sandbox running real EXO, its own slot per xdist worker."""
-    from sandbox.cluster import Sandbox
-    idx = int(worker_id[2:]) if worker_id.startswith("gw") else 0
-    slot = int(os.environ.get("MODELDROP_SBXTEST_SLOT", "90")) + 2 + idx
-    box = Sandbox(root=SANDBOX_BASE / f"real-slot{slot}", slot=slot, n_nodes=2, exo="real")
+def real():
+    """A 2-node sandbox running real EXO, this worker's "real" slot."""
+    n = slot("real")
+    box = Sandbox(root=SANDBOX_BASE / f"real-slot{n}", slot=n, n_nodes=2, exo="real")
     box.up()
     yield box
     box.down()
@@ -86,29 +84,16 @@ def run_with(box, tmp_path: Path, when: tuple[str, str] | None = None, act: Call
     """`pytest gates/` against the sandbox; `act()` runs once, as soon as the ledger shows event `when`
     = (event, gate), e.g. ("pass", "preflight")."""
     report = tmp_path / "reports"
-    report.mkdir(parents=True, exist_ok=True)
-    junit = report / "junit-0.xml"
-    cmd = [sys.executable, "-m", "pytest", "gates/", "--env-file", str(box.env_file), "--report-dir", str(report),
-           f"--junitxml={junit}", "-p", "no:cacheprovider", "-q", "-rA", *WINDOWS, *args]
-    for before in runs.BEFORE_RUN:  # the fault-matrix recorder and the decoy watch observe this run too
-        before([*WINDOWS, *args])
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + timeout
-    done = when is None
-    while proc.poll() is None and not done and time.monotonic() < deadline:
-        if any(e.get("event") == when[0] and e.get("gate") == when[1] for e in ledger_events(report)):
-            act()
-            done = True
-        time.sleep(0.2)
-    try:
-        out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    result = RunResult(proc.returncode, out, report, parse_junit(junit), [*WINDOWS, *args])
-    for after in runs.AFTER_RUN:
-        after(result)
-    assert done, f"the run never reached {when}:\n{out[-3000:]}"
+    with runs.start_run(["gates/"], Path(box.env_file), report, *WINDOWS, *args) as run:
+        deadline = time.monotonic() + timeout
+        done = when is None
+        while run.running() and not done and time.monotonic() < deadline:
+            if any(e.get("event") == when[0] and e.get("gate") == when[1] for e in ledger_events(report)):
+                act()
+                done = True
+            time.sleep(0.2)
+        result = run.wait(max(1.0, deadline - time.monotonic()))
+    assert done, f"the run never reached {when}:\n{result.output[-3000:]}"
     return result
 
 

@@ -4,16 +4,15 @@ seen, wait until the nodes hold none of its processes, and record the signal-to-
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tests_selftest.support import faultmatrix as fm
-from tests_selftest.support.runs import REPO
+from tests_selftest.support.runs import Run, start_run
 
 
 def record_row(row: fm.FaultRow, gate: str, clean_s: float, left: list, decoys: list, torn: int) -> None:
@@ -24,10 +23,12 @@ def record_row(row: fm.FaultRow, gate: str, clean_s: float, left: list, decoys: 
     row.notes += left[:5]
 
 
-def wait_until(check, proc: subprocess.Popen, what: str, deadline_s: float = 90):
+def wait_until(check: Callable[[], Any], run: Run, what: str, deadline_s: float = 90) -> Any:
+    """Poll `check()` until it finds something while the run goes (AssertionError if the run ends first or the
+    deadline passes)."""
     end = time.monotonic() + deadline_s
     while not (found := check()):
-        assert proc.poll() is None, f"the run ended before {what}: {proc.stdout.read().decode()[-3000:]}"
+        assert run.running(), f"the run ended before {what}: {run.output()[-3000:]}"
         assert time.monotonic() < end, f"never saw {what}"
         time.sleep(0.1)
     return found
@@ -43,25 +44,22 @@ class Interrupted:
     clean_s: float
 
 
-def interrupt_when(box, cmd: list[str], ready: Callable[[], Any], what: str, decoys: list, *,
-                   signals: tuple[int, ...] = (signal.SIGINT,), deadline_s: float = 90, exit_s: float = 120) -> Interrupted:
-    """Run `cmd` in its own process group and, once `ready()` finds something, send it `signals` as a terminal
-    would (a human's 0.3 s apart); then wait for the run to end and the nodes to hold none of its processes."""
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        found = wait_until(ready, proc, what, deadline_s)
+def interrupt_when(box, reports: Path, args: list[str], ready: Callable[[], Any], what: str, decoys: list, *,
+                   signals: tuple[int, ...] = (signal.SIGINT,), deadline_s: float = 90,
+                   exit_s: float = 120) -> Interrupted:
+    """Start `pytest gates/ <args>` against `box` and, once `ready()` finds something, send the run's process group
+    `signals` as a terminal would (a human's 0.3 s apart); then wait for the run to end and the nodes to hold none
+    of its processes."""
+    with start_run(["gates/"], Path(box.env_file), reports, *args) as run:
+        found = wait_until(ready, run, what, deadline_s)
         t0 = time.monotonic()
         for i, sig in enumerate(signals):
             if i:
                 time.sleep(0.3)
-            os.killpg(proc.pid, sig)
-        output = proc.communicate(timeout=exit_s)[0].decode(errors="replace")
+            run.send(sig)
+        output = run.wait(exit_s).output
         left = fm.wait_no_node_processes(box, {d.proc.pid for d in decoys}, deadline_s=30)
         return Interrupted(found, output, left, time.monotonic() - t0)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def record_measure(name: str, clean_s: float, test: str) -> None:

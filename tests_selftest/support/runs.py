@@ -1,5 +1,8 @@
 """Drive whole runs of the suite (`pytest gates/ …`) in a subprocess and read back what happened.
 
+`run_suite` runs one to its end; `start_run` starts one for a test that acts while it goes (a fault injected
+when the ledger shows a gate, a Ctrl-C once a process runs on a node). Both build the one command line.
+
 Outcomes come from the run's own junit XML, keyed by gate id, so assertions read like
 `assert run.outcome("node1_verify") == "failed"` and `run.message("node1_verify")`.
 """
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -60,6 +64,8 @@ def parse_junit(path: Path) -> dict[str, tuple[str, str]]:
     if not path.exists():
         return out
     for case in ET.parse(path).getroot().iter("testcase"):
+        if not case.get("name"):
+            continue  # an interrupted session's unfinished test: no name, no outcome
         outcome, message = "passed", ""
         for tag in ("failure", "error", "skipped"):
             el = case.find(tag)
@@ -71,21 +77,74 @@ def parse_junit(path: Path) -> dict[str, tuple[str, str]]:
     return out
 
 
+class Run:
+    """A whole run (`python -m pytest <paths> --env-file … --report-dir …`, from the repo root) in its own process
+    group, its output in the report dir. The BEFORE_RUN hooks see it before it starts; `wait()` ends it and hands
+    its RunResult to the AFTER_RUN hooks. Leaving a `with` block kills whatever of it still runs."""
+
+    def __init__(self, paths: list[str], env_file: Path, report_dir: Path, *args: str,
+                 extra_env: dict[str, str] | None = None):
+        report_dir.mkdir(parents=True, exist_ok=True)
+        n = len(list(report_dir.glob("output-*.txt")))
+        self.report_dir, self.args = report_dir, list(args)
+        self.junit, self.log = report_dir / f"junit-{n}.xml", report_dir / f"output-{n}.txt"
+        cmd = [sys.executable, "-m", "pytest", *paths, "--env-file", str(env_file), "--report-dir", str(report_dir),
+               f"--junitxml={self.junit}", "-p", "no:cacheprovider", "-q", "-rA", *args]
+        for before in BEFORE_RUN:
+            before(list(args))
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, **(extra_env or {})}, start_new_session=True)
+
+    def running(self) -> bool:
+        """The run has not ended yet."""
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        """What the run printed so far (stdout and stderr)."""
+        return self.log.read_text(errors="replace")
+
+    def send(self, sig: int) -> None:
+        """Send `sig` to the run's process group, as a terminal sends Ctrl-C."""
+        os.killpg(self.proc.pid, sig)
+
+    def wait(self, timeout: float) -> RunResult:
+        """Wait for the run to end (killed, and TimeoutExpired raised, after `timeout` s); its result, observed by
+        the AFTER_RUN hooks."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        result = RunResult(self.proc.returncode, self.output(), self.report_dir, parse_junit(self.junit), self.args)
+        for after in AFTER_RUN:
+            after(result)
+        return result
+
+    def kill(self) -> None:
+        """SIGKILL the run's process group if the run still runs."""
+        if self.running():
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+def start_run(paths: list[str], env_file: Path, report_dir: Path, *args: str,
+              extra_env: dict[str, str] | None = None) -> Run:
+    """Start a whole run (see Run); every whole run of the self-tests starts here."""
+    return Run(paths, env_file, report_dir, *args, extra_env=extra_env)
+
+
 def run_suite(paths: list[str], env_file: Path, report_dir: Path, *args: str, timeout: float = 900,
               extra_env: dict[str, str] | None = None) -> RunResult:
-    """Run `python -m pytest <paths> --env-file … --report-dir …` from the repo root."""
-    report_dir.mkdir(parents=True, exist_ok=True)
-    junit = report_dir / f"junit-{len(list(report_dir.glob('junit-*.xml')))}.xml"
-    cmd = [sys.executable, "-m", "pytest", *paths, "--env-file", str(env_file), "--report-dir", str(report_dir),
-           f"--junitxml={junit}", "-p", "no:cacheprovider", "-q", "-rA", *args]
-    env = {**os.environ, **(extra_env or {})}
-    for before in BEFORE_RUN:
-        before(list(args))
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
-    result = RunResult(proc.returncode, proc.stdout + proc.stderr, report_dir, parse_junit(junit), list(args))
-    for after in AFTER_RUN:
-        after(result)
-    return result
+    """A whole run from start to end: its RunResult."""
+    with start_run(paths, env_file, report_dir, *args, extra_env=extra_env) as run:
+        return run.wait(timeout)
 
 
 def later_gates_not_run(run: RunResult, gate: str, order: list[str]) -> list[str]:

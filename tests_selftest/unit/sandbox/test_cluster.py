@@ -1,7 +1,7 @@
 """The sandbox cluster: SSH nodes with strict host keys, per-node hf/exo paths, downloads, clean down().
 
-Uses its own slots (90+worker for SSH, 95+worker for local) so it never touches the shared
-`sandbox` fixture of conftest.py; the last SSH test tears its sandbox down and checks that
+Uses its own slots ("sbxtest" for SSH, "local" for local mode, support/slots.py) so it never touches the
+shared `sandbox` fixture of conftest.py; the last SSH test tears its sandbox down and checks that
 nothing it started is left.
 """
 
@@ -19,22 +19,18 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.cluster import Sandbox, SandboxError
+from sandbox import Sandbox, SandboxError
 from sandbox.model import MODEL_ID
 from sandbox.procs import pid_matches, read_pid
 from tests_selftest.support import REPO
+from tests_selftest.support.slots import SANDBOX_BASE, slot
 
-BASE = Path(os.environ.get("MODELDROP_SELFTEST_SANDBOX", "/var/tmp/modeldrop-selftest"))
 ENV_KEYS = {"MODEL_ID", "NODES", "HF_ENDPOINT", "EXO_API_PORT", "EXO_NAMESPACE", "SSH_CONFIG", "SSH_KNOWN_HOSTS",
             "PROFILE_PATH", "RUN_REPORT_DIR"}
 PER_NODE = ("MODEL_DIR_NODE", "HF_CMD_NODE", "EXO_CMD_NODE", "EXO_LOG_DIR_NODE")
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists(),
                                 reason="SSH nodes need root and /usr/sbin/sshd")
-
-
-def _worker(worker_id: str) -> int:
-    return int(worker_id[2:]) if worker_id.startswith("gw") else 0
 
 
 def _env(path: Path) -> dict[str, str]:
@@ -61,9 +57,9 @@ def _uid_pids(uid: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def sbx(worker_id: str) -> Iterator[Sandbox]:
-    slot = int(os.environ.get("MODELDROP_SBXTEST_SLOT", "90")) + _worker(worker_id)
-    s = Sandbox(BASE / f"sbxtest-slot{slot}", slot=slot, n_nodes=2)
+def sbx() -> Iterator[Sandbox]:
+    n = slot("sbxtest")
+    s = Sandbox(SANDBOX_BASE / f"sbxtest-slot{n}", slot=n, n_nodes=2)
     t0 = time.monotonic()
     s.up()
     s.cold_up_s = time.monotonic() - t0  # type: ignore[attr-defined]
@@ -214,11 +210,11 @@ def test_down_leaves_no_process_behind(sbx: Sandbox) -> None:
 
 
 @pytest.mark.sandbox_run
-def test_local_mode_one_node(worker_id: str) -> None:
-    slot = int(os.environ.get("MODELDROP_SBXTEST_SLOT", "90")) + 5 + _worker(worker_id)
+def test_local_mode_one_node() -> None:
+    n = slot("local")
     with pytest.raises(SandboxError, match="Only 1 local node"):
-        Sandbox(BASE / f"sbxtest-slot{slot}", slot=slot, n_nodes=2, mode="local")
-    s = Sandbox(BASE / f"sbxtest-slot{slot}", slot=slot, n_nodes=1, mode="local")
+        Sandbox(SANDBOX_BASE / f"sbxtest-slot{n}", slot=n, n_nodes=2, mode="local")
+    s = Sandbox(SANDBOX_BASE / f"sbxtest-slot{n}", slot=n, n_nodes=1, mode="local")
     try:
         env = _env(s.up())
         assert env["NODES"] == "local" and "SSH_CONFIG" not in env

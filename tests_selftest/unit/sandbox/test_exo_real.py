@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from sandbox import Sandbox, SandboxError
 from sandbox.exo_real import install as inst
 from sandbox.exo_real.node import STANDIN, entry_point
+from tests_selftest.support.slots import SANDBOX_BASE, slot
 
-# The sandbox-test slot's addresses, on ports no sandbox node uses; one port pair per xdist worker.
-SLOT = int(os.environ.get("MODELDROP_SBXTEST_SLOT", "90"))
-NET = f"127.0.{10 + SLOT}"
-WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-PORT = 52480 + 10 * int(WORKER[2:] or 0)
+# This worker's "local" slot's addresses (support/slots.py), on ports no sandbox node uses.
+NET = f"127.0.{10 + slot('local')}"
+PORT = 52480
 MESH_PROG = textwrap.dedent("""
     import asyncio, json, os, sys
     sys.path.insert(0, sys.argv[1])
@@ -177,10 +177,9 @@ def test_failed_pip_step_leaves_no_marker_and_the_sandbox_no_exo(monkeypatch, tm
 def test_a_failed_real_exo_install_leaves_no_node_exo(monkeypatch):
     """A sandbox whose nodes had an exo, brought up again on a real-EXO install that fails: SandboxError in one
     line naming the failure and the rebuild command, and no node keeps an `exo` that would look healthy."""
-    from sandbox.cluster import Sandbox, SandboxError
-    slot = int(os.environ.get("MODELDROP_SBXTEST_SLOT", "90")) + 3
-    root = Path(os.environ.get("MODELDROP_SELFTEST_SANDBOX", "/var/tmp/modeldrop-selftest")) / f"broken-real-{slot}"
-    box = Sandbox(root, slot, 1, mode="local", exo="emulator")
+    n = slot("local")
+    root = SANDBOX_BASE / f"broken-real-{n}"
+    box = Sandbox(root, n, 1, mode="local", exo="emulator")
     box.up()
     try:
         assert box.node(1).exo_cmd.exists()
@@ -191,7 +190,7 @@ def test_a_failed_real_exo_install_leaves_no_node_exo(monkeypatch):
 
         monkeypatch.setattr(inst, "missing_inputs", lambda generation: [])
         monkeypatch.setattr(inst, "ensure_install", broken)
-        again = Sandbox(root, slot, 1, mode="local", exo="real")
+        again = Sandbox(root, n, 1, mode="local", exo="real")
         with pytest.raises(SandboxError) as e:
             again.up()
         assert "\n" not in str(e.value) and "--force" in str(e.value)
