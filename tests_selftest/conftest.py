@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from xdist.scheduler import WorkStealingScheduling
 
 from sandbox import Sandbox
 from tests_selftest.support.slots import SANDBOX_BASE, slot
@@ -22,6 +24,23 @@ def pytest_configure(config: pytest.Config) -> None:
     process get the default disposition (a handled signal is reset on exec) and install their own."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`-n N` alone schedules by work stealing: a worker that runs out takes half of the other's queue, so the
+    whole runs at the front of the collection (runs/) never leave one worker busy while the other idles.
+    An explicit `--dist` is kept."""
+    if config.getoption("dist") == "load" and not any(a.startswith("--dist") for a in config.invocation_params.args):
+        return WorkStealingScheduling(config, log)
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first, so the scheduler ends on short tests: the real-EXO runs, then the other whole runs, then the
+    rest (a stable sort: each module's tests keep their order)."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("real_exo") else
+               1 if item.get_closest_marker("sandbox_run") else 2)
 
 
 @pytest.fixture(scope="session")

@@ -22,9 +22,10 @@ def clean(sandbox, tmp_path):
     sandbox.hub.set_faults({})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sbx():
-    """A 2-node sandbox for the EXO-gate runs, this worker's "cluster" slot."""
+    """A 2-node sandbox for the EXO-gate runs (this worker's "cluster" slot), shared by the session's cluster and
+    interrupt runs: each test's own cleanup leaves it with no process running, faults off and NEW EXO."""
     n = slot("cluster")
     box = Sandbox(root=SANDBOX_BASE / f"cluster-slot{n}", slot=n, n_nodes=2)
     box.up()
