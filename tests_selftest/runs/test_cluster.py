@@ -118,9 +118,11 @@ def check_green(r: RunResult, generation: str) -> list[dict]:
 
 # -- faults caught at their gate ------------------------------------------------------------------
 # The sandbox's timing knob shortens MLX's ring retry schedule (1, 2, 4, 8, 16 s) where the case is about the
-# errno line, not the wait; a shorter --ready-timeout shortens the stall budget. The gates are unchanged.
+# errno line, not the wait; a shorter --ready-timeout shortens the stall budget, a shorter --chat-stall-window
+# the chat gate's stall window. The gates are unchanged.
 FAST_RING = {"ring_retry_s": [0.2, 0.4, 0.8, 1.6, 3.2]}
-WINDOW_OF = {"startup": "--settle-window", "cluster": "--cluster-window", "placement": "--ready-timeout"}
+WINDOW_OF = {"startup": "--settle-window", "cluster": "--cluster-window", "placement": "--ready-timeout",
+             "chat": "--chat-stall-window"}
 
 
 def fault_case(name: str, k: int, faults: dict, gate: str, sig: str, timing: dict, extra: tuple):
@@ -152,7 +154,7 @@ FAULTS = [
     fault_case("runner_killed_signal", 2, {"runner_killed_signal": 9}, "placement", "X-RUNNER-SIGNAL", {}, ()),
     fault_case("chat_truncated_body", 1, {"chat_truncated_body": True}, "chat", "H2", {}, ()),
     fault_case("killed_mid_chat", 1, {"stream_error_chunk": True}, "chat", "H2", {}, ()),
-    fault_case("stall_mid_stream", 1, {"stall_mid_stream": 2}, "chat", "H3", {}, ()),
+    fault_case("stall_mid_stream", 1, {"stall_mid_stream": 2}, "chat", "H3", {}, ("--chat-stall-window", "5")),
 ]
 
 

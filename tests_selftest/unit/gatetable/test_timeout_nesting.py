@@ -21,11 +21,13 @@ MARGIN_S = 60.0  # the test's own teardown steps and scheduling
 LOGS_PER_NODE = 3  # a launch record's exo stdout log, exo's log and the runner log
 LOG_SCAN_S = N * LOGS_PER_NODE * logs.TAIL_TIMEOUT_S  # what a failure's diagnosis may read
 STOP_S = launcher.STOP_GRACE_S + launcher.PROBE_TIMEOUT_S
-CHAT_REQUEST_S = 5.0 + max(observe.CHAT_STALL_S, observe.CHAT_READ_TIMEOUT_S)  # connect + the longest silence
 
 
 def _default(key: str) -> float:
     return float(OPTION_BY_KEY[key].default)
+
+
+CHAT_REQUEST_S = 5.0 + max(_default("CHAT_STALL_S"), observe.CHAT_READ_TIMEOUT_S)  # connect + the longest silence
 
 
 INNER_S: dict[str, float] = {
