@@ -5,9 +5,9 @@ pass/fail/skip (a gate still running ends at `now`), a reused gate as a mark, ea
 its `download_start` to its `download_end`, a benchmark case over its duration. `render(records, path,
 now)` draws them (matplotlib's object API, Agg, no pyplot state) and writes the PNG atomically, with
 the spans drawn beside it as `<name>.json`; with no span it writes nothing.
-`TimelineWriter(jsonl, png)` redraws in one background thread whenever `touch()` is called (several
-touches while it draws make one redraw) and `flush()` draws now, so the picture follows the run and a
-failed or interrupted run keeps the last one drawn.
+`TimelineWriter(jsonl, png)` redraws in one background thread whenever `touch()` is called, at most once every
+REDRAW_EVERY_S (touches in between make one redraw: a drawing costs a few tenths of a CPU second), and
+`flush()` draws now, so the picture follows the run and a failed or interrupted run keeps the last one drawn.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ COLOURS = {"passed": "#2e9d48", "failed": "#d0342c", "skipped": "#a0a0a0", "reus
            "running": "#f0a030", "download": "#3b6fb6", "download_failed": "#d0342c"}
 _END_EVENTS = {"pass": "passed", "fail": "failed", "skip": "skipped"}
 _RENDER_LOCK = threading.Lock()
+REDRAW_EVERY_S = 5.0
 
 
 @dataclass
@@ -104,7 +105,8 @@ def render(records: Iterable[dict[str, Any]], path: Path, now: float | None = No
 
 
 class TimelineWriter:
-    """Redraws `png` from `jsonl` in a background thread after each `touch()`; `flush()` draws now."""
+    """Redraws `png` from `jsonl` in a background thread after a `touch()` (at most every REDRAW_EVERY_S);
+    `flush()` draws now."""
 
     def __init__(self, jsonl: Path, png: Path):
         self.jsonl, self.png = Path(jsonl), Path(png)
@@ -125,6 +127,7 @@ class TimelineWriter:
             self._dirty.wait()
             self._dirty.clear()
             self.draw()
+            time.sleep(REDRAW_EVERY_S)  # pacing, not synchronisation: touches meanwhile make the next redraw
 
     def draw(self) -> Path | None:
         """Draw the picture from the records as they are now (errors kept in `error`, never raised)."""
