@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests_selftest.support.file_runs import assert_caught, env_values, node_dir, run, write_as
+from tests_selftest.support.file_runs import (
+    FILE_GATES_ONLY,
+    assert_caught,
+    env_values,
+    node_dir,
+    run,
+    write_as,
+)
 
 pytestmark = [pytest.mark.sandbox_run, pytest.mark.timeout(900)]
 
@@ -124,7 +131,7 @@ def test_files_differing_only_under_cache_pass_parity(clean):
         sbx.populate_model(k)
     write_as(sbx, 2, node_dir(sbx, 2) / ".cache/huggingface/download/leftover.lock", b"")
     write_as(sbx, 2, node_dir(sbx, 2) / ".DS_Store", b"\0\0\0\1Bud1")
-    result = run(sbx, reports)
+    result = run(sbx, reports, *FILE_GATES_ONLY)
     assert result.outcome("parity") == "passed", (result.outcomes, result.output[-3000:])
 
 
@@ -140,7 +147,7 @@ def test_hub_429_fails_node1_download_with_the_hubs_reason(clean):
 
 def test_green_file_gates_leave_manifests_in_the_run_folder(clean):
     sbx, reports = clean
-    result = run(sbx, reports)
+    result = run(sbx, reports, *FILE_GATES_ONLY)
     for gate in ("preflight", "node1_download", "node1_verify", "node2_download", "node2_verify", "parity"):
         assert result.outcome(gate) == "passed", (gate, result.outcomes, result.output[-3000:])
     folder = result.run_folder()
@@ -159,7 +166,7 @@ def test_verify_hashes_catches_a_corrupt_shard_that_kept_its_size(clean):
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0xFF  # same size, same header: only a hash can tell
     write_as(sbx, 1, shard, bytes(data), keep_mtime_of=shard)
-    plain = run(sbx, reports)
+    plain = run(sbx, reports, *FILE_GATES_ONLY)
     assert plain.outcome("node1_verify") == "passed", plain.outcomes
     hashed = run(sbx, reports, "--verify-hashes")
     assert_caught(hashed, "node1_verify", "sha256", shard.name)

@@ -167,7 +167,8 @@ def test_namespace_mismatch_isolates_at_cluster_and_stop_existing_spares_decoys(
     fault_decoys.update(decoys)
     stale_start = proc_start(stale.pid)
     try:
-        r = run_with(box, tmp_path, None, None, "--stop-existing-exo")
+        # node 2 never joins: the cluster gate waits out its window, a shorter one than the other cases need
+        r = run_with(box, tmp_path, None, None, "--stop-existing-exo", "--cluster-window", "15")
         caught(r, "cluster", {"A1"})
         assert stale.poll() is not None, f"the stale exo pid {stale.pid} still runs"
         listed = json.loads((r.run_folder() / "exo" / "node1-canary-existing-exo.json").read_text())["found"]
