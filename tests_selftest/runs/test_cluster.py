@@ -146,7 +146,8 @@ FAULTS = [
     fault_case("ring_connect_error_61", 2, {"ring_connect_error": 61}, "placement", "G2", FAST_RING, ()),
     # ETIMEDOUT: each of MLX's 5 connect attempts waits for the kernel's connect timeout, so the errno line comes
     # after the stall budget; what is observable by then is runners stuck Connecting (F1).
-    fault_case("ring_connect_error_60", 2, {"ring_connect_error": 60}, "placement", "F1", {}, ("--ready-timeout", "30")),
+    fault_case("ring_connect_error_60", 2, {"ring_connect_error": 60}, "placement", "F1", {},
+               ("--ready-timeout", "30")),
     fault_case("ring_connect_error_65", 2, {"ring_connect_error": 65}, "placement", "G2", FAST_RING, ()),
     # EXO cannot build a card for the model (POST /models/add answers 400): its own diagnosis, not dir drift (D6)
     fault_case("card_add_fails", 1, {"card_add_fails": True}, "node1_canary", "X-NO-CARD", {}, ()),

@@ -7,7 +7,8 @@ injected by watching the run's own ledger for the gate event; node 1's EXO kille
 chat gate's request to show as a task in that node's /state. The namespace case runs with `--stop-existing-exo`
 and a stale real EXO plus look-alike decoys on node 1. Each case's gate can only fail after every
 earlier gate passed on real EXO, so the cases also prove the setup (the green run itself is
-`pytest gates/ benchmarks/ --sandbox`, measured by `python -m scripts.measure_real_exo`). Select them with `-m real_exo`; skipped
+`pytest gates/ benchmarks/ --sandbox`, measured by `python -m scripts.measure_real_exo`). Select them with
+`-m real_exo`; skipped
 where real EXO cannot be built (no snapshot or no Python 3.13).
 """
 

@@ -2,7 +2,8 @@
 
 The emulator tests import the fixtures and helpers they use from here (no registration needed).
 
-Contract: ``EmuNode`` (from ``sandbox.emulator_driver``) runs ``python -m exo_emulator`` as a local subprocess with its own HOME and
+Contract: ``EmuNode`` (from ``sandbox.emulator_driver``) runs ``python -m exo_emulator`` as a local subprocess
+with its own HOME and
 emulator.json on a 127.0.x.y address, and is stopped by pid; ``tiny_model`` builds a random-weight
 Llama (3 shards + index + BPE tokenizer + ChatML template) once per session, using
 ``sandbox.model.generate_model`` when that module exists.

@@ -62,7 +62,8 @@ class FakeNode:
         return {"exo_realpath": "/real" + a["exo_cmd"], "mlx": self.mlx, "python": "3.12" if self.mlx else None}
 
     def _p_ports(self, a):
-        return {"free": self.port_free, "listening_on": [] if self.port_free else ["127.0.0.1"], "holders": self.holders}
+        return {"free": self.port_free, "listening_on": [] if self.port_free else ["127.0.0.1"],
+                "holders": self.holders}
 
     def _p_tail(self, a):
         t = self.files.get(a["path"])
@@ -114,7 +115,8 @@ class FakeRunFolder:
 
 def make_cfg(tmp_path: Path, n: int = 2, **values: Any):
     from modeldrop.config import load_config
-    env = {"MODEL_ID": "mlx-community/Llama-3.2-1B-Instruct-4bit", "NODES": ",".join(f"u@h{k}" for k in range(1, n + 1)),
+    env = {"MODEL_ID": "mlx-community/Llama-3.2-1B-Instruct-4bit",
+           "NODES": ",".join(f"u@h{k}" for k in range(1, n + 1)),
            "RUN_REPORT_DIR": str(tmp_path / "reports"), "PROFILE_PATH": str(tmp_path / "none.json"),
            "EXO_CMD": "~/exo/.venv/bin/exo"}
     env.update({k: str(v) for k, v in values.items()})

@@ -13,7 +13,8 @@ CARD = {"modelId": MODEL, "storageSize": {"inBytes": 729808896}, "nLayers": 16}
 
 
 def shard(rank: int, start: int, end: int) -> dict:
-    return {"PipelineShardMetadata": {"modelCard": CARD, "deviceRank": rank, "worldSize": 2, "immediateException": False,
+    return {"PipelineShardMetadata": {"modelCard": CARD, "deviceRank": rank, "worldSize": 2,
+                                      "immediateException": False,
                                       "shouldTimeout": None, "startLayer": start, "endLayer": end, "nLayers": 16}}
 
 
@@ -32,12 +33,15 @@ NEW_STATE = {
     "instances": {IID: RING_INSTANCE},
     "runners": {R0: {"RunnerReady": {"prefillServerPort": None}}, R1: {"RunnerRunning": {}}},
     "downloads": {A: [{"DownloadCompleted": {"nodeId": A, "shardMetadata": shard(1, 8, 16),
-                                             "modelDirectory": "/Users/me/.exo/models/mlx-community--Llama-3.2-1B-Instruct-4bit",
+                                             "modelDirectory":
+                                                 "/Users/me/.exo/models/mlx-community--Llama-3.2-1B-Instruct-4bit",
                                              "total": {"inBytes": 729808896}, "readOnly": True}}],
                   B: [{"DownloadOngoing": {"nodeId": B, "shardMetadata": shard(0, 0, 8), "modelDirectory": "/x",
-                                           "downloadProgress": {"total": {"inBytes": 1}, "downloaded": {"inBytes": 0}}}}]},
+                                           "downloadProgress": {"total": {"inBytes": 1},
+                                                                "downloaded": {"inBytes": 0}}}}]},
     "tasks": {}, "lastSeen": {A: "2026-06-22T14:58:20.279185Z", B: "2026-06-22T14:58:20.279185Z"},
-    "topology": {"nodes": [A, B], "connections": {A: {B: [EDGE, {"sourceRdmaIface": "rdma_en3", "sinkRdmaIface": "rdma_en4"}]},
+    "topology": {"nodes": [A, B],
+                 "connections": {A: {B: [EDGE, {"sourceRdmaIface": "rdma_en3", "sinkRdmaIface": "rdma_en4"}]},
                                                   B: {A: [EDGE]}}},
     "lastEventAppliedIdx": 42,
     "nodeIdentities": {A: {"modelId": "Mac Studio", "chipId": "Apple M3 Ultra", "friendlyName": "studio-1",
@@ -59,7 +63,8 @@ OLD_STATE = {
     "runners": {R0: {"RunnerReady": {}}, R1: {"RunnerLoading": {"layersLoaded": 3, "totalLayers": 8}}},
     "downloads": {},
     "topology": {"nodes": [{"nodeId": A, "nodeProfile": {}}, {"nodeId": B, "nodeProfile": {}}],
-                 "connections": [{"localNodeId": A, "sendBackNodeId": B, "sendBackMultiaddr": {}, "connectionProfile": None}]},
+                 "connections": [{"localNodeId": A, "sendBackNodeId": B, "sendBackMultiaddr": {},
+                                  "connectionProfile": None}]},
     "nodeProfiles": {A: {"friendlyName": "studio-1"}, B: {"friendlyName": "studio-2"}},
 }
 

@@ -72,7 +72,8 @@ def act(gate, evidence):
         evidence.note(key, value)
     if b.startswith("fail:"):
         evidence.strongest(b[5:])
-        evidence.signatures([{"id": "SIG-1", "title": "fake", "cause": b[5:], "next_command": "echo fix", "matched": True}])
+        evidence.signatures([{"id": "SIG-1", "title": "fake", "cause": b[5:], "next_command": "echo fix",
+                              "matched": True}])
         pytest.fail(b[5:], pytrace=False)
     if b.startswith("assert:"):
         assert False, b[7:]

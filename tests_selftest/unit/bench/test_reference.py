@@ -29,7 +29,8 @@ def test_reference_uses_the_most_specific_key() -> None:
 
 
 def test_regression_direction_and_text() -> None:
-    rows = regression({"decode_tps": 41.2, "p95_latency_s": 9.0, "new": 1.0}, {"decode_tps": 46.8, "p95_latency_s": 10.0},
+    rows = regression({"decode_tps": 41.2, "p95_latency_s": 9.0, "new": 1.0},
+                      {"decode_tps": 46.8, "p95_latency_s": 10.0},
                       "20260101T000000Z-org--m")
     by = {r["metric"]: r for r in rows}
     assert set(by) == {"decode_tps", "p95_latency_s"}
@@ -43,7 +44,8 @@ def _payload(phase: str, params: dict, recs: list, case_id: str, concurrency: in
     s = summarize(recs, concurrency=concurrency)
     if phase == "token_sweep":
         s["prompt"] = {"target_tokens": params["prompt_tokens"], "predicted_tokens": params["prompt_tokens"],
-                       "method": "usage-calibrated", "achieved_tokens_p50": params["prompt_tokens"] + 1, "achieved_n": 2}
+                       "method": "usage-calibrated", "achieved_tokens_p50": params["prompt_tokens"] + 1,
+                       "achieved_n": 2}
     return {"case_id": case_id, "phase": phase, "model_id": "org/m", "fingerprint": "fp", "config": {"params": params},
             "config_key": "k", "summary": s, "requests": [r.to_dict() for r in recs], "figures": {}, "reference": [],
             "regression": [], "reused_from": None}

@@ -181,13 +181,16 @@ def test_variable_expansion_export_and_single_quotes(tmp_path):
 @pytest.mark.parametrize(("line", "message"), [
     ('MODEL_INSTANCE_ID="org--other"', r"model_drop.env:2 \(MODEL_INSTANCE_ID\): 'org--other' does not match "
                                        r"MODEL_ID 'org/name'; expected 'org--name'"),
-    ('EXO_LIBP2P_PORT="70000"', r"model_drop.env:2 \(EXO_LIBP2P_PORT\): invalid port '70000'; expected an integer 1-65535"),
+    ('EXO_LIBP2P_PORT="70000"',
+     r"model_drop.env:2 \(EXO_LIBP2P_PORT\): invalid port '70000'; expected an integer 1-65535"),
     ('EXO_API_PORT="0"  # api', r"model_drop.env:2 \(EXO_API_PORT\): invalid port '0'"),
     ('EXO_EXTRA_ARGS="--no-fast-synch --turbo"', r"model_drop.env:2 \(EXO_EXTRA_ARGS\): unknown exo flag '--turbo'"),
-    ('EXO_EXTRA_ARGS="--api-port 1"', r"model_drop.env:2 \(EXO_EXTRA_ARGS\): EXO_EXTRA_ARGS sets --api-port, which modeldrop sets from EXO_API_PORT"),
+    ('EXO_EXTRA_ARGS="--api-port 1"',
+     r"model_drop.env:2 \(EXO_EXTRA_ARGS\): EXO_EXTRA_ARGS sets --api-port, which modeldrop sets from EXO_API_PORT"),
     ('EXO_EXTRA_ARGS="--zenoh-port"', r"needs a value"),
     ('EXO_LOG_DIR_NODE1="logs"', r"model_drop.env:2 \(EXO_LOG_DIR_NODE1\): path 'logs' must be absolute"),
-    ('MODEL_INSTANCE_IDS=x', r"model_drop.env:2: unknown key 'MODEL_INSTANCE_IDS' \(did you mean 'MODEL_INSTANCE_ID'\?\)"),
+    ('MODEL_INSTANCE_IDS=x',
+     r"model_drop.env:2: unknown key 'MODEL_INSTANCE_IDS' \(did you mean 'MODEL_INSTANCE_ID'\?\)"),
     ('EXO_LIBP2P_PRT=1', r"did you mean 'EXO_LIBP2P_PORT'"),
 ])
 def test_bad_values_of_new_keys_name_file_and_line(tmp_path, line, message):

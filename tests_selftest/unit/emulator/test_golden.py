@@ -62,7 +62,8 @@ def _sample(candidates: list[Any], emu: Any) -> Any:
     'instance_meta' and outcome, for previews) when EXO has one, else the first."""
     same = [g for g in candidates if _tag(g) is not None and _tag(g) == _tag(emu)]
     if isinstance(emu, dict) and "instance" in emu:
-        same = [g for g in candidates if isinstance(g, dict) and (g.get("instance") is None) == (emu["instance"] is None)
+        same = [g for g in candidates
+                if isinstance(g, dict) and (g.get("instance") is None) == (emu["instance"] is None)
                 and g.get("sharding") == emu.get("sharding")] or same
     return (same or candidates)[0]
 
@@ -152,7 +153,8 @@ def emu_state(gen: str, tmp_path: Path, monkeypatch: Any, runners: dict[int, dic
                                     total={"inBytes": 1}, readOnly=False)
             events.append({"type": "Download", "nodeId": nid, "progress": prog})
             events.append({"type": "TaskCreated", "task": {"DownloadModel": {
-                "taskId": new_uuid(), "taskStatus": "Complete", "instanceId": body["instanceId"], "shardMetadata": shard}}})
+                "taskId": new_uuid(), "taskStatus": "Complete", "instanceId": body["instanceId"],
+                "shardMetadata": shard}}})
     s = State()
     for i, e in enumerate(events):
         s.apply(i, e)

@@ -41,7 +41,8 @@ def test_state_keys_both_generations() -> None:
 def test_node_joins_with_its_last_seen() -> None:
     """As EXO's apply_node_gathered_info: the event that adds a node to the topology stamps its lastSeen."""
     s = State()
-    s.apply(0, {"type": "NodeInfo", "nodeId": "a1", "when": "2026-12-02T03:40:00.000001Z", "rdmaCtl": {"enabled": False}})
+    s.apply(0, {"type": "NodeInfo", "nodeId": "a1", "when": "2026-12-02T03:40:00.000001Z",
+                "rdmaCtl": {"enabled": False}})
     st = s.to_json("new")
     assert st["topology"]["nodes"] == ["a1"] and st["lastSeen"] == {"a1": "2026-12-02T03:40:00.000001Z"}
     s.apply(1, {"type": "NodeTimedOut", "nodeId": "a1"})
@@ -141,8 +142,9 @@ def test_model_list_entry_keys() -> None:
 
 
 def test_custom_card_toml(tmp_path: Path) -> None:
-    (tmp_path / "org--m.toml").write_text('model_id = "org/m"\nn_layers = 4\nhidden_size = 64\nsupports_tensor = false\n'
-                                          'tasks = ["TextGeneration"]\nbackends = ["MlxCpu"]\n[storage_size]\nin_bytes = 1000\n')
+    (tmp_path / "org--m.toml").write_text('model_id = "org/m"\nn_layers = 4\nhidden_size = 64\n'
+                                          'supports_tensor = false\ntasks = ["TextGeneration"]\n'
+                                          'backends = ["MlxCpu"]\n[storage_size]\nin_bytes = 1000\n')
     (tmp_path / "broken.toml").write_text("not = [toml")
     cards = load_custom_cards(tmp_path)
     assert [c["model_id"] for c in cards] == ["org/m"] and cards[0]["is_custom"] is True
@@ -152,7 +154,8 @@ def _state(nodes: dict[str, int], edges: list[tuple[str, str]], gen: str = "new"
     s = State()
     for nid, avail in nodes.items():
         s.apply(0, {"type": "NodeInfo", "nodeId": nid, "memory": {"ramAvailable": {"inBytes": avail}},
-                    "network": {"interfaces": [{"name": "en0", "ipAddress": f"10.0.0.{len(nid)}", "interfaceType": "ethernet"}]},
+                    "network": {"interfaces": [{"name": "en0", "ipAddress": f"10.0.0.{len(nid)}",
+                                                "interfaceType": "ethernet"}]},
                     "backends": ["MlxCpu", "MlxMetal"], "rdmaCtl": {"enabled": False}})
     for a, b in edges:
         ip = f"10.0.0.{len(b)}"
@@ -215,7 +218,8 @@ def test_chat_shapes() -> None:
     req = C.parse_chat({"model": "m", "messages": [{"role": "user", "content": "hi"}]}, bench=True)
     req.command_id = "cmd-1"
     chunk = C.delta_chunk(req, "Hel", True)
-    assert chunk["object"] == "chat.completion" and chunk["choices"][0]["delta"] == {"role": "assistant", "content": "Hel"}
+    assert chunk["object"] == "chat.completion"
+    assert chunk["choices"][0]["delta"] == {"role": "assistant", "content": "Hel"}
     assert "usage" not in chunk and "finish_reason" not in chunk["choices"][0]
     last = C.delta_chunk(req, "lo", True, "stop", C.usage(12, 5))
     assert last["choices"][0]["finish_reason"] == "stop" and last["usage"]["total_tokens"] == 17

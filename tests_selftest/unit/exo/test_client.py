@@ -45,7 +45,8 @@ class Handler(BaseHTTPRequestHandler):
         if u.path == "/instance/placement":
             if q.get("instance_meta") == ["MlxJaccl"]:
                 return self._send(400, {"error": {"message": "Requested RDMA (MlxJaccl) but no RDMA-connected cycles "
-                                                             "available", "type": "Bad Request", "param": None, "code": 400}})
+                                                             "available", "type": "Bad Request", "param": None,
+                                                             "code": 400}})
             return self._send(200, RING_INSTANCE)
         if u.path.startswith("/instance/"):
             return self._send(404, {"error": {"message": "Instance not found", "type": "Not Found", "code": 404}})
@@ -92,7 +93,8 @@ def test_state_and_models(api):
 def test_placement_params_and_error_body(api):
     inst = api.placement(MODEL, "Pipeline", "MlxRing", 2)
     assert st.parse_instance(inst).instance_id == IID
-    assert SEEN[-1][2] == {"model_id": [MODEL], "sharding": ["Pipeline"], "instance_meta": ["MlxRing"], "min_nodes": ["2"]}
+    assert SEEN[-1][2] == {"model_id": [MODEL], "sharding": ["Pipeline"], "instance_meta": ["MlxRing"],
+                           "min_nodes": ["2"]}
     with pytest.raises(ExoHTTPError) as ei:
         api.placement(MODEL, "Tensor", "MlxJaccl", 2)
     assert ei.value.status == 400 and ei.value.message.startswith("Requested RDMA (MlxJaccl)")

@@ -299,7 +299,8 @@ def chat(url: str, gen: str, name: str, stream: bool, bench: bool = False, statu
 def check_chat_stream(gen: str, url: str) -> None:
     rec = chat(url, gen, "chat_stream.sse", True)
     assert rec.ok and rec.saw_done and rec.text == "Hello" and rec.reasoning_text == "Hmm", rec.error
-    assert rec.finish_reason == "stop" and rec.usage["total_tokens"] == 15 and rec.generation_stats["generation_tokens"] == 3
+    assert rec.finish_reason == "stop" and rec.usage["total_tokens"] == 15
+    assert rec.generation_stats["generation_tokens"] == 3
     assert rec.t_first_token is not None and rec.prefill_progress and rec.keepalives == 1
 
 

@@ -96,7 +96,8 @@ def test_foreign_port_holder_is_diagnosed_not_killed(tmp_path):
 
 def test_pid_lock_held_by_live_exo(tmp_path):
     node = FakeNode(files={"~/.exo/exo.pid": "555\n"},
-                    procs_by_pid={555: {"pid": 555, "start": 1.0, "exe": "/x/python3", "cmdline": ["/x/python3", "/y/exo"]}})
+                    procs_by_pid={555: {"pid": 555, "start": 1.0, "exe": "/x/python3",
+                                        "cmdline": ["/x/python3", "/y/exo"]}})
     la, _ = launcher(tmp_path, node)
     with pytest.raises(LaunchError, match="pid-file lock") as ei:
         la.start("cluster")
@@ -140,7 +141,8 @@ def test_preflight_messages(tmp_path):
                     "'mlx-community--Qwen3.5-122B-A10B-4bit' under its models dir")
     new = probe_build(FakeNode(help_text=NEW_HELP), "/a/exo")
     old = probe_build(FakeNode(help_text=OLD_HELP), "/b/exo")
-    assert drift_problem({1: new, 2: old}) == "exo drift: node1 NEW 0.3.70 (/real/a/exo), node2 OLD 1.0.71 (/real/b/exo)"
+    assert drift_problem({1: new, 2: old}) == \
+        "exo drift: node1 NEW 0.3.70 (/real/a/exo), node2 OLD 1.0.71 (/real/b/exo)"
     assert drift_problem({1: new, 2: new}) is None
 
 

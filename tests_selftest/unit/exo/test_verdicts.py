@@ -60,7 +60,8 @@ def test_cluster_verdict_ok_isolated_one_way_and_ghost():
     one_way = st.cluster_view(new_state(topology={"nodes": [A, B], "connections": {A: {B: [{}]}}}))
     v = cluster_verdict({1: A, 2: B}, {1: one_way, 2: view}, 2)
     assert not v.ok and "no edge node2->node1" in v.summary and v.facts["missing_edges"]
-    ghost = st.cluster_view(new_state(topology={"nodes": [A, B, "ghost"], "connections": NEW_STATE["topology"]["connections"]}))
+    ghost = st.cluster_view(new_state(topology={"nodes": [A, B, "ghost"],
+                                                "connections": NEW_STATE["topology"]["connections"]}))
     v = cluster_verdict({1: A, 2: B}, {1: ghost, 2: view}, 2)
     assert not v.ok and v.facts["ghosts"]
 
@@ -75,7 +76,8 @@ def test_ready_verdict_reasons():
     assert ready_verdict(gone, True, None, False, 3.0).facts == {"vanished": True}
     assert ready_verdict(gone, False, None, True, 30.0).facts == {"never_created": True}
     loading = st.instance_progress(new_state(runners={R0: {"RunnerLoading": {"layersLoaded": 1, "totalLayers": 8}},
-                                                      R1: {"RunnerLoading": {"layersLoaded": 1, "totalLayers": 8}}}), IID)
+                                                      R1: {"RunnerLoading": {"layersLoaded": 1,
+                                                                             "totalLayers": 8}}}), IID)
     v = ready_verdict(loading, True, 20.0, False, 25.0)
     assert v.facts["stalled"] and "no runner progress for 20s" in v.summary
 
@@ -124,7 +126,8 @@ def test_wait_ready_fails_fast_on_runner_failed_and_vanish():
     v = observe.wait_ready(StateClient([new_state(runners={}), failed]), IID, 600, clock=c, sleep=c.sleep)
     assert not v.ok and "error: 61" in v.summary and c.t < 2
     c = FakeClock()
-    v = observe.wait_ready(StateClient([new_state(runners={}), new_state(instances={})]), IID, 600, clock=c, sleep=c.sleep)
+    v = observe.wait_ready(StateClient([new_state(runners={}), new_state(instances={})]), IID, 600, clock=c,
+                           sleep=c.sleep)
     assert v.facts == {"vanished": True} and c.t < 2
 
 
@@ -204,7 +207,8 @@ def test_transport_verdict_ring():
 
 def test_transport_one_node_passes_with_note():
     one = st.parse_instance({"MlxRingInstance": {"instanceId": "i", "shardAssignments": {
-        "modelId": "m", "runnerToShard": {R0: {}}, "nodeToRunner": {A: R0}}, "hostsByNode": {A: [{"ip": "0.0.0.0", "port": 1}]},
+        "modelId": "m", "runnerToShard": {R0: {}}, "nodeToRunner": {A: R0}},
+        "hostsByNode": {A: [{"ip": "0.0.0.0", "port": 1}]},
         "ephemeralPort": 1}})
     v = transport_verdict(one, {1: A}, {}, {}, {1: []})
     assert v.ok and "no ring" in v.summary
@@ -223,7 +227,8 @@ def test_transport_empty_runner_map_on_a_multi_shard_instance_is_missing_evidenc
 
 
 def test_chat_verdict():
-    good = {"node": 1, "stream": True, "status": 200, "error": None, "text_chars": 0, "reasoning_chars": 12, "latency_s": 0.5}
+    good = {"node": 1, "stream": True, "status": 200, "error": None, "text_chars": 0, "reasoning_chars": 12,
+            "latency_s": 0.5}
     assert chat_verdict([good]).ok  # reasoning_content counts as output
     cut = dict(good, stream=False, error="body cut", error_kind="truncated")
     v = chat_verdict([good, cut])

@@ -143,7 +143,8 @@ def test_empty_dir_points_at_alternate(node, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(home))
     m = manifest(n, d, search_alternates=True)
     v = completeness(m, None, label="MODEL_DIR_NODE2")
-    assert v.problems[0].startswith(f"MODEL_DIR_NODE2 {d} is empty but the model is at {home}/Models/org--name (6 files,")
+    assert v.problems[0].startswith(
+        f"MODEL_DIR_NODE2 {d} is empty but the model is at {home}/Models/org--name (6 files,")
 
 
 def test_case_only_names_flagged(node, tmp_path):

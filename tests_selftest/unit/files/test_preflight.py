@@ -88,7 +88,8 @@ def test_model_dir_mismatch_is_a_preflight_fast_stop(tmp_path, monkeypatch):
     assert "model dir mismatch (fast stop)" in p and str(configured) in p and str(tmp_path / "Models" / "org--m") in p
     assert f"set MODEL_DIR_NODE1={tmp_path / 'Models' / 'org--m'}" in p and "mv " in p and "model_drop.env:5" in p
     (configured / "config.json").write_text("{}")  # the configured dir is in use: not a mismatch
-    assert dir_mismatch_problems(nc, node.run_probe("locate", {"path": str(configured), "model_folder": "org--m"}), {}) == []
+    located = node.run_probe("locate", {"path": str(configured), "model_folder": "org--m"})
+    assert dir_mismatch_problems(nc, located, {}) == []
     (configured / "config.json").unlink()
     shard = next((tmp_path / "Models" / "org--m").glob("*.safetensors"))
     shard.rename(shard.with_name(shard.name + ".incomplete"))

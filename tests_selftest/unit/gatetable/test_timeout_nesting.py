@@ -34,7 +34,8 @@ INNER_S: dict[str, float] = {
     "preflight": hub.HUB_TIMEOUT_S + preflight.NODE_CHECK_BUDGET_S + N * preflight.REACH_TIMEOUT_S
     + N * (launcher.PROBE_BUILD_BUDGET_S + launcher.PROBE_TIMEOUT_S),
     "download": hub.HUB_TIMEOUT_S + download.HF_DOWNLOAD_TIMEOUT_S + download.CLEANUP_BUDGET_S,
-    "verify": verify.MANIFEST_TIMEOUT_S + verify.HASHES_TIMEOUT_S + cleanup.STOP_BUDGET_S,  # + stopping a timed-out probe
+    # + stopping a timed-out probe
+    "verify": verify.MANIFEST_TIMEOUT_S + verify.HASHES_TIMEOUT_S + cleanup.STOP_BUDGET_S,
     "canary": observe.API_UP_TIMEOUT_S + observe.CANARY_MODEL_TIMEOUT_S + STOP_S
     + LOGS_PER_NODE * logs.TAIL_TIMEOUT_S,
     "parity": 0.0,  # compares facts already gathered: no node, no hub

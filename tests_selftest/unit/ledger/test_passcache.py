@@ -110,7 +110,8 @@ def test_fingerprint_scopes():
     assert gate_fingerprint("chat", base, facts) != gate_fingerprint("chat", base, new_exo)
     assert gate_fingerprint("node1_verify", base, facts) != gate_fingerprint("node1_verify", cfg(FAST=True), facts)
     assert gate_fingerprint("node1_download", base, facts) == gate_fingerprint("node1_download", cfg(FAST=True), facts)
-    assert gate_fingerprint("placement", base, facts) != gate_fingerprint("placement", cfg(EXO_SHARDING="Tensor"), facts)
+    tensor = cfg(EXO_SHARDING="Tensor")
+    assert gate_fingerprint("placement", base, facts) != gate_fingerprint("placement", tensor, facts)
     assert gate_fingerprint("preflight", base, facts) != gate_fingerprint("preflight", cfg(MODEL_ID="org/n"), facts)
 
 

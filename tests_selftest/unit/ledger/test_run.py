@@ -40,7 +40,8 @@ def test_run_folder_layout_and_latest(pytester):
 
 def test_ledger_jsonl_records_every_gate_event(pytester):
     make_suite(pytester, behaviour={"node2_verify": "fail:1 shard truncated",
-                                    "node1_verify:notes": {"safetensors_count": 3, "warning": "size plausibility skipped (--fast)"}})
+                                    "node1_verify:notes": {"safetensors_count": 3,
+                                                           "warning": "size plausibility skipped (--fast)"}})
     pytester.runpytest(*BASE, "--fast")
     records = jsonl(latest(pytester))
     assert records[0]["event"] == "run_start" and records[0]["order"] == FULL_ORDER_2
@@ -144,7 +145,8 @@ def test_green_bootstrap_updates_the_profile_and_points_at_benchmarks(pytester):
     assert any("expected_safetensors: 3 -> 4" in w["text"] and "--update-profile" in w["text"] for w in warnings)
     assert json.loads((pytester.path / "profiles.json").read_text())["models"]["org/tiny-model"] == row
     assert pytester.runpytest(*BASE, "--update-profile").ret == 0
-    assert json.loads((pytester.path / "profiles.json").read_text())["models"]["org/tiny-model"]["expected_safetensors"] == 4
+    profile = json.loads((pytester.path / "profiles.json").read_text())
+    assert profile["models"]["org/tiny-model"]["expected_safetensors"] == 4
 
 
 def test_ledger_html_has_handoff_started_column_and_environment(pytester):

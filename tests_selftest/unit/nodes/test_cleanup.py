@@ -266,7 +266,8 @@ def test_without_a_pid_or_a_nonce_nothing_is_looked_up():
     assert probes.is_nonce(probes.new_nonce()) and not probes.is_nonce(probes.PROBE_TAG)
     assert not probes.is_nonce("hashes") and not probes.is_nonce("0BADC0FFEE00")
     token = REGISTRY.register(RemoteProcess(LocalNode("node1"), None, "probe hashes", (probes.PROBE_TAG, "hashes")))
-    assert REGISTRY.stop_one(token) == "node1 pid ? (probe hashes): no pid reported and no nonce to find it by: left alone"
+    assert REGISTRY.stop_one(token) == \
+        "node1 pid ? (probe hashes): no pid reported and no nonce to find it by: left alone"
 
 
 @pytest.mark.parametrize("leader", [True, False], ids=["group-leader", "under-a-shell"])

@@ -71,12 +71,14 @@ def test_malformed_env_file_line(pytester, no_nodes):
 
 def test_unknown_env_key(pytester, no_nodes):
     make_suite(pytester, env_extra="MODEL_DIR_NODE9=/x\n")
-    assert "unknown key" in one_line_usage_error(pytester.runpytest("gates", "--model", "org/m", "--env-file", "test.env"))
+    result = pytester.runpytest("gates", "--model", "org/m", "--env-file", "test.env")
+    assert "unknown key" in one_line_usage_error(result)
 
 
 def test_missing_env_file(pytester, no_nodes):
     make_suite(pytester)
-    assert "--env-file" in one_line_usage_error(pytester.runpytest("gates", "--model", "org/m", "--env-file", "nope.env"))
+    result = pytester.runpytest("gates", "--model", "org/m", "--env-file", "nope.env")
+    assert "--env-file" in one_line_usage_error(result)
 
 
 def test_invalid_profile_json(pytester, no_nodes):
@@ -129,7 +131,8 @@ def test_cli_beats_env_file(pytester):
 
 def test_selftests_need_no_config(pytester):
     pytester.makeconftest('pytest_plugins = ["modeldrop.plugin", "fixtures.ledger"]')
-    pytester.makepyfile(test_unit="def test_x(evidence):\n    evidence.note('k', 1)\n    assert evidence.notes == {'k': 1}\n")
+    pytester.makepyfile(
+        test_unit="def test_x(evidence):\n    evidence.note('k', 1)\n    assert evidence.notes == {'k': 1}\n")
     result = pytester.runpytest()
     assert result.ret == 0
     assert not (pytester.path / "reports").exists()

@@ -93,7 +93,8 @@ def test_k_selects_exactly_the_gate_and_reports_the_expression(pytester):
     trace(pytester)
     # The module is called test_a_cluster.py, so a bare `-k cluster` would select its six gates;
     # the ledger prints an expression that selects only the cluster gate.
-    result = run(pytester, "-k", "cluster and not chat and not parity and not placement and not startup and not transport")
+    result = run(pytester, "-k",
+                 "cluster and not chat and not parity and not placement and not startup and not transport")
     assert result.ret == 0
     assert trace(pytester) == ["cluster"]
     start = next(r for r in jsonl(latest(pytester)) if r["event"] == "run_start")
@@ -171,7 +172,8 @@ def test_gate_items_outside_a_gate_run_are_refused(pytester):
 def test_ctrl_c_stops_the_cluster_this_session_started(pytester):
     make_suite(pytester)
     conftest = pytester.path / "conftest.py"
-    conftest.write_text(conftest.read_text().replace('"fixtures.ledger"]', '"fixtures.ledger", "fixtures.core", "fixtures.exo"]') + '''
+    plugins = '"fixtures.ledger", "fixtures.core", "fixtures.exo"]'
+    conftest.write_text(conftest.read_text().replace('"fixtures.ledger"]', plugins) + '''
 
 import fixtures.exo
 

@@ -106,7 +106,8 @@ def test_node_shim_keeps_exo_on_the_node_address(monkeypatch):
     assert shim.own("127.0.9.12", "127.0.9.11:5000") == "127.0.9.11:5000"
     addr = collections.namedtuple("snicaddr", "family address netmask broadcast ptp")
     fake = {"lo": [addr(socket.AF_INET, "127.0.0.1", None, None, None)],
-            "eth0": [addr(socket.AF_INET, "10.0.0.5", None, None, None), addr(socket.AF_INET6, "fe80::1", None, None, None)]}
+            "eth0": [addr(socket.AF_INET, "10.0.0.5", None, None, None),
+                     addr(socket.AF_INET6, "fe80::1", None, None, None)]}
     psutil = types.SimpleNamespace(net_if_addrs=lambda: fake)
     monkeypatch.setitem(sys.modules, "psutil", psutil)
     shim._patch_interfaces("10.0.0.5")
@@ -206,7 +207,8 @@ def test_old_generation_stand_in_raises_when_no_peer_subscribes(monkeypatch):
     monkeypatch.syspath_prepend(str(STANDIN))
     import exo_pyo3_bindings as b
     key = b.Keypair.generate()
-    assert key.to_node_id().startswith("12D3KooW") and b.Keypair.from_bytes(key.to_bytes()).to_node_id() == key.to_node_id()
+    assert key.to_node_id().startswith("12D3KooW")
+    assert b.Keypair.from_bytes(key.to_bytes()).to_node_id() == key.to_node_id()
     handle = b.NetworkingHandle(key, [], PORT + 5)
     handle._mesh.discovery_port = PORT + 6  # not mDNS's 5353 in a test
 
