@@ -35,8 +35,17 @@ SIGNALS = {"ctrl-c": [signal.SIGINT], "ctrl-c-twice": [signal.SIGINT, signal.SIG
 
 
 def hf_running(sbx, k: int) -> list[int]:
-    """Pids of node k's processes running `hf … download`."""
-    return [pid for pid in sbx.node_pids(k) if "download" in (fm.cmdline(pid) or "")]
+    """Pids of node k's `hf download` processes (argv `<interpreter> …/hf download …`), not the login shell
+    whose command line only names it: the run records and stops hf's own pid (the shells before it exec)."""
+    out = []
+    for pid in sbx.node_pids(k):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 2 and argv[1].endswith(b"/hf") and argv[2] == b"download":
+            out.append(pid)
+    return out
 
 
 @pytest.mark.parametrize("how", [
