@@ -11,24 +11,21 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sandbox"))
-
-from exo_emulator import chat as C  # noqa: E402
-from exo_emulator.api import _enum_error, exo_error, snake_instance  # noqa: E402
-from exo_emulator.cards import builtin_cards, card_json, model_list_entry  # noqa: E402
-from exo_emulator.config import config_from_dict  # noqa: E402
-from exo_emulator.ids import new_node_id, new_uuid  # noqa: E402
-from exo_emulator.paths import exo_paths  # noqa: E402
-from exo_emulator.placement import place, previews  # noqa: E402
-from exo_emulator.state import State, unwrap  # noqa: E402
-from exo_emulator.worker import Worker  # noqa: E402
+from sandbox.exo_emulator import chat as C
+from sandbox.exo_emulator.api import _enum_error, exo_error, snake_instance
+from sandbox.exo_emulator.cards import builtin_cards, card_json, model_list_entry
+from sandbox.exo_emulator.config import config_from_dict
+from sandbox.exo_emulator.ids import new_node_id, new_uuid
+from sandbox.exo_emulator.paths import exo_paths
+from sandbox.exo_emulator.placement import place, previews
+from sandbox.exo_emulator.state import State, unwrap
+from sandbox.exo_emulator.worker import Worker
 
 GOLDEN = Path(__file__).parent / "data" / "exo-golden"
 GENS = {"head": "new", "v1.0.71": "old"}

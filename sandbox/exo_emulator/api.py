@@ -9,19 +9,20 @@ dashboard (``/`` serves a page, anything else 404 ``Not Found``).
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from exo_emulator import chat as C
-from exo_emulator.cards import card_json, model_list_entry
-from exo_emulator.ids import new_uuid
-from exo_emulator.logs import logger
-from exo_emulator.placement import place, previews
-from exo_emulator.state import unwrap
+from . import chat as C
+from .cards import card_json, model_list_entry
+from .chunked import ChunkedWriter
+from .ids import new_uuid
+from .logs import logger
+from .placement import place, previews
+from .serve import serve_chat
+from .state import unwrap
 
 DASHBOARD = b"<!doctype html><html><head><title>EXO</title></head><body><div id=app>EXO</div></body></html>"
 META_VALUES = ("MlxRing", "MlxJaccl")
@@ -372,8 +373,6 @@ class Handler(BaseHTTPRequestHandler):
 
     # ---- chat --------------------------------------------------------------------------------------
     def _chat(self, body: Any, bench: bool) -> None:
-        from exo_emulator.serve import serve_chat
-
         req = C.parse_chat(body, bench)
         inst = self.node.instance_for_model(req.model)
         if inst is None:
@@ -416,34 +415,3 @@ def snake_instance(inst: dict[str, Any]) -> dict[str, Any]:
         return o
 
     return conv(unwrap(inst))
-
-
-class ChunkedWriter:
-    """Chunked transfer-encoding response; ``abort()`` drops the connection without the last chunk."""
-
-    def __init__(self, handler: BaseHTTPRequestHandler, content_type: str) -> None:
-        self.h = handler
-        handler.send_response(200)
-        handler.send_header("content-type", content_type)
-        handler.send_header("transfer-encoding", "chunked")
-        handler.send_header("cache-control", "no-cache")
-        handler.send_header("access-control-allow-origin", "*")
-        handler.end_headers()
-        handler.wfile.flush()
-
-    def write(self, data: bytes) -> None:
-        if data:
-            self.h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-            self.h.wfile.flush()
-
-    def finish(self) -> None:
-        self.h.wfile.write(b"0\r\n\r\n")
-        self.h.wfile.flush()
-
-    def abort(self) -> None:
-        self.h.close_connection = True
-        try:
-            self.h.wfile.flush()
-            self.h.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass

@@ -22,10 +22,10 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from exo_emulator.logs import logger
-from exo_emulator.placement import place
-from exo_emulator.state import State, utc_stamp
-from exo_emulator.wire import JsonConn
+from .logs import logger
+from .placement import place
+from .state import State, utc_stamp
+from .wire import JsonConn
 
 W_MAIN = "exo.main:_elect_loop:210"
 W_MASTER = "exo.master.main:_plan:487"

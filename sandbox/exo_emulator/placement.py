@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from exo_emulator.cards import card_json
-from exo_emulator.ids import new_uuid, random_ephemeral_port
+from .cards import card_json
+from .ids import new_uuid, random_ephemeral_port
 
 META_BACKENDS = {"MlxRing": {"MlxMetal", "MlxCuda", "MlxCpu"}, "MlxJaccl": {"MlxMetal"}}
 PLACEHOLDER = {"ip": "198.51.100.1", "port": 0}

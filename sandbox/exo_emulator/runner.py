@@ -18,6 +18,8 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .ring import ring_connect
+
 W_RUNNER = "exo.worker.runner.runner:main:125"
 W_INIT = "exo.worker.engines.mlx.utils_mlx:mlx_distributed_init:180"
 
@@ -42,8 +44,6 @@ class Runner:
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def connect(self) -> None:
-        from exo_emulator.ring import ring_connect
-
         self.status("RunnerConnecting")
         hosts = [f"{h['ip']}:{h['port']}" for h in self.spec["hosts"]]
         path = os.path.join(tempfile.gettempdir(), f"exo_{os.getuid()}", f"hosts_{self.spec['instance_id']}_{self.rank}.json")

@@ -16,8 +16,8 @@ import json
 import time
 from typing import Any
 
-from exo_emulator import chat as C
-from exo_emulator.api import ChunkedWriter
+from . import chat as C
+from .chunked import ChunkedWriter
 
 
 class _Pacer:

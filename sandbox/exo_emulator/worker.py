@@ -24,13 +24,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from exo_emulator.cards import card_json, card_toml
-from exo_emulator.ids import new_uuid
-from exo_emulator.logs import logger
-from exo_emulator.models import find_model, normalize
-from exo_emulator.paths import default_models_dir, models_dirs
-from exo_emulator.state import unwrap, utc_stamp
-from exo_emulator.supervisor import Supervisor
+from .cards import card_json, card_toml
+from .downloads import download_model
+from .ids import new_uuid
+from .logs import logger
+from .models import find_model, normalize
+from .paths import default_models_dir, models_dirs
+from .state import unwrap, utc_stamp
+from .supervisor import Supervisor
 
 W_PLAN = "exo.worker.main:plan_step:225"
 W_DL = "exo.worker.main:_download_model:247"
@@ -178,8 +179,6 @@ class Worker:
 
     def _download(self, card: dict[str, Any], target: str, endpoint: str) -> None:
         """StartDownload on this node: Ongoing progress, then Completed or Failed (online only)."""
-        from exo_emulator.downloads import download_model
-
         started = time.monotonic()
         last = [0.0]
 
