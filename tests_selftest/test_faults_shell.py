@@ -31,7 +31,7 @@ def _crafted(marker: Path) -> list[str]:
 
 
 def _admin(argv: list[str]) -> None:
-    from sandbox.cluster import _admin as admin
+    from sandbox.users import admin
     admin(argv)
 
 
