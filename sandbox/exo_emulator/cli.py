@@ -76,7 +76,8 @@ def _log_startup(cfg: EmulatorConfig, args: Any) -> None:
     if cfg.is_new:
         logger.info(f"pid = {os.getpid()}", W_MAIN)
         if os.getenv("EXO_LIBP2P_NAMESPACE"):
-            _fatal_traceback(_raised(ValueError("EXO_LIBP2P_NAMESPACE has been removed - use EXO_ZENOH_NAMESPACE instead")))
+            _fatal_traceback(_raised(ValueError(
+                "EXO_LIBP2P_NAMESPACE has been removed - use EXO_ZENOH_NAMESPACE instead")))
         logger.info(f"EXO_ZENOH_NAMESPACE: {os.getenv('EXO_ZENOH_NAMESPACE')}", W_MAIN)
     else:
         logger.info("=" * 40, "exo.main:main:275")

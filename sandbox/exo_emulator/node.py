@@ -32,7 +32,8 @@ MDNS_PORT = 5353  # OLD: libp2p mDNS
 MDNS_FALLBACK_PORT = 15353  # unprivileged users cannot bind 5353
 
 
-EXO_EVENT_NAMES = {"NodeInfo": "NodeGatheredInfo", "LastSeen": "NodeGatheredInfo", "RunnerStatus": "RunnerStatusUpdated",
+EXO_EVENT_NAMES = {"NodeInfo": "NodeGatheredInfo", "LastSeen": "NodeGatheredInfo",
+                   "RunnerStatus": "RunnerStatusUpdated",
                    "Download": "NodeDownloadProgress", "EdgeCreated": "TopologyEdgeCreated",
                    "EdgeDeleted": "TopologyEdgeDeleted", "TaskStatus": "TaskStatusUpdated",
                    "CustomCard": "CustomModelCardAdded"}

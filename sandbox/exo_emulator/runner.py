@@ -46,7 +46,8 @@ class Runner:
     def connect(self) -> None:
         self.status("RunnerConnecting")
         hosts = [f"{h['ip']}:{h['port']}" for h in self.spec["hosts"]]
-        path = os.path.join(tempfile.gettempdir(), f"exo_{os.getuid()}", f"hosts_{self.spec['instance_id']}_{self.rank}.json")
+        path = os.path.join(tempfile.gettempdir(), f"exo_{os.getuid()}",
+                            f"hosts_{self.spec['instance_id']}_{self.rank}.json")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(hosts, f)

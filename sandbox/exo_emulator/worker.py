@@ -392,7 +392,8 @@ class Worker:
         if st == ready_for_load[0] and "load" not in sup.sent and all_dl \
                 and all(s in ready_for_load for s in statuses.values()):
             found = find_model(card["model_id"], models_dirs(self.node.paths))
-            path = str(found.path) if found else str(default_models_dir(self.node.paths) / card["model_id"].replace("/", "--"))
+            default = default_models_dir(self.node.paths) / card["model_id"].replace("/", "--")
+            path = str(found.path) if found else str(default)
             self._send(sup, "load", "LoadModel", iid, path)
             return
         loaded_ok = ("RunnerLoaded", "RunnerWarmingUp", "RunnerReady")
