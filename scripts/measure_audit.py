@@ -24,7 +24,7 @@ from modeldrop.audit import completeness
 from modeldrop.hub import expected_from_cache
 from modeldrop.nodepool import make_node
 from modeldrop.nodes import Node
-from tests_selftest.modelfiles import make_model
+from tests_selftest.support.modelfiles import make_model
 
 MB = 1_000_000
 

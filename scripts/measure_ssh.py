@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=30)
     a = ap.parse_args(argv)
     if a.own_sshd:
-        from tests_selftest.sshd_fixture import start_sshd
+        from tests_selftest.support.sshd_fixture import start_sshd
         with tempfile.TemporaryDirectory(prefix="measure-ssh-") as tmp:
             sshd = start_sshd(Path(tmp))
             try:

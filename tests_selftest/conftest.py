@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests_selftest.sshd_fixture import SSHD, SSHDHandle, start_sshd
+from tests_selftest.support.slots import SANDBOX_BASE
+from tests_selftest.support.sshd_fixture import SSHD, SSHDHandle, start_sshd
 
-pytest_plugins = ["pytester", "tests_selftest.fault_plugin"]
+pytest_plugins = ["pytester", "tests_selftest.support.fault_plugin"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """The interrupt self-tests send SIGINT to the runs they start. A shell that starts a job in the background
@@ -20,9 +21,6 @@ def pytest_configure(config: pytest.Config) -> None:
     process get the default disposition (a handled signal is reset on exec) and install their own."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-SANDBOX_BASE = Path(os.environ.get("MODELDROP_SELFTEST_SANDBOX", "/var/tmp/modeldrop-selftest"))
 
 
 def _worker_index(worker_id: str) -> int:

@@ -1,0 +1,264 @@
+"""Whole runs of the EXO gates (1B, 4-6) against the sandbox: green for both generations, and each
+emulator fault caught at its gate with the expected signature id, no later gate run, and no process
+the run started left behind (every launch record's pid is gone, start time checked).
+
+Windows are kept short with the run options (--cluster-window 8 --settle-window 3 --ready-timeout 60).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests_selftest.support import DATA
+from tests_selftest.support.cluster_runs import (
+    ORDER,
+    WINDOWS,
+    alive,
+    assert_caught,
+    launch_records,
+    reset_nodes,
+    signature_ids,
+    stop_leftovers,
+    wait_gone,
+)
+from tests_selftest.support.runs import RunResult, later_gates_not_run, run_suite
+
+pytestmark = [pytest.mark.sandbox_run, pytest.mark.timeout(900)]
+
+
+@pytest.fixture
+def box(sbx):
+    """The sandbox with faults cleared after the test (up() clears them) and the NEW generation back.
+    Each test checks itself that its run left nothing behind; stopping the node users' processes here
+    only keeps one failing test from cascading into the next."""
+    yield sbx
+    sbx.set_exo_generation("new")
+    reset_nodes(sbx)
+
+
+def run(box, tmp_path: Path, *args: str, report: str = "reports") -> RunResult:
+    return run_suite(["gates/"], Path(box.env_file), tmp_path / report, *WINDOWS, *args, timeout=600)
+
+
+def gate_times(r: RunResult, gate: str) -> tuple[float | None, float | None]:
+    """(the gate's own duration, seconds from exo's start — the startup gate's start — to the gate's verdict)."""
+    start_t, result = None, None
+    for line in (r.run_folder() / "ledger.jsonl").read_text().splitlines():
+        ev = json.loads(line)
+        if ev.get("event") == "gate_start" and ev.get("gate") == "startup":
+            start_t = float(ev["t"])
+        if ev.get("event") in ("pass", "fail") and ev.get("gate") == gate:
+            result = ev
+    if result is None:
+        return None, None
+    return float(result["duration_s"]), (float(result["t"]) - start_t) if start_t else None
+
+
+def notes(r: RunResult, gate: str, key: str) -> list:
+    """The values of the ledger notes `key` of `gate`."""
+    evs = [json.loads(x) for x in (r.run_folder() / "ledger.jsonl").read_text().splitlines()]
+    return [e.get("value") for e in evs if e.get("event") == "note" and e.get("gate") == gate and e.get("key") == key]
+
+
+# -- green ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("generation", ["new", "old"])
+def test_green_run_both_generations(box, tmp_path, generation):
+    """Every gate green; the canary stopped; the cluster left serving (no --teardown); flags per generation."""
+    box.set_exo_generation(generation)
+    t0 = time.monotonic()
+    r = run(box, tmp_path)
+    wall = time.monotonic() - t0
+    folder = r.run_folder()
+    try:
+        cluster = check_green(r, generation)
+        print(f"\nMEASURE green {generation}: full `pytest gates/` wall {wall:.1f}s")
+    finally:
+        stop_leftovers(launch_records(folder))
+    assert wait_gone(cluster) == []
+
+
+def test_k_rerun_reattaches_and_teardown_stops(box, tmp_path):
+    """After a green run, `-k chat` re-attaches to the serving cluster (same pids); --teardown stops it."""
+    r = run(box, tmp_path)
+    folder = r.run_folder()
+    try:
+        cluster = check_green(r, "new")
+        r2 = run(box, tmp_path, "-k", "chat", "--teardown")
+        assert r2.outcome("chat") == "passed", r2.output[-3000:]
+        assert {x["pid"] for x in launch_records(r2)} == {x["pid"] for x in cluster}
+        assert wait_gone(cluster) == []
+    finally:
+        stop_leftovers(launch_records(folder))
+
+
+def check_green(r: RunResult, generation: str) -> list[dict]:
+    assert r.rc == 0, r.output[-4000:]
+    for g in ORDER:
+        assert r.outcome(g) == "passed", (g, r.message(g))
+    recs = launch_records(r)
+    canary = [x for x in recs if x["role"] == "canary"]
+    cluster = [x for x in recs if x["role"] == "cluster"]
+    assert canary and not any(alive(x) for x in canary), "the canary is always stopped"
+    assert len(cluster) == 2 and all(alive(x) for x in cluster), "a green run leaves the cluster serving"
+    # the sandbox pre-installs no card: EXO meets the model as a new drop, the canary adds its card (recorded),
+    # and every cluster node lists it before placement
+    assert notes(r, "node1_canary", "model card") == ["EXO had no card for the model: added with POST /models/add"]
+    assert notes(r, "cluster", "model card")[0].startswith("every node lists the model card")
+    for x in cluster:
+        assert ("--namespace" in x["argv"]) == (generation == "new")
+        assert ("EXO_LIBP2P_NAMESPACE" in x["env"]) == (generation == "old")
+        assert ("EXO_LIBP2P_NAMESPACE" in x["unset_env"]) == (generation == "new")
+    return cluster
+
+
+# -- faults caught at their gate ------------------------------------------------------------------
+# The sandbox's timing knob shortens MLX's ring retry schedule (1, 2, 4, 8, 16 s) where the case is about the
+# errno line, not the wait; a shorter --ready-timeout shortens the stall budget. The gates are unchanged.
+FAST_RING = {"ring_retry_s": [0.2, 0.4, 0.8, 1.6, 3.2]}
+WINDOW_OF = {"startup": "--settle-window", "cluster": "--cluster-window", "placement": "--ready-timeout"}
+
+
+def fault_case(name: str, k: int, faults: dict, gate: str, sig: str, timing: dict, extra: tuple):
+    """One row of the fault matrix: the emulator fault `faults` on node k, caught at `gate` with `sig`."""
+    since = "node1_canary" if gate == "node1_canary" else "startup"  # exo's first start in the run
+    mark = pytest.mark.fault(name.replace("_", "-"), gate=gate, signature=sig, since=since,
+                             window=WINDOW_OF.get(gate))
+    return pytest.param(name, k, faults, gate, sig, timing, extra, id=name, marks=mark)
+
+
+FAULTS = [
+    fault_case("isolated", 2, {"isolated": True}, "cluster", "SEED-OFFLINE-JOIN", {}, ()),  # joins offline: --online
+    fault_case("namespace", 2, {"namespace": "someone-else"}, "cluster", "A1", {}, ()),
+    fault_case("crash_at_start", 2, {"crash_at_start": True}, "startup", "X-EXIT", {}, ()),
+    fault_case("crash_loop", 2, {"crash_loop": 1.0}, "startup", "X-RESTART", {}, ()),
+    # the crash comes after every API answered, while the cluster-join watch already runs: the settle window
+    # overlapping the join wait is still watched in full
+    fault_case("crash_in_settle_window", 2, {"crash_loop": 9.0}, "startup", "X-RESTART", {}, ("--settle-window", "20")),
+    fault_case("runner_never_ready", 2, {"runner_never_ready": "loading"}, "placement", "F2", {},
+               ("--ready-timeout", "30")),
+    fault_case("ring_connect_error_61", 2, {"ring_connect_error": 61}, "placement", "G2", FAST_RING, ()),
+    # ETIMEDOUT: each of MLX's 5 connect attempts waits for the kernel's connect timeout, so the errno line comes
+    # after the stall budget; what is observable by then is runners stuck Connecting (F1).
+    fault_case("ring_connect_error_60", 2, {"ring_connect_error": 60}, "placement", "F1", {}, ("--ready-timeout", "30")),
+    fault_case("ring_connect_error_65", 2, {"ring_connect_error": 65}, "placement", "G2", FAST_RING, ()),
+    # EXO cannot build a card for the model (POST /models/add answers 400): its own diagnosis, not dir drift (D6)
+    fault_case("card_add_fails", 1, {"card_add_fails": True}, "node1_canary", "X-NO-CARD", {}, ()),
+    # a runner killed from outside (the OOM killer) while loading on node 2: its own signature, the node named
+    fault_case("runner_killed_signal", 2, {"runner_killed_signal": 9}, "placement", "X-RUNNER-SIGNAL", {}, ()),
+    fault_case("chat_truncated_body", 1, {"chat_truncated_body": True}, "chat", "H2", {}, ()),
+    fault_case("killed_mid_chat", 1, {"stream_error_chunk": True}, "chat", "H2", {}, ()),
+    fault_case("stall_mid_stream", 1, {"stall_mid_stream": 2}, "chat", "H3", {}, ()),
+]
+
+
+@pytest.mark.parametrize("name,k,faults,gate,sig,timing,extra", FAULTS)
+def test_fault_caught_at_its_gate(box, tmp_path, name, k, faults, gate, sig, timing, extra):
+    box.set_exo_faults(k, faults)
+    if timing:
+        for j in (1, 2):
+            box.set_exo_timing(j, timing)
+    t0 = time.monotonic()
+    r = run(box, tmp_path, *extra)
+    own, since_exo = gate_times(r, gate)
+    print(f"\nMEASURE {name}: {gate} failed after {own}s in the gate, {since_exo and round(since_exo, 1)}s after exo "
+          f"started; run {time.monotonic() - t0:.1f}s; {r.message(gate)[:160]}")
+    try:
+        assert_caught(r, gate, sig)
+        if name == "card_add_fails":
+            assert "D6" not in signature_ids(r, gate) and "EXO has no model card" in r.message(gate), r.message(gate)
+        if name == "runner_killed_signal":
+            assert f"on sbx-node{k} (node " in r.message(gate), r.message(gate)
+    finally:
+        stop_leftovers(launch_records(r))
+
+
+@pytest.mark.fault("api-port-taken", gate="preflight", signature="API port 52415")
+def test_foreign_listener_on_api_port_fails_preflight_and_is_not_killed(box, tmp_path):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((box.address(2), 52415))
+    s.listen(1)
+    try:
+        r = run(box, tmp_path)
+        assert r.outcome("preflight") == "failed" and "API port 52415" in r.message("preflight"), r.message("preflight")
+        assert later_gates_not_run(r, "preflight", ORDER) == []
+        s.getsockname()  # still ours: nobody killed the holder
+    finally:
+        s.close()
+
+
+def test_state_runner_lag_is_evidence_not_a_failure(box, tmp_path):
+    box.set_exo_faults(2, {"state_runner_lag": 30.0})
+    r = run(box, tmp_path, "--teardown")
+    assert r.outcome("chat") == "passed", r.output[-3000:]
+    assert "SEED-MAP-LAG" in signature_ids(r, "chat")
+    assert wait_gone(launch_records(r)) == []
+
+
+def test_slow_tokens_pass_with_latency_recorded(box, tmp_path):
+    box.set_exo_faults(1, {"token_rate": 20.0})
+    r = run(box, tmp_path, "--teardown")
+    assert r.outcome("chat") == "passed", r.output[-3000:]
+    notes = [json.loads(x) for x in (r.run_folder() / "ledger.jsonl").read_text().splitlines()]
+    assert any(n.get("key") == "chat_latency_s" for n in notes)
+    assert wait_gone(launch_records(r)) == []
+
+
+# -- the guide's own env file ---------------------------------------------------------------------
+GUIDE_ENV = DATA / "seed-model_drop.env"
+GUIDE_POINTED = ("MODEL_ID", "MODEL_INSTANCE_ID", "NODE1", "NODE2", "MODEL_DIR_NODE1", "MODEL_DIR_NODE2",
+                 "HF_CMD_NODE1", "HF_CMD_NODE2", "EXO_LOG_DIR_NODE1", "EXO_LOG_DIR_NODE2", "PROFILE_PATH",
+                 "RUN_REPORT_DIR")
+
+
+def guide_env_for(box, tmp_path: Path) -> Path:
+    """The guide's env block verbatim, with only its model, node and dir lines pointed at the sandbox (their
+    quotes, comments and `${MODEL_INSTANCE_ID}` kept), plus the sandbox-only keys (ssh config, hub, exo path)."""
+    import re
+
+    sbx = dict(line.split("=", 1) for line in Path(box.env_file).read_text().splitlines()
+               if line and not line.startswith("#"))
+    nodes = sbx["NODES"].split(",")
+    folder = sbx["MODEL_ID"].replace("/", "--")
+    point = {"MODEL_ID": sbx["MODEL_ID"], "MODEL_INSTANCE_ID": folder, "NODE1": nodes[0], "NODE2": nodes[1],
+             "PROFILE_PATH": str(tmp_path / "model_profiles.json"), "RUN_REPORT_DIR": str(tmp_path / "reports")}
+    for k in (1, 2):
+        parent = sbx[f"MODEL_DIR_NODE{k}"].rsplit("/", 1)[0]
+        point[f"MODEL_DIR_NODE{k}"] = parent + "/${MODEL_INSTANCE_ID}"
+        point[f"HF_CMD_NODE{k}"], point[f"EXO_LOG_DIR_NODE{k}"] = sbx[f"HF_CMD_NODE{k}"], sbx[f"EXO_LOG_DIR_NODE{k}"]
+    out = []
+    for line in GUIDE_ENV.read_text().splitlines():
+        m = re.match(r'^([A-Z0-9_]+)="([^"]*)"(.*)$', line)
+        out.append(f'{m.group(1)}="{point[m.group(1)]}"{m.group(3)}' if m and m.group(1) in point else line)
+    changed = {a.split("=")[0] for a, b in zip(out, GUIDE_ENV.read_text().splitlines(), strict=True) if a != b}
+    assert changed <= set(GUIDE_POINTED) and "EXO_LIBP2P_PORT=\"51001\"" in out
+    extra = [f"{key}={sbx[key]}" for key in ("SSH_CONFIG", "SSH_KNOWN_HOSTS", "HF_ENDPOINT", "EXO_CMD_NODE1",
+                                              "EXO_CMD_NODE2") if key in sbx]
+    env = tmp_path / "model_drop.env"
+    env.write_text("\n".join(out + ["", "# the sandbox's own keys", *extra]) + "\n")
+    return env
+
+
+def test_guide_env_runs_green_and_chat_is_serving_truth_while_runner_maps_lag(box, tmp_path):
+    """The guide's env block, pointed at the sandbox, runs every gate green; node 1's /state never shows the
+    instance's runners (nodeToRunner {}), so placement passes on a working chat through every node, with the
+    lag recorded as a warning and SEED-MAP-LAG; EXO_LIBP2P_PORT is said to be ignored on NEW."""
+    box.set_exo_faults(1, {"state_runner_lag": 3600.0})
+    env = guide_env_for(box, tmp_path)
+    r = run_suite(["gates/"], env, tmp_path / "reports", *WINDOWS, "--teardown", timeout=600)
+    try:
+        for g in ORDER:
+            assert r.outcome(g) == "passed", (g, r.message(g), r.output[-3000:])
+        assert "SEED-MAP-LAG" in signature_ids(r, "placement")
+        events = [json.loads(x) for x in (r.run_folder() / "ledger.jsonl").read_text().splitlines()]
+        warnings = [str(e.get("value") or e.get("text")) for e in events if e.get("event") == "warning"]
+        assert any("placement passed on a working chat" in w for w in warnings), warnings
+        assert any(w.startswith("EXO_LIBP2P_PORT=51001 is ignored: NEW (zenoh)") for w in warnings), warnings
+        assert all("my-cluster" in x["argv"] for x in launch_records(r) if x["role"] == "cluster")
+    finally:
+        stop_leftovers(launch_records(r.run_folder()))

@@ -1,0 +1,329 @@
+"""Whole runs of the gates against real EXO (EXO's own code, sandbox/exo_real) with real faults, each caught at
+its gate with the expected signature id, no later gate run, and nothing the run started left behind.
+
+One 2-node real-EXO sandbox per xdist worker (slot MODELDROP_SBXTEST_SLOT + 2 + worker), shared by the
+module. Faults that must land between gates (a taken port, a missing shard, a node's EXO killed) are
+injected by watching the run's own ledger for the gate event; node 1's EXO killed mid-chat also waits for the
+chat gate's request to show as a task in that node's /state. The namespace case runs with `--stop-existing-exo`
+and a stale real EXO plus look-alike decoys on node 1. Each case's gate can only fail after every
+earlier gate passed on real EXO, so the cases also prove the setup (the green run itself is
+`pytest gates/ benchmarks/ --sandbox`, measured by `python -m scripts.measure_real_exo`). Select them with `-m real_exo`; skipped
+where real EXO cannot be built (no snapshot or no Python 3.13).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sandbox.exo_real.install import missing_inputs
+from tests_selftest.support import runs
+from tests_selftest.support.cluster_runs import (
+    ORDER,
+    alive,
+    assert_caught,
+    launch_records,
+    proc_start,
+    reset_nodes,
+    signature_ids,
+    stop_leftovers,
+)
+from tests_selftest.support.runs import REPO, RunResult, parse_junit
+from tests_selftest.support.slots import SANDBOX_BASE
+
+# Real EXO probes topology edges about every 10 s and loads on a busy CPU: windows wider than the emulator's.
+WINDOWS = ["--cluster-window", "30", "--settle-window", "3", "--ready-timeout", "180"]
+pytestmark = [pytest.mark.sandbox_run, pytest.mark.real_exo, pytest.mark.timeout(900),
+              pytest.mark.skipif(bool(missing_inputs("new")), reason="real EXO cannot be built here")]
+
+
+@pytest.fixture(scope="module")
+def real(worker_id):
+    """A 2-node sandbox running real EXO, its own slot per xdist worker."""
+    from sandbox.cluster import Sandbox
+    idx = int(worker_id[2:]) if worker_id.startswith("gw") else 0
+    slot = int(os.environ.get("MODELDROP_SBXTEST_SLOT", "90")) + 2 + idx
+    box = Sandbox(root=SANDBOX_BASE / f"real-slot{slot}", slot=slot, n_nodes=2, exo="real")
+    box.up()
+    yield box
+    box.down()
+
+
+@pytest.fixture
+def box(real):
+    """The sandbox with faults cleared and node processes stopped after the test."""
+    yield real
+    reset_nodes(real)
+
+
+def ledger_events(report_dir: Path) -> list[dict]:
+    """The events of the newest run folder's ledger under `report_dir` (empty before it exists)."""
+    ledgers = sorted(report_dir.glob("*/ledger.jsonl"), key=lambda p: p.stat().st_mtime)
+    if not ledgers:
+        return []
+    out = []
+    for line in ledgers[-1].read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass  # a line being written
+    return out
+
+
+def run_with(box, tmp_path: Path, when: tuple[str, str] | None = None, act: Callable[[], None] | None = None,
+             *args: str, timeout: float = 600) -> RunResult:
+    """`pytest gates/` against the sandbox; `act()` runs once, as soon as the ledger shows event `when`
+    = (event, gate), e.g. ("pass", "preflight")."""
+    report = tmp_path / "reports"
+    report.mkdir(parents=True, exist_ok=True)
+    junit = report / "junit-0.xml"
+    cmd = [sys.executable, "-m", "pytest", "gates/", "--env-file", str(box.env_file), "--report-dir", str(report),
+           f"--junitxml={junit}", "-p", "no:cacheprovider", "-q", "-rA", *WINDOWS, *args]
+    for before in runs.BEFORE_RUN:  # the fault-matrix recorder and the decoy watch observe this run too
+        before([*WINDOWS, *args])
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    done = when is None
+    while proc.poll() is None and not done and time.monotonic() < deadline:
+        if any(e.get("event") == when[0] and e.get("gate") == when[1] for e in ledger_events(report)):
+            act()
+            done = True
+        time.sleep(0.2)
+    try:
+        out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    result = RunResult(proc.returncode, out, report, parse_junit(junit), [*WINDOWS, *args])
+    for after in runs.AFTER_RUN:
+        after(result)
+    assert done, f"the run never reached {when}:\n{out[-3000:]}"
+    return result
+
+
+def caught(r: RunResult, gate: str, sigs: set[str]) -> None:
+    """Failed at `gate` with one of `sigs`, nothing later ran, nothing left behind."""
+    try:
+        assert_caught(r, gate, None)
+        assert sigs & set(signature_ids(r, gate)), (signature_ids(r, gate), r.message(gate)[:500])
+    finally:
+        stop_leftovers(launch_records(r))
+
+
+def _die_with_parent() -> None:
+    """In a child after its user change: SIGTERM when this test process dies (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+
+
+def start_on_node(argv: list[str], user: str, exe: str, env: dict[str, str] | None = None, cwd: str = "/",
+                  executable: str | None = None, log: Path | None = None) -> subprocess.Popen:
+    """`argv` as `user`, in its own session; returns once the process runs `exe` (polled with a deadline)."""
+    pw = pwd.getpwnam(user)
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed once the child has its copy
+    try:
+        proc = subprocess.Popen(argv, executable=executable, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
+                                cwd=cwd, env=env if env is not None else {"PATH": "/usr/bin:/bin"},
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_parent)
+    finally:
+        if log:
+            out.close()
+    want, deadline, seen = os.path.realpath(exe), time.monotonic() + 30, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            seen = os.path.realpath(f"/proc/{proc.pid}/exe")
+        except OSError:
+            seen = None
+        if seen == want:
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"{argv} as {user} never ran {want} (last seen {seen}, exit {proc.poll()})")
+
+
+def stale_exo_and_decoys(box, tmp_path: Path) -> tuple[subprocess.Popen, dict[str, subprocess.Popen]]:
+    """On node 1, as its SSH user: a real EXO left running from the configured exo (the operator's stale one),
+    and processes that only look like it: `tail <exo> -f`, `sleep` exec'd with the exo path as argv[0], and
+    another user (nobody) running the exo script with the same interpreter, held in its sitecustomize."""
+    node, user = box.node(1), box.node_user(1)
+    exo, python = str(node.exo_cmd), str(box.real_exo.python)
+    home = pwd.getpwnam(user).pw_dir
+    login = {"HOME": home, "USER": user, "LOGNAME": user, "PATH": "/usr/bin:/bin", "SHELL": "/bin/sh"}
+    stale = start_on_node([exo], user, python, env=login, cwd=home, log=tmp_path / "stale-exo.log")
+    site = Path(box.root) / "held-site"  # nobody must read it: the sandbox root is world-traversable
+    site.mkdir(mode=0o755, exist_ok=True)
+    (site / "sitecustomize.py").write_text("import time\ntime.sleep(86400)\n")
+    held = {**box.real_exo.env, "PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    decoys = {"tail <exo> -f": start_on_node(["tail", exo, "-f"], user, shutil.which("tail") or "/usr/bin/tail"),
+              "sleep as <exo>": start_on_node([exo, "3600"], user, "/bin/sleep", executable="/bin/sleep"),
+              "nobody's exo": start_on_node([python, exo], "nobody", python, env=held)}
+    return stale, decoys
+
+
+@pytest.mark.fault("namespace-real-exo", gate="cluster", signature="A1", window="--cluster-window")
+def test_namespace_mismatch_isolates_at_cluster_and_stop_existing_spares_decoys(box, tmp_path, fault_decoys):
+    """Node 2 runs another namespace: caught at cluster (A1). The run also passes --stop-existing-exo with a stale
+    real EXO of node 1's user running (started from the configured exo) and decoys beside it: the stale EXO is
+    listed, stopped by pid before node 1's canary starts and named in the ledger's warnings; every decoy survives."""
+    box.set_exo_faults(2, {"namespace": "someone-else"})
+    stale, decoys = stale_exo_and_decoys(box, tmp_path)
+    fault_decoys.update(decoys)
+    stale_start = proc_start(stale.pid)
+    try:
+        r = run_with(box, tmp_path, None, None, "--stop-existing-exo")
+        caught(r, "cluster", {"A1"})
+        assert stale.poll() is not None, f"the stale exo pid {stale.pid} still runs"
+        listed = json.loads((r.run_folder() / "exo" / "node1-canary-existing-exo.json").read_text())["found"]
+        assert [(x["pid"], x["start"]) for x in listed] == [(stale.pid, pytest.approx(stale_start, abs=1.5))], listed
+        warnings = [str(e.get("value")) for e in ledger_events(r.report_dir) if e.get("event") == "warning"]
+        assert any(w.startswith(f"node1: --stop-existing-exo stopped pid {stale.pid} ") for w in warnings), warnings
+        harmed = [name for name, p in decoys.items() if p.poll() is not None]
+        assert not harmed, f"decoys stopped by the run: {harmed}"
+    finally:
+        for p in (stale, *decoys.values()):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+            p.wait(timeout=20)
+
+
+@pytest.mark.fault("runner-killed-real-exo", gate="placement", signature="F5|X-RUNNER-SIGNAL|F8|F4",
+                   window="--ready-timeout")
+def test_runner_killed_is_caught_at_placement(box, tmp_path):
+    """Every runner process of node 2 is SIGKILLed 2 s after it starts (as an OOM kill would)."""
+    box.set_exo_faults(2, {"runner_sigkill_s": 2.0})
+    caught(run_with(box, tmp_path), "placement", {"F5", "F8", "F4"})
+
+
+@pytest.mark.fault("api-port-taken-after-preflight-real-exo", gate="startup", signature="I1|X-EXIT", since="startup")
+def test_api_port_taken_before_exo_starts_is_caught_at_startup(box, tmp_path):
+    """A foreign listener takes node 2's API address:port after preflight checked it: real EXO's bind fails."""
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+    def take() -> None:
+        holder.bind((box.address(2), 52415))
+        holder.listen(1)
+
+    try:
+        caught(run_with(box, tmp_path, ("pass", "parity"), take), "startup", {"I1", "X-EXIT"})
+        holder.getsockname()  # still ours: nobody killed the holder
+    finally:
+        holder.close()
+
+
+@pytest.mark.fault("shard-missing-at-start-real-exo", gate="placement", signature="D1", since="startup",
+                   window="--ready-timeout")
+def test_shard_missing_when_exo_starts_is_caught(box, tmp_path):
+    """A shard of node 2 disappears after the file gates passed, before EXO starts."""
+    def remove() -> None:
+        shard = sorted(box.node(2).model_dir.glob("*.safetensors"))[-1]
+        shard.unlink()
+
+    r = run_with(box, tmp_path, ("pass", "parity"), remove)
+    try:
+        failed = [g for g in ORDER if r.outcome(g) == "failed"]
+        assert failed and failed[0] in ("cluster", "placement"), ({g: r.outcome(g) for g in ORDER}, r.output[-3000:])
+        # Real EXO (offline): node 2's worker keeps planning DownloadModel and records no download at all, the
+        # ring still connects, LoadModel waits for every node's DownloadCompleted, so runners stall at
+        # RunnerConnected: D1 names node 2, the placed node with no download record.
+        caught(r, failed[0], {"D1"})
+    finally:
+        box.populate_model(2)
+
+
+@pytest.mark.fault("exo-killed-after-cluster-real-exo", gate="placement", signature="X-EXO-GONE", since="placement")
+def test_node_exo_killed_mid_run_is_caught(box, tmp_path):
+    """Node 2's EXO is SIGKILLed once the cluster gate passed (the launch record gives its pid): placement fails
+    naming node 2's dead exo first (X-EXO-GONE)."""
+    report = tmp_path / "reports"
+
+    def kill_node2() -> None:
+        folder = max(report.glob("*/ledger.jsonl"), key=lambda p: p.stat().st_mtime).parent
+        rec = next(x for x in launch_records(folder) if x["node"] == 2 and x["role"] == "cluster")
+        assert alive(rec)
+        os.kill(rec["pid"], signal.SIGKILL)
+
+    r = run_with(box, tmp_path, ("pass", "cluster"), kill_node2)
+    failed = [g for g in ORDER if r.outcome(g) == "failed"]
+    try:
+        assert failed == ["placement"], ({g: r.outcome(g) for g in ORDER}, r.output[-3000:])
+    finally:
+        stop_leftovers(launch_records(r))
+    caught(r, "placement", {"X-EXO-GONE"})  # then what the instance showed: A7, F11, D1, F1 or F8
+    assert signature_ids(r, "placement")[0] == "X-EXO-GONE", signature_ids(r, "placement")
+    assert "exo of node2 (pid " in r.message("placement"), r.message("placement")[:500]
+
+
+def chat_in_flight(state: dict) -> bool:
+    """Does this /state hold a TextGeneration task that is pending or running (a chat request in flight)?"""
+    for task in (state.get("tasks") or {}).values():
+        body = task.get("TextGeneration") if isinstance(task, dict) else None
+        if isinstance(body, dict) and body.get("taskStatus") in ("Pending", "Running"):
+            return True
+    return False
+
+
+def wait_chat_in_flight(url: str, timeout: float = 120.0) -> float:
+    """Poll `url`/state until a chat request is in flight; the monotonic time it was seen (AssertionError with the
+    last answer at the deadline)."""
+    from modeldrop.exo.client import ExoClient
+    client, last = ExoClient(url), "no answer yet"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = client.state()
+            if chat_in_flight(state):
+                return time.monotonic()
+            last = f"tasks {json.dumps(state.get('tasks'))[:300]}"
+        except Exception as e:  # noqa: BLE001 - the API is busy; poll again
+            last = f"{type(e).__name__}: {e}"
+        time.sleep(0.1)
+    raise AssertionError(f"no chat request in flight on {url} within {timeout:.0f}s; last seen: {last}")
+
+
+@pytest.mark.fault("killed-mid-chat-real-exo", gate="chat", signature="X-EXO-GONE", since="chat")
+def test_node_exo_killed_mid_chat_is_caught_at_chat(box, tmp_path, fault_row):
+    """Node 1's EXO (the API the chat gate's first request goes through) is SIGKILLed while that request is in
+    flight, seen as a pending or running TextGeneration task in its /state: the chat gate fails naming node 1's
+    dead exo (X-EXO-GONE), no later gate runs, and the run leaves nothing on the nodes."""
+    report = tmp_path / "reports"
+    seen: dict = {}
+
+    def kill_node1_mid_chat() -> None:
+        folder = max(report.glob("*/ledger.jsonl"), key=lambda p: p.stat().st_mtime).parent
+        rec = next(x for x in launch_records(folder) if x["node"] == 1 and x["role"] == "cluster")
+        try:
+            seen["in_flight"] = wait_chat_in_flight(rec["api_url"])
+        except AssertionError as e:
+            seen["error"] = str(e)
+            return
+        assert alive(rec)
+        os.kill(rec["pid"], signal.SIGKILL)
+        seen["pid"], seen["killed"], seen["in_flight_at"] = rec["pid"], time.time(), time.time() - (
+            time.monotonic() - seen["in_flight"])
+
+    r = run_with(box, tmp_path, ("gate_start", "chat"), kill_node1_mid_chat)
+    assert "error" not in seen, seen.get("error")
+    try:
+        caught(r, "chat", {"X-EXO-GONE"})
+        msg = r.message("chat")
+        assert f"exo of node1 (pid {seen['pid']}) died: node1 stream" in msg, msg[:500]
+        assert signature_ids(r, "chat")[0] == "X-EXO-GONE", signature_ids(r, "chat")
+        fail = next(e for e in ledger_events(report) if e.get("event") == "fail" and e.get("gate") == "chat")
+        fault_row.verdict_s = round(float(fail["t"]) - seen["killed"], 2)  # from the kill, not the gate's start
+        print(f"\nMEASURE killed-mid-chat-real-exo: chat verdict {fault_row.verdict_s}s after the kill "
+              f"({seen['killed'] - seen['in_flight_at']:.1f}s after the request was seen); {msg[:200]}")
+    finally:
+        stop_leftovers(launch_records(r))

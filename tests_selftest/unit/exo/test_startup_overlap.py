@@ -1,0 +1,95 @@
+"""The startup settle window overlaps the cluster-join wait: the join watch starts once every API answers,
+the window is still watched in full (an exit inside it fails startup), and the cluster gate takes the
+background watch's verdict, confirmed by one fresh look."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from modeldrop.exo import observe
+from modeldrop.exo.cluster import ExoCluster
+from tests_selftest.support.exo_fakes import FakeClock
+from tests_selftest.support.exo_samples import NEW_STATE, A, B, new_state
+
+ALONE = new_state(nodeIdentities={A: {}}, topology={"nodes": [A], "connections": {}})
+
+
+class Launcher:
+    """A launcher whose process dies at `dies_at` (fake clock seconds)."""
+
+    def __init__(self, clock: FakeClock, dies_at: float | None = None):
+        self.clock, self.dies_at = clock, dies_at
+        self.record = SimpleNamespace(start=100.0)
+
+    def proc(self):
+        alive = self.dies_at is None or self.clock() < self.dies_at
+        return {"pid": 1, "start": 100.0} if alive else None
+
+
+class Client:
+    def __init__(self, nid: str, up_at: float, clock: FakeClock, states: list | None = None):
+        self.nid, self.up_at, self.clock, self.states = nid, up_at, clock, list(states or [NEW_STATE])
+        self.state_calls = 0
+
+    def node_id(self, timeout_s: float = 3.0) -> str:
+        if self.clock() < self.up_at:
+            raise ConnectionRefusedError("refused")
+        return self.nid
+
+    def state(self) -> dict:
+        self.state_calls += 1
+        return self.states[min(self.state_calls - 1, len(self.states) - 1)]
+
+
+def test_on_up_fires_when_every_api_answers_and_the_window_is_still_watched():
+    c = FakeClock()
+    seen: list[tuple[float, dict]] = []
+    v = observe.watch_startup({1: Launcher(c), 2: Launcher(c)}, {1: Client(A, 1.0, c), 2: Client(B, 2.0, c)},
+                              settle_s=10, clock=c, sleep=c.sleep, on_up=lambda ids: seen.append((c(), ids)))
+    assert v.ok, v.summary
+    assert seen == [(2.0, {1: A, 2: B})], "the join watch starts at API-up, before the window"
+    assert v.details["elapsed_s"] >= 12.0, "the settle window is watched in full"
+
+
+def test_an_exit_inside_the_window_still_fails_startup():
+    c = FakeClock()
+    started: list[dict] = []
+    v = observe.watch_startup({1: Launcher(c), 2: Launcher(c, dies_at=6.0)},
+                              {1: Client(A, 0.5, c), 2: Client(B, 0.5, c)}, settle_s=10, clock=c, sleep=c.sleep,
+                              on_up=started.append)
+    assert started, "the join watch had started"
+    assert not v.ok and v.facts["restarted"] == [2] and "after its API had answered" in v.summary
+    assert v.details["elapsed_s"] < 7.0, "the exit ends the window at once"
+
+
+def _cluster(clients: dict) -> ExoCluster:
+    cluster = ExoCluster(SimpleNamespace(cluster_window_s=30.0, settle_window_s=10.0, nodes=[]), None, None)
+    cluster.clients = lambda: clients  # type: ignore[method-assign]
+    return cluster
+
+
+def test_cluster_gate_takes_the_background_join_and_confirms_it():
+    c = FakeClock()
+    clients = {1: Client(A, 0, c, [ALONE, ALONE, NEW_STATE]), 2: Client(B, 0, c)}
+    cluster = _cluster(clients)
+    cluster.start_join_watch({1: A, 2: B})
+    assert cluster.join_watch is not None and cluster.join_watch.done.wait(20)
+    calls = clients[1].state_calls
+    v = cluster.cluster_verdict({1: A, 2: B}, 30.0)
+    assert v.ok and "joined_during_startup_s" in v.details, v.summary
+    assert clients[1].state_calls == calls + 1, "one fresh look confirms the join"
+    assert cluster.join_watch is None
+
+
+def test_join_watch_for_other_ids_is_not_used_and_cancel_ends_it():
+    c = FakeClock()
+    clients = {1: Client(A, 0, c, [ALONE]), 2: Client(B, 0, c, [ALONE])}
+    cluster = _cluster(clients)
+    cluster.start_join_watch({1: A, 2: "other"})
+    watch = cluster.join_watch
+    cluster.cancel_join_watch()
+    assert watch is not None and watch.done.wait(10), "a cancelled watch ends at its next look"
+    clients[1].states = [NEW_STATE]
+    clients[2].states = [NEW_STATE]
+    v = cluster.cluster_verdict({1: A, 2: B}, 5.0)
+    assert v.ok and "joined_during_startup_s" not in v.details

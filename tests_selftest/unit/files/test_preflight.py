@@ -1,0 +1,113 @@
+"""modeldrop.preflight (file side) with fake nodes: no SSH, no sandbox."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from modeldrop.config import NodeConfig
+from modeldrop.errors import CommandTimeout
+from modeldrop.exo.launcher import ExoLauncher
+from modeldrop.nodes import LocalNode
+from modeldrop.preflight import check_node, reach_problems
+from modeldrop.ssh import SSHTarget
+
+
+class FakeNode:
+    """Answers probes from a dict; a probe whose answer is an exception raises it."""
+
+    def __init__(self, answers: dict, address: str = "10.0.0.1", port: int | None = None):
+        self.answers, self._address, self.calls = answers, address, []
+        if port is not None:
+            self.resolved = SSHTarget(address, port, None, [], None, None)
+
+    def run_probe(self, name: str, args: dict, *, timeout: float = 60) -> dict:
+        self.calls.append((name, args))
+        answer = self.answers[name]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def facts(self, *, refresh: bool = False, timeout: float = 30) -> dict:
+        return self.run_probe("facts", {}, timeout=timeout)
+
+    def address(self) -> str:
+        return self._address
+
+
+NC = NodeConfig(1, "node1", "me@mac1", "~/Models/org--m", "/opt/hf", "/opt/exo", "~/logs")
+CFG = SimpleNamespace(min_free_bytes=None, model_folder="org--m", sources={})
+
+
+def test_check_node_turns_a_later_probe_failure_into_a_problem_line():
+    node = FakeNode({"facts": {"home": "/Users/me"},
+                     "tool": CommandTimeout("node1 (me@mac1): `<probe> tool` timed out after 90s", "")})
+    out = check_node(node, NC, CFG, None)  # must not raise
+    assert len(out.problems) == 1
+    assert "node1" in out.problems[0] and "timed out after 90s" in out.problems[0]
+
+
+def test_reach_uses_each_nodes_ssh_port():
+    n1 = FakeNode({"reach": {"results": []}}, "10.0.0.1", port=2222)
+    n2 = FakeNode({"reach": {"results": []}}, "10.0.0.2", port=22)
+    assert reach_problems({}, {1: n1, 2: n2}, CFG) == []
+    assert n1.calls[0][1]["targets"] == [["10.0.0.2", 22]]
+    assert n2.calls[0][1]["targets"] == [["10.0.0.1", 2222]]
+
+
+def _facts_probes(node: LocalNode) -> int:
+    return sum(1 for e in node.transcript if e["argv"][:2] == ["<probe>", "facts"])
+
+
+def test_facts_probed_once_per_node_for_preflight_paths_and_launchers(tmp_path):
+    node = LocalNode("node1")
+    nc = NodeConfig(1, "node1", "local", str(tmp_path / "org--m"), str(tmp_path / "no-hf"), "/opt/exo", "~/logs")
+    out = check_node(node, nc, CFG, None)
+    assert out.facts["home"] and any("not found" in p for p in out.problems)
+    assert node.expand_path("~/x") == out.facts["home"] + "/x"
+    canary, cluster = (ExoLauncher(node, nc, CFG, None) for _ in range(2))
+    assert canary.facts()["home"] == cluster.facts()["home"] == out.facts["home"]
+    assert _facts_probes(node) == 1
+
+
+def test_model_dir_mismatch_is_a_preflight_fast_stop(tmp_path, monkeypatch):
+    """The model complete in ~/Models/<org--name>, the configured ~/.exo/models/<org--name> empty: preflight stops,
+    naming both paths and both ways out, in one `locate` round trip; a partial copy elsewhere does not stop it."""
+    from modeldrop.preflight import dir_mismatch_problems
+    from tests_selftest.support.modelfiles import make_model
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    node = LocalNode("node1", python_cmd="/usr/bin/python3")
+    make_model(tmp_path / "Models" / "org--m")
+    configured = tmp_path / ".exo" / "models" / "org--m"
+    configured.mkdir(parents=True)
+    nc = NodeConfig(1, "node1", "local", str(configured), "/opt/hf", "/opt/exo", "~/logs")
+    located = node.run_probe("locate", {"path": str(configured), "model_folder": "org--m"})
+    problems = dir_mismatch_problems(nc, located, {"MODEL_DIR_NODE1": "config/model_drop.env:5"})
+    assert len(problems) == 1
+    p = problems[0]
+    assert "model dir mismatch (fast stop)" in p and str(configured) in p and str(tmp_path / "Models" / "org--m") in p
+    assert f"set MODEL_DIR_NODE1={tmp_path / 'Models' / 'org--m'}" in p and "mv " in p and "model_drop.env:5" in p
+    (configured / "config.json").write_text("{}")  # the configured dir is in use: not a mismatch
+    assert dir_mismatch_problems(nc, node.run_probe("locate", {"path": str(configured), "model_folder": "org--m"}), {}) == []
+    (configured / "config.json").unlink()
+    shard = next((tmp_path / "Models" / "org--m").glob("*.safetensors"))
+    shard.rename(shard.with_name(shard.name + ".incomplete"))
+    located = node.run_probe("locate", {"path": str(configured), "model_folder": "org--m"})
+    assert dir_mismatch_problems(nc, located, {}) == [] and located["elsewhere"][0]["complete"] is False
+
+
+def test_runtime_probe_finds_mlx_beside_exo_or_its_interpreter(tmp_path):
+    """A console-script exo whose #! names a venv python: MLX and Python versions come from that venv."""
+    venv = tmp_path / "venv"
+    (venv / "lib" / "python3.12" / "site-packages" / "mlx-0.30.1.dist-info").mkdir(parents=True)
+    (venv / "bin").mkdir()
+    exo = tmp_path / "bin" / "exo"
+    exo.parent.mkdir()
+    exo.write_text(f"#!{venv}/bin/python\nimport exo\n")
+    node = LocalNode("node1", python_cmd="/usr/bin/python3")
+    r = node.run_probe("runtime", {"exo_cmd": str(exo)})
+    assert (r["mlx"], r["python"]) == ("0.30.1", "3.12")
+    bare = tmp_path / "other" / "a" / "b" / "c" / "d" / "exo"  # five levels: the search never reaches venv/
+    bare.parent.mkdir(parents=True)
+    bare.write_text("#!/bin/sh\n")
+    assert node.run_probe("runtime", {"exo_cmd": str(bare)})["mlx"] is None

@@ -1,0 +1,280 @@
+"""The run ledger of a whole (fake) run: run folder + reports/latest, ledger.jsonl records, handoff.md
+sections and Hand-off Block, ledger.html, NEXT_COMMAND that works as printed, the profile update
+after a green bootstrap, warnings, signatures, and no token anywhere."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from modeldrop.ledger.handoff import HANDOFF_KEYS, SECTIONS
+from tests_selftest.support.plugin_kit import (
+    FULL_ORDER_2,
+    handoff_block,
+    jsonl,
+    latest,
+    make_suite,
+    run_shell,
+    set_behaviour,
+    trace,
+)
+
+BASE = ("gates", "--model", "org/tiny-model", "--env-file", "test.env")
+TOKEN = "hf_SeCrEtToKeN0123456789"
+
+
+def test_run_folder_layout_and_latest(pytester):
+    make_suite(pytester)
+    assert pytester.runpytest(*BASE).ret == 0
+    first = latest(pytester)
+    assert re.fullmatch(r"\d{8}T\d{6}Z-org--tiny-model(-\d+)?", first.name)
+    for name in ("ledger.html", "ledger.jsonl", "handoff.md", "manifests", "logs", "exo", "bench", "plots"):
+        assert (first / name).exists(), name
+    assert (pytester.path / "reports" / "latest").is_symlink()
+    assert (pytester.path / "reports" / "pass_cache.json").exists()
+    assert pytester.runpytest(*BASE).ret == 0
+    second = latest(pytester)
+    assert second != first and second.parent == first.parent
+    assert not list(second.parent.glob(".*tmp"))
+
+
+def test_ledger_jsonl_records_every_gate_event(pytester):
+    make_suite(pytester, behaviour={"node2_verify": "fail:1 shard truncated",
+                                    "node1_verify:notes": {"safetensors_count": 3, "warning": "size plausibility skipped (--fast)"}})
+    pytester.runpytest(*BASE, "--fast")
+    records = jsonl(latest(pytester))
+    assert records[0]["event"] == "run_start" and records[0]["order"] == FULL_ORDER_2
+    assert records[-1]["event"] == "run_end" and records[-1]["exitstatus"] == 1
+    events = [(r["event"], r.get("gate")) for r in records if r["event"] in ("gate_start", "pass", "fail", "skip")]
+    assert events[:4] == [("gate_start", "preflight"), ("pass", "preflight"),
+                          ("gate_start", "node1_download"), ("pass", "node1_download")]
+    assert ("fail", "node2_verify") in events and ("skip", "chat") in events
+    notes = [r for r in records if r["event"] == "note"]
+    assert {"gate": "node1_verify", "key": "safetensors_count", "value": 3} in [
+        {k: n[k] for k in ("gate", "key", "value")} for n in notes]
+    assert any(r["event"] == "warning" and "plausibility" in str(r.get("value")) for r in records)
+    assert any(r["event"] == "signature" and r["signatures"][0]["id"] == "SIG-1" for r in records)
+    assert all({"t", "time", "event"} <= set(r) for r in records)
+
+
+def test_handoff_sections_and_block(pytester):
+    make_suite(pytester, behaviour={"node1_canary": "fail:API never answered on :52415",
+                                    "node1_verify:notes": {"warning": "gguf count not checked (--fast)"}})
+    pytester.runpytest(*BASE)
+    text = (latest(pytester) / "handoff.md").read_text()
+    positions = [text.index(f"## {s}") for s in SECTIONS]
+    assert positions == sorted(positions)
+    block = handoff_block(latest(pytester))
+    assert list(block) == list(HANDOFF_KEYS)
+    assert block["MODEL"] == "org/tiny-model"
+    assert block["NODES"] == "studio1,studio2"
+    assert block["MODEL_DIRS"] == "~/.exo/models/org--tiny-model,~/.exo/models/org--tiny-model"
+    assert block["LAST_PASS_PHASE"] == "1A (node1_verify)"
+    assert block["CURRENT_PHASE"] == "1B (node1_canary)"
+    assert block["KNOWN_BLOCKER"].startswith("node1_canary (failed): API never answered on :52415")
+    assert "SIG-1" in block["KNOWN_BLOCKER"]
+    assert block["STRONGEST_EVIDENCE"] == "node1_canary: API never answered on :52415"
+    assert block["DO_NOT_REPEAT"] == "preflight,node1_download,node1_verify"
+    assert block["NEXT_COMMAND"].endswith("gates/ --model org/tiny-model --env-file test.env -k node1_canary")
+    assert "| node1_canary | 1B | failed |" in text
+    assert "| SIG-1 | node1_canary | fake |" in text
+    assert "gguf count not checked" in text  # --fast warnings reach the hand-off
+    # the guide's stable sections carry their stable content, and the block uses its `FIELD: value` lines
+    sections = {name: text.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0] for name in SECTIONS}
+    assert "Confirm serving truth with an actual /v1/chat/completions" in sections["90-Second Handoff"]
+    assert "nodeToRunner=0 and no successful chat" in sections["90-Second Handoff"]
+    assert "| 1B | node1_canary | exo alone on node 1" in sections["Phase Gates"]
+    assert "| PASS if | STOP if |" in sections["Phase Gates"] and "failed" not in sections["Phase Gates"]
+    assert "| SEED-MAP-LAG | placement, chat |" in sections["Failure Signatures"]
+    assert "| node1_canary | 1B | failed |" in sections["Run Ledger"]
+    assert "KNOWN_BLOCKER: node1_canary (failed)" in sections["Hand-off Block"]
+    assert "\nMODEL: org/tiny-model\n" in sections["Hand-off Block"] and "MODEL=" not in sections["Hand-off Block"]
+
+
+def test_next_command_reruns_the_failed_gate_as_printed(pytester):
+    make_suite(pytester, behaviour={"node2_verify": "fail:1 shard truncated"})
+    assert pytester.runpytest(*BASE).ret == 1
+    trace(pytester)
+    nxt = handoff_block(latest(pytester))["NEXT_COMMAND"]
+    set_behaviour(pytester, {})  # the operator fixed node 2's files
+    done = run_shell(nxt, pytester.path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert trace(pytester) == ["node2_verify"]
+    records = jsonl(latest(pytester))
+    assert [r["gate"] for r in records if r["event"] == "reuse"] == FULL_ORDER_2[:5]
+    block = handoff_block(latest(pytester))
+    assert block["LAST_PASS_PHASE"] == "2A (node2_verify)"
+    # The rest of the order has not run yet: resume from the first gate without a pass.
+    assert block["NEXT_COMMAND"].endswith("--resume-bootstrap")
+    done = run_shell(block["NEXT_COMMAND"], pytester.path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert trace(pytester) == FULL_ORDER_2[6:]
+    assert "benchmarks/ --model org/tiny-model" in handoff_block(latest(pytester))["NEXT_COMMAND"]
+
+
+def test_green_bootstrap_updates_the_profile_and_points_at_benchmarks(pytester):
+    notes = {"total_size_bytes": 5_000_000_000, "safetensors_count": 3, "gguf_count": 0}
+    make_suite(pytester, behaviour={"node1_verify:notes": notes, "placement:notes": {"instance_id": "inst-42"}},
+               env_extra="HF_INCLUDE=*.safetensors,*.json\n")
+    assert pytester.runpytest(*BASE).ret == 0
+    folder = latest(pytester)
+    block = handoff_block(folder)
+    assert block["NEXT_COMMAND"].endswith("benchmarks/ --model org/tiny-model --env-file test.env")
+    assert block["CURRENT_PHASE"].startswith("done")
+    assert block["DO_NOT_REPEAT"] == ",".join(FULL_ORDER_2)
+    row = json.loads((pytester.path / "profiles.json").read_text())["models"]["org/tiny-model"]
+    assert row["status"] == "active" and row["instance_id"] == "org--tiny-model"  # the guide's org--name
+    assert row["expected_safetensors"] == 3 and row["expected_gguf"] == 0
+    assert row["total_size_bytes"] == 5_000_000_000 and row["disk_threshold_gb"] == 6.5
+    assert row["include"] == ["*.safetensors", "*.json"]
+    update = [r for r in jsonl(folder) if r["event"] == "profile_update"]
+    assert update and update[0]["diff"]["instance_id"] == {"old": None, "new": "org--tiny-model"}
+    assert (row["sharding"], row["instance_meta"]) == ("Pipeline", "MlxRing")
+    assert "profile updated" in (folder / "handoff.md").read_text()
+    assert row["notes"].startswith("first green bootstrap ")
+    # A second green run with the same measurements changes nothing (and keeps the notes).
+    assert pytester.runpytest(*BASE, "--resume-bootstrap").ret == 0
+    assert json.loads((pytester.path / "profiles.json").read_text())["models"]["org/tiny-model"] == row
+    assert not [r for r in jsonl(latest(pytester)) if r["event"] == "profile_update"]
+    # A later green run that measures something else reports it and keeps the row; --update-profile rewrites.
+    make_suite(pytester, behaviour={"node1_verify:notes": {**notes, "safetensors_count": 4}},
+               env_extra="HF_INCLUDE=*.safetensors,*.json\n")
+    assert pytester.runpytest(*BASE).ret == 0
+    warnings = [r for r in jsonl(latest(pytester)) if r["event"] == "warning"]
+    assert any("expected_safetensors: 3 -> 4" in w["text"] and "--update-profile" in w["text"] for w in warnings)
+    assert json.loads((pytester.path / "profiles.json").read_text())["models"]["org/tiny-model"] == row
+    assert pytester.runpytest(*BASE, "--update-profile").ret == 0
+    assert json.loads((pytester.path / "profiles.json").read_text())["models"]["org/tiny-model"]["expected_safetensors"] == 4
+
+
+def test_ledger_html_has_handoff_started_column_and_environment(pytester):
+    make_suite(pytester, behaviour={"parity": "fail:node2 lacks model-00003.safetensors <script>"})
+    pytester.runpytest(*BASE)
+    html = (latest(pytester) / "ledger.html").read_text()
+    assert "modeldrop-handoff" in html and "NEXT_COMMAND: " in html
+    assert 'data-column-type="started"' in html and 'data-column-type="gate"' in html
+    assert "org/tiny-model" in html and "Hub commit" in html and "exo version" in html
+    assert "<script>" not in html.split("modeldrop-handoff")[1].split("</div>")[0]
+    assert "transcript" in html  # evidence extras
+
+
+def test_no_token_in_any_ledger_file(pytester):
+    make_suite(pytester, env_extra=f"HF_TOKEN={TOKEN}\n",
+               behaviour={"node1_download": f"fail:401 for token {TOKEN}"})
+    pytester.runpytest(*BASE)
+    folder = latest(pytester)
+    for name in ("ledger.html", "ledger.jsonl", "handoff.md", "run.json"):
+        assert TOKEN not in (folder / name).read_text(), name
+    assert TOKEN not in (pytester.path / "reports" / "pass_cache.json").read_text()
+
+
+BENCH = '''
+import pytest
+
+@pytest.mark.bench("token_sweep")
+@pytest.mark.parametrize("n", [1, 2])
+def test_sweep(n, evidence):
+    evidence.note("tps", 10.0 * n)
+    assert n == 1, "decode stalled at request 3"
+'''
+
+
+def test_benchmark_run_has_its_own_handoff(pytester):
+    make_suite(pytester)
+    pytester.makeini("[pytest]\nmarkers =\n    bench(phase): a benchmark case\n")
+    pytester.makepyfile(**{"benchmarks/test_bench": BENCH})
+    pytester.runpytest("benchmarks", "--model", "org/tiny-model", "--env-file", "test.env")
+    folder = latest(pytester)
+    block = handoff_block(folder)
+    assert block["CURRENT_PHASE"] == "benchmarks"
+    assert block["KNOWN_BLOCKER"] == "benchmark test_sweep[2] (failed): decode stalled at request 3"
+    assert block["NEXT_COMMAND"].endswith("benchmarks/ --model org/tiny-model --env-file test.env -k 'test_sweep[2]'")
+    text = (folder / "handoff.md").read_text()
+    assert "BENCHMARKS (bootstrap gates not run in this session): 1 passed, 1 failed" in text
+    assert [r["item"] for r in jsonl(folder) if r["event"] == "bench"] == ["test_sweep[1]", "test_sweep[2]"]
+
+
+def test_benchmarks_do_not_run_after_a_failed_gate(pytester):
+    make_suite(pytester, behaviour={"chat": "fail:no choices in the answer"})
+    pytester.makeini("[pytest]\nmarkers =\n    bench(phase): a benchmark case\n")
+    pytester.makepyfile(**{"benchmarks/test_bench": BENCH})
+    result = pytester.runpytest("gates", "benchmarks", "--model", "org/tiny-model", "--env-file", "test.env", "-rs")
+    result.stdout.fnmatch_lines(["SKIPPED*blocked by chat (failed): no choices in the answer"])
+    bench = {r["item"]: r["outcome"] for r in jsonl(latest(pytester)) if r["event"] == "bench"}
+    assert bench == {"test_sweep[1]": "skipped", "test_sweep[2]": "skipped"}
+
+
+def test_evidence_from_setup_and_teardown_reaches_ledger_html(pytester):
+    make_suite(pytester, nodes="studio1")
+    pytester.makepyfile(**{"gates/test_c_phases": '''
+import pytest
+
+@pytest.fixture
+def cluster(evidence):
+    evidence.text("setup transcript", "launched exo on node1")
+    yield
+    evidence.json("teardown state", {"runners": "stopped"})
+
+@pytest.fixture
+def broken(evidence):
+    evidence.text("setup failure transcript", "ssh: connect to host studio1 port 22: refused")
+    raise RuntimeError("cannot reach node1")
+
+@pytest.mark.gate("startup")
+def test_startup_phases(cluster):
+    pass
+
+@pytest.mark.gate("cluster")
+def test_cluster_broken(broken):
+    pass
+'''})
+    pytester.runpytest(*BASE)
+    html = (latest(pytester) / "ledger.html").read_text()
+    for name in ("startup: setup transcript", "startup: teardown state", "cluster: setup failure transcript"):
+        assert name in html, name
+    fail = next(r for r in jsonl(latest(pytester)) if r["event"] == "fail")
+    assert fail["gate"] == "cluster" and fail["reason"] == "RuntimeError: cannot reach node1"
+
+
+def test_benchmark_next_command_keeps_the_bench_shape(pytester):
+    make_suite(pytester)
+    conftest = pytester.path / "conftest.py"
+    conftest.write_text(conftest.read_text().replace('"fixtures.ledger"]', '"fixtures.ledger", "fixtures.bench"]'))
+    pytester.makepyfile(**{"benchmarks/test_bench": BENCH})
+    pytester.runpytest("benchmarks", "--model", "org/tiny-model", "--env-file", "test.env",
+                       "--bench-profile", "short", "--bench-node=1")
+    block = handoff_block(latest(pytester))
+    assert block["NEXT_COMMAND"].endswith("benchmarks/ --model org/tiny-model --env-file test.env "
+                                          "--bench-profile short --bench-node=1 -k 'test_sweep[2]'"), block
+
+
+def test_timeline_drawn_for_a_failed_run_with_every_gate_that_ran(pytester):
+    """plots/timeline.png (+ the spans drawn, timeline.json) after a failing run: every gate that started is
+    a bar with its outcome, and ledger.html embeds the picture."""
+    make_suite(pytester, behaviour={"node2_verify": "fail:1 shard truncated"})
+    assert pytester.runpytest(*BASE).ret == 1
+    run = latest(pytester)
+    png, drawn = run / "plots" / "timeline.png", run / "plots" / "timeline.json"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    started = [r["gate"] for r in jsonl(run) if r["event"] == "gate_start"]
+    bars = {s["label"]: s["outcome"] for s in json.loads(drawn.read_text())}
+    assert started and set(started) <= set(bars), (started, bars)
+    assert bars["node2_verify"] == "failed" and bars["preflight"] == "passed"
+    assert bars.get("parity") == "skipped"
+    assert 'class="modeldrop-timeline"' in (run / "ledger.html").read_text()
+
+
+def test_timeline_spans_downloads_and_running_gates():
+    from modeldrop.ledger.timeline import spans
+    recs = [{"event": "gate_start", "gate": "node1_download", "t": 10.0},
+            {"event": "download_start", "node": "node1", "start": 10.1, "t": 10.1},
+            {"event": "download_start", "node": "node2", "start": 10.2, "t": 10.2},
+            {"event": "download_end", "node": "node1", "start": 10.1, "end": 30.0, "rc": 0, "t": 30.0},
+            {"event": "pass", "gate": "node1_download", "t": 30.1, "duration_s": 20.1},
+            {"event": "download_end", "node": "node2", "start": 10.2, "end": 31.0, "rc": 1, "t": 31.0},
+            {"event": "gate_start", "gate": "node1_verify", "t": 30.2}]
+    got = {s.label: (s.start, s.end, s.outcome) for s in spans(recs, now=40.0)}
+    assert got["node1 hf download"] == (10.1, 30.0, "download")
+    assert got["node2 hf download"] == (10.2, 31.0, "download_failed")
+    assert got["node1_download"] == (10.0, 30.1, "passed")
+    assert got["node1_verify"] == (30.2, 40.0, "running")
