@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from modeldrop.exo import logs as exologs
 from modeldrop.exo import state as st
 from modeldrop.exo.client import ExoClient
-from modeldrop.exo.launcher import ExoLauncher, LaunchError, precheck_facts, previous_records
+from modeldrop.exo.launcher import ExoLauncher, LaunchError, precheck_facts
 from modeldrop.exo.observe import watch_cluster
 from modeldrop.exo.wait import call_safely
 from modeldrop.verdict import Verdict
@@ -39,9 +38,12 @@ EVIDENCE_TAIL_BYTES = 16 * 1024
 def stopped_existing_lines(rec: Any) -> list[str]:
     """One line per process `--stop-existing-exo` stopped before launch record `rec`'s start (the gate records
     them as warnings: the suite stopped something it had not started)."""
-    return [f"node{rec.node}: --stop-existing-exo stopped pid {p.get('pid')} "
-            f"({' '.join(map(str, p.get('cmdline') or []))[:160]}): {p.get('result')}"
-            for p in rec.stopped_existing if "from_run" not in p]
+    lines = [f"node{rec.node}: --stop-existing-exo stopped pid {p.get('pid')} "
+             f"({' '.join(map(str, p.get('cmdline') or []))[:160]}): {p.get('result')}"
+             for p in rec.stopped_existing if "from_run" not in p]
+    return lines + [f"node{rec.node}: pid {p.get('pid')} of an earlier run's launch record ({p['from_run']}) was not "
+                    f"all proven ours and was left running: {p.get('detail')}"
+                    for p in rec.stopped_existing if "from_run" in p and p.get("result") in ("refused", "left-running")]
 
 
 class ReattachError(Exception):
@@ -103,13 +105,12 @@ class ExoCluster:
     def reattach(self) -> dict[int, str]:
         """Adopt the cluster an earlier run left serving; {k: node id} or ReattachError."""
         ids = {}
-        exclude = Path(str(self.run_folder.path))
         for k in self.ks:
-            recs = [r for r in previous_records(Path(self.cfg.report_dir), exclude, k)
-                    if r.role == "cluster" and not r.stopped]
-            if not recs:
-                raise ReattachError(f"node{k}: no launch record of a running cluster in the earlier run folders")
             la = self.launcher(k)
+            recs = [r for r in la.previous() if r.role == "cluster" and not r.stopped]
+            if not recs:
+                raise ReattachError(f"node{k}: no launch record of a running cluster made on this node since its "
+                                    f"last boot in the earlier run folders")
             live = self._first_live(la, recs)
             if live is None:
                 raise ReattachError(f"node{k}: no process from the earlier runs' records is running any more "
