@@ -5,8 +5,8 @@ Signals only what is proven to be ours:
 - `pid` alive: its identity must match (start time within tolerance, and exe or argv0 when given). A session
   leader (as `spawn` starts exo) gets TERM to its process group, any other process TERM alone; after grace_s the
   KILL is identity-checked again: to the group while its leader is still the same process; when the leader is
-  gone, to each remaining member proven ours (below) and to nothing else; to a lone pid only while it is still
-  the same process.
+  gone, to each remaining member that was in the group when the leader was checked (same pid and start) or is
+  proven ours (below), and to nothing else; to a lone pid only while it is still the same process.
 - `pid` gone, with `orphans` (the caller spawned `pid` as a session leader, e.g. exo whose runners outlived it):
   its process group is stopped only when every member is proven ours, else nothing is signalled.
 A member of group `pid` is proven ours when it is this user's, in session `pid` (where the system says), started
@@ -163,6 +163,7 @@ def stop_one(info: dict, grace: float) -> dict:
 def stop_group(leader: dict, exes: set, grace: float) -> dict:
     """TERM the group of a live leader proven ours; after grace, KILL what is still proven ours."""
     pid = leader["pid"]
+    seen = group_members(pid)  # the leader is proven ours and alive: so is everything in its group now
     try:
         os.killpg(pid, signal.SIGTERM)
     except PermissionError:
@@ -180,17 +181,18 @@ def stop_group(leader: dict, exes: set, grace: float) -> dict:
         wait_group_gone(pid, 5.0)
         return {"result": "stopped-kill",
                 "detail": "pid %d (group) did not exit within %ss of SIGTERM; sent SIGKILL" % (pid, grace)}
-    return kill_proven(pid, leader["start"], exes, "pid %d (group) did not exit within %ss of SIGTERM" % (pid, grace))
+    return kill_proven(pid, leader["start"], exes, seen,
+                       "pid %d (group) did not exit within %ss of SIGTERM" % (pid, grace))
 
 
-def kill_proven(pgid: int, since: float | None, exes: set, what: str) -> dict:
-    """KILL each member of group pgid proven ours; name the others and leave them running."""
+def kill_proven(pgid: int, since: float | None, exes: set, seen: list, what: str) -> dict:
+    """KILL each member of group pgid that is one of `seen` or proven ours; name the others, leave them running."""
     members = group_members(pgid)
-    left = [describe(m, why) for m in members if (why := not_ours(m, pgid, since, exes))]
-    for m in members:
-        if not not_ours(m, pgid, since, exes):
-            signal_checked(m, signal.SIGKILL)
-    wait_gone([m for m in members if not not_ours(m, pgid, since, exes)], 5.0)
+    ours = [m for m in members if any(same_process(m, s) for s in seen) or not not_ours(m, pgid, since, exes)]
+    left = [describe(m, not_ours(m, pgid, since, exes) or "") for m in members if m not in ours]
+    for m in ours:
+        signal_checked(m, signal.SIGKILL)
+    wait_gone(ours, 5.0)
     if left:
         return {"result": "left-running", "detail": "%s; sent SIGKILL to what was ours; left running, not proven "
                 "ours: %s" % (what, "; ".join(left))}
