@@ -214,3 +214,16 @@ def test_cluster_gone_names_only_cluster_processes_that_died():
     c.launchers = {1: la(11), 2: la(12, row={"pid": 12}), 3: la(13, err=OSError("ssh: timed out")),
                    4: la(14, stopped={"result": "stopped-term"}), -1: la(21, role="canary")}
     assert c.gone() == {1: "pid 11"}
+
+
+def test_stop_existing_exo_results_in_the_launch_record_are_redacted(tmp_path):
+    """An exo found running with the token on its command line: neither the list written before the stop nor the
+    launch record's `stopped_existing` holds the token."""
+    token = "hf_TheTokenOnACommandLine42"
+    node = FakeNode(exo_procs=[{"pid": 9, "start": 5.0, "exe": "/real/exo", "cmdline": ["exo", f"--token={token}"]}],
+                    procs_by_pid={9: {"pid": 9}})
+    la, _ = launcher(tmp_path, node, STOP_EXISTING_EXO="true", HF_TOKEN=token)
+    rec = la.start("cluster")
+    written = [p.read_text() for p in (tmp_path / "reports" / "run1" / "exo").glob("*.json")]
+    assert len(written) == 2 and not any(token in text for text in written)
+    assert rec.stopped_existing[0]["cmdline"] == ["exo", "--token=***"]

@@ -414,11 +414,11 @@ class ExoLauncher:
         self.run_folder.write_json(f"exo/node{self.k}-{role}-existing-exo.json",
                                    {"programs": self._exo_exe_paths(), "found": found})
         out = []
-        for p in rows:
+        for p, shown in zip(rows, found, strict=True):
             res = self.node.run_probe("stop", {"pid": p["pid"], "expect_start": p.get("start"), "grace_s": STOP_GRACE_S},
                                       timeout=STOP_GRACE_S + 60)
-            out.append({"pid": p["pid"], "exe": p.get("exe"), "cmdline": p.get("cmdline"), "result": res.get("result"),
-                        "detail": res.get("detail")})
+            out.append({"pid": p["pid"], "exe": p.get("exe"), "cmdline": shown["cmdline"], "result": res.get("result"),
+                        "detail": redact(str(res.get("detail") or ""), secrets)})
         return out
 
     def _pidfile_holder(self) -> dict | None:
