@@ -60,7 +60,7 @@ if __name__ == "__main__":
 
 
 # Helper modules prepended to a probe's payload (their names are then defined in the probe's namespace).
-PROBE_DEPS = {"procs": ("_proc",), "spawn": ("_proc",), "stop": ("_proc", "procs"), "ports": ("_net",), "sockets": ("_net",),
+PROBE_DEPS = {"procs": ("_proc",), "spawn": ("_proc",), "stop": ("_proc", "procs"), "tool": ("_proc",), "ports": ("_net",), "sockets": ("_net",),
               "locate": ("manifest",)}
 _FUTURE = "from __future__ import annotations\n"
 
