@@ -192,7 +192,7 @@ def run_hf_download(node: Node, *, hf_cmd: str, model_id: str, local_dir: str, i
         beats.append(line)
         heartbeat(line)
 
-    lines = _HfLines(node, f"hf download {model_id}", ("download", target_dir), emit)
+    lines = _HfLines(node, f"hf download {model_id}", ("download", f"--local-dir={target_dir}"), emit)
     progress = _Progress(node, target_dir, expected_bytes, emit, interval_s)
     progress.thread.start()
     t0 = time.monotonic()
