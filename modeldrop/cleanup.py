@@ -39,17 +39,9 @@ class Node(Protocol):
     def run_probe(self, name: str, args: dict, *, timeout: float = 60,
                   register: bool | None = None) -> dict[str, Any]: ...
 
-# Prints `modeldrop-pid <pid>` on stderr, then execs the command in the same process (so the pid is the
-# command's own): `/bin/sh -c REPORT_PID sh argv...`.
-REPORT_PID = f'echo "{PID_TAG} $$" >&2; exec "$@"'
 DRAIN_DEADLINE_S = 90.0
 STOP_PROBE_TIMEOUT_S = 60.0
 STOP_BUDGET_S = 2 * STOP_PROBE_TIMEOUT_S  # stop_remote's worst case: the procs probe, then the stop probe
-
-
-def with_pid_report(argv: list[str]) -> list[str]:
-    """argv run through /bin/sh so that its pid is printed first on stderr (see `parse_pid_line`)."""
-    return ["/bin/sh", "-c", REPORT_PID, "sh", *argv]
 
 
 def parse_pid_line(line: str) -> int | None:

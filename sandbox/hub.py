@@ -48,6 +48,7 @@ from sandbox.procs import pid_matches, read_pid, stop_pid, wait_until
 LFS_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth", ".npz", ".mlpackage")
 SCOPES = ("all", "revision", "tree", "resolve", "head", "get")
 CHUNK = 64 * 1024
+STALL_HOLD_S = 600.0  # the longest a stall_body fault holds a connection silent
 
 
 def code_hash() -> str:
@@ -221,6 +222,9 @@ class Faults:
     - server_error_500: same shape -> 500.
     - cut_body: {"patterns": [glob], "fraction": 0.5, "times": n|None} -> a GET of a matching
       path announces the full Content-Length, sends `fraction` of it and closes the connection.
+    - stall_body: same shape as cut_body -> a GET of a matching path sends `fraction` of its body, then
+      keeps the connection open and silent until the fault is cleared (at most 600 s): a hub that stopped
+      answering mid-file.
     - missing_file: [glob] -> listed in the tree, but HEAD/GET answer 404 EntryNotFound.
     - slow_link_bps: bytes per second for GET bodies, one line shared by every client (None = unthrottled).
     - node_link_bps: each client on its own line: an int (the same rate for every client) or
@@ -234,6 +238,7 @@ class Faults:
     rate_limit_429: dict[str, Any] | None = None
     server_error_500: dict[str, Any] | None = None
     cut_body: dict[str, Any] | None = None
+    stall_body: dict[str, Any] | None = None
     missing_file: list[str] = field(default_factory=list)
     slow_link_bps: int | None = None
     node_link_bps: int | dict[str, int] | None = None
@@ -249,6 +254,7 @@ class Faults:
         f.rate_limit_429 = _status_fault(obj.get("rate_limit_429"), "rate_limit_429")
         f.server_error_500 = _status_fault(obj.get("server_error_500"), "server_error_500")
         f.cut_body = _cut_fault(obj.get("cut_body"))
+        f.stall_body = _cut_fault(obj.get("stall_body"))
         miss = obj.get("missing_file") or []
         f.missing_file = [miss] if isinstance(miss, str) else [str(m) for m in miss]
         bps = obj.get("slow_link_bps")
@@ -622,6 +628,8 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def _body(self, f: RepoFile, start: int, end: int, status: int) -> None:
         cut = self.server.take_fault("cut_body", path=f.path) if self.server.faults.cut_body else None
+        stall = self.server.take_fault("stall_body", path=f.path) if self.server.faults.stall_body else None
+        cut = cut or stall
         stop = start + int((end - start) * cut["fraction"]) if cut else end
         rates = self.server.link_rates(self.client)
         bps = min(rates.values()) if rates else None
@@ -634,13 +642,16 @@ class HubHandler(BaseHTTPRequestHandler):
             pos += len(chunk)
             sent += len(chunk)
         self.wfile.flush()
+        held = time.monotonic() + STALL_HOLD_S
+        while stall and self.server.faults.stall_body and time.monotonic() < held:
+            time.sleep(0.1)  # silent, connection open: the client sees no byte and no end
         if cut:
             self.close_connection = True
             try:
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        note = "fault:cut_body" if cut else ("slow" if bps else "")
+        note = "fault:stall_body" if stall else "fault:cut_body" if cut else ("slow" if bps else "")
         self._record(status, sent, note, t0)
 
 

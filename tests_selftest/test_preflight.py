@@ -39,7 +39,7 @@ CFG = SimpleNamespace(min_free_bytes=None, model_folder="org--m", sources={})
 
 
 def test_check_node_turns_a_later_probe_failure_into_a_problem_line():
-    node = FakeNode({"facts": {"home": "/Users/me"},
+    node = FakeNode({"facts": {"home": "/Users/me"}, "leftovers": {"found": [], "removed": 0},
                      "tool": CommandTimeout("node1 (me@mac1): `<probe> tool` timed out after 90s", "")})
     out = check_node(node, NC, CFG, None)  # must not raise
     assert len(out.problems) == 1

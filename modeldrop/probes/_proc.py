@@ -114,6 +114,17 @@ def all_procs() -> list:
     return _darwin_ps(None)
 
 
+def descendants(root: int) -> list:
+    """proc_info of every live descendant of pid root (by parent links, read once)."""
+    rows = all_procs()
+    found, frontier = [], {root}
+    while frontier:
+        kids = [r for r in rows if r.get("ppid") in frontier]
+        found += kids
+        frontier = {r["pid"] for r in kids}
+    return found
+
+
 def group_members(pgid: int) -> list:
     """proc_info of every live process in process group pgid."""
     return [r for r in all_procs() if r.get("pgid") == pgid]

@@ -16,20 +16,9 @@ import subprocess
 import time
 
 if "proc_info" not in globals():  # imported as a module (tests); on a node _proc.py is prepended
-    from modeldrop.probes._proc import all_procs, signal_checked
+    from modeldrop.probes._proc import descendants, signal_checked
 
 KILL_WAIT_S = 3.0
-
-
-def descendants(root: int) -> list:
-    """proc_info of every live descendant of pid root (by parent links, read once)."""
-    rows = all_procs()
-    found, frontier = [], {root}
-    while frontier:
-        kids = [r for r in rows if r.get("ppid") in frontier]
-        found += kids
-        frontier = {r["pid"] for r in kids}
-    return found
 
 
 def kill_tree(child: subprocess.Popen) -> None:
@@ -48,6 +37,8 @@ def run_owned(argv: list, env: dict, timeout: float) -> tuple:
     what was read within KILL_WAIT_S more; a SIGTERM to this process kills the child first, then exits 143."""
     child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              env=env)
+    if "watch_child" in globals():  # under node-side limits (_watch.py): the child ends with this probe
+        globals()["watch_child"](child)
 
     def on_term(signum: int, frame: object) -> None:
         child.kill()
