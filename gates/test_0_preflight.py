@@ -21,6 +21,9 @@ def test_preflight(run_config, node_pool, on_each_node, run_facts, evidence, hub
                                          "present_bytes": p.present_bytes, "located": p.located,
                                          "leftovers": p.leftovers}
                             for k, p in pre.items()})
+    if run_config.online and hub_expectation.error:
+        problems.append(f"{hub_expectation.error} (--online downloads and audits against the hub's file list; check "
+                        f"HF_ENDPOINT and the network from this host, or run without --online)")
     if not problems:
         problems += reach_problems(pre, nodes, run_config)
     warnings = [w for k in sorted(pre) for w in pre[k].warnings]

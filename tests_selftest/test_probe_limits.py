@@ -17,7 +17,10 @@ import pytest
 
 from modeldrop import probes
 from modeldrop.config import NodeConfig
-from modeldrop.nodes import LocalNode
+from modeldrop.download import CLEANUP_BUDGET_S, GATE_OVERHEAD_S, HF_DOWNLOAD_TIMEOUT_S, hf_limit_for_gate
+from modeldrop.gatetable import BY_KIND
+from modeldrop.hub import HUB_TIMEOUT_S
+from modeldrop.nodes import NODE_SLACK_S, LocalNode
 from modeldrop.preflight import check_node
 from modeldrop.probes import _proc
 from modeldrop.probes._watch import CHILD_GRACE_S
@@ -157,3 +160,16 @@ def test_preflight_stops_what_a_dead_controller_left_and_only_that(tmp_path, mon
     assert "run-live" in kept and "left running" in kept
     assert sorted(r["pid"] for r in records(tmp_path)) == [live.pid]
 
+
+def test_the_download_limit_follows_the_gate_limit_the_operator_set(pytester, monkeypatch):
+    """`modeldrop_gate_timeouts = download=28800` lengthens the gate and hf inside it (it was cut at a fixed 4 h)."""
+    assert hf_limit_for_gate(None) == HF_DOWNLOAD_TIMEOUT_S
+    assert hf_limit_for_gate(BY_KIND["download"].timeout_s) == HF_DOWNLOAD_TIMEOUT_S  # the table's default: 4 h
+    assert GATE_OVERHEAD_S >= HUB_TIMEOUT_S + CLEANUP_BUDGET_S + NODE_SLACK_S  # what the gate spends besides hf
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    pytester.makeini("[pytest]\nmodeldrop_gate_timeouts =\n    download=28800\n")
+    pytester.makepyfile(test_limit="def test_limit(hf_limit_s):\n    print('HF_LIMIT', hf_limit_s)\n")
+    result = pytester.runpytest_subprocess("-p", "modeldrop.plugin", "-p", "fixtures.core", "-s", "-q",
+                                           "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["HF_LIMIT 27900.0*"])
+    assert 27900.0 > HF_DOWNLOAD_TIMEOUT_S
