@@ -15,7 +15,8 @@ Lifecycle contract (fixtures/exo.py applies it):
 - `stop_all()` stops by pid, identity-checked, everything this run started or adopted.
 - `gone()` names the cluster's exo processes that died (a failing gate's evidence).
 - `scan_logs(role)` and `log_tails(role)` fetch the nodes' logs (probe `tail`) for a failing gate's
-  evidence; matching them against the signature table is the caller's (this package never imports it).
+  evidence, each only from where it stood when its exo was launched (`LaunchRecord.log_marks`); matching
+  them against the signature table is the caller's (this package never imports it).
 """
 
 from __future__ import annotations
@@ -216,7 +217,8 @@ class ExoCluster:
         for key, la in self.launchers.items():
             if la.record is None or la.record.role != role:
                 continue
-            texts = exologs.logs_of(la.node, [la.record.log_path, la.record.exo_log_path], max_bytes)
+            texts = exologs.logs_of(la.node, [la.record.log_path, la.record.exo_log_path], max_bytes,
+                                    la.record.log_marks)
             out[abs(key)] = "\n".join(texts.values())
         return out
 
@@ -228,7 +230,7 @@ class ExoCluster:
                 continue
             for label, path in (("stdout", la.record.log_path), ("exo.log", la.record.exo_log_path),
                                 ("runner-stderr", la.record.runner_log_path)):
-                text = exologs.tail(la.node, path, EVIDENCE_TAIL_BYTES)
+                text = exologs.tail(la.node, path, EVIDENCE_TAIL_BYTES, la.record.log_marks.get(path))
                 if text:
                     tails[f"node{abs(key)}-{role}-{label}"] = text
         return tails

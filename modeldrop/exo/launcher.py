@@ -194,6 +194,7 @@ class LaunchRecord:
     node_host: str | None = None
     node_boot: str | None = None
     program: str | None = None  # the executable `spawn` saw the process run
+    log_marks: dict[str, dict] = field(default_factory=dict)  # path -> {inode, size} when the launch began
     source: Path | None = field(default=None, compare=False, repr=False)  # the file it was read from
 
     def to_json(self) -> dict:
@@ -453,10 +454,16 @@ class ExoLauncher:
         return problems
 
     # -- start / stop -----------------------------------------------------------------------------
-    def _prepare_node(self, log_path: str) -> None:
+    def _prepare_node(self, log_path: str) -> dict[str, dict]:
+        """The first-run marker and the log dir made; returns where each log stood ({path: {inode, size}}), so
+        only what this launch writes is read as its evidence (`exo.logs`)."""
         marker = self.paths.first_run_marker
-        self.node.run_probe("fs", {"ops": [["mkdir", marker.rsplit("/", 1)[0]], ["touch", marker],
-                                           ["mkdir", log_path.rsplit("/", 1)[0]]]}, timeout=60)
+        logs = [log_path, self.paths.log_file, self.paths.runner_stderr]
+        res = self.node.run_probe("fs", {"ops": [["mkdir", marker.rsplit("/", 1)[0]], ["touch", marker],
+                                                 ["mkdir", log_path.rsplit("/", 1)[0]],
+                                                 *(["stat", p] for p in logs)]}, timeout=60)
+        stats = (res.get("results") or [])[3:]
+        return {p: {"inode": r.get("inode"), "size": r.get("size") or 0} for p, r in zip(logs, stats, strict=False)}
 
     def start(self, role: str = "cluster", precheck: bool = True) -> LaunchRecord:
         """Start exo detached as `role`; LaunchError with the diagnosis when it cannot be started."""
@@ -465,7 +472,7 @@ class ExoLauncher:
             raise LaunchError("; ".join(problems), precheck_facts(problems))
         argv, env, unset = self.command(role)
         log_path = f"{self.node_cfg.exo_log_dir}/{self.run_id()}-node{self.k}-{role}.log"
-        self._prepare_node(log_path)
+        marks = self._prepare_node(log_path)
         res = self.node.run_probe("spawn", {"argv": argv, "env": env, "unset_env": unset, "cwd": "~",
                                             "log_path": log_path, "pid_file": None}, timeout=120)
         self.record = LaunchRecord(
@@ -473,7 +480,7 @@ class ExoLauncher:
             argv=argv, env=redact_mapping(env), unset_env=unset, generation=self.build().generation,
             namespace=self.namespace(role), api_url=self.api_url, log_path=res.get("log_path") or log_path,
             exo_log_path=self.paths.log_file, runner_log_path=self.paths.runner_stderr, started_at=time.time(),
-            stopped_existing=self.stopped_existing, program=res.get("exe"))
+            stopped_existing=self.stopped_existing, program=res.get("exe"), log_marks=marks)
         ident = self.identity()
         self.record.node_target, self.record.node_host, self.record.node_boot = ident.target, ident.hostname, \
             ident.boot_id
