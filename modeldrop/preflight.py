@@ -56,7 +56,8 @@ def check_node(node: Node, nc: NodeConfig, cfg: RunConfig, expected_total: int |
         return out
     try:  # the node answered once; a later probe failing (timeout, dropped link) is a problem line too
         out.leftovers = node.run_probe("leftovers", {"record_dir": probes.NODE_RECORD_DIR, "stop": True,
-                                                     "grace_s": LEFTOVER_GRACE_S}, timeout=LEFTOVERS_TIMEOUT_S)
+                                                     "grace_s": LEFTOVER_GRACE_S, "own_run": node.run_id},
+                                       timeout=LEFTOVERS_TIMEOUT_S)
         out.warnings += leftover_lines(nc, out.leftovers)
         out.hf = node.run_probe("tool", {"path": nc.hf_cmd, "args": ["version"], "timeout": 60, "env": {}},
                                 timeout=HF_TOOL_TIMEOUT_S)

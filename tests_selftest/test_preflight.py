@@ -15,6 +15,8 @@ from modeldrop.ssh import SSHTarget
 class FakeNode:
     """Answers probes from a dict; a probe whose answer is an exception raises it."""
 
+    run_id = None
+
     def __init__(self, answers: dict, address: str = "10.0.0.1", port: int | None = None):
         self.answers, self._address, self.calls = answers, address, []
         if port is not None:

@@ -142,23 +142,25 @@ def sleepers():
 
 def test_preflight_stops_what_a_dead_controller_left_and_only_that(tmp_path, monkeypatch, sleepers):
     monkeypatch.setenv("HOME", str(tmp_path))
-    orphan, live, reused = sleepers(), sleepers(), sleepers()
+    orphan, live, reused, mine = sleepers(), sleepers(), sleepers(), sleepers()
     write_record(tmp_path, orphan.pid, stale=True)
     write_record(tmp_path, live.pid, stale=False, run_id="run-live")
+    write_record(tmp_path, mine.pid, stale=True, run_id="run-now")  # this run's own work (another node, same user)
     write_record(tmp_path, reused.pid, stale=True, start=(_proc.proc_info(reused.pid)["start"] - 500))
     write_record(tmp_path, 999_999, stale=True, start=1.0)
     nc = NodeConfig(1, "node1", "local", str(tmp_path / "org--m"), "/bin/true", "/opt/exo", "~/logs")
-    out = check_node(LocalNode("node1"), nc, SimpleNamespace(min_free_bytes=None, model_folder="org--m", sources={}),
-                     None)
+    node = LocalNode("node1")
+    node.run_id = "run-now"
+    out = check_node(node, nc, SimpleNamespace(min_free_bytes=None, model_folder="org--m", sources={}), None)
     assert orphan.wait(15) is not None, out.warnings
-    assert live.poll() is None and reused.poll() is None
+    assert live.poll() is None and reused.poll() is None and mine.poll() is None
     assert len(out.warnings) == 2, out.warnings
     stopped = next(w for w in out.warnings if f"pid {orphan.pid} " in w)
     assert stopped.startswith("node1: pid") and "run-old" in stopped and "controller is gone" in stopped \
         and stopped.endswith("stopped-term"), stopped
     kept = next(w for w in out.warnings if f"pid {live.pid} " in w)
     assert "run-live" in kept and "left running" in kept
-    assert sorted(r["pid"] for r in records(tmp_path)) == [live.pid]
+    assert sorted(r["pid"] for r in records(tmp_path)) == sorted([live.pid, mine.pid])
 
 
 def test_the_download_limit_follows_the_gate_limit_the_operator_set(pytester, monkeypatch):

@@ -1,4 +1,4 @@
-"""Probe `leftovers`: {record_dir, stop, grace_s} -> {found: [...], removed: n}.
+"""Probe `leftovers`: {record_dir, stop, grace_s, own_run} -> {found: [...], removed: n}.
 
 Reads the records long remote work keeps on the node while it runs (`_watch.py`: `<record_dir>/<pid>.json`) and
 checks each process a record names (the watched process and its children): it is still that process when it is
@@ -7,7 +7,8 @@ ended, or the pid is now another process's) is a leftover file: removed, counted
 heartbeat (the file's mtime) says whose it is: touched within 3 heartbeats + 5 s, it is the work of a live run
 (`state` "live", left alone); older, its controller is gone and it did not end itself (`state` "orphaned"): with
 `stop`, each of its processes gets SIGTERM, then SIGKILL after grace_s, by pid and only while it is still the
-process recorded, and the record is removed once none runs (`result`).
+process recorded, and the record is removed once none runs (`result`). Records of `own_run` (the asking run's
+own work, e.g. on several nodes that are one machine) are neither reported nor touched.
 found: [{pid, run_id, what, state, heartbeat_age_s, procs: [{pid, start, argv0}], result}]
 """
 
@@ -73,6 +74,8 @@ def main(args: dict) -> dict:
                 rec = json.load(f)
             age = time.time() - os.stat(path).st_mtime
         except (OSError, ValueError):
+            continue
+        if args.get("own_run") and rec.get("run_id") == args["own_run"]:
             continue
         procs = [p for p in [rec] + list(rec.get("children") or []) if still_running(p)]
         if not procs:
