@@ -84,8 +84,10 @@ def leftover_lines(nc: NodeConfig, leftovers: dict[str, Any]) -> list[str]:
             out.append(f"{nc.name}: {what} is working for another run that is still connected (heartbeat "
                        f"{row.get('heartbeat_age_s')}s ago); left running (stop that run first if it is not wanted)")
         else:
+            result = str(row.get("result") or "not stopped")
+            todo = "" if result.startswith("stopped") else f" (stop it on {nc.name} yourself: kill {pids})"
             out.append(f"{nc.name}: {what} was left running by a run whose controller is gone (no heartbeat for "
-                       f"{row.get('heartbeat_age_s')}s): {row.get('result') or 'not stopped'}")
+                       f"{row.get('heartbeat_age_s')}s): {result}{todo}")
     return out
 
 
