@@ -253,14 +253,7 @@ class Node(ABC):
         if long_probe:
             args = {**args, "_watch": probes.watch_spec(timeout + NODE_SLACK_S, f"probe {name}", self.run_id)}
         res = self._run_watched(cmd, probes.probe_payload(name, args), timeout, watch)
-        picked, stderr = probes.parse_picked(res.stderr)
-        stderr = "".join(ln for ln in stderr.splitlines(keepends=True) if parse_pid_line(ln) is None)
-        if picked and self.python_cmd is None:
-            self._picked_python = picked
-        if res.rc == probes.NO_PYTHON_RC and "NO_PYTHON" in stderr:
-            raise NodeError(f"{self.name} ({self.target}): no usable python3 (tried /opt/homebrew/bin/python3, "
-                            "/usr/local/bin/python3, $(xcode-select -p)/usr/bin/python3, /usr/bin/python3); "
-                            "install Command Line Tools or Homebrew python, or set the node's python_cmd")
+        stderr = self._probe_stderr(res)
         result = probes.parse_result(res.stdout) if res.rc == 0 else None
         if result is None:
             raise NodeError(f"{self.name} ({self.target}): probe {name} failed (rc {res.rc}): "
@@ -288,10 +281,9 @@ class Node(ABC):
                 on_line(stream_name, redact(line, secrets))
 
         res = self._run_watched(cmd, probes.probe_payload("supervise", args), timeout, watch, lines, secrets)
+        stderr = self._probe_stderr(res)
         result = probes.parse_result(res.stdout) or {}
         stdout = "".join(ln for ln in res.stdout.splitlines(keepends=True) if not ln.startswith(probes.RESULT_MARKER))
-        _, stderr = probes.parse_picked(res.stderr)
-        stderr = "".join(ln for ln in stderr.splitlines(keepends=True) if parse_pid_line(ln) is None)
         return Supervised(int(result.get("rc", res.rc)), str(result.get("ended") or "stopped"), stdout, stderr,
                           res.duration_s, list(result.get("last_files") or []), result.get("still_s"))
 
@@ -313,6 +305,19 @@ class Node(ABC):
         return path
 
     # -- internals ----------------------------------------------------------------------------------
+    def _probe_stderr(self, res: CommandResult) -> str:
+        """A probe's stderr without the python pick and pid lines (the pick cached); NodeError when the node has
+        no python at all."""
+        picked, stderr = probes.parse_picked(res.stderr)
+        stderr = "".join(ln for ln in stderr.splitlines(keepends=True) if parse_pid_line(ln) is None)
+        if picked and self.python_cmd is None:
+            self._picked_python = picked
+        if res.rc == probes.NO_PYTHON_RC and "NO_PYTHON" in stderr:
+            raise NodeError(f"{self.name} ({self.target}): no usable python3 (tried /opt/homebrew/bin/python3, "
+                            "/usr/local/bin/python3, $(xcode-select -p)/usr/bin/python3, /usr/bin/python3); "
+                            "install Command Line Tools or Homebrew python, or set the node's python_cmd")
+        return stderr
+
     def _python_exec(self, probe_name: str, args: dict, nonce: str, *, env: Mapping[str, str] | None = None,
                      unset_env: Sequence[str] = (), secret_env: Mapping[str, str] | None = None) -> _Exec:
         """The command that feeds a probe to the node's python (the pick snippet until one is known), its
