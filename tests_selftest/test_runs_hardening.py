@@ -108,8 +108,9 @@ def test_a_stale_launch_record_never_stops_a_foreign_group(clean, fault_row, fau
     fault_decoys["a foreign sleep in the group of a stale record's pid"] = member
     try:
         stale_record(reports, "20200101T000000Z-other-mac", pid=leader, start=proc_start(member.pid) - 1000)
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()  # the sandbox nodes boot with this host
         here = {"node_target": env_values(sbx)["NODES"].split(",")[0], "node_host": socket.gethostname(),
-                "node_boot": Path("/proc/sys/kernel/random/boot_id").read_text().strip()}  # the nodes' boot: this host's
+                "node_boot": boot}
         stale_record(reports, "20200101T000001Z-this-mac", pid=leader, start=proc_start(member.pid) - 1,
                      program=sys.executable, **here)
         result = run(sbx, reports)
