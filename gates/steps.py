@@ -27,37 +27,36 @@ def hub_env(cfg: RunConfig) -> tuple[dict[str, str], list[str]]:
 
 
 def expected_total(cfg: RunConfig, hub_expectation: hub.HubExpectation) -> int | None:
-    """Total bytes the download should reach: hub tree (online), else a quick hub look-up, else the profile."""
-    manifest = hub_expectation.manifest
-    if manifest is None:
-        try:
-            manifest = hub.expected_online(cfg.model_id, revision=cfg.hf_revision, include=cfg.include,
-                                           endpoint=cfg.hf_endpoint, token=cfg.hf_token,
-                                           allow_insecure=cfg.allow_insecure_hub)
-        except Exception:  # progress falls back to bytes and rate only
-            manifest = None
-    if manifest is not None:
-        return sum(f.size for f in manifest.files.values())
-    return (cfg.profile or {}).get("total_size_bytes")
+    """Total bytes the download should reach: hub tree (online), else one bounded hub look-up per run (none when
+    the online look-up already failed), else the profile."""
+    if hub_expectation.manifest is not None:
+        return hub_expectation.manifest.total_size
+    total = None
+    if hub_expectation.error is None:
+        total = hub.total_size(cfg.model_id, cfg.hf_revision, tuple(cfg.include), cfg.hf_endpoint, cfg.hf_token,
+                               cfg.allow_insecure_hub, hub.lookup_timeout(cfg.stall_window_s))
+    return total if total is not None else (cfg.profile or {}).get("total_size_bytes")
 
 
-def node_download(k: int, cfg: RunConfig, pool: NodePool, hub_expectation: hub.HubExpectation
-                  ) -> Callable[[Callable[[str], None]], DownloadResult]:
-    """Node k's own `hf download` from the hub into MODEL_DIR_NODEk, as a function of its heartbeat."""
+def node_download(k: int, cfg: RunConfig, pool: NodePool, hub_expectation: hub.HubExpectation,
+                  limit_s: float = HF_DOWNLOAD_TIMEOUT_S) -> Callable[[Callable[[str], None]], DownloadResult]:
+    """Node k's own `hf download` from the hub into MODEL_DIR_NODEk, as a function of its heartbeat; hf ends
+    after limit_s (see `download.hf_limit_for_gate`) or after the stall window without a new byte."""
     nc = cfg.node(k)
     env, secrets = hub_env(cfg)
     total = expected_total(cfg, hub_expectation)
 
     def run(heartbeat: Callable[[str], None]) -> DownloadResult:
         return run_hf_download(pool.get(k), hf_cmd=nc.hf_cmd, model_id=cfg.model_id, local_dir=nc.model_dir,
-                               include=cfg.include, env=env, timeout=HF_DOWNLOAD_TIMEOUT_S, expected_bytes=total,
+                               include=cfg.include, env=env, timeout=limit_s, expected_bytes=total,
                                heartbeat=heartbeat, revision=cfg.hf_revision, secrets=secrets,
-                               allow_insecure_hub=cfg.allow_insecure_hub)
+                               allow_insecure_hub=cfg.allow_insecure_hub, stall_s=cfg.stall_window_s)
     return run
 
 
 def download_step(k: int, cfg: RunConfig, pool: NodePool, evidence: Any, live: Callable[[str], None],
-                  hub_expectation: hub.HubExpectation, parallel: Any = None) -> None:
+                  hub_expectation: hub.HubExpectation, parallel: Any = None,
+                  limit_s: float = HF_DOWNLOAD_TIMEOUT_S) -> None:
     """`hf download` into MODEL_DIR_NODEk exits 0, with a progress line at least every 10 s.
 
     With `parallel` (the session's ParallelDownloads, --parallel-downloads) the download was started in
@@ -75,7 +74,7 @@ def download_step(k: int, cfg: RunConfig, pool: NodePool, evidence: Any, live: C
 
         t0 = time.time()
         record_download_span(evidence, k, "start", t0)
-        result = node_download(k, cfg, pool, hub_expectation)(heartbeat)
+        result = node_download(k, cfg, pool, hub_expectation, limit_s)(heartbeat)
         record_download_span(evidence, k, "end", t0, time.time(), result.rc)
     evidence.text(f"node{k} hf download", "\n".join(lines + ["--- stdout ---", result.stdout_tail,
                                                                "--- stderr ---", result.stderr_tail]))
@@ -85,6 +84,10 @@ def download_step(k: int, cfg: RunConfig, pool: NodePool, evidence: Any, live: C
     if stopped:
         evidence.strongest(f"node{k} hf download stopped: {stopped}")
         pytest.fail(f"node{k}: hf download {cfg.model_id} into {nc.model_dir} stopped because {stopped}",
+                    pytrace=False)
+    if result.stalled:
+        evidence.strongest(f"node{k} hf download stalled: {result.hub_reason}")
+        pytest.fail(f"node{k}: hf download {cfg.model_id} into {nc.model_dir} stalled: {result.hub_reason}",
                     pytrace=False)
     if result.rc != 0:
         reason = result.hub_reason or (result.stderr_tail.strip().splitlines() or ["no output"])[-1]

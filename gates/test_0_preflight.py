@@ -18,18 +18,22 @@ def test_preflight(run_config, node_pool, on_each_node, run_facts, evidence, hub
         if p.hf:
             run_facts.set_hf_probe(k, p.hf)
     evidence.json("nodes", {f"node{k}": {"facts": p.facts, "hf": p.hf, "disk": p.disk,
-                                         "present_bytes": p.present_bytes, "located": p.located}
+                                         "present_bytes": p.present_bytes, "located": p.located,
+                                         "leftovers": p.leftovers}
                             for k, p in pre.items()})
+    if run_config.online and hub_expectation.error:
+        problems.append(f"{hub_expectation.error} (--online downloads and audits against the hub's file list; check "
+                        f"HF_ENDPOINT and the network from this host, or run without --online)")
     if not problems:
         problems += reach_problems(pre, nodes, run_config)
-    warnings: list[str] = []
+    warnings = [w for k in sorted(pre) for w in pre[k].warnings]
     if not run_config.audit:
         answered = {k: nodes[k] for k in nodes if pre[k].facts}  # one line per unreachable node is enough
         exo = exo_preflight(answered, run_config)
         for k, build in exo.builds.items():
             run_facts.set_exo_build(k, build)
         evidence.json("exo", exo.evidence)
-        problems, warnings = problems + exo.problems, exo.warnings
+        problems, warnings = problems + exo.problems, warnings + exo.warnings
     verdict = preflight_verdict(problems, warnings, len(nodes))
     for line in verdict.warnings:
         evidence.note("warning", line)

@@ -6,9 +6,9 @@ from gates.steps import download_step, verify_step
 
 
 @pytest.mark.gate("node1_download")
-def test_node1_download(run_config, node_pool, evidence, live, hub_expectation, parallel_downloads):
+def test_node1_download(run_config, node_pool, evidence, live, hub_expectation, parallel_downloads, hf_limit_s):
     """`hf download` into MODEL_DIR_NODE1 exits 0 (with progress heartbeats)."""
-    download_step(1, run_config, node_pool, evidence, live, hub_expectation, parallel_downloads)
+    download_step(1, run_config, node_pool, evidence, live, hub_expectation, parallel_downloads, hf_limit_s)
 
 
 @pytest.mark.gate("node1_verify")

@@ -59,6 +59,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("CLUSTER_WINDOW_S", "--cluster-window", "duration", 60.0, "how long the cluster may show fewer than N nodes before the isolation fast stop"),
     Option("SETTLE_WINDOW_S", "--settle-window", "duration", 10.0, "how long exo must stay up without exits or restarts at startup"),
     Option("READY_TIMEOUT_S", "--ready-timeout", "duration", 600.0, "deadline for every runner to reach Ready"),
+    Option("STALL_WINDOW_S", "--stall-window", "duration", 180.0,
+           "how long a download may bring no new byte before it is stopped as stalled (the hub stopped answering; "
+           "a slow link still brings bytes); also bounds each hub look-up, at most 60 s"),
     Option("EXO_SHARDING", "--sharding", "choice", None, "placement sharding (default from the profile, else Pipeline)", ("Pipeline", "Tensor")),
     Option("EXO_INSTANCE_META", "--instance-meta", "choice", None, "placement transport (default from the profile, else MlxRing)", ("MlxRing", "MlxJaccl")),
     Option("HF_REVISION", "--revision", "str", "main", "hub revision to download and audit"),
@@ -153,6 +156,7 @@ class RunConfig:
     cluster_window_s: float = 60.0
     settle_window_s: float = 10.0
     ready_timeout_s: float = 600.0
+    stall_window_s: float = 180.0
     hf_revision: str = "main"
     hf_endpoint: str | None = None
     hf_token: str | None = field(default=None, repr=False)

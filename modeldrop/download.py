@@ -8,6 +8,14 @@ line, is redacted everywhere, and is refused for a plain-http non-loopback HF_EN
 like `node1 download: 12.0 MiB / 34.5 MiB (35%), 4.1 MiB/s, ETA 0:05`. hf's retry / rate-limit warnings
 are passed on as heartbeats too. An exit code of 0 is not proof of a complete download (the verify gate
 decides); `hub_reason` says what the hub answered when hf reports it.
+
+hf runs under `Node.supervise`: it ends on the node by itself when `timeout` (plus the node's slack) has
+passed or the controller's connection is gone, it is recorded on the node while it runs (the next run's
+preflight finds it if it outlived a crashed controller), and with `stall_s` it is stopped on the node when
+no new byte arrived under the target dir for that long: `DownloadResult.stalled`, with a reason naming the
+endpoint and the last file hf started (a slow link still brings bytes; a hub that stopped answering none).
+The limit a gate gives hf follows the gate's own (`hf_limit_for_gate`), so `modeldrop_gate_timeouts
+download=28800` lengthens the download too.
 """
 
 from __future__ import annotations
@@ -19,7 +27,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from modeldrop.cleanup import PID_TAG, REGISTRY, RemoteProcess, parse_pid_line, with_pid_report
 from modeldrop.errors import CommandTimeout, NodeError
 from modeldrop.hub import insecure_endpoint_problem
 from modeldrop.nodes import Node, tail
@@ -28,11 +35,15 @@ HF_QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY":
                 "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
 MiB = 1024 * 1024
 TIMEOUT_RC = 124
-HF_DOWNLOAD_TIMEOUT_S = 4 * 3600.0  # node-side limit of one `hf download`
+STALL_RC = 3  # what a stalled download's result says in place of hf's own rc (hf was stopped)
+DEFAULT_HUB = "https://huggingface.co"
+HF_DOWNLOAD_TIMEOUT_S = 4 * 3600.0  # the limit of one `hf download` under the gate table's download limit
 STOP_GRACE_S = 10.0
 PROBE_TIMEOUT_S = 60.0
-# after the node-side timeout: the progress thread's last probe, then finding and stopping the remote hf
+# after the timeout: the progress thread's last probe, then finding and stopping the remote hf
 CLEANUP_BUDGET_S = 3 * PROBE_TIMEOUT_S + STOP_GRACE_S + 5 * 60
+# what a download gate spends besides hf itself: the hub look-up for the total, the cleanup, a margin
+GATE_OVERHEAD_S = 900.0
 _FORWARD = re.compile(r"rate limit|retry|retrying|429|5\d\d |resume|warning|error", re.I)
 _KNOWN_REASONS = tuple(re.compile(rx + r"[^\n]*", re.I) for rx in (
     r"429 Too Many Requests", r"Repository Not Found|RepositoryNotFoundError", r"Revision Not Found",
@@ -52,6 +63,15 @@ class DownloadResult:
     hub_reason: str | None
     timed_out: bool = False
     heartbeats: list[str] = field(default_factory=list)
+    stalled: bool = False
+
+
+def hf_limit_for_gate(gate_limit_s: float | None) -> float:
+    """hf's limit inside a download gate whose limit is gate_limit_s (None: the gate table's): the gate's limit
+    less what the gate spends besides hf (GATE_OVERHEAD_S), never below a minute."""
+    if gate_limit_s is None:
+        return HF_DOWNLOAD_TIMEOUT_S
+    return max(60.0, float(gate_limit_s) - GATE_OVERHEAD_S)
 
 
 def hf_download_argv(hf_cmd: str, model_id: str, local_dir: str, include: Sequence[str] = (),
@@ -154,25 +174,44 @@ class _Progress:
 
 
 class _HfLines:
-    """The remote hf's output lines: its pid (the first stderr line, see `cleanup.with_pid_report`) is
-    registered for cleanup on every exit path; retry / rate-limit / error lines become heartbeats."""
+    """The remote hf's output lines: retry / rate-limit / error lines become heartbeats."""
 
-    def __init__(self, node: Node, what: str, needles: tuple[str, ...], emit: Callable[[str], None]):
-        self.node, self.what, self.needles, self.emit = node, what, needles, emit
-        self.reg: int | None = None
+    def __init__(self, node: Node, emit: Callable[[str], None]):
+        self.node, self.emit = node, emit
 
     def __call__(self, stream: str, line: str) -> None:
-        pid = parse_pid_line(line) if stream == "stderr" and self.reg is None else None
-        if pid is not None:
-            self.reg = REGISTRY.register(RemoteProcess(self.node, pid, self.what, self.needles))
-        elif stream == "stderr" and line.strip() and _FORWARD.search(line):
+        if stream == "stderr" and line.strip() and _FORWARD.search(line):
             self.emit(f"{self.node.name} hf: {line.strip()[:300]}")
+
+
+def last_file(paths: Sequence[str]) -> str | None:
+    """The file hf was downloading last, from the files under the target dir (newest first): hf takes
+    `.cache/huggingface/download/<file>.lock` when it starts <file> and puts <file> in place when it is complete,
+    so the newest lock without its file, else the newest lock, else the newest file."""
+    marker = ".cache/huggingface/download/"
+    present = set(paths)
+    locked = [p[len(marker):-len(".lock")] for p in paths if p.startswith(marker) and p.endswith(".lock")]
+    pending = [f for f in locked if f not in present]
+    plain = [p for p in paths if not p.startswith(".cache/")]
+    return (pending or locked or plain or [None])[0]
+
+
+def stall_reason(endpoint: str | None, target_dir: str, still_s: float | None, stall_s: float,
+                 files: Sequence[str]) -> str:
+    """One line: the hub stopped answering (not a slow link), where, since when, and what to do."""
+    hub = endpoint or DEFAULT_HUB
+    last = last_file(files)
+    return (f"no new byte under {target_dir} for {still_s or stall_s:g}s (stall window {stall_s:g}s): the hub at "
+            f"{hub} stopped answering ({f'last file: {last}' if last else 'no file started'}); a slow link still "
+            f"brings bytes, this brought none. Check that {hub} answers from the node, then run again "
+            f"with --resume-bootstrap")
 
 
 def run_hf_download(node: Node, *, hf_cmd: str, model_id: str, local_dir: str, include: Sequence[str] = (),
                     env: Mapping[str, str] | None = None, timeout: float, expected_bytes: int | None,
                     heartbeat: Callable[[str], None], interval_s: float = 10, revision: str | None = None,
-                    secrets: Sequence[str] = (), allow_insecure_hub: bool = False) -> DownloadResult:
+                    secrets: Sequence[str] = (), allow_insecure_hub: bool = False,
+                    stall_s: float = 0.0) -> DownloadResult:
     """Run hf download on the node with progress heartbeats; see the module docstring. When the token may not
     go to HF_ENDPOINT (hub.insecure_endpoint_problem) nothing runs and the result says why (rc 2)."""
     env = dict(env or {})
@@ -192,30 +231,28 @@ def run_hf_download(node: Node, *, hf_cmd: str, model_id: str, local_dir: str, i
         beats.append(line)
         heartbeat(line)
 
-    lines = _HfLines(node, f"hf download {model_id}", ("download", target_dir), emit)
     progress = _Progress(node, target_dir, expected_bytes, emit, interval_s)
     progress.thread.start()
     t0 = time.monotonic()
     try:
-        res = node.stream(with_pid_report(argv), timeout=timeout, env=env, unset_env=unset, on_line=lines,
-                          secrets=secrets, secret_env=secret_env)
-    except CommandTimeout as exc:
+        res = node.supervise(argv, timeout=timeout, what=f"hf download {model_id}", env=env, unset_env=unset,
+                             secret_env=secret_env, secrets=secrets, on_line=_HfLines(node, emit),
+                             stall_dir=target_dir, stall_s=stall_s)
+    except CommandTimeout as exc:  # the supervised hf was stopped by pid before this was raised
         progress.stop.set()
-        stopped = REGISTRY.stop_one(lines.reg) if lines.reg else stop_stray_download(node, hf_path, target_dir)
+        stopped = str(exc).split("; ", 1)[1] if "; " in str(exc) else "stop not confirmed"
+        stray = stop_stray_download(node, hf_path, target_dir)
         return DownloadResult(TIMEOUT_RC, None, "", tail(exc.partial), time.monotonic() - t0,
-                              f"hf download timed out after {timeout:g}s; {stopped}", True, beats)
-    except (KeyboardInterrupt, SystemExit):
-        raise  # the session's cleanup stops the registered hf (a second Ctrl-C must not cut it short here)
-    except BaseException:  # e.g. the gate's own timeout: stop the remote hf before the next gate starts
-        REGISTRY.stop_one(lines.reg)
-        raise
+                              f"hf download timed out after {timeout:g}s; {stopped}; {stray}", True, beats)
     finally:
         progress.stop.set()
         progress.thread.join(timeout=max(PROBE_TIMEOUT_S, interval_s * 3) + 5)
-    REGISTRY.done(lines.reg)
-    stderr = "\n".join(ln for ln in res.stderr.splitlines() if not ln.startswith(PID_TAG))
-    return DownloadResult(res.rc, parse_reported_path(res.stdout), tail(res.stdout), tail(stderr),
-                          res.duration_s, hub_reason(stderr), False, beats)
+    if res.ended == "stalled":
+        reason = stall_reason(env.get("HF_ENDPOINT"), target_dir, res.still_s, stall_s, res.last_files)
+        return DownloadResult(STALL_RC, None, tail(res.stdout), tail(res.stderr), res.duration_s, reason, False,
+                              beats, stalled=True)
+    return DownloadResult(res.rc, parse_reported_path(res.stdout), tail(res.stdout), tail(res.stderr),
+                          res.duration_s, hub_reason(res.stderr), False, beats)
 
 
 def stop_stray_download(node: Node, hf_path: str, local_dir: str) -> str:

@@ -127,15 +127,16 @@ class RunFacts:
     def exo_process(self, k: int, max_records: int = 8) -> str:
         """`pid P start S argv D` of the newest cluster launch record for node k whose process still runs
         (start time checked), else `no-live-launch-record:<random>`."""
-        from modeldrop.exo.launcher import previous_records
+        from modeldrop.exo.launcher import node_identity, previous_records
         from modeldrop.probes._proc import START_TOLERANCE_S
 
         seen: set[tuple] = set()
-        for rec in previous_records(Path(self.cfg.report_dir), None, k):
+        node = self.pool.get(k)
+        for rec in previous_records(Path(self.cfg.report_dir), None, k, node_identity(node, self.cfg.node(k).target)):
             if rec.role != "cluster" or rec.stopped or (rec.pid, rec.start) in seen or len(seen) >= max_records:
                 continue
             seen.add((rec.pid, rec.start))
-            rows = self.pool.get(k).run_probe("procs", {"pids": [rec.pid], "exe_paths": None}, timeout=60)["procs"]
+            rows = node.run_probe("procs", {"pids": [rec.pid], "exe_paths": None}, timeout=60)["procs"]
             if any(rec.start is not None and row.get("start") is not None
                    and abs(float(row["start"]) - float(rec.start)) <= START_TOLERANCE_S for row in rows):
                 argv = hashlib.sha256(json.dumps(rec.argv).encode()).hexdigest()[:12]

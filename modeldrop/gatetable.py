@@ -64,8 +64,8 @@ GATES: tuple[Gate, ...] = (
          "nodes reach each other", audit=True),
     Gate("node{k}_download", "download", "1", 4 * 3600 + 900, (*_FILE_OPTS, "HF_REVISION"), (),
          "`hf download` into MODEL_DIR_NODE1 exits 0, with a progress line at least every 10 s", later_phase="2"),
-    Gate("node{k}_verify", "verify", "1A", 9000,
-         (*_FILE_OPTS, "FAST", "VERIFY_HASHES", "EXPECTED_SAFE_TENSOR_COUNT", "EXPECTED_GGUF_COUNT"),
+    Gate("node{k}_verify", "verify", "1A", 9000,  # the revision: a download falls back to this pass on a resume
+         (*_FILE_OPTS, "HF_REVISION", "FAST", "VERIFY_HASHES", "EXPECTED_SAFE_TENSOR_COUNT", "EXPECTED_GGUF_COUNT"),
          ("hub_commit", "manifests"),
          "no `.incomplete`/`.part`/`.partial` anywhere; one weight format; config.json; index and every shard; "
          "safetensors headers match file sizes; counts; total size against the hub's tree", audit=True,

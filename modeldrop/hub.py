@@ -5,13 +5,16 @@ that commit); `expected_from_cache` reads the `tree` the `manifest` probe found 
 `.cache/huggingface/trees/<commit>.json` (offline). Both give an `ExpectedManifest` that `audit.completeness`
 checks the files against. `filter_include` applies `--include` patterns with hf's own semantics.
 
-Every hub look-up is bounded by `HUB_TIMEOUT_S` in total (huggingface_hub's own client has no timeout and
-retries), and a token is only sent to an https endpoint or a loopback one unless the operator allows an
-insecure hub explicitly (`insecure_endpoint_problem`).
+Every hub look-up is bounded in total by `lookup_timeout(stall window)`: at most `HUB_TIMEOUT_S`, less when the
+operator's stall window is shorter (huggingface_hub's own client has no timeout and retries), so a hub that
+accepts connections and never answers costs one window. `total_size` makes the look-up of the download total
+once per run, whatever its outcome. A token is only sent to an https endpoint or a loopback one unless the
+operator allows an insecure hub explicitly (`insecure_endpoint_problem`).
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import threading
 from collections.abc import Callable
@@ -25,6 +28,11 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from modeldrop.errors import InputError, NodeError
 
 HUB_TIMEOUT_S = 60.0
+
+
+def lookup_timeout(stall_window_s: float | None) -> float:
+    """The total bound of one hub look-up: HUB_TIMEOUT_S, or the stall window when that is shorter."""
+    return min(HUB_TIMEOUT_S, float(stall_window_s)) if stall_window_s else HUB_TIMEOUT_S
 INSECURE_HUB_OPTION = "--allow-insecure-hub"
 
 T = TypeVar("T")
@@ -184,6 +192,18 @@ def _list_online(model_id: str, revision: str, endpoint: str | None,
                                   sha256=e.lfs.sha256 if e.lfs else None, blob_id=e.blob_id)
              for e in entries if isinstance(e, RepoFile)}
     return commit, files
+
+
+@functools.lru_cache(maxsize=32)
+def total_size(model_id: str, revision: str, include: tuple[str, ...], endpoint: str | None, token: str | None,
+               allow_insecure: bool, timeout_s: float) -> int | None:
+    """The bytes a complete download holds, from the hub (None when the hub does not tell within timeout_s);
+    asked once per run and arguments, a failure included."""
+    try:
+        return expected_online(model_id, revision, include, endpoint, token, timeout_s=timeout_s,
+                               allow_insecure=allow_insecure).total_size
+    except Exception:  # noqa: BLE001 - the total only sizes progress lines and the disk check
+        return None
 
 
 def expected_from_cache(manifest_result: dict, include=()) -> ExpectedManifest | None:

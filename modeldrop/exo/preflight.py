@@ -26,6 +26,7 @@ from modeldrop.exo.launcher import (
     LaunchError,
     Node,
     describe_holders,
+    node_identity,
     previous_records,
     probe_api_port,
     probe_build,
@@ -66,8 +67,8 @@ def drift_problem(builds: dict[int, ExoBuild]) -> str | None:
     return "exo drift: " + ", ".join(f"node{k} {b.label()}" for k, b in sorted(builds.items()))
 
 
-def _own_pids(cfg: Any, k: int) -> set[int]:
-    recs = previous_records(Path(cfg.report_dir), None, k)
+def _own_pids(node: Node, cfg: Any, k: int) -> set[int]:
+    recs = previous_records(Path(cfg.report_dir), None, k, node_identity(node, cfg.node(k).target))
     return {r.pid for r in recs if not r.stopped}
 
 
@@ -76,7 +77,7 @@ def port_problem(node: Node, k: int, cfg: Any) -> tuple[str | None, dict]:
     if r.get("free"):
         return None, r
     holders = r.get("holders") or []
-    if holders and {h["pid"] for h in holders} <= _own_pids(cfg, k):
+    if holders and {h["pid"] for h in holders} <= _own_pids(node, cfg, k):
         r["note"] = "held by exo an earlier modeldrop run started; the launcher stops it by pid"
         return None, r
     return (f"node{k}: API port {cfg.api_port} is in use by {describe_holders(r)} (exo's API needs it; stop that process or "

@@ -109,7 +109,7 @@ def node_pool_of(config: pytest.Config) -> Any:
     """The run's NodePool (created on first use; closed at session end)."""
     def make(gs: GateSession, _config: pytest.Config) -> Any:
         from modeldrop.nodepool import NodePool
-        return NodePool(gs.cfg)
+        return NodePool(gs.cfg, run_id=gs.folder.run_id)
     return _lazy(config, "pool", POOL_KEY, make)
 
 

@@ -24,6 +24,9 @@ class Faults:
     - server_error_500: same shape -> 500.
     - cut_body: {"patterns": [glob], "fraction": 0.5, "times": n|None} -> a GET of a matching
       path announces the full Content-Length, sends `fraction` of it and closes the connection.
+    - stall_body: same shape as cut_body -> a GET of a matching path sends `fraction` of its body, then
+      keeps the connection open and silent until the fault is cleared (at most 600 s): a hub that stopped
+      answering mid-file.
     - missing_file: [glob] -> listed in the tree, but HEAD/GET answer 404 EntryNotFound.
     - slow_link_bps: bytes per second for GET bodies, one line shared by every client (None = unthrottled).
     - node_link_bps: each client on its own line: an int (the same rate for every client) or
@@ -37,6 +40,7 @@ class Faults:
     rate_limit_429: dict[str, Any] | None = None
     server_error_500: dict[str, Any] | None = None
     cut_body: dict[str, Any] | None = None
+    stall_body: dict[str, Any] | None = None
     missing_file: list[str] = field(default_factory=list)
     slow_link_bps: int | None = None
     node_link_bps: int | dict[str, int] | None = None
@@ -52,6 +56,7 @@ class Faults:
         f.rate_limit_429 = _status_fault(obj.get("rate_limit_429"), "rate_limit_429")
         f.server_error_500 = _status_fault(obj.get("server_error_500"), "server_error_500")
         f.cut_body = _cut_fault(obj.get("cut_body"))
+        f.stall_body = _cut_fault(obj.get("stall_body"))
         miss = obj.get("missing_file") or []
         f.missing_file = [miss] if isinstance(miss, str) else [str(m) for m in miss]
         bps = obj.get("slow_link_bps")

@@ -26,6 +26,7 @@ from sandbox.hub.links import Pacer, client_key, link_rates
 from sandbox.hub.repos import RepoFile, RepoStore, Snapshot, model_info, paths_info, tree
 
 CHUNK = 64 * 1024
+STALL_HOLD_S = 600.0  # the longest a stall_body fault holds a connection silent
 
 
 def code_hash() -> str:
@@ -265,6 +266,8 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def _body(self, f: RepoFile, start: int, end: int, status: int) -> None:
         cut = self.server.take_fault("cut_body", path=f.path) if self.server.faults.cut_body else None
+        stall = self.server.take_fault("stall_body", path=f.path) if self.server.faults.stall_body else None
+        cut = cut or stall
         stop = start + int((end - start) * cut["fraction"]) if cut else end
         rates = link_rates(self.server.faults, self.client)
         bps = min(rates.values()) if rates else None
@@ -277,13 +280,16 @@ class HubHandler(BaseHTTPRequestHandler):
             pos += len(chunk)
             sent += len(chunk)
         self.wfile.flush()
+        held = time.monotonic() + STALL_HOLD_S
+        while stall and self.server.faults.stall_body and time.monotonic() < held:
+            time.sleep(0.1)  # silent, connection open: the client sees no byte and no end
         if cut:
             self.close_connection = True
             try:
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        note = "fault:cut_body" if cut else ("slow" if bps else "")
+        note = "fault:stall_body" if stall else "fault:cut_body" if cut else ("slow" if bps else "")
         self._record(status, sent, note, t0)
 
 

@@ -4,12 +4,13 @@ verdict afterwards, and the hub's reason on failure."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from modeldrop.audit import completeness
-from modeldrop.download import hf_download_argv, hub_reason, progress_line, run_hf_download
+from modeldrop.download import STALL_RC, hf_download_argv, hub_reason, progress_line, run_hf_download
 from modeldrop.hub import expected_from_cache, expected_online
 from modeldrop.nodes import LocalNode
 from tests_selftest.support.hub_fixture import hub  # noqa: F401 - fixture
@@ -120,3 +121,27 @@ def test_progress_cadence_is_not_stretched_by_the_probe_round_trip():
         p.thread.join(5)
     gaps = sorted(b - a for a, b in itertools.pairwise(stamps))
     assert gaps[len(gaps) // 2] < 0.55, gaps  # stretched: 0.4 + 0.25 = 0.65
+
+
+def test_a_hub_that_stops_answering_mid_file_is_a_stall_not_a_slow_link(hub, tmp_path):  # noqa: F811
+    """The hub sends part of a shard and then nothing, the connection open: after the stall window (6 s here) hf
+    is stopped on the node and the result names the endpoint and the file; hf is gone from the node. (The window
+    must outlast hf's own start, which on a loaded host can take seconds before its first file.)"""
+    node = LocalNode("node1", python_cmd="/usr/bin/python3")
+    d = tmp_path / "stall" / "modeldrop--unit-model"
+    hub.handle.set_faults(stall_body={"patterns": ["*.safetensors"], "fraction": 0.25})
+    t0 = time.monotonic()
+    try:
+        res = run_hf_download(node, hf_cmd=HF, model_id=hub.repo, local_dir=str(d), env=_env(hub, tmp_path),
+                              timeout=120, expected_bytes=None, heartbeat=lambda s: None, interval_s=1, stall_s=6)
+    finally:
+        hub.handle.clear_faults()
+    took = time.monotonic() - t0
+    assert res.stalled and res.rc == STALL_RC and not res.timed_out, (res.hub_reason, res.stderr_tail)
+    reason = res.hub_reason
+    assert f"the hub at {hub.url} stopped answering" in reason and "stall window 6s" in reason, reason
+    assert "last file: model-0000" in reason and ".safetensors" in reason and "\n" not in reason, reason
+    assert took < 30, took
+    left = node.run_probe("procs", {"pids": None, "exe_paths": None, "own_only": True,
+                                    "argv_has": [f"--local-dir={d}"]})["procs"]
+    assert left == [], left

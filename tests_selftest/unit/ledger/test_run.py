@@ -9,6 +9,7 @@ import re
 
 from modeldrop.ledger.handoff import HANDOFF_KEYS, SECTIONS
 from tests_selftest.support.plugin_kit import (
+    BASE,
     FULL_ORDER_2,
     handoff_block,
     jsonl,
@@ -19,7 +20,6 @@ from tests_selftest.support.plugin_kit import (
     trace,
 )
 
-BASE = ("gates", "--model", "org/tiny-model", "--env-file", "test.env")
 TOKEN = "hf_SeCrEtToKeN0123456789"
 
 
