@@ -24,8 +24,8 @@ from modeldrop.nodes import NODE_SLACK_S, LocalNode
 from modeldrop.preflight import check_node
 from modeldrop.probes import _proc
 from modeldrop.probes._watch import CHILD_GRACE_S
+from tests_selftest.support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 HEARTBEAT_S = probes.HEARTBEAT_S
 
 pytestmark = pytest.mark.timeout(120)
