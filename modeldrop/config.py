@@ -59,6 +59,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("CLUSTER_WINDOW_S", "--cluster-window", "duration", 60.0, "how long the cluster may show fewer than N nodes before the isolation fast stop"),
     Option("SETTLE_WINDOW_S", "--settle-window", "duration", 10.0, "how long exo must stay up without exits or restarts at startup"),
     Option("READY_TIMEOUT_S", "--ready-timeout", "duration", 600.0, "deadline for every runner to reach Ready"),
+    Option("CHAT_TIMEOUT_S", "--chat-timeout", "duration", 120.0,
+           "how long one chat request of the chat gate may take in all, connect to last byte"),
     Option("EXO_SHARDING", "--sharding", "choice", None, "placement sharding (default from the profile, else Pipeline)", ("Pipeline", "Tensor")),
     Option("EXO_INSTANCE_META", "--instance-meta", "choice", None, "placement transport (default from the profile, else MlxRing)", ("MlxRing", "MlxJaccl")),
     Option("HF_REVISION", "--revision", "str", "main", "hub revision to download and audit"),
@@ -153,6 +155,7 @@ class RunConfig:
     cluster_window_s: float = 60.0
     settle_window_s: float = 10.0
     ready_timeout_s: float = 600.0
+    chat_timeout_s: float = 120.0
     hf_revision: str = "main"
     hf_endpoint: str | None = None
     hf_token: str | None = field(default=None, repr=False)
