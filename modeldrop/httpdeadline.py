@@ -58,7 +58,7 @@ class Deadline:
 
     def error(self) -> TotalTimeout:
         return TotalTimeout(f"{self.what}: no complete answer within {self.total_s:g}s (the call's total bound: "
-                            "connect, headers and body)")
+                            "connect, headers and body); check that server's load and the network path to it")
 
     def check(self) -> None:
         """Raise TotalTimeout when the deadline has passed."""

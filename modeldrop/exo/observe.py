@@ -85,12 +85,16 @@ def watch_startup(launchers: dict[int, Any], clients: dict[int, ExoClient], sett
 
 
 # -- cluster --------------------------------------------------------------------------------------
-def views_of(clients: dict[int, ExoClient]) -> dict[int, st.ClusterView | None]:
+def views_of(clients: dict[int, ExoClient]) -> tuple[dict[int, st.ClusterView | None], dict[int, str]]:
+    """Each node's cluster view (None where /state did not answer) and why it did not."""
     out: dict[int, st.ClusterView | None] = {}
+    errors: dict[int, str] = {}
     for k, c in clients.items():
-        s, _ = call_safely(c.state)
+        s, err = call_safely(c.state)
         out[k] = st.cluster_view(s) if isinstance(s, dict) else None
-    return out
+        if out[k] is None:
+            errors[k] = err or "/state is not an object"
+    return out, errors
 
 
 def watch_cluster(clients: dict[int, ExoClient], live_ids: dict[int, str], window_s: float,
@@ -101,7 +105,12 @@ def watch_cluster(clients: dict[int, ExoClient], live_ids: dict[int, str], windo
     `cancelled()` true ends it early (the caller no longer needs the answer)."""
     n = len(live_ids)
     t0 = clock()
-    res = poll(lambda: cluster_verdict(live_ids, views_of(clients), n), lambda v: v.ok, window_s, CLUSTER_INTERVAL_S,
+
+    def look() -> Verdict:
+        views, errors = views_of(clients)
+        return cluster_verdict(live_ids, views, n, errors)
+
+    res = poll(look, lambda v: v.ok, window_s, CLUSTER_INTERVAL_S,
                stop=(lambda v: cancelled()) if cancelled else None, clock=clock, sleep=sleep)
     v = res.value if res.value is not None else Verdict.failed(f"no /state answered ({res.last_error})")
     v.details["elapsed_s"] = round(clock() - t0, 2)

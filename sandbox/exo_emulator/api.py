@@ -85,7 +85,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(data)))
         self.send_header("access-control-allow-origin", "*")
         self.end_headers()
-        self.wfile.write(data)
+        if self.command == "GET" and urllib.parse.urlsplit(self.path).path in self.node.cfg.faults.api_trickle:
+            trickle(self.wfile.write, data, self.node)
+        else:
+            self.wfile.write(data)
 
     def _body(self) -> Any:
         raw = self._raw
@@ -416,6 +419,19 @@ def snake_instance(inst: dict[str, Any]) -> dict[str, Any]:
         return o
 
     return conv(unwrap(inst))
+
+
+TRICKLE_INTERVAL_S = 1.0
+
+
+def trickle(write: Any, data: bytes, node: Any) -> None:
+    """The fault switches' pace: `data` one byte every TRICKLE_INTERVAL_S until it is all sent, the client
+    leaves (the write raises) or exo stops."""
+    for i in range(len(data)):
+        if node.stopped.is_set():
+            return
+        write(data[i:i + 1])
+        node.stopped.wait(TRICKLE_INTERVAL_S)
 
 
 class ChunkedWriter:
