@@ -210,6 +210,15 @@ class RunHooks:
             terminalreporter.write_line(line)
 
 
+class LimitReached(pytest.fail.Exception, DeadlineExceeded):
+    """A setup or teardown limit: pytest's failure outcome (recorded and cached like any, no traceback) that no
+    `except Exception` in the library swallows."""
+
+
+def _limit_reached(message: str) -> BaseException:
+    return LimitReached(message, pytrace=False)
+
+
 class BoundsHooks:
     """Bounded fixture setup and teardown (pytest-timeout bounds only the test function)."""
 
@@ -221,19 +230,20 @@ class BoundsHooks:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(self, fixturedef: Any, request: pytest.FixtureRequest) -> Any:
-        with alarm(self._limit("modeldrop_fixture_timeout"), f"setup of fixture {fixturedef.argname}"):
+        with alarm(self._limit("modeldrop_fixture_timeout"), f"setup of fixture {fixturedef.argname}",
+                   _limit_reached):
             return (yield)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
-        with alarm(self._limit("modeldrop_teardown_timeout"), f"teardown after {item.name}"):
+        with alarm(self._limit("modeldrop_teardown_timeout"), f"teardown after {item.name}", _limit_reached):
             return (yield)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> Any:
         """An interrupted run tears its session fixtures down here (the cluster stop): bounded too."""
         try:
-            with alarm(self._limit("modeldrop_teardown_timeout"), "session teardown"):
+            with alarm(self._limit("modeldrop_teardown_timeout"), "session teardown", _limit_reached):
                 return (yield)
         except DeadlineExceeded as exc:
             bounds.session_teardown_overran(self.gs, exc)
