@@ -169,7 +169,7 @@ class RunConfig:
     ssh_config: str = "~/.ssh/config"
     ssh_known_hosts: str = "~/.ssh/known_hosts"
     sources: dict[str, str] = field(default_factory=dict)
-    values: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict, repr=False)  # HF_TOKEN among them: never in a repr
     env_file: Path | None = None
     sandbox: bool = False
 

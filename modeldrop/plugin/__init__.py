@@ -152,6 +152,7 @@ class RunHooks:
         extras = ev.drain() if ev is not None else []
         if extras:
             rep.extras = list(getattr(rep, "extras", [])) + extras
+        lhtml.redact_report(rep, self.gs.secrets)  # before the terminal, the ledger or pytest-html see it
         return rep
 
     @pytest.hookimpl(trylast=True)
@@ -255,6 +256,12 @@ class HtmlHooks:
 
     def __init__(self, gs: GateSession):
         self.gs = gs
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Extras other plugins added after the report was made (pytest-html's `extras` fixture) are masked
+        too, before pytest-html escapes and encodes them (its own hook runs last)."""
+        lhtml.redact_report(report, self.gs.secrets)
 
     def pytest_html_report_title(self, report: Any) -> None:
         report.title = f"modeldrop ledger: {self.gs.cfg.model_id} ({self.gs.folder.run_id})"

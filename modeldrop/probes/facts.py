@@ -1,4 +1,5 @@
-"""Probe `facts`: {} -> who and where the node is (python, platform, home, user, PATH, OS version)."""
+"""Probe `facts`: {} -> who and where the node is (python, platform, home, user, PATH, OS version, and the
+HF_ENDPOINT its own shell environment sets, which `hf` and exo would use when the run sets none)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def main(args: dict) -> dict:
         "home": os.path.expanduser("~"),
         "user": user,
         "path_env": os.environ.get("PATH", ""),
+        "hf_endpoint_env": os.environ.get("HF_ENDPOINT") or None,
         "ssh_server_addr": conn[2] if len(conn) >= 3 else None,
         "hostname": socket.gethostname(),
         "os_version": os_version,
