@@ -62,6 +62,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("STALL_WINDOW_S", "--stall-window", "duration", 180.0,
            "how long a download may bring no new byte before it is stopped as stalled (the hub stopped answering; "
            "a slow link still brings bytes); also bounds each hub look-up, at most 60 s"),
+    Option("CHAT_TIMEOUT_S", "--chat-timeout", "duration", 120.0,
+           "how long one chat request of the chat gate may take in all, connect to last byte"),
     Option("EXO_SHARDING", "--sharding", "choice", None, "placement sharding (default from the profile, else Pipeline)", ("Pipeline", "Tensor")),
     Option("EXO_INSTANCE_META", "--instance-meta", "choice", None, "placement transport (default from the profile, else MlxRing)", ("MlxRing", "MlxJaccl")),
     Option("HF_REVISION", "--revision", "str", "main", "hub revision to download and audit"),
@@ -157,6 +159,7 @@ class RunConfig:
     settle_window_s: float = 10.0
     ready_timeout_s: float = 600.0
     stall_window_s: float = 180.0
+    chat_timeout_s: float = 120.0
     hf_revision: str = "main"
     hf_endpoint: str | None = None
     hf_token: str | None = field(default=None, repr=False)
@@ -170,7 +173,7 @@ class RunConfig:
     ssh_config: str = "~/.ssh/config"
     ssh_known_hosts: str = "~/.ssh/known_hosts"
     sources: dict[str, str] = field(default_factory=dict)
-    values: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict, repr=False)  # HF_TOKEN among them: never in a repr
     env_file: Path | None = None
     sandbox: bool = False
 

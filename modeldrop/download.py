@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from modeldrop.errors import CommandTimeout, NodeError
-from modeldrop.hub import insecure_endpoint_problem
+from modeldrop.hub import node_endpoint_problem
 from modeldrop.nodes import Node, tail
 
 HF_QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -213,10 +213,12 @@ def run_hf_download(node: Node, *, hf_cmd: str, model_id: str, local_dir: str, i
                     secrets: Sequence[str] = (), allow_insecure_hub: bool = False,
                     stall_s: float = 0.0) -> DownloadResult:
     """Run hf download on the node with progress heartbeats; see the module docstring. When the token may not
-    go to HF_ENDPOINT (hub.insecure_endpoint_problem) nothing runs and the result says why (rc 2)."""
+    go to HF_ENDPOINT (the given one, else the node's own environment's: hub.node_endpoint_problem) nothing
+    runs and the result says why (rc 2)."""
     env = dict(env or {})
     token = env.pop("HF_TOKEN", None) or None
-    refused = insecure_endpoint_problem(env.get("HF_ENDPOINT"), token, allow_insecure_hub)
+    node_env = node.facts().get("hf_endpoint_env") if token and not env.get("HF_ENDPOINT") else None
+    refused = node_endpoint_problem(env.get("HF_ENDPOINT"), node_env, token, allow_insecure_hub)
     if refused:  # nothing runs: the token must not leave for this endpoint
         return DownloadResult(2, None, "", "", 0.0, refused)
     env = {k: node.expand_path(v) for k, v in {**HF_QUIET_ENV, **env}.items()}  # HF_HOME=~/… too

@@ -15,11 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from modeldrop import audit
+import requests
+
+from modeldrop import audit, httpdeadline
 from modeldrop.config import RunConfig
 from modeldrop.errors import NodeError
 from modeldrop.nodepool import NodePool
 from modeldrop.nodes import url_host
+
+EXO_NODE_ID_TIMEOUT_S = 5.0  # connect, headers and body of one /node_id look-up
 
 
 class RunFacts:
@@ -113,11 +117,9 @@ class RunFacts:
         a reboot or a dead API since the pass makes its fingerprint differ (an unreachable API never
         matches anything, not even another unreachable one), even if exo's node id were persistent.
         """
-        import requests
-
         try:
             url = f"http://{url_host(self.pool.get(k).address())}:{self.cfg.api_port}/node_id"
-            r = requests.get(url, timeout=(3, 5))
+            r = httpdeadline.request("GET", url, total_s=EXO_NODE_ID_TIMEOUT_S)
             if r.status_code == 200 and isinstance(r.json(), str):
                 return f"{r.json()}|{self.exo_process(k)}"
         except (NodeError, requests.RequestException, ValueError):

@@ -101,6 +101,21 @@ def insecure_endpoint_problem(endpoint: str | None, token: str | None, allow_ins
             f"use https, or pass {INSECURE_HUB_OPTION} (ALLOW_INSECURE_HUB=1) to send it anyway")
 
 
+def node_endpoint_problem(configured: str | None, node_env: str | None, token: str | None,
+                          allow_insecure: bool) -> str | None:
+    """Why HF_TOKEN must not go where `hf` or exo on a node would send it: the configured HF_ENDPOINT, else the
+    one the node's own shell environment sets (`node_env`, from the facts probe); None when it may."""
+    if configured:
+        return insecure_endpoint_problem(configured, token, allow_insecure)
+    if insecure_endpoint_problem(node_env, token, allow_insecure) is None:
+        return None
+    why = ("is not an http(s) URL" if urlsplit(str(node_env)).scheme not in ("http", "https")
+           else "is plain http to a non-loopback host: HF_TOKEN would travel unencrypted")
+    return (f"HF_ENDPOINT {node_env!r} comes from the node's own shell environment (hf and exo use it when the run "
+            f"sets none) and {why}; set an https HF_ENDPOINT in the env file, remove it from that node's shell "
+            f"profile, or pass {INSECURE_HUB_OPTION} to send the token anyway")
+
+
 def check_endpoint(endpoint: str | None, token: str | None, allow_insecure: bool) -> None:
     """Raise InputError (one line) when insecure_endpoint_problem finds one."""
     problem = insecure_endpoint_problem(endpoint, token, allow_insecure)

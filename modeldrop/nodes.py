@@ -450,15 +450,19 @@ class LocalNode(Node):
             t.start()
         if stdin is not None:
             threading.Thread(target=_feed_stdin, args=(proc.stdin, stdin), daemon=True).start()
+        deadline = time.monotonic() + timeout
         try:
             proc.wait(timeout=timeout)
+            for t in readers:  # a background child of the command may hold its pipes open: bounded too
+                t.join(max(0.0, deadline - time.monotonic()))
+            done = not any(t.is_alive() for t in readers)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            done = False
+        if not done:
+            _kill_group(proc)  # the session we started: the command and whatever it left in it
             for t in readers:
                 t.join(2)
-            raise self._timeout_error(cmd, timeout, streams["stdout"].finish(), streams["stderr"].finish()) from None
-        for t in readers:
-            t.join()
+            raise self._timeout_error(cmd, timeout, streams["stdout"].finish(), streams["stderr"].finish())
         return proc.returncode, streams["stdout"].finish(), streams["stderr"].finish()
 
 

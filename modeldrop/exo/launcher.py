@@ -55,7 +55,7 @@ from typing import Any, Protocol
 
 from modeldrop import atomic
 from modeldrop.exo.logs import ExoPaths, exo_paths
-from modeldrop.hub import insecure_endpoint_problem
+from modeldrop.hub import node_endpoint_problem
 from modeldrop.nodes import url_host
 from modeldrop.probes._proc import START_TOLERANCE_S
 from modeldrop.redaction import redact, redact_mapping, secret_values
@@ -356,7 +356,9 @@ class ExoLauncher:
         online = bool(self.cfg.online) and role == "cluster"
         if online:
             env["EXO_OFFLINE"] = "false"
-            refused = insecure_endpoint_problem(self.cfg.hf_endpoint, self.cfg.hf_token, self.cfg.allow_insecure_hub)
+            node_env = self.facts().get("hf_endpoint_env") if self.cfg.hf_token and not self.cfg.hf_endpoint else None
+            refused = node_endpoint_problem(self.cfg.hf_endpoint, node_env, self.cfg.hf_token,
+                                            self.cfg.allow_insecure_hub)
             if refused:
                 raise LaunchError(f"{self.node_cfg.name}: exo not started online: {refused}")
             for key, value in (("HF_ENDPOINT", self.cfg.hf_endpoint), ("HF_TOKEN", self.cfg.hf_token)):

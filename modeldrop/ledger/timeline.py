@@ -6,8 +6,8 @@ its `download_start` to its `download_end`, a benchmark case over its duration. 
 now)` draws them (matplotlib's object API, Agg, no pyplot state) and writes the PNG atomically, with
 the spans drawn beside it as `<name>.json`; with no span it writes nothing.
 `TimelineWriter(jsonl, png)` redraws in one background thread whenever `touch()` is called (several
-touches while it draws make one redraw) and `flush()` draws now, so the picture follows the run and a
-failed or interrupted run keeps the last one drawn.
+touches while it draws make one redraw) and `flush()` draws now and waits, so the picture follows the run
+and a failed or interrupted run keeps the last one drawn.
 """
 
 from __future__ import annotations
@@ -104,26 +104,35 @@ def render(records: Iterable[dict[str, Any]], path: Path, now: float | None = No
 
 
 class TimelineWriter:
-    """Redraws `png` from `jsonl` in a background thread after each `touch()`; `flush()` draws now."""
+    """Redraws `png` from `jsonl` in a background thread after each `touch()`; `flush()` draws now.
+
+    The drawing thread is not a daemon and lives only while redraws are asked for: the interpreter's exit
+    waits for a draw in progress instead of freezing it inside matplotlib's C++ code (which aborts the process),
+    and a limit (deadlines.alarm's SIGALRM) that fires during `flush()` interrupts the wait, not the drawing."""
 
     def __init__(self, jsonl: Path, png: Path):
         self.jsonl, self.png = Path(jsonl), Path(png)
-        self._dirty = threading.Event()
-        self._lock = threading.Lock()
+        self._dirty = False
+        self._state = threading.Lock()  # guards _dirty and _thread
+        self._lock = threading.Lock()  # one draw at a time
         self._thread: threading.Thread | None = None
         self.error: str | None = None
 
     def touch(self) -> None:
-        """Ask for a redraw (coalesced); starts the drawing thread on first use."""
-        self._dirty.set()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="timeline", daemon=True)
-            self._thread.start()
+        """Ask for a redraw (coalesced); starts the drawing thread when none runs."""
+        with self._state:
+            self._dirty = True
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._drain, name="timeline", daemon=False)
+                self._thread.start()
 
-    def _loop(self) -> None:
+    def _drain(self) -> None:
         while True:
-            self._dirty.wait()
-            self._dirty.clear()
+            with self._state:
+                if not self._dirty:
+                    self._thread = None
+                    return
+                self._dirty = False
             self.draw()
 
     def draw(self) -> Path | None:
@@ -136,6 +145,15 @@ class TimelineWriter:
                 return None
 
     def flush(self) -> Path | None:
-        """Draw now (the run's last picture)."""
-        self._dirty.clear()
-        return self.draw()
+        """Draw now (the run's last picture) and wait for it; the path when there was something to draw. The
+        wait is on an Event, not Thread.join: an interrupted join marks a running thread stopped, and the
+        interpreter's exit would then not wait for it."""
+        done, box = threading.Event(), {}
+
+        def run() -> None:
+            box["path"] = self.draw()
+            done.set()
+
+        threading.Thread(target=run, name="timeline-flush", daemon=False).start()
+        done.wait()
+        return box.get("path")

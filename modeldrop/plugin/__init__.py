@@ -152,6 +152,7 @@ class RunHooks:
         extras = ev.drain() if ev is not None else []
         if extras:
             rep.extras = list(getattr(rep, "extras", [])) + extras
+        lhtml.redact_report(rep, self.gs.secrets)  # before the terminal, the ledger or pytest-html see it
         return rep
 
     @pytest.hookimpl(trylast=True)
@@ -210,6 +211,15 @@ class RunHooks:
             terminalreporter.write_line(line)
 
 
+class LimitReached(pytest.fail.Exception, DeadlineExceeded):
+    """A setup or teardown limit: pytest's failure outcome (recorded and cached like any, no traceback) that no
+    `except Exception` in the library swallows."""
+
+
+def _limit_reached(message: str) -> BaseException:
+    return LimitReached(message, pytrace=False)
+
+
 class BoundsHooks:
     """Bounded fixture setup and teardown (pytest-timeout bounds only the test function)."""
 
@@ -221,19 +231,20 @@ class BoundsHooks:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(self, fixturedef: Any, request: pytest.FixtureRequest) -> Any:
-        with alarm(self._limit("modeldrop_fixture_timeout"), f"setup of fixture {fixturedef.argname}"):
+        with alarm(self._limit("modeldrop_fixture_timeout"), f"setup of fixture {fixturedef.argname}",
+                   _limit_reached):
             return (yield)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
-        with alarm(self._limit("modeldrop_teardown_timeout"), f"teardown after {item.name}"):
+        with alarm(self._limit("modeldrop_teardown_timeout"), f"teardown after {item.name}", _limit_reached):
             return (yield)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> Any:
         """An interrupted run tears its session fixtures down here (the cluster stop): bounded too."""
         try:
-            with alarm(self._limit("modeldrop_teardown_timeout"), "session teardown"):
+            with alarm(self._limit("modeldrop_teardown_timeout"), "session teardown", _limit_reached):
                 return (yield)
         except DeadlineExceeded as exc:
             bounds.session_teardown_overran(self.gs, exc)
@@ -245,6 +256,12 @@ class HtmlHooks:
 
     def __init__(self, gs: GateSession):
         self.gs = gs
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Extras other plugins added after the report was made (pytest-html's `extras` fixture) are masked
+        too, before pytest-html escapes and encodes them (its own hook runs last)."""
+        lhtml.redact_report(report, self.gs.secrets)
 
     def pytest_html_report_title(self, report: Any) -> None:
         report.title = f"modeldrop ledger: {self.gs.cfg.model_id} ({self.gs.folder.run_id})"

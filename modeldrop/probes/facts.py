@@ -1,4 +1,5 @@
-"""Probe `facts`: {} -> who and where the node is (python, platform, home, user, PATH, OS version, boot).
+"""Probe `facts`: {} -> who and where the node is (python, platform, home, user, PATH, OS version, boot, and the
+HF_ENDPOINT its own shell environment sets, which `hf` and exo would use when the run sets none).
 
 `boot_id` changes at every boot of the node and only then: Linux's /proc/sys/kernel/random/boot_id, macOS's
 `kern.boottime` (`boottime:<sec>.<usec>`), else the boot time from /proc/stat; None when none can be read. With
@@ -71,6 +72,7 @@ def main(args: dict) -> dict:
         "home": os.path.expanduser("~"),
         "user": user,
         "path_env": os.environ.get("PATH", ""),
+        "hf_endpoint_env": os.environ.get("HF_ENDPOINT") or None,
         "ssh_server_addr": conn[2] if len(conn) >= 3 else None,
         "hostname": socket.gethostname(),
         "boot_id": boot_id(),

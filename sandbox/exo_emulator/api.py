@@ -17,6 +17,7 @@ from typing import Any
 from . import chat as C
 from . import instances as I
 from .cards import model_list_entry
+from .chunked import trickle
 from .http_errors import HttpError, Unprocessable, exo_error
 from .ids import new_uuid
 from .logs import logger
@@ -61,7 +62,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(data)))
         self.send_header("access-control-allow-origin", "*")
         self.end_headers()
-        self.wfile.write(data)
+        if self.command == "GET" and urllib.parse.urlsplit(self.path).path in self.node.cfg.faults.api_trickle:
+            trickle(self.wfile.write, data, self.node)
+        else:
+            self.wfile.write(data)
 
     def _body(self) -> Any:
         raw = self._raw

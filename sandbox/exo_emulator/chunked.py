@@ -1,9 +1,11 @@
-"""A chunked HTTP/1.1 response body, as exo's API sends streams and (non-stream) chat replies."""
+"""A chunked HTTP/1.1 response body, as exo's API sends streams and (non-stream) chat replies; the trickle
+faults' pace."""
 
 from __future__ import annotations
 
 import socket
 from http.server import BaseHTTPRequestHandler
+from typing import Any
 
 
 class ChunkedWriter:
@@ -35,3 +37,16 @@ class ChunkedWriter:
             self.h.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+TRICKLE_INTERVAL_S = 1.0
+
+
+def trickle(write: Any, data: bytes, node: Any) -> None:
+    """The trickle fault switches' pace: `data` one byte every TRICKLE_INTERVAL_S until it is all sent, the
+    client leaves (the write raises) or exo stops."""
+    for i in range(len(data)):
+        if node.stopped.is_set():
+            return
+        write(data[i:i + 1])
+        node.stopped.wait(TRICKLE_INTERVAL_S)
