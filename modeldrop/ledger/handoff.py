@@ -328,7 +328,7 @@ def render(state: RunState) -> str:
     parts = [f"# modeldrop hand-off: {state.model_id}", "",
              "## 90-Second Handoff", "", *runbook.OPERATOR_PROTOCOL, "",
              "## Current Run Header", "", *header, "",
-             "## Phase Gates", "", *runbook.criteria_table(state.order, phase_of), "",
+             "## Phase Gates", "", *runbook.criteria_table(state.order), "",
              "## Failure Signatures", "", *runbook.signature_reference(state.signature_table), "",
              "## Run Ledger", "", *_gate_table(state), *_bench_table(state), "",
              "Signatures matched in this run:", "", *_signature_table(state), "", *_ledger_links(state), "",

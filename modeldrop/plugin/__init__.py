@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 
+from modeldrop import gatetable
 from modeldrop.deadlines import DeadlineExceeded, alarm
 from modeldrop.ledger import html as lhtml
 from modeldrop.ledger.handoff import block_lines, green
 from modeldrop.ledger.passcache import utc_minute
 from modeldrop.plugin import bounds, hookspecs, options, ordering, reporting
 from modeldrop.plugin.outcomes import GateTracker, is_subtest, reason_of, skip_here
-from modeldrop.plugin.reuse import resumable, resume_chain, upstream_verdict
+from modeldrop.plugin.reuse import resumable, upstream_verdict
 from modeldrop.plugin.session import (
     EVIDENCE_KEY,
     FACTS_KEY,
@@ -127,14 +128,14 @@ class RunHooks:
         if gs.outcome.get(gate) == "reused":  # another item of a gate already reused
             kinds[item.nodeid] = "reused"
             skip_here(gs.ledger.state.gates[gate].reason)
-        chain = resume_chain(gate)
+        chain = gatetable.resume_chain(gate)
         if gs.cfg.resume_bootstrap and chain not in gs.resume_broken and gate not in gs.outcome:
             rec, why = resumable(gs, self.config, gate)
             if rec is not None:
                 kinds[item.nodeid] = gs.outcome[gate] = "reused"
                 gs.ledger.gate_reused(gate, rec.time, rec.run_id, rec.summary)
                 skip_here(f"reused pass from {utc_minute(rec.time)} (run {rec.run_id})")
-            gs.resume_broken |= {"files", "exo"} if chain == "files" else {chain}
+            gs.resume_broken |= gatetable.chains_broken_by(chain)
             gs.ledger.jsonl.append("resume_from", gate=gate, why=why)
 
     def _gate_benchmark(self, item: pytest.Item) -> None:

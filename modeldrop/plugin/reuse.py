@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from modeldrop import gatetable
-from modeldrop.gatetable import gate_kind
 from modeldrop.ledger.fingerprint import digest, fingerprint_parts
 from modeldrop.ledger.handoff import one_line
 from modeldrop.ledger.passcache import PassRecord
@@ -20,21 +19,15 @@ def fingerprint_now(gs: GateSession, config: pytest.Config, gate: str) -> tuple[
     return parts, digest(parts)
 
 
-def resume_chain(gate: str) -> str:
-    """Which --resume-bootstrap chain a gate is in: "files" (downloads, verifies, parity), "exo", or "none"
-    (preflight: read-only, and an --audit's preflight differs from a bootstrap's, so running it breaks nothing)."""
-    kind = gate_kind(gate)
-    if kind == "preflight":
-        return "none"
-    return "files" if kind in ("download", "verify", "parity") else "exo"
-
-
 def resumable(gs: GateSession, config: pytest.Config, gate: str) -> tuple[PassRecord | None, str]:
-    """A pass `--resume-bootstrap` may reuse: the gate's own, or for nodeK_download nodeK_verify's (the files
-    are verified, e.g. by a green --audit, so there is nothing to download)."""
-    rec, why = reusable(gs, config, gate)
-    if rec is None and gate_kind(gate) == "download":
-        rec, _ = reusable(gs, config, gate.replace("_download", "_verify"))
+    """A pass `--resume-bootstrap` may reuse for `gate`: its own, or a stand-in's from the gate table (for
+    nodeK_download nodeK_verify's: the files are verified, e.g. by a green --audit, so there is nothing to
+    download); else None and why the gate's own pass is not reusable."""
+    own, *stand_ins = gatetable.resume_stand_ins(gate)
+    rec, why = reusable(gs, config, own)
+    for g in stand_ins:
+        if rec is None:
+            rec, _ = reusable(gs, config, g)
     return rec, why
 
 
