@@ -1,13 +1,16 @@
 """`hf download` on a node, with live progress heartbeats and the hub's reason when it fails.
 
-`run_hf_download` runs `<hf_cmd> download <model> --local-dir <dir> [--include p]… [--revision r]
---format json` on the node (env in the command; HF_TOKEN travels on the command's stdin, never on a command
-line, is redacted everywhere, and is refused for a plain-http non-loopback HF_ENDPOINT unless
-`allow_insecure_hub`), and while it runs polls the
-`dirsize` probe on a second channel at least every `interval_s` seconds, calling `heartbeat` with a line
-like `node1 download: 12.0 MiB / 34.5 MiB (35%), 4.1 MiB/s, ETA 0:05`. hf's retry / rate-limit warnings
-are passed on as heartbeats too. An exit code of 0 is not proof of a complete download (the verify gate
-decides); `hub_reason` says what the hub answered when hf reports it.
+`plan_download(cfg, k)` is node k's download as the run configures it (`DownloadPlan`: hf at HF_CMD_NODEk
+into MODEL_DIR_NODEk, HF_INCLUDE, HF_REVISION, the hub's endpoint and token, the total it should reach,
+the node-side limit). `run_hf_download(node, plan, heartbeat)` runs `<hf_cmd> download <model>
+--local-dir <dir> [--include p]… [--revision r] --format json` on the node (env in the command; HF_TOKEN
+travels on the command's stdin, never on a command line, is redacted everywhere, and is refused for a
+plain-http non-loopback HF_ENDPOINT unless `allow_insecure_hub`), and while it runs polls the `dirsize`
+probe on a second channel at least every `interval_s` seconds, calling `heartbeat` with a line like
+`node1 download: 12.0 MiB / 34.5 MiB (35%), 4.1 MiB/s, ETA 0:05`. hf's retry / rate-limit warnings are
+passed on as heartbeats too. An exit code of 0 is not proof of a complete download (the verify gate
+decides); `hub_reason` says what the hub answered when hf reports it, and `download_verdict` is the
+download gate's judgement of a result.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from modeldrop import hub
 from modeldrop.cleanup import PID_TAG, REGISTRY, RemoteProcess, parse_pid_line, with_pid_report
+from modeldrop.config import RunConfig
 from modeldrop.errors import CommandTimeout, NodeError
-from modeldrop.hub import insecure_endpoint_problem
 from modeldrop.nodes import Node, tail
+from modeldrop.verdict import Verdict
 
 HF_QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
                 "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
@@ -52,6 +57,65 @@ class DownloadResult:
     hub_reason: str | None
     timed_out: bool = False
     heartbeats: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DownloadPlan:
+    """One node's `hf download`: hf at `hf_cmd` fetches `model_id` (`include`, `revision`) into `local_dir`
+    with `env` (HF_ENDPOINT; an HF_TOKEN in it travels on stdin only), within `timeout_s`; progress is
+    measured against `expected_bytes` every `interval_s` seconds."""
+
+    hf_cmd: str
+    model_id: str
+    local_dir: str
+    include: tuple[str, ...] = ()
+    revision: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    allow_insecure_hub: bool = False
+    expected_bytes: int | None = None
+    timeout_s: float = HF_DOWNLOAD_TIMEOUT_S
+    interval_s: float = 10.0
+
+
+def hub_env(cfg: RunConfig) -> dict[str, str]:
+    """The environment hf needs on a node for the run's hub: HF_ENDPOINT and HF_TOKEN, when set."""
+    return {k: v for k, v in (("HF_ENDPOINT", cfg.hf_endpoint), ("HF_TOKEN", cfg.hf_token)) if v}
+
+
+def expected_total(cfg: RunConfig, manifest: hub.ExpectedManifest | None = None) -> int | None:
+    """Total bytes a complete download holds: the hub's manifest (given with --online), else a quick hub
+    look-up, else the profile's `total_size_bytes` (None when nothing knows)."""
+    if manifest is None:
+        try:
+            manifest = hub.expected_for(cfg)
+        except Exception:  # noqa: BLE001 - progress falls back to bytes and rate only
+            manifest = None
+    if manifest is not None:
+        return manifest.total_size
+    return (cfg.profile or {}).get("total_size_bytes")
+
+
+def plan_download(cfg: RunConfig, k: int, manifest: hub.ExpectedManifest | None = None) -> DownloadPlan:
+    """Node k's own download from the hub into MODEL_DIR_NODEk, as the run configures it (`manifest`: the
+    hub's, when the run has it; else the total is looked up, see `expected_total`)."""
+    nc = cfg.node(k)
+    return DownloadPlan(hf_cmd=nc.hf_cmd, model_id=cfg.model_id, local_dir=nc.model_dir, include=cfg.include,
+                        revision=cfg.hf_revision, env=hub_env(cfg), allow_insecure_hub=cfg.allow_insecure_hub,
+                        expected_bytes=expected_total(cfg, manifest))
+
+
+def download_verdict(k: int, plan: DownloadPlan, result: DownloadResult, stopped: str | None = None) -> Verdict:
+    """The download gate's judgement: hf exited 0 and nothing stopped it (a stop names why: another node's
+    download failed, or the session ended). A failure's problem is its one-line evidence, its summary the
+    gate's message."""
+    what = f"node{k}: hf download {plan.model_id} into {plan.local_dir}"
+    if stopped:
+        return Verdict.failed(f"node{k} hf download stopped: {stopped}", summary=f"{what} stopped because {stopped}")
+    if result.rc != 0:
+        reason = result.hub_reason or (result.stderr_tail.strip().splitlines() or ["no output"])[-1]
+        return Verdict.failed(f"node{k} hf download rc {result.rc}: {reason}",
+                              summary=f"{what} failed (rc {result.rc}): {reason}")
+    return Verdict.passed(f"{what} exited 0", {"rc": 0, "path": result.reported_path})
 
 
 def hf_download_argv(hf_cmd: str, model_id: str, local_dir: str, include: Sequence[str] = (),
@@ -169,31 +233,29 @@ class _HfLines:
             self.emit(f"{self.node.name} hf: {line.strip()[:300]}")
 
 
-def run_hf_download(node: Node, *, hf_cmd: str, model_id: str, local_dir: str, include: Sequence[str] = (),
-                    env: Mapping[str, str] | None = None, timeout: float, expected_bytes: int | None,
-                    heartbeat: Callable[[str], None], interval_s: float = 10, revision: str | None = None,
-                    secrets: Sequence[str] = (), allow_insecure_hub: bool = False) -> DownloadResult:
-    """Run hf download on the node with progress heartbeats; see the module docstring. When the token may not
-    go to HF_ENDPOINT (hub.insecure_endpoint_problem) nothing runs and the result says why (rc 2)."""
-    env = dict(env or {})
+def run_hf_download(node: Node, plan: DownloadPlan, heartbeat: Callable[[str], None]) -> DownloadResult:
+    """Run the plan's hf download on the node with progress heartbeats; see the module docstring. When the token
+    may not go to HF_ENDPOINT (hub.insecure_endpoint_problem) nothing runs and the result says why (rc 2)."""
+    env = dict(plan.env)
     token = env.pop("HF_TOKEN", None) or None
-    refused = insecure_endpoint_problem(env.get("HF_ENDPOINT"), token, allow_insecure_hub)
+    refused = hub.insecure_endpoint_problem(env.get("HF_ENDPOINT"), token, plan.allow_insecure_hub)
     if refused:  # nothing runs: the token must not leave for this endpoint
         return DownloadResult(2, None, "", "", 0.0, refused)
     env = {k: node.expand_path(v) for k, v in {**HF_QUIET_ENV, **env}.items()}  # HF_HOME=~/… too
     secret_env = {"HF_TOKEN": token} if token else {}
-    secrets = [*secrets, *([token] if token else [])]
+    secrets = [token] if token else []
     unset = [] if "HF_HUB_OFFLINE" in env else ["HF_HUB_OFFLINE"]
-    hf_path, target_dir = node.expand_path(hf_cmd), node.expand_path(local_dir)
-    argv = hf_download_argv(hf_path, model_id, target_dir, include, revision)
+    hf_path, target_dir = node.expand_path(plan.hf_cmd), node.expand_path(plan.local_dir)
+    argv = hf_download_argv(hf_path, plan.model_id, target_dir, plan.include, plan.revision)
+    timeout, interval_s = plan.timeout_s, plan.interval_s
     beats: list[str] = []
 
     def emit(line: str) -> None:
         beats.append(line)
         heartbeat(line)
 
-    lines = _HfLines(node, f"hf download {model_id}", ("download", target_dir), emit)
-    progress = _Progress(node, target_dir, expected_bytes, emit, interval_s)
+    lines = _HfLines(node, f"hf download {plan.model_id}", ("download", target_dir), emit)
+    progress = _Progress(node, target_dir, plan.expected_bytes, emit, interval_s)
     progress.thread.start()
     t0 = time.monotonic()
     try:
