@@ -131,7 +131,8 @@ def test_plan_comes_from_the_run_config_and_the_verdict_names_the_node(tmp_path)
                "HF_ENDPOINT": "https://hub.example.org", "HF_CMD_NODE2": "/opt/hf2", "HF_INCLUDE": "*.json",
                "MODEL_DIR_NODE2": "~/Models/org--m"}
     cfg = load_config({"MODEL_ID": "org/m", "NODES": "local,studio2"}, environ=environ)
-    manifest = ExpectedManifest("c" * 40, {"a.json": ExpectedFile(3, None, None), "b.json": ExpectedFile(4, None, None)})
+    manifest = ExpectedManifest("c" * 40, {"a.json": ExpectedFile(3, None, None),
+                                           "b.json": ExpectedFile(4, None, None)})
     plan = plan_download(cfg, 2, manifest)
     assert (plan.hf_cmd, plan.model_id, plan.local_dir, plan.include) == ("/opt/hf2", "org/m", "~/Models/org--m",
                                                                           ("*.json",))

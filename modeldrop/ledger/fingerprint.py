@@ -10,10 +10,10 @@ Contract:
   gets the same parts when nothing changed (an `--audit` holds the row's `audit_facts`). Manifest digests
   cover (path, size, mtime). The parts hold the tool paths the gate runs on the nodes in scope (the row's
   `tools`: HF_CMD, EXO_CMD, the configured python); a row with `tool_versions` (preflight) also the
-  versions those tools answer (`tool_versions(k)`, optional on `facts`), and its options the disk margin. For gates whose pass is about running exo processes, each node's exo session
-  (`exo_session(k)`, optional): the node id its API answers plus the identity (pid, start time, argv) of
-  the exo process from its launch record, so a restarted cluster never reuses a pass even if exo's node
-  id becomes persistent.
+  versions those tools answer (`tool_versions(k)`, optional on `facts`), and its options the disk margin.
+  For gates whose pass is about running exo processes, each node's exo session (`exo_session(k)`,
+  optional): the node id its API answers plus the identity (pid, start time, argv) of the exo process from
+  its launch record, so a restarted cluster never reuses a pass even if exo's node id becomes persistent.
 - `gate_fingerprint(gate, cfg, facts)` is the sha256 of those parts (hex, 24 chars).
 - `explain_change(old_parts, new_parts)` names, in words, what differs ("other files on node2
   (manifest changed)"), for the "no reusable pass" diagnostics.

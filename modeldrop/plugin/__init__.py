@@ -268,4 +268,4 @@ class HtmlHooks:
 
 
 __all__ = ["SESSION_KEY", "FACTS_KEY", "POOL_KEY", "GateSession", "gate_id", "evidence_for", "run_config_of",
-           "run_folder_of", "ledger_of", "pass_cache_of", "node_pool_of", "facts_of", "reusable", "session_of"]
+           "run_folder_of", "ledger_of", "pass_cache_of", "node_pool_of", "facts_of", "session_of"]
