@@ -3,7 +3,7 @@
 Contract:
 - `render(state)` returns the markdown with exactly these sections, in the guide's order: the stable
   `## 90-Second Handoff` (operator protocol), `## Current Run Header` (mutable: model, nodes, dirs, state,
-  blocker), the stable `## Phase Gates` (each phase's pass/fail criteria) and `## Failure Signatures`
+  blocker), the stable `## Phase Gates` (each gate's pass/stop criteria) and `## Failure Signatures`
   (the signature reference), `## Run Ledger` (mutable: timestamped outcomes per gate, matched
   signatures) and `## Hand-off Block` (a fenced block of the guide's `FIELD: value` lines, `HANDOFF_KEYS`).
 - `handoff_fields(state)` returns the Hand-off Block values; `block_lines` is how every output prints them
