@@ -2,7 +2,7 @@
 
 import pytest
 
-from gates.steps import expected_total
+from modeldrop.download import expected_total
 from modeldrop.exo.preflight import exo_preflight
 from modeldrop.preflight import check_node, preflight_verdict, reach_problems
 
@@ -11,7 +11,7 @@ from modeldrop.preflight import check_node, preflight_verdict, reach_problems
 def test_preflight(run_config, node_pool, on_each_node, run_facts, evidence, hub_expectation):
     """SSH, python3, the exact hf and exo binaries, exo build parity, API port, disk, model dir name and place, reach."""
     nodes = node_pool.all()
-    total = expected_total(run_config, hub_expectation)
+    total = expected_total(run_config, hub_expectation.manifest)
     pre = on_each_node(lambda k: check_node(nodes[k], run_config.node(k), run_config, total))
     problems = [p for k in sorted(pre) for p in pre[k].problems]
     for k, p in pre.items():

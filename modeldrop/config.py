@@ -15,9 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from modeldrop import envfile, profiles, validate
+from modeldrop import envfile, exo_flags, profiles, validate
 from modeldrop.errors import InputError
-from modeldrop.exo import flags
 from modeldrop.redaction import redact_mapping
 
 MAX_NODES = 4
@@ -367,7 +366,7 @@ def _instance_id(given: str | None, folder: str, model: str, source: Mapping[str
 def _extra_args(value: str | None, source: Mapping[str, str]) -> tuple[str, ...]:
     """EXO_EXTRA_ARGS split and checked against exo's known flags (InputError naming the line)."""
     try:
-        return flags.parse_extra_args(value or "", _where(source, "EXO_EXTRA_ARGS"))
+        return exo_flags.parse_extra_args(value or "", _where(source, "EXO_EXTRA_ARGS"))
     except ValueError as e:
         raise InputError(str(e)) from None
 

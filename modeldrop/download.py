@@ -1,19 +1,22 @@
 """`hf download` on a node, with live progress heartbeats and the hub's reason when it fails.
 
-`run_hf_download` runs `<hf_cmd> download <model> --local-dir <dir> [--include p]… [--revision r]
---format json` on the node (env in the command; HF_TOKEN travels on the command's stdin, never on a command
-line, is redacted everywhere, and is refused for a plain-http non-loopback HF_ENDPOINT unless
-`allow_insecure_hub`), and while it runs polls the
-`dirsize` probe on a second channel at least every `interval_s` seconds, calling `heartbeat` with a line
-like `node1 download: 12.0 MiB / 34.5 MiB (35%), 4.1 MiB/s, ETA 0:05`. hf's retry / rate-limit warnings
-are passed on as heartbeats too. An exit code of 0 is not proof of a complete download (the verify gate
-decides); `hub_reason` says what the hub answered when hf reports it.
+`plan_download(cfg, k, expectation, limit_s)` is node k's download as the run configures it (`DownloadPlan`:
+hf at HF_CMD_NODEk into MODEL_DIR_NODEk, HF_INCLUDE, HF_REVISION, the hub's endpoint and token, the total it
+should reach, the node-side limit and the stall window). `run_hf_download(node, plan, heartbeat)` runs
+`<hf_cmd> download <model> --local-dir <dir> [--include p]… [--revision r] --format json` on the node (env in
+the command; HF_TOKEN travels on the command's stdin, never on a command line, is redacted everywhere, and is
+refused for a plain-http non-loopback HF_ENDPOINT unless `allow_insecure_hub`), and while it runs polls the
+`dirsize` probe on a second channel at least every `interval_s` seconds, calling `heartbeat` with a line like
+`node1 download: 12.0 MiB / 34.5 MiB (35%), 4.1 MiB/s, ETA 0:05`. hf's retry / rate-limit warnings are
+passed on as heartbeats too. An exit code of 0 is not proof of a complete download (the verify gate
+decides); `hub_reason` says what the hub answered when hf reports it, and `download_verdict` is the
+download gate's judgement of a result.
 
-hf runs under `Node.supervise`: it ends on the node by itself when `timeout` (plus the node's slack) has
+hf runs under `Node.supervise`: it ends on the node by itself when its limit (plus the node's slack) has
 passed or the controller's connection is gone, it is recorded on the node while it runs (the next run's
-preflight finds it if it outlived a crashed controller), and with `stall_s` it is stopped on the node when
-no new byte arrived under the target dir for that long: `DownloadResult.stalled`, with a reason naming the
-endpoint and the last file hf started (a slow link still brings bytes; a hub that stopped answering none).
+preflight finds it if it outlived a crashed controller), and with a stall window it is stopped on the node
+when no new byte arrived under the target dir for that long: `DownloadResult.stalled`, with a reason naming
+the endpoint and the last file hf started (a slow link still brings bytes; a hub that stopped answering none).
 The limit a gate gives hf follows the gate's own (`hf_limit_for_gate`), so `modeldrop_gate_timeouts
 download=28800` lengthens the download too.
 """
@@ -27,9 +30,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from modeldrop import hub
+from modeldrop.config import RunConfig
 from modeldrop.errors import CommandTimeout, NodeError
-from modeldrop.hub import node_endpoint_problem
 from modeldrop.nodes import Node, tail
+from modeldrop.verdict import Verdict
 
 HF_QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
                 "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
@@ -72,6 +77,73 @@ def hf_limit_for_gate(gate_limit_s: float | None) -> float:
     if gate_limit_s is None:
         return HF_DOWNLOAD_TIMEOUT_S
     return max(60.0, float(gate_limit_s) - GATE_OVERHEAD_S)
+
+
+@dataclass(frozen=True)
+class DownloadPlan:
+    """One node's `hf download`: hf at `hf_cmd` fetches `model_id` (`include`, `revision`) into `local_dir`
+    with `env` (HF_ENDPOINT; an HF_TOKEN in it travels on stdin only), ending on the node after `timeout_s` or
+    after `stall_s` without a new byte (0: no stall window); progress is measured against `expected_bytes`
+    every `interval_s` seconds."""
+
+    hf_cmd: str
+    model_id: str
+    local_dir: str
+    include: tuple[str, ...] = ()
+    revision: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    allow_insecure_hub: bool = False
+    expected_bytes: int | None = None
+    timeout_s: float = HF_DOWNLOAD_TIMEOUT_S
+    stall_s: float = 0.0
+    interval_s: float = 10.0
+
+
+def hub_env(cfg: RunConfig) -> dict[str, str]:
+    """The environment hf needs on a node for the run's hub: HF_ENDPOINT and HF_TOKEN, when set."""
+    return {k: v for k, v in (("HF_ENDPOINT", cfg.hf_endpoint), ("HF_TOKEN", cfg.hf_token)) if v}
+
+
+def expected_total(cfg: RunConfig, expectation: hub.HubExpectation | None = None) -> int | None:
+    """Total bytes a complete download holds: the hub's manifest (given with --online), else one bounded hub
+    look-up per run (none when the online look-up already failed), else the profile's `total_size_bytes`
+    (None when nothing knows)."""
+    expectation = expectation or hub.HubExpectation()
+    if expectation.manifest is not None:
+        return expectation.manifest.total_size
+    total = None
+    if expectation.error is None:
+        total = hub.total_size(cfg.model_id, cfg.hf_revision, tuple(cfg.include), cfg.hf_endpoint, cfg.hf_token,
+                               cfg.allow_insecure_hub, hub.lookup_timeout(cfg.stall_window_s))
+    return total if total is not None else (cfg.profile or {}).get("total_size_bytes")
+
+
+def plan_download(cfg: RunConfig, k: int, expectation: hub.HubExpectation | None = None,
+                  limit_s: float = HF_DOWNLOAD_TIMEOUT_S) -> DownloadPlan:
+    """Node k's own download from the hub into MODEL_DIR_NODEk, as the run configures it (`expectation`: the
+    hub's manifest when the run has it; `limit_s`: hf's limit, see `hf_limit_for_gate`)."""
+    nc = cfg.node(k)
+    return DownloadPlan(hf_cmd=nc.hf_cmd, model_id=cfg.model_id, local_dir=nc.model_dir, include=cfg.include,
+                        revision=cfg.hf_revision, env=hub_env(cfg), allow_insecure_hub=cfg.allow_insecure_hub,
+                        expected_bytes=expected_total(cfg, expectation), timeout_s=limit_s,
+                        stall_s=cfg.stall_window_s)
+
+
+def download_verdict(k: int, plan: DownloadPlan, result: DownloadResult, stopped: str | None = None) -> Verdict:
+    """The download gate's judgement: hf exited 0 and nothing stopped it (a stop names why: another node's
+    download failed, or the session ended; a stall names the hub that stopped answering). A failure's problem is
+    its one-line evidence, its summary the gate's message."""
+    what = f"node{k}: hf download {plan.model_id} into {plan.local_dir}"
+    if stopped:
+        return Verdict.failed(f"node{k} hf download stopped: {stopped}", summary=f"{what} stopped because {stopped}")
+    if result.stalled:
+        return Verdict.failed(f"node{k} hf download stalled: {result.hub_reason}",
+                              summary=f"{what} stalled: {result.hub_reason}")
+    if result.rc != 0:
+        reason = result.hub_reason or (result.stderr_tail.strip().splitlines() or ["no output"])[-1]
+        return Verdict.failed(f"node{k} hf download rc {result.rc}: {reason}",
+                              summary=f"{what} failed (rc {result.rc}): {reason}")
+    return Verdict.passed(f"{what} exited 0", {"rc": 0, "path": result.reported_path})
 
 
 def hf_download_argv(hf_cmd: str, model_id: str, local_dir: str, include: Sequence[str] = (),
@@ -199,45 +271,42 @@ def last_file(paths: Sequence[str]) -> str | None:
 def stall_reason(endpoint: str | None, target_dir: str, still_s: float | None, stall_s: float,
                  files: Sequence[str]) -> str:
     """One line: the hub stopped answering (not a slow link), where, since when, and what to do."""
-    hub = endpoint or DEFAULT_HUB
+    where = endpoint or DEFAULT_HUB
     last = last_file(files)
     return (f"no new byte under {target_dir} for {still_s or stall_s:g}s (stall window {stall_s:g}s): the hub at "
-            f"{hub} stopped answering ({f'last file: {last}' if last else 'no file started'}); a slow link still "
-            f"brings bytes, this brought none. Check that {hub} answers from the node, then run again "
+            f"{where} stopped answering ({f'last file: {last}' if last else 'no file started'}); a slow link still "
+            f"brings bytes, this brought none. Check that {where} answers from the node, then run again "
             f"with --resume-bootstrap")
 
 
-def run_hf_download(node: Node, *, hf_cmd: str, model_id: str, local_dir: str, include: Sequence[str] = (),
-                    env: Mapping[str, str] | None = None, timeout: float, expected_bytes: int | None,
-                    heartbeat: Callable[[str], None], interval_s: float = 10, revision: str | None = None,
-                    secrets: Sequence[str] = (), allow_insecure_hub: bool = False,
-                    stall_s: float = 0.0) -> DownloadResult:
-    """Run hf download on the node with progress heartbeats; see the module docstring. When the token may not
-    go to HF_ENDPOINT (the given one, else the node's own environment's: hub.node_endpoint_problem) nothing
+def run_hf_download(node: Node, plan: DownloadPlan, heartbeat: Callable[[str], None]) -> DownloadResult:
+    """Run the plan's hf download on the node with progress heartbeats; see the module docstring. When the token
+    may not go to HF_ENDPOINT (the plan's, else the node's own environment's: hub.node_endpoint_problem) nothing
     runs and the result says why (rc 2)."""
-    env = dict(env or {})
+    env = dict(plan.env)
     token = env.pop("HF_TOKEN", None) or None
     node_env = node.facts().get("hf_endpoint_env") if token and not env.get("HF_ENDPOINT") else None
-    refused = node_endpoint_problem(env.get("HF_ENDPOINT"), node_env, token, allow_insecure_hub)
+    refused = hub.node_endpoint_problem(env.get("HF_ENDPOINT"), node_env, token, plan.allow_insecure_hub)
     if refused:  # nothing runs: the token must not leave for this endpoint
         return DownloadResult(2, None, "", "", 0.0, refused)
     env = {k: node.expand_path(v) for k, v in {**HF_QUIET_ENV, **env}.items()}  # HF_HOME=~/… too
     secret_env = {"HF_TOKEN": token} if token else {}
-    secrets = [*secrets, *([token] if token else [])]
+    secrets = [token] if token else []
     unset = [] if "HF_HUB_OFFLINE" in env else ["HF_HUB_OFFLINE"]
-    hf_path, target_dir = node.expand_path(hf_cmd), node.expand_path(local_dir)
-    argv = hf_download_argv(hf_path, model_id, target_dir, include, revision)
+    hf_path, target_dir = node.expand_path(plan.hf_cmd), node.expand_path(plan.local_dir)
+    argv = hf_download_argv(hf_path, plan.model_id, target_dir, plan.include, plan.revision)
+    timeout, interval_s, stall_s = plan.timeout_s, plan.interval_s, plan.stall_s
     beats: list[str] = []
 
     def emit(line: str) -> None:
         beats.append(line)
         heartbeat(line)
 
-    progress = _Progress(node, target_dir, expected_bytes, emit, interval_s)
+    progress = _Progress(node, target_dir, plan.expected_bytes, emit, interval_s)
     progress.thread.start()
     t0 = time.monotonic()
     try:
-        res = node.supervise(argv, timeout=timeout, what=f"hf download {model_id}", env=env, unset_env=unset,
+        res = node.supervise(argv, timeout=timeout, what=f"hf download {plan.model_id}", env=env, unset_env=unset,
                              secret_env=secret_env, secrets=secrets, on_line=_HfLines(node, emit),
                              stall_dir=target_dir, stall_s=stall_s)
     except CommandTimeout as exc:  # the supervised hf was stopped by pid before this was raised

@@ -1,7 +1,8 @@
 """The expected manifest of a model repo at a commit: from the hub (HfApi) or from a node's hf tree cache.
 
 `expected_online` asks the hub on the control host (model_info for the commit, then the recursive tree at
-that commit); `expected_from_cache` reads the `tree` the `manifest` probe found in the model dir's
+that commit; `expected_for(cfg)` asks it as the run configures it, `expectation_for(cfg)` is what the gates
+check files against); `expected_from_cache` reads the `tree` the `manifest` probe found in the model dir's
 `.cache/huggingface/trees/<commit>.json` (offline). Both give an `ExpectedManifest` that `audit.completeness`
 checks the files against. `filter_include` applies `--include` patterns with hf's own semantics.
 
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from modeldrop.config import RunConfig
 from modeldrop.errors import InputError, NodeError
 
 HUB_TIMEOUT_S = 60.0
@@ -171,6 +173,26 @@ def _hub_retry(fn: Callable[[], T]) -> T:
     retrying = Retrying(stop=stop_after_attempt(HUB_ATTEMPTS), wait=wait_exponential(multiplier=0.5, max=4),
                         retry=retry_if_exception(transient), reraise=True)
     return retrying(fn)
+
+
+def expected_for(cfg: RunConfig, timeout_s: float | None = None) -> ExpectedManifest:
+    """The hub's manifest of the run's model: `expected_online` at HF_REVISION with HF_INCLUDE, through the
+    configured endpoint and token, within timeout_s (default: the run's look-up bound, `lookup_timeout`);
+    raises as `expected_online` does."""
+    timeout_s = lookup_timeout(cfg.stall_window_s) if timeout_s is None else timeout_s
+    return expected_online(cfg.model_id, revision=cfg.hf_revision, include=cfg.include, endpoint=cfg.hf_endpoint,
+                           token=cfg.hf_token, timeout_s=timeout_s, allow_insecure=cfg.allow_insecure_hub)
+
+
+def expectation_for(cfg: RunConfig) -> HubExpectation:
+    """What the gates check files against: the hub's manifest with `--online` (its error, in one line, when the
+    hub cannot be read), else nothing (offline: each node's cached tree is used)."""
+    if not cfg.online:
+        return HubExpectation()
+    try:
+        return HubExpectation(manifest=expected_for(cfg))
+    except Exception as e:  # noqa: BLE001 - the hub's reason becomes part of the gate's failure
+        return HubExpectation(error=f"{type(e).__name__}: {e}".splitlines()[0])
 
 
 def expected_online(model_id: str, revision: str = "main", include=(), endpoint: str | None = None,

@@ -25,18 +25,20 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from modeldrop.config import RunConfig
 from modeldrop.exo import logs as exologs
 from modeldrop.exo import state as st
 from modeldrop.exo.client import ExoClient
-from modeldrop.exo.launcher import ExoLauncher, LaunchError, precheck_facts
+from modeldrop.exo.launcher import ExoLauncher, LaunchError, LaunchRecord, RecordFolder, precheck_facts
 from modeldrop.exo.observe import watch_cluster
 from modeldrop.exo.wait import call_safely
+from modeldrop.nodepool import NodePool
 from modeldrop.verdict import Verdict
 
 EVIDENCE_TAIL_BYTES = 16 * 1024
 
 
-def stopped_existing_lines(rec: Any) -> list[str]:
+def stopped_existing_lines(rec: LaunchRecord) -> list[str]:
     """One line per process `--stop-existing-exo` stopped before launch record `rec`'s start (the gate records
     them as warnings: the suite stopped something it had not started)."""
     lines = [f"node{rec.node}: --stop-existing-exo stopped pid {p.get('pid')} "
@@ -62,7 +64,7 @@ class JoinWatch:
 
 
 class ExoCluster:
-    def __init__(self, cfg: Any, pool: Any, run_folder: Any):
+    def __init__(self, cfg: RunConfig, pool: NodePool, run_folder: RecordFolder):
         self.cfg = cfg
         self.pool = pool
         self.run_folder = run_folder
@@ -92,7 +94,7 @@ class ExoCluster:
         return {k: self.launcher(k).api_url for k in self.ks}
 
     # -- start / re-attach / stop -----------------------------------------------------------------
-    def start(self) -> dict[int, Any]:
+    def start(self) -> dict[int, LaunchRecord]:
         """Precheck every node, then start exo on every node; LaunchError names every problem."""
         problems = []
         for la in self.cluster_launchers().values():
@@ -126,7 +128,7 @@ class ExoCluster:
         return ids
 
     @staticmethod
-    def _first_live(la: ExoLauncher, recs: list) -> Any:
+    def _first_live(la: ExoLauncher, recs: list[LaunchRecord]) -> LaunchRecord | None:
         seen = set()
         for rec in recs:
             if (rec.pid, rec.start) in seen:

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from modeldrop import atomic
+from modeldrop.config import NodeConfig, RunConfig
 from modeldrop.exo.logs import ExoPaths, exo_paths
 from modeldrop.hub import node_endpoint_problem
 from modeldrop.nodes import url_host
@@ -75,6 +76,14 @@ STOP_DONE = ("gone", "mismatch", "stopped-term", "stopped-kill")  # stop results
 class Node(Protocol):
     def run_probe(self, name: str, args: dict, *, timeout: float) -> dict: ...
     def address(self) -> str: ...
+
+
+class RecordFolder(Protocol):
+    """Where launch records go: the run folder (`modeldrop.ledger.runfolder.RunFolder`)."""
+
+    path: Path
+
+    def write_json(self, rel: str, obj: Any) -> Path: ...
 
 
 class LaunchError(Exception):
@@ -284,8 +293,8 @@ def previous_records(report_dir: Path, exclude: Path | None, node_index: int, id
 class ExoLauncher:
     """Start/stop exo on one node; one launcher per (node, role)."""
 
-    def __init__(self, node: Node, node_cfg: Any, cfg: Any, run_folder: Any, build: ExoBuild | None = None,
-                 facts: dict | None = None):
+    def __init__(self, node: Node, node_cfg: NodeConfig, cfg: RunConfig, run_folder: RecordFolder,
+                 build: ExoBuild | None = None, facts: dict | None = None):
         self.node = node
         self.node_cfg = node_cfg
         self.cfg = cfg

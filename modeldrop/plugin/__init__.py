@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 
+from modeldrop import gatetable
 from modeldrop.deadlines import DeadlineExceeded, alarm
 from modeldrop.ledger import html as lhtml
-from modeldrop.ledger.handoff import block_lines, green
+from modeldrop.ledger.handoff import block_lines
 from modeldrop.ledger.passcache import utc_minute
 from modeldrop.plugin import bounds, hookspecs, options, ordering, reporting
 from modeldrop.plugin.outcomes import GateTracker, is_subtest, reason_of, skip_here
-from modeldrop.plugin.reuse import resumable, resume_chain, upstream_verdict
+from modeldrop.plugin.reuse import resumable, resume_broken, upstream_verdict
 from modeldrop.plugin.session import (
     EVIDENCE_KEY,
     FACTS_KEY,
@@ -117,31 +118,31 @@ class RunHooks:
         if gate is None:
             self._gate_benchmark(item)
             return
-        gs, kinds = self.gs, self.tracker.skip_kind
-        if self.tracker.start_gate(gate):
+        gs, ledger, tracker = self.gs, self.gs.ledger, self.tracker
+        if tracker.start_gate(gate):
             reporting.refresh_html(self.config, gs, regenerate=True)
         verdict = upstream_verdict(gs, self.config, gate)
         if verdict is not None:
-            kinds[item.nodeid], reason, gs.root[gate] = verdict
+            kind, reason, root = verdict
+            tracker.skip_as(item.nodeid, kind, root)
             skip_here(reason)
-        if gs.outcome.get(gate) == "reused":  # another item of a gate already reused
-            kinds[item.nodeid] = "reused"
-            skip_here(gs.ledger.state.gates[gate].reason)
-        chain = resume_chain(gate)
-        if gs.cfg.resume_bootstrap and chain not in gs.resume_broken and gate not in gs.outcome:
+        if ledger.outcome(gate) == "reused":  # another item of a gate already reused
+            tracker.skip_as(item.nodeid, "reused")
+            skip_here(ledger.reason(gate))
+        chain = gatetable.resume_chain(gate)
+        if gs.cfg.resume_bootstrap and not resume_broken(gs, chain) and ledger.outcome(gate) is None:
             rec, why = resumable(gs, self.config, gate)
             if rec is not None:
-                kinds[item.nodeid] = gs.outcome[gate] = "reused"
-                gs.ledger.gate_reused(gate, rec.time, rec.run_id, rec.summary)
+                tracker.skip_as(item.nodeid, "reused")
+                ledger.gate_reused(gate, rec.time, rec.run_id, rec.summary)
                 skip_here(f"reused pass from {utc_minute(rec.time)} (run {rec.run_id})")
-            gs.resume_broken |= {"files", "exo"} if chain == "files" else {chain}
-            gs.ledger.jsonl.append("resume_from", gate=gate, why=why)
+            ledger.resume_from(gate, why)
 
     def _gate_benchmark(self, item: pytest.Item) -> None:
         """Benchmarks do not run after a gate of this session failed or was skipped."""
-        bad = self.gs.first_bad_gate()
+        bad = self.gs.ledger.first_bad_gate()
         if item.get_closest_marker("bench") is not None and bad is not None:
-            root = self.gs.root_cause(bad)
+            root = self.gs.ledger.root_cause(bad)
             skip_here(f"blocked by {root[0]} ({root[1]}): {root[2]}")
 
     @pytest.hookimpl(wrapper=True)
@@ -163,9 +164,10 @@ class RunHooks:
         self.exits.record_stops()
         props = dict(report.user_properties)
         gate, bench = props.get("gate"), props.get("bench")
-        if (gate is None or gate not in self.gs.ledger.state.gates) and bench is None:
+        gate = gate if gate in self.gs.order else None
+        if gate is None and bench is None:
             return
-        finished = self.tracker.item_report(report, gate if gate in self.gs.ledger.state.gates else None, bench)
+        finished = self.tracker.item_report(report, gate, bench)
         if finished is not None:
             reporting.update_metadata(self.config, self.gs)
             reporting.after_item(self.config, self.gs)
@@ -184,9 +186,9 @@ class RunHooks:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         """Profile update on a green bootstrap, the last ledger records, close the nodes."""
         gs = self.gs
-        running = [r for r in gs.ledger.state.in_order() if r.outcome == "running"]
-        interrupted = self.interrupted or (f"session ended while {running[0].gate} was running" if running else "")
-        if green(gs.ledger.state) and not gs.cfg.audit:
+        running = gs.ledger.running()
+        interrupted = self.interrupted or (f"session ended while {running[0]} was running" if running else "")
+        if gs.ledger.green() and not gs.cfg.audit:
             reporting.profile_update(gs)
         try:
             self.exits.drain()
@@ -283,4 +285,4 @@ class HtmlHooks:
 
 
 __all__ = ["SESSION_KEY", "FACTS_KEY", "POOL_KEY", "GateSession", "gate_id", "evidence_for", "run_config_of",
-           "run_folder_of", "ledger_of", "pass_cache_of", "node_pool_of", "facts_of", "reusable", "session_of"]
+           "run_folder_of", "ledger_of", "pass_cache_of", "node_pool_of", "facts_of", "session_of"]

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from modeldrop.config import load_config
-from modeldrop.download import run_hf_download
+from modeldrop.download import DownloadPlan, run_hf_download
 from modeldrop.exo.launcher import ExoLauncher, LaunchError
 from modeldrop.nodes import LocalNode
 from tests_selftest.support.exo_fakes import FakeNode, FakeRunFolder, make_cfg
@@ -31,8 +31,8 @@ def fake_hf(tmp_path):
 
 
 def _download(hf, tmp_path, env, **kw):
-    return run_hf_download(LocalNode("node1"), hf_cmd=str(hf), model_id="org/m", local_dir=str(tmp_path / "m"),
-                           env=env, timeout=10, expected_bytes=None, heartbeat=lambda _l: None, **kw)
+    plan = DownloadPlan(str(hf), "org/m", str(tmp_path / "m"), env=env, timeout_s=10, **kw)
+    return run_hf_download(LocalNode("node1"), plan, lambda _l: None)
 
 
 def test_a_plain_http_endpoint_from_the_nodes_own_environment_gets_no_token(fake_hf, tmp_path, monkeypatch):
