@@ -2,7 +2,7 @@
 
 import pytest
 
-from gates.steps import expected_total
+from modeldrop.download import expected_total
 from modeldrop.exo.preflight import exo_preflight
 from modeldrop.preflight import check_node, preflight_verdict, reach_problems
 
@@ -11,25 +11,29 @@ from modeldrop.preflight import check_node, preflight_verdict, reach_problems
 def test_preflight(run_config, node_pool, on_each_node, run_facts, evidence, hub_expectation):
     """SSH, python3, the exact hf and exo binaries, exo build parity, API port, disk, model dir name and place, reach."""
     nodes = node_pool.all()
-    total = expected_total(run_config, hub_expectation)
+    total = expected_total(run_config, hub_expectation.manifest)
     pre = on_each_node(lambda k: check_node(nodes[k], run_config.node(k), run_config, total))
     problems = [p for k in sorted(pre) for p in pre[k].problems]
     for k, p in pre.items():
         if p.hf:
             run_facts.set_hf_probe(k, p.hf)
     evidence.json("nodes", {f"node{k}": {"facts": p.facts, "hf": p.hf, "disk": p.disk,
-                                         "present_bytes": p.present_bytes, "located": p.located}
+                                         "present_bytes": p.present_bytes, "located": p.located,
+                                         "leftovers": p.leftovers}
                             for k, p in pre.items()})
+    if run_config.online and hub_expectation.error:
+        problems.append(f"{hub_expectation.error} (--online downloads and audits against the hub's file list; check "
+                        f"HF_ENDPOINT and the network from this host, or run without --online)")
     if not problems:
         problems += reach_problems(pre, nodes, run_config)
-    warnings: list[str] = []
+    warnings = [w for k in sorted(pre) for w in pre[k].warnings]
     if not run_config.audit:
         answered = {k: nodes[k] for k in nodes if pre[k].facts}  # one line per unreachable node is enough
         exo = exo_preflight(answered, run_config)
         for k, build in exo.builds.items():
             run_facts.set_exo_build(k, build)
         evidence.json("exo", exo.evidence)
-        problems, warnings = problems + exo.problems, exo.warnings
+        problems, warnings = problems + exo.problems, warnings + exo.warnings
     verdict = preflight_verdict(problems, warnings, len(nodes))
     for line in verdict.warnings:
         evidence.note("warning", line)

@@ -2,16 +2,17 @@
 
 import pytest
 
-from gates.steps import download_step, verify_step
+from fixtures.downloads import check_download
+from fixtures.verify import check_files
 
 
 @pytest.mark.gate("node1_download")
-def test_node1_download(run_config, node_pool, evidence, live, hub_expectation, parallel_downloads):
+def test_node1_download(downloads, evidence):
     """`hf download` into MODEL_DIR_NODE1 exits 0 (with progress heartbeats)."""
-    download_step(1, run_config, node_pool, evidence, live, hub_expectation, parallel_downloads)
+    check_download(1, downloads, evidence)
 
 
 @pytest.mark.gate("node1_verify")
 def test_node1_verify(run_config, node_pool, run_facts, run_folder, evidence, hub_expectation):
     """No markers anywhere, one format, config, index + every shard, headers, counts, total size."""
-    verify_step(1, run_config, node_pool, run_facts, run_folder, evidence, hub_expectation)
+    check_files(1, run_config, node_pool, run_facts, run_folder, evidence, hub_expectation)

@@ -2,16 +2,17 @@
 
 import pytest
 
-from gates.steps import download_step, verify_step
+from fixtures.downloads import check_download
+from fixtures.verify import check_files
 
 
 @pytest.mark.gate("node{k}_download", per_node_from=2)
-def test_nodeK_download(k, run_config, node_pool, evidence, live, hub_expectation, parallel_downloads):
+def test_nodeK_download(k, downloads, evidence):
     """`hf download` into MODEL_DIR_NODEk exits 0 (with progress heartbeats)."""
-    download_step(k, run_config, node_pool, evidence, live, hub_expectation, parallel_downloads)
+    check_download(k, downloads, evidence)
 
 
 @pytest.mark.gate("node{k}_verify", per_node_from=2)
 def test_nodeK_verify(k, run_config, node_pool, run_facts, run_folder, evidence, hub_expectation):
     """MODEL_DIR_NODEk is complete, by the same checks as node 1."""
-    verify_step(k, run_config, node_pool, run_facts, run_folder, evidence, hub_expectation)
+    check_files(k, run_config, node_pool, run_facts, run_folder, evidence, hub_expectation)

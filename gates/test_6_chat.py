@@ -9,7 +9,8 @@ from modeldrop.exo.observe import run_chats, runner_lag
 @pytest.mark.gate("chat")
 def test_chat(run_config, exo_running, exo_report, evidence):
     """HTTP 200, a complete body, text or reasoning_content; latency recorded. Runner maps are evidence only."""
-    verdict = run_chats(exo_running.urls(), run_config.model_id, run_config.chat_stall_s)
+    verdict = run_chats(exo_running.urls(), run_config.model_id, stall_s=run_config.chat_stall_s,
+                        timeout_s=run_config.chat_timeout_s)
     evidence.json("chat", verdict.details)
     evidence.note("verdict", verdict.summary)
     if not verdict.ok:

@@ -1,8 +1,8 @@
 """The remote processes a run started and has not yet seen end, so every exit path can stop them.
 
 Contract:
-- `RemoteProcess(node, pid, what, needles)`: a process the run started on a node; `needles` are strings its
-  command line must still contain for it to be ours (the pid alone may have been reused).
+- `RemoteProcess(node, pid, what, needles)`: a process the run started on a node; `needles` are words its
+  command line must still hold, each as a whole word, for it to be ours (the pid alone may have been reused).
 - `REGISTRY.register(proc) -> token` when the pid is known, `REGISTRY.done(token)` when it ended normally.
   A process whose command line carries a nonce of ours (a probe's `modeldrop-probe <name> <nonce>`) is
   registered before it starts, with pid None, and `REGISTRY.identified(token, pid)` fills the pid in when the
@@ -39,17 +39,9 @@ class Node(Protocol):
     def run_probe(self, name: str, args: dict, *, timeout: float = 60,
                   register: bool | None = None) -> dict[str, Any]: ...
 
-# Prints `modeldrop-pid <pid>` on stderr, then execs the command in the same process (so the pid is the
-# command's own): `/bin/sh -c REPORT_PID sh argv...`.
-REPORT_PID = f'echo "{PID_TAG} $$" >&2; exec "$@"'
 DRAIN_DEADLINE_S = 90.0
 STOP_PROBE_TIMEOUT_S = 60.0
 STOP_BUDGET_S = 2 * STOP_PROBE_TIMEOUT_S  # stop_remote's worst case: the procs probe, then the stop probe
-
-
-def with_pid_report(argv: list[str]) -> list[str]:
-    """argv run through /bin/sh so that its pid is printed first on stderr (see `parse_pid_line`)."""
-    return ["/bin/sh", "-c", REPORT_PID, "sh", *argv]
 
 
 def parse_pid_line(line: str) -> int | None:
@@ -84,8 +76,9 @@ def stop_remote(proc: RemoteProcess, grace_s: float = 10, timeout_s: float = STO
         if not found:
             return f"{proc.label()}: gone"
         info = found[0]
-        line = " ".join(info.get("cmdline") or [])
-        missing = [n for n in proc.needles if n not in line]
+        words = list(info.get("cmdline") or [])
+        line = " ".join(words)
+        missing = [n for n in proc.needles if n not in words]
         if missing:
             return f"{proc.label()}: left alone: pid now runs {line[:120]!r} (not ours)"
         return f"{proc.label()}: {_stop_checked(proc.node, info, grace_s, timeout_s)}"

@@ -15,9 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from modeldrop import envfile, profiles, validate
+from modeldrop import envfile, exo_flags, profiles, validate
 from modeldrop.errors import InputError
-from modeldrop.exo import flags
 from modeldrop.redaction import redact_mapping
 
 MAX_NODES = 4
@@ -59,7 +58,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("CLUSTER_WINDOW_S", "--cluster-window", "duration", 60.0, "how long the cluster may show fewer than N nodes before the isolation fast stop"),
     Option("SETTLE_WINDOW_S", "--settle-window", "duration", 10.0, "how long exo must stay up without exits or restarts at startup"),
     Option("READY_TIMEOUT_S", "--ready-timeout", "duration", 600.0, "deadline for every runner to reach Ready"),
-    Option("CHAT_STALL_S", "--chat-stall-window", "duration", 30.0, "how long a chat stream may go without a new token before the chat gate calls it stalled"),
+    Option("STALL_WINDOW_S", "--stall-window", "duration", 180.0,
+           "how long a download may bring no new byte before it is stopped as stalled (the hub stopped answering; "
+           "a slow link still brings bytes); also bounds each hub look-up, at most 60 s"),
+    Option("CHAT_TIMEOUT_S", "--chat-timeout", "duration", 120.0,
+           "how long one chat request of the chat gate may take in all, connect to last byte"),
+    Option("CHAT_STALL_S", "--chat-stall-window", "duration", 30.0,
+           "how long a chat stream may go without a new token before the chat gate calls it stalled"),
     Option("EXO_SHARDING", "--sharding", "choice", None, "placement sharding (default from the profile, else Pipeline)", ("Pipeline", "Tensor")),
     Option("EXO_INSTANCE_META", "--instance-meta", "choice", None, "placement transport (default from the profile, else MlxRing)", ("MlxRing", "MlxJaccl")),
     Option("HF_REVISION", "--revision", "str", "main", "hub revision to download and audit"),
@@ -154,6 +159,8 @@ class RunConfig:
     cluster_window_s: float = 60.0
     settle_window_s: float = 10.0
     ready_timeout_s: float = 600.0
+    stall_window_s: float = 180.0
+    chat_timeout_s: float = 120.0
     chat_stall_s: float = 30.0
     hf_revision: str = "main"
     hf_endpoint: str | None = None
@@ -168,7 +175,7 @@ class RunConfig:
     ssh_config: str = "~/.ssh/config"
     ssh_known_hosts: str = "~/.ssh/known_hosts"
     sources: dict[str, str] = field(default_factory=dict)
-    values: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict, repr=False)  # HF_TOKEN among them: never in a repr
     env_file: Path | None = None
     sandbox: bool = False
 
@@ -362,7 +369,7 @@ def _instance_id(given: str | None, folder: str, model: str, source: Mapping[str
 def _extra_args(value: str | None, source: Mapping[str, str]) -> tuple[str, ...]:
     """EXO_EXTRA_ARGS split and checked against exo's known flags (InputError naming the line)."""
     try:
-        return flags.parse_extra_args(value or "", _where(source, "EXO_EXTRA_ARGS"))
+        return exo_flags.parse_extra_args(value or "", _where(source, "EXO_EXTRA_ARGS"))
     except ValueError as e:
         raise InputError(str(e)) from None
 

@@ -4,9 +4,13 @@ an outer limit always leaves the inner cleanup its time.
 Contract:
 - `BENCH_CASE_TIMEOUT_S`: one benchmark case; `FIXTURE_SETUP_S`: one fixture's setup; `TEARDOWN_S`: one
   test's teardown, the session fixtures' included (stopping a 4-node cluster and its canary one by one).
-- `alarm(seconds, what)`: a context that raises `DeadlineExceeded(what …)` in the main thread after
-  `seconds` (SIGALRM timer); it restores an enclosing alarm on exit, and where the enclosing one would fire
-  first it leaves it alone (the outer limit is the tighter one). Elsewhere than the main thread, a no-op.
+- `alarm(seconds, what, error=DeadlineExceeded)`: a context that raises `error("what still running after …")`
+  in the main thread after `seconds` (SIGALRM timer); it restores an enclosing alarm on exit, and where the
+  enclosing one would fire first it leaves it alone (the outer limit is the tighter one). Elsewhere than the
+  main thread, a no-op.
+- `DeadlineExceeded` is a BaseException, like pytest's own outcomes: the `except Exception` of an evidence
+  collector (`call_safely`), a poll or a best-effort step never swallows it, so a limit ends the work it
+  bounds. (The plugin raises a subclass that is also pytest's failure outcome, so pytest still records it.)
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from modeldrop.exo.launcher import STOP_GRACE_S
@@ -28,13 +32,14 @@ FIXTURE_SETUP_S = 900
 TEARDOWN_S = 2 * MAX_NODES * (STOP_GRACE_S + PROBE_TIMEOUT_S) + CLEANUP_S
 
 
-class DeadlineExceeded(Exception):
-    """A bounded wait ran out (see `alarm`)."""
+class DeadlineExceeded(BaseException):
+    """A bounded wait ran out (see `alarm`); not an Exception, so `except Exception` lets it through."""
 
 
 @contextmanager
-def alarm(seconds: float, what: str) -> Iterator[None]:
-    """Raise DeadlineExceeded after `seconds` inside the block (see the module docstring)."""
+def alarm(seconds: float, what: str,
+          error: Callable[[str], BaseException] = DeadlineExceeded) -> Iterator[None]:
+    """Raise error(message) after `seconds` inside the block (see the module docstring)."""
     outer_left, _ = signal.getitimer(signal.ITIMER_REAL) if _main() else (0.0, 0.0)
     if not _main() or seconds <= 0 or (outer_left and outer_left <= seconds):
         yield
@@ -43,7 +48,7 @@ def alarm(seconds: float, what: str) -> Iterator[None]:
     t0 = time.monotonic()
 
     def fire(signum: int, frame: object) -> None:
-        raise DeadlineExceeded(f"{what} still running after {seconds:g}s")
+        raise error(f"{what} still running after {seconds:g}s")
 
     signal.signal(signal.SIGALRM, fire)
     signal.setitimer(signal.ITIMER_REAL, seconds)

@@ -1,13 +1,24 @@
 """`hf download` on a node, with live progress heartbeats and the hub's reason when it fails.
 
-`run_hf_download` runs `<hf_cmd> download <model> --local-dir <dir> [--include p]… [--revision r]
---format json` on the node (env in the command; HF_TOKEN travels on the command's stdin, never on a command
-line, is redacted everywhere, and is refused for a plain-http non-loopback HF_ENDPOINT unless
-`allow_insecure_hub`), and while it runs polls the
-`dirsize` probe on a second channel at least every `interval_s` seconds, calling `heartbeat` with a line
-like `node1 download: 12.0 MiB / 34.5 MiB (35%), 4.1 MiB/s, ETA 0:05`. hf's retry / rate-limit warnings
-are passed on as heartbeats too. An exit code of 0 is not proof of a complete download (the verify gate
-decides); `hub_reason` says what the hub answered when hf reports it.
+`plan_download(cfg, k, expectation, limit_s)` is node k's download as the run configures it (`DownloadPlan`:
+hf at HF_CMD_NODEk into MODEL_DIR_NODEk, HF_INCLUDE, HF_REVISION, the hub's endpoint and token, the total it
+should reach, the node-side limit and the stall window). `run_hf_download(node, plan, heartbeat)` runs
+`<hf_cmd> download <model> --local-dir <dir> [--include p]… [--revision r] --format json` on the node (env in
+the command; HF_TOKEN travels on the command's stdin, never on a command line, is redacted everywhere, and is
+refused for a plain-http non-loopback HF_ENDPOINT unless `allow_insecure_hub`), and while it runs polls the
+`dirsize` probe on a second channel at least every `interval_s` seconds, calling `heartbeat` with a line like
+`node1 download: 12.0 MiB / 34.5 MiB (35%), 4.1 MiB/s, ETA 0:05`. hf's retry / rate-limit warnings are
+passed on as heartbeats too. An exit code of 0 is not proof of a complete download (the verify gate
+decides); `hub_reason` says what the hub answered when hf reports it, and `download_verdict` is the
+download gate's judgement of a result.
+
+hf runs under `Node.supervise`: it ends on the node by itself when its limit (plus the node's slack) has
+passed or the controller's connection is gone, it is recorded on the node while it runs (the next run's
+preflight finds it if it outlived a crashed controller), and with a stall window it is stopped on the node
+when no new byte arrived under the target dir for that long: `DownloadResult.stalled`, with a reason naming
+the endpoint and the last file hf started (a slow link still brings bytes; a hub that stopped answering none).
+The limit a gate gives hf follows the gate's own (`hf_limit_for_gate`), so `modeldrop_gate_timeouts
+download=28800` lengthens the download too.
 """
 
 from __future__ import annotations
@@ -19,20 +30,25 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from modeldrop.cleanup import PID_TAG, REGISTRY, RemoteProcess, parse_pid_line, with_pid_report
+from modeldrop import hub
+from modeldrop.config import RunConfig
 from modeldrop.errors import CommandTimeout, NodeError
-from modeldrop.hub import insecure_endpoint_problem
 from modeldrop.nodes import Node, tail
+from modeldrop.verdict import Verdict
 
 HF_QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
                 "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
 MiB = 1024 * 1024
 TIMEOUT_RC = 124
-HF_DOWNLOAD_TIMEOUT_S = 4 * 3600.0  # node-side limit of one `hf download`
+STALL_RC = 3  # what a stalled download's result says in place of hf's own rc (hf was stopped)
+DEFAULT_HUB = "https://huggingface.co"
+HF_DOWNLOAD_TIMEOUT_S = 4 * 3600.0  # the limit of one `hf download` under the gate table's download limit
 STOP_GRACE_S = 10.0
 PROBE_TIMEOUT_S = 60.0
-# after the node-side timeout: the progress thread's last probe, then finding and stopping the remote hf
+# after the timeout: the progress thread's last probe, then finding and stopping the remote hf
 CLEANUP_BUDGET_S = 3 * PROBE_TIMEOUT_S + STOP_GRACE_S + 5 * 60
+# what a download gate spends besides hf itself: the hub look-up for the total, the cleanup, a margin
+GATE_OVERHEAD_S = 900.0
 _FORWARD = re.compile(r"rate limit|retry|retrying|429|5\d\d |resume|warning|error", re.I)
 _KNOWN_REASONS = tuple(re.compile(rx + r"[^\n]*", re.I) for rx in (
     r"429 Too Many Requests", r"Repository Not Found|RepositoryNotFoundError", r"Revision Not Found",
@@ -52,6 +68,82 @@ class DownloadResult:
     hub_reason: str | None
     timed_out: bool = False
     heartbeats: list[str] = field(default_factory=list)
+    stalled: bool = False
+
+
+def hf_limit_for_gate(gate_limit_s: float | None) -> float:
+    """hf's limit inside a download gate whose limit is gate_limit_s (None: the gate table's): the gate's limit
+    less what the gate spends besides hf (GATE_OVERHEAD_S), never below a minute."""
+    if gate_limit_s is None:
+        return HF_DOWNLOAD_TIMEOUT_S
+    return max(60.0, float(gate_limit_s) - GATE_OVERHEAD_S)
+
+
+@dataclass(frozen=True)
+class DownloadPlan:
+    """One node's `hf download`: hf at `hf_cmd` fetches `model_id` (`include`, `revision`) into `local_dir`
+    with `env` (HF_ENDPOINT; an HF_TOKEN in it travels on stdin only), ending on the node after `timeout_s` or
+    after `stall_s` without a new byte (0: no stall window); progress is measured against `expected_bytes`
+    every `interval_s` seconds."""
+
+    hf_cmd: str
+    model_id: str
+    local_dir: str
+    include: tuple[str, ...] = ()
+    revision: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    allow_insecure_hub: bool = False
+    expected_bytes: int | None = None
+    timeout_s: float = HF_DOWNLOAD_TIMEOUT_S
+    stall_s: float = 0.0
+    interval_s: float = 10.0
+
+
+def hub_env(cfg: RunConfig) -> dict[str, str]:
+    """The environment hf needs on a node for the run's hub: HF_ENDPOINT and HF_TOKEN, when set."""
+    return {k: v for k, v in (("HF_ENDPOINT", cfg.hf_endpoint), ("HF_TOKEN", cfg.hf_token)) if v}
+
+
+def expected_total(cfg: RunConfig, expectation: hub.HubExpectation | None = None) -> int | None:
+    """Total bytes a complete download holds: the hub's manifest (given with --online), else one bounded hub
+    look-up per run (none when the online look-up already failed), else the profile's `total_size_bytes`
+    (None when nothing knows)."""
+    expectation = expectation or hub.HubExpectation()
+    if expectation.manifest is not None:
+        return expectation.manifest.total_size
+    total = None
+    if expectation.error is None:
+        total = hub.total_size(cfg.model_id, cfg.hf_revision, tuple(cfg.include), cfg.hf_endpoint, cfg.hf_token,
+                               cfg.allow_insecure_hub, hub.lookup_timeout(cfg.stall_window_s))
+    return total if total is not None else (cfg.profile or {}).get("total_size_bytes")
+
+
+def plan_download(cfg: RunConfig, k: int, expectation: hub.HubExpectation | None = None,
+                  limit_s: float = HF_DOWNLOAD_TIMEOUT_S) -> DownloadPlan:
+    """Node k's own download from the hub into MODEL_DIR_NODEk, as the run configures it (`expectation`: the
+    hub's manifest when the run has it; `limit_s`: hf's limit, see `hf_limit_for_gate`)."""
+    nc = cfg.node(k)
+    return DownloadPlan(hf_cmd=nc.hf_cmd, model_id=cfg.model_id, local_dir=nc.model_dir, include=cfg.include,
+                        revision=cfg.hf_revision, env=hub_env(cfg), allow_insecure_hub=cfg.allow_insecure_hub,
+                        expected_bytes=expected_total(cfg, expectation), timeout_s=limit_s,
+                        stall_s=cfg.stall_window_s)
+
+
+def download_verdict(k: int, plan: DownloadPlan, result: DownloadResult, stopped: str | None = None) -> Verdict:
+    """The download gate's judgement: hf exited 0 and nothing stopped it (a stop names why: another node's
+    download failed, or the session ended; a stall names the hub that stopped answering). A failure's problem is
+    its one-line evidence, its summary the gate's message."""
+    what = f"node{k}: hf download {plan.model_id} into {plan.local_dir}"
+    if stopped:
+        return Verdict.failed(f"node{k} hf download stopped: {stopped}", summary=f"{what} stopped because {stopped}")
+    if result.stalled:
+        return Verdict.failed(f"node{k} hf download stalled: {result.hub_reason}",
+                              summary=f"{what} stalled: {result.hub_reason}")
+    if result.rc != 0:
+        reason = result.hub_reason or (result.stderr_tail.strip().splitlines() or ["no output"])[-1]
+        return Verdict.failed(f"node{k} hf download rc {result.rc}: {reason}",
+                              summary=f"{what} failed (rc {result.rc}): {reason}")
+    return Verdict.passed(f"{what} exited 0", {"rc": 0, "path": result.reported_path})
 
 
 def hf_download_argv(hf_cmd: str, model_id: str, local_dir: str, include: Sequence[str] = (),
@@ -154,68 +246,84 @@ class _Progress:
 
 
 class _HfLines:
-    """The remote hf's output lines: its pid (the first stderr line, see `cleanup.with_pid_report`) is
-    registered for cleanup on every exit path; retry / rate-limit / error lines become heartbeats."""
+    """The remote hf's output lines: retry / rate-limit / error lines become heartbeats."""
 
-    def __init__(self, node: Node, what: str, needles: tuple[str, ...], emit: Callable[[str], None]):
-        self.node, self.what, self.needles, self.emit = node, what, needles, emit
-        self.reg: int | None = None
+    def __init__(self, node: Node, emit: Callable[[str], None]):
+        self.node, self.emit = node, emit
 
     def __call__(self, stream: str, line: str) -> None:
-        pid = parse_pid_line(line) if stream == "stderr" and self.reg is None else None
-        if pid is not None:
-            self.reg = REGISTRY.register(RemoteProcess(self.node, pid, self.what, self.needles))
-        elif stream == "stderr" and line.strip() and _FORWARD.search(line):
+        if stream == "stderr" and line.strip() and _FORWARD.search(line):
             self.emit(f"{self.node.name} hf: {line.strip()[:300]}")
 
 
-def run_hf_download(node: Node, *, hf_cmd: str, model_id: str, local_dir: str, include: Sequence[str] = (),
-                    env: Mapping[str, str] | None = None, timeout: float, expected_bytes: int | None,
-                    heartbeat: Callable[[str], None], interval_s: float = 10, revision: str | None = None,
-                    secrets: Sequence[str] = (), allow_insecure_hub: bool = False) -> DownloadResult:
-    """Run hf download on the node with progress heartbeats; see the module docstring. When the token may not
-    go to HF_ENDPOINT (hub.insecure_endpoint_problem) nothing runs and the result says why (rc 2)."""
-    env = dict(env or {})
+def last_file(paths: Sequence[str]) -> str | None:
+    """The file hf was downloading last, from the files under the target dir (newest first): hf takes
+    `.cache/huggingface/download/<file>.lock` when it starts <file> and puts <file> in place when it is complete,
+    so the newest lock without its file, else the newest lock, else the newest file."""
+    marker = ".cache/huggingface/download/"
+    present = set(paths)
+    locked = [p[len(marker):-len(".lock")] for p in paths if p.startswith(marker) and p.endswith(".lock")]
+    pending = [f for f in locked if f not in present]
+    plain = [p for p in paths if not p.startswith(".cache/")]
+    return (pending or locked or plain or [None])[0]
+
+
+def stall_reason(endpoint: str | None, target_dir: str, still_s: float | None, stall_s: float,
+                 files: Sequence[str]) -> str:
+    """One line: the hub stopped answering (not a slow link), where, since when, and what to do."""
+    where = endpoint or DEFAULT_HUB
+    last = last_file(files)
+    return (f"no new byte under {target_dir} for {still_s or stall_s:g}s (stall window {stall_s:g}s): the hub at "
+            f"{where} stopped answering ({f'last file: {last}' if last else 'no file started'}); a slow link still "
+            f"brings bytes, this brought none. Check that {where} answers from the node, then run again "
+            f"with --resume-bootstrap")
+
+
+def run_hf_download(node: Node, plan: DownloadPlan, heartbeat: Callable[[str], None]) -> DownloadResult:
+    """Run the plan's hf download on the node with progress heartbeats; see the module docstring. When the token
+    may not go to HF_ENDPOINT (the plan's, else the node's own environment's: hub.node_endpoint_problem) nothing
+    runs and the result says why (rc 2)."""
+    env = dict(plan.env)
     token = env.pop("HF_TOKEN", None) or None
-    refused = insecure_endpoint_problem(env.get("HF_ENDPOINT"), token, allow_insecure_hub)
+    node_env = node.facts().get("hf_endpoint_env") if token and not env.get("HF_ENDPOINT") else None
+    refused = hub.node_endpoint_problem(env.get("HF_ENDPOINT"), node_env, token, plan.allow_insecure_hub)
     if refused:  # nothing runs: the token must not leave for this endpoint
         return DownloadResult(2, None, "", "", 0.0, refused)
     env = {k: node.expand_path(v) for k, v in {**HF_QUIET_ENV, **env}.items()}  # HF_HOME=~/… too
     secret_env = {"HF_TOKEN": token} if token else {}
-    secrets = [*secrets, *([token] if token else [])]
+    secrets = [token] if token else []
     unset = [] if "HF_HUB_OFFLINE" in env else ["HF_HUB_OFFLINE"]
-    hf_path, target_dir = node.expand_path(hf_cmd), node.expand_path(local_dir)
-    argv = hf_download_argv(hf_path, model_id, target_dir, include, revision)
+    hf_path, target_dir = node.expand_path(plan.hf_cmd), node.expand_path(plan.local_dir)
+    argv = hf_download_argv(hf_path, plan.model_id, target_dir, plan.include, plan.revision)
+    timeout, interval_s, stall_s = plan.timeout_s, plan.interval_s, plan.stall_s
     beats: list[str] = []
 
     def emit(line: str) -> None:
         beats.append(line)
         heartbeat(line)
 
-    lines = _HfLines(node, f"hf download {model_id}", ("download", target_dir), emit)
-    progress = _Progress(node, target_dir, expected_bytes, emit, interval_s)
+    progress = _Progress(node, target_dir, plan.expected_bytes, emit, interval_s)
     progress.thread.start()
     t0 = time.monotonic()
     try:
-        res = node.stream(with_pid_report(argv), timeout=timeout, env=env, unset_env=unset, on_line=lines,
-                          secrets=secrets, secret_env=secret_env)
-    except CommandTimeout as exc:
+        res = node.supervise(argv, timeout=timeout, what=f"hf download {plan.model_id}", env=env, unset_env=unset,
+                             secret_env=secret_env, secrets=secrets, on_line=_HfLines(node, emit),
+                             stall_dir=target_dir, stall_s=stall_s)
+    except CommandTimeout as exc:  # the supervised hf was stopped by pid before this was raised
         progress.stop.set()
-        stopped = REGISTRY.stop_one(lines.reg) if lines.reg else stop_stray_download(node, hf_path, target_dir)
+        stopped = str(exc).split("; ", 1)[1] if "; " in str(exc) else "stop not confirmed"
+        stray = stop_stray_download(node, hf_path, target_dir)
         return DownloadResult(TIMEOUT_RC, None, "", tail(exc.partial), time.monotonic() - t0,
-                              f"hf download timed out after {timeout:g}s; {stopped}", True, beats)
-    except (KeyboardInterrupt, SystemExit):
-        raise  # the session's cleanup stops the registered hf (a second Ctrl-C must not cut it short here)
-    except BaseException:  # e.g. the gate's own timeout: stop the remote hf before the next gate starts
-        REGISTRY.stop_one(lines.reg)
-        raise
+                              f"hf download timed out after {timeout:g}s; {stopped}; {stray}", True, beats)
     finally:
         progress.stop.set()
         progress.thread.join(timeout=max(PROBE_TIMEOUT_S, interval_s * 3) + 5)
-    REGISTRY.done(lines.reg)
-    stderr = "\n".join(ln for ln in res.stderr.splitlines() if not ln.startswith(PID_TAG))
-    return DownloadResult(res.rc, parse_reported_path(res.stdout), tail(res.stdout), tail(stderr),
-                          res.duration_s, hub_reason(stderr), False, beats)
+    if res.ended == "stalled":
+        reason = stall_reason(env.get("HF_ENDPOINT"), target_dir, res.still_s, stall_s, res.last_files)
+        return DownloadResult(STALL_RC, None, tail(res.stdout), tail(res.stderr), res.duration_s, reason, False,
+                              beats, stalled=True)
+    return DownloadResult(res.rc, parse_reported_path(res.stdout), tail(res.stdout), tail(res.stderr),
+                          res.duration_s, hub_reason(res.stderr), False, beats)
 
 
 def stop_stray_download(node: Node, hf_path: str, local_dir: str) -> str:

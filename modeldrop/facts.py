@@ -15,11 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from modeldrop import audit
+import requests
+
+from modeldrop import audit, httpdeadline
 from modeldrop.config import RunConfig
 from modeldrop.errors import NodeError
 from modeldrop.nodepool import NodePool
 from modeldrop.nodes import url_host
+
+EXO_NODE_ID_TIMEOUT_S = 5.0  # connect, headers and body of one /node_id look-up
 
 
 class RunFacts:
@@ -113,11 +117,9 @@ class RunFacts:
         a reboot or a dead API since the pass makes its fingerprint differ (an unreachable API never
         matches anything, not even another unreachable one), even if exo's node id were persistent.
         """
-        import requests
-
         try:
             url = f"http://{url_host(self.pool.get(k).address())}:{self.cfg.api_port}/node_id"
-            r = requests.get(url, timeout=(3, 5))
+            r = httpdeadline.request("GET", url, total_s=EXO_NODE_ID_TIMEOUT_S)
             if r.status_code == 200 and isinstance(r.json(), str):
                 return f"{r.json()}|{self.exo_process(k)}"
         except (NodeError, requests.RequestException, ValueError):
@@ -127,15 +129,16 @@ class RunFacts:
     def exo_process(self, k: int, max_records: int = 8) -> str:
         """`pid P start S argv D` of the newest cluster launch record for node k whose process still runs
         (start time checked), else `no-live-launch-record:<random>`."""
-        from modeldrop.exo.launcher import previous_records
+        from modeldrop.exo.launcher import node_identity, previous_records
         from modeldrop.probes._proc import START_TOLERANCE_S
 
         seen: set[tuple] = set()
-        for rec in previous_records(Path(self.cfg.report_dir), None, k):
+        node = self.pool.get(k)
+        for rec in previous_records(Path(self.cfg.report_dir), None, k, node_identity(node, self.cfg.node(k).target)):
             if rec.role != "cluster" or rec.stopped or (rec.pid, rec.start) in seen or len(seen) >= max_records:
                 continue
             seen.add((rec.pid, rec.start))
-            rows = self.pool.get(k).run_probe("procs", {"pids": [rec.pid], "exe_paths": None}, timeout=60)["procs"]
+            rows = node.run_probe("procs", {"pids": [rec.pid], "exe_paths": None}, timeout=60)["procs"]
             if any(rec.start is not None and row.get("start") is not None
                    and abs(float(row["start"]) - float(rec.start)) <= START_TOLERANCE_S for row in rows):
                 argv = hashlib.sha256(json.dumps(rec.argv).encode()).hexdigest()[:12]

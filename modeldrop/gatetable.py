@@ -1,10 +1,12 @@
 """The gate table: every fact about each phase gate of a bootstrap, in one place.
 
 A gate has an id (or a per-node pattern `node{k}_<kind>`), the phase number the bootstrap guide
-gives it, a default timeout, the options and measured facts its pass fingerprint holds, whether it
-talks to a running EXO, whether it belongs to an audit, and what it passes on. The run order,
-each gate's upstream, fingerprints, timeouts, failure signatures, the hand-off's phase labels and
-the README's gate table are all derived from `GATES`.
+gives it, a default timeout, what it passes on and what stops the bootstrap at it (the one wording the
+README, the hand-off and the runbook print), the options, measured facts and tools its pass fingerprint
+holds, its `--resume-bootstrap` chain, whether it talks to a running EXO (and whether EXO was started
+before it runs), and whether it belongs to an audit. The run order, each gate's upstream, fingerprints,
+timeouts, pass reuse, failure signatures, the hand-off's phase labels and criteria and the README's
+gate table are all derived from `GATES`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ _EXO_OPTS = ("ONLINE", "EXO_API_PORT", "EXO_NAMESPACE")
 _PLACED_OPTS = (*_EXO_OPTS, "EXO_SHARDING", "EXO_INSTANCE_META")
 _FILE_OPTS = ("ONLINE", "HF_INCLUDE")
 _EXO_FACTS = ("hub_commit", "exo_versions")
+_EXO_TOOL = ("exo_cmd",)
+# --resume-bootstrap chains in run order: a gate that runs (no reusable pass) breaks its own chain and every
+# later one, so nothing after it is reused; "none" (preflight) breaks nothing but itself.
+RESUME_CHAINS = ("files", "exo")
 
 
 @dataclass(frozen=True)
@@ -23,10 +29,15 @@ class Gate:
     """One row of the gate table.
 
     `id` is a gate id, or a pattern with `{k}` for a gate that runs once per node. `phase` is the
-    guide's phase number (`later_phase` for nodes 2..N of a per-node gate). `options` are the config
-    keys and `facts` the measured facts (`hub_commit`, `exo_versions`, `manifests`) its fingerprint
-    holds. `needs_exo`: the gate talks to a running EXO. `cluster`: its pass is about the running
-    EXO processes (a restart invalidates it). `audit`: it runs in an `--audit` (files only).
+    guide's phase number (`later_phase` for nodes 2..N of a per-node gate). `passes_when` / `stops_when`
+    are its criteria (`{k}` is the node). `options` are the config keys and `facts` the measured facts
+    (`hub_commit`, `exo_versions`, `manifests`) its fingerprint holds (`audit_facts` in an `--audit`, when
+    they differ); `tools` the NodeConfig fields of the tools it runs (a pass does not carry over to another
+    binary), `tool_versions` whether it also holds what they answer. `resume` is its `--resume-bootstrap`
+    chain and `resumed_by` the kind of gate on the same node whose pass stands in for its own.
+    `needs_exo`: the gate talks to a running EXO; `after_start`: EXO was started before it runs (a dead
+    exo process is a diagnosis). `cluster`: its pass is about the running EXO processes (a restart
+    invalidates it). `audit`: it runs in an `--audit` (files only).
     """
 
     id: str
@@ -36,7 +47,14 @@ class Gate:
     options: tuple[str, ...]
     facts: tuple[str, ...]
     passes_when: str
+    stops_when: str
+    tools: tuple[str, ...] = ()
+    tool_versions: bool = False
+    audit_facts: tuple[str, ...] | None = None
+    resume: str = "exo"
+    resumed_by: str | None = None
     needs_exo: bool = False
+    after_start: bool = False
     cluster: bool = False
     audit: bool = False
     later_phase: str | None = None
@@ -52,6 +70,14 @@ class Gate:
     def phase_for(self, k: int | None) -> str:
         return self.later_phase if (k or 1) > 1 and self.later_phase else self.phase
 
+    def criteria_for(self, k: int | None) -> tuple[str, str]:
+        """(passes when, stops when) for node `k`'s gate (node 1 when None)."""
+        return self.passes_when.replace("{k}", str(k or 1)), self.stops_when.replace("{k}", str(k or 1))
+
+    def facts_for(self, audit: bool) -> tuple[str, ...]:
+        """The measured facts its fingerprint holds in a bootstrap, or in an `--audit`."""
+        return self.audit_facts if audit and self.audit_facts is not None else self.facts
+
 
 # Each limit leaves the node-side limits inside the gate (and their cleanup) their time: checked by
 # tests_selftest/unit/gatetable/test_timeout_nesting.py against the library's own constants.
@@ -61,40 +87,53 @@ GATES: tuple[Gate, ...] = (
          "(MLX, Python, macOS drift warned), EXO_EXTRA_ARGS in every `exo --help`, API port free, disk free ≥ "
          "model size + margin, model dir ends in `org--name` and its parent is writable, the model not complete "
          "in another dir while the configured one is empty (model dir mismatch: a fast stop naming both paths), "
-         "nodes reach each other", audit=True),
+         "nodes reach each other",
+         "a node unreachable; a binary missing on one node; disk clearly insufficient; the model complete in "
+         "another dir (model dir mismatch); exo build drift",
+         tools=("hf_cmd", "exo_cmd", "python_cmd"), tool_versions=True, audit_facts=(), resume="none", audit=True),
     Gate("node{k}_download", "download", "1", 4 * 3600 + 900, (*_FILE_OPTS, "HF_REVISION"), (),
-         "`hf download` into MODEL_DIR_NODE1 exits 0, with a progress line at least every 10 s", later_phase="2"),
-    Gate("node{k}_verify", "verify", "1A", 9000,
-         (*_FILE_OPTS, "FAST", "VERIFY_HASHES", "EXPECTED_SAFE_TENSOR_COUNT", "EXPECTED_GGUF_COUNT"),
+         "`hf download` into MODEL_DIR_NODE{k} exits 0, with a progress line at least every 10 s",
+         "hf fails after its own retries", tools=("hf_cmd",), resume="files", resumed_by="verify", later_phase="2"),
+    Gate("node{k}_verify", "verify", "1A", 9000,  # the revision: a download falls back to this pass on a resume
+         (*_FILE_OPTS, "HF_REVISION", "FAST", "VERIFY_HASHES", "EXPECTED_SAFE_TENSOR_COUNT", "EXPECTED_GGUF_COUNT"),
          ("hub_commit", "manifests"),
          "no `.incomplete`/`.part`/`.partial` anywhere; one weight format; config.json; index and every shard; "
-         "safetensors headers match file sizes; counts; total size against the hub's tree", audit=True,
-         later_phase="2A"),
+         "safetensors headers match file sizes; counts; total size against the hub's tree",
+         "a marker remains after a retry; counts fail; a file missing or of another size",
+         resume="files", audit=True, later_phase="2A"),
     Gate("node1_canary", "canary", "1B", 900, ("ONLINE", "EXO_API_PORT"), (*_EXO_FACTS, "manifests"),
          "exo alone on node 1 (offline, no downloads) has a card for the model (the unfiltered `/v1/models`; when "
          "it has none, `POST /models/add`, recorded) and lists the model under `?status=downloaded`; then stopped "
-         "by pid", needs_exo=True),
+         "by pid",
+         "API unreachable; exo exits; the model is not listed (fix node 1 and restart from Phase 1)",
+         tools=_EXO_TOOL, needs_exo=True),
     Gate("parity", "parity", "3", 900, ("FAST", "HF_INCLUDE"), ("hub_commit", "manifests"),
-         "every node holds the same (path, size) manifest, `.cache/huggingface/` and macOS litter excluded (a `.metadata` of a file no longer there is noise, listed, never a failure)",
-         audit=True),
+         "every node holds the same (path, size) manifest, `.cache/huggingface/` and macOS litter excluded (a "
+         "`.metadata` of a file no longer there is noise, listed, never a failure)",
+         "shard count or size mismatch; a node missing index/config files", resume="files", audit=True),
     Gate("startup", "startup", "4", 1200, _EXO_OPTS, _EXO_FACTS,
          "exo on every node with identical flags, each API answers, nothing exits or restarts in the settle window "
          "(the cluster-join wait runs during it)",
-         needs_exo=True, cluster=True),
+         "immediate crash loop; API unreachable", tools=_EXO_TOOL, needs_exo=True, cluster=True),
     Gate("cluster", "cluster", "5", 1200, _EXO_OPTS, _EXO_FACTS,
          "`topology` lists N nodes with connections both ways (fewer than N for longer than the window is a fast "
          "stop); then every node's `/v1/models` lists the model's card, added where missing",
-         needs_exo=True, cluster=True),
+         "isolated (fewer than N nodes) for longer than the cluster window",
+         tools=_EXO_TOOL, needs_exo=True, after_start=True, cluster=True),
     Gate("placement", "placement", "5", 3600, _PLACED_OPTS, _EXO_FACTS,
          "placement for `min_nodes=N` succeeds, the instance is created, every runner reaches Ready/Running; "
          "while `/state` shows no runner of it, a chat through every node decides (serving truth; no runners "
          "and no chat by the deadline is the guide's fast stop)",
-         needs_exo=True, cluster=True),
+         "nodeToRunner stays 0 and no chat succeeds; repeated churn or RunnerFailed",
+         tools=_EXO_TOOL, needs_exo=True, after_start=True, cluster=True),
     Gate("transport", "transport", "6", 1800, _PLACED_OPTS, _EXO_FACTS,
          "the ring addresses the runners announced are in place, no connect errors (errno 60/61/65) in any log",
-         needs_exo=True, cluster=True),
+         "connection refused on transport ports; repeated backoff connect errors",
+         tools=_EXO_TOOL, needs_exo=True, after_start=True, cluster=True),
     Gate("chat", "chat", "7", 1800, _PLACED_OPTS, _EXO_FACTS,
-         "a chat completion, streamed and not, answered through every node's API", needs_exo=True, cluster=True),
+         "a chat completion, streamed and not, answered through every node's API",
+         "timeout; broken transport message; incomplete response",
+         tools=_EXO_TOOL, needs_exo=True, after_start=True, cluster=True),
 )
 BY_KIND: dict[str, Gate] = {g.kind: g for g in GATES}
 # the gate whose pass means "the model is served": benchmarks start only after it passed
@@ -166,23 +205,53 @@ def timeout_of(gate: str) -> float:
     return float(row.timeout_s) if row else DEFAULT_TIMEOUT_S
 
 
-def exo_gates() -> tuple[str, ...]:
-    """Ids of the gates that talk to a running EXO (the gates EXO failure signatures apply to)."""
-    return tuple(g.id_for(1) for g in GATES if g.needs_exo)
+def criteria_of(gate: str) -> tuple[str, str]:
+    """(passes when, stops when) of a gate id, its node filled in (`—` twice when the table does not know it)."""
+    row = gate_of(gate)
+    return row.criteria_for(gate_node(gate)) if row else ("—", "—")
+
+
+def exo_gates(after_start: bool | None = None) -> tuple[str, ...]:
+    """Ids of the gates that talk to a running EXO (the gates EXO failure signatures apply to); with
+    `after_start` only those that run after EXO was started (True) or that start it (False)."""
+    return tuple(g.id_for(1) for g in GATES if g.needs_exo and after_start in (None, g.after_start))
+
+
+def after_exo_start(gate: str) -> bool:
+    """True for a gate that runs after the cluster's EXO was started (its death is then a diagnosis)."""
+    row = gate_of(gate)
+    return bool(row and row.after_start)
+
+
+def resume_chain(gate: str) -> str:
+    """The --resume-bootstrap chain of a gate id: "files", "exo" (also for an id the table does not know)
+    or "none" (preflight: read-only, and an --audit's preflight differs from a bootstrap's)."""
+    row = gate_of(gate)
+    return row.resume if row else "exo"
+
+
+def chains_broken_by(chain: str) -> set[str]:
+    """The chains a gate of `chain` breaks when it runs under --resume-bootstrap: its own and every later one."""
+    return set(RESUME_CHAINS[RESUME_CHAINS.index(chain):]) if chain in RESUME_CHAINS else {chain}
+
+
+def resume_stand_ins(gate: str) -> list[str]:
+    """The gate ids whose pass --resume-bootstrap may reuse for `gate`, in order: its own, then the same
+    node's `resumed_by` gate (a verified nodeK_verify means there is nothing to download)."""
+    row, k = gate_of(gate), gate_node(gate)
+    return [gate] + ([node_gate(k, row.resumed_by)] if row and row.resumed_by and k is not None else [])
 
 
 def readme_table() -> str:
     """The README's gate table (markdown), generated from `GATES`."""
     rows = ["| id | phase | passes when |", "|---|---|---|"]
     for g in GATES:
-        if g.per_node:
-            rows.append(f"| {g.id_for(1)} | {g.phase} | {g.passes_when} |")
-        else:
-            rows.append(f"| {g.id} | {g.phase} | {g.passes_when} |")
+        rows.append(f"| {g.id_for(1)} | {g.phase} | {g.criteria_for(1)[0]} |")
     later = [g for g in GATES if g.per_node and g.later_phase]
     if later:
         ids = " / ".join(g.id.replace("{k}", "K") for g in later)
+        phases = "/".join(g.later_phase or "" for g in later)
         rows.insert(2 + GATES.index(BY_KIND["canary"]) + 1,
-                    f"| {ids} | {'/'.join(g.later_phase or '' for g in later)} | the same for nodes 2..N (with `--parallel-downloads` the download started with "
-                    "node 1's; the gate waits for it) |")
+                    f"| {ids} | {phases} | the same for nodes 2..N (with `--parallel-downloads` the download started "
+                    "with node 1's; the gate waits for it) |")
     return "\n".join(rows)

@@ -1,17 +1,21 @@
 """The expected manifest of a model repo at a commit: from the hub (HfApi) or from a node's hf tree cache.
 
 `expected_online` asks the hub on the control host (model_info for the commit, then the recursive tree at
-that commit); `expected_from_cache` reads the `tree` the `manifest` probe found in the model dir's
+that commit; `expected_for(cfg)` asks it as the run configures it, `expectation_for(cfg)` is what the gates
+check files against); `expected_from_cache` reads the `tree` the `manifest` probe found in the model dir's
 `.cache/huggingface/trees/<commit>.json` (offline). Both give an `ExpectedManifest` that `audit.completeness`
 checks the files against. `filter_include` applies `--include` patterns with hf's own semantics.
 
-Every hub look-up is bounded by `HUB_TIMEOUT_S` in total (huggingface_hub's own client has no timeout and
-retries), and a token is only sent to an https endpoint or a loopback one unless the operator allows an
-insecure hub explicitly (`insecure_endpoint_problem`).
+Every hub look-up is bounded in total by `lookup_timeout(stall window)`: at most `HUB_TIMEOUT_S`, less when the
+operator's stall window is shorter (huggingface_hub's own client has no timeout and retries), so a hub that
+accepts connections and never answers costs one window. `total_size` makes the look-up of the download total
+once per run, whatever its outcome. A token is only sent to an https endpoint or a loopback one unless the
+operator allows an insecure hub explicitly (`insecure_endpoint_problem`).
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import threading
 from collections.abc import Callable
@@ -22,9 +26,15 @@ from urllib.parse import urlsplit
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from modeldrop.config import RunConfig
 from modeldrop.errors import InputError, NodeError
 
 HUB_TIMEOUT_S = 60.0
+
+
+def lookup_timeout(stall_window_s: float | None) -> float:
+    """The total bound of one hub look-up: HUB_TIMEOUT_S, or the stall window when that is shorter."""
+    return min(HUB_TIMEOUT_S, float(stall_window_s)) if stall_window_s else HUB_TIMEOUT_S
 INSECURE_HUB_OPTION = "--allow-insecure-hub"
 
 T = TypeVar("T")
@@ -93,6 +103,21 @@ def insecure_endpoint_problem(endpoint: str | None, token: str | None, allow_ins
             f"use https, or pass {INSECURE_HUB_OPTION} (ALLOW_INSECURE_HUB=1) to send it anyway")
 
 
+def node_endpoint_problem(configured: str | None, node_env: str | None, token: str | None,
+                          allow_insecure: bool) -> str | None:
+    """Why HF_TOKEN must not go where `hf` or exo on a node would send it: the configured HF_ENDPOINT, else the
+    one the node's own shell environment sets (`node_env`, from the facts probe); None when it may."""
+    if configured:
+        return insecure_endpoint_problem(configured, token, allow_insecure)
+    if insecure_endpoint_problem(node_env, token, allow_insecure) is None:
+        return None
+    why = ("is not an http(s) URL" if urlsplit(str(node_env)).scheme not in ("http", "https")
+           else "is plain http to a non-loopback host: HF_TOKEN would travel unencrypted")
+    return (f"HF_ENDPOINT {node_env!r} comes from the node's own shell environment (hf and exo use it when the run "
+            f"sets none) and {why}; set an https HF_ENDPOINT in the env file, remove it from that node's shell "
+            f"profile, or pass {INSECURE_HUB_OPTION} to send the token anyway")
+
+
 def check_endpoint(endpoint: str | None, token: str | None, allow_insecure: bool) -> None:
     """Raise InputError (one line) when insecure_endpoint_problem finds one."""
     problem = insecure_endpoint_problem(endpoint, token, allow_insecure)
@@ -150,6 +175,26 @@ def _hub_retry(fn: Callable[[], T]) -> T:
     return retrying(fn)
 
 
+def expected_for(cfg: RunConfig, timeout_s: float | None = None) -> ExpectedManifest:
+    """The hub's manifest of the run's model: `expected_online` at HF_REVISION with HF_INCLUDE, through the
+    configured endpoint and token, within timeout_s (default: the run's look-up bound, `lookup_timeout`);
+    raises as `expected_online` does."""
+    timeout_s = lookup_timeout(cfg.stall_window_s) if timeout_s is None else timeout_s
+    return expected_online(cfg.model_id, revision=cfg.hf_revision, include=cfg.include, endpoint=cfg.hf_endpoint,
+                           token=cfg.hf_token, timeout_s=timeout_s, allow_insecure=cfg.allow_insecure_hub)
+
+
+def expectation_for(cfg: RunConfig) -> HubExpectation:
+    """What the gates check files against: the hub's manifest with `--online` (its error, in one line, when the
+    hub cannot be read), else nothing (offline: each node's cached tree is used)."""
+    if not cfg.online:
+        return HubExpectation()
+    try:
+        return HubExpectation(manifest=expected_for(cfg))
+    except Exception as e:  # noqa: BLE001 - the hub's reason becomes part of the gate's failure
+        return HubExpectation(error=f"{type(e).__name__}: {e}".splitlines()[0])
+
+
 def expected_online(model_id: str, revision: str = "main", include=(), endpoint: str | None = None,
                     token: str | None = None, *, timeout_s: float = HUB_TIMEOUT_S,
                     allow_insecure: bool = False) -> ExpectedManifest:
@@ -184,6 +229,18 @@ def _list_online(model_id: str, revision: str, endpoint: str | None,
                                   sha256=e.lfs.sha256 if e.lfs else None, blob_id=e.blob_id)
              for e in entries if isinstance(e, RepoFile)}
     return commit, files
+
+
+@functools.lru_cache(maxsize=32)
+def total_size(model_id: str, revision: str, include: tuple[str, ...], endpoint: str | None, token: str | None,
+               allow_insecure: bool, timeout_s: float) -> int | None:
+    """The bytes a complete download holds, from the hub (None when the hub does not tell within timeout_s);
+    asked once per run and arguments, a failure included."""
+    try:
+        return expected_online(model_id, revision, include, endpoint, token, timeout_s=timeout_s,
+                               allow_insecure=allow_insecure).total_size
+    except Exception:  # noqa: BLE001 - the total only sizes progress lines and the disk check
+        return None
 
 
 def expected_from_cache(manifest_result: dict, include=()) -> ExpectedManifest | None:

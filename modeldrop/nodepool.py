@@ -25,8 +25,9 @@ def make_node(name: str, target: str, **ssh_options: Any) -> Node:
 class NodePool:
     """Lazily connected nodes of one run, keyed by 1-based index."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, run_id: str | None = None):
         self.cfg = cfg
+        self.run_id = run_id  # named in the node-side records of long work (see nodes.py)
         self._nodes: dict[int, Node] = {}
         self._lock = threading.Lock()
 
@@ -42,6 +43,7 @@ class NodePool:
                     accept_new_host_keys=bool(self.cfg.accept_new_host_keys),
                     python_cmd=nc.python_cmd,
                 )
+                self._nodes[k].run_id = self.run_id
             return self._nodes[k]
 
     def all(self) -> dict[int, Node]:

@@ -19,10 +19,15 @@ Contract:
   appended to the first user file). Targets are `user@host[:port]`, `user@[v6addr][:port]` or an alias.
 - `secrets` (and `secret_env` values) are replaced by `***` in the transcript, the returned result and
   every error message.
-- `run_probe(name, args)` sends `modeldrop/probes/<name>.py` to the node's python on stdin (one round trip,
-  nothing written on the node) and returns the JSON object it printed; the interpreter is picked once per
-  node by `probes.PYTHON_PICK` unless `python_cmd` is given. A long probe is registered for cleanup while it
-  runs (the rule is in `run_probe`'s docstring).
+- `run_probe(name, args)` sends `modeldrop/probes/<name>.py` to the node's python on stdin (one round trip)
+  and returns the JSON object it printed; the interpreter is picked once per node by `probes.PYTHON_PICK`
+  unless `python_cmd` is given. A long probe is registered for cleanup while it runs, and runs under node-side
+  limits (`probes/_watch.py`): it ends by itself NODE_SLACK_S after its timeout or at its first heartbeat after
+  the controller's connection is gone, and a small record of it (pid, start, run id, what) sits in the node
+  user's `~/.modeldrop/running/` while it runs (the rule is in `run_probe`'s docstring).
+- `supervise(argv, ...)` runs a long command (`hf download`) the same way, under the `supervise` probe: streamed
+  like `stream`, registered, recorded and limited on the node like a long probe, and stopped on the node when
+  nothing grows under `stall_dir` for `stall_s`.
 """
 
 from __future__ import annotations
@@ -51,6 +56,22 @@ TAIL_CHARS = 2000
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LOGIN_SHELL_SAFE = re.compile(r"[ -~]*")  # printable ASCII; backslash and `!` are checked apart
 LONG_PROBE_S = 60.0  # a probe allowed more than this is registered for cleanup while it runs (see run_probe)
+NODE_SLACK_S = 15.0  # a watched command's node-side limit is its timeout plus this (the controller's stop comes first)
+
+
+@dataclass
+class Supervised:
+    """What a supervised command did: its own rc, how it ended ("exited", "stalled", "not-started", "stopped":
+    the probe ended without a result), output (redacted, heartbeats removed), wall time, and for a stall the
+    files that changed last and how long nothing grew."""
+
+    rc: int
+    ended: str
+    stdout: str
+    stderr: str
+    duration_s: float
+    last_files: list[str] = field(default_factory=list)
+    still_s: float | None = None
 
 
 @dataclass
@@ -96,7 +117,10 @@ class _Lines:
             self._call(line.decode("utf-8", "replace").rstrip("\r"))
 
     def _call(self, line: str) -> None:
-        """Hand a line to on_line; a failing callback must not stop the draining (the command would stall)."""
+        """Hand a line to on_line (not a watched probe's heartbeat); a failing callback must not stop the draining
+        (the command would stall)."""
+        if line == probes.ALIVE:
+            return
         try:
             self.on_line(self.name, line)
         except Exception:  # noqa: BLE001
@@ -163,6 +187,7 @@ class Node(ABC):
 
     name: str
     target: str
+    run_id: str | None = None  # the run a node-side record of long work names (set by the NodePool)
 
     def __init__(self, name: str, target: str, *, python_cmd: str | None = None):
         self.name, self.target = name, target
@@ -219,26 +244,48 @@ class Node(ABC):
         fresh nonce) and, once the python reports it first thing, its pid; it ends when the probe returns, or
         on a connection error before any pid was reported. When the wait times out, or a gate's limit or a
         deadline cuts it short, the probe is stopped at once (the timeout's message says how); on Ctrl-C or
-        SIGTERM, or a lost connection, it stays registered for the session's drain."""
-        payload = probes.probe_payload(name, args)
+        SIGTERM, or a lost connection, it stays registered for the session's drain. A registered probe also runs
+        under node-side limits (`probes.watch_spec`: timeout + NODE_SLACK_S, or its controller gone)."""
         nonce = probes.new_nonce()
         cmd = self._python_exec(name, args, nonce)
         long_probe = register if register is not None else timeout > LONG_PROBE_S and name != "stop"
         watch = _ProbeWatch(self, name, nonce) if long_probe else None
-        res = self._run_watched(cmd, payload, timeout, watch)
-        picked, stderr = probes.parse_picked(res.stderr)
-        stderr = "".join(ln for ln in stderr.splitlines(keepends=True) if parse_pid_line(ln) is None)
-        if picked and self.python_cmd is None:
-            self._picked_python = picked
-        if res.rc == probes.NO_PYTHON_RC and "NO_PYTHON" in stderr:
-            raise NodeError(f"{self.name} ({self.target}): no usable python3 (tried /opt/homebrew/bin/python3, "
-                            "/usr/local/bin/python3, $(xcode-select -p)/usr/bin/python3, /usr/bin/python3); "
-                            "install Command Line Tools or Homebrew python, or set the node's python_cmd")
+        if long_probe:
+            args = {**args, "_watch": probes.watch_spec(timeout + NODE_SLACK_S, f"probe {name}", self.run_id)}
+        res = self._run_watched(cmd, probes.probe_payload(name, args), timeout, watch)
+        stderr = self._probe_stderr(res)
         result = probes.parse_result(res.stdout) if res.rc == 0 else None
         if result is None:
             raise NodeError(f"{self.name} ({self.target}): probe {name} failed (rc {res.rc}): "
                             f"{_last_lines(stderr or res.stdout)}")
         return result
+
+    def supervise(self, argv: Sequence[str], *, timeout: float, what: str, env: Mapping[str, str] | None = None,
+                  unset_env: Sequence[str] = (), secret_env: Mapping[str, str] | None = None,
+                  secrets: Sequence[str] = (), on_line: LineCallback | None = None, stall_dir: str | None = None,
+                  stall_s: float = 0.0) -> Supervised:
+        """Run argv on the node under the `supervise` probe (see the module docstring): on_line gets its output
+        lines as they come; CommandTimeout after `timeout` (the command stopped first, as for a long probe);
+        NodeError when the node cannot be reached."""
+        nonce = probes.new_nonce()
+        args = {"argv": [str(a) for a in argv], "stall_dir": stall_dir, "stall_s": stall_s}
+        cmd = self._python_exec("supervise", args, nonce, env=env, unset_env=unset_env, secret_env=secret_env)
+        watch = _ProbeWatch(self, "supervise", nonce, what)
+        args["_watch"] = probes.watch_spec(timeout + NODE_SLACK_S, what, self.run_id)
+        secrets = [*secrets, *(secret_env or {}).values()]
+
+        def lines(stream_name: str, line: str) -> None:
+            watch(stream_name, line)
+            if on_line is not None and parse_pid_line(line) is None and not line.startswith(probes.PICKED_MARKER) \
+                    and not line.startswith(probes.RESULT_MARKER):
+                on_line(stream_name, redact(line, secrets))
+
+        res = self._run_watched(cmd, probes.probe_payload("supervise", args), timeout, watch, lines, secrets)
+        stderr = self._probe_stderr(res)
+        result = probes.parse_result(res.stdout) or {}
+        stdout = "".join(ln for ln in res.stdout.splitlines(keepends=True) if not ln.startswith(probes.RESULT_MARKER))
+        return Supervised(int(result.get("rc", res.rc)), str(result.get("ended") or "stopped"), stdout, stderr,
+                          res.duration_s, list(result.get("last_files") or []), result.get("still_s"))
 
     def facts(self, *, refresh: bool = False, timeout: float = 30) -> dict:
         """The `facts` probe result, cached per node (probed again with refresh=True)."""
@@ -258,28 +305,45 @@ class Node(ABC):
         return path
 
     # -- internals ----------------------------------------------------------------------------------
-    def _python_exec(self, probe_name: str, args: dict, nonce: str) -> _Exec:
+    def _probe_stderr(self, res: CommandResult) -> str:
+        """A probe's stderr without the python pick and pid lines (the pick cached); NodeError when the node has
+        no python at all."""
+        picked, stderr = probes.parse_picked(res.stderr)
+        stderr = "".join(ln for ln in stderr.splitlines(keepends=True) if parse_pid_line(ln) is None)
+        if picked and self.python_cmd is None:
+            self._picked_python = picked
+        if res.rc == probes.NO_PYTHON_RC and "NO_PYTHON" in stderr:
+            raise NodeError(f"{self.name} ({self.target}): no usable python3 (tried /opt/homebrew/bin/python3, "
+                            "/usr/local/bin/python3, $(xcode-select -p)/usr/bin/python3, /usr/bin/python3); "
+                            "install Command Line Tools or Homebrew python, or set the node's python_cmd")
+        return stderr
+
+    def _python_exec(self, probe_name: str, args: dict, nonce: str, *, env: Mapping[str, str] | None = None,
+                     unset_env: Sequence[str] = (), secret_env: Mapping[str, str] | None = None) -> _Exec:
         """The command that feeds a probe to the node's python (the pick snippet until one is known), its
-        command line marked by `probes.probe_argv_tags`."""
+        command line marked by `probes.probe_argv_tags`, with environment changes for the probe's python."""
         py = self.python_cmd or self._picked_python
-        shown = json.dumps({k: v for k, v in args.items() if k != "env"}, sort_keys=True)
+        shown = json.dumps({k: v for k, v in args.items() if k not in ("env", "_watch")}, sort_keys=True)
         display = ["<probe>", probe_name, f"({py or 'python3 pick'})", shown[:300]]
         tags = probes.probe_argv_tags(probe_name, nonce)
+        base = _Exec.of(["true"], env, unset_env, secret_env)  # validates the names and the secrets
+        extra = {"env": base.env, "unset_env": base.unset_env, "secret_env": base.secret_env}
         if py:
             text = "exec " + shlex.join([py, "-", *tags])
             if py.startswith("~/"):  # a configured ~/… interpreter: let the node's shell supply $HOME
                 text = 'exec "$HOME"/' + shlex.join([py[2:], "-", *tags])
-            return _Exec(display=display, argv=[os.path.expanduser(py), "-", *tags], shell_text=text)
+            return _Exec(display=display, argv=[os.path.expanduser(py), "-", *tags], shell_text=text, **extra)
         pick = ["/bin/sh", "-c", probes.PYTHON_PICK, "sh", *tags]  # the SSH script is run by /bin/sh already
-        return _Exec(display=display, argv=pick, shell_text=f"set -- {shlex.join(tags)}; {probes.PYTHON_PICK}")
+        return _Exec(display=display, argv=pick, shell_text=f"set -- {shlex.join(tags)}; {probes.PYTHON_PICK}",
+                     **extra)
 
-    def _run_watched(self, cmd: _Exec, payload: bytes, timeout: float,
-                     watch: _ProbeWatch | None) -> CommandResult:
+    def _run_watched(self, cmd: _Exec, payload: bytes, timeout: float, watch: _ProbeWatch | None,
+                     on_line: LineCallback | None = None, secrets: Sequence[str] = ()) -> CommandResult:
         """Run a probe's command; a watched one is done, stopped or left registered as `run_probe` says."""
         if watch is None:
-            return self._run_logged(cmd, timeout=timeout, stdin=payload, secrets=(), on_line=None)
+            return self._run_logged(cmd, timeout=timeout, stdin=payload, secrets=secrets, on_line=on_line)
         try:
-            res = self._run_logged(cmd, timeout=timeout, stdin=payload, secrets=(), on_line=watch)
+            res = self._run_logged(cmd, timeout=timeout, stdin=payload, secrets=secrets, on_line=on_line or watch)
         except CommandTimeout as exc:
             stopped = REGISTRY.stop_one(watch.token) or f"{watch.what}: not registered"
             raise CommandTimeout(f"{exc}; {stopped}", exc.partial) from None
@@ -308,7 +372,7 @@ class Node(ABC):
         except CommandTimeout as exc:
             entry.update(rc="timeout", duration_s=round(time.monotonic() - t0, 3))
             self._record(entry)
-            raise CommandTimeout(redact(str(exc), secrets), redact(exc.partial, secrets)) from None
+            raise CommandTimeout(redact(str(exc), secrets), redact(probes.strip_alive(exc.partial), secrets)) from None
         except NodeError as exc:
             entry.update(rc="error", duration_s=round(time.monotonic() - t0, 3), error=redact(str(exc), secrets))
             self._record(entry)
@@ -316,7 +380,7 @@ class Node(ABC):
         duration = time.monotonic() - t0
         entry.update(rc=rc, duration_s=round(duration, 3))
         self._record(entry)
-        return CommandResult(shown, rc, redact(out, secrets), redact(err, secrets), duration)
+        return CommandResult(shown, rc, redact(out, secrets), redact(probes.strip_alive(err), secrets), duration)
 
     def _record(self, entry: dict) -> None:
         with self._lock:
@@ -335,8 +399,8 @@ class _ProbeWatch:
     """A long probe's registration for cleanup, made before it starts (found by its nonce until it reports its
     pid), and the stderr watcher that fills the pid in."""
 
-    def __init__(self, node: Node, name: str, nonce: str):
-        self.what = f"probe {name}"
+    def __init__(self, node: Node, name: str, nonce: str, what: str | None = None):
+        self.what = what or f"probe {name}"
         needles = tuple(probes.probe_argv_tags(name, nonce))
         self.token = REGISTRY.register(RemoteProcess(node, None, self.what, needles))
         self.pid: int | None = None
@@ -386,15 +450,19 @@ class LocalNode(Node):
             t.start()
         if stdin is not None:
             threading.Thread(target=_feed_stdin, args=(proc.stdin, stdin), daemon=True).start()
+        deadline = time.monotonic() + timeout
         try:
             proc.wait(timeout=timeout)
+            for t in readers:  # a background child of the command may hold its pipes open: bounded too
+                t.join(max(0.0, deadline - time.monotonic()))
+            done = not any(t.is_alive() for t in readers)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            done = False
+        if not done:
+            _kill_group(proc)  # the session we started: the command and whatever it left in it
             for t in readers:
                 t.join(2)
-            raise self._timeout_error(cmd, timeout, streams["stdout"].finish(), streams["stderr"].finish()) from None
-        for t in readers:
-            t.join()
+            raise self._timeout_error(cmd, timeout, streams["stdout"].finish(), streams["stderr"].finish())
         return proc.returncode, streams["stdout"].finish(), streams["stderr"].finish()
 
 

@@ -1,13 +1,15 @@
 """Parallel downloads: every node's `hf download` started at once, each waited on in the guide's order.
 
-`DownloadSupervisor(jobs)` takes, per node k, a `run(heartbeat) -> DownloadResult` (one node's own
-download from the hub, e.g. `download.run_hf_download`) and a `stop() -> str` (stops that node's
-running hf by pid after an identity check). `start()` runs every job in a background thread;
-`wait(k)` blocks until node k's job ended (no polling) and returns its `DownloadJob`. When a job
-ends with a non-zero rc and `keep_going` is off, every job still running is stopped at once and
-records which node's failure stopped it. `close()` stops what still runs (or, with `keep_going`,
-waits for it). Progress lines go to `on_line` as they come; `on_event("start"|"end", job)` lets the
-caller record each download's span. Plain Python: the pytest layer starts it from a fixture.
+`run_job(job, on_line, on_event)` runs one node's `DownloadJob` in the calling thread (the guide's serial
+order uses it alone): its progress lines go to `job.lines` and `on_line`, its span to
+`on_event("start"|"end", job)`. `DownloadSupervisor(jobs)` takes, per node k, a `run(heartbeat) ->
+DownloadResult` (one node's own download from the hub, e.g. `download.run_hf_download` over its plan) and a
+`stop() -> str` (stops that node's running hf by pid after an identity check); `start()` runs every job with
+`run_job` in a background thread of its own (a job that raises is a failed download, rc 1); `wait(k)`
+blocks until node k's job ended (no polling) and returns its `DownloadJob`. When a job ends with a non-zero
+rc and `keep_going` is off, every job still running is stopped at once and records which node's failure
+stopped it. `close()` stops what still runs (or, with `keep_going`, waits for it). Plain Python: the pytest
+layer starts it from a fixture.
 """
 
 from __future__ import annotations
@@ -45,6 +47,37 @@ class DownloadJob:
         return self.result is not None and self.result.rc != 0
 
 
+def run_job(job: DownloadJob, on_line: Callable[[str], None], on_event: Callable[[str, DownloadJob], None],
+            clock: Callable[[], float] = time.time) -> DownloadJob:
+    """Run one node's download in this thread: its lines to `job.lines` and `on_line`, its span to `on_event`
+    ("start", then "end" unless it raised). A download that ended with rc 0 after a stop was asked for
+    finished before the stop reached it: it was not stopped."""
+    def heartbeat(line: str) -> None:
+        job.lines.append(line)
+        on_line(line)
+
+    job.started = clock()
+    on_event("start", job)
+    job.result = job.run(heartbeat)
+    job.ended = clock()
+    if job.result.rc == 0 and job.stopped_because:
+        job.stop_report, job.stopped_because = f"finished before the stop ({job.stop_report})", None
+    on_event("end", job)
+    return job
+
+
+def _never_raises(run: RunFn, clock: Callable[[], float]) -> RunFn:
+    """`run`, with an exception turned into a failed result (rc 1, the exception as the reason)."""
+    def guarded(heartbeat: Callable[[str], None]) -> DownloadResult:
+        t0 = clock()
+        try:
+            return run(heartbeat)
+        except Exception as e:  # noqa: BLE001 - a crashed job is a failed download, not a lost thread
+            why = f"{type(e).__name__}: {e}"
+            return DownloadResult(1, None, "", why, clock() - t0, why)
+    return guarded
+
+
 class DownloadSupervisor:
     """Runs every node's download at once; see the module docstring."""
 
@@ -52,7 +85,7 @@ class DownloadSupervisor:
                  on_line: Callable[[str], None] | None = None,
                  on_event: Callable[[str, DownloadJob], None] | None = None,
                  clock: Callable[[], float] = time.time):
-        self.jobs = {k: DownloadJob(k, run, stop) for k, (run, stop) in sorted(jobs.items())}
+        self.jobs = {k: DownloadJob(k, _never_raises(run, clock), stop) for k, (run, stop) in sorted(jobs.items())}
         self.keep_going = keep_going
         self.on_line = on_line or (lambda line: None)
         self.on_event = on_event or (lambda kind, job: None)
@@ -69,21 +102,7 @@ class DownloadSupervisor:
                 t.start()
 
     def _run(self, job: DownloadJob) -> None:
-        def heartbeat(line: str) -> None:
-            job.lines.append(line)
-            self.on_line(line)
-
-        job.started = self.clock()
-        self.on_event("start", job)
-        try:
-            job.result = job.run(heartbeat)
-        except Exception as e:  # noqa: BLE001 - a crashed job is a failed download, not a lost thread
-            why = f"{type(e).__name__}: {e}"
-            job.result = DownloadResult(1, None, "", why, self.clock() - job.started, why)
-        job.ended = self.clock()
-        if job.result.rc == 0 and job.stopped_because:  # it finished before the stop reached it
-            job.stop_report, job.stopped_because = f"finished before the stop ({job.stop_report})", None
-        self.on_event("end", job)
+        run_job(job, self.on_line, self.on_event, self.clock)
         if job.failed and not self.keep_going:
             self._stop_others(job)
         job.done.set()

@@ -2,7 +2,10 @@
 and the model-dir-mismatch fast stop (the model complete elsewhere on the node, the configured dir empty).
 
 `check_node` runs on one node in one probe per question and returns the problems found, each a
-line naming the node and the evidence. The exo side of preflight is `modeldrop.exo.preflight`.
+line naming the node and the evidence. It also reads what long remote work recorded on the node (probe
+`leftovers`): work a crashed or killed controller left running is named and stopped by pid after the identity
+check, work of another live run is named and left alone; each is a warning line. The exo side of preflight
+is `modeldrop.exo.preflight`.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from modeldrop import probes
 from modeldrop.config import NodeConfig, RunConfig
 from modeldrop.errors import NodeError
 from modeldrop.nodes import Node
@@ -30,11 +34,15 @@ class NodePreflight:
     disk: dict[str, Any] = field(default_factory=dict)
     present_bytes: int = 0
     located: dict[str, Any] = field(default_factory=dict)
+    leftovers: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 FACTS_TIMEOUT_S, HF_TOOL_TIMEOUT_S, DISK_TIMEOUT_S, DIRSIZE_TIMEOUT_S = 60.0, 90.0, 60.0, 300.0
-NODE_CHECK_BUDGET_S = FACTS_TIMEOUT_S + HF_TOOL_TIMEOUT_S + DISK_TIMEOUT_S + DIRSIZE_TIMEOUT_S  # check_node's worst case
+LEFTOVERS_TIMEOUT_S, LEFTOVER_GRACE_S = 60.0, 10.0
+NODE_CHECK_BUDGET_S = (FACTS_TIMEOUT_S + LEFTOVERS_TIMEOUT_S + HF_TOOL_TIMEOUT_S + DISK_TIMEOUT_S
+                       + DIRSIZE_TIMEOUT_S)  # check_node's worst case
 REACH_TIMEOUT_S = 60.0  # one node's reach probe
 
 
@@ -47,6 +55,10 @@ def check_node(node: Node, nc: NodeConfig, cfg: RunConfig, expected_total: int |
         out.problems.append(f"{nc.name} ({nc.target}): cannot run probes: {e}")
         return out
     try:  # the node answered once; a later probe failing (timeout, dropped link) is a problem line too
+        out.leftovers = node.run_probe("leftovers", {"record_dir": probes.NODE_RECORD_DIR, "stop": True,
+                                                     "grace_s": LEFTOVER_GRACE_S, "own_run": node.run_id},
+                                       timeout=LEFTOVERS_TIMEOUT_S)
+        out.warnings += leftover_lines(nc, out.leftovers)
         out.hf = node.run_probe("tool", {"path": nc.hf_cmd, "args": ["version"], "timeout": 60, "env": {}},
                                 timeout=HF_TOOL_TIMEOUT_S)
         out.problems += hf_problems(nc, out.hf)
@@ -58,6 +70,24 @@ def check_node(node: Node, nc: NodeConfig, cfg: RunConfig, expected_total: int |
         out.problems += disk_problems(nc, out.disk, required_free_bytes(cfg, expected_total, out.present_bytes))
     except NodeError as e:  # CommandTimeout is a NodeError
         out.problems.append(f"{nc.name} ({nc.target}): {e}")
+    return out
+
+
+def leftover_lines(nc: NodeConfig, leftovers: dict[str, Any]) -> list[str]:
+    """One line per recorded process the `leftovers` probe found running: stopped (its controller was gone) or
+    left alone (another live run's)."""
+    out = []
+    for row in leftovers.get("found") or []:
+        pids = ", ".join(str(p.get("pid")) for p in row.get("procs") or [])
+        what = f"pid {pids} ({row.get('what')}, run {row.get('run_id') or '?'})"
+        if row.get("state") == "live":
+            out.append(f"{nc.name}: {what} is working for another run that is still connected (heartbeat "
+                       f"{row.get('heartbeat_age_s')}s ago); left running (stop that run first if it is not wanted)")
+        else:
+            result = str(row.get("result") or "not stopped")
+            todo = "" if result.startswith("stopped") else f" (stop it on {nc.name} yourself: kill {pids})"
+            out.append(f"{nc.name}: {what} was left running by a run whose controller is gone (no heartbeat for "
+                       f"{row.get('heartbeat_age_s')}s): {result}{todo}")
     return out
 
 

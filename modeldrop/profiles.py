@@ -12,8 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from modeldrop import atomic
 from modeldrop.errors import InputError
+
+LOCK_TIMEOUT_S = 60.0  # how long a green run waits for another one writing the profiles file
 
 STATUSES = ("active", "watch", "blocked", "deprecated")
 FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
@@ -95,12 +99,33 @@ KEEP_STATUSES = ("watch", "blocked", "deprecated")
 def record_bootstrap(path: Path, model_id: str, row_updates: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Create or update `model_id`'s row after a green bootstrap; return the diff {field: {old, new}}.
 
-    The file is re-read and validated, the row merged with `row_updates` (fields of `FIELDS` only),
-    `updated` set to now (UTC ISO), and written atomically (temp file in the same dir + os.replace).
+    Under a file lock (`lock_path`, waited for LOCK_TIMEOUT_S at most: TimeoutError in one line), so two runs
+    never lose each other's rows: the file is re-read and validated, the row merged with `row_updates` (fields
+    of `FIELDS` only), `updated` set to now (UTC ISO), and written atomically (temp file in the same dir +
+    os.replace).
     A row whose status is watch/blocked/deprecated keeps it: a green run does not lift an operator's
     decision; new rows are `active`. `updated` alone is not a change: with nothing else different the
     file is left untouched and the diff is empty.
     """
+    lock = FileLock(str(lock_path(path)))
+    try:
+        lock.acquire(timeout=LOCK_TIMEOUT_S)
+    except Timeout:
+        raise TimeoutError(f"{path}: another run has held {lock.lock_file} for {LOCK_TIMEOUT_S:g}s; the profile "
+                           f"row of {model_id} was not written (rerun with --update-profile once it is done)") from None
+    try:
+        return _merge_row(path, model_id, row_updates)
+    finally:
+        lock.release()
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file beside the profiles file (hidden; it stays, as flock-based lock files must)."""
+    return path.with_name(f".{path.name}.lock")
+
+
+def _merge_row(path: Path, model_id: str, row_updates: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """record_bootstrap's read-merge-write (the caller holds the lock)."""
     data = load(path)
     old = dict(data["models"].get(model_id) or {})
     new = {**old, **{k: v for k, v in row_updates.items() if k in FIELDS and v is not None}}

@@ -213,8 +213,8 @@ def _errno(*nums: int) -> Callable[[Ctx], str | None]:
 
 
 # -- the table ------------------------------------------------------------------------------------
-CANARY_START = ("node1_canary", "startup")
-AFTER_START = ("cluster", "placement", "transport", "chat")
+CANARY_START = gatetable.exo_gates(after_start=False)  # the gates that start exo
+AFTER_START = gatetable.exo_gates(after_start=True)
 S = Signature
 TABLE: tuple[Signature, ...] = (
     S("X-EXO-GONE", AFTER_START, "A node's exo process died after startup",

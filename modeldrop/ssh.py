@@ -8,8 +8,11 @@ Contract:
 - Commands are the /bin/sh scripts `modeldrop.nodes` builds, handed to the login shell as
   `/bin/sh -c '<script>'` (or as octal escapes `printf` decodes), so every login shell runs the same argv.
 - Host keys are checked against every known_hosts file that applies (the explicit file, ssh_config's
-  UserKnownHostsFile and GlobalKnownHostsFile, else /etc/ssh/ssh_known_hosts{,2}); a new host is accepted
-  only with `accept_new_host_keys=True` and only when no file pins any key for it.
+  UserKnownHostsFile and GlobalKnownHostsFile, else /etc/ssh/ssh_known_hosts{,2}), as OpenSSH does: a key
+  any of them pins passes, whatever another file pins (a stale global entry does not block a right user
+  pin); a pinned node is asked for a key of a pinned type and refused when it presents none that matches,
+  with the `ssh-keygen -R … -f FILE` of each file that pins it; a new host is accepted only with
+  `accept_new_host_keys=True` and only when no file pins any key for it.
 """
 
 from __future__ import annotations
@@ -40,33 +43,60 @@ class HostKeyUnknown(NodeError):
 
 
 class HostKeyPinned(NodeError):
-    """The node presents a key of a type no file pins, while some known_hosts file pins another key for it."""
+    """A known_hosts file pins a key for the node and the node presents none that matches."""
+
+    def __init__(self, hostname: str, key: paramiko.PKey | None, pins: list[Pin], changed: bool):
+        shown = f"{key.get_name()} {key.fingerprint}" if key is not None else "no key of a pinned type"
+        super().__init__(f"{hostname} presents {shown}")
+        self.hostname, self.key, self.pins, self.changed = hostname, key, pins, changed
 
 
-class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
-    """Accept a host no known_hosts file knows (never a changed key, never a new key type for a pinned host)
-    and append its key to the user known_hosts file."""
+@dataclass(frozen=True)
+class Pin:
+    """A host key a known_hosts file pins for the node."""
 
-    def __init__(self, known_hosts: Path):
-        self.known_hosts = known_hosts
+    path: Path
+    key: paramiko.PKey
+
+    def __str__(self) -> str:
+        return f"{self.key.get_name()} {self.key.fingerprint} in {self.path}"
+
+
+KEY_ALGORITHMS = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+                  "rsa-sha2-512", "rsa-sha2-256", "ssh-rsa", "ssh-dss")
+_ALGORITHMS_OF = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
+
+
+def disabled_key_algorithms(pins: list[Pin]) -> list[str]:
+    """Host key algorithms to leave out so that a pinned node presents a key of a pinned type (none when the
+    node is not pinned); certificates are never asked for."""
+    if not pins:
+        return []
+    allowed = {a for p in pins for a in _ALGORITHMS_OF.get(p.key.get_name(), (p.key.get_name(),))}
+    every = [*KEY_ALGORITHMS, *(f"{a}-cert-v01@openssh.com" for a in KEY_ALGORITHMS)]
+    return [a for a in every if a not in allowed]
+
+
+class _PinPolicy(paramiko.MissingHostKeyPolicy):
+    """Every host key decision (paramiko's own key stores stay empty, so it asks for each): a key any known_hosts
+    file pins passes, as with OpenSSH, whichever file pins it and whatever other files say; a pinned node
+    presenting another key is refused, naming the files; an unpinned node is accepted, and recorded in the
+    user file, only with accept_new."""
+
+    def __init__(self, pins: list[Pin], accept_new: bool, record_in: Path):
+        self.pins, self.accept_new, self.record_in = pins, accept_new, record_in
 
     def missing_host_key(self, client, hostname, key):
-        pinned = {**(client.get_host_keys().lookup(hostname) or {}),
-                  **(client._system_host_keys.lookup(hostname) or {})}  # noqa: SLF001 - paramiko keeps them apart
-        if pinned:
-            raise HostKeyPinned(f"{hostname} presents {key.get_name()} {key.fingerprint}, but known_hosts pins "
-                                f"{', '.join(sorted(pinned))} for it")
-        client.get_host_keys().add(hostname, key.get_name(), key)
-        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.known_hosts, "a", encoding="utf-8") as f:
+        if any(p.key.get_name() == key.get_name() and p.key.asbytes() == key.asbytes() for p in self.pins):
+            return
+        if self.pins:
+            changed = any(p.key.get_name() == key.get_name() for p in self.pins)
+            raise HostKeyPinned(hostname, key, self.pins, changed)
+        if not self.accept_new:
+            raise HostKeyUnknown(f"{hostname} {key.get_name()} {key.fingerprint}")
+        self.record_in.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.record_in, "a", encoding="utf-8") as f:
             f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-
-
-class _RejectPolicy(paramiko.MissingHostKeyPolicy):
-    """Refuse an unknown host key, remembering it so the error can name its fingerprint."""
-
-    def missing_host_key(self, client, hostname, key):
-        raise HostKeyUnknown(f"{hostname} {key.get_name()} {key.fingerprint}")
 
 
 @dataclass
@@ -205,28 +235,27 @@ class SSHNode(Node):
         if self._client is not None:
             self._client.close()
         client = paramiko.SSHClient()
-        _load_known_hosts(client, r)
-        client.set_missing_host_key_policy(_AcceptNewPolicy(r.known_hosts) if self.accept_new_host_keys
-                                           else _RejectPolicy())
+        pins = host_pins(r)
+        client.set_missing_host_key_policy(_PinPolicy(pins, self.accept_new_host_keys, r.known_hosts))
         where = f"{self.name} ({self.target} -> {r.user + '@' if r.user else ''}{r.hostname}:{r.port})"
         try:
             client.connect(r.hostname, port=r.port, username=r.user, key_filename=r.identity_files or None,
                            timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
                            auth_timeout=self.connect_timeout, allow_agent=True, look_for_keys=not r.identity_files,
-                           sock=paramiko.ProxyCommand(r.proxy_command) if r.proxy_command else None)
+                           sock=paramiko.ProxyCommand(r.proxy_command) if r.proxy_command else None,
+                           disabled_algorithms={"keys": disabled_key_algorithms(pins)})
         except HostKeyUnknown as exc:
             client.close()
             raise NodeError(f"{where}: host key not in {r.known_hosts} (key {exc}); check it, then rerun with "
                             "--accept-new-host-keys to record it") from None
         except HostKeyPinned as exc:
             client.close()
-            raise NodeError(f"{where}: host key refused: {exc} (in {', '.join(map(str, _kh_files(r)))}); "
-                            "--accept-new-host-keys never overrides a pinned key") from None
-        except paramiko.BadHostKeyException as exc:
+            raise NodeError(pinned_refusal(where, r, exc)) from None
+        except paramiko.ssh_exception.IncompatiblePeer as exc:
             client.close()
-            raise NodeError(f"{where}: host key CHANGED ({exc.key.get_name()} {exc.key.fingerprint}, known_hosts "
-                            f"({', '.join(map(str, _kh_files(r)))}) has {exc.expected_key.fingerprint}); if the node was reinstalled, "
-                            f"remove the old line with ssh-keygen -R and rerun with --accept-new-host-keys") from None
+            if pins and "host key" in str(exc):  # the node has no key of any pinned type
+                raise NodeError(pinned_refusal(where, r, HostKeyPinned(host_key_name(r), None, pins, False))) from None
+            raise NodeError(f"{where}: cannot connect: {_connect_cause(exc, self.connect_timeout)}") from None
         except paramiko.AuthenticationException as exc:
             client.close()
             raise NodeError(f"{where}: authentication failed ({exc}); identity files: "
@@ -316,16 +345,41 @@ def _kh_files(r: SSHTarget) -> list[Path]:
     return [*r.user_known_hosts, *r.global_known_hosts]
 
 
-def _load_known_hosts(client: paramiko.SSHClient, r: SSHTarget) -> None:
-    """Load the user files into the client's host keys (the first is where accept-new appends) and the global
-    ones into its system keys; unreadable or missing files are skipped."""
-    for path, load in [*((p, client.get_host_keys().load) for p in r.user_known_hosts),
-                       *((p, client.load_system_host_keys) for p in r.global_known_hosts)]:
+def host_key_name(r: SSHTarget) -> str:
+    """How known_hosts names the target: `host`, or `[host]:port` off port 22."""
+    return r.hostname if r.port == 22 else f"[{r.hostname}]:{r.port}"
+
+
+def host_pins(r: SSHTarget) -> list[Pin]:
+    """Every key a known_hosts file pins for the target (user files first, hashed names included); unreadable
+    or missing files are skipped."""
+    pins: list[Pin] = []
+    for path in _kh_files(r):
         try:
-            if path.is_file():
-                load(str(path))
-        except (OSError, paramiko.SSHException):
+            if not path.is_file():
+                continue
+            found = paramiko.HostKeys(str(path)).lookup(host_key_name(r)) or {}
+        except (OSError, paramiko.SSHException, ValueError):
             continue
+        pins += [Pin(path, key) for key in found.values()]
+    return pins
+
+
+def pinned_refusal(where: str, r: SSHTarget, exc: HostKeyPinned) -> str:
+    """One line for a pinned node that presented no pinned key: what it presents, which file pins what, and the
+    command that removes each stale entry (from the file it is in, the global one included)."""
+    name = host_key_name(r)
+    files = list(dict.fromkeys(p.path for p in exc.pins))
+    fix = "; ".join(f"ssh-keygen -R {shlex.quote(name)} -f {shlex.quote(str(f))}" for f in files)
+    pinned = ", ".join(str(p) for p in exc.pins)
+    head = "host key CHANGED" if exc.changed else "host key refused"
+    if exc.key is None:
+        shown = "offers no host key of a pinned type"
+    else:
+        shown = f"presents {exc.key.get_name()} {exc.key.fingerprint}"
+    return (f"{where}: {head}: the node {shown}, known_hosts pins {pinned}; if the node's keys really changed "
+            f"(reinstalled), check the new key, remove the stale entries ({fix}) and rerun with "
+            "--accept-new-host-keys; --accept-new-host-keys alone never overrides a pinned key")
 
 
 def _drain(recv: Callable[[int], bytes], lines: _Lines) -> None:

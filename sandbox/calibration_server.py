@@ -8,9 +8,8 @@ Schedule (per request; all deadlines absolute against `time.perf_counter()`, nev
 sleeps, so lateness does not accumulate): the request is stamped `t_recv` when its body is
 read; token i (0-based) is due at `t_recv + ttft + i*gap`; a chunk of k tokens is written when
 its last token is due. The server's perf_counter is the same CLOCK_MONOTONIC as the client's
-(same host), so `GET /log` (per request: t_recv, the actual write time of every chunk, and the number of the TCP connection
-it came on) lets
-a test compare the client's stamps with the server's.
+(same host), so `GET /log` (per request: t_recv, the actual write time of every chunk, and the
+number of the TCP connection it came on) lets a test compare the client's stamps with the server's.
 
 Per-request knobs go in the JSON body under "calib" (unknown keys are an error):
   ttft_ms (50), gap_ms (20), chunk (1 token per SSE chunk), reasoning (0 reasoning tokens; only
@@ -227,10 +226,10 @@ class Handler(socketserver.StreamRequestHandler):
         msg: dict[str, Any] = {"role": "assistant", "content": "".join(tokens[n_reason:])}
         if n_reason:
             msg["reasoning_content"] = "".join(tokens[:n_reason])
+        finish = "length" if n >= int(body.get("max_tokens") or 16) else "stop"
         obj: dict[str, Any] = {"id": entry["id"], "object": "chat.completion", "created": int(time.time()),
                                "model": _State.model,
-                               "choices": [{"index": 0, "message": msg,
-                                            "finish_reason": "length" if n >= int(body.get("max_tokens") or 16) else "stop"}],
+                               "choices": [{"index": 0, "message": msg, "finish_reason": finish}],
                                "usage": self._usage(body, n)}
         if bench:
             obj["generation_stats"] = self._gen_stats(body, n, t_recv, t_first, t_last, "inBytes")

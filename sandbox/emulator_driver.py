@@ -1,6 +1,7 @@
 """Drive EXO emulator processes from Python: start one per node (own HOME, own address), talk to its
 API, wait for a cluster or an instance, stop it by pid. Used by the emulator self-tests and by
-`python -m sandbox.exo_emulator.measure`; knows nothing of pytest.
+`python -m scripts.measure_emulator`; knows nothing of pytest. Runs the emulator as
+`python -m sandbox.exo_emulator` with the repository on PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 SANDBOX = Path(__file__).resolve().parent
+REPO = SANDBOX.parent
+EMULATOR_MODULE = "sandbox.exo_emulator"
 MODEL_ID = "modeldrop/tiny-llama-sbx"
 FAST_TIMING = {"hello_s": 0.3, "election_s": 1.0, "edge_probe_s": 0.5, "master_plan_s": 1.0,
                "node_timeout_s": 4.0, "info_s": 0.3, "ring_retry_s": [0.2, 0.2, 0.2, 0.2, 0.2],
@@ -99,7 +102,7 @@ class EmuNode:
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("EXO_", "XDG_"))}
-        env.update({"HOME": str(self.home), "PYTHONPATH": str(SANDBOX), "EXO_EMULATOR_CONFIG": str(self.config_path),
+        env.update({"HOME": str(self.home), "PYTHONPATH": str(REPO), "EXO_EMULATOR_CONFIG": str(self.config_path),
                     "PYTHONUNBUFFERED": "1"})
         if self.resources_dir.is_dir():
             env["EXO_RESOURCES_DIR"] = str(self.resources_dir)
@@ -127,8 +130,8 @@ class EmuNode:
         return self.resources_dir / "inference_model_cards" / f"{model_id.replace('/', '--')}.toml"
 
     def start(self, *flags: str, env: dict[str, str] | None = None, script: Path | None = None) -> EmuNode:
-        """Start ``python -m exo_emulator`` (or ``script``, an executable launcher) with ``flags``."""
-        head = [str(script)] if script else [EMULATOR_PYTHON, "-m", "exo_emulator"]
+        """Start ``python -m sandbox.exo_emulator`` (or ``script``, an executable launcher) with ``flags``."""
+        head = [str(script)] if script else [EMULATOR_PYTHON, "-m", EMULATOR_MODULE]
         args = [*head, "--api-port", str(self.api_port), *flags]
         self.proc = subprocess.Popen(args, env=self.env(env), stdout=subprocess.DEVNULL,
                                      stderr=open(self.stderr_path, "wb"), cwd=str(self.home))  # noqa: SIM115
@@ -136,7 +139,7 @@ class EmuNode:
 
     def run(self, *flags: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
         """Run to completion (for fatal-start and --help cases)."""
-        return subprocess.run([EMULATOR_PYTHON, "-m", "exo_emulator", *flags], env=self.env(env),
+        return subprocess.run([EMULATOR_PYTHON, "-m", EMULATOR_MODULE, *flags], env=self.env(env),
                               capture_output=True, text=True, timeout=timeout, cwd=str(self.home))
 
     @property

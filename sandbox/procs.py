@@ -8,6 +8,8 @@ Contract:
 - `stop_pid(pid, needles, timeout)` sends SIGTERM (then SIGKILL after `timeout`) to exactly
   that pid when it still matches, and waits until it is gone (or a zombie). Returns True when
   it stopped a process, False when there was nothing matching to stop.
+- `processes()` lists (pid, ppid, uid) from /proc; `descendants(pid, procs)` every process below
+  one; `environ_has(pid, "K=V")` reads /proc/<pid>/environ (False when it cannot).
 """
 
 from __future__ import annotations
@@ -100,3 +102,39 @@ def stop_pid(pid: int | None, needles: Iterable[str], timeout: float = 5.0) -> b
         except TimeoutError:
             continue
     raise RuntimeError(f"pid {pid} ({cmdline(pid)}) survived SIGKILL")
+
+
+def processes() -> list[tuple[int, int, int]]:
+    """(pid, ppid, uid) of every process."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            uid = (d / "status").read_text().split("\nUid:")[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError, PermissionError):
+            continue
+        out.append((int(d.name), int(stat.rsplit(")", 1)[1].split()[1]), int(uid)))
+    return out
+
+
+def descendants(root_pid: int, procs: list[tuple[int, int, int]]) -> list[int]:
+    """Every process below `root_pid` in `procs` (children first, then theirs)."""
+    kids: dict[int, list[int]] = {}
+    for pid, ppid, _ in procs:
+        kids.setdefault(ppid, []).append(pid)
+    out, todo = [], [root_pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def environ_has(pid: int, needle: str) -> bool:
+    """True when `needle` (`K=V`) is one entry of the process's environment."""
+    try:
+        return needle.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False

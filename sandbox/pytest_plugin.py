@@ -70,7 +70,8 @@ def pytest_modeldrop_env_file(config: pytest.Config) -> Path | None:
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise pytest.UsageError(f"--sandbox: could not bring the sandbox up: {type(e).__name__}: {one_line(e)}") from None
+        raise pytest.UsageError(f"--sandbox: could not bring the sandbox up: {type(e).__name__}: "
+                                f"{one_line(e)}") from None
     return Path(box.env_file)
 
 

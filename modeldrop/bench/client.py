@@ -5,6 +5,8 @@ Contract
 `BenchClient(base_url, model).send(ChatRequest(...)) -> RequestRecord` never raises for a
 server or transport problem: the record carries `error` / `error_kind` instead, so a load
 generator can count failures. It raises only for programming errors (bad arguments).
+Every request ends within `request_timeout_s` in all (connect, headers and body, streamed or not:
+`modeldrop.httpdeadline`), a server trickling bytes included: `error_kind="timeout"`.
 
 Clock rules: every duration comes from `time.perf_counter()` (monotonic, sub-µs); the wall
 clock (`time.time()`) is kept only as `wall_start`, a timestamp for the ledger. `t_send` is the
@@ -58,11 +60,9 @@ import time
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ReadTimeoutError
 
+from modeldrop import httpdeadline
 from modeldrop.bench.records import BENCH_PATH, CHAT_PATH, ERROR_KINDS, ChatRequest, RequestRecord
 
 __all__ = ["BENCH_PATH", "CHAT_PATH", "ERROR_KINDS", "BenchClient", "ChatRequest", "RequestRecord", "quick_chat"]
@@ -70,7 +70,7 @@ __all__ = ["BENCH_PATH", "CHAT_PATH", "ERROR_KINDS", "BenchClient", "ChatRequest
 _wire = threading.local()
 
 
-class _StampingHTTPConnection(HTTPConnection):
+class _StampingHTTPConnection(httpdeadline.DeadlineHTTPConnection):
     """Records in a thread-local the perf_counter right after each socket send."""
 
     def send(self, data: Any) -> None:
@@ -78,28 +78,15 @@ class _StampingHTTPConnection(HTTPConnection):
         _wire.t = time.perf_counter()
 
 
-class _StampingHTTPSConnection(HTTPSConnection):
+class _StampingHTTPSConnection(httpdeadline.DeadlineHTTPSConnection):
     def send(self, data: Any) -> None:
         super().send(data)
         _wire.t = time.perf_counter()
 
 
-class _StampingHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _StampingHTTPConnection
-
-
-class _StampingHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _StampingHTTPSConnection
-
-
 def _stamping_session() -> requests.Session:
-    """A Session whose connections stamp the moment the request leaves for the socket."""
-    s = requests.Session()
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1)
-    adapter.poolmanager.pool_classes_by_scheme = {"http": _StampingHTTPPool, "https": _StampingHTTPSPool}
-    s.mount("http://", adapter)
-    s.mount("https://", adapter)
-    return s
+    """A deadline Session whose connections stamp the moment the request leaves for the socket."""
+    return httpdeadline.new_session(_StampingHTTPConnection, _StampingHTTPSConnection, pool_maxsize=1)
 
 
 class _Abort(Exception):
@@ -268,12 +255,13 @@ class BenchClient:
     """
 
     def __init__(self, base_url: str, model: str, *, connect_timeout_s: float = 5.0,
-                 read_timeout_s: float = 600.0, stall_timeout_s: float = 120.0):
+                 request_timeout_s: float = 600.0, stall_timeout_s: float = 120.0):
         self.base_url = base_url.rstrip("/")
         self.model = model
-        self.timeout = (connect_timeout_s, read_timeout_s)
+        self.request_timeout_s = request_timeout_s  # one request in all: connect, headers, body
+        self.timeout = (min(connect_timeout_s, request_timeout_s), request_timeout_s)
         # a stream's socket may not stay silent longer than the stall window (each read is bounded by it)
-        self.stream_timeout = (connect_timeout_s, min(read_timeout_s, stall_timeout_s))
+        self.stream_timeout = (self.timeout[0], min(request_timeout_s, stall_timeout_s))
         self.stall_timeout_s = stall_timeout_s
         self._local = threading.local()
 
@@ -316,12 +304,18 @@ class BenchClient:
         return rec
 
     def _exchange(self, req: ChatRequest, body: bytes, rec: RequestRecord) -> None:
+        """POST and read the answer, all of it within request_timeout_s (TotalTimeout otherwise)."""
+        url = self.base_url + req.endpoint
+        with httpdeadline.deadline(self.request_timeout_s, f"POST {url}"):
+            self._post_and_read(url, req, body, rec)
+
+    def _post_and_read(self, url: str, req: ChatRequest, body: bytes, rec: RequestRecord) -> None:
         headers = {"Content-Type": "application/json",
                    "Accept": "text/event-stream" if req.stream else "application/json"}
         t_call = rec.t_send
         _wire.t = None
         try:
-            resp = self._session().post(self.base_url + req.endpoint, data=body, headers=headers,
+            resp = self._session().post(url, data=body, headers=headers,
                                         stream=True, timeout=self.stream_timeout if req.stream else self.timeout)
         finally:
             self._rebase(rec, t_call)
@@ -408,8 +402,8 @@ class BenchClient:
 
 
 def quick_chat(base_url: str, model: str, *, timeout_s: float = 60.0) -> RequestRecord:
-    """A short non-stream chat ("Say OK", 8 tokens) to check the instance still answers."""
-    client = BenchClient(base_url, model, read_timeout_s=timeout_s)
+    """A short non-stream chat ("Say OK", 8 tokens) to check the instance still answers, within timeout_s in all."""
+    client = BenchClient(base_url, model, request_timeout_s=timeout_s)
     rec = client.send(ChatRequest(messages=[{"role": "user", "content": "Say OK."}],
                                   max_tokens=8, stream=False, tag="liveness"))
     client.close()

@@ -10,10 +10,12 @@ a `threading.Barrier` and fire at once; the next round starts when every thread 
 the previous one. `on_record(record)` is called from the worker thread after each measured
 request (use it for heartbeats); it must be cheap and thread-safe.
 
-Bounded: a thread that does not reach the barrier within `barrier_timeout_s` of the first one (a
-request that never ends), or does not finish within that long after the first thread finished,
-makes `run_rounds` raise `BarrierTimeout` (one line, naming the threads still busy) instead of
-waiting forever; the stuck threads are daemons and are left behind.
+Bounded: each request ends within the client's `request_timeout_s` (its total deadline); a thread
+still inside one request `REQUEST_GRACE_S` after that, a thread that does not reach the barrier
+within `barrier_timeout_s` of the first one, or does not finish within that long after the first
+thread finished, makes `run_rounds` raise `BarrierTimeout` (one line, naming the threads still
+busy) instead of waiting, also while every thread is inside a request; the stuck threads are
+daemons and are left behind.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from modeldrop.bench.client import BenchClient, ChatRequest, RequestRecord
 
 MakeRequest = Callable[[int, int], ChatRequest]  # (round, thread) -> request
 BARRIER_TIMEOUT_S = 1800.0
+REQUEST_GRACE_S = 30.0  # past a request's own total deadline, before the round gives up on its thread
 
 
 class BarrierTimeout(RuntimeError):
@@ -34,22 +37,30 @@ class BarrierTimeout(RuntimeError):
 
 def run_rounds(client: BenchClient, make_request: MakeRequest, concurrency: int, rounds: int,
                warmup: int = 1, on_record: Callable[[RequestRecord], None] | None = None,
-               make_warmup: MakeRequest | None = None,
-               barrier_timeout_s: float = BARRIER_TIMEOUT_S) -> list[RequestRecord]:
+               make_warmup: MakeRequest | None = None, barrier_timeout_s: float = BARRIER_TIMEOUT_S,
+               request_grace_s: float = REQUEST_GRACE_S) -> list[RequestRecord]:
     """Run `rounds` barrier-synchronised rounds of `concurrency` requests; see module contract."""
     if concurrency < 1 or rounds < 1:
         raise ValueError("concurrency and rounds must be >= 1")
     barrier = threading.Barrier(concurrency, timeout=barrier_timeout_s)
     results: list[list[RequestRecord]] = [[] for _ in range(concurrency)]
     failures: list[BaseException] = []
+    in_request: list[float | None] = [None] * concurrency  # since when each thread is inside client.send
+
+    def send(i: int, req: ChatRequest) -> RequestRecord:
+        in_request[i] = time.monotonic()
+        try:
+            return client.send(req)
+        finally:
+            in_request[i] = None
 
     def worker(i: int) -> None:
         try:
             for w in range(warmup):
-                client.send((make_warmup or make_request)(-1 - w, i))
+                send(i, (make_warmup or make_request)(-1 - w, i))
             for r in range(rounds):
                 barrier.wait()
-                rec = client.send(make_request(r, i))
+                rec = send(i, make_request(r, i))
                 rec.tag = rec.tag or f"r{r}.t{i}"
                 results[i].append(rec)
                 if on_record is not None:
@@ -64,7 +75,9 @@ def run_rounds(client: BenchClient, make_request: MakeRequest, concurrency: int,
                for i in range(concurrency)]
     for t in threads:
         t.start()
-    _join_bounded(threads, barrier, barrier_timeout_s)
+    request_limit_s = getattr(client, "request_timeout_s", None)
+    _join_bounded(threads, barrier, barrier_timeout_s, in_request,
+                  request_limit_s + request_grace_s if request_limit_s else None)
     real = [f for f in failures if not isinstance(f, threading.BrokenBarrierError)]
     if real:
         raise real[0]
@@ -73,15 +86,25 @@ def run_rounds(client: BenchClient, make_request: MakeRequest, concurrency: int,
     return [rec for per_thread in results for rec in per_thread]
 
 
-def _join_bounded(threads: list[threading.Thread], barrier: threading.Barrier, timeout_s: float) -> None:
+def _join_bounded(threads: list[threading.Thread], barrier: threading.Barrier, timeout_s: float,
+                  in_request: list[float | None], request_limit_s: float | None) -> None:
     """Wait for the threads; once the barrier broke or one thread finished, give the rest timeout_s at most
-    (a broken barrier: only until the threads waiting on it have left), then raise BarrierTimeout."""
+    (a broken barrier: only until the threads waiting on it have left), then raise BarrierTimeout. A thread
+    inside one request (in_request[i]: since when) longer than request_limit_s raises it at once, whatever
+    the others do."""
     deadline: float | None = None
     while True:
         alive = [t for t in threads if t.is_alive()]
         if not alive:
             return
         now = time.monotonic()
+        stuck = [threads[i].name for i, t0 in enumerate(in_request)
+                 if request_limit_s is not None and t0 is not None and now - t0 > request_limit_s]
+        if stuck:
+            barrier.abort()
+            raise BarrierTimeout(f"load: {', '.join(stuck)} still in one request after {request_limit_s:g}s (the "
+                                 "client's total bound on a request and its grace): the server or the connection "
+                                 "is wedged")
         if deadline is None and (len(alive) < len(threads) or barrier.broken):
             deadline = now + timeout_s
         if deadline is not None and (now > deadline or (barrier.broken and barrier.n_waiting == 0

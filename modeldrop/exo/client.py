@@ -1,7 +1,8 @@
 """ExoClient: a small HTTP client for one EXO node's API (both generations), timeouts on every call.
 
 Contract: every method either returns parsed JSON (or a typed value) or raises
-- `ExoUnreachable` when no HTTP answer came (refused, timeout, reset before a status line), or
+- `ExoUnreachable` when no complete HTTP answer came (refused, reset, or not all of it within the call's total
+  bound: connect, headers and body, `modeldrop.httpdeadline`; a server trickling bytes ends there too), or
 - `ExoHTTPError(status, message, body)` for a non-2xx answer, with EXO's error message extracted
   from `{"error":{"message":...}}` or FastAPI's `{"detail": ...}`.
 Nothing here retries; callers poll with `modeldrop.exo.wait.poll`.
@@ -17,7 +18,10 @@ from typing import Any
 
 import requests
 
+from modeldrop import httpdeadline
+
 DEFAULT_TIMEOUT_S = 5.0
+STATE_TIMEOUT_S = 10.0  # the least a /state read is given (its body grows with the cluster)
 
 
 class ExoError(Exception):
@@ -57,19 +61,21 @@ def error_message(body: str) -> str:
 class ExoClient:
     """One node's API at `base_url` (e.g. http://10.0.0.2:52415)."""
 
-    def __init__(self, base_url: str, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 session: requests.Session | None = None):
+    def __init__(self, base_url: str, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
-        self.session = session or requests.Session()
+        self.session = httpdeadline.new_session()
 
     def __repr__(self) -> str:
         return f"ExoClient({self.base_url})"
 
     def _request(self, method: str, path: str, *, timeout_s: float | None = None, **kw: Any) -> requests.Response:
+        """One call, body included, within `timeout_s` (else the client's) in all."""
         t = timeout_s or self.timeout_s
         try:
-            resp = self.session.request(method, self.base_url + path, timeout=(min(t, 5.0), t), **kw)
+            resp = httpdeadline.request(method, self.base_url + path, total_s=t, session=self.session, **kw)
+        except httpdeadline.TotalTimeout as e:
+            raise ExoUnreachable(str(e)) from None
         except requests.RequestException as e:
             raise ExoUnreachable(f"{method} {self.base_url}{path}: {type(e).__name__}: {e}") from None
         if not 200 <= resp.status_code < 300:
@@ -95,7 +101,7 @@ class ExoClient:
 
     def state(self, timeout_s: float | None = None) -> dict:
         """GET /state (camelCase, tagged unions)."""
-        v = self._json("GET", "/state", timeout_s=timeout_s or max(self.timeout_s, 10.0))
+        v = self._json("GET", "/state", timeout_s=timeout_s or max(self.timeout_s, STATE_TIMEOUT_S))
         if not isinstance(v, dict):
             raise ExoHTTPError(200, "/state is not an object", str(v)[:500])
         return v

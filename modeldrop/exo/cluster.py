@@ -15,33 +15,38 @@ Lifecycle contract (fixtures/exo.py applies it):
 - `stop_all()` stops by pid, identity-checked, everything this run started or adopted.
 - `gone()` names the cluster's exo processes that died (a failing gate's evidence).
 - `scan_logs(role)` and `log_tails(role)` fetch the nodes' logs (probe `tail`) for a failing gate's
-  evidence; matching them against the signature table is the caller's (this package never imports it).
+  evidence, each only from where it stood when its exo was launched (`LaunchRecord.log_marks`); matching
+  them against the signature table is the caller's (this package never imports it).
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from modeldrop.config import RunConfig
 from modeldrop.exo import logs as exologs
 from modeldrop.exo import state as st
 from modeldrop.exo.client import ExoClient
-from modeldrop.exo.launcher import ExoLauncher, LaunchError, precheck_facts, previous_records
+from modeldrop.exo.launcher import ExoLauncher, LaunchError, LaunchRecord, RecordFolder, precheck_facts
 from modeldrop.exo.observe import watch_cluster
 from modeldrop.exo.wait import call_safely
+from modeldrop.nodepool import NodePool
 from modeldrop.verdict import Verdict
 
 EVIDENCE_TAIL_BYTES = 16 * 1024
 
 
-def stopped_existing_lines(rec: Any) -> list[str]:
+def stopped_existing_lines(rec: LaunchRecord) -> list[str]:
     """One line per process `--stop-existing-exo` stopped before launch record `rec`'s start (the gate records
     them as warnings: the suite stopped something it had not started)."""
-    return [f"node{rec.node}: --stop-existing-exo stopped pid {p.get('pid')} "
-            f"({' '.join(map(str, p.get('cmdline') or []))[:160]}): {p.get('result')}"
-            for p in rec.stopped_existing if "from_run" not in p]
+    lines = [f"node{rec.node}: --stop-existing-exo stopped pid {p.get('pid')} "
+             f"({' '.join(map(str, p.get('cmdline') or []))[:160]}): {p.get('result')}"
+             for p in rec.stopped_existing if "from_run" not in p]
+    return lines + [f"node{rec.node}: pid {p.get('pid')} of an earlier run's launch record ({p['from_run']}) was not "
+                    f"all proven ours and was left running: {p.get('detail')}"
+                    for p in rec.stopped_existing if "from_run" in p and p.get("result") in ("refused", "left-running")]
 
 
 class ReattachError(Exception):
@@ -59,7 +64,7 @@ class JoinWatch:
 
 
 class ExoCluster:
-    def __init__(self, cfg: Any, pool: Any, run_folder: Any):
+    def __init__(self, cfg: RunConfig, pool: NodePool, run_folder: RecordFolder):
         self.cfg = cfg
         self.pool = pool
         self.run_folder = run_folder
@@ -89,7 +94,7 @@ class ExoCluster:
         return {k: self.launcher(k).api_url for k in self.ks}
 
     # -- start / re-attach / stop -----------------------------------------------------------------
-    def start(self) -> dict[int, Any]:
+    def start(self) -> dict[int, LaunchRecord]:
         """Precheck every node, then start exo on every node; LaunchError names every problem."""
         problems = []
         for la in self.cluster_launchers().values():
@@ -103,13 +108,12 @@ class ExoCluster:
     def reattach(self) -> dict[int, str]:
         """Adopt the cluster an earlier run left serving; {k: node id} or ReattachError."""
         ids = {}
-        exclude = Path(str(self.run_folder.path))
         for k in self.ks:
-            recs = [r for r in previous_records(Path(self.cfg.report_dir), exclude, k)
-                    if r.role == "cluster" and not r.stopped]
-            if not recs:
-                raise ReattachError(f"node{k}: no launch record of a running cluster in the earlier run folders")
             la = self.launcher(k)
+            recs = [r for r in la.previous() if r.role == "cluster" and not r.stopped]
+            if not recs:
+                raise ReattachError(f"node{k}: no launch record of a running cluster made on this node since its "
+                                    f"last boot in the earlier run folders")
             live = self._first_live(la, recs)
             if live is None:
                 raise ReattachError(f"node{k}: no process from the earlier runs' records is running any more "
@@ -124,7 +128,7 @@ class ExoCluster:
         return ids
 
     @staticmethod
-    def _first_live(la: ExoLauncher, recs: list) -> Any:
+    def _first_live(la: ExoLauncher, recs: list[LaunchRecord]) -> LaunchRecord | None:
         seen = set()
         for rec in recs:
             if (rec.pid, rec.start) in seen:
@@ -215,7 +219,8 @@ class ExoCluster:
         for key, la in self.launchers.items():
             if la.record is None or la.record.role != role:
                 continue
-            texts = exologs.logs_of(la.node, [la.record.log_path, la.record.exo_log_path], max_bytes)
+            texts = exologs.logs_of(la.node, [la.record.log_path, la.record.exo_log_path], max_bytes,
+                                    la.record.log_marks)
             out[abs(key)] = "\n".join(texts.values())
         return out
 
@@ -227,7 +232,7 @@ class ExoCluster:
                 continue
             for label, path in (("stdout", la.record.log_path), ("exo.log", la.record.exo_log_path),
                                 ("runner-stderr", la.record.runner_log_path)):
-                text = exologs.tail(la.node, path, EVIDENCE_TAIL_BYTES)
+                text = exologs.tail(la.node, path, EVIDENCE_TAIL_BYTES, la.record.log_marks.get(path))
                 if text:
                     tails[f"node{abs(key)}-{role}-{label}"] = text
         return tails

@@ -29,7 +29,13 @@ model; offline already guarantees no download. The canary uses its own namespace
 Before starting, a foreign process on the API port, or exo's pid-file lock held by a live exo, is a
 diagnosis (LaunchError), never a kill; `--stop-existing-exo` stops only processes whose executable
 (or script) is the configured EXO_CMD or the EXO.app bundle's exo, and lists them. Processes that an
-earlier modeldrop run started (its launch records) are ours: they are stopped by pid.
+earlier modeldrop run started (its launch records) are ours: they are stopped by pid. A record names the
+node it was made on (target, hostname and boot id: `NodeIdentity`); a record of another node or another
+boot, or older than RECORD_MAX_AGE_S, is void and never read. A record whose processes are found gone (or
+stopped) is marked so in its file, atomically, and never tried again. When a record's leader is gone but its
+process group lives on, the `stop` probe stops that group only if every member is proven ours (this user's,
+in the leader's session, started at or after it, running the exo we launched); otherwise nothing is
+signalled and the start records the refusal, which the canary and startup gates show as a warning.
 Start is detached (probe `spawn`: new session, stdio to a file in EXO_LOG_DIR_NODEk), the first-run
 marker is pre-created so no browser opens, and `<run_folder>/exo/node<k>-<role>.json` records pid,
 start, log paths and the redacted command line. On macOS `caffeinate -i -s -w <pid>` keeps it awake.
@@ -47,8 +53,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from modeldrop import atomic
+from modeldrop.config import NodeConfig, RunConfig
 from modeldrop.exo.logs import ExoPaths, exo_paths
-from modeldrop.hub import insecure_endpoint_problem
+from modeldrop.hub import node_endpoint_problem
 from modeldrop.nodes import url_host
 from modeldrop.probes._proc import START_TOLERANCE_S
 from modeldrop.redaction import redact, redact_mapping, secret_values
@@ -60,11 +68,22 @@ HELP_TIMEOUT_S = 120.0
 VERSION_TIMEOUT_S = 60.0
 # probe_build's worst case: `--help` (its own limit + 30 s for the probe round trip), then `--version`
 PROBE_BUILD_BUDGET_S = HELP_TIMEOUT_S + 30 + VERSION_TIMEOUT_S + 30
+RECORD_MAX_RUNS = 50  # earlier run folders whose launch records are read
+RECORD_MAX_AGE_S = 7 * 24 * 3600.0  # a launch record older than this is void
+STOP_DONE = ("gone", "mismatch", "stopped-term", "stopped-kill")  # stop results after which a record is finished
 
 
 class Node(Protocol):
     def run_probe(self, name: str, args: dict, *, timeout: float) -> dict: ...
     def address(self) -> str: ...
+
+
+class RecordFolder(Protocol):
+    """Where launch records go: the run folder (`modeldrop.ledger.runfolder.RunFolder`)."""
+
+    path: Path
+
+    def write_json(self, rel: str, obj: Any) -> Path: ...
 
 
 class LaunchError(Exception):
@@ -132,6 +151,32 @@ def help_flags(text: str) -> list[str]:
     return re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", text or "")
 
 
+@dataclass(frozen=True)
+class NodeIdentity:
+    """The node a launch record was made on: its configured target, hostname and boot id (from `facts`)."""
+
+    target: str
+    hostname: str | None
+    boot_id: str | None
+
+    @property
+    def known(self) -> bool:
+        """All three are known (a record made where one is not can never be matched, so never acted on)."""
+        return bool(self.target and self.hostname and self.boot_id)
+
+
+def node_facts(node: Any) -> dict:
+    """The node's `facts` probe, from its own cache when it has one."""
+    cached = getattr(node, "facts", None)
+    return cached(timeout=60) if callable(cached) else node.run_probe("facts", {}, timeout=60)
+
+
+def node_identity(node: Any, target: str) -> NodeIdentity:
+    """The identity of `node` (configured as `target`) as its facts tell it now."""
+    facts = node_facts(node)
+    return NodeIdentity(str(target), facts.get("hostname"), facts.get("boot_id"))
+
+
 @dataclass
 class LaunchRecord:
     """What was started: written to <run_folder>/exo/node<k>-<role>.json."""
@@ -154,14 +199,33 @@ class LaunchRecord:
     extra_pids: list[dict] = field(default_factory=list)
     stopped: dict | None = None
     stopped_existing: list[dict] = field(default_factory=list)
+    node_target: str = ""
+    node_host: str | None = None
+    node_boot: str | None = None
+    program: str | None = None  # the executable `spawn` saw the process run
+    log_marks: dict[str, dict] = field(default_factory=dict)  # path -> {inode, size} when the launch began
+    source: Path | None = field(default=None, compare=False, repr=False)  # the file it was read from
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("source")
+        return d
 
     @classmethod
-    def from_json(cls, d: dict) -> LaunchRecord:
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**known)
+    def from_json(cls, d: dict, source: Path | None = None) -> LaunchRecord:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "source"}
+        return cls(**known, source=source)
+
+    def made_on(self, ident: NodeIdentity) -> bool:
+        """Was this record made on that node, in its current boot?"""
+        return ident.known and (self.node_target, self.node_host, self.node_boot) == \
+            (ident.target, ident.hostname, ident.boot_id)
+
+    def mark_stopped(self, result: str, detail: str = "") -> None:
+        """Record in its own file, atomically, that its processes are gone (never tried again)."""
+        self.stopped = {"result": result, "detail": detail, "at": time.time()}
+        if self.source is not None:
+            atomic.write_json(self.source, self.to_json())
 
 
 def api_addresses(node: Node) -> list[str]:
@@ -199,33 +263,38 @@ def expand_home(path: str, home: str) -> str:
     return home.rstrip("/") + path[1:] if path.startswith("~/") else path
 
 
-def previous_records(report_dir: Path, exclude: Path | None, node_index: int, max_runs: int = 50) -> list[LaunchRecord]:
-    """Launch records for node k from earlier run folders, newest run first (for re-attach and cleanup).
+def previous_records(report_dir: Path, exclude: Path | None, node_index: int, ident: NodeIdentity, *,
+                     max_runs: int = RECORD_MAX_RUNS, max_age_s: float = RECORD_MAX_AGE_S) -> list[LaunchRecord]:
+    """Launch records for node k made on that node in its current boot (`ident`), from the newest `max_runs`
+    earlier run folders, younger than max_age_s, newest run first (for re-attach and cleanup).
 
     Every earlier run counts (a run that failed before starting exo has no records, and the cluster an
-    older green run left serving is still ours); a record's pid is only ever signalled after the
-    `stop` probe re-checks its start time, so a stale record cannot hit a reused pid."""
-    if not report_dir.is_dir():
+    older green run left serving is still ours); a record of another node or boot is void (its pids mean
+    nothing here), and a record's pid is only ever signalled after the `stop` probe re-checks its start time."""
+    if not report_dir.is_dir() or not ident.known:
         return []
     folders = sorted((p for p in report_dir.iterdir() if p.is_dir() and not p.is_symlink()
                       and (p / "exo").is_dir()), key=lambda p: p.name, reverse=True)[:max_runs]
+    oldest = time.time() - max_age_s
     out = []
     for folder in folders:
         if exclude is not None and folder.resolve() == Path(exclude).resolve():
             continue
         for f in sorted((folder / "exo").glob(f"node{node_index}-*.json")):
             try:
-                out.append(LaunchRecord.from_json(json.loads(f.read_text())))
+                rec = LaunchRecord.from_json(json.loads(f.read_text()), source=f)
             except (OSError, ValueError, TypeError):
                 continue
+            if rec.made_on(ident) and float(rec.started_at or 0) >= oldest:
+                out.append(rec)
     return out
 
 
 class ExoLauncher:
     """Start/stop exo on one node; one launcher per (node, role)."""
 
-    def __init__(self, node: Node, node_cfg: Any, cfg: Any, run_folder: Any, build: ExoBuild | None = None,
-                 facts: dict | None = None):
+    def __init__(self, node: Node, node_cfg: NodeConfig, cfg: RunConfig, run_folder: RecordFolder,
+                 build: ExoBuild | None = None, facts: dict | None = None):
         self.node = node
         self.node_cfg = node_cfg
         self.cfg = cfg
@@ -244,9 +313,17 @@ class ExoLauncher:
         """The node's `facts` probe, from the node's own cache when it has one (one probe per node, not per
         launcher: the canary and the cluster launcher share it)."""
         if self._facts is None:
-            cached = getattr(self.node, "facts", None)
-            self._facts = cached(timeout=60) if callable(cached) else self.node.run_probe("facts", {}, timeout=60)
+            self._facts = node_facts(self.node)
         return self._facts
+
+    def identity(self) -> NodeIdentity:
+        """This node as launch records name it."""
+        facts = self.facts()
+        return NodeIdentity(str(self.node_cfg.target), facts.get("hostname"), facts.get("boot_id"))
+
+    def previous(self) -> list[LaunchRecord]:
+        """This node's launch records from earlier runs (see `previous_records`)."""
+        return previous_records(Path(self.cfg.report_dir), Path(str(self.run_folder.path)), self.k, self.identity())
 
     def build(self) -> ExoBuild:
         if self._build is None:
@@ -288,7 +365,9 @@ class ExoLauncher:
         online = bool(self.cfg.online) and role == "cluster"
         if online:
             env["EXO_OFFLINE"] = "false"
-            refused = insecure_endpoint_problem(self.cfg.hf_endpoint, self.cfg.hf_token, self.cfg.allow_insecure_hub)
+            node_env = self.facts().get("hf_endpoint_env") if self.cfg.hf_token and not self.cfg.hf_endpoint else None
+            refused = node_endpoint_problem(self.cfg.hf_endpoint, node_env, self.cfg.hf_token,
+                                            self.cfg.allow_insecure_hub)
             if refused:
                 raise LaunchError(f"{self.node_cfg.name}: exo not started online: {refused}")
             for key, value in (("HF_ENDPOINT", self.cfg.hf_endpoint), ("HF_TOKEN", self.cfg.hf_token)):
@@ -306,20 +385,35 @@ class ExoLauncher:
         return [self.node_cfg.exo_cmd, *APP_EXO_PATHS]
 
     def stop_previous_runs(self) -> list[dict]:
-        """Stop processes an earlier modeldrop run started on this node (its launch records), by pid."""
-        out, seen = [], set()
-        for rec in previous_records(Path(self.cfg.report_dir), Path(str(self.run_folder.path)), self.k):
+        """Stop processes an earlier modeldrop run started on this node (its valid launch records), by pid after
+        the identity check; a record whose processes are gone is marked so. Returns what was stopped or refused."""
+        out: list[dict] = []
+        done: dict[tuple, dict] = {}  # (pid, start) -> stop result: a re-attached record is copied into later runs
+        for rec in self.previous():
             if rec.stopped:
                 continue
+            results = []
             for pid, start in [(rec.pid, rec.start)] + [(p["pid"], p.get("start")) for p in rec.extra_pids]:
-                if start is None or (pid, start) in seen:
+                if start is None:
                     continue
-                seen.add((pid, start))
-                res = self.node.run_probe("stop", {"pid": pid, "expect_start": start, "grace_s": STOP_GRACE_S,
-                                                   "orphans": pid == rec.pid}, timeout=STOP_GRACE_S + 60)
-                if res.get("result") in ("stopped-term", "stopped-kill"):
-                    out.append({"pid": pid, "from_run": rec.log_path, "result": res.get("result")})
+                if (pid, start) not in done:
+                    done[(pid, start)] = res = self.node.run_probe("stop", self._stop_args(rec, pid, start),
+                                                                   timeout=STOP_GRACE_S + 60)
+                    if res.get("result") not in ("gone", "mismatch"):
+                        out.append({"pid": pid, "from_run": rec.log_path, "result": res.get("result"),
+                                    "detail": res.get("detail")})
+                results.append(done[(pid, start)].get("result"))
+            if results and all(r in STOP_DONE for r in results):
+                rec.mark_stopped("gone" if set(results) <= {"gone", "mismatch"} else "stopped-by-later-run")
         return out
+
+    def _stop_args(self, rec: LaunchRecord, pid: int, start: float) -> dict:
+        """The `stop` probe's arguments for a pid of launch record `rec` (the group of its leader only when every
+        member is proven ours: see probe `stop`)."""
+        args: dict[str, Any] = {"pid": pid, "expect_start": start, "grace_s": STOP_GRACE_S}
+        if pid == rec.pid:
+            args.update(orphans=True, expect_exes=[rec.program] if rec.program else [], expect_cmd=rec.exe)
+        return args
 
     def _stop_existing(self, role: str) -> list[dict]:
         """--stop-existing-exo: this SSH user's processes whose program is the configured exo or EXO.app's
@@ -332,11 +426,11 @@ class ExoLauncher:
         self.run_folder.write_json(f"exo/node{self.k}-{role}-existing-exo.json",
                                    {"programs": self._exo_exe_paths(), "found": found})
         out = []
-        for p in rows:
+        for p, shown in zip(rows, found, strict=True):
             res = self.node.run_probe("stop", {"pid": p["pid"], "expect_start": p.get("start"), "grace_s": STOP_GRACE_S},
                                       timeout=STOP_GRACE_S + 60)
-            out.append({"pid": p["pid"], "exe": p.get("exe"), "cmdline": p.get("cmdline"), "result": res.get("result"),
-                        "detail": res.get("detail")})
+            out.append({"pid": p["pid"], "exe": p.get("exe"), "cmdline": shown["cmdline"], "result": res.get("result"),
+                        "detail": redact(str(res.get("detail") or ""), secrets)})
         return out
 
     def _pidfile_holder(self) -> dict | None:
@@ -371,10 +465,16 @@ class ExoLauncher:
         return problems
 
     # -- start / stop -----------------------------------------------------------------------------
-    def _prepare_node(self, log_path: str) -> None:
+    def _prepare_node(self, log_path: str) -> dict[str, dict]:
+        """The first-run marker and the log dir made; returns where each log stood ({path: {inode, size}}), so
+        only what this launch writes is read as its evidence (`exo.logs`)."""
         marker = self.paths.first_run_marker
-        self.node.run_probe("fs", {"ops": [["mkdir", marker.rsplit("/", 1)[0]], ["touch", marker],
-                                           ["mkdir", log_path.rsplit("/", 1)[0]]]}, timeout=60)
+        logs = [log_path, self.paths.log_file, self.paths.runner_stderr]
+        res = self.node.run_probe("fs", {"ops": [["mkdir", marker.rsplit("/", 1)[0]], ["touch", marker],
+                                                 ["mkdir", log_path.rsplit("/", 1)[0]],
+                                                 *(["stat", p] for p in logs)]}, timeout=60)
+        stats = (res.get("results") or [])[3:]
+        return {p: {"inode": r.get("inode"), "size": r.get("size") or 0} for p, r in zip(logs, stats, strict=False)}
 
     def start(self, role: str = "cluster", precheck: bool = True) -> LaunchRecord:
         """Start exo detached as `role`; LaunchError with the diagnosis when it cannot be started."""
@@ -383,7 +483,7 @@ class ExoLauncher:
             raise LaunchError("; ".join(problems), precheck_facts(problems))
         argv, env, unset = self.command(role)
         log_path = f"{self.node_cfg.exo_log_dir}/{self.run_id()}-node{self.k}-{role}.log"
-        self._prepare_node(log_path)
+        marks = self._prepare_node(log_path)
         res = self.node.run_probe("spawn", {"argv": argv, "env": env, "unset_env": unset, "cwd": "~",
                                             "log_path": log_path, "pid_file": None}, timeout=120)
         self.record = LaunchRecord(
@@ -391,7 +491,10 @@ class ExoLauncher:
             argv=argv, env=redact_mapping(env), unset_env=unset, generation=self.build().generation,
             namespace=self.namespace(role), api_url=self.api_url, log_path=res.get("log_path") or log_path,
             exo_log_path=self.paths.log_file, runner_log_path=self.paths.runner_stderr, started_at=time.time(),
-            stopped_existing=self.stopped_existing)
+            stopped_existing=self.stopped_existing, program=res.get("exe"), log_marks=marks)
+        ident = self.identity()
+        self.record.node_target, self.record.node_host, self.record.node_boot = ident.target, ident.hostname, \
+            ident.boot_id
         if self.facts().get("platform") == "darwin":
             self._caffeinate()
         self.save()
@@ -432,7 +535,9 @@ class ExoLauncher:
             return {"result": "not-started"}
         if self.record.stopped:
             return self.record.stopped
-        args: dict[str, Any] = {"pid": self.record.pid, "grace_s": STOP_GRACE_S, "orphans": True}
+        args: dict[str, Any] = {"pid": self.record.pid, "grace_s": STOP_GRACE_S, "orphans": True,
+                                "expect_exes": [self.record.program] if self.record.program else [],
+                                "expect_cmd": self.record.exe}
         if self.record.start is not None:
             args["expect_start"] = self.record.start
         else:

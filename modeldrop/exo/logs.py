@@ -7,7 +7,10 @@ Linux uses XDG (`~/.config/exo`, `~/.local/share/exo`, `~/.cache/exo`). The main
 marker `<config>/.dashboard_opened`. The suite also captures exo's stdout/stderr to its own file in
 EXO_LOG_DIR_NODEk: the fatal startup `ValueError`s go to stderr only.
 
-Scanning covers both files: `logs_of(node, paths)` returns their concatenated tails.
+Scanning covers both files: `logs_of(node, paths)` returns their concatenated tails. Only this run's lines
+count: the launcher records where each log stood when it launched exo (`LaunchRecord.log_marks`: inode and
+size), and a tail with that mark reads only what was written after it (all of a file started afresh since),
+so a previous run's exo.log, or the start-up window before exo rotates it, is never read as this run's.
 """
 
 from __future__ import annotations
@@ -61,20 +64,25 @@ def exo_paths(platform: str) -> ExoPaths:
     return ExoPaths("~/.exo", "~/.exo", "~/.exo")
 
 
-def tail(node: ProbeNode, path: str, max_bytes: int = DEFAULT_TAIL_BYTES) -> str:
-    """The last max_bytes of a file on the node ('' when it does not exist or cannot be read)."""
+def tail(node: ProbeNode, path: str, max_bytes: int = DEFAULT_TAIL_BYTES, mark: dict | None = None) -> str:
+    """The last max_bytes of a file on the node, written after `mark` when given (see the module docstring);
+    '' when it does not exist or cannot be read."""
+    args: dict[str, Any] = {"path": path, "max_bytes": max_bytes}
+    if mark:
+        args["mark"] = mark
     try:
-        r = node.run_probe("tail", {"path": path, "max_bytes": max_bytes}, timeout=TAIL_TIMEOUT_S)
+        r = node.run_probe("tail", args, timeout=TAIL_TIMEOUT_S)
     except Exception:  # noqa: BLE001 - a missing log must not hide the real failure
         return ""
     return str(r.get("text") or "") if r.get("exists") else ""
 
 
-def logs_of(node: ProbeNode, paths: list[str], max_bytes: int = DEFAULT_TAIL_BYTES) -> dict[str, str]:
-    """{path: tail} for each path that exists."""
+def logs_of(node: ProbeNode, paths: list[str], max_bytes: int = DEFAULT_TAIL_BYTES,
+            marks: dict[str, dict] | None = None) -> dict[str, str]:
+    """{path: tail} for each path that exists (each read after its mark in `marks`, when it has one)."""
     out = {}
     for p in paths:
-        text = tail(node, p, max_bytes)
+        text = tail(node, p, max_bytes, (marks or {}).get(p))
         if text:
             out[p] = text
     return out

@@ -29,7 +29,11 @@ from modeldrop.verdict import Fact, Verdict
 
 API_UP_TIMEOUT_S = 120.0
 SOCKETS_TIMEOUT_S = 60.0
-CHAT_READ_TIMEOUT_S = 120.0  # the chat gate's per-request read bound (run_chats; its stall window is an option)
+# the chat gate's per-request bounds (run_chats): no new token for CHAT_STALL_S, and CHAT_TIMEOUT_S in all
+# (connect, headers, body; the run options CHAT_STALL_S and CHAT_TIMEOUT_S set them); a serving check's chat
+# gets SERVING_CHAT_S in all
+CHAT_STALL_S, CHAT_TIMEOUT_S, SERVING_CHAT_S = 30.0, 120.0, 60.0
+NODE_ID_TIMEOUT_S = 3.0  # one /node_id call of the startup watch, in all
 INTERVAL_S = 0.5
 CLUSTER_INTERVAL_S = 0.5
 # MLX ring connect retries sleep 1+2+4+8+16 s before `[ring] Couldn't connect (error: N)`;
@@ -46,7 +50,7 @@ def stall_budget(ready_timeout_s: float) -> float:
 # -- startup --------------------------------------------------------------------------------------
 def sample_node(launcher: Any, client: ExoClient, t0: float, clock: Callable[[], float]) -> StartupSample:
     proc = launcher.proc()
-    nid, err = call_safely(lambda: client.node_id(timeout_s=3.0))
+    nid, err = call_safely(lambda: client.node_id(timeout_s=NODE_ID_TIMEOUT_S))
     return StartupSample(round(clock() - t0, 2), proc is not None, proc.get("start") if proc else None, nid, err)
 
 
@@ -82,12 +86,16 @@ def watch_startup(launchers: dict[int, Any], clients: dict[int, ExoClient], sett
 
 
 # -- cluster --------------------------------------------------------------------------------------
-def views_of(clients: dict[int, ExoClient]) -> dict[int, st.ClusterView | None]:
+def views_of(clients: dict[int, ExoClient]) -> tuple[dict[int, st.ClusterView | None], dict[int, str]]:
+    """Each node's cluster view (None where /state did not answer) and why it did not."""
     out: dict[int, st.ClusterView | None] = {}
+    errors: dict[int, str] = {}
     for k, c in clients.items():
-        s, _ = call_safely(c.state)
+        s, err = call_safely(c.state)
         out[k] = st.cluster_view(s) if isinstance(s, dict) else None
-    return out
+        if out[k] is None:
+            errors[k] = err or "/state is not an object"
+    return out, errors
 
 
 def watch_cluster(clients: dict[int, ExoClient], live_ids: dict[int, str], window_s: float,
@@ -98,7 +106,12 @@ def watch_cluster(clients: dict[int, ExoClient], live_ids: dict[int, str], windo
     `cancelled()` true ends it early (the caller no longer needs the answer)."""
     n = len(live_ids)
     t0 = clock()
-    res = poll(lambda: cluster_verdict(live_ids, views_of(clients), n), lambda v: v.ok, window_s, CLUSTER_INTERVAL_S,
+
+    def look() -> Verdict:
+        views, errors = views_of(clients)
+        return cluster_verdict(live_ids, views, n, errors)
+
+    res = poll(look, lambda v: v.ok, window_s, CLUSTER_INTERVAL_S,
                stop=(lambda v: cancelled()) if cancelled else None, clock=clock, sleep=sleep)
     v = res.value if res.value is not None else Verdict.failed(f"no /state answered ({res.last_error})")
     v.details["elapsed_s"] = round(clock() - t0, 2)
@@ -239,11 +252,12 @@ def check_transport(inst: st.Instance, node_ids: dict[int, str], node_logs: dict
 CHAT_PROMPT = [{"role": "user", "content": "Reply with one short sentence: what is 2 + 2?"}]
 
 
-def one_chat(url: str, model_id: str, stream: bool, max_tokens: int = 64, stall_s: float = 30.0,
-             read_timeout_s: float = 300.0) -> dict:
-    """One chat completion through `url`, as an evidence dict (never raises for server problems)."""
+def one_chat(url: str, model_id: str, stream: bool, max_tokens: int = 64, stall_s: float = CHAT_STALL_S,
+             timeout_s: float = CHAT_TIMEOUT_S) -> dict:
+    """One chat completion through `url`, within timeout_s in all, as an evidence dict (never raises for
+    server problems)."""
     from modeldrop.bench.client import BenchClient, ChatRequest
-    client = BenchClient(url, model_id, read_timeout_s=read_timeout_s, stall_timeout_s=stall_s)
+    client = BenchClient(url, model_id, request_timeout_s=timeout_s, stall_timeout_s=stall_s)
     try:
         rec = client.send(ChatRequest(messages=CHAT_PROMPT, max_tokens=max_tokens, stream=stream))
     finally:
@@ -256,14 +270,14 @@ def one_chat(url: str, model_id: str, stream: bool, max_tokens: int = 64, stall_
             "ttft_s": round(rec.ttft, 3) if rec.ttft is not None else None}
 
 
-def run_chats(urls: dict[int, str], model_id: str, stall_s: float,
-              read_timeout_s: float = CHAT_READ_TIMEOUT_S) -> Verdict:
-    """Streamed, then non-streamed, through every node's API; stops at the first failure (named in the verdict).
-    A stream with no new token for `stall_s` is stalled."""
+def run_chats(urls: dict[int, str], model_id: str, stall_s: float = CHAT_STALL_S,
+              timeout_s: float = CHAT_TIMEOUT_S) -> Verdict:
+    """Streamed, then non-streamed, through every node's API, each request within timeout_s in all; stops at
+    the first failure (named in the verdict)."""
     results = []
     for k, url in sorted(urls.items()):
         for stream in (True, False):
-            r = one_chat(url, model_id, stream, stall_s=stall_s, read_timeout_s=read_timeout_s)
+            r = one_chat(url, model_id, stream, stall_s=stall_s, timeout_s=timeout_s)
             r["node"] = k
             results.append(r)
             if not chat_verdict([r]).ok:
@@ -273,11 +287,12 @@ def run_chats(urls: dict[int, str], model_id: str, stall_s: float,
     return chat_verdict(results)
 
 
-def serving_check(urls: dict[int, str], model_id: str, read_timeout_s: float = 60.0) -> Verdict:
-    """One short non-streamed chat through every node's API (the guide's serving truth); stops at the first failure."""
+def serving_check(urls: dict[int, str], model_id: str, timeout_s: float = SERVING_CHAT_S) -> Verdict:
+    """One short non-streamed chat through every node's API (the guide's serving truth), each within timeout_s
+    in all; stops at the first failure."""
     results = []
     for k, url in sorted(urls.items()):
-        r = one_chat(url, model_id, False, max_tokens=8, stall_s=min(30.0, read_timeout_s), read_timeout_s=read_timeout_s)
+        r = one_chat(url, model_id, False, max_tokens=8, stall_s=min(CHAT_STALL_S, timeout_s), timeout_s=timeout_s)
         r["node"] = k
         results.append(r)
         if not chat_verdict([r]).ok:

@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modeldrop.exo import flags
+from modeldrop import exo_flags
+from modeldrop.config import RunConfig
 from modeldrop.exo.launcher import (
     ExoBuild,
     LaunchError,
     Node,
     describe_holders,
+    node_identity,
     previous_records,
     probe_api_port,
     probe_build,
@@ -40,9 +42,9 @@ class ExoPreflight:
     warnings: list[str] = field(default_factory=list)
 
 
-def flag_problems(k: int, build: ExoBuild, cfg: Any) -> list[str]:
+def flag_problems(k: int, build: ExoBuild, cfg: RunConfig) -> list[str]:
     """EXO_EXTRA_ARGS flags node k's exo does not list in `--help` (exo would exit on them)."""
-    missing = flags.missing_from_help(cfg.exo_extra_args, build.help_flags)
+    missing = exo_flags.missing_from_help(cfg.exo_extra_args, build.help_flags)
     if not missing:
         return []
     where = cfg.sources.get("EXO_EXTRA_ARGS", "EXO_EXTRA_ARGS")
@@ -66,17 +68,17 @@ def drift_problem(builds: dict[int, ExoBuild]) -> str | None:
     return "exo drift: " + ", ".join(f"node{k} {b.label()}" for k, b in sorted(builds.items()))
 
 
-def _own_pids(cfg: Any, k: int) -> set[int]:
-    recs = previous_records(Path(cfg.report_dir), None, k)
+def _own_pids(node: Node, cfg: RunConfig, k: int) -> set[int]:
+    recs = previous_records(Path(cfg.report_dir), None, k, node_identity(node, cfg.node(k).target))
     return {r.pid for r in recs if not r.stopped}
 
 
-def port_problem(node: Node, k: int, cfg: Any) -> tuple[str | None, dict]:
+def port_problem(node: Node, k: int, cfg: RunConfig) -> tuple[str | None, dict]:
     r = probe_api_port(node, cfg.api_port)
     if r.get("free"):
         return None, r
     holders = r.get("holders") or []
-    if holders and {h["pid"] for h in holders} <= _own_pids(cfg, k):
+    if holders and {h["pid"] for h in holders} <= _own_pids(node, cfg, k):
         r["note"] = "held by exo an earlier modeldrop run started; the launcher stops it by pid"
         return None, r
     return (f"node{k}: API port {cfg.api_port} is in use by {describe_holders(r)} (exo's API needs it; stop that process or "
@@ -109,7 +111,7 @@ def runtime_drift(runtimes: dict[int, dict[str, Any]]) -> list[str]:
     return out
 
 
-def exo_preflight(nodes: dict[int, Node], cfg: Any) -> ExoPreflight:
+def exo_preflight(nodes: dict[int, Node], cfg: RunConfig) -> ExoPreflight:
     """Run every exo preflight check on every node; never raises for a node-side problem."""
     out = ExoPreflight([], {}, {"builds": {}, "ports": {}})
     for k, node in sorted(nodes.items()):
@@ -140,6 +142,6 @@ def exo_preflight(nodes: dict[int, Node], cfg: Any) -> ExoPreflight:
     runtimes = {k: runtime_of(node, cfg.node(k).exo_cmd) for k, node in sorted(nodes.items())}
     out.evidence["runtimes"] = {f"node{k}": r for k, r in runtimes.items()}
     out.warnings += runtime_drift(runtimes)
-    lines = {flags.libp2p_port_line(cfg.libp2p_port, b.generation, b.help_flags) for b in out.builds.values()}
+    lines = {exo_flags.libp2p_port_line(cfg.libp2p_port, b.generation, b.help_flags) for b in out.builds.values()}
     out.warnings += sorted(line for line in lines if line)
     return out

@@ -61,14 +61,17 @@ def startup_verdict(samples: dict[int, list[StartupSample]], expected_start: dic
 
 
 # -- cluster (phase 5) ----------------------------------------------------------------------------
-def cluster_verdict(live_ids: dict[int, str], views: dict[int, ClusterView | None], n: int) -> Verdict:
-    """Every node's API lists all N live node ids, no others, and edges both ways for every pair."""
+def cluster_verdict(live_ids: dict[int, str], views: dict[int, ClusterView | None], n: int,
+                    errors: dict[int, str] | None = None) -> Verdict:
+    """Every node's API lists all N live node ids, no others, and edges both ways for every pair; a node whose
+    /state did not answer is named with `errors[k]` (why not)."""
     want = sorted(live_ids.values())
     name = {v: f"node{k}" for k, v in live_ids.items()}
     problems, isolated = [], []
     for k, view in sorted(views.items()):
         if view is None:
-            problems.append(f"node{k}: /state not readable")
+            why = (errors or {}).get(k)
+            problems.append(f"node{k}: /state not readable" + (f" ({why})" if why else ""))
             continue
         members = view.members
         missing = [x for x in want if x not in members]

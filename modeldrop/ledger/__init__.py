@@ -1,9 +1,12 @@
 """The run ledger: run folder, ledger.jsonl, handoff.md, pass cache, fingerprints, pytest-html glue.
 
-`Ledger` is the one writer of a run's ledger.jsonl, handoff.md and run.json. Contract:
-- every gate event (`gate_start`, `gate_result`, `gate_reused`, `note`, `signatures`, …) appends one
-  fsynced line to ledger.jsonl and rewrites handoff.md and run.json atomically before returning, so
-  all three are current after every event, whatever kills the run afterwards;
+`Ledger` is the one writer of a run's ledger.jsonl, handoff.md and run.json, and the one owner of each
+gate's run state (`RunState.gates[gate]`: outcome, root cause, reuse, deselection). Contract:
+- every gate event (`gate_start`, `gate_result`, `gate_reused`, `item_failed`, `deselect`, `resume_from`,
+  `note`, `signatures`, …) changes the state and appends one fsynced line to ledger.jsonl, and rewrites
+  handoff.md and run.json atomically before returning, so all three are current after every event,
+  whatever kills the run afterwards; nothing else changes the state (the plugin asks `outcome(gate)`,
+  `root_cause(gate)`, `failed_gates()`, … and never reaches into `state`);
 - `gate=None` events (benchmarks, run-level warnings) land in ledger.jsonl and the run-level
   warnings of the hand-off;
 - secrets given to the constructor never reach any of them (`modeldrop.redaction`);
@@ -23,8 +26,19 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from modeldrop.ledger import html as lhtml
 from modeldrop.ledger import runjson
-from modeldrop.ledger.handoff import GateRecord, RunState, handoff_fields, hm, one_line, render
+from modeldrop.ledger.handoff import (
+    BAD_OUTCOMES,
+    FINISHED,
+    GateRecord,
+    RunState,
+    green,
+    handoff_fields,
+    hm,
+    one_line,
+    render,
+)
 from modeldrop.ledger.jsonl import JsonlLedger
 from modeldrop.ledger.runfolder import RunFolder, atomic_write_json, atomic_write_text
 from modeldrop.ledger.timeline import TimelineWriter
@@ -114,12 +128,33 @@ class Ledger:
                     handoff=self.fields())
         self.timeline.flush()
 
+    @_locked
+    def k_expressions(self, exprs: dict[str, str]) -> None:
+        """The `-k` expression that selects exactly each gate's items (for the printed rerun commands)."""
+        self.state.k_exprs = dict(exprs)
+
+    @_locked
+    def deselect(self, gates: list[str], bench_only: bool = False) -> None:
+        """Gates of the order not selected in this session (`-k`, or a benchmarks-only run) are `deselected`;
+        handoff.md and run.json are rewritten (a `deselect` record when there is any)."""
+        for gate in gates:
+            self.state.gates[gate].outcome = "deselected"
+        self.state.bench_only = bench_only
+        if gates:
+            self._event("deselect", gates=list(gates), bench_only=bench_only)
+        else:
+            self.write_handoff()
+
     def download_span(self, node: str, kind: str, start: float, end: float | None = None, rc: int | None = None,
                       **extra: Any) -> None:
         """A node's download started (`kind` "start") or ended ("end", with its rc): for the timeline."""
         self.jsonl.append(f"download_{kind}", node=node, start=round(start, 3),
                           end=round(end, 3) if end is not None else None, rc=rc, **extra)
         self.timeline.touch()
+
+    def downloads_closed(self, result: dict[str, str]) -> None:
+        """What the session's end did to downloads no gate waited for (`--parallel-downloads`)."""
+        self.jsonl.append("downloads_closed", result=result)
 
     @_locked
     def profile_update(self, path: str, diff: dict[str, Any]) -> None:
@@ -136,11 +171,25 @@ class Ledger:
         self._event("gate_start", gate=gate, phase=rec.phase)
 
     @_locked
+    def item_failed(self, gate: str, item: str, when: str) -> None:
+        """A phase (`setup`/`call`/`teardown`) of one of the gate's items failed: the gate counts as failed for
+        whatever runs before it finishes (a session fixture's teardown inside its last item)."""
+        self.state.gates[gate].failed_items.append(item)
+        self._event("item_fail", gate=gate, item=item, when=when)
+
+    @_locked
+    def resume_from(self, gate: str, why: str) -> None:
+        """--resume-bootstrap found no reusable pass for `gate` (why): it runs, and its chain runs from here."""
+        self.state.gates[gate].resume_from = why
+        self._event("resume_from", gate=gate, why=why)
+
+    @_locked
     def gate_result(self, gate: str, outcome: str, reason: str = "", duration: float | None = None,
-                    missing_pass: bool = False, **extra: Any) -> None:
-        """Gate finished: outcome passed/failed/skipped, first reason line, duration."""
+                    missing_pass: bool = False, root: tuple[str, str, str] | None = None, **extra: Any) -> None:
+        """Gate finished: outcome passed/failed/skipped, first reason line, duration, and `root`: the (gate,
+        outcome, reason) behind a failure or skip (its own, or the upstream's that blocked it)."""
         rec = self.state.gates[gate]
-        rec.outcome, rec.reason = outcome, one_line(reason, 400)
+        rec.outcome, rec.reason, rec.root = outcome, one_line(reason, 400), root
         rec.blocked_by_missing_pass = missing_pass
         if rec.started is None:
             rec.started = time.time()
@@ -162,6 +211,10 @@ class Ledger:
         rec.duration = 0.0
         self._event("reuse", gate=gate, phase=rec.phase, from_time=when, from_run=run_id,
                     evidence=rec.evidence or None)
+
+    def pass_cached(self, gate: str, fingerprint: str) -> None:
+        """The gate's pass went to the pass cache under `fingerprint`."""
+        self.jsonl.append("pass_cached", gate=gate, fingerprint=fingerprint)
 
     @_locked
     def bench_result(self, name: str, outcome: str, reason: str = "", duration: float | None = None) -> None:
@@ -213,6 +266,67 @@ class Ledger:
         self.jsonl.append("evidence", gate=gate, item=item, kind=kind, name=name, path=path)
 
 
+    # -- reading -------------------------------------------------------------------------
+    @property
+    def started(self) -> float:
+        """When the run started (epoch seconds)."""
+        return self.state.started
+
+    def outcome(self, gate: str) -> str | None:
+        """passed / failed / skipped / reused for a gate finished (or reused) in this session, else None."""
+        rec = self._rec(gate)
+        return rec.outcome if rec is not None and rec.outcome in FINISHED else None
+
+    def reason(self, gate: str) -> str:
+        """The first line of why `gate` ended as it did (empty while it runs)."""
+        rec = self._rec(gate)
+        return rec.reason if rec is not None else ""
+
+    def root_cause(self, gate: str) -> tuple[str, str, str]:
+        """(root gate, outcome, reason) behind `gate`'s outcome ((gate, "not run", "") before it finished)."""
+        rec = self._rec(gate)
+        if rec is not None and rec.root is not None:
+            return rec.root
+        return gate, self.outcome(gate) or "not run", ""
+
+    def failed_gates(self) -> list[str]:
+        """Gates with a failed item in this session, in run order (known as soon as the item's phase fails)."""
+        return [r.gate for r in self.state.in_order() if r.failed_items]
+
+    def first_bad_gate(self) -> str | None:
+        """The first gate of the order that failed or was skipped in this session."""
+        return next((r.gate for r in self.state.in_order() if r.outcome in BAD_OUTCOMES), None)
+
+    def running(self) -> list[str]:
+        """Gates started and not finished (the one a killed session was in)."""
+        return [r.gate for r in self.state.in_order() if r.outcome == "running"]
+
+    def green(self) -> bool:
+        """Every gate of the order passed in this session or by reuse."""
+        return green(self.state)
+
+    def resumed_at(self) -> list[str]:
+        """Gates --resume-bootstrap ran because their pass was not reusable, in run order."""
+        return [r.gate for r in self.state.in_order() if r.resume_from]
+
+    def pass_summary(self, gate: str) -> dict[str, Any]:
+        """What a cached pass keeps of the gate: its notes and one-line evidence."""
+        rec = self.state.gates[gate]
+        return {"notes": rec.notes, "evidence": rec.evidence}
+
+    def notes(self) -> dict[str, Any]:
+        """Every gate's notes merged in run order (a later gate's value wins)."""
+        merged: dict[str, Any] = {}
+        for rec in self.state.in_order():
+            merged.update(rec.notes)
+        return merged
+
+    @_locked
+    def summary_html(self) -> str:
+        """The hand-off block, gate table and timeline for the top of ledger.html."""
+        return lhtml.summary_html(self.fields(), self.state, self.timeline.png)
+
+
 class Evidence:
     """What a gate leaves as evidence: report extras for ledger.html, records for ledger.jsonl and handoff.md.
 
@@ -226,8 +340,6 @@ class Evidence:
 
     def __init__(self, ledger: Ledger | None, gate: str | None, item: str, folder: RunFolder | None = None,
                  secrets: Iterable[str] = ()):
-        from modeldrop.ledger import html as lhtml
-
         self._html = lhtml
         self.ledger = ledger
         self.gate = gate

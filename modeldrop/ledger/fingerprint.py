@@ -7,13 +7,13 @@ Contract:
   `modeldrop.gatetable.GATES`): hub commit (from the verify gates on), each node's exo version (from
   node1_canary on), node K's manifest digest for nodeK_verify (node1_canary: node 1's; parity: every
   node's). Only facts measured by the time the gate passes are used, so a later run probing afresh
-  gets the same parts when nothing changed. Manifest digests cover (path, size, mtime). The parts hold
-  the tool paths the gate runs on the nodes in scope (`TOOLS_BY_KIND`: HF_CMD, EXO_CMD, the configured
-  python); preflight's also the versions those tools answer (`tool_versions(k)`, optional on `facts`)
-  and the disk margin. For gates whose pass is about running exo processes, each node's exo session
-  (`exo_session(k)`, optional): the node id its API answers plus the identity (pid, start time, argv) of
-  the exo process from its launch record, so a restarted cluster never reuses a pass even if exo's node
-  id becomes persistent.
+  gets the same parts when nothing changed (an `--audit` holds the row's `audit_facts`). Manifest digests
+  cover (path, size, mtime). The parts hold the tool paths the gate runs on the nodes in scope (the row's
+  `tools`: HF_CMD, EXO_CMD, the configured python); a row with `tool_versions` (preflight) also the
+  versions those tools answer (`tool_versions(k)`, optional on `facts`), and its options the disk margin.
+  For gates whose pass is about running exo processes, each node's exo session (`exo_session(k)`,
+  optional): the node id its API answers plus the identity (pid, start time, argv) of the exo process from
+  its launch record, so a restarted cluster never reuses a pass even if exo's node id becomes persistent.
 - `gate_fingerprint(gate, cfg, facts)` is the sha256 of those parts (hex, 24 chars).
 - `explain_change(old_parts, new_parts)` names, in words, what differs ("other files on node2
   (manifest changed)"), for the "no reusable pass" diagnostics.
@@ -55,13 +55,6 @@ def _option_value(cfg: RunConfig, key: str) -> Any:
     return getattr(cfg, field_of(key), None)
 
 
-# The tool paths (NodeConfig fields) each kind of gate runs: a pass does not carry over to other binaries.
-TOOLS_BY_KIND: dict[str, tuple[str, ...]] = {
-    "preflight": ("hf_cmd", "exo_cmd", "python_cmd"), "download": ("hf_cmd",), "canary": ("exo_cmd",),
-    **{kind: ("exo_cmd",) for kind in ("startup", "cluster", "placement", "transport", "chat")},
-}
-
-
 def fingerprint_parts(gate: str, cfg: RunConfig, facts: Facts) -> dict[str, Any]:
     """Everything `gate`'s verdict depends on, as a JSON-able dict (see module docstring)."""
     row = gatetable.gate_of(gate)
@@ -74,12 +67,9 @@ def fingerprint_parts(gate: str, cfg: RunConfig, facts: Facts) -> dict[str, Any]
         "model_dirs": {f"node{i}": cfg.node(i).model_dir for i in scope},
         "options": {key.lower(): _option_value(cfg, key) for key in (row.options if row else ())},
     }
-    tools = TOOLS_BY_KIND.get(row.kind, ()) if row else ()
-    if tools:
-        parts["tools"] = {f"node{i}": [getattr(cfg.node(i), t) for t in tools] for i in scope}
-    wanted = row.facts if row else gatetable.ALL_FACTS
-    if row is not None and row.kind == "preflight" and cfg.audit:
-        wanted = ()  # an audit's preflight does not check exo
+    if row is not None and row.tools:
+        parts["tools"] = {f"node{i}": [getattr(cfg.node(i), t) for t in row.tools] for i in scope}
+    wanted = row.facts_for(cfg.audit) if row else gatetable.ALL_FACTS
     if "hub_commit" in wanted:
         parts["hub_commit"] = facts.hub_commit()
     if "exo_versions" in wanted:
@@ -87,7 +77,7 @@ def fingerprint_parts(gate: str, cfg: RunConfig, facts: Facts) -> dict[str, Any]
     if "manifests" in wanted:
         parts["manifests"] = {f"node{i}": facts.manifest_digest(i) for i in scope}
     versions = getattr(facts, "tool_versions", None)
-    if row is not None and row.kind == "preflight" and callable(versions):
+    if row is not None and row.tool_versions and callable(versions):
         parts["tool_versions"] = {f"node{i}": versions(i) for i in scope}
     session = getattr(facts, "exo_session", None)
     if row is not None and row.cluster and callable(session):

@@ -3,7 +3,7 @@
 Contract:
 - `render(state)` returns the markdown with exactly these sections, in the guide's order: the stable
   `## 90-Second Handoff` (operator protocol), `## Current Run Header` (mutable: model, nodes, dirs, state,
-  blocker), the stable `## Phase Gates` (each phase's pass/fail criteria) and `## Failure Signatures`
+  blocker), the stable `## Phase Gates` (each gate's pass/stop criteria) and `## Failure Signatures`
   (the signature reference), `## Run Ledger` (mutable: timestamped outcomes per gate, matched
   signatures) and `## Hand-off Block` (a fenced block of the guide's `FIELD: value` lines, `HANDOFF_KEYS`).
 - `handoff_fields(state)` returns the Hand-off Block values; `block_lines` is how every output prints them
@@ -31,6 +31,8 @@ HANDOFF_KEYS = ("MODEL", "NODES", "MODEL_DIRS", "LAST_PASS_PHASE", "CURRENT_PHAS
 SECTIONS = ("90-Second Handoff", "Current Run Header", "Phase Gates", "Failure Signatures", "Run Ledger",
             "Hand-off Block")
 PASSING = ("passed", "reused")
+BAD_OUTCOMES = ("failed", "skipped")
+FINISHED = (*PASSING, *BAD_OUTCOMES)  # a gate's outcome once it has finished in this session (or was reused)
 
 
 def block_lines(fields: dict[str, str], keys: tuple[str, ...] = HANDOFF_KEYS) -> list[str]:
@@ -66,7 +68,8 @@ def one_line(s: Any, limit: int = 240) -> str:
 
 @dataclass
 class GateRecord:
-    """What the ledger knows about one gate of the run's order."""
+    """What the ledger knows about one gate of the run's order: the only record of its run state (outcome,
+    root cause, reuse, deselection), changed only by `modeldrop.ledger.Ledger`."""
 
     gate: str
     outcome: str = "pending"  # pending | running | passed | failed | skipped | reused | deselected
@@ -80,6 +83,9 @@ class GateRecord:
     warnings: list[str] = field(default_factory=list)
     signatures: list[dict[str, Any]] = field(default_factory=list)
     blocked_by_missing_pass: bool = False
+    root: tuple[str, str, str] | None = None  # (root gate, its outcome, its reason) behind a failure or skip
+    failed_items: list[str] = field(default_factory=list)  # items with a failed phase, as soon as it fails
+    resume_from: str = ""  # why --resume-bootstrap could not reuse its pass (so it ran here)
 
     @property
     def phase(self) -> str:
@@ -328,7 +334,7 @@ def render(state: RunState) -> str:
     parts = [f"# modeldrop hand-off: {state.model_id}", "",
              "## 90-Second Handoff", "", *runbook.OPERATOR_PROTOCOL, "",
              "## Current Run Header", "", *header, "",
-             "## Phase Gates", "", *runbook.criteria_table(state.order, phase_of), "",
+             "## Phase Gates", "", *runbook.criteria_table(state.order), "",
              "## Failure Signatures", "", *runbook.signature_reference(state.signature_table), "",
              "## Run Ledger", "", *_gate_table(state), *_bench_table(state), "",
              "Signatures matched in this run:", "", *_signature_table(state), "", *_ledger_links(state), "",

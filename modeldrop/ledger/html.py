@@ -6,13 +6,17 @@ Contract:
 - `started_header()/started_cell(t)` and `gate_header()/gate_cell(g)` are the extra table columns.
 - `summary_html(fields, state)` renders the Hand-off Block and the gate table; everything that may
   come from a node is passed through `html.escape`.
+- `redact_report(report, secrets)` masks secrets in what pytest-html (and the terminal) take from a test
+  report (the failure text, captured output, extras) before anything escapes, encodes or renders them.
 - `atomic_writer(report_path, secrets)` replaces pytest-html's in-place write with an atomic one that
-  masks secrets, so a run killed mid-write still leaves the previous, readable ledger.html.
+  masks secrets in every form they can take in the page (`secret_forms`: as is, HTML- and JSON-escaped and
+  both), so a run killed mid-write still leaves the previous, readable ledger.html.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import time
@@ -22,7 +26,7 @@ from typing import Any
 
 from modeldrop.ledger.handoff import RunState, block_lines, dur, hm
 from modeldrop.ledger.runfolder import atomic_write_text
-from modeldrop.redaction import masked, redact
+from modeldrop.redaction import MASK, masked, redact, redact_obj
 
 MAX_TEXT = 200_000
 
@@ -118,10 +122,61 @@ def timeline_img(png: Path | None) -> str:
             f'src="data:image/png;base64,{base64.b64encode(data).decode()}"/>')
 
 
-def atomic_writer(report_path: Path, secrets: Iterable[str] = ()) -> Callable[[str], None]:
-    """A writer for pytest-html's rendered page that writes it atomically, secrets masked."""
+def _html_forms(s: str) -> set[str]:
+    """s as html.escape writes it (quotes or not) and as Jinja/markupsafe does (`&#34;`, `&#39;`)."""
+    plain = html.escape(s, quote=False)
+    return {s, plain, html.escape(s), plain.replace('"', "&#34;").replace("'", "&#39;")}
+
+
+def secret_forms(secret: str) -> set[str]:
+    """Every form a secret takes in ledger.html: as is, HTML-escaped (pytest-html escapes captured logs), inside
+    JSON strings (its data blob; ASCII-escaped or not), and HTML-escaped again (the blob sits in an attribute)."""
+    out: set[str] = set()
+    for first in _html_forms(secret):
+        for js in (first, json.dumps(first)[1:-1], json.dumps(first, ensure_ascii=False)[1:-1]):
+            out |= _html_forms(js)
+    return out
+
+
+def redact_report(report: Any, secrets: Iterable[str]) -> None:
+    """Mask secrets in a pytest report's failure text, captured sections and text/json/html extras (in place)."""
     keep = masked(secrets)
+    if not keep:
+        return
+    text = getattr(report, "longreprtext", "") or ""
+    if any(s in text for s in keep):
+        report.longrepr = _scrubbed(report.longrepr, keep)
+    report.sections = [(head, redact(body, keep)) for head, body in getattr(report, "sections", [])]
+    for extra in getattr(report, "extras", None) or []:
+        if isinstance(extra, dict) and extra.get("format_type") in ("text", "json", "html", "url"):
+            extra["content"] = redact_obj(extra.get("content"), keep)
+
+
+def _scrubbed(obj: Any, keep: list[str], depth: int = 0) -> Any:
+    """obj with secrets masked in every string inside it: strings, lists, tuples and the dataclasses pytest's
+    failure representations are made of (changed in place, so their shape and `reprcrash` stay)."""
+    if isinstance(obj, str):
+        return redact(obj, keep)
+    if depth > 12:
+        return obj
+    if isinstance(obj, (list, tuple)):
+        items = [_scrubbed(x, keep, depth + 1) for x in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            try:
+                object.__setattr__(obj, f.name, _scrubbed(getattr(obj, f.name), keep, depth + 1))
+            except (AttributeError, TypeError):
+                continue
+    return obj
+
+
+def atomic_writer(report_path: Path, secrets: Iterable[str] = ()) -> Callable[[str], None]:
+    """A writer for pytest-html's rendered page that writes it atomically, every form of every secret masked."""
+    forms = masked(f for s in masked(secrets) for f in secret_forms(s))
 
     def write(rendered: str) -> None:
-        atomic_write_text(report_path, redact(rendered, keep))
+        for form in forms:  # longest first: a form never leaves a piece of a longer one behind
+            rendered = rendered.replace(form, MASK)
+        atomic_write_text(report_path, rendered)
     return write

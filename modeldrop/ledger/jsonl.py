@@ -3,8 +3,9 @@
 Contract:
 - `JsonlLedger.append(event, **fields)` writes one line `{"t": epoch, "time": ISO-UTC, "event": …, …}`,
   flushes and fsyncs it before returning, so a SIGKILL right after loses nothing already appended.
-- Events used by the plugin: `run_start`, `gate_start`, `pass`, `fail`, `skip`, `reuse`, `note`,
-  `warning`, `signature`, `evidence`, `profile_update`, `run_end`.
+- Events the Ledger writes: `run_start`, `deselect`, `gate_start`, `item_fail`, `pass`, `fail`, `skip`,
+  `reuse`, `resume_from`, `pass_cached`, `note`, `warning`, `strongest`, `signature`, `evidence`,
+  `download_start`, `download_end`, `downloads_closed`, `bench`, `cleanup`, `profile_update`, `run_end`.
 - Any secret given to the constructor is replaced by `***` in every line written.
 - `read_jsonl(path)` returns the records, ignoring a torn last line.
 """

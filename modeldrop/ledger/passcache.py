@@ -10,7 +10,9 @@ Contract:
   "stale" / "changed" diagnostics; `matching(gate, fingerprint)` the newest with the fingerprint,
   whatever its age.
 - Secrets given to the constructor are masked in what is stored.
-- A missing or unreadable file is an empty cache (a corrupt cache never stops a run).
+- A missing or unreadable file is an empty cache (a corrupt cache never stops a run). An unreadable one is
+  never replaced silently: at first sight it is moved aside to `pass_cache.json.unreadable-<UTC time>`
+  (under the lock, after a second look) and `warn` is told so in one line.
 - `summary` holds the gate's notes (`{"notes": {...}, "evidence": "..."}`) so a reused gate still
   contributes its measured facts (sizes, counts, instance id) to the ledger and the profile.
 """
@@ -19,8 +21,10 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
+import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,29 +63,69 @@ class PassRecord:
 class PassCache:
     """The pass cache file of one reports directory."""
 
-    def __init__(self, path: Path, secrets: Iterable[str] = ()):
+    def __init__(self, path: Path, secrets: Iterable[str] = (), warn: Callable[[str], None] | None = None):
         self.path = path
         self._secrets = masked(secrets)
+        self._warn = warn or (lambda line: sys.stderr.write(f"modeldrop: {line}\n"))
+        self._held = False
+        self._stuck = False  # unreadable and could not be moved aside: never overwritten
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
+        if self._held:  # already ours (flock on a second descriptor would wait for ourselves)
+            yield
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_name(self.path.name + ".lock"), "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            self._held = True
             try:
                 yield
             finally:
+                self._held = False
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _load(self) -> dict[str, list[dict[str, Any]]]:
-        """{gate: [pass dicts]}; anything malformed (file, gate entry or record) is left out."""
+    def _read(self) -> tuple[dict[str, Any] | None, str | None]:
+        """(the file's passes, None), ({}, None) when there is no file, or (None, why it is unreadable)."""
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-            passes = data.get("passes", {})
-        except (OSError, ValueError, AttributeError):
-            return {}
+        except FileNotFoundError:
+            return {}, None
+        except (OSError, ValueError) as e:
+            return None, f"{type(e).__name__}: {e}"
+        passes = data.get("passes", {}) if isinstance(data, dict) else None
         if not isinstance(passes, dict):
-            return {}
+            return None, "not a pass cache (no `passes` object)"
+        return passes, None
+
+    def _set_aside(self) -> None:
+        """Move an unreadable file aside (if it still is, under the lock) and say so in one line."""
+        with self._locked():
+            passes, why = self._read()
+            if passes is not None:
+                return  # another run replaced it meanwhile
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            aside = self.path.with_name(f"{self.path.name}.unreadable-{stamp}")
+            try:
+                os.replace(self.path, aside)
+            except OSError as e:
+                if not self._stuck:
+                    self._warn(f"{self.path} is unreadable ({why}) and cannot be moved aside ({e}); no earlier pass "
+                               "is reused and this run's passes are not kept: fix or remove the file")
+                self._stuck = True
+                return
+        self._warn(f"{self.path} was unreadable ({why}); kept as {aside.name}, a new pass cache starts (no earlier "
+                   "pass is reused)")
+
+    def _load(self) -> dict[str, list[dict[str, Any]]]:
+        """{gate: [pass dicts]}; anything malformed (gate entry or record) is left out, an unreadable file is set
+        aside (see the module doc) and counts as empty."""
+        passes, _ = self._read()
+        if passes is None:
+            self._set_aside()
+            passes, _ = self._read()
+            if passes is None:
+                return {}
         return {g: [d for d in v if isinstance(d, dict)] for g, v in passes.items() if isinstance(v, list)}
 
     def records(self, gate: str) -> list[PassRecord]:
@@ -101,6 +145,8 @@ class PassCache:
                          redact_obj(dict(summary or {}), self._secrets), redact_obj(dict(parts or {}), self._secrets))
         with self._locked():
             passes = self._load()
+            if self._stuck:
+                return rec
             passes[gate] = [asdict(rec)] + passes.get(gate, [])[:KEEP - 1]
             atomic_write_json(self.path, {"version": VERSION, "passes": passes})
         return rec

@@ -7,7 +7,8 @@ now)` draws them (matplotlib's object API, Agg, no pyplot state) and writes the 
 the spans drawn beside it as `<name>.json`; with no span it writes nothing.
 `TimelineWriter(jsonl, png)` redraws in one background thread whenever `touch()` is called, at most once every
 REDRAW_EVERY_S (touches in between make one redraw: a drawing costs a few tenths of a CPU second), and
-`flush()` draws now, so the picture follows the run and a failed or interrupted run keeps the last one drawn.
+`flush()` draws now and waits, so the picture follows the run and a failed or interrupted run keeps the last
+one drawn.
 """
 
 from __future__ import annotations
@@ -105,29 +106,39 @@ def render(records: Iterable[dict[str, Any]], path: Path, now: float | None = No
 
 
 class TimelineWriter:
-    """Redraws `png` from `jsonl` in a background thread after a `touch()` (at most every REDRAW_EVERY_S);
-    `flush()` draws now."""
+    """Redraws `png` from `jsonl` in a background thread after a `touch()`, at most every REDRAW_EVERY_S;
+    `flush()` draws now (and ends the pacing, so no thread outlives the run's last picture by a pause).
+
+    The drawing thread is not a daemon and lives only while redraws are asked for: the interpreter's exit
+    waits for a draw in progress instead of freezing it inside matplotlib's C++ code (which aborts the process),
+    and a limit (deadlines.alarm's SIGALRM) that fires during `flush()` interrupts the wait, not the drawing."""
 
     def __init__(self, jsonl: Path, png: Path):
         self.jsonl, self.png = Path(jsonl), Path(png)
-        self._dirty = threading.Event()
-        self._lock = threading.Lock()
+        self._dirty = False
+        self._state = threading.Lock()  # guards _dirty and _thread
+        self._lock = threading.Lock()  # one draw at a time
         self._thread: threading.Thread | None = None
+        self._closing = threading.Event()  # set by flush(): no more pacing
         self.error: str | None = None
 
     def touch(self) -> None:
-        """Ask for a redraw (coalesced); starts the drawing thread on first use."""
-        self._dirty.set()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="timeline", daemon=True)
-            self._thread.start()
+        """Ask for a redraw (coalesced); starts the drawing thread when none runs."""
+        with self._state:
+            self._dirty = True
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._drain, name="timeline", daemon=False)
+                self._thread.start()
 
-    def _loop(self) -> None:
+    def _drain(self) -> None:
         while True:
-            self._dirty.wait()
-            self._dirty.clear()
+            with self._state:
+                if not self._dirty:
+                    self._thread = None
+                    return
+                self._dirty = False
             self.draw()
-            time.sleep(REDRAW_EVERY_S)  # pacing, not synchronisation: touches meanwhile make the next redraw
+            self._closing.wait(REDRAW_EVERY_S)  # pacing: touches meanwhile make one redraw; flush() ends it
 
     def draw(self) -> Path | None:
         """Draw the picture from the records as they are now (errors kept in `error`, never raised)."""
@@ -139,6 +150,16 @@ class TimelineWriter:
                 return None
 
     def flush(self) -> Path | None:
-        """Draw now (the run's last picture)."""
-        self._dirty.clear()
-        return self.draw()
+        """Draw now (the run's last picture) and wait for it; the path when there was something to draw. The
+        wait is on an Event, not Thread.join: an interrupted join marks a running thread stopped, and the
+        interpreter's exit would then not wait for it."""
+        self._closing.set()
+        done, box = threading.Event(), {}
+
+        def run() -> None:
+            box["path"] = self.draw()
+            done.set()
+
+        threading.Thread(target=run, name="timeline-flush", daemon=False).start()
+        done.wait()
+        return box.get("path")

@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 
+from modeldrop import gatetable
 from modeldrop.deadlines import DeadlineExceeded, alarm
 from modeldrop.ledger import html as lhtml
-from modeldrop.ledger.handoff import block_lines, green
+from modeldrop.ledger.handoff import block_lines
 from modeldrop.ledger.passcache import utc_minute
 from modeldrop.plugin import bounds, hookspecs, options, ordering, reporting
 from modeldrop.plugin.outcomes import GateTracker, is_subtest, reason_of, skip_here
-from modeldrop.plugin.reuse import resumable, resume_chain, upstream_verdict
+from modeldrop.plugin.reuse import resumable, resume_broken, upstream_verdict
 from modeldrop.plugin.session import (
     EVIDENCE_KEY,
     FACTS_KEY,
@@ -117,31 +118,31 @@ class RunHooks:
         if gate is None:
             self._gate_benchmark(item)
             return
-        gs, kinds = self.gs, self.tracker.skip_kind
-        if self.tracker.start_gate(gate):
+        gs, ledger, tracker = self.gs, self.gs.ledger, self.tracker
+        if tracker.start_gate(gate):
             reporting.refresh_html(self.config, gs, regenerate=True)
         verdict = upstream_verdict(gs, self.config, gate)
         if verdict is not None:
-            kinds[item.nodeid], reason, gs.root[gate] = verdict
+            kind, reason, root = verdict
+            tracker.skip_as(item.nodeid, kind, root)
             skip_here(reason)
-        if gs.outcome.get(gate) == "reused":  # another item of a gate already reused
-            kinds[item.nodeid] = "reused"
-            skip_here(gs.ledger.state.gates[gate].reason)
-        chain = resume_chain(gate)
-        if gs.cfg.resume_bootstrap and chain not in gs.resume_broken and gate not in gs.outcome:
+        if ledger.outcome(gate) == "reused":  # another item of a gate already reused
+            tracker.skip_as(item.nodeid, "reused")
+            skip_here(ledger.reason(gate))
+        chain = gatetable.resume_chain(gate)
+        if gs.cfg.resume_bootstrap and not resume_broken(gs, chain) and ledger.outcome(gate) is None:
             rec, why = resumable(gs, self.config, gate)
             if rec is not None:
-                kinds[item.nodeid] = gs.outcome[gate] = "reused"
-                gs.ledger.gate_reused(gate, rec.time, rec.run_id, rec.summary)
+                tracker.skip_as(item.nodeid, "reused")
+                ledger.gate_reused(gate, rec.time, rec.run_id, rec.summary)
                 skip_here(f"reused pass from {utc_minute(rec.time)} (run {rec.run_id})")
-            gs.resume_broken |= {"files", "exo"} if chain == "files" else {chain}
-            gs.ledger.jsonl.append("resume_from", gate=gate, why=why)
+            ledger.resume_from(gate, why)
 
     def _gate_benchmark(self, item: pytest.Item) -> None:
         """Benchmarks do not run after a gate of this session failed or was skipped."""
-        bad = self.gs.first_bad_gate()
+        bad = self.gs.ledger.first_bad_gate()
         if item.get_closest_marker("bench") is not None and bad is not None:
-            root = self.gs.root_cause(bad)
+            root = self.gs.ledger.root_cause(bad)
             skip_here(f"blocked by {root[0]} ({root[1]}): {root[2]}")
 
     @pytest.hookimpl(wrapper=True)
@@ -152,6 +153,7 @@ class RunHooks:
         extras = ev.drain() if ev is not None else []
         if extras:
             rep.extras = list(getattr(rep, "extras", [])) + extras
+        lhtml.redact_report(rep, self.gs.secrets)  # before the terminal, the ledger or pytest-html see it
         return rep
 
     @pytest.hookimpl(trylast=True)
@@ -162,9 +164,10 @@ class RunHooks:
         self.exits.record_stops()
         props = dict(report.user_properties)
         gate, bench = props.get("gate"), props.get("bench")
-        if (gate is None or gate not in self.gs.ledger.state.gates) and bench is None:
+        gate = gate if gate in self.gs.order else None
+        if gate is None and bench is None:
             return
-        finished = self.tracker.item_report(report, gate if gate in self.gs.ledger.state.gates else None, bench)
+        finished = self.tracker.item_report(report, gate, bench)
         if finished is not None:
             reporting.update_metadata(self.config, self.gs)
             reporting.after_item(self.config, self.gs)
@@ -183,9 +186,9 @@ class RunHooks:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         """Profile update on a green bootstrap, the last ledger records, close the nodes."""
         gs = self.gs
-        running = [r for r in gs.ledger.state.in_order() if r.outcome == "running"]
-        interrupted = self.interrupted or (f"session ended while {running[0].gate} was running" if running else "")
-        if green(gs.ledger.state) and not gs.cfg.audit:
+        running = gs.ledger.running()
+        interrupted = self.interrupted or (f"session ended while {running[0]} was running" if running else "")
+        if gs.ledger.green() and not gs.cfg.audit:
             reporting.profile_update(gs)
         try:
             self.exits.drain()
@@ -210,6 +213,15 @@ class RunHooks:
             terminalreporter.write_line(line)
 
 
+class LimitReached(pytest.fail.Exception, DeadlineExceeded):
+    """A setup or teardown limit: pytest's failure outcome (recorded and cached like any, no traceback) that no
+    `except Exception` in the library swallows."""
+
+
+def _limit_reached(message: str) -> BaseException:
+    return LimitReached(message, pytrace=False)
+
+
 class BoundsHooks:
     """Bounded fixture setup and teardown (pytest-timeout bounds only the test function)."""
 
@@ -221,19 +233,20 @@ class BoundsHooks:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(self, fixturedef: Any, request: pytest.FixtureRequest) -> Any:
-        with alarm(self._limit("modeldrop_fixture_timeout"), f"setup of fixture {fixturedef.argname}"):
+        with alarm(self._limit("modeldrop_fixture_timeout"), f"setup of fixture {fixturedef.argname}",
+                   _limit_reached):
             return (yield)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
-        with alarm(self._limit("modeldrop_teardown_timeout"), f"teardown after {item.name}"):
+        with alarm(self._limit("modeldrop_teardown_timeout"), f"teardown after {item.name}", _limit_reached):
             return (yield)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> Any:
         """An interrupted run tears its session fixtures down here (the cluster stop): bounded too."""
         try:
-            with alarm(self._limit("modeldrop_teardown_timeout"), "session teardown"):
+            with alarm(self._limit("modeldrop_teardown_timeout"), "session teardown", _limit_reached):
                 return (yield)
         except DeadlineExceeded as exc:
             bounds.session_teardown_overran(self.gs, exc)
@@ -245,6 +258,12 @@ class HtmlHooks:
 
     def __init__(self, gs: GateSession):
         self.gs = gs
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Extras other plugins added after the report was made (pytest-html's `extras` fixture) are masked
+        too, before pytest-html escapes and encodes them (its own hook runs last)."""
+        lhtml.redact_report(report, self.gs.secrets)
 
     def pytest_html_report_title(self, report: Any) -> None:
         report.title = f"modeldrop ledger: {self.gs.cfg.model_id} ({self.gs.folder.run_id})"
@@ -266,4 +285,4 @@ class HtmlHooks:
 
 
 __all__ = ["SESSION_KEY", "FACTS_KEY", "POOL_KEY", "GateSession", "gate_id", "evidence_for", "run_config_of",
-           "run_folder_of", "ledger_of", "pass_cache_of", "node_pool_of", "facts_of", "reusable", "session_of"]
+           "run_folder_of", "ledger_of", "pass_cache_of", "node_pool_of", "facts_of", "session_of"]

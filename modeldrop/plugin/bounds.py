@@ -4,7 +4,8 @@
   test's teardown, session fixtures included: the cluster stop), `modeldrop_gate_timeouts` (`kind=seconds`
   lines overriding a kind of gate's limit from the gate table, e.g. `download=28800` for a slow link).
 - `bound(item, default_s, kind)`: the item's timeout marker unless it has one (benchmark cases get
-  `BENCH_CASE_TIMEOUT_S`).
+  `BENCH_CASE_TIMEOUT_S`). `gate_limit(config, kind)`: a kind of gate's limit as `bound` sets it (the
+  download gates give hf a limit that follows it).
 - The hooks (`BoundsHooks` in `__init__`) bound fixture setup, each teardown and the session teardown of an
   interrupted run with `modeldrop.deadlines.alarm`; a session teardown that runs out is a ledger warning
   (`session_teardown_overran`), not a crash.
@@ -22,6 +23,7 @@ import pytest
 
 from modeldrop.cleanup import REGISTRY
 from modeldrop.deadlines import FIXTURE_SETUP_S, TEARDOWN_S, DeadlineExceeded
+from modeldrop.gatetable import BY_KIND
 from modeldrop.interrupts import install_sigterm, interrupt_reason, shield
 from modeldrop.plugin.session import GateSession
 
@@ -40,13 +42,21 @@ def bound(item: pytest.Item, default_s: float | None, kind: str | None = None) -
     """Give the item its default timeout unless it has one; modeldrop_gate_timeouts overrides a kind's."""
     if default_s is None or item.get_closest_marker("timeout") is not None:
         return
-    overrides = dict(line.split("=", 1) for line in item.config.getini("modeldrop_gate_timeouts") if "=" in line)
+    item.add_marker(pytest.mark.timeout(_limit(item.config, kind, default_s)))
+
+
+def gate_limit(config: pytest.Config, kind: str) -> float:
+    """The limit of every gate of `kind`: its modeldrop_gate_timeouts line, else the gate table's."""
+    return _limit(config, kind, BY_KIND[kind].timeout_s)
+
+
+def _limit(config: pytest.Config, kind: str | None, default_s: float) -> float:
+    overrides = dict(line.split("=", 1) for line in config.getini("modeldrop_gate_timeouts") if "=" in line)
     try:
-        seconds = float(overrides.get(kind or "", default_s))
+        return float(overrides.get(kind or "", default_s))
     except ValueError:
         raise pytest.UsageError(f"modeldrop_gate_timeouts: {kind}={overrides[kind]!r} is not a number of "
                                 "seconds") from None
-    item.add_marker(pytest.mark.timeout(seconds))
 
 
 def session_teardown_overran(gs: GateSession, exc: DeadlineExceeded) -> None:

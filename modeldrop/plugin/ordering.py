@@ -38,7 +38,7 @@ def drop_inactive(gs: GateSession, config: pytest.Config, items: list[pytest.Ite
         config.hook.pytest_deselected(items=dropped)
         keep = set(map(id, dropped))
         items[:] = [it for it in items if id(it) not in keep]
-    gs.ledger.state.k_exprs = k_expressions([it for it in items if gate_id(it)], gate_id)
+    gs.ledger.k_expressions(k_expressions([it for it in items if gate_id(it)], gate_id))
 
 
 def order_selected(gs: GateSession, items: list[pytest.Item]) -> None:
@@ -61,8 +61,5 @@ def order_selected(gs: GateSession, items: list[pytest.Item]) -> None:
         gs.selected[g] = gs.selected.get(g, 0) + 1
         row = gatetable.gate_of(g)
         bound(item, gatetable.timeout_of(g), row.kind if row else None)
-    for g in gs.order:
-        if g not in gs.selected:
-            gs.ledger.state.gates[g].outcome = "deselected"
-    gs.ledger.state.bench_only = not gs.selected and any(it.get_closest_marker("bench") for it in items)
-    gs.ledger.write_handoff()
+    bench_only = not gs.selected and any(it.get_closest_marker("bench") for it in items)
+    gs.ledger.deselect([g for g in gs.order if g not in gs.selected], bench_only=bench_only)

@@ -40,16 +40,19 @@ def reason_of(report: pytest.TestReport) -> str:
     return re.sub(r"^(Skipped|Failed|AssertionError|_pytest\.outcomes\.\w+):\s*", "", line)
 
 
+Root = tuple[str, str, str]
+
+
 class GateTracker:
-    """Per-item bookkeeping of a gate run; writes each finished gate to the session and the ledger."""
+    """Per-item bookkeeping of a gate run; writes each finished gate to the ledger (the one record of it)."""
 
     def __init__(self, config: pytest.Config, gs: GateSession):
         self.config = config
         self.gs = gs
         self.items_left: dict[str, int] = {}
         self.item_worst: dict[str, tuple[str, str]] = {}
-        self.skip_kind: dict[str, str] = {}
-        self.gate_items: dict[str, list[tuple[str, str, str]]] = {}
+        self.skip_kind: dict[str, tuple[str, Root | None]] = {}  # nodeid -> (blocked/missing/reused, root)
+        self.gate_items: dict[str, list[tuple[str, str, str, Root | None]]] = {}
         self.started: set[str] = set()
         self.t0: dict[str, float] = {}
 
@@ -62,11 +65,15 @@ class GateTracker:
         self.gs.ledger.gate_start(gate, self.t0[gate])
         return True
 
+    def skip_as(self, nodeid: str, kind: str, root: Root | None = None) -> None:
+        """The item is about to be skipped before its fixtures: blocked / missing (with the root cause) / reused."""
+        self.skip_kind[nodeid] = (kind, root)
+
     def item_report(self, report: pytest.TestReport, gate: str | None, bench: str | None) -> str | None:
         """Fold one phase report into its item; on the teardown, into its gate. Returns the gate that
         finished now (or `bench` for a benchmark's last phase), else None."""
         if report.failed and gate is not None:
-            self.gs.failed_items[report.nodeid] = gate
+            self.gs.ledger.item_failed(gate, report.nodeid, report.when)
         worst = self.item_worst.get(report.nodeid, ("passed", ""))
         if report.outcome in ("failed", "skipped") and SEVERITY[report.outcome] > SEVERITY[worst[0]]:
             self.item_worst[report.nodeid] = (report.outcome, reason_of(report))
@@ -78,34 +85,34 @@ class GateTracker:
         if gate is None:
             self.gs.ledger.bench_result(bench, outcome, reason, report.stop - self.t0.get(report.nodeid, report.stop))
             return bench
-        kind = self.skip_kind.get(report.nodeid, "self" if outcome == "skipped" else "")
-        self.gate_items.setdefault(gate, []).append((outcome, reason, kind))
+        kind, root = self.skip_kind.get(report.nodeid, ("self" if outcome == "skipped" else "", None))
+        self.gate_items.setdefault(gate, []).append((outcome, reason, kind, root))
         self.items_left[gate] = self.items_left.get(gate, 1) - 1
         if self.items_left[gate] <= 0:
             self.finish_gate(gate, report.stop)
         return gate
 
     def finish_gate(self, gate: str, stop: float) -> None:
-        """Combine the gate's items (worst wins), record it, and cache a pass at once."""
-        gs = self.gs
+        """Combine the gate's items (worst wins), record it with its root cause, and cache a pass at once."""
         results = self.gate_items.get(gate, [])
-        if results and all(kind == "reused" for _, _, kind in results):
+        if results and all(kind == "reused" for _, _, kind, _ in results):
             return
-        outcome, reason, kind = max(results, key=lambda r: SEVERITY[r[0]]) if results else ("passed", "", "")
-        gs.outcome[gate] = outcome
+        outcome, reason, kind, _ = max(results, key=lambda r: SEVERITY[r[0]]) if results else ("passed", "", "", None)
         if outcome == "failed" or (outcome == "skipped" and kind == "self"):
-            gs.root[gate] = (gate, outcome, reason)
-        gs.ledger.gate_result(gate, outcome, reason, stop - self.t0.get(gate, stop), missing_pass=(kind == "missing"))
+            root: Root | None = (gate, outcome, reason)
+        else:
+            root = next((r for _, _, _, r in results if r is not None), None)
+        self.gs.ledger.gate_result(gate, outcome, reason, stop - self.t0.get(gate, stop),
+                                   missing_pass=(kind == "missing"), root=root)
         if outcome == "passed":
             self.record_pass(gate)
 
     def record_pass(self, gate: str) -> None:
         """Store the pass with its fingerprint and the gate's notes (for reuse and the profile)."""
         gs = self.gs
-        rec = gs.ledger.state.gates[gate]
         try:
             parts, fp = fingerprint_now(gs, self.config, gate)
-            gs.cache.record(gate, fp, gs.folder.run_id, {"notes": rec.notes, "evidence": rec.evidence}, parts)
-            gs.ledger.jsonl.append("pass_cached", gate=gate, fingerprint=fp)
+            gs.cache.record(gate, fp, gs.folder.run_id, gs.ledger.pass_summary(gate), parts)
+            gs.ledger.pass_cached(gate, fp)
         except Exception as e:  # noqa: BLE001 - a pass that cannot be cached is still a pass
             gs.ledger.warning(f"could not cache the pass of {gate}: {type(e).__name__}: {one_line(e, 160)}", gate)

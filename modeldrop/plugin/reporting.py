@@ -20,7 +20,7 @@ def prefix_updater(gs: GateSession) -> Any:
     """A function that puts the current hand-off block at the top of a summary prefix."""
     def update(prefix: list[str]) -> None:
         prefix[:] = [p for p in prefix if 'class="modeldrop-handoff"' not in p]
-        prefix.insert(0, lhtml.summary_html(gs.ledger.fields(), gs.ledger.state, gs.ledger.timeline.png))
+        prefix.insert(0, gs.ledger.summary_html())
     return update
 
 
@@ -91,9 +91,7 @@ def _hub_commit(gs: GateSession) -> str | None:
 
 def profile_row_updates(gs: GateSession) -> dict[str, Any]:
     """The profile row fields a green bootstrap measured (from the gates' notes, this run or reused)."""
-    notes: dict[str, Any] = {}
-    for rec in gs.ledger.state.in_order():
-        notes.update(rec.notes)
+    notes = gs.ledger.notes()
     row: dict[str, Any] = {}
     if gs.cfg.include:
         row["include"] = list(gs.cfg.include)
@@ -110,7 +108,7 @@ def profile_row_updates(gs: GateSession) -> dict[str, Any]:
     row["sharding"], row["instance_meta"] = gs.cfg.sharding, gs.cfg.instance_meta
     if not (gs.cfg.profile or {}).get("notes"):  # never overwrite an operator's notes
         row["notes"] = (f"first green bootstrap {gs.folder.run_id} on {len(gs.cfg.nodes)} node(s), "
-                        f"{dur(time.time() - gs.ledger.state.started)}")
+                        f"{dur(time.time() - gs.ledger.started)}")
     row["status"] = "active"
     return row
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 
 from modeldrop import gatetable
-from modeldrop.gatetable import gate_kind
 from modeldrop.ledger.fingerprint import digest, fingerprint_parts
-from modeldrop.ledger.handoff import one_line
+from modeldrop.ledger.handoff import BAD_OUTCOMES, one_line
 from modeldrop.ledger.passcache import PassRecord
-from modeldrop.plugin.session import BAD_OUTCOMES, GateSession, facts_of
+from modeldrop.plugin.session import GateSession, facts_of
 
 
 def fingerprint_now(gs: GateSession, config: pytest.Config, gate: str) -> tuple[dict, str]:
@@ -20,21 +19,15 @@ def fingerprint_now(gs: GateSession, config: pytest.Config, gate: str) -> tuple[
     return parts, digest(parts)
 
 
-def resume_chain(gate: str) -> str:
-    """Which --resume-bootstrap chain a gate is in: "files" (downloads, verifies, parity), "exo", or "none"
-    (preflight: read-only, and an --audit's preflight differs from a bootstrap's, so running it breaks nothing)."""
-    kind = gate_kind(gate)
-    if kind == "preflight":
-        return "none"
-    return "files" if kind in ("download", "verify", "parity") else "exo"
-
-
 def resumable(gs: GateSession, config: pytest.Config, gate: str) -> tuple[PassRecord | None, str]:
-    """A pass `--resume-bootstrap` may reuse: the gate's own, or for nodeK_download nodeK_verify's (the files
-    are verified, e.g. by a green --audit, so there is nothing to download)."""
-    rec, why = reusable(gs, config, gate)
-    if rec is None and gate_kind(gate) == "download":
-        rec, _ = reusable(gs, config, gate.replace("_download", "_verify"))
+    """A pass `--resume-bootstrap` may reuse for `gate`: its own, or a stand-in's from the gate table (for
+    nodeK_download nodeK_verify's: the files are verified, e.g. by a green --audit, so there is nothing to
+    download); else None and why the gate's own pass is not reusable."""
+    own, *stand_ins = gatetable.resume_stand_ins(gate)
+    rec, why = reusable(gs, config, own)
+    for g in stand_ins:
+        if rec is None:
+            rec, _ = reusable(gs, config, g)
     return rec, why
 
 
@@ -47,17 +40,23 @@ def reusable(gs: GateSession, config: pytest.Config, gate: str) -> tuple[PassRec
     return gs.cache.fresh(gate, fp, float(gs.cfg.pass_max_age), gs.cfg.model_id, parts)
 
 
+def resume_broken(gs: GateSession, chain: str) -> bool:
+    """True once a gate that breaks `chain` ran under --resume-bootstrap (the ledger's `resume_from` records)."""
+    return any(chain in gatetable.chains_broken_by(gatetable.resume_chain(g)) for g in gs.ledger.resumed_at())
+
+
 def upstream_verdict(gs: GateSession, config: pytest.Config, gate: str) -> tuple[str, str, tuple] | None:
     """None when `gate` may run; else (kind, skip reason, root) with kind blocked/missing."""
+    ledger = gs.ledger
     up = gatetable.upstream_of(gate, gs.order)
     chain: list[str] = []
-    while up is not None and up not in gs.selected and up not in gs.outcome:
+    while up is not None and up not in gs.selected and ledger.outcome(up) is None:
         chain.append(up)
         up = gatetable.upstream_of(up, gs.order)
-    if up is not None and gs.outcome.get(up) in BAD_OUTCOMES:
-        root = gs.root_cause(up)
+    if up is not None and ledger.outcome(up) in BAD_OUTCOMES:
+        root = ledger.root_cause(up)
         return "blocked", f"blocked by {root[0]} ({root[1]}): {root[2]}", root
-    if up is not None and up not in gs.outcome:
+    if up is not None and ledger.outcome(up) is None:
         reason = f"blocked by {up} (not run): it did not finish before {gate}"
         return "blocked", reason, (up, "not run", "it did not finish")
     for g in reversed(chain):
@@ -65,6 +64,5 @@ def upstream_verdict(gs: GateSession, config: pytest.Config, gate: str) -> tuple
         if rec is None:
             reason = f"no reusable pass for {g}: {why}"
             return "missing", reason, (gate, "skipped", reason)
-        gs.outcome[g] = "reused"
-        gs.ledger.gate_reused(g, rec.time, rec.run_id, rec.summary)
+        ledger.gate_reused(g, rec.time, rec.run_id, rec.summary)
     return None

@@ -1,7 +1,9 @@
-"""The state of one gate run and the accessors fixtures use to reach it.
+"""The handles of one gate run and the accessors fixtures use to reach it.
 
-`GateSession` lives on `config.stash[SESSION_KEY]` for a gate run (None in self-tests). It is the one
-source of gate outcomes: the plugin records them, fixtures, benchmarks and the run summary ask it.
+`GateSession` lives on `config.stash[SESSION_KEY]` for a gate run (None in self-tests). It keeps the
+configuration, run folder, ledger, pass cache, order and the count of selected items per gate; every
+gate outcome lives in the ledger (`modeldrop.ledger.Ledger`), which the plugin records it through and
+fixtures, benchmarks and the run summary read it from.
 """
 
 from __future__ import annotations
@@ -16,12 +18,10 @@ from modeldrop.ledger import Evidence, Ledger
 from modeldrop.ledger.passcache import PassCache
 from modeldrop.ledger.runfolder import RunFolder
 
-BAD_OUTCOMES = ("failed", "skipped")
-
 
 @dataclass
 class GateSession:
-    """Everything the plugin keeps for one gate run."""
+    """Everything the plugin keeps for one gate run (outcomes are the ledger's)."""
 
     cfg: RunConfig
     folder: RunFolder
@@ -32,28 +32,16 @@ class GateSession:
     facts: Any = None
     pool: Any = None
     selected: dict[str, int] = field(default_factory=dict)  # gate -> number of selected items
-    outcome: dict[str, str] = field(default_factory=dict)   # gate -> passed/failed/skipped/reused
-    root: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # gate -> (root gate, outcome, reason)
-    failed_items: dict[str, str] = field(default_factory=dict)  # nodeid -> gate, as soon as a phase fails
-    resume_broken: set[str] = field(default_factory=set)  # resume chains ("files", "exo") a gate ran in
     parts: dict[str, dict] = field(default_factory=dict)   # gate -> fingerprint parts last computed
     html_report: Any = None
 
     def outcome_of(self, gate: str) -> str | None:
-        """passed / failed / skipped / reused for a gate finished in this session, else None."""
-        return self.outcome.get(gate)
+        """passed / failed / skipped / reused for a gate finished in this session, else None (the ledger's)."""
+        return self.ledger.outcome(gate)
 
     def failed_gates(self) -> list[str]:
-        """Gates with a failed item in this session (known as soon as the item's phase fails)."""
-        return list(dict.fromkeys(self.failed_items.values()))
-
-    def first_bad_gate(self) -> str | None:
-        """The first gate of the order that failed or was skipped in this session."""
-        return next((g for g in self.order if self.outcome.get(g) in BAD_OUTCOMES), None)
-
-    def root_cause(self, gate: str) -> tuple[str, str, str]:
-        """(root gate, outcome, reason) behind a bad outcome of `gate`."""
-        return self.root.get(gate, (gate, self.outcome.get(gate, "not run"), ""))
+        """Gates with a failed item in this session (the ledger's; known as soon as the item's phase fails)."""
+        return self.ledger.failed_gates()
 
 
 SESSION_KEY = pytest.StashKey[GateSession]()
@@ -109,7 +97,7 @@ def node_pool_of(config: pytest.Config) -> Any:
     """The run's NodePool (created on first use; closed at session end)."""
     def make(gs: GateSession, _config: pytest.Config) -> Any:
         from modeldrop.nodepool import NodePool
-        return NodePool(gs.cfg)
+        return NodePool(gs.cfg, run_id=gs.folder.run_id)
     return _lazy(config, "pool", POOL_KEY, make)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,5 +59,9 @@ def new_session(config: pytest.Config, cfg: RunConfig, env_file: Path | None) ->
     ledger = Ledger(folder, state, secrets)
     ledger.begin(options={k: v for k, v in cfg.redacted().items() if k != "nodes"},
                  env_file=str(env_file) if env_file else None, sources=cfg.sources)
-    return GateSession(cfg=cfg, folder=folder, ledger=ledger, cache=PassCache(folder.report_dir / "pass_cache.json", secrets),
-                       order=order, secrets=secrets)
+    def warn(line: str) -> None:  # the terminal at once, and the hand-off's warnings
+        sys.stderr.write(f"modeldrop: {line}\n")
+        ledger.warning(line)
+
+    cache = PassCache(folder.report_dir / "pass_cache.json", secrets, warn=warn)
+    return GateSession(cfg=cfg, folder=folder, ledger=ledger, cache=cache, order=order, secrets=secrets)

@@ -5,7 +5,10 @@ returns the script's source plus a footer that calls `main` with the args (embed
 literal) and prints the result as one JSON line prefixed with `RESULT_MARKER`; before calling `main` it
 prints the python's own pid on stderr as `modeldrop-pid <pid>` (so a long probe can be stopped by pid).
 The payload goes to the node's python on stdin (`python3 - modeldrop-probe <name> <nonce>`: the words
-after `-` only mark the process's command line, see `probe_argv_tags`), so nothing is left on the node.
+after `-` only mark the process's command line, see `probe_argv_tags`), so nothing is left on the node. A
+probe whose args hold `_watch` (`watch_spec`: the long ones, and `supervise`) also gets `_watch.py`: it ends
+by itself at its node-side limit or when its controller is gone, says `modeldrop-alive` on stderr every
+HEARTBEAT_S (`strip_alive` drops those lines), and keeps a small record in NODE_RECORD_DIR while it runs.
 The interpreter is chosen by the constant shell snippet `PYTHON_PICK`: it never runs the
 `/usr/bin/python3` CLT stub on a Mac without Command Line Tools, and exits 97 with `NO_PYTHON` when
 there is no python.
@@ -26,6 +29,9 @@ PROBE_DIR = Path(__file__).resolve().parent
 RESULT_MARKER = "@@MODELDROP-RESULT@@ "
 PICKED_MARKER = "@@MODELDROP-PY@@ "
 NO_PYTHON_RC = 97
+ALIVE = "modeldrop-alive"  # a watched probe's heartbeat line on stderr (`_watch.ALIVE`)
+HEARTBEAT_S = 5.0  # how often a watched probe says it is alive (and finds out its controller is gone)
+NODE_RECORD_DIR = "~/.modeldrop/running"  # where long work records itself on a node (see _watch.py)
 
 # The only shell text the suite sends besides shlex-joined argv: pick a python, say which one on stderr
 # (the node caches it), and exec it on the probe script arriving on stdin.
@@ -43,7 +49,7 @@ PYTHON_PICK = (
 PROBE_TAG = "modeldrop-probe"  # the first word after `-` on every probe's command line
 
 PROBES = ("facts", "tool", "disk", "manifest", "hashes", "ports", "sockets", "procs", "tail", "spawn",
-          "stop", "fs", "dirsize", "reach", "locate", "runtime")
+          "stop", "fs", "dirsize", "reach", "locate", "runtime", "supervise", "leftovers")
 
 _FOOTER = """
 
@@ -53,32 +59,60 @@ if __name__ == "__main__":
     import sys as _sys
     _sys.stderr.write({pid_tag!r} + " %d\\n" % _os.getpid())
     _sys.stderr.flush()
-    _result = main(_json.loads({args_literal}))
+    _args = _json.loads({args_literal})
+    _spec = _args.pop("_watch", None)
+    if _spec is not None:
+        watch_start(_spec)
+    try:
+        _result = main(_args)
+    finally:
+        if _spec is not None:
+            watch_end()
     _sys.stdout.write("\\n" + {marker!r} + _json.dumps(_result, sort_keys=True) + "\\n")
     _sys.stdout.flush()
 """
 
 
 # Helper modules prepended to a probe's payload (their names are then defined in the probe's namespace).
-PROBE_DEPS = {"procs": ("_proc",), "spawn": ("_proc",), "stop": ("_proc",), "ports": ("_net",), "sockets": ("_net",),
+PROBE_DEPS = {"procs": ("_proc",), "spawn": ("_proc",), "stop": ("_proc", "procs"), "tool": ("_proc",),
+              "supervise": ("_proc", "_watch"), "leftovers": ("_proc",), "ports": ("_net",), "sockets": ("_net",),
               "locate": ("manifest",)}
 _FUTURE = "from __future__ import annotations\n"
 
 
 @cache
-def probe_source(name: str) -> str:
-    """The full script of probe `name` (helpers first); ValueError for a name that is not a probe."""
+def probe_source(name: str, watched: bool = False) -> str:
+    """The full script of probe `name` (helpers first, `_watch` too when `watched`); ValueError for a name that is
+    not a probe."""
     if name not in PROBES:
         raise ValueError(f"unknown probe {name!r}; probes: {', '.join(PROBES)}")
-    parts = [(PROBE_DIR / f"{n}.py").read_text(encoding="utf-8") for n in (*PROBE_DEPS.get(name, ()), name)]
+    deps = (*PROBE_DEPS.get(name, ()), *(("_proc", "_watch") if watched else ()))
+    names = list(dict.fromkeys((*deps, name)))
+    parts = [(PROBE_DIR / f"{n}.py").read_text(encoding="utf-8") for n in names]
     return _FUTURE + "".join(p.replace(_FUTURE, "", 1) for p in parts)
 
 
 def probe_payload(name: str, args: dict) -> bytes:
-    """The script sent on stdin: the probe's source and a footer that prints main(args) as one JSON line."""
+    """The script sent on stdin: the probe's source and a footer that prints main(args) as one JSON line. Args
+    holding `_watch` (see `watch_spec`) put the probe under node-side limits (`_watch.py`)."""
     args_literal = repr(json.dumps(args))
     footer = _FOOTER.format(args_literal=args_literal, marker=RESULT_MARKER, pid_tag=PID_TAG)
-    return (probe_source(name) + footer).encode()
+    return (probe_source(name, "_watch" in args) + footer).encode()
+
+
+def watch_spec(limit_s: float, what: str, run_id: str | None) -> dict:
+    """The `_watch` arg of a probe that must end by itself on the node after limit_s, or when its controller is
+    gone, and is recorded under NODE_RECORD_DIR while it runs."""
+    return {"limit_s": limit_s, "heartbeat_s": HEARTBEAT_S, "record_dir": NODE_RECORD_DIR, "run_id": run_id,
+            "what": what}
+
+
+def strip_alive(text: str) -> str:
+    """Output without the heartbeat lines of a watched probe."""
+    if ALIVE not in text:
+        return text
+    return "".join(line.replace(ALIVE + "\n", "") for line in text.splitlines(keepends=True)
+                   if line.rstrip("\r\n") != ALIVE)
 
 
 def new_nonce() -> str:

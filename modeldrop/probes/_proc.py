@@ -2,12 +2,16 @@
 
 A process's identity is (pid, start, exe, cmdline), and `uid` says whose it is: `start` is its start time
 in epoch seconds (Linux: boot time + /proc/<pid>/stat starttime; macOS: `ps -o lstart=`, whole seconds), so two readings of one
-process agree within 1 s and a reused pid does not.
+process agree within 1 s and a reused pid does not. `pgid` is its process group, `sid` its session (None where the
+system does not say). `same_process(info, ref)` compares two readings; `signal_checked` signals a pid only while it is
+still the process `ref` describes (on Linux through a pidfd opened before the check, so nothing else can take the pid
+in between).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -42,7 +46,8 @@ def _linux_info(pid: int) -> dict | None:
         exe = os.readlink("/proc/%d/exe" % pid)
     except OSError:
         exe = None
-    return {"pid": pid, "ppid": int(rest[1]), "uid": uid, "start": round(start, 2), "exe": exe, "cmdline": cmdline}
+    return {"pid": pid, "ppid": int(rest[1]), "pgid": int(rest[2]), "sid": int(rest[3]), "uid": uid,
+            "start": round(start, 2), "exe": exe, "cmdline": cmdline}
 
 
 def _darwin_exe(pid: int) -> str | None:
@@ -60,7 +65,7 @@ def _darwin_exe(pid: int) -> str | None:
 
 def _darwin_ps(pids: list | None) -> list:
     """proc_info rows from BSD ps (`lstart` parsed in the C locale); zombies skipped."""
-    argv = ["/bin/ps", "-ww", "-o", "pid=,ppid=,uid=,stat=,lstart=,command="]
+    argv = ["/bin/ps", "-ww", "-o", "pid=,ppid=,pgid=,uid=,stat=,lstart=,command="]
     if pids:
         for p in pids:
             argv += ["-p", str(int(p))]
@@ -71,22 +76,30 @@ def _darwin_ps(pids: list | None) -> list:
                           check=False)
     out = []
     for line in proc.stdout.decode("utf-8", "replace").splitlines():
-        parts = line.split(None, 9)
-        if len(parts) < 9 or parts[3].startswith("Z"):
+        parts = line.split(None, 10)
+        if len(parts) < 10 or parts[4].startswith("Z"):
             continue
         try:
-            start = time.mktime(time.strptime(" ".join(parts[4:9]), "%a %b %d %H:%M:%S %Y"))
+            start = time.mktime(time.strptime(" ".join(parts[5:10]), "%a %b %d %H:%M:%S %Y"))
         except ValueError:
             start = None
         pid = int(parts[0])
-        cmd = parts[9] if len(parts) > 9 else ""
-        out.append({"pid": pid, "ppid": int(parts[1]), "uid": int(parts[2]), "start": start,
-                    "exe": _darwin_exe(pid), "cmdline": cmd.split(), "command": cmd})
+        cmd = parts[10] if len(parts) > 10 else ""
+        out.append({"pid": pid, "ppid": int(parts[1]), "pgid": int(parts[2]), "sid": _sid(pid), "uid": int(parts[3]),
+                    "start": start, "exe": _darwin_exe(pid), "cmdline": cmd.split(), "command": cmd})
     return out
 
 
+def _sid(pid: int) -> int | None:
+    """The session id of pid, or None when the system does not tell."""
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
 def proc_info(pid: int) -> dict | None:
-    """{pid, ppid, uid, start, exe, cmdline} of a live (non-zombie) process, or None."""
+    """{pid, ppid, pgid, sid, uid, start, exe, cmdline} of a live (non-zombie) process, or None."""
     if sys.platform.startswith("linux"):
         return _linux_info(pid)
     rows = _darwin_ps([pid])
@@ -99,3 +112,57 @@ def all_procs() -> list:
         rows = (_linux_info(int(p)) for p in os.listdir("/proc") if p.isdigit())
         return [r for r in rows if r]
     return _darwin_ps(None)
+
+
+def descendants(root: int) -> list:
+    """proc_info of every live descendant of pid root (by parent links, read once)."""
+    rows = all_procs()
+    found, frontier = [], {root}
+    while frontier:
+        kids = [r for r in rows if r.get("ppid") in frontier]
+        found += kids
+        frontier = {r["pid"] for r in kids}
+    return found
+
+
+def group_members(pgid: int) -> list:
+    """proc_info of every live process in process group pgid."""
+    return [r for r in all_procs() if r.get("pgid") == pgid]
+
+
+def same_process(info: dict, ref: dict) -> bool:
+    """Is `info` (a fresh reading) the process `ref` describes: same pid, start within tolerance (the executable
+    when either start is unknown)?"""
+    if info.get("pid") != ref.get("pid"):
+        return False
+    if info.get("start") is not None and ref.get("start") is not None:
+        return abs(float(info["start"]) - float(ref["start"])) <= START_TOLERANCE_S
+    return bool(ref.get("exe")) and info.get("exe") == ref.get("exe")
+
+
+def signal_checked(ref: dict, sig: int) -> bool:
+    """Send sig to ref's pid only if that pid is still the process ref describes; True when sent. On Linux the
+    pidfd is opened before the check, so the signal reaches exactly the process that was checked."""
+    pid = int(ref["pid"])
+    fd = None
+    if hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal"):
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            fd = None
+    try:
+        info = proc_info(pid)
+        if info is None or not same_process(info, ref):
+            return False
+        if fd is not None:
+            signal.pidfd_send_signal(fd, sig)
+        else:
+            os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        if fd is not None:
+            os.close(fd)

@@ -1,10 +1,17 @@
-"""Probe `facts`: {} -> who and where the node is (python, platform, home, user, PATH, OS version)."""
+"""Probe `facts`: {} -> who and where the node is (python, platform, home, user, PATH, OS version, boot, and the
+HF_ENDPOINT its own shell environment sets, which `hf` and exo would use when the run sets none).
+
+`boot_id` changes at every boot of the node and only then: Linux's /proc/sys/kernel/random/boot_id, macOS's
+`kern.boottime` (`boottime:<sec>.<usec>`), else the boot time from /proc/stat; None when none can be read. With
+`hostname` it names the machine and boot a launch record was made on.
+"""
 
 from __future__ import annotations
 
 import getpass
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -18,6 +25,31 @@ def _sw_vers() -> str | None:
         return out.stdout.decode().strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def boot_id() -> str | None:
+    """An id of this boot of the machine (see the module docstring)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["/usr/sbin/sysctl", "-n", "kern.boottime"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, timeout=10, check=False).stdout.decode()
+        m = re.search(r"sec\s*=\s*(\d+),\s*usec\s*=\s*(\d+)", out)
+        if m:
+            return "boottime:%s.%s" % m.groups()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("btime "):
+                    return "btime:" + line.split()[1]
+    except OSError:
+        pass
+    return None
 
 
 def main(args: dict) -> dict:
@@ -40,8 +72,10 @@ def main(args: dict) -> dict:
         "home": os.path.expanduser("~"),
         "user": user,
         "path_env": os.environ.get("PATH", ""),
+        "hf_endpoint_env": os.environ.get("HF_ENDPOINT") or None,
         "ssh_server_addr": conn[2] if len(conn) >= 3 else None,
         "hostname": socket.gethostname(),
+        "boot_id": boot_id(),
         "os_version": os_version,
         "pid": os.getpid(),
     }

@@ -1,4 +1,6 @@
-"""Probe `fs`: {op: mkdir|touch|exists, path} -> {ok, expanded}; or {ops: [[op, path], ...]} -> {ok, results}.
+"""Probe `fs`: {op: mkdir|touch|exists|stat, path} -> {ok, expanded}; or {ops: [[op, path], ...]} -> {ok, results}.
+
+`stat` is ok for a missing file too: `exists`, and for a file its `size` and `inode` (where a log stood).
 
 The batch form does several small file operations in one round trip (e.g. the launcher's first-run
 marker and log dir); `ok` is True only when every operation succeeded.
@@ -25,6 +27,11 @@ def _one(op, path):
         elif op == "exists":
             out["ok"] = os.path.exists(expanded)
             out["is_dir"] = os.path.isdir(expanded)
+        elif op == "stat":
+            out["ok"], out["exists"] = True, os.path.isfile(expanded)
+            if out["exists"]:
+                st = os.stat(expanded)
+                out["size"], out["inode"] = st.st_size, st.st_ino
         else:
             out["error"] = "unknown op %r" % op
     except OSError as exc:

@@ -10,8 +10,8 @@ argv[0]; a `#!/bin/sh` script that re-executes itself, `exec … PYTHON "$0" "$@
 uv write console scripts whose interpreter path is too long or has a space for a `#!` line, runs as PYTHON).
 Nothing matches on argv alone: `tail <path> -f`, or another program started with the path
 as its argv[0] or symlinked there, is not the program. With `own_only`, only processes of the user running
-the probe. With `argv_has`, only processes whose command line (its words joined by spaces) holds every one of
-those strings: how a probe is found by the nonce it was started with before it reported its pid. With neither
+the probe. With `argv_has`, only processes whose command line holds every one of those strings as a whole
+word: how a probe is found by the nonce it was started with before it reported its pid. With neither
 pids nor paths, every process.
 """
 
@@ -98,7 +98,7 @@ def main(args: dict) -> dict:
         rows = [r for r in rows if r.get("uid") == os.getuid()]
     needles = args.get("argv_has") or []
     if needles:
-        rows = [r for r in rows if all(n in " ".join(r.get("cmdline") or []) for n in needles)]
+        rows = [r for r in rows if all(n in (r.get("cmdline") or []) for n in needles)]
     if exe_paths:
         progs = [program(e) for e in exe_paths]
         rows = [r for r in rows if any(runs(r, prog) for prog in progs)]

@@ -1,4 +1,10 @@
-"""Probe `tail`: {path, max_bytes} -> the last max_bytes of a file (decoded, errors replaced)."""
+"""Probe `tail`: {path, max_bytes, mark} -> the last max_bytes of a file (decoded, errors replaced).
+
+With `mark` ({inode, size}: where the file stood at some earlier moment, e.g. a launch), only what was written
+after it: from mark.size on while the file is still that inode and at least that long; all of it (its last
+max_bytes) when the file was replaced or truncated since (started afresh: everything in it is newer). `from`
+says where reading began.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +12,22 @@ import os
 
 
 def main(args: dict) -> dict:
-    """The tail of the expanded path, or exists=False."""
+    """The tail of the expanded path (after the mark, when given), or exists=False."""
     expanded = os.path.expanduser(args["path"])
     max_bytes = int(args.get("max_bytes", 65536))
-    out = {"expanded": expanded, "exists": os.path.isfile(expanded), "size": None, "text": ""}
+    out = {"expanded": expanded, "exists": os.path.isfile(expanded), "size": None, "text": "", "from": 0}
     if not out["exists"]:
         return out
+    mark = args.get("mark") or {}
     with open(expanded, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - max_bytes))
-        data = f.read(max_bytes)
-    out["size"] = size
+        st = os.fstat(f.fileno())
+        size = st.st_size
+        floor = 0
+        if mark.get("inode") is not None and mark["inode"] == st.st_ino and size >= int(mark.get("size") or 0):
+            floor = int(mark.get("size") or 0)
+        start = max(floor, size - max_bytes)
+        f.seek(start)
+        data = f.read(size - start)
+    out["size"], out["from"] = size, start
     out["text"] = data.decode("utf-8", "replace")
     return out

@@ -2,7 +2,10 @@
 
 The path is tilde-expanded on the node; the tool runs with a timeout and no shell. `env` adds variables.
 The tool never outlives the probe: it shares the probe's process group (a stop of the group reaches it) and
-a SIGTERM to the probe alone kills it before the probe exits.
+a SIGTERM to the probe alone kills it before the probe exits. At the timeout the tool and every process it
+started (its descendants, listed before the kill, each killed only while still the process listed) are
+killed, and its output is read for at most KILL_WAIT_S more: a process that still holds the pipe cannot
+stretch the limit.
 """
 
 from __future__ import annotations
@@ -12,12 +15,30 @@ import signal
 import subprocess
 import time
 
+if "proc_info" not in globals():  # imported as a module (tests); on a node _proc.py is prepended
+    from modeldrop.probes._proc import descendants, signal_checked
+
+KILL_WAIT_S = 3.0
+
+
+def kill_tree(child: subprocess.Popen) -> None:
+    """SIGKILL the child (ours: not yet reaped) and each descendant it started."""
+    below = descendants(child.pid)
+    child.kill()
+    for row in below:
+        try:
+            signal_checked(row, signal.SIGKILL)
+        except OSError:
+            pass
+
 
 def run_owned(argv: list, env: dict, timeout: float) -> tuple:
-    """(rc, stdout, stderr) of argv; subprocess.TimeoutExpired (child killed) after timeout; a SIGTERM to this
-    process kills the child first, then exits 143."""
+    """(rc, stdout, stderr) of argv; subprocess.TimeoutExpired (child and descendants killed) after timeout, with
+    what was read within KILL_WAIT_S more; a SIGTERM to this process kills the child first, then exits 143."""
     child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              env=env)
+    if "watch_child" in globals():  # under node-side limits (_watch.py): the child ends with this probe
+        globals()["watch_child"](child)
 
     def on_term(signum: int, frame: object) -> None:
         child.kill()
@@ -28,8 +49,11 @@ def run_owned(argv: list, env: dict, timeout: float) -> tuple:
         try:
             stdout, stderr = child.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            child.kill()
-            stdout, stderr = child.communicate()
+            kill_tree(child)
+            try:
+                stdout, stderr = child.communicate(timeout=KILL_WAIT_S)
+            except subprocess.TimeoutExpired as late:  # something still holds the pipe: stop reading
+                stdout, stderr = late.stdout, late.stderr
             raise subprocess.TimeoutExpired(argv, timeout, stdout, stderr) from None
     finally:
         signal.signal(signal.SIGTERM, previous)

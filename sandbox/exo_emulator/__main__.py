@@ -1,6 +1,6 @@
-"""Entry point: ``python -m exo_emulator``."""
+"""Entry point: ``python -m sandbox.exo_emulator`` (``python -m exo_emulator`` on a node)."""
 
-from exo_emulator.cli import main
+from .cli import main
 
 if __name__ == "__main__":
     main()

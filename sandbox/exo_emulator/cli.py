@@ -17,9 +17,11 @@ import threading
 import traceback
 from typing import Any, NoReturn
 
-from exo_emulator.config import EmulatorConfig, load_config
-from exo_emulator.logs import logger
-from exo_emulator.paths import exo_paths
+from .config import EmulatorConfig, load_config
+from .logs import logger
+from .node import BindError, Node
+from .paths import exo_paths
+from .pidlock import PidfileError, take
 
 W_MAIN = "exo.main:main_inner:350"
 
@@ -74,7 +76,8 @@ def _log_startup(cfg: EmulatorConfig, args: Any) -> None:
     if cfg.is_new:
         logger.info(f"pid = {os.getpid()}", W_MAIN)
         if os.getenv("EXO_LIBP2P_NAMESPACE"):
-            _fatal_traceback(_raised(ValueError("EXO_LIBP2P_NAMESPACE has been removed - use EXO_ZENOH_NAMESPACE instead")))
+            _fatal_traceback(_raised(ValueError(
+                "EXO_LIBP2P_NAMESPACE has been removed - use EXO_ZENOH_NAMESPACE instead")))
         logger.info(f"EXO_ZENOH_NAMESPACE: {os.getenv('EXO_ZENOH_NAMESPACE')}", W_MAIN)
     else:
         logger.info("=" * 40, "exo.main:main:275")
@@ -149,12 +152,12 @@ def _shield_spawn_children() -> None:
     """Runner processes use multiprocessing ``spawn``, which re-imports a *script* ``__main__`` in
     every child. When exo is started through a launcher script (a console-script wrapper, possibly
     without a ``__name__`` guard) that would re-run the whole CLI in the runner. Naming the main
-    module ``exo_emulator.__main__`` makes the children skip that re-import (as with ``-m``)."""
+    module this package's ``__main__`` makes the children skip that re-import (as with ``-m``)."""
     import importlib.util
 
     main_mod = sys.modules.get("__main__")
     if main_mod is not None and getattr(main_mod, "__spec__", None) is None:
-        main_mod.__spec__ = importlib.util.find_spec("exo_emulator.__main__")
+        main_mod.__spec__ = importlib.util.find_spec(f"{__package__}.__main__")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,8 +167,6 @@ def main(argv: list[str] | None = None) -> None:
     paths = exo_paths(cfg.layout)
     pid_handle = None
     if cfg.is_new:
-        from exo_emulator.pidlock import PidfileError, take
-
         try:
             pid_handle = take(paths.pid_file)
         except PidfileError as e:
@@ -186,14 +187,10 @@ def _namespace(cfg: EmulatorConfig, args: Any) -> str:
 
 
 def run(cfg: EmulatorConfig, args: Any, paths: Any) -> None:
-    from exo_emulator.node import Node
-
     if cfg.faults.crash_at_start:
         _die_unhandled(_raised(RuntimeError("emulator fault crash_at_start: exo failed during startup")))
     node = Node(cfg, args, paths, _namespace(cfg, args))
     logger.info(f"Starting node {node.node_id}", "exo.main:create:69")
-    from exo_emulator.node import BindError
-
     bind_error: BindError | None = None
     try:
         node.bind()

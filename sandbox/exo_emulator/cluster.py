@@ -18,18 +18,15 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
-from exo_emulator.logs import logger
-from exo_emulator.placement import place
-from exo_emulator.state import State, utc_stamp
-from exo_emulator.wire import JsonConn
+from .logs import logger
+from .master import MasterRole
+from .state import State
+from .wire import JsonConn
 
 W_MAIN = "exo.main:_elect_loop:210"
-W_MASTER = "exo.master.main:_plan:487"
-W_CMD = "exo.master.main:_command_processor:468"
 
 
 class Cluster:
@@ -43,9 +40,7 @@ class Cluster:
         self.cond = threading.Condition()
         self.master_id: str | None = None
         self.session = 0
-        self.log: list[dict[str, Any]] = []
         self.applied: list[dict[str, Any]] = []
-        self.followers: list[JsonConn] = []
         self.upstream: JsonConn | None = None
         self.pending: list[dict[str, Any]] = []
         self.peers: dict[str, dict[str, Any]] = {}
@@ -54,6 +49,7 @@ class Cluster:
         self.on_master_change: list[Callable[[], None]] = []
         self.chat_handler: Callable[[dict[str, Any], JsonConn], None] | None = None
         self.stopped = threading.Event()
+        self.master = MasterRole(self)
         self.server = self._bind_link()
 
     # ---- link server -----------------------------------------------------------------------------
@@ -68,7 +64,7 @@ class Cluster:
     def start(self) -> None:
         threading.Thread(target=self._accept_loop, name="link-accept", daemon=True).start()
         threading.Thread(target=self._campaign, name="campaign", daemon=True).start()
-        threading.Thread(target=self._master_loop, name="master-loop", daemon=True).start()
+        threading.Thread(target=self.master.run, name="master-loop", daemon=True).start()
 
     def _accept_loop(self) -> None:
         while not self.stopped.is_set():
@@ -90,7 +86,7 @@ class Cluster:
                 conn.close()
             return
         if first.get("type") == "follow" and not self.isolated:
-            self._serve_follower(conn, first)
+            self.master.serve_follower(conn, first)
             return
         conn.close()
 
@@ -144,10 +140,9 @@ class Cluster:
             self.session += 1
             session = self.session
             self.state.reset()
-            self.log = []
+            followers = self.master.reset()
             self.applied = []
             self.pending = []
-            followers, self.followers = self.followers, []
             upstream, self.upstream = self.upstream, None
             self.master_since = time.monotonic()
             self.cond.notify_all()
@@ -260,114 +255,13 @@ class Cluster:
     def _upstream(self, msg: dict[str, Any]) -> None:
         with self.cond:
             if self.is_master:
-                self._handle_upstream(msg)
+                self.master.handle(msg)
                 return
             conn = self.upstream
             if conn is None:
                 self.pending.append(msg)
                 return
         conn.send(msg)
-
-    # ---- master side -------------------------------------------------------------------------------
-    def _serve_follower(self, conn: JsonConn, first: dict[str, Any]) -> None:
-        with self.cond:
-            if not self.is_master:
-                conn.send({"type": "not_master"})
-                conn.close()
-                return
-            for idx in range(int(first.get("from", 0)), len(self.log)):
-                conn.send({"type": "ev", "idx": idx, "event": self.log[idx]})
-            self.followers.append(conn)
-            self.contact[first["zid"]] = time.monotonic()
-        while True:
-            msg = conn.recv()
-            if msg is None:
-                break
-            with self.cond:
-                if not self.is_master or conn not in self.followers:
-                    break
-                self.contact[msg.get("zid", "")] = time.monotonic()
-                self._handle_upstream(msg)
-        with self.cond:
-            if conn in self.followers:
-                self.followers.remove(conn)
-        conn.close()
-
-    def _handle_upstream(self, msg: dict[str, Any]) -> None:
-        """Master only, called with ``cond`` held."""
-        if msg["type"] == "event":
-            self._append(msg["event"])
-        elif msg["type"] == "command":
-            self._process_command(msg["command"])
-
-    def _append(self, event: dict[str, Any]) -> None:
-        idx = len(self.log)
-        self.log.append(event)
-        self.applied.append(event)
-        self.state.apply(idx, event)
-        self.cond.notify_all()
-        for c in list(self.followers):
-            if not c.send({"type": "ev", "idx": idx, "event": event}):
-                self.followers.remove(c)
-
-    def _process_command(self, cmd: dict[str, Any]) -> None:
-        try:
-            kind = cmd["kind"]
-            if kind == "CreateInstance":
-                self._append({"type": "InstanceCreated", "instance": cmd["instance"]})
-            elif kind == "DeleteInstance":
-                if cmd["instanceId"] not in self.state.data["instances"]:
-                    raise ValueError(f"Instance {cmd['instanceId']} not found")
-                self._append({"type": "InstanceDeleted", "instanceId": cmd["instanceId"]})
-            elif kind == "AddCustomModelCard":
-                self._append({"type": "CustomCard", "card": cmd["card"]})
-            elif kind == "PlaceInstance":
-                inst = place(self.state.data, cmd["card"], cmd["sharding"], cmd["instanceMeta"],
-                             int(cmd["minNodes"]), self.generation)
-                self._append({"type": "InstanceCreated", "instance": inst})
-        except Exception as exc:  # noqa: BLE001 - exo logs any command failure the same way
-            tb = "".join(traceback.format_exception(exc)).rstrip()
-            logger.warning(f"Error in command processor\n{tb}", W_CMD)
-
-    def _master_loop(self) -> None:
-        last_plan = time.monotonic()
-        while not self.stopped.wait(self.timing.info_s):
-            if not self.is_master:
-                continue
-            with self.cond:
-                if not self.is_master:
-                    continue
-                self._refresh_last_seen()
-                self._time_out_nodes()
-                if time.monotonic() - last_plan >= self.timing.master_plan_s:
-                    last_plan = time.monotonic()
-                    self._delete_orphan_instances()
-
-    def _refresh_last_seen(self) -> None:
-        now_mono, now = time.monotonic(), time.time()
-        times = {}
-        for nid in self.state.data["topology"]["nodes"]:
-            seen = now_mono if nid == self.node_id else self.contact.get(nid, self.master_since)
-            stamp = now - (now_mono - seen)
-            times[nid] = utc_stamp(stamp)
-        if times:
-            self._append({"type": "LastSeen", "times": times})
-
-    def _time_out_nodes(self) -> None:
-        now = time.monotonic()
-        for nid in list(self.state.data["topology"]["nodes"]):
-            if nid == self.node_id:
-                continue
-            seen = max(self.contact.get(nid, 0.0), self.master_since)
-            if now - seen > self.timing.node_timeout_s:
-                logger.info(f"Manually removing node {nid} due to inactivity", W_MASTER)
-                self._append({"type": "NodeTimedOut", "nodeId": nid})
-
-    def _delete_orphan_instances(self) -> None:
-        nodes = set(self.state.data["topology"]["nodes"])
-        for iid, body in self.state.instance_bodies().items():
-            if not set(body["shardAssignments"]["nodeToRunner"]).issubset(nodes):
-                self._append({"type": "InstanceDeleted", "instanceId": iid})
 
     def stop(self) -> None:
         self.stopped.set()

@@ -53,6 +53,8 @@ class Faults:
     card_add_fails: bool = False
     runner_killed_signal: int | None = None
     late_rescan_s: float | None = None
+    api_trickle: tuple[str, ...] = ()  # GET paths whose JSON answer goes out one byte a second
+    chat_trickle_body: bool = False  # the non-stream chat body goes out one byte a second
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,9 @@ def _faults(raw: dict[str, Any]) -> Faults:
         known["runner_never_ready"] = "loading"
     elif rnr is False:
         known["runner_never_ready"] = None
+    if "api_trickle" in known:
+        paths = known["api_trickle"]
+        known["api_trickle"] = (paths,) if isinstance(paths, str) else tuple(paths or ())
     lag = known.get("state_runner_lag")
     if lag is True:
         known["state_runner_lag"] = 30.0

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from exo_emulator.logs import logger
+from .logs import logger
 
 
 def namespace_hash(generation: str, namespace: str) -> str:

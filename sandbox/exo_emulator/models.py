@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from exo_emulator.paths import ModelDir
+from .paths import ModelDir
 
 
 def normalize(model_id: str) -> str:

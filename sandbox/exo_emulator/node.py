@@ -15,24 +15,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from exo_emulator.api import ApiServer
-from exo_emulator.cards import builtin_cards, card_from_local, load_custom_cards, uncamel_card
-from exo_emulator.cluster import Cluster
-from exo_emulator.config import EmulatorConfig
-from exo_emulator.discovery import Discovery, namespace_hash
-from exo_emulator.ids import new_node_id
-from exo_emulator.logs import logger
-from exo_emulator.models import find_model
-from exo_emulator.paths import ExoPaths, models_dirs
-from exo_emulator.state import unwrap
-from exo_emulator.wire import JsonConn
-from exo_emulator.worker import READYISH, Worker
+from .api import ApiServer
+from .cards import builtin_cards, card_from_local, load_custom_cards, uncamel_card
+from .cluster import Cluster
+from .config import EmulatorConfig
+from .discovery import Discovery, namespace_hash
+from .ids import new_node_id
+from .logs import logger
+from .models import find_model
+from .paths import ExoPaths, models_dirs
+from .state import unwrap
+from .wire import JsonConn
+from .worker import READYISH, Worker
 
 MDNS_PORT = 5353  # OLD: libp2p mDNS
 MDNS_FALLBACK_PORT = 15353  # unprivileged users cannot bind 5353
 
 
-EXO_EVENT_NAMES = {"NodeInfo": "NodeGatheredInfo", "LastSeen": "NodeGatheredInfo", "RunnerStatus": "RunnerStatusUpdated",
+EXO_EVENT_NAMES = {"NodeInfo": "NodeGatheredInfo", "LastSeen": "NodeGatheredInfo",
+                   "RunnerStatus": "RunnerStatusUpdated",
                    "Download": "NodeDownloadProgress", "EdgeCreated": "TopologyEdgeCreated",
                    "EdgeDeleted": "TopologyEdgeDeleted", "TaskStatus": "TaskStatusUpdated",
                    "CustomCard": "CustomModelCardAdded"}

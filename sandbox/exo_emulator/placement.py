@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from exo_emulator.cards import card_json
-from exo_emulator.ids import new_uuid, random_ephemeral_port
+from .cards import card_json
+from .ids import new_uuid, random_ephemeral_port
 
 META_BACKENDS = {"MlxRing": {"MlxMetal", "MlxCuda", "MlxCpu"}, "MlxJaccl": {"MlxMetal"}}
 PLACEHOLDER = {"ip": "198.51.100.1", "port": 0}
@@ -125,8 +125,10 @@ def _download_score(state: dict, cycle: list[str], model_id: str) -> int:
     score = 0
     for nid in cycle:
         for dl in state["downloads"].get(nid, []):
+            if "DownloadCompleted" not in dl:
+                continue
             body = next(iter(dl.values()))
-            if "DownloadCompleted" in dl and next(iter(body["shardMetadata"].values()))["modelCard"]["modelId"] == model_id:
+            if next(iter(body["shardMetadata"].values()))["modelCard"]["modelId"] == model_id:
                 score += 1
     return score
 
@@ -144,12 +146,14 @@ def _filter_cycles(state: dict, card: dict, sharding: str, meta: str, min_nodes:
         raise ValueError("No cycles found with sufficient memory")
     if sharding == "Tensor":
         if not card["supports_tensor"]:
-            raise ValueError(f"Requested Tensor sharding but this model does not support tensor parallelism: {card['model_id']}")
+            raise ValueError("Requested Tensor sharding but this model does not support tensor parallelism: "
+                             f"{card['model_id']}")
         kv = card.get("num_key_value_heads")
         cycles = [c for c in cycles if card["hidden_size"] % len(c) == 0 and (kv is None or kv % len(c) == 0)]
         if not cycles:
             kvs = f", num_key_value_heads={kv}" if kv is not None else ""
-            raise ValueError(f"No tensor sharding found for model with hidden_size={card['hidden_size']}{kvs} across candidate cycles")
+            raise ValueError(f"No tensor sharding found for model with hidden_size={card['hidden_size']}{kvs} "
+                             "across candidate cycles")
     smallest = min(len(c) for c in cycles)
     return [c for c in cycles if len(c) == smallest]
 
@@ -165,7 +169,8 @@ def place(state: dict[str, Any], card: dict[str, Any], sharding: str, meta: str,
     if generation == "new":
         cycles = [c for c in cycles if all(set(state["nodeBackends"].get(n, [])) & backends for n in c)]
         if not cycles:
-            raise ValueError(f"No cycle where every node supports a backend in {sorted(backends)} for {card['model_id']}")
+            raise ValueError(f"No cycle where every node supports a backend in {sorted(backends)} "
+                             f"for {card['model_id']}")
     if meta == "MlxJaccl":
         rdma = [c for c in cycles if _is_rdma_cycle(state, c, generation)]
         if not rdma:

@@ -18,6 +18,8 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .ring import ring_connect
+
 W_RUNNER = "exo.worker.runner.runner:main:125"
 W_INIT = "exo.worker.engines.mlx.utils_mlx:mlx_distributed_init:180"
 
@@ -42,11 +44,10 @@ class Runner:
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def connect(self) -> None:
-        from exo_emulator.ring import ring_connect
-
         self.status("RunnerConnecting")
         hosts = [f"{h['ip']}:{h['port']}" for h in self.spec["hosts"]]
-        path = os.path.join(tempfile.gettempdir(), f"exo_{os.getuid()}", f"hosts_{self.spec['instance_id']}_{self.rank}.json")
+        path = os.path.join(tempfile.gettempdir(), f"exo_{os.getuid()}",
+                            f"hosts_{self.spec['instance_id']}_{self.rank}.json")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(hosts, f)

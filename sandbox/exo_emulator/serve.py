@@ -6,8 +6,8 @@ repeat it after ``keepalive_s`` of silence, send ``: prefill_progress``, one ``d
 token (the last carries ``finish_reason`` and ``usage``; text before ``</think>`` goes in
 ``reasoning_content`` when the request thinks, see ``chat.ReasoningSplitter``), ``: generation_stats {...}`` and
 ``data: [DONE]``; a runner error gives exo's error chunk then ``[DONE]``; a deleted instance
-ends the stream without ``[DONE]``. Faults: ``chat_truncated_body``, ``stream_error_chunk``,
-``token_rate``, ``stall_mid_stream``.
+ends the stream without ``[DONE]``. Faults: ``chat_truncated_body``, ``chat_trickle_body``,
+``stream_error_chunk``, ``token_rate``, ``stall_mid_stream``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import json
 import time
 from typing import Any
 
-from exo_emulator import chat as C
-from exo_emulator.api import ChunkedWriter
+from . import chat as C
+from .chunked import ChunkedWriter, trickle
 
 
 class _Pacer:
@@ -148,6 +148,10 @@ def _serve_json(h: Any, req: C.ChatRequest) -> None:
             if f.chat_truncated_body:
                 w.write(data[: len(data) // 2])
                 w.abort()
+                return
+            if f.chat_trickle_body:
+                trickle(w.write, data, node)
+                w.finish()
                 return
             w.write(data)
             w.finish()

@@ -17,7 +17,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from exo_emulator.logs import logger
+from .logs import logger
+from .runner import runner_main
 
 W_SUP = "exo.worker.runner.supervisor:_check_runner:399"
 
@@ -35,8 +36,6 @@ class Supervisor:
         self.lock = threading.Lock()
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        from exo_emulator.runner import runner_main
-
         self.proc = ctx.Process(target=runner_main, args=(child, spec), daemon=True)
         self._child = child
 

@@ -33,7 +33,8 @@ from sandbox.nodevenv import open_up
 
 BASE = Path(os.environ.get("MODELDROP_EXO_REAL_BASE", "/opt/modeldrop-sandbox"))
 # The snapshots sit in shared/exo-real beside the checkout (MODELDROP_EXO_SNAPSHOTS moves them).
-SNAPSHOTS = Path(os.environ.get("MODELDROP_EXO_SNAPSHOTS", Path(__file__).resolve().parents[2].parent / "shared" / "exo-real"))
+SNAPSHOTS = Path(os.environ.get("MODELDROP_EXO_SNAPSHOTS",
+                                Path(__file__).resolve().parents[2].parent / "shared" / "exo-real"))
 PYTHON_CANDIDATES = ("/root/.pyenv/versions/3.13.0", "/usr/local/python3.13", "/opt/python3.13")
 RECIPE = "3"  # bump when the build steps change
 MARKER = ".modeldrop-exo-real.json"

@@ -122,14 +122,17 @@ def check_green(r: RunResult, generation: str) -> list[dict]:
 # the chat gate's stall window. The gates are unchanged.
 FAST_RING = {"ring_retry_s": [0.2, 0.4, 0.8, 1.6, 3.2]}
 WINDOW_OF = {"startup": "--settle-window", "cluster": "--cluster-window", "placement": "--ready-timeout",
-             "chat": "--chat-stall-window"}
+             "chat": "--chat-timeout"}
 
 
-def fault_case(name: str, k: int, faults: dict, gate: str, sig: str, timing: dict, extra: tuple):
-    """One row of the fault matrix: the emulator fault `faults` on node k, caught at `gate` with `sig`."""
-    since = "node1_canary" if gate == "node1_canary" else "startup"  # exo's first start in the run
+def fault_case(name: str, k: int, faults: dict, gate: str, sig: str, timing: dict, extra: tuple,
+               since: str | None = None, window: str | None = None):
+    """One row of the fault matrix: the emulator fault `faults` on node k, caught at `gate` with `sig`; the
+    fault's onset is exo's first start in the run unless `since` names the gate where it shows; the window that
+    bounds its verdict is the gate's (WINDOW_OF) unless `window` names another run option."""
+    since = since or ("node1_canary" if gate == "node1_canary" else "startup")
     mark = pytest.mark.fault(name.replace("_", "-"), gate=gate, signature=sig, since=since,
-                             window=WINDOW_OF.get(gate))
+                             window=window or WINDOW_OF.get(gate))
     return pytest.param(name, k, faults, gate, sig, timing, extra, id=name, marks=mark)
 
 
@@ -155,8 +158,20 @@ FAULTS = [
     fault_case("runner_killed_signal", 2, {"runner_killed_signal": 9}, "placement", "X-RUNNER-SIGNAL", {}, ()),
     fault_case("chat_truncated_body", 1, {"chat_truncated_body": True}, "chat", "H2", {}, ()),
     fault_case("killed_mid_chat", 1, {"stream_error_chunk": True}, "chat", "H2", {}, ()),
-    fault_case("stall_mid_stream", 1, {"stall_mid_stream": 2}, "chat", "H3", {}, ("--chat-stall-window", "5")),
+    fault_case("stall_mid_stream", 1, {"stall_mid_stream": 2}, "chat", "H3", {}, ("--chat-stall-window", "5"),
+               window="--chat-stall-window"),
+    # an API that answers one byte a second: each call ends at its total bound, the gate within its window plus
+    # one call, with the endpoint named (never the gate's pytest-timeout)
+    fault_case("trickling_exo_api", 2, {"api_trickle": ["/state"]}, "cluster",
+               "no complete answer within 10s", {}, (), since="cluster"),
+    fault_case("trickling_chat_body", 1, {"chat_trickle_body": True}, "chat", "no complete answer within 10s", {},
+               ("--chat-timeout", "10"), since="chat"),
 ]
+
+
+# node2's /state: the join watch's window (8 s) plus one sample (each /state call 10 s in all), counted from the
+# startup gate's join watch; node1's non-stream chat: the stream before it plus --chat-timeout 10; then the logs
+TRICKLE_BOUND_S = {"trickling_exo_api": 8 + 2 * 10 + 15, "trickling_chat_body": 5 + 10 + 15}
 
 
 @pytest.mark.parametrize("name,k,faults,gate,sig,timing,extra", FAULTS)
@@ -169,13 +184,15 @@ def test_fault_caught_at_its_gate(box, tmp_path, name, k, faults, gate, sig, tim
     r = run(box, tmp_path, *extra)
     own, since_exo = gate_times(r, gate)
     print(f"\nMEASURE {name}: {gate} failed after {own}s in the gate, {since_exo and round(since_exo, 1)}s after exo "
-          f"started; run {time.monotonic() - t0:.1f}s; {r.message(gate)[:160]}")
+          f"started; run {time.monotonic() - t0:.1f}s; {r.message(gate)[:300]}")
     try:
         assert_caught(r, gate, sig)
         if name == "card_add_fails":
             assert "D6" not in signature_ids(r, gate) and "EXO has no model card" in r.message(gate), r.message(gate)
         if name == "runner_killed_signal":
             assert f"on sbx-node{k} (node " in r.message(gate), r.message(gate)
+        if name in TRICKLE_BOUND_S:  # the window and the calls' total bounds, far below the gate's pytest-timeout
+            assert own is not None and own < TRICKLE_BOUND_S[name], (own, r.message(gate))
     finally:
         stop_leftovers(launch_records(r))
 

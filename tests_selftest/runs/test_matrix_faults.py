@@ -85,7 +85,11 @@ def test_changed_host_key_fails_preflight(files_box, tmp_path):
         lines.append(f"{hosts} {' '.join(fake)}" if sbx.address(2) in hosts.split(",") else line)
     pinned = tmp_path / "known_hosts"
     pinned.write_text("\n".join(lines) + "\n")
-    result = run(sbx, reports, "--accept-new-host-keys", extra_env={"SSH_KNOWN_HOSTS": str(pinned)})
+    # every file that applies pins the other key (a right key in any of them passes, as with OpenSSH)
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(Path(sbx.ssh_config).read_text().replace(str(sbx.known_hosts), str(pinned)))
+    result = run(sbx, reports, "--accept-new-host-keys",
+                 extra_env={"SSH_KNOWN_HOSTS": str(pinned), "SSH_CONFIG": str(cfg)})
     assert_caught(result, "preflight", "node2")
     assert "host key" in result.message("preflight").lower(), result.message("preflight")
 

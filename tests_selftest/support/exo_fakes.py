@@ -53,7 +53,7 @@ class FakeNode:
 
     def _p_facts(self, a):
         return {"platform": self.platform, "home": self.home, "user": "me", "os_version": self.os_version,
-                "python_version": "3.9.6"}
+                "python_version": "3.9.6", "hostname": f"mac-{self.addr}", "boot_id": "boot-1"}
 
     def facts(self, *, refresh: bool = False, timeout: float = 30) -> dict:
         return self.run_probe("facts", {}, timeout=timeout)
@@ -83,7 +83,7 @@ class FakeNode:
         pid = self.next_pid
         self.next_pid += 1
         self.procs_by_pid[pid] = {"pid": pid, "ppid": 1, "start": 1000.0, "exe": a["argv"][0], "cmdline": a["argv"]}
-        return {"pid": pid, "start": 1000.0, "log_path": a["log_path"]}
+        return {"pid": pid, "start": 1000.0, "log_path": a["log_path"], "exe": "/real/python3"}
 
     def _p_stop(self, a):
         gone = self.procs_by_pid.pop(a["pid"], None)

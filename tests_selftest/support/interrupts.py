@@ -15,6 +15,11 @@ from tests_selftest.support import faultmatrix as fm
 from tests_selftest.support.runs import Run, start_run
 
 
+def hf_running(sbx, k: int) -> list[int]:
+    """Pids of node k's processes running `hf … download`."""
+    return [pid for pid in sbx.node_pids(k) if "download" in (fm.cmdline(pid) or "")]
+
+
 def record_row(row: fm.FaultRow, gate: str, clean_s: float, left: list, decoys: list, torn: int) -> None:
     """The matrix row of an interrupt: seconds from the signal until the nodes were clean."""
     row.caught_by, row.signature_seen, row.verdict_s = gate, True, round(clean_s, 1)

@@ -155,6 +155,8 @@ def test_preflight(evidence):
     act("preflight", evidence)
 '''
 
+# the arguments every plugin-kit session starts with
+BASE = ("gates", "--model", "org/tiny-model", "--env-file", "test.env")
 FULL_ORDER_2 = ["preflight", "node1_download", "node1_verify", "node1_canary", "node2_download",
                 "node2_verify", "parity", "startup", "cluster", "placement", "transport", "chat"]
 

@@ -102,7 +102,8 @@ def load_faults(path: str) -> None:
             faults = json.load(f).get("faults") or {}
     except (OSError, ValueError):
         faults = {}
-    for key, var in (("namespace", "MODELDROP_EXO_FAULT_NAMESPACE"), ("runner_sigkill_s", "MODELDROP_EXO_FAULT_RUNNER_KILL_S")):
+    for key, var in (("namespace", "MODELDROP_EXO_FAULT_NAMESPACE"),
+                     ("runner_sigkill_s", "MODELDROP_EXO_FAULT_RUNNER_KILL_S")):
         if faults.get(key) is not None:
             os.environ[var] = str(faults[key])
         else:

@@ -88,7 +88,7 @@ class _StreamServer:
 
 
 def _send(url: str, stall_s: float = STALL_S) -> tuple[RequestRecord, float]:
-    client = BenchClient(url, "m", stall_timeout_s=stall_s, read_timeout_s=30)
+    client = BenchClient(url, "m", stall_timeout_s=stall_s, request_timeout_s=30)
     t0 = time.monotonic()
     rec = client.send(ChatRequest(messages=[{"role": "user", "content": "x"}], max_tokens=4, stream=True))
     client.close()

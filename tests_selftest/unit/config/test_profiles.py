@@ -22,7 +22,8 @@ def test_creates_the_file_and_row(tmp_path):
     row = profiles.load(path)["models"]["org/m"]
     assert {k: row[k] for k in UPDATES} == UPDATES and row["updated"].endswith("Z")
     assert diff["instance_id"] == {"old": None, "new": "inst-1"} and "updated" in diff
-    assert [p.name for p in tmp_path.iterdir()] == ["model_profiles.json"]  # no temp file left
+    left = [p.name for p in tmp_path.iterdir() if p != profiles.lock_path(path)]
+    assert left == ["model_profiles.json"]  # no temp file left
 
 
 def test_diff_only_what_changed_and_keeps_other_rows(tmp_path):
@@ -69,7 +70,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         profiles.record_bootstrap(path, "org/m", UPDATES)
     assert path.read_text() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["p.json"]
+    assert [p.name for p in tmp_path.iterdir() if p != profiles.lock_path(path)] == ["p.json"]
 
 
 def test_row_written_once_then_only_differences(tmp_path):

@@ -11,26 +11,24 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from tests_selftest.support import DATA, REPO
-
-sys.path.insert(0, str(REPO / "sandbox"))
-
-from exo_emulator import chat as C  # noqa: E402
-from exo_emulator.api import _enum_error, exo_error, snake_instance  # noqa: E402
-from exo_emulator.cards import builtin_cards, card_json, model_list_entry  # noqa: E402
-from exo_emulator.config import config_from_dict  # noqa: E402
-from exo_emulator.ids import new_node_id, new_uuid  # noqa: E402
-from exo_emulator.paths import exo_paths  # noqa: E402
-from exo_emulator.placement import place, previews  # noqa: E402
-from exo_emulator.state import State, unwrap  # noqa: E402
-from exo_emulator.worker import Worker  # noqa: E402
+from sandbox.exo_emulator import chat as C
+from sandbox.exo_emulator.cards import builtin_cards, card_json, model_list_entry
+from sandbox.exo_emulator.config import config_from_dict
+from sandbox.exo_emulator.coordinator import DownloadCoordinator
+from sandbox.exo_emulator.http_errors import enum_error, exo_error
+from sandbox.exo_emulator.ids import new_node_id, new_uuid
+from sandbox.exo_emulator.instances import snake_instance
+from sandbox.exo_emulator.paths import exo_paths
+from sandbox.exo_emulator.placement import place, previews
+from sandbox.exo_emulator.state import State, unwrap
+from sandbox.exo_emulator.worker import Worker
+from tests_selftest.support import DATA
 
 GOLDEN = DATA / "exo-golden"
 GENS = {"head": "new", "v1.0.71": "old"}
@@ -149,8 +147,8 @@ def emu_state(gen: str, tmp_path: Path, monkeypatch: Any, runners: dict[int, dic
             status = (runners or {}).get(rank, {"RunnerReady": {"prefillServerPort": None} if gen == "head" else {}})
             events.append({"type": "RunnerStatus", "runnerId": rid, "status": status})
             fake, _ = emu_worker(gen, nid, tmp_path)
-            prog = Worker._progress(fake, "DownloadCompleted", card(), "/Users/me/.exo/models/x", shard,
-                                    total={"inBytes": 1}, readOnly=False)
+            prog = DownloadCoordinator.progress(fake, "DownloadCompleted", card(), "/Users/me/.exo/models/x", shard,
+                                                total={"inBytes": 1}, readOnly=False)
             events.append({"type": "Download", "nodeId": nid, "progress": prog})
             events.append({"type": "TaskCreated", "task": {"DownloadModel": {
                 "taskId": new_uuid(), "taskStatus": "Complete", "instanceId": body["instanceId"],
@@ -234,7 +232,7 @@ SCENARIOS: dict[str, Any] = {
     "placement_ring_pipeline_2node.json": emu_placement_ring,
     "placement_min_nodes_1.json": lambda gen, **_: place(golden(gen, "state_empty.json"), card(), "Pipeline",
                                                          "MlxRing", 1, GENS[gen]),
-    "placement_bad_meta_422.json": lambda gen, **_: {"detail": [_enum_error("instance_meta", "MlxRingInstance",
+    "placement_bad_meta_422.json": lambda gen, **_: {"detail": [enum_error("instance_meta", "MlxRingInstance",
                                                                             ("MlxRing", "MlxJaccl"))]},
     "placement_error_400.json": lambda gen, **_: exo_error(400, "No cycles found with sufficient memory"),
     "previews.json": emu_previews,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from exo_emulator import chat as C  # type: ignore[import-not-found]  # noqa: E402
 
+from sandbox.exo_emulator import chat as C
 from tests_selftest.support.emulator_fixtures import (  # noqa: F401, E402
     MODEL_ID,
     EmuNode,

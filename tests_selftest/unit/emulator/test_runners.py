@@ -273,8 +273,8 @@ def test_console_script_launcher_without_main_guard(emu_factory, tiny_model, tmp
     from tests_selftest.support.emulator_fixtures import EMULATOR_PYTHON, SANDBOX
 
     script = tmp_path / "exo"
-    script.write_text(f"#!{EMULATOR_PYTHON}\nimport sys\nsys.path.insert(0, {str(SANDBOX)!r})\n"
-                      "from exo_emulator.cli import main\nsys.exit(main())\n")
+    script.write_text(f"#!{EMULATOR_PYTHON}\nimport sys\nsys.path.insert(0, {str(SANDBOX.parent)!r})\n"
+                      "from sandbox.exo_emulator.cli import main\nsys.exit(main())\n")
     script.chmod(0o755)
     addr = f"127.{fresh_subnet()}.0.11"
     n = emu_factory("script", addr, [addr])

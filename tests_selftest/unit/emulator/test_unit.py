@@ -13,15 +13,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from exo_emulator import chat as C  # noqa: E402
-from exo_emulator.cards import builtin_cards, card_json, load_custom_cards, model_list_entry  # noqa: E402
-from exo_emulator.config import config_from_dict  # noqa: E402
-from exo_emulator.ids import new_node_id, random_ephemeral_port  # noqa: E402
-from exo_emulator.logs import ExoLogger, zstd_raw_frame  # noqa: E402
-from exo_emulator.models import find_model  # noqa: E402
-from exo_emulator.paths import exo_paths, models_dirs  # noqa: E402
-from exo_emulator.placement import place, previews, simple_cycles  # noqa: E402
-from exo_emulator.state import State  # noqa: E402
+
+from sandbox.exo_emulator import chat as C
+from sandbox.exo_emulator.cards import builtin_cards, card_json, load_custom_cards, model_list_entry
+from sandbox.exo_emulator.config import config_from_dict
+from sandbox.exo_emulator.ids import new_node_id, random_ephemeral_port
+from sandbox.exo_emulator.logs import ExoLogger, zstd_raw_frame
+from sandbox.exo_emulator.models import find_model
+from sandbox.exo_emulator.paths import exo_paths, models_dirs
+from sandbox.exo_emulator.placement import place, previews, simple_cycles
+from sandbox.exo_emulator.state import State
 
 # contract §2.2, in order
 CONTRACT_NEW_KEYS = ["instances", "runners", "downloads", "tasks", "lastSeen", "topology", "lastEventAppliedIdx",
@@ -85,7 +86,7 @@ def test_paths_layouts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_model_completeness(tmp_path: Path) -> None:
-    from exo_emulator.paths import ModelDir
+    from sandbox.exo_emulator.paths import ModelDir
 
     d = tmp_path / "models" / "org--name"
     d.mkdir(parents=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,6 +37,9 @@ class _Node:
     def address(self) -> str:
         return "127.0.0.1"
 
+    def facts(self, timeout: float = 60) -> dict:
+        return {"hostname": "mac1", "boot_id": "boot-1"}
+
     def run_probe(self, name: str, args: dict, timeout: float = 60) -> dict:
         assert name == "procs"
         return {"procs": [{"pid": p, "start": self.live[p], "cmdline": ["exo"]} for p in args["pids"]
@@ -45,13 +49,15 @@ class _Node:
 def _facts(port: int, report_dir: Path | str = "/nonexistent", node: _Node | None = None) -> RunFacts:
     node = node or _Node()
     pool = SimpleNamespace(get=lambda k: node)
-    return RunFacts(SimpleNamespace(api_port=port, report_dir=Path(report_dir)), pool)
+    cfg = SimpleNamespace(api_port=port, report_dir=Path(report_dir), node=lambda k: SimpleNamespace(target=f"u@h{k}"))
+    return RunFacts(cfg, pool)
 
 
 def _record(report_dir: Path, run: str, pid: int, start: float) -> None:
     rec = LaunchRecord(node=1, role="cluster", pid=pid, start=start, exe="/x/exo", argv=["/x/exo", "-v"], env={},
                        unset_env=[], generation="new", namespace="ns", api_url="http://127.0.0.1:1", log_path="l",
-                       exo_log_path="e", runner_log_path="r", started_at=start)
+                       exo_log_path="e", runner_log_path="r", started_at=time.time(), node_target="u@h1",
+                       node_host="mac1", node_boot="boot-1")
     (report_dir / run / "exo").mkdir(parents=True)
     (report_dir / run / "exo" / "node1-cluster.json").write_text(json.dumps(rec.to_json()))
 

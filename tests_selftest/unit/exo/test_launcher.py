@@ -1,6 +1,7 @@
 """Launcher and preflight with a fake node: flags per generation, models dir, prechecks, stop by pid."""
 
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -76,7 +77,9 @@ def test_start_records_and_marker_and_stop_by_pid(tmp_path):
     assert any(a["argv"][0] == "/usr/bin/caffeinate" for a in node.probes("spawn"))
     res = la.stop()
     assert res["result"] == "stopped-term"
-    assert node.probes("stop")[0] == {"pid": rec.pid, "grace_s": 15.0, "expect_start": 1000.0, "orphans": True}
+    assert node.probes("stop")[0] == {"pid": rec.pid, "grace_s": 15.0, "expect_start": 1000.0, "orphans": True,
+                                      "expect_exes": ["/real/python3"], "expect_cmd": "~/exo/.venv/bin/exo"}
+    assert (saved["node_target"], saved["node_host"], saved["node_boot"]) == ("u@h1", "mac-10.0.0.1", "boot-1")
     assert la.stop() is la.record.stopped  # idempotent
 
 
@@ -129,7 +132,8 @@ def test_previous_run_processes_are_ours_to_stop(tmp_path):
     node.procs_by_pid[31] = {"pid": 31, "start": 7.0}
     rec = {"node": 1, "role": "cluster", "pid": 31, "start": 7.0, "exe": "e", "argv": [], "env": {}, "unset_env": [],
            "generation": "new", "namespace": "n", "api_url": "u", "log_path": "l", "exo_log_path": "x",
-           "runner_log_path": "r", "started_at": 0}
+           "runner_log_path": "r", "started_at": time.time(), "node_target": "u@h1", "node_host": "mac-10.0.0.1",
+           "node_boot": "boot-1"}
     (old / "node1-cluster.json").write_text(json.dumps(rec))
     la.start("cluster")
     assert node.probes("stop")[0]["pid"] == 31 and la.record.stopped_existing[0]["pid"] == 31
@@ -212,3 +216,16 @@ def test_cluster_gone_names_only_cluster_processes_that_died():
     c.launchers = {1: la(11), 2: la(12, row={"pid": 12}), 3: la(13, err=OSError("ssh: timed out")),
                    4: la(14, stopped={"result": "stopped-term"}), -1: la(21, role="canary")}
     assert c.gone() == {1: "pid 11"}
+
+
+def test_stop_existing_exo_results_in_the_launch_record_are_redacted(tmp_path):
+    """An exo found running with the token on its command line: neither the list written before the stop nor the
+    launch record's `stopped_existing` holds the token."""
+    token = "hf_TheTokenOnACommandLine42"
+    node = FakeNode(exo_procs=[{"pid": 9, "start": 5.0, "exe": "/real/exo", "cmdline": ["exo", f"--token={token}"]}],
+                    procs_by_pid={9: {"pid": 9}})
+    la, _ = launcher(tmp_path, node, STOP_EXISTING_EXO="true", HF_TOKEN=token)
+    rec = la.start("cluster")
+    written = [p.read_text() for p in (tmp_path / "reports" / "run1" / "exo").glob("*.json")]
+    assert len(written) == 2 and not any(token in text for text in written)
+    assert rec.stopped_existing[0]["cmdline"] == ["exo", "--token=***"]

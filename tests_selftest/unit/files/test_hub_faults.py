@@ -6,11 +6,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
 from modeldrop import hub
-from modeldrop.download import run_hf_download
+from modeldrop.download import DownloadPlan, run_hf_download
 from modeldrop.errors import InputError, NodeError
 from modeldrop.nodes import LocalNode
 
@@ -75,11 +76,9 @@ def test_download_refuses_to_send_the_token_over_plain_http(tmp_path):
     hf = tmp_path / "hf"
     hf.write_text(f"#!/bin/sh\ntouch {ran}\n")
     hf.chmod(0o755)
-    res = run_hf_download(LocalNode("node1"), hf_cmd=str(hf), model_id="org/m", local_dir=str(tmp_path / "m"),
-                          env={"HF_TOKEN": "hf_secret", "HF_ENDPOINT": "http://hub.example.org"}, timeout=10,
-                          expected_bytes=None, heartbeat=lambda _l: None)
+    plan = DownloadPlan(str(hf), "org/m", str(tmp_path / "m"), timeout_s=10,
+                        env={"HF_TOKEN": "hf_secret", "HF_ENDPOINT": "http://hub.example.org"})
+    res = run_hf_download(LocalNode("node1"), plan, lambda _l: None)
     assert res.rc != 0 and "--allow-insecure-hub" in (res.hub_reason or "") and not ran.exists()
-    res = run_hf_download(LocalNode("node1"), hf_cmd=str(hf), model_id="org/m", local_dir=str(tmp_path / "m"),
-                          env={"HF_TOKEN": "hf_secret", "HF_ENDPOINT": "http://hub.example.org"}, timeout=10,
-                          expected_bytes=None, heartbeat=lambda _l: None, allow_insecure_hub=True)
+    res = run_hf_download(LocalNode("node1"), replace(plan, allow_insecure_hub=True), lambda _l: None)
     assert res.rc == 0 and ran.exists()

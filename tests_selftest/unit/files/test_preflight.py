@@ -15,6 +15,8 @@ from modeldrop.ssh import SSHTarget
 class FakeNode:
     """Answers probes from a dict; a probe whose answer is an exception raises it."""
 
+    run_id = None
+
     def __init__(self, answers: dict, address: str = "10.0.0.1", port: int | None = None):
         self.answers, self._address, self.calls = answers, address, []
         if port is not None:
@@ -39,7 +41,7 @@ CFG = SimpleNamespace(min_free_bytes=None, model_folder="org--m", sources={})
 
 
 def test_check_node_turns_a_later_probe_failure_into_a_problem_line():
-    node = FakeNode({"facts": {"home": "/Users/me"},
+    node = FakeNode({"facts": {"home": "/Users/me"}, "leftovers": {"found": [], "removed": 0},
                      "tool": CommandTimeout("node1 (me@mac1): `<probe> tool` timed out after 90s", "")})
     out = check_node(node, NC, CFG, None)  # must not raise
     assert len(out.problems) == 1

@@ -75,7 +75,12 @@ def test_a_hanging_fixture_is_cut_at_its_limit(pytester, phase):
     assert f"{what} still running after 1s" in text, text[-3000:]
     assert result.returncode == 1
     events = jsonl(latest(pytester))
-    assert events[-1]["event"] == "run_end"  # the ledger was closed
+    kinds = [e["event"] for e in events]
+    assert "run_end" in kinds  # the ledger was closed
+    # the 1 s limit also bounds the session teardown (ledger.html, the timeline): on a loaded machine it may overrun,
+    # which is said after run_end, never swallowed
+    late = events[kinds.index("run_end") + 1:]
+    assert all("session teardown still running" in str(e.get("text")) for e in late), late
 
 
 def test_benchmark_items_get_a_timeout(pytester):

@@ -60,3 +60,27 @@ def test_every_signature_names_table_gates():
         assert set(sig.gates) <= known, (sig.id, set(sig.gates) - known)
     assert signatures.ALL_EXO_GATES == ("node1_canary", "startup", "cluster", "placement", "transport", "chat")
 
+
+
+def test_criteria_have_one_wording_for_readme_and_handoff():
+    from modeldrop.ledger.runbook import criteria_table
+
+    passes, stops = gatetable.criteria_of("node2_download")
+    assert "MODEL_DIR_NODE2" in passes and "MODEL_DIR_NODE1" in gatetable.criteria_of("node1_download")[0]
+    assert stops and gatetable.criteria_of("node2_canary") == ("—", "—")
+    assert f"| node1_download | 1 | {gatetable.criteria_of('node1_download')[0]} |" in gatetable.readme_table()
+    rows = criteria_table(gate_order(2))
+    for gate in gate_order(2):
+        assert any(r.startswith(f"| {phase_of(gate)} | {gate} | ") and gatetable.criteria_of(gate)[1] in r
+                   for r in rows), gate
+
+
+def test_resume_chains_and_exo_start_come_from_the_table():
+    assert gatetable.resume_stand_ins("node3_download") == ["node3_download", "node3_verify"]
+    assert gatetable.resume_stand_ins("parity") == ["parity"]
+    assert gatetable.chains_broken_by(gatetable.resume_chain("node2_verify")) == {"files", "exo"}
+    assert gatetable.chains_broken_by(gatetable.resume_chain("startup")) == {"exo"}
+    assert gatetable.chains_broken_by(gatetable.resume_chain("preflight")) == {"none"}
+    assert signatures.CANARY_START == ("node1_canary", "startup")
+    assert [g for g in gate_order(2) if gatetable.after_exo_start(g)] == list(signatures.AFTER_START) == [
+        "cluster", "placement", "transport", "chat"]

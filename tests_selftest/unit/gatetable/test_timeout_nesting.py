@@ -12,7 +12,7 @@ import pytest
 
 from modeldrop import cleanup, download, hub, preflight, verify
 from modeldrop.config import MAX_NODES, OPTION_BY_KEY
-from modeldrop.exo import launcher, logs, observe
+from modeldrop.exo import client, launcher, logs, observe
 from modeldrop.gatetable import GATES
 
 N = MAX_NODES
@@ -27,7 +27,12 @@ def _default(key: str) -> float:
     return float(OPTION_BY_KEY[key].default)
 
 
-CHAT_REQUEST_S = 5.0 + max(_default("CHAT_STALL_S"), observe.CHAT_READ_TIMEOUT_S)  # connect + the longest silence
+# an HTTP call's worst case is its total deadline (connect, headers and body: a trickling server included);
+# a poll that ends at its deadline may be inside one more sample, so a sample's calls count once more
+CHAT_REQUEST_S = _default("CHAT_TIMEOUT_S")
+STARTUP_SAMPLE_S = N * observe.NODE_ID_TIMEOUT_S
+STATE_SAMPLE_S = N * client.STATE_TIMEOUT_S
+SERVING_SAMPLE_S = N * observe.SERVING_CHAT_S + client.STATE_TIMEOUT_S
 
 
 INNER_S: dict[str, float] = {
@@ -39,9 +44,10 @@ INNER_S: dict[str, float] = {
     "canary": observe.API_UP_TIMEOUT_S + observe.CANARY_MODEL_TIMEOUT_S + STOP_S
     + LOGS_PER_NODE * logs.TAIL_TIMEOUT_S,
     "parity": 0.0,  # compares facts already gathered: no node, no hub
-    "startup": _default("SETTLE_WINDOW_S") + observe.API_UP_TIMEOUT_S + LOG_SCAN_S,
-    "cluster": _default("CLUSTER_WINDOW_S") + observe.API_UP_TIMEOUT_S + LOG_SCAN_S,
-    "placement": 60.0 + _default("READY_TIMEOUT_S") + LOG_SCAN_S,  # clear_instances' own 60 s, then Ready
+    "startup": _default("SETTLE_WINDOW_S") + observe.API_UP_TIMEOUT_S + 2 * STARTUP_SAMPLE_S + LOG_SCAN_S,
+    "cluster": _default("CLUSTER_WINDOW_S") + observe.API_UP_TIMEOUT_S + STATE_SAMPLE_S + LOG_SCAN_S,
+    # clear_instances' own 60 s, then Ready (a serving check may start at the deadline)
+    "placement": 60.0 + _default("READY_TIMEOUT_S") + SERVING_SAMPLE_S + LOG_SCAN_S,
     "transport": N * observe.SOCKETS_TIMEOUT_S + 2 * LOG_SCAN_S,  # the scan, and the diagnosis on failure
     "chat": N * 2 * CHAT_REQUEST_S + LOG_SCAN_S,
 }

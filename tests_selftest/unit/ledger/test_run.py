@@ -9,6 +9,7 @@ import re
 
 from modeldrop.ledger.handoff import HANDOFF_KEYS, SECTIONS
 from tests_selftest.support.plugin_kit import (
+    BASE,
     FULL_ORDER_2,
     handoff_block,
     jsonl,
@@ -19,7 +20,6 @@ from tests_selftest.support.plugin_kit import (
     trace,
 )
 
-BASE = ("gates", "--model", "org/tiny-model", "--env-file", "test.env")
 TOKEN = "hf_SeCrEtToKeN0123456789"
 
 
@@ -280,3 +280,37 @@ def test_timeline_spans_downloads_and_running_gates():
     assert got["node2 hf download"] == (10.2, 31.0, "download_failed")
     assert got["node1_download"] == (10.0, 30.1, "passed")
     assert got["node1_verify"] == (30.2, 40.0, "running")
+
+
+def test_the_ledger_alone_changes_gate_run_state(tmp_path):
+    """Outcome, root cause, failing items and deselection change only through Ledger methods, each with its
+    ledger.jsonl record; the plugin never reaches into `ledger.state` or `ledger.jsonl`."""
+    import ast
+    from pathlib import Path
+
+    from modeldrop.ledger import GateRecord, Ledger, RunState
+    from modeldrop.ledger.runfolder import RunFolder
+
+    order = ["preflight", "node1_download", "node1_verify"]
+    state = RunState(run_id="r", started=0.0, model_id="org/m", nodes=["local"], model_dirs=["/m"], command=[],
+                     base_argv=["pytest"], bench_argv=["pytest"], order=order, gates={g: GateRecord(g) for g in order})
+    ledger = Ledger(RunFolder.create(tmp_path, "org--m"), state)
+    ledger.deselect(["preflight"])
+    ledger.gate_start("node1_download")
+    ledger.item_failed("node1_download", "gates/t.py::test_d", "call")
+    assert ledger.failed_gates() == ["node1_download"] and ledger.outcome("node1_download") is None
+    ledger.gate_result("node1_download", "failed", "rc 1", root=("node1_download", "failed", "rc 1"))
+    ledger.gate_result("node1_verify", "skipped", "blocked by node1_download (failed): rc 1",
+                       root=ledger.root_cause("node1_download"))
+    assert ledger.outcome("preflight") is None and ledger.outcome("node1_download") == "failed"
+    assert ledger.root_cause("node1_verify") == ("node1_download", "failed", "rc 1")
+    assert ledger.first_bad_gate() == "node1_download"
+    events = [(r["event"], r.get("gate"), r.get("gates")) for r in jsonl(ledger.folder.path)]
+    assert events[:2] == [("deselect", None, ["preflight"]), ("gate_start", "node1_download", None)]
+    assert ("item_fail", "node1_download", None) in events
+    assert json.loads((ledger.folder.path / "run.json").read_text())["gates"]["preflight"]["outcome"] == "deselected"
+    plugin = Path(__file__).resolve().parent.parent / "modeldrop" / "plugin"
+    reaches = [f"{p.name}:{n.lineno}" for p in sorted(plugin.glob("*.py")) for n in ast.walk(ast.parse(p.read_text()))
+               if isinstance(n, ast.Attribute) and n.attr in ("state", "jsonl")
+               and "ledger" in ast.unparse(n.value).lower()]
+    assert reaches == []

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from modeldrop.download import run_hf_download
+from modeldrop.download import DownloadPlan, run_hf_download
 from modeldrop.nodes import _Exec, login_shell_text
 from modeldrop.ssh import SSHNode
 from tests_selftest.support.slots import SANDBOX_BASE
@@ -31,7 +31,7 @@ def _crafted(marker: Path) -> list[str]:
 
 
 def _admin(argv: list[str]) -> None:
-    from sandbox.cluster import _admin as admin
+    from sandbox.users import admin
     admin(argv)
 
 
@@ -146,10 +146,10 @@ def test_hf_path_with_equals_crafted_revision_and_token_off_the_command_line(fis
     revision = "x\\"
     local_dir = str(home / "model\\")
     box: dict = {}
-    worker = threading.Thread(target=lambda: box.update(res=run_hf_download(
-        fish_node, hf_cmd=str(hf), model_id="org/m", local_dir=local_dir, include=[f"; touch {marker} #"],
-        env={"MD_FAKE_DIR": str(fake_dir), "HF_TOKEN": token, "HF_ENDPOINT": "http://127.0.0.1:9"},
-        timeout=60, expected_bytes=None, heartbeat=lambda _line: None, interval_s=5, revision=revision)))
+    plan = DownloadPlan(str(hf), "org/m", local_dir, include=(f"; touch {marker} #",), revision=revision,
+                        env={"MD_FAKE_DIR": str(fake_dir), "HF_TOKEN": token, "HF_ENDPOINT": "http://127.0.0.1:9"},
+                        timeout_s=60, interval_s=5)
+    worker = threading.Thread(target=lambda: box.update(res=run_hf_download(fish_node, plan, lambda _line: None)))
     worker.start()
     deadline = time.monotonic() + 30
     while not (fake_dir / "argv.json").exists() and time.monotonic() < deadline:

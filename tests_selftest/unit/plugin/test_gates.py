@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 
 from tests_selftest.support.plugin_kit import (
+    BASE,
     FULL_ORDER_2,
     PYTEST,
     jsonl,
@@ -14,8 +15,6 @@ from tests_selftest.support.plugin_kit import (
     subprocess_env,
     trace,
 )
-
-BASE = ("gates", "--model", "org/tiny-model", "--env-file", "test.env")
 
 
 def run(pytester, *args):

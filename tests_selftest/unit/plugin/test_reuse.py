@@ -7,6 +7,7 @@ import json
 import time
 
 from tests_selftest.support.plugin_kit import (
+    BASE,
     FULL_ORDER_2,
     default_facts,
     handoff_block,
@@ -19,7 +20,6 @@ from tests_selftest.support.plugin_kit import (
     trace,
 )
 
-BASE = ("gates", "--model", "org/tiny-model", "--env-file", "test.env")
 K_TRANSPORT = "transport and not cluster"  # the fake module is test_a_cluster.py: keep -k precise
 
 

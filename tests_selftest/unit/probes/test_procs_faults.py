@@ -177,22 +177,25 @@ def test_shell_trampoline_script_runs_as_the_interpreter_it_execs(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_stop_reaches_the_group_of_a_killed_session_leader_only_when_asked(world):
-    """A session leader (as `spawn` starts exo) SIGKILLed from outside leaves its child (a runner) in its group:
-    `stop` with `orphans` stops that group, without it the probe only says the leader is gone."""
+    """A session leader (as `spawn` starts exo) SIGKILLed from outside leaves its child (a runner: the same python)
+    in its group: `stop` with `orphans` stops that group, without it the probe only says the leader is gone."""
     node = LocalNode("node1")
+    runner = ("import subprocess, sys, time; "
+              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); time.sleep(120)")
     results = []
     for orphans in (False, True):
-        leader = world.start(["/bin/sh", "-c", "sleep 120 & wait"], start_new_session=True)
+        leader = world.start([sys.executable, "-c", runner], start_new_session=True)
         _wait_running([leader.pid])
         start = node.run_probe("procs", {"pids": [leader.pid], "exe_paths": None})["procs"][0]["start"]
         deadline = time.monotonic() + 10
         while not (kids := [p for p in procs_probe.all_procs() if p["ppid"] == leader.pid
-                            and (p["cmdline"] or [""])[0] == "sleep"]) and time.monotonic() < deadline:
+                            and p["cmdline"][:2] == [sys.executable, "-c"]]) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert kids, "the leader's child never started"
         os.kill(leader.pid, 9)
         leader.wait()
-        res = node.run_probe("stop", {"pid": leader.pid, "expect_start": start, "grace_s": 2, "orphans": orphans})
+        res = node.run_probe("stop", {"pid": leader.pid, "expect_start": start, "grace_s": 2, "orphans": orphans,
+                                      "expect_exes": [sys.executable]})
         child_alive = procs_probe.proc_info(kids[0]["pid"]) is not None
         results.append((res["result"], child_alive))
         if child_alive:

@@ -1,6 +1,9 @@
 """EXO's command-line flags: which exist (either generation), which modeldrop sets itself, and a check
 of operator extra flags (EXO_EXTRA_ARGS) against a node's `exo --help`.
 
+Beside `exo/` rather than in it: the configuration checks EXO_EXTRA_ARGS with it, and `exo/` is typed with
+the configuration (`modeldrop.config`), so the flags table sits below both.
+
 Flags of exo's parser at v1.0.71 (OLD, libp2p) and b5375f8 (NEW, zenoh). modeldrop always sets
 `--api-port`, `--namespace` (NEW), `--offline` / `--no-downloads` by role and `-v`, so extra args
 may not set those (the run's own settings would be contradicted on some node).

@@ -1,9 +1,8 @@
-"""Dev tool (never imported by the emulator): measure the emulator with exo's default timing.
+"""Measure the EXO emulator with exo's default timing: ``python -m scripts.measure_emulator`` (repo root).
 
-Run from the repo root: ``.venv/bin/python -m sandbox.exo_emulator.measure``. Prints the time from
-start to a 2-node cluster in /state, from POST /instance to all runners Ready, chat tok/s through the
-emulator vs mlx-lm's ``stream_generate`` on the same files (ratio), and RSS per node (emulator and
-its child processes: the runner and multiprocessing's resource tracker).
+Prints the time from start to a 2-node cluster in /state, from POST /instance to all runners Ready,
+chat tok/s through the emulator vs mlx-lm's ``stream_generate`` on the same files (ratio), and RSS per
+node (emulator and its child processes: the runner and multiprocessing's resource tracker).
 """
 
 from __future__ import annotations
