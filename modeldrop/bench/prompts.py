@@ -8,9 +8,9 @@ template included) has exactly `target_tokens` tokens by the method's count, the
 - "tokenizer": a local model dir with tokenizer.json (+ chat template) is given; the count is
   `len(apply_chat_template(messages, add_generation_prompt=True))` via `transformers` (or
   `tokenizers` alone, without the template, as "tokenizer-no-template"). For each target the filler
-  word count is found by binary search and closed with pad atoms (" .") and tail dots ("." without a
-  space, one token where " ." is two); every request's prompt is counted with its own salt, and searched
-  again for that salt if the count moved.
+  word count is found by binary search and closed with pad atoms (" a", one token) and, where a pad
+  atom is not one token, tail dots ("."); every request's prompt is counted with its own salt, and
+  searched again for that salt if the count moved.
 - "usage-calibrated": no tokenizer; three probe requests (`max_tokens=1`) read the server's
   `usage.prompt_tokens` for 64 and 1024 filler words and for 64 words + 64 pad atoms; the fit
   (tokens = a x words + c x pads + b) gives the first guess, and `observe(built, server_count)`
@@ -43,7 +43,7 @@ WORDS = ("river stone market lantern garden window silver morning paper orchard 
 SALT_WORDS = ("amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron")
 SALT_ORDERS = math.factorial(len(SALT_WORDS))  # distinct salts before they repeat
 INSTRUCTION = "Continue the list above with a long, detailed story that uses every word."
-PAD_ATOM = " ."
+PAD_ATOM = " a"  # one token in byte-level BPE and SentencePiece alike (a word of its own: never merged)
 TAIL_ATOM = "."
 MAX_TAIL = 3
 PROBES = ((64, 0), (1024, 0), (64, 64))  # (filler words, pad atoms) of the usage probes
