@@ -84,6 +84,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("DISK_MARGIN_GB", None, "int", None, "free disk required beyond the model size (default from the profile, else 10%% + 1 GB)"),
     Option("SSH_CONFIG", None, "str", "~/.ssh/config", "ssh_config file for aliases, User, Port, IdentityFile"),
     Option("SSH_KNOWN_HOSTS", None, "str", "~/.ssh/known_hosts", "known_hosts file that host keys are checked against"),
+    Option("EXO_API_URLS", "--exo-api", "str", None,
+           "benchmark an EXO that is already serving: its API URLs, comma-separated (http://host:port; no port: "
+           "EXO_API_PORT); one chat through each must answer for MODEL_ID. No bootstrap, no pass cache; "
+           "`pytest benchmarks/` only"),
 )
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
 
@@ -174,6 +178,7 @@ class RunConfig:
     disk_margin_gb: int | None = None
     ssh_config: str = "~/.ssh/config"
     ssh_known_hosts: str = "~/.ssh/known_hosts"
+    exo_api_urls: tuple[str, ...] = ()
     sources: dict[str, str] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict, repr=False)  # HF_TOKEN among them: never in a repr
     env_file: Path | None = None
@@ -198,7 +203,7 @@ class RunConfig:
 # RunConfig fields filled straight from an option's resolved value (the rest are derived in load_config).
 _SIMPLE_FIELDS = frozenset(f.name for f in fields(RunConfig)) - {
     "model_id", "nodes", "instance_id", "include", "min_free_bytes", "exo_extra_args", "namespace", "report_dir",
-    "profile_path", "profile", "sources", "values", "env_file", "sandbox"}
+    "profile_path", "profile", "sources", "values", "env_file", "sandbox", "exo_api_urls"}
 
 
 def read_env_file(path: Path, environ: Mapping[str, str] | None = None,
@@ -280,14 +285,16 @@ def _settings(raw: Mapping[str, Any], source: Mapping[str, str]) -> dict[str, An
     return values
 
 
-def _targets(raw: Mapping[str, Any], source: Mapping[str, str]) -> list[str]:
-    """Node targets from NODES (comma list) or NODE1..NODE4; at least one, at most four."""
+def _targets(raw: Mapping[str, Any], source: Mapping[str, str], required: bool = True) -> list[str]:
+    """Node targets from NODES (comma list) or NODE1..NODE4; at least one (unless not `required`), at most four."""
     if raw.get("NODES"):
         items = [t.strip() for t in str(raw["NODES"]).split(",")]
         where = source.get("NODES", "NODES")
     else:
         items = [str(raw[f"NODE{k}"]) for k in range(1, MAX_NODES + 1) if raw.get(f"NODE{k}")]
         where = "NODE1..NODE4"
+    if not items and not required:
+        return []
     if not items:
         raise InputError("--nodes: no nodes configured; set --nodes (e.g. local or studio1,studio2) or NODE1..NODE4")
     if len(items) > MAX_NODES:
@@ -342,7 +349,11 @@ def load_config(cli: Mapping[str, Any], *, environ: Mapping[str, str] | None = N
     extra = _extra_args(values["EXO_EXTRA_ARGS"], source)
     profile_path = Path(values["PROFILE_PATH"]).expanduser()
     profile = profiles.lookup(profiles.load(profile_path), model)
-    nodes = tuple(_node(k, t, raw, source, values, folder) for k, t in enumerate(_targets(raw, source), 1))
+    api_urls = validate.api_urls(values["EXO_API_URLS"], _where(source, "EXO_API_URLS"), values["EXO_API_PORT"]) \
+        if values["EXO_API_URLS"] else ()
+    values["EXO_API_URLS"] = ",".join(api_urls) or None
+    targets = _targets(raw, source, required=not api_urls)  # an EXO already serving needs no nodes
+    nodes = tuple(_node(k, t, raw, source, values, folder) for k, t in enumerate(targets, 1))
     values["NODES"] = ",".join(n.target for n in nodes)
     _apply_profile(values, raw, profile)
     values["EXO_SHARDING"] = values["EXO_SHARDING"] or "Pipeline"
@@ -354,7 +365,7 @@ def load_config(cli: Mapping[str, Any], *, environ: Mapping[str, str] | None = N
         min_free_bytes=_min_free_bytes(values, profile), exo_extra_args=extra,
         namespace=validate.namespace(values["EXO_NAMESPACE"] or f"modeldrop-{folder}"[:64], _where(source, "EXO_NAMESPACE")),
         report_dir=Path(values["RUN_REPORT_DIR"]).expanduser(), profile_path=profile_path, profile=profile,
-        sources=dict(source), values=values, env_file=env_file, sandbox=sandbox,
+        exo_api_urls=api_urls, sources=dict(source), values=values, env_file=env_file, sandbox=sandbox,
     )
 
 

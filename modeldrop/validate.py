@@ -68,6 +68,34 @@ def _split_port(rest: str) -> tuple[str, int | None]:
     return host, int(port_text) if port_text.isdigit() else 0
 
 
+API_URL_HELP = "expected http[s]://host[:port] (or host[:port]), comma-separated, e.g. http://10.0.0.2:52415"
+
+
+def api_urls(value: str, source: str, default_port: int) -> tuple[str, ...]:
+    """Accept a comma list of EXO API base URLs `http[s]://host[:port]` or `host[:port]` (no port: `default_port`,
+    EXO's API port); no credentials, path, query or fragment. Returns them as `scheme://host:port`, in order."""
+    out: list[str] = []
+    for item in (v.strip() for v in str(value or "").split(",")):
+        if not item:
+            continue
+        scheme, sep, rest = item.partition("://")
+        if not sep:
+            scheme, rest = "http", item
+        rest = rest[:-1] if rest.endswith("/") else rest
+        host, port_no = _split_port(rest)
+        host_ok = bool(_HOST_RE.match(host) or _IPV6_RE.match(host))
+        if scheme.lower() not in ("http", "https") or not host_ok or port_no == 0 \
+                or (port_no is not None and not 1 <= port_no <= 65535):
+            raise InputError(f"{source}: invalid EXO API URL {item!r}; {API_URL_HELP}")
+        url = f"{scheme.lower()}://{host}:{port_no or default_port}"
+        if url in out:
+            raise InputError(f"{source}: {url} is listed twice; give each node's API once")
+        out.append(url)
+    if not out:
+        raise InputError(f"{source}: no EXO API URL given; {API_URL_HELP}")
+    return tuple(out)
+
+
 def node_path(value: str, source: str) -> str:
     """Accept a path on a node: absolute or `~/…`, no control characters, no `..` components."""
     v = (value or "").strip()

@@ -22,8 +22,9 @@ Per-request knobs go in the JSON body under "calib" (unknown keys are an error):
     until the client leaves or 30 s) | http_500 (plain 500 with EXO's error body) | role_first
     (a role-only chunk before the first token, as OpenAI does)
 `--defaults JSON` changes the defaults for every request (e.g. '{"reasoning": 8, "gap_ms": 5}').
-Prompt tokens are counted as round(1.3 x words) + 9 (a linear stand-in for a tokenizer +
-chat template). Answers: `--answers F` is a JSON {substring: reply}; when the last user
+Prompt tokens are counted as a subword tokenizer + chat template would, simply: every
+whitespace-separated word is ceil(len/4) tokens (at least 1), plus 9 for the template.
+Answers: `--answers F` is a JSON {substring: reply}; when the last user
 message contains a substring, the reply's words are streamed as the tokens (for task tests).
 """
 
@@ -58,9 +59,9 @@ class _State:
 
 
 def prompt_tokens_of(messages: list[dict[str, Any]]) -> int:
-    """The server's 'tokenizer': round(1.3 x words) + 9."""
-    words = sum(len(str(m.get("content", "")).split()) for m in messages)
-    return round(1.3 * words) + 9
+    """The server's 'tokenizer': ceil(len/4) tokens per whitespace-separated word, + 9 for the template."""
+    words = [w for m in messages for w in str(m.get("content", "")).split()]
+    return sum(max(1, -(-len(w) // 4)) for w in words) + 9
 
 
 def _tokens_for(body: dict[str, Any], cfg: dict[str, Any], bench: bool) -> tuple[list[str], int]:

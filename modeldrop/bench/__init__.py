@@ -4,7 +4,7 @@ Modules (each states its contract in its docstring; definitions in README.md nex
   client       BenchClient.send(ChatRequest) -> RequestRecord (SSE quirks, exact arrival stamps)
   load         run_rounds: N threads released together by a barrier, round after round
   stats        dist (percentiles with n), summarize (phase summary; aggregate = tokens / wall)
-  prompts      PromptSizer: prompts of a target token count (tokenizer, or server usage)
+  prompts      PromptSizer: prompts of exactly a target token count (tokenizer, or corrected by server usage)
   tasks        prompts with checkable answers
   cases        profiles, cases_for(phase, profile), run_case(case, ctx) -> CaseOutcome
   checkpoints  atomic case JSON, reuse lookup across run folders, previous measurement
@@ -13,4 +13,5 @@ Modules (each states its contract in its docstring; definitions in README.md nex
   plots        PNGs of a run's checkpoints
   report       the ledger text of a case
   calibrate    the client's errors against a server with a known timing schedule
+  serving      --exo-api's serving check: /node_id and one real chat through each URL
 """

@@ -14,13 +14,18 @@ Contract
   errors; request failures are counted in the summary.
 Sweep and concurrency go to `ctx.endpoint` (`/bench/chat/completions` when EXO has it: fixed
 output length, no prefix cache); thinking and tasks always use `/v1/chat/completions` (they need
-EOS and reasoning parsing).
+EOS and reasoning parsing). Every sized prompt is built for its own salt with exactly the asked token
+count (modeldrop.bench.prompts); the case records the server's count of every request and, when any
+request drifted from the asked length, says so in `warnings` (and its text). Warm-ups have the measured
+shape (prompt length and output tokens; tasks, which are not timed, keep a short one).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,11 +35,15 @@ from modeldrop.bench import checkpoints, reference
 from modeldrop.bench.client import BENCH_PATH, CHAT_PATH, BenchClient, ChatRequest, RequestRecord
 from modeldrop.bench.heartbeat import Heartbeat, Sink, stderr_sink
 from modeldrop.bench.load import run_rounds
-from modeldrop.bench.prompts import PromptSizer
+from modeldrop.bench.prompts import BuiltPrompt, PromptSizer, salt_text
 from modeldrop.bench.stats import dist, summarize
 from modeldrop.bench.tasks import TASKS, grade, task_by_name
 
 PHASES = ("token_sweep", "thinking", "concurrency", "tasks")
+SIZED_PHASES = ("token_sweep", "concurrency")
+# v2: exact prompt length per request (word salts), warm-ups of the measured shape; checkpoints before it are
+# not reused (their config has no "prompt_sizing").
+PROMPT_SIZING = 2
 THINK_PROMPT = ("A farmer has 17 sheep. All but 9 run away, then he buys twice as many as he has left. "
                 "How many sheep does he have now? Think it through, then give the number.")
 
@@ -113,10 +122,18 @@ class BenchContext:
     reports_dir: Path | None = None
     reference: dict[str, Any] | None = None
     rerun: bool = False
+    serving: str = ""  # why the target counts as serving (the chat pass, or --exo-api's serving check)
     sink: Sink | None = stderr_sink
     heartbeat_every_n: int = 5
     heartbeat_every_s: float = 15.0
     salt: int = field(default_factory=lambda: int(time.time()) % 1_000_000)
+    _salt_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def take_salts(self, n: int) -> int:
+        """The first of `n` salts no other request of this context uses."""
+        with self._salt_lock:
+            first, self.salt = self.salt, self.salt + n
+        return first
 
 
 @dataclass
@@ -156,10 +173,13 @@ def make_sizer(client: BenchClient, tokenizer_dir: Path | None) -> PromptSizer:
 
 def case_config(case: BenchCase, ctx: BenchContext) -> dict[str, Any]:
     """Everything that makes two measurements of a case comparable (hashed into config_key)."""
-    endpoint = ctx.endpoint if case.phase in ("token_sweep", "concurrency") else CHAT_PATH
+    sized = case.phase in SIZED_PHASES
+    endpoint = ctx.endpoint if sized else CHAT_PATH
+    warm = {"max_tokens": ctx.profile.warmup_max_tokens} if case.phase == "tasks" else "measured shape"
     return {"phase": case.phase, "params": case.params, "endpoint": endpoint, "warmup": ctx.profile.warmup,
-            "warmup_max_tokens": ctx.profile.warmup_max_tokens, "model_id": ctx.model_id,
-            "prompt_method": ctx.sizer.ensure_calibrated() if case.phase in ("token_sweep", "concurrency") else "fixed"}
+            "warmup_shape": warm, "model_id": ctx.model_id,
+            "prompt_method": ctx.sizer.ensure_calibrated() if sized else "fixed",
+            "prompt_sizing": PROMPT_SIZING if sized else None}
 
 
 def run_case(case: BenchCase, ctx: BenchContext) -> CaseOutcome:
@@ -175,14 +195,15 @@ def run_case(case: BenchCase, ctx: BenchContext) -> CaseOutcome:
     measure = {"token_sweep": _sweep, "thinking": _thinking, "concurrency": _concurrency, "tasks": _tasks}[case.phase]
     warm, recs, extra, figures, keys = measure(case, ctx, cfg)
     summary = summarize(recs, concurrency=case.params.get("concurrency", 1)) | extra
+    warnings = prompt_warnings(summary.get("prompt"))
     prev = checkpoints.previous_measurement(case.case_id, ctx.model_id, ctx.reports_dir, ctx.run_dir)
     payload = {
         "case_id": case.case_id, "phase": case.phase, "model_id": ctx.model_id, "fingerprint": ctx.fingerprint,
         "config": cfg, "config_key": key, "started_at": started.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(), "duration_s": time.perf_counter() - t0,
-        "endpoint": cfg["endpoint"], "base_url": ctx.client.base_url,
+        "endpoint": cfg["endpoint"], "base_url": ctx.client.base_url, "serving": ctx.serving,
         "warmup_requests": [r.to_dict() for r in warm], "requests": [r.to_dict() for r in recs],
-        "summary": summary, "figures": figures, "figure_keys": keys,
+        "summary": summary, "warnings": warnings, "figures": figures, "figure_keys": keys,
         "reference": reference.compare_reference(figures, keys, ctx.reference),
         "regression": reference.regression(figures, prev[1].get("figures") if prev else None,
                                            str(prev[0].parent.parent.name) if prev else None),
@@ -209,9 +230,10 @@ def _reuse(case: BenchCase, ctx: BenchContext, path: Path, payload: dict[str, An
 Measured = tuple[list[RequestRecord], list[RequestRecord], dict[str, Any], dict[str, float | None], list[str]]
 
 
-def _warmup_request(ctx: BenchContext, endpoint: str) -> ChatRequest:
+def _short_warmup(ctx: BenchContext) -> ChatRequest:
+    """The tasks' warm-up (tasks are not timed): a short chat that opens the connection."""
     return ChatRequest(messages=[{"role": "user", "content": "Warm up: say hi."}],
-                       max_tokens=ctx.profile.warmup_max_tokens, endpoint=endpoint, tag="warmup")
+                       max_tokens=ctx.profile.warmup_max_tokens, endpoint=CHAT_PATH, tag="warmup")
 
 
 def _heartbeat(case: BenchCase, ctx: BenchContext, total: int) -> Heartbeat:
@@ -219,49 +241,97 @@ def _heartbeat(case: BenchCase, ctx: BenchContext, total: int) -> Heartbeat:
                      every_s=ctx.heartbeat_every_s)
 
 
-def _sequential(case: BenchCase, ctx: BenchContext, make: Any, n: int, endpoint: str) -> tuple[list, list]:
-    warm = [ctx.client.send(_warmup_request(ctx, endpoint)) for _ in range(ctx.profile.warmup)]
-    recs = []
+def _sequential(case: BenchCase, ctx: BenchContext, make: Any, n: int, make_warm: Any,
+                seen: Any = None) -> tuple[list, list]:
+    """Warm-ups then `n` measured requests, one at a time; `seen(record)` after each (warm-ups included)."""
+    warm, recs = [], []
+    for w in range(ctx.profile.warmup):
+        warm.append(ctx.client.send(make_warm(w)))
+        if seen is not None:
+            seen(warm[-1])
     with _heartbeat(case, ctx, n) as hb:
         for i in range(n):
             rec = ctx.client.send(make(i))
             recs.append(rec)
+            if seen is not None:
+                seen(rec)
             hb.tick(rec.completion_tokens or 0)
     return warm, recs
 
 
-def _prompt_info(ctx: BenchContext, target: int, recs: list[RequestRecord], built: Any) -> dict[str, Any]:
-    achieved = dist(r.prompt_tokens for r in recs if r.ok)
-    return {"prompt": {"target_tokens": target, "predicted_tokens": built.predicted_tokens,
-                       "method": built.method, "filler_words": built.filler_words,
+class SizedRequests:
+    """The sized requests of one case: each built for its own salt with `target` prompt tokens; `seen(record)`
+    gives the server's count back to the sizer (which corrects the next request when it sized by usage)."""
+
+    def __init__(self, ctx: BenchContext, target: int, max_tokens: int, endpoint: str):
+        self.ctx, self.target, self.max_tokens, self.endpoint = ctx, target, max_tokens, endpoint
+        self._built: dict[str, BuiltPrompt] = {}
+
+    def request(self, salt: int, tag: str) -> ChatRequest:
+        built = self.ctx.sizer.build(self.target, salt=salt)
+        self._built[tag] = built
+        return ChatRequest(messages=built.messages, max_tokens=self.max_tokens, endpoint=self.endpoint, tag=tag,
+                           prompt_target=self.target, prompt_predicted=built.predicted_tokens)
+
+    def seen(self, rec: RequestRecord) -> None:
+        built = self._built.get(rec.tag)
+        if built is not None and rec.ok:
+            self.ctx.sizer.observe(built, rec.prompt_tokens)
+
+
+def _prompt_info(ctx: BenchContext, target: int, recs: list[RequestRecord]) -> dict[str, Any]:
+    """The prompt block of a sized case: asked, the sizer's and the server's count of every request."""
+    ok = [r for r in recs if r.ok]
+    server = [r.prompt_tokens for r in ok]
+    achieved = dist(server)
+    off = [r.prompt_tokens for r in ok if r.prompt_off_target]
+    return {"prompt": {"target_tokens": target, "method": ctx.sizer.method,
+                       "server_tokens": server, "predicted_tokens": [r.prompt_predicted for r in ok],
+                       "off_target": len(off), "off_target_counts": dict(Counter(off)),
+                       "uncounted": sum(1 for n in server if n is None),
+                       "exact": bool(ok) and not off and None not in server,
                        "achieved_tokens_p50": achieved["p50"], "achieved_n": achieved["n"],
                        "sizer": ctx.sizer.describe()}}
 
 
+def prompt_warnings(prompt: dict[str, Any] | None) -> list[str]:
+    """One line per way a sized case's prompts differ from the asked length (empty when every one is exact)."""
+    if not prompt:
+        return []
+    n, out = len(prompt["server_tokens"]), []
+    if prompt["off_target"]:
+        counts = ", ".join(f"{k} tokens x{v}" for k, v in sorted(prompt["off_target_counts"].items()))
+        out.append(f"prompt length drift: {prompt['off_target']} of {n} requests were counted {counts} by the server "
+                   f"(usage.prompt_tokens), not the {prompt['target_tokens']} asked (sized by {prompt['method']})")
+    if prompt["uncounted"]:
+        out.append(f"prompt length unverified: {prompt['uncounted']} of {n} requests came back without the "
+                   "server's prompt token count")
+    return out
+
+
 def _sweep(case: BenchCase, ctx: BenchContext, cfg: dict[str, Any]) -> Measured:
     pp, tg, n = case.params["prompt_tokens"], case.params["max_tokens"], case.params["repeat"]
-    built = ctx.sizer.build(pp)
-
-    def make(i: int) -> ChatRequest:
-        return ChatRequest(messages=ctx.sizer.build(pp, salt=ctx.salt + i).messages, max_tokens=tg,
-                           endpoint=cfg["endpoint"], tag=f"rep{i}")
-
-    warm, recs = _sequential(case, ctx, make, n, cfg["endpoint"])
+    sized = SizedRequests(ctx, pp, tg, cfg["endpoint"])
+    salt = ctx.take_salts(n + ctx.profile.warmup)
+    warm, recs = _sequential(case, ctx, lambda i: sized.request(salt + i, f"rep{i}"), n,
+                             lambda w: sized.request(salt + n + w, f"warmup{w}"), seen=sized.seen)
     s = summarize(recs)
     figures = {"decode_tps": s["decode_tps"]["p50"], "ttft_s": s["ttft_s"]["p50"], "e2e_s": s["e2e_s"]["p50"],
-               "server_generation_tps": s["server_generation_tps"]["p50"]}
-    return warm, recs, _prompt_info(ctx, pp, recs, built), figures, [f"{pp}x{tg}", str(pp)]
+               "server_generation_tps": s["server_generation_tps"]["p50"],
+               "server_prompt_tps": s["server_prompt_tps"]["p50"]}
+    return warm, recs, _prompt_info(ctx, pp, recs), figures, [f"{pp}x{tg}", str(pp)]
 
 
 def _thinking(case: BenchCase, ctx: BenchContext, cfg: dict[str, Any]) -> Measured:
     on, n = case.params["thinking"], case.params["repeat"]
+    salt = ctx.take_salts(n + ctx.profile.warmup)
 
-    def make(i: int) -> ChatRequest:
-        return ChatRequest(messages=[{"role": "user", "content": f"[{ctx.salt + i:06d}] {THINK_PROMPT}"}],
+    def make(i: int, tag: str = "") -> ChatRequest:
+        return ChatRequest(messages=[{"role": "user", "content": f"[ {salt_text(salt + i)} ] {THINK_PROMPT}"}],
                            max_tokens=case.params["max_tokens"], enable_thinking=on,
-                           reasoning_effort=None if on else "none", tag=f"rep{i}")
+                           reasoning_effort=None if on else "none", tag=tag or f"rep{i}")
 
-    warm, recs = _sequential(case, ctx, make, n, CHAT_PATH)
+    warm, recs = _sequential(case, ctx, make, n, lambda w: make(n + w, f"warmup{w}"))
     s = summarize(recs)
     no_answer = sum(1 for r in recs if r.ok and r.ttfc is None)
     extra = {"reasoning_chunks": dist(r.reasoning_chunks for r in recs if r.ok),
@@ -276,26 +346,40 @@ def _thinking(case: BenchCase, ctx: BenchContext, cfg: dict[str, Any]) -> Measur
 def _concurrency(case: BenchCase, ctx: BenchContext, cfg: dict[str, Any]) -> Measured:
     c, rounds = case.params["concurrency"], case.params["rounds"]
     pp, tg = case.params["prompt_tokens"], case.params["max_tokens"]
-    built = ctx.sizer.build(pp)
+    sized = SizedRequests(ctx, pp, tg, cfg["endpoint"])
+    salt = ctx.take_salts(c * (rounds + ctx.profile.warmup))
+
+    def build(r: int, i: int) -> ChatRequest:  # warm-ups are rounds -1, -2, …
+        tag = f"r{r}.t{i}" if r >= 0 else f"warmup{-1 - r}.t{i}"
+        return sized.request(salt + c * (r + ctx.profile.warmup) + i, tag)
+
+    # with a local tokenizer every prompt is counted now (counting after the barrier would stagger the threads);
+    # sized by usage, each round's prompts follow the server's counts of the rounds before
+    built = {(r, i): build(r, i) for r in range(-ctx.profile.warmup, rounds) for i in range(c)} \
+        if ctx.sizer.local else {}
 
     def make(r: int, i: int) -> ChatRequest:
-        return ChatRequest(messages=ctx.sizer.build(pp, salt=ctx.salt + 1000 * r + i).messages, max_tokens=tg,
-                           endpoint=cfg["endpoint"], tag=f"r{r}.t{i}")
+        return built.get((r, i)) or build(r, i)
 
     warm: list[RequestRecord] = []
 
-    def make_warm(r: int, i: int) -> ChatRequest:
-        return _warmup_request(ctx, cfg["endpoint"])
+    def warmed(rec: RequestRecord) -> None:
+        warm.append(rec)
+        sized.seen(rec)
+
+    def measured(rec: RequestRecord) -> None:
+        sized.seen(rec)
+        hb.tick(rec.completion_tokens or 0)
 
     with _heartbeat(case, ctx, c * rounds) as hb:
-        recs = run_rounds(ctx.client, make, c, rounds, warmup=ctx.profile.warmup,
-                          on_record=lambda rec: hb.tick(rec.completion_tokens or 0), make_warmup=make_warm)
+        recs = run_rounds(ctx.client, make, c, rounds, warmup=ctx.profile.warmup, on_record=measured,
+                          on_warmup=warmed)
     per_round = []
     for r in range(rounds):
         group = [x for x in recs if x.tag.startswith(f"r{r}.")]
         per_round.append(summarize(group, concurrency=c)["aggregate_output_tps"])
     s = summarize(recs, concurrency=c)
-    extra = _prompt_info(ctx, pp, recs, built) | {"aggregate_output_tps_per_round": dist(per_round),
+    extra = _prompt_info(ctx, pp, recs) | {"aggregate_output_tps_per_round": dist(per_round),
                                                    "concurrency": c, "rounds": rounds}
     figures = {"p50_latency_s": s["e2e_s"]["p50"], "p95_latency_s": s["e2e_s"]["p95"],
                "p99_latency_s": s["e2e_s"]["p99"], "p50_ttft_s": s["ttft_s"]["p50"], "p95_ttft_s": s["ttft_s"]["p95"],
@@ -312,7 +396,7 @@ def _tasks(case: BenchCase, ctx: BenchContext, cfg: dict[str, Any]) -> Measured:
         return ChatRequest(messages=[{"role": "user", "content": task.prompt}], max_tokens=case.params["max_tokens"],
                            enable_thinking=case.params["thinking"], tag=f"rep{i}")
 
-    warm, recs = _sequential(case, ctx, make, n, CHAT_PATH)
+    warm, recs = _sequential(case, ctx, make, n, lambda w: _short_warmup(ctx))
     graded = [(r, *grade(task, r.text)) if r.ok else (r, False, f"request failed: {r.error}") for r in recs]
     failures = [{"attempt": r.tag, "answer": r.text[:300], "reasoning_chars": len(r.reasoning_text), "why": why}
                 for r, ok, why in graded if not ok]

@@ -284,7 +284,8 @@ class BenchClient:
         body = json.dumps(req.body(self.model)).encode()
         cpu0 = time.thread_time()
         rec = RequestRecord(tag=req.tag, endpoint=req.endpoint, stream=req.stream,
-                            wall_start=time.time(), t_send=time.perf_counter())
+                            wall_start=time.time(), t_send=time.perf_counter(), prompt_target=req.prompt_target,
+                            prompt_predicted=req.prompt_predicted)
         try:
             self._exchange(req, body, rec)
         except _Abort as e:

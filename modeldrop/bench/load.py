@@ -2,8 +2,9 @@
 
 Contract
 --------
-`run_rounds(client, make_request, concurrency, rounds, warmup=1, on_record=None)` returns the
-measured records (warmups excluded, never returned), each tagged `"r<round>.t<thread>"`.
+`run_rounds(client, make_request, concurrency, rounds, warmup=1, on_record=None, on_warmup=None)` returns
+the measured records (warmups excluded, never returned; `on_warmup(record)` sees each), each tagged
+`"r<round>.t<thread>"`.
 Every thread first sends `warmup` requests of its own (opening its keep-alive connection, so a
 TCP connect is not charged to the first measured TTFT), then for each round all threads wait at
 a `threading.Barrier` and fire at once; the next round starts when every thread has finished
@@ -38,7 +39,8 @@ class BarrierTimeout(RuntimeError):
 def run_rounds(client: BenchClient, make_request: MakeRequest, concurrency: int, rounds: int,
                warmup: int = 1, on_record: Callable[[RequestRecord], None] | None = None,
                make_warmup: MakeRequest | None = None, barrier_timeout_s: float = BARRIER_TIMEOUT_S,
-               request_grace_s: float = REQUEST_GRACE_S) -> list[RequestRecord]:
+               request_grace_s: float = REQUEST_GRACE_S,
+               on_warmup: Callable[[RequestRecord], None] | None = None) -> list[RequestRecord]:
     """Run `rounds` barrier-synchronised rounds of `concurrency` requests; see module contract."""
     if concurrency < 1 or rounds < 1:
         raise ValueError("concurrency and rounds must be >= 1")
@@ -57,7 +59,9 @@ def run_rounds(client: BenchClient, make_request: MakeRequest, concurrency: int,
     def worker(i: int) -> None:
         try:
             for w in range(warmup):
-                send(i, (make_warmup or make_request)(-1 - w, i))
+                warm = send(i, (make_warmup or make_request)(-1 - w, i))
+                if on_warmup is not None:
+                    on_warmup(warm)
             for r in range(rounds):
                 barrier.wait()
                 rec = send(i, make_request(r, i))

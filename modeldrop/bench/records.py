@@ -28,6 +28,8 @@ class ChatRequest:
     reasoning_effort: str | None = None
     extra_body: dict[str, Any] = field(default_factory=dict)
     tag: str = ""
+    prompt_target: int | None = None  # the prompt length asked for (sized prompts), copied to the record
+    prompt_predicted: int | None = None  # what the sizer counted for it
 
     def body(self, model: str) -> dict[str, Any]:
         """The JSON body EXO expects (`max_tokens`, never `max_completion_tokens`)."""
@@ -76,6 +78,8 @@ class RequestRecord:
     error: str | None = None
     error_kind: str | None = None
     client_cpu_s: float = 0.0  # CPU time of the sending thread spent on this request
+    prompt_target: int | None = None  # the prompt length asked for (None: a fixed prompt)
+    prompt_predicted: int | None = None  # the sizer's count of the prompt sent
 
     # ---- derived metrics -------------------------------------------------------------------
     @property
@@ -143,11 +147,32 @@ class RequestRecord:
         tokens = n - self.first_chunk_tokens
         return tokens / window if window > 0 and tokens > 0 else None
 
+    def _stat(self, key: str) -> float | None:
+        v = (self.generation_stats or {}).get(key)
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
     @property
     def server_generation_tps(self) -> float | None:
-        gs = self.generation_stats or {}
-        v = gs.get("generation_tps")
-        return float(v) if isinstance(v, int | float) else None
+        """EXO's `generation_stats.generation_tps` (decode tok/s measured on the server)."""
+        return self._stat("generation_tps")
+
+    @property
+    def server_prompt_tps(self) -> float | None:
+        """EXO's `generation_stats.prompt_tps` (prefill tok/s measured on the server)."""
+        return self._stat("prompt_tps")
+
+    @property
+    def peak_memory_bytes(self) -> int | None:
+        """EXO's `generation_stats.peak_memory_usage` (a Memory: `in_bytes` in SSE comments, `inBytes` in JSON)."""
+        mem = (self.generation_stats or {}).get("peak_memory_usage")
+        v = (mem.get("in_bytes", mem.get("inBytes")) if isinstance(mem, dict) else None)
+        return int(v) if isinstance(v, int | float) and not isinstance(v, bool) and v > 0 else None
+
+    @property
+    def prompt_off_target(self) -> bool:
+        """A sized prompt whose server count is known and is not the length asked for."""
+        return self.prompt_target is not None and self.prompt_tokens is not None \
+            and self.prompt_tokens != self.prompt_target
 
     @property
     def reasoning_chunks(self) -> int:
@@ -171,7 +196,8 @@ class RequestRecord:
         d["text"] = self.text[:keep_text]
         d["reasoning_text"] = self.reasoning_text[:keep_text]
         for name in ("completion_tokens", "prompt_tokens", "ttft", "ttfc", "e2e", "tpot",
-                     "decode_tps", "server_generation_tps", "reasoning_tokens_est"):
+                     "decode_tps", "server_generation_tps", "server_prompt_tps", "peak_memory_bytes",
+                     "reasoning_tokens_est"):
             d[name] = getattr(self, name)
         d["ok"] = self.ok
         return d

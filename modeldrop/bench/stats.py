@@ -10,7 +10,10 @@ Contract
   not be passed in). Aggregate output tok/s = sum of server completion tokens of the
   successful requests / phase wall time (first send -> last finish, all requests). exo_bench's
   `max(generation_tps) x N` is stored beside it as `exo_style_agg_tps` and labelled as such:
-  it is an optimistic estimate, not a measurement.
+  it is an optimistic estimate, not a measurement. EXO's own figures from `generation_stats` stand
+  beside the client's: `server_generation_tps` and `server_prompt_tps` (distributions), and
+  `peak_memory_gb` (the largest `peak_memory_usage` of the case, as EXO's `Memory.in_gb`: bytes / 2^30;
+  None when EXO reports none).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from modeldrop.bench.client import RequestRecord
 
 PERCENTILES = (50, 95, 99)
 SMALL_N = 20
+GIB = 1024 ** 3  # EXO's Memory.in_gb divisor
 
 
 def percentile(sorted_values: Sequence[float], p: float) -> float:
@@ -76,6 +80,7 @@ def summarize(records: Sequence[RequestRecord], concurrency: int = 1) -> dict[st
     out_tokens = sum(r.completion_tokens or 0 for r in ok)
     decode = [r.decode_tps for r in ok]
     server = [r.server_generation_tps for r in ok]
+    peaks = [p for p in (r.peak_memory_bytes for r in ok) if p is not None]
     ratios = [d / s for d, s in zip(decode, server, strict=True) if d and s]
     itls = [g for r in ok for g in r.itls]
     tokens_chunks = sum(len(r.chunk_times) for r in ok)
@@ -94,6 +99,8 @@ def summarize(records: Sequence[RequestRecord], concurrency: int = 1) -> dict[st
         "itl_note": "per SSE chunk, pooled over requests; a chunk may carry several tokens",
         "decode_tps": dist(decode),
         "server_generation_tps": dist(server),
+        "server_prompt_tps": dist(r.server_prompt_tps for r in ok),
+        "peak_memory_gb": max(peaks) / GIB if peaks else None,
         "decode_over_server_ratio": dist(ratios),
         "prompt_tokens": dist(r.prompt_tokens for r in ok),
         "completion_tokens": dist(r.completion_tokens for r in ok),

@@ -12,7 +12,7 @@ from modeldrop.config import OPTION_BY_KEY, RunConfig
 from modeldrop.plugin.options import cli_values
 
 # Options that do not belong in a printed rerun command (the command adds its own selection).
-NOT_RERUN = {"RESUME_BOOTSTRAP"}
+NOT_RERUN = {"RESUME_BOOTSTRAP", "EXO_API_URLS"}
 NOT_BENCH = {"RESUME_BOOTSTRAP", "AUDIT", "FAST", "PARALLEL_DOWNLOADS", "KEEP_DOWNLOADING"}
 
 

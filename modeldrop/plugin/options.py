@@ -48,6 +48,12 @@ def is_gate_run(config: pytest.Config) -> bool:
     return False
 
 
+def runs_gates(config: pytest.Config) -> bool:
+    """True when the session's paths include gates/ (a bootstrap), not only benchmarks/."""
+    base = config.invocation_params.dir
+    return any("gates" in (base / arg.split("::")[0]).resolve().parts for arg in config.args)
+
+
 def env_file(config: pytest.Config) -> tuple[Path | None, bool]:
     """(env file, provided by a plugin): a plugin's (the sandbox's), --env-file, else config/model_drop.env."""
     provided = config.hook.pytest_modeldrop_env_file(config=config)

@@ -34,6 +34,7 @@ class GateSession:
     selected: dict[str, int] = field(default_factory=dict)  # gate -> number of selected items
     parts: dict[str, dict] = field(default_factory=dict)   # gate -> fingerprint parts last computed
     html_report: Any = None
+    exo_api: list = field(default_factory=list)  # --exo-api: modeldrop.bench.serving.ServingCheck per URL
 
     def outcome_of(self, gate: str) -> str | None:
         """passed / failed / skipped / reused for a gate finished in this session, else None (the ledger's)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from modeldrop import gatetable, profiles, signatures
+from modeldrop.bench import serving
 from modeldrop.config import RunConfig, load_config
 from modeldrop.errors import InputError
 from modeldrop.ledger import GateRecord, Ledger, RunState
@@ -28,14 +29,41 @@ def start_run(config: pytest.Config) -> tuple[GateSession, str | None]:
         env_file, provided = options.env_file(config)
         cfg = load_config(options.cli_values(config), env_file=env_file, sandbox=provided)
         warning = profiles.status_gate(cfg.profile, cfg.model_id, allow_blocked=cfg.allow_blocked_model)
+        checks = exo_api_checks(config, cfg)
     except InputError as e:
         raise pytest.UsageError(str(e)) from None
     try:
-        return new_session(config, cfg, env_file), warning
+        gs = new_session(config, cfg, env_file)
     except OSError as e:  # e.g. a report dir that is a file or cannot be created
         where = cfg.sources.get("RUN_REPORT_DIR", "RUN_REPORT_DIR")
         raise pytest.UsageError(f"{where} (RUN_REPORT_DIR): cannot create a run folder under {cfg.report_dir}: "
                                 f"{e.strerror or e}") from None
+    if checks:
+        record_exo_api(gs, checks)
+    return gs, warning
+
+
+def exo_api_checks(config: pytest.Config, cfg: RunConfig) -> list[serving.ServingCheck]:
+    """`--exo-api`: benchmarks only, and one real chat through each URL now, before the run folder exists (a URL
+    that does not answer, is not EXO or serves no instance of the model is an InputError: exit 4)."""
+    if not cfg.exo_api_urls:
+        return []
+    if options.runs_gates(config):
+        raise InputError(f"{cfg.sources.get('EXO_API_URLS', '--exo-api')} (EXO_API_URLS): benchmarks an EXO that is "
+                         f"already serving; run `pytest benchmarks/ --exo-api ... --model {cfg.model_id}` "
+                         "(gates/ bootstrap their own cluster)")
+    if config.option.collectonly:
+        return []
+    return serving.check_serving(cfg.exo_api_urls, cfg.model_id, cfg.chat_timeout_s)
+
+
+def record_exo_api(gs: GateSession, checks: list[serving.ServingCheck]) -> None:
+    """The serving check in the run folder (exo/serving_check.json) and the ledger."""
+    gs.exo_api = list(checks)
+    doc = {"model_id": gs.cfg.model_id, "fingerprint": serving.fingerprint(checks, gs.cfg.model_id),
+           "checks": [c.as_dict() for c in checks]}
+    gs.folder.write_json("exo/serving_check.json", doc)
+    gs.ledger.note(None, "exo_api_serving_check", doc)
 
 
 def new_session(config: pytest.Config, cfg: RunConfig, env_file: Path | None) -> GateSession:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from tests_selftest.support.cluster_runs import (
     stop_leftovers,
     wait_gone,
 )
-from tests_selftest.support.runs import RunResult, later_gates_not_run, run_suite
+from tests_selftest.support.runs import REPO, RunResult, later_gates_not_run, run_suite
 
 pytestmark = [pytest.mark.sandbox_run, pytest.mark.timeout(900)]
 
@@ -83,17 +85,43 @@ def test_green_run_both_generations(box, tmp_path, generation):
 
 
 def test_k_rerun_reattaches_and_teardown_stops(box, tmp_path):
-    """After a green run, `-k chat` re-attaches to the serving cluster (same pids); --teardown stops it."""
+    """After a green run, `pytest benchmarks/ --exo-api <node URLs>` (no env file, a fresh report dir: no pass
+    cache) benchmarks the serving cluster with prompts of exactly the asked length by the server's count; then
+    `-k chat` re-attaches to the serving cluster (same pids); --teardown stops it."""
     r = run(box, tmp_path)
     folder = r.run_folder()
     try:
         cluster = check_green(r, "new")
+        urls = [x["api_url"] for x in sorted(cluster, key=lambda x: x["node"])]
+        check_exo_api_benchmarks(box, tmp_path / "fresh", urls)
         r2 = run(box, tmp_path, "-k", "chat", "--teardown")
         assert r2.outcome("chat") == "passed", r2.output[-3000:]
         assert {x["pid"] for x in launch_records(r2)} == {x["pid"] for x in cluster}
         assert wait_gone(cluster) == []
     finally:
         stop_leftovers(launch_records(folder))
+
+
+def check_exo_api_benchmarks(box, report_dir: Path, urls: list[str]) -> None:
+    """Benchmarks of an EXO already serving: the serving check's chat through each URL, then exact prompts."""
+    cmd = [sys.executable, "-m", "pytest", "benchmarks/", "--exo-api", ",".join(urls), "--model", box.model_id,
+           "--report-dir", str(report_dir), "--bench-profile", "short", "--bench-prompt-lens", "100",
+           "--bench-output-lens", "8", "--bench-repeat", "2", "-k", "pp100 or concurrency-c2",
+           "-p", "no:cacheprovider", "-q"]
+    t0 = time.monotonic()
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    print(f"\nMEASURE --exo-api benchmarks (serving check + 2 cases) wall {time.monotonic() - t0:.1f}s")
+    assert res.returncode == 0 and "2 passed" in res.stdout, (res.stdout + res.stderr)[-4000:]
+    run = report_dir / "latest"
+    assert not (report_dir / "pass_cache.json").exists()
+    checks = json.loads((run / "exo" / "serving_check.json").read_text())["checks"]
+    assert [c["url"] for c in checks] == urls and all(c["completion_tokens"] for c in checks)
+    for case in ("token_sweep-pp100-tg8", "concurrency-c2"):
+        payload = json.loads((run / "bench" / f"{case}.json").read_text())
+        prompt = payload["summary"]["prompt"]
+        asked = payload["config"]["params"]["prompt_tokens"]  # 100 (sweep), the profile's 128 (concurrency)
+        assert prompt["server_tokens"] == [asked] * payload["summary"]["requests"], (case, prompt)
+        assert payload["warnings"] == [] and payload["summary"]["errors"] == 0, case
 
 
 def check_green(r: RunResult, generation: str) -> list[dict]:

@@ -11,8 +11,10 @@ import pytest
 from modeldrop.bench import cases
 from modeldrop.bench.client import BENCH_PATH, CHAT_PATH, BenchClient, ChatRequest
 from modeldrop.bench.load import run_rounds
+from modeldrop.bench.prompts import PromptSizer
+from modeldrop.bench.report import format_case
 from modeldrop.bench.tasks import TASKS, grade, strip_thinking
-from sandbox.calibration_server import CalibServer
+from sandbox.calibration_server import CalibServer, prompt_tokens_of
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +85,24 @@ def test_short_profile_all_phases_then_reuse(server: CalibServer, tmp_path: Path
 
     sweep = out["token_sweep-pp512-tg32"].payload
     assert sweep["endpoint"] == BENCH_PATH and len(sweep["requests"]) == 2 and len(sweep["warmup_requests"]) == 1
-    assert abs(sweep["summary"]["prompt"]["achieved_tokens_p50"] - 512) <= 2
-    assert sweep["summary"]["prompt"]["method"] == "usage-calibrated"
+    for case in ("token_sweep-pp128-tg32", "token_sweep-pp512-tg32", "concurrency-c4"):
+        p = out[case].payload
+        target = p["config"]["params"]["prompt_tokens"]
+        prompt = p["summary"]["prompt"]  # every request exactly as asked, by the server's own count
+        assert prompt["server_tokens"] == [target] * p["summary"]["requests"] and prompt["exact"], case
+        assert prompt["method"] == "usage-calibrated" and p["warnings"] == []
+        assert [r["prompt_tokens"] for r in p["requests"]] == [r["prompt_target"] for r in p["requests"]]
+        # warm-ups have the measured shape: the asked prompt length and output tokens
+        assert p["warmup_requests"] and all(w["prompt_tokens"] == target and w["completion_tokens"] == 32
+                                            for w in p["warmup_requests"]), case
+    assert len(out["concurrency-c4"].payload["warmup_requests"]) == 4  # one per thread
     assert sweep["summary"]["decode_tps"]["p50"] == pytest.approx(200.0, rel=0.02)
+    # EXO's own figures beside ours: generation_tps, prompt_tps, peak memory (the calibration server's are exact)
+    s = sweep["summary"]
+    assert s["server_generation_tps"]["p50"] == pytest.approx(200.0, rel=0.001)
+    assert s["server_prompt_tps"]["p50"] == pytest.approx(512 / 0.010, rel=0.001) and s["server_prompt_tps"]["n"] == 2
+    assert s["peak_memory_gb"] == pytest.approx(123456789 / 2**30)
+    assert sweep["figures"]["server_prompt_tps"] == s["server_prompt_tps"]["p50"]
 
     conc = out["concurrency-c4"].payload
     assert conc["summary"]["requests"] == 8 and conc["figure_keys"] == ["4"]
@@ -106,3 +123,23 @@ def test_short_profile_all_phases_then_reuse(server: CalibServer, tmp_path: Path
     assert again.reused and again.path == run / "bench" / "concurrency-c1.json"
     ctx.rerun = True
     assert not cases.run_case(cases.cases_for("concurrency", ctx.profile)[0], ctx).reused
+
+
+def test_a_case_whose_prompts_drift_says_so(server: CalibServer, tmp_path: Path) -> None:
+    """A local tokenizer that counts one token fewer than the server (a wrong --bench-tokenizer): the sizer
+    believes every prompt exact, the server's counts say otherwise, and the case says so."""
+    client = BenchClient(server.url, server.model)
+    sizer = PromptSizer(counter=lambda messages: prompt_tokens_of(messages) - 1)
+    ctx = cases.BenchContext(client=client, model_id=server.model, fingerprint="fp", run_dir=tmp_path / "run",
+                             profile=cases.PROFILES["short"], sizer=sizer, endpoint=BENCH_PATH, sink=None)
+    case = cases.BenchCase("token_sweep", "token_sweep-pp128-tg4", {"prompt_tokens": 128, "max_tokens": 4,
+                                                                    "repeat": 3})
+    payload = cases.run_case(case, ctx).payload
+    prompt = payload["summary"]["prompt"]
+    assert prompt["predicted_tokens"] == [128] * 3 and prompt["server_tokens"] == [129] * 3
+    assert not prompt["exact"] and prompt["off_target"] == 3
+    assert payload["warnings"] == ["prompt length drift: 3 of 3 requests were counted 129 tokens x3 by the server "
+                                   "(usage.prompt_tokens), not the 128 asked (sized by tokenizer)"]
+    text = format_case(payload)
+    assert text.splitlines()[1].startswith("WARNING: prompt length drift: 3 of 3 requests")  # under the name
+    assert "asked 128, server counted 129 x3" in text and "NOT exact" in text

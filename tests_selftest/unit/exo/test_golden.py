@@ -302,6 +302,12 @@ def check_chat_stream(gen: str, url: str) -> None:
     assert rec.finish_reason == "stop" and rec.usage["total_tokens"] == 15
     assert rec.generation_stats["generation_tokens"] == 3
     assert rec.t_first_token is not None and rec.prefill_progress and rec.keepalives == 1
+    _server_figures(rec)
+
+
+def _server_figures(rec: Any) -> None:
+    """EXO's generation_stats as the case JSON shows them (peak memory: `in_bytes` in SSE, `inBytes` in JSON)."""
+    assert (rec.server_generation_tps, rec.server_prompt_tps, rec.peak_memory_bytes) == (50.0, 100.0, 123456789)
 
 
 def check_chat_nonstream(gen: str, url: str) -> None:
@@ -324,12 +330,15 @@ def check_chat_toolcall(gen: str, url: str) -> None:
 def check_bench_nonstream(gen: str, url: str) -> None:
     rec = chat(url, gen, "bench_nonstream.json", False, bench=True)
     assert rec.ok and rec.usage is None and rec.completion_tokens == 3 and rec.text == "HmmHello"
+    assert rec.prompt_tokens == 12  # usage is null: the prompt count comes from generation_stats
+    _server_figures(rec)
     assert isinstance(body(gen, "bench_nonstream.json")["power_usage"], dict)
 
 
 def check_bench_stream(gen: str, url: str) -> None:
     rec = chat(url, gen, "bench_stream.sse", True, bench=True)
     assert rec.ok and rec.completion_tokens == 3, rec.error
+    _server_figures(rec)
     if gen == "v1.0.71":  # v1.0.71's bench answers a JSON body even to stream=true
         assert rec.text == "HmmHello" and rec.usage is None
     else:
