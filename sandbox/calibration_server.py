@@ -2,14 +2,17 @@
 
 Run:  python -m sandbox.calibration_server [--port 0] [--model calib/model] [--answers F]
 It prints `CALIBRATION_SERVER_PORT=<port>` once listening. `CalibServer.start()` does that in a
-subprocess and gives a handle (`.url`, `.log()`, `.reset_log()`, `.stop()`).
+subprocess and gives a handle (`.url`, `.log()`, `.entry(response_id)`, `.reset_log()`, `.stop()`).
 
 Schedule (per request; all deadlines absolute against `time.perf_counter()`, never summed
 sleeps, so lateness does not accumulate): the request is stamped `t_recv` when its body is
 read; token i (0-based) is due at `t_recv + ttft + i*gap`; a chunk of k tokens is written when
 its last token is due. The server's perf_counter is the same CLOCK_MONOTONIC as the client's
-(same host), so `GET /log` (per request: t_recv, the actual write time of every chunk, and the
-number of the TCP connection it came on) lets a test compare the client's stamps with the server's.
+(same host), so `GET /log` lets a test compare the client's stamps with what the server actually did.
+Per request it holds t_recv, `t_sent` (the moment each token chunk, or the non-stream body, was handed
+to the socket: stamped just before the write, so no reader can have it earlier), `t_progress` (the
+prefill-progress comment's, likewise) and `conn` (the number of the TCP connection it came on).
+`generation_stats` report the schedule (generation_tps = 1000 / gap_ms), not what a busy host made of it.
 
 Per-request knobs go in the JSON body under "calib" (unknown keys are an error):
   ttft_ms (50), gap_ms (20), chunk (1 token per SSE chunk), reasoning (0 reasoning tokens; only
@@ -266,8 +269,8 @@ class Handler(socketserver.StreamRequestHandler):
                 entry: dict[str, Any], bench: bool) -> bool:
         head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
                 b"Transfer-Encoding: chunked\r\n\r\n")
-        self.wfile.write(head)
-        self._chunk(b": keep-alive\n\n")
+        keepalive = b": keep-alive\n\n"
+        self.wfile.write(head + f"{len(keepalive):x}\r\n".encode() + keepalive + b"\r\n")  # one write: never apart
         mode, t_recv = cfg["mode"], entry["t_recv"]
         if mode == "keepalive_only":
             return self._keepalive_only(cfg, t_recv)
@@ -277,6 +280,7 @@ class Handler(socketserver.StreamRequestHandler):
             p = prompt_tokens_of(body.get("messages", []))
             self._wait_until(t_recv + ttft / 2)
             prog = {"PrefillProgressChunk": {"model": _State.model, "processed_tokens": p // 2, "total_tokens": p}}
+            entry["t_progress"] = time.perf_counter()
             self._chunk(b": prefill_progress " + json.dumps(prog).encode() + b"\n\n")
         if mode == "role_first":
             self._chunk(self._event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
@@ -299,8 +303,8 @@ class Handler(socketserver.StreamRequestHandler):
             if j == len(ranges) - 1:
                 choice["finish_reason"] = "length" if n >= max_tokens else "stop"
                 extra["usage"] = self._usage(body, n)
-            self._chunk(self._event({"choices": [choice]} | extra, entry, base))
             entry["t_sent"].append(time.perf_counter())
+            self._chunk(self._event({"choices": [choice]} | extra, entry, base))
         stats = self._gen_stats(body, n, t_recv, t_recv + ttft, t_recv + ttft + max(n - 1, 0) * gap, "in_bytes")
         self._chunk(b": generation_stats " + json.dumps(stats).encode() + b"\n\n")
         if mode != "no_done":
@@ -381,6 +385,13 @@ class CalibServer:
     def log(self) -> list[dict[str, Any]]:
         import requests
         return requests.get(self.url + "/log", timeout=10).json()
+
+    def entry(self, response_id: str | None) -> dict[str, Any]:
+        """The log entry of the request answered with id `response_id`."""
+        found = [e for e in self.log() if e["id"] == response_id]
+        if not found:
+            raise KeyError(f"no request answered as {response_id!r} in the calibration server's log")
+        return found[0]
 
     def reset_log(self) -> None:
         import requests

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sandbox.calibration_server import CalibServer
 from tests_selftest.support import REPO, bench_project
 from tests_selftest.support.bench_project import _project
@@ -89,4 +91,9 @@ def test_benchmarks_run_checkpoint_reuse_and_report(tmp_path: Path, server: Cali
     again = _cases(run3)["token_sweep-pp128-tg32"]
     assert again["reused_from"] is None
     assert {r["previous_run"] for r in again["regression"]} == {run1.name}
-    assert abs(next(r for r in again["regression"] if r["metric"] == "decode_tps")["change_pct"]) < 5
+    # decode tok/s against run 1's own figure for the case: the change is the two measurements' (what
+    # they are is the load's; the same server measured twice is not asserted to agree within a margin)
+    decode = next(r for r in again["regression"] if r["metric"] == "decode_tps")
+    first = got["token_sweep-pp128-tg32"]["figures"]["decode_tps"]
+    assert (decode["previous"], decode["value"]) == (first, again["figures"]["decode_tps"])
+    assert decode["change_pct"] == pytest.approx((decode["value"] / first - 1) * 100)

@@ -102,6 +102,8 @@ def test_late_rescan_fault_delays_the_downloaded_listing(emu_factory, tiny_model
     t0 = time.monotonic()
     late.start()
     wait_cluster([late])
-    assert MODEL_ID not in listed(late, True), "listed before the delayed rescan"
+    early = listed(late, True)
+    if time.monotonic() - t0 < 10.0:  # answered before the rescan was due (a slow start on a busy host can pass it)
+        assert MODEL_ID not in early, "listed before the delayed rescan"
     wait_for(lambda: MODEL_ID in listed(late, True), 30, "listed after the delayed rescan")
     assert time.monotonic() - t0 >= 10.0

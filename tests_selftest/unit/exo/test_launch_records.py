@@ -36,7 +36,8 @@ def orphaned_group(member: list[str]) -> tuple[int, int]:
     member_pid = int(sh.stdout.readline())
     sh.wait()
     deadline = time.monotonic() + 10
-    while (_proc.proc_info(member_pid) or {}).get("cmdline", [None])[0] != member[0]:
+    # cmdline reads [] while the forked shell execs the member: wait for the member's own argv0
+    while ((_proc.proc_info(member_pid) or {}).get("cmdline") or [None])[0] != member[0]:
         assert time.monotonic() < deadline, "the member never started"
         time.sleep(0.02)
     return sh.pid, member_pid

@@ -4,6 +4,7 @@ ssh_config, env in the command, redaction, detached spawn surviving the channel,
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from pathlib import Path
 
@@ -82,14 +83,23 @@ def test_env_travels_in_the_command(node, sshd):
     assert r.stdout == "bar baz|unset\n"
 
 
-def test_stream_calls_on_line_live(node):
-    seen: list[tuple[float, str, str]] = []
-    t0 = time.monotonic()
-    r = node.stream(["sh", "-c", "echo one; echo two >&2; sleep 1; echo three"], timeout=20,
-                    on_line=lambda s, line: seen.append((time.monotonic() - t0, s, line)))
-    assert r.rc == 0 and [(s, line) for _, s, line in seen if s == "stdout"] == [("stdout", "one"), ("stdout", "three")]
-    assert ("stderr", "two") in [(s, line) for _, s, line in seen]
-    assert seen[0][0] < 0.9  # 'one' arrived before the command ended
+def test_stream_calls_on_line_live(node, tmp_path):
+    """'one' reaches on_line while the command still runs: the command goes on only once the callback has
+    seen it (a file the callback makes; the node is this host), else it says 'late' after 10 s of polling."""
+    seen: list[tuple[str, str]] = []
+    flag = tmp_path / "saw-one"
+
+    def on_line(stream: str, line: str) -> None:
+        seen.append((stream, line))
+        if line == "one":
+            flag.touch()
+
+    f = shlex.quote(str(flag))
+    wait = f"i=0; while [ ! -e {f} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done"
+    r = node.stream(["sh", "-c", f"echo one; echo two >&2; {wait}; if [ -e {f} ]; then echo three; else echo late; fi"],
+                    timeout=30, on_line=on_line)
+    assert r.rc == 0 and [line for s, line in seen if s == "stdout"] == ["one", "three"], seen
+    assert ("stderr", "two") in seen
 
 
 def test_ssh_config_alias_user_port_identity(sshd):

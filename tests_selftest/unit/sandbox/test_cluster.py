@@ -21,6 +21,7 @@ import pytest
 
 from sandbox import Sandbox, SandboxError
 from sandbox.model import MODEL_ID
+from sandbox.nodevenv import MARKER
 from sandbox.procs import pid_matches, read_pid
 from tests_selftest.support import REPO
 from tests_selftest.support.slots import SANDBOX_BASE, slot
@@ -171,12 +172,21 @@ def test_exo_wrapper_reaches_the_emulator(sbx: Sandbox) -> None:
 
 
 def test_second_up_is_fast_and_keeps_processes(sbx: Sandbox) -> None:
-    pids = [read_pid(sbx.root / f"node{k}/sshd.pid") for k in (1, 2)]
+    """A second up() rebuilds and restarts nothing (what makes it fast): the same sshd and hub processes, and
+    the model, its reference download and the node venv untouched. Its time is printed, not asserted."""
+    def processes() -> list[int | None]:
+        return [read_pid(sbx.root / f"node{k}/sshd.pid") for k in (1, 2)] + [read_pid(sbx.hub_dir / "hub.pid")]
+
+    def built() -> dict[str, tuple[int, int]]:
+        paths = [sbx.root / "model.json", sbx.reference_dir, sbx.venv_dir / MARKER]
+        return {str(p): (p.stat().st_ino, p.stat().st_mtime_ns) for p in paths}
+
+    pids, before = processes(), built()
     t0 = time.monotonic()
     sbx.up()
-    warm = time.monotonic() - t0
-    assert warm < 5.0, f"warm up() took {warm:.1f}s (cold: {sbx.cold_up_s:.1f}s)"  # type: ignore[attr-defined]
-    assert [read_pid(sbx.root / f"node{k}/sshd.pid") for k in (1, 2)] == pids
+    print(f"MEASURE warm up(): {time.monotonic() - t0:.1f}s (cold: {sbx.cold_up_s:.1f}s)")  # type: ignore[attr-defined]
+    assert None not in pids and processes() == pids
+    assert built() == before
 
 
 def test_cli_status_and_env(sbx: Sandbox) -> None:

@@ -182,18 +182,28 @@ def test_missing_file_is_listed_but_404(hub: HubHandle, tmp_path: Path) -> None:
 
 @pytest.mark.sandbox_run
 def test_slow_link_makes_it_take_longer(hub: HubHandle, tmp_path: Path) -> None:
+    """The shard's body takes size / bps on a slow link, against hf's whole download (its own start included).
+
+    Timed at the hub (its body time of the shard's GET), not around hf: hf's start alone takes seconds on a
+    loaded host and varies by more than the link adds. Load can only lengthen a paced body, never shorten it."""
     size = json.loads(_get(f"{hub.url}/api/models/{MODEL_ID}/revision/main?blobs=true")[2])["siblings"]
     size = next(s["size"] for s in size if s["rfilename"] == SHARD2)
-    t0 = time.monotonic()
+    path = f"/{MODEL_ID}/resolve/main/{SHARD2}"
+    n0 = len(hub.requests())
     assert hf_download(hub, tmp_path / "fast", "--include", SHARD2).returncode == 0
-    fast = time.monotonic() - t0
+    fast = _body_seconds(hub, n0, path, n=1)
     bps = size // 2  # about two seconds for the shard
     hub.set_faults(slow_link_bps=bps)
+    n1 = len(hub.requests())
     t0 = time.monotonic()
     r = hf_download(hub, tmp_path / "slow", "--include", SHARD2)
-    slow = time.monotonic() - t0
+    took = time.monotonic() - t0
+    slow = _body_seconds(hub, n1, path, n=1)
     assert r.returncode == 0, r.stderr
-    assert slow >= size / bps * 0.9 and slow > fast + 1.0, (fast, slow)
+    assert len(fast) == len(slow) == 1, (fast, slow)  # one GET of the shard each
+    fast_s, slow_s = next(iter(fast.values())), next(iter(slow.values()))
+    assert slow_s >= size / bps * 0.9 and took >= slow_s, (slow_s, took)  # hf waited for the paced body
+    assert fast_s < slow_s, (fast_s, slow_s)  # the unthrottled body was not paced
 
 
 def _timed_gets(hub: HubHandle, sources: list[str], path: str) -> None:
