@@ -60,10 +60,11 @@ def weight_format(rel: str) -> str | None:
 
 
 # --- completeness ----------------------------------------------------------------------------------
-def completeness(manifest: dict, expected: ExpectedManifest | None, *, include=(),
+def completeness(manifest: dict, expected: ExpectedManifest | None, *, include=(), exclude=(),
                  expected_safetensors: int | None = None, expected_gguf: int | None = None,
                  strict: bool = True, label: str = "model dir") -> Verdict:
-    """Is this node's model dir a complete download? `label` names the dir in messages (e.g. MODEL_DIR_NODE2)."""
+    """Is this node's model dir a complete download? `label` names the dir in messages (e.g. MODEL_DIR_NODE2);
+    `include` / `exclude`: the hf download patterns (files they leave out are not expected)."""
     v = Verdict.open()
     files = {e["path"]: e["size"] for e in manifest.get("files", [])}
     v.details.update(expanded=manifest.get("expanded"), n_files=len(files), total_bytes=sum(files.values()),
@@ -78,7 +79,8 @@ def completeness(manifest: dict, expected: ExpectedManifest | None, *, include=(
     _check_headers(manifest, v)
     _check_metadata_commits(manifest, expected, v)
     if expected is not None:
-        _check_expected(manifest, files, expected.filtered(tuple(include)) if include else expected, v)
+        wanted = expected.filtered(tuple(include), tuple(exclude)) if include or exclude else expected
+        _check_expected(manifest, files, wanted, v)
     if manifest.get("case_collisions"):
         groups = [" / ".join(g) for g in manifest["case_collisions"]]
         v.problems.append(f"{plural(len(groups), 'name collision')} that differ only in case or Unicode form "

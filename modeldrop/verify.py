@@ -56,7 +56,7 @@ def verify_node(node: Node, nc: NodeConfig, cfg: RunConfig, *, online: hub.Expec
     manifest = probe_manifest(node, nc, cfg)
     expected = expectation(manifest, online, fallback_manifest)
     verdict = audit.completeness(
-        manifest, expected, include=cfg.include, expected_safetensors=cfg.expected_safetensors,
+        manifest, expected, include=cfg.include, exclude=cfg.exclude, expected_safetensors=cfg.expected_safetensors,
         expected_gguf=cfg.expected_gguf, strict=not cfg.fast, label=f"MODEL_DIR_NODE{nc.index}")
     result = VerifyResult(verdict, manifest, expected, counts=weight_counts(manifest))
     if cfg.verify_hashes and manifest.get("exists"):
