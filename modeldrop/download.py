@@ -59,9 +59,10 @@ CLEANUP_BUDGET_S = 3 * PROBE_TIMEOUT_S + STOP_GRACE_S + 5 * 60
 GATE_OVERHEAD_S = 900.0
 _FORWARD = re.compile(r"rate limit|retry|retrying|429|5\d\d |resume|warning|error", re.I)
 # hub answers another attempt will not change
-_PERMANENT = re.compile(r"Repository Not Found|RepositoryNotFoundError|Revision Not Found|RevisionNotFoundError|"
+_PERMANENT = re.compile(r"\b(File|Entry|Model|Revision|Repository)\b[^.\n]{0,80}\bnot found|NotFoundError|"
                         r"GatedRepoError|gated repo|401 Unauthorized|403 Forbidden|No files matched|"
                         r"No space left on device|Errno 28", re.I)
+_TRANSIENT = re.compile(r"\b(429|5\d\d)\b|Server error|timed? ?out|Connection|Too Many Requests", re.I)
 MIN_ATTEMPT_S = 60.0  # an attempt is not started with less of hf's limit left than this
 MAX_BACKOFF_S = 600.0
 _KNOWN_REASONS = tuple(re.compile(rx + r"[^\n]*", re.I) for rx in (
@@ -247,6 +248,8 @@ def hub_reason(stderr: str) -> str | None:
     for i, line in enumerate(lines):
         if line.startswith("Error:"):
             nxt = lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith(("Hint:", "Error:")) else ""
+            line = line.split(" For more information check:")[0]
+            nxt = "" if nxt.startswith("For more information check") else nxt
             return (line[len("Error:"):].strip() + (" " + nxt if nxt and len(nxt) < 200 else "")).strip()
     for rx in _KNOWN_REASONS:
         m = rx.search(stderr)
@@ -466,7 +469,8 @@ def not_retried(res: DownloadResult) -> str | None:
         return "not retried: hf's limit is spent"
     if res.rc in (126, 127):
         return f"not retried: {'no such' if res.rc == 127 else 'cannot run the'} hf program"
-    if _PERMANENT.search(res.hub_reason or "") or _PERMANENT.search(res.stderr_tail or ""):
+    cause = attempt_cause(res) or ""
+    if _PERMANENT.search(cause) and not _TRANSIENT.search(cause):
         return "not retried: the hub's answer will not change"
     return None
 
