@@ -443,7 +443,7 @@ def _apply_profile(values: dict[str, Any], raw: Mapping[str, Any], profile: dict
     """Fill keys the operator did not set from the model's profile (lowest precedence)."""
     if not profile:
         return
-    mapping = {"HF_INCLUDE": ("include", lambda v: ",".join(v)),
+    mapping = {"HF_INCLUDE": ("include", lambda v: ",".join(v)), "HF_EXCLUDE": ("exclude", lambda v: ",".join(v)),
                "EXPECTED_SAFE_TENSOR_COUNT": ("expected_safetensors", int),
                "EXPECTED_GGUF_COUNT": ("expected_gguf", int),
                "EXO_SHARDING": ("sharding", str), "EXO_INSTANCE_META": ("instance_meta", str)}

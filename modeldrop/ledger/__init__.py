@@ -164,10 +164,10 @@ class Ledger:
         self.jsonl.append("downloads_closed", result=result)
 
     @_locked
-    def profile_update(self, path: str, diff: dict[str, Any]) -> None:
-        """Record the model-profile diff written after a green bootstrap."""
-        self.state.profile_diff = diff
-        self._event("profile_update", path=path, diff=diff)
+    def profile_update(self, path: str, diff: dict[str, Any], said: list[str] | tuple[str, ...] = ()) -> None:
+        """Record the model-profile diff written after a green bootstrap (and what it says: observed, confirmed)."""
+        self.state.profile_diff, self.state.profile_said = diff, list(said)
+        self._event("profile_update", path=path, diff=diff, said=list(said))
 
     # -- gates ---------------------------------------------------------------------------
     @_locked
