@@ -156,3 +156,9 @@ def test_which_failures_are_worth_another_attempt(reason, retried):
     assert (not_retried(DownloadResult(1, None, "", "", 1.0, reason)) is None) == retried
     assert not_retried(DownloadResult(124, None, "", "", 1.0, "x", timed_out=True)) == "not retried: hf's limit is spent"
     assert not_retried(DownloadResult(127, None, "", "sh: hf: not found", 1.0, None)) is not None
+
+
+def test_the_retry_and_verify_see_the_same_markers():
+    from modeldrop.probes import dirsize, manifest
+
+    assert dirsize.MARKER_SUFFIXES == manifest.MARKER_SUFFIXES
