@@ -249,8 +249,8 @@ def resolve_target(target: str, ssh_config: Path | None, known_hosts: Path | Non
     identities = [expand(p) for p in opts.get("identityfile", [])]
     if not identities or tuple(opts.get("identityfile", [])) == DEFAULT_IDENTITIES:
         identities = [os.path.expanduser(p) for p in DEFAULT_IDENTITIES]
-    user_files = ([Path(known_hosts)] if known_hosts is not None else []) + \
-        (_known_hosts(opts.get("userknownhostsfile", []), DEFAULT_USER_KNOWN_HOSTS) or [])
+    user_files = list(dict.fromkeys(([Path(known_hosts)] if known_hosts is not None else []) +
+                                    (_known_hosts(opts.get("userknownhostsfile", []), DEFAULT_USER_KNOWN_HOSTS) or [])))
     global_files = _known_hosts(opts["globalknownhostsfile"], None) if "globalknownhostsfile" in opts \
         else [Path(p) for p in GLOBAL_KNOWN_HOSTS]
     proxy = one.get("proxycommand")
