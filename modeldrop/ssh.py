@@ -11,8 +11,9 @@ Contract:
   path, `SSH_AUTH_SOCK`, or `none`; default SSH_AUTH_SOCK), only those of the IdentityFiles under
   IdentitiesOnly. An IdentityAgent socket that does not exist is one error line naming the node and path.
   StrictHostKeyChecking `accept-new` (and `no`, which is taken as accept-new: a pinned key is never overridden)
-  accepts a node no known_hosts file pins, as `--accept-new-host-keys` does. Every wait is bounded: TCP connect, banner, key exchange and auth by
-  `connect_timeout`; the channel open, the exec request and every read by the command's own timeout.
+  accepts a node no known_hosts file pins, as `--accept-new-host-keys` does.
+- Every wait is bounded: TCP connect, banner, key exchange and auth by `connect_timeout`; the channel open, the
+  exec request and every read by the command's own timeout.
 - Commands are the /bin/sh scripts `modeldrop.nodes` builds, handed to the login shell as
   `/bin/sh -c '<script>'` (or as octal escapes `printf` decodes), so every login shell runs the same argv.
 - Host keys are checked against every known_hosts file that applies (the explicit file, ssh_config's

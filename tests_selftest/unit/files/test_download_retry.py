@@ -154,7 +154,8 @@ def test_which_failures_are_worth_another_attempt(reason, retried):
     from modeldrop.download import DownloadResult, not_retried
 
     assert (not_retried(DownloadResult(1, None, "", "", 1.0, reason)) is None) == retried
-    assert not_retried(DownloadResult(124, None, "", "", 1.0, "x", timed_out=True)) == "not retried: hf's limit is spent"
+    spent = DownloadResult(124, None, "", "", 1.0, "x", timed_out=True)
+    assert not_retried(spent) == "not retried: hf's limit is spent"
     assert not_retried(DownloadResult(127, None, "", "sh: hf: not found", 1.0, None)) is not None
 
 
