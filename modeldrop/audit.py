@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from collections import Counter
+from fnmatch import fnmatchcase
 
 from modeldrop.hub import ExpectedManifest
 from modeldrop.probes.manifest import CACHE_PREFIX, is_litter
@@ -60,10 +63,11 @@ def weight_format(rel: str) -> str | None:
 
 
 # --- completeness ----------------------------------------------------------------------------------
-def completeness(manifest: dict, expected: ExpectedManifest | None, *, include=(),
+def completeness(manifest: dict, expected: ExpectedManifest | None, *, include=(), exclude=(),
                  expected_safetensors: int | None = None, expected_gguf: int | None = None,
                  strict: bool = True, label: str = "model dir") -> Verdict:
-    """Is this node's model dir a complete download? `label` names the dir in messages (e.g. MODEL_DIR_NODE2)."""
+    """Is this node's model dir a complete download? `label` names the dir in messages (e.g. MODEL_DIR_NODE2);
+    `include` / `exclude`: the hf download patterns (files they leave out are not expected)."""
     v = Verdict.open()
     files = {e["path"]: e["size"] for e in manifest.get("files", [])}
     v.details.update(expanded=manifest.get("expanded"), n_files=len(files), total_bytes=sum(files.values()),
@@ -78,7 +82,8 @@ def completeness(manifest: dict, expected: ExpectedManifest | None, *, include=(
     _check_headers(manifest, v)
     _check_metadata_commits(manifest, expected, v)
     if expected is not None:
-        _check_expected(manifest, files, expected.filtered(tuple(include)) if include else expected, v)
+        wanted = expected.filtered(tuple(include), tuple(exclude)) if include or exclude else expected
+        _check_expected(manifest, files, wanted, v)
     if manifest.get("case_collisions"):
         groups = [" / ".join(g) for g in manifest["case_collisions"]]
         v.problems.append(f"{plural(len(groups), 'name collision')} that differ only in case or Unicode form "
@@ -323,3 +328,36 @@ def manifest_digest(manifest: dict) -> str:
     items = sorted((p, n, round(float(mtimes[p]), 3) if mtimes.get(p) is not None else None)
                    for p, n in sizes.items())
     return hashlib.sha256(json.dumps(items, separators=(",", ":")).encode()).hexdigest()
+
+
+# --- layout (what a model profile records) ----------------------------------------------------------
+SERVING_ARTIFACTS = ("config.json", "generation_config.json", "*.index.json", "tokenizer*", "special_tokens_map.json",
+                     "added_tokens.json", "vocab*", "merges.txt", "chat_template*", "preprocessor_config.json",
+                     "processor_config.json", "*.tiktoken")
+
+
+def shard_pattern(names: list[str]) -> str | None:
+    """The weight files' name pattern: the one name, or the names with the digit runs that differ between them as
+    `*` (`model-*-of-00009.safetensors`); None without weight files."""
+    if not names:
+        return None
+    split = [re.split(r"(\d+)", n) for n in sorted(names)]
+    cols = list(zip(*split, strict=True)) if len({len(s) for s in split}) == 1 else [tuple(names)]
+    return "".join(c[0] if len(set(c)) == 1 else "*" if i % 2 else _wild(list(c)) for i, c in enumerate(cols))
+
+
+def _wild(words: list[str]) -> str:
+    """Words that differ as one glob: their common prefix, `*`, their common suffix."""
+    prefix = os.path.commonprefix(words)
+    suffix = os.path.commonprefix([w[len(prefix):][::-1] for w in words])[::-1]
+    return f"{prefix}*{suffix}"
+
+
+def layout(manifest: dict) -> dict:
+    """What a profile row records of a complete model dir (the guide's "check and record"): the file count, the
+    weight files' name pattern, and the non-weight files serving needs (config, index, tokenizer, chat template)."""
+    files = [e["path"] for e in manifest.get("files", [])]
+    weights = [p.rsplit("/", 1)[-1] for p in files if weight_format(p) in ("safetensors", "gguf")]
+    required = sorted(p for p in files if weight_format(p) is None
+                      and any(fnmatchcase(p.rsplit("/", 1)[-1], g) for g in SERVING_ARTIFACTS))
+    return {"file_count": len(files), "shard_pattern": shard_pattern(weights), "required_files": required}

@@ -9,6 +9,8 @@ Contract:
   `RING_INPUT_READY` only when pytest exited 0 and every gate of the audit order (preflight,
   nodeK_verify, parity) passed or was reused.
 - `model-drop-latest [args…]` does the same with the model id of the last run (`reports/latest`).
+- `model-drop --profiles [--profile-path P] [--env-file F]` prints the model profiles as the guide's table
+  (`profile_table.render`) from PROFILE_PATH resolved as a run resolves it; a bad file is one `ERROR:` line.
 - Plain Python: the pytest run is a subprocess; the plugin tells it the run folder through the
   file named by MODELDROP_RUN_FOLDER_FILE.
 """
@@ -22,7 +24,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from modeldrop import validate
+from modeldrop import profile_table, profiles, validate
 from modeldrop.config import DEFAULT_ENV_FILE, read_env_file
 from modeldrop.errors import InputError
 from modeldrop.ledger import runjson
@@ -30,6 +32,7 @@ from modeldrop.ledger.handoff import HANDOFF_KEYS, block_lines
 from modeldrop.ledger.runfolder import RUN_FOLDER_FILE_ENV, resolve_latest
 
 USAGE = ("usage: model-drop org/model [--fast] [--resume-bootstrap] [--online] [--audit] [pytest args…]\n"
+         "       model-drop --profiles [--profile-path P] [--env-file F]\n"
          "       model-drop-latest [--resume-bootstrap] [pytest args…]")
 EXIT_USAGE = 4
 
@@ -66,15 +69,34 @@ def report_dir(root: Path, args: Sequence[str] = ()) -> Path:
     """Where the plugin puts run folders, resolved as it does: `--report-dir` in `args`, else RUN_REPORT_DIR
     from the environment, else from the env file (`--env-file` in `args`, else config/model_drop.env when it
     exists), else `reports`; relative to `root`. A bad env file raises InputError."""
-    value = _arg_value(args, "--report-dir") or os.environ.get("RUN_REPORT_DIR")
+    return _setting_path(root, args, "--report-dir", "RUN_REPORT_DIR", "reports")
+
+
+def _setting_path(root: Path, args: Sequence[str], flag: str, key: str, default: str) -> Path:
+    """A path setting resolved as the plugin resolves it (flag in args, environment, env file, default), relative
+    to `root`."""
+    value = _arg_value(args, flag) or os.environ.get(key)
     if not value:
         given = _arg_value(args, "--env-file")
         env_file = Path(given).expanduser() if given else DEFAULT_ENV_FILE
         env_file = env_file if env_file.is_absolute() else root / env_file
         if given or env_file.is_file():
-            value = read_env_file(env_file).get("RUN_REPORT_DIR", ("", ""))[0]
-    p = Path(value or "reports").expanduser()
+            value = read_env_file(env_file).get(key, ("", ""))[0]
+    p = Path(value or default).expanduser()
     return p if p.is_absolute() else root / p
+
+
+def print_profiles(args: Sequence[str], root: Path | None = None) -> int:
+    """`model-drop --profiles`: the profiles file (PROFILE_PATH, resolved as a run does) as the guide's table."""
+    try:
+        root = root or project_root()
+        path = _setting_path(root, args, "--profile-path", "PROFILE_PATH", "model_profiles.json")
+        data = profiles.load(path)
+    except InputError as e:
+        return _error(str(e))
+    print(f"model profiles: {path}\n")
+    print(profile_table.render(data))
+    return 0
 
 
 def _run_pytest(root: Path, model: str, rest: Sequence[str]) -> tuple[int, Path | None]:
@@ -141,6 +163,8 @@ def model_drop_main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] in ("-h", "--help"):
         print(USAGE)
         return 0
+    if args and args[0] == "--profiles":
+        return print_profiles(args[1:])
     if not args or args[0].startswith("-"):
         return _error("model-drop: expected the model id first, e.g. model-drop mlx-community/Qwen3-8B-4bit --fast")
     return run(args[0], args[1:])

@@ -26,7 +26,9 @@ DEFAULT_ENV_FILE = Path("config/model_drop.env")
 
 @dataclass(frozen=True)
 class Option:
-    """One setting: env key, optional CLI flag, kind ('str','bool','int','port','duration','choice'), default, help."""
+    """One setting: env key, optional CLI flag, kind ('str','bool','int','port','duration','choice','path'), default,
+    help. `hf_env`: passed as is in the environment of every node's `hf` (the HF_* allow-list); `environ`: also read
+    from this machine's environment (False for paths on the nodes: this shell's HF_HOME is not the nodes')."""
 
     key: str
     flag: str | None
@@ -34,6 +36,8 @@ class Option:
     default: Any
     help: str
     choices: tuple[str, ...] = ()
+    hf_env: bool = False
+    environ: bool = True
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -88,8 +92,37 @@ OPTIONS: tuple[Option, ...] = (
            "benchmark an EXO that is already serving: its API URLs, comma-separated (http://host:port; no port: "
            "EXO_API_PORT); one chat through each must answer for MODEL_ID. No bootstrap, no pass cache; "
            "`pytest benchmarks/` only"),
+    Option("HF_EXCLUDE", None, "str", None,
+           "hf download --exclude patterns, comma-separated: files the download skips and verify does not expect"),
+    Option("HF_MAX_WORKERS", "--hf-max-workers", "int", None,
+           "hf download --max-workers: how many files one node's hf fetches at once (hf's default: 8)"),
+    Option("DOWNLOAD_ATTEMPTS", "--download-attempts", "int", 3,
+           "how many times a node's hf download runs before its gate fails: a failed one, or one that left a "
+           "partial-download marker, is run again after a wait (hf resumes what it has)"),
+    Option("DOWNLOAD_BACKOFF_S", "--download-backoff", "duration", 30.0,
+           "the wait before a download's second attempt; it doubles for each further attempt"),
+    # The HF_* settings passed as is to every node's hf (the allow-list; any other HF_* key is refused):
+    Option("HF_HOME", None, "path", None, "hf's home on each node (token, caches, Xet cache); absolute or ~/ "
+           "(env file only: this shell's HF_HOME is not the nodes')", hf_env=True, environ=False),
+    Option("HF_HUB_CACHE", None, "path", None, "hf's download cache on each node (default HF_HOME/hub); absolute "
+           "or ~/ (env file only)", hf_env=True, environ=False),
+    Option("HF_XET_CACHE", None, "path", None, "the Xet chunk cache on each node (default HF_HOME/xet); absolute "
+           "or ~/ (env file only)", hf_env=True, environ=False),
+    Option("HF_XET_HIGH_PERFORMANCE", None, "bool", None,
+           "Xet downloads with more parallel connections and memory: faster on a fast link", hf_env=True),
+    Option("HF_HUB_DISABLE_XET", None, "bool", None,
+           "download over plain HTTP instead of the Xet protocol (e.g. behind a proxy that breaks Xet)", hf_env=True),
+    Option("HF_HUB_DOWNLOAD_TIMEOUT", None, "int", None,
+           "seconds hf waits for the hub while downloading a file before it gives up or retries (hf's default: 10)",
+           hf_env=True),
+    Option("HF_HUB_ETAG_TIMEOUT", None, "int", None,
+           "seconds hf waits for a file's metadata (its ETag) from the hub (hf's default: 10)", hf_env=True),
+    Option("HF_HUB_ENABLE_HF_TRANSFER", None, "bool", None,
+           "the hf_transfer accelerator of older hf (before 1.0); newer hf ignores it and says to use "
+           "HF_XET_HIGH_PERFORMANCE", hf_env=True),
 )
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
+HF_ENV_KEYS = tuple(o.key for o in OPTIONS if o.hf_env)  # the HF_* settings every node's hf gets
 
 
 @dataclass(frozen=True)
@@ -117,6 +150,7 @@ FIELD_OF: dict[str, str] = {
     "EXO_SHARDING": "sharding", "EXO_INSTANCE_META": "instance_meta", "HF_INCLUDE": "include",
     "EXPECTED_SAFE_TENSOR_COUNT": "expected_safetensors", "EXPECTED_GGUF_COUNT": "expected_gguf",
     "EXO_API_PORT": "api_port", "EXO_NAMESPACE": "namespace", "EXO_LIBP2P_PORT": "libp2p_port",
+    "HF_EXCLUDE": "exclude",
 }
 
 
@@ -183,6 +217,18 @@ class RunConfig:
     values: dict[str, Any] = field(default_factory=dict, repr=False)  # HF_TOKEN among them: never in a repr
     env_file: Path | None = None
     sandbox: bool = False
+    exclude: tuple[str, ...] = ()
+    hf_max_workers: int | None = None
+    download_attempts: int = 3
+    download_backoff_s: float = 30.0
+    hf_home: str | None = None
+    hf_hub_cache: str | None = None
+    hf_xet_cache: str | None = None
+    hf_xet_high_performance: bool | None = None
+    hf_hub_disable_xet: bool | None = None
+    hf_hub_download_timeout: int | None = None
+    hf_hub_etag_timeout: int | None = None
+    hf_hub_enable_hf_transfer: bool | None = None
 
     @property
     def model_folder(self) -> str:
@@ -203,7 +249,7 @@ class RunConfig:
 # RunConfig fields filled straight from an option's resolved value (the rest are derived in load_config).
 _SIMPLE_FIELDS = frozenset(f.name for f in fields(RunConfig)) - {
     "model_id", "nodes", "instance_id", "include", "min_free_bytes", "exo_extra_args", "namespace", "report_dir",
-    "profile_path", "profile", "sources", "values", "env_file", "sandbox", "exo_api_urls"}
+    "profile_path", "profile", "sources", "values", "env_file", "sandbox", "exo_api_urls", "exclude"}
 
 
 def read_env_file(path: Path, environ: Mapping[str, str] | None = None,
@@ -213,13 +259,25 @@ def read_env_file(path: Path, environ: Mapping[str, str] | None = None,
     `${VAR}` of a key in `pinned` (set by a higher-precedence source) takes that value. Malformed lines,
     unknown keys (with the nearest known key suggested) and unset `${VAR}` raise InputError.
     """
-    return envfile.read(path, is_known_key, known_keys(), os.environ if environ is None else environ, pinned)
+    return envfile.read(path, is_known_key, known_keys(), os.environ if environ is None else environ, pinned,
+                        unknown_hint=unknown_key_hint)
+
+
+def unknown_key_hint(key: str) -> str | None:
+    """What to say of an unknown HF_* key: it is not passed to the nodes' hf, and which ones are (None for
+    other keys: the nearest known key is suggested)."""
+    if not key.startswith("HF_"):
+        return None
+    own = [k for k in known_keys() if k.startswith("HF_") and k not in HF_ENV_KEYS and not k[-1].isdigit()]
+    return (f"{key} is not an hf setting modeldrop passes to the nodes' hf; allowed: {', '.join(HF_ENV_KEYS)} "
+            f"(and modeldrop's own {', '.join(own)}, HF_CMD_NODEk); config/model_drop.env.example says what each "
+            "does")
 
 
 def _pinned(cli: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
     """Keys set above the env file (environment, command line), for `${VAR}` in the file; a MODEL_ID set there
     also fixes MODEL_INSTANCE_ID (its `org--name`) unless that is set there too."""
-    out = {k: str(v) for k, v in environ.items() if is_known_key(k)}
+    out = {k: str(v) for k, v in environ.items() if _from_environ(k)}
     out.update({k: str(v) for k, v in cli.items() if v is not None})
     if out.get("MODEL_ID") and "MODEL_INSTANCE_ID" not in out:
         out["MODEL_INSTANCE_ID"] = validate.model_folder(out["MODEL_ID"].strip())
@@ -239,6 +297,11 @@ def is_known_key(key: str) -> bool:
     return bool(m and m.group(1) in PER_NODE_KEYS and int(m.group(2)) <= MAX_NODES)
 
 
+def _from_environ(key: str) -> bool:
+    """A known key that this machine's environment may set (not the nodes' paths, see `Option.environ`)."""
+    return is_known_key(key) and (key not in OPTION_BY_KEY or OPTION_BY_KEY[key].environ)
+
+
 def _layered(cli: Mapping[str, Any], environ: Mapping[str, str],
              file_values: Mapping[str, tuple[str, str]]) -> tuple[dict[str, Any], dict[str, str]]:
     """Merge raw values by precedence: command line > environment > env file; remember each source."""
@@ -247,7 +310,7 @@ def _layered(cli: Mapping[str, Any], environ: Mapping[str, str],
     for key, (value, where) in file_values.items():
         raw[key], source[key] = value, where
     for key, value in environ.items():
-        if is_known_key(key):
+        if _from_environ(key):
             raw[key], source[key] = value, "environment"
     for key, value in cli.items():
         if value is not None:
@@ -262,6 +325,7 @@ _CONVERT: dict[str, Callable[[Any, str], Any]] = {
     "int": lambda v, s: validate.count(v, s),
     "port": validate.port,
     "duration": validate.duration_s,
+    "path": validate.node_path,
 }
 
 
@@ -358,10 +422,14 @@ def load_config(cli: Mapping[str, Any], *, environ: Mapping[str, str] | None = N
     _apply_profile(values, raw, profile)
     values["EXO_SHARDING"] = values["EXO_SHARDING"] or "Pipeline"
     values["EXO_INSTANCE_META"] = values["EXO_INSTANCE_META"] or "MlxRing"
+    if values["DOWNLOAD_ATTEMPTS"] < 1:
+        raise InputError(f"{_where(source, 'DOWNLOAD_ATTEMPTS')}: invalid count {values['DOWNLOAD_ATTEMPTS']}; "
+                         "expected 1 or more (1: no retry)")
     typed = {field_of(k): v for k, v in values.items() if field_of(k) in _SIMPLE_FIELDS}
     return RunConfig(
         **typed, model_id=model, nodes=nodes, instance_id=values["MODEL_INSTANCE_ID"],
         include=validate.include_patterns(values["HF_INCLUDE"] or "", _where(source, "HF_INCLUDE")),
+        exclude=validate.include_patterns(values["HF_EXCLUDE"] or "", _where(source, "HF_EXCLUDE")),
         min_free_bytes=_min_free_bytes(values, profile), exo_extra_args=extra,
         namespace=validate.namespace(values["EXO_NAMESPACE"] or f"modeldrop-{folder}"[:64], _where(source, "EXO_NAMESPACE")),
         report_dir=Path(values["RUN_REPORT_DIR"]).expanduser(), profile_path=profile_path, profile=profile,
@@ -389,7 +457,7 @@ def _apply_profile(values: dict[str, Any], raw: Mapping[str, Any], profile: dict
     """Fill keys the operator did not set from the model's profile (lowest precedence)."""
     if not profile:
         return
-    mapping = {"HF_INCLUDE": ("include", lambda v: ",".join(v)),
+    mapping = {"HF_INCLUDE": ("include", lambda v: ",".join(v)), "HF_EXCLUDE": ("exclude", lambda v: ",".join(v)),
                "EXPECTED_SAFE_TENSOR_COUNT": ("expected_safetensors", int),
                "EXPECTED_GGUF_COUNT": ("expected_gguf", int),
                "EXO_SHARDING": ("sharding", str), "EXO_INSTANCE_META": ("instance_meta", str)}
@@ -423,6 +491,7 @@ def example_env_file() -> str:
              '# KEY="value" # comment, export KEY=value, and ${KEY} of a key set above (or in the environment).', ""]
     for opt in OPTIONS:
         flag = f" (also {opt.flag})" if opt.flag else ""
+        flag += " [passed as is to every node's hf]" if opt.hf_env else ""
         default = "" if opt.default in (None, False) else opt.default
         lines += [f"# {opt.help.replace('%%', '%')}{flag}", f"# {opt.key}={default}", ""]
     lines += ["# Per node k = 1..4 (node 1 is where the canary runs):",

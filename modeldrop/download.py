@@ -19,6 +19,14 @@ when no new byte arrived under the target dir for that long: `DownloadResult.sta
 the endpoint and the last file hf started (a slow link still brings bytes; a hub that stopped answering none).
 The limit a gate gives hf follows the gate's own (`hf_limit_for_gate`), so `modeldrop_gate_timeouts
 download=28800` lengthens the download too.
+
+`run_download(node, plan, heartbeat, on_attempt, cancel)` is the gate's download: hf is run up to `plan.attempts`
+times within the plan's one limit. An attempt that failed (hf's rc, a stall) or that exited 0 but left a
+partial-download marker this run made (a marker already there before the first attempt and untouched since is
+left to the verify gate: an orphan of an earlier run) is run again after `backoff_s`, doubling, and hf resumes what
+it has; an answer that will not change (repository or revision not found, gated, refused token, no space, hf's
+limit reached) is not retried. Each attempt is a progress line and an `Attempt` passed to `on_attempt` (the
+ledger's event); the result lists them all, and `download_verdict` names every attempt's cause.
 """
 
 from __future__ import annotations
@@ -28,10 +36,10 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from modeldrop import hub
-from modeldrop.config import RunConfig
+from modeldrop.config import HF_ENV_KEYS, RunConfig, field_of
 from modeldrop.errors import CommandTimeout, NodeError
 from modeldrop.nodes import Node, tail
 from modeldrop.verdict import Verdict
@@ -50,6 +58,13 @@ CLEANUP_BUDGET_S = 3 * PROBE_TIMEOUT_S + STOP_GRACE_S + 5 * 60
 # what a download gate spends besides hf itself: the hub look-up for the total, the cleanup, a margin
 GATE_OVERHEAD_S = 900.0
 _FORWARD = re.compile(r"rate limit|retry|retrying|429|5\d\d |resume|warning|error", re.I)
+# hub answers another attempt will not change
+_PERMANENT = re.compile(r"\b(File|Entry|Model|Revision|Repository)\b[^.\n]{0,80}\bnot found|NotFoundError|"
+                        r"GatedRepoError|gated repo|401 Unauthorized|403 Forbidden|No files matched|"
+                        r"No space left on device|Errno 28", re.I)
+_TRANSIENT = re.compile(r"\b(429|5\d\d)\b|Server error|timed? ?out|Connection|Too Many Requests", re.I)
+MIN_ATTEMPT_S = 60.0  # an attempt is not started with less of hf's limit left than this
+MAX_BACKOFF_S = 600.0
 _KNOWN_REASONS = tuple(re.compile(rx + r"[^\n]*", re.I) for rx in (
     r"429 Too Many Requests", r"Repository Not Found|RepositoryNotFoundError", r"Revision Not Found",
     r"GatedRepoError|gated repo", r"401 Unauthorized|403 Forbidden", r"No files matched",
@@ -69,6 +84,35 @@ class DownloadResult:
     timed_out: bool = False
     heartbeats: list[str] = field(default_factory=list)
     stalled: bool = False
+    refused: bool = False  # nothing ran: the token may not go to the endpoint
+    attempts: list[Attempt] = field(default_factory=list)
+    markers_left: list[str] = field(default_factory=list)  # partial-download markers this run's hf left
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One run of hf within a node's download: number `n` of `of`, hf's rc, why it failed (None: it did not), how
+    long it took, and the wait before the next attempt (None when none follows)."""
+
+    node: str
+    n: int
+    of: int
+    rc: int
+    cause: str | None
+    duration_s: float
+    retry_in_s: float | None = None
+    why_not_retried: str | None = None
+
+    def line(self) -> str:
+        """The attempt's progress line, e.g. `node1 download: attempt 1 of 3 failed (rc 1): …; next attempt in 30s`."""
+        head = f"{self.node} download: attempt {self.n} of {self.of}"
+        if self.cause is None:
+            return f"{head} succeeded ({self.duration_s:.0f}s)"
+        if self.retry_in_s is not None:
+            nxt = f"next attempt in {self.retry_in_s:g}s (hf resumes what it has)"
+        else:
+            nxt = self.why_not_retried or "no attempt left"
+        return f"{head} failed (rc {self.rc}) after {self.duration_s:.0f}s: {self.cause}; {nxt}"
 
 
 def hf_limit_for_gate(gate_limit_s: float | None) -> float:
@@ -97,11 +141,21 @@ class DownloadPlan:
     timeout_s: float = HF_DOWNLOAD_TIMEOUT_S
     stall_s: float = 0.0
     interval_s: float = 10.0
+    exclude: tuple[str, ...] = ()
+    max_workers: int | None = None
+    attempts: int = 1  # runs of hf within timeout_s (run_download)
+    backoff_s: float = 30.0  # the wait before the second attempt, doubling for each further one
 
 
 def hub_env(cfg: RunConfig) -> dict[str, str]:
-    """The environment hf needs on a node for the run's hub: HF_ENDPOINT and HF_TOKEN, when set."""
-    return {k: v for k, v in (("HF_ENDPOINT", cfg.hf_endpoint), ("HF_TOKEN", cfg.hf_token)) if v}
+    """The environment hf needs on a node for the run's hub: HF_ENDPOINT and HF_TOKEN when set, and every HF_*
+    setting of the allow-list (`config.HF_ENV_KEYS`) the operator set (booleans as 1/0)."""
+    env = {k: v for k, v in (("HF_ENDPOINT", cfg.hf_endpoint), ("HF_TOKEN", cfg.hf_token)) if v}
+    for key in HF_ENV_KEYS:
+        value = getattr(cfg, field_of(key))
+        if value is not None:
+            env[key] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    return env
 
 
 def expected_total(cfg: RunConfig, expectation: hub.HubExpectation | None = None) -> int | None:
@@ -114,7 +168,7 @@ def expected_total(cfg: RunConfig, expectation: hub.HubExpectation | None = None
     total = None
     if expectation.error is None:
         total = hub.total_size(cfg.model_id, cfg.hf_revision, tuple(cfg.include), cfg.hf_endpoint, cfg.hf_token,
-                               cfg.allow_insecure_hub, hub.lookup_timeout(cfg.stall_window_s))
+                               cfg.allow_insecure_hub, hub.lookup_timeout(cfg.stall_window_s), tuple(cfg.exclude))
     return total if total is not None else (cfg.profile or {}).get("total_size_bytes")
 
 
@@ -126,16 +180,28 @@ def plan_download(cfg: RunConfig, k: int, expectation: hub.HubExpectation | None
     return DownloadPlan(hf_cmd=nc.hf_cmd, model_id=cfg.model_id, local_dir=nc.model_dir, include=cfg.include,
                         revision=cfg.hf_revision, env=hub_env(cfg), allow_insecure_hub=cfg.allow_insecure_hub,
                         expected_bytes=expected_total(cfg, expectation), timeout_s=limit_s,
-                        stall_s=cfg.stall_window_s)
+                        stall_s=cfg.stall_window_s, exclude=cfg.exclude, max_workers=cfg.hf_max_workers,
+                        attempts=cfg.download_attempts, backoff_s=cfg.download_backoff_s)
 
 
 def download_verdict(k: int, plan: DownloadPlan, result: DownloadResult, stopped: str | None = None) -> Verdict:
-    """The download gate's judgement: hf exited 0 and nothing stopped it (a stop names why: another node's
-    download failed, or the session ended; a stall names the hub that stopped answering). A failure's problem is
-    its one-line evidence, its summary the gate's message."""
+    """The download gate's judgement: hf exited 0, left no partial-download marker of its own, and nothing stopped
+    it (a stop names why: another node's download failed, or the session ended; a stall names the hub that stopped
+    answering). After several attempts a failure names every attempt's cause. A failure's problem is its one-line
+    evidence, its summary the gate's message."""
     what = f"node{k}: hf download {plan.model_id} into {plan.local_dir}"
     if stopped:
         return Verdict.failed(f"node{k} hf download stopped: {stopped}", summary=f"{what} stopped because {stopped}")
+    failed = [a for a in result.attempts if a.cause is not None]
+    if len(result.attempts) > 1 and failed and failed[-1] is result.attempts[-1]:
+        causes = attempt_causes(result.attempts)
+        return Verdict.failed(f"node{k} hf download failed {len(failed)} of {len(result.attempts)} attempts: "
+                              f"{causes}", summary=f"{what} failed after {len(result.attempts)} attempts: {causes}")
+    if result.markers_left:
+        left = "; ".join(result.markers_left[:5]) + (" …" if len(result.markers_left) > 5 else "")
+        return Verdict.failed(f"node{k} hf download exited 0 but left partial-download markers: {left}",
+                              summary=f"{what} exited 0 but left {len(result.markers_left)} partial-download "
+                                      f"marker(s): {left}")
     if result.stalled:
         return Verdict.failed(f"node{k} hf download stalled: {result.hub_reason}",
                               summary=f"{what} stalled: {result.hub_reason}")
@@ -146,13 +212,32 @@ def download_verdict(k: int, plan: DownloadPlan, result: DownloadResult, stopped
     return Verdict.passed(f"{what} exited 0", {"rc": 0, "path": result.reported_path})
 
 
+def attempt_causes(attempts: Sequence[Attempt]) -> str:
+    """Every failed attempt's cause in one line, consecutive identical causes together
+    (`attempts 1, 2 (rc 1): 500 …; attempt 3 (rc 3): no new byte …`)."""
+    groups: list[tuple[list[int], int, str]] = []
+    for a in attempts:
+        if a.cause is None:
+            continue
+        if groups and groups[-1][1:] == (a.rc, a.cause):
+            groups[-1][0].append(a.n)
+        else:
+            groups.append(([a.n], a.rc, a.cause))
+    return "; ".join(f"attempt{'s' if len(ns) > 1 else ''} {', '.join(map(str, ns))} (rc {rc}): {cause}"
+                     for ns, rc, cause in groups)
+
+
 def hf_download_argv(hf_cmd: str, model_id: str, local_dir: str, include: Sequence[str] = (),
-                     revision: str | None = None) -> list[str]:
+                     revision: str | None = None, exclude: Sequence[str] = (),
+                     max_workers: int | None = None) -> list[str]:
     """The argv of the download command; option values are attached (`--revision=-x` stays a value)."""
     argv = [hf_cmd, "download", model_id, f"--local-dir={local_dir}"]
     argv += [f"--include={pattern}" for pattern in include]
+    argv += [f"--exclude={pattern}" for pattern in exclude]
     if revision:
         argv.append(f"--revision={revision}")
+    if max_workers:
+        argv.append(f"--max-workers={max_workers}")
     return argv + ["--format", "json"]
 
 
@@ -163,6 +248,8 @@ def hub_reason(stderr: str) -> str | None:
     for i, line in enumerate(lines):
         if line.startswith("Error:"):
             nxt = lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith(("Hint:", "Error:")) else ""
+            line = line.split(" For more information check:")[0]
+            nxt = "" if nxt.startswith("For more information check") else nxt
             return (line[len("Error:"):].strip() + (" " + nxt if nxt and len(nxt) < 200 else "")).strip()
     for rx in _KNOWN_REASONS:
         m = rx.search(stderr)
@@ -288,13 +375,14 @@ def run_hf_download(node: Node, plan: DownloadPlan, heartbeat: Callable[[str], N
     node_env = node.facts().get("hf_endpoint_env") if token and not env.get("HF_ENDPOINT") else None
     refused = hub.node_endpoint_problem(env.get("HF_ENDPOINT"), node_env, token, plan.allow_insecure_hub)
     if refused:  # nothing runs: the token must not leave for this endpoint
-        return DownloadResult(2, None, "", "", 0.0, refused)
+        return DownloadResult(2, None, "", "", 0.0, refused, refused=True)
     env = {k: node.expand_path(v) for k, v in {**HF_QUIET_ENV, **env}.items()}  # HF_HOME=~/… too
     secret_env = {"HF_TOKEN": token} if token else {}
     secrets = [token] if token else []
     unset = [] if "HF_HUB_OFFLINE" in env else ["HF_HUB_OFFLINE"]
     hf_path, target_dir = node.expand_path(plan.hf_cmd), node.expand_path(plan.local_dir)
-    argv = hf_download_argv(hf_path, plan.model_id, target_dir, plan.include, plan.revision)
+    argv = hf_download_argv(hf_path, plan.model_id, target_dir, plan.include, plan.revision, plan.exclude,
+                            plan.max_workers)
     timeout, interval_s, stall_s = plan.timeout_s, plan.interval_s, plan.stall_s
     beats: list[str] = []
 
@@ -341,3 +429,103 @@ def stop_stray_download(node: Node, hf_path: str, local_dir: str) -> str:
         return f"could not stop the remote hf: {exc}"
     return f"stopped {len(results)} leftover hf process(es): {', '.join(results)}" if results else \
         "no hf process left running"
+
+
+MarkerSnapshot = dict[str, tuple[int, float]]
+
+
+def marker_snapshot(node: Node, local_dir: str) -> MarkerSnapshot | None:
+    """The partial-download markers under the node's local_dir (`.cache/huggingface` included): {relative path:
+    (size, mtime)}; None when the node cannot say (the marker check is then skipped; verify still decides)."""
+    try:
+        found = node.run_probe("dirsize", {"path": local_dir, "markers": True}, timeout=PROBE_TIMEOUT_S)
+    except NodeError:
+        return None
+    return {m["path"]: (int(m["size"]), float(m["mtime"])) for m in found.get("markers") or []}
+
+
+def markers_made(before: MarkerSnapshot | None, after: MarkerSnapshot | None) -> list[str]:
+    """Markers present after an attempt that were not there before the first one, or changed since: left by this
+    run's hf (an unchanged one is an earlier run's orphan, the verify gate's to report)."""
+    if before is None or after is None:
+        return []
+    return sorted(p for p, stat in after.items() if before.get(p) != stat)
+
+
+def attempt_cause(res: DownloadResult) -> str | None:
+    """Why one run of hf failed, in one line (None when it exited 0)."""
+    if res.rc == 0:
+        return None
+    if res.stalled or res.timed_out or res.refused:
+        return res.hub_reason or "stopped"
+    return res.hub_reason or (res.stderr_tail.strip().splitlines() or ["no output"])[-1].strip()
+
+
+def not_retried(res: DownloadResult) -> str | None:
+    """Why a failed attempt is not worth another one (the answer will not change), else None."""
+    if res.refused:
+        return "not retried: the token may not go to this endpoint"
+    if res.timed_out:
+        return "not retried: hf's limit is spent"
+    if res.rc in (126, 127):
+        return f"not retried: {'no such' if res.rc == 127 else 'cannot run the'} hf program"
+    cause = attempt_cause(res) or ""
+    if _PERMANENT.search(cause) and not _TRANSIENT.search(cause):
+        return "not retried: the hub's answer will not change"
+    return None
+
+
+def backoff_for(n: int, base_s: float) -> float:
+    """The wait after attempt n: base, then doubling, at most MAX_BACKOFF_S."""
+    return min(MAX_BACKOFF_S, base_s * 2 ** (n - 1))
+
+
+def run_download(node: Node, plan: DownloadPlan, heartbeat: Callable[[str], None], *,
+                 on_attempt: Callable[[Attempt], None] | None = None,
+                 cancel: threading.Event | None = None) -> DownloadResult:
+    """The plan's download with wait-and-retry (see the module docstring): up to `plan.attempts` runs of hf, all
+    within `plan.timeout_s`; `cancel` set (the download is being stopped) ends it before the next attempt or
+    during a wait. Returns the last attempt's result with every attempt, all heartbeats and the whole time."""
+    cancel = cancel or threading.Event()
+    t0 = time.monotonic()
+    deadline = t0 + plan.timeout_s
+    before = marker_snapshot(node, plan.local_dir) if plan.attempts > 1 else None
+    attempts: list[Attempt] = []
+    beats: list[str] = []
+
+    def emit(line: str) -> None:
+        beats.append(line)
+        heartbeat(line)
+
+    n = 0
+    while True:
+        n += 1
+        if n > 1:
+            emit(f"{node.name} download: attempt {n} of {plan.attempts}")
+        started = time.monotonic()
+        res = run_hf_download(node, replace(plan, timeout_s=max(1.0, deadline - started)), emit)
+        cause, why_not = attempt_cause(res), not_retried(res)
+        if cause is None and before is not None:
+            res.markers_left = markers_made(before, marker_snapshot(node, plan.local_dir))
+            if res.markers_left:
+                cause = (f"hf exited 0 but left {len(res.markers_left)} partial-download marker(s): "
+                         f"{'; '.join(res.markers_left[:3])}")
+        wait = backoff_for(n, plan.backoff_s)
+        if cause is not None and why_not is None:
+            if n >= plan.attempts:
+                why_not = "no attempt left"
+            elif cancel.is_set():
+                why_not = "not retried: the download is being stopped"
+            elif deadline - time.monotonic() - wait < MIN_ATTEMPT_S:
+                why_not = f"not retried: less than {MIN_ATTEMPT_S:g}s of hf's limit would be left"
+        attempt = Attempt(node.name, n, plan.attempts, res.rc, cause, time.monotonic() - started,
+                          wait if cause is not None and why_not is None else None, why_not)
+        attempts.append(attempt)
+        if on_attempt is not None:
+            on_attempt(attempt)
+        if cause is not None or n > 1:
+            emit(attempt.line())
+        if attempt.retry_in_s is None or cancel.wait(attempt.retry_in_s):
+            break
+    res.attempts, res.heartbeats, res.duration_s = attempts, beats, time.monotonic() - t0
+    return res

@@ -24,11 +24,13 @@ _KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 def read(path: Path, is_known: Callable[[str], bool], known_keys: Iterable[str],
-         environ: Mapping[str, str], pinned: Mapping[str, str] | None = None) -> dict[str, tuple[str, str]]:
+         environ: Mapping[str, str], pinned: Mapping[str, str] | None = None,
+         unknown_hint: Callable[[str], str | None] | None = None) -> dict[str, tuple[str, str]]:
     """{KEY: (expanded value, "file:line")} for every binding of the file at `path`.
 
     `${VAR}` takes the value VAR will have in the run: `pinned` (keys set by a higher-precedence source,
-    e.g. the command line's MODEL_ID), else the file's own earlier line, else the environment.
+    e.g. the command line's MODEL_ID), else the file's own earlier line, else the environment. An unknown key
+    is said by `unknown_hint(key)` when it has words for it, else with the nearest known key.
     """
     try:
         text = path.read_text(encoding="utf-8")
@@ -42,8 +44,9 @@ def read(path: Path, is_known: Callable[[str], bool], known_keys: Iterable[str],
             continue  # blank lines and comments
         key, value = _checked(binding, where)
         if not is_known(key):
-            raise InputError(f"{where}: unknown key {key!r}{_nearest(key, known_keys)}; "
-                             "known keys are listed in config/model_drop.env.example")
+            hint = unknown_hint(key) if unknown_hint else None
+            raise InputError(f"{where}: {hint}" if hint else f"{where}: unknown key {key!r}"
+                             f"{_nearest(key, known_keys)}; known keys are listed in config/model_drop.env.example")
         if _single_quoted(binding.original.string):  # shell: no expansion inside '…'
             out[key] = (value, where)
             continue

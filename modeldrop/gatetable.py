@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 _EXO_OPTS = ("ONLINE", "EXO_API_PORT", "EXO_NAMESPACE")
 _PLACED_OPTS = (*_EXO_OPTS, "EXO_SHARDING", "EXO_INSTANCE_META")
-_FILE_OPTS = ("ONLINE", "HF_INCLUDE")
+_FILE_OPTS = ("ONLINE", "HF_INCLUDE", "HF_EXCLUDE")
 _EXO_FACTS = ("hub_commit", "exo_versions")
 _EXO_TOOL = ("exo_cmd",)
 # --resume-bootstrap chains in run order: a gate that runs (no reusable pass) breaks its own chain and every
@@ -107,7 +107,7 @@ GATES: tuple[Gate, ...] = (
          "by pid",
          "API unreachable; exo exits; the model is not listed (fix node 1 and restart from Phase 1)",
          tools=_EXO_TOOL, needs_exo=True),
-    Gate("parity", "parity", "3", 900, ("FAST", "HF_INCLUDE"), ("hub_commit", "manifests"),
+    Gate("parity", "parity", "3", 900, ("FAST", "HF_INCLUDE", "HF_EXCLUDE"), ("hub_commit", "manifests"),
          "every node holds the same (path, size) manifest, `.cache/huggingface/` and macOS litter excluded (a "
          "`.metadata` of a file no longer there is noise, listed, never a failure)",
          "shard count or size mismatch; a node missing index/config files", resume="files", audit=True),

@@ -4,7 +4,8 @@
 that commit; `expected_for(cfg)` asks it as the run configures it, `expectation_for(cfg)` is what the gates
 check files against); `expected_from_cache` reads the `tree` the `manifest` probe found in the model dir's
 `.cache/huggingface/trees/<commit>.json` (offline). Both give an `ExpectedManifest` that `audit.completeness`
-checks the files against. `filter_include` applies `--include` patterns with hf's own semantics.
+checks the files against. `filter_include` applies `--include` (and `filter_exclude` `--exclude`) patterns with
+hf's own semantics.
 
 Every hub look-up is bounded in total by `lookup_timeout(stall window)`: at most `HUB_TIMEOUT_S`, less when the
 operator's stall window is shorter (huggingface_hub's own client has no timeout and retries), so a hub that
@@ -62,9 +63,10 @@ class ExpectedManifest:
         """Sum of the expected file sizes."""
         return sum(f.size for f in self.files.values())
 
-    def filtered(self, include: tuple[str, ...] | list[str]) -> ExpectedManifest:
-        """The manifest restricted to paths matching the include patterns (all when none)."""
-        keep = set(filter_include(self.files, include))
+    def filtered(self, include: tuple[str, ...] | list[str],
+                 exclude: tuple[str, ...] | list[str] = ()) -> ExpectedManifest:
+        """The manifest restricted to paths matching the include patterns (all when none) and no exclude pattern."""
+        keep = set(filter_exclude(filter_include(self.files, include), exclude))
         return ExpectedManifest(self.commit, {p: f for p, f in self.files.items() if p in keep}, self.source)
 
 
@@ -78,6 +80,12 @@ def filter_include(paths, patterns) -> list[str]:
     a trailing `/` means everything below (huggingface_hub.utils.filter_repo_objects semantics)."""
     pats = [_pattern(p) for p in (patterns or ())]
     return [p for p in paths if not pats or any(fnmatchcase(p.replace("\\", "/"), q) for q in pats)]
+
+
+def filter_exclude(paths, patterns) -> list[str]:
+    """Paths matching none of the `--exclude` patterns (same pattern semantics as `filter_include`)."""
+    pats = [_pattern(p) for p in (patterns or ())]
+    return [p for p in paths if not any(fnmatchcase(p.replace("\\", "/"), q) for q in pats)]
 
 
 def _is_loopback(host: str) -> bool:
@@ -181,7 +189,8 @@ def expected_for(cfg: RunConfig, timeout_s: float | None = None) -> ExpectedMani
     raises as `expected_online` does."""
     timeout_s = lookup_timeout(cfg.stall_window_s) if timeout_s is None else timeout_s
     return expected_online(cfg.model_id, revision=cfg.hf_revision, include=cfg.include, endpoint=cfg.hf_endpoint,
-                           token=cfg.hf_token, timeout_s=timeout_s, allow_insecure=cfg.allow_insecure_hub)
+                           token=cfg.hf_token, timeout_s=timeout_s, allow_insecure=cfg.allow_insecure_hub,
+                           exclude=cfg.exclude)
 
 
 def expectation_for(cfg: RunConfig) -> HubExpectation:
@@ -197,8 +206,8 @@ def expectation_for(cfg: RunConfig) -> HubExpectation:
 
 def expected_online(model_id: str, revision: str = "main", include=(), endpoint: str | None = None,
                     token: str | None = None, *, timeout_s: float = HUB_TIMEOUT_S,
-                    allow_insecure: bool = False) -> ExpectedManifest:
-    """The hub's file list for model_id at revision (resolved to a commit), filtered by include.
+                    allow_insecure: bool = False, exclude=()) -> ExpectedManifest:
+    """The hub's file list for model_id at revision (resolved to a commit), filtered by include and exclude.
 
     Transient failures (429, 5xx, connection) are retried (tenacity). Raises NodeError with the hub's
     reason on failure (not found, gated, rate-limited, unreachable, no answer within timeout_s for both
@@ -213,7 +222,7 @@ def expected_online(model_id: str, revision: str = "main", include=(), endpoint:
     except Exception as exc:  # noqa: BLE001 - any hub/HTTP failure becomes one line for the operator
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise NodeError(f"{where}: {type(exc).__name__}: {first}") from None
-    return ExpectedManifest(commit, files, "hub").filtered(tuple(include))
+    return ExpectedManifest(commit, files, "hub").filtered(tuple(include), tuple(exclude))
 
 
 def _list_online(model_id: str, revision: str, endpoint: str | None,
@@ -233,21 +242,21 @@ def _list_online(model_id: str, revision: str, endpoint: str | None,
 
 @functools.lru_cache(maxsize=32)
 def total_size(model_id: str, revision: str, include: tuple[str, ...], endpoint: str | None, token: str | None,
-               allow_insecure: bool, timeout_s: float) -> int | None:
+               allow_insecure: bool, timeout_s: float, exclude: tuple[str, ...] = ()) -> int | None:
     """The bytes a complete download holds, from the hub (None when the hub does not tell within timeout_s);
     asked once per run and arguments, a failure included."""
     try:
         return expected_online(model_id, revision, include, endpoint, token, timeout_s=timeout_s,
-                               allow_insecure=allow_insecure).total_size
+                               allow_insecure=allow_insecure, exclude=exclude).total_size
     except Exception:  # noqa: BLE001 - the total only sizes progress lines and the disk check
         return None
 
 
-def expected_from_cache(manifest_result: dict, include=()) -> ExpectedManifest | None:
+def expected_from_cache(manifest_result: dict, include=(), exclude=()) -> ExpectedManifest | None:
     """The expected manifest from a manifest probe's `tree` (hf's tree cache), or None when there is none."""
     tree = manifest_result.get("tree")
     if not tree or not tree.get("files"):
         return None
     files = {p: ExpectedFile(size=int(e["size"]), sha256=e.get("lfs_sha256"), blob_id=e.get("blob_id"))
              for p, e in tree["files"].items()}
-    return ExpectedManifest(tree["commit"], files, "cache").filtered(tuple(include))
+    return ExpectedManifest(tree["commit"], files, "cache").filtered(tuple(include), tuple(exclude))

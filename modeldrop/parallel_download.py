@@ -3,7 +3,7 @@
 `run_job(job, on_line, on_event)` runs one node's `DownloadJob` in the calling thread (the guide's serial
 order uses it alone): its progress lines go to `job.lines` and `on_line`, its span to
 `on_event("start"|"end", job)`. `DownloadSupervisor(jobs)` takes, per node k, a `run(heartbeat) ->
-DownloadResult` (one node's own download from the hub, e.g. `download.run_hf_download` over its plan) and a
+DownloadResult` (one node's own download from the hub, e.g. `download.run_download` over its plan) and a
 `stop() -> str` (stops that node's running hf by pid after an identity check); `start()` runs every job with
 `run_job` in a background thread of its own (a job that raises is a failed download, rc 1); `wait(k)`
 blocks until node k's job ended (no polling) and returns its `DownloadJob`. When a job ends with a non-zero

@@ -3,12 +3,19 @@
 Shape: `{"version": 1, "models": {"org/name": {<fields below>}}}`. `load` validates every row and
 raises `InputError` naming the file and field; `status_gate` decides whether a run may start
 (blocked and deprecated stop it before any node is touched unless allowed; watch warns).
+
+Counts are kept as the guide keeps them (`after_green_bootstrap`): what one green run measured is recorded under
+`observed` (with its hub commit); it becomes the row's expectations (`expected_safetensors`, `expected_gguf`,
+`expected_files`, `shard_pattern`, `required_files`, and `hub_commit`, the commit they hold for) when a second
+green run on the same hub commit agrees, or with --update-profile. An observation never changes what a run is
+configured with, so it changes no gate fingerprint; only expectations do. A new hub commit is said as such.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +42,16 @@ FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "reason": (str, "a string"),
     "updated": (str, "an ISO time"),
     "reference": (dict, "an object of reference figures"),
+    "exclude": (list, "a list of hf --exclude globs"),
+    "expected_files": (int, "a whole number of files"),
+    "shard_pattern": (str, "the weight files' name pattern, e.g. model-*-of-00009.safetensors"),
+    "required_files": (list, "a list of the non-shard files serving needs"),
+    "topology": (str, "a note of the nodes, hardware and links"),
+    "observed": (dict, "an object of what the last green runs measured"),
 }
+# observation keys -> the row's expectation fields they become once confirmed
+EXPECTATIONS = {"safetensors": "expected_safetensors", "gguf": "expected_gguf", "files": "expected_files",
+                "shard_pattern": "shard_pattern", "required_files": "required_files"}
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -69,8 +85,9 @@ def _check_row(path: Path, model: str, row: Any) -> None:
             raise InputError(f"{where}.{key}: invalid value {value!r}; expected {what}")
     if row.get("status", "active") not in STATUSES:
         raise InputError(f"{where}.status: invalid value {row['status']!r}; expected one of {', '.join(STATUSES)}")
-    if not all(isinstance(p, str) and p for p in row.get("include", [])):
-        raise InputError(f"{where}.include: expected a list of non-empty glob strings")
+    for key in ("include", "exclude", "required_files"):
+        if not all(isinstance(p, str) and p for p in row.get(key, [])):
+            raise InputError(f"{where}.{key}: expected a list of non-empty strings")
 
 
 def lookup(profiles: dict[str, Any], model: str) -> dict | None:
@@ -144,24 +161,94 @@ def _merge_row(path: Path, model_id: str, row_updates: dict[str, Any]) -> dict[s
     return diff
 
 
-# Fields a later green run compares with the row (status and notes stay the operator's).
-COMPARED = tuple(k for k in FIELDS if k not in ("status", "notes", "reason", "updated", "reference"))
+# Fields a later green run compares with the row (status and notes stay the operator's; expectations follow the
+# observation rule).
+COMPARED = tuple(k for k in FIELDS if k not in ("status", "notes", "reason", "updated", "reference", "topology",
+                                               "observed", "hub_commit", *EXPECTATIONS.values()))
+
+
+@dataclass
+class ProfileOutcome:
+    """What a green bootstrap did to the model's row: the written changes ({field: {old, new}}), the fields it
+    measured differently from a row that is kept (`differences`), and lines to say (`said`: observed, confirmed;
+    `warnings`: a new hub commit, counts that differ on the same commit)."""
+
+    diff: dict[str, dict[str, Any]] = field(default_factory=dict)
+    differences: dict[str, dict[str, Any]] = field(default_factory=dict)
+    said: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def written(self) -> bool:
+        return bool(self.diff)
 
 
 def after_green_bootstrap(path: Path, model_id: str, row_updates: dict[str, Any], *,
-                          rewrite: bool = False) -> tuple[dict[str, dict[str, Any]], bool]:
-    """The profile rule of a green bootstrap: (diff {field: {old, new}}, whether the file was written).
+                          observation: dict[str, Any] | None = None, rewrite: bool = False) -> ProfileOutcome:
+    """The profile rule of a green bootstrap (see the module docstring).
 
-    A model without a row gets one (written once, from this run). A model with a row keeps it: the
-    run only reports the fields this run measured differently, unless `rewrite` (--update-profile)
-    asks for the row to be rewritten from this run.
+    `row_updates` are the descriptive fields (include, sharding, disk threshold, topology, notes…): a model
+    without a row gets them all; a row keeps its own and only gains the fields it lacks, the others measured
+    differently are reported, unless `rewrite` (--update-profile). `observation` (None when this run measured no
+    files: its verify passes were reused) is {hub_commit, safetensors, gguf, files, shard_pattern, required_files,
+    total_size_bytes, run}.
     """
     old = lookup(load(path), model_id)
+    out = ProfileOutcome()
     if old is None or rewrite:
-        return record_bootstrap(path, model_id, row_updates), True
-    diff = {k: {"old": old.get(k), "new": v} for k, v in row_updates.items()
-            if k in COMPARED and v is not None and old.get(k) != v}
-    return diff, False
+        updates = dict(row_updates)
+    else:
+        updates = {k: v for k, v in row_updates.items() if old.get(k) is None and v is not None}
+        out.differences = {k: {"old": old.get(k), "new": v} for k, v in row_updates.items()
+                           if k in COMPARED and v is not None and old.get(k) is not None and old.get(k) != v}
+    if observation is not None:
+        updates.update(_observe(model_id, old or {}, observation, rewrite, out))
+    out.diff = record_bootstrap(path, model_id, updates) if updates else {}
+    return out
+
+
+def _counts(obs: dict[str, Any]) -> dict[str, Any]:
+    return {k: obs.get(k) for k in EXPECTATIONS}
+
+
+def describe(obs: dict[str, Any]) -> str:
+    """`9 safetensors, 0 gguf, 14 files (model-*-of-00009.safetensors)`."""
+    pattern = f" ({obs['shard_pattern']})" if obs.get("shard_pattern") else ""
+    return f"{obs.get('safetensors')} safetensors, {obs.get('gguf')} gguf, {obs.get('files')} files{pattern}"
+
+
+def _observe(model_id: str, old: dict[str, Any], obs: dict[str, Any], rewrite: bool,
+             out: ProfileOutcome) -> dict[str, Any]:
+    """The row changes one observation makes (and what to say of it, into `out`)."""
+    commit, run = obs.get("hub_commit"), obs.get("run")
+    short = (commit or "unknown")[:12]
+    record = {k: v for k, v in obs.items() if k != "run" and v is not None}
+    expect = {f: obs[k] for k, f in EXPECTATIONS.items() if obs.get(k) is not None}
+    prev = old.get("observed") or {}
+    if rewrite:
+        out.said.append(f"profile of {model_id}: expectations set from this run (--update-profile) on hub commit "
+                        f"{short}: {describe(obs)}")
+        return {**expect, "hub_commit": commit, "observed": {**record, "runs": [run], "agreeing_runs": 1}}
+    if old.get("hub_commit") == commit and all(old.get(f) == v for f, v in expect.items()):
+        return {}  # already the expectations: nothing changes
+    if prev and prev.get("hub_commit") == commit and _counts(prev) == _counts(obs):
+        runs = [*prev.get("runs", []), run][-5:]
+        out.said.append(f"profile of {model_id}: {describe(obs)} confirmed by a second green run on hub commit "
+                        f"{short}: now expected")
+        return {**expect, "hub_commit": commit,
+                "observed": {**record, "runs": runs, "agreeing_runs": int(prev.get("agreeing_runs", 1)) + 1}}
+    last = prev.get("hub_commit") or old.get("hub_commit")
+    if last and commit and last != commit:
+        out.warnings.append(f"profile of {model_id}: new hub commit {short} (the profile's was {last[:12]}): its "
+                            f"counts are observed anew")
+    elif prev and prev.get("hub_commit") == commit:
+        changed = "; ".join(f"{k}: {prev.get(k)!r} -> {obs.get(k)!r}" for k in EXPECTATIONS
+                            if prev.get(k) != obs.get(k))
+        out.warnings.append(f"profile of {model_id}: this green run on hub commit {short} measured other counts than "
+                            f"the previous one ({changed}): not deterministic yet, not made expectations")
+    out.said.append(f"profile of {model_id}: observed on hub commit {short}: {describe(obs)}; they become "
+                    f"expectations when a second green run on {short} agrees (or with --update-profile)")
+    return {"observed": {**record, "runs": [run], "agreeing_runs": 1}}
 
 
 def differences_line(path: Path, model_id: str, diff: dict[str, dict[str, Any]]) -> str:

@@ -160,9 +160,9 @@ def namespace(value: str, source: str) -> str:
 
 
 def include_patterns(value: str, source: str) -> tuple[str, ...]:
-    """Accept a comma- or space-separated list of `hf download --include` glob patterns."""
+    """Accept a comma- or space-separated list of `hf download --include` / `--exclude` glob patterns."""
     parts = tuple(p for p in re.split(r"[,\s]+", value or "") if p)
     for p in parts:
         if _PATH_BAD.search(p) or p.startswith("-") or ".." in p.split("/"):
-            raise InputError(f"{source}: invalid include pattern {p!r}; expected globs like '*.safetensors'")
+            raise InputError(f"{source}: invalid hf download pattern {p!r}; expected globs like '*.safetensors'")
     return parts

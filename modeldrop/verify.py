@@ -25,7 +25,7 @@ class VerifyResult:
     manifest: dict[str, Any]
     expected: hub.ExpectedManifest | None
     hashes: dict[str, Any] | None = None
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)
 
 
 MANIFEST_TIMEOUT_S = 900.0
@@ -55,9 +55,12 @@ def verify_node(node: Node, nc: NodeConfig, cfg: RunConfig, *, online: hub.Expec
     """Audit node `nc`'s model dir; with --verify-hashes also sha256 every large file on the node."""
     manifest = probe_manifest(node, nc, cfg)
     expected = expectation(manifest, online, fallback_manifest)
+    want_st, want_gguf, new_commit = count_expectations(cfg, expected.commit if expected else None)
     verdict = audit.completeness(
-        manifest, expected, include=cfg.include, expected_safetensors=cfg.expected_safetensors,
-        expected_gguf=cfg.expected_gguf, strict=not cfg.fast, label=f"MODEL_DIR_NODE{nc.index}")
+        manifest, expected, include=cfg.include, exclude=cfg.exclude, expected_safetensors=want_st,
+        expected_gguf=want_gguf, strict=not cfg.fast, label=f"MODEL_DIR_NODE{nc.index}")
+    if new_commit:
+        verdict.warnings.append(new_commit)
     result = VerifyResult(verdict, manifest, expected, counts=weight_counts(manifest))
     if cfg.verify_hashes and manifest.get("exists"):
         result.hashes = check_hashes(node, nc, manifest, expected)
@@ -68,12 +71,32 @@ def verify_node(node: Node, nc: NodeConfig, cfg: RunConfig, *, online: hub.Expec
     return result
 
 
-def weight_counts(manifest: dict[str, Any]) -> dict[str, int]:
-    """Counts and total size for the ledger and the model profile."""
+def count_expectations(cfg: RunConfig, commit: str | None) -> tuple[int | None, int | None, str | None]:
+    """(expected safetensors, expected gguf, a warning or None). Counts the operator set always apply; counts from
+    the model's profile apply to the hub commit they were confirmed on: on a new commit they are not enforced (a
+    repository re-uploaded in its first days is not a broken download) and the warning says so."""
+    profile = cfg.profile or {}
+    confirmed_on = profile.get("hub_commit")
+    if not commit or not confirmed_on or commit == confirmed_on:
+        return cfg.expected_safetensors, cfg.expected_gguf, None
+    from_profile = {key: key not in cfg.sources for key in ("EXPECTED_SAFE_TENSOR_COUNT", "EXPECTED_GGUF_COUNT")}
+    st = None if from_profile["EXPECTED_SAFE_TENSOR_COUNT"] else cfg.expected_safetensors
+    gguf = None if from_profile["EXPECTED_GGUF_COUNT"] else cfg.expected_gguf
+    held = [f"{v} {k}" for k, v, mine in (("safetensors", cfg.expected_safetensors, st),
+                                          ("gguf", cfg.expected_gguf, gguf)) if v is not None and mine is None]
+    counts = f"; its counts ({', '.join(held)}) are not enforced on it" if held else ""
+    return st, gguf, (f"new hub commit {commit[:12]}: the profile of {cfg.model_id} was confirmed on "
+                      f"{confirmed_on[:12]}{counts}; this run's counts are recorded as observed (two green runs on "
+                      f"{commit[:12]} that agree, or --update-profile, make them the expectations)")
+
+
+def weight_counts(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Counts, total size and layout (file count, shard pattern, required non-shard files) for the ledger and the
+    model profile."""
     files = manifest.get("files", [])
     return {"safetensors_count": sum(f["path"].endswith(".safetensors") for f in files),
             "gguf_count": sum(f["path"].endswith(".gguf") for f in files),
-            "total_size_bytes": sum(f["size"] for f in files)}
+            "total_size_bytes": sum(f["size"] for f in files), **audit.layout(manifest)}
 
 
 def check_hashes(node: Node, nc: NodeConfig, manifest: dict[str, Any],

@@ -152,15 +152,22 @@ class Ledger:
                           end=round(end, 3) if end is not None else None, rc=rc, **extra)
         self.timeline.touch()
 
+    def download_attempt(self, node: str, n: int, of: int, rc: int, cause: str | None, duration_s: float,
+                         retry_in_s: float | None) -> None:
+        """One run of hf within a node's download (wait-and-retry): its rc, why it failed (None: it did not), and
+        the wait before the next attempt (None: none follows)."""
+        self.jsonl.append("download_attempt", node=node, attempt=n, of=of, rc=rc, cause=cause,
+                          duration_s=round(duration_s, 1), retry_in_s=retry_in_s)
+
     def downloads_closed(self, result: dict[str, str]) -> None:
         """What the session's end did to downloads no gate waited for (`--parallel-downloads`)."""
         self.jsonl.append("downloads_closed", result=result)
 
     @_locked
-    def profile_update(self, path: str, diff: dict[str, Any]) -> None:
-        """Record the model-profile diff written after a green bootstrap."""
-        self.state.profile_diff = diff
-        self._event("profile_update", path=path, diff=diff)
+    def profile_update(self, path: str, diff: dict[str, Any], said: list[str] | tuple[str, ...] = ()) -> None:
+        """Record the model-profile diff written after a green bootstrap (and what it says: observed, confirmed)."""
+        self.state.profile_diff, self.state.profile_said = diff, list(said)
+        self._event("profile_update", path=path, diff=diff, said=list(said))
 
     # -- gates ---------------------------------------------------------------------------
     @_locked

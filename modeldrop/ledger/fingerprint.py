@@ -48,6 +48,8 @@ def _option_value(cfg: RunConfig, key: str) -> Any:
     """The resolved value of an option as it affects a verdict."""
     if key == "HF_INCLUDE":
         return list(cfg.include)
+    if key == "HF_EXCLUDE":
+        return list(cfg.exclude)
     if key == "EXO_API_PORT":
         return cfg.api_port
     if key == "EXO_NAMESPACE":

@@ -110,6 +110,7 @@ class RunState:
     k_exprs: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     profile_diff: dict[str, Any] = field(default_factory=dict)
+    profile_said: list[str] = field(default_factory=list)
     finished: bool = False
     interrupted: str = ""
     pass_cache: str = ""
@@ -315,8 +316,10 @@ def _ledger_links(state: RunState) -> list[str]:
     if state.pass_cache:
         lines.append(f"- pass cache: `{state.pass_cache}`")
     if state.profile_diff:
-        changed = ", ".join(f"{k}: {v.get('old')!r} -> {v.get('new')!r}" for k, v in state.profile_diff.items())
-        lines.append(f"- profile updated: {one_line(changed, 600)}")
+        changed = ", ".join(f"{k}: {v.get('old')!r} -> {v.get('new')!r}" for k, v in state.profile_diff.items()
+                            if k != "observed")
+        said = " ".join(state.profile_said)
+        lines.append(f"- profile updated: {one_line(f'{said} ({changed})' if said else changed, 600)}")
     return lines
 
 

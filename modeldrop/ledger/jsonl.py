@@ -5,7 +5,8 @@ Contract:
   flushes and fsyncs it before returning, so a SIGKILL right after loses nothing already appended.
 - Events the Ledger writes: `run_start`, `deselect`, `gate_start`, `item_fail`, `pass`, `fail`, `skip`,
   `reuse`, `resume_from`, `pass_cached`, `note`, `warning`, `strongest`, `signature`, `evidence`,
-  `download_start`, `download_end`, `downloads_closed`, `bench`, `cleanup`, `profile_update`, `run_end`.
+  `download_start`, `download_attempt`, `download_end`, `downloads_closed`, `bench`, `cleanup`, `profile_update`,
+  `run_end`.
 - Any secret given to the constructor is replaced by `***` in every line written.
 - `read_jsonl(path)` returns the records, ignoring a torn last line.
 """

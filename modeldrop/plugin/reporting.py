@@ -90,27 +90,67 @@ def _hub_commit(gs: GateSession) -> str | None:
 
 
 def profile_row_updates(gs: GateSession) -> dict[str, Any]:
-    """The profile row fields a green bootstrap measured (from the gates' notes, this run or reused)."""
+    """The descriptive profile fields of a green bootstrap (what it ran with; sizes from the gates' notes, this run
+    or reused); the counts are `profile_observation`'s."""
     notes = gs.ledger.notes()
     row: dict[str, Any] = {}
     if gs.cfg.include:
         row["include"] = list(gs.cfg.include)
-    for note_key, field_name in (("safetensors_count", "expected_safetensors"), ("gguf_count", "expected_gguf"),
-                                 ("total_size_bytes", "total_size_bytes")):
-        if isinstance(notes.get(note_key), int) and not isinstance(notes.get(note_key), bool):
-            row[field_name] = notes[note_key]
-    row["instance_id"] = gs.cfg.instance_id
-    if "total_size_bytes" in row:
+    if gs.cfg.exclude:
+        row["exclude"] = list(gs.cfg.exclude)
+    if _whole(notes.get("total_size_bytes")):
+        row["total_size_bytes"] = notes["total_size_bytes"]
         row["disk_threshold_gb"] = round((row["total_size_bytes"] * 1.10 + 1e9) / 1e9, 1)
-    hub = _hub_commit(gs)
-    if hub and re.fullmatch(r"[0-9a-f]{40}", str(hub)):
-        row["hub_commit"] = hub
+    row["instance_id"] = gs.cfg.instance_id
     row["sharding"], row["instance_meta"] = gs.cfg.sharding, gs.cfg.instance_meta
+    row["topology"] = topology_note(gs)
     if not (gs.cfg.profile or {}).get("notes"):  # never overwrite an operator's notes
         row["notes"] = (f"first green bootstrap {gs.folder.run_id} on {len(gs.cfg.nodes)} node(s), "
                         f"{dur(time.time() - gs.ledger.started)}")
     row["status"] = "active"
     return row
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def profile_observation(gs: GateSession) -> dict[str, Any] | None:
+    """What this green bootstrap measured of the files (node 1's verify notes, the hub commit), or None when no
+    verify gate ran in this session (their passes were reused: nothing new was measured)."""
+    verify = [g for g in gs.order if g.endswith("_verify")]
+    if not any(gs.ledger.outcome(g) == "passed" for g in verify):
+        return None
+    notes = gs.ledger.notes()
+    hub = _hub_commit(gs)
+    obs = {"hub_commit": hub if hub and re.fullmatch(r"[0-9a-f]{40}", str(hub)) else None,
+           "safetensors": notes.get("safetensors_count"), "gguf": notes.get("gguf_count"),
+           "files": notes.get("file_count"), "total_size_bytes": notes.get("total_size_bytes"),
+           "shard_pattern": notes.get("shard_pattern"), "required_files": notes.get("required_files"),
+           "run": gs.folder.run_id}
+    for key in ("safetensors", "gguf", "files", "total_size_bytes"):
+        obs[key] = obs[key] if _whole(obs[key]) else None
+    return obs
+
+
+def topology_note(gs: GateSession) -> str:
+    """`2 nodes, MlxRing/Pipeline; node1 Mac16,9 128 GB macOS 26.1 at 169.254.10.1; node2 …` from each node's
+    facts (those that cannot be read are left out)."""
+    parts = [f"{len(gs.cfg.nodes)} node{'s' if len(gs.cfg.nodes) > 1 else ''}, "
+             f"{gs.cfg.instance_meta}/{gs.cfg.sharding}"]
+    for n in gs.cfg.nodes:
+        try:
+            f = gs.pool.get(n.index).facts() if gs.pool is not None else None
+        except Exception:  # noqa: BLE001 - a note, not a verdict: a node that cannot say is left out
+            f = None
+        if not f:
+            continue
+        mem = f"{round(f['memory_bytes'] / 2**30)} GB" if f.get("memory_bytes") else None
+        osv = (f"macOS {f['os_version']}" if f.get("platform") == "darwin" else f.get("os_version"))
+        words = [w for w in (f.get("hw_model") or f.get("machine"), mem, osv) if w]
+        at = f" at {f['ssh_server_addr']}" if f.get("ssh_server_addr") else ""
+        parts.append(f"{n.name} {' '.join(words)}{at}")
+    return "; ".join(parts)
 
 
 def config_value(gs: GateSession, key: str) -> Any:
@@ -119,14 +159,17 @@ def config_value(gs: GateSession, key: str) -> Any:
 
 
 def profile_update(gs: GateSession) -> None:
-    """After a fully green bootstrap: write the model's profile row once (or on --update-profile); later runs
-    report what they measured differently as a warning."""
+    """After a fully green bootstrap: the model's profile as the guide keeps it (`profiles.after_green_bootstrap`:
+    a new row, counts observed, confirmed by a second agreeing run, a new hub commit said); what changed is a
+    `profile_update` record, what a kept row has otherwise and a new hub commit are warnings."""
     try:
-        diff, written = profiles.after_green_bootstrap(gs.cfg.profile_path, gs.cfg.model_id, profile_row_updates(gs),
-                                                       rewrite=gs.cfg.update_profile)
-        if diff and written:
-            gs.ledger.profile_update(str(gs.cfg.profile_path), diff)
-        elif diff:
-            gs.ledger.warning(profiles.differences_line(gs.cfg.profile_path, gs.cfg.model_id, diff))
+        out = profiles.after_green_bootstrap(gs.cfg.profile_path, gs.cfg.model_id, profile_row_updates(gs),
+                                             observation=profile_observation(gs), rewrite=gs.cfg.update_profile)
+        if out.written:
+            gs.ledger.profile_update(str(gs.cfg.profile_path), out.diff, out.said)
+        for line in out.warnings:
+            gs.ledger.warning(line)
+        if out.differences:
+            gs.ledger.warning(profiles.differences_line(gs.cfg.profile_path, gs.cfg.model_id, out.differences))
     except Exception as e:  # noqa: BLE001 - the bootstrap stays green; the ledger says why
         gs.ledger.warning(f"profile not updated: {type(e).__name__}: {one_line(e, 200)}")

@@ -1,5 +1,6 @@
-"""Probe `facts`: {} -> who and where the node is (python, platform, home, user, PATH, OS version, boot, and the
-HF_ENDPOINT its own shell environment sets, which `hf` and exo would use when the run sets none).
+"""Probe `facts`: {} -> who and where the node is (python, platform, home, user, PATH, OS version, boot, the
+hardware model and memory, and the HF_ENDPOINT its own shell environment sets, which `hf` and exo would use when
+the run sets none).
 
 `boot_id` changes at every boot of the node and only then: Linux's /proc/sys/kernel/random/boot_id, macOS's
 `kern.boottime` (`boottime:<sec>.<usec>`), else the boot time from /proc/stat; None when none can be read. With
@@ -52,6 +53,31 @@ def boot_id() -> str | None:
     return None
 
 
+def hardware() -> tuple:
+    """(model, memory bytes): macOS's hw.model (e.g. Mac16,9) and hw.memsize; Linux's DMI product name and
+    MemTotal; None for what cannot be read."""
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(["/usr/sbin/sysctl", "-n", "hw.model", "hw.memsize"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, universal_newlines=True, timeout=10).stdout.split()
+            return (out[0] if out else None), (int(out[1]) if len(out) > 1 and out[1].isdigit() else None)
+        except (OSError, subprocess.SubprocessError):
+            return None, None
+    model = memory = None
+    try:
+        with open("/sys/devices/virtual/dmi/id/product_name") as f:
+            model = f.read().strip() or None
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            m = re.search(r"^MemTotal:\s+(\d+) kB", f.read(), re.M)
+            memory = int(m.group(1)) * 1024 if m else None
+    except OSError:
+        pass
+    return model, memory
+
+
 def main(args: dict) -> dict:
     """Facts about the node and the python running this probe."""
     plat = "darwin" if sys.platform == "darwin" else ("linux" if sys.platform.startswith("linux") else sys.platform)
@@ -64,6 +90,7 @@ def main(args: dict) -> dict:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = None
+    hw_model, memory_bytes = hardware()
     return {
         "python": sys.executable,
         "python_version": platform.python_version(),
@@ -78,4 +105,6 @@ def main(args: dict) -> dict:
         "boot_id": boot_id(),
         "os_version": os_version,
         "pid": os.getpid(),
+        "hw_model": hw_model,
+        "memory_bytes": memory_bytes,
     }

@@ -136,13 +136,23 @@ def test_files_differing_only_under_cache_pass_parity(clean):
 
 
 @pytest.mark.fault("hub-429", gate="node1_download", signature="429")
-def test_hub_429_fails_node1_download_with_the_hubs_reason(clean):
+def test_hub_429_is_retried_then_fails_node1_download_with_every_attempts_reason(clean):
+    """The hub answers 429 every time: node 1's download is run DOWNLOAD_ATTEMPTS times (a progress line and a
+    ledger record each), then the gate fails naming every attempt's cause."""
     sbx, reports = clean
     model_dir = node_dir(sbx, 1)
     assert not model_dir.exists() or not any(model_dir.iterdir()), "hf serves a non-empty dir despite a 429"
     sbx.hub.set_faults({"rate_limit_429": True})
-    result = run(sbx, reports)
-    assert_caught(result, "node1_download", "429")
+    result = run(sbx, reports, "--download-attempts", "2")
+    assert_caught(result, "node1_download", "failed after 2 attempts: attempts 1, 2 (rc 1): ", "429")
+    assert "node1 download: attempt 1 of 2 failed (rc 1) after " in result.output
+    assert "next attempt in 1s (hf resumes what it has)" in result.output and "node1 download: attempt 2 of 2" in \
+        result.output
+    records = [json.loads(x) for x in (result.run_folder() / "ledger.jsonl").read_text().splitlines() if x.strip()]
+    tries = [x for x in records if x["event"] == "download_attempt"]
+    assert [(x["node"], x["attempt"], x["of"], x["retry_in_s"]) for x in tries] == [("node1", 1, 2, 1.0),
+                                                                                    ("node1", 2, 2, None)], tries
+    assert all("429" in x["cause"] for x in tries)
 
 
 def test_green_file_gates_leave_manifests_in_the_run_folder(clean):

@@ -10,7 +10,8 @@ from pathlib import Path
 from modeldrop.gatetable import gate_order
 from tests_selftest.support.runs import later_gates_not_run, run_suite
 
-FAST = ["--cluster-window", "15", "--settle-window", "2", "--ready-timeout", "120", "--teardown"]
+FAST = ["--cluster-window", "15", "--settle-window", "2", "--ready-timeout", "120", "--teardown",
+        "--download-backoff", "1"]
 ORDER = gate_order(2)
 # For a run whose test checks the file gates only: the gates after parity (EXO on every node) deselected; the
 # canary stays (node 2's download waits for it). runs/test_cluster.py runs those gates green.

@@ -77,9 +77,9 @@ def keygen(path: Path) -> str:
     return path.with_suffix(".pub").read_text().strip()
 
 
-def start_sshd(workdir: Path, addr: str | None = None, user: str | None = None) -> SSHDHandle:
+def start_sshd(workdir: Path, addr: str | None = None, user: str | None = None, extra_config: str = "") -> SSHDHandle:
     """Start a private sshd in workdir (see the module docstring); `user` logs in instead of the current
-    one (workdir must then be readable by that user)."""
+    one (workdir must then be readable by that user); `extra_config` lines are added to sshd_config."""
     workdir.mkdir(parents=True, exist_ok=True)
     addr = addr or f"127.0.99.{10 + os.getpid() % 200}"
     port = free_port(addr)
@@ -104,7 +104,7 @@ AllowUsers {user}
 AuthorizedKeysFile {workdir / 'authorized_keys'}
 MaxSessions 20
 LogLevel VERBOSE
-""")
+{extra_config}""")
     log = workdir / "sshd.log"
     proc = subprocess.Popen([SSHD, "-D", "-f", str(cfg), "-E", str(log)], stdin=subprocess.DEVNULL)
     try:

@@ -74,17 +74,67 @@ def test_write_is_atomic(tmp_path, monkeypatch):
 
 
 def test_row_written_once_then_only_differences(tmp_path):
-    """First green bootstrap writes the row; later runs report differences and leave it; --update-profile rewrites."""
+    """First green bootstrap writes the row; later runs report differences and leave it (gaining only fields it
+    lacks); --update-profile rewrites."""
     path = tmp_path / "p.json"
-    diff, written = profiles.after_green_bootstrap(path, "org/m", UPDATES)
-    assert written and diff["expected_safetensors"] == {"old": None, "new": 3}
+    out = profiles.after_green_bootstrap(path, "org/m", UPDATES)
+    assert out.written and out.diff["instance_id"] == {"old": None, "new": "inst-1"}
     first = path.read_text()
-    later = {**UPDATES, "expected_safetensors": 4, "notes": "another note", "status": "active"}
-    diff, written = profiles.after_green_bootstrap(path, "org/m", later)
-    assert not written and diff == {"expected_safetensors": {"old": 3, "new": 4}}
+    later = {**UPDATES, "total_size_bytes": 6_000_000_000, "notes": "another note", "status": "active"}
+    out = profiles.after_green_bootstrap(path, "org/m", later)
+    assert not out.written and out.differences == {"total_size_bytes": {"old": 5_000_000_000, "new": 6_000_000_000}}
     assert path.read_text() == first
-    diff, written = profiles.after_green_bootstrap(path, "org/m", later, rewrite=True)
-    assert written and profiles.load(path)["models"]["org/m"]["expected_safetensors"] == 4
+    out = profiles.after_green_bootstrap(path, "org/m", {**later, "topology": "2 nodes, MlxRing/Pipeline"})
+    assert out.written and set(out.diff) == {"topology", "updated"}  # a field the row lacks is filled in
+    out = profiles.after_green_bootstrap(path, "org/m", later, rewrite=True)
+    assert out.written and profiles.load(path)["models"]["org/m"]["total_size_bytes"] == 6_000_000_000
+
+
+OBS = {"hub_commit": "a" * 40, "safetensors": 9, "gguf": 0, "files": 14, "total_size_bytes": 10,
+       "shard_pattern": "model-*-of-00009.safetensors", "required_files": ["config.json"], "run": "run-1"}
+
+
+def test_counts_become_expectations_only_when_a_second_run_on_the_same_commit_agrees(tmp_path):
+    path = tmp_path / "p.json"
+    out = profiles.after_green_bootstrap(path, "org/m", {"status": "active"}, observation=OBS)
+    row = profiles.load(path)["models"]["org/m"]
+    assert "expected_safetensors" not in row and row["observed"]["agreeing_runs"] == 1 and not out.warnings
+    assert out.said == ["profile of org/m: observed on hub commit aaaaaaaaaaaa: 9 safetensors, 0 gguf, 14 files "
+                        "(model-*-of-00009.safetensors); they become expectations when a second green run on "
+                        "aaaaaaaaaaaa agrees (or with --update-profile)"]
+    # the same commit, other counts: not deterministic, said as a warning, the observation restarts
+    out = profiles.after_green_bootstrap(path, "org/m", {}, observation={**OBS, "files": 15, "run": "run-2"})
+    assert out.warnings and "measured other counts than the previous one (files: 14 -> 15)" in out.warnings[0]
+    assert "expected_files" not in profiles.load(path)["models"]["org/m"]
+    out = profiles.after_green_bootstrap(path, "org/m", {}, observation={**OBS, "files": 15, "run": "run-3"})
+    row = profiles.load(path)["models"]["org/m"]
+    assert (row["expected_safetensors"], row["expected_gguf"], row["expected_files"]) == (9, 0, 15)
+    assert row["hub_commit"] == "a" * 40 and row["observed"]["runs"] == ["run-2", "run-3"]
+    assert "confirmed by a second green run" in out.said[0]
+    # a new hub commit: said as such, the expectations of the old one kept until it is confirmed
+    out = profiles.after_green_bootstrap(path, "org/m", {}, observation={**OBS, "hub_commit": "b" * 40})
+    assert out.warnings == ["profile of org/m: new hub commit bbbbbbbbbbbb (the profile's was aaaaaaaaaaaa): its "
+                            "counts are observed anew"]
+    row = profiles.load(path)["models"]["org/m"]
+    assert row["hub_commit"] == "a" * 40 and row["expected_files"] == 15 and row["observed"]["hub_commit"] == "b" * 40
+
+
+def test_update_profile_makes_one_runs_counts_the_expectations(tmp_path):
+    path = tmp_path / "p.json"
+    out = profiles.after_green_bootstrap(path, "org/m", {"status": "active"}, observation=OBS, rewrite=True)
+    row = profiles.load(path)["models"]["org/m"]
+    assert row["expected_safetensors"] == 9 and row["hub_commit"] == "a" * 40 and "--update-profile" in out.said[0]
+    assert profiles.after_green_bootstrap(path, "org/m", {}, observation=OBS).diff == {}  # already expected
+
+
+def test_new_profile_fields_are_validated(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"models": {"org/m": {"required_files": ["config.json", 3]}}}))
+    with pytest.raises(InputError, match=r"required_files: expected a list of non-empty strings"):
+        profiles.load(path)
+    path.write_text(json.dumps({"models": {"org/m": {"expected_files": "many"}}}))
+    with pytest.raises(InputError, match=r"expected_files: invalid value 'many'"):
+        profiles.load(path)
 
 
 def test_shipped_profile_follows_the_guide():

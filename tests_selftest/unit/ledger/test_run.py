@@ -11,12 +11,14 @@ from modeldrop.ledger.handoff import HANDOFF_KEYS, SECTIONS
 from tests_selftest.support.plugin_kit import (
     BASE,
     FULL_ORDER_2,
+    default_facts,
     handoff_block,
     jsonl,
     latest,
     make_suite,
     run_shell,
     set_behaviour,
+    set_facts,
     trace,
 )
 
@@ -114,7 +116,8 @@ def test_next_command_reruns_the_failed_gate_as_printed(pytester):
 
 
 def test_green_bootstrap_updates_the_profile_and_points_at_benchmarks(pytester):
-    notes = {"total_size_bytes": 5_000_000_000, "safetensors_count": 3, "gguf_count": 0}
+    notes = {"total_size_bytes": 5_000_000_000, "safetensors_count": 3, "gguf_count": 0, "file_count": 7,
+             "shard_pattern": "model-*-of-00003.safetensors", "required_files": ["config.json", "tokenizer.json"]}
     make_suite(pytester, behaviour={"node1_verify:notes": notes, "placement:notes": {"instance_id": "inst-42"}},
                env_extra="HF_INCLUDE=*.safetensors,*.json\n")
     assert pytester.runpytest(*BASE).ret == 0
@@ -125,28 +128,48 @@ def test_green_bootstrap_updates_the_profile_and_points_at_benchmarks(pytester):
     assert block["DO_NOT_REPEAT"] == ",".join(FULL_ORDER_2)
     row = json.loads((pytester.path / "profiles.json").read_text())["models"]["org/tiny-model"]
     assert row["status"] == "active" and row["instance_id"] == "org--tiny-model"  # the guide's org--name
-    assert row["expected_safetensors"] == 3 and row["expected_gguf"] == 0
+    # the first green run's counts are observed, not yet expectations
+    assert "expected_safetensors" not in row and "expected_gguf" not in row and "hub_commit" not in row
+    assert row["observed"] == {"hub_commit": "a" * 40, "safetensors": 3, "gguf": 0, "files": 7,
+                               "total_size_bytes": 5_000_000_000, "shard_pattern": "model-*-of-00003.safetensors",
+                               "required_files": ["config.json", "tokenizer.json"], "runs": [folder.name],
+                               "agreeing_runs": 1}
     assert row["total_size_bytes"] == 5_000_000_000 and row["disk_threshold_gb"] == 6.5
-    assert row["include"] == ["*.safetensors", "*.json"]
+    assert row["include"] == ["*.safetensors", "*.json"] and row["topology"] == "2 nodes, MlxRing/Pipeline"
     update = [r for r in jsonl(folder) if r["event"] == "profile_update"]
     assert update and update[0]["diff"]["instance_id"] == {"old": None, "new": "org--tiny-model"}
+    assert "observed on hub commit aaaaaaaaaaaa: 3 safetensors, 0 gguf, 7 files" in update[0]["said"][0]
     assert (row["sharding"], row["instance_meta"]) == ("Pipeline", "MlxRing")
-    assert "profile updated" in (folder / "handoff.md").read_text()
+    assert "profile updated: profile of org/tiny-model: observed on hub commit" in (folder / "handoff.md").read_text()
     assert row["notes"].startswith("first green bootstrap ")
-    # A second green run with the same measurements changes nothing (and keeps the notes).
-    assert pytester.runpytest(*BASE, "--resume-bootstrap").ret == 0
+    # The rerun of one gate right after it reuses every upstream pass: an observation changes no fingerprint.
+    trace(pytester)
+    assert pytester.runpytest(*BASE, "-k", "transport").ret == 0
+    assert trace(pytester) == ["transport"]
+    assert json.loads((pytester.path / "profiles.json").read_text())["models"]["org/tiny-model"] == row
+    # A second green run on the same hub commit that agrees makes them the expectations.
+    assert pytester.runpytest(*BASE).ret == 0
+    row = json.loads((pytester.path / "profiles.json").read_text())["models"]["org/tiny-model"]
+    assert (row["expected_safetensors"], row["expected_gguf"], row["expected_files"]) == (3, 0, 7)
+    assert row["hub_commit"] == "a" * 40 and row["shard_pattern"] == "model-*-of-00003.safetensors"
+    assert row["observed"]["agreeing_runs"] == 2 and row["required_files"] == ["config.json", "tokenizer.json"]
+    said = [r for r in jsonl(latest(pytester)) if r["event"] == "profile_update"][0]["said"]
+    assert "confirmed by a second green run on hub commit aaaaaaaaaaaa: now expected" in said[0]
+    # A third changes nothing (and keeps the notes).
+    assert pytester.runpytest(*BASE).ret == 0
     assert json.loads((pytester.path / "profiles.json").read_text())["models"]["org/tiny-model"] == row
     assert not [r for r in jsonl(latest(pytester)) if r["event"] == "profile_update"]
-    # A later green run that measures something else reports it and keeps the row; --update-profile rewrites.
-    make_suite(pytester, behaviour={"node1_verify:notes": {**notes, "safetensors_count": 4}},
-               env_extra="HF_INCLUDE=*.safetensors,*.json\n")
+    # A re-upload (new hub commit) with another shard count: observed anew and said so; --update-profile sets it.
+    set_facts(pytester, {**default_facts(), "hub_commit": "b" * 40})
+    set_behaviour(pytester, {"node1_verify:notes": {**notes, "safetensors_count": 4}})
     assert pytester.runpytest(*BASE).ret == 0
-    warnings = [r for r in jsonl(latest(pytester)) if r["event"] == "warning"]
-    assert any("expected_safetensors: 3 -> 4" in w["text"] and "--update-profile" in w["text"] for w in warnings)
-    assert json.loads((pytester.path / "profiles.json").read_text())["models"]["org/tiny-model"] == row
+    warnings = [r["text"] for r in jsonl(latest(pytester)) if r["event"] == "warning"]
+    assert any("new hub commit bbbbbbbbbbbb (the profile's was aaaaaaaaaaaa)" in w for w in warnings), warnings
+    newer = json.loads((pytester.path / "profiles.json").read_text())["models"]["org/tiny-model"]
+    assert newer["expected_safetensors"] == 3 and newer["observed"]["safetensors"] == 4
     assert pytester.runpytest(*BASE, "--update-profile").ret == 0
-    profile = json.loads((pytester.path / "profiles.json").read_text())
-    assert profile["models"]["org/tiny-model"]["expected_safetensors"] == 4
+    newer = json.loads((pytester.path / "profiles.json").read_text())["models"]["org/tiny-model"]
+    assert newer["expected_safetensors"] == 4 and newer["hub_commit"] == "b" * 40
 
 
 def test_ledger_html_has_handoff_started_column_and_environment(pytester):
