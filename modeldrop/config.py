@@ -82,6 +82,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("DISK_MARGIN_GB", None, "int", None, "free disk required beyond the model size (default from the profile, else 10%% + 1 GB)"),
     Option("SSH_CONFIG", None, "str", "~/.ssh/config", "ssh_config file for aliases, User, Port, IdentityFile"),
     Option("SSH_KNOWN_HOSTS", None, "str", "~/.ssh/known_hosts", "known_hosts file that host keys are checked against"),
+    Option("MEMORY_HEADROOM_GB", "--memory-headroom-gb", "int", 8,
+           "serving verdict: warn when a node keeps less than this many GB beyond its share of the model "
+           "(KV cache, OS)"),
+    Option("ALLOW_SERVING_NO_GO", "--allow-serving-no-go", "bool", False,
+           "run past a serving no-go at preflight (unknown architecture, unloadable format, does not fit, no card); "
+           "recorded in the ledger and run.json"),
 )
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
 
@@ -171,6 +177,8 @@ class RunConfig:
     disk_margin_gb: int | None = None
     ssh_config: str = "~/.ssh/config"
     ssh_known_hosts: str = "~/.ssh/known_hosts"
+    memory_headroom_gb: int = 8
+    allow_serving_no_go: bool = False
     sources: dict[str, str] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict, repr=False)  # HF_TOKEN among them: never in a repr
     env_file: Path | None = None

@@ -35,6 +35,7 @@ FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "reason": (str, "a string"),
     "updated": (str, "an ISO time"),
     "reference": (dict, "an object of reference figures"),
+    "serving": (dict, "an object: what preflight's serving verdict saw (model_type, format, quantization, size)"),
 }
 
 

@@ -275,6 +275,8 @@ class HubHandler(BaseHTTPRequestHandler):
         step = min(CHUNK, max(1024, bps // 20)) if bps else CHUNK
         while pos < stop:
             chunk = f.read(pos, min(stop, pos + step))
+            if not chunk:  # a declared size beyond the bytes held: the body ends short
+                break
             self.server.pacer.pace(link_rates(self.server.faults, self.client), len(chunk))
             self.wfile.write(chunk)
             pos += len(chunk)
