@@ -40,8 +40,8 @@ GB = 1_000_000_000
 CONFIG = "config.json"
 INDEX = "model.safetensors.index.json"  # the name EXO's fetch_safetensors_size asks for
 MAX_CONFIG_BYTES, MAX_INDEX_BYTES = 4 * 1024 * 1024, 64 * 1024 * 1024
-ASK_TIMEOUT_S = 30.0  # one node's exo interpreter, asked for its mlx-lm
-PROBE_TIMEOUT_S = ASK_TIMEOUT_S + 60.0
+ASK_TIMEOUT_S = 20.0  # one node's exo interpreter, asked for its mlx-lm
+PROBE_TIMEOUT_S = ASK_TIMEOUT_S + 40.0  # not a long probe (nodes.LONG_PROBE_S): the ask is bounded on the node
 # EXO's ConfigData: the layer count's aliases, text_config's value winning (model_cards.py)
 LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers", "num_decoder_layers", "decoder_layers")
 # index total vs its shards in the file list: headers are the only difference (a few MB per shard at most)
