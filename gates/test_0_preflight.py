@@ -2,16 +2,19 @@
 
 import pytest
 
+from modeldrop import signatures
 from modeldrop.download import expected_total
 from modeldrop.exo.preflight import exo_preflight
 from modeldrop.preflight import check_node, preflight_verdict, reach_problems
+from modeldrop.serving import block, lines, serving_preflight
 
 
 @pytest.mark.gate("preflight")
 def test_preflight(run_config, node_pool, on_each_node, run_facts, evidence, hub_expectation):
-    """SSH, python3, the exact hf and exo binaries, exo build parity, API port, disk, model dir name and place, reach."""
+    """SSH, python3, the exact hf and exo binaries, exo build parity, API port, disk, model dir name and place, reach,
+    and the serving verdict (weights, architecture, memory fit, card) before anything is downloaded."""
     nodes = node_pool.all()
-    total = expected_total(run_config, hub_expectation.manifest)
+    total = expected_total(run_config, hub_expectation)
     pre = on_each_node(lambda k: check_node(nodes[k], run_config.node(k), run_config, total))
     problems = [p for k in sorted(pre) for p in pre[k].problems]
     for k, p in pre.items():
@@ -27,13 +30,19 @@ def test_preflight(run_config, node_pool, on_each_node, run_facts, evidence, hub
     if not problems:
         problems += reach_problems(pre, nodes, run_config)
     warnings = [w for k in sorted(pre) for w in pre[k].warnings]
+    answered = {k: nodes[k] for k in nodes if pre[k].facts}  # one line per unreachable node is enough
     if not run_config.audit:
-        answered = {k: nodes[k] for k in nodes if pre[k].facts}  # one line per unreachable node is enough
         exo = exo_preflight(answered, run_config)
         for k, build in exo.builds.items():
             run_facts.set_exo_build(k, build)
         evidence.json("exo", exo.evidence)
         problems, warnings = problems + exo.problems, warnings + exo.warnings
+    serving = serving_preflight(answered, run_config, on_each_node)  # will it serve? before the first byte
+    evidence.serving_verdict(block(serving))
+    evidence.text("serving verdict", "\n".join(lines(serving)))
+    evidence.json("serving", serving.details["nodes"])
+    evidence.signatures([m.as_dict() for m in signatures.match("preflight", facts=serving.facts)])
+    problems, warnings = serving.problems + problems, warnings + serving.warnings  # the decisive fact first
     verdict = preflight_verdict(problems, warnings, len(nodes))
     for line in verdict.warnings:
         evidence.note("warning", line)

@@ -120,6 +120,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("HF_HUB_ENABLE_HF_TRANSFER", None, "bool", None,
            "the hf_transfer accelerator of older hf (before 1.0); newer hf ignores it and says to use "
            "HF_XET_HIGH_PERFORMANCE", hf_env=True),
+    Option("MEMORY_HEADROOM_GB", "--memory-headroom-gb", "int", 8,
+           "serving verdict: warn when a node keeps less than this many GB beyond its share of the model "
+           "(KV cache, OS)"),
+    Option("ALLOW_SERVING_NO_GO", "--allow-serving-no-go", "bool", False,
+           "run past a serving no-go at preflight (unknown architecture, unloadable format, does not fit, no card); "
+           "recorded in the ledger and run.json"),
 )
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
 HF_ENV_KEYS = tuple(o.key for o in OPTIONS if o.hf_env)  # the HF_* settings every node's hf gets
@@ -213,6 +219,8 @@ class RunConfig:
     ssh_config: str = "~/.ssh/config"
     ssh_known_hosts: str = "~/.ssh/known_hosts"
     exo_api_urls: tuple[str, ...] = ()
+    memory_headroom_gb: int = 8
+    allow_serving_no_go: bool = False
     sources: dict[str, str] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict, repr=False)  # HF_TOKEN among them: never in a repr
     env_file: Path | None = None

@@ -82,14 +82,18 @@ class Gate:
 # Each limit leaves the node-side limits inside the gate (and their cleanup) their time: checked by
 # tests_selftest/unit/gatetable/test_timeout_nesting.py against the library's own constants.
 GATES: tuple[Gate, ...] = (
-    Gate("preflight", "preflight", "0", 2400, ("ONLINE", "EXO_API_PORT", "AUDIT", "DISK_MARGIN_GB"), ("exo_versions",),
+    Gate("preflight", "preflight", "0", 2400, ("ONLINE", "EXO_API_PORT", "AUDIT", "DISK_MARGIN_GB", "HF_INCLUDE",
+                                               "HF_REVISION", "EXO_SHARDING", "ALLOW_SERVING_NO_GO"), ("exo_versions",),
          "every node: SSH, python3, the exact hf and exo binaries run, same exo build and generation everywhere "
          "(MLX, Python, macOS drift warned), EXO_EXTRA_ARGS in every `exo --help`, API port free, disk free ≥ "
          "model size + margin, model dir ends in `org--name` and its parent is writable, the model not complete "
          "in another dir while the configured one is empty (model dir mismatch: a fast stop naming both paths), "
-         "nodes reach each other",
+         "nodes reach each other; it will serve, judged from the hub's metadata before any download: weights "
+         "mlx-lm loads, `model_type` in every node's mlx-lm, the size within the nodes' available memory by EXO's "
+         "placement rule, a card EXO has or can add",
          "a node unreachable; a binary missing on one node; disk clearly insufficient; the model complete in "
-         "another dir (model dir mismatch); exo build drift",
+         "another dir (model dir mismatch); exo build drift; will not serve (unknown architecture, unloadable "
+         "format, does not fit, no card possible)",
          tools=("hf_cmd", "exo_cmd", "python_cmd"), tool_versions=True, audit_facts=(), resume="none", audit=True),
     Gate("node{k}_download", "download", "1", 4 * 3600 + 900, (*_FILE_OPTS, "HF_REVISION"), (),
          "`hf download` into MODEL_DIR_NODE{k} exits 0, with a progress line at least every 10 s",

@@ -9,8 +9,10 @@ hf's own semantics.
 
 Every hub look-up is bounded in total by `lookup_timeout(stall window)`: at most `HUB_TIMEOUT_S`, less when the
 operator's stall window is shorter (huggingface_hub's own client has no timeout and retries), so a hub that
-accepts connections and never answers costs one window. `total_size` makes the look-up of the download total
-once per run, whatever its outcome. A token is only sent to an https endpoint or a loopback one unless the
+accepts connections and never answers costs one window. `listing_once` makes the look-up of the repo's file list
+once per run, whatever its outcome (`total_size`, the download total, and the serving verdict read it);
+`fetch_json` reads one small JSON file of the repo (config.json, the weight index). A token is only sent to an
+https endpoint or a loopback one unless the
 operator allows an insecure hub explicitly (`insecure_endpoint_problem`).
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from urllib.parse import urlsplit
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from modeldrop import httpdeadline
 from modeldrop.config import RunConfig
 from modeldrop.errors import InputError, NodeError
 
@@ -241,15 +245,54 @@ def _list_online(model_id: str, revision: str, endpoint: str | None,
 
 
 @functools.lru_cache(maxsize=32)
+def listing_once(model_id: str, revision: str, endpoint: str | None, token: str | None, allow_insecure: bool,
+                 timeout_s: float) -> HubExpectation:
+    """The repo's whole file list (no include filter) from the hub, or the hub's error in one line; asked once
+    per run and arguments, a failure included (the download total and the serving verdict share it)."""
+    try:
+        return HubExpectation(manifest=expected_online(model_id, revision, (), endpoint, token, timeout_s=timeout_s,
+                                                       allow_insecure=allow_insecure))
+    except Exception as e:  # noqa: BLE001 - the hub's reason, one line, for whoever needs the list
+        return HubExpectation(error=f"{type(e).__name__}: {e}".splitlines()[0])
+
+
 def total_size(model_id: str, revision: str, include: tuple[str, ...], endpoint: str | None, token: str | None,
                allow_insecure: bool, timeout_s: float, exclude: tuple[str, ...] = ()) -> int | None:
     """The bytes a complete download holds, from the hub (None when the hub does not tell within timeout_s);
-    asked once per run and arguments, a failure included."""
+    asked once per run and arguments, a failure included (`listing_once`)."""
+    listed = listing_once(model_id, revision, endpoint, token, allow_insecure, timeout_s).manifest
+    return listed.filtered(include, exclude).total_size if listed is not None else None
+
+
+def listing_for(cfg: RunConfig) -> HubExpectation:
+    """`listing_once` for the run's model, revision, endpoint and token, within the run's look-up bound."""
+    return listing_once(cfg.model_id, cfg.hf_revision, cfg.hf_endpoint, cfg.hf_token, cfg.allow_insecure_hub,
+                        lookup_timeout(cfg.stall_window_s))
+
+
+def fetch_json(cfg: RunConfig, commit: str, filename: str, limit_bytes: int) -> tuple[Any, str | None]:
+    """(parsed JSON, None) of one small file of the run's repo at `commit` (config.json, the weight index), or
+    (None, why) in one line: `missing` when the hub has no such file, else the HTTP or parse error. Bounded by
+    the run's look-up bound; the token only goes where `insecure_endpoint_problem` allows."""
+    from huggingface_hub import hf_hub_url
+
+    check_endpoint(cfg.hf_endpoint, cfg.hf_token, cfg.allow_insecure_hub)
+    url = hf_hub_url(cfg.model_id, filename, revision=commit, endpoint=cfg.hf_endpoint)
+    headers = {"authorization": f"Bearer {cfg.hf_token}"} if cfg.hf_token else {}
     try:
-        return expected_online(model_id, revision, include, endpoint, token, timeout_s=timeout_s,
-                               allow_insecure=allow_insecure, exclude=exclude).total_size
-    except Exception:  # noqa: BLE001 - the total only sizes progress lines and the disk check
-        return None
+        r = httpdeadline.request("GET", url, total_s=lookup_timeout(cfg.stall_window_s), headers=headers)
+    except Exception as e:  # noqa: BLE001 - a look-up that failed is one line
+        return None, f"{type(e).__name__}: {e}".splitlines()[0]
+    if r.status_code == 404:
+        return None, "missing"
+    if r.status_code != 200:
+        return None, f"HTTP {r.status_code} from the hub"
+    if len(r.content) > limit_bytes:
+        return None, f"larger than {limit_bytes} bytes ({len(r.content)})"
+    try:
+        return json.loads(r.content.decode("utf-8")), None
+    except (UnicodeDecodeError, ValueError) as e:
+        return None, f"not JSON ({type(e).__name__}: {e})".splitlines()[0]
 
 
 def expected_from_cache(manifest_result: dict, include=(), exclude=()) -> ExpectedManifest | None:

@@ -48,6 +48,7 @@ FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "required_files": (list, "a list of the non-shard files serving needs"),
     "topology": (str, "a note of the nodes, hardware and links"),
     "observed": (dict, "an object of what the last green runs measured"),
+    "serving": (dict, "an object: what preflight's serving verdict saw (model_type, format, quantization, size)"),
 }
 # observation keys -> the row's expectation fields they become once confirmed
 EXPECTATIONS = {"safetensors": "expected_safetensors", "gguf": "expected_gguf", "files": "expected_files",

@@ -312,6 +312,29 @@ TABLE: tuple[Signature, ...] = (
       "curl -s -X POST http://<node>:<api-port>/models/add -H 'Content-Type: application/json' "
       "-d '{\"model_id\": \"<MODEL_ID>\"}'; then pytest gates/ -k canary",
       "verdict fact `no_card` (the unfiltered GET /v1/models lacks the model and POST /models/add failed)", _no_card),
+    S("X-UNKNOWN-ARCH", ("preflight",), "The nodes' mlx-lm has no module for the model's architecture",
+      "config.json's model_type (after mlx-lm's MODEL_REMAPPING) is not among mlx_lm.models of the exo a node runs: "
+      "its runners would fail to load the model after the whole download (\"Model type X not supported\")",
+      "update exo on the named node(s) (brew upgrade --cask exo, or git pull && uv sync in the exo checkout) to one "
+      "whose mlx-lm has mlx_lm/models/<type>.py; then pytest gates/ -k preflight",
+      "verdict fact `unknown_architecture` (serving verdict)", fact(Fact.unknown_architecture)),
+    S("X-UNLOADABLE-FORMAT", ("preflight",), "The repo's weights are not a format EXO loads",
+      "EXO loads weights with mlx-lm, which reads model*.safetensors: a GGUF-only or PyTorch-only repo cannot serve, "
+      "and a repo mixing formats fails verify after the download",
+      "pick the MLX variant (mlx-community/<name>-4bit), convert with mlx_lm.convert, or set HF_INCLUDE to the "
+      "safetensors and the repo's other files (the verdict names the value)",
+      "verdict fact `unloadable_format` (serving verdict)", fact(Fact.unloadable_format)),
+    S("X-DOES-NOT-FIT", ("preflight",), "The model does not fit the nodes' available memory (EXO's placement rule)",
+      "EXO places only on a cycle whose summed ram_available covers the card's storage size, and a Pipeline node "
+      "only its layers' share: placement would answer \"No cycles found with sufficient memory\" after the download",
+      "add a node, free memory on the nodes (EXO counts available, not installed), or pick a smaller quantization "
+      "(the 4-bit variant); --allow-serving-no-go runs anyway",
+      "verdict fact `does_not_fit` (serving verdict)", fact(Fact.does_not_fit)),
+    S("X-CARD-IMPOSSIBLE", ("preflight",), "EXO has no card for the model and cannot be taught one",
+      "no built-in card, and POST /models/add would fail: config.json lacks a layer count or hidden_size, or the repo "
+      "has no model.safetensors.index.json",
+      "add a card for the model to exo's resources/inference_model_cards/ on every node, or pick a repo with an index",
+      "verdict fact `card_impossible` (serving verdict)", fact(Fact.card_impossible)),
     S("E1", ("node1_canary", "placement"), "Offline and the model is not complete locally",
       "Model not pre-staged (or incomplete / wrong layout) on that node", "pytest gates/ -k verify on that node",
       "log OFFLINE_MISSING or DownloadFailed(offline) in /state", any_of(log("OFFLINE_MISSING"), _download_failed_offline)),

@@ -57,6 +57,10 @@ class Fact(StrEnum):
     no_runners_no_chat = "no_runners_no_chat"  # no runner of the instance in /state and no chat answered
     offline_join = "offline_join"    # the cluster was isolated while the joins ran offline
     exo_gone = "exo_gone"            # {k: "pid N"}: the cluster's exo processes that died after startup
+    unknown_architecture = "unknown_architecture"  # {nodeK: mlx_lm module} the nodes' mlx-lm lacks (serving verdict)
+    unloadable_format = "unloadable_format"  # the weight format EXO cannot load: gguf, pytorch, mixed, none
+    does_not_fit = "does_not_fit"    # {size_bytes, available_bytes}: EXO's placement rule refuses min_nodes=N
+    card_impossible = "card_impossible"  # no built-in card and POST /models/add would fail (why)
 
 
 def checked_facts(facts: Mapping[str, Any] | None) -> dict[Fact, Any]:

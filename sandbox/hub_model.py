@@ -1,8 +1,9 @@
 """The sandbox's model on its hub: generated once per parameters, published, served, downloaded once.
 
 Contract: `ensure_model(lay, params)` returns the tiny model's info, regenerating `<root>/model` only when
-its parameters changed; `ensure_hub(lay)` publishes it to `<root>/hub/repos`, starts (or reuses) the hub
-on the slot's address with no fault switch set, and names the slot in the error when the port is taken;
+its parameters changed; `ensure_hub(lay)` publishes it (and `serving_repos`' no-go repos) to `<root>/hub/repos`,
+starts (or reuses) the hub on the slot's address with no fault switch set, and names the slot in the error when
+the port is taken;
 `ensure_reference_download(lay)` keeps `<root>/reference/<model>` a complete `hf download` of the hub's
 current commit (for populate_model). `hub_handle(lay)` drives the hub whether or not this process
 started it.
@@ -21,6 +22,7 @@ from typing import Any
 from sandbox.hub import HubHandle, publish, start_hub
 from sandbox.layout import Layout, SandboxError, write_file
 from sandbox.model import generate_model
+from sandbox.serving_repos import publish_serving_repos
 from sandbox.procs import read_pid
 
 
@@ -53,6 +55,7 @@ def ensure_hub(lay: Layout) -> None:
     """Publish the model and start (or reuse) the hub, its fault switches cleared."""
     hdir = lay.hub_dir
     publish(hdir / "repos", lay.model_id, lay.root / "model")
+    publish_serving_repos(hdir / "repos", lay.root / "model", lay.root / "serving-repos")
     try:
         h = start_hub(hdir / "repos", lay.hub_host, lay.hub_port, hdir / "requests.jsonl", hdir / "hub.pid")
     except (RuntimeError, TimeoutError) as e:

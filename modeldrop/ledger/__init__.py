@@ -242,6 +242,16 @@ class Ledger:
         self._event("warning" if key == "warning" else "note", gate=gate, item=item, key=key, value=value)
 
     @_locked
+    def serving_verdict(self, gate: str | None, block: dict[str, Any]) -> None:
+        """Preflight's serving verdict (`modeldrop.serving.ServingVerdict.block`): run.json, the hand-off."""
+        self.state.serving_verdict = redact_obj(block, self._secrets)
+        self._event("serving_verdict", gate=gate, verdict=self.state.serving_verdict)
+
+    def serving(self) -> dict[str, Any] | None:
+        """The serving verdict block of this run, or None."""
+        return self.state.serving_verdict
+
+    @_locked
     def evidence_line(self, gate: str, text: str) -> None:
         """Set the one-line evidence shown in the Phase Gates table."""
         rec = self._rec(gate)
@@ -341,7 +351,7 @@ class Evidence:
     into the report of the current phase by the plugin) and log an `evidence` record;
     `.note(key, value)` records a fact (`warning` notes become hand-off warnings);
     `.signatures(list_of_dicts)` records matched failure signatures; `.strongest(text)` sets
-    STRONGEST_EVIDENCE. Without a ledger (self-tests) everything is kept in memory only.
+    STRONGEST_EVIDENCE; `.serving_verdict(block)` records preflight's serving verdict. Without a ledger (self-tests) everything is kept in memory only.
     Secrets are replaced by `***` in every text.
     """
 
@@ -358,6 +368,7 @@ class Evidence:
         self.warnings: list[str] = []
         self.matched: list[dict[str, Any]] = []
         self.strongest_text: str = ""
+        self.serving_block: dict[str, Any] | None = None
 
     def _redact(self, text: str) -> str:
         return redact(text, self._secrets)
@@ -413,6 +424,12 @@ class Evidence:
         self.matched.extend(sigs)
         if self.ledger is not None and sigs:
             self.ledger.signatures(self.gate, sigs, item=None if self.gate else self.item)
+
+    def serving_verdict(self, block: dict[str, Any]) -> None:
+        """Record the serving verdict block (ledger.jsonl, run.json, the hand-off's lines)."""
+        self.serving_block = block
+        if self.ledger is not None:
+            self.ledger.serving_verdict(self.gate, block)
 
     def strongest(self, text: str) -> None:
         """Set the hand-off's STRONGEST_EVIDENCE to `text`."""

@@ -117,6 +117,7 @@ class RunState:
     bench_only: bool = False
     bench: dict[str, tuple[str, str]] = field(default_factory=dict)  # test name -> (outcome, reason)
     signature_table: list[dict[str, Any]] = field(default_factory=list)  # every known signature (stable section)
+    serving_verdict: dict[str, Any] | None = None  # preflight's "will it serve?" block (modeldrop.serving)
 
     def in_order(self) -> list[GateRecord]:
         return [self.gates[g] for g in self.order]
@@ -323,6 +324,17 @@ def _ledger_links(state: RunState) -> list[str]:
     return lines
 
 
+def _serving_lines(state: RunState) -> list[str]:
+    """The serving verdict, one line per item (empty until preflight judged it)."""
+    sv = state.serving_verdict
+    if not sv:
+        return []
+    lines = [f"- **Will it serve:** {sv.get('outcome')} (from {sv.get('source')})"]
+    lines += [f"  - {name}: {(it or {}).get('status', '?').upper()}: {one_line((it or {}).get('line'), 300)}"
+              for name, it in (sv.get("items") or {}).items()]
+    return lines
+
+
 def render(state: RunState) -> str:
     """The whole handoff.md (see module docstring for the section order)."""
     f = handoff_fields(state)
@@ -332,7 +344,7 @@ def render(state: RunState) -> str:
               "- **Nodes:** " + ", ".join(f"node{i}=`{t}`" for i, t in enumerate(state.nodes, 1)),
               "- **Model dirs:** " + ", ".join(f"node{i}=`{d}`" for i, d in enumerate(state.model_dirs, 1)),
               f"- **Mode:** {'audit' if state.audit else 'benchmarks' if state.bench_only else 'bootstrap'}",
-              f"- **Command:** `{_cmd(state.command)}`", *_ninety(state, f)]
+              f"- **Command:** `{_cmd(state.command)}`", *_ninety(state, f), *_serving_lines(state)]
     block = ["```text", *block_lines(f), "```"]
     parts = [f"# modeldrop hand-off: {state.model_id}", "",
              "## 90-Second Handoff", "", *runbook.OPERATOR_PROTOCOL, "",

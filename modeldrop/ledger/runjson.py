@@ -1,8 +1,8 @@
 """run.json: the machine-readable summary of a run, rewritten atomically after every ledger event.
 
 It holds the run's identity (run id, model, nodes, dirs, audit, order), each gate's phase, outcome,
-reason, start and duration, the benchmarks' outcomes, whether the run finished, and the Hand-off
-Block fields. Tools (model-drop, model-drop-latest) read it instead of parsing handoff.md or
+reason, start and duration, the benchmarks' outcomes, whether the run finished, the Hand-off
+Block fields, and preflight's `serving_verdict` block (None until preflight judged it). Tools (model-drop, model-drop-latest) read it instead of parsing handoff.md or
 ledger.jsonl.
 """
 
@@ -30,6 +30,7 @@ def summary(state: RunState, fields: dict[str, str]) -> dict[str, Any]:
                            "reused_from": r.reused_from or None} for r in state.in_order()},
         "bench": {name: {"outcome": o, "reason": why or None} for name, (o, why) in state.bench.items()},
         "handoff": fields,
+        "serving_verdict": state.serving_verdict,
     }
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from modeldrop import profiles
+from modeldrop import profiles, serving
 from modeldrop.config import effective
 from modeldrop.ledger import html as lhtml
 from modeldrop.ledger.handoff import dur, one_line
@@ -108,6 +108,7 @@ def profile_row_updates(gs: GateSession) -> dict[str, Any]:
         row["notes"] = (f"first green bootstrap {gs.folder.run_id} on {len(gs.cfg.nodes)} node(s), "
                         f"{dur(time.time() - gs.ledger.started)}")
     row["status"] = "active"
+    row.update(serving.profile_fields(gs.ledger.serving()))
     return row
 
 

@@ -1,15 +1,18 @@
 """What the hub serves: model repos as snapshots, their ids, and the API bodies built from them.
 
-Contract: `RepoStore(root)` serves repos from `<root>/<org>/<name>/` (every file below it, `.git`
-excluded); a repo's commit sha is a stable 40-hex digest of its content (paths and blob ids), so
+Contract: `RepoStore(root)` serves repos from `<root>/<org>/<name>/` (every file below it, `.git` and
+`DECLARED` excluded); a repo's commit sha is a stable 40-hex digest of its content (paths and blob ids), so
 editing the directory gives a new commit. LFS files (by suffix) carry their sha256; every file its git
-blob id. `publish(repos, repo_id, src)` makes a repo equal a folder. `model_info`, `tree` and
+blob id. A repo's `DECLARED` file (`{"sizes": {path: bytes}}`) makes the hub list those files at the declared
+size while it holds only their first bytes (a model too big for any sandbox, judged from its metadata and
+never downloaded: a download of it ends short). `publish(repos, repo_id, src)` makes a repo equal a folder. `model_info`, `tree` and
 `paths_info` are the JSON bodies of the Hub endpoints of those names for one snapshot.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import threading
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 LFS_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth", ".npz", ".mlpackage")
+DECLARED = ".sandbox-declared.json"
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -64,8 +68,13 @@ class RepoFile:
             return f.read(end - start)
 
 
-def describe(path: str, data: bytes, source: Path | None = None, keep_data: bool = False) -> RepoFile:
-    """A RepoFile for `data`: LFS by suffix (oid = blob id of the pointer)."""
+def describe(path: str, data: bytes, source: Path | None = None, keep_data: bool = False,
+             declared: int | None = None) -> RepoFile:
+    """A RepoFile for `data`: LFS by suffix (oid = blob id of the pointer); with `declared`, listed at that size
+    (its sha256 a stand-in: the content is not there)."""
+    if declared is not None:
+        sha = hashlib.sha256(f"declared {path} {declared}".encode() + data).hexdigest()
+        return RepoFile(path, declared, git_blob_sha1(lfs_pointer(sha, declared)), sha, source)
     if path.endswith(LFS_SUFFIXES):
         sha = hashlib.sha256(data).hexdigest()
         return RepoFile(path, len(data), git_blob_sha1(lfs_pointer(sha, len(data))), sha, source,
@@ -116,7 +125,7 @@ class RepoStore:
         out = []
         for dirpath, dirnames, filenames in os.walk(repo_dir):
             dirnames[:] = sorted(d for d in dirnames if d != ".git")
-            for name in sorted(filenames):
+            for name in sorted(n for n in filenames if not (n == DECLARED and Path(dirpath) == repo_dir)):
                 p = Path(dirpath, name)
                 st = p.stat()
                 out.append((p.relative_to(repo_dir).as_posix(), p, st.st_size, st.st_mtime_ns))
@@ -131,8 +140,11 @@ class RepoStore:
             listing = self._listing(repo_dir)
             sig = tuple((p, s, m) for p, _, s, m in listing)
             cached = self._cache.get(repo_id)
+            declared = _declared(repo_dir)
+            sig = (*sig, tuple(sorted(declared.items())))
             if cached is None or cached[0] != sig:
-                files = {rel: describe(rel, src.read_bytes(), src) for rel, src, _, _ in listing}
+                files = {rel: describe(rel, src.read_bytes(), src, declared=declared.get(rel))
+                         for rel, src, _, _ in listing}
                 mtime = max((m for *_, m in listing), default=0) / 1e9
                 cached = (sig, Snapshot(repo_id, commit_of(files), files, mtime))
                 self._cache[repo_id] = cached
@@ -143,6 +155,14 @@ class RepoStore:
         for path, text in overrides.items():
             files[path] = describe(path, text.encode(), keep_data=True)
         return Snapshot(repo_id, commit_of(files), files, snap.last_modified)
+
+
+def _declared(repo_dir: Path) -> dict[str, int]:
+    """The repo's declared sizes ({} without a DECLARED file)."""
+    try:
+        return {str(p): int(n) for p, n in json.loads((repo_dir / DECLARED).read_text())["sizes"].items()}
+    except FileNotFoundError:
+        return {}
 
 
 def publish(repos_dir: Path, repo_id: str, src_dir: Path) -> Path:

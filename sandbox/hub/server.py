@@ -271,10 +271,13 @@ class HubHandler(BaseHTTPRequestHandler):
         stop = start + int((end - start) * cut["fraction"]) if cut else end
         rates = link_rates(self.server.faults, self.client)
         bps = min(rates.values()) if rates else None
-        sent, pos, t0 = 0, start, time.monotonic()
+        sent, pos, t0, short = 0, start, time.monotonic(), False
         step = min(CHUNK, max(1024, bps // 20)) if bps else CHUNK
         while pos < stop:
             chunk = f.read(pos, min(stop, pos + step))
+            if not chunk:  # a declared size beyond the bytes held: the body ends short, the connection with it
+                short = True
+                break
             self.server.pacer.pace(link_rates(self.server.faults, self.client), len(chunk))
             self.wfile.write(chunk)
             pos += len(chunk)
@@ -283,13 +286,14 @@ class HubHandler(BaseHTTPRequestHandler):
         held = time.monotonic() + STALL_HOLD_S
         while stall and self.server.faults.stall_body and time.monotonic() < held:
             time.sleep(0.1)  # silent, connection open: the client sees no byte and no end
-        if cut:
+        if cut or short:
             self.close_connection = True
             try:
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        note = "fault:stall_body" if stall else "fault:cut_body" if cut else ("slow" if bps else "")
+        note = ("fault:stall_body" if stall else "fault:cut_body" if cut else "declared size: body ends short" if short
+                else ("slow" if bps else ""))
         self._record(status, sent, note, t0)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from modeldrop import cleanup, download, hub, preflight, verify
+from modeldrop import cleanup, download, hub, preflight, serving, verify
 from modeldrop.config import MAX_NODES, OPTION_BY_KEY
 from modeldrop.exo import client, launcher, logs, observe
 from modeldrop.gatetable import GATES
@@ -37,7 +37,8 @@ SERVING_SAMPLE_S = N * observe.SERVING_CHAT_S + client.STATE_TIMEOUT_S
 
 INNER_S: dict[str, float] = {
     "preflight": hub.HUB_TIMEOUT_S + preflight.NODE_CHECK_BUDGET_S + N * preflight.REACH_TIMEOUT_S
-    + N * (launcher.PROBE_BUILD_BUDGET_S + launcher.PROBE_TIMEOUT_S),
+    + N * (launcher.PROBE_BUILD_BUDGET_S + launcher.PROBE_TIMEOUT_S)
+    + serving.PROBE_TIMEOUT_S + 2 * hub.HUB_TIMEOUT_S,  # the serving verdict: nodes at once, config.json and index
     "download": hub.HUB_TIMEOUT_S + download.HF_DOWNLOAD_TIMEOUT_S + download.CLEANUP_BUDGET_S,
     # + stopping a timed-out probe
     "verify": verify.MANIFEST_TIMEOUT_S + verify.HASHES_TIMEOUT_S + cleanup.STOP_BUDGET_S,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from modeldrop.config import load_config
 from modeldrop.ledger.fingerprint import fingerprint_parts, gate_fingerprint
-from tests_selftest.support.plugin_kit import BASE, FULL_ORDER_2, jsonl, latest, make_suite, trace
+from tests_selftest.support.plugin_kit import BASE, jsonl, latest, make_suite, trace
 
 
 class _Facts:
@@ -38,8 +38,9 @@ def test_resume_after_a_revision_change_downloads_and_verifies_again(pytester):
     trace(pytester)
     assert pytester.runpytest(*BASE, "--resume-bootstrap", "--revision", "v2.0").ret == 0
     ran = trace(pytester)
-    assert ran[:2] == ["node1_download", "node1_verify"] and "node2_download" in ran, ran
-    why = next(r for r in jsonl(latest(pytester)) if r["event"] == "resume_from")
-    assert why["gate"] == "node1_download" and "hf_revision=main (now v2.0)" in why["why"], why
+    # preflight runs again too: its serving verdict read the old revision's config.json and index
+    assert ran[:3] == ["preflight", "node1_download", "node1_verify"] and "node2_download" in ran, ran
+    why = next(r for r in jsonl(latest(pytester)) if r["event"] == "resume_from" and r["gate"] == "node1_download")
+    assert "hf_revision=main (now v2.0)" in why["why"], why
     reused = [r["gate"] for r in jsonl(latest(pytester)) if r["event"] == "reuse"]
-    assert reused == FULL_ORDER_2[:1], reused  # preflight's pass stands: it does not depend on the revision
+    assert reused == [], reused
