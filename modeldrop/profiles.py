@@ -35,6 +35,7 @@ FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "reason": (str, "a string"),
     "updated": (str, "an ISO time"),
     "reference": (dict, "an object of reference figures"),
+    "exo_synch_flag": (str, "the MLX fast-synch flag the green cluster ran with"),
 }
 
 

@@ -57,6 +57,10 @@ class Fact(StrEnum):
     no_runners_no_chat = "no_runners_no_chat"  # no runner of the instance in /state and no chat answered
     offline_join = "offline_join"    # the cluster was isolated while the joins ran offline
     exo_gone = "exo_gone"            # {k: "pid N"}: the cluster's exo processes that died after startup
+    jaccl_errno = "jaccl_errno"      # errno values of `[jaccl] Couldn't connect` lines
+    command_id = "command_id"        # EXO's command id of the request that failed (POST /v1/cancel/<id>)
+    api_url = "api_url"              # the API the failing request went to
+    foreign_exo = "foreign_exo"      # exo processes the run did not start (preflight)
 
 
 def checked_facts(facts: Mapping[str, Any] | None) -> dict[Fact, Any]:

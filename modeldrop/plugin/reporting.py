@@ -106,11 +106,18 @@ def profile_row_updates(gs: GateSession) -> dict[str, Any]:
     if hub and re.fullmatch(r"[0-9a-f]{40}", str(hub)):
         row["hub_commit"] = hub
     row["sharding"], row["instance_meta"] = gs.cfg.sharding, gs.cfg.instance_meta
+    row.update(synch_flag_field(notes))
     if not (gs.cfg.profile or {}).get("notes"):  # never overwrite an operator's notes
         row["notes"] = (f"first green bootstrap {gs.folder.run_id} on {len(gs.cfg.nodes)} node(s), "
                         f"{dur(time.time() - gs.ledger.started)}")
     row["status"] = "active"
     return row
+
+
+def synch_flag_field(notes: dict[str, Any]) -> dict[str, Any]:
+    """The profile's `exo_synch_flag`: what the startup gate recorded the cluster ran with (EXO_SYNCH_FLAG)."""
+    flags = notes.get("exo synch flag")
+    return {"exo_synch_flag": flags[0]} if isinstance(flags, list) and len(flags) == 1 else {}
 
 
 def config_value(gs: GateSession, key: str) -> Any:
