@@ -453,8 +453,8 @@ class ExoLauncher:
 
     def _stop_existing(self, role: str) -> list[dict]:
         """--stop-existing-exo: this SSH user's processes that run exo by program (`foreign.scan`: never a match
-        on argv alone), listed in the run folder before any is stopped, then stopped by pid after the identity
-        check; another user's are listed, never signalled."""
+        on argv alone), listed in the run folder (`found`) before any is stopped, then stopped by pid after the
+        identity check; another user's are listed apart (`not_ours`), never signalled."""
         programs = self._exo_exe_paths()
         rows = foreign.scan(self.node, programs, api_addresses(self.node), self.cfg.api_port)
         secrets = secret_values(getattr(self.cfg, "values", None) or {})
@@ -462,7 +462,8 @@ class ExoLauncher:
         def shown(d: dict) -> dict:
             return {**d, "cmdline": [redact(str(a), secrets) for a in d.get("cmdline") or []]}
         self.run_folder.write_json(f"exo/node{self.k}-{role}-existing-exo.json",
-                                   {"programs": programs, "found": [shown(r.to_json()) for r in rows]})
+                                   {"programs": programs, "found": [shown(r.to_json()) for r in rows if r.own],
+                                    "not_ours": [shown(r.to_json()) for r in rows if not r.own]})
         return [{**shown(res), "detail": redact(str(res.get("detail") or ""), secrets)}
                 for res in foreign.stop_own(self.node, rows, STOP_GRACE_S)]
 

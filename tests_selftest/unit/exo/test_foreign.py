@@ -202,3 +202,43 @@ def test_preflight_lines_name_each_exo_and_the_one_command(tmp_path):
     assert problems == [] and warnings == [
         "node2 (u@h2): exo this run did not start: pid 4242 /opt/homebrew/bin/exo (Homebrew, user me, API port 52415 "
         "(exo's default), serving); --stop-existing-exo stops it by pid before exo starts there"]
+
+
+# -- faults caught at preflight (library-level rows of the fault matrix) -------------------------------------
+class Installs:
+    """A fake node whose facts list `installs` (where exo installs to)."""
+
+    def __init__(self, installs):
+        from tests_selftest.support.exo_fakes import FakeNode
+        self.node = FakeNode()
+        base = self.node._p_facts
+        self.node._p_facts = lambda a: {**base(a), "exo_installs": installs}
+
+
+@pytest.mark.fault("two-exo-installs", gate="preflight", signature="two different exo installs")
+def test_two_exo_installs_on_one_node_stop_preflight_naming_both(tmp_path, fault_row):
+    from modeldrop.config import load_config
+    from modeldrop.exo.preflight import exo_preflight
+    cfg = load_config({}, environ={"MODEL_ID": "a/b", "NODES": "u@h1,u@h2", "PROFILE_PATH": str(tmp_path / "p.json"),
+                                   "RUN_REPORT_DIR": str(tmp_path / "r")})
+    out = exo_preflight({1: Installs([BREW]).node, 2: Installs([BREW, APP]).node}, cfg)
+    two = [p for p in out.problems if "two different exo installs" in p]
+    assert len(two) == 1 and two[0].startswith("node2 (u@h2): two different exo installs and no EXO_CMD_NODE2")
+    assert BREW["path"] in two[0] and APP["path"] in two[0] and "set EXO_CMD_NODE2" in two[0]
+    assert out.notes == ["node1: exo /opt/homebrew/bin/exo (found: Homebrew, no EXO_CMD_NODE1)"]
+    assert 2 not in out.builds  # nothing is probed or started with a guess
+    fault_row.caught_by, fault_row.signature_seen = "preflight", True
+    fault_row.signature_matched = "two different exo installs"
+
+
+@pytest.mark.fault("exo-without-no-fast-synch", gate="preflight", signature="does not list")
+def test_an_exo_that_does_not_list_the_synch_flag_asked_for_stops_preflight(tmp_path, fault_row):
+    from modeldrop.exo.preflight import exo_preflight
+    from tests_selftest.support.exo_fakes import NEW_HELP, FakeNode
+    old_exo = NEW_HELP.replace("  [--fast-synch | --no-fast-synch]\n", "")
+    cfg = make_cfg(tmp_path, EXO_SYNCH_FLAG="no-fast-synch")
+    out = exo_preflight({1: FakeNode(), 2: FakeNode(help_text=old_exo)}, cfg)
+    assert out.problems == ["node2: EXO_SYNCH_FLAG (environment) asks for --no-fast-synch, which "
+                            "`~/exo/.venv/bin/exo --help` does not list (exo would exit on it); install an exo that "
+                            "has it there (exo since 2026-01-16), or set EXO_SYNCH_FLAG=auto"]
+    fault_row.caught_by, fault_row.signature_seen, fault_row.signature_matched = "preflight", True, "does not list"

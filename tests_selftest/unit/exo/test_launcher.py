@@ -129,7 +129,7 @@ def test_stop_existing_exo_stops_only_matched_and_lists_them(tmp_path):
     assert node.probes("stop")[0] == {"pid": 9, "expect_start": 5.0, "expect_exe": "/real/exo", "grace_s": 15.0}
     assert [x["pid"] for x in rec.stopped_existing] == [9]
     listed = json.loads((tmp_path / "reports" / "run1" / "exo" / "node1-cluster-existing-exo.json").read_text())
-    assert [x["pid"] for x in listed["found"]] == [9, 12]
+    assert [x["pid"] for x in listed["found"]] == [9] and [x["pid"] for x in listed["not_ours"]] == [12]
 
 
 def test_previous_run_processes_are_ours_to_stop(tmp_path):

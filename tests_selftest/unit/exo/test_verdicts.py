@@ -2,6 +2,8 @@
 
 import itertools
 
+import pytest
+
 from modeldrop.exo import observe
 from modeldrop.exo import state as st
 from modeldrop.exo.logs import hostfile_lines, ring_connect_errors
@@ -290,7 +292,8 @@ def test_lagging_state_with_nothing_to_check_passes_on_chat_through_every_node_w
     assert "X-NO-RUNNER-MAP" in [m.id for m in signatures.match("transport", facts=v.facts)]
 
 
-def test_jaccl_connect_errors_fail_the_transport_verdict():
+@pytest.mark.fault("jaccl-connect-error", gate="transport", signature="G5")
+def test_jaccl_connect_errors_fail_the_transport_verdict(fault_row):
     shards = RING_INSTANCE["MlxRingInstance"]["shardAssignments"]
     raw = {"MlxJacclInstance": {"instanceId": IID, "shardAssignments": shards, "jacclDevices": [],
                                 "jacclCoordinators": {A: "10.0.0.1:5", B: ""}}}
@@ -304,9 +307,11 @@ def test_jaccl_connect_errors_fail_the_transport_verdict():
     assert "node2: [jaccl] Couldn't connect (error: 60): the JACCL coordinator is unreachable" in v.summary
     from modeldrop import signatures
     assert "G5" in [m.id for m in signatures.match("transport", logs={"node2": log}, facts=v.facts)]
+    fault_row.caught_by, fault_row.signature_seen, fault_row.signature_matched = "transport", True, "G5"
 
 
-def test_latency_stability_is_a_warning_unless_asked_to_stop():
+@pytest.mark.fault("latency-unstable", gate="chat", signature="latency not stable")
+def test_latency_stability_is_a_warning_unless_asked_to_stop(fault_row):
     from modeldrop.exo.verdicts import latency_verdict
     steady = latency_verdict({1: [0.30, 0.32, 0.31], 2: [0.4, 0.41, 0.5]}, 3.0, stop=False)
     assert steady.ok and not steady.warnings and steady.summary == "latency stable: node1 1.1x, node2 1.2x"
@@ -318,6 +323,7 @@ def test_latency_stability_is_a_warning_unless_asked_to_stop():
     stopped = latency_verdict(jumpy, 3.0, stop=True)
     assert not stopped.ok and stopped.problems == warned.warnings
     assert latency_verdict(jumpy, 6.0, stop=True).ok
+    fault_row.caught_by, fault_row.signature_seen, fault_row.signature_matched = "chat", True, "latency not stable"
 
 
 def test_latency_check_sends_short_requests_through_each_node(monkeypatch):
