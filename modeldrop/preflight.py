@@ -11,6 +11,7 @@ is `modeldrop.exo.preflight`.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,22 +180,28 @@ def ssh_login_warnings(nodes: dict[int, Node], cfg: RunConfig) -> tuple[list[str
     warning line per pair (never a stop: the bootstrap itself needs no node-to-node SSH). Local nodes are skipped."""
     targets = {k: (getattr(getattr(n, "resolved", None), "user", None), n.address(), ssh_port(n))
                for k, n in nodes.items() if getattr(n, "resolved", None) is not None}
+
+    def login(k: int, j: int) -> tuple[int | None, str]:
+        user, host, port = targets[j]
+        try:
+            r = nodes[k].run(ssh_login_argv(user, host, port), timeout=SSH_LOGIN_TIMEOUT_S)
+            return r.rc, (r.stderr.strip().splitlines() or [""])[-1]
+        except NodeError as e:
+            return None, str(e)
+
+    pairs = [(k, j) for k in sorted(targets) for j in sorted(targets) if j != k]
+    if not pairs:
+        return [], {}
+    with ThreadPoolExecutor(max_workers=len(targets)) as pool:  # N logins at a time (N nodes)
+        done = dict(zip(pairs, pool.map(lambda p: login(*p), pairs), strict=True))
     warnings, seen = [], {}
-    for k in sorted(targets):
-        for j in sorted(targets):
-            if j == k:
-                continue
-            user, host, port = targets[j]
-            try:
-                r = nodes[k].run(ssh_login_argv(user, host, port), timeout=SSH_LOGIN_TIMEOUT_S)
-                rc, err = r.rc, (r.stderr.strip().splitlines() or [""])[-1]
-            except NodeError as e:
-                rc, err = None, str(e)
-            seen[f"node{k}->node{j}"] = {"rc": rc, "error": err if rc != 0 else None}
-            if rc != 0:
-                warnings.append(f"node{k} cannot SSH to node{j} ({user + '@' if user else ''}{host}:{port}): "
-                                f"{err[:160] or f'rc {rc}'} (the guide has SSH work both ways: on node{k}, put a key "
-                                f"node{j} authorizes and node{j}'s host key in its known_hosts)")
+    for (k, j), (rc, err) in done.items():
+        user, host, port = targets[j]
+        seen[f"node{k}->node{j}"] = {"rc": rc, "error": err if rc != 0 else None}
+        if rc != 0:
+            warnings.append(f"node{k} cannot SSH to node{j} ({user + '@' if user else ''}{host}:{port}): "
+                            f"{err[:160] or f'rc {rc}'} (the guide has SSH work both ways: on node{k}, put a key "
+                            f"node{j} authorizes and node{j}'s host key in its known_hosts)")
     return warnings, seen
 
 

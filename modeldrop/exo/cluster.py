@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -276,25 +277,33 @@ class ExoCluster:
         """Copy the logs of this run's `role` processes into the run folder (see the module docstring);
         {run-folder file: node log}. A log that cannot be read is skipped (its gate said why already)."""
         secrets = secret_values(getattr(self.cfg, "values", None) or {})
-        kept = {}
-        for key, la in sorted(self.launchers.items(), key=lambda kv: abs(kv[0])):
-            rec = la.record
-            if rec is None or rec.role != role:
-                continue
+        mine = [(abs(key), la) for key, la in sorted(self.launchers.items(), key=lambda kv: abs(kv[0]))
+                if la.record is not None and la.record.role == role]
+
+        def keep(k: int, la: ExoLauncher) -> dict[str, str]:  # one node's logs, one after the other
+            rec, out = la.record, {}
+            assert rec is not None
             for label, path in (("stdout", rec.log_path), ("exo", rec.exo_log_path),
                                 ("runner-stderr", rec.runner_log_path)):
-                r, _ = call_safely(lambda la=la, path=path, rec=rec: la.node.run_probe(
+                r, _ = call_safely(lambda path=path: la.node.run_probe(
                     "tail", {"path": path, "max_bytes": max_bytes, "mark": rec.log_marks.get(path)},
                     timeout=exologs.TAIL_TIMEOUT_S))
                 if not r or not r.get("exists") or not r.get("text"):
                     continue
                 cut = int(r.get("from") or 0)
-                head = f"# node{abs(key)} {role} {label}: {r.get('expanded') or path}"
+                head = f"# node{k} {role} {label}: {r.get('expanded') or path}"
                 head += (f" (bytes {cut}..{r.get('size')}: what this run wrote, its last {max_bytes} bytes at most)\n"
                          if cut else "\n")
-                rel = f"logs/exo/node{abs(key)}-{role}-{label}.log"
+                rel = f"logs/exo/node{k}-{role}-{label}.log"
                 self.run_folder.write_text(rel, redact(head + str(r["text"]), secrets))
-                kept[rel] = str(r.get("expanded") or path)
+                out[rel] = str(r.get("expanded") or path)
+            return out
+
+        kept: dict[str, str] = {}
+        if mine:  # the nodes side by side
+            with ThreadPoolExecutor(max_workers=len(mine)) as pool:
+                for part in pool.map(lambda kl: keep(*kl), mine):
+                    kept.update(part)
         self.kept_logs.update(kept)
         return kept
 

@@ -274,3 +274,14 @@ def test_synch_flag_named_is_required_and_exo_default_passes_none(tmp_path):
     la, _ = launcher(tmp_path, EXO_SYNCH_FLAG="exo-default")
     argv = la.command("cluster")[0]
     assert "--fast-synch" not in argv and "--no-fast-synch" not in argv
+
+
+def test_the_synch_flag_the_cluster_ran_with_goes_into_the_profile_row():
+    """The startup gate notes the flag every cluster exo ran with; a green bootstrap's profile row carries it (one
+    flag for all nodes, else nothing), and the profiles file accepts the field."""
+    from modeldrop import profiles
+    from modeldrop.plugin.reporting import synch_flag_field
+    assert synch_flag_field({"exo synch flag": ["--no-fast-synch"]}) == {"exo_synch_flag": "--no-fast-synch"}
+    assert synch_flag_field({"exo synch flag": ["--no-fast-synch", "none (exo's default)"]}) == {}
+    assert synch_flag_field({}) == {}
+    assert profiles.FIELDS["exo_synch_flag"][0] is str
