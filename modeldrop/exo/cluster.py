@@ -102,13 +102,13 @@ class ExoCluster:
 
     def synch(self) -> exo_flags.SynchChoice:
         """EXO_SYNCH_FLAG decided once from every node's `exo --help` (a node whose exo cannot be probed is left
-        out: its own start fails with the reason)."""
+        out: its own start fails with the reason; the canary on node 1 does not fail for node 2)."""
         if self._synch is None:
             listed = {}
             for k in self.ks:
                 try:
                     b = self.launcher(k).build()
-                except LaunchError:
+                except Exception:  # noqa: BLE001 - a node that cannot say (unreachable, no exo) fails its own start
                     continue
                 listed[k] = (b.exe, b.help_flags)
             self._synch = exo_flags.synch_choice(self.cfg.exo_synch_flag, listed)

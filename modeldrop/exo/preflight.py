@@ -194,7 +194,7 @@ def exo_preflight(nodes: dict[int, Node], cfg: RunConfig, rerun: str = "pytest g
         out.warnings += out.synch.warnings
         out.evidence["synch_flag"] = {"setting": cfg.exo_synch_flag, "args": list(out.synch.args),
                                       "lacking": {f"node{k}": exe for k, exe in out.synch.lacking.items()}}
-    runtimes = {k: runtime_of(node, b.exe) for k, b in sorted(out.builds.items()) for node in [nodes[k]]}
+    runtimes = {k: runtime_of(nodes[k], b.exe) for k, b in sorted(out.builds.items())}
     out.evidence["runtimes"] = {f"node{k}": r for k, r in runtimes.items()}
     out.warnings += runtime_drift(runtimes)
     lines = {exo_flags.libp2p_port_line(cfg.libp2p_port, b.generation, b.help_flags) for b in out.builds.values()}
