@@ -15,6 +15,7 @@ def test_startup(run_config, exo_cluster, exo_report, evidence):
     except LaunchError as e:
         exo_report.launch_failed(e)
     evidence.json("launches", {f"node{k}": r.to_json() for k, r in records.items()})
+    evidence.note("exo synch flag", sorted({r.synch_flag for r in records.values()}))
     for line in (x for r in records.values() for x in stopped_existing_lines(r)):
         evidence.note("warning", line)
     verdict = watch_startup(exo_cluster.cluster_launchers(), exo_cluster.clients(), run_config.settle_window_s,

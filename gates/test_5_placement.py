@@ -17,7 +17,10 @@ def test_placement(run_config, exo_running, exo_report, evidence):
     cleared = clear_instances(api, run_config.model_id)
     if cleared:
         evidence.note("warning", f"deleted earlier instance(s) of the model before placing: {', '.join(cleared)}")
-    inst, failed = place(api, run_config.model_id, sharding, meta, n)
+    created: dict = {}
+    inst, failed = place(api, run_config.model_id, sharding, meta, n, created)
+    if created.get("command_id"):  # EXO's id of the create command (its log and events name it)
+        evidence.note("command_id", created["command_id"])
     if failed is not None:
         exo_report.fail(failed, http={"status": failed.facts.get("http_status"),
                                       "body": failed.details.get("body")},
@@ -30,7 +33,8 @@ def test_placement(run_config, exo_running, exo_report, evidence):
         exo_report.fail(message=f"placement with min_nodes={n} put {run_config.model_id} on "
                                 f"{len(instance.node_ids)} node(s), not {n}: {instance.node_ids}")
     verdict = wait_ready(api, instance.instance_id, run_config.ready_timeout_s,
-                         serving=lambda: serving_check(exo_running.urls(), run_config.model_id))
+                         serving=lambda: serving_check(exo_running.urls(), run_config.model_id),
+                         names=exo_running.node_names())
     evidence.json("readiness", verdict.details)
     evidence.note("verdict", verdict.summary)
     if not verdict.ok:

@@ -3,12 +3,14 @@
 import pytest
 
 from modeldrop import signatures
-from modeldrop.exo.observe import run_chats, runner_lag
+from modeldrop.exo.observe import latency_check, run_chats, runner_lag
 
 
 @pytest.mark.gate("chat")
 def test_chat(run_config, exo_running, exo_report, evidence):
-    """HTTP 200, a complete body, text or reasoning_content; latency recorded. Runner maps are evidence only."""
+    """HTTP 200, a complete body, text or reasoning_content; latency recorded, and judged for stability over a few
+    short requests through each node (a warning beyond --chat-spread-max, unless --chat-spread-stop). Runner maps
+    are evidence only."""
     verdict = run_chats(exo_running.urls(), run_config.model_id, stall_s=run_config.chat_stall_s,
                         timeout_s=run_config.chat_timeout_s)
     evidence.json("chat", verdict.details)
@@ -18,9 +20,18 @@ def test_chat(run_config, exo_running, exo_report, evidence):
                    (r.get("text_chars") or r.get("reasoning_chars")))
         exo_report.fail(verdict, http={"status": bad.get("status"), "error": bad.get("error"),
                                        "error_kind": bad.get("error_kind")},
-                        state=exo_running.state_of(exo_running.ks[0]))
+                        state=exo_running.state_of(exo_running.ks[0]),
+                        facts={"command_id": bad.get("command_id"), "api_url": bad.get("url")})
     evidence.note("chat_latency_s", {f"node{r['node']}-{'stream' if r['stream'] else 'json'}": r.get("latency_s")
                                      for r in verdict.details["results"]})
+    stability = latency_check(exo_running.urls(), run_config.model_id, run_config.chat_spread_max,
+                              run_config.chat_spread_stop, timeout_s=run_config.chat_timeout_s)
+    evidence.json("latency stability", stability.details)
+    evidence.note("chat latency stability", stability.summary)
+    for line in stability.warnings:
+        evidence.note("warning", line)
+    if not stability.ok:
+        exo_report.fail(stability, state=exo_running.state_of(exo_running.ks[0]))
     inst = exo_running.find_instance()
     if inst is not None:
         lag, maps = runner_lag(exo_running.clients(), inst.instance_id)

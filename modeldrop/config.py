@@ -54,7 +54,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("PARALLEL_DOWNLOADS", "--parallel-downloads", "bool", False, "start the downloads of nodes 2..N with node 1's (each node still downloads from the hub); gates still report in order"),
     Option("KEEP_DOWNLOADING", "--keep-downloading", "bool", False, "with --parallel-downloads: a failed download does not stop the other nodes' downloads"),
     Option("TEARDOWN", "--teardown", "bool", False, "stop the cluster after a green run (default: leave it serving)"),
-    Option("STOP_EXISTING_EXO", "--stop-existing-exo", "bool", False, "stop exo processes of the configured EXO_CMD or EXO.app found on the nodes"),
+    Option("STOP_EXISTING_EXO", "--stop-existing-exo", "bool", False,
+           "stop the SSH user's exo processes this run did not start (EXO.app, Homebrew, uv tool, pipx, "
+           "`python -m exo`, `uv run exo`; matched by program, stopped by pid) before exo starts on each node"),
     Option("UPDATE_PROFILE", "--update-profile", "bool", False, "rewrite the model's profile row from this green bootstrap (default: a row is written once, later runs only report differences)"),
     Option("RESUME_BOOTSTRAP", "--resume-bootstrap", "bool", False, "skip gates that have a matching recent pass"),
     Option("AUDIT", "--audit", "bool", False, "preflight, verify and parity on the dirs as they are; no downloads, no exo"),
@@ -69,6 +71,11 @@ OPTIONS: tuple[Option, ...] = (
            "how long one chat request of the chat gate may take in all, connect to last byte"),
     Option("CHAT_STALL_S", "--chat-stall-window", "duration", 30.0,
            "how long a chat stream may go without a new token before the chat gate calls it stalled"),
+    Option("CHAT_SPREAD_MAX", "--chat-spread-max", "ratio", 3.0,
+           "latency stability: the chat gate's short requests through each node may take at most this many times "
+           "as long as the fastest of them (beyond it: a warning, or a stop with --chat-spread-stop)"),
+    Option("CHAT_SPREAD_STOP", "--chat-spread-stop", "bool", False,
+           "latency spread beyond --chat-spread-max fails the chat gate (default: a warning)"),
     Option("EXO_SHARDING", "--sharding", "choice", None, "placement sharding (default from the profile, else Pipeline)", ("Pipeline", "Tensor")),
     Option("EXO_INSTANCE_META", "--instance-meta", "choice", None, "placement transport (default from the profile, else MlxRing)", ("MlxRing", "MlxJaccl")),
     Option("HF_REVISION", "--revision", "str", "main", "hub revision to download and audit"),
@@ -78,12 +85,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("EXO_API_PORT", None, "port", 52415, "exo API port, the same on every node"),
     Option("EXO_NAMESPACE", None, "str", None, "exo discovery namespace (default modeldrop-<model folder>)"),
     Option("EXO_LIBP2P_PORT", None, "port", None, "libp2p TCP port for OLD (libp2p) exo, passed as --libp2p-port; NEW (zenoh) exo has none and ignores it"),
-    Option("EXO_EXTRA_ARGS", None, "str", None, "extra exo flags, the same on every node (e.g. --no-fast-synch); checked against `exo --help` at preflight"),
+    Option("EXO_EXTRA_ARGS", None, "str", None,
+           "extra exo flags, the same on every node (e.g. --no-batch); checked against `exo --help` at preflight"),
+    Option("EXO_SYNCH_FLAG", "--exo-synch-flag", "choice", "auto",
+           "the MLX fast-synch flag exo is started with, on the canary and every cluster node: auto (the guide's "
+           "--no-fast-synch when every node's `exo --help` lists it, else none, said in one line per node), "
+           "no-fast-synch or fast-synch (required: preflight stops on a node whose exo lacks it), exo-default "
+           "(no flag: exo decides). Not EXO's own EXO_FAST_SYNCH environment variable",
+           ("auto", "no-fast-synch", "fast-synch", "exo-default")),
     Option("HF_ENDPOINT", None, "str", None, "hub endpoint passed to hf on the nodes (default: the public hub)"),
     Option("HF_TOKEN", None, "str", None, "hub token passed to hf on the nodes; never logged"),
     Option("ALLOW_INSECURE_HUB", "--allow-insecure-hub", "bool", False, "send HF_TOKEN to a plain-http HF_ENDPOINT that is not loopback"),
     Option("HF_CMD", None, "str", "/opt/homebrew/bin/hf", "default hf binary for nodes without HF_CMD_NODEk"),
-    Option("EXO_CMD", None, "str", "/Applications/EXO.app/Contents/Resources/exo/exo", "default exo binary for nodes without EXO_CMD_NODEk"),
+    Option("EXO_CMD", None, "str", None,
+           "default exo binary for nodes without EXO_CMD_NODEk (default: looked up on each node where exo installs "
+           "to: /opt/homebrew/bin, /usr/local/bin, EXO.app, ~/.local/bin of uv tool and pipx)"),
     Option("EXO_LOG_DIR", None, "str", "~/modeldrop-logs", "default dir on each node for exo's stdout/stderr"),
     Option("DISK_MARGIN_GB", None, "int", None, "free disk required beyond the model size (default from the profile, else 10%% + 1 GB)"),
     Option("SSH_CONFIG", None, "str", "~/.ssh/config", "ssh_config file for aliases, User, Port, IdentityFile"),
@@ -133,7 +149,10 @@ HF_ENV_KEYS = tuple(o.key for o in OPTIONS if o.hf_env)  # the HF_* settings eve
 
 @dataclass(frozen=True)
 class NodeConfig:
-    """One node: its index (1-based), name (`node1`), SSH target or `local`, and absolute paths on it."""
+    """One node: its index (1-based), name (`node1`), SSH target or `local`, and absolute paths on it.
+
+    `exo_cmd` is "" when neither EXO_CMD_NODEk nor EXO_CMD is set: exo is then looked up on the node where it
+    installs to (`modeldrop.exo.installs`)."""
 
     index: int
     name: str
@@ -206,6 +225,9 @@ class RunConfig:
     stall_window_s: float = 180.0
     chat_timeout_s: float = 120.0
     chat_stall_s: float = 30.0
+    chat_spread_max: float = 3.0
+    chat_spread_stop: bool = False
+    exo_synch_flag: str = "auto"
     hf_revision: str = "main"
     hf_endpoint: str | None = None
     hf_token: str | None = field(default=None, repr=False)
@@ -213,7 +235,7 @@ class RunConfig:
     parallel_downloads: bool = False
     keep_downloading: bool = False
     hf_cmd: str = "/opt/homebrew/bin/hf"
-    exo_cmd: str = "/Applications/EXO.app/Contents/Resources/exo/exo"
+    exo_cmd: str | None = None
     exo_log_dir: str = "~/modeldrop-logs"
     disk_margin_gb: int | None = None
     ssh_config: str = "~/.ssh/config"
@@ -334,6 +356,7 @@ _CONVERT: dict[str, Callable[[Any, str], Any]] = {
     "port": validate.port,
     "duration": validate.duration_s,
     "path": validate.node_path,
+    "ratio": validate.ratio,
 }
 
 
@@ -380,10 +403,11 @@ def _targets(raw: Mapping[str, Any], source: Mapping[str, str], required: bool =
 def _node(k: int, target: str, raw: Mapping[str, Any], source: Mapping[str, str], values: Mapping[str, Any],
           folder: str) -> NodeConfig:
     """Resolve node k's paths: per-node key, else the global key, else the default."""
-    def pick(per_node: str, default: str) -> str:
+    def pick(per_node: str, default: str | None) -> str:
         key = f"{per_node}{k}"
         where = f"{source[key]} ({key})" if key in source else key
-        return validate.node_path(str(raw.get(key) or default), where)
+        value = raw.get(key) or default
+        return validate.node_path(str(value), where) if value else ""
 
     python = raw.get(f"PYTHON_CMD_NODE{k}")
     return NodeConfig(
@@ -419,6 +443,7 @@ def load_config(cli: Mapping[str, Any], *, environ: Mapping[str, str] | None = N
     folder = validate.model_folder(model)
     values["MODEL_INSTANCE_ID"] = _instance_id(values["MODEL_INSTANCE_ID"], folder, model, source)
     extra = _extra_args(values["EXO_EXTRA_ARGS"], source)
+    values["EXO_SYNCH_FLAG"], extra = _synch_flag(values["EXO_SYNCH_FLAG"], extra, source)
     profile_path = Path(values["PROFILE_PATH"]).expanduser()
     profile = profiles.lookup(profiles.load(profile_path), model)
     api_urls = validate.api_urls(values["EXO_API_URLS"], _where(source, "EXO_API_URLS"), values["EXO_API_PORT"]) \
@@ -459,6 +484,20 @@ def _extra_args(value: str | None, source: Mapping[str, str]) -> tuple[str, ...]
         return exo_flags.parse_extra_args(value or "", _where(source, "EXO_EXTRA_ARGS"))
     except ValueError as e:
         raise InputError(str(e)) from None
+
+
+def _synch_flag(value: str, extra: tuple[str, ...], source: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
+    """(EXO_SYNCH_FLAG, EXO_EXTRA_ARGS without it): a fast-synch flag in EXO_EXTRA_ARGS is the synch flag (required,
+    as if EXO_SYNCH_FLAG named it); one that contradicts an EXO_SYNCH_FLAG that was set is an InputError."""
+    given = [t for t in extra if t in exo_flags.SYNCH_FLAGS]
+    if not given:
+        return value, extra
+    wanted = given[-1].lstrip("-")
+    if len(set(given)) > 1 or ("EXO_SYNCH_FLAG" in source and value != wanted):
+        raise InputError(f"{_where(source, 'EXO_EXTRA_ARGS')}: {' and '.join(dict.fromkeys(given))} contradicts "
+                         f"EXO_SYNCH_FLAG={value} ({source.get('EXO_SYNCH_FLAG', 'default')}); set only "
+                         f"EXO_SYNCH_FLAG (auto, no-fast-synch, fast-synch or exo-default)")
+    return wanted, tuple(t for t in extra if t not in exo_flags.SYNCH_FLAGS)
 
 
 def _apply_profile(values: dict[str, Any], raw: Mapping[str, Any], profile: dict | None) -> None:
@@ -506,7 +545,7 @@ def example_env_file() -> str:
               "# NODE1=studio1              # ssh_config alias, user@host[:port], or local",
               '# MODEL_DIR_NODE1="~/Models/${MODEL_INSTANCE_ID}"   # must end in org--name',
               "# HF_CMD_NODE1=/opt/homebrew/bin/hf",
-              "# EXO_CMD_NODE1=/Applications/EXO.app/Contents/Resources/exo/exo",
+              "# EXO_CMD_NODE1=/opt/homebrew/bin/exo   # default: looked up where exo installs to",
               "# EXO_LOG_DIR_NODE1=~/modeldrop-logs",
               "# PYTHON_CMD_NODE1=/opt/homebrew/bin/python3   # python3 for probes (default: picked per node)", ""]
     return "\n".join(lines)

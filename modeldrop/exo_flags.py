@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from dataclasses import dataclass, field
 
 # flag -> takes a value
 EXO_FLAGS: dict[str, bool] = {
@@ -29,6 +30,10 @@ MANAGED: dict[str, str] = {
     "--no-api": "the run (the gates need every node's API)",
 }
 _BAD = re.compile(r"[\x00-\x1f\x7f]")
+# MLX fast synch: exo >= 2026-01-16 (both generations here) has `--fast-synch` / `--no-fast-synch` (a mutually
+# exclusive pair that sets EXO_FAST_SYNCH for the runners); the guide starts every exo with --no-fast-synch.
+SYNCH_FLAGS = ("--no-fast-synch", "--fast-synch")
+GUIDE_SYNCH = "--no-fast-synch"
 
 
 def parse_extra_args(value: str, where: str) -> tuple[str, ...]:
@@ -82,3 +87,42 @@ def libp2p_port_line(port: int | None, generation: str, listed: tuple[str, ...] 
         return f"EXO_LIBP2P_PORT={port} is passed as --libp2p-port {port} (OLD, libp2p)"
     return (f"EXO_LIBP2P_PORT={port} is ignored: this OLD exo's --help has no --libp2p-port (flag added 2026-03-25; "
             "the port is OS-assigned)")
+
+
+@dataclass(frozen=True)
+class SynchChoice:
+    """What EXO_SYNCH_FLAG comes to on this cluster: `args` go to every exo start (canary and cluster); `lacking`
+    names the nodes whose exo does not list the flag ({k: exe}); `problems` stop preflight, `warnings` do not."""
+
+    setting: str
+    args: tuple[str, ...]
+    lacking: dict[int, str] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The flag as recorded (launch record, profile): the flag itself, or `none (exo's default)`."""
+        return self.args[0] if self.args else "none (exo's default)"
+
+
+def synch_choice(setting: str, listed: dict[int, tuple[str, tuple[str, ...] | set[str]]],
+                 where: str = "EXO_SYNCH_FLAG") -> SynchChoice:
+    """EXO_SYNCH_FLAG (`setting`) against each node's `exo --help` ({k: (exe, flags listed)}): `auto` passes the
+    guide's --no-fast-synch only when every node lists it (a node that does not: one warning line each, and no
+    flag anywhere: the flags are identical on every node); a flag named explicitly is required (a node that does
+    not list it: one problem line each); `exo-default` passes none."""
+    if setting == "exo-default":
+        return SynchChoice(setting, ())
+    flag = GUIDE_SYNCH if setting == "auto" else f"--{setting}"
+    lacking = {k: exe for k, (exe, flags) in sorted(listed.items()) if flag not in set(flags)}
+    if not lacking:
+        return SynchChoice(setting, (flag,))
+    if setting == "auto":
+        return SynchChoice(setting, (), lacking, warnings=tuple(
+            f"node{k}: `{exe} --help` does not list {flag}, which the guide starts exo with: every node runs without "
+            f"it (exo's default fast synch); install an exo that has it there (exo since 2026-01-16), or set "
+            f"EXO_SYNCH_FLAG=exo-default to say so and drop this line" for k, exe in lacking.items()))
+    return SynchChoice(setting, (), lacking, problems=tuple(
+        f"node{k}: {where} asks for {flag}, which `{exe} --help` does not list (exo would exit on it); install an exo "
+        f"that has it there (exo since 2026-01-16), or set EXO_SYNCH_FLAG=auto" for k, exe in lacking.items()))

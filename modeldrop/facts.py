@@ -79,9 +79,13 @@ class RunFacts:
 
     def exo_build(self, k: int) -> Any:
         """Node k's exo build, probed once with `exo --help`."""
+        from modeldrop.exo.installs import exo_cmd_of
         from modeldrop.exo.launcher import probe_build
 
-        return self._cached(self._exo, k, lambda: probe_build(self.pool.get(k), self.cfg.node(k).exo_cmd))
+        def probe() -> Any:
+            node = self.pool.get(k)
+            return probe_build(node, exo_cmd_of(node, self.cfg.node(k), self.cfg.sources))
+        return self._cached(self._exo, k, probe)
 
     def exo_version(self, k: int) -> str | None:
         """A stable string for node k's exo build: generation, version and help digest."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_EXO_OPTS = ("ONLINE", "EXO_API_PORT", "EXO_NAMESPACE")
+_EXO_OPTS = ("ONLINE", "EXO_API_PORT", "EXO_NAMESPACE", "EXO_SYNCH_FLAG")
 _PLACED_OPTS = (*_EXO_OPTS, "EXO_SHARDING", "EXO_INSTANCE_META")
 _FILE_OPTS = ("ONLINE", "HF_INCLUDE", "HF_EXCLUDE")
 _EXO_FACTS = ("hub_commit", "exo_versions")
@@ -83,17 +83,22 @@ class Gate:
 # tests_selftest/unit/gatetable/test_timeout_nesting.py against the library's own constants.
 GATES: tuple[Gate, ...] = (
     Gate("preflight", "preflight", "0", 2400, ("ONLINE", "EXO_API_PORT", "AUDIT", "DISK_MARGIN_GB", "HF_INCLUDE",
-                                               "HF_REVISION", "EXO_SHARDING", "ALLOW_SERVING_NO_GO"), ("exo_versions",),
-         "every node: SSH, python3, the exact hf and exo binaries run, same exo build and generation everywhere "
-         "(MLX, Python, macOS drift warned), EXO_EXTRA_ARGS in every `exo --help`, API port free, disk free ≥ "
-         "model size + margin, model dir ends in `org--name` and its parent is writable, the model not complete "
-         "in another dir while the configured one is empty (model dir mismatch: a fast stop naming both paths), "
-         "nodes reach each other; it will serve, judged from the hub's metadata before any download: weights "
-         "mlx-lm loads, `model_type` in every node's mlx-lm, the size within the nodes' available memory by EXO's "
-         "placement rule, a card EXO has or can add",
-         "a node unreachable; a binary missing on one node; disk clearly insufficient; the model complete in "
-         "another dir (model dir mismatch); exo build drift; will not serve (unknown architecture, unloadable "
-         "format, does not fit, no card possible)",
+                                               "HF_REVISION", "EXO_SHARDING", "ALLOW_SERVING_NO_GO", "EXO_SYNCH_FLAG"),
+         ("exo_versions",),
+         "every node: SSH, python3, the exact hf and exo binaries run (exo, when EXO_CMD_NODEk is unset, the one "
+         "found where exo installs to: Homebrew, EXO.app, uv tool, pipx; said per node), same exo build and "
+         "generation everywhere (MLX, Python, macOS drift warned), EXO_EXTRA_ARGS and EXO_SYNCH_FLAG in every "
+         "`exo --help`, no exo running that this run did not start (named with pid, program, owner and API port, "
+         "and the one command that clears them), API port free, disk free ≥ model size + margin, model dir ends in "
+         "`org--name` and its parent is writable, the model not complete in another dir while the configured one "
+         "is empty (model dir mismatch: a fast stop naming both paths), nodes reach each other (TCP; an SSH login "
+         "both ways is tried, and warned where keys do not allow it); it will serve, judged from the hub's metadata "
+         "before any download: weights mlx-lm loads, `model_type` in every node's mlx-lm, the size within the nodes' "
+         "available memory by EXO's placement rule, a card EXO has or can add",
+         "a node unreachable; a binary missing on one node, or two exo installs and none chosen; an exo the run did "
+         "not start still running; disk clearly insufficient; the model complete in another dir (model dir "
+         "mismatch); exo build drift; will not serve (unknown architecture, unloadable format, does not fit, no card "
+         "possible)",
          tools=("hf_cmd", "exo_cmd", "python_cmd"), tool_versions=True, audit_facts=(), resume="none", audit=True),
     Gate("node{k}_download", "download", "1", 4 * 3600 + 900, (*_FILE_OPTS, "HF_REVISION"), (),
          "`hf download` into MODEL_DIR_NODE{k} exits 0, with a progress line at least every 10 s",
@@ -105,7 +110,7 @@ GATES: tuple[Gate, ...] = (
          "safetensors headers match file sizes; counts; total size against the hub's tree",
          "a marker remains after a retry; counts fail; a file missing or of another size",
          resume="files", audit=True, later_phase="2A"),
-    Gate("node1_canary", "canary", "1B", 900, ("ONLINE", "EXO_API_PORT"), (*_EXO_FACTS, "manifests"),
+    Gate("node1_canary", "canary", "1B", 900, ("ONLINE", "EXO_API_PORT", "EXO_SYNCH_FLAG"), (*_EXO_FACTS, "manifests"),
          "exo alone on node 1 (offline, no downloads) has a card for the model (the unfiltered `/v1/models`; when "
          "it has none, `POST /models/add`, recorded) and lists the model under `?status=downloaded`; then stopped "
          "by pid",
@@ -121,21 +126,28 @@ GATES: tuple[Gate, ...] = (
          "immediate crash loop; API unreachable", tools=_EXO_TOOL, needs_exo=True, cluster=True),
     Gate("cluster", "cluster", "5", 1200, _EXO_OPTS, _EXO_FACTS,
          "`topology` lists N nodes with connections both ways (fewer than N for longer than the window is a fast "
-         "stop); then every node's `/v1/models` lists the model's card, added where missing",
+         "stop); then every node's `/v1/models` lists the model's card, added where missing (`?status=downloaded` "
+         "is the canary's check: the cluster runs `--no-downloads`, so its EXO has no download coordinator to list "
+         "the model as downloaded; the files themselves are the verify and parity gates')",
          "isolated (fewer than N nodes) for longer than the cluster window",
          tools=_EXO_TOOL, needs_exo=True, after_start=True, cluster=True),
     Gate("placement", "placement", "5", 3600, _PLACED_OPTS, _EXO_FACTS,
-         "placement for `min_nodes=N` succeeds, the instance is created, every runner reaches Ready/Running; "
-         "while `/state` shows no runner of it, a chat through every node decides (serving truth; no runners "
-         "and no chat by the deadline is the guide's fast stop)",
+         "placement for `min_nodes=N` succeeds, the instance is created (its `command_id` kept), every runner "
+         "reaches Ready/Running; while `/state` shows no runner of it, a chat through every node decides (serving "
+         "truth; no runners and no chat by the deadline is the guide's fast stop)",
          "nodeToRunner stays 0 and no chat succeeds; repeated churn or RunnerFailed",
          tools=_EXO_TOOL, needs_exo=True, after_start=True, cluster=True),
     Gate("transport", "transport", "6", 1800, _PLACED_OPTS, _EXO_FACTS,
-         "the ring addresses the runners announced are in place, no connect errors (errno 60/61/65) in any log",
+         "the ring addresses the runners announced are in place (ESTABLISHED to every neighbour), no ring or "
+         "JACCL connect errors (errno 60/61/65) in any log; while `/state` lists no runner of the instance, the "
+         "ring from the runners' own hostfile lines and sockets, and with nothing to check a chat through every "
+         "node (passed with a warning that says so)",
          "connection refused on transport ports; repeated backoff connect errors",
          tools=_EXO_TOOL, needs_exo=True, after_start=True, cluster=True),
     Gate("chat", "chat", "7", 1800, _PLACED_OPTS, _EXO_FACTS,
-         "a chat completion, streamed and not, answered through every node's API",
+         "a chat completion, streamed and not, answered through every node's API; latency stable over a few "
+         "short requests through each node (beyond `--chat-spread-max`: a warning, or a stop with "
+         "`--chat-spread-stop`)",
          "timeout; broken transport message; incomplete response",
          tools=_EXO_TOOL, needs_exo=True, after_start=True, cluster=True),
 )

@@ -10,6 +10,8 @@ is `modeldrop.exo.preflight`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,9 +164,53 @@ def reach_problems(pre: dict[int, NodePreflight], nodes: dict[int, Node], cfg: R
     return problems
 
 
-def preflight_verdict(problems: list[str], warnings: list[str], n_nodes: int) -> Verdict:
-    """The preflight gate's verdict: every problem found on every node, counted and joined in one line."""
+SSH_LOGIN_TIMEOUT_S = 8  # one node-to-node login: ConnectTimeout 5 s plus the login itself
+
+
+def ssh_login_argv(user: str | None, host: str, port: int) -> list[str]:
+    """A non-interactive SSH login that only proves it can log in: keys only (BatchMode), host keys checked against
+    the node's own known_hosts (never accepted on the fly), `true` as the command."""
+    return ["/usr/bin/ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=5",
+            "-o", "NumberOfPasswordPrompts=0", "-T", "-p", str(port), f"{user}@{host}" if user else host, "true"]
+
+
+def ssh_login_warnings(nodes: dict[int, Node], cfg: RunConfig) -> tuple[list[str], dict[str, Any]]:
+    """The guide's "SSH access works both directions": an SSH login from each node to each other node, as the
+    user and at the address the control host uses; where the node's keys or known_hosts do not allow it, one
+    warning line per pair (never a stop: the bootstrap itself needs no node-to-node SSH). Local nodes are skipped."""
+    targets = {k: (getattr(getattr(n, "resolved", None), "user", None), n.address(), ssh_port(n))
+               for k, n in nodes.items() if getattr(n, "resolved", None) is not None}
+
+    def login(k: int, j: int) -> tuple[int | None, str]:
+        user, host, port = targets[j]
+        try:
+            r = nodes[k].run(ssh_login_argv(user, host, port), timeout=SSH_LOGIN_TIMEOUT_S)
+            return r.rc, (r.stderr.strip().splitlines() or [""])[-1]
+        except NodeError as e:
+            return None, str(e)
+
+    pairs = [(k, j) for k in sorted(targets) for j in sorted(targets) if j != k]
+    if not pairs:
+        return [], {}
+    with ThreadPoolExecutor(max_workers=len(targets)) as pool:  # N logins at a time (N nodes)
+        done = dict(zip(pairs, pool.map(lambda p: login(*p), pairs), strict=True))
+    warnings, seen = [], {}
+    for (k, j), (rc, err) in done.items():
+        user, host, port = targets[j]
+        seen[f"node{k}->node{j}"] = {"rc": rc, "error": err if rc != 0 else None}
+        if rc != 0:
+            warnings.append(f"node{k} cannot SSH to node{j} ({user + '@' if user else ''}{host}:{port}): "
+                            f"{err[:160] or f'rc {rc}'} (the guide has SSH work both ways: on node{k}, put a key "
+                            f"node{j} authorizes and node{j}'s host key in its known_hosts)")
+    return warnings, seen
+
+
+def preflight_verdict(problems: list[str], warnings: list[str], n_nodes: int, notes: Iterable[str] = ()) -> Verdict:
+    """The preflight gate's verdict: every problem found on every node, counted and joined in one line; a pass says
+    which exo each node runs (`notes`)."""
     if problems:
         return Verdict.failed(problems, summary=f"{len(problems)} preflight problem(s): " + " | ".join(problems),
                               warnings=warnings)
-    return Verdict.passed(f"{n_nodes} node(s) ready for the bootstrap", warnings=warnings)
+    said = "; ".join(notes)
+    return Verdict.passed(f"{n_nodes} node(s) ready for the bootstrap" + (f"; {said}" if said else ""),
+                          warnings=warnings)

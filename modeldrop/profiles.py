@@ -49,6 +49,7 @@ FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "topology": (str, "a note of the nodes, hardware and links"),
     "observed": (dict, "an object of what the last green runs measured"),
     "serving": (dict, "an object: what preflight's serving verdict saw (model_type, format, quantization, size)"),
+    "exo_synch_flag": (str, "the MLX fast-synch flag the green cluster ran with"),
 }
 # observation keys -> the row's expectation fields they become once confirmed
 EXPECTATIONS = {"safetensors": "expected_safetensors", "gguf": "expected_gguf", "files": "expected_files",

@@ -54,6 +54,7 @@ class Signature:
 class Matched:
     sig: Signature
     matched: str
+    next_command: str = ""  # the signature's next command with what this failure knows filled in
 
     @property
     def id(self) -> str:
@@ -61,7 +62,19 @@ class Matched:
 
     def as_dict(self) -> dict:
         return {"id": self.sig.id, "title": self.sig.title, "cause": self.sig.cause,
-                "next_command": self.sig.next_command, "matched": self.matched}
+                "next_command": self.next_command or self.sig.next_command, "matched": self.matched}
+
+
+# placeholders of a next command -> the verdict fact that fills them when the failure knows it
+FILLED = {"<command_id>": Fact.command_id, "<api>": Fact.api_url}
+
+
+def filled(command: str, facts: dict[Fact, Any]) -> str:
+    """`command` with each placeholder the facts know replaced (e.g. H3's `POST <api>/v1/cancel/<command_id>`)."""
+    for placeholder, key in FILLED.items():
+        if facts.get(key):
+            command = command.replace(placeholder, str(facts[key]).rstrip("/"))
+    return command
 
 
 # -- matchers -------------------------------------------------------------------------------------
@@ -375,6 +388,12 @@ TABLE: tuple[Signature, ...] = (
       "ETIMEDOUT(60)/ECONNREFUSED(61)/EHOSTUNREACH(65): master and worker chose different IPs, firewall, wrong "
       "interface", "route -n get <ip>; compare `rank N hostfile` lines with ifconfig on each node",
       "log RING_CONNECT (error 60|61|65; Linux 110|111|113)", log("RING_CONNECT")),
+    S("G5", ("placement", "transport"), "JACCL coordinator unreachable",
+      "`[jaccl] Couldn't connect (error: 60|61|65)`: the MLX_JACCL_COORDINATOR address is wrong or blocked "
+      "(firewall, another interface, Local Network privacy)",
+      "grep 'MLX_JACCL_COORDINATOR' <exo log> on every node; from each node nc -zv <coordinator ip> <port>; or "
+      "--instance-meta MlxRing", "log JACCL_CONNECT or verdict fact `jaccl_errno`",
+      any_of(log("JACCL_CONNECT"), fact(Fact.jaccl_errno))),
     S("G3", ("transport", "chat", "bench"), "Ring socket errors during inference",
       "Link drop or the peer runner died (errno 54 ECONNRESET)", "check the peer runner's status first; cable/link",
       "log RING_RECV | RING_ABORT", any_of(log("RING_RECV"), log("RING_ABORT"))),
@@ -388,7 +407,8 @@ TABLE: tuple[Signature, ...] = (
       "/state has not caught up (a node reset after a re-election) or the instance was posted by hand with "
       "nodeToRunner {}: no evidence of which node runs which rank",
       "curl -s <api>/state | jq '.instances[][].shardAssignments'; rerun pytest gates/ -k transport once /state "
-      "shows the runners, else delete and re-place the instance", "verdict fact `no_runner_map`",
+      "shows the runners, else delete and re-place the instance (the gate already tried the runners' own "
+      "hostfile lines and a chat through every node)", "verdict fact `no_runner_map`",
       fact(Fact.no_runner_map)),
     S("H1", ("chat",), "No instance found for the model", "`model` is not the instance's full id, or the instance is gone",
       "curl -s <api>/state | jq '.instances[][].shardAssignments.modelId'", "HTTP 404 / log NO_INSTANCE",
@@ -399,7 +419,8 @@ TABLE: tuple[Signature, ...] = (
       any_of(_chat_kind("truncated", "stream_error", "no_done"), log("RUNNER_MIDREQ"))),
     S("H3", ("chat", "bench"), "Stream stalls (keep-alives only) or request hangs",
       "Collective deadlock, runner churn, API paused during an election",
-      "POST <api>/v1/cancel/<command_id>; delete and re-place the instance; --no-batch to isolate",
+      "curl -s -X POST <api>/v1/cancel/<command_id> (the stalled request's id); delete and re-place the "
+      "instance; --no-batch to isolate",
       "chat error kind stalled|timeout", _chat_kind("stalled", "timeout")),
     S("I1", CANARY_START, "API port already in use", "Another exo (app or CLI) or another program holds the port",
       "lsof -nP -iTCP:<port> -sTCP:LISTEN; stop that pid or pass --stop-existing-exo if it is exo",
@@ -456,7 +477,7 @@ def match(gate: str, logs: dict[Any, str] | None = None, state: dict | None = No
         except Exception:  # noqa: BLE001 - a broken matcher must not hide the failure
             hit = None
         if hit:
-            out.append(Matched(sig, hit))
+            out.append(Matched(sig, hit, filled(sig.next_command, ctx.facts)))
     return out
 
 

@@ -151,6 +151,17 @@ def duration_s(value: str | float, source: str) -> float:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
+def ratio(value: str | float, source: str) -> float:
+    """Accept a ratio of at least 1 (e.g. 3, 2.5): how many times one figure may be another."""
+    try:
+        v = float(str(value).strip())
+    except ValueError:
+        v = 0.0
+    if not v >= 1.0 or v == float("inf"):
+        raise InputError(f"{source}: invalid ratio {value!r}; expected a number of at least 1, e.g. 3 or 2.5")
+    return v
+
+
 def namespace(value: str, source: str) -> str:
     """Accept an EXO discovery namespace: letters, digits, '.', '_', '-' (1..64 chars)."""
     v = (value or "").strip()

@@ -61,6 +61,10 @@ class Fact(StrEnum):
     unloadable_format = "unloadable_format"  # the weight format EXO cannot load: gguf, pytorch, mixed, none
     does_not_fit = "does_not_fit"    # {size_bytes, available_bytes}: EXO's placement rule refuses min_nodes=N
     card_impossible = "card_impossible"  # no built-in card and POST /models/add would fail (why)
+    jaccl_errno = "jaccl_errno"      # errno values of `[jaccl] Couldn't connect` lines
+    command_id = "command_id"        # EXO's command id of the request that failed (POST /v1/cancel/<id>)
+    api_url = "api_url"              # the API the failing request went to
+    foreign_exo = "foreign_exo"      # exo processes the run did not start (preflight)
 
 
 def checked_facts(facts: Mapping[str, Any] | None) -> dict[Fact, Any]:

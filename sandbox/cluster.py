@@ -50,7 +50,7 @@ class Sandbox(Layout):
                  venv_dir: Path = DEFAULT_VENV, report_dir: Path | str | None = None,
                  model_params: dict[str, Any] | None = None,
                  node_requirements: tuple[str, ...] = NODE_REQUIREMENTS, exo: str = "emulator",
-                 preinstall_card: bool = False):
+                 preinstall_card: bool = False, homebrew_exo: bool = False):
         super().__init__(Path(root) if root else default_root(slot), slot, n_nodes, mode, hub_port)
         check_generation(generation)
         self.mode, self.note = users.pick_mode(mode, n_nodes)
@@ -61,6 +61,7 @@ class Sandbox(Layout):
         self.exo_asked = exo
         kind, self.exo_note = pick_exo(exo, generation)
         self.node_exo = NodeExo(self, generation, kind, preinstall_card)
+        self.homebrew_exo = homebrew_exo and self.mode == "ssh"  # each node's exo also at /opt/homebrew/bin/exo
 
     # -- what the nodes run --------------------------------------------------------------------------
     @property
@@ -106,13 +107,37 @@ class Sandbox(Layout):
             self._ensure_node(n, bin_dir)
         if self.mode == "ssh":
             users.write_ssh_files(self)
-            for n in self.nodes():
-                users.ensure_sshd(self, n)
+            self._ensure_sshds()
         hub_model.ensure_reference_download(self)
         write_file(self.env_file, env_file_text(self, self._ensure_profiles()))
         self._save_state()
         log.info("sandbox slot %d up in %.1fs: %s", self.slot, time.monotonic() - t0, self.env_file)
         return self.env_file
+
+    def _ensure_sshds(self) -> None:
+        """Every node's sshd, each in a mount namespace of its own seeing its Homebrew-style prefix when
+        `homebrew_exo`: its exo is then written there and only there (node 2's usual place, EXO.app in
+        ~/Applications, is a place exo installs to: kept, it would be a second install)."""
+        for n in self.nodes():
+            homebrew = None
+            if self.homebrew_exo:
+                homebrew = self.node_exo.write_homebrew(n.k).parent.parent
+                n.exo_cmd.unlink(missing_ok=True)
+            users.ensure_sshd(self, n, homebrew)
+
+    def set_homebrew_exo(self, on: bool) -> None:
+        """Install each node's exo at /opt/homebrew/bin/exo as that node sees it, instead of its usual path (on),
+        or back (off): its sshd restarts in (or out of) a mount namespace of its own (sessions open on it end).
+        SSH nodes only."""
+        if self.mode != "ssh":
+            raise SandboxError("a Homebrew-style exo needs SSH nodes (each sshd in a mount namespace of its own)")
+        self.homebrew_exo = on
+        bin_dir = self._python_bin()
+        for n in self.nodes():
+            self.node_exo.write_tools(n, bin_dir)
+            nodes.hand_over(n, *users.owner(self, n.k))
+        self._ensure_sshds()
+        self._save_state()
 
     def _prepare_root(self) -> None:
         """Create root (mode 755); in SSH mode every ancestor must be traversable by node users."""
@@ -158,7 +183,7 @@ class Sandbox(Layout):
         state = {"slot": self.slot, "n_nodes": self.n_nodes, "mode": self.mode, "generation": self.generation,
                  "hub_port": self.hub_port, "venv_dir": str(self.venv_dir), "report_dir": str(self.report_dir),
                  "model_params": self.model_params, "note": self.note, "exo": self.exo,
-                 "preinstall_card": self.preinstall_card,
+                 "preinstall_card": self.preinstall_card, "homebrew_exo": self.homebrew_exo,
                  "hub": {"pid": self.hub.pid, "host": self.hub_host, "port": self.hub_port},
                  "sshd": users.sshd_state(self)}
         write_file(self.state_file, json.dumps(state, indent=2) + "\n")
@@ -174,7 +199,7 @@ class Sandbox(Layout):
         return cls(root, s["slot"], s["n_nodes"], generation=s["generation"], hub_port=s["hub_port"],
                    mode=s["mode"], venv_dir=Path(s["venv_dir"]), report_dir=s.get("report_dir"),
                    model_params=s.get("model_params"), exo=s.get("exo", "emulator"),
-                   preinstall_card=s.get("preinstall_card", False))
+                   preinstall_card=s.get("preinstall_card", False), homebrew_exo=s.get("homebrew_exo", False))
 
     # -- runtime controls ------------------------------------------------------------------------------
     def set_exo_generation(self, generation: str) -> None:

@@ -102,6 +102,7 @@ class NodeExo:
         self.lay, self.generation, self.kind, self.preinstall_card = lay, generation, kind, preinstall_card
         self.faults: dict[int, dict[str, Any]] = {}
         self.timing: dict[int, dict[str, Any]] = {}
+        self.exo_text: dict[int, str] = {}  # node k's exo entry point as written last
         self.real: Any = None  # the real-EXO Install once prepare() has it
 
     # -- installs ------------------------------------------------------------------------------------
@@ -149,6 +150,18 @@ class NodeExo:
         exo = self._real_entry_point(n) if self.kind == "real" else exo_entry_point(bin_dir / "python", n.k, exo_env)
         write_file(n.hf_cmd, "\n".join(hf) + "\n", 0o755)
         write_file(n.exo_cmd, exo, 0o755)
+        self.exo_text[n.k] = exo
+
+    def write_homebrew(self, k: int) -> Path:
+        """node k's exo also as a Homebrew-style install: `<node dir>/homebrew/bin/exo`, which node k sees as
+        /opt/homebrew/bin/exo (root-owned like a Homebrew prefix; the same entry point as its own `exo`)."""
+        prefix = self.lay.homebrew_dir(k)
+        for d in (prefix, prefix / "bin"):
+            d.mkdir(mode=0o755, parents=True, exist_ok=True)
+            d.chmod(0o755)
+        target = prefix / "bin" / "exo"
+        write_file(target, self.exo_text[k], 0o755)
+        return target
 
     def _real_entry_point(self, n: NodeInfo) -> str:
         """node k's `exo` running real EXO (sandbox/exo_real/node.py), bound to the node's own address."""

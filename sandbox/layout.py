@@ -24,6 +24,9 @@ DEFAULT_HUB_PORT = 8900
 HF_PATHS = {1: ".local/bin/hf", 2: "homebrew/bin/hf", 3: "miniforge3/bin/hf", 4: "Library/Python/3.11/bin/hf"}
 EXO_PATHS = {1: "exo/.venv/bin/exo", 2: "Applications/EXO.app/Contents/Resources/exo/exo",
              3: "src/exo/.venv/bin/exo", 4: "opt/exo/bin/exo"}
+# A Homebrew-style exo (`Sandbox(homebrew_exo=True)`): node k's own `<node dir>/homebrew` seen at /opt/homebrew by
+# everything node k runs (its sshd runs in a mount namespace of its own), so /opt/homebrew/bin/exo is each node's.
+HOMEBREW_PREFIX = Path("/opt/homebrew")
 
 
 class SandboxError(RuntimeError):
@@ -139,6 +142,10 @@ class Layout:
     def node_tmp(self, k: int) -> Path:
         """Node k's own temp dir (TMPDIR of its exo), as if it were a separate machine."""
         return self.node_dir(k) / "tmp"
+
+    def homebrew_dir(self, k: int) -> Path:
+        """What node k sees at /opt/homebrew when the sandbox installs a Homebrew-style exo (`homebrew_exo`)."""
+        return self.node_dir(k) / "homebrew"
 
     def exo_models_dir(self, k: int) -> Path:
         """exo's models dir on the Linux layout (`EXO_DATA_HOME/models`)."""

@@ -21,7 +21,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from sandbox.layout import Layout, NodeInfo, SandboxError, write_file
+from sandbox.layout import HOMEBREW_PREFIX, Layout, NodeInfo, SandboxError, write_file
 from sandbox.procs import cmdline, descendants, pid_matches, processes, read_pid, stop_pid, wait_until
 
 log = logging.getLogger("sandbox")
@@ -170,10 +170,12 @@ def _tcp_open(host: str, port: int) -> bool:
         return False
 
 
-def sshd_config(lay: Layout, n: NodeInfo) -> str:
-    """Node k's sshd_config: its address, port 22, key-only, only its user."""
+def sshd_config(lay: Layout, n: NodeInfo, homebrew: Path | None = None) -> str:
+    """Node k's sshd_config: its address, port 22, key-only, only its user (and, as a comment, the dir it sees at
+    /opt/homebrew: a change of it restarts the sshd in its own mount namespace)."""
     ndir = lay.node_dir(n.k)
-    return (f"# sshd of sandbox node {n.k} ({n.alias})\nListenAddress {n.address}\nPort 22\n"
+    mounts = f"# {HOMEBREW_PREFIX} of this node: {homebrew} (own mount namespace)\n" if homebrew else ""
+    return (f"# sshd of sandbox node {n.k} ({n.alias})\n{mounts}ListenAddress {n.address}\nPort 22\n"
             f"HostKey {host_key(lay, n.k)}\nPidFile {ndir / 'sshd.pid'}\n"
             "AuthorizedKeysFile .ssh/authorized_keys\nPubkeyAuthentication yes\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin no\n"
@@ -192,11 +194,22 @@ def sshd_alive(lay: Layout, k: int) -> bool:
     return pid_matches(sshd_pid(lay, k), ["sshd", str(lay.sshd_config_path(k))])
 
 
-def ensure_sshd(lay: Layout, n: NodeInfo) -> None:
-    """Start node k's sshd, or restart it when its config changed; wait until it listens."""
+def sshd_argv(cfg: Path, log: Path, homebrew: Path | None) -> list[str]:
+    """sshd on its config; with `homebrew`, in a mount namespace of its own where that dir is /opt/homebrew (so
+    every session and process of the node sees its own /opt/homebrew/bin/exo, as on a Mac with Homebrew)."""
+    argv = [SSHD, "-f", str(cfg), "-E", str(log)]
+    if homebrew is None:
+        return argv
+    return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
+            'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(homebrew), str(HOMEBREW_PREFIX), *argv]
+
+
+def ensure_sshd(lay: Layout, n: NodeInfo, homebrew: Path | None = None) -> None:
+    """Start node k's sshd, or restart it when its config changed; wait until it listens. With `homebrew` the
+    node sees that dir at /opt/homebrew (`sshd_argv`; /opt/homebrew is made, empty, as the mount point)."""
     ndir = lay.node_dir(n.k)
     cfg = lay.sshd_config_path(n.k)
-    text = sshd_config(lay, n)
+    text = sshd_config(lay, n, homebrew)
     changed = not cfg.exists() or cfg.read_text() != text
     write_file(cfg, text, 0o600)
     pid = read_pid(ndir / "sshd.pid")
@@ -205,7 +218,9 @@ def ensure_sshd(lay: Layout, n: NodeInfo) -> None:
         return
     stop_pid(pid, needles)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    r = subprocess.run([SSHD, "-f", str(cfg), "-E", str(ndir / "sshd.log")], capture_output=True, text=True)
+    if homebrew is not None:
+        HOMEBREW_PREFIX.mkdir(mode=0o755, parents=True, exist_ok=True)
+    r = subprocess.run(sshd_argv(cfg, ndir / "sshd.log", homebrew), capture_output=True, text=True)
     if r.returncode != 0:
         tail = (ndir / "sshd.log").read_text(errors="replace")[-1500:] if (ndir / "sshd.log").exists() else ""
         raise SandboxError(f"sshd for node {n.k} failed (rc {r.returncode}): {r.stderr}{tail}")

@@ -17,25 +17,35 @@ Lifecycle contract (fixtures/exo.py applies it):
 - `scan_logs(role)` and `log_tails(role)` fetch the nodes' logs (probe `tail`) for a failing gate's
   evidence, each only from where it stood when its exo was launched (`LaunchRecord.log_marks`); matching
   them against the signature table is the caller's (this package never imports it).
+- `keep_logs(role)` copies each node's logs of `role` into the run folder (`logs/exo/node<k>-<role>-<log>.log`,
+  the end kept, at most KEEP_LOG_BYTES each, secrets masked), whatever the outcome: the canary's when it stops,
+  the cluster's at the end of the run or at teardown.
+- `synch()` decides EXO_SYNCH_FLAG once for every node from each node's `exo --help` (the build `builds(k)` gives,
+  the run's shared one, else each cluster launcher's own); every launcher, the canary's too, starts exo with it.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from modeldrop import exo_flags
 from modeldrop.config import RunConfig
 from modeldrop.exo import logs as exologs
 from modeldrop.exo import state as st
 from modeldrop.exo.client import ExoClient
-from modeldrop.exo.launcher import ExoLauncher, LaunchError, LaunchRecord, RecordFolder, precheck_facts
+from modeldrop.exo.launcher import ExoBuild, ExoLauncher, LaunchError, LaunchRecord, RecordFolder, precheck_facts
 from modeldrop.exo.observe import watch_cluster
 from modeldrop.exo.wait import call_safely
 from modeldrop.nodepool import NodePool
+from modeldrop.redaction import redact, secret_values
 from modeldrop.verdict import Verdict
 
 EVIDENCE_TAIL_BYTES = 16 * 1024
+KEEP_LOG_BYTES = 2 * 1024 * 1024  # each exo log kept in the run folder: its last 2 MiB
 
 
 def stopped_existing_lines(rec: LaunchRecord) -> list[str]:
@@ -64,15 +74,19 @@ class JoinWatch:
 
 
 class ExoCluster:
-    def __init__(self, cfg: RunConfig, pool: NodePool, run_folder: RecordFolder):
+    def __init__(self, cfg: RunConfig, pool: NodePool, run_folder: RecordFolder,
+                 builds: Callable[[int], ExoBuild] | None = None):
         self.cfg = cfg
         self.pool = pool
         self.run_folder = run_folder
+        self.builds = builds  # node k's exo build as the run knows it (RunFacts.exo_build), else probed here
         self.launchers: dict[int, ExoLauncher] = {}
         self.running = False
         self.attached = False
         self.instance_id: str | None = None
         self.join_watch: JoinWatch | None = None
+        self._synch: exo_flags.SynchChoice | None = None
+        self.kept_logs: dict[str, str] = {}  # run-folder file -> the node's log it holds
 
     @property
     def ks(self) -> list[int]:
@@ -81,8 +95,24 @@ class ExoCluster:
     def launcher(self, k: int, role: str = "cluster") -> ExoLauncher:
         key = k if role == "cluster" else -k
         if key not in self.launchers:
-            self.launchers[key] = ExoLauncher(self.pool.get(k), self.cfg.node(k), self.cfg, self.run_folder)
+            build_of = (lambda k=k: self.builds(k)) if self.builds is not None else None
+            self.launchers[key] = ExoLauncher(self.pool.get(k), self.cfg.node(k), self.cfg, self.run_folder,
+                                              synch=self.synch, build_of=build_of)
         return self.launchers[key]
+
+    def synch(self) -> exo_flags.SynchChoice:
+        """EXO_SYNCH_FLAG decided once from every node's `exo --help` (a node whose exo cannot be probed is left
+        out: its own start fails with the reason; the canary on node 1 does not fail for node 2)."""
+        if self._synch is None:
+            listed = {}
+            for k in self.ks:
+                try:
+                    b = self.launcher(k).build()
+                except Exception:  # noqa: BLE001 - a node that cannot say (unreachable, no exo) fails its own start
+                    continue
+                listed[k] = (b.exe, b.help_flags)
+            self._synch = exo_flags.synch_choice(self.cfg.exo_synch_flag, listed)
+        return self._synch
 
     def cluster_launchers(self) -> dict[int, ExoLauncher]:
         return {k: self.launcher(k) for k in self.ks}
@@ -192,6 +222,12 @@ class ExoCluster:
                 out[k] = nid
         return out
 
+    def node_names(self, live_ids: dict[int, str] | None = None) -> dict[str, str]:
+        """{node id: "node2 (user@host)"}: each node as configured, for messages that would otherwise name it by
+        EXO's friendly name (two nodes on one host share it)."""
+        ids = self.node_ids() if live_ids is None else live_ids
+        return {nid: f"{self.cfg.node(k).name} ({self.cfg.node(k).target})" for k, nid in ids.items()}
+
     def stop_all(self) -> dict[str, Any]:
         """Stop every process this run started or adopted (canary included)."""
         self.cancel_join_watch()
@@ -236,6 +272,40 @@ class ExoCluster:
                 if text:
                     tails[f"node{abs(key)}-{role}-{label}"] = text
         return tails
+
+    def keep_logs(self, role: str = "cluster", max_bytes: int = KEEP_LOG_BYTES) -> dict[str, str]:
+        """Copy the logs of this run's `role` processes into the run folder (see the module docstring);
+        {run-folder file: node log}. A log that cannot be read is skipped (its gate said why already)."""
+        secrets = secret_values(getattr(self.cfg, "values", None) or {})
+        mine = [(abs(key), la) for key, la in sorted(self.launchers.items(), key=lambda kv: abs(kv[0]))
+                if la.record is not None and la.record.role == role]
+
+        def keep(k: int, la: ExoLauncher) -> dict[str, str]:  # one node's logs, one after the other
+            rec, out = la.record, {}
+            assert rec is not None
+            for label, path in (("stdout", rec.log_path), ("exo", rec.exo_log_path),
+                                ("runner-stderr", rec.runner_log_path)):
+                r, _ = call_safely(lambda path=path: la.node.run_probe(
+                    "tail", {"path": path, "max_bytes": max_bytes, "mark": rec.log_marks.get(path)},
+                    timeout=exologs.TAIL_TIMEOUT_S))
+                if not r or not r.get("exists") or not r.get("text"):
+                    continue
+                cut = int(r.get("from") or 0)
+                head = f"# node{k} {role} {label}: {r.get('expanded') or path}"
+                head += (f" (bytes {cut}..{r.get('size')}: what this run wrote, its last {max_bytes} bytes at most)\n"
+                         if cut else "\n")
+                rel = f"logs/exo/node{k}-{role}-{label}.log"
+                self.run_folder.write_text(rel, redact(head + str(r["text"]), secrets))
+                out[rel] = str(r.get("expanded") or path)
+            return out
+
+        kept: dict[str, str] = {}
+        if mine:  # the nodes side by side
+            with ThreadPoolExecutor(max_workers=len(mine)) as pool:
+                for part in pool.map(lambda kl: keep(*kl), mine):
+                    kept.update(part)
+        self.kept_logs.update(kept)
+        return kept
 
     def gone(self) -> dict[int, str]:
         """{k: "pid N"} of the cluster processes this run started or adopted and did not stop that are no longer

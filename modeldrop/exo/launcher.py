@@ -7,7 +7,8 @@ default namespace is the package version), else None; `ExoBuild.version_source` 
 
 `ExoLauncher(node, node_cfg, cfg, run_folder).start(role)` builds (see `command`):
   argv  EXO_CMD_NODEk --api-port EXO_API_PORT [--namespace NS (NEW)] [--libp2p-port EXO_LIBP2P_PORT (OLD, when
-        its help lists it)] [EXO_EXTRA_ARGS…] [--offline] [--no-downloads] -v
+        its help lists it)] [EXO_EXTRA_ARGS…] [--no-fast-synch (EXO_SYNCH_FLAG)] [--offline] [--no-downloads] -v
+        (EXO_CMD_NODEk unset: the exo found where exo installs to, `modeldrop.exo.installs`)
   env   EXO_MODELS_READ_ONLY_DIRS=<parent of MODEL_DIR_NODEk, absolute>
         EXO_LIBP2P_NAMESPACE=NS (OLD) | unset EXO_LIBP2P_NAMESPACE and EXO_BOOTSTRAP_PEERS (NEW: both fatal)
         EXO_ZENOH_NAMESPACE=NS (NEW: only logged by exo, but it puts the namespace in the log)
@@ -27,8 +28,9 @@ model; offline already guarantees no download. The canary uses its own namespace
 (`<ns>-canary`) so it stays alone even if exo from an earlier run still serves on other nodes.
 
 Before starting, a foreign process on the API port, or exo's pid-file lock held by a live exo, is a
-diagnosis (LaunchError), never a kill; `--stop-existing-exo` stops only processes whose executable
-(or script) is the configured EXO_CMD or the EXO.app bundle's exo, and lists them. Processes that an
+diagnosis (LaunchError), never a kill; `--stop-existing-exo` stops only this user's processes that run exo by
+program (`modeldrop.exo.foreign`: EXO.app, Homebrew, uv tool, pipx, `uv run exo`, `python -m exo`, the configured
+or looked-up exo), and lists them. Processes that an
 earlier modeldrop run started (its launch records) are ours: they are stopped by pid. A record names the
 node it was made on (target, hostname and boot id: `NodeIdentity`); a record of another node or another
 boot, or older than RECORD_MAX_AGE_S, is void and never read. A record whose processes are found gone (or
@@ -49,12 +51,15 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from modeldrop import atomic
+from modeldrop import atomic, exo_flags
 from modeldrop.config import NodeConfig, RunConfig
+from modeldrop.exo import foreign
+from modeldrop.exo.installs import ExoLookupError, exo_cmd_of
 from modeldrop.exo.logs import ExoPaths, exo_paths
 from modeldrop.hub import node_endpoint_problem
 from modeldrop.nodes import url_host
@@ -84,6 +89,8 @@ class RecordFolder(Protocol):
     path: Path
 
     def write_json(self, rel: str, obj: Any) -> Path: ...
+
+    def write_text(self, rel: str, s: str) -> Path: ...
 
 
 class LaunchError(Exception):
@@ -204,6 +211,7 @@ class LaunchRecord:
     node_boot: str | None = None
     program: str | None = None  # the executable `spawn` saw the process run
     log_marks: dict[str, dict] = field(default_factory=dict)  # path -> {inode, size} when the launch began
+    synch_flag: str | None = None  # EXO_SYNCH_FLAG as passed: `--no-fast-synch`, or `none (exo's default)`
     source: Path | None = field(default=None, compare=False, repr=False)  # the file it was read from
 
     def to_json(self) -> dict:
@@ -294,13 +302,17 @@ class ExoLauncher:
     """Start/stop exo on one node; one launcher per (node, role)."""
 
     def __init__(self, node: Node, node_cfg: NodeConfig, cfg: RunConfig, run_folder: RecordFolder,
-                 build: ExoBuild | None = None, facts: dict | None = None):
+                 build: ExoBuild | None = None, facts: dict | None = None,
+                 synch: Callable[[], exo_flags.SynchChoice] | None = None,
+                 build_of: Callable[[], ExoBuild] | None = None):
         self.node = node
         self.node_cfg = node_cfg
         self.cfg = cfg
         self.run_folder = run_folder
         self._build = build
+        self._build_of = build_of  # the run's shared build of this node (one `exo --help` per node and run)
         self._facts = facts
+        self._synch = synch  # the cluster-wide EXO_SYNCH_FLAG decision (every node's `exo --help`)
         self.record: LaunchRecord | None = None
         self.stopped_existing: list[dict] = []
 
@@ -325,10 +337,27 @@ class ExoLauncher:
         """This node's launch records from earlier runs (see `previous_records`)."""
         return previous_records(Path(self.cfg.report_dir), Path(str(self.run_folder.path)), self.k, self.identity())
 
+    @property
+    def exo_cmd(self) -> str:
+        """The exo this node runs: EXO_CMD_NODEk, else the one found where exo installs to; LaunchError if none."""
+        try:
+            return exo_cmd_of(self.node, self.node_cfg, self.cfg.sources)
+        except ExoLookupError as e:
+            raise LaunchError(str(e)) from None
+
     def build(self) -> ExoBuild:
         if self._build is None:
-            self._build = probe_build(self.node, self.node_cfg.exo_cmd)
+            try:
+                self._build = self._build_of() if self._build_of else probe_build(self.node, self.exo_cmd)
+            except ExoLookupError as e:
+                raise LaunchError(str(e)) from None
         return self._build
+
+    def synch(self) -> exo_flags.SynchChoice:
+        """EXO_SYNCH_FLAG as decided for the whole cluster (this node's own `--help` alone without a cluster)."""
+        if self._synch is not None:
+            return self._synch()
+        return exo_flags.synch_choice(self.cfg.exo_synch_flag, {self.k: (self.build().exe, self.build().help_flags)})
 
     @property
     def paths(self) -> ExoPaths:
@@ -350,7 +379,7 @@ class ExoLauncher:
         build, ns = self.build(), self.namespace(role)
         home = str(self.facts().get("home") or "~")
         parent = expand_home(self.node_cfg.models_parent, home)
-        argv = [self.node_cfg.exo_cmd, "--api-port", str(self.cfg.api_port)]
+        argv = [self.exo_cmd, "--api-port", str(self.cfg.api_port)]
         env = {"EXO_MODELS_READ_ONLY_DIRS": parent}
         unset: list[str] = []
         if build.generation == "new":
@@ -362,6 +391,7 @@ class ExoLauncher:
         if build.generation == "old" and self.cfg.libp2p_port and "--libp2p-port" in build.help_flags:
             argv += ["--libp2p-port", str(self.cfg.libp2p_port)]
         argv += list(self.cfg.exo_extra_args)  # the same on every node and in both roles
+        argv += list(self.synch().args)  # EXO_SYNCH_FLAG: decided once for every node
         online = bool(self.cfg.online) and role == "cluster"
         if online:
             env["EXO_OFFLINE"] = "false"
@@ -382,7 +412,13 @@ class ExoLauncher:
 
     # -- before start -----------------------------------------------------------------------------
     def _exo_exe_paths(self) -> list[str]:
-        return [self.node_cfg.exo_cmd, *APP_EXO_PATHS]
+        """The programs that are exo on this node: the one it runs, every install found, EXO.app's."""
+        found = [f["path"] for f in self.facts().get("exo_installs") or []]
+        try:
+            mine = [self.exo_cmd]
+        except LaunchError:
+            mine = []
+        return list(dict.fromkeys([*mine, *found, *APP_EXO_PATHS]))
 
     def stop_previous_runs(self) -> list[dict]:
         """Stop processes an earlier modeldrop run started on this node (its valid launch records), by pid after
@@ -416,22 +452,20 @@ class ExoLauncher:
         return args
 
     def _stop_existing(self, role: str) -> list[dict]:
-        """--stop-existing-exo: this SSH user's processes whose program is the configured exo or EXO.app's
-        (never a match on argv alone), listed in the run folder before any is stopped, then stopped by pid."""
-        rows = self.node.run_probe("procs", {"pids": None, "exe_paths": self._exo_exe_paths(), "own_only": True},
-                                   timeout=60)["procs"]
+        """--stop-existing-exo: this SSH user's processes that run exo by program (`foreign.scan`: never a match
+        on argv alone), listed in the run folder (`found`) before any is stopped, then stopped by pid after the
+        identity check; another user's are listed apart (`not_ours`), never signalled."""
+        programs = self._exo_exe_paths()
+        rows = foreign.scan(self.node, programs, api_addresses(self.node), self.cfg.api_port)
         secrets = secret_values(getattr(self.cfg, "values", None) or {})
-        found = [{"pid": p.get("pid"), "uid": p.get("uid"), "start": p.get("start"), "exe": p.get("exe"),
-                  "cmdline": [redact(a, secrets) for a in p.get("cmdline") or []]} for p in rows]
+
+        def shown(d: dict) -> dict:
+            return {**d, "cmdline": [redact(str(a), secrets) for a in d.get("cmdline") or []]}
         self.run_folder.write_json(f"exo/node{self.k}-{role}-existing-exo.json",
-                                   {"programs": self._exo_exe_paths(), "found": found})
-        out = []
-        for p, shown in zip(rows, found, strict=True):
-            res = self.node.run_probe("stop", {"pid": p["pid"], "expect_start": p.get("start"), "grace_s": STOP_GRACE_S},
-                                      timeout=STOP_GRACE_S + 60)
-            out.append({"pid": p["pid"], "exe": p.get("exe"), "cmdline": shown["cmdline"], "result": res.get("result"),
-                        "detail": redact(str(res.get("detail") or ""), secrets)})
-        return out
+                                   {"programs": programs, "found": [shown(r.to_json()) for r in rows if r.own],
+                                    "not_ours": [shown(r.to_json()) for r in rows if not r.own]})
+        return [{**shown(res), "detail": redact(str(res.get("detail") or ""), secrets)}
+                for res in foreign.stop_own(self.node, rows, STOP_GRACE_S)]
 
     def _pidfile_holder(self) -> dict | None:
         r = self.node.run_probe("tail", {"path": self.paths.pid_file, "max_bytes": 64}, timeout=60)
@@ -487,11 +521,12 @@ class ExoLauncher:
         res = self.node.run_probe("spawn", {"argv": argv, "env": env, "unset_env": unset, "cwd": "~",
                                             "log_path": log_path, "pid_file": None}, timeout=120)
         self.record = LaunchRecord(
-            node=self.k, role=role, pid=int(res["pid"]), start=res.get("start"), exe=self.node_cfg.exo_cmd,
+            node=self.k, role=role, pid=int(res["pid"]), start=res.get("start"), exe=self.exo_cmd,
             argv=argv, env=redact_mapping(env), unset_env=unset, generation=self.build().generation,
             namespace=self.namespace(role), api_url=self.api_url, log_path=res.get("log_path") or log_path,
             exo_log_path=self.paths.log_file, runner_log_path=self.paths.runner_stderr, started_at=time.time(),
-            stopped_existing=self.stopped_existing, program=res.get("exe"), log_marks=marks)
+            stopped_existing=self.stopped_existing, program=res.get("exe"), log_marks=marks,
+            synch_flag=self.synch().label)
         ident = self.identity()
         self.record.node_target, self.record.node_host, self.record.node_boot = ident.target, ident.hostname, \
             ident.boot_id

@@ -182,5 +182,10 @@ def ring_connect_errors(text: str) -> list[int]:
     return [int(m.group("errno")) for m in RX["RING_CONNECT"].finditer(text or "")]
 
 
+def jaccl_connect_errors(text: str) -> list[int]:
+    """errno of every `[jaccl] Couldn't connect (error: N)` line (the JACCL coordinator unreachable)."""
+    return [int(m.group("errno")) for m in RX["JACCL_CONNECT"].finditer(text or "")]
+
+
 def joined(logs: dict[Any, str]) -> str:
     return "\n".join(logs.values())

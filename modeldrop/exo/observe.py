@@ -19,6 +19,8 @@ from modeldrop.exo.verdicts import (
     StartupSample,
     chat_verdict,
     cluster_verdict,
+    latency_verdict,
+    logged_ring_verdict,
     ready_verdict,
     runner_map_lag,
     startup_verdict,
@@ -121,8 +123,10 @@ def watch_cluster(clients: dict[int, ExoClient], live_ids: dict[int, str], windo
 
 
 # -- placement ------------------------------------------------------------------------------------
-def place(client: ExoClient, model_id: str, sharding: str, instance_meta: str, n: int) -> tuple[dict | None, Verdict | None]:
-    """GET /instance/placement then POST /instance; (instance json, None) or (None, failed verdict)."""
+def place(client: ExoClient, model_id: str, sharding: str, instance_meta: str, n: int,
+          created: dict | None = None) -> tuple[dict | None, Verdict | None]:
+    """GET /instance/placement then POST /instance; (instance json, None) or (None, failed verdict). `created`, when
+    given, receives POST /instance's answer (its `command_id`: EXO's id of the create command)."""
     try:
         inst = client.placement(model_id, sharding, instance_meta, n)
     except ExoHTTPError as e:
@@ -132,7 +136,9 @@ def place(client: ExoClient, model_id: str, sharding: str, instance_meta: str, n
     except ExoError as e:
         return None, Verdict.failed(f"GET /instance/placement: {e}", {}, {})
     try:
-        client.create_instance(inst)
+        answer = client.create_instance(inst)
+        if created is not None and isinstance(answer, dict):
+            created.update(answer)
     except ExoHTTPError as e:
         return None, Verdict.failed(f"POST /instance: {e}", {"status": e.status, "body": e.body, "instance": inst},
                                     {"http_status": e.status, "http_body": e.message})
@@ -158,12 +164,13 @@ SERVING_EVERY_S = 15.0   # how often the chat is retried while no runner shows
 
 def wait_ready(client: ExoClient, instance_id: str, ready_timeout_s: float, stall_s: float | None = None,
                clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-               serving: Callable[[], Verdict] | None = None) -> Verdict:
+               serving: Callable[[], Verdict] | None = None, names: dict[str, str] | None = None) -> Verdict:
     """Poll /state until every runner is Ready/Running; fail fast on RunnerFailed, vanishing, or a stall.
 
     Serving truth: while no runner of the instance shows in /state, `serving()` (a chat through every
     node) is tried every SERVING_EVERY_S; a chat that answers passes (the map lag is a warning fact),
     no runner and no chat by the stall/deadline is the fast stop "nodeToRunner=0 and no successful chat".
+    `names` ({node id: "node2 (user@host)"}) names a failed runner's node by its configured name first.
     """
     stall_s = stall_budget(ready_timeout_s) if stall_s is None else stall_s
     t0 = clock()
@@ -172,7 +179,7 @@ def wait_ready(client: ExoClient, instance_id: str, ready_timeout_s: float, stal
     appear_budget = max(30.0, stall_s)
 
     def look() -> st.InstanceProgress:
-        p = st.instance_progress(client.state(), instance_id)
+        p = st.instance_progress(client.state(), instance_id, names)
         now = clock()
         if p.present:
             track["present"] = True
@@ -233,19 +240,69 @@ def serving_verdict(prog: st.InstanceProgress, chat: Verdict | None, tries: int,
 
 
 # -- transport ------------------------------------------------------------------------------------
+def ring_sockets(nodes: dict[int, Any], port: int) -> dict[int, list[dict]]:
+    """Each node's sockets on the ring port (probe `sockets`: read, never connecting)."""
+    out = {}
+    for k, node in nodes.items():
+        r, _ = call_safely(lambda node=node: node.run_probe("sockets", {"port": port}, timeout=SOCKETS_TIMEOUT_S))
+        out[k] = (r or {}).get("sockets") or []
+    return out
+
+
 def check_transport(inst: st.Instance, node_ids: dict[int, str], node_logs: dict[int, str],
-                    nodes: dict[int, Any]) -> Verdict:
-    """Compare logged ring hosts with /state, look at sockets on the ring port (never connecting), scan errno lines."""
+                    nodes: dict[int, Any], serving: Callable[[], Verdict] | None = None) -> Verdict:
+    """Compare logged ring hosts with /state, look at sockets on the ring port (never connecting), scan errno lines
+    (ring and JACCL). When /state's nodeToRunner does not say which node runs which rank, the ring is taken from
+    the runners' own hostfile lines and sockets (`logged_ring_verdict`); when nothing can be checked, a chat through
+    every node (`serving()`) is the evidence: it passes with a warning saying so, else the gate fails."""
     hostfiles = {k: exologs.hostfile_lines(t) for k, t in node_logs.items()}
     errors = {k: exologs.ring_connect_errors(t) for k, t in node_logs.items()}
+    jaccl = {k: exologs.jaccl_connect_errors(t) for k, t in node_logs.items()}
     coords = {k: [m.group(0) for m in exologs.find("COORD_LINE", t)] for k, t in node_logs.items()}
     sockets: dict[int, list[dict]] = {}
     if inst.is_ring and inst.ephemeral_port and len(inst.node_ids) > 1:
-        for k, node in nodes.items():
-            r, err = call_safely(lambda node=node: node.run_probe("sockets", {"port": inst.ephemeral_port},
-                                                                     timeout=SOCKETS_TIMEOUT_S))
-            sockets[k] = (r or {}).get("sockets") or []
-    return transport_verdict(inst, node_ids, hostfiles, sockets, errors, coords)
+        sockets = ring_sockets(nodes, inst.ephemeral_port)
+    v = transport_verdict(inst, node_ids, hostfiles, sockets, errors, coords, jaccl)
+    if not v.facts.get(Fact.no_runner_map):
+        return v
+    return _without_runner_map(inst, node_ids, hostfiles, errors, nodes, serving, v)
+
+
+def _logged_port(inst: st.Instance, hostfiles: dict[int, list[exologs.HostfileLine]]) -> int | None:
+    """The ring port: /state's ephemeralPort, else the own entry of a hostfile line of this instance."""
+    if inst.ephemeral_port:
+        return inst.ephemeral_port
+    for lines in hostfiles.values():
+        for h in lines:
+            own = h.hosts[h.rank] if inst.instance_id in h.path and h.rank < len(h.hosts) else ""
+            if own.rpartition(":")[2].isdigit():
+                return int(own.rpartition(":")[2])
+    return None
+
+
+def _without_runner_map(inst: st.Instance, node_ids: dict[int, str], hostfiles: dict[int, list[exologs.HostfileLine]],
+                        errors: dict[int, list[int]], nodes: dict[int, Any], serving: Callable[[], Verdict] | None,
+                        v: Verdict) -> Verdict:
+    """The transport verdict while /state lists no runner of a multi-shard instance (see `check_transport`)."""
+    port = _logged_port(inst, hostfiles) if inst.is_ring else None
+    logged = logged_ring_verdict(inst, node_ids, hostfiles, ring_sockets(nodes, port) if port else {}, errors)
+    if logged is not None:
+        logged.warnings.append("transport checked from the runners' own hostfile lines and sockets: /state's "
+                               "nodeToRunner lists no runner of the instance (runner map lag)")
+        return logged
+    if serving is None or any(errors.values()):
+        return v
+    chat = serving()
+    details = {**v.details, "serving_chat": chat.details}
+    if not chat.ok:
+        return Verdict.failed(v.problems + [f"and no chat through every node answered: {chat.summary}"], details,
+                              v.facts)
+    return Verdict.passed(
+        "nothing to check after placement passed on serving truth: /state lists no runner of the instance and no "
+        "runner logged its hostfile; chat through every node answered (the evidence)", details,
+        {"runner_lag": ["nodeToRunner lists no runner of the instance at the transport gate"]},
+        warnings=["transport not checked: /state lists no runner of the instance and no runner logged its hostfile "
+                  f"line; chat through every node answered, which is the evidence ({chat.summary})"])
 
 
 # -- chat -----------------------------------------------------------------------------------------
@@ -267,7 +324,8 @@ def one_chat(url: str, model_id: str, stream: bool, max_tokens: int = 64, stall_
             "text_head": (rec.text or rec.reasoning_text or "")[:200], "finish_reason": rec.finish_reason,
             "saw_done": rec.saw_done, "keepalives": rec.keepalives, "usage": rec.usage,
             "latency_s": round(rec.e2e, 3) if rec.e2e is not None else None,
-            "ttft_s": round(rec.ttft, 3) if rec.ttft is not None else None}
+            "ttft_s": round(rec.ttft, 3) if rec.ttft is not None else None,
+            "command_id": rec.response_id}
 
 
 def run_chats(urls: dict[int, str], model_id: str, stall_s: float = CHAT_STALL_S,
@@ -298,6 +356,28 @@ def serving_check(urls: dict[int, str], model_id: str, timeout_s: float = SERVIN
         if not chat_verdict([r]).ok:
             break
     return chat_verdict(results)
+
+
+LATENCY_REQUESTS = 3  # short requests per node for the latency-stability judgement
+
+
+def latency_check(urls: dict[int, str], model_id: str, spread_max: float, stop: bool,
+                  n: int = LATENCY_REQUESTS, timeout_s: float = SERVING_CHAT_S) -> Verdict:
+    """`n` short identical non-streamed chats through each node, judged for latency stability (`latency_verdict`);
+    a request that fails is its own problem (the chat gate's answers all passed just before)."""
+    lat: dict[int, list[float]] = {}
+    failed = []
+    for k, url in sorted(urls.items()):
+        for _ in range(n):
+            r = one_chat(url, model_id, False, max_tokens=8, stall_s=min(CHAT_STALL_S, timeout_s), timeout_s=timeout_s)
+            if r.get("error") or r.get("latency_s") is None:
+                failed.append(f"node{k}: short request failed: {r.get('error_kind')}: {str(r.get('error'))[:160]}")
+            else:
+                lat.setdefault(k, []).append(float(r["latency_s"]))
+    v = latency_verdict(lat, spread_max, stop)
+    if failed:
+        return Verdict.failed(failed + v.problems, v.details, {"kinds": ["latency_request"]})
+    return v
 
 
 def runner_lag(clients: dict[int, ExoClient], instance_id: str) -> tuple[list[str], dict]:

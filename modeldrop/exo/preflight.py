@@ -2,14 +2,18 @@
 
 `exo_preflight(nodes, cfg) -> ExoPreflight(problems, builds, evidence)`; the lead's preflight gate
 fails with `problems` (one line each, naming node, path and what is wrong):
-- the exo binary at EXO_CMD_NODEk exists and `--help` runs (probe `tool`);
+- which exo each node runs: EXO_CMD_NODEk (or EXO_CMD), else the one install found where exo installs to (none,
+  or two different ones, is a problem naming them; `installs`); the one used is said in `notes`;
+- the exo binary exists and `--help` runs (probe `tool`);
 - the same generation and version on every node; drift names both sides, e.g.
   "exo drift: node1 NEW 0.3.70 (/path), node2 OLD 1.0.71 (/path)"; MLX, Python and macOS versions
   that differ across nodes are warnings (probe `runtime` beside exo's install, and the node facts);
 - the API port is free on every node (a port held by exo that an earlier modeldrop run started
   is not a problem: the launcher stops its own processes by pid before starting);
 - every EXO_EXTRA_ARGS flag is listed by each node's `exo --help`; what EXO_LIBP2P_PORT does with this
-  generation is said in one warning line;
+  generation is said in one warning line; EXO_SYNCH_FLAG against every `exo --help` (`exo_flags.synch_choice`);
+- every exo on the node that this run did not start (probe `exos`, `foreign`): the SSH user's are a problem with
+  the one command that clears them, unless --stop-existing-exo will stop them;
 - MODEL_DIR_NODEk ends in the folder exo expects (`org--name`: exo looks a model up by that folder name), so path drift fails
   here, before any download.
 """
@@ -22,10 +26,12 @@ from typing import Any
 
 from modeldrop import exo_flags
 from modeldrop.config import RunConfig
+from modeldrop.exo import foreign, installs
 from modeldrop.exo.launcher import (
     ExoBuild,
     LaunchError,
     Node,
+    api_addresses,
     describe_holders,
     node_identity,
     previous_records,
@@ -40,6 +46,8 @@ class ExoPreflight:
     builds: dict[int, ExoBuild]
     evidence: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # which exo each node runs, said in the gate's summary
+    synch: exo_flags.SynchChoice | None = None
 
 
 def flag_problems(k: int, build: ExoBuild, cfg: RunConfig) -> list[str]:
@@ -73,11 +81,16 @@ def _own_pids(node: Node, cfg: RunConfig, k: int) -> set[int]:
     return {r.pid for r in recs if not r.stopped}
 
 
-def port_problem(node: Node, k: int, cfg: RunConfig) -> tuple[str | None, dict]:
+def port_problem(node: Node, k: int, cfg: RunConfig, exo_pids: set[int] | None = None) -> tuple[str | None, dict]:
+    """The API port's problem, None when it is free, held by an earlier modeldrop run's exo, or by an exo that
+    the foreign-exo lines already name (`exo_pids`)."""
     r = probe_api_port(node, cfg.api_port)
     if r.get("free"):
         return None, r
     holders = r.get("holders") or []
+    if holders and {h["pid"] for h in holders} <= (exo_pids or set()):
+        r["note"] = "held by an exo this run did not start (named in its own line)"
+        return None, r
     if holders and {h["pid"] for h in holders} <= _own_pids(node, cfg, k):
         r["note"] = "held by exo an earlier modeldrop run started; the launcher stops it by pid"
         return None, r
@@ -111,24 +124,55 @@ def runtime_drift(runtimes: dict[int, dict[str, Any]]) -> list[str]:
     return out
 
 
-def exo_preflight(nodes: dict[int, Node], cfg: RunConfig) -> ExoPreflight:
-    """Run every exo preflight check on every node; never raises for a node-side problem."""
-    out = ExoPreflight([], {}, {"builds": {}, "ports": {}})
+def choose_exo(node: Node, k: int, cfg: RunConfig, out: ExoPreflight) -> installs.ExoChoice | None:
+    """Which exo node k runs (configured, else looked up); its problem or the line saying which was used."""
+    nc = cfg.node(k)
+    try:
+        choice = installs.choose(nc, node.facts(), cfg.sources)
+    except Exception as e:  # noqa: BLE001 - one line per node, not a traceback
+        out.problems.append(f"node{k}: cannot look for exo: {type(e).__name__}: {e}")
+        return None
+    out.evidence["exo_choice"][f"node{k}"] = {"path": choice.path, "how": choice.how, "found": list(choice.found)}
+    if choice.problem:
+        out.problems.append(choice.problem)
+    else:
+        out.notes.append(choice.line(nc.name))
+    return choice
+
+
+def foreign_check(node: Node, k: int, cfg: RunConfig, choice: installs.ExoChoice | None) -> list[foreign.ForeignExo]:
+    """The exo processes on node k this run did not start (an earlier modeldrop run's are the launcher's)."""
+    programs = ([choice.path] if choice and choice.path else []) + [f["path"] for f in (choice.found if choice else ())]
+    return foreign.scan(node, programs, api_addresses(node), cfg.api_port, _own_pids(node, cfg, k))
+
+
+def exo_preflight(nodes: dict[int, Node], cfg: RunConfig, rerun: str = "pytest gates/") -> ExoPreflight:
+    """Run every exo preflight check on every node; never raises for a node-side problem. `rerun` is the run's
+    own command (the one command that clears foreign exo adds --stop-existing-exo to it)."""
+    out = ExoPreflight([], {}, {"builds": {}, "ports": {}, "exo_choice": {}, "foreign_exo": {}})
+    found: dict[int, list[foreign.ForeignExo]] = {}
     for k, node in sorted(nodes.items()):
         nc = cfg.node(k)
         p = folder_problem(k, nc.model_dir, cfg.model_folder)
         if p:
             out.problems.append(p)
+        choice = choose_exo(node, k, cfg, out)
         try:
-            out.builds[k] = probe_build(node, nc.exo_cmd)
-            out.evidence["builds"][f"node{k}"] = out.builds[k].__dict__
-            out.problems += flag_problems(k, out.builds[k], cfg)
+            if choice is not None and choice.path:
+                out.builds[k] = probe_build(node, choice.path)
+                out.evidence["builds"][f"node{k}"] = out.builds[k].__dict__
+                out.problems += flag_problems(k, out.builds[k], cfg)
         except LaunchError as e:
             out.problems.append(f"node{k}: {e}")
         except Exception as e:  # noqa: BLE001 - one line per node, not a traceback
-            out.problems.append(f"node{k}: cannot probe exo at {nc.exo_cmd}: {type(e).__name__}: {e}")
+            out.problems.append(f"node{k}: cannot probe exo at {choice and choice.path}: {type(e).__name__}: {e}")
         try:
-            p, r = port_problem(node, k, cfg)
+            found[k] = foreign_check(node, k, cfg, choice)
+            out.evidence["foreign_exo"][f"node{k}"] = [f.to_json() for f in found[k]]
+        except Exception as e:  # noqa: BLE001
+            out.warnings.append(f"node{k}: cannot list the exo processes running there: {type(e).__name__}: {e}")
+        try:
+            p, r = port_problem(node, k, cfg, {f.pid for f in found.get(k, [])})
             out.evidence["ports"][f"node{k}"] = r
             if p and not cfg.stop_existing_exo:
                 out.problems.append(p)
@@ -136,10 +180,21 @@ def exo_preflight(nodes: dict[int, Node], cfg: RunConfig) -> ExoPreflight:
                 out.evidence["ports"][f"node{k}"]["note"] = "in use; --stop-existing-exo will stop it if it is exo"
         except Exception as e:  # noqa: BLE001
             out.problems.append(f"node{k}: cannot check API port {cfg.api_port}: {type(e).__name__}: {e}")
+    problems, warnings = foreign.preflight_lines({k: v for k, v in found.items() if v}, cfg, rerun)
+    out.problems += problems
+    out.warnings += warnings
     d = drift_problem(out.builds)
     if d:
         out.problems.append(d)
-    runtimes = {k: runtime_of(node, cfg.node(k).exo_cmd) for k, node in sorted(nodes.items())}
+    if out.builds and len(out.builds) == len(nodes):
+        where = cfg.sources.get("EXO_SYNCH_FLAG", "EXO_SYNCH_FLAG")
+        listed = {k: (b.exe, b.help_flags) for k, b in out.builds.items()}
+        out.synch = exo_flags.synch_choice(cfg.exo_synch_flag, listed, f"EXO_SYNCH_FLAG ({where})")
+        out.problems += out.synch.problems
+        out.warnings += out.synch.warnings
+        out.evidence["synch_flag"] = {"setting": cfg.exo_synch_flag, "args": list(out.synch.args),
+                                      "lacking": {f"node{k}": exe for k, exe in out.synch.lacking.items()}}
+    runtimes = {k: runtime_of(nodes[k], b.exe) for k, b in sorted(out.builds.items())}
     out.evidence["runtimes"] = {f"node{k}": r for k, r in runtimes.items()}
     out.warnings += runtime_drift(runtimes)
     lines = {exo_flags.libp2p_port_line(cfg.libp2p_port, b.generation, b.help_flags) for b in out.builds.values()}

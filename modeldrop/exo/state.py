@@ -327,28 +327,33 @@ class InstanceProgress:
         return {r: (self.statuses[r].label() if r in self.statuses else "absent") for r in self.expected}
 
 
-def instance_progress(state: dict, instance_id: str) -> InstanceProgress:
+def instance_progress(state: dict, instance_id: str, names: dict[str, str] | None = None) -> InstanceProgress:
+    """The instance's runners as this /state shows them; `names` ({node id: "node2 (user@host)"}) names each node
+    by its configured name and target first."""
     inst = instances(state).get(instance_id)
     if inst is None:
         return InstanceProgress(instance_id, False, {}, [])
     rs = runners(state)
     expected = inst.runner_ids
     return InstanceProgress(instance_id, True, {r: rs[r] for r in expected if r in rs}, expected,
-                            runner_locations(state, inst))
+                            runner_locations(state, inst, names))
 
 
-def node_label(friendly: dict[str, str], nid: str) -> str:
-    """A node as a person reads it in a message: "friendly-name (node id prefix)", or "node id prefix"."""
+def node_label(friendly: dict[str, str], nid: str, names: dict[str, str] | None = None) -> str:
+    """A node as a person reads it in a message: its configured name and target when known ("node2
+    (user@host)"), then "friendly-name (node id prefix)" (two nodes on one host can share a friendly name)."""
     name = friendly.get(nid)
-    return f"{name} (node {nid[:12]})" if name else f"node {nid[:12]}"
+    exo = f"{name} (node {nid[:12]})" if name else f"node {nid[:12]}"
+    configured = (names or {}).get(nid)
+    return f"{configured}, {exo}" if configured else exo
 
 
-def runner_locations(state: dict, inst: Instance) -> dict[str, str]:
+def runner_locations(state: dict, inst: Instance, names: dict[str, str] | None = None) -> dict[str, str]:
     """{runner id: `node_label` of its node} from nodeToRunner; "rank N" when the map is empty."""
     friendly = cluster_view(state).friendly
     out = {}
     for nid, rid in inst.node_to_runner.items():
-        out[rid] = node_label(friendly, nid)
+        out[rid] = node_label(friendly, nid, names)
     for rid, shard in inst.runner_to_shard.items():
         if rid not in out and shard.rank is not None:
             out[rid] = f"rank {shard.rank} (nodeToRunner does not say which node)"

@@ -146,14 +146,23 @@ def neighbour_ips(inst: Instance, nid: str) -> set[str]:
 
 def transport_verdict(inst: Instance, node_ids: dict[int, str], hostfiles: dict[int, list[HostfileLine]],
                       sockets: dict[int, list[dict]], errors: dict[int, list[int]],
-                      coord_lines: dict[int, list[str]] | None = None) -> Verdict:
-    """Ring: logged hosts == hostsByNode, ESTABLISHED sockets to the neighbours on the ring port, no errno lines."""
+                      coord_lines: dict[int, list[str]] | None = None,
+                      jaccl_errors: dict[int, list[int]] | None = None) -> Verdict:
+    """Ring: logged hosts == hostsByNode, ESTABLISHED sockets to the neighbours on the ring port, no errno lines.
+    JACCL: every node's coordinator line, no `[jaccl] Couldn't connect (error: N)` line."""
     problems, facts = [], {"ring_errno": sorted({e for es in errors.values() for e in es}), "mismatch": False}
+    jaccl_errors = jaccl_errors or {}
+    if any(jaccl_errors.values()):
+        facts["jaccl_errno"] = sorted({e for es in jaccl_errors.values() for e in es})
     details: dict[str, Any] = {"kind": inst.kind, "ephemeral_port": inst.ephemeral_port,
                                "hosts_by_node": inst.hosts_by_node, "jaccl_coordinators": inst.jaccl_coordinators}
     for k, errs in sorted(errors.items()):
         if errs:
             problems.append(f"node{k}: [ring] Couldn't connect (error: {', '.join(map(str, sorted(set(errs))))})")
+    for k, errs in sorted(jaccl_errors.items()):
+        if errs:
+            problems.append(f"node{k}: [jaccl] Couldn't connect (error: {', '.join(map(str, sorted(set(errs))))}): "
+                            "the JACCL coordinator is unreachable from that node")
     if len(inst.node_ids) < 2 and inst.shard_count >= 2:
         facts["no_runner_map"] = True
         problems.append(f"instance {inst.instance_id} has {inst.shard_count} shards but its nodeToRunner lists "
@@ -193,6 +202,41 @@ def transport_verdict(inst: Instance, node_ids: dict[int, str], hostfiles: dict[
     return Verdict.passed(f"ring port {port}: hosts match /state and sockets ESTABLISHED to every neighbour", details, facts)
 
 
+def logged_ring_verdict(inst: Instance, node_ids: dict[int, str], hostfiles: dict[int, list[HostfileLine]],
+                        sockets: dict[int, list[dict]], errors: dict[int, list[int]]) -> Verdict | None:
+    """The ring as the runners logged it, for when /state's nodeToRunner does not say which node runs which rank:
+    each node's latest `rank r hostfile` line of this instance (its own entry, its neighbours: the entries that are
+    neither its own nor the non-neighbour placeholder), ranks all different, an ESTABLISHED socket to every
+    neighbour on the ring port, no errno lines. None when a node logged no such line (nothing to check)."""
+    lines = {k: [h for h in hostfiles.get(k) or [] if inst.instance_id in h.path] for k in node_ids}
+    if not node_ids or not all(lines.values()):
+        return None
+    problems = [f"node{k}: [ring] Couldn't connect (error: {', '.join(map(str, sorted(set(es))))})"
+                for k, es in sorted(errors.items()) if es]
+    details: dict[str, Any] = {"from": "the runners' own hostfile lines (nodeToRunner is empty in /state)"}
+    ranks = {k: ls[-1].rank for k, ls in lines.items()}
+    if len(set(ranks.values())) != len(ranks):
+        problems.append(f"two nodes logged the same rank: {ranks}")
+    port = None
+    for k, ls in sorted(lines.items()):
+        last = ls[-1]
+        own = last.hosts[last.rank] if last.rank < len(last.hosts) else ""
+        port = _split(own)[1] or port
+        peers = {_split(h)[0] for i, h in enumerate(last.hosts)
+                 if i != last.rank and h != NON_NEIGHBOUR and not h.startswith("0.0.0.0:")}
+        details[f"node{k}_logged"] = {"rank": last.rank, "hosts": last.hosts}
+        details[f"node{k}_sockets"] = sockets.get(k)
+        linked = {_peer_ip(x, port) for x in sockets.get(k) or [] if x.get("state") == "ESTABLISHED"
+                  and port is not None and _on_port(x, port)}
+        if port is None or not peers <= linked:
+            problems.append(f"node{k} (rank {last.rank}): no ESTABLISHED socket on ring port {port} to "
+                            f"{', '.join(sorted(peers - linked)) or 'its neighbours'}")
+    facts = {"ring_errno": sorted({e for es in errors.values() for e in es}), "no_socket": any(
+        "no ESTABLISHED" in p for p in problems)}
+    return Verdict.judged(problems, f"ring port {port}, checked from the runners' own hostfile lines (/state's "
+                                    "nodeToRunner is empty): sockets ESTABLISHED to every neighbour", details, facts)
+
+
 def _split(addr: str) -> tuple[str, int | None]:
     host, _, p = str(addr).rpartition(":")
     return host.strip("[]"), int(p) if p.isdigit() else None
@@ -223,6 +267,23 @@ def chat_verdict(results: list[dict]) -> Verdict:
         return Verdict.failed(problems, {"results": results}, facts)
     lat = ", ".join(f"node{r['node']}{'/s' if r['stream'] else ''} {r.get('latency_s', 0):.2f}s" for r in results)
     return Verdict.passed(f"{len(results)} chat completion(s) answered: {lat}", {"results": results}, facts)
+
+
+def latency_verdict(latencies: dict[int, list[float]], spread_max: float, stop: bool) -> Verdict:
+    """Latency stability (one of the guide's strong signals) over a few short, identical requests through each
+    node: the slowest may take at most `spread_max` times as long as the fastest on the same node. Beyond it: a
+    warning, or a problem when `stop`. A node with fewer than two answered requests has no spread to judge."""
+    spreads = {k: round(max(v) / max(min(v), 1e-3), 2) for k, v in sorted(latencies.items()) if len(v) >= 2}
+    details = {"latencies_s": {f"node{k}": v for k, v in sorted(latencies.items())},
+               "spread": {f"node{k}": x for k, x in spreads.items()}, "spread_max": spread_max}
+    wide = [f"node{k}: the slowest of {len(latencies[k])} short requests took {x:.1f}x the fastest "
+            f"({', '.join(f'{t:.2f}' for t in latencies[k])} s; bound {spread_max:g}x, --chat-spread-max)"
+            for k, x in spreads.items() if x > spread_max]
+    said = ", ".join(f"node{k} {x:.1f}x" for k, x in spreads.items())
+    if stop:
+        return Verdict.judged([f"latency not stable: {w}" for w in wide], f"latency stable: {said}", details)
+    return Verdict.passed(f"latency stable: {said}" if not wide else f"latency spread above the bound: {said}",
+                          details, warnings=[f"latency not stable: {w}" for w in wide])
 
 
 def runner_map_lag(per_node: dict[int, InstanceProgress]) -> list[str]:

@@ -104,6 +104,7 @@ def profile_row_updates(gs: GateSession) -> dict[str, Any]:
     row["instance_id"] = gs.cfg.instance_id
     row["sharding"], row["instance_meta"] = gs.cfg.sharding, gs.cfg.instance_meta
     row["topology"] = topology_note(gs)
+    row.update(synch_flag_field(notes))
     if not (gs.cfg.profile or {}).get("notes"):  # never overwrite an operator's notes
         row["notes"] = (f"first green bootstrap {gs.folder.run_id} on {len(gs.cfg.nodes)} node(s), "
                         f"{dur(time.time() - gs.ledger.started)}")
@@ -152,6 +153,10 @@ def topology_note(gs: GateSession) -> str:
         at = f" at {f['ssh_server_addr']}" if f.get("ssh_server_addr") else ""
         parts.append(f"{n.name} {' '.join(words)}{at}")
     return "; ".join(parts)
+def synch_flag_field(notes: dict[str, Any]) -> dict[str, Any]:
+    """The profile's `exo_synch_flag`: what the startup gate recorded the cluster ran with (EXO_SYNCH_FLAG)."""
+    flags = notes.get("exo synch flag")
+    return {"exo_synch_flag": flags[0]} if isinstance(flags, list) and len(flags) == 1 else {}
 
 
 def config_value(gs: GateSession, key: str) -> Any:

@@ -49,7 +49,7 @@ PYTHON_PICK = (
 PROBE_TAG = "modeldrop-probe"  # the first word after `-` on every probe's command line
 
 PROBES = ("facts", "tool", "disk", "manifest", "hashes", "ports", "sockets", "procs", "tail", "spawn",
-          "stop", "fs", "dirsize", "reach", "locate", "runtime", "supervise", "leftovers", "serving")
+          "stop", "fs", "dirsize", "reach", "locate", "runtime", "supervise", "leftovers", "serving", "exos")
 
 _FOOTER = """
 
@@ -76,7 +76,8 @@ if __name__ == "__main__":
 # Helper modules prepended to a probe's payload (their names are then defined in the probe's namespace).
 PROBE_DEPS = {"procs": ("_proc",), "spawn": ("_proc",), "stop": ("_proc", "procs"), "tool": ("_proc",),
               "supervise": ("_proc", "_watch"), "leftovers": ("_proc",), "ports": ("_net",), "sockets": ("_net",),
-              "locate": ("manifest",), "serving": ("_proc", "procs", "manifest")}
+              "locate": ("manifest",), "serving": ("_proc", "procs", "manifest"),
+              "exos": ("_proc", "procs")}
 _FUTURE = "from __future__ import annotations\n"
 
 

@@ -1,6 +1,6 @@
 """Probe `facts`: {} -> who and where the node is (python, platform, home, user, PATH, OS version, boot, the
-hardware model and memory, and the HF_ENDPOINT its own shell environment sets, which `hf` and exo would use when
-the run sets none).
+hardware model and memory, the HF_ENDPOINT its own shell environment sets, which `hf` and exo would use when
+the run sets none, and the exo installs found where exo installs to).
 
 `boot_id` changes at every boot of the node and only then: Linux's /proc/sys/kernel/random/boot_id, macOS's
 `kern.boottime` (`boottime:<sec>.<usec>`), else the boot time from /proc/stat; None when none can be read. With
@@ -17,6 +17,19 @@ import socket
 import subprocess
 import sys
 
+# Where exo installs to, in the order a found one is reported (EXO_PLACES: (path, form)). Homebrew: Apple silicon
+# and Intel prefixes; EXO.app: system and user Applications (its CLI runtime, not the GUI); uv tool and pipx put
+# their console scripts in ~/.local/bin unless UV_TOOL_BIN_DIR / PIPX_BIN_DIR / XDG_BIN_HOME say otherwise.
+EXO_PLACES = (
+    ("/opt/homebrew/bin/exo", "Homebrew"),
+    ("/usr/local/bin/exo", "Homebrew (Intel)"),
+    ("/Applications/EXO.app/Contents/Resources/exo/exo", "EXO.app"),
+    ("~/Applications/EXO.app/Contents/Resources/exo/exo", "EXO.app"),
+    ("$UV_TOOL_BIN_DIR/exo", "uv tool"),
+    ("$PIPX_BIN_DIR/exo", "pipx"),
+    ("$XDG_BIN_HOME/exo", "uv tool / pipx"),
+    ("~/.local/bin/exo", "uv tool / pipx"),
+)
 
 def _sw_vers() -> str | None:
     """macOS product version from sw_vers (platform.mac_ver() can say 16.0 on macOS 26)."""
@@ -76,6 +89,36 @@ def hardware() -> tuple:
     except OSError:
         pass
     return model, memory
+def install_form(path: str, real: str, form: str) -> str:
+    """What kind of install a found exo is, told by where its real file lives (a ~/.local/bin link names its tool)."""
+    if "/uv/tools/" in real:
+        return "uv tool"
+    if "/pipx/venvs/" in real:
+        return "pipx"
+    if "/Cellar/" in real or "/Caskroom/" in real:
+        return "Homebrew"
+    return form
+
+
+def exo_installs() -> list:
+    """Each exo found in EXO_PLACES (an executable file), once per real path: [{path, realpath, form}]."""
+    out, seen = [], set()
+    for place, form in EXO_PLACES:
+        if place.startswith("$"):
+            var, _, rest = place[1:].partition("/")
+            base = os.environ.get(var)
+            if not base:
+                continue
+            place = os.path.join(base, rest)
+        path = os.path.expanduser(place)
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            continue
+        real = os.path.realpath(path)
+        if real in seen:
+            continue
+        seen.add(real)
+        out.append({"path": path, "realpath": real, "form": install_form(path, real, form)})
+    return out
 
 
 def main(args: dict) -> dict:
@@ -107,4 +150,5 @@ def main(args: dict) -> dict:
         "pid": os.getpid(),
         "hw_model": hw_model,
         "memory_bytes": memory_bytes,
+        "exo_installs": exo_installs(),
     }

@@ -9,6 +9,7 @@ from typing import Any
 
 NEW_HELP = """usage: exo [-h] [-q] [-v] [-m] [--no-api] [--api-port API_PORT] [--no-worker] [--no-downloads]
   [--offline] [--namespace NAMESPACE] [--zenoh-port ZENOH_PORT] [--discovery-port DISCOVERY_PORT]
+  [--fast-synch | --no-fast-synch]
 options:
   --api-port API_PORT
   --namespace NAMESPACE  discovery namespace (default: 0.3.70)
@@ -16,6 +17,7 @@ options:
 """
 OLD_HELP = """usage: exo [-h] [-q] [-v] [-m] [--no-api] [--api-port API_PORT] [--no-worker] [--no-downloads]
   [--offline] [--bootstrap-peers BOOTSTRAP_PEERS] [--libp2p-port LIBP2P_PORT] [--version]
+  [--fast-synch | --no-fast-synch]
 options:
   --api-port API_PORT
   --version  show program's version number and exit
@@ -74,6 +76,12 @@ class FakeNode:
             return {"procs": [self.procs_by_pid[p] for p in a["pids"] if p in self.procs_by_pid]}
         return {"procs": list(self.exo_procs)}
 
+    def _p_exos(self, a):
+        """exo_procs as the `exos` probe answers: every row this user's exo on the default port unless it says."""
+        defaults = {"ppid": 1, "uid": 501, "user": "me", "own": True, "form": "console script", "api_port": 52415,
+                    "port_from": "default", "serving": False, "parent": None}
+        return {"exos": [{**defaults, "program": p.get("exe"), **p} for p in self.exo_procs]}
+
     def _p_fs(self, a):
         if "ops" in a:  # the batch form: one round trip, each operation answered like the single form
             return {"ok": True, "results": [{"ok": True, "expanded": path} for _, path in a["ops"]]}
@@ -111,6 +119,22 @@ class FakeRunFolder:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(obj))
         return p
+
+    def write_text(self, rel: str, s: str) -> Path:
+        p = self.path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(s)
+        return p
+
+
+class FakePool:
+    """A NodePool over fake nodes ({k: node})."""
+
+    def __init__(self, nodes: dict):
+        self.nodes = nodes
+
+    def get(self, k: int) -> Any:
+        return self.nodes[k]
 
 
 def make_cfg(tmp_path: Path, n: int = 2, **values: Any):

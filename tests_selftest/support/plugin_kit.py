@@ -46,6 +46,9 @@ class FakeFacts:
     def manifest_digest(self, k):
         return self._d().get("manifests", {}).get(str(k))
 
+    def exo_build(self, k):
+        raise NotImplementedError("the plugin's fake suite starts no exo")
+
 
 def pytest_configure(config):
     config.stash[plugin.FACTS_KEY] = FakeFacts(Path(str(config.rootpath)) / "facts.json")

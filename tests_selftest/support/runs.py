@@ -72,6 +72,8 @@ def parse_junit(path: Path) -> dict[str, tuple[str, str]]:
             if el is not None:
                 outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
                 message = el.get("message") or (el.text or "")
+                if "[truncated; full report in element text]" in message and el.text:
+                    message = el.text  # the whole message (a long preflight verdict is cut in the attribute)
                 break
         out[gate_id(case.get("name", ""))] = (outcome, message)
     return out
@@ -145,6 +147,21 @@ def run_suite(paths: list[str], env_file: Path, report_dir: Path, *args: str, ti
     """A whole run from start to end: its RunResult."""
     with start_run(paths, env_file, report_dir, *args, extra_env=extra_env) as run:
         return run.wait(timeout)
+
+
+def run_printed(command: list[str], report_dir: Path, *, timeout: float = 900) -> RunResult:
+    """Run a command a run printed (the one preflight names, NEXT_COMMAND) as printed, from the repo root, with
+    only the observation added (its junit XML, -rA) and the same before/after hooks as `run_suite`."""
+    junit = report_dir / f"junit-{len(list(report_dir.glob('junit-*.xml')))}.xml"
+    cmd = [*command, f"--junitxml={junit}", "-p", "no:cacheprovider", "-rA"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    for before in BEFORE_RUN:
+        before(list(command))
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    result = RunResult(proc.returncode, proc.stdout + proc.stderr, report_dir, parse_junit(junit), list(command))
+    for after in AFTER_RUN:
+        after(result)
+    return result
 
 
 def later_gates_not_run(run: RunResult, gate: str, order: list[str]) -> list[str]:

@@ -201,8 +201,21 @@ def test_bad_values_of_new_keys_name_file_and_line(tmp_path, line, message):
 
 
 def test_extra_args_are_kept_in_order(tmp_path):
-    cfg = load({}, {}, 'MODEL_ID=a/b\nNODES=local\nEXO_EXTRA_ARGS="--no-fast-synch --zenoh-port 5000"\n', tmp_path)
-    assert cfg.exo_extra_args == ("--no-fast-synch", "--zenoh-port", "5000")
+    """EXO_EXTRA_ARGS keep their order; a fast-synch flag among them is the synch flag (EXO_SYNCH_FLAG) the run
+    then requires, and one that contradicts EXO_SYNCH_FLAG is one line naming both."""
+    cfg = load({}, {}, 'MODEL_ID=a/b\nNODES=local\nEXO_EXTRA_ARGS="--no-batch --zenoh-port 5000"\n', tmp_path)
+    assert cfg.exo_extra_args == ("--no-batch", "--zenoh-port", "5000") and cfg.exo_synch_flag == "auto"
+    cfg = load({}, {}, 'MODEL_ID=a/b\nNODES=local\nEXO_EXTRA_ARGS="--fast-synch --zenoh-port 5000"\n', tmp_path)
+    assert cfg.exo_extra_args == ("--zenoh-port", "5000") and cfg.exo_synch_flag == "fast-synch"
+    with pytest.raises(InputError, match=r"drop\.env:3 \(EXO_EXTRA_ARGS\): --fast-synch contradicts "
+                                         r"EXO_SYNCH_FLAG=no-fast-synch \(.*drop\.env:4\)") as e:
+        load({}, {}, 'MODEL_ID=a/b\nNODES=local\nEXO_EXTRA_ARGS="--fast-synch"\nEXO_SYNCH_FLAG=no-fast-synch\n',
+             tmp_path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match="invalid EXO_SYNCH_FLAG 'fast'; expected one of auto, no-fast-synch"):
+        load({}, {}, 'MODEL_ID=a/b\nNODES=local\nEXO_SYNCH_FLAG=fast\n', tmp_path)
+    with pytest.raises(InputError, match="invalid ratio '0.5'; expected a number of at least 1"):
+        load({}, {}, 'MODEL_ID=a/b\nNODES=local\nCHAT_SPREAD_MAX=0.5\n', tmp_path)
 
 
 def test_every_option_is_a_typed_field(tmp_path):

@@ -41,8 +41,8 @@ def test_probe_build_missing_binary():
 def test_new_cluster_command(tmp_path):
     la, _ = launcher(tmp_path)
     argv, env, unset = la.command("cluster")
-    assert argv == ["~/exo/.venv/bin/exo", "--api-port", "52415", "--namespace", la.cfg.namespace, "--offline",
-                    "--no-downloads", "-v"]
+    assert argv == ["~/exo/.venv/bin/exo", "--api-port", "52415", "--namespace", la.cfg.namespace,
+                    "--no-fast-synch", "--offline", "--no-downloads", "-v"]
     assert env["EXO_MODELS_READ_ONLY_DIRS"] == "/Users/me/.exo/models"
     assert "EXO_DEFAULT_MODELS_DIR" not in env and "EXO_LIBP2P_NAMESPACE" not in env
     assert "EXO_LIBP2P_NAMESPACE" in unset and "EXO_BOOTSTRAP_PEERS" in unset
@@ -115,14 +115,22 @@ def test_stale_pid_file_of_a_non_exo_process_is_no_problem(tmp_path):
 
 
 def test_stop_existing_exo_stops_only_matched_and_lists_them(tmp_path):
-    node = FakeNode(exo_procs=[{"pid": 9, "start": 5.0, "exe": "/real/exo", "cmdline": ["exo"]}],
-                    procs_by_pid={9: {"pid": 9}})
+    """--stop-existing-exo: the `exos` probe is asked with the configured exo and EXO.app's programs; this user's
+    exo is stopped by pid with its start time and executable checked; another user's is listed, never signalled."""
+    node = FakeNode(exo_procs=[{"pid": 9, "start": 5.0, "exe": "/real/exo", "cmdline": ["exo"]},
+                               {"pid": 12, "start": 6.0, "exe": "/usr/bin/python3", "cmdline": ["python3", "-m", "exo"],
+                                "own": False, "user": "alice", "form": "python -m exo"}],
+                    procs_by_pid={9: {"pid": 9}, 12: {"pid": 12}})
     la, _ = launcher(tmp_path, node, STOP_EXISTING_EXO="true")
     rec = la.start("cluster")
-    procs_q = node.probes("procs")[0]
-    assert "~/exo/.venv/bin/exo" in procs_q["exe_paths"] and procs_q["pids"] is None
-    assert node.probes("stop")[0] == {"pid": 9, "expect_start": 5.0, "grace_s": 15.0}
-    assert rec.stopped_existing[0]["pid"] == 9
+    query = node.probes("exos")[0]
+    assert "~/exo/.venv/bin/exo" in query["programs"]
+    assert "/Applications/EXO.app/Contents/MacOS/EXO" in query["programs"]
+    assert [s["pid"] for s in node.probes("stop")] == [9]
+    assert node.probes("stop")[0] == {"pid": 9, "expect_start": 5.0, "expect_exe": "/real/exo", "grace_s": 15.0}
+    assert [x["pid"] for x in rec.stopped_existing] == [9]
+    listed = json.loads((tmp_path / "reports" / "run1" / "exo" / "node1-cluster-existing-exo.json").read_text())
+    assert [x["pid"] for x in listed["found"]] == [9] and [x["pid"] for x in listed["not_ours"]] == [12]
 
 
 def test_previous_run_processes_are_ours_to_stop(tmp_path):
@@ -171,17 +179,18 @@ def test_extra_args_and_libp2p_port_per_generation(tmp_path):
 
 
 def test_preflight_checks_extra_flags_against_each_nodes_help(tmp_path):
-    """A flag exo's --help does not list (here --no-fast-synch on an exo without it) is a preflight problem naming
+    """A flag exo's --help does not list (here --no-batch on an exo without it) is a preflight problem naming
     the node and the env-file line; the libp2p port's fate is one warning line."""
     env = tmp_path / "m.env"
-    env.write_text('EXO_EXTRA_ARGS="--no-fast-synch"\nEXO_LIBP2P_PORT="51001"\n')
+    env.write_text('EXO_EXTRA_ARGS="--no-batch"\nEXO_LIBP2P_PORT="51001"\nEXO_CMD="/Applications/EXO.app/Contents/'
+                   'Resources/exo/exo"\n')
     from modeldrop.config import load_config
     cfg = load_config({}, environ={"MODEL_ID": "a/b", "NODES": "u@h1,u@h2", "PROFILE_PATH": str(tmp_path / "p.json"),
                                    "RUN_REPORT_DIR": str(tmp_path / "r")}, env_file=env)
-    with_flag = NEW_HELP.replace("[--offline]", "[--offline] [--no-fast-synch]")
+    with_flag = NEW_HELP.replace("[--offline]", "[--offline] [--no-batch]")
     out = exo_preflight({1: FakeNode(help_text=with_flag), 2: FakeNode(help_text=NEW_HELP)}, cfg)
     assert [p for p in out.problems if "EXO_EXTRA_ARGS" in p] == [
-        f"node2: EXO_EXTRA_ARGS ({env}:1) has --no-fast-synch, which `/Applications/EXO.app/Contents/Resources/exo/exo"
+        f"node2: EXO_EXTRA_ARGS ({env}:1) has --no-batch, which `/Applications/EXO.app/Contents/Resources/exo/exo"
         " --help` (NEW) does not list; remove it or install an exo that has it"]
     assert out.warnings == ["EXO_LIBP2P_PORT=51001 is ignored: NEW (zenoh) exo has no libp2p port; its transport "
                             "listens on --zenoh-port (default 52414), set with EXO_EXTRA_ARGS='--zenoh-port N'"]
@@ -229,3 +238,52 @@ def test_stop_existing_exo_results_in_the_launch_record_are_redacted(tmp_path):
     written = [p.read_text() for p in (tmp_path / "reports" / "run1" / "exo").glob("*.json")]
     assert len(written) == 2 and not any(token in text for text in written)
     assert rec.stopped_existing[0]["cmdline"] == ["exo", "--token=***"]
+
+
+# -- EXO_SYNCH_FLAG: the guide's --no-fast-synch by default ---------------------------------------------------
+NO_SYNCH_HELP = NEW_HELP.replace("  [--fast-synch | --no-fast-synch]\n", "")
+
+
+def test_synch_flag_follows_the_guide_when_every_node_lists_it(tmp_path):
+    """auto: --no-fast-synch on the canary and the cluster, recorded in the launch record; one node whose exo does
+    not list it drops it everywhere (identical flags), said in one warning line naming the node and the path."""
+    la, _ = launcher(tmp_path)
+    assert "--no-fast-synch" in la.command("canary")[0] and "--no-fast-synch" in la.command("cluster")[0]
+    assert la.start("cluster").synch_flag == "--no-fast-synch"
+    cfg = make_cfg(tmp_path)
+    out = exo_preflight({1: FakeNode(), 2: FakeNode(help_text=NO_SYNCH_HELP)}, cfg)
+    assert out.synch.args == () and not out.problems
+    assert out.warnings == ["node2: `~/exo/.venv/bin/exo --help` does not list --no-fast-synch, which the guide starts "
+                            "exo with: every node runs without it (exo's default fast synch); install an exo that has "
+                            "it there (exo since 2026-01-16), or set EXO_SYNCH_FLAG=exo-default to say so and drop "
+                            "this line"]
+    from modeldrop.exo.cluster import ExoCluster
+    from tests_selftest.support.exo_fakes import FakePool
+    nodes = {1: FakeNode(), 2: FakeNode(help_text=NO_SYNCH_HELP)}
+    c = ExoCluster(cfg, FakePool(nodes), FakeRunFolder(tmp_path / "reports" / "run2"))
+    assert "--no-fast-synch" not in c.launcher(1, role="canary").command("canary")[0]
+    assert c.launcher(1).synch().label == "none (exo's default)"
+
+
+def test_synch_flag_named_is_required_and_exo_default_passes_none(tmp_path):
+    cfg = make_cfg(tmp_path, EXO_SYNCH_FLAG="fast-synch")
+    out = exo_preflight({1: FakeNode(), 2: FakeNode(help_text=NO_SYNCH_HELP)}, cfg)
+    assert out.problems == ["node2: EXO_SYNCH_FLAG (environment) asks for --fast-synch, which `~/exo/.venv/bin/exo "
+                            "--help` does not list (exo would exit on it); install an exo that has it there (exo since "
+                            "2026-01-16), or set EXO_SYNCH_FLAG=auto"]
+    la, _ = launcher(tmp_path, EXO_SYNCH_FLAG="fast-synch")
+    assert "--fast-synch" in la.command("cluster")[0] and "--no-fast-synch" not in la.command("cluster")[0]
+    la, _ = launcher(tmp_path, EXO_SYNCH_FLAG="exo-default")
+    argv = la.command("cluster")[0]
+    assert "--fast-synch" not in argv and "--no-fast-synch" not in argv
+
+
+def test_the_synch_flag_the_cluster_ran_with_goes_into_the_profile_row():
+    """The startup gate notes the flag every cluster exo ran with; a green bootstrap's profile row carries it (one
+    flag for all nodes, else nothing), and the profiles file accepts the field."""
+    from modeldrop import profiles
+    from modeldrop.plugin.reporting import synch_flag_field
+    assert synch_flag_field({"exo synch flag": ["--no-fast-synch"]}) == {"exo_synch_flag": "--no-fast-synch"}
+    assert synch_flag_field({"exo synch flag": ["--no-fast-synch", "none (exo's default)"]}) == {}
+    assert synch_flag_field({}) == {}
+    assert profiles.FIELDS["exo_synch_flag"][0] is str

@@ -72,3 +72,33 @@ def test_the_scan_the_verdicts_use_reads_each_log_from_its_mark(tmp_path):
         f.write(NEW)
     logs = cluster.scan_logs("cluster")
     assert [h.hosts for h in exologs.hostfile_lines(logs[1])] == [["127.0.0.1:59110"]], logs
+
+
+def test_each_nodes_logs_are_kept_in_the_run_folder_bounded_and_masked(tmp_path):
+    """keep_logs copies this run's part of each log of a role into logs/exo/ (the end kept when it is longer than
+    the bound, said in the file's first line), secrets masked; a role without a record, or a log that does not
+    exist, writes nothing."""
+    token = "hf_SecretTokenInALogLine99"
+    cfg = make_cfg(tmp_path, HF_TOKEN=token)
+    stdout, exo_log = tmp_path / "launch.log", tmp_path / "exo.log"
+    exo_log.write_text(OLD)
+    mark = mark_of(exo_log)
+    with open(exo_log, "a") as f:
+        f.write(NEW + f"env HF_TOKEN={token}\n")
+    stdout.write_text("x" * 5000 + "THE END\n")
+    folder = FakeRunFolder(tmp_path / "reports" / "run1")
+    cluster = ExoCluster(cfg, None, folder)
+    la = ExoLauncher(LocalNode("node1"), cfg.node(1), cfg, folder)
+    la.record = LaunchRecord(node=2, role="cluster", pid=1, start=1.0, exe="exo", argv=[], env={}, unset_env=[],
+                             generation="new", namespace="n", api_url="u", log_path=str(stdout),
+                             exo_log_path=str(exo_log), runner_log_path=str(tmp_path / "absent.log"), started_at=1.0,
+                             log_marks={str(exo_log): mark, str(stdout): {"inode": None, "size": 0}})
+    cluster.launchers[2] = la
+    assert cluster.keep_logs("canary") == {}
+    kept = cluster.keep_logs("cluster", max_bytes=1000)
+    assert sorted(kept) == ["logs/exo/node2-cluster-exo.log", "logs/exo/node2-cluster-stdout.log"]
+    exo_text = (folder.path / "logs/exo/node2-cluster-exo.log").read_text()
+    assert exo_text.splitlines()[1:] == [NEW.strip(), "env HF_TOKEN=***"] and token not in exo_text
+    out = (folder.path / "logs/exo/node2-cluster-stdout.log").read_text()
+    assert out.startswith(f"# node2 cluster stdout: {stdout} (bytes 4008..5008: what this run wrote, its last 1000 "
+                          "bytes at most)\n") and out.endswith("THE END\n") and len(out) < 1200

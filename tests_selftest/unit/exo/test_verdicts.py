@@ -2,6 +2,8 @@
 
 import itertools
 
+import pytest
+
 from modeldrop.exo import observe
 from modeldrop.exo import state as st
 from modeldrop.exo.logs import hostfile_lines, ring_connect_errors
@@ -235,3 +237,129 @@ def test_chat_verdict():
     assert not v.ok and "node1 non-stream: truncated" in v.summary and v.facts["kinds"] == ["truncated"]
     empty = dict(good, reasoning_chars=0)
     assert "no content and no reasoning_content" in chat_verdict([empty]).summary
+
+
+# -- issue 22: transport while /state lags, JACCL connect errors, latency stability, node names ----------------
+def _lagged_instance():
+    import copy
+    raw = copy.deepcopy(RING_INSTANCE)
+    raw["MlxRingInstance"]["shardAssignments"]["nodeToRunner"] = {}
+    return st.parse_instance(raw)
+
+
+def _hostfile(rank: int, hosts: list[str]) -> str:
+    import json
+    return f"rank {rank} hostfile: /tmp/exo_501/hosts_{IID}_{rank}.json hosts: {json.dumps(hosts)}"
+
+
+class SocketNode:
+    def __init__(self, socks):
+        self.socks, self.asked = socks, []
+
+    def run_probe(self, name, args, *, timeout):
+        self.asked.append((name, args))
+        return {"sockets": self.socks}
+
+
+def test_lagging_state_takes_the_ring_from_the_runners_hostfile_lines_and_sockets():
+    """nodeToRunner {}: each node's own `rank r hostfile` line of the instance says its neighbours and the ring port;
+    ESTABLISHED sockets to them pass (with a warning saying how it was checked); a missing socket fails naming the
+    node and rank. No chat is tried when the logs could be checked."""
+    inst = _lagged_instance()
+    logs = {1: _hostfile(0, ["0.0.0.0:51572", "192.168.1.10:51572"]),
+            2: _hostfile(1, ["192.168.1.11:51572", "0.0.0.0:51572"])
+            + "\nrank 0 hostfile: /tmp/hosts_old_0.json hosts: []"}
+    nodes = {1: SocketNode(_socks("192.168.1.11:51572", "192.168.1.10:60000")),
+             2: SocketNode(_socks("192.168.1.10:51572", "192.168.1.11:60001"))}
+    tried = []
+    v = observe.check_transport(inst, {1: B, 2: A}, logs, nodes, serving=lambda: tried.append(1))
+    assert v.ok and "from the runners' own hostfile lines" in v.summary and not tried, v.summary
+    assert v.warnings and "runner map lag" in v.warnings[0]
+    assert nodes[1].asked == [("sockets", {"port": 51572})]
+    nodes[2].socks = []
+    v = observe.check_transport(inst, {1: B, 2: A}, logs, nodes)
+    assert not v.ok and "node2 (rank 1): no ESTABLISHED socket on ring port 51572 to 192.168.1.11" in v.summary
+
+
+def test_lagging_state_with_nothing_to_check_passes_on_chat_through_every_node_with_a_warning():
+    from modeldrop.verdict import Verdict
+    inst = _lagged_instance()
+    served = Verdict.passed("2 chat completion(s) answered", {"results": []})
+    v = observe.check_transport(inst, {1: B, 2: A}, {1: "", 2: ""}, {}, serving=lambda: served)
+    assert v.ok and "nothing to check after placement passed on serving truth" in v.summary
+    assert v.warnings == ["transport not checked: /state lists no runner of the instance and no runner logged its "
+                          "hostfile line; chat through every node answered, which is the evidence (2 chat "
+                          "completion(s) answered)"]
+    dead = Verdict.failed("node2 non-stream: timeout: no answer")
+    v = observe.check_transport(inst, {1: B, 2: A}, {1: "", 2: ""}, {}, serving=lambda: dead)
+    assert not v.ok and v.facts["no_runner_map"] and "and no chat through every node answered" in v.summary
+    from modeldrop import signatures
+    assert "X-NO-RUNNER-MAP" in [m.id for m in signatures.match("transport", facts=v.facts)]
+
+
+@pytest.mark.fault("jaccl-connect-error", gate="transport", signature="G5")
+def test_jaccl_connect_errors_fail_the_transport_verdict(fault_row):
+    shards = RING_INSTANCE["MlxRingInstance"]["shardAssignments"]
+    raw = {"MlxJacclInstance": {"instanceId": IID, "shardAssignments": shards, "jacclDevices": [],
+                                "jacclCoordinators": {A: "10.0.0.1:5", B: ""}}}
+    inst = st.parse_instance(raw)
+    coords = {1: ["rank 0 MLX_JACCL_COORDINATOR: 10.0.0.1:5"], 2: ["rank 1 MLX_JACCL_COORDINATOR: 10.0.0.1:5"]}
+    assert transport_verdict(inst, {1: B, 2: A}, {}, {}, {1: [], 2: []}, coords, {1: [], 2: []}).ok
+    log = "RuntimeError: [jaccl] Couldn't connect (error: 60)"
+    from modeldrop.exo.logs import jaccl_connect_errors
+    v = transport_verdict(inst, {1: B, 2: A}, {}, {}, {1: [], 2: []}, coords, {1: [], 2: jaccl_connect_errors(log)})
+    assert not v.ok and v.facts["jaccl_errno"] == [60]
+    assert "node2: [jaccl] Couldn't connect (error: 60): the JACCL coordinator is unreachable" in v.summary
+    from modeldrop import signatures
+    assert "G5" in [m.id for m in signatures.match("transport", logs={"node2": log}, facts=v.facts)]
+    fault_row.caught_by, fault_row.signature_seen, fault_row.signature_matched = "transport", True, "G5"
+
+
+@pytest.mark.fault("latency-unstable", gate="chat", signature="latency not stable")
+def test_latency_stability_is_a_warning_unless_asked_to_stop(fault_row):
+    from modeldrop.exo.verdicts import latency_verdict
+    steady = latency_verdict({1: [0.30, 0.32, 0.31], 2: [0.4, 0.41, 0.5]}, 3.0, stop=False)
+    assert steady.ok and not steady.warnings and steady.summary == "latency stable: node1 1.1x, node2 1.2x"
+    jumpy = {1: [0.30, 0.32, 0.31], 2: [0.4, 2.0, 0.5]}
+    warned = latency_verdict(jumpy, 3.0, stop=False)
+    assert warned.ok and warned.warnings == [
+        "latency not stable: node2: the slowest of 3 short requests took 5.0x the fastest (0.40, 2.00, 0.50 s; "
+        "bound 3x, --chat-spread-max)"]
+    stopped = latency_verdict(jumpy, 3.0, stop=True)
+    assert not stopped.ok and stopped.problems == warned.warnings
+    assert latency_verdict(jumpy, 6.0, stop=True).ok
+    fault_row.caught_by, fault_row.signature_seen, fault_row.signature_matched = "chat", True, "latency not stable"
+
+
+def test_latency_check_sends_short_requests_through_each_node(monkeypatch):
+    seen = []
+    times = iter([0.2, 0.2, 0.9, 0.3, 0.3, 0.3])
+
+    def fake_chat(url, model, stream, max_tokens=64, stall_s=30, timeout_s=120):
+        seen.append((url, stream, max_tokens))
+        return {"url": url, "error": None, "latency_s": next(times)}
+    monkeypatch.setattr(observe, "one_chat", fake_chat)
+    v = observe.latency_check({1: "http://a", 2: "http://b"}, "m", 3.0, stop=False)
+    assert seen == [("http://a", False, 8)] * 3 + [("http://b", False, 8)] * 3
+    assert v.ok and v.warnings and v.warnings[0].startswith("latency not stable: node1: the slowest of 3")
+
+
+def test_runner_failure_names_the_configured_node_first():
+    killed = new_state(runners={R0: {"RunnerFailed": {"errorMessage": "Terminated (signal=9 (Killed: 9))"}},
+                                R1: {"RunnerReady": {}}})
+    names = {B: "node2 (me@studio2)", A: "node1 (me@studio1)"}
+    v = ready_verdict(st.instance_progress(killed, IID, names), True, None, False, 3.0)
+    assert "on node2 (me@studio2), studio-2 (node " in v.summary, v.summary
+    assert v.facts["runner_nodes"] == [f"node2 (me@studio2), studio-2 (node {B[:12]})"]
+
+
+def test_placement_keeps_the_create_command_id():
+    class Api:
+        def placement(self, *a):
+            return {"MlxRingInstance": {"instanceId": IID}}
+
+        def create_instance(self, inst):
+            return {"message": "Command received.", "command_id": "c0ffee"}
+    created: dict = {}
+    inst, failed = observe.place(Api(), "m", "Pipeline", "MlxRing", 2, created)
+    assert failed is None and created["command_id"] == "c0ffee"

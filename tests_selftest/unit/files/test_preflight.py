@@ -114,3 +114,38 @@ def test_runtime_probe_finds_mlx_beside_exo_or_its_interpreter(tmp_path):
     bare.parent.mkdir(parents=True)
     bare.write_text("#!/bin/sh\n")
     assert node.run_probe("runtime", {"exo_cmd": str(bare)})["mlx"] is None
+
+
+def test_ssh_login_between_nodes_is_tried_both_ways_and_warned_where_keys_do_not_allow_it():
+    """The guide's "SSH works both directions": each node logs in to each other node as the control host does
+    (user, address, port), keys only and host keys checked; a refusal is one warning line naming both nodes, never
+    a problem; local nodes are not tried."""
+    from modeldrop.nodes import CommandResult
+    from modeldrop.preflight import ssh_login_argv, ssh_login_warnings
+
+    class SSHish(FakeNode):
+        def __init__(self, address, port, user, rc, err=""):
+            super().__init__({}, address, port)
+            self.resolved = SSHTarget(address, port, user, [], None, None)
+            self.rc, self.err, self.ran = rc, err, []
+
+        def address(self):
+            return self._address
+
+        def run(self, argv, *, timeout):
+            self.ran.append(argv)
+            return CommandResult(list(argv), self.rc, "", self.err, 0.1)
+
+    n1 = SSHish("10.0.0.1", 22, "ann", 0)
+    n2 = SSHish("10.0.0.2", 2222, "bob", 255, "bob@10.0.0.1: Permission denied (publickey).\n")
+    warnings, seen = ssh_login_warnings({1: n1, 2: n2}, CFG)
+    assert n1.ran == [ssh_login_argv("bob", "10.0.0.2", 2222)]
+    assert n1.ran[0][:2] == ["/usr/bin/ssh", "-o"] and "BatchMode=yes" in n1.ran[0] and \
+        "StrictHostKeyChecking=yes" in n1.ran[0] and n1.ran[0][-2:] == ["bob@10.0.0.2", "true"]
+    assert n2.ran == [ssh_login_argv("ann", "10.0.0.1", 22)]
+    assert warnings == ["node2 cannot SSH to node1 (ann@10.0.0.1:22): bob@10.0.0.1: Permission denied (publickey). "
+                        "(the guide has SSH work both ways: on node2, put a key node1 authorizes and node1's host key "
+                        "in its known_hosts)"]
+    assert seen == {"node1->node2": {"rc": 0, "error": None},
+                    "node2->node1": {"rc": 255, "error": "bob@10.0.0.1: Permission denied (publickey)."}}
+    assert ssh_login_warnings({1: LocalNode("node1"), 2: LocalNode("node2")}, CFG) == ([], {})

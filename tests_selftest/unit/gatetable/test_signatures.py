@@ -82,6 +82,8 @@ CASES = [
     ("G1", "chat", dict(logs={"node1": "[METAL] Command buffer execution failed: Caused GPU Timeout Error"})),
     ("G2", "transport", dict(logs={"node2": "RuntimeError: [ring] Couldn't connect (error: 65)"})),
     ("G3", "transport", dict(logs={"node1": "[ring] Receiving from socket 7 failed with errno 54"})),
+    ("G5", "transport", dict(logs={"node2": "RuntimeError: [jaccl] Couldn't connect (error: 60)"})),
+    ("G5", "placement", dict(facts={"jaccl_errno": [65]})),
     ("B10", "transport", dict(facts={"mismatch": True})),
     ("X-RING-SOCKET", "transport", dict(facts={"no_socket": True})),
     ("H1", "chat", dict(http={"status": 404, "error": "No instance found for model m"})),
@@ -178,3 +180,14 @@ def test_a_dead_exo_process_leads_and_names_the_node():
     assert "X-EXO-GONE" not in ids("chat", facts={"kinds": ["truncated"]})
     assert "X-EXO-GONE" not in ids("chat", facts={"exo_gone": {}})
     assert "X-EXO-GONE" not in ids("startup", facts={"exo_gone": {"2": "pid 9"}})
+
+
+def test_h3_next_command_names_the_stalled_request():
+    """H3's next command carries the stalled request's command id and API when the failure knows them; the table
+    keeps the placeholders."""
+    (h3,) = [m for m in sg.match("chat", facts={"kinds": ["stalled"], "command_id": "cmd-7f3a",
+                                                "api_url": "http://10.0.0.2:52415"}) if m.id == "H3"]
+    assert "curl -s -X POST http://10.0.0.2:52415/v1/cancel/cmd-7f3a" in h3.as_dict()["next_command"]
+    (bare,) = [m for m in sg.match("chat", facts={"kinds": ["stalled"]}) if m.id == "H3"]
+    assert "<api>/v1/cancel/<command_id>" in bare.as_dict()["next_command"]
+    assert "<command_id>" in sg.BY_ID["H3"].row()["next_command"]

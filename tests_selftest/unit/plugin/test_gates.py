@@ -178,8 +178,11 @@ import fixtures.exo
 
 
 class FakeCluster:
-    def __init__(self, cfg, pool, folder):
+    def __init__(self, cfg, pool, folder, **kw):
         self.folder = folder
+
+    def keep_logs(self, role):
+        return {}
 
     def stop_all(self):
         Path("stopped.txt").write_text("stop_all")

@@ -95,7 +95,7 @@ def test_only_this_users_exo_program_is_listed_then_stopped(world, tmp_path):
     folder = SimpleNamespace(path=tmp_path,
                              write_json=lambda rel, obj: (calls.append("list"), written.update({rel: obj})))
     la = ExoLauncher(node, SimpleNamespace(exo_cmd=str(world.exo), index=1, name="node1"),
-                     SimpleNamespace(stop_existing_exo=True), folder)
+                     SimpleNamespace(stop_existing_exo=True, sources={}, api_port=52415), folder)
     t0 = time.monotonic()
     stopped = la._stop_existing("canary")
     took = time.monotonic() - t0
