@@ -21,6 +21,7 @@ A salt (fixed width) starts every prompt so that repeats do not hit EXO's prefix
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,15 @@ def messages_for(n_words: int, salt: int = 0, pad: int = 0) -> list[dict[str, An
     """One user message: salt, `n_words` filler words, `pad` x " ." (fine tuning), the instruction."""
     return [{"role": "user",
              "content": f"[{salt % 1_000_000:06d}] {filler(n_words)}{' .' * pad}\n\n{INSTRUCTION}"}]
+
+
+def tokenizer_problem(model_dir: Path) -> str | None:
+    """Why `model_dir` cannot size prompts by its tokenizer (the library missing, no tokenizer.json), else None."""
+    if importlib.util.find_spec("tokenizers") is None:
+        return "the tokenizer library is not installed; install modeldrop with its bench extra (modeldrop[bench])"
+    if not (Path(model_dir) / "tokenizer.json").is_file():
+        return f"no tokenizer.json in {model_dir}; give the model's local dir (its tokenizer.json and chat template)"
+    return None
 
 
 Counter = Callable[[list[dict[str, Any]]], int]

@@ -122,11 +122,12 @@ def profile_update(gs: GateSession) -> None:
     """After a fully green bootstrap: write the model's profile row once (or on --update-profile); later runs
     report what they measured differently as a warning."""
     try:
-        diff, written = profiles.after_green_bootstrap(gs.cfg.profile_path, gs.cfg.model_id, profile_row_updates(gs),
+        path = profiles.row_file(gs.cfg.profile_path, gs.cfg.profile_seed, gs.cfg.model_id)
+        diff, written = profiles.after_green_bootstrap(path, gs.cfg.model_id, profile_row_updates(gs),
                                                        rewrite=gs.cfg.update_profile)
         if diff and written:
-            gs.ledger.profile_update(str(gs.cfg.profile_path), diff)
+            gs.ledger.profile_update(str(path), diff)
         elif diff:
-            gs.ledger.warning(profiles.differences_line(gs.cfg.profile_path, gs.cfg.model_id, diff))
+            gs.ledger.warning(profiles.differences_line(path, gs.cfg.model_id, diff))
     except Exception as e:  # noqa: BLE001 - the bootstrap stays green; the ledger says why
         gs.ledger.warning(f"profile not updated: {type(e).__name__}: {one_line(e, 200)}")
