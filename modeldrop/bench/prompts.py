@@ -57,9 +57,12 @@ def messages_for(n_words: int, salt: int = 0, pad: int = 0) -> list[dict[str, An
              "content": f"[{salt % 1_000_000:06d}] {filler(n_words)}{' .' * pad}\n\n{INSTRUCTION}"}]
 
 
+TOKENIZER_LIBRARY = "tokenizers"  # what the bench extra (modeldrop[bench]) brings, with transformers for templates
+
+
 def tokenizer_problem(model_dir: Path) -> str | None:
     """Why `model_dir` cannot size prompts by its tokenizer (the library missing, no tokenizer.json), else None."""
-    if importlib.util.find_spec("tokenizers") is None:
+    if importlib.util.find_spec(TOKENIZER_LIBRARY) is None:
         return "the tokenizer library is not installed; install modeldrop with its bench extra (modeldrop[bench])"
     if not (Path(model_dir) / "tokenizer.json").is_file():
         return f"no tokenizer.json in {model_dir}; give the model's local dir (its tokenizer.json and chat template)"
