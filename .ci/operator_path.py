@@ -6,8 +6,9 @@ dir (exit 4, one line), `model-drop <the sandbox model> --audit` against the san
 line must be RING_INPUT_READY), then a whole `model-drop` bootstrap of the sandbox (the EXO emulator; see README,
 "Tests"), green, with its run folder under the user's data dir, the profile row in the user's config dir, and
 nothing written in the empty directory or inside the installed package; `model-drop-latest` finds that run.
---quick (self-tests): the wheel installed with --no-deps into a folder on PYTHONPATH (this venv's dependencies), and
-the same up to the audit, against an up sandbox (--sandbox-root); no fresh venv, no bootstrap.
+--quick (self-tests): the wheel built with this venv's setuptools and installed with --no-deps into a folder on
+PYTHONPATH (this venv's dependencies), and the same up to the audit, against an up sandbox (--sandbox-root); no fresh
+venv, no bootstrap.
 
 Prints every command with its output, then the figures: the operator venv's size and install time beside this
 checkout's .venv, and each step's seconds. Exit 0 when every check held, 1 naming the first that did not.
@@ -90,8 +91,11 @@ def copy_tree(dest: Path) -> Path:
     return dest
 
 
-def build_wheel(src: Path, out: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-qq", "--no-deps", "-w", str(out), str(src)], check=True)
+def build_wheel(src: Path, out: Path, isolated: bool = True) -> Path:
+    """The wheel, built as pipx/uv/pip build it (isolated), or with this venv's setuptools (the quick form)."""
+    isolation = [] if isolated else ["--no-build-isolation"]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-qq", "--no-deps", *isolation, "-w", str(out), str(src)],
+                   check=True)
     wheels = sorted(out.glob("modeldrop-*.whl"))
     check(len(wheels) == 1, f"one modeldrop wheel in {out}, found {[w.name for w in wheels]}")
     return wheels[0]
@@ -223,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         wheel = steps.timed("build the wheel", build_wheel, steps.timed("copy the tree", copy_tree, work / "src"),
-                            work / "dist")
+                            work / "dist", not a.quick)
         inst = steps.timed("install it" + (" (--no-deps --target)" if a.quick else " into a fresh venv"),
                            Install, work, wheel, a.python, a.quick)
         before = files_under(inst.package)
