@@ -4,4 +4,4 @@ The package is plain Python and knows nothing of pytest, except `modeldrop.plugi
 pytest layer that registers the options, orders the gates and keeps the ledger.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

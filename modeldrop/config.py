@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from modeldrop import envfile, exo_flags, profiles, validate
+from modeldrop import envfile, exo_flags, profiles, statedirs, validate
 from modeldrop.errors import InputError
 from modeldrop.redaction import redact_mapping
 
@@ -44,8 +44,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("MODEL_ID", "--model", "str", None, "Hugging Face model id org/name"),
     Option("MODEL_INSTANCE_ID", None, "str", None, "the model's folder name org--name (optional; must equal MODEL_ID with '/' as '--')"),
     Option("NODES", "--nodes", "str", None, "comma-separated node targets: local, ssh alias, user@host[:port]"),
-    Option("RUN_REPORT_DIR", "--report-dir", "str", "reports", "where run folders go"),
-    Option("PROFILE_PATH", "--profile-path", "str", "model_profiles.json", "model profiles file"),
+    Option("RUN_REPORT_DIR", "--report-dir", "str", None,
+           "where run folders go (default: reports/ in a checkout, else the per-user data dir)"),
+    Option("PROFILE_PATH", "--profile-path", "str", None,
+           "model profiles file (default: model_profiles.json in the per-user config dir)"),
     Option("FAST", "--fast", "bool", False, "strict-only checks (counts, size plausibility, parity of non-weight files) become warnings"),
     Option("ONLINE", "--online", "bool", False, "exo online (default offline) and the hub's tree as the expected manifest"),
     Option("ALLOW_BLOCKED_MODEL", "--allow-blocked-model", "bool", False, "run a model whose profile status is blocked"),
@@ -203,6 +205,7 @@ class RunConfig:
     report_dir: Path
     profile_path: Path
     profile: dict | None
+    profile_seed: Path | None = None  # a checkout's tracked table (statedirs.ProfileFiles)
     instance_id: str = ""
     sharding: str = "Pipeline"
     instance_meta: str = "MlxRing"
@@ -279,7 +282,7 @@ class RunConfig:
 # RunConfig fields filled straight from an option's resolved value (the rest are derived in load_config).
 _SIMPLE_FIELDS = frozenset(f.name for f in fields(RunConfig)) - {
     "model_id", "nodes", "instance_id", "include", "min_free_bytes", "exo_extra_args", "namespace", "report_dir",
-    "profile_path", "profile", "sources", "values", "env_file", "sandbox", "exo_api_urls", "exclude"}
+    "profile_path", "profile", "profile_seed", "sources", "values", "env_file", "sandbox", "exo_api_urls", "exclude"}
 
 
 def read_env_file(path: Path, environ: Mapping[str, str] | None = None,
@@ -426,8 +429,11 @@ def _where(source: Mapping[str, str], key: str) -> str:
 
 
 def load_config(cli: Mapping[str, Any], *, environ: Mapping[str, str] | None = None,
-                env_file: Path | None = None, sandbox: bool = False) -> RunConfig:
-    """Build and validate the RunConfig; raise InputError (one line, naming the input) on any bad input."""
+                env_file: Path | None = None, sandbox: bool = False, checkout: Path | None = Path(".")) -> RunConfig:
+    """Build and validate the RunConfig; raise InputError (one line, naming the input) on any bad input.
+
+    `checkout` is the checkout whose suite runs (None: the suite installed from a wheel); it decides the default
+    report dir and the seed profile table (modeldrop.statedirs)."""
     environ = os.environ if environ is None else environ
     pinned = _pinned(cli, environ)
     file_values = read_env_file(env_file, environ, pinned) if env_file else {}
@@ -444,8 +450,8 @@ def load_config(cli: Mapping[str, Any], *, environ: Mapping[str, str] | None = N
     values["MODEL_INSTANCE_ID"] = _instance_id(values["MODEL_INSTANCE_ID"], folder, model, source)
     extra = _extra_args(values["EXO_EXTRA_ARGS"], source)
     values["EXO_SYNCH_FLAG"], extra = _synch_flag(values["EXO_SYNCH_FLAG"], extra, source)
-    profile_path = Path(values["PROFILE_PATH"]).expanduser()
-    profile = profiles.lookup(profiles.load(profile_path), model)
+    files = _profile_files(values, source, checkout)
+    profile = profiles.lookup(profiles.load(profiles.row_file(files.path, files.seed, model)), model)
     api_urls = validate.api_urls(values["EXO_API_URLS"], _where(source, "EXO_API_URLS"), values["EXO_API_PORT"]) \
         if values["EXO_API_URLS"] else ()
     values["EXO_API_URLS"] = ",".join(api_urls) or None
@@ -465,9 +471,34 @@ def load_config(cli: Mapping[str, Any], *, environ: Mapping[str, str] | None = N
         exclude=validate.include_patterns(values["HF_EXCLUDE"] or "", _where(source, "HF_EXCLUDE")),
         min_free_bytes=_min_free_bytes(values, profile), exo_extra_args=extra,
         namespace=validate.namespace(values["EXO_NAMESPACE"] or f"modeldrop-{folder}"[:64], _where(source, "EXO_NAMESPACE")),
-        report_dir=Path(values["RUN_REPORT_DIR"]).expanduser(), profile_path=profile_path, profile=profile,
+        report_dir=_report_dir(values, checkout), profile_path=files.path, profile=profile, profile_seed=files.seed,
         exo_api_urls=api_urls, sources=dict(source), values=values, env_file=env_file, sandbox=sandbox,
     )
+
+
+def _report_dir(values: dict[str, Any], checkout: Path | None) -> Path:
+    """RUN_REPORT_DIR, else the default for where the suite comes from (set back into `values` for the ledger);
+    the per-user data dir is made here, so one that cannot be is an InputError naming it and the way out."""
+    if values["RUN_REPORT_DIR"]:
+        path = Path(values["RUN_REPORT_DIR"]).expanduser()
+    else:
+        path = statedirs.default_report_dir(checkout)
+        if path.is_absolute():
+            statedirs.writable_dir(path, "the per-user data dir for run folders",
+                                   "set RUN_REPORT_DIR (or --report-dir) to a folder you can write")
+    values["RUN_REPORT_DIR"] = str(path)
+    return path
+
+
+def _profile_files(values: dict[str, Any], source: Mapping[str, str], checkout: Path | None) -> statedirs.ProfileFiles:
+    """The profile files of the run, their folder checked and each file validated (InputError naming it)."""
+    files = statedirs.profile_files(values["PROFILE_PATH"], checkout)
+    statedirs.check_profile_folder(files, _where(source, "PROFILE_PATH"))
+    for path in (files.path, files.seed):
+        if path is not None:
+            profiles.load(path)
+    values["PROFILE_PATH"] = str(files.path)
+    return files
 
 
 def _instance_id(given: str | None, folder: str, model: str, source: Mapping[str, str]) -> str:

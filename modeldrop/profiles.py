@@ -63,7 +63,8 @@ def load(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise InputError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        raise InputError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}; fix it, or move it "
+                         "aside to start an empty table (PROFILE_PATH names the file)") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("models", {}), dict):
@@ -95,6 +96,14 @@ def _check_row(path: Path, model: str, row: Any) -> None:
 def lookup(profiles: dict[str, Any], model: str) -> dict | None:
     """The row for `model`, or None."""
     return profiles.get("models", {}).get(model)
+
+
+def row_file(path: Path, seed: Path | None, model: str) -> Path:
+    """Where `model`'s row lives: `path` (the file a run writes), unless only `seed` (a checkout's tracked table,
+    modeldrop.statedirs) has it. A first green run writes `path`; --update-profile rewrites the row where it is."""
+    if seed is None or lookup(load(path), model) is not None or lookup(load(seed), model) is None:
+        return path
+    return seed
 
 
 def status_gate(profile: dict | None, model: str, *, allow_blocked: bool) -> str | None:

@@ -6,15 +6,19 @@ import os
 import signal
 from collections.abc import Iterator
 from typing import Any
+from pathlib import Path
 
 import pytest
 from xdist.scheduler import WorkStealingScheduling
 
 from sandbox import Sandbox
 from tests_selftest.support.slots import SANDBOX_BASE, slot
+from tests_selftest.support import userdirs
+from tests_selftest.support.slots import SANDBOX_BASE
 from tests_selftest.support.sshd_fixture import SSHD, SSHDHandle, start_sshd
 
 pytest_plugins = ["pytester", "tests_selftest.support.fault_plugin"]
+USER_DIRS = pytest.StashKey[Path]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -24,6 +28,13 @@ def pytest_configure(config: pytest.Config) -> None:
     process get the default disposition (a handled signal is reset on exec) and install their own."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if not hasattr(config, "workerinput"):  # the controller; xdist workers inherit its environment
+        config.stash[USER_DIRS] = userdirs.isolate()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if USER_DIRS in config.stash:
+        userdirs.remove(config.stash[USER_DIRS])
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)

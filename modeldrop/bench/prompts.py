@@ -28,6 +28,7 @@ spaces (a six-digit salt tokenizes into a number of tokens that depends on its d
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import threading
@@ -86,6 +87,18 @@ def messages_for(n_words: int, salt: int = 0, pad: int = 0, tail: int = 0) -> li
     instruction."""
     body = f"{filler(n_words)}{PAD_ATOM * pad}{TAIL_ATOM * tail}"
     return [{"role": "user", "content": f"[ {salt_text(salt)} ] {body}\n\n{INSTRUCTION}"}]
+
+
+TOKENIZER_LIBRARY = "tokenizers"  # what the bench extra (modeldrop[bench]) brings, with transformers for templates
+
+
+def tokenizer_problem(model_dir: Path) -> str | None:
+    """Why `model_dir` cannot size prompts by its tokenizer (the library missing, no tokenizer.json), else None."""
+    if importlib.util.find_spec(TOKENIZER_LIBRARY) is None:
+        return "the tokenizer library is not installed; install modeldrop with its bench extra (modeldrop[bench])"
+    if not (Path(model_dir) / "tokenizer.json").is_file():
+        return f"no tokenizer.json in {model_dir}; give the model's local dir (its tokenizer.json and chat template)"
+    return None
 
 
 Counter = Callable[[list[dict[str, Any]]], int]

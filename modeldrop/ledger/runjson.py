@@ -43,9 +43,12 @@ def read(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def all_passed(run: dict[str, Any] | None) -> bool:
+    """Every gate of the run's order passed or was reused."""
+    gates = (run or {}).get("gates") or {}
+    return bool((run or {}).get("order")) and all((gates.get(g) or {}).get("outcome") in GOOD for g in run["order"])
+
+
 def audit_ready(run: dict[str, Any] | None) -> bool:
     """An audit run in which every gate of its order passed or was reused."""
-    if not run or not run.get("audit"):
-        return False
-    gates = run.get("gates") or {}
-    return bool(run.get("order")) and all((gates.get(g) or {}).get("outcome") in GOOD for g in run["order"])
+    return bool(run and run.get("audit")) and all_passed(run)

@@ -40,7 +40,7 @@ from modeldrop.plugin.session import (
     run_folder_of,
     session_of,
 )
-from modeldrop.plugin.start import start_run
+from modeldrop.plugin.start import keep_cache_out_of_package, start_run
 
 GATE_MARKER = "gate(name, per_node_from=None): a phase gate of the bootstrap (see modeldrop.gatetable)"
 
@@ -64,6 +64,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     options.refuse_xdist(config)
     gs, warning = start_run(config)
+    keep_cache_out_of_package(config)
     config.stash[SESSION_KEY] = gs
     config.pluginmanager.register(RunHooks(config, gs), "modeldrop-run")
     config.pluginmanager.register(BoundsHooks(config, gs), "modeldrop-bounds")

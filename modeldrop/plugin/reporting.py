@@ -169,13 +169,14 @@ def profile_update(gs: GateSession) -> None:
     a new row, counts observed, confirmed by a second agreeing run, a new hub commit said); what changed is a
     `profile_update` record, what a kept row has otherwise and a new hub commit are warnings."""
     try:
-        out = profiles.after_green_bootstrap(gs.cfg.profile_path, gs.cfg.model_id, profile_row_updates(gs),
+        path = profiles.row_file(gs.cfg.profile_path, gs.cfg.profile_seed, gs.cfg.model_id)
+        out = profiles.after_green_bootstrap(path, gs.cfg.model_id, profile_row_updates(gs),
                                              observation=profile_observation(gs), rewrite=gs.cfg.update_profile)
         if out.written:
-            gs.ledger.profile_update(str(gs.cfg.profile_path), out.diff, out.said)
+            gs.ledger.profile_update(str(path), out.diff, out.said)
         for line in out.warnings:
             gs.ledger.warning(line)
         if out.differences:
-            gs.ledger.warning(profiles.differences_line(gs.cfg.profile_path, gs.cfg.model_id, out.differences))
+            gs.ledger.warning(profiles.differences_line(path, gs.cfg.model_id, out.differences))
     except Exception as e:  # noqa: BLE001 - the bootstrap stays green; the ledger says why
         gs.ledger.warning(f"profile not updated: {type(e).__name__}: {one_line(e, 200)}")

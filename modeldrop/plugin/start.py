@@ -12,6 +12,7 @@ import pytest
 
 from modeldrop import gatetable, profiles, signatures
 from modeldrop.bench import serving
+from modeldrop import gatetable, profiles, signatures, statedirs
 from modeldrop.config import RunConfig, load_config
 from modeldrop.errors import InputError
 from modeldrop.ledger import GateRecord, Ledger, RunState
@@ -27,7 +28,8 @@ def start_run(config: pytest.Config) -> tuple[GateSession, str | None]:
     """(the session, a profile warning or None); any bad input becomes a one-line UsageError."""
     try:
         env_file, provided = options.env_file(config)
-        cfg = load_config(options.cli_values(config), env_file=env_file, sandbox=provided)
+        checkout = None if statedirs.is_installed_suite(config.rootpath) else config.rootpath
+        cfg = load_config(options.cli_values(config), env_file=env_file, sandbox=provided, checkout=checkout)
         warning = profiles.status_gate(cfg.profile, cfg.model_id, allow_blocked=cfg.allow_blocked_model)
         checks = exo_api_checks(config, cfg)
     except InputError as e:
@@ -35,9 +37,10 @@ def start_run(config: pytest.Config) -> tuple[GateSession, str | None]:
     try:
         gs = new_session(config, cfg, env_file)
     except OSError as e:  # e.g. a report dir that is a file or cannot be created
-        where = cfg.sources.get("RUN_REPORT_DIR", "RUN_REPORT_DIR")
+        where = cfg.sources.get("RUN_REPORT_DIR", "the default run folder dir")
         raise pytest.UsageError(f"{where} (RUN_REPORT_DIR): cannot create a run folder under {cfg.report_dir}: "
-                                f"{e.strerror or e}") from None
+                                f"{e.strerror or e}; set RUN_REPORT_DIR (or --report-dir) to a folder you can "
+                                "write") from None
     if checks:
         record_exo_api(gs, checks)
     return gs, warning
@@ -73,7 +76,7 @@ def new_session(config: pytest.Config, cfg: RunConfig, env_file: Path | None) ->
         reports = Path(tempfile.mkdtemp(prefix="modeldrop-collect-"))
     folder = RunFolder.create(reports, cfg.model_folder)
     pointer = os.environ.get(RUN_FOLDER_FILE_ENV)
-    if pointer:
+    if pointer and not config.option.collectonly:
         Path(pointer).write_text(str(folder.path) + "\n", encoding="utf-8")
     order = gatetable.gate_order(len(cfg.nodes), audit=bool(cfg.audit))
     secrets = secret_values(cfg.values)
@@ -92,4 +95,18 @@ def new_session(config: pytest.Config, cfg: RunConfig, env_file: Path | None) ->
         ledger.warning(line)
 
     cache = PassCache(folder.report_dir / "pass_cache.json", secrets, warn=warn)
+    not_recorded = None if config.option.collectonly else statedirs.record_last_run(folder.path)
+    if not_recorded:
+        warn(not_recorded)
     return GateSession(cfg=cfg, folder=folder, ledger=ledger, cache=cache, order=order, secrets=secrets)
+
+
+CACHE_WRITERS = ("lfplugin", "nfplugin", "stepwiseplugin")  # pytest's cacheprovider plugins that write .pytest_cache
+
+
+def keep_cache_out_of_package(config: pytest.Config) -> None:
+    """A gate run of the suite a wheel installed writes nothing inside the package: pytest's cache plugins (which
+    write .pytest_cache in the rootdir at session end) are blocked; `--lf` and friends are for checkouts."""
+    if statedirs.is_installed_suite(config.rootpath):
+        for name in CACHE_WRITERS:
+            config.pluginmanager.set_blocked(name)
