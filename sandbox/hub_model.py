@@ -22,8 +22,8 @@ from typing import Any
 from sandbox.hub import HubHandle, publish, start_hub
 from sandbox.layout import Layout, SandboxError, write_file
 from sandbox.model import generate_model
-from sandbox.serving_repos import publish_serving_repos
 from sandbox.procs import read_pid
+from sandbox.serving_repos import publish_serving_repos
 
 
 def hub_handle(lay: Layout) -> HubHandle:

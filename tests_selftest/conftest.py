@@ -5,16 +5,15 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 from xdist.scheduler import WorkStealingScheduling
 
 from sandbox import Sandbox
-from tests_selftest.support.slots import SANDBOX_BASE, slot
 from tests_selftest.support import userdirs
-from tests_selftest.support.slots import SANDBOX_BASE
+from tests_selftest.support.slots import SANDBOX_BASE, slot
 from tests_selftest.support.sshd_fixture import SSHD, SSHDHandle, start_sshd
 
 pytest_plugins = ["pytester", "tests_selftest.support.fault_plugin"]

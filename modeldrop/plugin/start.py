@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from modeldrop import gatetable, profiles, signatures
-from modeldrop.bench import serving
 from modeldrop import gatetable, profiles, signatures, statedirs
+from modeldrop.bench import serving
 from modeldrop.config import RunConfig, load_config
 from modeldrop.errors import InputError
 from modeldrop.ledger import GateRecord, Ledger, RunState
