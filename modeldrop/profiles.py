@@ -195,14 +195,16 @@ class ProfileOutcome:
 
 
 def after_green_bootstrap(path: Path, model_id: str, row_updates: dict[str, Any], *,
-                          observation: dict[str, Any] | None = None, rewrite: bool = False) -> ProfileOutcome:
+                          observation: dict[str, Any] | None = None, rewrite: bool = False,
+                          read_only: bool = False) -> ProfileOutcome:
     """The profile rule of a green bootstrap (see the module docstring).
 
     `row_updates` are the descriptive fields (include, sharding, disk threshold, topology, notes…): a model
     without a row gets them all; a row keeps its own and only gains the fields it lacks, the others measured
     differently are reported, unless `rewrite` (--update-profile). `observation` (None when this run measured no
     files: its verify passes were reused) is {hub_commit, safetensors, gguf, files, shard_pattern, required_files,
-    total_size_bytes, run}.
+    total_size_bytes, run}. `read_only` (a checkout's tracked seed table, unless --update-profile): nothing is
+    written; every change it would make is reported in `differences`.
     """
     old = lookup(load(path), model_id)
     out = ProfileOutcome()
@@ -214,6 +216,11 @@ def after_green_bootstrap(path: Path, model_id: str, row_updates: dict[str, Any]
                            if k in COMPARED and v is not None and old.get(k) is not None and old.get(k) != v}
     if observation is not None:
         updates.update(_observe(model_id, old or {}, observation, rewrite, out))
+    if read_only:
+        out.said = []
+        out.differences.update({k: {"old": (old or {}).get(k), "new": v} for k, v in updates.items()
+                                if k != "observed" and (old or {}).get(k) != v})
+        return out
     out.diff = record_bootstrap(path, model_id, updates) if updates else {}
     return out
 

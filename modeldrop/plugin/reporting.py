@@ -171,7 +171,8 @@ def profile_update(gs: GateSession) -> None:
     try:
         path = profiles.row_file(gs.cfg.profile_path, gs.cfg.profile_seed, gs.cfg.model_id)
         out = profiles.after_green_bootstrap(path, gs.cfg.model_id, profile_row_updates(gs),
-                                             observation=profile_observation(gs), rewrite=gs.cfg.update_profile)
+                                             observation=profile_observation(gs), rewrite=gs.cfg.update_profile,
+                                             read_only=path == gs.cfg.profile_seed and not gs.cfg.update_profile)
         if out.written:
             gs.ledger.profile_update(str(path), out.diff, out.said)
         for line in out.warnings:
