@@ -20,6 +20,7 @@ def test_chat(run_config, exo_running, exo_report, evidence):
                         state=exo_running.state_of(exo_running.ks[0]))
     evidence.note("chat_latency_s", {f"node{r['node']}-{'stream' if r['stream'] else 'json'}": r.get("latency_s")
                                      for r in verdict.details["results"]})
+    evidence.serving(exo_running.serving())  # where the model serves: the run summary's serving block
     inst = exo_running.find_instance()
     if inst is not None:
         lag, maps = runner_lag(exo_running.clients(), inst.instance_id)

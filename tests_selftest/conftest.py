@@ -11,7 +11,7 @@ import pytest
 from tests_selftest.support.slots import SANDBOX_BASE
 from tests_selftest.support.sshd_fixture import SSHD, SSHDHandle, start_sshd
 
-pytest_plugins = ["pytester", "tests_selftest.support.fault_plugin"]
+pytest_plugins = ["pytester", "tests_selftest.support.fault_plugin", "tests_selftest.support.runjson_check"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -41,11 +41,12 @@ def start_run(config: pytest.Config) -> tuple[GateSession, str | None]:
 def new_session(config: pytest.Config, cfg: RunConfig, env_file: Path | None) -> GateSession:
     """Create the run folder, pass cache and ledger, and write the first ledger records."""
     reports = cfg.report_dir if cfg.report_dir.is_absolute() else config.invocation_params.dir / cfg.report_dir
-    if config.option.collectonly:  # a look at the gates is not a run: keep reports/ and latest untouched
-        reports = Path(tempfile.mkdtemp(prefix="modeldrop-collect-"))
+    scratch = None
+    if config.option.collectonly:  # a look at the gates is not a run: a scratch folder, removed at the end
+        reports = scratch = Path(tempfile.mkdtemp(prefix="modeldrop-collect-"))
     folder = RunFolder.create(reports, cfg.model_folder)
     pointer = os.environ.get(RUN_FOLDER_FILE_ENV)
-    if pointer:
+    if pointer and scratch is None:
         Path(pointer).write_text(str(folder.path) + "\n", encoding="utf-8")
     order = gatetable.gate_order(len(cfg.nodes), audit=bool(cfg.audit))
     secrets = secret_values(cfg.values)
@@ -64,4 +65,5 @@ def new_session(config: pytest.Config, cfg: RunConfig, env_file: Path | None) ->
         ledger.warning(line)
 
     cache = PassCache(folder.report_dir / "pass_cache.json", secrets, warn=warn)
-    return GateSession(cfg=cfg, folder=folder, ledger=ledger, cache=cache, order=order, secrets=secrets)
+    return GateSession(cfg=cfg, folder=folder, ledger=ledger, cache=cache, order=order, secrets=secrets,
+                       scratch=scratch)
