@@ -11,7 +11,9 @@ Contract:
 - NEXT_COMMAND works as printed: a failed (or gate-skipped) gate -> the base command `-k <gate>`;
   a run stopped for lack of a reusable pass, interrupted or partial -> base `--resume-bootstrap`;
   a green bootstrap -> the benchmark command; a green audit -> the bootstrap command (prefixed
-  `env AUDIT=0` when the audit came from the environment or the env file).
+  `env AUDIT=0` when the audit came from the environment or the env file); benchmarks that cannot start ->
+  the command that fixes it (`fix_command`); failed benchmark cases -> their phases measured again
+  (`-k <phase> --rerun-benchmarks`), never a list of cases.
 - DO_NOT_REPEAT lists the gates that passed (here or by reuse) for this run's fingerprints.
 """
 
@@ -116,7 +118,7 @@ class RunState:
     bench_only: bool = False
     bench: dict[str, tuple[str, str]] = field(default_factory=dict)  # test name -> (outcome, reason)
     bench_blocked: tuple[str, str] | None = None  # (why the benchmarks cannot start, the command that fixes it)
-    serving: dict[str, Any] | None = None  # where the model serves (`summary.serving_block`), once a chat answered
+    serving: dict[str, Any] | None = None  # where the model serves (`exo.serving.serving_block`), once a chat answered
     exit_status: int | None = None  # the session's exit status, once it ended
     signature_table: list[dict[str, Any]] = field(default_factory=list)  # every known signature (stable section)
 

@@ -7,7 +7,9 @@ touched) and creates the run folder. Gates are `@pytest.mark.gate("id")` or, per
 `@pytest.mark.gate("node{k}_x", per_node_from=2)` with a fixture argument `k`. Items run in the
 order of `modeldrop.gatetable`; a gate whose upstream failed or skipped is skipped naming the root
 cause; an upstream not run in this session counts only through a fresh matching pass in the pass
-cache; every pass is cached with its fingerprint as soon as it passes.
+cache; every pass is cached with its fingerprint as soon as it passes. The session ends with the run's summary
+on the terminal and an exit status that means what it says (`modeldrop.ledger.summary`: 6 for a blocked run);
+`--collect-only` keeps nothing.
 """
 
 from __future__ import annotations
