@@ -13,6 +13,6 @@ def test_node1_download(downloads, evidence):
 
 
 @pytest.mark.gate("node1_verify")
-def test_node1_verify(run_config, node_pool, run_facts, run_folder, evidence, hub_expectation):
+def test_node1_verify(run_config, node_pool, run_facts, run_folder, evidence, hub_expectation, progress):
     """No markers anywhere, one format, config, index + every shard, headers, counts, total size."""
-    check_files(1, run_config, node_pool, run_facts, run_folder, evidence, hub_expectation)
+    check_files(1, run_config, node_pool, run_facts, run_folder, evidence, hub_expectation, progress)

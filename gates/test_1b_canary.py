@@ -9,7 +9,7 @@ from modeldrop.exo.observe import canary_check
 
 
 @pytest.mark.gate("node1_canary")
-def test_node1_canary(run_config, exo_canary, exo_report, evidence):
+def test_node1_canary(run_config, exo_canary, exo_report, evidence, progress):
     """exo (offline) answers /node_id, has a card for the model (POST /models/add when it has none) and lists
     the model under /v1/models?status=downloaded."""
     try:
@@ -20,7 +20,8 @@ def test_node1_canary(run_config, exo_canary, exo_report, evidence):
     for line in stopped_existing_lines(rec):
         evidence.note("warning", line)
     model_dir = expand_home(run_config.node(1).model_dir, str(exo_canary.facts().get("home") or "~"))
-    verdict = canary_check(exo_canary, ExoClient(exo_canary.api_url), run_config.model_id, model_dir)
+    verdict = canary_check(exo_canary, ExoClient(exo_canary.api_url), run_config.model_id, model_dir,
+                           progress=progress)
     evidence.json("canary", verdict.details)
     card = verdict.details.get("card") or {}
     if card.get("card"):

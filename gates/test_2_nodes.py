@@ -13,6 +13,6 @@ def test_nodeK_download(k, downloads, evidence):
 
 
 @pytest.mark.gate("node{k}_verify", per_node_from=2)
-def test_nodeK_verify(k, run_config, node_pool, run_facts, run_folder, evidence, hub_expectation):
+def test_nodeK_verify(k, run_config, node_pool, run_facts, run_folder, evidence, hub_expectation, progress):
     """MODEL_DIR_NODEk is complete, by the same checks as node 1."""
-    check_files(k, run_config, node_pool, run_facts, run_folder, evidence, hub_expectation)
+    check_files(k, run_config, node_pool, run_facts, run_folder, evidence, hub_expectation, progress)

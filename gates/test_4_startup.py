@@ -8,7 +8,7 @@ from modeldrop.exo.observe import watch_startup
 
 
 @pytest.mark.gate("startup")
-def test_startup(run_config, exo_cluster, exo_report, evidence):
+def test_startup(run_config, exo_cluster, exo_report, evidence, progress):
     """Each API answers /node_id, and no pid/start or node id changes within the settle window."""
     try:
         records = exo_cluster.start()
@@ -19,7 +19,8 @@ def test_startup(run_config, exo_cluster, exo_report, evidence):
     for line in (x for r in records.values() for x in stopped_existing_lines(r)):
         evidence.note("warning", line)
     verdict = watch_startup(exo_cluster.cluster_launchers(), exo_cluster.clients(), run_config.settle_window_s,
-                            on_up=exo_cluster.start_join_watch)  # the cluster-join wait overlaps the window
+                            on_up=exo_cluster.start_join_watch,  # the cluster-join wait overlaps the window
+                            progress=progress)
     evidence.json("startup", verdict.details)
     evidence.note("verdict", verdict.summary)
     if not verdict.ok:

@@ -8,7 +8,7 @@ from modeldrop.exo.state import parse_instance
 
 
 @pytest.mark.gate("placement")
-def test_placement(run_config, exo_running, exo_report, evidence):
+def test_placement(run_config, exo_running, exo_report, evidence, progress):
     """GET /instance/placement (min_nodes=N), POST /instance, then every runner Ready within the timeout,
     or, while /state shows no runner of the instance, a chat that answers through every node (serving truth)."""
     api = exo_running.clients()[exo_running.ks[0]]
@@ -34,7 +34,7 @@ def test_placement(run_config, exo_running, exo_report, evidence):
                                 f"{len(instance.node_ids)} node(s), not {n}: {instance.node_ids}")
     verdict = wait_ready(api, instance.instance_id, run_config.ready_timeout_s,
                          serving=lambda: serving_check(exo_running.urls(), run_config.model_id),
-                         names=exo_running.node_names())
+                         progress=progress, names=exo_running.node_names(), model_id=run_config.model_id)
     evidence.json("readiness", verdict.details)
     evidence.note("verdict", verdict.summary)
     if not verdict.ok:

@@ -32,6 +32,7 @@ def test_chat(run_config, exo_running, exo_report, evidence):
         evidence.note("warning", line)
     if not stability.ok:
         exo_report.fail(stability, state=exo_running.state_of(exo_running.ks[0]))
+    evidence.serving(exo_running.serving())  # where the model serves: the run summary's serving block
     inst = exo_running.find_instance()
     if inst is not None:
         lag, maps = runner_lag(exo_running.clients(), inst.instance_id)

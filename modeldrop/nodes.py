@@ -232,7 +232,8 @@ class Node(ABC):
 
         return self._run_logged(cmd, timeout=timeout, stdin=None, secrets=secrets, on_line=redacted)
 
-    def run_probe(self, name: str, args: dict, *, timeout: float = 60, register: bool | None = None) -> dict:
+    def run_probe(self, name: str, args: dict, *, timeout: float = 60, register: bool | None = None,
+                  progress: Callable[[dict], None] | None = None) -> dict:
         """Run probe `name` with args on the node's python and return its JSON result; NodeError on failure.
 
         Cleanup rule: closing the connection does not stop a probe's python, so a probe is registered in
@@ -245,14 +246,16 @@ class Node(ABC):
         on a connection error before any pid was reported. When the wait times out, or a gate's limit or a
         deadline cuts it short, the probe is stopped at once (the timeout's message says how); on Ctrl-C or
         SIGTERM, or a lost connection, it stays registered for the session's drain. A registered probe also runs
-        under node-side limits (`probes.watch_spec`: timeout + NODE_SLACK_S, or its controller gone)."""
+        under node-side limits (`probes.watch_spec`: timeout + NODE_SLACK_S, or its controller gone).
+        `progress(fields)` gets each progress line the probe says on stderr (`probes.parse_progress`) as it comes."""
         nonce = probes.new_nonce()
         cmd = self._python_exec(name, args, nonce)
         long_probe = register if register is not None else timeout > LONG_PROBE_S and name != "stop"
         watch = _ProbeWatch(self, name, nonce) if long_probe else None
         if long_probe:
             args = {**args, "_watch": probes.watch_spec(timeout + NODE_SLACK_S, f"probe {name}", self.run_id)}
-        res = self._run_watched(cmd, probes.probe_payload(name, args), timeout, watch)
+        res = self._run_watched(cmd, probes.probe_payload(name, args), timeout, watch,
+                                _progress_lines(watch, progress) if progress is not None else None)
         stderr = self._probe_stderr(res)
         result = probes.parse_result(res.stdout) if res.rc == 0 else None
         if result is None:
@@ -309,7 +312,8 @@ class Node(ABC):
         """A probe's stderr without the python pick and pid lines (the pick cached); NodeError when the node has
         no python at all."""
         picked, stderr = probes.parse_picked(res.stderr)
-        stderr = "".join(ln for ln in stderr.splitlines(keepends=True) if parse_pid_line(ln) is None)
+        stderr = "".join(ln for ln in stderr.splitlines(keepends=True)
+                         if parse_pid_line(ln) is None and not ln.startswith(probes.PROGRESS_TAG))
         if picked and self.python_cmd is None:
             self._picked_python = picked
         if res.rc == probes.NO_PYTHON_RC and "NO_PYTHON" in stderr:
@@ -410,6 +414,17 @@ class _ProbeWatch:
         if pid is not None:
             self.pid = pid
             REGISTRY.identified(self.token, pid)
+
+
+def _progress_lines(watch: _ProbeWatch | None, progress: Callable[[dict], None]) -> LineCallback:
+    """A probe's stderr watcher that also hands its progress lines to `progress`."""
+    def on_line(stream: str, line: str) -> None:
+        if watch is not None:
+            watch(stream, line)
+        fields = probes.parse_progress(line) if stream == "stderr" else None
+        if fields is not None:
+            progress(fields)
+    return on_line
 
 
 def _last_lines(text: str, n: int = 3) -> str:

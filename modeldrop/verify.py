@@ -1,7 +1,8 @@
 """Verify (phases 1A/2A): a node's model dir is complete, checked against what the hub says.
 
 `verify_node` takes one manifest probe (plus an optional parallel sha256 probe) and returns the
-audit verdict together with the evidence that produced it. The expected manifest is the hub's
+audit verdict together with the evidence that produced it; while the probes run, `progress` gets how far they
+are (files and bytes listed; bytes hashed, rate and ETA). The expected manifest is the hub's
 tree when online, else the tree `hf download` kept under `.cache/huggingface` on that node (or
 node 1's, when this node has none).
 """
@@ -14,6 +15,7 @@ from typing import Any
 from modeldrop import audit, hub
 from modeldrop.config import NodeConfig, RunConfig
 from modeldrop.nodes import Node
+from modeldrop.progress import Progress, amount
 from modeldrop.verdict import Verdict
 
 
@@ -32,10 +34,18 @@ MANIFEST_TIMEOUT_S = 900.0
 HASHES_TIMEOUT_S = 2 * 3600.0  # node-side limit of the --verify-hashes probe; the verify gate's limit is longer
 
 
-def probe_manifest(node: Node, nc: NodeConfig, cfg: RunConfig) -> dict[str, Any]:
+def probe_manifest(node: Node, nc: NodeConfig, cfg: RunConfig, progress: Progress | None = None,
+                   expected_bytes: int | None = None) -> dict[str, Any]:
     """The node's manifest of MODEL_DIR_NODEk, searching other known dirs for the model too."""
+    prog = (progress or Progress.off()).restart()
+
+    def seen(f: dict) -> None:
+        listed = amount(float(f.get("bytes") or 0), expected_bytes, prog.elapsed_s)
+        prog.seen(nc.name, f"the manifest of {nc.model_dir}", f"{f.get('files')} files, {listed}",
+                  MANIFEST_TIMEOUT_S)
+
     return node.run_probe("manifest", {"path": nc.model_dir, "model_folder": cfg.model_folder,
-                                       "search_alternates": True}, timeout=MANIFEST_TIMEOUT_S)
+                                       "search_alternates": True}, timeout=MANIFEST_TIMEOUT_S, progress=seen)
 
 
 def expectation(manifest: dict[str, Any], online: hub.ExpectedManifest | None,
@@ -51,9 +61,9 @@ def expectation(manifest: dict[str, Any], online: hub.ExpectedManifest | None,
 
 
 def verify_node(node: Node, nc: NodeConfig, cfg: RunConfig, *, online: hub.ExpectedManifest | None = None,
-                fallback_manifest: dict[str, Any] | None = None) -> VerifyResult:
+                fallback_manifest: dict[str, Any] | None = None, progress: Progress | None = None) -> VerifyResult:
     """Audit node `nc`'s model dir; with --verify-hashes also sha256 every large file on the node."""
-    manifest = probe_manifest(node, nc, cfg)
+    manifest = probe_manifest(node, nc, cfg, progress, online.total_size if online is not None else None)
     expected = expectation(manifest, online, fallback_manifest)
     want_st, want_gguf, new_commit = count_expectations(cfg, expected.commit if expected else None)
     verdict = audit.completeness(
@@ -63,7 +73,7 @@ def verify_node(node: Node, nc: NodeConfig, cfg: RunConfig, *, online: hub.Expec
         verdict.warnings.append(new_commit)
     result = VerifyResult(verdict, manifest, expected, counts=weight_counts(manifest))
     if cfg.verify_hashes and manifest.get("exists"):
-        result.hashes = check_hashes(node, nc, manifest, expected)
+        result.hashes = check_hashes(node, nc, manifest, expected, progress)
         if result.hashes["mismatches"]:
             verdict.problems.append(f"{len(result.hashes['mismatches'])} files fail the sha256 check: "
                                     + "; ".join(result.hashes["mismatches"][:5]))
@@ -100,14 +110,23 @@ def weight_counts(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_hashes(node: Node, nc: NodeConfig, manifest: dict[str, Any],
-                 expected: hub.ExpectedManifest | None) -> dict[str, Any]:
+                 expected: hub.ExpectedManifest | None, progress: Progress | None = None) -> dict[str, Any]:
     """sha256 of every file the hub tree gives an LFS sha256 for (the large files), computed on the node in
     parallel, against that sha256."""
     if expected is None:
         return {"checked": 0, "mismatches": ["no expected sha256 (no hub tree and no cached tree)"]}
     targets = [f["path"] for f in manifest.get("files", [])
                if f["path"] in expected.files and expected.files[f["path"]].sha256]
-    got = node.run_probe("hashes", {"path": nc.model_dir, "files": targets, "workers": 4}, timeout=HASHES_TIMEOUT_S)
+    prog = progress or Progress.off()
+    t0 = prog.elapsed_s
+
+    def seen(f: dict) -> None:
+        done = amount(float(f.get("bytes") or 0), float(f.get("total") or 0) or None, prog.elapsed_s - t0)
+        prog.seen(nc.name, f"sha256 of {len(targets)} files", f"{f.get('files_done')}/{f.get('files')} files, {done}",
+                  HASHES_TIMEOUT_S)
+
+    got = node.run_probe("hashes", {"path": nc.model_dir, "files": targets, "workers": 4}, timeout=HASHES_TIMEOUT_S,
+                         progress=seen)
     mismatches = [f"{p}: expected {expected.files[p].sha256[:12]}…, got {got['sha256'].get(p, 'missing')[:12]}…"
                   for p in targets if got["sha256"].get(p) != expected.files[p].sha256]
     mb_s = got["bytes"] / max(got["seconds"], 1e-9) / 1e6

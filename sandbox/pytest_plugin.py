@@ -66,6 +66,9 @@ def pytest_modeldrop_env_file(config: pytest.Config) -> Path | None:
         box = Sandbox(**kwargs)
         if getattr(box, "exo_note", ""):
             print(f"--sandbox: {box.exo_note}", file=sys.stderr)
+        if config.get_verbosity() >= 0:  # a progress line: -q shows pytest's own output only
+            print(f"--sandbox: bringing up {n} node(s) in {kwargs['root']} (reused when it is up) …", file=sys.stderr,
+                  flush=True)
         box.up()
     except InputError:
         raise

@@ -16,7 +16,7 @@ from tests_selftest.support import userdirs
 from tests_selftest.support.slots import SANDBOX_BASE, slot
 from tests_selftest.support.sshd_fixture import SSHD, SSHDHandle, start_sshd
 
-pytest_plugins = ["pytester", "tests_selftest.support.fault_plugin"]
+pytest_plugins = ["pytester", "tests_selftest.support.fault_plugin", "tests_selftest.support.runjson_check"]
 USER_DIRS = pytest.StashKey[Path]()
 
 

@@ -9,7 +9,8 @@ Lifecycle contract (fixtures/exo.py applies it):
   live process with the same start time, and that node's `/node_id` must answer — and copies the
   records into this run's folder. Otherwise it raises `ReattachError` saying what is missing.
 - `start_join_watch(ids)` (the startup gate calls it once every API answered) watches the cluster join
-  in the background, so the startup settle window overlaps the join wait; `cluster_verdict(ids, window)`
+  in the background, so the startup settle window overlaps the join wait (its progress lines, gate
+  `cluster`, go to `sink`); `cluster_verdict(ids, window)`
   (the cluster gate) waits for that watch when it watches the same node ids, then confirms with one
   fresh look, else polls itself. `stop_all()` and `cancel_join_watch()` end the watch.
 - `stop_all()` stops by pid, identity-checked, everything this run started or adopted.
@@ -39,8 +40,10 @@ from modeldrop.exo import state as st
 from modeldrop.exo.client import ExoClient
 from modeldrop.exo.launcher import ExoBuild, ExoLauncher, LaunchError, LaunchRecord, RecordFolder, precheck_facts
 from modeldrop.exo.observe import watch_cluster
+from modeldrop.exo.serving import instance_shape, serving_block
 from modeldrop.exo.wait import call_safely
 from modeldrop.nodepool import NodePool
+from modeldrop.progress import Progress, Sink
 from modeldrop.redaction import redact, secret_values
 from modeldrop.verdict import Verdict
 
@@ -75,8 +78,9 @@ class JoinWatch:
 
 class ExoCluster:
     def __init__(self, cfg: RunConfig, pool: NodePool, run_folder: RecordFolder,
-                 builds: Callable[[int], ExoBuild] | None = None):
+                 builds: Callable[[int], ExoBuild] | None = None, sink: Sink | None = None):
         self.cfg = cfg
+        self.sink = sink  # progress lines of the cluster-join wait (`modeldrop.progress`), or None
         self.pool = pool
         self.run_folder = run_folder
         self.builds = builds  # node k's exo build as the run knows it (RunFacts.exo_build), else probed here
@@ -182,7 +186,8 @@ class ExoCluster:
 
         def run() -> None:
             try:
-                watch.verdict = watch_cluster(clients, watch.live_ids, window, cancelled=watch.cancel.is_set)
+                watch.verdict = watch_cluster(clients, watch.live_ids, window, cancelled=watch.cancel.is_set,
+                                              progress=Progress(self.sink, "cluster"))
             finally:
                 watch.done.set()
         self.join_watch = watch
@@ -208,11 +213,15 @@ class ExoCluster:
                 v = watch_cluster(self.clients(), live_ids, window_s)
                 v.details["joined_during_startup_s"] = watch.verdict.details.get("elapsed_s")
                 return v
-        return watch_cluster(self.clients(), live_ids, window_s)
+        return watch_cluster(self.clients(), live_ids, window_s, progress=Progress(self.sink, "cluster"))
 
     def ensure_running(self) -> None:
         if not self.running:
             self.reattach()
+
+    def node_names(self) -> dict[str, str]:
+        """{node id: `nodeK`} of the nodes whose API answers (names for progress lines and messages)."""
+        return {nid: f"node{k}" for k, nid in self.node_ids().items()}
 
     def node_ids(self) -> dict[int, str]:
         out = {}
@@ -319,6 +328,15 @@ class ExoCluster:
             if row is None and err is None:
                 out[k] = f"pid {la.record.pid}"
         return out
+
+    def serving(self) -> dict[str, Any]:
+        """Where the model serves (`serving.serving_block`): each node's API URL and node id, the instance placed in
+        this run (else the model's first), its sharding and kind, a curl through node 1."""
+        inst = self.find_instance()
+        sharding, kind = instance_shape(inst)
+        return serving_block(self.cfg.model_id, {f"node{k}": u for k, u in self.urls().items()},
+                             {f"node{k}": nid for k, nid in self.node_ids().items()},
+                             inst.instance_id if inst else None, sharding, kind)
 
     def state_of(self, k: int = 1) -> dict | None:
         s, _ = call_safely(ExoClient(self.launcher(k).api_url).state)

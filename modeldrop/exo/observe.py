@@ -27,6 +27,7 @@ from modeldrop.exo.verdicts import (
     transport_verdict,
 )
 from modeldrop.exo.wait import call_safely, poll
+from modeldrop.progress import Progress
 from modeldrop.verdict import Fact, Verdict
 
 API_UP_TIMEOUT_S = 120.0
@@ -59,18 +60,25 @@ def sample_node(launcher: Any, client: ExoClient, t0: float, clock: Callable[[],
 def watch_startup(launchers: dict[int, Any], clients: dict[int, ExoClient], settle_s: float,
                   api_timeout_s: float = API_UP_TIMEOUT_S, clock: Callable[[], float] = time.monotonic,
                   sleep: Callable[[float], None] = time.sleep,
-                  on_up: Callable[[dict[int, str]], None] | None = None) -> Verdict:
+                  on_up: Callable[[dict[int, str]], None] | None = None,
+                  progress: Progress | None = None) -> Verdict:
     """Wait until every API answers (fail fast when a process exits), then watch for settle_s.
 
     `on_up({k: node id})` is called once every API answered, before the settle window: the caller starts
-    what may overlap the window (the cluster-join watch); the window itself is still watched in full."""
+    what may overlap the window (the cluster-join watch); the window itself is still watched in full.
+    `progress` gets each node's API answer, then its settle window, as it is seen."""
     t0 = clock()
+    if progress is not None:
+        progress.restart()
     samples: dict[int, list[StartupSample]] = {k: [] for k in launchers}
+    settle: dict[str, float] = {}  # "from": when the settle window started (seconds after t0)
 
     def look() -> dict[int, StartupSample]:
         out = {k: sample_node(launchers[k], clients[k], t0, clock) for k in launchers}
         for k, s in out.items():
             samples[k].append(s)
+            if progress is not None:
+                _startup_seen(progress, k, s, settle.get("from"), settle_s, api_timeout_s)
         return out
 
     up = poll(look, lambda o: all(s.node_id for s in o.values()), api_timeout_s, INTERVAL_S,
@@ -80,11 +88,25 @@ def watch_startup(launchers: dict[int, Any], clients: dict[int, ExoClient], sett
         if on_up is not None:
             on_up({k: s.node_id for k, s in up.value.items() if s.node_id})
         t1 = clock()
+        settle["from"] = t1 - t0
         poll(look, lambda o: clock() - t1 >= settle_s, settle_s + 5.0, INTERVAL_S,
              stop=lambda o: any(not s.alive for s in o.values()), clock=clock, sleep=sleep)
     v = startup_verdict(samples, starts)
     v.details["elapsed_s"] = round(clock() - t0, 2)
     return v
+
+
+def _startup_seen(progress: Progress, k: int, s: StartupSample, settle_from: float | None, settle_s: float,
+                  api_timeout_s: float) -> None:
+    """Node k's startup progress line: its API's answer (while it has not answered), then the settle window."""
+    state = "exo exited" if not s.alive else (f"API up (node id {s.node_id[:12]})" if s.node_id else
+                                              f"no answer yet ({s.api_error or 'connecting'})")
+    if settle_from is None:
+        if not s.node_id:
+            progress.seen(f"node{k}", "its API to answer /node_id", state, api_timeout_s)
+    else:
+        progress.seen(f"node{k}", f"the settle window ({settle_s:.0f}s without an exit or restart)",
+                      f"{state}, {s.t - settle_from:.0f}s into the window", settle_from + settle_s)
 
 
 # -- cluster --------------------------------------------------------------------------------------
@@ -103,14 +125,18 @@ def views_of(clients: dict[int, ExoClient]) -> tuple[dict[int, st.ClusterView | 
 def watch_cluster(clients: dict[int, ExoClient], live_ids: dict[int, str], window_s: float,
                   clock: Callable[[], float] = time.monotonic,
                   sleep: Callable[[float], None] = time.sleep,
-                  cancelled: Callable[[], bool] | None = None) -> Verdict:
+                  cancelled: Callable[[], bool] | None = None, progress: Progress | None = None) -> Verdict:
     """Poll every API until all N nodes and both-way edges show, or the window ends (isolation stop);
-    `cancelled()` true ends it early (the caller no longer needs the answer)."""
+    `cancelled()` true ends it early (the caller no longer needs the answer); `progress` gets what each node's
+    API sees (nodes seen / expected, links)."""
     n = len(live_ids)
     t0 = clock()
 
     def look() -> Verdict:
         views, errors = views_of(clients)
+        if progress is not None:
+            for k, seen in join_seen(views, errors, live_ids).items():
+                progress.seen(f"node{k}", f"{n} nodes linked both ways in its topology", seen, window_s)
         return cluster_verdict(live_ids, views, n, errors)
 
     res = poll(look, lambda v: v.ok, window_s, CLUSTER_INTERVAL_S,
@@ -120,6 +146,21 @@ def watch_cluster(clients: dict[int, ExoClient], live_ids: dict[int, str], windo
     if not v.ok and v.facts.get(Fact.isolated):
         v.reword(f"isolated for {window_s:.0f}s (cluster window): ")
     return v
+
+
+def join_seen(views: dict[int, st.ClusterView | None], errors: dict[int, str],
+              live_ids: dict[int, str]) -> dict[int, str]:
+    """{k: `2/3 nodes, 4/6 links`} of each node's view of the live node ids (why not, where /state failed)."""
+    want = set(live_ids.values())
+    n = len(want)
+    out = {}
+    for k, view in sorted(views.items()):
+        if view is None:
+            out[k] = f"/state not readable ({errors.get(k) or 'no answer'})"
+            continue
+        links = sum(1 for a, b in view.topology.edges if a in want and b in want and a != b)
+        out[k] = f"{len(view.members & want)}/{n} nodes, {links}/{n * (n - 1)} links"
+    return out
 
 
 # -- placement ------------------------------------------------------------------------------------
@@ -164,8 +205,12 @@ SERVING_EVERY_S = 15.0   # how often the chat is retried while no runner shows
 
 def wait_ready(client: ExoClient, instance_id: str, ready_timeout_s: float, stall_s: float | None = None,
                clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-               serving: Callable[[], Verdict] | None = None, names: dict[str, str] | None = None) -> Verdict:
+               serving: Callable[[], Verdict] | None = None, progress: Progress | None = None,
+               names: dict[str, str] | None = None, model_id: str = "") -> Verdict:
     """Poll /state until every runner is Ready/Running; fail fast on RunnerFailed, vanishing, or a stall.
+
+    `progress` gets each node's runner state (and EXO's download of `model_id` there), nodes named by `names`
+    ({node id: name}).
 
     Serving truth: while no runner of the instance shows in /state, `serving()` (a chat through every
     node) is tried every SERVING_EVERY_S; a chat that answers passes (the map lag is a warning fact),
@@ -174,12 +219,18 @@ def wait_ready(client: ExoClient, instance_id: str, ready_timeout_s: float, stal
     """
     stall_s = stall_budget(ready_timeout_s) if stall_s is None else stall_s
     t0 = clock()
+    if progress is not None:
+        progress.restart()
     track: dict[str, Any] = {"present": False, "key": None, "changed": t0, "stalled": None, "chat": None,
                              "chat_at": None, "chats": 0}
     appear_budget = max(30.0, stall_s)
 
     def look() -> st.InstanceProgress:
-        p = st.instance_progress(client.state(), instance_id, names)
+        state = client.state()
+        p = st.instance_progress(state, instance_id, names)
+        if progress is not None:
+            for node, seen in st.runner_progress(state, instance_id, model_id, names or {}).items():
+                progress.seen(node, "its runner to be Ready", seen, ready_timeout_s)
         now = clock()
         if p.present:
             track["present"] = True
@@ -486,11 +537,26 @@ def _canary_card(launcher: Any, client: ExoClient, model_id: str, node_id: str |
 
 def canary_check(launcher: Any, client: ExoClient, model_id: str, model_dir: str,
                  api_timeout_s: float = API_UP_TIMEOUT_S, model_timeout_s: float = CANARY_MODEL_TIMEOUT_S,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Verdict:
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 progress: Progress | None = None) -> Verdict:
     """exo alone on node 1: /node_id answers, EXO has (or is given) a card for the model, then the model is
-    listed under ?status=downloaded from the audited dir."""
+    listed under ?status=downloaded from the audited dir; `progress` gets the API's answer, then the listing."""
     t0 = clock()
-    up = poll(lambda: sample_node(launcher, client, t0, clock), lambda s: bool(s.node_id), api_timeout_s, INTERVAL_S,
+    prog = (progress or Progress.off()).restart()
+
+    def sample() -> StartupSample:
+        s = sample_node(launcher, client, t0, clock)
+        prog.seen("node1", "the canary's API to answer /node_id", "exo exited" if not s.alive else
+                  f"no answer yet ({s.api_error or 'connecting'})", api_timeout_s)
+        return s
+
+    def listing() -> list[str] | None:
+        ids = call_safely(client.downloaded_model_ids)[0]
+        prog.seen("node1", f"{model_id} under /v1/models?status=downloaded",
+                  f"listed: {', '.join(ids) if ids else 'none'}", model_timeout_s)
+        return ids
+
+    up = poll(sample, lambda s: bool(s.node_id), api_timeout_s, INTERVAL_S,
               stop=lambda s: not s.alive, clock=clock, sleep=sleep)
     last = up.value
     if not up.done:
@@ -503,7 +569,7 @@ def canary_check(launcher: Any, client: ExoClient, model_id: str, model_dir: str
     if not card.ok:
         return card
     # an API that stops answering is a sample too (None), so an exo that died is seen at once, not at the deadline
-    listed = poll(lambda: call_safely(client.downloaded_model_ids)[0], lambda ids: model_id in (ids or []),
+    listed = poll(listing, lambda ids: model_id in (ids or []),
                   model_timeout_s, INTERVAL_S, stop=lambda ids: not launcher.proc(), clock=clock, sleep=sleep)
     s, _ = call_safely(client.state)
     dls = [d.__dict__ for d in st.downloads_for_model(s or {}, model_id)]

@@ -358,3 +358,46 @@ def runner_locations(state: dict, inst: Instance, names: dict[str, str] | None =
         if rid not in out and shard.rank is not None:
             out[rid] = f"rank {shard.rank} (nodeToRunner does not say which node)"
     return out
+
+
+# -- what a wait for readiness shows --------------------------------------------------------------
+def download_progress(state: dict, model_id: str) -> dict[str, tuple[int, int]]:
+    """{node id: (bytes downloaded, total bytes)} of the model's ongoing EXO downloads (DownloadOngoing)."""
+    out: dict[str, tuple[int, int]] = {}
+    raw = pick(state, "downloads") or {}
+    for nid, lst in (raw.items() if isinstance(raw, dict) else []):
+        for entry in lst or []:
+            kind, body = untag(entry)
+            prog = pick(body, "downloadProgress")
+            if kind != "DownloadOngoing" or not isinstance(prog, dict) or \
+                    _shard_model_id(pick(body, "shardMetadata")) != model_id:
+                continue
+            done, total = pick(pick(prog, "downloaded") or {}, "inBytes"), pick(pick(prog, "total") or {}, "inBytes")
+            if isinstance(done, int) and isinstance(total, int):
+                out[str(nid)] = (done, total)
+    return out
+
+
+def runner_progress(state: dict, instance_id: str, model_id: str, names: dict[str, str]) -> dict[str, str]:
+    """{node: what its runner of the instance shows} for a progress line: `RunnerLoading 3/28 layers`, with EXO's
+    download of the model on that node when one is ongoing; the node by `names` ({node id: name}), else as
+    `node_label` reads it; `{"instance": "absent from /state"}` before the instance shows."""
+    inst = instances(state).get(instance_id)
+    if inst is None:
+        return {"instance": "absent from /state"}
+    rs, dls = runners(state), download_progress(state, model_id)
+    friendly = cluster_view(state).friendly
+    rank = {rid: sh.rank for rid, sh in inst.runner_to_shard.items()}
+    by_runner = {rid: nid for nid, rid in inst.node_to_runner.items()}
+    out: dict[str, str] = {}
+    for rid in inst.runner_ids:
+        nid = by_runner.get(rid)
+        node = (names.get(nid) or node_label(friendly, nid)) if nid else f"rank {rank.get(rid)}"
+        status = rs.get(rid)
+        seen = "no runner in /state" if status is None else status.kind + (
+            f" {status.layers_loaded}/{status.total_layers} layers" if status.layers_loaded is not None else "")
+        if nid in dls:
+            done, total = dls[nid]
+            seen += f", EXO download {100 * done / max(total, 1):.0f}% of {total / 2**30:.2f} GiB"
+        out[node] = seen
+    return out

@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from modeldrop.ledger import html as lhtml
-from modeldrop.ledger import runjson
+from modeldrop.ledger import runjson, summary
 from modeldrop.ledger.handoff import (
     BAD_OUTCOMES,
     FINISHED,
     GateRecord,
     RunState,
+    fix_command,
     green,
     handoff_fields,
     hm,
@@ -70,6 +71,7 @@ class Ledger:
         self._secrets = masked(secrets)
         self.jsonl = JsonlLedger(folder.path / "ledger.jsonl", self._secrets)
         self.timeline = TimelineWriter(self.jsonl.path, folder.path / "plots" / "timeline.png")
+        self.bench_rows = summary.BenchRows(folder.path / "bench")
 
     # -- writing -------------------------------------------------------------------------
     def _redact(self, text: str) -> str:
@@ -77,10 +79,13 @@ class Ledger:
 
     @_locked
     def write_handoff(self) -> None:
-        """Rewrite handoff.md and run.json atomically from the current state."""
-        atomic_write_text(self.folder.path / "handoff.md", self._redact(render(self.state)))
+        """Rewrite handoff.md and run.json atomically from the current state (the benchmark rows from the case
+        JSONs in bench/)."""
+        rows = self.bench_rows.rows(self.state) if self.state.bench or self.state.finished else []
+        atomic_write_text(self.folder.path / "handoff.md",
+                          self._redact(render(self.state, summary.markdown_parts(self.state, rows))))
         atomic_write_json(self.folder.path / runjson.RUN_JSON,
-                          redact_obj(runjson.summary(self.state, self.fields()), self._secrets))
+                          redact_obj(runjson.summary(self.state, self.fields(), rows), self._secrets))
 
     def _event(self, event: str, **fields: Any) -> None:
         self.jsonl.append(event, **fields)
@@ -121,12 +126,34 @@ class Ledger:
 
     @_locked
     def end(self, exitstatus: int, interrupted: str = "") -> None:
-        """Record the run end; a gate still `running` is marked interrupted in the hand-off."""
+        """Record the run end (its exit status); a gate still `running` is marked interrupted in the hand-off."""
         self.state.finished = True
         self.state.interrupted = interrupted
+        self.state.exit_status = int(exitstatus)
         self._event("run_end", exitstatus=int(exitstatus), interrupted=interrupted or None,
                     handoff=self.fields())
         self.timeline.flush()
+
+    @_locked
+    def serving(self, block: dict[str, Any]) -> None:
+        """Where the model serves (`summary.serving_block`), seen answering a chat."""
+        self.state.serving = dict(block)
+        self._event("serving", serving=block)
+
+    @_locked
+    def serving_stopped(self, why: str) -> None:
+        """The run stopped the cluster it served from (teardown, a failed gate, an interrupt)."""
+        if self.state.serving is not None:
+            self.state.serving = {**self.state.serving, "stopped": one_line(why, 200)}
+            self._event("serving_stopped", why=why)
+
+    @_locked
+    def bench_blocked(self, cause: str, fix: str) -> None:
+        """The benchmarks cannot start (`cause`, one line); `fix` is `preflight` or `bootstrap` (handoff's
+        `fix_command`). Recorded once per session: the hand-off's blocker and NEXT_COMMAND say it."""
+        if self.state.bench_blocked is None:
+            self.state.bench_blocked = (one_line(cause, 400), fix_command(self.state, fix))
+            self._event("bench_blocked", cause=cause, next_command=self.state.bench_blocked[1])
 
     @_locked
     def k_expressions(self, exprs: dict[str, str]) -> None:
@@ -339,6 +366,21 @@ class Ledger:
         return merged
 
     @_locked
+    def summary_lines(self) -> list[str]:
+        """The end-of-run summary for the terminal: result and exit status, gates with seconds, where the model
+        serves, the benchmark table (redacted)."""
+        rows = self.bench_rows.rows(self.state)
+        return [self._redact(line) for line in summary.text_lines(self.state, self.state.exit_status, rows)]
+
+    def result(self) -> dict[str, Any]:
+        """The run's result as it stands (`summary.result`)."""
+        return summary.result(self.state)
+
+    def exit_status(self, pytest_status: int) -> int:
+        """The session's exit status for pytest's (`summary.exit_status`: EXIT_BLOCKED for a blocked run)."""
+        return summary.exit_status(self.state, pytest_status)
+
+    @_locked
     def summary_html(self) -> str:
         """The hand-off block, gate table and timeline for the top of ledger.html."""
         return lhtml.summary_html(self.fields(), self.state, self.timeline.png)
@@ -349,9 +391,10 @@ class Evidence:
 
     `.text(name, s)`, `.json(name, obj)`, `.png(name, path_or_bytes)` queue pytest-html extras (drained
     into the report of the current phase by the plugin) and log an `evidence` record;
-    `.note(key, value)` records a fact (`warning` notes become hand-off warnings);
+    `.note(key, value)` records a fact (`warning` notes become hand-off warnings); `.serving(block)` says where
+    the model serves; `.serving_verdict(block)` records preflight's serving verdict;
     `.signatures(list_of_dicts)` records matched failure signatures; `.strongest(text)` sets
-    STRONGEST_EVIDENCE; `.serving_verdict(block)` records preflight's serving verdict. Without a ledger (self-tests) everything is kept in memory only.
+    STRONGEST_EVIDENCE. Without a ledger (self-tests) everything is kept in memory only.
     Secrets are replaced by `***` in every text.
     """
 
@@ -430,6 +473,10 @@ class Evidence:
         self.serving_block = block
         if self.ledger is not None:
             self.ledger.serving_verdict(self.gate, block)
+    def serving(self, block: dict[str, Any]) -> None:
+        """Where the model serves (`modeldrop.ledger.summary.serving_block`): the run summary's serving block."""
+        if self.ledger is not None:
+            self.ledger.serving(block)
 
     def strongest(self, text: str) -> None:
         """Set the hand-off's STRONGEST_EVIDENCE to `text`."""

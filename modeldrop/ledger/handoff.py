@@ -11,7 +11,9 @@ Contract:
 - NEXT_COMMAND works as printed: a failed (or gate-skipped) gate -> the base command `-k <gate>`;
   a run stopped for lack of a reusable pass, interrupted or partial -> base `--resume-bootstrap`;
   a green bootstrap -> the benchmark command; a green audit -> the bootstrap command (prefixed
-  `env AUDIT=0` when the audit came from the environment or the env file).
+  `env AUDIT=0` when the audit came from the environment or the env file); benchmarks that cannot start ->
+  the command that fixes it (`fix_command`); failed benchmark cases -> their phases measured again
+  (`-k <phase> --rerun-benchmarks`), never a list of cases.
 - DO_NOT_REPEAT lists the gates that passed (here or by reuse) for this run's fingerprints.
 """
 
@@ -116,6 +118,9 @@ class RunState:
     pass_cache: str = ""
     bench_only: bool = False
     bench: dict[str, tuple[str, str]] = field(default_factory=dict)  # test name -> (outcome, reason)
+    bench_blocked: tuple[str, str] | None = None  # (why the benchmarks cannot start, the command that fixes it)
+    serving: dict[str, Any] | None = None  # where the model serves (`exo.serving.serving_block`), once a chat answered
+    exit_status: int | None = None  # the session's exit status, once it ended
     signature_table: list[dict[str, Any]] = field(default_factory=list)  # every known signature (stable section)
     serving_verdict: dict[str, Any] | None = None  # preflight's "will it serve?" block (modeldrop.serving)
 
@@ -161,10 +166,20 @@ def blocker(state: RunState) -> GateRecord | None:
     return None
 
 
+def _bench_phase(test_name: str) -> str:
+    """`test_concurrency[concurrency-c4]` -> `concurrency`."""
+    return test_name.split("[", 1)[0].removeprefix("test_")
+
+
 def _bench_next(state: RunState) -> str:
-    failed = [name for name, (outcome, _) in state.bench.items() if outcome == "failed"]
+    """Benchmarks that cannot start: the command that fixes it; failed cases: their phases measured again (never
+    a list of cases); else done, or the benchmark command."""
+    if state.bench_blocked:
+        return state.bench_blocked[1]
+    failed = list(dict.fromkeys(_bench_phase(name) for name, (outcome, _) in state.bench.items()
+                                if outcome == "failed"))
     if failed:
-        return _cmd(state.bench_argv + ["-k", " or ".join(failed)])
+        return _cmd(state.bench_argv + ["-k", " or ".join(failed), "--rerun-benchmarks"])
     if state.bench:
         return "none: benchmarks done (results in bench/ and plots/)"
     return _cmd(state.bench_argv)
@@ -190,6 +205,8 @@ def next_command(state: RunState) -> str:
 def known_blocker(state: RunState) -> str:
     """`gate (outcome): reason`, the matched signature's cause, or `none`."""
     if state.bench_only or green(state):
+        if state.bench_blocked:
+            return f"benchmarks cannot start: {one_line(state.bench_blocked[0], 300)}"
         failed = [(n, r) for n, (o, r) in state.bench.items() if o == "failed"]
         return f"benchmark {failed[0][0]} (failed): {one_line(failed[0][1])}" if failed else "none"
     b = blocker(state)
@@ -335,8 +352,18 @@ def _serving_lines(state: RunState) -> list[str]:
     return lines
 
 
-def render(state: RunState) -> str:
-    """The whole handoff.md (see module docstring for the section order)."""
+def fix_command(state: RunState, kind: str) -> str:
+    """The command that fixes what keeps the benchmarks from starting: `preflight` (a node cannot be reached: the
+    preflight gate says why) or `bootstrap` (no chat pass, or no cluster serving: the gates, reusing what holds)."""
+    if kind == "preflight":
+        return _cmd(state.base_argv + ["-k", state.k_exprs.get("preflight", "preflight")])
+    return _cmd(state.base_argv + ["--resume-bootstrap"])
+
+
+def render(state: RunState, summary: dict[str, list[str]] | None = None) -> str:
+    """The whole handoff.md (see module docstring for the section order); `summary` adds the end-of-run summary's
+    markdown: `ninety` (the result line), `header` (where the model serves), `ledger` (the benchmark table)."""
+    extra = summary or {}
     f = handoff_fields(state)
     header = [f"- **Run id:** `{state.run_id}`",
               f"- **Started:** {hm(state.started)} UTC" + ("" if not state.finished else " (finished)"),
@@ -344,14 +371,15 @@ def render(state: RunState) -> str:
               "- **Nodes:** " + ", ".join(f"node{i}=`{t}`" for i, t in enumerate(state.nodes, 1)),
               "- **Model dirs:** " + ", ".join(f"node{i}=`{d}`" for i, d in enumerate(state.model_dirs, 1)),
               f"- **Mode:** {'audit' if state.audit else 'benchmarks' if state.bench_only else 'bootstrap'}",
-              f"- **Command:** `{_cmd(state.command)}`", *_ninety(state, f), *_serving_lines(state)]
+              f"- **Command:** `{_cmd(state.command)}`", *extra.get("ninety", []), *_ninety(state, f),
+              *_serving_lines(state), *extra.get("header", [])]
     block = ["```text", *block_lines(f), "```"]
     parts = [f"# modeldrop hand-off: {state.model_id}", "",
              "## 90-Second Handoff", "", *runbook.OPERATOR_PROTOCOL, "",
              "## Current Run Header", "", *header, "",
              "## Phase Gates", "", *runbook.criteria_table(state.order), "",
              "## Failure Signatures", "", *runbook.signature_reference(state.signature_table), "",
-             "## Run Ledger", "", *_gate_table(state), *_bench_table(state), "",
+             "## Run Ledger", "", *_gate_table(state), *_bench_table(state), *extra.get("ledger", []), "",
              "Signatures matched in this run:", "", *_signature_table(state), "", *_ledger_links(state), "",
              "## Hand-off Block", "", *block, ""]
     return "\n".join(parts)

@@ -7,11 +7,14 @@ touched) and creates the run folder. Gates are `@pytest.mark.gate("id")` or, per
 `@pytest.mark.gate("node{k}_x", per_node_from=2)` with a fixture argument `k`. Items run in the
 order of `modeldrop.gatetable`; a gate whose upstream failed or skipped is skipped naming the root
 cause; an upstream not run in this session counts only through a fresh matching pass in the pass
-cache; every pass is cached with its fingerprint as soon as it passes.
+cache; every pass is cached with its fingerprint as soon as it passes. The session ends with the run's summary
+on the terminal and an exit status that means what it says (`modeldrop.ledger.summary`: 6 for a blocked run);
+`--collect-only` keeps nothing.
 """
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 import pytest
@@ -22,6 +25,7 @@ from modeldrop.ledger import html as lhtml
 from modeldrop.ledger.handoff import block_lines
 from modeldrop.ledger.passcache import utc_minute
 from modeldrop.plugin import bounds, hookspecs, options, ordering, reporting
+from modeldrop.plugin.live import ItemWatch
 from modeldrop.plugin.outcomes import GateTracker, is_subtest, reason_of, skip_here
 from modeldrop.plugin.reuse import resumable, resume_broken, upstream_verdict
 from modeldrop.plugin.session import (
@@ -68,7 +72,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = gs
     config.pluginmanager.register(RunHooks(config, gs), "modeldrop-run")
     config.pluginmanager.register(BoundsHooks(config, gs), "modeldrop-bounds")
-    if reporting.setup_html(config, gs):
+    if gs.scratch is None:
+        config.pluginmanager.register(ItemWatch(config), "modeldrop-item-watch")
+    if gs.scratch is None and reporting.setup_html(config, gs):
         config.pluginmanager.register(HtmlHooks(gs), "modeldrop-html")
     if warning:
         gs.ledger.warning(warning)
@@ -185,7 +191,19 @@ class RunHooks:
         self.interrupted = self.exits.interrupted(excinfo.value)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        """Profile update on a green bootstrap, the last ledger records, close the nodes."""
+        """Profile update on a green bootstrap, the last ledger records with the exit status (EXIT_BLOCKED for a
+        run pytest calls OK that verified nothing or skipped a gate for its upstream), close the nodes."""
+        gs = self.gs
+        if gs.scratch is None:  # --collect-only is a look at the gates, not a run: nothing to record
+            self._end_run(session, exitstatus)
+        if gs.pool is not None:
+            try:
+                gs.pool.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+        self.exits.close()
+
+    def _end_run(self, session: pytest.Session, exitstatus: int) -> None:
         gs = self.gs
         running = gs.ledger.running()
         interrupted = self.interrupted or (f"session ended while {running[0]} was running" if running else "")
@@ -194,20 +212,26 @@ class RunHooks:
         try:
             self.exits.drain()
         finally:
-            gs.ledger.end(int(exitstatus), interrupted)
+            status = int(exitstatus) if interrupted else gs.ledger.exit_status(int(exitstatus))
+            session.exitstatus = status
+            gs.ledger.end(status, interrupted)
         reporting.update_metadata(self.config, gs)
         reporting.refresh_html(self.config, gs)
-        if gs.pool is not None:
-            try:
-                gs.pool.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass
-        self.exits.close()
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        """--collect-only: its scratch reports dir goes (nothing of a look at the gates is kept)."""
+        if self.gs.scratch is not None:
+            shutil.rmtree(self.gs.scratch, ignore_errors=True)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        """Where the run folder is and what to run next."""
+        """The end-of-run summary (result, gates, where the model serves, benchmarks), where the run folder is and
+        what to run next; nothing for --collect-only."""
+        if self.gs.scratch is not None:
+            return
         f = self.gs.ledger.fields()
         terminalreporter.write_sep("-", "modeldrop")
+        for line in self.gs.ledger.summary_lines():
+            terminalreporter.write_line(line)
         terminalreporter.write_line(f"run folder: {self.gs.folder.path}")
         terminalreporter.write_line(f"handoff:    {self.gs.folder.path / 'handoff.md'}")
         for line in block_lines(f, ("LAST_PASS_PHASE", "KNOWN_BLOCKER", "NEXT_COMMAND")):

@@ -9,6 +9,7 @@ fixtures, benchmarks and the run summary read it from.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +36,7 @@ class GateSession:
     parts: dict[str, dict] = field(default_factory=dict)   # gate -> fingerprint parts last computed
     html_report: Any = None
     exo_api: list = field(default_factory=list)  # --exo-api: modeldrop.bench.serving.ServingCheck per URL
+    scratch: Path | None = None  # --collect-only: the temporary reports dir, removed when the session ends
 
     def outcome_of(self, gate: str) -> str | None:
         """passed / failed / skipped / reused for a gate finished in this session, else None (the ledger's)."""

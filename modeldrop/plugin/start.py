@@ -71,11 +71,12 @@ def record_exo_api(gs: GateSession, checks: list[serving.ServingCheck]) -> None:
 def new_session(config: pytest.Config, cfg: RunConfig, env_file: Path | None) -> GateSession:
     """Create the run folder, pass cache and ledger, and write the first ledger records."""
     reports = cfg.report_dir if cfg.report_dir.is_absolute() else config.invocation_params.dir / cfg.report_dir
-    if config.option.collectonly:  # a look at the gates is not a run: keep reports/ and latest untouched
-        reports = Path(tempfile.mkdtemp(prefix="modeldrop-collect-"))
+    scratch = None
+    if config.option.collectonly:  # a look at the gates is not a run: a scratch folder, removed at the end
+        reports = scratch = Path(tempfile.mkdtemp(prefix="modeldrop-collect-"))
     folder = RunFolder.create(reports, cfg.model_folder)
     pointer = os.environ.get(RUN_FOLDER_FILE_ENV)
-    if pointer and not config.option.collectonly:
+    if pointer and scratch is None:
         Path(pointer).write_text(str(folder.path) + "\n", encoding="utf-8")
     order = gatetable.gate_order(len(cfg.nodes), audit=bool(cfg.audit))
     secrets = secret_values(cfg.values)
@@ -94,10 +95,11 @@ def new_session(config: pytest.Config, cfg: RunConfig, env_file: Path | None) ->
         ledger.warning(line)
 
     cache = PassCache(folder.report_dir / "pass_cache.json", secrets, warn=warn)
-    not_recorded = None if config.option.collectonly else statedirs.record_last_run(folder.path)
+    not_recorded = None if scratch is not None else statedirs.record_last_run(folder.path)
     if not_recorded:
         warn(not_recorded)
-    return GateSession(cfg=cfg, folder=folder, ledger=ledger, cache=cache, order=order, secrets=secrets)
+    return GateSession(cfg=cfg, folder=folder, ledger=ledger, cache=cache, order=order, secrets=secrets,
+                       scratch=scratch)
 
 
 CACHE_WRITERS = ("lfplugin", "nfplugin", "stepwiseplugin")  # pytest's cacheprovider plugins that write .pytest_cache

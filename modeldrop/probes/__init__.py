@@ -8,7 +8,8 @@ The payload goes to the node's python on stdin (`python3 - modeldrop-probe <name
 after `-` only mark the process's command line, see `probe_argv_tags`), so nothing is left on the node. A
 probe whose args hold `_watch` (`watch_spec`: the long ones, and `supervise`) also gets `_watch.py`: it ends
 by itself at its node-side limit or when its controller is gone, says `modeldrop-alive` on stderr every
-HEARTBEAT_S (`strip_alive` drops those lines), and keeps a small record in NODE_RECORD_DIR while it runs.
+HEARTBEAT_S (`strip_alive` drops those lines), and keeps a small record in NODE_RECORD_DIR while it runs. A long
+probe may say how far it is with `modeldrop-progress <json>` lines on stderr (`_progress.py`, `parse_progress`).
 The interpreter is chosen by the constant shell snippet `PYTHON_PICK`: it never runs the
 `/usr/bin/python3` CLT stub on a Mac without Command Line Tools, and exits 97 with `NO_PYTHON` when
 there is no python.
@@ -30,6 +31,7 @@ RESULT_MARKER = "@@MODELDROP-RESULT@@ "
 PICKED_MARKER = "@@MODELDROP-PY@@ "
 NO_PYTHON_RC = 97
 ALIVE = "modeldrop-alive"  # a watched probe's heartbeat line on stderr (`_watch.ALIVE`)
+PROGRESS_TAG = "modeldrop-progress"  # `modeldrop-progress <json>` on stderr: how far a long probe is (`_progress.py`)
 HEARTBEAT_S = 5.0  # how often a watched probe says it is alive (and finds out its controller is gone)
 NODE_RECORD_DIR = "~/.modeldrop/running"  # where long work records itself on a node (see _watch.py)
 
@@ -76,8 +78,8 @@ if __name__ == "__main__":
 # Helper modules prepended to a probe's payload (their names are then defined in the probe's namespace).
 PROBE_DEPS = {"procs": ("_proc",), "spawn": ("_proc",), "stop": ("_proc", "procs"), "tool": ("_proc",),
               "supervise": ("_proc", "_watch"), "leftovers": ("_proc",), "ports": ("_net",), "sockets": ("_net",),
-              "locate": ("manifest",), "serving": ("_proc", "procs", "manifest"),
-              "exos": ("_proc", "procs")}
+              "locate": ("_progress", "manifest"), "manifest": ("_progress",), "hashes": ("_progress",),
+              "serving": ("_proc", "procs", "_progress", "manifest"), "exos": ("_proc", "procs")}
 _FUTURE = "from __future__ import annotations\n"
 
 
@@ -114,6 +116,18 @@ def strip_alive(text: str) -> str:
         return text
     return "".join(line.replace(ALIVE + "\n", "") for line in text.splitlines(keepends=True)
                    if line.rstrip("\r\n") != ALIVE)
+
+
+def parse_progress(line: str) -> dict | None:
+    """The object of a `modeldrop-progress <json>` line, else None (a node's output is not trusted to be well
+    formed)."""
+    if not line.startswith(PROGRESS_TAG + " "):
+        return None
+    try:
+        fields = json.loads(line[len(PROGRESS_TAG) + 1:])
+    except ValueError:
+        return None
+    return fields if isinstance(fields, dict) else None
 
 
 def new_nonce() -> str:

@@ -5,6 +5,7 @@ Result keys: expanded, exists, is_dir, files [{path, size, mtime}] (relative, NF
 anywhere, `.cache/huggingface/download/` included), safetensors {rel: {ok, header_len, declared_data_len,
 file_size, error}}, gguf {rel: {magic_ok}}, index {path, weight_files, error} | None, metadata
 {rel: {commit, etag}}, tree {commit, files} | None, case_collisions [[names]], alternates [...].
+While it walks, how far it is (files and bytes listed) goes out as progress lines every few seconds.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import json
 import os
 import struct
 import unicodedata
+
+if "progress_say" not in globals():  # imported as a module (tests); on a node _progress.py is prepended
+    from modeldrop.probes._progress import progress_say
 
 CACHE_PREFIX = ".cache/huggingface/"
 MARKER_SUFFIXES = (".incomplete", ".part", ".partial")
@@ -212,9 +216,13 @@ def main(args: dict) -> dict:
         out["alternates"] = alternates(expanded, folder)
     if not out["is_dir"]:
         return out
+    listed = {"files": 0, "bytes": 0}
     for raw_rel, st in walk(expanded):
         rel = nfc(raw_rel)
         entry = {"path": rel, "size": st.st_size, "mtime": st.st_mtime}
+        listed["files"] += 1
+        listed["bytes"] += st.st_size
+        progress_say(listed)
         if rel != raw_rel:
             out["non_nfc"].append(rel)
         if rel.endswith(MARKER_SUFFIXES):

@@ -213,7 +213,9 @@ def test_benchmark_run_has_its_own_handoff(pytester):
     block = handoff_block(folder)
     assert block["CURRENT_PHASE"] == "benchmarks"
     assert block["KNOWN_BLOCKER"] == "benchmark test_sweep[2] (failed): decode stalled at request 3"
-    assert block["NEXT_COMMAND"].endswith("benchmarks/ --model org/tiny-model --env-file test.env -k 'test_sweep[2]'")
+    # the failed case's phase is measured again: a gate or benchmarks/ with a phase, never a list of cases
+    assert block["NEXT_COMMAND"].endswith("benchmarks/ --model org/tiny-model --env-file test.env -k sweep "
+                                          "--rerun-benchmarks")
     text = (folder / "handoff.md").read_text()
     assert "BENCHMARKS (bootstrap gates not run in this session): 1 passed, 1 failed" in text
     assert [r["item"] for r in jsonl(folder) if r["event"] == "bench"] == ["test_sweep[1]", "test_sweep[2]"]
@@ -270,7 +272,7 @@ def test_benchmark_next_command_keeps_the_bench_shape(pytester):
                        "--bench-profile", "short", "--bench-node=1")
     block = handoff_block(latest(pytester))
     assert block["NEXT_COMMAND"].endswith("benchmarks/ --model org/tiny-model --env-file test.env "
-                                          "--bench-profile short --bench-node=1 -k 'test_sweep[2]'"), block
+                                          "--bench-profile short --bench-node=1 -k sweep --rerun-benchmarks"), block
 
 
 def test_timeline_drawn_for_a_failed_run_with_every_gate_that_ran(pytester):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
+from modeldrop.ledger.summary import EXIT_BLOCKED
 from tests_selftest.support.plugin_kit import (
     BASE,
     FULL_ORDER_2,
@@ -62,7 +63,7 @@ def test_failed_gate_blocks_everything_after_it_with_the_root_cause(pytester):
 def test_a_gate_that_skips_itself_blocks_its_dependents(pytester):
     make_suite(pytester, behaviour={"startup": "skip:exo already serving another model"})
     result = run(pytester)
-    assert result.ret == 0
+    assert result.ret == EXIT_BLOCKED, "skipped gates verified nothing: the run does not say success"
     reasons = skips(latest(pytester))
     assert reasons["startup"] == "exo already serving another model"
     assert reasons["chat"] == "blocked by startup (skipped): exo already serving another model"

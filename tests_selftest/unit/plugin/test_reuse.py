@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+from modeldrop.ledger.summary import EXIT_BLOCKED
 from tests_selftest.support.plugin_kit import (
     BASE,
     FULL_ORDER_2,
@@ -62,7 +63,7 @@ def test_stale_pass_is_refused_with_its_age(pytester):
     reason = skip_reason(pytester, "transport")
     assert reason.startswith("no reusable pass for preflight: its last pass (")
     assert reason.endswith("is older than --pass-max-age 24h (recorded 30h ago)"), reason
-    assert result.ret == 0
+    assert result.ret == EXIT_BLOCKED, "a rerun that skipped its gate for a missing upstream pass is not a success"
     assert pytester.runpytest(*BASE, "-k", "transport", "--pass-max-age", "2d").ret == 0
     assert trace(pytester) == ["transport"]
 
