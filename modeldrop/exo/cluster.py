@@ -219,10 +219,6 @@ class ExoCluster:
         if not self.running:
             self.reattach()
 
-    def node_names(self) -> dict[str, str]:
-        """{node id: `nodeK`} of the nodes whose API answers (names for progress lines and messages)."""
-        return {nid: f"node{k}" for k, nid in self.node_ids().items()}
-
     def node_ids(self) -> dict[int, str]:
         out = {}
         for k, c in self.clients().items():

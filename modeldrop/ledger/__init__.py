@@ -274,7 +274,7 @@ class Ledger:
         self.state.serving_verdict = redact_obj(block, self._secrets)
         self._event("serving_verdict", gate=gate, verdict=self.state.serving_verdict)
 
-    def serving(self) -> dict[str, Any] | None:
+    def serving_verdict_block(self) -> dict[str, Any] | None:
         """The serving verdict block of this run, or None."""
         return self.state.serving_verdict
 

@@ -109,7 +109,7 @@ def profile_row_updates(gs: GateSession) -> dict[str, Any]:
         row["notes"] = (f"first green bootstrap {gs.folder.run_id} on {len(gs.cfg.nodes)} node(s), "
                         f"{dur(time.time() - gs.ledger.started)}")
     row["status"] = "active"
-    row.update(serving.profile_fields(gs.ledger.serving()))
+    row.update(serving.profile_fields(gs.ledger.serving_verdict_block()))
     return row
 
 
