@@ -82,8 +82,10 @@ GATES: tuple[Gate, ...] = (
          "(the cluster-join wait runs during it)",
          needs_exo=True, cluster=True),
     Gate("cluster", "cluster", "5", 1200, _EXO_OPTS, _EXO_FACTS,
-         "`topology` lists N nodes with connections both ways (fewer than N for longer than the window is a fast "
-         "stop); then every node's `/v1/models` lists the model's card, added where missing",
+         "`topology` lists N nodes, linked as EXO needs to place the instance over all of them (MlxRing: a ring "
+         "whose neighbours reach each other; MlxJaccl: every pair; other missing pairs are notes; fewer than N "
+         "for longer than the window is a fast stop); then every node's `/v1/models` lists the model's card, "
+         "added where missing",
          needs_exo=True, cluster=True),
     Gate("placement", "placement", "5", 3600, _PLACED_OPTS, _EXO_FACTS,
          "placement for `min_nodes=N` succeeds, the instance is created, every runner reaches Ready/Running; "

@@ -148,7 +148,8 @@ class ExoCluster:
 
         def run() -> None:
             try:
-                watch.verdict = watch_cluster(clients, watch.live_ids, window, cancelled=watch.cancel.is_set)
+                watch.verdict = watch_cluster(clients, watch.live_ids, window, cancelled=watch.cancel.is_set,
+                                              meta=self.cfg.instance_meta)
             finally:
                 watch.done.set()
         self.join_watch = watch
@@ -171,10 +172,10 @@ class ExoCluster:
                 watch.verdict.details["watched_from_startup"] = True
                 return watch.verdict
             if watch.verdict is not None:
-                v = watch_cluster(self.clients(), live_ids, window_s)
+                v = watch_cluster(self.clients(), live_ids, window_s, meta=self.cfg.instance_meta)
                 v.details["joined_during_startup_s"] = watch.verdict.details.get("elapsed_s")
                 return v
-        return watch_cluster(self.clients(), live_ids, window_s)
+        return watch_cluster(self.clients(), live_ids, window_s, meta=self.cfg.instance_meta)
 
     def ensure_running(self) -> None:
         if not self.running:

@@ -93,17 +93,19 @@ def views_of(clients: dict[int, ExoClient]) -> dict[int, st.ClusterView | None]:
 def watch_cluster(clients: dict[int, ExoClient], live_ids: dict[int, str], window_s: float,
                   clock: Callable[[], float] = time.monotonic,
                   sleep: Callable[[float], None] = time.sleep,
-                  cancelled: Callable[[], bool] | None = None) -> Verdict:
-    """Poll every API until all N nodes and both-way edges show, or the window ends (isolation stop);
-    `cancelled()` true ends it early (the caller no longer needs the answer)."""
+                  cancelled: Callable[[], bool] | None = None, meta: str = "MlxRing") -> Verdict:
+    """Poll every API until all N nodes show, linked as EXO needs to place `meta` over them, or the window ends
+    (isolation stop); `cancelled()` true ends it early (the caller no longer needs the answer)."""
     n = len(live_ids)
     t0 = clock()
-    res = poll(lambda: cluster_verdict(live_ids, views_of(clients), n), lambda v: v.ok, window_s, CLUSTER_INTERVAL_S,
-               stop=(lambda v: cancelled()) if cancelled else None, clock=clock, sleep=sleep)
+    res = poll(lambda: cluster_verdict(live_ids, views_of(clients), n, meta), lambda v: v.ok, window_s,
+               CLUSTER_INTERVAL_S, stop=(lambda v: cancelled()) if cancelled else None, clock=clock, sleep=sleep)
     v = res.value if res.value is not None else Verdict.failed(f"no /state answered ({res.last_error})")
     v.details["elapsed_s"] = round(clock() - t0, 2)
     if not v.ok and v.facts.get(Fact.isolated):
         v.reword(f"isolated for {window_s:.0f}s (cluster window): ")
+    elif not v.ok and (v.facts.get(Fact.no_ring) or v.facts.get(Fact.one_way)):
+        v.reword(f"for {window_s:.0f}s (cluster window): ")
     return v
 
 

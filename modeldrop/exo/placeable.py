@@ -101,10 +101,21 @@ def mlx_ring_rule(nodes: Sequence[str], topo: Topology, names: Mapping[str, str]
                         details={"cycles": [list(c) for c in cycles]})
     closing = [p for p in unlinked if _ring_ok(nodes, edges | {p, p[::-1]}, socket | {p, p[::-1]})]
     missing = tuple(_link(names, a, b) for a, b in (closing or unlinked))
+    said = ", ".join(_half(names, a, b, edges) for a, b in (closing or unlinked))
     what = "missing link that would close it" if len(closing) == 1 else (
         "missing links, any one of which would close it" if closing else "pairs not linked both ways")
     return LinkRule(False, f"no ring through all {len(nodes)} nodes in the topology: EXO cannot place an MlxRing "
-                           f"instance over them ({what}: {', '.join(missing)})", missing_links=missing)
+                           f"instance over them ({what}: {said})", missing_links=missing)
+
+
+def _half(names: Mapping[str, str], a: str, b: str, edges: frozenset[Pair] | set[Pair]) -> str:
+    """A missing link as said to the operator: which way, if any, works."""
+    link, na, nb = _link(names, a, b), names.get(a, a[:12]), names.get(b, b[:12])
+    if (a, b) in edges:
+        return f"{link} [one-way: {nb} cannot reach {na}'s API]"
+    if (b, a) in edges:
+        return f"{link} [one-way: {na} cannot reach {nb}'s API]"
+    return link
 
 
 def mlx_jaccl_rule(nodes: Sequence[str], topo: Topology, names: Mapping[str, str],

@@ -47,8 +47,9 @@ PHASE_CRITERIA: dict[str, tuple[str, str]] = {
                "index and config present", "shard count or size mismatch; a node missing index/config files"),
     "startup": ("exo up on every node with identical flags; API answers; no exit or restart in the settle window",
                 "immediate crash loop; API unreachable"),
-    "cluster": ("every node's topology lists all N nodes, with connections both ways, within the cluster window",
-                "isolated (fewer than N nodes) for longer than the cluster window"),
+    "cluster": ("every node's topology lists all N nodes, linked as EXO needs to place the instance over all of "
+                "them (a ring for MlxRing, every pair for MlxJaccl), within the cluster window",
+                "isolated (fewer than N nodes) for longer than the cluster window; no ring (a missing link)"),
     "placement": ("model listed as downloaded; instance created (Pipeline + MlxRing unless configured); every runner "
                   "Ready, or, while nodeToRunner stays 0, a chat answers through every node",
                   "nodeToRunner stays 0 and no chat succeeds; repeated churn or RunnerFailed"),
