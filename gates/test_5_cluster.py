@@ -20,8 +20,8 @@ def test_cluster(run_config, exo_running, exo_report, evidence):
     verdict = exo_running.cluster_verdict(live_ids, run_config.cluster_window_s)
     evidence.json("cluster", verdict.details)
     evidence.note("verdict", verdict.summary)
-    for line in verdict.warnings:
-        evidence.note("warning", line)
+    if verdict.details.get("links_not_needed"):
+        evidence.note("links not needed", verdict.details["links_not_needed"])
     if not verdict.ok:
         logs = exo_running.scan_logs("cluster")
         ns = {f"node{k}": sorted(set(namespace_lines(t))) for k, t in logs.items()}
@@ -29,8 +29,10 @@ def test_cluster(run_config, exo_running, exo_report, evidence):
         seen = {k: v["identities"] for k, v in verdict.details["views"].items() if v}
         offline = bool(verdict.facts.get("isolated")) and not run_config.online
         hint = "; the joins ran offline (EXO_OFFLINE=true): validate the join with --online" if offline else ""
+        joined = not verdict.facts.get("isolated") and not verdict.facts.get("ghosts")  # members fine: links only
         exo_report.fail(verdict, state=exo_running.state_of(exo_running.ks[0]), facts={"offline_join": offline},
-                        message=f"{verdict.summary}; nodeIdentities seen: {seen}; namespace lines: {ns}{hint}")
+                        message=verdict.summary if joined else
+                        f"{verdict.summary}; nodeIdentities seen: {seen}; namespace lines: {ns}{hint}")
     # a model that just dropped has no EXO card: every node must list one before placement
     cards = ensure_cards(exo_running.clients(), run_config.model_id)
     evidence.json("model cards", cards.details)

@@ -66,7 +66,7 @@ def cluster_verdict(live_ids: dict[int, str], views: dict[int, ClusterView | Non
                     meta: str = "MlxRing") -> Verdict:
     """Every node's API lists all N live node ids and no others, and its topology lets EXO place `meta` over all
     N nodes (`placeable.ring_rule`: MlxRing a ring whose neighbours link both ways, MlxJaccl every pair); pairs
-    with no link that no ring needs are warnings."""
+    with no link that no ring needs are listed in details["links_not_needed"], never a failure."""
     want = sorted(live_ids.values())
     name = {v: f"node{k}" for k, v in live_ids.items()}
     problems, isolated, seen_by = [], [], {}
@@ -92,20 +92,20 @@ def cluster_verdict(live_ids: dict[int, str], views: dict[int, ClusterView | Non
     problems += [p if len(ks) == len(views) else f"{p} (in the topology {', '.join(ks)} serve{'s' * (len(ks) == 1)})"
                  for p, ks in seen_by.items()]
     failing = [r for r in rules.values() if not r.ok]
-    warnings = sorted({note for r in rules.values() if r.ok for note in r.notes})
     details = {"live_ids": {f"node{k}": v for k, v in live_ids.items()}, "instance_meta": meta,
                "views": {f"node{k}": (v.summary() if v else None) for k, v in views.items()},
-               "ring": {f"node{k}": [name.get(x, x) for x in r.ring] for k, r in rules.items() if r.ok}}
+               "ring": {f"node{k}": [name.get(x, x) for x in r.ring] for k, r in rules.items() if r.ok},
+               "links_not_needed": sorted({note for r in rules.values() if r.ok for note in r.notes})}
     facts = {"isolated": isolated, "n": n, "ghosts": any("ghosts" in p for p in problems),
              "missing_edges": any(r.one_way or r.missing_links for r in failing),
              "no_ring": sorted({x for r in failing for x in r.missing_links}),
              "one_way": sorted({x for r in failing for x in r.one_way})}
     if problems:
-        return Verdict.failed(problems, details, facts, warnings=warnings)
+        return Verdict.failed(problems, details, facts)
     ring = next(iter(details["ring"].values()), [])
     how = "one node" if n < 2 else "every pair linked" if meta == "MlxJaccl" else "ring " + " → ".join([*ring, ring[0]])
     return Verdict.passed(f"{n} node(s) on every node's API, placeable as {meta} over all of them ({how})",
-                          details, facts, warnings)
+                          details, facts)
 
 
 # -- placement (phase 5) --------------------------------------------------------------------------
