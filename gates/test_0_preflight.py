@@ -4,16 +4,17 @@ import pytest
 
 from gates.steps import expected_total
 from modeldrop.exo.preflight import exo_preflight
-from modeldrop.preflight import check_node, preflight_verdict, reach_problems
+from modeldrop.preflight import check_node, duplicate_problems, preflight_verdict, reach_problems
 
 
 @pytest.mark.gate("preflight")
 def test_preflight(run_config, node_pool, on_each_node, run_facts, evidence, hub_expectation):
-    """SSH, python3, the exact hf and exo binaries, exo build parity, API port, disk, model dir name and place, reach."""
+    """SSH, python3, the exact hf and exo binaries, exo build parity, API port, disk, model dir name and place, reach;
+    no node listed twice."""
     nodes = node_pool.all()
     total = expected_total(run_config, hub_expectation)
     pre = on_each_node(lambda k: check_node(nodes[k], run_config.node(k), run_config, total))
-    problems = [p for k in sorted(pre) for p in pre[k].problems]
+    problems = duplicate_problems(pre, run_config) + [p for k in sorted(pre) for p in pre[k].problems]
     for k, p in pre.items():
         if p.hf:
             run_facts.set_hf_probe(k, p.hf)

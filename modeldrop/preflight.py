@@ -13,6 +13,7 @@ from typing import Any
 from modeldrop.config import NodeConfig, RunConfig
 from modeldrop.errors import NodeError
 from modeldrop.nodes import Node
+from modeldrop.pernode import each
 from modeldrop.verdict import Verdict
 
 GB = 1_000_000_000
@@ -118,17 +119,46 @@ def ssh_port(node: Node) -> int:
 
 
 def reach_problems(pre: dict[int, NodePreflight], nodes: dict[int, Node], cfg: RunConfig) -> list[str]:
-    """Each node must open TCP to every other node's SSH port at the address the control host uses."""
+    """Each node must open TCP to every other node's SSH port at the address the control host uses (every node
+    probes at once)."""
     if len(nodes) < 2:
         return []
     addresses = {k: nodes[k].address() for k in nodes}
-    problems = []
-    for k, node in nodes.items():
+
+    def probe(k: int) -> list[str]:
         targets = [[addresses[j], ssh_port(nodes[j])] for j in nodes if j != k]
-        for r in node.run_probe("reach", {"targets": targets, "timeout": 3}, timeout=REACH_TIMEOUT_S)["results"]:
+        out = []
+        for r in nodes[k].run_probe("reach", {"targets": targets, "timeout": 3}, timeout=REACH_TIMEOUT_S)["results"]:
             if not r["ok"]:
                 hint = MACOS_ERRNO_HINT.get(r.get("errno") or 0, r.get("error") or "")
-                problems.append(f"node{k} cannot reach {r['host']}:{r['port']} (errno {r.get('errno')}: {hint})")
+                out.append(f"node{k} cannot reach {r['host']}:{r['port']} (errno {r.get('errno')}: {hint})")
+        return out
+    return [p for problems in each(sorted(nodes), probe).values() for p in problems]
+
+
+def duplicate_problems(pre: dict[int, NodePreflight], cfg: RunConfig) -> list[str]:
+    """Nodes listed twice: the same target, or targets that reach the same machine (machine id, else hostname)
+    as the same user (uid and home), one problem line naming both."""
+    by_target: dict[str, int] = {}
+    by_identity: dict[tuple, int] = {}
+    problems = []
+    for k in sorted(pre):
+        f, nc = pre[k].facts, cfg.node(k)
+        identity = (f.get("machine_id") or f.get("hostname"), f.get("uid", f.get("user")), f.get("home")) if f else None
+        if nc.target in by_target:
+            how = f"the same target {nc.target}"
+            j = by_target[nc.target]
+        elif identity in by_identity:
+            j = by_identity[identity]
+            how = (f"{cfg.node(j).target} and {nc.target} reach the same machine ({f.get('hostname')}) and user "
+                   f"({f.get('user')})")
+        else:
+            by_target[nc.target] = k
+            if identity is not None:
+                by_identity[identity] = k
+            continue
+        problems.append(f"node{j} and node{k} are the same node: {how}; list each Mac once "
+                        f"(NODES or NODE1..NODE{len(pre)})")
     return problems
 
 

@@ -111,3 +111,23 @@ def test_runtime_probe_finds_mlx_beside_exo_or_its_interpreter(tmp_path):
     bare.parent.mkdir(parents=True)
     bare.write_text("#!/bin/sh\n")
     assert node.run_probe("runtime", {"exo_cmd": str(bare)})["mlx"] is None
+
+
+def test_a_node_listed_twice_is_named_with_its_twin():
+    """The same target twice, or two targets that reach the same machine and user: one line naming both; the same
+    machine as another user (the sandbox's nodes) is two nodes."""
+    from modeldrop.preflight import NodePreflight, duplicate_problems
+
+    def facts(user: str, uid: int, host: str = "studio", mid: str = "m-1") -> dict:
+        return {"hostname": host, "machine_id": mid, "user": user, "uid": uid, "home": f"/Users/{user}"}
+    targets = {1: "studio1", 2: "me@10.0.0.5", 3: "studio1", 4: "other@10.0.0.5"}
+    cfg = SimpleNamespace(node=lambda k: NodeConfig(k, f"node{k}", targets[k], "/m/org--m", "/hf", "/exo", "/l"))
+    pre = {1: NodePreflight(1, facts("me", 501)), 2: NodePreflight(2, facts("me", 501)),
+           3: NodePreflight(3, facts("me", 501)), 4: NodePreflight(4, facts("other", 502))}
+    assert duplicate_problems(pre, cfg) == [
+        "node1 and node2 are the same node: studio1 and me@10.0.0.5 reach the same machine (studio) and user (me); "
+        "list each Mac once (NODES or NODE1..NODE4)",
+        "node1 and node3 are the same node: the same target studio1; list each Mac once (NODES or NODE1..NODE4)"]
+    pre[2] = NodePreflight(2, facts("me", 501, mid="m-2"))  # another Mac with the same user name
+    pre[3] = NodePreflight(3, {})  # did not answer: its target still says it
+    assert [p.split(":")[0] for p in duplicate_problems(pre, cfg)] == ["node1 and node3 are the same node"]

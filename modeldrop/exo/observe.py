@@ -25,6 +25,7 @@ from modeldrop.exo.verdicts import (
     transport_verdict,
 )
 from modeldrop.exo.wait import call_safely, poll
+from modeldrop.pernode import each
 from modeldrop.verdict import Fact, Verdict
 
 API_UP_TIMEOUT_S = 120.0
@@ -62,7 +63,7 @@ def watch_startup(launchers: dict[int, Any], clients: dict[int, ExoClient], sett
     samples: dict[int, list[StartupSample]] = {k: [] for k in launchers}
 
     def look() -> dict[int, StartupSample]:
-        out = {k: sample_node(launchers[k], clients[k], t0, clock) for k in launchers}
+        out = each(launchers, lambda k: sample_node(launchers[k], clients[k], t0, clock))
         for k, s in out.items():
             samples[k].append(s)
         return out
@@ -230,10 +231,11 @@ def check_transport(inst: st.Instance, node_ids: dict[int, str], node_logs: dict
     coords = {k: [m.group(0) for m in exologs.find("COORD_LINE", t)] for k, t in node_logs.items()}
     sockets: dict[int, list[dict]] = {}
     if inst.is_ring and inst.ephemeral_port and len(inst.node_ids) > 1:
-        for k, node in nodes.items():
-            r, err = call_safely(lambda node=node: node.run_probe("sockets", {"port": inst.ephemeral_port},
-                                                                     timeout=SOCKETS_TIMEOUT_S))
-            sockets[k] = (r or {}).get("sockets") or []
+        def probe(k: int) -> list[dict]:
+            r, _ = call_safely(lambda: nodes[k].run_probe("sockets", {"port": inst.ephemeral_port},
+                                                          timeout=SOCKETS_TIMEOUT_S))
+            return (r or {}).get("sockets") or []
+        sockets = each(sorted(nodes), probe)
     return transport_verdict(inst, node_ids, hostfiles, sockets, errors, coords)
 
 
@@ -260,30 +262,25 @@ def one_chat(url: str, model_id: str, stream: bool, max_tokens: int = 64, stall_
 
 def run_chats(urls: dict[int, str], model_id: str, stall_s: float = CHAT_STALL_S,
               read_timeout_s: float = CHAT_READ_TIMEOUT_S) -> Verdict:
-    """Streamed, then non-streamed, through every node's API; stops at the first failure (named in the verdict)."""
-    results = []
-    for k, url in sorted(urls.items()):
-        for stream in (True, False):
-            r = one_chat(url, model_id, stream, stall_s=stall_s, read_timeout_s=read_timeout_s)
-            r["node"] = k
-            results.append(r)
-            if not chat_verdict([r]).ok:
-                v = chat_verdict(results)
-                v.details["not_tried"] = [f"node{j}" for j in sorted(urls) if j > k]
-                return v
-    return chat_verdict(results)
+    """Streamed and non-streamed, through every node's API, all at once; the verdict lists every failure (in node
+    order, streamed first) and each request's latency."""
+    pairs = [(k, stream) for k in sorted(urls) for stream in (True, False)]
+
+    def ask(i: int) -> dict:
+        k, stream = pairs[i]
+        return {**one_chat(urls[k], model_id, stream, stall_s=stall_s, read_timeout_s=read_timeout_s), "node": k}
+    t0 = time.monotonic()
+    v = chat_verdict(list(each(range(len(pairs)), ask).values()))
+    v.details["wall_s"] = round(time.monotonic() - t0, 3)
+    return v
 
 
 def serving_check(urls: dict[int, str], model_id: str, read_timeout_s: float = 60.0) -> Verdict:
-    """One short non-streamed chat through every node's API (the guide's serving truth); stops at the first failure."""
-    results = []
-    for k, url in sorted(urls.items()):
-        r = one_chat(url, model_id, False, max_tokens=8, stall_s=min(30.0, read_timeout_s), read_timeout_s=read_timeout_s)
-        r["node"] = k
-        results.append(r)
-        if not chat_verdict([r]).ok:
-            break
-    return chat_verdict(results)
+    """One short non-streamed chat through every node's API, all at once (the guide's serving truth)."""
+    def ask(k: int) -> dict:
+        return {**one_chat(urls[k], model_id, False, max_tokens=8, stall_s=min(30.0, read_timeout_s),
+                           read_timeout_s=read_timeout_s), "node": k}
+    return chat_verdict(list(each(sorted(urls), ask).values()))
 
 
 def runner_lag(clients: dict[int, ExoClient], instance_id: str) -> tuple[list[str], dict]:

@@ -30,6 +30,7 @@ from modeldrop.exo.launcher import (
     probe_api_port,
     probe_build,
 )
+from modeldrop.pernode import each
 
 
 @dataclass
@@ -109,35 +110,47 @@ def runtime_drift(runtimes: dict[int, dict[str, Any]]) -> list[str]:
     return out
 
 
+def node_exo_checks(k: int, node: Node, cfg: Any) -> dict[str, Any]:
+    """Node k's exo checks (folder, build and flags, API port, runtime); never raises for a node-side problem."""
+    nc = cfg.node(k)
+    out: dict[str, Any] = {"problems": [], "build": None, "port": None}
+    p = folder_problem(k, nc.model_dir, cfg.model_folder)
+    if p:
+        out["problems"].append(p)
+    try:
+        out["build"] = probe_build(node, nc.exo_cmd)
+        out["problems"] += flag_problems(k, out["build"], cfg)
+    except LaunchError as e:
+        out["problems"].append(f"node{k}: {e}")
+    except Exception as e:  # noqa: BLE001 - one line per node, not a traceback
+        out["problems"].append(f"node{k}: cannot probe exo at {nc.exo_cmd}: {type(e).__name__}: {e}")
+    try:
+        p, out["port"] = port_problem(node, k, cfg)
+        if p and not cfg.stop_existing_exo:
+            out["problems"].append(p)
+        elif p:
+            out["port"]["note"] = "in use; --stop-existing-exo will stop it if it is exo"
+    except Exception as e:  # noqa: BLE001
+        out["problems"].append(f"node{k}: cannot check API port {cfg.api_port}: {type(e).__name__}: {e}")
+    out["runtime"] = runtime_of(node, nc.exo_cmd)
+    return out
+
+
 def exo_preflight(nodes: dict[int, Node], cfg: Any) -> ExoPreflight:
-    """Run every exo preflight check on every node; never raises for a node-side problem."""
+    """Run every exo preflight check on every node, all nodes at once; never raises for a node-side problem."""
     out = ExoPreflight([], {}, {"builds": {}, "ports": {}})
-    for k, node in sorted(nodes.items()):
-        nc = cfg.node(k)
-        p = folder_problem(k, nc.model_dir, cfg.model_folder)
-        if p:
-            out.problems.append(p)
-        try:
-            out.builds[k] = probe_build(node, nc.exo_cmd)
-            out.evidence["builds"][f"node{k}"] = out.builds[k].__dict__
-            out.problems += flag_problems(k, out.builds[k], cfg)
-        except LaunchError as e:
-            out.problems.append(f"node{k}: {e}")
-        except Exception as e:  # noqa: BLE001 - one line per node, not a traceback
-            out.problems.append(f"node{k}: cannot probe exo at {nc.exo_cmd}: {type(e).__name__}: {e}")
-        try:
-            p, r = port_problem(node, k, cfg)
-            out.evidence["ports"][f"node{k}"] = r
-            if p and not cfg.stop_existing_exo:
-                out.problems.append(p)
-            elif p:
-                out.evidence["ports"][f"node{k}"]["note"] = "in use; --stop-existing-exo will stop it if it is exo"
-        except Exception as e:  # noqa: BLE001
-            out.problems.append(f"node{k}: cannot check API port {cfg.api_port}: {type(e).__name__}: {e}")
+    checks = each(sorted(nodes), lambda k: node_exo_checks(k, nodes[k], cfg))
+    for k, c in checks.items():
+        out.problems += c["problems"]
+        if c["build"] is not None:
+            out.builds[k] = c["build"]
+            out.evidence["builds"][f"node{k}"] = c["build"].__dict__
+        if c["port"] is not None:
+            out.evidence["ports"][f"node{k}"] = c["port"]
     d = drift_problem(out.builds)
     if d:
         out.problems.append(d)
-    runtimes = {k: runtime_of(node, cfg.node(k).exo_cmd) for k, node in sorted(nodes.items())}
+    runtimes = {k: c["runtime"] for k, c in checks.items()}
     out.evidence["runtimes"] = {f"node{k}": r for k, r in runtimes.items()}
     out.warnings += runtime_drift(runtimes)
     lines = {flags.libp2p_port_line(cfg.libp2p_port, b.generation, b.help_flags) for b in out.builds.values()}

@@ -1,4 +1,5 @@
-"""Probe `facts`: {} -> who and where the node is (python, platform, home, user, PATH, OS version)."""
+"""Probe `facts`: {} -> who and where the node is (python, platform, home, user and uid, PATH, OS version,
+hostname and machine id: two targets that reach the same machine and user are one node)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,24 @@ def _sw_vers() -> str | None:
         return out.stdout.decode().strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _machine_id(plat: str):
+    """This machine's id: /etc/machine-id on Linux, the kernel UUID (sysctl kern.uuid) on macOS; None if unknown."""
+    if plat == "darwin":
+        try:
+            out = subprocess.run(["/usr/sbin/sysctl", "-n", "kern.uuid"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, timeout=10, check=False)
+            return out.stdout.decode().strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path) as f:
+                return f.read().strip() or None
+        except OSError:
+            continue
+    return None
 
 
 def main(args: dict) -> dict:
@@ -42,6 +61,8 @@ def main(args: dict) -> dict:
         "path_env": os.environ.get("PATH", ""),
         "ssh_server_addr": conn[2] if len(conn) >= 3 else None,
         "hostname": socket.gethostname(),
+        "machine_id": _machine_id(plat),
+        "uid": os.getuid(),
         "os_version": os_version,
         "pid": os.getpid(),
     }
