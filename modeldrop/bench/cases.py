@@ -14,7 +14,9 @@ Contract
   errors; request failures are counted in the summary.
 Sweep and concurrency go to `ctx.endpoint` (`/bench/chat/completions` when EXO has it: fixed
 output length, no prefix cache); thinking and tasks always use `/v1/chat/completions` (they need
-EOS and reasoning parsing).
+EOS and reasoning parsing). With several nodes (`ctx.node_clients`) the concurrency threads go through
+every node's API in turn (thread i to the (i mod N)-th node), and the case JSON holds each node's
+figures under `summary.per_node`.
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ class BenchContext:
     heartbeat_every_n: int = 5
     heartbeat_every_s: float = 15.0
     salt: int = field(default_factory=lambda: int(time.time()) % 1_000_000)
+    node_clients: dict[int, BenchClient] = field(default_factory=dict)  # every node's API (concurrency spreads)
 
 
 @dataclass
@@ -157,9 +160,12 @@ def make_sizer(client: BenchClient, tokenizer_dir: Path | None) -> PromptSizer:
 def case_config(case: BenchCase, ctx: BenchContext) -> dict[str, Any]:
     """Everything that makes two measurements of a case comparable (hashed into config_key)."""
     endpoint = ctx.endpoint if case.phase in ("token_sweep", "concurrency") else CHAT_PATH
-    return {"phase": case.phase, "params": case.params, "endpoint": endpoint, "warmup": ctx.profile.warmup,
-            "warmup_max_tokens": ctx.profile.warmup_max_tokens, "model_id": ctx.model_id,
-            "prompt_method": ctx.sizer.ensure_calibrated() if case.phase in ("token_sweep", "concurrency") else "fixed"}
+    cfg = {"phase": case.phase, "params": case.params, "endpoint": endpoint, "warmup": ctx.profile.warmup,
+           "warmup_max_tokens": ctx.profile.warmup_max_tokens, "model_id": ctx.model_id,
+           "prompt_method": ctx.sizer.ensure_calibrated() if case.phase in ("token_sweep", "concurrency") else "fixed"}
+    if case.phase == "concurrency" and len(ctx.node_clients) > 1:
+        cfg["nodes"] = len(ctx.node_clients)  # spread over every node's API: not comparable with one node's
+    return cfg
 
 
 def run_case(case: BenchCase, ctx: BenchContext) -> CaseOutcome:
@@ -273,10 +279,36 @@ def _thinking(case: BenchCase, ctx: BenchContext, cfg: dict[str, Any]) -> Measur
     return warm, recs, extra, figures, [mode]
 
 
+def load_targets(ctx: BenchContext) -> list[tuple[int | None, BenchClient]]:
+    """(node, client) per load thread slot: every node's API in node order, else the one client."""
+    if len(ctx.node_clients) > 1:
+        return [(k, ctx.node_clients[k]) for k in sorted(ctx.node_clients)]
+    return [(None, ctx.client)]
+
+
+def per_node(recs: list[RequestRecord], nodes: list[int | None], c: int) -> dict[str, Any]:
+    """Each node's figures, from the records of the threads that went through its API (thread i: nodes[i % N])."""
+    if len(nodes) < 2:
+        return {}
+    out: dict[str, Any] = {}
+    for j, k in enumerate(nodes):
+        mine = [r for r in recs if int(r.tag.split(".t")[1]) % len(nodes) == j]
+        threads = len(range(j, c, len(nodes)))
+        if not mine:
+            continue
+        s = summarize(mine, concurrency=threads)
+        out[f"node{k}"] = {"threads": threads, "requests": s["requests"], "errors": s["errors"],
+                           "p50_latency_s": s["e2e_s"]["p50"], "p50_ttft_s": s["ttft_s"]["p50"],
+                           "decode_tps": s["decode_tps"]["p50"], "output_tokens": s["output_tokens_total"],
+                           "aggregate_tps": s["aggregate_output_tps"]}
+    return out
+
+
 def _concurrency(case: BenchCase, ctx: BenchContext, cfg: dict[str, Any]) -> Measured:
     c, rounds = case.params["concurrency"], case.params["rounds"]
     pp, tg = case.params["prompt_tokens"], case.params["max_tokens"]
     built = ctx.sizer.build(pp)
+    targets = load_targets(ctx)
 
     def make(r: int, i: int) -> ChatRequest:
         return ChatRequest(messages=ctx.sizer.build(pp, salt=ctx.salt + 1000 * r + i).messages, max_tokens=tg,
@@ -288,7 +320,7 @@ def _concurrency(case: BenchCase, ctx: BenchContext, cfg: dict[str, Any]) -> Mea
         return _warmup_request(ctx, cfg["endpoint"])
 
     with _heartbeat(case, ctx, c * rounds) as hb:
-        recs = run_rounds(ctx.client, make, c, rounds, warmup=ctx.profile.warmup,
+        recs = run_rounds([cl for _, cl in targets], make, c, rounds, warmup=ctx.profile.warmup,
                           on_record=lambda rec: hb.tick(rec.completion_tokens or 0), make_warmup=make_warm)
     per_round = []
     for r in range(rounds):
@@ -297,6 +329,10 @@ def _concurrency(case: BenchCase, ctx: BenchContext, cfg: dict[str, Any]) -> Mea
     s = summarize(recs, concurrency=c)
     extra = _prompt_info(ctx, pp, recs, built) | {"aggregate_output_tps_per_round": dist(per_round),
                                                    "concurrency": c, "rounds": rounds}
+    nodes = per_node(recs, [k for k, _ in targets], c)
+    if nodes:
+        extra["per_node"] = nodes
+        extra["node_urls"] = {f"node{k}": cl.base_url for k, cl in targets}
     figures = {"p50_latency_s": s["e2e_s"]["p50"], "p95_latency_s": s["e2e_s"]["p95"],
                "p99_latency_s": s["e2e_s"]["p99"], "p50_ttft_s": s["ttft_s"]["p50"], "p95_ttft_s": s["ttft_s"]["p95"],
                "decode_tps": s["decode_tps"]["p50"], "aggregate_tps": s["aggregate_output_tps"],

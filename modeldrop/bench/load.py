@@ -3,7 +3,8 @@
 Contract
 --------
 `run_rounds(client, make_request, concurrency, rounds, warmup=1, on_record=None)` returns the
-measured records (warmups excluded, never returned), each tagged `"r<round>.t<thread>"`.
+measured records (warmups excluded, never returned), each tagged `"r<round>.t<thread>"`. `client` may be
+a list of clients (one per node's API): thread i then sends through `client[i % len(client)]`.
 Every thread first sends `warmup` requests of its own (opening its keep-alive connection, so a
 TCP connect is not charged to the first measured TTFT), then for each round all threads wait at
 a `threading.Barrier` and fire at once; the next round starts when every thread has finished
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from modeldrop.bench.client import BenchClient, ChatRequest, RequestRecord
 
@@ -32,7 +33,7 @@ class BarrierTimeout(RuntimeError):
     """Some load threads never reached the round barrier (or never finished) within the bound."""
 
 
-def run_rounds(client: BenchClient, make_request: MakeRequest, concurrency: int, rounds: int,
+def run_rounds(client: BenchClient | Sequence[BenchClient], make_request: MakeRequest, concurrency: int, rounds: int,
                warmup: int = 1, on_record: Callable[[RequestRecord], None] | None = None,
                make_warmup: MakeRequest | None = None,
                barrier_timeout_s: float = BARRIER_TIMEOUT_S) -> list[RequestRecord]:
@@ -42,8 +43,10 @@ def run_rounds(client: BenchClient, make_request: MakeRequest, concurrency: int,
     barrier = threading.Barrier(concurrency, timeout=barrier_timeout_s)
     results: list[list[RequestRecord]] = [[] for _ in range(concurrency)]
     failures: list[BaseException] = []
+    clients = [client] if isinstance(client, BenchClient) else list(client)
 
     def worker(i: int) -> None:
+        client = clients[i % len(clients)]
         try:
             for w in range(warmup):
                 client.send((make_warmup or make_request)(-1 - w, i))
