@@ -148,12 +148,13 @@ SERVING_EVERY_S = 15.0   # how often the chat is retried while no runner shows
 
 def wait_ready(client: ExoClient, instance_id: str, ready_timeout_s: float, stall_s: float | None = None,
                clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-               serving: Callable[[], Verdict] | None = None) -> Verdict:
+               serving: Callable[[], Verdict] | None = None, names: dict[str, str] | None = None) -> Verdict:
     """Poll /state until every runner is Ready/Running; fail fast on RunnerFailed, vanishing, or a stall.
 
     Serving truth: while no runner of the instance shows in /state, `serving()` (a chat through every
     node) is tried every SERVING_EVERY_S; a chat that answers passes (the map lag is a warning fact),
     no runner and no chat by the stall/deadline is the fast stop "nodeToRunner=0 and no successful chat".
+    `names` ({node id: configured name}) names the node of a failed runner in the verdict.
     """
     stall_s = stall_budget(ready_timeout_s) if stall_s is None else stall_s
     t0 = clock()
@@ -162,7 +163,7 @@ def wait_ready(client: ExoClient, instance_id: str, ready_timeout_s: float, stal
     appear_budget = max(30.0, stall_s)
 
     def look() -> st.InstanceProgress:
-        p = st.instance_progress(client.state(), instance_id)
+        p = st.instance_progress(client.state(), instance_id, names)
         now = clock()
         if p.present:
             track["present"] = True

@@ -340,28 +340,32 @@ class InstanceProgress:
         return {r: (self.statuses[r].label() if r in self.statuses else "absent") for r in self.expected}
 
 
-def instance_progress(state: dict, instance_id: str) -> InstanceProgress:
+def instance_progress(state: dict, instance_id: str, names: dict[str, str] | None = None) -> InstanceProgress:
+    """How far `instance_id`'s runners are in this /state; `names` ({node id: configured name}) names the nodes."""
     inst = instances(state).get(instance_id)
     if inst is None:
         return InstanceProgress(instance_id, False, {}, [])
     rs = runners(state)
     expected = inst.runner_ids
     return InstanceProgress(instance_id, True, {r: rs[r] for r in expected if r in rs}, expected,
-                            runner_locations(state, inst))
+                            runner_locations(state, inst, names))
 
 
-def node_label(friendly: dict[str, str], nid: str) -> str:
-    """A node as a person reads it in a message: "friendly-name (node id prefix)", or "node id prefix"."""
-    name = friendly.get(nid)
-    return f"{name} (node {nid[:12]})" if name else f"node {nid[:12]}"
+def node_label(friendly: dict[str, str], nid: str, name: str | None = None) -> str:
+    """A node as a person reads it in a message: "node3 (friendly-name, node id prefix)" with its configured name,
+    else "friendly-name (node id prefix)", or "node id prefix"."""
+    fname = friendly.get(nid)
+    if name:
+        return f"{name} ({fname}, node {nid[:12]})" if fname else f"{name} (node {nid[:12]})"
+    return f"{fname} (node {nid[:12]})" if fname else f"node {nid[:12]}"
 
 
-def runner_locations(state: dict, inst: Instance) -> dict[str, str]:
+def runner_locations(state: dict, inst: Instance, names: dict[str, str] | None = None) -> dict[str, str]:
     """{runner id: `node_label` of its node} from nodeToRunner; "rank N" when the map is empty."""
     friendly = cluster_view(state).friendly
     out = {}
     for nid, rid in inst.node_to_runner.items():
-        out[rid] = node_label(friendly, nid)
+        out[rid] = node_label(friendly, nid, (names or {}).get(nid))
     for rid, shard in inst.runner_to_shard.items():
         if rid not in out and shard.rank is not None:
             out[rid] = f"rank {shard.rank} (nodeToRunner does not say which node)"
