@@ -21,8 +21,10 @@ def test_preflight(run_config, node_pool, on_each_node, run_facts, evidence, hub
     evidence.json("nodes", {f"node{k}": {"facts": p.facts, "hf": p.hf, "disk": p.disk,
                                          "present_bytes": p.present_bytes, "located": p.located}
                             for k, p in pre.items()})
+    reach_notes: list[str] = []
     if not problems:
-        problems += reach_problems(pre, nodes, run_config)
+        reach, reach_notes = reach_problems(pre, nodes, run_config)
+        problems += reach
     warnings: list[str] = []
     if not run_config.audit:
         answered = {k: nodes[k] for k in nodes if pre[k].facts}  # one line per unreachable node is enough
@@ -31,7 +33,7 @@ def test_preflight(run_config, node_pool, on_each_node, run_facts, evidence, hub
             run_facts.set_exo_build(k, build)
         evidence.json("exo", exo.evidence)
         problems, warnings = problems + exo.problems, exo.warnings
-    verdict = preflight_verdict(problems, warnings, len(nodes))
+    verdict = preflight_verdict(problems, warnings + reach_notes, len(nodes))
     for line in verdict.warnings:
         evidence.note("warning", line)
     if not verdict.ok:

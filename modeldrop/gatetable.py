@@ -61,7 +61,8 @@ GATES: tuple[Gate, ...] = (
          "(MLX, Python, macOS drift warned), EXO_EXTRA_ARGS in every `exo --help`, API port free, disk free ≥ "
          "model size + margin, model dir ends in `org--name` and its parent is writable, the model not complete "
          "in another dir while the configured one is empty (model dir mismatch: a fast stop naming both paths), "
-         "nodes reach each other", audit=True),
+         "nodes reach each other (at least around a ring: a pair no ring needs is a note), no node listed twice",
+         audit=True),
     Gate("node{k}_download", "download", "1", 4 * 3600 + 900, (*_FILE_OPTS, "HF_REVISION"), (),
          "`hf download` into MODEL_DIR_NODE1 exits 0, with a progress line at least every 10 s", later_phase="2"),
     Gate("node{k}_verify", "verify", "1A", 9000,

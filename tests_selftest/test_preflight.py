@@ -35,7 +35,7 @@ class FakeNode:
 
 
 NC = NodeConfig(1, "node1", "me@mac1", "~/Models/org--m", "/opt/hf", "/opt/exo", "~/logs")
-CFG = SimpleNamespace(min_free_bytes=None, model_folder="org--m", sources={})
+CFG = SimpleNamespace(min_free_bytes=None, model_folder="org--m", sources={}, instance_meta="MlxRing")
 
 
 def test_check_node_turns_a_later_probe_failure_into_a_problem_line():
@@ -49,9 +49,31 @@ def test_check_node_turns_a_later_probe_failure_into_a_problem_line():
 def test_reach_uses_each_nodes_ssh_port():
     n1 = FakeNode({"reach": {"results": []}}, "10.0.0.1", port=2222)
     n2 = FakeNode({"reach": {"results": []}}, "10.0.0.2", port=22)
-    assert reach_problems({}, {1: n1, 2: n2}, CFG) == []
+    assert reach_problems({}, {1: n1, 2: n2}, CFG) == ([], [])
     assert n1.calls[0][1]["targets"] == [["10.0.0.2", 22]]
     assert n2.calls[0][1]["targets"] == [["10.0.0.1", 2222]]
+
+
+def ring_nodes(cut: set[frozenset[int]]) -> dict[int, FakeNode]:
+    """Four nodes cabled as a ring (each reaches its two neighbours), minus the cables in `cut`."""
+    def result(k: int, j: int) -> dict:
+        ok = (k - j) % 4 in (1, 3) and frozenset((k, j)) not in cut
+        return {"host": f"10.0.0.{j}", "port": 22, "ok": ok, "errno": None if ok else 65, "error": None}
+    return {k: FakeNode({"reach": {"results": [result(k, j) for j in range(1, 5) if j != k]}}, f"10.0.0.{k}")
+            for k in range(1, 5)}
+
+
+def test_reach_on_a_thunderbolt_ring_is_a_note_and_a_cable_out_a_problem():
+    """Four Macs on a ring reach only their neighbours: EXO can still place a ring, so the diagonals are notes; with
+    cable 4-1 out no ring is left: a problem naming the link. MlxJaccl needs every pair."""
+    problems, notes = reach_problems({}, ring_nodes(set()), CFG)
+    assert problems == [] and len(notes) == 4 and notes[0].startswith("node1 cannot reach 10.0.0.3:22 (errno 65"), notes
+    problems, notes = reach_problems({}, ring_nodes({frozenset((4, 1))}), CFG)
+    assert notes == [] and problems[-1].startswith("reach: no ring through all 4 nodes"), problems
+    assert "missing link that would close it: node1–node4" in problems[-1]
+    jaccl = SimpleNamespace(**{**vars(CFG), "instance_meta": "MlxJaccl"})
+    problems, _ = reach_problems({}, ring_nodes(set()), jaccl)
+    assert len(problems) == 5 and "every pair" in problems[-1], problems
 
 
 def _facts_probes(node: LocalNode) -> int:
