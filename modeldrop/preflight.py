@@ -120,7 +120,8 @@ def ssh_port(node: Node) -> int:
     return int(resolved.port) if resolved is not None else 22
 
 
-def reach_problems(pre: dict[int, NodePreflight], nodes: dict[int, Node], cfg: RunConfig) -> tuple[list[str], list[str]]:
+def reach_problems(pre: dict[int, NodePreflight], nodes: dict[int, Node],
+                   cfg: RunConfig) -> tuple[list[str], list[str]]:
     """(problems, notes): each node opens TCP to every other node's SSH port at the address the control host uses
     (every node probes at once). A pair that cannot connect fails preflight only when the pairs that can leave EXO
     no way to place the configured instance over all nodes (`exo.placeable`: for MlxRing a ring, as four Macs on a

@@ -83,7 +83,8 @@ def ring_view(ids: list[str], links: list[tuple[int, int]]) -> st.ClusterView:
         for x, y in ((a, b), (b, a)):
             conns.setdefault(ids[x], {})[ids[y]] = [{"sinkMultiaddr": {"address": f"/ip4/10.0.0.{y}/tcp/52415",
                                                                         "ip_address": f"10.0.0.{y}", "port": 52415}}]
-    return st.cluster_view(new_state(nodeIdentities={i: {} for i in ids}, topology={"nodes": ids, "connections": conns}))
+    return st.cluster_view(new_state(nodeIdentities={i: {} for i in ids},
+                                     topology={"nodes": ids, "connections": conns}))
 
 
 def test_cluster_verdict_four_macs_on_a_thunderbolt_ring():

@@ -152,22 +152,25 @@ def test_one_node_of_four_isolated_is_caught_at_cluster(box4):
     caught(resumed(box, reports), "cluster", "A1", "node3 sees 1/4 nodes")
 
 
-@pytest.mark.fault("download-incomplete-node4-of-4", gate="node4_verify", signature=".incomplete")
+@pytest.mark.fault("download-incomplete-node4-of-4", gate="node4_verify", signature="truncated")
 def test_node4_download_incomplete_is_caught_at_its_verify(box4):
-    """A stale `.incomplete` beside node 4's files: node 4's verify fails naming it; nodes 1-3 stay verified."""
+    """Node 4's second shard holds half its bytes under its own name (a download cut short, its mtime kept so hf's
+    fast path leaves it): node 4's verify fails naming node 4 and the shard; nodes 1-3 stay verified."""
     box, reports = box4
-    model_dir = box.node(4).model_dir
-    stale = model_dir / ".cache/huggingface/download/model-00002-of-00003.safetensors.abc.incomplete"
-    stale.write_bytes(b"x" * 100)
-    os.chown(stale, *(lambda st: (st.st_uid, st.st_gid))(model_dir.stat()))
+    shard = sorted(box.node(4).model_dir.glob("*.safetensors"))[1]
+    st = shard.stat()
+    shard.write_bytes(shard.read_bytes()[: st.st_size // 2])
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
     try:
         r = resumed(box, reports)
         order = gate_order(4)
         assert r.outcome("node4_verify") == "failed", ({g: r.outcome(g) for g in order}, r.output[-3000:])
-        assert "node4" in r.message("node4_verify") and ".incomplete" in r.message("node4_verify")
+        assert all(r.outcome(f"node{k}_verify") in ("passed", "skipped") for k in (1, 2, 3))
+        message = r.message("node4_verify")
+        assert message.startswith("node4 (") and "truncated" in message and shard.name in message, message[:600]
         assert later_gates_not_run(r, "node4_verify", order) == []
     finally:
-        stale.unlink(missing_ok=True)
+        box.populate_model(4)
 
 
 @pytest.mark.fault("runner-killed-node3-of-4", gate="placement", signature="X-RUNNER-SIGNAL", since="startup",
@@ -249,3 +252,16 @@ def test_three_nodes_on_real_exo_green_through_the_benchmarks(three_real, tmp_pa
         assert sorted(per) == ["node1", "node2", "node3"] and all(p["requests"] == 1 for p in per.values()), per
     finally:
         stop_leftovers(launch_records(r))
+
+
+def test_a_node_listed_twice_stops_preflight_naming_both(four, tmp_path):
+    """NODES with node 1 three times: by its alias, as user@address (another target, the same machine and user)
+    and by its alias again: preflight stops with one line per twin, naming both nodes."""
+    alias, user, address = four.alias(1), four.node_user(1), four.address(1)
+    r = run_suite(["gates/"], Path(four.env_file), tmp_path / "reports", "-k", "preflight", "--nodes",
+                  f"{alias},{user}@{address},{alias}", timeout=300)
+    msg = r.message("preflight")
+    assert r.outcome("preflight") == "failed" and r.rc == 1, (r.outcomes, r.output[-2000:])
+    assert (f"node1 and node2 are the same node: {alias} and {user}@{address} reach the same machine" in msg
+            and f"and user ({user})" in msg), msg[:800]
+    assert f"node1 and node3 are the same node: the same target {alias}" in msg, msg[:800]

@@ -103,7 +103,8 @@ def cluster_verdict(live_ids: dict[int, str], views: dict[int, ClusterView | Non
     if problems:
         return Verdict.failed(problems, details, facts)
     ring = next(iter(details["ring"].values()), [])
-    how = "one node" if n < 2 else "every pair linked" if meta == "MlxJaccl" else "ring " + " → ".join([*ring, ring[0]])
+    how = ("one node" if n < 2 else "every pair linked" if meta == "MlxJaccl"
+           else "ring " + " → ".join([*ring, ring[0]]))
     return Verdict.passed(f"{n} node(s) on every node's API, placeable as {meta} over all of them ({how})",
                           details, facts)
 

@@ -31,8 +31,8 @@ OPERATOR_PROTOCOL = (
 # gate kind -> (PASS if, STOP if)
 PHASE_CRITERIA: dict[str, tuple[str, str]] = {
     "preflight": ("SSH and python3 on every node; the exact hf (and exo) binary runs on each; disk free covers the "
-                  "model; parent of the model dir writable; nodes reach each other (at least around a ring); no node listed twice; same exo build; API port free; "
-                  "model dir named org--name",
+                  "model; parent of the model dir writable; nodes reach each other (at least around a ring); no "
+                  "node listed twice; same exo build; API port free; model dir named org--name",
                   "a node unreachable; a binary missing on one node; disk clearly insufficient; the model complete "
                   "in another dir (model dir mismatch); exo build drift"),
     "download": ("`hf download` into MODEL_DIR_NODEk exits 0 (one direct download per node)",

@@ -76,7 +76,8 @@ def _kosaraju(g: _Graph) -> list[list[int]]:
 
 
 def _neighbour_stack(g: _Graph, v: int) -> list[int]:
-    """rustworkx's IndexSet of v's neighbours (first occurrence of petgraph's newest-first walk); popped from the end."""
+    """rustworkx's IndexSet of v's neighbours (first occurrence of petgraph's newest-first walk); popped from
+    the end."""
     return list(dict.fromkeys(g.out(v)))
 
 
