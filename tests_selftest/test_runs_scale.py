@@ -167,7 +167,7 @@ def test_node4_download_incomplete_is_caught_at_its_verify(box4):
         assert r.outcome("node4_verify") == "failed", ({g: r.outcome(g) for g in order}, r.output[-3000:])
         assert all(r.outcome(f"node{k}_verify") in ("passed", "skipped") for k in (1, 2, 3))
         message = r.message("node4_verify")
-        assert message.startswith("node4 (") and "truncated" in message and shard.name in message, message[:600]
+        assert "node4 (" in message and "truncated" in message and shard.name in message, message[:600]
         assert later_gates_not_run(r, "node4_verify", order) == []
     finally:
         box.populate_model(4)
