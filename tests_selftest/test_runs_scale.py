@@ -259,12 +259,16 @@ def test_three_nodes_on_real_exo_green_through_the_benchmarks(three_real, tmp_pa
 
 
 def test_a_node_listed_twice_stops_preflight_naming_both(four, tmp_path):
-    """Node 1 by its alias and again as user@address (two targets, the same machine and user): preflight stops
+    """Node 1 by its alias and by a second alias of the same host and user (two targets, one Mac): preflight stops
     naming both. (The same target twice never gets that far: one usage line, test_plugin_config.py.)"""
-    alias, user, address = four.alias(1), four.node_user(1), four.address(1)
+    alias = four.alias(1)
+    text = Path(four.ssh_config).read_text()
+    block = text[text.index(f"Host {alias}\n"):].split("\n\n")[0]
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(text + "\n" + block.replace(f"Host {alias}", "Host twin-of-node1", 1) + "\n")
     r = run_suite(["gates/"], Path(four.env_file), tmp_path / "reports", "-k", "preflight", "--nodes",
-                  f"{alias},{user}@{address}", timeout=300)
+                  f"{alias},twin-of-node1", timeout=300, extra_env={"SSH_CONFIG": str(ssh_config)})
     msg = r.message("preflight")
     assert r.outcome("preflight") == "failed" and r.rc == 1, (r.outcomes, r.output[-2000:])
-    assert (f"node1 and node2 are the same node: {alias} and {user}@{address} reach the same machine" in msg
-            and f"and user ({user})" in msg), msg[:800]
+    assert (f"node1 and node2 are the same node: {alias} and twin-of-node1 reach the same machine" in msg
+            and f"and user ({four.node_user(1)})" in msg), msg[:800]
