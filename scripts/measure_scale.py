@@ -28,7 +28,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 WINDOWS = ["--cluster-window", "60", "--settle-window", "3", "--ready-timeout", "300"]
-SWEEP = ["--bench-prompt-lens", "128", "--bench-output-lens", "64", "--bench-repeat", "3"]
+SWEEP = ["--bench-profile", "short", "--bench-prompt-lens", "128", "--bench-output-lens", "64", "--bench-repeat", "3"]
 SWEEP_CASE = "token_sweep-pp128-tg64"
 
 

@@ -29,7 +29,7 @@ from tests_selftest.test_runs_real_exo import run_with
 
 pytestmark = [pytest.mark.sandbox_run, pytest.mark.timeout(900)]
 WINDOWS = ["--cluster-window", "10", "--settle-window", "2", "--ready-timeout", "90"]
-BENCH = ["--bench-concurrency", "4", "--bench-repeat", "1"]
+BENCH = ["--bench-profile", "short", "--bench-concurrency", "4", "--bench-repeat", "1"]
 
 
 def worker_slot(worker_id: str, offset: int) -> int:
@@ -245,8 +245,8 @@ def test_three_nodes_on_real_exo_green_through_the_benchmarks(three_real, tmp_pa
     """Real EXO on three nodes: every gate (a ring of three over min_nodes=3, chat through each API) and the short
     benchmarks, the concurrency case spread over the three APIs."""
     real_windows = ["--cluster-window", "60", "--settle-window", "3", "--ready-timeout", "240"]
-    bench = ["--bench-concurrency", "3", "--bench-repeat", "1", "--bench-prompt-lens", "64", "--bench-output-lens",
-             "16"]
+    bench = ["--bench-profile", "short", "--bench-concurrency", "3", "--bench-repeat", "1", "--bench-prompt-lens", "64",
+             "--bench-output-lens", "16"]
     r = run_suite(["gates/", "benchmarks/"], Path(three_real.env_file), tmp_path / "reports", *real_windows, *bench,
                   timeout=840)
     try:
