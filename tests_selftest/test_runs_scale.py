@@ -4,10 +4,11 @@ benchmarks); and the faults at scale, each caught at its gate naming node 3 or 4
 node 4's download incomplete, a runner killed on node 3, node 4's exo killed mid-chat.
 
 The four-node emulator sandbox is one per xdist worker (slot MODELDROP_SBXTEST_SLOT + 7 + worker), shared by
-the module: its green run (`four_green`) leaves the pass cache the later runs reuse with `--resume-bootstrap`
-(files verified once; each later run starts EXO afresh), so a fault costs its own gates only. The three-node
-real-EXO sandbox is slot MODELDROP_SBXTEST_SLOT + 9 + worker. Four nodes on real EXO cost about four minutes on
-two cores: README's "Four Macs" command, measured for the closing note, not a self-test.
+the module: its file gates run once (`four_files`: preflight, every node's download and verify, the canary,
+parity) and leave the pass cache every other run reuses with `--resume-bootstrap` (each starts EXO afresh), so
+a run costs its own EXO gates only. The three-node real-EXO sandbox is slot MODELDROP_SBXTEST_SLOT + 9 + worker.
+Four nodes on real EXO cost four to six minutes on two shared cores: README's "Four Macs" command, measured for
+the closing note, not a self-test.
 """
 
 from __future__ import annotations
@@ -58,19 +59,20 @@ def settle(box) -> None:
 
 
 @pytest.fixture(scope="module")
-def four_green(four, tmp_path_factory) -> RunResult:
-    """The four-node mesh run through the concurrency benchmark (its report dir's pass cache serves the module)."""
+def four_files(four, tmp_path_factory) -> RunResult:
+    """The four nodes' file gates and canary, once (its report dir's pass cache serves the module's runs)."""
     reports = tmp_path_factory.mktemp("scale") / "reports"
-    run = run_suite(["gates/", "benchmarks/test_concurrency.py"], Path(four.env_file), reports, *WINDOWS, *BENCH,
+    run = run_suite(["gates/"], Path(four.env_file), reports, *WINDOWS, "-k", "preflight or node or parity",
                     timeout=600)
     settle(four)
     return run
 
 
 @pytest.fixture
-def box4(four, four_green):
-    """The four-node sandbox, settled again after the test; the green run's report dir beside it."""
-    yield four, four_green.report_dir
+def box4(four, four_files):
+    """The four-node sandbox, settled again after the test; the report dir holding the file gates' passes."""
+    assert four_files.rc == 0, ({g: four_files.outcome(g) for g in gate_order(4)}, four_files.output[-3000:])
+    yield four, four_files.report_dir
     settle(four)
 
 
@@ -103,19 +105,28 @@ def caught(r: RunResult, gate: str, sig: str, *needles: str) -> None:
 
 
 # -- green ------------------------------------------------------------------------------------------
-def test_four_nodes_green_through_chat_and_the_concurrency_benchmark(four_green):
-    """Every gate of four nodes passes (downloads and verify of nodes 2-4, placement over min_nodes=4, the ring's
-    every neighbour, chat through every API at once), and the concurrency case spreads over the four APIs."""
-    r = four_green
-    assert r.rc == 0, r.output[-4000:]
-    assert all(r.outcome(g) == "passed" for g in gate_order(4)), {g: r.outcome(g) for g in gate_order(4)}
-    assert sorted(note(r, "placement", "ranks").split(" → ")) == ["node1", "node2", "node3", "node4"]
-    chat = next(e for e in ledger(r) if e.get("event") == "note" and e.get("key") == "chat_latency_s")["value"]
-    assert len(chat) == 8, chat  # streamed and not, through each of the four APIs
-    case = json.loads((r.run_folder() / "bench" / "concurrency-c4.json").read_text())
-    per = case["summary"]["per_node"]
-    assert sorted(per) == ["node1", "node2", "node3", "node4"] and all(p["errors"] == 0 for p in per.values()), per
-    assert len(set(case["summary"]["node_urls"].values())) == 4, case["summary"]["node_urls"]
+def test_four_nodes_green_through_chat_and_the_concurrency_benchmark(box4, four_files):
+    """Every gate of four nodes passes (downloads and verify of nodes 2-4 and the canary in the module's file run;
+    then placement over min_nodes=4, the ring's every neighbour, chat through every API at once), and the
+    concurrency case spreads over the four APIs."""
+    box, reports = box4
+    order = gate_order(4)
+    files = order[:order.index("startup")]
+    assert all(four_files.outcome(g) == "passed" for g in files), {g: four_files.outcome(g) for g in files}
+    r = run_suite(["gates/", "benchmarks/test_concurrency.py"], Path(box.env_file), reports, *WINDOWS, *BENCH,
+                  "--resume-bootstrap", timeout=600)
+    try:
+        assert r.rc == 0, r.output[-4000:]
+        assert all(r.outcome(g) == "passed" for g in order[len(files):]), {g: r.outcome(g) for g in order}
+        assert sorted(note(r, "placement", "ranks").split(" → ")) == ["node1", "node2", "node3", "node4"]
+        chat = note(r, "chat", "chat_latency_s")
+        assert len(chat) == 8, chat  # streamed and not, through each of the four APIs
+        case = json.loads((r.run_folder() / "bench" / "concurrency-c4.json").read_text())
+        per = case["summary"]["per_node"]
+        assert sorted(per) == ["node1", "node2", "node3", "node4"] and all(p["errors"] == 0 for p in per.values()), per
+        assert len(set(case["summary"]["node_urls"].values())) == 4, case["summary"]["node_urls"]
+    finally:
+        stop_leftovers(launch_records(r))
 
 
 def test_four_macs_on_a_thunderbolt_ring_are_green(box4):
@@ -242,13 +253,14 @@ def three_real(worker_id):
 
 @pytest.mark.real_exo
 def test_three_nodes_on_real_exo_green_through_the_benchmarks(three_real, tmp_path):
-    """Real EXO on three nodes: every gate (a ring of three over min_nodes=3, chat through each API) and the short
-    benchmarks, the concurrency case spread over the three APIs."""
+    """Real EXO on three nodes: every gate (a ring of three over min_nodes=3, chat through each API), a token-sweep
+    case through the ring and the concurrency case spread over the three APIs (the other benchmark phases are the
+    same code on one API, run by the two-node demo)."""
     real_windows = ["--cluster-window", "60", "--settle-window", "3", "--ready-timeout", "240"]
     bench = ["--bench-profile", "short", "--bench-concurrency", "3", "--bench-repeat", "1", "--bench-prompt-lens", "64",
              "--bench-output-lens", "16"]
-    r = run_suite(["gates/", "benchmarks/"], Path(three_real.env_file), tmp_path / "reports", *real_windows, *bench,
-                  timeout=840)
+    r = run_suite(["gates/", "benchmarks/test_token_sweep.py", "benchmarks/test_concurrency.py"],
+                  Path(three_real.env_file), tmp_path / "reports", *real_windows, *bench, timeout=840)
     try:
         assert r.rc == 0, ({g: r.outcome(g) for g in gate_order(3)}, r.output[-4000:])
         assert sorted(note(r, "placement", "ranks").split(" → ")) == ["node1", "node2", "node3"]
