@@ -5,19 +5,25 @@ import pytest
 from modeldrop import signatures
 from modeldrop.download import expected_total
 from modeldrop.exo.preflight import exo_preflight
-from modeldrop.preflight import check_node, preflight_verdict, reach_problems, ssh_login_warnings
+from modeldrop.preflight import (
+    check_node,
+    duplicate_problems,
+    preflight_verdict,
+    reach_problems,
+    ssh_login_warnings,
+)
 from modeldrop.serving import block, lines, serving_preflight
 
 
 @pytest.mark.gate("preflight")
 def test_preflight(run_config, node_pool, on_each_node, run_facts, evidence, hub_expectation, rerun_command):
     """SSH, python3, the exact hf and exo binaries (exo looked up where it installs to when not set), exo build parity,
-    no exo the run did not start, API port, disk, model dir name and place, reach (TCP, and SSH both ways), and the
+    no exo the run did not start, API port, disk, model dir name and place, reach (TCP around a ring, and SSH both ways), no node listed twice, and the
     serving verdict (weights, architecture, memory fit, card) before anything is downloaded."""
     nodes = node_pool.all()
     total = expected_total(run_config, hub_expectation)
     pre = on_each_node(lambda k: check_node(nodes[k], run_config.node(k), run_config, total))
-    problems = [p for k in sorted(pre) for p in pre[k].problems]
+    problems = duplicate_problems(pre, run_config) + [p for k in sorted(pre) for p in pre[k].problems]
     for k, p in pre.items():
         if p.hf:
             run_facts.set_hf_probe(k, p.hf)
@@ -30,7 +36,9 @@ def test_preflight(run_config, node_pool, on_each_node, run_facts, evidence, hub
                         f"HF_ENDPOINT and the network from this host, or run without --online)")
     warnings = [w for k in sorted(pre) for w in pre[k].warnings]
     if not problems:
-        problems += reach_problems(pre, nodes, run_config)
+        reach, reach_notes = reach_problems(pre, nodes, run_config)
+        problems += reach
+        warnings += reach_notes
     if not problems:
         ssh_warnings, logins = ssh_login_warnings(nodes, run_config)
         evidence.json("ssh logins between nodes", logins)

@@ -32,11 +32,16 @@ def test_placement(run_config, exo_running, exo_report, evidence, progress):
     if len(instance.node_ids) != n:
         exo_report.fail(message=f"placement with min_nodes={n} put {run_config.model_id} on "
                                 f"{len(instance.node_ids)} node(s), not {n}: {instance.node_ids}")
+    names = {nid: f"node{k}" for k, nid in exo_running.node_ids().items()}
+    ranks = sorted((r, names.get(nid, nid[:12])) for nid in instance.node_ids
+                   if (r := instance.rank_of_node(nid)) is not None)
+    evidence.note("ranks", " → ".join(name for _, name in ranks))
     verdict = wait_ready(api, instance.instance_id, run_config.ready_timeout_s,
                          serving=lambda: serving_check(exo_running.urls(), run_config.model_id),
                          progress=progress, names=exo_running.node_names(), model_id=run_config.model_id)
     evidence.json("readiness", verdict.details)
     evidence.note("verdict", verdict.summary)
+    evidence.note("ready_after_post_s", verdict.details.get("elapsed_s"))  # POST /instance -> every runner Ready
     if not verdict.ok:
         exo_report.fail(verdict, state=exo_running.state_of(exo_running.ks[0]))
     if verdict.facts.get("runner_lag"):  # serving truth: chat works while /state shows no runners

@@ -398,8 +398,10 @@ def _targets(raw: Mapping[str, Any], source: Mapping[str, str], required: bool =
     if len(items) > MAX_NODES:
         raise InputError(f"{where}: {len(items)} nodes given; modeldrop supports 1 to {MAX_NODES}")
     targets = [validate.node_spec(t, where) for t in items]
-    if len(set(targets)) != len(targets):
-        raise InputError(f"{where}: the same node is listed twice: {', '.join(targets)}")
+    for j, t in enumerate(targets):
+        if t in targets[:j]:
+            raise InputError(f"{where}: node{targets.index(t) + 1} and node{j + 1} are the same target {t}; "
+                             "list each Mac once")
     return targets
 
 

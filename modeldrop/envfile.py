@@ -44,6 +44,9 @@ def read(path: Path, is_known: Callable[[str], bool], known_keys: Iterable[str],
             continue  # blank lines and comments
         key, value = _checked(binding, where)
         if not is_known(key):
+            beyond = re.fullmatch(r"(?:[A-Z0-9_]+_)?NODE(\d+)", key)
+            if beyond and int(beyond.group(1)) > 4:  # NODE5, MODEL_DIR_NODE5, ...: a fifth node
+                raise InputError(f"{where}: {key}: modeldrop supports 1 to 4 nodes (NODE1..NODE4)")
             hint = unknown_hint(key) if unknown_hint else None
             raise InputError(f"{where}: {hint}" if hint else f"{where}: unknown key {key!r}"
                              f"{_nearest(key, known_keys)}; known keys are listed in config/model_drop.env.example")

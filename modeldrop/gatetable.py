@@ -91,8 +91,9 @@ GATES: tuple[Gate, ...] = (
          "`exo --help`, no exo running that this run did not start (named with pid, program, owner and API port, "
          "and the one command that clears them), API port free, disk free ≥ model size + margin, model dir ends in "
          "`org--name` and its parent is writable, the model not complete in another dir while the configured one "
-         "is empty (model dir mismatch: a fast stop naming both paths), nodes reach each other (TCP; an SSH login "
-         "both ways is tried, and warned where keys do not allow it); it will serve, judged from the hub's metadata "
+         "is empty (model dir mismatch: a fast stop naming both paths), no node listed twice, nodes reach each other "
+         "(TCP, at least around a ring: a pair no ring needs is a note; an SSH login both ways is tried, and warned "
+         "where keys do not allow it); it will serve, judged from the hub's metadata "
          "before any download: weights mlx-lm loads, `model_type` in every node's mlx-lm, the size within the nodes' "
          "available memory by EXO's placement rule, a card EXO has or can add",
          "a node unreachable; a binary missing on one node, or two exo installs and none chosen; an exo the run did "
@@ -125,11 +126,13 @@ GATES: tuple[Gate, ...] = (
          "(the cluster-join wait runs during it)",
          "immediate crash loop; API unreachable", tools=_EXO_TOOL, needs_exo=True, cluster=True),
     Gate("cluster", "cluster", "5", 1200, _EXO_OPTS, _EXO_FACTS,
-         "`topology` lists N nodes with connections both ways (fewer than N for longer than the window is a fast "
-         "stop); then every node's `/v1/models` lists the model's card, added where missing (`?status=downloaded` "
+         "`topology` lists N nodes, linked as EXO needs to place the instance over all of them (MlxRing: a ring "
+         "whose neighbours reach each other; MlxJaccl: every pair; other missing pairs are notes; fewer than N "
+         "for longer than the window is a fast stop); then every node's `/v1/models` lists the model's card, "
+         "added where missing (`?status=downloaded` "
          "is the canary's check: the cluster runs `--no-downloads`, so its EXO has no download coordinator to list "
          "the model as downloaded; the files themselves are the verify and parity gates')",
-         "isolated (fewer than N nodes) for longer than the cluster window",
+         "isolated (fewer than N nodes) for longer than the cluster window; no ring (a missing link)",
          tools=_EXO_TOOL, needs_exo=True, after_start=True, cluster=True),
     Gate("placement", "placement", "5", 3600, _PLACED_OPTS, _EXO_FACTS,
          "placement for `min_nodes=N` succeeds, the instance is created (its `command_id` kept), every runner "

@@ -18,7 +18,10 @@ from typing import Any
 from modeldrop import probes
 from modeldrop.config import NodeConfig, RunConfig
 from modeldrop.errors import NodeError
+from modeldrop.exo.placeable import ring_rule
+from modeldrop.exo.state import Topology
 from modeldrop.nodes import Node
+from modeldrop.pernode import each
 from modeldrop.verdict import Verdict
 
 GB = 1_000_000_000
@@ -149,18 +152,64 @@ def ssh_port(node: Node) -> int:
     return int(resolved.port) if resolved is not None else 22
 
 
-def reach_problems(pre: dict[int, NodePreflight], nodes: dict[int, Node], cfg: RunConfig) -> list[str]:
-    """Each node must open TCP to every other node's SSH port at the address the control host uses."""
+def reach_problems(pre: dict[int, NodePreflight], nodes: dict[int, Node],
+                   cfg: RunConfig) -> tuple[list[str], list[str]]:
+    """(problems, notes): each node opens TCP to every other node's SSH port at the address the control host uses
+    (every node probes at once). A pair that cannot connect fails preflight only when the pairs that can leave EXO
+    no way to place the configured instance over all nodes (`exo.placeable`: for MlxRing a ring, as four Macs on a
+    Thunderbolt ring reach only their neighbours; for MlxJaccl every pair); otherwise it is a note."""
     if len(nodes) < 2:
-        return []
+        return [], []
     addresses = {k: nodes[k].address() for k in nodes}
-    problems = []
-    for k, node in nodes.items():
-        targets = [[addresses[j], ssh_port(nodes[j])] for j in nodes if j != k]
-        for r in node.run_probe("reach", {"targets": targets, "timeout": 3}, timeout=REACH_TIMEOUT_S)["results"]:
-            if not r["ok"]:
+
+    def probe(k: int) -> list[tuple[int, dict]]:
+        others = [j for j in sorted(nodes) if j != k]
+        targets = [[addresses[j], ssh_port(nodes[j])] for j in others]
+        found = nodes[k].run_probe("reach", {"targets": targets, "timeout": 3}, timeout=REACH_TIMEOUT_S)["results"]
+        return list(zip(others, found, strict=False))
+    lines, linked = [], set()
+    for k, results in each(sorted(nodes), probe).items():
+        for j, r in results:
+            if r["ok"]:
+                linked.add((f"node{k}", f"node{j}"))
+            else:
                 hint = MACOS_ERRNO_HINT.get(r.get("errno") or 0, r.get("error") or "")
-                problems.append(f"node{k} cannot reach {r['host']}:{r['port']} (errno {r.get('errno')}: {hint})")
+                lines.append(f"node{k} cannot reach {r['host']}:{r['port']} (errno {r.get('errno')}: {hint})")
+    if not lines:
+        return [], []
+    if cfg.instance_meta == "MlxJaccl":
+        return lines + ["reach: MlxJaccl needs every pair of nodes to reach each other"], []
+    names = [f"node{k}" for k in sorted(nodes)]
+    rule = ring_rule(names, Topology(frozenset(names), frozenset(linked), "reach", frozenset(linked)), "MlxRing", {})
+    if rule.ok:
+        return [], [f"{line} (EXO can still place {cfg.instance_meta} over a ring through every node)"
+                    for line in lines]
+    return lines + [f"reach: {rule.problem}"], []
+
+
+def duplicate_problems(pre: dict[int, NodePreflight], cfg: RunConfig) -> list[str]:
+    """Nodes listed twice: the same target, or targets that reach the same machine (machine id, else hostname)
+    as the same user (uid and home), one problem line naming both."""
+    by_target: dict[str, int] = {}
+    by_identity: dict[tuple, int] = {}
+    problems = []
+    for k in sorted(pre):
+        f, nc = pre[k].facts, cfg.node(k)
+        identity = (f.get("machine_id") or f.get("hostname"), f.get("uid", f.get("user")), f.get("home")) if f else None
+        if nc.target in by_target:
+            how = f"the same target {nc.target}"
+            j = by_target[nc.target]
+        elif identity in by_identity:
+            j = by_identity[identity]
+            how = (f"{cfg.node(j).target} and {nc.target} reach the same machine ({f.get('hostname')}) and user "
+                   f"({f.get('user')})")
+        else:
+            by_target[nc.target] = k
+            if identity is not None:
+                by_identity[identity] = k
+            continue
+        problems.append(f"node{j} and node{k} are the same node: {how}; list each Mac once "
+                        f"(NODES or NODE1..NODE{len(pre)})")
     return problems
 
 

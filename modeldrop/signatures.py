@@ -134,6 +134,14 @@ def _isolated(c: Ctx) -> str | None:
     return f"nodes seeing fewer than {c.facts.get(Fact.n)}: {[f'node{k}' for k in iso]}" + (f"; {ns}" if ns else "")
 
 
+def _no_ring(c: Ctx) -> str | None:
+    """The links (by node name) whose absence leaves EXO no ring through every node."""
+    links = c.facts.get(Fact.no_ring)
+    if not links:
+        return None
+    return f"no ring through all {c.facts.get(Fact.n)} nodes: missing link {', '.join(links)}"
+
+
 def _runners_stuck(kinds: set[str]) -> Callable[[Ctx], str | None]:
     def test(c: Ctx) -> str | None:
         if not c.facts.get(Fact.stalled):
@@ -245,6 +253,13 @@ TABLE: tuple[Signature, ...] = (
       "EXO_LIBP2P_NAMESPACE; check `ps -o command= -p <pid>` for --no-worker/--no-api",
       "verdict fact `isolated` (fewer than N nodes in a node's nodeIdentities/topology for the whole cluster "
       "window) plus differing `EXO_*_NAMESPACE:` log lines", _isolated),
+    S("X-NO-RING", ("cluster",), "No ring through every node: a link is missing",
+      "EXO places an MlxRing instance over all N nodes only along a cycle whose neighbours reach each other's API "
+      "(four Macs on Thunderbolt with no shared LAN: a ring, every cable needed); the named link is unplugged, down "
+      "or on another subnet, so EXO's /node_id probe between those two nodes fails",
+      "check the cable between the named nodes; on each: ifconfig | grep -B2 -A4 bridge; from each of the two: "
+      "curl http://<other node's address>:<api-port>/node_id; then pytest gates/ -k 'startup or cluster'",
+      "verdict fact `no_ring` (the links, by node name, that would close a ring)", _no_ring),
     S("A5", ("cluster", "chat"), "Event-log resync loop (Nack attempts)",
       "Follower stuck re-requesting the event log after a re-election", "coordinated stop of all nodes, restart together",
       "log NACK_LOOP", log("NACK_LOOP")),
@@ -264,7 +279,7 @@ TABLE: tuple[Signature, ...] = (
       "macOS application firewall or Local Network permission blocks the API port (topology edges) or the random "
       "ring port", "/usr/libexec/ApplicationFirewall/socketfilterfw --getglobalstate; from each node "
       "curl http://<peer-ip>:<api-port>/node_id",
-      "verdict fact `missing_edges` (a directed edge absent) or ring errno 60 (ETIMEDOUT)",
+      "verdict fact `missing_edges` (an edge placement needs absent, e.g. one-way) or ring errno 60 (ETIMEDOUT)",
       any_of(fact(Fact.missing_edges), _errno(60, 110))),
     S("C1x", ("placement",), "No cycle with sufficient memory",
       "Sum of ramAvailable below the model's storage size, a node missing from nodeMemory, or min_nodes above the "

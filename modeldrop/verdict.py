@@ -25,7 +25,9 @@ class Fact(StrEnum):
     isolated = "isolated"            # nodes seeing fewer than n nodes
     n = "n"                          # the cluster size the verdict expected
     ghosts = "ghosts"                # node ids in /state that no node answers as its own
-    missing_edges = "missing_edges"  # a directed topology edge absent
+    missing_edges = "missing_edges"  # a topology edge EXO's placement needs is absent
+    no_ring = "no_ring"              # links ("nodeA–nodeB") whose absence leaves no placeable ring
+    one_way = "one_way"              # links ("nodeA → nodeB") with no edge back on a ring EXO may pick
     runner_failed = "runner_failed"  # a runner reported RunnerFailed
     errors = "errors"                # the runners' error messages
     vanished = "vanished"            # the instance left /state

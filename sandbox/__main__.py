@@ -1,7 +1,8 @@
 """`python -m sandbox up|down|status|env`: build, stop, inspect the local sandbox cluster.
 
   up [--nodes N] [--slot S] [--root DIR] [--generation new|old] [--hub-port P] [--mode auto|ssh|local]
-     [--report-dir DIR] [--exo auto|real|emulator]   build or refresh; prints the env file path
+     [--report-dir DIR] [--exo auto|real|emulator] [--topology mesh|ring]   build or refresh; prints the
+     env file path (ring: each node reaches only its two neighbours, as four Macs on Thunderbolt)
   down [--slot S] [--root DIR] [--purge]   stop what the sandbox started (--purge: also delete
      the node users and the root folder)
   status [--slot S] [--root DIR]           JSON: hub, nodes, env file
@@ -34,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--report-dir", type=Path)
             p.add_argument("--exo", choices=("auto", "real", "emulator"), default="auto",
                            help="the nodes' EXO: real EXO where it can be built (auto), or the emulator")
+            p.add_argument("--topology", choices=("mesh", "ring"), default="mesh",
+                           help="mesh: every node reaches every other; ring: only its two neighbours")
         if name == "down":
             p.add_argument("--purge", action="store_true", help="also delete node users and the root folder")
     return ap
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "up":
             t0 = time.monotonic()
             sb = Sandbox(root, a.slot, a.nodes, generation=a.generation, hub_port=a.hub_port, mode=a.mode,
-                         report_dir=a.report_dir, exo=a.exo)
+                         report_dir=a.report_dir, exo=a.exo, topology=a.topology)
             env = sb.up()
             print(f"sandbox up in {time.monotonic() - t0:.1f}s", file=sys.stderr)
             print(env)

@@ -9,7 +9,9 @@ Contract of `Sandbox(root, slot, n_nodes)` (a `Layout`: every name and path of t
   (`~/.local/share/exo/{models,custom_model_cards}`) (`nodes`); one client key, `ssh_config` (aliases
   `sbx{slot}-node{k}`) and `known_hosts`; the hub on `127.0.{10+slot}.1:<hub_port>` with the tiny model
   published (`hub_model`); `model_drop.env`, `model_profiles.json` (if absent) and the reports dir.
-  Hub and node fault switches (and emulator timing overrides) are cleared by `up()`.
+  Hub and node fault switches (and emulator timing overrides) are cleared by `up()`, and so is a cable
+  taken out with `set_cabling`; `topology` ("mesh", or "ring": each node reaches only its two neighbours,
+  see `cabling.py`) stays.
 - `down()` stops exactly what the sandbox started (sshd listeners and their sessions, the
   node users' processes, emulator processes of this sandbox, the hub), each by pid after
   checking /proc/<pid>/cmdline (or environ) still names it. Never by process name.
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import hub_model, nodes, users
+from sandbox.cabling import Cabling
 from sandbox.exo_install import NodeExo, check_generation, pick_exo
 from sandbox.hub import HubHandle, stop_hub
 from sandbox.layout import DEFAULT_HUB_PORT, EXO_API_PORT, Layout, NodeInfo, SandboxError, default_root, write_file
@@ -50,7 +53,7 @@ class Sandbox(Layout):
                  venv_dir: Path = DEFAULT_VENV, report_dir: Path | str | None = None,
                  model_params: dict[str, Any] | None = None,
                  node_requirements: tuple[str, ...] = NODE_REQUIREMENTS, exo: str = "emulator",
-                 preinstall_card: bool = False, homebrew_exo: bool = False):
+                 preinstall_card: bool = False, homebrew_exo: bool = False, topology: str = "mesh"):
         super().__init__(Path(root) if root else default_root(slot), slot, n_nodes, mode, hub_port)
         check_generation(generation)
         self.mode, self.note = users.pick_mode(mode, n_nodes)
@@ -62,6 +65,7 @@ class Sandbox(Layout):
         kind, self.exo_note = pick_exo(exo, generation)
         self.node_exo = NodeExo(self, generation, kind, preinstall_card)
         self.homebrew_exo = homebrew_exo and self.mode == "ssh"  # each node's exo also at /opt/homebrew/bin/exo
+        self.node_exo.cabling = Cabling.make(n_nodes, topology)
 
     # -- what the nodes run --------------------------------------------------------------------------
     @property
@@ -78,6 +82,11 @@ class Sandbox(Layout):
         return self.node_exo.preinstall_card
 
     @property
+    def cabling(self) -> Cabling:
+        """How the nodes reach each other (mesh or ring, cables taken out)."""
+        return self.node_exo.cabling
+
+    @property
     def real_exo(self) -> Any:
         """The real-EXO install the nodes run (its `python` and `env`), or None for the emulator or before up()."""
         return self.node_exo.real
@@ -92,6 +101,7 @@ class Sandbox(Layout):
         """Build or refresh everything, fault switches and timing overrides cleared; returns the env file path."""
         t0 = time.monotonic()
         self.node_exo.clear_switches()
+        self.node_exo.cabling = Cabling.make(self.n_nodes, self.cabling.topology)
         for note in (self.note, self.exo_note):
             if note:
                 log.warning("%s", note)
@@ -184,6 +194,7 @@ class Sandbox(Layout):
                  "hub_port": self.hub_port, "venv_dir": str(self.venv_dir), "report_dir": str(self.report_dir),
                  "model_params": self.model_params, "note": self.note, "exo": self.exo,
                  "preinstall_card": self.preinstall_card, "homebrew_exo": self.homebrew_exo,
+                 "topology": self.cabling.topology,
                  "hub": {"pid": self.hub.pid, "host": self.hub_host, "port": self.hub_port},
                  "sshd": users.sshd_state(self)}
         write_file(self.state_file, json.dumps(state, indent=2) + "\n")
@@ -199,7 +210,8 @@ class Sandbox(Layout):
         return cls(root, s["slot"], s["n_nodes"], generation=s["generation"], hub_port=s["hub_port"],
                    mode=s["mode"], venv_dir=Path(s["venv_dir"]), report_dir=s.get("report_dir"),
                    model_params=s.get("model_params"), exo=s.get("exo", "emulator"),
-                   preinstall_card=s.get("preinstall_card", False), homebrew_exo=s.get("homebrew_exo", False))
+                   preinstall_card=s.get("preinstall_card", False), homebrew_exo=s.get("homebrew_exo", False),
+                   topology=s.get("topology", "mesh"))
 
     # -- runtime controls ------------------------------------------------------------------------------
     def set_exo_generation(self, generation: str) -> None:
@@ -208,6 +220,13 @@ class Sandbox(Layout):
         self.node_exo.set_generation(generation)
         if self.state_file.exists():
             self._save_state()
+
+    def set_cabling(self, topology: str | None = None, cut: list[tuple[int, int]] | tuple = ()) -> Cabling:
+        """Recable the nodes: `topology` (default: as built) with the cables in `cut` taken out (pairs of node
+        numbers); each node's EXO reads it when it starts. `up()` puts every cable back."""
+        cabling = Cabling.make(self.n_nodes, topology or self.cabling.topology, cut)
+        self.node_exo.set_cabling(cabling)
+        return cabling
 
     def set_exo_faults(self, k: int, faults: dict[str, Any]) -> None:
         """Replace node k's emulator fault switches (the `faults` object of emulator.json)."""
@@ -276,7 +295,7 @@ class Sandbox(Layout):
                      for n in self.nodes()]
         h = self.hub
         return {"root": str(self.root), "slot": self.slot, "mode": self.mode, "note": self.note, "exo": self.exo,
-                "generation": self.generation, "env_file": str(self.env_file),
+                "generation": self.generation, "topology": self.cabling.describe(), "env_file": str(self.env_file),
                 "hub": {"url": h.url, "pid": h.pid, "alive": h.is_alive()}, "nodes": nodes_now}
 
     # -- conveniences for tests ------------------------------------------------------------------------
@@ -296,7 +315,8 @@ def env_file_text(sbx: Sandbox, profiles: Path) -> str:
     """`model_drop.env` for the suite: the model, the nodes, ssh files, the hub, exo, the suite's own files."""
     n_list = [n.alias for n in sbx.nodes()]
     lines = [f"# modeldrop sandbox, slot {sbx.slot}: {sbx.n_nodes} {sbx.mode} node(s), "
-             f"{'real EXO' if sbx.exo == 'real' else 'exo emulator'} generation {sbx.generation}.",
+             f"{'real EXO' if sbx.exo == 'real' else 'exo emulator'} generation {sbx.generation}, "
+             f"cabled as a {sbx.cabling.describe()}.",
              f"# Written by `python -m sandbox up --slot {sbx.slot} --nodes {sbx.n_nodes}` on "
              f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}.",
              "# Use it with: pytest gates/ --env-file " + str(sbx.env_file)]

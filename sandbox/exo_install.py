@@ -5,8 +5,9 @@ emulator with a one-line note saying what is missing (`real` there is a SandboxE
 copies sandbox/exo_emulator to `<root>/lib/exo_emulator` (a node runs that copy as `exo_emulator`) and,
 for real EXO, builds or reuses the machine's install (a failed install removes every node's `exo`, so
 no node looks healthy); `write_tools` writes node k's `hf` and `exo` (different absolute paths per
-node, nothing on PATH); `write_config` writes node k's emulator.json: generation, addresses, and the
-fault switches and timing overrides set with `set_faults` / `set_timing`, which `clear_switches` empties.
+node, nothing on PATH); `write_config` writes node k's emulator.json: generation, addresses, the
+addresses its cabling does not reach (`unreachable`, from `cabling`), and the fault switches and timing
+overrides set with `set_faults` / `set_timing`, which `clear_switches` empties.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from sandbox.cabling import Cabling
 from sandbox.exo_real import install as real_install
 from sandbox.exo_real import node as real_node
 from sandbox.layout import EXO_PATHS, Layout, NodeInfo, SandboxError, write_file
@@ -103,6 +105,7 @@ class NodeExo:
         self.faults: dict[int, dict[str, Any]] = {}
         self.timing: dict[int, dict[str, Any]] = {}
         self.exo_text: dict[int, str] = {}  # node k's exo entry point as written last
+        self.cabling = Cabling(lay.n_nodes)
         self.real: Any = None  # the real-EXO Install once prepare() has it
 
     # -- installs ------------------------------------------------------------------------------------
@@ -179,6 +182,7 @@ class NodeExo:
         """node k's emulator.json (the agreed schema; see sandbox/exo_emulator/README.md)."""
         return {"generation": self.generation, "version": GENERATIONS[self.generation],
                 "node_address": self.lay.address(k), "peer_addresses": self.lay.addresses(),
+                "unreachable": [self.lay.address(j) for j in self.cabling.unreachable(k)],
                 "friendly_name": f"sbx-node{k}", "ram_total_bytes": RAM_TOTAL,
                 "ram_available_bytes": RAM_AVAILABLE, "layout": "linux",
                 "faults": self.faults.get(k, {}), "timing": self.timing.get(k, {}),
@@ -195,6 +199,12 @@ class NodeExo:
     def set_generation(self, generation: str) -> None:
         """Every node's emulator.json to `new` or `old`."""
         self.generation = check_generation(generation)
+        for k in range(1, self.lay.n_nodes + 1):
+            self.write_config(k)
+
+    def set_cabling(self, cabling: Cabling) -> None:
+        """Every node's emulator.json to this cabling (each EXO reads it when it starts)."""
+        self.cabling = cabling
         for k in range(1, self.lay.n_nodes + 1):
             self.write_config(k)
 

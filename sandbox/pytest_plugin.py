@@ -34,6 +34,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--sandbox-exo", action="store", default=None, choices=("real", "emulator"),
                     dest="modeldrop_sandbox_exo",
                     help="the sandbox nodes' EXO: real (EXO's own code; the default where it can be built) or emulator")
+    group.addoption("--sandbox-topology", action="store", default=None, choices=("mesh", "ring"),
+                    dest="modeldrop_sandbox_topology",
+                    help="how the sandbox nodes are cabled: mesh (default: every node reaches every other) or ring "
+                         "(each reaches only its two neighbours, as four Macs on Thunderbolt with no shared LAN)")
 
 
 def sandbox_slot() -> int:
@@ -52,9 +56,10 @@ def pytest_modeldrop_env_file(config: pytest.Config) -> Path | None:
         from sandbox.cluster import Sandbox
     except Exception as e:  # noqa: BLE001 - any import problem is a usage error here
         raise pytest.UsageError(f"--sandbox: the sandbox is unavailable ({type(e).__name__}: {e})") from None
-    n = config.getoption("modeldrop_sandbox_nodes") or 2
+    n = config.getoption("modeldrop_sandbox_nodes")
+    n = 2 if n is None else n
     if not 1 <= n <= 4:
-        raise pytest.UsageError(f"--sandbox-nodes: {n} nodes given; the sandbox supports 1 to 4")
+        raise pytest.UsageError(f"--sandbox-nodes {n}: the sandbox has 1 to 4 nodes (as the suite: 1–4 Macs)")
     slot = sandbox_slot()
     kwargs: dict[str, Any] = {"root": Path(f"/var/tmp/modeldrop-sandbox/slot{slot}"), "slot": slot, "n_nodes": n}
     gen = config.getoption("modeldrop_sandbox_generation")
@@ -62,6 +67,8 @@ def pytest_modeldrop_env_file(config: pytest.Config) -> Path | None:
         kwargs["generation"] = gen
     if "exo" in inspect.signature(Sandbox).parameters:
         kwargs["exo"] = config.getoption("modeldrop_sandbox_exo") or "auto"
+    if config.getoption("modeldrop_sandbox_topology"):
+        kwargs["topology"] = config.getoption("modeldrop_sandbox_topology")
     try:
         box = Sandbox(**kwargs)
         if getattr(box, "exo_note", ""):
@@ -85,7 +92,8 @@ def pytest_modeldrop_rerun_args(config: pytest.Config) -> list[str]:
     argv = ["--sandbox"]
     for dest, flag in (("modeldrop_sandbox_nodes", "--sandbox-nodes"),
                        ("modeldrop_sandbox_generation", "--sandbox-generation"),
-                       ("modeldrop_sandbox_exo", "--sandbox-exo")):
+                       ("modeldrop_sandbox_exo", "--sandbox-exo"),
+                       ("modeldrop_sandbox_topology", "--sandbox-topology")):
         if config.getoption(dest):
             argv += [flag, str(config.getoption(dest))]
     return argv

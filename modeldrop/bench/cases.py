@@ -18,6 +18,8 @@ EOS and reasoning parsing). Every sized prompt is built for its own salt with ex
 count (modeldrop.bench.prompts); the case records the server's count of every request and, when any
 request drifted from the asked length, says so in `warnings` (and its text). Warm-ups have the measured
 shape (prompt length and output tokens; tasks, which are not timed, keep a short one).
+With several nodes (`ctx.node_clients`) the concurrency threads go through every node's API in
+turn (thread i to the (i mod N)-th node), and the case JSON holds each node's figures under `summary.per_node`.
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ class BenchContext:
         with self._salt_lock:
             first, self.salt = self.salt, self.salt + n
         return first
+    node_clients: dict[int, BenchClient] = field(default_factory=dict)  # every node's API (concurrency spreads)
 
 
 @dataclass
@@ -176,10 +179,13 @@ def case_config(case: BenchCase, ctx: BenchContext) -> dict[str, Any]:
     sized = case.phase in SIZED_PHASES
     endpoint = ctx.endpoint if sized else CHAT_PATH
     warm = {"max_tokens": ctx.profile.warmup_max_tokens} if case.phase == "tasks" else "measured shape"
-    return {"phase": case.phase, "params": case.params, "endpoint": endpoint, "warmup": ctx.profile.warmup,
-            "warmup_shape": warm, "model_id": ctx.model_id,
-            "prompt_method": ctx.sizer.ensure_calibrated() if sized else "fixed",
-            "prompt_sizing": PROMPT_SIZING if sized else None}
+    cfg = {"phase": case.phase, "params": case.params, "endpoint": endpoint, "warmup": ctx.profile.warmup,
+           "warmup_shape": warm, "model_id": ctx.model_id,
+           "prompt_method": ctx.sizer.ensure_calibrated() if sized else "fixed",
+           "prompt_sizing": PROMPT_SIZING if sized else None}
+    if case.phase == "concurrency" and len(ctx.node_clients) > 1:
+        cfg["nodes"] = len(ctx.node_clients)  # spread over every node's API: not comparable with one node's
+    return cfg
 
 
 def run_case(case: BenchCase, ctx: BenchContext) -> CaseOutcome:
@@ -343,6 +349,31 @@ def _thinking(case: BenchCase, ctx: BenchContext, cfg: dict[str, Any]) -> Measur
     return warm, recs, extra, figures, [mode]
 
 
+def load_targets(ctx: BenchContext) -> list[tuple[int | None, BenchClient]]:
+    """(node, client) per load thread slot: every node's API in node order, else the one client."""
+    if len(ctx.node_clients) > 1:
+        return [(k, ctx.node_clients[k]) for k in sorted(ctx.node_clients)]
+    return [(None, ctx.client)]
+
+
+def per_node(recs: list[RequestRecord], nodes: list[int | None], c: int) -> dict[str, Any]:
+    """Each node's figures, from the records of the threads that went through its API (thread i: nodes[i % N])."""
+    if len(nodes) < 2:
+        return {}
+    out: dict[str, Any] = {}
+    for j, k in enumerate(nodes):
+        mine = [r for r in recs if int(r.tag.split(".t")[1]) % len(nodes) == j]
+        threads = len(range(j, c, len(nodes)))
+        if not mine:
+            continue
+        s = summarize(mine, concurrency=threads)
+        out[f"node{k}"] = {"threads": threads, "requests": s["requests"], "errors": s["errors"],
+                           "p50_latency_s": s["e2e_s"]["p50"], "p50_ttft_s": s["ttft_s"]["p50"],
+                           "decode_tps": s["decode_tps"]["p50"], "output_tokens": s["output_tokens_total"],
+                           "aggregate_tps": s["aggregate_output_tps"]}
+    return out
+
+
 def _concurrency(case: BenchCase, ctx: BenchContext, cfg: dict[str, Any]) -> Measured:
     c, rounds = case.params["concurrency"], case.params["rounds"]
     pp, tg = case.params["prompt_tokens"], case.params["max_tokens"]
@@ -357,6 +388,7 @@ def _concurrency(case: BenchCase, ctx: BenchContext, cfg: dict[str, Any]) -> Mea
     # sized by usage, each round's prompts follow the server's counts of the rounds before
     built = {(r, i): build(r, i) for r in range(-ctx.profile.warmup, rounds) for i in range(c)} \
         if ctx.sizer.local else {}
+    targets = load_targets(ctx)
 
     def make(r: int, i: int) -> ChatRequest:
         return built.get((r, i)) or build(r, i)
@@ -372,7 +404,7 @@ def _concurrency(case: BenchCase, ctx: BenchContext, cfg: dict[str, Any]) -> Mea
         hb.tick(rec.completion_tokens or 0)
 
     with _heartbeat(case, ctx, c * rounds) as hb:
-        recs = run_rounds(ctx.client, make, c, rounds, warmup=ctx.profile.warmup, on_record=measured,
+        recs = run_rounds([cl for _, cl in targets], make, c, rounds, warmup=ctx.profile.warmup, on_record=measured,
                           on_warmup=warmed)
     per_round = []
     for r in range(rounds):
@@ -381,6 +413,10 @@ def _concurrency(case: BenchCase, ctx: BenchContext, cfg: dict[str, Any]) -> Mea
     s = summarize(recs, concurrency=c)
     extra = _prompt_info(ctx, pp, recs) | {"aggregate_output_tps_per_round": dist(per_round),
                                                    "concurrency": c, "rounds": rounds}
+    nodes = per_node(recs, [k for k, _ in targets], c)
+    if nodes:
+        extra["per_node"] = nodes
+        extra["node_urls"] = {f"node{k}": cl.base_url for k, cl in targets}
     figures = {"p50_latency_s": s["e2e_s"]["p50"], "p95_latency_s": s["e2e_s"]["p95"],
                "p99_latency_s": s["e2e_s"]["p99"], "p50_ttft_s": s["ttft_s"]["p50"], "p95_ttft_s": s["ttft_s"]["p95"],
                "decode_tps": s["decode_tps"]["p50"], "aggregate_tps": s["aggregate_output_tps"],

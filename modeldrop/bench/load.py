@@ -4,7 +4,8 @@ Contract
 --------
 `run_rounds(client, make_request, concurrency, rounds, warmup=1, on_record=None, on_warmup=None)` returns
 the measured records (warmups excluded, never returned; `on_warmup(record)` sees each), each tagged
-`"r<round>.t<thread>"`.
+`"r<round>.t<thread>"`. `client` may be a list of clients (one per node's
+API): thread i then sends through `client[i % len(client)]`.
 Every thread first sends `warmup` requests of its own (opening its keep-alive connection, so a
 TCP connect is not charged to the first measured TTFT), then for each round all threads wait at
 a `threading.Barrier` and fire at once; the next round starts when every thread has finished
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from modeldrop.bench.client import BenchClient, ChatRequest, RequestRecord
 
@@ -36,7 +37,7 @@ class BarrierTimeout(RuntimeError):
     """Some load threads never reached the round barrier (or never finished) within the bound."""
 
 
-def run_rounds(client: BenchClient, make_request: MakeRequest, concurrency: int, rounds: int,
+def run_rounds(client: BenchClient | Sequence[BenchClient], make_request: MakeRequest, concurrency: int, rounds: int,
                warmup: int = 1, on_record: Callable[[RequestRecord], None] | None = None,
                make_warmup: MakeRequest | None = None, barrier_timeout_s: float = BARRIER_TIMEOUT_S,
                request_grace_s: float = REQUEST_GRACE_S,
@@ -47,12 +48,13 @@ def run_rounds(client: BenchClient, make_request: MakeRequest, concurrency: int,
     barrier = threading.Barrier(concurrency, timeout=barrier_timeout_s)
     results: list[list[RequestRecord]] = [[] for _ in range(concurrency)]
     failures: list[BaseException] = []
+    clients = [client] if isinstance(client, BenchClient) else list(client)
     in_request: list[float | None] = [None] * concurrency  # since when each thread is inside client.send
 
     def send(i: int, req: ChatRequest) -> RequestRecord:
         in_request[i] = time.monotonic()
         try:
-            return client.send(req)
+            return clients[i % len(clients)].send(req)
         finally:
             in_request[i] = None
 
@@ -73,13 +75,13 @@ def run_rounds(client: BenchClient, make_request: MakeRequest, concurrency: int,
             failures.append(e)
             barrier.abort()
         finally:
-            client.close()
+            clients[i % len(clients)].close()
 
     threads = [threading.Thread(target=worker, args=(i,), name=f"bench-load-{i}", daemon=True)
                for i in range(concurrency)]
     for t in threads:
         t.start()
-    request_limit_s = getattr(client, "request_timeout_s", None)
+    request_limit_s = getattr(clients[0], "request_timeout_s", None)
     _join_bounded(threads, barrier, barrier_timeout_s, in_request,
                   request_limit_s + request_grace_s if request_limit_s else None)
     real = [f for f in failures if not isinstance(f, threading.BrokenBarrierError)]

@@ -62,6 +62,10 @@ def format_case(payload: dict[str, Any], path: str | None = None) -> str:
               "(estimate, for comparison only)",
               f"tokens per SSE chunk {_num(s['tokens_per_chunk'], '.2f')}; client CPU "
               f"{_num(s['client_cpu_us_per_token'])} us/token"]
+    for node, f in (s.get("per_node") or {}).items():
+        lines.append(f"{node}: {f['threads']} thread(s), {f['requests']} requests ({f['errors']} errors), "
+                     f"E2E p50 {_num(f['p50_latency_s'], '.3f')} s, TTFT p50 {_num(f['p50_ttft_s'], '.3f')} s, "
+                     f"decode tok/s p50 {_num(f['decode_tps'])}, aggregate output tok/s {_num(f['aggregate_tps'])}")
     if s.get("reasoning_chunks"):
         lines.append(f"reasoning tokens (est.) {fmt_dist(s['reasoning_tokens_est'], '', 1, 0)}; "
                      f"requests without any content: {s.get('requests_without_content', 0)}")

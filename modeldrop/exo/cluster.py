@@ -43,6 +43,7 @@ from modeldrop.exo.observe import watch_cluster
 from modeldrop.exo.serving import instance_shape, serving_block
 from modeldrop.exo.wait import call_safely
 from modeldrop.nodepool import NodePool
+from modeldrop.pernode import each
 from modeldrop.progress import Progress, Sink
 from modeldrop.redaction import redact, secret_values
 from modeldrop.verdict import Verdict
@@ -187,7 +188,7 @@ class ExoCluster:
         def run() -> None:
             try:
                 watch.verdict = watch_cluster(clients, watch.live_ids, window, cancelled=watch.cancel.is_set,
-                                              progress=Progress(self.sink, "cluster"))
+                                              progress=Progress(self.sink, "cluster"), meta=self.cfg.instance_meta)
             finally:
                 watch.done.set()
         self.join_watch = watch
@@ -210,10 +211,11 @@ class ExoCluster:
                 watch.verdict.details["watched_from_startup"] = True
                 return watch.verdict
             if watch.verdict is not None:
-                v = watch_cluster(self.clients(), live_ids, window_s)
+                v = watch_cluster(self.clients(), live_ids, window_s, meta=self.cfg.instance_meta)
                 v.details["joined_during_startup_s"] = watch.verdict.details.get("elapsed_s")
                 return v
-        return watch_cluster(self.clients(), live_ids, window_s, progress=Progress(self.sink, "cluster"))
+        return watch_cluster(self.clients(), live_ids, window_s, progress=Progress(self.sink, "cluster"),
+                             meta=self.cfg.instance_meta)
 
     def ensure_running(self) -> None:
         if not self.running:
@@ -255,28 +257,27 @@ class ExoCluster:
 
     # -- logs and failure evidence ----------------------------------------------------------------
     def scan_logs(self, role: str = "cluster", max_bytes: int = exologs.DEFAULT_TAIL_BYTES) -> dict[int, str]:
-        """{k: captured stdout/stderr + exo.log} of this run's processes (not the append-only runner log)."""
-        out = {}
-        for key, la in self.launchers.items():
-            if la.record is None or la.record.role != role:
-                continue
-            texts = exologs.logs_of(la.node, [la.record.log_path, la.record.exo_log_path], max_bytes,
-                                    la.record.log_marks)
-            out[abs(key)] = "\n".join(texts.values())
-        return out
+        """{k: captured stdout/stderr + exo.log} of this run's processes (not the append-only runner log); every
+        node read at once."""
+        las = {abs(key): la for key, la in self.launchers.items() if la.record is not None and la.record.role == role}
+        texts = each(sorted(las), lambda k: exologs.logs_of(las[k].node, [las[k].record.log_path,
+                                                                           las[k].record.exo_log_path], max_bytes,
+                                                          las[k].record.log_marks))
+        return {k: "\n".join(t.values()) for k, t in texts.items()}
 
     def log_tails(self, role: str = "cluster") -> dict[str, str]:
-        """{log name: tail} of this run's `role` processes, as evidence for a failing gate."""
-        tails = {}
-        for key, la in self.launchers.items():
-            if la.record is None or la.record.role != role:
-                continue
-            for label, path in (("stdout", la.record.log_path), ("exo.log", la.record.exo_log_path),
-                                ("runner-stderr", la.record.runner_log_path)):
-                text = exologs.tail(la.node, path, EVIDENCE_TAIL_BYTES, la.record.log_marks.get(path))
+        """{log name: tail} of this run's `role` processes, as evidence for a failing gate; every node read at once."""
+        las = {abs(key): la for key, la in self.launchers.items() if la.record is not None and la.record.role == role}
+
+        def tails_of(k: int) -> dict[str, str]:
+            rec, out = las[k].record, {}
+            for label, path in (("stdout", rec.log_path), ("exo.log", rec.exo_log_path),
+                                ("runner-stderr", rec.runner_log_path)):
+                text = exologs.tail(las[k].node, path, EVIDENCE_TAIL_BYTES, rec.log_marks.get(path))
                 if text:
-                    tails[f"node{abs(key)}-{role}-{label}"] = text
-        return tails
+                    out[f"node{k}-{role}-{label}"] = text
+            return out
+        return {name: text for tails in each(sorted(las), tails_of).values() for name, text in tails.items()}
 
     def keep_logs(self, role: str = "cluster", max_bytes: int = KEEP_LOG_BYTES) -> dict[str, str]:
         """Copy the logs of this run's `role` processes into the run folder (see the module docstring);
@@ -314,16 +315,12 @@ class ExoCluster:
 
     def gone(self) -> dict[int, str]:
         """{k: "pid N"} of the cluster processes this run started or adopted and did not stop that are no longer
-        running (pid and start time checked); a node whose probe fails is left out (unknown is not gone)."""
-        out = {}
-        for k in self.ks:
-            la = self.launchers.get(k)
-            if la is None or la.record is None or la.record.role != "cluster" or la.record.stopped:
-                continue
-            row, err = call_safely(la.proc)
-            if row is None and err is None:
-                out[k] = f"pid {la.record.pid}"
-        return out
+        running (pid and start time checked, every node at once); a node whose probe fails is left out (unknown
+        is not gone)."""
+        las = {k: self.launchers[k] for k in self.ks if k in self.launchers and self.launchers[k].record is not None
+               and self.launchers[k].record.role == "cluster" and not self.launchers[k].record.stopped}
+        probed = each(sorted(las), lambda k: call_safely(las[k].proc))
+        return {k: f"pid {las[k].record.pid}" for k, (row, err) in probed.items() if row is None and err is None}
 
     def serving(self) -> dict[str, Any]:
         """Where the model serves (`serving.serving_block`): each node's API URL and node id, the instance placed in

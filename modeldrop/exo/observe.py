@@ -27,6 +27,7 @@ from modeldrop.exo.verdicts import (
     transport_verdict,
 )
 from modeldrop.exo.wait import call_safely, poll
+from modeldrop.pernode import each
 from modeldrop.progress import Progress
 from modeldrop.verdict import Fact, Verdict
 
@@ -74,7 +75,7 @@ def watch_startup(launchers: dict[int, Any], clients: dict[int, ExoClient], sett
     settle: dict[str, float] = {}  # "from": when the settle window started (seconds after t0)
 
     def look() -> dict[int, StartupSample]:
-        out = {k: sample_node(launchers[k], clients[k], t0, clock) for k in launchers}
+        out = each(launchers, lambda k: sample_node(launchers[k], clients[k], t0, clock))
         for k, s in out.items():
             samples[k].append(s)
             if progress is not None:
@@ -125,8 +126,10 @@ def views_of(clients: dict[int, ExoClient]) -> tuple[dict[int, st.ClusterView | 
 def watch_cluster(clients: dict[int, ExoClient], live_ids: dict[int, str], window_s: float,
                   clock: Callable[[], float] = time.monotonic,
                   sleep: Callable[[float], None] = time.sleep,
-                  cancelled: Callable[[], bool] | None = None, progress: Progress | None = None) -> Verdict:
-    """Poll every API until all N nodes and both-way edges show, or the window ends (isolation stop);
+                  cancelled: Callable[[], bool] | None = None, progress: Progress | None = None,
+                  meta: str = "MlxRing") -> Verdict:
+    """Poll every API until all N nodes show, linked as EXO needs to place `meta` over them, or the window ends
+    (isolation stop);
     `cancelled()` true ends it early (the caller no longer needs the answer); `progress` gets what each node's
     API sees (nodes seen / expected, links)."""
     n = len(live_ids)
@@ -137,7 +140,7 @@ def watch_cluster(clients: dict[int, ExoClient], live_ids: dict[int, str], windo
         if progress is not None:
             for k, seen in join_seen(views, errors, live_ids).items():
                 progress.seen(f"node{k}", f"{n} nodes linked both ways in its topology", seen, window_s)
-        return cluster_verdict(live_ids, views, n, errors)
+        return cluster_verdict(live_ids, views, n, errors, meta)
 
     res = poll(look, lambda v: v.ok, window_s, CLUSTER_INTERVAL_S,
                stop=(lambda v: cancelled()) if cancelled else None, clock=clock, sleep=sleep)
@@ -145,6 +148,8 @@ def watch_cluster(clients: dict[int, ExoClient], live_ids: dict[int, str], windo
     v.details["elapsed_s"] = round(clock() - t0, 2)
     if not v.ok and v.facts.get(Fact.isolated):
         v.reword(f"isolated for {window_s:.0f}s (cluster window): ")
+    elif not v.ok and (v.facts.get(Fact.no_ring) or v.facts.get(Fact.one_way)):
+        v.reword(f"for {window_s:.0f}s (cluster window): ")
     return v
 
 
@@ -292,12 +297,11 @@ def serving_verdict(prog: st.InstanceProgress, chat: Verdict | None, tries: int,
 
 # -- transport ------------------------------------------------------------------------------------
 def ring_sockets(nodes: dict[int, Any], port: int) -> dict[int, list[dict]]:
-    """Each node's sockets on the ring port (probe `sockets`: read, never connecting)."""
-    out = {}
-    for k, node in nodes.items():
-        r, _ = call_safely(lambda node=node: node.run_probe("sockets", {"port": port}, timeout=SOCKETS_TIMEOUT_S))
-        out[k] = (r or {}).get("sockets") or []
-    return out
+    """Each node's sockets on the ring port (probe `sockets`: read, never connecting), every node at once."""
+    def probe(k: int) -> list[dict]:
+        r, _ = call_safely(lambda: nodes[k].run_probe("sockets", {"port": port}, timeout=SOCKETS_TIMEOUT_S))
+        return (r or {}).get("sockets") or []
+    return each(sorted(nodes), probe)
 
 
 def check_transport(inst: st.Instance, node_ids: dict[int, str], node_logs: dict[int, str],
@@ -381,32 +385,26 @@ def one_chat(url: str, model_id: str, stream: bool, max_tokens: int = 64, stall_
 
 def run_chats(urls: dict[int, str], model_id: str, stall_s: float = CHAT_STALL_S,
               timeout_s: float = CHAT_TIMEOUT_S) -> Verdict:
-    """Streamed, then non-streamed, through every node's API, each request within timeout_s in all; stops at
-    the first failure (named in the verdict)."""
-    results = []
-    for k, url in sorted(urls.items()):
-        for stream in (True, False):
-            r = one_chat(url, model_id, stream, stall_s=stall_s, timeout_s=timeout_s)
-            r["node"] = k
-            results.append(r)
-            if not chat_verdict([r]).ok:
-                v = chat_verdict(results)
-                v.details["not_tried"] = [f"node{j}" for j in sorted(urls) if j > k]
-                return v
-    return chat_verdict(results)
+    """Streamed and non-streamed, through every node's API, all at once, each request within timeout_s in all; the
+    verdict lists every failure (in node order, streamed first) and each request's latency."""
+    pairs = [(k, stream) for k in sorted(urls) for stream in (True, False)]
+
+    def ask(i: int) -> dict:
+        k, stream = pairs[i]
+        return {**one_chat(urls[k], model_id, stream, stall_s=stall_s, timeout_s=timeout_s), "node": k}
+    t0 = time.monotonic()
+    v = chat_verdict(list(each(range(len(pairs)), ask).values()))
+    v.details["wall_s"] = round(time.monotonic() - t0, 3)
+    return v
 
 
 def serving_check(urls: dict[int, str], model_id: str, timeout_s: float = SERVING_CHAT_S) -> Verdict:
-    """One short non-streamed chat through every node's API (the guide's serving truth), each within timeout_s
-    in all; stops at the first failure."""
-    results = []
-    for k, url in sorted(urls.items()):
-        r = one_chat(url, model_id, False, max_tokens=8, stall_s=min(CHAT_STALL_S, timeout_s), timeout_s=timeout_s)
-        r["node"] = k
-        results.append(r)
-        if not chat_verdict([r]).ok:
-            break
-    return chat_verdict(results)
+    """One short non-streamed chat through every node's API, all at once (the guide's serving truth), each within
+    timeout_s in all."""
+    def ask(k: int) -> dict:
+        return {**one_chat(urls[k], model_id, False, max_tokens=8, stall_s=min(CHAT_STALL_S, timeout_s),
+                           timeout_s=timeout_s), "node": k}
+    return chat_verdict(list(each(sorted(urls), ask).values()))
 
 
 LATENCY_REQUESTS = 3  # short requests per node for the latency-stability judgement

@@ -38,6 +38,7 @@ from modeldrop.exo.launcher import (
     probe_api_port,
     probe_build,
 )
+from modeldrop.pernode import each
 
 
 @dataclass
@@ -146,40 +147,61 @@ def foreign_check(node: Node, k: int, cfg: RunConfig, choice: installs.ExoChoice
     return foreign.scan(node, programs, api_addresses(node), cfg.api_port, _own_pids(node, cfg, k))
 
 
-def exo_preflight(nodes: dict[int, Node], cfg: RunConfig, rerun: str = "pytest gates/") -> ExoPreflight:
-    """Run every exo preflight check on every node; never raises for a node-side problem. `rerun` is the run's
-    own command (the one command that clears foreign exo adds --stop-existing-exo to it)."""
-    out = ExoPreflight([], {}, {"builds": {}, "ports": {}, "exo_choice": {}, "foreign_exo": {}})
-    found: dict[int, list[foreign.ForeignExo]] = {}
-    for k, node in sorted(nodes.items()):
-        nc = cfg.node(k)
-        p = folder_problem(k, nc.model_dir, cfg.model_folder)
-        if p:
+def _empty() -> ExoPreflight:
+    return ExoPreflight([], {}, {"builds": {}, "ports": {}, "exo_choice": {}, "foreign_exo": {}})
+
+
+def node_exo_checks(k: int, node: Node, cfg: RunConfig) -> tuple[ExoPreflight, list[foreign.ForeignExo], dict]:
+    """Node k's exo checks (folder, which exo, build and flags, foreign exo, API port, runtime): its own
+    ExoPreflight, the foreign exo found and its runtime; never raises for a node-side problem."""
+    out, found, runtime = _empty(), [], {}
+    nc = cfg.node(k)
+    p = folder_problem(k, nc.model_dir, cfg.model_folder)
+    if p:
+        out.problems.append(p)
+    choice = choose_exo(node, k, cfg, out)
+    try:
+        if choice is not None and choice.path:
+            out.builds[k] = probe_build(node, choice.path)
+            out.evidence["builds"][f"node{k}"] = out.builds[k].__dict__
+            out.problems += flag_problems(k, out.builds[k], cfg)
+            runtime = runtime_of(node, choice.path)
+    except LaunchError as e:
+        out.problems.append(f"node{k}: {e}")
+    except Exception as e:  # noqa: BLE001 - one line per node, not a traceback
+        out.problems.append(f"node{k}: cannot probe exo at {choice and choice.path}: {type(e).__name__}: {e}")
+    try:
+        found = foreign_check(node, k, cfg, choice)
+        out.evidence["foreign_exo"][f"node{k}"] = [f.to_json() for f in found]
+    except Exception as e:  # noqa: BLE001
+        out.warnings.append(f"node{k}: cannot list the exo processes running there: {type(e).__name__}: {e}")
+    try:
+        p, r = port_problem(node, k, cfg, {f.pid for f in found})
+        out.evidence["ports"][f"node{k}"] = r
+        if p and not cfg.stop_existing_exo:
             out.problems.append(p)
-        choice = choose_exo(node, k, cfg, out)
-        try:
-            if choice is not None and choice.path:
-                out.builds[k] = probe_build(node, choice.path)
-                out.evidence["builds"][f"node{k}"] = out.builds[k].__dict__
-                out.problems += flag_problems(k, out.builds[k], cfg)
-        except LaunchError as e:
-            out.problems.append(f"node{k}: {e}")
-        except Exception as e:  # noqa: BLE001 - one line per node, not a traceback
-            out.problems.append(f"node{k}: cannot probe exo at {choice and choice.path}: {type(e).__name__}: {e}")
-        try:
-            found[k] = foreign_check(node, k, cfg, choice)
-            out.evidence["foreign_exo"][f"node{k}"] = [f.to_json() for f in found[k]]
-        except Exception as e:  # noqa: BLE001
-            out.warnings.append(f"node{k}: cannot list the exo processes running there: {type(e).__name__}: {e}")
-        try:
-            p, r = port_problem(node, k, cfg, {f.pid for f in found.get(k, [])})
-            out.evidence["ports"][f"node{k}"] = r
-            if p and not cfg.stop_existing_exo:
-                out.problems.append(p)
-            elif p:
-                out.evidence["ports"][f"node{k}"]["note"] = "in use; --stop-existing-exo will stop it if it is exo"
-        except Exception as e:  # noqa: BLE001
-            out.problems.append(f"node{k}: cannot check API port {cfg.api_port}: {type(e).__name__}: {e}")
+        elif p:
+            out.evidence["ports"][f"node{k}"]["note"] = "in use; --stop-existing-exo will stop it if it is exo"
+    except Exception as e:  # noqa: BLE001
+        out.problems.append(f"node{k}: cannot check API port {cfg.api_port}: {type(e).__name__}: {e}")
+    return out, found, runtime
+
+
+def exo_preflight(nodes: dict[int, Node], cfg: RunConfig, rerun: str = "pytest gates/") -> ExoPreflight:
+    """Run every exo preflight check on every node, all nodes at once; never raises for a node-side problem.
+    `rerun` is the run's own command (the one command that clears foreign exo adds --stop-existing-exo to it)."""
+    out = _empty()
+    found: dict[int, list[foreign.ForeignExo]] = {}
+    runtimes: dict[int, dict] = {}
+    for k, (part, found[k], runtime) in each(sorted(nodes), lambda k: node_exo_checks(k, nodes[k], cfg)).items():
+        out.problems += part.problems
+        out.warnings += part.warnings
+        out.notes += part.notes
+        out.builds.update(part.builds)
+        for key, val in part.evidence.items():
+            out.evidence[key].update(val)
+        if k in part.builds:
+            runtimes[k] = runtime
     problems, warnings = foreign.preflight_lines({k: v for k, v in found.items() if v}, cfg, rerun)
     out.problems += problems
     out.warnings += warnings
@@ -194,7 +216,6 @@ def exo_preflight(nodes: dict[int, Node], cfg: RunConfig, rerun: str = "pytest g
         out.warnings += out.synch.warnings
         out.evidence["synch_flag"] = {"setting": cfg.exo_synch_flag, "args": list(out.synch.args),
                                       "lacking": {f"node{k}": exe for k, exe in out.synch.lacking.items()}}
-    runtimes = {k: runtime_of(nodes[k], b.exe) for k, b in sorted(out.builds.items())}
     out.evidence["runtimes"] = {f"node{k}": r for k, r in runtimes.items()}
     out.warnings += runtime_drift(runtimes)
     lines = {exo_flags.libp2p_port_line(cfg.libp2p_port, b.generation, b.help_flags) for b in out.builds.values()}

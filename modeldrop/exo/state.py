@@ -48,11 +48,14 @@ def untag(obj: Any) -> tuple[str | None, dict]:
 # -- nodes and topology ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Topology:
-    """Node ids and directed edges (source, sink) of one API's view."""
+    """Node ids and directed edges (source, sink) of one API's view; `rdma` the pairs with an RDMAConnection
+    (`sourceRdmaIface`), `socket` those with a SocketConnection (`sinkMultiaddr`; every edge of the older shape)."""
 
     nodes: frozenset[str]
     edges: frozenset[tuple[str, str]]
     shape: str  # "adjacency" (2026-01-19+), "list" (older), "missing"
+    socket: frozenset[tuple[str, str]] = frozenset()
+    rdma: frozenset[tuple[str, str]] = frozenset()
 
     def both_ways(self, a: str, b: str) -> bool:
         return (a, b) in self.edges and (b, a) in self.edges
@@ -77,17 +80,24 @@ def parse_topology(topo: Any) -> Topology:
                 nodes.add(str(nid))
     conns = topo.get("connections")
     edges: set[tuple[str, str]] = set()
+    socket: set[tuple[str, str]] = set()
+    rdma: set[tuple[str, str]] = set()
     if isinstance(conns, dict):
         for src, sinks in conns.items():
             for sink, lst in (sinks or {}).items():
-                if lst:
-                    edges.add((str(src), str(sink)))
-        return Topology(frozenset(nodes), frozenset(edges), "adjacency")
+                pair = (str(src), str(sink))
+                for edge in lst or []:
+                    edges.add(pair)
+                    if isinstance(edge, dict) and pick(edge, "sourceRdmaIface"):
+                        rdma.add(pair)
+                    elif isinstance(edge, dict) and pick(edge, "sinkMultiaddr"):
+                        socket.add(pair)
+        return Topology(frozenset(nodes), frozenset(edges), "adjacency", frozenset(socket), frozenset(rdma))
     for c in conns or []:
         a, b = pick(c, "localNodeId"), pick(c, "sendBackNodeId")
         if a and b:
             edges.add((str(a), str(b)))
-    return Topology(frozenset(nodes), frozenset(edges), "list")
+    return Topology(frozenset(nodes), frozenset(edges), "list", frozenset(edges))
 
 
 def node_identities(state: dict) -> dict[str, dict]:
@@ -109,6 +119,7 @@ class ClusterView:
     memory: frozenset[str]
     topology: Topology
     friendly: dict[str, str] = field(default_factory=dict)
+    rdma_ctl: dict[str, bool] | None = None  # nodeRdmaCtl (NEW): RDMA enabled per node; None when not reported
 
     @property
     def members(self) -> frozenset[str]:
@@ -126,8 +137,10 @@ def cluster_view(state: dict) -> ClusterView:
     idents = node_identities(state)
     mem = pick(state, "nodeMemory")
     friendly = {k: str(pick(v, "friendlyName") or "") for k, v in idents.items()}
+    ctl = pick(state, "nodeRdmaCtl")
+    rdma_ctl = {str(k): bool(pick(v, "enabled")) for k, v in ctl.items()} if isinstance(ctl, dict) else None
     return ClusterView(frozenset(idents), frozenset(mem or {}) if isinstance(mem, dict) else frozenset(),
-                       parse_topology(pick(state, "topology")), friendly)
+                       parse_topology(pick(state, "topology")), friendly, rdma_ctl)
 
 
 # -- instances ------------------------------------------------------------------------------------

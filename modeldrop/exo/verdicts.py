@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modeldrop.exo.logs import HostfileLine
+from modeldrop.exo.placeable import LinkRule, ring_rule
 from modeldrop.exo.state import ClusterView, Instance, InstanceProgress
 from modeldrop.verdict import Verdict
 
@@ -62,12 +63,15 @@ def startup_verdict(samples: dict[int, list[StartupSample]], expected_start: dic
 
 # -- cluster (phase 5) ----------------------------------------------------------------------------
 def cluster_verdict(live_ids: dict[int, str], views: dict[int, ClusterView | None], n: int,
-                    errors: dict[int, str] | None = None) -> Verdict:
-    """Every node's API lists all N live node ids, no others, and edges both ways for every pair; a node whose
+                    errors: dict[int, str] | None = None, meta: str = "MlxRing") -> Verdict:
+    """Every node's API lists all N live node ids and no others, and its topology lets EXO place `meta` over all
+    N nodes (`placeable.ring_rule`: MlxRing a ring whose neighbours link both ways, MlxJaccl every pair); pairs
+    with no link that no ring needs are listed in details["links_not_needed"], never a failure. A node whose
     /state did not answer is named with `errors[k]` (why not)."""
     want = sorted(live_ids.values())
     name = {v: f"node{k}" for k, v in live_ids.items()}
-    problems, isolated = [], []
+    problems, isolated, seen_by = [], [], {}
+    rules: dict[int, LinkRule] = {}
     for k, view in sorted(views.items()):
         if view is None:
             why = (errors or {}).get(k)
@@ -84,16 +88,27 @@ def cluster_verdict(live_ids: dict[int, str], views: dict[int, ClusterView | Non
             problems.append(f"node{k} lists {len(extra)} node id(s) that no node answers as /node_id "
                             f"(ghosts or another exo in the namespace): {', '.join(x[:12] for x in extra)}")
         if not missing:
-            gaps = view.topology.missing_edges(want)
-            if gaps:
-                problems.append(f"node{k}: no edge " + ", ".join(f"{name[a]}->{name[b]}" for a, b in gaps))
-    details = {"live_ids": {f"node{k}": v for k, v in live_ids.items()},
-               "views": {f"node{k}": (v.summary() if v else None) for k, v in views.items()}}
+            rules[k] = ring_rule([live_ids[j] for j in sorted(live_ids)], view.topology, meta, name, view.rdma_ctl)
+            if not rules[k].ok:
+                seen_by.setdefault(rules[k].problem, []).append(f"node{k}")
+    problems += [p if len(ks) == len(views) else f"{p} (in the topology {', '.join(ks)} serve{'s' * (len(ks) == 1)})"
+                 for p, ks in seen_by.items()]
+    failing = [r for r in rules.values() if not r.ok]
+    details = {"live_ids": {f"node{k}": v for k, v in live_ids.items()}, "instance_meta": meta,
+               "views": {f"node{k}": (v.summary() if v else None) for k, v in views.items()},
+               "ring": {f"node{k}": [name.get(x, x) for x in r.ring] for k, r in rules.items() if r.ok},
+               "links_not_needed": sorted({note for r in rules.values() if r.ok for note in r.notes})}
     facts = {"isolated": isolated, "n": n, "ghosts": any("ghosts" in p for p in problems),
-             "missing_edges": any("no edge" in p for p in problems)}
+             "missing_edges": any(r.one_way or r.missing_links for r in failing),
+             "no_ring": sorted({x for r in failing for x in r.missing_links}),
+             "one_way": sorted({x for r in failing for x in r.one_way})}
     if problems:
         return Verdict.failed(problems, details, facts)
-    return Verdict.passed(f"{n} node(s), connections both ways for every pair, on every node's API", details, facts)
+    ring = next(iter(details["ring"].values()), [])
+    how = ("one node" if n < 2 else "every pair linked" if meta == "MlxJaccl"
+           else "ring " + " → ".join([*ring, ring[0]]))
+    return Verdict.passed(f"{n} node(s) on every node's API, placeable as {meta} over all of them ({how})",
+                          details, facts)
 
 
 # -- placement (phase 5) --------------------------------------------------------------------------

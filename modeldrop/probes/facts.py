@@ -1,6 +1,7 @@
-"""Probe `facts`: {} -> who and where the node is (python, platform, home, user, PATH, OS version, boot, the
-hardware model and memory, the HF_ENDPOINT its own shell environment sets, which `hf` and exo would use when
-the run sets none, and the exo installs found where exo installs to).
+"""Probe `facts`: {} -> who and where the node is (python, platform, home, user and uid, PATH, OS version, boot,
+hostname and machine id (two targets that reach the same machine and user are one node), the hardware model and
+memory, the HF_ENDPOINT its own shell environment sets, which `hf` and exo would use when the run sets none, and
+the exo installs found where exo installs to).
 
 `boot_id` changes at every boot of the node and only then: Linux's /proc/sys/kernel/random/boot_id, macOS's
 `kern.boottime` (`boottime:<sec>.<usec>`), else the boot time from /proc/stat; None when none can be read. With
@@ -121,6 +122,24 @@ def exo_installs() -> list:
     return out
 
 
+def _machine_id(plat: str):
+    """This machine's id: /etc/machine-id on Linux, the kernel UUID (sysctl kern.uuid) on macOS; None if unknown."""
+    if plat == "darwin":
+        try:
+            out = subprocess.run(["/usr/sbin/sysctl", "-n", "kern.uuid"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, timeout=10, check=False)
+            return out.stdout.decode().strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path) as f:
+                return f.read().strip() or None
+        except OSError:
+            continue
+    return None
+
+
 def main(args: dict) -> dict:
     """Facts about the node and the python running this probe."""
     plat = "darwin" if sys.platform == "darwin" else ("linux" if sys.platform.startswith("linux") else sys.platform)
@@ -146,6 +165,8 @@ def main(args: dict) -> dict:
         "ssh_server_addr": conn[2] if len(conn) >= 3 else None,
         "hostname": socket.gethostname(),
         "boot_id": boot_id(),
+        "machine_id": _machine_id(plat),
+        "uid": os.getuid(),
         "os_version": os_version,
         "pid": os.getpid(),
         "hw_model": hw_model,

@@ -65,6 +65,7 @@ class EmulatorConfig:
     version: str = NEW_VERSION
     node_address: str = "127.0.0.1"
     peer_addresses: tuple[str, ...] = ()
+    unreachable: tuple[str, ...] = ()  # addresses this node's cabling does not reach (a ring's non-neighbours)
     friendly_name: str = "sbx-node"
     ram_total_bytes: int = 17179869184
     ram_available_bytes: int = 12884901888
@@ -113,12 +114,14 @@ def config_from_dict(raw: dict[str, Any]) -> EmulatorConfig:
     gen = raw.get("generation", "new")
     version = raw.get("version") or (NEW_VERSION if gen == "new" else OLD_VERSION)
     simple = {k: v for k, v in raw.items()
-              if k in EmulatorConfig.__dataclass_fields__ and k not in ("timing", "faults", "peer_addresses")}
+              if k in EmulatorConfig.__dataclass_fields__
+              and k not in ("timing", "faults", "peer_addresses", "unreachable")}
     simple["generation"] = gen
     simple["version"] = version
     return EmulatorConfig(
         **simple,
         peer_addresses=tuple(raw.get("peer_addresses", ())),
+        unreachable=tuple(raw.get("unreachable") or ()),
         timing=_timing(raw.get("timing") or {}),
         faults=_faults(raw.get("faults") or {}),
     )

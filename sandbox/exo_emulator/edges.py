@@ -2,7 +2,10 @@
 
 Contract: every ``edge_probe_s`` each peer's IPv4 interfaces are probed from the node's own address; an
 edge (snake_case ``sinkMultiaddr``) is created when the peer answers its own id and deleted when it no
-longer does; a failed probe is silent, as in exo.
+longer does; a failed probe is silent, as in exo. An address in the config's ``unreachable`` (the
+sandbox's cabling: a ring's non-neighbours) fails as a host with no route would, so no edge goes there.
+The cluster link (election, state replication, chat forwarding) is not cabled: it stands in for EXO's
+transport, which routes through neighbours.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ class EdgeProber:
                     continue
                 edge = {"sinkMultiaddr": {"address": f"/ip4/{ip}/tcp/{port}", "address_type": "ip4",
                                           "ip_address": ip, "port": port}}
-                ok = _probe(ip, port, self.cfg.node_address) == nid
+                ok = ip not in self.cfg.unreachable and _probe(ip, port, self.cfg.node_address) == nid
                 present = edge in mine.get(nid, [])
                 if ok and not present:
                     self.cluster.publish({"type": "EdgeCreated", "source": self.node_id, "sink": nid, "edge": edge})

@@ -1,9 +1,11 @@
 """exo's placement.
 
 Contract: ``place(state, card, sharding, meta, min_nodes, required)`` returns one camelCase tagged
-Instance or raises ``ValueError`` with exo's exact message. Rank order is the cycle order (each cycle
-starts at its highest topology index, as rustworkx 0.17 gives it); cycles with a leaf node win;
-1-node results are forced to Pipeline/MlxRing; pipeline layers are split by available RAM.
+Instance or raises ``ValueError`` with exo's exact message. Cycles come in rustworkx's order (``cycles.py``,
+over the order edges were added); among the smallest that fit, those with a leaf node win, then the first
+with the best (download score, memory); rank order is that cycle's order, so the emulator ranks 3 and 4
+nodes exactly as EXO would (``tests_selftest/test_placement_rule.py`` compares them with EXO's own
+``place_instance``). 1-node results are forced to Pipeline/MlxRing; pipeline layers are split by available RAM.
 """
 
 from __future__ import annotations
@@ -11,38 +13,31 @@ from __future__ import annotations
 from typing import Any
 
 from .cards import card_json
+from .cycles import simple_cycles
 from .ids import new_uuid, random_ephemeral_port
+from .state import EDGE_ORDER
 
 META_BACKENDS = {"MlxRing": {"MlxMetal", "MlxCuda", "MlxCpu"}, "MlxJaccl": {"MlxMetal"}}
 PLACEHOLDER = {"ip": "198.51.100.1", "port": 0}
 
 
-def simple_cycles(nodes: list[str], conns: dict[str, dict[str, list]]) -> list[list[str]]:
-    """Singletons plus every simple directed cycle, each once, starting at its highest index (as
-    rustworkx 0.17 lists them: for nodes [A, B] the 2-cycle is [B, A], so B gets rank 0)."""
-    order = {n: i for i, n in enumerate(nodes)}
-    cycles: list[list[str]] = [[n] for n in nodes]
+def get_cycles(state: dict[str, Any]) -> list[list[str]]:
+    """EXO's ``Topology.get_cycles()`` for this state, in rustworkx's order (``cycles.py``): nodes in topology
+    order, edges in the order they were added."""
+    topo = state["topology"]
+    order = state.get(EDGE_ORDER)
+    if order is None:  # a state without the order (a /state body): its adjacency order
+        order = [[a, b, e] for a, sinks in topo["connections"].items() for b, es in sinks.items() for e in es]
+    return simple_cycles(topo["nodes"], [(a, b) for a, b, _ in order])
 
-    def dfs(start: str, cur: str, path: list[str]) -> None:
-        for nxt in conns.get(cur, {}):
-            if nxt not in order or not conns[cur][nxt]:
-                continue
-            if nxt == start and len(path) > 1:
-                cycles.append(list(path))
-            elif nxt not in path and order[nxt] < order[start]:
-                dfs(start, nxt, path + [nxt])
 
-    for n in reversed(nodes):
-        dfs(n, n, [n])
-    return cycles
+def _successors(conns: dict[str, dict[str, list]], n: str) -> set[str]:
+    return {m for m, edges in conns.get(n, {}).items() if edges}
 
 
 def _has_leaf(conns: dict[str, dict[str, list]], cycle: list[str]) -> bool:
-    """A cycle containing a leaf (a node with at most one neighbour) is preferred, as in exo."""
-    def neighbours(n: str) -> set[str]:
-        out = {m for m, edges in conns.get(n, {}).items() if edges}
-        return out | {m for m, sinks in conns.items() if sinks.get(n)}
-    return any(len(neighbours(n)) <= 1 for n in cycle)
+    """EXO's ``node_is_leaf``: at most one neighbour (rustworkx ``neighbors``: successors)."""
+    return any(len(_successors(conns, n)) <= 1 for n in cycle)
 
 
 def _avail(state: dict[str, Any], nid: str) -> int:
@@ -121,22 +116,27 @@ def hosts_by_node(cycle: list[str], conns: dict, port: int) -> dict[str, list[di
     return out
 
 
-def _download_score(state: dict, cycle: list[str], model_id: str) -> int:
-    score = 0
-    for nid in cycle:
-        for dl in state["downloads"].get(nid, []):
-            if "DownloadCompleted" not in dl:
-                continue
-            body = next(iter(dl.values()))
-            if next(iter(body["shardMetadata"].values()))["modelCard"]["modelId"] == model_id:
-                score += 1
-    return score
+def _download_fraction(state: dict, nid: str, model_id: str) -> float:
+    """EXO's ``_get_node_download_fraction``: the node's first download entry for the model, as a fraction."""
+    for dl in state["downloads"].get(nid, []):
+        kind, body = next(iter(dl.items()))
+        if next(iter(body["shardMetadata"].values()))["modelCard"]["modelId"] != model_id:
+            continue
+        if kind == "DownloadCompleted":
+            return 1.0
+        prog = body.get("downloadProgress", body) if kind in ("DownloadOngoing", "DownloadPending") else {}
+        total = int((prog.get("total") or {}).get("inBytes") or 0)
+        return int((prog.get("downloaded") or {}).get("inBytes") or 0) / total if total > 0 else 0.0
+    return 0.0
+
+
+def _download_score(state: dict, cycle: list[str], model_id: str) -> float:
+    return sum(_download_fraction(state, nid, model_id) for nid in cycle)
 
 
 def _filter_cycles(state: dict, card: dict, sharding: str, meta: str, min_nodes: int,
                    required: set[str] | None) -> list[list[str]]:
-    topo = state["topology"]
-    cycles = [c for c in simple_cycles(topo["nodes"], topo["connections"]) if len(c) >= min_nodes]
+    cycles = [c for c in get_cycles(state) if len(c) >= min_nodes]
     if required:
         cycles = [c for c in cycles if required.issubset(c)]
     storage = card["storage_size"]["in_bytes"]
@@ -177,8 +177,8 @@ def place(state: dict[str, Any], card: dict[str, Any], sharding: str, meta: str,
             raise ValueError("Requested RDMA (MlxJaccl) but no RDMA-connected cycles available")
         cycles = rdma
     conns = state["topology"]["connections"]
-    cycle = max(cycles, key=lambda c: (_has_leaf(conns, c), _download_score(state, c, card["model_id"]),
-                                       sum(_avail(state, n) for n in c)))
+    cycles = [c for c in cycles if _has_leaf(conns, c)] or cycles
+    cycle = max(cycles, key=lambda c: (_download_score(state, c, card["model_id"]), sum(_avail(state, n) for n in c)))
     if len(cycle) == 1:
         sharding, meta = "Pipeline", "MlxRing"
     assignments = _shards(state, card, cycle, sharding, generation)

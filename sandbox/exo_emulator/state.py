@@ -23,6 +23,9 @@ NODE_MAPS = ("nodeIdentities", "nodeMemory", "nodeDisk", "nodeSystem", "nodeNetw
 INFO_FIELDS = {"identity": "nodeIdentities", "memory": "nodeMemory", "disk": "nodeDisk",
                "system": "nodeSystem", "network": "nodeNetwork", "thunderbolt": "nodeThunderbolt",
                "thunderboltBridge": "nodeThunderboltBridge", "rdmaCtl": "nodeRdmaCtl", "backends": "nodeBackends"}
+# Not in /state: every topology edge [source, sink, edge] in the order it was added, as EXO's rustworkx graph
+# holds them (its cycle order, and so placement's rank order, follows it; see cycles.py).
+EDGE_ORDER = "_edgeOrder"
 
 
 def utc_stamp(epoch_s: float | None = None) -> str:
@@ -51,6 +54,7 @@ class State:
         d["topology"] = {"nodes": [], "connections": {}}
         d["lastEventAppliedIdx"] = -1
         d["thunderboltBridgeCycles"] = []
+        d[EDGE_ORDER] = []
         return d
 
     def reset(self) -> None:
@@ -58,6 +62,7 @@ class State:
 
     def to_json(self, generation: str) -> dict[str, Any]:
         out = copy.deepcopy(self.data)
+        out.pop(EDGE_ORDER, None)
         if generation != "new":
             for k in OLD_ONLY_MISSING:
                 out.pop(k, None)
@@ -101,6 +106,7 @@ class State:
         topo["connections"].pop(nid, None)
         for sinks in topo["connections"].values():
             sinks.pop(nid, None)
+        self.data[EDGE_ORDER] = [x for x in self.data[EDGE_ORDER] if nid not in x[:2]]
         for key in (*NODE_MAPS, "lastSeen", "downloads"):
             self.data[key].pop(nid, None)
 
@@ -111,6 +117,7 @@ class State:
         edges = topo["connections"].setdefault(e["source"], {}).setdefault(e["sink"], [])
         if e["edge"] not in edges:
             edges.append(e["edge"])
+            self.data[EDGE_ORDER].append([e["source"], e["sink"], e["edge"]])
 
     def _on_EdgeDeleted(self, e: dict[str, Any]) -> None:
         conns = self.data["topology"]["connections"]
@@ -119,6 +126,7 @@ class State:
             return
         if e["edge"] in edges:
             edges.remove(e["edge"])
+            self.data[EDGE_ORDER].remove([e["source"], e["sink"], e["edge"]])
         if not edges:
             del conns[e["source"]][e["sink"]]
         if not conns[e["source"]]:

@@ -24,6 +24,8 @@ ROLES = (
     "real",  # the 2-node sandbox of the real-EXO runs (runs/test_real_exo)
     "sbxtest",  # the sandbox the sandbox's own tests bring up and tear down (unit/sandbox/test_cluster)
     "local",  # one-node local sandboxes and the transport stand-in's addresses (unit/sandbox)
+    "four",  # the 4-node emulator sandbox of the scale runs (runs/test_scale)
+    "three",  # the 3-node real-EXO sandbox of the scale runs (runs/test_scale)
 )
 
 

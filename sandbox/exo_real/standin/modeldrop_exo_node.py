@@ -2,8 +2,8 @@
 
 Several sandbox nodes (and several sandboxes) share one host, while real EXO binds 0.0.0.0 and
 uses one port on every node. `apply()` (called by the node's `exo` entry point, in EXO's process
-and again in each runner process, which re-imports the entry point) patches three library calls,
-all keyed on `MODELDROP_EXO_NODE_ADDRESS`:
+and again in each runner process, which re-imports the entry point) patches four library calls,
+keyed on `MODELDROP_EXO_NODE_ADDRESS`:
 - hypercorn's `Config.bind`: `0.0.0.0:<port>` becomes `<node address>:<port>` (EXO's API bind);
 - psutil's `net_if_addrs()`: the node's own address alone (EXO advertises these interfaces, and
   its peers' reachability probes and ring placement use them);
@@ -11,15 +11,21 @@ all keyed on `MODELDROP_EXO_NODE_ADDRESS`:
   becomes `<node address>:<port>`, so ranks on one host do not collide; and a 1 s pause before the
   init, which blocks holding the GIL, so the runner's RunnerConnecting status leaves first (without
   it two CPU ranks deadlock: each waits for the other's status).
+- socket `connect`: an address in `MODELDROP_EXO_UNREACHABLE` (the sandbox's cabling: on a ring, the
+  nodes that are not this node's neighbours) fails with EHOSTUNREACH, as a Mac on a Thunderbolt ring with
+  no shared LAN cannot reach a non-neighbour: EXO's `/node_id` reachability probes to it fail (no
+  topology edge), and so would anything else EXO dialled there.
 Nothing else changes; without the variable `apply()` does nothing.
 `load_faults(path)` turns the node's fault switches (the `faults` object of a JSON file) into
 environment variables EXO's processes inherit: `namespace` (the transport stand-in discovers
 under that namespace instead: a mismatch) and `runner_sigkill_s` (every runner process SIGKILLs
-itself that many seconds after it starts, as an OOM kill would).
+itself that many seconds after it starts, as an OOM kill would); and its cabling, the file's
+`unreachable` addresses, into `MODELDROP_EXO_UNREACHABLE`.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -27,6 +33,7 @@ import time
 from typing import Any
 
 ADDRESS_ENV = "MODELDROP_EXO_NODE_ADDRESS"
+UNREACHABLE_ENV = "MODELDROP_EXO_UNREACHABLE"
 PRE_INIT_PAUSE_S = 1.0
 
 
@@ -95,13 +102,39 @@ def _patch_ring_hostfile(address: str) -> None:
     mx.distributed.init = init
 
 
+def unreachable(address: Any) -> bool:
+    """Is this socket address one the node's cabling does not reach (`MODELDROP_EXO_UNREACHABLE`)?"""
+    blocked = os.environ.get(UNREACHABLE_ENV)
+    return bool(blocked) and isinstance(address, tuple) and bool(address) and address[0] in blocked.split(",")
+
+
+def _patch_connect() -> None:
+    cls = socket.socket
+    if getattr(cls.connect, "modeldrop", False):
+        return
+    original, original_ex = cls.connect, cls.connect_ex
+
+    def connect(self: socket.socket, address: Any) -> None:
+        if unreachable(address):
+            raise OSError(errno.EHOSTUNREACH, f"{os.strerror(errno.EHOSTUNREACH)} (sandbox cabling)")
+        return original(self, address)
+
+    def connect_ex(self: socket.socket, address: Any) -> int:
+        return errno.EHOSTUNREACH if unreachable(address) else original_ex(self, address)
+
+    connect.modeldrop = connect_ex.modeldrop = True  # type: ignore[attr-defined]
+    cls.connect, cls.connect_ex = connect, connect_ex  # type: ignore[method-assign]
+
+
 def load_faults(path: str) -> None:
     """Export the fault switches of `path` (see the module docstring); a missing file means none."""
     try:
         with open(path) as f:
-            faults = json.load(f).get("faults") or {}
+            config = json.load(f)
     except (OSError, ValueError):
-        faults = {}
+        config = {}
+    faults = config.get("faults") or {}
+    os.environ[UNREACHABLE_ENV] = ",".join(config.get("unreachable") or [])
     for key, var in (("namespace", "MODELDROP_EXO_FAULT_NAMESPACE"),
                      ("runner_sigkill_s", "MODELDROP_EXO_FAULT_RUNNER_KILL_S")):
         if faults.get(key) is not None:
@@ -124,7 +157,7 @@ def _runner_self_kill() -> None:
 
 
 def apply(runner: bool = False) -> None:
-    """Install the three patches for `$MODELDROP_EXO_NODE_ADDRESS` (no-op when unset); `runner`: this is
+    """Install the patches for `$MODELDROP_EXO_NODE_ADDRESS` (no-op when unset); `runner`: this is
     a runner process (the entry point re-imported as `__mp_main__`), where a runner fault may act."""
     address = os.environ.get(ADDRESS_ENV)
     if not address:
@@ -132,5 +165,6 @@ def apply(runner: bool = False) -> None:
     _patch_bind(address)
     _patch_interfaces(address)
     _patch_ring_hostfile(address)
+    _patch_connect()
     if runner:
         _runner_self_kill()

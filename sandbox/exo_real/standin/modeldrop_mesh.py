@@ -5,13 +5,19 @@ EXO processes of one sandbox, started lazily on first use (EXO creates its handl
 loop and uses it in another, so no asyncio object is made before then):
 - discovery: every `HELLO_S` a UDP hello (namespace digest, identity, TCP port) goes from the
   node's own address (`MODELDROP_EXO_NODE_ADDRESS`) to every address in
-  `MODELDROP_EXO_PEER_ADDRESSES` on the same discovery port; hellos of another namespace are
+  `MODELDROP_EXO_PEER_ADDRESSES` but those in `MODELDROP_EXO_UNREACHABLE` (the sandbox's cabling: a
+  ring leaves out the non-neighbours) on the same discovery port; hellos of another namespace are
   dropped, so a namespace mismatch isolates the node. The lower identity dials.
-- links: TCP, length-prefixed frames; a peer silent for `PEER_TIMEOUT_S` or whose link closes is
-  gone. `next_event()` gives ("conn", peer, bool) per peer that comes or goes (plus one
-  ("conn", "", True) at start when `start_event`) and ("msg", origin, topic, data) per message.
+- links: TCP, length-prefixed frames, to the nodes discovered (direct peers); a peer silent for
+  `PEER_TIMEOUT_S` or whose link closes is gone. `next_event()` gives ("conn", peer, bool) per direct
+  peer that comes or goes (plus one ("conn", "", True) at start when `start_event`) and ("msg", origin,
+  topic, data) per message, `origin` the node that published it.
+- routing (as gossipsub and zenoh's peers forward): a message and each node's subscriptions are flooded
+  over the links, each message once per node (its id), so on a ring a node reaches the ones it has no
+  link to through its neighbours. A frame carries the nodes already sent it, so a full mesh forwards
+  nothing. A node's subscriptions are re-announced every `HELLO_S` and forgotten after `PEER_TIMEOUT_S`.
 - pub/sub: a message goes to the other nodes subscribed to its topic, never back to its sender;
-  a topic no peer subscribes to is dropped silently.
+  a topic no node subscribes to is dropped silently (`publish` returns how many nodes subscribe).
 - fault switch: `MODELDROP_EXO_FAULT_NAMESPACE` replaces the namespace EXO passed (mismatch injection).
 Standard library only.
 """
@@ -26,12 +32,14 @@ import socket
 import struct
 import threading
 import time
-from collections import deque
+import uuid
+from collections import OrderedDict, deque
 from typing import Any
 
 HELLO_S = 0.5
 PEER_TIMEOUT_S = 6.0
 _LEN = struct.Struct("!I")
+SEEN_MAX = 4096  # message ids remembered (a flood brings each message at most once per link)
 
 
 def _digest(namespace: str) -> str:
@@ -76,7 +84,6 @@ class _Peer:
 
     def __init__(self, ident: str, sock: socket.socket) -> None:
         self.ident, self.sock = ident, sock
-        self.topics: set[str] = set()
         self.send_lock = threading.Lock()
         self.last_seen = time.monotonic()
 
@@ -121,10 +128,15 @@ class Mesh:
         self.namespace = os.environ.get("MODELDROP_EXO_FAULT_NAMESPACE") or namespace
         self.listen_port, self.discovery_port = listen_port, discovery_port
         self.address = os.environ.get("MODELDROP_EXO_NODE_ADDRESS", "127.0.0.1")
-        self.peer_addresses = [a for a in os.environ.get("MODELDROP_EXO_PEER_ADDRESSES", "").split(",") if a]
+        unreachable = set(os.environ.get("MODELDROP_EXO_UNREACHABLE", "").split(","))
+        self.peer_addresses = [a for a in os.environ.get("MODELDROP_EXO_PEER_ADDRESSES", "").split(",")
+                               if a and a not in unreachable]
         self.inbox = Inbox()
         self.topics: set[str] = set()
         self.peers: dict[str, _Peer] = {}
+        self.subs: dict[str, tuple[str, int, frozenset[str], float]] = {}  # origin -> (boot, seq, topics, heard)
+        self._boot, self._seq = uuid.uuid4().hex, 0
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
         self.hello_seen: dict[str, float] = {}
         self._dialing: set[str] = set()
         self._start_event = start_event
@@ -160,6 +172,7 @@ class Mesh:
                     except OSError:
                         pass
             self._expire_silent_peers()
+            self._announce()
             time.sleep(HELLO_S)
 
     def _discovery_loop(self) -> None:
@@ -216,27 +229,20 @@ class Mesh:
                 peer = _Peer(ident, sock)
                 self.peers[ident] = peer
                 self.hello_seen[ident] = time.monotonic()
-                topics = list(self.topics)
         if not ok:
             sock.close()
             return
-        for topic in topics:
-            peer.send(b"S", topic.encode())
+        self._announce()
         self.inbox.put(("conn", ident, True))
         self._read_loop(peer)
 
     def _read_loop(self, peer: _Peer) -> None:
         while (frame := _read_frame(peer.sock)) is not None:
             kind, payload = frame
-            if kind == b"S":
-                peer.topics.add(payload.decode())
-            elif kind == b"U":
-                peer.topics.discard(payload.decode())
+            if kind == b"T":
+                self._on_subs(peer, payload)
             elif kind == b"M":
-                n = struct.unpack("!H", payload[:2])[0]
-                topic = payload[2:2 + n].decode()
-                if topic in self.topics:
-                    self.inbox.put(("msg", peer.ident, topic, payload[2 + n:]))
+                self._on_message(peer, payload)
         self._drop(peer)
 
     def _drop(self, peer: _Peer) -> None:
@@ -251,6 +257,66 @@ class Mesh:
         peer.sock.close()
         self.inbox.put(("conn", peer.ident, False))
 
+    # -- routing ----------------------------------------------------------------------------------
+    def _flood(self, kind: bytes, head: dict[str, Any], body: bytes, skip: str | None = None) -> int:
+        """Send a frame (JSON head, body) to every direct peer not in head["via"] (nor `skip`); adds them to it."""
+        with self._lock:
+            peers = [p for i, p in self.peers.items() if i != skip and i not in head["via"]]
+        head = dict(head, via=sorted({*head["via"], self.identity, *(p.ident for p in peers)}))
+        raw = json.dumps(head).encode()
+        frame = _LEN.pack(len(raw)) + raw + body
+        sent = 0
+        for p in peers:
+            if p.send(kind, frame):
+                sent += 1
+            else:
+                self._drop(p)
+        return sent
+
+    def _fresh(self, msg_id: bytes) -> bool:
+        with self._lock:
+            if msg_id in self._seen:
+                return False
+            self._seen[msg_id] = None
+            while len(self._seen) > SEEN_MAX:
+                self._seen.popitem(last=False)
+            return True
+
+    def _announce(self) -> None:
+        """Flood this node's subscriptions (a fresh sequence number each time)."""
+        with self._lock:
+            self._seq += 1
+            head = {"o": self.identity, "boot": self._boot, "seq": self._seq, "topics": sorted(self.topics),
+                    "via": []}
+        self._flood(b"T", head, b"")
+
+    def _on_subs(self, peer: _Peer, payload: bytes) -> None:
+        n = _LEN.unpack(payload[:4])[0]
+        head = json.loads(payload[4:4 + n])
+        origin = str(head["o"])
+        with self._lock:
+            boot, seq = self.subs.get(origin, ("", -1, frozenset(), 0.0))[:2]
+            if origin == self.identity or (head["boot"] == boot and head["seq"] <= seq):
+                return  # our own, or already had it (an announcement reaches a node once per link)
+            self.subs[origin] = (str(head["boot"]), int(head["seq"]), frozenset(head["topics"]), time.monotonic())
+        self._flood(b"T", head, b"", skip=peer.ident)
+
+    def subscribers(self, topic: str) -> list[str]:
+        """The other nodes subscribed to `topic`, as last announced within `PEER_TIMEOUT_S`."""
+        horizon = time.monotonic() - PEER_TIMEOUT_S
+        with self._lock:
+            return [o for o, (_, _, topics, heard) in self.subs.items() if topic in topics and heard >= horizon]
+
+    def _on_message(self, peer: _Peer, payload: bytes) -> None:
+        n = _LEN.unpack(payload[:4])[0]
+        head = json.loads(payload[4:4 + n])
+        if not self._fresh(bytes.fromhex(head["id"])):
+            return
+        data = payload[4 + n:]
+        if head["o"] != self.identity and head["t"] in self.topics:
+            self.inbox.put(("msg", head["o"], head["t"], data))
+        self._flood(b"M", head, data, skip=peer.ident)
+
     # -- pub/sub ----------------------------------------------------------------------------------
     def subscribe(self, topic: str) -> bool:
         self.start()
@@ -258,9 +324,7 @@ class Mesh:
             if topic in self.topics:
                 return False
             self.topics.add(topic)
-            peers = list(self.peers.values())
-        for p in peers:
-            p.send(b"S", topic.encode())
+        self._announce()
         return True
 
     def unsubscribe(self, topic: str) -> bool:
@@ -269,25 +333,18 @@ class Mesh:
             if topic not in self.topics:
                 return False
             self.topics.discard(topic)
-            peers = list(self.peers.values())
-        for p in peers:
-            p.send(b"U", topic.encode())
+        self._announce()
         return True
 
     def publish(self, topic: str, data: bytes) -> int:
-        """To every other node subscribed to `topic` (nobody subscribed: dropped); returns how many got it."""
+        """To every other node subscribed to `topic` (nobody subscribed: dropped); returns how many subscribe."""
         self.start()
-        t = topic.encode()
-        payload = struct.pack("!H", len(t)) + t + bytes(data)
-        with self._lock:
-            peers = [p for p in self.peers.values() if topic in p.topics]
-        sent = 0
-        for p in peers:
-            if p.send(b"M", payload):
-                sent += 1
-            else:
-                self._drop(p)
-        return sent
+        subscribed = len(self.subscribers(topic))
+        if subscribed:
+            msg_id = uuid.uuid4().bytes
+            self._fresh(msg_id)
+            self._flood(b"M", {"id": msg_id.hex(), "o": self.identity, "t": topic, "via": []}, bytes(data))
+        return subscribed
 
     async def next_event(self) -> tuple[Any, ...]:
         self.start()

@@ -153,3 +153,27 @@ def test_a_case_whose_prompts_drift_says_so(server: CalibServer, tmp_path: Path)
     text = format_case(payload)
     assert text.splitlines()[1].startswith("WARNING: prompt length drift: 3 of 3 requests")  # under the name
     assert "asked 128, server counted 129 x3" in text and "NOT exact" in text
+def test_concurrency_goes_through_every_nodes_api(server: CalibServer, tmp_path: Path) -> None:
+    """With several nodes, thread i of a concurrency case sends through node (i mod N)'s API: both servers see
+    the load, and the case JSON and its report hold each node's figures."""
+    other = CalibServer.start(answers={}, answers_path=tmp_path / "answers2.json",
+                              defaults={"ttft_ms": 10, "gap_ms": 5, "reasoning": 5})
+    try:
+        one, two = BenchClient(server.url, server.model), BenchClient(other.url, server.model)
+        ctx = cases.BenchContext(client=one, model_id=server.model, fingerprint="fp", run_dir=tmp_path / "run",
+                                 profile=cases.PROFILES["short"], sizer=cases.make_sizer(one, None),
+                                 endpoint=CHAT_PATH, reports_dir=tmp_path, sink=None, node_clients={1: one, 2: two})
+        server.reset_log()
+        other.reset_log()
+        case = next(c for c in cases.cases_for("concurrency", ctx.profile) if c.params["concurrency"] == 4)
+        out = cases.run_case(case, ctx).payload
+        rounds = case.params["rounds"]
+        per = out["summary"]["per_node"]
+        assert set(per) == {"node1", "node2"} and out["config"]["nodes"] == 2, per
+        assert all(p["threads"] == 2 and p["requests"] == 2 * rounds and p["errors"] == 0 for p in per.values()), per
+        measured = [e for e in other.log() if e["n"] > ctx.profile.warmup_max_tokens]
+        assert len(measured) == 2 * rounds, other.log()  # node2's API served its two threads' requests
+        text = format_case(out)
+        assert "node1: 2 thread(s)" in text and "node2: 2 thread(s)" in text, text
+    finally:
+        other.stop()

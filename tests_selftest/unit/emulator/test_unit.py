@@ -21,7 +21,7 @@ from sandbox.exo_emulator.ids import new_node_id, random_ephemeral_port
 from sandbox.exo_emulator.logs import ExoLogger, zstd_raw_frame
 from sandbox.exo_emulator.models import find_model
 from sandbox.exo_emulator.paths import exo_paths, models_dirs
-from sandbox.exo_emulator.placement import place, previews, simple_cycles
+from sandbox.exo_emulator.placement import get_cycles, place, previews
 from sandbox.exo_emulator.state import State
 
 # contract §2.2, in order
@@ -172,7 +172,7 @@ GB = 1024 ** 3
 
 def test_placement_rules() -> None:
     st = _state({"a": 8 * GB, "bb": 8 * GB}, [("a", "bb"), ("bb", "a")])
-    assert sorted(map(len, simple_cycles(st["topology"]["nodes"], st["topology"]["connections"]))) == [1, 1, 2]
+    assert sorted(map(len, get_cycles(st))) == [1, 1, 2]
     one = place(st, LLAMA, "Tensor", "MlxRing", 1, "new")  # 1-node: forced Pipeline/MlxRing
     old_one = place(_state({"a": 8 * GB}, [], "old"), LLAMA, "Tensor", "MlxJaccl", 1, "old")
     assert "MlxRingInstance" in old_one  # OLD: no rdma_ctl gate, a singleton is trivially RDMA

@@ -63,7 +63,8 @@ def test_an_exit_inside_the_window_still_fails_startup():
 
 
 def _cluster(clients: dict) -> ExoCluster:
-    cluster = ExoCluster(SimpleNamespace(cluster_window_s=30.0, settle_window_s=10.0, nodes=[]), None, None)
+    cfg = SimpleNamespace(cluster_window_s=30.0, settle_window_s=10.0, nodes=[], instance_meta="MlxRing")
+    cluster = ExoCluster(cfg, None, None)
     cluster.clients = lambda: clients  # type: ignore[method-assign]
     return cluster
 

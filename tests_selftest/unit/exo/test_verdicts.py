@@ -61,11 +61,42 @@ def test_cluster_verdict_ok_isolated_one_way_and_ghost():
     assert not v.ok and v.facts["isolated"] == [1] and "node1 sees 1/2 nodes (missing node2)" in v.summary
     one_way = st.cluster_view(new_state(topology={"nodes": [A, B], "connections": {A: {B: [{}]}}}))
     v = cluster_verdict({1: A, 2: B}, {1: one_way, 2: view}, 2)
-    assert not v.ok and "no edge node2->node1" in v.summary and v.facts["missing_edges"]
-    ghost = st.cluster_view(new_state(topology={"nodes": [A, B, "ghost"],
-                                                "connections": NEW_STATE["topology"]["connections"]}))
+    assert not v.ok and v.facts["missing_edges"] and v.facts["no_ring"] == ["node1–node2"], v.summary
+    assert "node1–node2 [one-way: node2 cannot reach node1's API]) (in the topology node1 serves)" in v.summary
+    ghost = st.cluster_view(new_state(topology={"nodes": [A, B, "ghost"], "connections": NEW_STATE["topology"]["connections"]}))
     v = cluster_verdict({1: A, 2: B}, {1: ghost, 2: view}, 2)
     assert not v.ok and v.facts["ghosts"]
+
+
+def ring_view(ids: list[str], links: list[tuple[int, int]]) -> st.ClusterView:
+    """A /state view of these node ids with socket edges both ways for each link (0-based indices)."""
+    conns: dict = {}
+    for a, b in links:
+        for x, y in ((a, b), (b, a)):
+            conns.setdefault(ids[x], {})[ids[y]] = [{"sinkMultiaddr": {"address": f"/ip4/10.0.0.{y}/tcp/52415",
+                                                                        "ip_address": f"10.0.0.{y}", "port": 52415}}]
+    return st.cluster_view(new_state(nodeIdentities={i: {} for i in ids},
+                                     topology={"nodes": ids, "connections": conns}))
+
+
+def test_cluster_verdict_four_macs_on_a_thunderbolt_ring():
+    """A ring passes (the diagonals are noted, not failed); a ring with cable 4-1 out fails naming that link, and
+    so does a one-way link; MlxJaccl on the ring needs the diagonals."""
+    ids = ["id-a" * 4, "id-b" * 4, "id-c" * 4, "id-d" * 4]
+    live = {k: ids[k - 1] for k in range(1, 5)}
+    ring = ring_view(ids, [(0, 1), (1, 2), (2, 3), (3, 0)])
+    v = cluster_verdict(live, {k: ring for k in live}, 4)
+    assert v.ok and "ring node1 → node2 → node3 → node4 → node1" in v.summary, v.summary
+    assert v.details["links_not_needed"] == [
+        "no link node1–node3 (not needed: a ring runs node1 → node2 → node3 → node4 → node1)",
+        "no link node2–node4 (not needed: a ring runs node1 → node2 → node3 → node4 → node1)"]
+    path = ring_view(ids, [(0, 1), (1, 2), (2, 3)])
+    v = cluster_verdict(live, {k: path for k in live}, 4)
+    assert not v.ok and v.facts["no_ring"] == ["node1–node4"] and not v.facts["isolated"], v.summary
+    assert v.summary == ("no ring through all 4 nodes in the topology: EXO cannot place an MlxRing instance over them "
+                         "(missing link that would close it: node1–node4)")
+    jaccl = cluster_verdict(live, {k: ring for k in live}, 4, "MlxJaccl")
+    assert not jaccl.ok and "node1–node3" in jaccl.facts["no_ring"] and "no RDMA link" in jaccl.summary
 
 
 def test_ready_verdict_reasons():

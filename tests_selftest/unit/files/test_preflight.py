@@ -37,7 +37,7 @@ class FakeNode:
 
 
 NC = NodeConfig(1, "node1", "me@mac1", "~/Models/org--m", "/opt/hf", "/opt/exo", "~/logs")
-CFG = SimpleNamespace(min_free_bytes=None, model_folder="org--m", sources={})
+CFG = SimpleNamespace(min_free_bytes=None, model_folder="org--m", sources={}, instance_meta="MlxRing")
 
 
 def test_check_node_turns_a_later_probe_failure_into_a_problem_line():
@@ -51,9 +51,31 @@ def test_check_node_turns_a_later_probe_failure_into_a_problem_line():
 def test_reach_uses_each_nodes_ssh_port():
     n1 = FakeNode({"reach": {"results": []}}, "10.0.0.1", port=2222)
     n2 = FakeNode({"reach": {"results": []}}, "10.0.0.2", port=22)
-    assert reach_problems({}, {1: n1, 2: n2}, CFG) == []
+    assert reach_problems({}, {1: n1, 2: n2}, CFG) == ([], [])
     assert n1.calls[0][1]["targets"] == [["10.0.0.2", 22]]
     assert n2.calls[0][1]["targets"] == [["10.0.0.1", 2222]]
+
+
+def ring_nodes(cut: set[frozenset[int]]) -> dict[int, FakeNode]:
+    """Four nodes cabled as a ring (each reaches its two neighbours), minus the cables in `cut`."""
+    def result(k: int, j: int) -> dict:
+        ok = (k - j) % 4 in (1, 3) and frozenset((k, j)) not in cut
+        return {"host": f"10.0.0.{j}", "port": 22, "ok": ok, "errno": None if ok else 65, "error": None}
+    return {k: FakeNode({"reach": {"results": [result(k, j) for j in range(1, 5) if j != k]}}, f"10.0.0.{k}")
+            for k in range(1, 5)}
+
+
+def test_reach_on_a_thunderbolt_ring_is_a_note_and_a_cable_out_a_problem():
+    """Four Macs on a ring reach only their neighbours: EXO can still place a ring, so the diagonals are notes; with
+    cable 4-1 out no ring is left: a problem naming the link. MlxJaccl needs every pair."""
+    problems, notes = reach_problems({}, ring_nodes(set()), CFG)
+    assert problems == [] and len(notes) == 4 and notes[0].startswith("node1 cannot reach 10.0.0.3:22 (errno 65"), notes
+    problems, notes = reach_problems({}, ring_nodes({frozenset((4, 1))}), CFG)
+    assert notes == [] and problems[-1].startswith("reach: no ring through all 4 nodes"), problems
+    assert "missing link that would close it: node1–node4" in problems[-1]
+    jaccl = SimpleNamespace(**{**vars(CFG), "instance_meta": "MlxJaccl"})
+    problems, _ = reach_problems({}, ring_nodes(set()), jaccl)
+    assert len(problems) == 5 and "every pair" in problems[-1], problems
 
 
 def _facts_probes(node: LocalNode) -> int:
@@ -149,3 +171,21 @@ def test_ssh_login_between_nodes_is_tried_both_ways_and_warned_where_keys_do_not
     assert seen == {"node1->node2": {"rc": 0, "error": None},
                     "node2->node1": {"rc": 255, "error": "bob@10.0.0.1: Permission denied (publickey)."}}
     assert ssh_login_warnings({1: LocalNode("node1"), 2: LocalNode("node2")}, CFG) == ([], {})
+def test_a_node_listed_twice_is_named_with_its_twin():
+    """The same target twice, or two targets that reach the same machine and user: one line naming both; the same
+    machine as another user (the sandbox's nodes) is two nodes."""
+    from modeldrop.preflight import NodePreflight, duplicate_problems
+
+    def facts(user: str, uid: int, host: str = "studio", mid: str = "m-1") -> dict:
+        return {"hostname": host, "machine_id": mid, "user": user, "uid": uid, "home": f"/Users/{user}"}
+    targets = {1: "studio1", 2: "me@10.0.0.5", 3: "studio1", 4: "other@10.0.0.5"}
+    cfg = SimpleNamespace(node=lambda k: NodeConfig(k, f"node{k}", targets[k], "/m/org--m", "/hf", "/exo", "/l"))
+    pre = {1: NodePreflight(1, facts("me", 501)), 2: NodePreflight(2, facts("me", 501)),
+           3: NodePreflight(3, facts("me", 501)), 4: NodePreflight(4, facts("other", 502))}
+    assert duplicate_problems(pre, cfg) == [
+        "node1 and node2 are the same node: studio1 and me@10.0.0.5 reach the same machine (studio) and user (me); "
+        "list each Mac once (NODES or NODE1..NODE4)",
+        "node1 and node3 are the same node: the same target studio1; list each Mac once (NODES or NODE1..NODE4)"]
+    pre[2] = NodePreflight(2, facts("me", 501, mid="m-2"))  # another Mac with the same user name
+    pre[3] = NodePreflight(3, {})  # did not answer: its target still says it
+    assert [p.split(":")[0] for p in duplicate_problems(pre, cfg)] == ["node1 and node3 are the same node"]

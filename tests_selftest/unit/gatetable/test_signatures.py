@@ -34,6 +34,7 @@ CASES = [
      dict(logs={"node1": "ValueError: EXO_LIBP2P_NAMESPACE has been removed - use EXO_ZENOH_NAMESPACE instead"})),
     ("A9", "node1_canary", dict(logs={"node1": "ValueError: Bootstrap peers has been temporarily removed"})),
     ("A10", "cluster", dict(facts={"missing_edges": True})),
+    ("X-NO-RING", "cluster", dict(facts={"no_ring": ["node1–node4"], "n": 4, "missing_edges": True})),
     ("A10", "transport", dict(logs={"node1": "[ring] Couldn't connect (error: 60)"})),
     ("C1x", "placement",
      dict(http={"status": 400, "body": '{"error":{"message":"No cycles found with sufficient memory"}}'})),

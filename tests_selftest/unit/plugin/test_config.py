@@ -148,7 +148,24 @@ def test_sandbox_unavailable_is_one_line(pytester, no_nodes, monkeypatch):
 
 def test_sandbox_node_count_is_checked(pytester, no_nodes):
     make_suite(pytester)
-    assert "--sandbox-nodes" in one_line_usage_error(pytester.runpytest("gates", "--sandbox", "--sandbox-nodes", "7"))
+    for n in ("7", "5", "0"):
+        line = one_line_usage_error(pytester.runpytest("gates", "--sandbox", "--sandbox-nodes", n))
+        assert line.startswith(f"ERROR: --sandbox-nodes {n}: ") and "1 to 4" in line, line
+    assert not no_nodes
+
+
+@pytest.mark.parametrize("env_extra, args, said", [
+    ("", ["--nodes", "a,b,c,d,e"], "--nodes: 5 nodes given; modeldrop supports 1 to 4"),
+    ("NODES=a,b,c,d,e\n", [], "test.env:4: 5 nodes given; modeldrop supports 1 to 4"),
+    ("NODE5=e\n", [], "test.env:4: NODE5: modeldrop supports 1 to 4 nodes (NODE1..NODE4)"),
+    ("MODEL_DIR_NODE5=/m/org--m\n", [], "test.env:4: MODEL_DIR_NODE5: modeldrop supports 1 to 4 nodes"),
+    ("", ["--nodes", "a,b,a"], "--nodes: node1 and node3 are the same target a; list each Mac once")])
+def test_a_fifth_node_is_one_line(pytester, no_nodes, env_extra, args, said):
+    """Five nodes, however given, or one target twice: one line saying what is wrong, exit 4, nothing touched."""
+    make_suite(pytester, nodes="a", env_extra=env_extra)
+    line = one_line_usage_error(pytester.runpytest("gates", "--model", "org/m", "--env-file", "test.env", *args))
+    assert said in line, line
+    assert not no_nodes and not (pytester.path / "reports").exists()
 
 
 @pytest.mark.parametrize("args, flag", [(["--bench-concurrency", "x"], "--bench-concurrency"),

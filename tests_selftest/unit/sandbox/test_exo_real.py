@@ -58,9 +58,11 @@ MESH_PROG = textwrap.dedent("""
 """)
 
 
-def mesh_node(ident: str, k: int, ns: str, subscribe: bool, seconds: float, peers: int = 2) -> subprocess.Popen:
+def mesh_node(ident: str, k: int, ns: str, subscribe: bool, seconds: float, peers: int = 2,
+              unreachable: tuple[int, ...] = ()) -> subprocess.Popen:
     env = {**os.environ, "MODELDROP_EXO_NODE_ADDRESS": f"{NET}.{10 + k}",
-           "MODELDROP_EXO_PEER_ADDRESSES": ",".join(f"{NET}.{10 + j}" for j in range(1, peers + 1))}
+           "MODELDROP_EXO_PEER_ADDRESSES": ",".join(f"{NET}.{10 + j}" for j in range(1, peers + 1)),
+           "MODELDROP_EXO_UNREACHABLE": ",".join(f"{NET}.{10 + j}" for j in unreachable)}
     return subprocess.Popen([sys.executable, "-c", MESH_PROG, str(STANDIN), ident, ns, "1" if subscribe else "0",
                              str(PORT), str(seconds)], env=env, stdout=subprocess.PIPE, text=True)
 
@@ -80,6 +82,20 @@ def test_mesh_delivers_to_subscribers_only_never_back_to_the_sender():
     assert not any(e[0] == "hello" and e[1] == "a" for e in ea), "a message never comes back to its sender"
     assert any(e[0] == "t" and e[1].startswith("b") for e in ea), "a subscribes to t: it gets b's messages"
     assert not any(e[0] == "t" for e in eb), "b never subscribed to t: a's messages to t are dropped"
+
+
+def test_mesh_routes_through_a_neighbour_when_two_nodes_have_no_link():
+    """A path a - b - c (the sandbox's ring with a cable out): a and c never link, yet c's messages reach a
+    through b, each once, and a's subscription is known at c (c publishes to it)."""
+    a = mesh_node("a", 1, "ns", True, 9.0, peers=3, unreachable=(3,))
+    b = mesh_node("b", 2, "ns", False, 10.0, peers=3)
+    c = mesh_node("c", 3, "ns", False, 9.0, peers=3, unreachable=(1,))
+    ea, eb, ec = events(a), events(b), events(c)
+    assert [e for e in ea if e[0] == "conn"] == [["conn", True], ["conn", True]], ea  # start, then b only
+    from_c = [e[1] for e in ea if e[0] == "t" and e[1].startswith("c")]
+    assert from_c and len(from_c) == len(set(from_c)), from_c  # routed through b, each once
+    assert any(e == ["hello", "c"] for e in ea) and any(e == ["hello", "a"] for e in ec)
+    assert not any(e[0] == "t" for e in eb + ec), "b and c never subscribed to t"
 
 
 def test_mesh_namespace_mismatch_isolates():
