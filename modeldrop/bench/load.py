@@ -48,7 +48,7 @@ def run_rounds(client: BenchClient | Sequence[BenchClient], make_request: MakeRe
     barrier = threading.Barrier(concurrency, timeout=barrier_timeout_s)
     results: list[list[RequestRecord]] = [[] for _ in range(concurrency)]
     failures: list[BaseException] = []
-    clients = [client] if isinstance(client, BenchClient) else list(client)
+    clients = list(client) if isinstance(client, (list, tuple)) else [client]
     in_request: list[float | None] = [None] * concurrency  # since when each thread is inside client.send
 
     def send(i: int, req: ChatRequest) -> RequestRecord:

@@ -140,7 +140,7 @@ def watch_cluster(clients: dict[int, ExoClient], live_ids: dict[int, str], windo
         if progress is not None:
             for k, seen in join_seen(views, errors, live_ids).items():
                 progress.seen(f"node{k}", f"{n} nodes linked both ways in its topology", seen, window_s)
-        return cluster_verdict(live_ids, views, n, errors, meta)
+        return cluster_verdict(live_ids, views, n, meta, errors)
 
     res = poll(look, lambda v: v.ok, window_s, CLUSTER_INTERVAL_S,
                stop=(lambda v: cancelled()) if cancelled else None, clock=clock, sleep=sleep)

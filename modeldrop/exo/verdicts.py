@@ -63,7 +63,7 @@ def startup_verdict(samples: dict[int, list[StartupSample]], expected_start: dic
 
 # -- cluster (phase 5) ----------------------------------------------------------------------------
 def cluster_verdict(live_ids: dict[int, str], views: dict[int, ClusterView | None], n: int,
-                    errors: dict[int, str] | None = None, meta: str = "MlxRing") -> Verdict:
+                    meta: str = "MlxRing", errors: dict[int, str] | None = None) -> Verdict:
     """Every node's API lists all N live node ids and no others, and its topology lets EXO place `meta` over all
     N nodes (`placeable.ring_rule`: MlxRing a ring whose neighbours link both ways, MlxJaccl every pair); pairs
     with no link that no ring needs are listed in details["links_not_needed"], never a failure. A node whose

@@ -12,7 +12,6 @@ Llama (3 shards + index + BPE tokenizer + ChatML template) once per session, usi
 from __future__ import annotations
 
 import json
-import os
 import random
 import urllib.error
 import urllib.request
@@ -35,6 +34,7 @@ from sandbox.emulator_driver import (  # noqa: F401 - the emulator tests import 
     wait_for,
     wait_ready,
 )
+from tests_selftest.support.slots import slot
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -130,13 +130,16 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-_SUBNET = [random.Random(os.getpid()).randint(100, 200)]
+_SUBNET = [0]
 
 
-def fresh_subnet() -> int:
-    """A 127.<n>.x.y second octet nobody else in this session uses."""
+def fresh_subnet() -> str:
+    """`A.B`, the second and third octets of 127.A.B.x addresses no other test of this session uses: A is this
+    worker's slot for the emulator (support.slots, so no sandbox and no other worker is on 127.A), B counts up."""
     _SUBNET[0] += 1
-    return _SUBNET[0]
+    if _SUBNET[0] > 250:
+        raise RuntimeError("fresh_subnet: more than 250 emulator clusters in one worker")
+    return f"{10 + slot('emulator')}.{_SUBNET[0]}"
 
 
 @pytest.fixture
@@ -156,7 +159,7 @@ def emu_factory(tmp_path: Path) -> Iterator[Callable[..., EmuNode]]:
 
 def make_cluster(factory: Callable[..., EmuNode], n: int, **kw: Any) -> list[EmuNode]:
     sub = fresh_subnet()
-    addrs = [f"127.{sub}.0.{11 + i}" for i in range(n)]
+    addrs = [f"127.{sub}.{11 + i}" for i in range(n)]
     return [factory(f"node{i + 1}", addrs[i], addrs, **kw) for i in range(n)]
 
 
@@ -165,7 +168,7 @@ def new_pair(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iter
     """A started 2-node NEW cluster (tiny model staged on both), shared by a module's read-only tests."""
     root = tmp_path_factory.mktemp("pair")
     sub = fresh_subnet()
-    addrs = [f"127.{sub}.0.11", f"127.{sub}.0.12"]
+    addrs = [f"127.{sub}.11", f"127.{sub}.12"]
     nodes = [EmuNode(root, f"node{i + 1}", addrs[i], addrs) for i in range(2)]
     try:
         for n in nodes:

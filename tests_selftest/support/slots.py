@@ -26,6 +26,7 @@ ROLES = (
     "local",  # one-node local sandboxes and the transport stand-in's addresses (unit/sandbox)
     "four",  # the 4-node emulator sandbox of the scale runs (runs/test_scale)
     "three",  # the 3-node real-EXO sandbox of the scale runs (runs/test_scale)
+    "emulator",  # 127.<10+slot>.*.*: the emulator tests' own clusters (support.emulator_fixtures.fresh_subnet)
 )
 
 

@@ -15,7 +15,10 @@ BENCH = '''
 import json
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.bench("fake")
 def test_fake_bench(request):
     root = Path(str(request.config.rootpath))
     with open(root / "trace.txt", "a") as f:

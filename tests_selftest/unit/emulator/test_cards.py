@@ -75,8 +75,8 @@ def test_card_less_model_serves_then_add_lists_it(emu_factory, tiny_model, gener
 @pytest.mark.sandbox_run
 def test_models_add_fails_with_exos_400(emu_factory, tiny_model) -> None:  # noqa: F811
     sub = fresh_subnet()
-    ok = emu_factory("ok", f"127.{sub}.0.11", [f"127.{sub}.0.11"])
-    broken = emu_factory("broken", f"127.{sub}.0.12", [f"127.{sub}.0.12"], faults={"card_add_fails": True})
+    ok = emu_factory("ok", f"127.{sub}.11", [f"127.{sub}.11"])
+    broken = emu_factory("broken", f"127.{sub}.12", [f"127.{sub}.12"], faults={"card_add_fails": True})
     for n in (ok, broken):
         n.stage_model(tiny_model, card=False)
         n.start()
@@ -97,7 +97,7 @@ def test_late_rescan_fault_delays_the_downloaded_listing(emu_factory, tiny_model
     card shows as downloaded only after the delayed rescan; by default it shows at once."""
     import time
     sub = fresh_subnet()
-    late = emu_factory("late", f"127.{sub}.0.11", [f"127.{sub}.0.11"], faults={"late_rescan_s": 10.0})
+    late = emu_factory("late", f"127.{sub}.11", [f"127.{sub}.11"], faults={"late_rescan_s": 10.0})
     late.stage_model(tiny_model)
     t0 = time.monotonic()
     late.start()

@@ -10,7 +10,7 @@ from tests_selftest.support.emulator_fixtures import EmuNode, emu_factory, fresh
 
 
 def _node(tmp_path: Path, generation: str = "new", **kw) -> EmuNode:
-    addr = f"127.{fresh_subnet()}.0.11"
+    addr = f"127.{fresh_subnet()}.11"
     return EmuNode(tmp_path, f"n-{generation}", addr, [addr], generation=generation, **kw)
 
 
@@ -48,7 +48,7 @@ def test_new_rejects_libp2p_namespace_and_bootstrap_peers(tmp_path: Path) -> Non
 
 
 def test_old_logs_libp2p_namespace(tmp_path: Path, emu_factory) -> None:  # noqa: F811
-    addr = f"127.{fresh_subnet()}.0.11"
+    addr = f"127.{fresh_subnet()}.11"
     n = emu_factory("old1", addr, [addr], generation="old", layout="linux").start(env={"EXO_LIBP2P_NAMESPACE": "ns-x"})
     n.node_id()
     log = wait_for(lambda: "Unpausing API" in n.log() and n.log(), 20, "startup")
@@ -60,7 +60,7 @@ def test_old_logs_libp2p_namespace(tmp_path: Path, emu_factory) -> None:  # noqa
 
 
 def test_new_startup_lines_pidlock_marker_and_rotation(tmp_path: Path, emu_factory) -> None:  # noqa: F811
-    addr = f"127.{fresh_subnet()}.0.11"
+    addr = f"127.{fresh_subnet()}.11"
     n = emu_factory("new1", addr, [addr]).start("--offline", env={"EXO_ZENOH_NAMESPACE": "zz"})
     first_id = n.node_id()
     assert re.fullmatch(r"[0-9a-f]{1,32}", first_id)
@@ -81,7 +81,7 @@ def test_new_startup_lines_pidlock_marker_and_rotation(tmp_path: Path, emu_facto
 
 
 def test_taken_api_port_fails_like_exo(tmp_path: Path) -> None:
-    addr = f"127.{fresh_subnet()}.0.11"
+    addr = f"127.{fresh_subnet()}.11"
     foreign = socket.socket()
     foreign.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     foreign.bind((addr, 52415))
@@ -105,7 +105,7 @@ def test_crash_at_start(tmp_path: Path) -> None:
 
 
 def test_crash_loop_exits_after_n_seconds(tmp_path: Path, emu_factory) -> None:  # noqa: F811
-    addr = f"127.{fresh_subnet()}.0.11"
+    addr = f"127.{fresh_subnet()}.11"
     n = emu_factory("cl", addr, [addr], faults={"crash_loop": 1.5}).start()
     n.node_id()
     rc = wait_for(lambda: n.proc.poll() is not None and (n.proc.returncode,), 20, "crash_loop exit")

@@ -107,7 +107,7 @@ def http_delete(node, path: str):
 
 def test_old_generation_pair_and_namespace_isolation(emu_factory) -> None:  # noqa: F811
     sub = fresh_subnet()
-    addrs = [f"127.{sub}.0.{11 + i}" for i in range(3)]
+    addrs = [f"127.{sub}.{11 + i}" for i in range(3)]
     nodes = [emu_factory(f"o{i}", addrs[i], addrs, generation="old", layout="linux") for i in range(3)]
     t0 = time.monotonic()
     nodes[0].start(env={"EXO_LIBP2P_NAMESPACE": "blue"})
@@ -126,12 +126,12 @@ def test_old_generation_pair_and_namespace_isolation(emu_factory) -> None:  # no
 
 def test_new_namespace_flag_isolation_and_isolated_fault(emu_factory) -> None:  # noqa: F811
     sub = fresh_subnet()
-    addrs = [f"127.{sub}.0.{11 + i}" for i in range(4)]
+    addrs = [f"127.{sub}.{11 + i}" for i in range(4)]
     a = emu_factory("a", addrs[0], addrs).start("--namespace", "team1")
     b = emu_factory("b", addrs[1], addrs).start("--namespace", "team1")
     c = emu_factory("c", addrs[2], addrs).start("--namespace", "team2")
     d = emu_factory("d", addrs[3], addrs, faults={"isolated": True}).start("--namespace", "team1")
-    e = emu_factory("e", f"127.{sub}.0.15", [*addrs, f"127.{sub}.0.15"],
+    e = emu_factory("e", f"127.{sub}.15", [*addrs, f"127.{sub}.15"],
                     faults={"namespace": "other"}).start("--namespace", "team1")
     wait_cluster([a, b])
     wait_for(lambda: all("Unpausing API" in n.log() for n in (c, d, e)), 20, "c, d, e up")
@@ -142,7 +142,7 @@ def test_new_namespace_flag_isolation_and_isolated_fault(emu_factory) -> None:  
 
 def test_no_api_breaks_edges_toward_that_node(emu_factory) -> None:  # noqa: F811
     sub = fresh_subnet()
-    addrs = [f"127.{sub}.0.11", f"127.{sub}.0.12"]
+    addrs = [f"127.{sub}.11", f"127.{sub}.12"]
     a = emu_factory("a", addrs[0], addrs).start()
     b = emu_factory("b", addrs[1], addrs).start("--no-api")
     a_id = a.node_id()
@@ -162,7 +162,7 @@ def test_no_api_breaks_edges_toward_that_node(emu_factory) -> None:  # noqa: F81
 
 def test_no_worker_node_never_in_topology(emu_factory) -> None:  # noqa: F811
     sub = fresh_subnet()
-    addrs = [f"127.{sub}.0.11", f"127.{sub}.0.12"]
+    addrs = [f"127.{sub}.11", f"127.{sub}.12"]
     a = emu_factory("a", addrs[0], addrs).start()
     b = emu_factory("b", addrs[1], addrs).start("--no-worker")
     a_id = a.node_id()
@@ -174,7 +174,7 @@ def test_no_worker_node_never_in_topology(emu_factory) -> None:  # noqa: F811
 @pytest.mark.sandbox_run
 def test_node_loss_and_master_change(emu_factory, tiny_model) -> None:  # noqa: F811
     sub = fresh_subnet()
-    addrs = [f"127.{sub}.0.{11 + i}" for i in range(3)]
+    addrs = [f"127.{sub}.{11 + i}" for i in range(3)]
     nodes = [emu_factory(f"n{i}", addrs[i], addrs) for i in range(3)]
     for n in nodes:
         n.start()
@@ -204,7 +204,7 @@ def test_node_loss_and_master_change(emu_factory, tiny_model) -> None:  # noqa: 
 
 def test_force_master_takes_over(emu_factory) -> None:  # noqa: F811
     sub = fresh_subnet()
-    addrs = [f"127.{sub}.0.11", f"127.{sub}.0.12"]
+    addrs = [f"127.{sub}.11", f"127.{sub}.12"]
     a = emu_factory("a", addrs[0], addrs).start()
     wait_for(lambda: "Node elected Master - promoting self" in a.log(), 20, "a master")
     b = emu_factory("b", addrs[1], addrs).start("-m")
@@ -246,7 +246,7 @@ def test_frozen_master_is_replaced(emu_factory) -> None:  # noqa: F811
     import signal
 
     sub = fresh_subnet()
-    addrs = [f"127.{sub}.0.11", f"127.{sub}.0.12"]
+    addrs = [f"127.{sub}.11", f"127.{sub}.12"]
     nodes = [emu_factory(f"f{i}", addrs[i], addrs) for i in range(2)]
     for n in nodes:
         n.start()

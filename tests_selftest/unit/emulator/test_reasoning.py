@@ -81,7 +81,7 @@ def _joined(chunks: list[dict], key: str) -> str:
 
 @pytest.mark.sandbox_run
 def test_thinking_card_streams_reasoning_content(emu_factory, tiny_model) -> None:  # noqa: F811
-    addr = f"127.{fresh_subnet()}.0.11"
+    addr = f"127.{fresh_subnet()}.11"
     n: EmuNode = emu_factory("think", addr, [addr])
     n.stage_model(tiny_model)
     card = n.card_path()

@@ -44,7 +44,7 @@ def tcp_states(port: int) -> list[tuple[str, str]]:
 
 def single(emu_factory, tiny_model, name: str, faults: dict | None = None, *flags: str,  # noqa: F811
            stage: bool = True) -> EmuNode:
-    addr = f"127.{fresh_subnet()}.0.11"
+    addr = f"127.{fresh_subnet()}.11"
     n = emu_factory(name, addr, [addr], faults=faults or {})
     if stage:
         n.stage_model(tiny_model)
@@ -60,7 +60,7 @@ def single(emu_factory, tiny_model, name: str, faults: dict | None = None, *flag
 
 def test_two_node_ring_to_ready_and_chat(emu_factory, tiny_model) -> None:  # noqa: F811
     sub = fresh_subnet()
-    addrs = [f"127.{sub}.0.11", f"127.{sub}.0.12"]
+    addrs = [f"127.{sub}.11", f"127.{sub}.12"]
     nodes = [emu_factory(f"r{i}", addrs[i], addrs) for i in range(2)]
     t0 = time.monotonic()
     for n in nodes:
@@ -175,7 +175,7 @@ def test_truncated_shard_fails_retries_then_deletes(emu_factory, tiny_model) -> 
 @pytest.mark.parametrize("errno", [61, 60])
 def test_ring_connect_error(emu_factory, tiny_model, errno: int) -> None:  # noqa: F811
     sub = fresh_subnet()
-    addrs = [f"127.{sub}.0.11", f"127.{sub}.0.12"]
+    addrs = [f"127.{sub}.11", f"127.{sub}.12"]
     nodes = [emu_factory(f"e{i}", addrs[i], addrs, faults={"ring_connect_error": errno} if i == 1 else {})
              for i in range(2)]
     for n in nodes:
@@ -276,7 +276,7 @@ def test_console_script_launcher_without_main_guard(emu_factory, tiny_model, tmp
     script.write_text(f"#!{EMULATOR_PYTHON}\nimport sys\nsys.path.insert(0, {str(SANDBOX.parent)!r})\n"
                       "from sandbox.exo_emulator.cli import main\nsys.exit(main())\n")
     script.chmod(0o755)
-    addr = f"127.{fresh_subnet()}.0.11"
+    addr = f"127.{fresh_subnet()}.11"
     n = emu_factory("script", addr, [addr])
     n.stage_model(tiny_model)
     n.start(script=script)
@@ -314,7 +314,7 @@ def _mini_hub(model_dir) -> tuple:
 def test_online_missing_model_is_downloaded(emu_factory, tiny_model) -> None:  # noqa: F811
     srv, url = _mini_hub(tiny_model)
     try:
-        addr = f"127.{fresh_subnet()}.0.11"
+        addr = f"127.{fresh_subnet()}.11"
         n = emu_factory("online", addr, [addr])
         dest = n.stage_model(tiny_model)
         import shutil

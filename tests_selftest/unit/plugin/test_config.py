@@ -70,9 +70,12 @@ def test_malformed_env_file_line(pytester, no_nodes):
 
 
 def test_unknown_env_key(pytester, no_nodes):
-    make_suite(pytester, env_extra="MODEL_DIR_NODE9=/x\n")
+    make_suite(pytester, env_extra="MODEL_DIR_NODEX=/x\n")
     result = pytester.runpytest("gates", "--model", "org/m", "--env-file", "test.env")
-    assert "unknown key" in one_line_usage_error(result)
+    assert "unknown key 'MODEL_DIR_NODEX'" in one_line_usage_error(result)
+    make_suite(pytester, env_extra="MODEL_DIR_NODE9=/x\n")  # a ninth node: the range is said
+    result = pytester.runpytest("gates", "--model", "org/m", "--env-file", "test.env")
+    assert "MODEL_DIR_NODE9: modeldrop supports 1 to 4 nodes (NODE1..NODE4)" in one_line_usage_error(result)
 
 
 def test_missing_env_file(pytester, no_nodes):

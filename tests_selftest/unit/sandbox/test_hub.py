@@ -234,8 +234,12 @@ def _body_seconds(hub: HubHandle, since: int, path: str, n: int = 2) -> dict[str
     """Each client's body time for `path`, once the hub logged `n` of them (it logs after the last byte)."""
     from modeldrop.exo.wait import poll
 
+    def same_file(logged: str) -> bool:  # hf asks by branch or by the commit it resolved: /org/m/resolve/<rev>/f
+        return logged.split("/resolve/")[0] == path.split("/resolve/")[0] and \
+            logged.split("/resolve/")[-1].partition("/")[2] == path.split("/resolve/")[-1].partition("/")[2]
+
     def look() -> dict[str, float]:
-        return {r["node"]: r["body_s"] for r in hub.requests()[since:] if r["path"] == path and "body_s" in r}
+        return {r["node"]: r["body_s"] for r in hub.requests()[since:] if same_file(r["path"]) and "body_s" in r}
     return poll(look, lambda got: len(got) >= n, 10.0, 0.05).value or {}
 
 
