@@ -8,7 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# The library imports these lazily (a run that draws nothing pays nothing). pytester's in-process runs restore
+# sys.modules afterwards: a module first imported inside one run is dropped while objects of it live on, and the
+# next run's fresh copy rejects them ("'transform' must be an instance of matplotlib.transforms.Transform"; a
+# PyO3 extension such as tokenizers cannot be initialised twice). Imported here, before any run, they are kept.
+import matplotlib.backends.backend_agg  # noqa: F401
+import matplotlib.figure  # noqa: F401
 import pytest
+import tokenizers  # noqa: F401
 from xdist.scheduler import WorkStealingScheduling
 
 from sandbox import Sandbox
