@@ -27,7 +27,8 @@ def test_node1_canary(run_config, exo_canary, exo_report, evidence, progress):
     if card.get("card"):
         evidence.note("model card", {"present": "EXO already had a card for the model",
                                      "added": "EXO had no card for the model: added with POST /models/add",
-                                     "missing": "EXO has no card for the model and it could not be added"}[card["card"]])
+                                     "missing": "EXO has no card for the model and it could not be added"}[
+                                         card["card"]])
     evidence.note("verdict", verdict.summary)
     if not verdict.ok:
         exo_report.fail(verdict, state=None, role="canary")

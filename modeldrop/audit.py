@@ -131,7 +131,8 @@ def _check_markers(manifest: dict, v: Verdict) -> None:
             f"{plural(len(in_cache), 'unfinished hf download file')} under .cache/huggingface/download: "
             f"{listing(items)} - hf leaves these when a download is killed and never removes them, so this may be "
             f"a stale orphan from an interrupted earlier run: if the other checks pass and no download is running, "
-            f"delete {root}/{in_cache[0]['path'] if len(in_cache) == 1 else '.cache/huggingface/download/**/*.incomplete'}"
+            f"delete {root}/"
+            f"{in_cache[0]['path'] if len(in_cache) == 1 else '.cache/huggingface/download/**/*.incomplete'}"
             " and rerun the verify gate")
 
 

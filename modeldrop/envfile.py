@@ -1,7 +1,8 @@
 """Read an operator's env file as a shell would: python-dotenv's parser, with file:line for every key.
 
 Accepted: `KEY=value`, `export KEY=value`, single or double quotes, `# trailing comments`, blank
-lines, and `${VAR}` / `${VAR:-default}` expansion (not inside single quotes) from keys set earlier in the file, else from the
+lines, and `${VAR}` / `${VAR:-default}` expansion (not inside single quotes) from keys set earlier in the file, \
+else from the
 environment. Every problem is an `InputError` of one line naming `file:line`: an unparsable line
 (never echoed: it may be a pasted token), a key that `is_known` refuses (with the nearest known
 key suggested), and a `${VAR}` that is set nowhere.
@@ -63,7 +64,8 @@ def _checked(binding: Binding, where: str) -> tuple[str, str]:
     if binding.error or binding.value is None or not _KEY_RE.match(binding.key or ""):
         head = re.match(r"\s*(?:export\s+)?([A-Z][A-Z0-9_]*)\b", binding.original.string)
         hint = f" at {head.group(1)!r}" if head else ""
-        raise InputError(f"{where}: malformed line{hint} (expected KEY=value; the line is not shown, it may hold a secret)")
+        raise InputError(f"{where}: malformed line{hint} "
+                         "(expected KEY=value; the line is not shown, it may hold a secret)")
     return binding.key or "", binding.value
 
 

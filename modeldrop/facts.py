@@ -110,7 +110,8 @@ class RunFacts:
         except NodeError as exc:
             return f"unknown:{uuid.uuid4().hex} ({exc})"
         head = (hf.get("stdout_head") or hf.get("stderr_head") or "").strip().splitlines()[:1]
-        return f"hf {head[0] if head else '?'} (rc {hf.get('rc')}); python {py.get('python')} {py.get('python_version')}"
+        return (f"hf {head[0] if head else '?'} (rc {hf.get('rc')}); "
+                f"python {py.get('python')} {py.get('python_version')}")
 
     def exo_session(self, k: int) -> str:
         """Which exo serves node k now: the node id its API answers plus the process identity (pid, start

@@ -55,7 +55,8 @@ def check_node(node: Node, nc: NodeConfig, cfg: RunConfig, expected_total: int |
     """Check node `nc`: SSH + python3, hf runs, parent writable, free disk ≥ what is still to download."""
     out = NodePreflight(nc.index)
     try:
-        out.facts = node.facts(refresh=True, timeout=FACTS_TIMEOUT_S)  # fills the node's cache (expand_path, exo launcher)
+        # fills the node's cache (expand_path, exo launcher)
+        out.facts = node.facts(refresh=True, timeout=FACTS_TIMEOUT_S)
     except NodeError as e:
         out.problems.append(f"{nc.name} ({nc.target}): cannot run probes: {e}")
         return out
@@ -106,7 +107,8 @@ def dir_mismatch_problems(nc: NodeConfig, located: dict[str, Any], sources: dict
     key = f"MODEL_DIR_NODE{nc.index}"
     where = f" ({sources[key]})" if key in sources else ""
     return [f"{nc.name}: model dir mismatch (fast stop): {key}={nc.model_dir}{where} is empty or absent, but the "
-            f"model is complete at {best['path']} ({best.get('n_files')} files, {best.get('total_size', 0) / GB:.2f} GB); "
+            f"model is complete at {best['path']} "
+            f"({best.get('n_files')} files, {best.get('total_size', 0) / GB:.2f} GB); "
             f"either set {key}={best['path']}, or move it: mv {best['path']} {located.get('expanded') or nc.model_dir}"]
 
 
@@ -114,7 +116,8 @@ def hf_problems(nc: NodeConfig, tool: dict[str, Any]) -> list[str]:
     """Problems with node's hf binary: missing, not executable, or failing to run."""
     where = f"{nc.name}: HF_CMD_NODE{nc.index}={nc.hf_cmd}"
     if not tool.get("exists"):
-        return [f"{where} not found on the node (install huggingface_hub there, or set HF_CMD_NODE{nc.index} to its absolute path)"]
+        return [f"{where} not found on the node "
+                f"(install huggingface_hub there, or set HF_CMD_NODE{nc.index} to its absolute path)"]
     if not tool.get("executable"):
         return [f"{where} is not executable"]
     if tool.get("rc") != 0:

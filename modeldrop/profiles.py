@@ -113,9 +113,11 @@ def status_gate(profile: dict | None, model: str, *, allow_blocked: bool) -> str
     status = profile.get("status", "active")
     why = f" ({profile['reason']})" if profile.get("reason") else ""
     if status == "blocked" and not allow_blocked:
-        raise InputError(f"{model}: profile status is blocked{why}; pass --allow-blocked-model (or ALLOW_BLOCKED_MODEL=1) to run it anyway")
+        raise InputError(f"{model}: profile status is blocked{why}; "
+                         "pass --allow-blocked-model (or ALLOW_BLOCKED_MODEL=1) to run it anyway")
     if status == "deprecated":
-        raise InputError(f"{model}: profile status is deprecated{why}; use its successor or set the status to active in the profile")
+        raise InputError(f"{model}: profile status is deprecated{why}; "
+                         "use its successor or set the status to active in the profile")
     if status == "watch":
         return f"{model}: profile status is watch{why}; results are recorded but treat them with care"
     return None

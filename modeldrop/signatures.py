@@ -161,7 +161,8 @@ def _downloads_incomplete(c: Ctx) -> str | None:
     placed = {nid for inst in st.instances_for_model(c.state, model) for nid in inst.node_ids}
     # real EXO offline with a shard gone: the node's worker keeps planning DownloadModel, records nothing
     friendly = st.cluster_view(c.state).friendly
-    bad += [f"{st.node_label(friendly, nid)}: no download record" for nid in sorted(placed - {d.node_id for d in recorded})]
+    bad += [f"{st.node_label(friendly, nid)}: no download record"
+            for nid in sorted(placed - {d.node_id for d in recorded})]
     return f"downloads not complete: {bad}" if bad else None
 
 
@@ -261,7 +262,8 @@ TABLE: tuple[Signature, ...] = (
       "curl http://<other node's address>:<api-port>/node_id; then pytest gates/ -k 'startup or cluster'",
       "verdict fact `no_ring` (the links, by node name, that would close a ring)", _no_ring),
     S("A5", ("cluster", "chat"), "Event-log resync loop (Nack attempts)",
-      "Follower stuck re-requesting the event log after a re-election", "coordinated stop of all nodes, restart together",
+      "Follower stuck re-requesting the event log after a re-election",
+      "coordinated stop of all nodes, restart together",
       "log NACK_LOOP", log("NACK_LOOP")),
     S("A6", ("cluster", "placement"), "Ghost node ids in the cluster",
       "Node ids are random per start; departed ids linger, or another exo runs in the namespace",
@@ -295,7 +297,8 @@ TABLE: tuple[Signature, ...] = (
       "hidden_size or kv_heads not divisible by N", "Pipeline for this N, or Tensor on a divisor node count",
       "HTTP body PL_TP_DIVIS", http_body("PL_TP_DIVIS")),
     S("C5x", ("placement",), "MlxJaccl requested but no RDMA cycle",
-      "RDMA not all-to-all, rdma_ctl disabled, ghost node, TB4", "rdma_ctl status on every node; or --instance-meta MlxRing",
+      "RDMA not all-to-all, rdma_ctl disabled, ghost node, TB4",
+      "rdma_ctl status on every node; or --instance-meta MlxRing",
       "HTTP body PL_NO_RDMA", http_body("PL_NO_RDMA")),
     S("C6x", ("placement",), "No connectivity between neighbouring nodes",
       "No socket edge between a pair in topology", "curl http://<peer-ip>:<api-port>/node_id from each node",
@@ -365,7 +368,8 @@ TABLE: tuple[Signature, ...] = (
       "verdict fact `card_impossible` (serving verdict)", fact(Fact.card_impossible)),
     S("E1", ("node1_canary", "placement"), "Offline and the model is not complete locally",
       "Model not pre-staged (or incomplete / wrong layout) on that node", "pytest gates/ -k verify on that node",
-      "log OFFLINE_MISSING or DownloadFailed(offline) in /state", any_of(log("OFFLINE_MISSING"), _download_failed_offline)),
+      "log OFFLINE_MISSING or DownloadFailed(offline) in /state",
+      any_of(log("OFFLINE_MISSING"), _download_failed_offline)),
     S("E2", ("node1_canary", "placement"), "Offline: a file or the file list is missing",
       "Missing shard or index with no cached file list", "pytest gates/ -k verify", "log OFFLINE_FILE",
       log("OFFLINE_FILE")),
@@ -413,10 +417,12 @@ TABLE: tuple[Signature, ...] = (
       "Link drop or the peer runner died (errno 54 ECONNRESET)", "check the peer runner's status first; cable/link",
       "log RING_RECV | RING_ABORT", any_of(log("RING_RECV"), log("RING_ABORT"))),
     S("B10", ("transport",), "Logged ring hosts differ from /state hostsByNode",
-      "Host IP selection differs between master and worker, or several NICs/VPN", "ifconfig; route -n get <ip> on each node",
+      "Host IP selection differs between master and worker, or several NICs/VPN",
+      "ifconfig; route -n get <ip> on each node",
       "verdict fact `mismatch`", fact(Fact.mismatch)),
     S("X-RING-SOCKET", ("transport",), "No ESTABLISHED socket to a ring neighbour",
-      "Ring connection dropped after init or went over another interface", "netstat -an | grep .<ring port> on each node",
+      "Ring connection dropped after init or went over another interface",
+      "netstat -an | grep .<ring port> on each node",
       "verdict fact `no_socket`", fact(Fact.no_socket)),
     S("X-NO-RUNNER-MAP", ("transport",), "Multi-shard instance with an empty nodeToRunner",
       "/state has not caught up (a node reset after a re-election) or the instance was posted by hand with "
@@ -425,7 +431,8 @@ TABLE: tuple[Signature, ...] = (
       "shows the runners, else delete and re-place the instance (the gate already tried the runners' own "
       "hostfile lines and a chat through every node)", "verdict fact `no_runner_map`",
       fact(Fact.no_runner_map)),
-    S("H1", ("chat",), "No instance found for the model", "`model` is not the instance's full id, or the instance is gone",
+    S("H1", ("chat",), "No instance found for the model",
+      "`model` is not the instance's full id, or the instance is gone",
       "curl -s <api>/state | jq '.instances[][].shardAssignments.modelId'", "HTTP 404 / log NO_INSTANCE",
       any_of(_http_status(404), http_body("NO_INSTANCE"))),
     S("H2", ("chat", "bench"), "Generation failed mid-request (HTTP 200, cut body or SSE error)",
@@ -451,7 +458,8 @@ TABLE: tuple[Signature, ...] = (
     S("X-RESTART", ("startup",), "exo crashed or restarted within the settle window (crash loop)",
       "exo dies some seconds after start (a supervisor such as the app or launchd would restart it: a crash "
       "loop), or it re-executed itself with a new node id",
-      "tail the captured log and exo.log; launchctl list | grep -i exo", "verdict fact `restarted`", fact(Fact.restarted)),
+      "tail the captured log and exo.log; launchctl list | grep -i exo", "verdict fact `restarted`",
+      fact(Fact.restarted)),
     S("SEED-HF-MISSING", ("preflight", "node1_download"), "hf missing on a node",
       "HF_CMD_NODEk does not exist on that node (the exec PATH has no /opt/homebrew/bin)",
       "ssh <node> ls -l <HF_CMD_NODEk>; brew install huggingface-cli or set HF_CMD_NODEk",
@@ -473,7 +481,8 @@ TABLE: tuple[Signature, ...] = (
       "read every node's exo log (runner lines); pytest gates/ -k 'startup or cluster or placement' after fixing it",
       "verdict fact `no_runners_no_chat`", fact(Fact.no_runners_no_chat)),
     S("SEED-LATE-CRASH", ("chat", "bench"), "Runs crash late (runner terminated after Ready)",
-      "Memory growth, leaks or a GPU timeout under sustained load", "log show --last 1h ... memorystatus; tail the runner stderr log",
+      "Memory growth, leaks or a GPU timeout under sustained load",
+      "log show --last 1h ... memorystatus; tail the runner stderr log",
       "log RUNNER_TERM", log("RUNNER_TERM")),
 )
 BY_ID = {s.id: s for s in TABLE}

@@ -95,7 +95,8 @@ def ledger_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
     slowest = max(downloads.values(), default=None)
     failed = [r["gate"] for r in records if r.get("event") == "fail"]
     dl_starts = [r["start"] for r in records if r.get("event") == "download_start"]
-    dl_gates = [r["t"] for r in records if r.get("event") in ("pass", "fail") and str(r.get("gate")).endswith("_download")]
+    dl_gates = [r["t"] for r in records
+                if r.get("event") in ("pass", "fail") and str(r.get("gate")).endswith("_download")]
     phase = round(max(dl_gates) - min(dl_starts), 1) if dl_starts and dl_gates else None
     return {"downloads_s": downloads, "wall_s": wall, "slowest_download_s": slowest, "failed": failed,
             "download_phase_s": phase,

@@ -129,7 +129,8 @@ def main(root: Path) -> None:
                            and n.attr in ("insert", "append") and isinstance(n.value, ast.Attribute)
                            and n.value.attr == "path" and getattr(n.value.value, "id", "") == "sys"]
     # a package imports its own submodules on purpose; only cycles between sibling modules count
-    pkg_free = {m: {t for t in ts if not t.startswith(m + ".") and not m.startswith(t + ".")} for m, ts in graph.items()}
+    pkg_free = {m: {t for t in ts if not t.startswith(m + ".") and not m.startswith(t + ".")}
+                for m, ts in graph.items()}
     cyc = cycles(pkg_free)
     pkg_graph: dict[str, set[str]] = {}
     for m, ts in pkg_free.items():

@@ -51,7 +51,7 @@ def main() -> None:
     pool = NodePool(cfg)
     nodes = pool.all()
     try:
-        for k, node in nodes.items():
+        for _name, node in nodes.items():
             node.facts()  # connect first: the SSH handshake is not a check
         s, _ = timed(lambda: [n.facts(refresh=True) for n in nodes.values()], a.repeat)
         print(f"facts probe (with the exo install look-up), all {len(nodes)} nodes: {s:.2f}s")

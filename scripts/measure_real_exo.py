@@ -112,8 +112,8 @@ def mlx_lm_tps(sbx: Any) -> float:
     """Tokens/s of mlx-lm itself on the reference download, in the real-EXO install's Python."""
     inst = ensure_install("new")
     ref = sbx.root / "reference" / sbx.model_id.replace("/", "--")
-    r = subprocess.run([str(inst.python), "-c", MLX_LM_PROG, str(ref), PROMPT, str(TOKENS)], env={**os.environ, **inst.env},
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run([str(inst.python), "-c", MLX_LM_PROG, str(ref), PROMPT, str(TOKENS)],
+                       env={**os.environ, **inst.env}, capture_output=True, text=True, timeout=300)
     if r.returncode != 0:
         raise SystemExit(f"measure: mlx-lm run failed: {r.stderr[-1500:]}")
     return float(r.stdout.strip().splitlines()[-1])

@@ -101,7 +101,8 @@ def cases_for(phase: str, p: BenchProfile) -> list[BenchCase]:
                 for mode in ("on", "off")]
     if phase == "concurrency":
         return [BenchCase(phase, f"concurrency-c{c}",
-                          {"concurrency": c, "rounds": p.concurrency_rounds, "prompt_tokens": p.concurrency_prompt_tokens,
+                          {"concurrency": c, "rounds": p.concurrency_rounds,
+                           "prompt_tokens": p.concurrency_prompt_tokens,
                            "max_tokens": p.concurrency_max_tokens}) for c in p.concurrency]
     if phase == "tasks":
         return [BenchCase(phase, f"tasks-{t.name}",

@@ -70,7 +70,8 @@ def format_case(payload: dict[str, Any], path: str | None = None) -> str:
         lines.append(f"reasoning tokens (est.) {fmt_dist(s['reasoning_tokens_est'], '', 1, 0)}; "
                      f"requests without any content: {s.get('requests_without_content', 0)}")
     if "pass_rate" in s:
-        lines.append(f"task {s['task']}: passed {s['passed']}/{s['attempts']} (pass rate {_num(s['pass_rate'], '.2f')})")
+        lines.append(f"task {s['task']}: passed {s['passed']}/{s['attempts']} "
+                     f"(pass rate {_num(s['pass_rate'], '.2f')})")
         for f in s.get("failures") or []:
             lines.append(f"  FAIL {f['attempt']}: {f['why']}\n    answer: {f['answer']!r}")
     ref = fmt_rows(payload.get("reference") or [])

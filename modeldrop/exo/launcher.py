@@ -145,7 +145,8 @@ def probe_build(node: Node, exo_cmd: str, timeout_s: float = HELP_TIMEOUT_S) -> 
     if re.search(r"(^|\s)--version\b", text):
         v = node.run_probe("tool", {"path": exo_cmd, "args": ["--version"], "timeout": VERSION_TIMEOUT_S},
                            timeout=VERSION_TIMEOUT_S + 30)
-        version = parse_version((v.get("stdout_head") or "") + (v.get("stderr_head") or "")) if v.get("rc") == 0 else None
+        version = (parse_version((v.get("stdout_head") or "") + (v.get("stderr_head") or ""))
+                   if v.get("rc") == 0 else None)
         source = "--version" if version else None
     if version is None and ns_default:
         version, source = ns_default, "namespace-default"
@@ -560,7 +561,8 @@ class ExoLauncher:
             return None
         rows = self.node.run_probe("procs", {"pids": [self.record.pid], "exe_paths": None}, timeout=60)["procs"]
         for p in rows:
-            if self.record.start is None or p.get("start") is None or abs(float(p["start"]) - float(self.record.start)) <= START_TOLERANCE_S:
+            if (self.record.start is None or p.get("start") is None
+                    or abs(float(p["start"]) - float(self.record.start)) <= START_TOLERANCE_S):
                 return p
         return None
 

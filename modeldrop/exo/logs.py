@@ -115,8 +115,10 @@ RX = {name: re.compile(rx) for name, rx in {
     "PL_ONE_NEW": r"Expected exactly one new instance from placement",
     "PL_CMD_ERR": r"Error in command processor",
     "OFFLINE_ON": r"Running in OFFLINE mode",
-    "OFFLINE_MISSING": r"(Offline mode: model \S+ is not fully available locally|Model files not found locally in offline mode)",
-    "OFFLINE_FILE": r"(not found locally and cannot download in offline mode|No internet connection and no cached file list)",
+    "OFFLINE_MISSING": (r"(Offline mode: model \S+ is not fully available locally"
+                        r"|Model files not found locally in offline mode)"),
+    "OFFLINE_FILE": (r"(not found locally and cannot download in offline mode"
+                     r"|No internet connection and no cached file list)"),
     "NO_INSTANCE": r"No instance found for model (?P<model>\S+)",
     "RUNNER_CRASH": r"Runner (?P<rid>\S+) crashed with critical exception (?P<exc>.+)",
     "RUNNER_TERM": r"Runner terminated with (signal=(?P<sig>\d+)( \((?P<sigdesc>[^)]*)\))?|exitcode=(?P<rc>-?\d+))",

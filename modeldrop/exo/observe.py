@@ -281,7 +281,8 @@ def _try_serving(p: st.InstanceProgress, track: dict[str, Any], serving: Callabl
 def serving_verdict(prog: st.InstanceProgress, chat: Verdict | None, tries: int, elapsed_s: float,
                     ever_present: bool = True) -> Verdict:
     """No runner of the instance in /state: chat answered = serving (map lag); else the guide's fast stop."""
-    where = "instance absent from /state" if not prog.present else "nodeToRunner=0 (no runner of the instance in /state)"
+    where = ("instance absent from /state" if not prog.present
+             else "nodeToRunner=0 (no runner of the instance in /state)")
     details = {"instance_id": prog.instance_id, "runners": prog.labels(), "elapsed_s": round(elapsed_s, 1),
                "chat_tries": tries, "chat": chat.details if chat else None}
     if chat is not None and chat.ok:

@@ -14,7 +14,8 @@ fails with `problems` (one line each, naming node, path and what is wrong):
   generation is said in one warning line; EXO_SYNCH_FLAG against every `exo --help` (`exo_flags.synch_choice`);
 - every exo on the node that this run did not start (probe `exos`, `foreign`): the SSH user's are a problem with
   the one command that clears them, unless --stop-existing-exo will stop them;
-- MODEL_DIR_NODEk ends in the folder exo expects (`org--name`: exo looks a model up by that folder name), so path drift fails
+- MODEL_DIR_NODEk ends in the folder exo expects (`org--name`: exo looks a model up by that folder name), \
+so path drift fails
   here, before any download.
 """
 
@@ -95,7 +96,8 @@ def port_problem(node: Node, k: int, cfg: RunConfig, exo_pids: set[int] | None =
     if holders and {h["pid"] for h in holders} <= _own_pids(node, cfg, k):
         r["note"] = "held by exo an earlier modeldrop run started; the launcher stops it by pid"
         return None, r
-    return (f"node{k}: API port {cfg.api_port} is in use by {describe_holders(r)} (exo's API needs it; stop that process or "
+    return (f"node{k}: API port {cfg.api_port} is in use by {describe_holders(r)} "
+            f"(exo's API needs it; stop that process or "
             f"change EXO_API_PORT; --stop-existing-exo stops it only if it is the configured exo)"), r
 
 

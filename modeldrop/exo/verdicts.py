@@ -156,7 +156,8 @@ def expected_hosts(inst: Instance, nid: str) -> list[str]:
 
 
 def neighbour_ips(inst: Instance, nid: str) -> set[str]:
-    return {h.rsplit(":", 1)[0] for h in expected_hosts(inst, nid) if not h.startswith("0.0.0.0:") and h != NON_NEIGHBOUR}
+    return {h.rsplit(":", 1)[0] for h in expected_hosts(inst, nid)
+            if not h.startswith("0.0.0.0:") and h != NON_NEIGHBOUR}
 
 
 def transport_verdict(inst: Instance, node_ids: dict[int, str], hostfiles: dict[int, list[HostfileLine]],
@@ -214,7 +215,8 @@ def transport_verdict(inst: Instance, node_ids: dict[int, str], hostfiles: dict[
             facts["no_socket"] = True
     if problems:
         return Verdict.failed(problems, details, facts)
-    return Verdict.passed(f"ring port {port}: hosts match /state and sockets ESTABLISHED to every neighbour", details, facts)
+    return Verdict.passed(f"ring port {port}: hosts match /state and sockets ESTABLISHED to every neighbour",
+                          details, facts)
 
 
 def logged_ring_verdict(inst: Instance, node_ids: dict[int, str], hostfiles: dict[int, list[HostfileLine]],

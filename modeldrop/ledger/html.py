@@ -75,7 +75,8 @@ def started_header() -> str:
 
 
 def started_cell(t: float | None) -> str:
-    return f'<td class="col-started">{html.escape(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))) if t else ""}</td>'
+    return (f'<td class="col-started">'
+            f'{html.escape(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))) if t else ""}</td>')
 
 
 def gate_header() -> str:

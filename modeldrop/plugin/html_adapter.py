@@ -26,7 +26,8 @@ def check_supported() -> None:
         return
     if found.split(".")[0] != str(SUPPORTED_MAJOR):
         raise pytest.UsageError(f"pytest-html {found}: modeldrop's live ledger supports pytest-html "
-                                f"{SUPPORTED_MAJOR}.x; install 'pytest-html>={SUPPORTED_MAJOR}.1,<{SUPPORTED_MAJOR + 1}'")
+                                f"{SUPPORTED_MAJOR}.x; "
+                                f"install 'pytest-html>={SUPPORTED_MAJOR}.1,<{SUPPORTED_MAJOR + 1}'")
 
 
 def find_report(config: pytest.Config) -> Any:

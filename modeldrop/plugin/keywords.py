@@ -3,7 +3,8 @@
 pytest's `-k WORD` keeps an item when WORD is a case-insensitive substring of one of its keyword
 names: the names of the item and its parents, its extra keywords (the plugin adds the gate id),
 its function's attributes and its markers' names. The names are gathered here with pytest's public
-item API (a superset is safe: it can only add an unneeded `and not` term); a gate id that is a substring of another gate's names (e.g. `cluster` in a path) gets
+item API (a superset is safe: it can only add an unneeded `and not` term); \
+a gate id that is a substring of another gate's names (e.g. `cluster` in a path) gets
 `and not <other gate>` terms until only its own items match.
 """
 

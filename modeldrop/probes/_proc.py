@@ -1,7 +1,8 @@
 """Shared process helpers for the procs/spawn/stop probes (prepended to their payload; not a probe itself).
 
 A process's identity is (pid, start, exe, cmdline), and `uid` says whose it is: `start` is its start time
-in epoch seconds (Linux: boot time + /proc/<pid>/stat starttime; macOS: `ps -o lstart=`, whole seconds), so two readings of one
+in epoch seconds (Linux: boot time + /proc/<pid>/stat starttime; macOS: `ps -o lstart=`, whole seconds), \
+so two readings of one
 process agree within 1 s and a reused pid does not. `pgid` is its process group, `sid` its session (None where the
 system does not say). `same_process(info, ref)` compares two readings; `signal_checked` signals a pid only while it is
 still the process `ref` describes (on Linux through a pidfd opened before the check, so nothing else can take the pid

@@ -5,7 +5,8 @@ Contract: `RepoStore(root)` serves repos from `<root>/<org>/<name>/` (every file
 editing the directory gives a new commit. LFS files (by suffix) carry their sha256; every file its git
 blob id. A repo's `DECLARED` file (`{"sizes": {path: bytes}}`) makes the hub list those files at the declared
 size while it holds only their first bytes (a model too big for any sandbox, judged from its metadata and
-never downloaded: a download of it ends short). `publish(repos, repo_id, src)` makes a repo equal a folder. `model_info`, `tree` and
+never downloaded: a download of it ends short). `publish(repos, repo_id, src)` makes a repo equal a folder. \
+`model_info`, `tree` and
 `paths_info` are the JSON bodies of the Hub endpoints of those names for one snapshot.
 """
 

@@ -63,7 +63,8 @@ def test_cluster_verdict_ok_isolated_one_way_and_ghost():
     v = cluster_verdict({1: A, 2: B}, {1: one_way, 2: view}, 2)
     assert not v.ok and v.facts["missing_edges"] and v.facts["no_ring"] == ["node1–node2"], v.summary
     assert "node1–node2 [one-way: node2 cannot reach node1's API]) (in the topology node1 serves)" in v.summary
-    ghost = st.cluster_view(new_state(topology={"nodes": [A, B, "ghost"], "connections": NEW_STATE["topology"]["connections"]}))
+    ghost = st.cluster_view(new_state(topology={"nodes": [A, B, "ghost"],
+                                                "connections": NEW_STATE["topology"]["connections"]}))
     v = cluster_verdict({1: A, 2: B}, {1: ghost, 2: view}, 2)
     assert not v.ok and v.facts["ghosts"]
 

@@ -70,9 +70,11 @@ CASES = [
     ("X-UNLOADABLE-FORMAT", "preflight", dict(facts={"unloadable_format": "gguf"})),
     ("X-DOES-NOT-FIT", "preflight", dict(facts={"does_not_fit": {"size_bytes": 713, "available_bytes": 46}})),
     ("X-CARD-IMPOSSIBLE", "preflight", dict(facts={"card_impossible": "config.json has no hidden_size"})),
-    ("E1", "node1_canary", dict(logs={"node1": "Offline mode: model m is not fully available locally, cannot download"})),
+    ("E1", "node1_canary",
+     dict(logs={"node1": "Offline mode: model m is not fully available locally, cannot download"})),
     ("E1", "placement", dict(state=new_state(downloads={A: [{"DownloadFailed": {"nodeId": A, "shardMetadata": {},
-                                                "errorMessage": "Model files not found locally in offline mode: m"}}]}))),
+                                                "errorMessage": "Model files not found locally "
+                                                                "in offline mode: m"}}]}))),
     ("E2", "node1_canary", dict(logs={"node1": "File x not found locally and cannot download in offline mode"})),
     ("F1", "placement", dict(facts={"stalled": True, "runners": {R0: "RunnerConnecting"}})),
     ("F2", "placement", dict(facts={"stalled": True, "runners": {R0: "RunnerLoading(3/8)"}})),
