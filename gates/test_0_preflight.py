@@ -18,9 +18,9 @@ from modeldrop.serving import block, lines, serving_preflight
 @pytest.mark.gate("preflight")
 def test_preflight(run_config, node_pool, on_each_node, run_facts, evidence, hub_expectation, rerun_command):
     """SSH, python3, the exact hf and exo binaries (exo looked up where it installs to when not set), exo build parity,
-    no exo the run did not start, API port, disk, model dir name and place, reach (TCP around a ring, and SSH both \
-ways), no node listed twice, and the
-    serving verdict (weights, architecture, memory fit, card) before anything is downloaded."""
+    no exo the run did not start, API port, disk, model dir name and place, reach (TCP around a ring, and SSH both
+    ways), no node listed twice, and the serving verdict (weights, architecture, memory fit, card) before anything
+    is downloaded."""
     nodes = node_pool.all()
     total = expected_total(run_config, hub_expectation)
     pre = on_each_node(lambda k: check_node(nodes[k], run_config.node(k), run_config, total))

@@ -181,8 +181,8 @@ def transient(exc: BaseException) -> bool:
 
 
 def _hub_retry(fn: Callable[[], T]) -> T:
-    """fn() with up to HUB_ATTEMPTS tries on transient hub errors (exponential wait 0.5..4 s); \
-the last error is raised."""
+    """fn() with up to HUB_ATTEMPTS tries on transient hub errors (exponential wait 0.5..4 s); the last error is
+    raised."""
     retrying = Retrying(stop=stop_after_attempt(HUB_ATTEMPTS), wait=wait_exponential(multiplier=0.5, max=4),
                         retry=retry_if_exception(transient), reraise=True)
     return retrying(fn)

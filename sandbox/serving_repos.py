@@ -5,9 +5,8 @@ serving verdict from the hub's metadata, with nothing downloaded.
 |---|---|
 | `UNKNOWN_ARCH` | the tiny model with config.json's `model_type` one no mlx-lm has (`ARCH_TYPE`) |
 | `GGUF_ONLY` | a README and one small `.gguf` (GGUF magic, version 3), no config.json: a llama.cpp-style repo |
-| `DOES_NOT_FIT` | an 8-bit llama whose index declares `DOES_NOT_FIT_BYTES` (a DeepSeek-V3-8bit-sized model) \
-in two shards; the hub lists the shards at their declared sizes (`repos.DECLARED`) while it holds a few bytes \
-of each |
+| `DOES_NOT_FIT` | an 8-bit llama whose index declares `DOES_NOT_FIT_BYTES` (a DeepSeek-V3-8bit-sized model) in |
+| | two shards; the hub lists them at their declared sizes (`repos.DECLARED`) while it holds a few bytes of each |
 
 Contract: `publish_serving_repos(repos_dir, model_dir, work_dir)` (re)builds each repo under `work_dir` from the
 tiny model in `model_dir` and publishes it to the hub's `repos_dir`; cheap (kilobytes), idempotent.
