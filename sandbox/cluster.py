@@ -37,7 +37,17 @@ from sandbox import hub_model, nodes, users
 from sandbox.cabling import Cabling
 from sandbox.exo_install import NodeExo, check_generation, pick_exo
 from sandbox.hub import HubHandle, stop_hub
-from sandbox.layout import DEFAULT_HUB_PORT, EXO_API_PORT, Layout, NodeInfo, SandboxError, default_root, write_file
+from sandbox.layout import (
+    DEFAULT_HUB_PORT,
+    EXO_API_PORT,
+    Layout,
+    NodeInfo,
+    SandboxError,
+    default_root,
+    ensure_profiles,
+    prepare_root,
+    write_file,
+)
 from sandbox.nodevenv import DEFAULT_VENV, NODE_REQUIREMENTS, ensure_node_venv
 
 __all__ = ["NodeInfo", "Sandbox", "SandboxError", "default_root", "pick_exo"]
@@ -105,7 +115,7 @@ class Sandbox(Layout):
         for note in (self.note, self.exo_note):
             if note:
                 log.warning("%s", note)
-        self._prepare_root()
+        prepare_root(self.root, self.mode == "ssh", self.report_dir)
         nodes.stop_extra_nodes(self, self._load_state().get("sshd", {}))
         self.model_info = hub_model.ensure_model(self, self.model_params)
         hub_model.ensure_hub(self)
@@ -119,7 +129,7 @@ class Sandbox(Layout):
             users.write_ssh_files(self)
             self._ensure_sshds()
         hub_model.ensure_reference_download(self)
-        write_file(self.env_file, env_file_text(self, self._ensure_profiles()))
+        write_file(self.env_file, env_file_text(self, ensure_profiles(self.root)))
         self._save_state()
         log.info("sandbox slot %d up in %.1fs: %s", self.slot, time.monotonic() - t0, self.env_file)
         return self.env_file
@@ -149,18 +159,6 @@ class Sandbox(Layout):
         self._ensure_sshds()
         self._save_state()
 
-    def _prepare_root(self) -> None:
-        """Create root (mode 755); in SSH mode every ancestor must be traversable by node users."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.root.chmod(0o755)
-        if self.mode == "ssh":
-            for p in self.root.parents:
-                if not p.stat().st_mode & 0o001:
-                    raise SandboxError(f"{p} is not traversable by other users (mode "
-                                       f"{oct(p.stat().st_mode & 0o777)}), so node users could not reach "
-                                       f"{self.root}; pick a root under /var/tmp")
-        self.report_dir.mkdir(parents=True, exist_ok=True)
-
     def _python_bin(self) -> Path:
         """The bin dir holding the nodes' `hf` and `python`."""
         if self.mode == "local":
@@ -175,12 +173,6 @@ class Sandbox(Layout):
             users.authorize_client(self, n)
         nodes.hand_over(n, uid, gid)
         self.node_exo.write_config(n.k)
-
-    def _ensure_profiles(self) -> Path:
-        p = self.root / "model_profiles.json"
-        if not p.exists():
-            write_file(p, json.dumps({"models": {}}, indent=2) + "\n")
-        return p
 
     # -- state ---------------------------------------------------------------------------------------
     def _load_state(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ the home); the hub is on `127.0.{10+slot}.1:<hub_port>`. `write_file` writes ato
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 from dataclasses import dataclass
@@ -170,6 +171,27 @@ class Layout:
         if not 1 <= k <= self.n_nodes:
             raise SandboxError(f"node {k} is not in this sandbox (1..{self.n_nodes})")
         return k
+
+
+def prepare_root(root: Path, shared: bool, report_dir: Path) -> None:
+    """Create root (mode 755) and the report dir; `shared` (SSH nodes): every ancestor must be traversable by the
+    node users."""
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)
+    if shared:
+        for p in root.parents:
+            if not p.stat().st_mode & 0o001:
+                raise SandboxError(f"{p} is not traversable by other users (mode {oct(p.stat().st_mode & 0o777)}), "
+                                   f"so node users could not reach {root}; pick a root under /var/tmp")
+    report_dir.mkdir(parents=True, exist_ok=True)
+
+
+def ensure_profiles(root: Path) -> Path:
+    """The sandbox's own (empty at first) model profiles file."""
+    p = root / "model_profiles.json"
+    if not p.exists():
+        write_file(p, json.dumps({"models": {}}, indent=2) + "\n")
+    return p
 
 
 def write_file(path: Path, text: str, mode: int = 0o644) -> None:

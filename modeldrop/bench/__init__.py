@@ -13,5 +13,4 @@ Modules (each states its contract in its docstring; definitions in README.md nex
   plots        PNGs of a run's checkpoints
   report       the ledger text of a case
   calibrate    the client's errors against a server with a known timing schedule
-  serving      --exo-api's serving check: /node_id and one real chat through each URL
 """

@@ -9,4 +9,5 @@ Modules:
   verdicts  pure verdict functions for startup/cluster/placement/transport/chat
   observe   the polling loops that feed observations from nodes and APIs to the verdicts
   wait      poll-with-deadline helper (no fixed sleeps for synchronisation)
+  serving_check  `--exo-api`: is each URL an EXO that answers a chat for the model (before any benchmark)
 """

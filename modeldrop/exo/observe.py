@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from modeldrop.bench.client import BenchClient, ChatRequest
 from modeldrop.exo import logs as exologs
 from modeldrop.exo import state as st
 from modeldrop.exo.client import ExoClient, ExoError, ExoHTTPError
@@ -369,7 +370,6 @@ def one_chat(url: str, model_id: str, stream: bool, max_tokens: int = 64, stall_
              timeout_s: float = CHAT_TIMEOUT_S) -> dict:
     """One chat completion through `url`, within timeout_s in all, as an evidence dict (never raises for
     server problems)."""
-    from modeldrop.bench.client import BenchClient, ChatRequest
     client = BenchClient(url, model_id, request_timeout_s=timeout_s, stall_timeout_s=stall_s)
     try:
         rec = client.send(ChatRequest(messages=CHAT_PROMPT, max_tokens=max_tokens, stream=stream))

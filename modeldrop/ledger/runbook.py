@@ -24,7 +24,7 @@ OPERATOR_PROTOCOL = (
     "Working means: every node reachable in the same namespace; artifacts complete and parity-passing on every "
     "node; chat answers through every node; benchmark artifacts written as each phase completes.",
     "Fast stops: hf binary missing on a node; model dir mismatch (~/Models/... vs ~/.exo/models/...); cluster "
-    "isolated (fewer nodes than configured) longer than the cluster window (60 s); repeated create with "
+    "isolated (fewer nodes than configured) longer than the cluster window (--cluster-window); repeated create with "
     "nodeToRunner=0 and no successful chat.",
     "One direct download per node, no transfers between nodes; each phase passes before the next; no "
     "transport or inference work before every node passes file integrity.",

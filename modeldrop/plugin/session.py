@@ -35,7 +35,7 @@ class GateSession:
     selected: dict[str, int] = field(default_factory=dict)  # gate -> number of selected items
     parts: dict[str, dict] = field(default_factory=dict)   # gate -> fingerprint parts last computed
     html_report: Any = None
-    exo_api: list = field(default_factory=list)  # --exo-api: modeldrop.bench.serving.ServingCheck per URL
+    exo_api: list = field(default_factory=list)  # --exo-api: modeldrop.exo.serving_check.ServingCheck per URL
     scratch: Path | None = None  # --collect-only: the temporary reports dir, removed when the session ends
 
     def outcome_of(self, gate: str) -> str | None:

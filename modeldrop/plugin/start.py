@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from modeldrop import gatetable, profiles, signatures, statedirs
-from modeldrop.bench import serving
 from modeldrop.config import RunConfig, load_config
 from modeldrop.errors import InputError
+from modeldrop.exo import serving_check as serving
 from modeldrop.ledger import GateRecord, Ledger, RunState
 from modeldrop.ledger.passcache import PassCache
 from modeldrop.ledger.runfolder import RUN_FOLDER_FILE_ENV, RunFolder

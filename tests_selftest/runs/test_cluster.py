@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tests_selftest.support import DATA
 from tests_selftest.support.cluster_runs import (
     ORDER,
     WINDOWS,
     alive,
     assert_caught,
+    guide_env_for,
     launch_records,
     reset_nodes,
     signature_ids,
@@ -258,38 +258,6 @@ def test_slow_tokens_pass_with_latency_recorded(box, tmp_path):
 
 
 # -- the guide's own env file ---------------------------------------------------------------------
-GUIDE_ENV = DATA / "seed-model_drop.env"
-GUIDE_POINTED = ("MODEL_ID", "MODEL_INSTANCE_ID", "NODE1", "NODE2", "MODEL_DIR_NODE1", "MODEL_DIR_NODE2",
-                 "HF_CMD_NODE1", "HF_CMD_NODE2", "EXO_LOG_DIR_NODE1", "EXO_LOG_DIR_NODE2", "PROFILE_PATH",
-                 "RUN_REPORT_DIR")
-
-
-def guide_env_for(box, tmp_path: Path) -> Path:
-    """The guide's env block verbatim, with only its model, node and dir lines pointed at the sandbox (their
-    quotes, comments and `${MODEL_INSTANCE_ID}` kept), plus the sandbox-only keys (ssh config, hub, exo path)."""
-    import re
-
-    sbx = dict(line.split("=", 1) for line in Path(box.env_file).read_text().splitlines()
-               if line and not line.startswith("#"))
-    nodes = sbx["NODES"].split(",")
-    folder = sbx["MODEL_ID"].replace("/", "--")
-    point = {"MODEL_ID": sbx["MODEL_ID"], "MODEL_INSTANCE_ID": folder, "NODE1": nodes[0], "NODE2": nodes[1],
-             "PROFILE_PATH": str(tmp_path / "model_profiles.json"), "RUN_REPORT_DIR": str(tmp_path / "reports")}
-    for k in (1, 2):
-        parent = sbx[f"MODEL_DIR_NODE{k}"].rsplit("/", 1)[0]
-        point[f"MODEL_DIR_NODE{k}"] = parent + "/${MODEL_INSTANCE_ID}"
-        point[f"HF_CMD_NODE{k}"], point[f"EXO_LOG_DIR_NODE{k}"] = sbx[f"HF_CMD_NODE{k}"], sbx[f"EXO_LOG_DIR_NODE{k}"]
-    out = []
-    for line in GUIDE_ENV.read_text().splitlines():
-        m = re.match(r'^([A-Z0-9_]+)="([^"]*)"(.*)$', line)
-        out.append(f'{m.group(1)}="{point[m.group(1)]}"{m.group(3)}' if m and m.group(1) in point else line)
-    changed = {a.split("=")[0] for a, b in zip(out, GUIDE_ENV.read_text().splitlines(), strict=True) if a != b}
-    assert changed <= set(GUIDE_POINTED) and "EXO_LIBP2P_PORT=\"51001\"" in out
-    extra = [f"{key}={sbx[key]}" for key in ("SSH_CONFIG", "SSH_KNOWN_HOSTS", "HF_ENDPOINT", "EXO_CMD_NODE1",
-                                              "EXO_CMD_NODE2") if key in sbx]
-    env = tmp_path / "model_drop.env"
-    env.write_text("\n".join(out + ["", "# the sandbox's own keys", *extra]) + "\n")
-    return env
 
 
 def test_guide_env_runs_green_and_chat_is_serving_truth_while_runner_maps_lag(box, tmp_path):

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from tests_selftest.runs.test_cluster import guide_env_for
 from tests_selftest.support.cluster_runs import (
     ORDER,
     WINDOWS,
+    guide_env_for,
     launch_records,
     proc_start,
     reset_nodes,

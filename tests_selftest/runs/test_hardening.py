@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from tests_selftest.support import faultmatrix as fm
 from tests_selftest.support.fault_plugin import _live_decoys
 from tests_selftest.support.file_runs import FAST, assert_caught, env_values, give, run
 from tests_selftest.support.interrupts import hf_running, record_measure
+from tests_selftest.support.listener import silent_endpoint
 from tests_selftest.support.runs import RunResult, start_run
 
 pytestmark = [pytest.mark.sandbox_run, pytest.mark.timeout(600)]
@@ -207,23 +207,8 @@ def test_resume_after_a_revision_change_downloads_and_verifies_again(clean, faul
 @pytest.fixture
 def silent_hub():
     """http://<loopback>:<port> that accepts connections and never sends a byte (reachable from the nodes)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                held.append(sock.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    sock.close()
-    for c in held:
-        c.close()
+    with silent_endpoint() as url:
+        yield url
 
 
 @pytest.mark.fault("silent-hub-online", gate="preflight", signature="no answer within 10s", window="--stall-window")

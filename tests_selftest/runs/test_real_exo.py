@@ -29,14 +29,15 @@ import pytest
 
 from sandbox import Sandbox
 from sandbox.exo_real.install import missing_inputs
-from tests_selftest.support import runs
 from tests_selftest.support.cluster_runs import (
     ORDER,
     alive,
     assert_caught,
     launch_records,
+    newest_ledger_events,
     proc_start,
     reset_nodes,
+    run_acting,
     signature_ids,
     stop_leftovers,
 )
@@ -66,36 +67,10 @@ def box(real):
     reset_nodes(real)
 
 
-def ledger_events(report_dir: Path) -> list[dict]:
-    """The events of the newest run folder's ledger under `report_dir` (empty before it exists)."""
-    ledgers = sorted(report_dir.glob("*/ledger.jsonl"), key=lambda p: p.stat().st_mtime)
-    if not ledgers:
-        return []
-    out = []
-    for line in ledgers[-1].read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass  # a line being written
-    return out
-
-
 def run_with(box, tmp_path: Path, when: tuple[str, str] | None = None, act: Callable[[], None] | None = None,
              *args: str, timeout: float = 600) -> RunResult:
-    """`pytest gates/` against the sandbox; `act()` runs once, as soon as the ledger shows event `when`
-    = (event, gate), e.g. ("pass", "preflight")."""
-    report = tmp_path / "reports"
-    with runs.start_run(["gates/"], Path(box.env_file), report, *WINDOWS, *args) as run:
-        deadline = time.monotonic() + timeout
-        done = when is None
-        while run.running() and not done and time.monotonic() < deadline:
-            if any(e.get("event") == when[0] and e.get("gate") == when[1] for e in ledger_events(report)):
-                act()
-                done = True
-            time.sleep(0.2)
-        result = run.wait(max(1.0, deadline - time.monotonic()))
-    assert done, f"the run never reached {when}:\n{result.output[-3000:]}"
-    return result
+    """`run_acting` with this module's windows."""
+    return run_acting(box, tmp_path, when, act, *WINDOWS, *args, timeout=timeout)
 
 
 def caught(r: RunResult, gate: str, sigs: set[str]) -> None:
@@ -174,7 +149,7 @@ def test_namespace_mismatch_isolates_at_cluster_and_stop_existing_spares_decoys(
         assert stale.poll() is not None, f"the stale exo pid {stale.pid} still runs"
         listed = json.loads((r.run_folder() / "exo" / "node1-canary-existing-exo.json").read_text())["found"]
         assert [(x["pid"], x["start"]) for x in listed] == [(stale.pid, pytest.approx(stale_start, abs=1.5))], listed
-        warnings = [str(e.get("value")) for e in ledger_events(r.report_dir) if e.get("event") == "warning"]
+        warnings = [str(e.get("value")) for e in newest_ledger_events(r.report_dir) if e.get("event") == "warning"]
         assert any(w.startswith(f"node1: --stop-existing-exo stopped pid {stale.pid} ") for w in warnings), warnings
         harmed = [name for name, p in decoys.items() if p.poll() is not None]
         assert not harmed, f"decoys stopped by the run: {harmed}"
@@ -308,7 +283,7 @@ def test_node_exo_killed_mid_chat_is_caught_at_chat(box, tmp_path, fault_row):
         msg = r.message("chat")
         assert f"exo of node1 (pid {seen['pid']}) died: node1 stream" in msg, msg[:500]
         assert signature_ids(r, "chat")[0] == "X-EXO-GONE", signature_ids(r, "chat")
-        fail = next(e for e in ledger_events(report) if e.get("event") == "fail" and e.get("gate") == "chat")
+        fail = next(e for e in newest_ledger_events(report) if e.get("event") == "fail" and e.get("gate") == "chat")
         fault_row.verdict_s = round(float(fail["t"]) - seen["killed"], 2)  # from the kill, not the gate's start
         print(f"\nMEASURE killed-mid-chat-real-exo: chat verdict {fault_row.verdict_s}s after the kill "
               f"({seen['killed'] - seen['in_flight_at']:.1f}s after the request was seen); {msg[:200]}")

@@ -25,8 +25,7 @@ import pytest
 from modeldrop.gatetable import gate_order
 from sandbox import Sandbox
 from sandbox.exo_real.install import missing_inputs
-from tests_selftest.runs.test_real_exo import run_with
-from tests_selftest.support.cluster_runs import launch_records, signature_ids, stop_leftovers, wait_gone
+from tests_selftest.support.cluster_runs import launch_records, run_acting, signature_ids, stop_leftovers, wait_gone
 from tests_selftest.support.runs import RunResult, later_gates_not_run, run_suite
 from tests_selftest.support.slots import SANDBOX_BASE, slot
 
@@ -223,7 +222,7 @@ def test_node4_exo_killed_mid_chat_is_caught_at_chat(box4, fault_row, tmp_path):
         os.kill(rec["pid"], signal.SIGKILL)
         seen.update(pid=rec["pid"], killed=time.time())
 
-    r = run_with(box, tmp_path, ("gate_start", "chat"), kill_node4, *WINDOWS, "--resume-bootstrap")
+    r = run_acting(box, tmp_path, ("gate_start", "chat"), kill_node4, *WINDOWS, "--resume-bootstrap")
     assert "error" not in seen, seen
     try:
         caught(r, "chat", "X-EXO-GONE", f"exo of node4 (pid {seen['pid']}) died")

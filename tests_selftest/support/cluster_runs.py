@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from modeldrop.gatetable import gate_order
+from tests_selftest.support import DATA
 from tests_selftest.support.faultmatrix import proc_start_ticks
-from tests_selftest.support.runs import RunResult, later_gates_not_run
+from tests_selftest.support.runs import RunResult, later_gates_not_run, start_run
 
 WINDOWS = ["--cluster-window", "8", "--settle-window", "3", "--ready-timeout", "60"]
 ORDER = gate_order(2)
@@ -83,3 +86,68 @@ def assert_caught(r: RunResult, gate: str, sig: str | None) -> None:
     if sig:  # a signature id, or text of the gate's message
         assert sig in signature_ids(r, gate) or sig in r.message(gate), (signature_ids(r, gate), r.message(gate))
     assert wait_gone(launch_records(r)) == [], "processes left behind after a failed run"
+
+
+def newest_ledger_events(report_dir: Path) -> list[dict]:
+    """The events of the newest run folder's ledger under `report_dir` (empty before it exists)."""
+    ledgers = sorted(report_dir.glob("*/ledger.jsonl"), key=lambda p: p.stat().st_mtime)
+    if not ledgers:
+        return []
+    out = []
+    for line in ledgers[-1].read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass  # a line being written
+    return out
+
+
+def run_acting(box, tmp_path: Path, when: tuple[str, str] | None = None, act: Callable[[], None] | None = None,
+             *args: str, timeout: float = 600) -> RunResult:
+    """`pytest gates/ *args` against the sandbox; `act()` runs once, as soon as the ledger shows event `when`
+    = (event, gate), e.g. ("pass", "preflight")."""
+    report = tmp_path / "reports"
+    with start_run(["gates/"], Path(box.env_file), report, *args) as run:
+        deadline = time.monotonic() + timeout
+        done = when is None
+        while run.running() and not done and time.monotonic() < deadline:
+            if any(e.get("event") == when[0] and e.get("gate") == when[1] for e in newest_ledger_events(report)):
+                act()
+                done = True
+            time.sleep(0.2)
+        result = run.wait(max(1.0, deadline - time.monotonic()))
+    assert done, f"the run never reached {when}:\n{result.output[-3000:]}"
+    return result
+
+
+# -- the guide's own env file ---------------------------------------------------------------------
+GUIDE_ENV = DATA / "seed-model_drop.env"
+GUIDE_POINTED = ("MODEL_ID", "MODEL_INSTANCE_ID", "NODE1", "NODE2", "MODEL_DIR_NODE1", "MODEL_DIR_NODE2",
+                 "HF_CMD_NODE1", "HF_CMD_NODE2", "EXO_LOG_DIR_NODE1", "EXO_LOG_DIR_NODE2", "PROFILE_PATH",
+                 "RUN_REPORT_DIR")
+
+
+def guide_env_for(box, tmp_path: Path) -> Path:
+    """The guide's env block verbatim, with only its model, node and dir lines pointed at the sandbox (their
+    quotes, comments and `${MODEL_INSTANCE_ID}` kept), plus the sandbox-only keys (ssh config, hub, exo path)."""
+    sbx = dict(line.split("=", 1) for line in Path(box.env_file).read_text().splitlines()
+               if line and not line.startswith("#"))
+    nodes = sbx["NODES"].split(",")
+    folder = sbx["MODEL_ID"].replace("/", "--")
+    point = {"MODEL_ID": sbx["MODEL_ID"], "MODEL_INSTANCE_ID": folder, "NODE1": nodes[0], "NODE2": nodes[1],
+             "PROFILE_PATH": str(tmp_path / "model_profiles.json"), "RUN_REPORT_DIR": str(tmp_path / "reports")}
+    for k in (1, 2):
+        parent = sbx[f"MODEL_DIR_NODE{k}"].rsplit("/", 1)[0]
+        point[f"MODEL_DIR_NODE{k}"] = parent + "/${MODEL_INSTANCE_ID}"
+        point[f"HF_CMD_NODE{k}"], point[f"EXO_LOG_DIR_NODE{k}"] = sbx[f"HF_CMD_NODE{k}"], sbx[f"EXO_LOG_DIR_NODE{k}"]
+    out = []
+    for line in GUIDE_ENV.read_text().splitlines():
+        m = re.match(r'^([A-Z0-9_]+)="([^"]*)"(.*)$', line)
+        out.append(f'{m.group(1)}="{point[m.group(1)]}"{m.group(3)}' if m and m.group(1) in point else line)
+    changed = {a.split("=")[0] for a, b in zip(out, GUIDE_ENV.read_text().splitlines(), strict=True) if a != b}
+    assert changed <= set(GUIDE_POINTED) and "EXO_LIBP2P_PORT=\"51001\"" in out
+    extra = [f"{key}={sbx[key]}" for key in ("SSH_CONFIG", "SSH_KNOWN_HOSTS", "HF_ENDPOINT", "EXO_CMD_NODE1",
+                                              "EXO_CMD_NODE2") if key in sbx]
+    env = tmp_path / "model_drop.env"
+    env.write_text("\n".join(out + ["", "# the sandbox's own keys", *extra]) + "\n")
+    return env

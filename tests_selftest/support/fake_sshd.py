@@ -18,6 +18,7 @@ from pathlib import Path
 
 import paramiko
 
+from tests_selftest.support.listener import Listener
 from tests_selftest.support.sshd_fixture import keygen
 
 
@@ -61,18 +62,14 @@ class FakeSSHD:
         self.mode, self.addr = mode, addr
         self.release = threading.Event()
         self.commands: list[str] = []
-        self._conns: list[socket.socket] = []
         self._transports: list[paramiko.Transport] = []
         self._channels: list[paramiko.Channel] = []
         keygen(workdir / "host")
         self.host_key = paramiko.Ed25519Key.from_private_key_file(str(workdir / "host"))
         keygen(workdir / "client")
         family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((addr, 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
+        self.listener = Listener(self._handshake, addr, family)
+        self.port = self.listener.port
         bracket = f"[{addr}]" if ":" in addr else addr
         self.target = f"root@{bracket}:{self.port}"
         self.known_hosts = workdir / "known_hosts"
@@ -80,26 +77,19 @@ class FakeSSHD:
         self.ssh_config = workdir / "ssh_config"
         self.ssh_config.write_text(f"Host *\n    IdentityFile {workdir / 'client'}\n"
                                    f"    GlobalKnownHostsFile {workdir / 'no_global_known_hosts'}\n")
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self._conns.append(conn)
-            if self.mode == "banner":
-                continue
-            t = paramiko.Transport(conn)
-            t.add_server_key(self.host_key)
-            self._transports.append(t)
-            try:
-                t.start_server(server=_Server(self))
-            except (paramiko.SSHException, EOFError, OSError):
-                continue
-            threading.Thread(target=self._accept_channels, args=(t,), daemon=True).start()
+    def _handshake(self, conn: socket.socket) -> None:
+        """One connection: held silent in mode `banner`, else an SSH server transport accepting channels."""
+        if self.mode == "banner":
+            return
+        t = paramiko.Transport(conn)
+        t.add_server_key(self.host_key)
+        self._transports.append(t)
+        try:
+            t.start_server(server=_Server(self))
+        except (paramiko.SSHException, EOFError, OSError):
+            return
+        self._accept_channels(t)
 
     def _accept_channels(self, t: paramiko.Transport) -> None:
         while t.is_active():
@@ -110,11 +100,6 @@ class FakeSSHD:
     def stop(self) -> None:
         """Release blocked callbacks and close every socket."""
         self.release.set()
-        self.sock.close()
+        self.listener.close()
         for t in self._transports:
             t.close()
-        for c in self._conns:
-            try:
-                c.close()
-            except OSError:
-                pass

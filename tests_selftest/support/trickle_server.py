@@ -10,8 +10,9 @@ closes every socket. `url`, and `served` (requests answered so far).
 from __future__ import annotations
 
 import socket
-import threading
 import time
+
+from tests_selftest.support.listener import Listener
 
 MODES = ("headers", "length", "close")
 
@@ -26,22 +27,8 @@ class TrickleServer:
         self.body, self.mode, self.interval_s, self.max_s = body, mode, interval_s, max_s
         self.content_type = content_type
         self.served = 0
-        self._conns: list[socket.socket] = []
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self._conns.append(conn)
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+        self.listener = Listener(self._answer)
+        self.url = self.listener.url
 
     def _head(self) -> bytes:
         if self.mode == "close":
@@ -73,9 +60,4 @@ class TrickleServer:
                 return
 
     def stop(self) -> None:
-        self.sock.close()
-        for c in self._conns:
-            try:
-                c.close()
-            except OSError:
-                pass
+        self.listener.close()

@@ -13,6 +13,7 @@ import pytest
 
 from modeldrop.bench import load
 from modeldrop.bench.client import BenchClient, ChatRequest, RequestRecord
+from tests_selftest.support.listener import Listener
 
 pytestmark = pytest.mark.timeout(60)
 STALL_S = 0.6
@@ -46,19 +47,8 @@ class _StreamServer:
 
     def __init__(self, shape):
         self.shape = shape
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+        self.listener = Listener(self._answer)
+        self.url = self.listener.url
 
     def _answer(self, conn: socket.socket) -> None:
         with conn:
@@ -84,7 +74,7 @@ class _StreamServer:
                 time.sleep(0.05)  # the server's pace, not a synchronisation
 
     def stop(self) -> None:
-        self.sock.close()
+        self.listener.close()
 
 
 def _send(url: str, stall_s: float = STALL_S) -> tuple[RequestRecord, float]:

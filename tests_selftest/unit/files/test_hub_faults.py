@@ -3,8 +3,6 @@ bound with one line; a token is never sent to a plain-http non-loopback endpoint
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from dataclasses import replace
 
@@ -14,41 +12,27 @@ from modeldrop import hub
 from modeldrop.download import DownloadPlan, run_hf_download
 from modeldrop.errors import InputError, NodeError
 from modeldrop.nodes import LocalNode
+from tests_selftest.support.listener import silent_endpoint
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def silent_endpoint():
+def silent_hub():
     """http://127.0.0.1:<port> that accepts connections and never sends a byte."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                held.append(sock.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    sock.close()
-    for c in held:
-        c.close()
+    with silent_endpoint() as url:
+        yield url
 
 
 @pytest.mark.fault("hub-silent", gate="node1_verify", signature="timed out")
-def test_silent_hub_is_bounded_and_one_line(silent_endpoint):
+def test_silent_hub_is_bounded_and_one_line(silent_hub):
     t0 = time.monotonic()
     with pytest.raises(NodeError) as exc:
-        hub.expected_online("org/model", endpoint=silent_endpoint, timeout_s=2)
+        hub.expected_online("org/model", endpoint=silent_hub, timeout_s=2)
     took = time.monotonic() - t0
     assert took < 8, took  # bounded by the 2 s asked for (the default is HUB_TIMEOUT_S, 60 s); slack for a busy CI
     msg = str(exc.value)
-    assert "\n" not in msg and "no answer within 2s" in msg and "org/model@main" in msg and silent_endpoint in msg
+    assert "\n" not in msg and "no answer within 2s" in msg and "org/model@main" in msg and silent_hub in msg
 
 
 @pytest.mark.parametrize(("endpoint", "allow", "refused"), [

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from modeldrop import config
-from modeldrop.bench import serving
 from modeldrop.errors import InputError
+from modeldrop.exo import serving_check as serving
 from modeldrop.validate import api_urls
 from sandbox.calibration_server import CalibServer
 from tests_selftest.support import REPO
