@@ -2,7 +2,7 @@
 
 The suite ships inside the wheel as `modeldrop.suite`, mapped from the checkout's top level, so the top-level
 gates/, fixtures/, benchmarks/, conftest.py and pyproject.toml's pytest settings stay its one source: an installed
-`model-drop` (or `pytest --pyargs modeldrop.suite.gates`) runs them as `pytest gates/` runs them in a checkout.
+`model-drop` (or `pytest "$(model-drop --suite-dir)/gates"`) runs them as `pytest gates/` runs them in a checkout.
 An editable install maps nothing: it runs the checkout itself (modeldrop.statedirs.suite_root).
 """
 

@@ -155,6 +155,12 @@ def other_checkout(suite: Path, cwd: Path | None = None) -> Path | None:
     return None
 
 
+def other_pytest(checkout: Path) -> str:
+    """How to run pytest in another checkout: its own .venv when it has one, else `python -m pytest` (after
+    installing it: `./install.sh` in a checkout)."""
+    return ".venv/bin/pytest" if (checkout / ".venv" / "bin" / "pytest").exists() else "python3 -m pytest"
+
+
 def run_dir(suite: Path) -> Path:
     """Where pytest runs: the checkout's root when run inside the suite's own checkout, else the current dir."""
     cwd = Path.cwd().resolve()
@@ -226,7 +232,7 @@ def run(model: str, rest: Sequence[str], *, bench: bool = False) -> int:
     if other is not None:
         print(f"model-drop: running modeldrop {__version__} from {statedirs.PACKAGE_DIR} (its suite {suite}), not the "
               f"checkout at {other} (modeldrop {checkout_version(other)}); to run that one: cd {other} && "
-              f".venv/bin/pytest gates/ --model {model}", file=sys.stderr)
+              f"{other_pytest(other)} gates/ --model {model}", file=sys.stderr)
     rc, folder = _run_pytest(suite, "gates", model, rest)
     if any(a in ("--collect-only", "--co") for a in rest):
         return rc

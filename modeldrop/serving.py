@@ -413,18 +413,21 @@ def nodes_card_layers(nodes: dict[int, NodeServing]) -> int | None:
 
 
 def _fit_way_out(meta: RepoMeta, mem: dict[int, dict], size: int, n: int) -> str:
-    """Add a node, free memory where total exceeds available, or a smaller quantization."""
-    outs = [f"add a node (min_nodes={n + 1})" if n < 4 else "a fifth node is beyond this suite (4 at most)"]
+    """The ways out that would fit, each checked against the nodes' figures: another node like these (when the
+    suite's 4 allow one), free memory (when the installed total holds the model), the 4-bit variant (when it fits
+    what is available); else a smaller model."""
+    avail = sum(int(m.get("available_bytes") or 0) for m in mem.values())
     total = sum(int(m.get("total_bytes") or 0) for m in mem.values())
+    outs = []
+    if n < 4 and avail * (n + 1) // n >= size:
+        outs.append(f"add a node like these (min_nodes={n + 1})")
     if total >= size:
         outs.append(f"free memory on the nodes ({hb(total)} installed; quit other apps and models)")
     q = meta.config.get("quantization") if isinstance(meta.config, dict) else None
     bits = q.get("bits") if isinstance(q, dict) else (16 if isinstance(meta.config, dict) else None)
-    if isinstance(bits, int) and bits > 4:
+    if isinstance(bits, int) and bits > 4 and size * 4 // bits <= avail:
         outs.append(f"pick the 4-bit variant (about {hb(size * 4 // bits)})")
-    elif isinstance(bits, int):
-        outs.append("pick a smaller model")
-    return "; or ".join(outs)
+    return "; or ".join(outs) if outs else "pick a smaller model (no variant of this one fits these nodes)"
 
 
 def card_item(meta: RepoMeta, nodes: dict[int, NodeServing], model_id: str) -> Item:

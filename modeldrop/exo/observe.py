@@ -114,13 +114,9 @@ def _startup_seen(progress: Progress, k: int, s: StartupSample, settle_from: flo
 # -- cluster --------------------------------------------------------------------------------------
 def views_of(clients: dict[int, ExoClient]) -> tuple[dict[int, st.ClusterView | None], dict[int, str]]:
     """Each node's cluster view (None where /state did not answer) and why it did not."""
-    out: dict[int, st.ClusterView | None] = {}
-    errors: dict[int, str] = {}
-    for k, c in clients.items():
-        s, err = call_safely(c.state)
-        out[k] = st.cluster_view(s) if isinstance(s, dict) else None
-        if out[k] is None:
-            errors[k] = err or "/state is not an object"
+    answers = each(sorted(clients), lambda k: call_safely(clients[k].state))  # every node at once
+    out = {k: st.cluster_view(s) if isinstance(s, dict) else None for k, (s, _) in answers.items()}
+    errors = {k: err or "/state is not an object" for k, (_, err) in answers.items() if out[k] is None}
     return out, errors
 
 
@@ -140,7 +136,7 @@ def watch_cluster(clients: dict[int, ExoClient], live_ids: dict[int, str], windo
         views, errors = views_of(clients)
         if progress is not None:
             for k, seen in join_seen(views, errors, live_ids).items():
-                progress.seen(f"node{k}", f"{n} nodes linked both ways in its topology", seen, window_s)
+                progress.seen(f"node{k}", f"{n} nodes in its topology, placeable as {meta}", seen, window_s)
         return cluster_verdict(live_ids, views, n, meta, errors)
 
     res = poll(look, lambda v: v.ok, window_s, CLUSTER_INTERVAL_S,
@@ -415,11 +411,13 @@ def latency_check(urls: dict[int, str], model_id: str, spread_max: float, stop: 
                   n: int = LATENCY_REQUESTS, timeout_s: float = SERVING_CHAT_S) -> Verdict:
     """`n` short identical non-streamed chats through each node, judged for latency stability (`latency_verdict`);
     a request that fails is its own problem (the chat gate's answers all passed just before)."""
+    def ask(k: int) -> list[dict]:  # one node's requests one after another; the nodes at once
+        return [one_chat(urls[k], model_id, False, max_tokens=8, stall_s=min(CHAT_STALL_S, timeout_s),
+                         timeout_s=timeout_s) for _ in range(n)]
     lat: dict[int, list[float]] = {}
     failed = []
-    for k, url in sorted(urls.items()):
-        for _ in range(n):
-            r = one_chat(url, model_id, False, max_tokens=8, stall_s=min(CHAT_STALL_S, timeout_s), timeout_s=timeout_s)
+    for k, answers in each(sorted(urls), ask).items():
+        for r in answers:
             if r.get("error") or r.get("latency_s") is None:
                 failed.append(f"node{k}: short request failed: {r.get('error_kind')}: {str(r.get('error'))[:160]}")
             else:

@@ -1,11 +1,16 @@
 """Where the model serves, as the run summary says it: each node's API URL and node id, the model and instance id,
-sharding and instance kind, and a chat command to paste (`serving_block`). Plain data; the ledger keeps it."""
+sharding and instance kind, and a chat command to paste (`serving_block`; `serving_at` for an EXO seen only through
+its API URLs). Plain data; the ledger keeps it."""
 
 from __future__ import annotations
 
 import json
 import shlex
 from typing import Any
+
+from modeldrop.exo.client import ExoClient
+from modeldrop.exo.state import instances_for_model
+from modeldrop.exo.wait import call_safely
 
 CURL_PROMPT = "Say hello in one short sentence."
 
@@ -36,3 +41,17 @@ def instance_shape(inst: Any) -> tuple[str | None, str | None]:
     kinds = [sh.kind for sh in inst.runner_to_shard.values() if sh.kind]
     sharding = kinds[0].removesuffix("ShardMetadata") if kinds else None
     return sharding, (inst.kind.removesuffix("Instance") if inst.kind else None)
+
+
+def serving_at(model_id: str, urls: list[str], node_ids: dict[str, str] | None = None) -> dict[str, Any]:
+    """The serving block of an EXO seen only through its API URLs (node1… in order): each node's id (asked when
+    not given), the model's instance from the first node's /state; whatever cannot be read is left None."""
+    if node_ids is None:
+        asked = {f"node{k}": call_safely(lambda u=u: ExoClient(u).node_id(timeout_s=5))[0]
+                 for k, u in enumerate(urls, 1)}
+        node_ids = {name: nid for name, nid in asked.items() if isinstance(nid, str)}
+    state, _ = call_safely(ExoClient(urls[0]).state)
+    inst = next(iter(instances_for_model(state, model_id)), None) if isinstance(state, dict) else None
+    sharding, kind = instance_shape(inst)
+    return serving_block(model_id, {f"node{k}": u for k, u in enumerate(urls, 1)}, node_ids,
+                         inst.instance_id if inst else None, sharding, kind)

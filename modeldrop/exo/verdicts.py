@@ -286,11 +286,16 @@ def chat_verdict(results: list[dict]) -> Verdict:
     return Verdict.passed(f"{len(results)} chat completion(s) answered: {lat}", {"results": results}, facts)
 
 
+LATENCY_FLOOR_S = 0.25  # a spread whose slowest request stays under this is scheduling noise, not instability
+
+
 def latency_verdict(latencies: dict[int, list[float]], spread_max: float, stop: bool) -> Verdict:
     """Latency stability (one of the guide's strong signals) over a few short, identical requests through each
-    node: the slowest may take at most `spread_max` times as long as the fastest on the same node. Beyond it: a
-    warning, or a problem when `stop`. A node with fewer than two answered requests has no spread to judge."""
-    spreads = {k: round(max(v) / max(min(v), 1e-3), 2) for k, v in sorted(latencies.items()) if len(v) >= 2}
+    node: the slowest may take at most `spread_max` times as long as the fastest on the same node. Beyond it (and
+    the slowest over LATENCY_FLOOR_S: milliseconds apart is noise): a warning, or a problem when `stop`. A node
+    with fewer than two answered requests has no spread to judge."""
+    spreads = {k: round(max(v) / max(min(v), 1e-3), 2) for k, v in sorted(latencies.items())
+               if len(v) >= 2 and max(v) >= LATENCY_FLOOR_S}
     details = {"latencies_s": {f"node{k}": v for k, v in sorted(latencies.items())},
                "spread": {f"node{k}": x for k, x in spreads.items()}, "spread_max": spread_max}
     wide = [f"node{k}: the slowest of {len(latencies[k])} short requests took {x:.1f}x the fastest "

@@ -294,7 +294,8 @@ def gate_lines(state: RunState) -> list[str]:
 def text_lines(state: RunState, exit_status_: int | None, rows: list[dict[str, Any]]) -> list[str]:
     """The end-of-run summary for the terminal: result, gates, serving, benchmarks (the hand-off block follows)."""
     res = result(state)
-    lines = [f"result: {result_line(res, exit_status_)}", *gate_lines(state), *serving_lines(state.serving)]
+    lines = [f"result: {result_line(res, exit_status_)}", *gate_lines(state), *verdict_lines(state.serving_verdict),
+             *serving_lines(state.serving)]
     bench = bench_text_lines(rows)
     if bench:
         lines += bench
@@ -304,6 +305,14 @@ def text_lines(state: RunState, exit_status_: int | None, rows: list[dict[str, A
         lines.append("benchmarks: " + ", ".join(f"{n} {o}" for o, n in counts.items() if n)
                      + (f" ({one_line(first, 200)})" if first else ""))
     return lines
+
+
+def verdict_lines(block: dict[str, Any] | None) -> list[str]:
+    """Preflight's "will it serve?" in one line (its items are in handoff.md), or nothing before preflight."""
+    if not block:
+        return []
+    items = ", ".join(f"{name} {(it or {}).get('status', '?')}" for name, it in (block.get("items") or {}).items())
+    return [f"will it serve: {block.get('outcome')} (from {block.get('source')}{'; ' + items if items else ''})"]
 
 
 def serving_markdown(block: dict[str, Any] | None) -> list[str]:

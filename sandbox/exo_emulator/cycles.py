@@ -11,7 +11,7 @@ is rank 0 and who neighbours whom. Orders that matter:
 - SCCs come from Kosaraju: a post-order over the reversed graph in node-index order, then DFS from the
   last-finished node; Johnson takes the last SCC and, within it, its last node as the start;
 - each SCC's subgraph keeps the original relative order of nodes and edges.
-`tests_selftest/test_placement_rule.py` holds this to rustworkx itself on every directed graph of 2 to 4
+`tests_selftest/unit/exo/test_placement_rule.py` holds this to rustworkx itself on every directed graph of 2 to 4
 nodes. A node or edge deleted and re-added may take a freed index in rustworkx's StableGraph; that reuse is
 not modelled (edges keep their insertion order).
 """

@@ -4,7 +4,7 @@ Contract: ``place(state, card, sharding, meta, min_nodes, required)`` returns on
 Instance or raises ``ValueError`` with exo's exact message. Cycles come in rustworkx's order (``cycles.py``,
 over the order edges were added); among the smallest that fit, those with a leaf node win, then the first
 with the best (download score, memory); rank order is that cycle's order, so the emulator ranks 3 and 4
-nodes exactly as EXO would (``tests_selftest/test_placement_rule.py`` compares them with EXO's own
+nodes exactly as EXO would (``tests_selftest/unit/exo/test_placement_rule.py`` compares them with EXO's own
 ``place_instance``). 1-node results are forced to Pipeline/MlxRing; pipeline layers are split by available RAM.
 """
 

@@ -152,11 +152,16 @@ def test_the_benchmark_table_has_the_case_json_numbers(tmp_path):
 
 def test_where_the_model_serves_and_when_it_stopped(tmp_path):
     lg = ledger(tmp_path)
+    lg.serving_verdict("preflight", {"outcome": "GO (tight)", "source": "hub", "overridden": False, "seconds": 0.4,
+                                     "items": {"format": {"status": "go", "line": "safetensors"},
+                                               "memory": {"status": "warn", "line": "tight"}},
+                                     "no_go": [], "warnings": ["tight"]})
     pass_all(lg, ORDER)
     lg.serving(serving_block("org/m", {"node1": "http://10.0.0.1:52415", "node2": "http://10.0.0.2:52415"},
                              {"node1": "abc"}, "inst-1", "Pipeline", "MlxRing"))
     lg.end(0)
     lines = lg.summary_lines()
+    assert "will it serve: GO (tight) (from hub; format go, memory warn)" in lines  # preflight's verdict, one line
     assert "serving: org/m, instance inst-1 (Pipeline, MlxRing)" in lines
     assert "  node1  http://10.0.0.1:52415  (node id abc)" in lines and "  node2  http://10.0.0.2:52415" in lines
     curl = next(ln for ln in lines if ln.startswith("  try: curl -s http://10.0.0.1:52415/v1/chat/completions "))

@@ -137,9 +137,19 @@ def test_a_model_bigger_than_the_cluster_does_not_fit_and_says_by_how_much(tmp_p
     (p,) = v.problems
     assert "does not fit: 713.0 GB (the index's metadata.total_size) on min_nodes=2: 46.0 GB available, 667.0 GB " \
            "short (EXO: \"No cycles found with sufficient memory\")" in p
-    assert "add a node (min_nodes=3)" in p and "pick the 4-bit variant (about 356.5 GB)" in p
-    assert "free memory" not in p  # 256 GB installed cannot hold 713 GB either
+    # no way out that would fit is offered: a third node (69 GB), the 4-bit variant (356.5 GB), 256 GB installed
+    assert p.endswith("pick a smaller model (no variant of this one fits these nodes)"), p
+    assert "add a node" not in p and "4-bit" not in p and "free memory" not in p
     assert v.facts[Fact.does_not_fit] == {"size_bytes": 713 * GB, "available_bytes": 46 * GB}
+
+
+def test_the_ways_out_offered_are_the_ones_that_would_fit(tmp_path):
+    (p,) = sv.judge(meta(size_gb=60, shards=2), two(avail_gb=23), cfg(tmp_path)).problems
+    assert "46.0 GB available, 14.0 GB short" in p  # a third node like these holds 69 GB; 4-bit is 30 GB
+    assert "add a node like these (min_nodes=3); or free memory on the nodes (256.0 GB installed" in p, p
+    assert p.endswith("or pick the 4-bit variant (about 30.0 GB)"), p
+    (p,) = sv.judge(meta(size_gb=80, shards=2), two(avail_gb=23), cfg(tmp_path)).problems
+    assert "add a node" not in p and "pick the 4-bit variant (about 40.0 GB)" in p, p
 
 
 def test_installed_memory_that_would_fit_says_free_memory(tmp_path):
