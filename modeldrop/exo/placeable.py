@@ -13,8 +13,9 @@ generations, master/placement.py and placement_utils.py), for `min_nodes = N`:
 - MlxJaccl: an RDMA edge for every ordered pair (`get_mlx_jaccl_devices_matrix`), RDMA enabled on every node
   where /state reports it (`nodeRdmaCtl`, NEW), and a socket edge from every node to rank 0, which can be
   any node: so a socket edge for every ordered pair.
-Pairs with no link that no candidate cycle needs are notes, never failures. `tests_selftest/unit/exo/test_placement_rule.py`
-holds the rule to EXO's own `place_instance` on every directed graph of 2 to 4 nodes.
+Pairs with no link that no candidate cycle needs are notes, never failures.
+`tests_selftest/unit/exo/test_placement_rule.py` holds the rule to EXO's own `place_instance` on every directed
+graph of 2 to 4 nodes.
 """
 
 from __future__ import annotations
