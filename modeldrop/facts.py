@@ -49,6 +49,15 @@ class RunFacts:
         with self._lock:
             self._hub_commit = commit or self._hub_commit
 
+    def record_preflight(self, hf: dict[int, dict], builds: dict[int, Any]) -> None:
+        """What preflight saw that later gates fingerprint: each node's `hf version` answer (when it has one) and
+        exo build."""
+        for k, result in hf.items():
+            if result:
+                self.set_hf_probe(k, result)
+        for k, build in builds.items():
+            self.set_exo_build(k, build)
+
     def set_exo_build(self, k: int, build: Any) -> None:
         """Remember node k's exo build (an `ExoBuild`)."""
         with self._lock:

@@ -1,0 +1,86 @@
+"""The preflight gate's work in one call: every check of phase 0, in the order the guide runs them, to one verdict.
+
+`run_preflight(nodes, cfg, total, hub_error, rerun, on_each)` runs the file side on every node at once
+(`preflight.check_node`), no node listed twice, the hub's file list when `--online`, reach (TCP, around a ring)
+and the SSH login both ways (once nothing else failed), the exo side (`exo.preflight`, not in an audit) on the
+nodes that answered, and the serving verdict (`serving.serving_preflight`: will it serve, before the first byte).
+It returns a `PreflightRun`: what each check saw (`evidence()`, for the run folder), the facts later gates
+fingerprint (`pre[k].hf`, `builds`), the serving verdict, and the gate's verdict, the serving no-go first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from modeldrop.config import RunConfig
+from modeldrop.exo.launcher import ExoBuild
+from modeldrop.exo.preflight import ExoPreflight, exo_preflight
+from modeldrop.nodes import Node
+from modeldrop.preflight import (
+    NodePreflight,
+    check_node,
+    duplicate_problems,
+    preflight_verdict,
+    reach_problems,
+    ssh_login_warnings,
+)
+from modeldrop.serving import serving_preflight
+from modeldrop.verdict import Verdict
+
+OnEach = Callable[..., dict[int, Any]]
+
+
+@dataclass
+class PreflightRun:
+    """What preflight saw and decided (see the module docstring)."""
+
+    pre: dict[int, NodePreflight]
+    serving: Verdict
+    verdict: Verdict
+    exo: ExoPreflight | None = None
+    logins: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def builds(self) -> dict[int, ExoBuild]:
+        return dict(self.exo.builds) if self.exo else {}
+
+    def evidence(self) -> dict[str, Any]:
+        """{evidence name: JSON} of every check that ran, for the run folder."""
+        out: dict[str, Any] = {"nodes": {f"node{k}": {"facts": p.facts, "hf": p.hf, "disk": p.disk,
+                                                      "present_bytes": p.present_bytes, "located": p.located,
+                                                      "leftovers": p.leftovers} for k, p in self.pre.items()}}
+        if self.logins is not None:
+            out["ssh logins between nodes"] = self.logins
+        if self.exo is not None:
+            out["exo"] = self.exo.evidence
+        out["serving"] = self.serving.details["nodes"]
+        return out
+
+
+def run_preflight(nodes: dict[int, Node], cfg: RunConfig, total: int | None, hub_error: str | None, rerun: str,
+                  on_each: OnEach) -> PreflightRun:
+    """Every preflight check (see the module docstring); never raises for a node-side problem."""
+    pre = on_each(lambda k: check_node(nodes[k], cfg.node(k), cfg, total))
+    problems = duplicate_problems(pre, cfg) + [p for k in sorted(pre) for p in pre[k].problems]
+    warnings = [w for k in sorted(pre) for w in pre[k].warnings]
+    if cfg.online and hub_error:
+        problems.append(f"{hub_error} (--online downloads and audits against the hub's file list; check "
+                        f"HF_ENDPOINT and the network from this host, or run without --online)")
+    logins = None
+    if not problems:
+        reach, reach_notes = reach_problems(pre, nodes, cfg)
+        problems, warnings = problems + reach, warnings + reach_notes
+    if not problems:
+        ssh_warnings, logins = ssh_login_warnings(nodes, cfg)
+        warnings += ssh_warnings
+    answered = {k: nodes[k] for k in nodes if pre[k].facts}  # one line per unreachable node is enough
+    exo = None if cfg.audit else exo_preflight(answered, cfg, rerun)
+    if exo is not None:
+        problems, warnings = problems + exo.problems, warnings + exo.warnings
+    serving = serving_preflight(answered, cfg, on_each)  # will it serve? before the first byte
+    problems, warnings = serving.problems + problems, warnings + serving.warnings  # the decisive fact first
+    notes = list(exo.notes) if exo else []
+    return PreflightRun(pre, serving, preflight_verdict(problems, warnings, len(nodes), notes), exo, logins, notes)
