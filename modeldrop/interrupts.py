@@ -1,12 +1,12 @@
 """SIGTERM treated as Ctrl-C, and a cleanup that a second Ctrl-C cannot cut short.
 
 Contract:
-- `install_sigterm()` makes SIGTERM raise `KeyboardInterrupt("SIGTERM")` in the main thread, so a run
-  stopped by `kill` or a CI cancel unwinds like Ctrl-C (fixture teardown, the cleanup drain, the ledger's
-  run end). Returns a function that restores the previous handler.
-- `shield(note)`: from the first interrupt on, further SIGINT/SIGTERM are not raised but passed to
-  `note(signal name)` (e.g. "second Ctrl-C ignored while cleaning up"); every cleanup step has its own
-  deadline, so the run still ends. Returns a restore function.
+- `install(note)`: the first SIGINT or SIGTERM raises KeyboardInterrupt in the main thread (SIGTERM's as
+  `KeyboardInterrupt("SIGTERM")`, so a run stopped by `kill` or a CI cancel unwinds like Ctrl-C: fixture
+  teardown, the cleanup drain, the ledger's run end); from then on, further ones are not raised but passed to
+  `note(signal name)` (e.g. "second Ctrl-C ignored while cleaning up"), switched in the handler itself so a
+  second signal close behind the first cannot escape; every cleanup step has its own deadline, so the run still
+  ends. Returns a restore function.
 - `interrupt_reason(exc)` says which it was: "interrupted (SIGTERM)" or "interrupted (Ctrl-C)".
 Only the main thread can install handlers; elsewhere these do nothing.
 """
@@ -22,29 +22,25 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt("SIGTERM")
-
-
-def install_sigterm() -> Callable[[], None]:
-    """SIGTERM -> KeyboardInterrupt("SIGTERM"); returns the restore function."""
-    if not _main_thread():
-        return lambda: None
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    return lambda: signal.signal(signal.SIGTERM, previous)
-
-
-def shield(note: Callable[[str], None]) -> Callable[[], None]:
-    """Further SIGINT/SIGTERM go to note(name) instead of raising; returns the restore function."""
+def install(note: Callable[[str], None]) -> Callable[[], None]:
+    """The first SIGINT or SIGTERM raises KeyboardInterrupt (SIGTERM's with the argument "SIGTERM"); from that
+    moment, in the handler itself, every further one goes to note(signal name) instead: no second signal can
+    cut the unwinding short, however soon it comes. Returns the function that restores the previous handlers."""
     if not _main_thread():
         return lambda: None
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    seen: list[int] = []
 
-    def ignore(signum: int, frame: object) -> None:
-        note(signal.Signals(signum).name)
+    def handler(signum: int, frame: object) -> None:
+        if seen:
+            note(signal.Signals(signum).name)
+            return
+        seen.append(signum)
+        raise KeyboardInterrupt("SIGTERM") if signum == signal.SIGTERM else KeyboardInterrupt()
 
-    for s in saved:
-        signal.signal(s, ignore)
+    for s, h in saved.items():
+        if h is not signal.SIG_IGN:  # a signal the parent ignores (a background job's SIGINT) stays ignored
+            signal.signal(s, handler)
 
     def restore() -> None:
         for s, h in saved.items():

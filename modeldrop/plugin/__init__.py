@@ -212,7 +212,9 @@ class RunHooks:
         try:
             self.exits.drain()
         finally:
-            status = int(exitstatus) if interrupted else gs.ledger.exit_status(int(exitstatus))
+            # interrupted: pytest's code for it, also when the interrupt came before pytest could set the session's
+            status = (int(exitstatus) or int(pytest.ExitCode.INTERRUPTED)) if interrupted else \
+                gs.ledger.exit_status(int(exitstatus))
             session.exitstatus = status
             gs.ledger.end(status, interrupted)
         reporting.update_metadata(self.config, gs)

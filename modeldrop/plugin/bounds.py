@@ -21,10 +21,10 @@ import sys
 
 import pytest
 
+from modeldrop import interrupts
 from modeldrop.cleanup import REGISTRY
 from modeldrop.deadlines import FIXTURE_SETUP_S, TEARDOWN_S, DeadlineExceeded
 from modeldrop.gatetable import BY_KIND
-from modeldrop.interrupts import install_sigterm, interrupt_reason, shield
 from modeldrop.plugin.session import GateSession
 
 
@@ -71,13 +71,11 @@ class Exits:
     def __init__(self, gs: GateSession):
         self.gs = gs
         self.extra_signals: list[str] = []
-        self._unshield = lambda: None
-        self._unsigterm = install_sigterm()
+        self._restore = interrupts.install(self._note_signal)  # the first interrupt raises, later ones are noted
 
     def interrupted(self, exc: BaseException | None) -> str:
-        """From the first interrupt on, further ones are noted; returns the ledger's words for it."""
-        self._unshield = shield(self._note_signal)
-        return interrupt_reason(exc)
+        """The ledger's words for the interrupt (further ones are already only noted)."""
+        return interrupts.interrupt_reason(exc)
 
     def _note_signal(self, name: str) -> None:
         self.extra_signals.append(name)
@@ -100,5 +98,4 @@ class Exits:
 
     def close(self) -> None:
         """Give the signals back."""
-        self._unshield()
-        self._unsigterm()
+        self._restore()

@@ -218,7 +218,8 @@ def test_fault_caught_at_its_gate(box, tmp_path, name, k, faults, gate, sig, tim
         if name == "card_add_fails":
             assert "D6" not in signature_ids(r, gate) and "EXO has no model card" in r.message(gate), r.message(gate)
         if name == "runner_killed_signal":
-            assert f"on sbx-node{k} (node " in r.message(gate), r.message(gate)
+            # the node as configured (name, target), then as EXO names it (friendly name, node id)
+            assert f"on node{k} (" in r.message(gate) and f"sbx-node{k} (node " in r.message(gate), r.message(gate)
         if name in TRICKLE_BOUND_S:  # the window and the calls' total bounds, far below the gate's pytest-timeout
             assert own is not None and own < TRICKLE_BOUND_S[name], (own, r.message(gate))
     finally:

@@ -143,7 +143,7 @@ def test_hub_429_is_retried_then_fails_node1_download_with_every_attempts_reason
     model_dir = node_dir(sbx, 1)
     assert not model_dir.exists() or not any(model_dir.iterdir()), "hf serves a non-empty dir despite a 429"
     sbx.hub.set_faults({"rate_limit_429": True})
-    result = run(sbx, reports, "--download-attempts", "2")
+    result = run(sbx, reports, "--download-attempts", "2", "-v")  # -v cancels the runs' -q: progress lines shown
     assert_caught(result, "node1_download", "failed after 2 attempts: attempts 1, 2 (rc 1): ", "429")
     assert "node1 download: attempt 1 of 2 failed (rc 1) after " in result.output
     assert "next attempt in 1s (hf resumes what it has)" in result.output and "node1 download: attempt 2 of 2" in \

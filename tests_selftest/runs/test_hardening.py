@@ -184,8 +184,10 @@ def test_the_nodes_hf_ends_by_itself_when_the_controller_is_killed(clean, fault_
 
 
 # -- a changed revision is not resumed over ------------------------------------------------------------
-@pytest.mark.fault("revision-changed-resume", gate="node1_download", signature="hf_revision=main")
+@pytest.mark.fault("revision-changed-resume", gate="preflight", signature="hf_revision=main")
 def test_resume_after_a_revision_change_downloads_and_verifies_again(clean, fault_row):
+    """A resume after --revision changed reuses nothing the revision decides: preflight (its serving verdict reads
+    that revision's metadata) and, after it, the download and verify run again."""
     sbx, reports = clean
     files = ["-k", "preflight or node1_download or node1_verify"]
     first = run(sbx, reports, *files)
@@ -193,12 +195,13 @@ def test_resume_after_a_revision_change_downloads_and_verifies_again(clean, faul
         assert first.outcome(g) == "passed", (g, first.message(g), first.output[-3000:])
     commit = sbx.hub.commit(env_values(sbx)["MODEL_ID"])
     second = run(sbx, reports, *files, "--resume-bootstrap", "--revision", commit)
-    for g in ("node1_download", "node1_verify"):
+    for g in ("preflight", "node1_download", "node1_verify"):
         assert second.outcome(g) == "passed", (g, second.outcome(g), second.message(g))
+    assert not [e for e in events(second) if e.get("event") == "reuse"], "a pass of the old revision was reused"
     why = next((e for e in events(second) if e.get("event") == "resume_from"), {})
-    assert why.get("gate") == "node1_download" and f"hf_revision=main (now {commit[:12]}" in why.get("why", ""), why
+    assert why.get("gate") == "preflight" and f"hf_revision=main (now {commit[:12]}" in why.get("why", ""), why
     row = fault_row  # the run is green: its download and verify ran again (downstream of the fault, as they must)
-    row.caught_by, row.signature_seen, row.signature_matched = "node1_download", True, row.signature
+    row.caught_by, row.signature_seen, row.signature_matched = "preflight", True, row.signature
     row.detail, row.downstream_run = why["why"][:160], 0
     row.verdict_s = fm.verdict_seconds(events(second), "node1_verify", None)
 

@@ -185,7 +185,7 @@ def test_node4_download_incomplete_is_caught_at_its_verify(box4):
 def test_a_runner_killed_on_node3_is_caught_at_placement(box4):
     box, reports = box4
     box.set_exo_faults(3, {"runner_killed_signal": 9})
-    caught(resumed(box, reports), "placement", "X-RUNNER-SIGNAL", "node3 (sbx-node3")
+    caught(resumed(box, reports), "placement", "X-RUNNER-SIGNAL", "on node3 (", "sbx-node3 (node ")
 
 
 def api_connected(address: str, port: int) -> bool:
