@@ -102,9 +102,9 @@ def test_cluster_join_prints_nodes_seen_and_links_per_node():
     v = observe.watch_cluster(clients, {1: A, 2: B}, 60, clock=c, sleep=c.sleep,
                               progress=Progress(out.append, "cluster", clock=c))
     assert v.ok, v.summary
-    assert out == ["cluster node1: waiting for 2 nodes linked both ways in its topology; last seen 1/2 nodes, "
+    assert out == ["cluster node1: waiting for 2 nodes in its topology, placeable as MlxRing; last seen 1/2 nodes, "
                    "0/2 links; 10s of 60s",
-                   "cluster node2: waiting for 2 nodes linked both ways in its topology; last seen 1/2 nodes, "
+                   "cluster node2: waiting for 2 nodes in its topology, placeable as MlxRing; last seen 1/2 nodes, "
                    "0/2 links; 10s of 60s"]
 
 
