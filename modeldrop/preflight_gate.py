@@ -11,7 +11,7 @@ fingerprint (`pre[k].hf`, `builds`), the serving verdict, and the gate's verdict
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from modeldrop.config import RunConfig
@@ -41,7 +41,11 @@ class PreflightRun:
     verdict: Verdict
     exo: ExoPreflight | None = None
     logins: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
+
+    @property
+    def notes(self) -> list[str]:
+        """Which exo each node runs (the exo side's lines for the gate's summary)."""
+        return list(self.exo.notes) if self.exo else []
 
     @property
     def builds(self) -> dict[int, ExoBuild]:
@@ -82,5 +86,5 @@ def run_preflight(nodes: dict[int, Node], cfg: RunConfig, total: int | None, hub
         problems, warnings = problems + exo.problems, warnings + exo.warnings
     serving = serving_preflight(answered, cfg, on_each)  # will it serve? before the first byte
     problems, warnings = serving.problems + problems, warnings + serving.warnings  # the decisive fact first
-    notes = list(exo.notes) if exo else []
-    return PreflightRun(pre, serving, preflight_verdict(problems, warnings, len(nodes), notes), exo, logins, notes)
+    verdict = preflight_verdict(problems, warnings, len(nodes), exo.notes if exo else ())
+    return PreflightRun(pre, serving, verdict, exo, logins)

@@ -385,16 +385,16 @@ def memory_item(meta: RepoMeta, nodes: dict[int, NodeServing], cfg: RunConfig) -
              per_node={f"node{k}": {"share_bytes": need[k], "margin_bytes": margin[k]} for k in avail})
     split = "; ".join(f"node{k} {hb(need[k])} of {hb(avail[k])}" for k in avail)
     head = f"{hb(size)} ({source}) on min_nodes={n}: {hb(total_avail)} available"
+    way_out = _fit_way_out(meta, mem, size, n, total_avail)  # said by either no-go below
     if total_avail < size:
         return Item("memory", "no-go", f"does not fit: {head}, {hb(size - total_avail)} short (EXO: \"No "
-                                       f"cycles found with sufficient memory\"); {_fit_way_out(meta, mem, size, n)}",
-                    d), lines
+                                       f"cycles found with sufficient memory\"); {way_out}", d), lines
     short = [k for k in avail if margin[k] < 0]
     if short and cfg.sharding == "Pipeline":
         k = short[0]
         return Item("memory", "no-go", f"does not fit: {head}, but node{k} would hold {hb(need[k])} of layers "
                                        f"with {hb(avail[k])} available (EXO: \"Node has insufficient "
-                                       f"memory\"); {_fit_way_out(meta, mem, size, n)}", d), lines
+                                       f"memory\"); {way_out}", d), lines
     lines += [f"node{k}: its Tensor share {hb(need[k])} exceeds its {hb(avail[k])} available (EXO "
               f"places on the sum; expect that runner to run out of memory)" for k in short]
     tight = min(margin, key=lambda k: margin[k])
@@ -412,11 +412,10 @@ def nodes_card_layers(nodes: dict[int, NodeServing]) -> int | None:
                  if (n.exo.get("builtin_card") or {}).get("n_layers")), None)
 
 
-def _fit_way_out(meta: RepoMeta, mem: dict[int, dict], size: int, n: int) -> str:
-    """The ways out that would fit, each checked against the nodes' figures: another node like these (when the
-    suite's 4 allow one), free memory (when the installed total holds the model), the 4-bit variant (when it fits
-    what is available); else a smaller model."""
-    avail = sum(int(m.get("available_bytes") or 0) for m in mem.values())
+def _fit_way_out(meta: RepoMeta, mem: dict[int, dict], size: int, n: int, avail: int) -> str:
+    """The ways out that would fit, each checked against the nodes' figures (`avail`: their available memory in
+    all): another node like these (when the suite's 4 allow one), free memory (when the installed total holds the
+    model), the 4-bit variant (when it fits what is available); else a smaller model."""
     total = sum(int(m.get("total_bytes") or 0) for m in mem.values())
     outs = []
     if n < 4 and avail * (n + 1) // n >= size:

@@ -431,8 +431,7 @@ def latency_check(urls: dict[int, str], model_id: str, spread_max: float, stop: 
 def runner_lag(clients: dict[int, ExoClient], instance_id: str) -> tuple[list[str], dict]:
     """Each node's view of the instance after a working chat: lag is evidence, not a verdict."""
     per, maps = {}, {}
-    for k, c in clients.items():
-        s, err = call_safely(c.state)
+    for k, (s, err) in each(sorted(clients), lambda k: call_safely(clients[k].state)).items():  # nodes at once
         per[k] = st.instance_progress(s or {}, instance_id)
         inst = st.instances(s or {}).get(instance_id)
         maps[f"node{k}"] = {"error": err, "nodeToRunner": inst.node_to_runner if inst else None,

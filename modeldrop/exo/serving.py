@@ -11,6 +11,7 @@ from typing import Any
 from modeldrop.exo.client import ExoClient
 from modeldrop.exo.state import instances_for_model
 from modeldrop.exo.wait import call_safely
+from modeldrop.pernode import each
 
 CURL_PROMPT = "Say hello in one short sentence."
 
@@ -47,9 +48,9 @@ def serving_at(model_id: str, urls: list[str], node_ids: dict[str, str] | None =
     """The serving block of an EXO seen only through its API URLs (node1… in order): each node's id (asked when
     not given), the model's instance from the first node's /state; whatever cannot be read is left None."""
     if node_ids is None:
-        asked = {f"node{k}": call_safely(lambda u=u: ExoClient(u).node_id(timeout_s=5))[0]
-                 for k, u in enumerate(urls, 1)}
-        node_ids = {name: nid for name, nid in asked.items() if isinstance(nid, str)}
+        asked = each(range(1, len(urls) + 1),
+                     lambda k: call_safely(lambda: ExoClient(urls[k - 1]).node_id(timeout_s=5))[0])
+        node_ids = {f"node{k}": nid for k, nid in asked.items() if isinstance(nid, str)}  # every node at once
     state, _ = call_safely(ExoClient(urls[0]).state)
     inst = next(iter(instances_for_model(state, model_id)), None) if isinstance(state, dict) else None
     sharding, kind = instance_shape(inst)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from modeldrop.gatetable import gate_order
 from tests_selftest.support import DATA
-from tests_selftest.support.faultmatrix import proc_start_ticks
+from tests_selftest.support.faultmatrix import ledger_events, proc_start_ticks
 from tests_selftest.support.runs import RunResult, later_gates_not_run, start_run
 
 WINDOWS = ["--cluster-window", "8", "--settle-window", "3", "--ready-timeout", "60"]
@@ -91,15 +91,7 @@ def assert_caught(r: RunResult, gate: str, sig: str | None) -> None:
 def newest_ledger_events(report_dir: Path) -> list[dict]:
     """The events of the newest run folder's ledger under `report_dir` (empty before it exists)."""
     ledgers = sorted(report_dir.glob("*/ledger.jsonl"), key=lambda p: p.stat().st_mtime)
-    if not ledgers:
-        return []
-    out = []
-    for line in ledgers[-1].read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass  # a line being written
-    return out
+    return ledger_events(ledgers[-1].parent)[0] if ledgers else []  # a line being written is left out
 
 
 def run_acting(box, tmp_path: Path, when: tuple[str, str] | None = None, act: Callable[[], None] | None = None,
