@@ -2,6 +2,7 @@
 
 import pytest
 
+from modeldrop.exo.logs import TRANSPORT_LINES
 from modeldrop.exo.observe import check_transport, serving_check
 
 
@@ -17,7 +18,7 @@ def test_transport(run_config, exo_running, exo_report, evidence, node_pool):
                         facts={"vanished": True})
     evidence.note("instance_id", inst.instance_id)
     node_ids = exo_running.node_ids()
-    logs = exo_running.scan_logs("cluster")
+    logs = exo_running.scan_logs("cluster", match=TRANSPORT_LINES)  # since launch: a -k rerun after benchmarks
     verdict = check_transport(inst, node_ids, logs, {k: node_pool.get(k) for k in exo_running.ks},
                               serving=lambda: serving_check(exo_running.urls(), run_config.model_id))
     evidence.json("transport", verdict.details)

@@ -256,13 +256,14 @@ class ExoCluster:
         return out
 
     # -- logs and failure evidence ----------------------------------------------------------------
-    def scan_logs(self, role: str = "cluster", max_bytes: int = exologs.DEFAULT_TAIL_BYTES) -> dict[int, str]:
-        """{k: captured stdout/stderr + exo.log} of this run's processes (not the append-only runner log); every
-        node read at once."""
+    def scan_logs(self, role: str = "cluster", max_bytes: int = exologs.DEFAULT_TAIL_BYTES,
+                  match: tuple[str, ...] = ()) -> dict[int, str]:
+        """{k: captured stdout/stderr + exo.log} of this run's processes (not the append-only runner log), or with
+        `match` (names of `exo.logs.RX`) every line since launch that matches; every node read at once."""
         las = {abs(key): la for key, la in self.launchers.items() if la.record is not None and la.record.role == role}
         texts = each(sorted(las), lambda k: exologs.logs_of(las[k].node, [las[k].record.log_path,
                                                                            las[k].record.exo_log_path], max_bytes,
-                                                          las[k].record.log_marks))
+                                                          las[k].record.log_marks, match))
         return {k: "\n".join(t.values()) for k, t in texts.items()}
 
     def log_tails(self, role: str = "cluster") -> dict[str, str]:

@@ -64,12 +64,16 @@ def exo_paths(platform: str) -> ExoPaths:
     return ExoPaths("~/.exo", "~/.exo", "~/.exo")
 
 
-def tail(node: ProbeNode, path: str, max_bytes: int = DEFAULT_TAIL_BYTES, mark: dict | None = None) -> str:
-    """The last max_bytes of a file on the node, written after `mark` when given (see the module docstring);
-    '' when it does not exist or cannot be read."""
+def tail(node: ProbeNode, path: str, max_bytes: int = DEFAULT_TAIL_BYTES, mark: dict | None = None,
+         match: tuple[str, ...] = ()) -> str:
+    """The last max_bytes of a file on the node, written after `mark` when given (see the module docstring), or
+    with `match` (names of RX) every line after the mark that matches one; '' when it does not exist or cannot
+    be read."""
     args: dict[str, Any] = {"path": path, "max_bytes": max_bytes}
     if mark:
         args["mark"] = mark
+    if match:
+        args["match"] = [RX[name].pattern for name in match]
     try:
         r = node.run_probe("tail", args, timeout=TAIL_TIMEOUT_S)
     except Exception:  # noqa: BLE001 - a missing log must not hide the real failure
@@ -78,11 +82,12 @@ def tail(node: ProbeNode, path: str, max_bytes: int = DEFAULT_TAIL_BYTES, mark: 
 
 
 def logs_of(node: ProbeNode, paths: list[str], max_bytes: int = DEFAULT_TAIL_BYTES,
-            marks: dict[str, dict] | None = None) -> dict[str, str]:
-    """{path: tail} for each path that exists (each read after its mark in `marks`, when it has one)."""
+            marks: dict[str, dict] | None = None, match: tuple[str, ...] = ()) -> dict[str, str]:
+    """{path: tail} for each path that exists (each read after its mark in `marks`, when it has one; only the
+    lines matching `match`, when given)."""
     out = {}
     for p in paths:
-        text = tail(node, p, max_bytes, (marks or {}).get(p))
+        text = tail(node, p, max_bytes, (marks or {}).get(p), match)
         if text:
             out[p] = text
     return out
@@ -161,6 +166,10 @@ class HostfileLine:
     rank: int
     path: str
     hosts: list[str]
+
+
+# What the transport gate reads from the logs since launch, wherever it stands in them (`tail`'s `match`).
+TRANSPORT_LINES = ("HOSTFILE_LINE", "COORD_LINE", "RING_CONNECT", "JACCL_CONNECT")
 
 
 def hostfile_lines(text: str) -> list[HostfileLine]:

@@ -86,6 +86,17 @@ def test_disk_fs_tail_dirsize(node, tmp_path):
     log.write_text("x" * 100 + "tail-end")
     t = node.run_probe("tail", {"path": str(log), "max_bytes": 8})
     assert (t["text"], t["size"], t["exists"]) == ("tail-end", 108, True)
+    # `match`: the matching lines since the mark however far back (a ring line logged at placement, then a
+    # benchmark's worth of log), not the tail; one before the mark is not this run's
+    log.write_text("rank 0 hostfile: /old hosts: [a]\n")
+    mark = {"inode": log.stat().st_ino, "size": log.stat().st_size}
+    with log.open("a") as f:
+        f.write("rank 0 hostfile: /tmp/x hosts: [a, b]\n" + "noise\n" * 5000 + "[ring] Couldn't connect (error: 61)\n")
+    rx = [r"rank \d+ hostfile:", r"\[ring\] Couldn't connect"]
+    m = node.run_probe("tail", {"path": str(log), "max_bytes": 200, "mark": mark, "match": rx})
+    assert m["text"] == "rank 0 hostfile: /tmp/x hosts: [a, b]\n[ring] Couldn't connect (error: 61)", m["text"]
+    assert node.run_probe("tail", {"path": str(log), "max_bytes": 40, "mark": mark, "match": rx})["text"] == \
+        "[ring] Couldn't connect (error: 61)"  # the newest max_bytes of the matches
     dl = tmp_path / "m" / ".cache" / "huggingface" / "download"
     dl.mkdir(parents=True)
     (dl / "abc.incomplete").write_bytes(b"1" * 1000)
