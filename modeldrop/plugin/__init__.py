@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from modeldrop import gatetable
+from modeldrop import gatetable, loggers
 from modeldrop.deadlines import DeadlineExceeded, alarm
 from modeldrop.ledger import html as lhtml
 from modeldrop.ledger.handoff import block_lines
@@ -62,6 +62,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     """Register the gate marker; for a gate run build the config, run folder and ledger."""
+    loggers.install()  # before any of the run's threads can create a logger (see modeldrop/loggers.py)
     if not any(line.startswith(("gate(", "gate:")) for line in config.getini("markers")):
         config.addinivalue_line("markers", GATE_MARKER)
     if hasattr(config, "workerinput") or not options.is_gate_run(config):
