@@ -18,6 +18,7 @@ import pytest
 import tokenizers  # noqa: F401
 from xdist.scheduler import WorkStealingScheduling
 
+from modeldrop import loggers
 from sandbox import Sandbox
 from tests_selftest.support import userdirs
 from tests_selftest.support.slots import SANDBOX_BASE, slot
@@ -34,6 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
     process get the default disposition (a handled signal is reset on exec) and install their own."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    loggers.install()  # this process's threads (sandbox servers, SSH) create loggers while tests start and end
     if not hasattr(config, "workerinput"):  # the controller; xdist workers inherit its environment
         config.stash[USER_DIRS] = userdirs.isolate()
 
