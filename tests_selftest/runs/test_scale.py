@@ -1,12 +1,17 @@
-"""Whole runs at the size the suite promises: four nodes on the emulator (a full mesh through the concurrency
-benchmark, four Macs on a Thunderbolt ring, the ring with one cable out) and three on real EXO (gates and
-benchmarks); and the faults at scale, each caught at its gate naming node 3 or 4: one node of four isolated,
-node 4's download incomplete, a runner killed on node 3, node 4's exo killed mid-chat.
+"""Whole runs at the size the suite promises, on the EXO emulator: four nodes (a full mesh through chat and every
+benchmark module, four Macs on a Thunderbolt ring, the ring with one cable out) and three of the four (`--nodes`,
+gates and every benchmark module in one run); three on real EXO (gates and benchmarks); and the faults at scale,
+each caught at its gate naming node 3 or 4: one node of four isolated, node 4's download incomplete, a runner
+killed on node 3, node 4's exo killed mid-chat.
 
 The four-node emulator sandbox is one per xdist worker (its slot for the role "four"), shared by
 the module: its file gates run once (`four_files`: preflight, every node's download and verify, the canary,
-parity) and leave the pass cache every other run reuses with `--resume-bootstrap` (each starts EXO afresh), so
-a run costs its own EXO gates only. The three-node real-EXO sandbox is the worker's slot for "three".
+parity) and leave the pass cache every other four-node run reuses with `--resume-bootstrap` (each starts EXO
+afresh), so a run costs its own EXO gates only. The three-node emulator run uses the same sandbox with nodes 1-3
+and a report dir of its own (its file gates run again: a three-node preflight is not the four-node one). The
+three-node real-EXO sandbox is the worker's slot for "three". The benchmark runs use the short profile cut to one
+case per phase shape (`SHORT_BENCH`): one sweep case, thinking on and off, every task, concurrency 4 (3 on three
+nodes), each measured once.
 Four nodes on real EXO cost four to six minutes on two shared cores: README's "Four Macs" command, measured for
 the closing note, not a self-test.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -22,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from modeldrop.bench.tasks import TASKS
 from modeldrop.gatetable import gate_order
 from sandbox import Sandbox
 from sandbox.exo_real.install import missing_inputs
@@ -31,7 +38,10 @@ from tests_selftest.support.slots import SANDBOX_BASE, slot
 
 pytestmark = [pytest.mark.sandbox_run, pytest.mark.timeout(900)]
 WINDOWS = ["--cluster-window", "10", "--settle-window", "2", "--ready-timeout", "90"]
-BENCH = ["--bench-profile", "short", "--bench-concurrency", "4", "--bench-repeat", "1"]
+# every benchmark module at its cheapest: one sweep case (64 x 16 tokens), thinking on and off, every task, one
+# concurrency level (the node count: one thread through each API), each measured once
+SHORT_BENCH = ["--bench-profile", "short", "--bench-repeat", "1", "--bench-prompt-lens", "64",
+               "--bench-output-lens", "16"]
 
 
 @pytest.fixture(scope="module")
@@ -99,29 +109,75 @@ def caught(r: RunResult, gate: str, sig: str, *needles: str) -> None:
         stop_leftovers(launch_records(r))
 
 
+def benchmarks_green(r: RunResult, n: int) -> None:
+    """Every case of every benchmark module passed and was measured in this run (its case JSON in bench/, not a
+    reused checkpoint, no request errors; its row in run.json), and the concurrency case sent one thread through
+    each of the n nodes' APIs: its figures per node in the case JSON and in the run summary's benchmark table."""
+    want = {"token_sweep-pp64-tg16", "thinking-on", "thinking-off", f"concurrency-c{n}",
+            *(f"tasks-{t.name}" for t in TASKS)}
+    run = json.loads((r.run_folder() / "run.json").read_text())
+    outcomes = {item.partition("[")[2].rstrip("]"): v["outcome"] for item, v in run["bench"].items()}
+    assert outcomes == dict.fromkeys(want, "passed"), outcomes
+    assert {row["case"] for row in run["benchmarks"]} == want, run["benchmarks"]
+    cases = {p.stem: json.loads(p.read_text()) for p in (r.run_folder() / "bench").glob("*.json")}
+    assert set(cases) == want, sorted(cases)
+    for case_id, case in cases.items():
+        s = case["summary"]
+        assert case["reused_from"] is None and s["requests"] >= 1 and s["errors"] == 0, (case_id, s)
+    summary = cases[f"concurrency-c{n}"]["summary"]
+    nodes = [f"node{k}" for k in range(1, n + 1)]
+    per = summary["per_node"]
+    assert sorted(per) == nodes, per
+    assert all(p["requests"] == 1 and p["errors"] == 0 and p["output_tokens"] > 0 for p in per.values()), per
+    assert sorted(summary["node_urls"]) == nodes and len(set(summary["node_urls"].values())) == n, summary
+    table = r.output[r.output.index("benchmarks ("):]
+    for node in nodes:  # the latency table's row of each node: 1 thread, 1 request, 0 errors
+        assert re.search(rf"^ +{node} \(1 threads\) +- +1 +0 ", table, re.M), (node, table[:3000])
+
+
 # -- green ------------------------------------------------------------------------------------------
-def test_four_nodes_green_through_chat_and_the_concurrency_benchmark(box4, four_files):
+def test_four_nodes_green_through_chat_and_the_benchmarks(box4, four_files):
     """Every gate of four nodes passes (downloads and verify of nodes 2-4 and the canary in the module's file run;
-    then placement over min_nodes=4, the ring's every neighbour, chat through every API at once), and the
-    concurrency case spreads over the four APIs."""
+    then placement over min_nodes=4, the ring's every neighbour, chat through every API at once), and then every
+    benchmark module in the same run: a sweep case, thinking on and off, every task, and the concurrency case
+    spread over the four APIs with each node's figures."""
     box, reports = box4
     order = gate_order(4)
     files = order[:order.index("startup")]
     assert all(four_files.outcome(g) == "passed" for g in files), {g: four_files.outcome(g) for g in files}
-    r = run_suite(["gates/", "benchmarks/test_concurrency.py"], Path(box.env_file), reports, *WINDOWS, *BENCH,
-                  "--resume-bootstrap", timeout=600)
+    r = run_suite(["gates/", "benchmarks/"], Path(box.env_file), reports, *WINDOWS, *SHORT_BENCH,
+                  "--bench-concurrency", "4", "--resume-bootstrap", timeout=600)
     try:
         assert r.rc == 0, r.output[-4000:]
         assert all(r.outcome(g) == "passed" for g in order[len(files):]), {g: r.outcome(g) for g in order}
         assert sorted(note(r, "placement", "ranks").split(" → ")) == ["node1", "node2", "node3", "node4"]
         chat = note(r, "chat", "chat_latency_s")
         assert len(chat) == 8, chat  # streamed and not, through each of the four APIs
-        case = json.loads((r.run_folder() / "bench" / "concurrency-c4.json").read_text())
-        per = case["summary"]["per_node"]
-        assert sorted(per) == ["node1", "node2", "node3", "node4"] and all(p["errors"] == 0 for p in per.values()), per
-        assert len(set(case["summary"]["node_urls"].values())) == 4, case["summary"]["node_urls"]
+        benchmarks_green(r, 4)
     finally:
         stop_leftovers(launch_records(r))
+
+
+def test_three_nodes_on_the_emulator_green_through_the_benchmarks(four, tmp_path):
+    """Three of the four nodes (`--nodes`, a report dir of its own): every gate of three nodes passes in one run
+    with every benchmark module after it, EXO ranks exactly those three, chat answers through their three APIs,
+    the concurrency case spreads over them, and node 4 is left alone (no exo of this run launched on it)."""
+    nodes = ",".join(four.alias(k) for k in (1, 2, 3))
+    r = run_suite(["gates/", "benchmarks/"], Path(four.env_file), tmp_path / "reports", *WINDOWS, *SHORT_BENCH,
+                  "--bench-concurrency", "3", "--nodes", nodes, timeout=600)
+    try:
+        order = gate_order(3)
+        assert r.rc == 0, ({g: r.outcome(g) for g in order}, r.output[-4000:])
+        assert all(r.outcome(g) == "passed" for g in order), {g: r.outcome(g) for g in order}
+        assert {g.split("_")[0] for g in r.outcomes if g.startswith("node")} == {"node1", "node2", "node3"}, r.outcomes
+        assert sorted(note(r, "placement", "ranks").split(" → ")) == ["node1", "node2", "node3"]
+        chat = note(r, "chat", "chat_latency_s")
+        assert len(chat) == 6, chat  # streamed and not, through each of the three APIs
+        benchmarks_green(r, 3)
+        assert sorted({rec["node"] for rec in launch_records(r)}) == [1, 2, 3], launch_records(r)
+    finally:
+        stop_leftovers(launch_records(r))
+        settle(four)
 
 
 def test_four_macs_on_a_thunderbolt_ring_are_green(box4):
