@@ -72,6 +72,7 @@ class Ledger:
         self.jsonl = JsonlLedger(folder.path / "ledger.jsonl", self._secrets)
         self.timeline = TimelineWriter(self.jsonl.path, folder.path / "plots" / "timeline.png")
         self.bench_rows = summary.BenchRows(folder.path / "bench")
+        self._verdict_gate: str | None = None  # the gate that judged the serving verdict (its pass keeps it)
 
     # -- writing -------------------------------------------------------------------------
     def _redact(self, text: str) -> str:
@@ -245,6 +246,8 @@ class Ledger:
         rec.duration = 0.0
         self._event("reuse", gate=gate, phase=rec.phase, from_time=when, from_run=run_id,
                     evidence=rec.evidence or None)
+        if summary.get("serving_verdict") and self.state.serving_verdict is None:  # the reused pass's own verdict
+            self.serving_verdict(gate, {**summary["serving_verdict"], "reused_from": rec.reused_from})
 
     def pass_cached(self, gate: str, fingerprint: str) -> None:
         """The gate's pass went to the pass cache under `fingerprint`."""
@@ -272,6 +275,7 @@ class Ledger:
     def serving_verdict(self, gate: str | None, block: dict[str, Any]) -> None:
         """Preflight's serving verdict (`modeldrop.serving.ServingVerdict.block`): run.json, the hand-off."""
         self.state.serving_verdict = redact_obj(block, self._secrets)
+        self._verdict_gate = gate
         self._event("serving_verdict", gate=gate, verdict=self.state.serving_verdict)
 
     def serving_verdict_block(self) -> dict[str, Any] | None:
@@ -354,9 +358,13 @@ class Ledger:
         return [r.gate for r in self.state.in_order() if r.resume_from]
 
     def pass_summary(self, gate: str) -> dict[str, Any]:
-        """What a cached pass keeps of the gate: its notes and one-line evidence."""
+        """What a cached pass keeps of the gate: its notes, one-line evidence, and the serving verdict it judged (a
+        run that reuses the pass shows that verdict, marked reused)."""
         rec = self.state.gates[gate]
-        return {"notes": rec.notes, "evidence": rec.evidence}
+        kept: dict[str, Any] = {"notes": rec.notes, "evidence": rec.evidence}
+        if gate == self._verdict_gate and self.state.serving_verdict:
+            kept["serving_verdict"] = {k: v for k, v in self.state.serving_verdict.items() if k != "reused_from"}
+        return kept
 
     def notes(self) -> dict[str, Any]:
         """Every gate's notes merged in run order (a later gate's value wins)."""

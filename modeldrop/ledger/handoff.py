@@ -341,12 +341,17 @@ def _ledger_links(state: RunState) -> list[str]:
     return lines
 
 
+def reused_words(block: dict[str, Any]) -> str:
+    """" — judged by the reused pass of <when>" when a serving verdict came with a reused pass, else ""."""
+    return f" — judged by the reused pass of {block['reused_from']}" if block.get("reused_from") else ""
+
+
 def _serving_lines(state: RunState) -> list[str]:
     """The serving verdict, one line per item (empty until preflight judged it)."""
     sv = state.serving_verdict
     if not sv:
         return []
-    lines = [f"- **Will it serve:** {sv.get('outcome')} (from {sv.get('source')})"]
+    lines = [f"- **Will it serve:** {sv.get('outcome')} (from {sv.get('source')}){reused_words(sv)}"]
     lines += [f"  - {name}: {(it or {}).get('status', '?').upper()}: {one_line((it or {}).get('line'), 300)}"
               for name, it in (sv.get("items") or {}).items()]
     return lines

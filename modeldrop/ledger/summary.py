@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from modeldrop.ledger.handoff import PASSING, RunState, dur, one_line
+from modeldrop.ledger.handoff import PASSING, RunState, dur, one_line, reused_words
 
 EXIT_BLOCKED = 6
 STATUSES = ("running", "green", "partial", "failed", "blocked", "interrupted")
@@ -312,7 +312,9 @@ def verdict_lines(block: dict[str, Any] | None) -> list[str]:
     if not block:
         return []
     items = ", ".join(f"{name} {(it or {}).get('status', '?')}" for name, it in (block.get("items") or {}).items())
-    return [f"will it serve: {block.get('outcome')} (from {block.get('source')}{'; ' + items if items else ''})"]
+    return [f"will it serve: {block.get('outcome')} (from {block.get('source')}{'; ' + items if items else ''})"
+            + reused_words(block)]
+
 
 
 def serving_markdown(block: dict[str, Any] | None) -> list[str]:

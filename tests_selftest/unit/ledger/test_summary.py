@@ -173,6 +173,32 @@ def test_where_the_model_serves_and_when_it_stopped(tmp_path):
     assert "  stopped at the end of the run: --teardown" in lg.summary_lines()
 
 
+GO = {"outcome": "GO", "source": "hub", "overridden": False, "seconds": 0.3,
+      "items": {"format": {"status": "go", "line": "safetensors"}}, "no_go": [], "warnings": []}
+
+
+def test_a_reused_preflight_pass_brings_its_serving_verdict(tmp_path):
+    """A --resume-bootstrap run that reuses preflight still says whether the model will serve: the verdict kept with
+    the pass, marked as the reused pass's own, in the summary, handoff.md and run.json (held to its schema)."""
+    first = ledger(tmp_path / "a")
+    first.serving_verdict("preflight", GO)
+    kept = first.pass_summary("preflight")
+    assert kept["serving_verdict"]["outcome"] == "GO" and "serving_verdict" not in first.pass_summary("chat")
+    second = ledger(tmp_path / "b")
+    second.gate_reused("preflight", time.time(), "run-a", kept)
+    pass_all(second, ORDER[1:])
+    second.end(0)
+    line = next(ln for ln in second.summary_lines() if ln.startswith("will it serve: "))
+    assert line.startswith("will it serve: GO (from hub; format go) — judged by the reused pass of "), line
+    assert line.endswith("(run run-a)"), line
+    assert "— judged by the reused pass of" in (second.folder.path / "handoff.md").read_text()
+    assert "(run run-a)" in run_json(second)["serving_verdict"]["reused_from"]
+    assert "reused_from" not in second.pass_summary("preflight")["serving_verdict"]  # kept as judged, not re-marked
+    third = ledger(tmp_path / "c")
+    third.gate_reused("preflight", time.time(), "old-run", {"notes": {}, "evidence": ""})  # a pass from before
+    assert not any(ln.startswith("will it serve") for ln in third.summary_lines())
+
+
 def test_next_command_stays_short_when_benchmarks_cannot_start_or_fail(tmp_path):
     lg = ledger(tmp_path / "a")
     lg.deselect(ORDER, bench_only=True)
