@@ -214,7 +214,8 @@ def node_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(f, dict):
             continue
         ttft, e2e = _num(f, "p50_ttft_s"), _num(f, "p50_latency_s")
-        out.append({"case": f"  {node} ({f.get('threads', '?')} threads)", "outcome": None,
+        threads = f.get("threads", "?")
+        out.append({"case": f"  {node} ({threads} thread{'' if threads == 1 else 's'})", "outcome": None,
                     "requests": f.get("requests", "-"), "errors": f.get("errors", "-"),
                     "ttft_ms": {"p50": ttft * 1000.0 if ttft is not None else None}, "e2e_s": {"p50": e2e},
                     "decode_tps_p50": _num(f, "decode_tps"), "output_tps": _num(f, "aggregate_tps")})

@@ -132,7 +132,7 @@ def benchmarks_green(r: RunResult, n: int) -> None:
     assert sorted(summary["node_urls"]) == nodes and len(set(summary["node_urls"].values())) == n, summary
     table = r.output[r.output.index("benchmarks ("):]
     for node in nodes:  # the latency table's row of each node: 1 thread, 1 request, 0 errors
-        assert re.search(rf"^ +{node} \(1 threads\) +- +1 +0 ", table, re.M), (node, table[:3000])
+        assert re.search(rf"^ +{node} \(1 thread\) +- +1 +0 ", table, re.M), (node, table[:3000])
 
 
 # -- green ------------------------------------------------------------------------------------------

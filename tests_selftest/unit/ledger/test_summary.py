@@ -140,7 +140,7 @@ def test_the_benchmark_table_has_the_case_json_numbers(tmp_path):
     assert tput[1:] == ["47.9", "112.0", "3.20", "812.5", "48.5", "4.25"], tput  # 8 ok requests / 2.5 s = 3.20 req/s
     sweep = [ln.split() for ln in lg.summary_lines() if ln.startswith("  token_sweep") and "passed" not in ln][0]
     assert sweep[4] == "-" and sweep[6] == "-", "no prefill or peak memory in the case JSON: '-'"
-    assert "    node1 (1 threads)" in text and "    node2 (1 threads)" in text
+    assert "    node1 (1 thread)" in text and "    node2 (1 thread)" in text
     assert "TTFT (ms)" in text and "decode (tok/s)" in text and "peak memory" in text
     rows = run_json(lg)["benchmarks"]
     assert [r["case"] for r in rows] == ["concurrency-c2", "token_sweep-pp128-tg32"]
