@@ -186,8 +186,9 @@ FAULTS = [
     fault_case("runner_killed_signal", 2, {"runner_killed_signal": 9}, "placement", "X-RUNNER-SIGNAL", {}, ()),
     fault_case("chat_truncated_body", 1, {"chat_truncated_body": True}, "chat", "H2", {}, ()),
     fault_case("killed_mid_chat", 1, {"stream_error_chunk": True}, "chat", "H2", {}, ()),
-    fault_case("stall_mid_stream", 1, {"stall_mid_stream": 2}, "chat", "H3", {}, ("--chat-stall-window", "5"),
-               window="--chat-stall-window"),
+    # node1's non-stream request stalls too, and the gate waits for every request: --chat-timeout bounds that one
+    fault_case("stall_mid_stream", 1, {"stall_mid_stream": 2}, "chat", "H3", {},
+               ("--chat-stall-window", "5", "--chat-timeout", "15"), window="--chat-stall-window"),
     # an API that answers one byte a second: each call ends at its total bound, the gate within its window plus
     # one call, with the endpoint named (never the gate's pytest-timeout)
     fault_case("trickling_exo_api", 2, {"api_trickle": ["/state"]}, "cluster",
