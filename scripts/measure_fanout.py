@@ -25,10 +25,10 @@ from sandbox.calibration_server import CalibServer
 MODEL = "calib/model"
 
 
-def timed(fn) -> float:
-    """Wall seconds of one call of fn (its verdict must be ok)."""
+def timed(fn, *args, **kwargs) -> float:
+    """Wall seconds of one call of fn(*args, **kwargs) (its verdict must be ok)."""
     t0 = time.perf_counter()
-    v = fn()
+    v = fn(*args, **kwargs)
     wall = time.perf_counter() - t0
     if not v.ok:
         raise SystemExit(f"measure_fanout: a request failed: {'; '.join(v.problems)[:300]}")
@@ -40,8 +40,8 @@ def measure(servers: list[CalibServer], ns: list[int], repeat: int) -> list[tupl
     rows = []
     for n in ns:
         urls = {k: servers[k - 1].url for k in range(1, n + 1)}
-        chats = [timed(lambda: run_chats(urls, MODEL, timeout_s=60)) for _ in range(repeat)]
-        lat = [timed(lambda: latency_check(urls, MODEL, 100.0, False, timeout_s=60)) for _ in range(repeat)]
+        chats = [timed(run_chats, urls, MODEL, timeout_s=60) for _ in range(repeat)]
+        lat = [timed(latency_check, urls, MODEL, 100.0, False, timeout_s=60) for _ in range(repeat)]
         rows.append((n, statistics.median(chats), statistics.median(lat)))
     return rows
 
