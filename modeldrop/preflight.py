@@ -244,7 +244,7 @@ def ssh_login_warnings(nodes: dict[int, Node], cfg: RunConfig) -> tuple[list[str
     pairs = [(k, j) for k in sorted(targets) for j in sorted(targets) if j != k]
     if not pairs:
         return [], {}
-    with ThreadPoolExecutor(max_workers=len(targets)) as pool:  # N logins at a time (N nodes)
+    with ThreadPoolExecutor(max_workers=len(pairs)) as pool:  # every login at once: N-1 sessions per node
         done = dict(zip(pairs, pool.map(lambda p: login(*p), pairs), strict=True))
     warnings, seen = [], {}
     for (k, j), (rc, err) in done.items():

@@ -2,8 +2,9 @@
 
 `run_preflight(nodes, cfg, total, hub_error, rerun, on_each)` runs the file side on every node at once
 (`preflight.check_node`), no node listed twice, the hub's file list when `--online`, reach (TCP, around a ring)
-and the SSH login both ways (once nothing else failed), the exo side (`exo.preflight`, not in an audit) on the
-nodes that answered, and the serving verdict (`serving.serving_preflight`: will it serve, before the first byte).
+and then, at once, the SSH login both ways (once nothing else failed), the exo side (`exo.preflight`, not in an
+audit) on the nodes that answered, and the serving verdict (`serving.serving_preflight`: will it serve, before the
+first byte).
 It returns a `PreflightRun`: what each check saw (`evidence()`, for the run folder), the facts later gates
 fingerprint (`pre[k].hf`, `builds`), the serving verdict, and the gate's verdict, the serving no-go first.
 """
@@ -18,6 +19,7 @@ from modeldrop.config import RunConfig
 from modeldrop.exo.launcher import ExoBuild
 from modeldrop.exo.preflight import ExoPreflight, exo_preflight
 from modeldrop.nodes import Node
+from modeldrop.pernode import together
 from modeldrop.preflight import (
     NodePreflight,
     check_node,
@@ -73,18 +75,18 @@ def run_preflight(nodes: dict[int, Node], cfg: RunConfig, total: int | None, hub
     if cfg.online and hub_error:
         problems.append(f"{hub_error} (--online downloads and audits against the hub's file list; check "
                         f"HF_ENDPOINT and the network from this host, or run without --online)")
-    logins = None
     if not problems:
         reach, reach_notes = reach_problems(pre, nodes, cfg)
         problems, warnings = problems + reach, warnings + reach_notes
-    if not problems:
-        ssh_warnings, logins = ssh_login_warnings(nodes, cfg)
-        warnings += ssh_warnings
     answered = {k: nodes[k] for k in nodes if pre[k].facts}  # one line per unreachable node is enough
-    exo = None if cfg.audit else exo_preflight(answered, cfg, rerun)
+    logins_wanted = not problems
+    (ssh_warnings, logins), exo, serving = together(  # three independent checks, at once
+        lambda: ssh_login_warnings(nodes, cfg) if logins_wanted else ([], None),
+        lambda: None if cfg.audit else exo_preflight(answered, cfg, rerun),
+        lambda: serving_preflight(answered, cfg, on_each))  # will it serve? before the first byte
+    warnings += ssh_warnings
     if exo is not None:
         problems, warnings = problems + exo.problems, warnings + exo.warnings
-    serving = serving_preflight(answered, cfg, on_each)  # will it serve? before the first byte
     problems, warnings = serving.problems + problems, warnings + serving.warnings  # the decisive fact first
     verdict = preflight_verdict(problems, warnings, len(nodes), exo.notes if exo else ())
     return PreflightRun(pre, serving, verdict, exo, logins)

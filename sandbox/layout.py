@@ -104,6 +104,11 @@ class Layout:
         return self.root / "client_ed25519"
 
     @property
+    def node_key(self) -> Path:
+        """The key each node user logs in to the other nodes with (the guide's SSH both ways)."""
+        return self.root / "node_ed25519"
+
+    @property
     def state_file(self) -> Path:
         """`sandbox.json`: what `up()` built, for down/status from another process."""
         return self.root / "sandbox.json"

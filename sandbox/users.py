@@ -115,27 +115,39 @@ def delete_users(lay: Layout) -> None:
 
 
 # -- keys and client files -----------------------------------------------------------------------------
+def _ensure_key(path: Path, comment: str) -> None:
+    """An ed25519 key pair at `path` (made once, private part 0600)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+                       check=True, capture_output=True)
+    path.chmod(0o600)
+
+
 def ensure_client_key(lay: Layout) -> None:
-    """The client key every node authorizes (made once)."""
-    if not lay.client_key.exists():
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"modeldrop-sbx{lay.slot}",
-                        "-f", str(lay.client_key)], check=True, capture_output=True)
-    lay.client_key.chmod(0o600)
+    """The client key every node authorizes, and the node key the nodes log in to each other with (made once)."""
+    _ensure_key(lay.client_key, f"modeldrop-sbx{lay.slot}")
+    _ensure_key(lay.node_key, f"modeldrop-sbx{lay.slot}-nodes")
 
 
 def authorize_client(lay: Layout, n: NodeInfo) -> None:
-    """Node k's `~/.ssh/authorized_keys`: the client key alone."""
+    """Node k's `~/.ssh`: authorized_keys (the client key and the node key), and what the guide's "SSH works both
+    ways" needs on a node: the node key as its identity and every node's host key in its known_hosts (by address,
+    the way the control host names the nodes)."""
     ssh_dir = n.home / ".ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
-    write_file(ssh_dir / "authorized_keys", Path(f"{lay.client_key}.pub").read_text(), 0o600)
+    keys = [Path(f"{key}.pub").read_text() for key in (lay.client_key, lay.node_key)]
+    write_file(ssh_dir / "authorized_keys", "".join(keys), 0o600)
+    write_file(ssh_dir / "id_ed25519", lay.node_key.read_text(), 0o600)
+    hosts = [f"{m.address} {' '.join(Path(f'{host_key(lay, m.k)}.pub').read_text().split()[:2])}\n"
+             for m in lay.nodes()]
+    write_file(ssh_dir / "known_hosts", "".join(hosts), 0o644)
 
 
 def host_key(lay: Layout, k: int) -> Path:
     """Node k's sshd host key (made once)."""
     key = lay.node_dir(k) / "ssh_host_ed25519_key"
-    if not key.exists():
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"sbx{lay.slot}-node{k}",
-                        "-f", str(key)], check=True, capture_output=True)
+    _ensure_key(key, f"sbx{lay.slot}-node{k}")
     return key
 
 
