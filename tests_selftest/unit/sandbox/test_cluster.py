@@ -94,6 +94,14 @@ def test_ssh_works_with_strict_host_key_checking(sbx: Sandbox) -> None:
         assert r.stdout.strip() == "none-on-path", "tools are found by absolute path only"
 
 
+def test_nodes_ssh_to_each_other_as_the_guide_has_it(sbx: Sandbox) -> None:
+    """Node 1's user logs in to node 2 at its address with its own key and known_hosts, host keys checked."""
+    for k, j in ((1, 2), (2, 1)):
+        r = _ssh(sbx, k, "ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=5",
+                 "-p", "22", f"{sbx.node_user(j)}@{sbx.address(j)}", "id", "-un")
+        assert r.returncode == 0 and r.stdout.strip() == sbx.node_user(j), r.stderr
+
+
 def test_unknown_host_key_is_refused(sbx: Sandbox, tmp_path: Path) -> None:
     (tmp_path / "empty_known_hosts").write_text("")
     r = _ssh(sbx, 1, "true", extra=("-o", f"UserKnownHostsFile={tmp_path / 'empty_known_hosts'}"))
@@ -211,12 +219,15 @@ def test_down_leaves_no_process_behind(sbx: Sandbox) -> None:
     assert _uid_pids(uids[0]), "the stray process runs as the node user"
     sshd = [read_pid(sbx.root / f"node{k}/sshd.pid") for k in (1, 2)]
     hub_pid = sbx.hub.pid
-    stopped = sbx.down()
-    assert any("hub" in s for s in stopped) and sum("sshd pid" in s for s in stopped) == 2, stopped
-    assert not any(_uid_pids(u) for u in uids)
-    assert not any(pid_matches(p, ["sshd"]) for p in sshd) and not pid_matches(hub_pid, ["sandbox.hub"])
-    assert _ssh(sbx, 1, "true").returncode == 255
-    assert sbx.down() == [], "a second down() finds nothing to stop"
+    try:
+        stopped = sbx.down()
+        assert any("hub" in s for s in stopped) and sum("sshd pid" in s for s in stopped) == 2, stopped
+        assert not any(_uid_pids(u) for u in uids)
+        assert not any(pid_matches(p, ["sshd"]) for p in sshd) and not pid_matches(hub_pid, ["sandbox.hub"])
+        assert _ssh(sbx, 1, "true").returncode == 255
+        assert sbx.down() == [], "a second down() finds nothing to stop"
+    finally:
+        sbx.up()  # the module's sandbox, for the tests after this one (the self-tests run whole runs first)
 
 
 @pytest.mark.sandbox_run
