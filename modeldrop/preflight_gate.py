@@ -2,9 +2,9 @@
 
 `run_preflight(nodes, cfg, total, hub_error, rerun, on_each)` runs the file side on every node at once
 (`preflight.check_node`), no node listed twice, the hub's file list when `--online`, reach (TCP, around a ring)
-and then, at once, the SSH login both ways (once nothing else failed), the exo side (`exo.preflight`, not in an
-audit) on the nodes that answered, and the serving verdict (`serving.serving_preflight`: will it serve, before the
-first byte).
+and then the SSH login both ways (once nothing else failed) while the exo side (`exo.preflight`, not in an audit)
+and after it the serving verdict (`serving.serving_preflight`: will it serve, before the first byte; after, as an
+exo the exo side stops frees memory) run on the nodes that answered.
 It returns a `PreflightRun`: what each check saw (`evidence()`, for the run folder), the facts later gates
 fingerprint (`pre[k].hf`, `builds`), the serving verdict, and the gate's verdict, the serving no-go first.
 """
@@ -80,10 +80,13 @@ def run_preflight(nodes: dict[int, Node], cfg: RunConfig, total: int | None, hub
         problems, warnings = problems + reach, warnings + reach_notes
     answered = {k: nodes[k] for k in nodes if pre[k].facts}  # one line per unreachable node is enough
     logins_wanted = not problems
-    (ssh_warnings, logins), exo, serving = together(  # three independent checks, at once
-        lambda: ssh_login_warnings(nodes, cfg) if logins_wanted else ([], None),
-        lambda: None if cfg.audit else exo_preflight(answered, cfg, rerun),
-        lambda: serving_preflight(answered, cfg, on_each))  # will it serve? before the first byte
+
+    def exo_then_serving() -> tuple[ExoPreflight | None, Verdict]:
+        """The exo side first: an exo it stops (--stop-existing-exo) frees the memory the serving verdict reads."""
+        exo = None if cfg.audit else exo_preflight(answered, cfg, rerun)
+        return exo, serving_preflight(answered, cfg, on_each)  # will it serve? before the first byte
+    (ssh_warnings, logins), (exo, serving) = together(  # the SSH logins meanwhile
+        lambda: ssh_login_warnings(nodes, cfg) if logins_wanted else ([], None), exo_then_serving)
     warnings += ssh_warnings
     if exo is not None:
         problems, warnings = problems + exo.problems, warnings + exo.warnings
