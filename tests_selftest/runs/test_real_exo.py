@@ -2,10 +2,15 @@
 its gate with the expected signature id, no later gate run, and nothing the run started left behind.
 
 One 2-node real-EXO sandbox per xdist worker (its "real" slot, support/slots.py), shared by the
-module. Faults that must land between gates (a taken port, a missing shard, a node's EXO killed) are
-injected by watching the run's own ledger for the gate event; node 1's EXO killed mid-chat also waits for the
-chat gate's request to show as a task in that node's /state. The namespace case runs with `--stop-existing-exo`
-and a stale real EXO plus look-alike decoys on node 1. Each case's gate can only fail after every
+module. Its file gates run once (`real_files`: preflight, both nodes' download and verify, node 1's canary on real
+EXO, parity); each case whose fault lands at or after startup runs `--resume-bootstrap` from a copy of that run's
+pass cache (a report dir of its own: the faults are injected by watching its newest ledger), so it costs its own
+EXO gates only, EXO started afresh by the run, and asserts that every file gate was reused. Faults that must land
+between gates (a taken port, a missing shard, a node's EXO killed) are injected by watching the run's own ledger
+for the gate event; node 1's EXO killed mid-chat also waits for the
+chat gate's request to show as a task in that node's /state. The namespace case runs every gate itself: it runs
+with `--stop-existing-exo` and a stale real EXO plus look-alike decoys on node 1, seen by preflight and stopped
+before node 1's canary, the run's first EXO. Each case's gate can only fail after every
 earlier gate passed on real EXO, so the cases also prove the setup (the green run itself is
 `pytest gates/ benchmarks/ --sandbox`, measured by `python -m scripts.measure_real_exo`). Select them with
 `-m real_exo`; skipped
@@ -41,7 +46,7 @@ from tests_selftest.support.cluster_runs import (
     signature_ids,
     stop_leftovers,
 )
-from tests_selftest.support.runs import RunResult
+from tests_selftest.support.runs import RunResult, run_suite
 from tests_selftest.support.slots import SANDBOX_BASE, slot
 
 # Real EXO probes topology edges about every 10 s and loads on a busy CPU: windows wider than the emulator's.
@@ -62,15 +67,60 @@ def real():
 
 @pytest.fixture
 def box(real):
-    """The sandbox with faults cleared and node processes stopped after the test."""
+    """The sandbox with no node process running before the test (a resumed run reuses the preflight that would
+    name a leftover exo), faults cleared and node processes stopped after it."""
+    for k in range(1, real.n_nodes + 1):
+        real.stop_node_processes(k)
     yield real
     reset_nodes(real)
+
+
+# the gates a resumed run reuses: every gate before EXO's startup
+FILE_GATES = ORDER[:ORDER.index("startup")]
+
+
+@pytest.fixture(scope="module")
+def real_files(real, tmp_path_factory) -> RunResult:
+    """The file gates and node 1's canary on the real-EXO sandbox, once (its report dir's pass cache serves the
+    resumed runs); the nodes reset after it."""
+    reports = tmp_path_factory.mktemp("real-files") / "reports"
+    try:
+        return run_suite(["gates/"], Path(real.env_file), reports, *WINDOWS, "-k", "preflight or node or parity",
+                         timeout=600)
+    finally:
+        reset_nodes(real)
+
+
+@pytest.fixture
+def resumable(box, real_files, tmp_path):
+    """The sandbox, and tmp_path/reports holding a copy of the file gates' pass cache (a run's faults are injected
+    from its own report dir's newest ledger; a test's run never writes into the shared cache)."""
+    assert real_files.rc == 0, ({g: real_files.outcome(g) for g in FILE_GATES}, real_files.output[-3000:])
+    mine = tmp_path / "reports"
+    mine.mkdir()
+    shutil.copy2(real_files.report_dir / "pass_cache.json", mine / "pass_cache.json")
+    return box
 
 
 def run_with(box, tmp_path: Path, when: tuple[str, str] | None = None, act: Callable[[], None] | None = None,
              *args: str, timeout: float = 600) -> RunResult:
     """`run_acting` with this module's windows."""
     return run_acting(box, tmp_path, when, act, *WINDOWS, *args, timeout=timeout)
+
+
+def run_resumed(box, tmp_path: Path, when: tuple[str, str] | None = None, act: Callable[[], None] | None = None,
+                *args: str) -> RunResult:
+    """`run_with` under --resume-bootstrap from `resumable`'s pass cache: every file gate reused (its ledger's
+    `reuse` record), EXO started by the run itself."""
+    r = run_with(box, tmp_path, when, act, "--resume-bootstrap", *args)
+    events = [json.loads(x) for x in (r.run_folder() / "ledger.jsonl").read_text().splitlines()]
+    reused = [e.get("gate") for e in events if e.get("event") == "reuse"]
+    try:
+        assert reused == FILE_GATES, (reused, {g: r.outcome(g) for g in ORDER}, r.output[-3000:])
+    except AssertionError:
+        stop_leftovers(launch_records(r))
+        raise
+    return r
 
 
 def caught(r: RunResult, gate: str, sigs: set[str]) -> None:
@@ -162,15 +212,18 @@ def test_namespace_mismatch_isolates_at_cluster_and_stop_existing_spares_decoys(
 
 @pytest.mark.fault("runner-killed-real-exo", gate="placement", signature="F5|X-RUNNER-SIGNAL|F8|F4",
                    window="--ready-timeout")
-def test_runner_killed_is_caught_at_placement(box, tmp_path):
+def test_runner_killed_is_caught_at_placement(resumable, tmp_path):
     """Every runner process of node 2 is SIGKILLed 2 s after it starts (as an OOM kill would)."""
+    box = resumable
     box.set_exo_faults(2, {"runner_sigkill_s": 2.0})
-    caught(run_with(box, tmp_path), "placement", {"F5", "F8", "F4"})
+    caught(run_resumed(box, tmp_path), "placement", {"F5", "F8", "F4"})
 
 
 @pytest.mark.fault("api-port-taken-after-preflight-real-exo", gate="startup", signature="I1|X-EXIT", since="startup")
-def test_api_port_taken_before_exo_starts_is_caught_at_startup(box, tmp_path):
-    """A foreign listener takes node 2's API address:port after preflight checked it: real EXO's bind fails."""
+def test_api_port_taken_before_exo_starts_is_caught_at_startup(resumable, tmp_path):
+    """A foreign listener takes node 2's API address:port after preflight checked it (in the file gates' run; the
+    port is taken once this run reused parity, before startup): real EXO's bind fails."""
+    box = resumable
     holder = socket.socket()
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 
@@ -179,7 +232,7 @@ def test_api_port_taken_before_exo_starts_is_caught_at_startup(box, tmp_path):
         holder.listen(1)
 
     try:
-        caught(run_with(box, tmp_path, ("pass", "parity"), take), "startup", {"I1", "X-EXIT"})
+        caught(run_resumed(box, tmp_path, ("reuse", "parity"), take), "startup", {"I1", "X-EXIT"})
         holder.getsockname()  # still ours: nobody killed the holder
     finally:
         holder.close()
@@ -187,14 +240,22 @@ def test_api_port_taken_before_exo_starts_is_caught_at_startup(box, tmp_path):
 
 @pytest.mark.fault("shard-missing-at-start-real-exo", gate="placement", signature="D1", since="startup",
                    window="--ready-timeout")
-def test_shard_missing_when_exo_starts_is_caught(box, tmp_path):
-    """A shard of node 2 disappears after the file gates passed, before EXO starts."""
+def test_shard_missing_when_exo_starts_is_caught(resumable, tmp_path):
+    """A shard of node 2 disappears after the file gates passed (reused by this run: their facts, node 2's manifest
+    with the shard, were measured before parity's reuse), before EXO starts. The shard is moved back afterwards,
+    the same file (size and mtime), so the manifest the file passes hold is node 2's again (a copy from
+    `populate_model`, with other mtimes, would leave every later resumed run re-verifying)."""
+    box = resumable
+    held, moved = Path(box.root) / "held-shard", []
+
     def remove() -> None:
         shard = sorted(box.node(2).model_dir.glob("*.safetensors"))[-1]
-        shard.unlink()
+        held.mkdir(exist_ok=True)
+        os.replace(shard, held / shard.name)  # the sandbox root: the model dir's filesystem, a rename
+        moved.append(shard)
 
-    r = run_with(box, tmp_path, ("pass", "parity"), remove)
     try:
+        r = run_resumed(box, tmp_path, ("reuse", "parity"), remove)
         failed = [g for g in ORDER if r.outcome(g) == "failed"]
         assert failed and failed[0] in ("cluster", "placement"), ({g: r.outcome(g) for g in ORDER}, r.output[-3000:])
         # Real EXO (offline): node 2's worker keeps planning DownloadModel and records no download at all, the
@@ -202,13 +263,19 @@ def test_shard_missing_when_exo_starts_is_caught(box, tmp_path):
         # RunnerConnected: D1 names node 2, the placed node with no download record.
         caught(r, failed[0], {"D1"})
     finally:
-        box.populate_model(2)
+        try:
+            for shard in moved:
+                os.replace(held / shard.name, shard)
+        except OSError:
+            box.populate_model(2)  # complete again, if not as verified
+            raise
 
 
 @pytest.mark.fault("exo-killed-after-cluster-real-exo", gate="placement", signature="X-EXO-GONE", since="placement")
-def test_node_exo_killed_mid_run_is_caught(box, tmp_path):
+def test_node_exo_killed_mid_run_is_caught(resumable, tmp_path):
     """Node 2's EXO is SIGKILLed once the cluster gate passed (the launch record gives its pid): placement fails
     naming node 2's dead exo first (X-EXO-GONE)."""
+    box = resumable
     report = tmp_path / "reports"
 
     def kill_node2() -> None:
@@ -217,7 +284,7 @@ def test_node_exo_killed_mid_run_is_caught(box, tmp_path):
         assert alive(rec)
         os.kill(rec["pid"], signal.SIGKILL)
 
-    r = run_with(box, tmp_path, ("pass", "cluster"), kill_node2)
+    r = run_resumed(box, tmp_path, ("pass", "cluster"), kill_node2)
     failed = [g for g in ORDER if r.outcome(g) == "failed"]
     try:
         assert failed == ["placement"], ({g: r.outcome(g) for g in ORDER}, r.output[-3000:])
@@ -256,10 +323,11 @@ def wait_chat_in_flight(url: str, timeout: float = 120.0) -> float:
 
 
 @pytest.mark.fault("killed-mid-chat-real-exo", gate="chat", signature="X-EXO-GONE", since="chat")
-def test_node_exo_killed_mid_chat_is_caught_at_chat(box, tmp_path, fault_row):
+def test_node_exo_killed_mid_chat_is_caught_at_chat(resumable, tmp_path, fault_row):
     """Node 1's EXO (the API the chat gate's first request goes through) is SIGKILLed while that request is in
     flight, seen as a pending or running TextGeneration task in its /state: the chat gate fails naming node 1's
     dead exo (X-EXO-GONE), no later gate runs, and the run leaves nothing on the nodes."""
+    box = resumable
     report = tmp_path / "reports"
     seen: dict = {}
 
@@ -276,7 +344,7 @@ def test_node_exo_killed_mid_chat_is_caught_at_chat(box, tmp_path, fault_row):
         seen["pid"], seen["killed"], seen["in_flight_at"] = rec["pid"], time.time(), time.time() - (
             time.monotonic() - seen["in_flight"])
 
-    r = run_with(box, tmp_path, ("gate_start", "chat"), kill_node1_mid_chat)
+    r = run_resumed(box, tmp_path, ("gate_start", "chat"), kill_node1_mid_chat)
     assert "error" not in seen, seen.get("error")
     try:
         caught(r, "chat", {"X-EXO-GONE"})
