@@ -26,10 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from modeldrop import gatetable
 from modeldrop.config import RunConfig, field_of
+from modeldrop.pernode import each
 
 
 class Facts(Protocol):
@@ -75,16 +77,22 @@ def fingerprint_parts(gate: str, cfg: RunConfig, facts: Facts) -> dict[str, Any]
     if "hub_commit" in wanted:
         parts["hub_commit"] = facts.hub_commit()
     if "exo_versions" in wanted:
-        parts["exo_versions"] = {f"node{i}": facts.exo_version(i) for i in scope}
+        parts["exo_versions"] = per_node(scope, facts.exo_version)
     if "manifests" in wanted:
-        parts["manifests"] = {f"node{i}": facts.manifest_digest(i) for i in scope}
+        parts["manifests"] = per_node(scope, facts.manifest_digest)
     versions = getattr(facts, "tool_versions", None)
     if row is not None and row.tool_versions and callable(versions):
-        parts["tool_versions"] = {f"node{i}": versions(i) for i in scope}
+        parts["tool_versions"] = per_node(scope, versions)
     session = getattr(facts, "exo_session", None)
     if row is not None and row.cluster and callable(session):
-        parts["exo_sessions"] = {f"node{i}": session(i) for i in scope}
+        parts["exo_sessions"] = per_node(scope, session)
     return parts
+
+
+def per_node(scope: list[int], fact: Callable[[int], Any]) -> dict[str, Any]:
+    """{"nodeK": fact(k)} for every node of the scope, asked of all nodes at once (a fact not yet known is a probe:
+    `exo --help`, `hf version`, a manifest)."""
+    return {f"node{k}": value for k, value in each(scope, fact).items()}
 
 
 def digest(parts: dict[str, Any]) -> str:

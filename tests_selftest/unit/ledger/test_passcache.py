@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import threading
 import time
 from pathlib import Path
 
@@ -113,6 +114,24 @@ def test_fingerprint_scopes():
     tensor = cfg(EXO_SHARDING="Tensor")
     assert gate_fingerprint("placement", base, facts) != gate_fingerprint("placement", tensor, facts)
     assert gate_fingerprint("preflight", base, facts) != gate_fingerprint("preflight", cfg(MODEL_ID="org/n"), facts)
+
+
+class SlowFacts(Facts):
+    """Each node's exo answers only once every node was asked (as `exo --help` on N nodes at once)."""
+
+    def __init__(self, n: int):
+        super().__init__(exo={k: f"new:{k}" for k in range(1, n + 1)})
+        self.met = threading.Barrier(n, timeout=10)
+
+    def exo_version(self, k):
+        self.met.wait()  # BrokenBarrierError when the nodes are asked one after another
+        return super().exo_version(k)
+
+
+def test_per_node_facts_are_asked_of_every_node_at_once():
+    four = cfg(NODES="studio1,studio2,studio3,studio4")
+    parts = fingerprint_parts("chat", four, SlowFacts(4))
+    assert parts["exo_versions"] == {"node1": "new:1", "node2": "new:2", "node3": "new:3", "node4": "new:4"}
 
 
 def test_fingerprint_has_no_secret():
