@@ -3,11 +3,19 @@ emulator fault caught at its gate with the expected signature id, no later gate 
 the run started left behind (every launch record's pid is gone, start time checked).
 
 Windows are kept short with the run options (--cluster-window 8 --settle-window 3 --ready-timeout 60).
+
+The file gates (preflight, both nodes' download and verify, the canary, parity) run once for the module
+(`cluster_files`, in a report dir of its own: the sandbox is the session's), and every run here whose subject
+lands at or after startup — most fault cases, the evidence-not-failure runs — reuses their passes with
+`--resume-bootstrap` from a copy of that pass cache in its own report dir (EXO started afresh by each run),
+asserting that they were reused. The runs about the file gates or the canary (the green runs, the card EXO
+cannot add, the API port taken, the guide's env file) stay whole.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -31,6 +39,7 @@ from tests_selftest.support.cluster_runs import (
 from tests_selftest.support.runs import REPO, RunResult, later_gates_not_run, run_suite
 
 pytestmark = [pytest.mark.sandbox_run, pytest.mark.timeout(900)]
+FILE_GATES = ORDER[:ORDER.index("startup")]  # preflight .. parity: the gates before EXO starts
 
 
 @pytest.fixture
@@ -45,6 +54,35 @@ def box(sbx):
 
 def run(box, tmp_path: Path, *args: str, report: str = "reports") -> RunResult:
     return run_suite(["gates/"], Path(box.env_file), tmp_path / report, *WINDOWS, *args, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def cluster_files(sbx, tmp_path_factory) -> RunResult:
+    """The file gates and the canary on the sandbox, once for the module, in a report dir of its own (the
+    sandbox is shared with other modules): its pass cache serves the module's resumed runs."""
+    reports = tmp_path_factory.mktemp("cluster-files") / "reports"
+    files = run_suite(["gates/"], Path(sbx.env_file), reports, *WINDOWS, "-k", "preflight or node or parity",
+                      timeout=600)
+    reset_nodes(sbx)
+    return files
+
+
+def resumed(box, files: RunResult, tmp_path: Path, *args: str) -> RunResult:
+    """`pytest gates/ --resume-bootstrap` in a report dir of its own holding a copy of the module's pass cache:
+    the file gates' passes reused, EXO started afresh (the caller checks the reuse with `assert_files_reused`)."""
+    assert files.rc == 0 and all(files.outcome(g) == "passed" for g in FILE_GATES), (
+        {g: files.outcome(g) for g in ORDER}, files.output[-3000:])
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    shutil.copy2(files.report_dir / "pass_cache.json", reports / "pass_cache.json")
+    return run(box, tmp_path, "--resume-bootstrap", *args)
+
+
+def assert_files_reused(r: RunResult) -> None:
+    """Every file gate's pass was reused (none ran again), so the run's gates ran from startup on."""
+    events = [json.loads(x) for x in (r.run_folder() / "ledger.jsonl").read_text().splitlines()]
+    reused = [e["gate"] for e in events if e.get("event") == "reuse"]
+    assert reused == FILE_GATES, (reused, [e for e in events if e.get("event") == "resume_from"])
 
 
 def gate_times(r: RunResult, gate: str) -> tuple[float | None, float | None]:
@@ -203,18 +241,31 @@ FAULTS = [
 TRICKLE_BOUND_S = {"trickling_exo_api": 8 + 2 * 10 + 15, "trickling_chat_body": 5 + 10 + 15}
 
 
+@pytest.fixture
+def files_unless_before_startup(request) -> RunResult | None:
+    """The module's file passes for a fault row whose onset (its `since`) is startup or later: its run resumes
+    from them; None for one whose onset is earlier (the canary's): it runs whole."""
+    since = request.node.get_closest_marker("fault").kwargs["since"]
+    return request.getfixturevalue("cluster_files") if ORDER.index(since) >= ORDER.index("startup") else None
+
+
 @pytest.mark.parametrize("name,k,faults,gate,sig,timing,extra", FAULTS)
-def test_fault_caught_at_its_gate(box, tmp_path, name, k, faults, gate, sig, timing, extra):
+def test_fault_caught_at_its_gate(box, files_unless_before_startup, tmp_path, name, k, faults, gate, sig, timing,
+                                  extra):
+    files = files_unless_before_startup
     box.set_exo_faults(k, faults)
     if timing:
         for j in (1, 2):
             box.set_exo_timing(j, timing)
     t0 = time.monotonic()
-    r = run(box, tmp_path, *extra)
+    r = resumed(box, files, tmp_path, *extra) if files else run(box, tmp_path, *extra)
     own, since_exo = gate_times(r, gate)
     print(f"\nMEASURE {name}: {gate} failed after {own}s in the gate, {since_exo and round(since_exo, 1)}s after exo "
-          f"started; run {time.monotonic() - t0:.1f}s; {r.message(gate)[:300]}")
+          f"started; run {time.monotonic() - t0:.1f}s{' (file gates reused)' if files else ''}; "
+          f"{r.message(gate)[:300]}")
     try:
+        if files:
+            assert_files_reused(r)
         assert_caught(r, gate, sig)
         if name == "card_add_fails":
             assert "D6" not in signature_ids(r, gate) and "EXO has no model card" in r.message(gate), r.message(gate)
@@ -242,21 +293,29 @@ def test_foreign_listener_on_api_port_fails_preflight_and_is_not_killed(box, tmp
         s.close()
 
 
-def test_state_runner_lag_is_evidence_not_a_failure(box, tmp_path):
+def test_state_runner_lag_is_evidence_not_a_failure(box, cluster_files, tmp_path):
     box.set_exo_faults(2, {"state_runner_lag": 30.0})
-    r = run(box, tmp_path, "--teardown")
-    assert r.outcome("chat") == "passed", r.output[-3000:]
-    assert "SEED-MAP-LAG" in signature_ids(r, "chat")
-    assert wait_gone(launch_records(r)) == []
+    r = resumed(box, cluster_files, tmp_path, "--teardown")
+    try:
+        assert_files_reused(r)
+        assert r.outcome("chat") == "passed", r.output[-3000:]
+        assert "SEED-MAP-LAG" in signature_ids(r, "chat")
+        assert wait_gone(launch_records(r)) == []
+    finally:
+        stop_leftovers(launch_records(r))
 
 
-def test_slow_tokens_pass_with_latency_recorded(box, tmp_path):
+def test_slow_tokens_pass_with_latency_recorded(box, cluster_files, tmp_path):
     box.set_exo_faults(1, {"token_rate": 20.0})
-    r = run(box, tmp_path, "--teardown")
-    assert r.outcome("chat") == "passed", r.output[-3000:]
-    notes = [json.loads(x) for x in (r.run_folder() / "ledger.jsonl").read_text().splitlines()]
-    assert any(n.get("key") == "chat_latency_s" for n in notes)
-    assert wait_gone(launch_records(r)) == []
+    r = resumed(box, cluster_files, tmp_path, "--teardown")
+    try:
+        assert_files_reused(r)
+        assert r.outcome("chat") == "passed", r.output[-3000:]
+        notes = [json.loads(x) for x in (r.run_folder() / "ledger.jsonl").read_text().splitlines()]
+        assert any(n.get("key") == "chat_latency_s" for n in notes)
+        assert wait_gone(launch_records(r)) == []
+    finally:
+        stop_leftovers(launch_records(r))
 
 
 # -- the guide's own env file ---------------------------------------------------------------------
