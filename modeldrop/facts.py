@@ -20,8 +20,11 @@ import requests
 from modeldrop import audit, httpdeadline
 from modeldrop.config import RunConfig
 from modeldrop.errors import NodeError
+from modeldrop.exo.installs import exo_cmd_of
+from modeldrop.exo.launcher import node_identity, previous_records, probe_build
 from modeldrop.nodepool import NodePool
 from modeldrop.nodes import url_host
+from modeldrop.probes._proc import START_TOLERANCE_S
 
 EXO_NODE_ID_TIMEOUT_S = 5.0  # connect, headers and body of one /node_id look-up
 
@@ -88,8 +91,6 @@ class RunFacts:
 
     def exo_build(self, k: int) -> Any:
         """Node k's exo build, probed once with `exo --help`."""
-        from modeldrop.exo.installs import exo_cmd_of
-        from modeldrop.exo.launcher import probe_build
 
         def probe() -> Any:
             node = self.pool.get(k)
@@ -143,8 +144,6 @@ class RunFacts:
     def exo_process(self, k: int, max_records: int = 8) -> str:
         """`pid P start S argv D` of the newest cluster launch record for node k whose process still runs
         (start time checked), else `no-live-launch-record:<random>`."""
-        from modeldrop.exo.launcher import node_identity, previous_records
-        from modeldrop.probes._proc import START_TOLERANCE_S
 
         seen: set[tuple] = set()
         node = self.pool.get(k)

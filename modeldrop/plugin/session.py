@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 
 from modeldrop.config import RunConfig
+from modeldrop.facts import RunFacts
 from modeldrop.ledger import Evidence, Ledger
 from modeldrop.ledger.passcache import PassCache
 from modeldrop.ledger.runfolder import RunFolder
+from modeldrop.nodepool import NodePool
 
 
 @dataclass
@@ -99,7 +101,6 @@ def _lazy(config: pytest.Config, attr: str, key: Any, make: Any) -> Any:
 def node_pool_of(config: pytest.Config) -> Any:
     """The run's NodePool (created on first use; closed at session end)."""
     def make(gs: GateSession, _config: pytest.Config) -> Any:
-        from modeldrop.nodepool import NodePool
         return NodePool(gs.cfg, run_id=gs.folder.run_id)
     return _lazy(config, "pool", POOL_KEY, make)
 
@@ -107,7 +108,6 @@ def node_pool_of(config: pytest.Config) -> Any:
 def facts_of(config: pytest.Config) -> Any:
     """The run's facts (`modeldrop.facts.RunFacts`, or what a test put on `config.stash[FACTS_KEY]`)."""
     def make(gs: GateSession, cfg: pytest.Config) -> Any:
-        from modeldrop.facts import RunFacts
         return RunFacts(gs.cfg, node_pool_of(cfg))
     return _lazy(config, "facts", FACTS_KEY, make)
 
