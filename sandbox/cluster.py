@@ -170,7 +170,7 @@ class Sandbox(Layout):
         nodes.make_home(self, n, uid, gid)
         self.node_exo.write_tools(n, bin_dir)
         if self.mode == "ssh":
-            users.authorize_client(self, n)
+            users.write_node_ssh(self, n)
         nodes.hand_over(n, uid, gid)
         self.node_exo.write_config(n.k)
 

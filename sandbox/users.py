@@ -130,7 +130,7 @@ def ensure_client_key(lay: Layout) -> None:
     _ensure_key(lay.node_key, f"modeldrop-sbx{lay.slot}-nodes")
 
 
-def authorize_client(lay: Layout, n: NodeInfo) -> None:
+def write_node_ssh(lay: Layout, n: NodeInfo) -> None:
     """Node k's `~/.ssh`: authorized_keys (the client key and the node key), and what the guide's "SSH works both
     ways" needs on a node: the node key as its identity and every node's host key in its known_hosts (by address,
     the way the control host names the nodes)."""
@@ -139,9 +139,13 @@ def authorize_client(lay: Layout, n: NodeInfo) -> None:
     keys = [Path(f"{key}.pub").read_text() for key in (lay.client_key, lay.node_key)]
     write_file(ssh_dir / "authorized_keys", "".join(keys), 0o600)
     write_file(ssh_dir / "id_ed25519", lay.node_key.read_text(), 0o600)
-    hosts = [f"{m.address} {' '.join(Path(f'{host_key(lay, m.k)}.pub').read_text().split()[:2])}\n"
-             for m in lay.nodes()]
-    write_file(ssh_dir / "known_hosts", "".join(hosts), 0o644)
+    write_file(ssh_dir / "known_hosts", "".join(known_host_line(lay, m, m.address) for m in lay.nodes()), 0o644)
+
+
+def known_host_line(lay: Layout, n: NodeInfo, names: str) -> str:
+    """`<names> <type> <key>` for node k's host key (names: comma-separated aliases and addresses)."""
+    kind, key = Path(f"{host_key(lay, n.k)}.pub").read_text().split()[:2]
+    return f"{names} {kind} {key}\n"
 
 
 def host_key(lay: Layout, k: int) -> Path:
@@ -160,8 +164,7 @@ def write_ssh_files(lay: Layout) -> None:
                    f"  IdentityFile {lay.client_key}\n  IdentitiesOnly yes\n"
                    f"  UserKnownHostsFile {lay.known_hosts}\n  StrictHostKeyChecking yes\n"
                    f"  BatchMode yes\n  ConnectTimeout 5\n  LogLevel ERROR\n\n")
-        pub = Path(f"{host_key(lay, n.k)}.pub").read_text().split()
-        hosts.append(f"{n.alias},{n.address} {pub[0]} {pub[1]}\n")
+        hosts.append(known_host_line(lay, n, f"{n.alias},{n.address}"))
     write_file(lay.ssh_config, "".join(cfg))
     write_file(lay.known_hosts, "".join(hosts))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import deque
 
 
 def main(args: dict) -> dict:
@@ -42,13 +43,17 @@ def main(args: dict) -> dict:
 
 
 def _matching(f, patterns: list, length: int, max_bytes: int) -> str:
-    """The lines of the next `length` bytes of f that match a pattern, the newest max_bytes of them."""
-    kept, total = [], 0
-    for raw in f.read(length).splitlines():
-        line = raw.decode("utf-8", "replace")
+    """The lines of the next `length` bytes of f that match a pattern, the newest max_bytes of them (read a line at
+    a time: a long log is never held whole)."""
+    kept, total, offset = deque(), 0, 0
+    for raw in f:
+        if offset >= length:  # this line was written after the size was read
+            break
+        offset += len(raw)
+        line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
         if any(p.search(line) for p in patterns):
             kept.append(line)
             total += len(line) + 1
             while total > max_bytes and len(kept) > 1:
-                total -= len(kept.pop(0)) + 1
+                total -= len(kept.popleft()) + 1
     return "\n".join(kept)

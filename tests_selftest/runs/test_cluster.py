@@ -15,7 +15,6 @@ cannot add, the API port taken, the guide's env file) stay whole.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -29,9 +28,13 @@ from tests_selftest.support.cluster_runs import (
     WINDOWS,
     alive,
     assert_caught,
+    file_gates,
     guide_env_for,
     launch_records,
     reset_nodes,
+    resume_dir,
+    reused_gates,
+    run_file_gates,
     signature_ids,
     stop_leftovers,
     wait_gone,
@@ -39,7 +42,7 @@ from tests_selftest.support.cluster_runs import (
 from tests_selftest.support.runs import REPO, RunResult, later_gates_not_run, run_suite
 
 pytestmark = [pytest.mark.sandbox_run, pytest.mark.timeout(900)]
-FILE_GATES = ORDER[:ORDER.index("startup")]  # preflight .. parity: the gates before EXO starts
+FILE_GATES = file_gates(ORDER)
 
 
 @pytest.fixture
@@ -60,9 +63,7 @@ def run(box, tmp_path: Path, *args: str, report: str = "reports") -> RunResult:
 def cluster_files(sbx, tmp_path_factory) -> RunResult:
     """The file gates and the canary on the sandbox, once for the module, in a report dir of its own (the
     sandbox is shared with other modules): its pass cache serves the module's resumed runs."""
-    reports = tmp_path_factory.mktemp("cluster-files") / "reports"
-    files = run_suite(["gates/"], Path(sbx.env_file), reports, *WINDOWS, "-k", "preflight or node or parity",
-                      timeout=600)
+    files = run_file_gates(sbx, tmp_path_factory.mktemp("cluster-files") / "reports", *WINDOWS)
     reset_nodes(sbx)
     return files
 
@@ -72,17 +73,13 @@ def resumed(box, files: RunResult, tmp_path: Path, *args: str) -> RunResult:
     the file gates' passes reused, EXO started afresh (the caller checks the reuse with `assert_files_reused`)."""
     assert files.rc == 0 and all(files.outcome(g) == "passed" for g in FILE_GATES), (
         {g: files.outcome(g) for g in ORDER}, files.output[-3000:])
-    reports = tmp_path / "reports"
-    reports.mkdir()
-    shutil.copy2(files.report_dir / "pass_cache.json", reports / "pass_cache.json")
+    resume_dir(files, tmp_path)
     return run(box, tmp_path, "--resume-bootstrap", *args)
 
 
 def assert_files_reused(r: RunResult) -> None:
     """Every file gate's pass was reused (none ran again), so the run's gates ran from startup on."""
-    events = [json.loads(x) for x in (r.run_folder() / "ledger.jsonl").read_text().splitlines()]
-    reused = [e["gate"] for e in events if e.get("event") == "reuse"]
-    assert reused == FILE_GATES, (reused, [e for e in events if e.get("event") == "resume_from"])
+    assert reused_gates(r) == FILE_GATES, (reused_gates(r), {g: r.outcome(g) for g in ORDER})
 
 
 def gate_times(r: RunResult, gate: str) -> tuple[float | None, float | None]:

@@ -38,15 +38,19 @@ from tests_selftest.support.cluster_runs import (
     ORDER,
     alive,
     assert_caught,
+    file_gates,
     launch_records,
     newest_ledger_events,
     proc_start,
     reset_nodes,
+    resume_dir,
+    reused_gates,
     run_acting,
+    run_file_gates,
     signature_ids,
     stop_leftovers,
 )
-from tests_selftest.support.runs import RunResult, run_suite
+from tests_selftest.support.runs import RunResult
 from tests_selftest.support.slots import SANDBOX_BASE, slot
 
 # Real EXO probes topology edges about every 10 s and loads on a busy CPU: windows wider than the emulator's.
@@ -75,18 +79,15 @@ def box(real):
     reset_nodes(real)
 
 
-# the gates a resumed run reuses: every gate before EXO's startup
-FILE_GATES = ORDER[:ORDER.index("startup")]
+FILE_GATES = file_gates(ORDER)  # what a resumed run reuses
 
 
 @pytest.fixture(scope="module")
 def real_files(real, tmp_path_factory) -> RunResult:
     """The file gates and node 1's canary on the real-EXO sandbox, once (its report dir's pass cache serves the
     resumed runs); the nodes reset after it."""
-    reports = tmp_path_factory.mktemp("real-files") / "reports"
     try:
-        return run_suite(["gates/"], Path(real.env_file), reports, *WINDOWS, "-k", "preflight or node or parity",
-                         timeout=600)
+        return run_file_gates(real, tmp_path_factory.mktemp("real-files") / "reports", *WINDOWS)
     finally:
         reset_nodes(real)
 
@@ -96,9 +97,7 @@ def resumable(box, real_files, tmp_path):
     """The sandbox, and tmp_path/reports holding a copy of the file gates' pass cache (a run's faults are injected
     from its own report dir's newest ledger; a test's run never writes into the shared cache)."""
     assert real_files.rc == 0, ({g: real_files.outcome(g) for g in FILE_GATES}, real_files.output[-3000:])
-    mine = tmp_path / "reports"
-    mine.mkdir()
-    shutil.copy2(real_files.report_dir / "pass_cache.json", mine / "pass_cache.json")
+    resume_dir(real_files, tmp_path)
     return box
 
 
@@ -113,10 +112,8 @@ def run_resumed(box, tmp_path: Path, when: tuple[str, str] | None = None, act: C
     """`run_with` under --resume-bootstrap from `resumable`'s pass cache: every file gate reused (its ledger's
     `reuse` record), EXO started by the run itself."""
     r = run_with(box, tmp_path, when, act, "--resume-bootstrap", *args)
-    events = [json.loads(x) for x in (r.run_folder() / "ledger.jsonl").read_text().splitlines()]
-    reused = [e.get("gate") for e in events if e.get("event") == "reuse"]
     try:
-        assert reused == FILE_GATES, (reused, {g: r.outcome(g) for g in ORDER}, r.output[-3000:])
+        assert reused_gates(r) == FILE_GATES, (reused_gates(r), {g: r.outcome(g) for g in ORDER}, r.output[-3000:])
     except AssertionError:
         stop_leftovers(launch_records(r))
         raise

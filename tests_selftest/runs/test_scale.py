@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -32,7 +31,16 @@ from modeldrop.bench.tasks import TASKS
 from modeldrop.gatetable import gate_order
 from sandbox import Sandbox
 from sandbox.exo_real.install import missing_inputs
-from tests_selftest.support.cluster_runs import launch_records, run_acting, signature_ids, stop_leftovers, wait_gone
+from tests_selftest.support.cluster_runs import (
+    file_gates,
+    launch_records,
+    resume_dir,
+    run_acting,
+    run_file_gates,
+    signature_ids,
+    stop_leftovers,
+    wait_gone,
+)
 from tests_selftest.support.runs import RunResult, later_gates_not_run, run_suite
 from tests_selftest.support.slots import SANDBOX_BASE, slot
 
@@ -66,9 +74,7 @@ def settle(box) -> None:
 @pytest.fixture(scope="module")
 def four_files(four, tmp_path_factory) -> RunResult:
     """The four nodes' file gates and canary, once (its report dir's pass cache serves the module's runs)."""
-    reports = tmp_path_factory.mktemp("scale") / "reports"
-    run = run_suite(["gates/"], Path(four.env_file), reports, *WINDOWS, "-k", "preflight or node or parity",
-                    timeout=600)
+    run = run_file_gates(four, tmp_path_factory.mktemp("scale") / "reports", *WINDOWS)
     settle(four)
     return run
 
@@ -143,7 +149,7 @@ def test_four_nodes_green_through_chat_and_the_benchmarks(box4, four_files):
     spread over the four APIs with each node's figures."""
     box, reports = box4
     order = gate_order(4)
-    files = order[:order.index("startup")]
+    files = file_gates(order)
     assert all(four_files.outcome(g) == "passed" for g in files), {g: four_files.outcome(g) for g in files}
     r = run_suite(["gates/", "benchmarks/"], Path(box.env_file), reports, *WINDOWS, *SHORT_BENCH,
                   "--bench-concurrency", "4", "--resume-bootstrap", timeout=600)
@@ -255,15 +261,13 @@ def api_connected(address: str, port: int) -> bool:
 
 
 @pytest.mark.fault("exo-killed-mid-chat-node4-of-4", gate="chat", signature="X-EXO-GONE", since="chat")
-def test_node4_exo_killed_mid_chat_is_caught_at_chat(box4, fault_row, tmp_path):
+def test_node4_exo_killed_mid_chat_is_caught_at_chat(box4, four_files, fault_row, tmp_path):
     """Node 4's API holds its streamed answer open (emulator `stall_mid_stream`), so the chat gate's request through
     it is in flight until node 4's exo is SIGKILLed: the chat gate fails naming node 4's dead exo first."""
-    box, reports = box4
+    box, _ = box4
     box.set_exo_faults(4, {"stall_mid_stream": 2})
     seen: dict = {}
-    mine = tmp_path / "reports"  # a report dir of its own (run_with watches its newest ledger), with the passes
-    mine.mkdir()
-    shutil.copy2(reports / "pass_cache.json", mine / "pass_cache.json")
+    mine = resume_dir(four_files, tmp_path)  # a report dir of its own (run_with watches its newest ledger)
 
     def kill_node4() -> None:  # once a request through node 4's API has been open for 0.3 s (not a /node_id probe)
         deadline, held = time.monotonic() + 60, 0

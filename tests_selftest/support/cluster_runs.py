@@ -1,12 +1,15 @@
 """Whole runs of the EXO gates against a cluster sandbox: the run windows, the run's launch records, whether
-a recorded process still runs (pid and start time), stopping leftovers, signature ids from the ledger, and the
-check that a fault was caught at its gate with nothing later run and nothing left behind."""
+a recorded process still runs (pid and start time), stopping leftovers, signature ids from the ledger, the
+check that a fault was caught at its gate with nothing later run and nothing left behind, and resuming from
+the file gates' passes (`run_file_gates` once, then each run in `resume_dir` with `--resume-bootstrap`, its
+`reused_gates` checked against `file_gates`)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,10 +17,35 @@ from pathlib import Path
 from modeldrop.gatetable import gate_order
 from tests_selftest.support import DATA
 from tests_selftest.support.faultmatrix import ledger_events, proc_start_ticks
-from tests_selftest.support.runs import RunResult, later_gates_not_run, start_run
+from tests_selftest.support.runs import RunResult, later_gates_not_run, run_suite, start_run
 
 WINDOWS = ["--cluster-window", "8", "--settle-window", "3", "--ready-timeout", "60"]
 ORDER = gate_order(2)
+FILE_GATES_K = "preflight or node or parity"  # the file gates and the canary: every gate before EXO's startup
+
+
+def file_gates(order: list[str]) -> list[str]:
+    """The gates of `order` before EXO's startup (preflight .. parity): what a resumed run reuses."""
+    return order[:order.index("startup")]
+
+
+def run_file_gates(box, reports: Path, *args: str) -> RunResult:
+    """`pytest gates/ -k FILE_GATES_K` on the box into `reports`: the passes later runs resume from."""
+    return run_suite(["gates/"], Path(box.env_file), reports, *args, "-k", FILE_GATES_K, timeout=600)
+
+
+def resume_dir(files: RunResult, tmp_path: Path) -> Path:
+    """tmp_path/reports holding a copy of `files`' pass cache: a run's own report dir (its newest ledger is its
+    own, and it never writes into the shared cache)."""
+    reports = tmp_path / "reports"
+    reports.mkdir(exist_ok=True)
+    shutil.copy2(files.report_dir / "pass_cache.json", reports / "pass_cache.json")
+    return reports
+
+
+def reused_gates(r: RunResult) -> list[str]:
+    """The gates whose cached passes run `r` reused, in ledger order."""
+    return [e.get("gate") for e in ledger_events(r.run_folder())[0] if e.get("event") == "reuse"]
 
 
 def reset_nodes(sbx) -> None:
