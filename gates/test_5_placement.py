@@ -38,7 +38,8 @@ def test_placement(run_config, exo_running, exo_report, evidence, progress):
     evidence.note("ranks", " → ".join(name for _, name in ranks))
     verdict = wait_ready(api, instance.instance_id, run_config.ready_timeout_s,
                          serving=lambda: serving_check(exo_running.urls(), run_config.model_id),
-                         progress=progress, names=exo_running.node_names(), model_id=run_config.model_id)
+                         progress=progress, names=exo_running.node_names(), model_id=run_config.model_id,
+                         gone=exo_running.gone)  # a node's exo found dead ends the wait
     evidence.json("readiness", verdict.details)
     evidence.note("verdict", verdict.summary)
     evidence.note("ready_after_post_s", verdict.details.get("elapsed_s"))  # POST /instance -> every runner Ready

@@ -12,7 +12,7 @@ def test_chat(run_config, exo_running, exo_report, evidence):
     short requests through each node (a warning beyond --chat-spread-max, unless --chat-spread-stop). Runner maps
     are evidence only."""
     verdict = run_chats(exo_running.urls(), run_config.model_id, stall_s=run_config.chat_stall_s,
-                        timeout_s=run_config.chat_timeout_s)
+                        timeout_s=run_config.chat_timeout_s, gone=exo_running.gone)  # a dead exo ends the wait
     evidence.json("chat", verdict.details)
     evidence.note("verdict", verdict.summary)
     if not verdict.ok:

@@ -21,6 +21,7 @@ import time
 
 from modeldrop.exo.observe import latency_check, run_chats
 from sandbox.calibration_server import CalibServer
+from scripts.nodecounts import node_counts
 
 MODEL = "calib/model"
 
@@ -53,12 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gap-ms", type=float, default=20.0)
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args(argv)
-    try:
-        ns = sorted({int(x) for x in a.nodes.split(",")})
-    except ValueError:
-        ap.error(f"--nodes {a.nodes!r}: expected node counts 1-4 separated by commas, e.g. 1,2,3,4")
-    if not ns or ns[0] < 1 or ns[-1] > 4:
-        ap.error(f"--nodes {a.nodes!r}: each node count must be 1-4")
+    ns = node_counts(ap, a.nodes)
     servers: list[CalibServer] = []
     try:
         for _ in range(ns[-1]):

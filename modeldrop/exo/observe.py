@@ -16,6 +16,7 @@ from modeldrop.bench.client import BenchClient, ChatRequest
 from modeldrop.exo import logs as exologs
 from modeldrop.exo import state as st
 from modeldrop.exo.client import ExoClient, ExoError, ExoHTTPError
+from modeldrop.exo.gone import GONE_EVERY_S, CallsInFlight, Due, Gone
 from modeldrop.exo.verdicts import (
     StartupSample,
     chat_verdict,
@@ -28,7 +29,7 @@ from modeldrop.exo.verdicts import (
     transport_verdict,
 )
 from modeldrop.exo.wait import call_safely, poll
-from modeldrop.pernode import each
+from modeldrop.pernode import each, together
 from modeldrop.progress import Progress
 from modeldrop.verdict import Fact, Verdict
 
@@ -43,8 +44,11 @@ INTERVAL_S = 0.5
 CLUSTER_INTERVAL_S = 0.5
 # MLX ring connect retries sleep 1+2+4+8+16 s before `[ring] Couldn't connect (error: N)`;
 # while runners are Connecting the stall budget is at least this, so the errno (G2) wins over "stuck" (F1).
+# Only RunnerConnecting: EXO's runner connects the group in that status and reports RunnerConnected once connect()
+# returned (worker/runner/runner.py), so a runner waiting at RunnerConnected (for every node's download, D1) has no
+# errno left to come.
 CONNECT_BUDGET_S = 45.0
-CONNECTING = frozenset({"RunnerConnecting", "RunnerConnected"})
+CONNECTING = frozenset({"RunnerConnecting"})
 
 
 def stall_budget(ready_timeout_s: float) -> float:
@@ -208,8 +212,10 @@ SERVING_EVERY_S = 15.0   # how often the chat is retried while no runner shows
 def wait_ready(client: ExoClient, instance_id: str, ready_timeout_s: float, stall_s: float | None = None,
                clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                serving: Callable[[], Verdict] | None = None, progress: Progress | None = None,
-               names: dict[str, str] | None = None, model_id: str = "") -> Verdict:
-    """Poll /state until every runner is Ready/Running; fail fast on RunnerFailed, vanishing, or a stall.
+               names: dict[str, str] | None = None, model_id: str = "", gone: Gone | None = None,
+               gone_every_s: float = GONE_EVERY_S) -> Verdict:
+    """Poll /state until every runner is Ready/Running; fail fast on RunnerFailed, vanishing, a stall, or an exo
+    process found dead (`gone`, asked every `gone_every_s`: the fact `exo_gone`).
 
     `progress` gets each node's runner state (and EXO's download of `model_id` there), nodes named by `names`
     ({node id: name}).
@@ -226,8 +232,10 @@ def wait_ready(client: ExoClient, instance_id: str, ready_timeout_s: float, stal
     track: dict[str, Any] = {"present": False, "key": None, "changed": t0, "stalled": None, "chat": None,
                              "chat_at": None, "chats": 0}
     appear_budget = max(30.0, stall_s)
+    dead = Due(gone, gone_every_s, t0)
 
     def look() -> st.InstanceProgress:
+        dead.check(clock())
         state = client.state()
         p = st.instance_progress(state, instance_id, names)
         if progress is not None:
@@ -250,10 +258,15 @@ def wait_ready(client: ExoClient, instance_id: str, ready_timeout_s: float, stal
         return track["chat"] is not None and track["chat"].ok
 
     def bad(p: st.InstanceProgress) -> bool:
-        return bool(p.failures) or (track["present"] and not p.present and not served()) or track["stalled"] is not None
+        return (bool(p.failures) or (track["present"] and not p.present and not served())
+                or track["stalled"] is not None or bool(dead.found))
 
     res = poll(look, lambda p: p.ready or served(), ready_timeout_s, INTERVAL_S, stop=bad, clock=clock, sleep=sleep)
     prog = res.value or st.InstanceProgress(instance_id, False, {}, [])
+    if dead.found and not prog.ready:
+        return Verdict.failed(f"instance {instance_id} not Ready after {res.elapsed_s:.1f}s: {prog.labels()}",
+                              {"instance_id": instance_id, "runners": prog.labels(),
+                               "elapsed_s": round(res.elapsed_s, 1)}, {Fact.exo_gone: dead.found})
     chat, vanished = track["chat"], track["present"] and not prog.present
     if serving is not None and not prog.statuses and not prog.failures and (served() or not vanished):
         return serving_verdict(prog, chat, track["chats"], res.elapsed_s, ever_present=track["present"])
@@ -381,18 +394,39 @@ def one_chat(url: str, model_id: str, stream: bool, max_tokens: int = 64, stall_
 
 
 def run_chats(urls: dict[int, str], model_id: str, stall_s: float = CHAT_STALL_S,
-              timeout_s: float = CHAT_TIMEOUT_S) -> Verdict:
+              timeout_s: float = CHAT_TIMEOUT_S, gone: Gone | None = None,
+              gone_every_s: float = GONE_EVERY_S) -> Verdict:
     """Streamed and non-streamed, through every node's API, all at once, each request within timeout_s in all; the
-    verdict lists every failure (in node order, streamed first) and each request's latency."""
+    verdict lists every failure (in node order, streamed first) and each request's latency. With `gone`, an exo
+    found dead ends the wait: the requests still in flight are cut and failed as `abandoned` (fact `exo_gone`)."""
     pairs = [(k, stream) for k in sorted(urls) for stream in (True, False)]
+    calls = CallsInFlight(gone or dict, gone_every_s)
 
     def ask(i: int) -> dict:
         k, stream = pairs[i]
-        return {**one_chat(urls[k], model_id, stream, stall_s=stall_s, timeout_s=timeout_s), "node": k}
+        r = calls.run(lambda: one_chat(urls[k], model_id, stream, stall_s=stall_s, timeout_s=timeout_s),
+                      f"node{k} chat", timeout_s + 30)
+        return {**(r or abandoned(urls[k], stream, calls.found)), "node": k}
+
+    def asks() -> list[dict]:
+        try:
+            return list(each(range(len(pairs)), ask).values())
+        finally:
+            calls.done()
     t0 = time.monotonic()
-    v = chat_verdict(list(each(range(len(pairs)), ask).values()))
+    results = together(asks, calls.watch)[0] if gone is not None else asks()
+    v = chat_verdict(results)
     v.details["wall_s"] = round(time.monotonic() - t0, 3)
+    if calls.found:
+        v.facts[Fact.exo_gone] = calls.found
     return v
+
+
+def abandoned(url: str, stream: bool, found: dict[int, str]) -> dict:
+    """The evidence of a chat request cut because an exo died while it was in flight."""
+    dead = ", ".join(f"node{k} ({pid})" for k, pid in sorted(found.items()))
+    return {"url": url, "stream": stream, "status": None, "error_kind": "abandoned",
+            "error": f"cut while in flight: the exo of {dead} is no longer running (no answer can complete)"}
 
 
 def serving_check(urls: dict[int, str], model_id: str, timeout_s: float = SERVING_CHAT_S) -> Verdict:

@@ -7,19 +7,23 @@ import shutil
 import pytest
 
 from sandbox import Sandbox
+from tests_selftest.support.cluster_runs import quick_edges
 from tests_selftest.support.slots import SANDBOX_BASE, slot
 
 
 @pytest.fixture
 def clean(sandbox, tmp_path):
     """Both nodes' model dirs (and copies in ~/Models, which preflight's dir-mismatch check sees) wiped, hub
-    faults off; yields (sandbox, report dir)."""
+    faults off, EXO's edge probe every 2 s for the test (`quick_edges`); yields (sandbox, report dir)."""
     for k in (1, 2):
         sandbox.reset_node_files(k)
         shutil.rmtree(sandbox.node_home(k) / "Models", ignore_errors=True)
     sandbox.hub.set_faults({})
+    quick_edges(sandbox)
     yield sandbox, tmp_path / "reports"
     sandbox.hub.set_faults({})
+    for k in (1, 2):
+        sandbox.set_exo_timing(k, {})
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,7 @@ from tests_selftest.support.cluster_runs import (
     file_gates,
     guide_env_for,
     launch_records,
+    quick_edges,
     reset_nodes,
     resume_dir,
     reused_gates,
@@ -47,9 +48,11 @@ FILE_GATES = file_gates(ORDER)
 
 @pytest.fixture
 def box(sbx):
-    """The sandbox with faults cleared after the test (up() clears them) and the NEW generation back.
-    Each test checks itself that its run left nothing behind; stopping the node users' processes here
-    only keeps one failing test from cascading into the next."""
+    """The sandbox, EXO's edge probe every 2 s instead of 10 s (`quick_edges`), with faults and timing cleared
+    after the test (up() clears them) and the NEW generation back. Each test checks itself that its run left
+    nothing behind; stopping the node users' processes here only keeps one failing test from cascading into the
+    next."""
+    quick_edges(sbx)
     yield sbx
     sbx.set_exo_generation("new")
     reset_nodes(sbx)
@@ -252,8 +255,7 @@ def test_fault_caught_at_its_gate(box, files_unless_before_startup, tmp_path, na
     files = files_unless_before_startup
     box.set_exo_faults(k, faults)
     if timing:
-        for j in (1, 2):
-            box.set_exo_timing(j, timing)
+        quick_edges(box, timing)
     t0 = time.monotonic()
     r = resumed(box, files, tmp_path, *extra) if files else run(box, tmp_path, *extra)
     own, since_exo = gate_times(r, gate)

@@ -28,6 +28,7 @@ from tests_selftest.support.cluster_runs import (
     guide_env_for,
     launch_records,
     proc_start,
+    quick_edges,
     reset_nodes,
     stop_leftovers,
     wait_gone,
@@ -40,6 +41,8 @@ BREW_EXO = "/opt/homebrew/bin/exo"
 
 @pytest.fixture
 def box(sbx):
+    """The cluster sandbox probing edges every 2 s (`quick_edges`), its nodes reset after the test."""
+    quick_edges(sbx)
     yield sbx
     reset_nodes(sbx)
 

@@ -252,7 +252,7 @@ def test_shard_missing_when_exo_starts_is_caught(resumable, tmp_path):
         moved.append(shard)
 
     try:
-        r = run_resumed(box, tmp_path, ("reuse", "parity"), remove)
+        r = run_resumed(box, tmp_path, ("reuse", "parity"), remove, "--ready-timeout", "60")  # a 20 s stall budget
         failed = [g for g in ORDER if r.outcome(g) == "failed"]
         assert failed and failed[0] in ("cluster", "placement"), ({g: r.outcome(g) for g in ORDER}, r.output[-3000:])
         # Real EXO (offline): node 2's worker keeps planning DownloadModel and records no download at all, the
@@ -271,7 +271,8 @@ def test_shard_missing_when_exo_starts_is_caught(resumable, tmp_path):
 @pytest.mark.fault("exo-killed-after-cluster-real-exo", gate="placement", signature="X-EXO-GONE", since="placement")
 def test_node_exo_killed_mid_run_is_caught(resumable, tmp_path):
     """Node 2's EXO is SIGKILLed once the cluster gate passed (the launch record gives its pid): placement fails
-    naming node 2's dead exo first (X-EXO-GONE)."""
+    naming node 2's dead exo first (X-EXO-GONE), found by the wait's own look at the exo processes (every 5 s), not
+    when node 1's EXO drops its peer (about 45 s later)."""
     box = resumable
     report = tmp_path / "reports"
 
@@ -290,6 +291,7 @@ def test_node_exo_killed_mid_run_is_caught(resumable, tmp_path):
     caught(r, "placement", {"X-EXO-GONE"})  # then what the instance showed: A7, F11, D1, F1 or F8
     assert signature_ids(r, "placement")[0] == "X-EXO-GONE", signature_ids(r, "placement")
     assert "exo of node2 (pid " in r.message("placement"), r.message("placement")[:500]
+    assert "not Ready after" in r.message("placement"), r.message("placement")[:500]  # the watch, not a vanish
 
 
 def chat_in_flight(state: dict) -> bool:

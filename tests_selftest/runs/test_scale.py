@@ -34,6 +34,7 @@ from sandbox.exo_real.install import missing_inputs
 from tests_selftest.support.cluster_runs import (
     file_gates,
     launch_records,
+    quick_edges,
     resume_dir,
     run_acting,
     run_file_gates,
@@ -81,8 +82,10 @@ def four_files(four, tmp_path_factory) -> RunResult:
 
 @pytest.fixture
 def box4(four, four_files):
-    """The four-node sandbox, settled again after the test; the report dir holding the file gates' passes."""
+    """The four-node sandbox probing edges every 2 s (`quick_edges`; the cluster window, not that period, bounds the
+    cluster cases), settled again after the test; the report dir holding the file gates' passes."""
     assert four_files.rc == 0, ({g: four_files.outcome(g) for g in gate_order(4)}, four_files.output[-3000:])
+    quick_edges(four)
     yield four, four_files.report_dir
     settle(four)
 

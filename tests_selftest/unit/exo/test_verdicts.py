@@ -397,3 +397,13 @@ def test_placement_keeps_the_create_command_id():
     created: dict = {}
     inst, failed = observe.place(Api(), "m", "Pipeline", "MlxRing", 2, created)
     assert failed is None and created["command_id"] == "c0ffee"
+
+
+@pytest.mark.parametrize("status,least_s", [("RunnerConnecting", observe.CONNECT_BUDGET_S), ("RunnerConnected", 20)])
+def test_only_a_connecting_ring_waits_out_mlx_connect_retries(status, least_s):
+    """Runners Connecting may still end in MLX's errno line (G2), so they get the connect budget; runners Connected
+    (EXO reports it once the group connected) waiting for a download get the plain stall budget."""
+    c = FakeClock()
+    stuck = new_state(runners={R0: {status: {}}, R1: {status: {}}})
+    v = observe.wait_ready(StateClient([stuck]), IID, 600, stall_s=20, clock=c, sleep=c.sleep)
+    assert not v.ok and v.facts["stalled"] and least_s <= c.t < least_s + 5, c.t

@@ -1,0 +1,86 @@
+"""Long waits on a cluster end as soon as one of its exo processes dies, not when their own bounds pass.
+
+A node whose exo was killed (the OOM killer, jetsam, a person) leaves the other nodes waiting: a chat through a
+surviving node hangs on the dead ring member until its timeout (120 s by default), and the other nodes' /state
+keeps the instance until EXO notices the peer left (about 45 s on real EXO). The placement and chat gates pass
+`ExoCluster.gone` to their waits, and this module asks it every GONE_EVERY_S.
+
+Contract:
+- `Gone` is `() -> {k: "pid N"}`: the cluster's exo processes found dead (empty while all run; a node that cannot
+  be asked is not dead).
+- `Due(gone, every_s, clock)`: `due.check(now)` asks `gone` when `every_s` passed since the last time (or since
+  the start) and returns what it found; `due.found` keeps the first finding.
+- `CallsInFlight(gone, every_s)`: `calls.run(fn, what, bound_s)` runs `fn()` (HTTP calls through
+  `httpdeadline` sessions) so that `calls.watch()` (in another thread, until `calls.done()`) cuts its
+  connections when `gone` finds a dead exo; a call cut that way returns None, and `calls.found` says which.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from modeldrop.httpdeadline import Deadline, TotalTimeout, deadline
+
+T = TypeVar("T")
+Gone = Callable[[], dict[int, str]]
+GONE_EVERY_S = 5.0  # how often a long wait asks whether a node's exo process died
+
+
+class Due:
+    """`gone` asked at most every `every_s` of a polling loop's clock (see the module docstring)."""
+
+    def __init__(self, gone: Gone | None, every_s: float, start: float):
+        self.gone, self.every_s, self.last = gone, every_s, start
+        self.found: dict[int, str] = {}
+
+    def check(self, now: float) -> dict[int, str]:
+        """What `gone` finds when it is time to ask (else what was found before)."""
+        if self.gone is not None and not self.found and now - self.last >= self.every_s:
+            self.last = now
+            self.found = dict(self.gone() or {})
+        return self.found
+
+
+class CallsInFlight:
+    """Calls that a dead exo on any node cuts short (see the module docstring)."""
+
+    def __init__(self, gone: Gone, every_s: float = GONE_EVERY_S):
+        self.gone, self.every_s = gone, every_s
+        self.found: dict[int, str] = {}
+        self._done = threading.Event()
+        self._open: list[Deadline] = []
+        self._lock = threading.Lock()
+
+    def run(self, fn: Callable[[], T], what: str, bound_s: float) -> T | None:
+        """fn() with its connections cuttable by `watch`; None when they were cut (a call already returned keeps
+        its result). `bound_s` is a backstop past fn's own bound: reached, it raises TotalTimeout."""
+        try:
+            with deadline(bound_s, what) as d:
+                with self._lock:
+                    self._open.append(d)
+                    if self.found:
+                        d.expire()
+                return fn()
+        except TotalTimeout:
+            if self.found:
+                return None
+            raise
+
+    def watch(self) -> dict[int, str]:
+        """Ask `gone` every `every_s` until `done()`; on a finding, cut every call still open and return it."""
+        while not self._done.wait(self.every_s):
+            found = self.gone()
+            if found:
+                with self._lock:
+                    self.found = dict(found)
+                    for d in self._open:
+                        d.expire()
+                return self.found
+        return {}
+
+    def done(self) -> None:
+        """Every call ended: `watch` returns."""
+        self._done.set()
+
