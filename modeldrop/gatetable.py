@@ -138,7 +138,8 @@ GATES: tuple[Gate, ...] = (
          "placement for `min_nodes=N` succeeds, the instance is created (its `command_id` kept), every runner "
          "reaches Ready/Running; while `/state` shows no runner of it, a chat through every node decides (serving "
          "truth; no runners and no chat by the deadline is the guide's fast stop)",
-         "nodeToRunner stays 0 and no chat succeeds; repeated churn or RunnerFailed",
+         "nodeToRunner stays 0 and no chat succeeds; repeated churn or RunnerFailed; a node's exo found dead "
+         "(looked for every 5 s while runners load)",
          tools=_EXO_TOOL, needs_exo=True, after_start=True, cluster=True),
     Gate("transport", "transport", "6", 1800, _PLACED_OPTS, _EXO_FACTS,
          "the ring addresses the runners announced are in place (ESTABLISHED to every neighbour), no ring or "
@@ -151,7 +152,8 @@ GATES: tuple[Gate, ...] = (
          "a chat completion, streamed and not, answered through every node's API; latency stable over a few "
          "short requests through each node (beyond `--chat-spread-max`: a warning, or a stop with "
          "`--chat-spread-stop`)",
-         "timeout; broken transport message; incomplete response",
+         "timeout; broken transport message; incomplete response; a node's exo found dead (the requests still "
+         "in flight are cut then, not left to their timeout)",
          tools=_EXO_TOOL, needs_exo=True, after_start=True, cluster=True),
 )
 BY_KIND: dict[str, Gate] = {g.kind: g for g in GATES}

@@ -7,7 +7,7 @@ keeps the instance until EXO notices the peer left (about 45 s on real EXO). The
 
 Contract:
 - `Gone` is `() -> {k: "pid N"}`: the cluster's exo processes found dead (empty while all run; a node that cannot
-  be asked is not dead).
+  be asked is not dead, and neither is a `gone` that raises: `ask(gone)`).
 - `Due(gone, every_s, clock)`: `due.check(now)` asks `gone` when `every_s` passed since the last time (or since
   the start) and returns what it found; `due.found` keeps the first finding.
 - `CallsInFlight(gone, every_s)`: `calls.run(fn, what, bound_s)` runs `fn()` (HTTP calls through
@@ -28,6 +28,14 @@ Gone = Callable[[], dict[int, str]]
 GONE_EVERY_S = 5.0  # how often a long wait asks whether a node's exo process died
 
 
+def ask(gone: Gone) -> dict[int, str]:
+    """What `gone()` finds; {} when it cannot say (an error in the look never ends a wait by itself)."""
+    try:
+        return dict(gone() or {})
+    except Exception:  # noqa: BLE001 - unknown is not dead
+        return {}
+
+
 class Due:
     """`gone` asked at most every `every_s` of a polling loop's clock (see the module docstring)."""
 
@@ -39,7 +47,7 @@ class Due:
         """What `gone` finds when it is time to ask (else what was found before)."""
         if self.gone is not None and not self.found and now - self.last >= self.every_s:
             self.last = now
-            self.found = dict(self.gone() or {})
+            self.found = ask(self.gone)
         return self.found
 
 
@@ -71,7 +79,7 @@ class CallsInFlight:
     def watch(self) -> dict[int, str]:
         """Ask `gone` every `every_s` until `done()`; on a finding, cut every call still open and return it."""
         while not self._done.wait(self.every_s):
-            found = self.gone()
+            found = ask(self.gone)
             if found:
                 with self._lock:
                     self.found = dict(found)

@@ -60,6 +60,10 @@ def test_due_asks_at_most_every_interval_and_keeps_the_first_finding():
     assert due.check(200.0) == {2: "pid 9"} and gone.calls == 2  # found: never asked again
     assert Due(None, 5.0, 0.0).check(99.0) == {}
 
+    def broken() -> dict[int, str]:
+        raise OSError("ssh: connection reset")
+    assert Due(broken, 5.0, 0.0).check(6.0) == {}  # a look that fails is not a death
+
 
 def test_wait_ready_ends_when_an_exo_is_found_dead_long_before_the_stall():
     c = FakeClock()
