@@ -10,9 +10,9 @@ Contract:
   be asked is not dead, and neither is a `gone` that raises: `ask(gone)`).
 - `Due(gone, every_s, clock)`: `due.check(now)` asks `gone` when `every_s` passed since the last time (or since
   the start) and returns what it found; `due.found` keeps the first finding.
-- `CallsInFlight(gone, every_s)`: `calls.run(fn, what, bound_s)` runs `fn()` (HTTP calls through
-  `httpdeadline` sessions) so that `calls.watch()` (in another thread, until `calls.done()`) cuts its
-  connections when `gone` finds a dead exo; a call cut that way returns None, and `calls.found` says which.
+- `CallsInFlight(gone, every_s)`: `calls.all(fns, what, bound_s)` runs every `fn()` at once (HTTP calls through
+  `httpdeadline` sessions) while `gone` is asked every `every_s`; when it finds a dead exo the connections of the
+  calls still open are cut, those calls give None, and `calls.found` says which exo.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from modeldrop.httpdeadline import Deadline, TotalTimeout, deadline
+from modeldrop.pernode import each, together
 
 T = TypeVar("T")
 Gone = Callable[[], dict[int, str]]
@@ -54,16 +55,26 @@ class Due:
 class CallsInFlight:
     """Calls that a dead exo on any node cuts short (see the module docstring)."""
 
-    def __init__(self, gone: Gone, every_s: float = GONE_EVERY_S):
+    def __init__(self, gone: Gone | None, every_s: float = GONE_EVERY_S):
         self.gone, self.every_s = gone, every_s
         self.found: dict[int, str] = {}
         self._done = threading.Event()
         self._open: list[Deadline] = []
         self._lock = threading.Lock()
 
-    def run(self, fn: Callable[[], T], what: str, bound_s: float) -> T | None:
-        """fn() with its connections cuttable by `watch`; None when they were cut (a call already returned keeps
-        its result). `bound_s` is a backstop past fn's own bound: reached, it raises TotalTimeout."""
+    def all(self, calls: list[Callable[[], T]], what: str, bound_s: float) -> list[T | None]:
+        """Every call at once, `gone` asked meanwhile (without `gone`: just the calls); each call's result, None
+        where a dead exo cut it. `bound_s` is a backstop past the calls' own bounds: reached, it raises."""
+        def run_all() -> list[T | None]:
+            try:
+                return list(each(range(len(calls)), lambda i: self._run(calls[i], what, bound_s)).values())
+            finally:
+                self._done.set()
+        return run_all() if self.gone is None else together(run_all, self._watch)[0]
+
+    def _run(self, fn: Callable[[], T], what: str, bound_s: float) -> T | None:
+        """fn() with its connections cuttable by `_watch`; None when they were cut (a call already returned keeps
+        its result)."""
         try:
             with deadline(bound_s, what) as d:
                 with self._lock:
@@ -76,19 +87,13 @@ class CallsInFlight:
                 return None
             raise
 
-    def watch(self) -> dict[int, str]:
-        """Ask `gone` every `every_s` until `done()`; on a finding, cut every call still open and return it."""
-        while not self._done.wait(self.every_s):
+    def _watch(self) -> None:
+        """Ask `gone` every `every_s` until the calls ended; on a finding, cut every call still open."""
+        while self.gone is not None and not self._done.wait(self.every_s):
             found = ask(self.gone)
             if found:
                 with self._lock:
-                    self.found = dict(found)
+                    self.found = found
                     for d in self._open:
                         d.expire()
-                return self.found
-        return {}
-
-    def done(self) -> None:
-        """Every call ended: `watch` returns."""
-        self._done.set()
-
+                return

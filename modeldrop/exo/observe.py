@@ -6,6 +6,7 @@ seen; none sleeps a fixed time to synchronise. `clock`/`sleep` are injectable fo
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import time
@@ -29,7 +30,7 @@ from modeldrop.exo.verdicts import (
     transport_verdict,
 )
 from modeldrop.exo.wait import call_safely, poll
-from modeldrop.pernode import each, together
+from modeldrop.pernode import each
 from modeldrop.progress import Progress
 from modeldrop.verdict import Fact, Verdict
 
@@ -400,22 +401,12 @@ def run_chats(urls: dict[int, str], model_id: str, stall_s: float = CHAT_STALL_S
     verdict lists every failure (in node order, streamed first) and each request's latency. With `gone`, an exo
     found dead ends the wait: the requests still in flight are cut and failed as `abandoned` (fact `exo_gone`)."""
     pairs = [(k, stream) for k in sorted(urls) for stream in (True, False)]
-    calls = CallsInFlight(gone or dict, gone_every_s)
-
-    def ask(i: int) -> dict:
-        k, stream = pairs[i]
-        r = calls.run(lambda: one_chat(urls[k], model_id, stream, stall_s=stall_s, timeout_s=timeout_s),
-                      f"node{k} chat", timeout_s + 30)
-        return {**(r or abandoned(urls[k], stream, calls.found)), "node": k}
-
-    def asks() -> list[dict]:
-        try:
-            return list(each(range(len(pairs)), ask).values())
-        finally:
-            calls.done()
+    calls = CallsInFlight(gone, gone_every_s)
     t0 = time.monotonic()
-    results = together(asks, calls.watch)[0] if gone is not None else asks()
-    v = chat_verdict(results)
+    got = calls.all([functools.partial(one_chat, urls[k], model_id, stream, stall_s=stall_s, timeout_s=timeout_s)
+                     for k, stream in pairs], "chat request", timeout_s + 30)
+    v = chat_verdict([{**(r or abandoned(urls[k], stream, calls.found)), "node": k}
+                      for (k, stream), r in zip(pairs, got, strict=True)])
     v.details["wall_s"] = round(time.monotonic() - t0, 3)
     if calls.found:
         v.facts[Fact.exo_gone] = calls.found
