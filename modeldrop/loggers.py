@@ -2,8 +2,8 @@
 
 pytest's logging plugin attaches its handlers to every non-propagating logger by iterating
 `logging.Logger.manager.loggerDict.values()` without logging's lock, at the start of every test phase.
-A run's own threads create loggers meanwhile (the timeline thread's first picture imports matplotlib and
-PIL, a node's first SSH transport creates paramiko's), and the iteration then raised "dictionary changed
+A run's own threads create loggers meanwhile (a benchmark's first plot imports matplotlib and PIL, a
+node's first SSH transport creates paramiko's), and the iteration then raised "dictionary changed
 size during iteration" in a gate's setup or teardown: a healthy gate reported as an error.
 
 `install()` swaps the registry for a dict whose views are snapshots taken under logging's lock: the same

@@ -3,10 +3,11 @@
 `spans(records, now)` turns ledger.jsonl records into `Span`s: a gate from its `gate_start` to its
 pass/fail/skip (a gate still running ends at `now`), a reused gate as a mark, each node's download from
 its `download_start` to its `download_end`, a benchmark case over its duration. `render(records, path,
-now)` draws them (matplotlib's object API, Agg, no pyplot state) and writes the PNG atomically, with
-the spans drawn beside it as `<name>.json`; with no span it writes nothing.
+now)` draws them with Pillow (a few CPU milliseconds a picture, where matplotlib took a second for its import
+and a quarter of one per redraw on every run) and writes the PNG atomically, with the spans drawn beside it as
+`<name>.json`; with no span it writes nothing.
 `TimelineWriter(jsonl, png)` redraws in one background thread whenever `touch()` is called, at most once every
-REDRAW_EVERY_S (touches in between make one redraw: a drawing costs a few tenths of a CPU second), and
+REDRAW_EVERY_S (touches in between make one redraw), and
 `flush()` draws now and waits, so the picture follows the run and a failed or interrupted run keeps the last
 one drawn.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import threading
 import time
 from collections.abc import Iterable
@@ -22,13 +24,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image, ImageDraw, ImageFont
+
 from modeldrop import atomic
 from modeldrop.ledger.jsonl import read_jsonl
 
 COLOURS = {"passed": "#2e9d48", "failed": "#d0342c", "skipped": "#a0a0a0", "reused": "#8fb8de",
            "running": "#f0a030", "download": "#3b6fb6", "download_failed": "#d0342c"}
 _END_EVENTS = {"pass": "passed", "fail": "failed", "skip": "skipped"}
-_RENDER_LOCK = threading.Lock()
 REDRAW_EVERY_S = 5.0
 
 
@@ -70,25 +73,74 @@ def spans(records: Iterable[dict[str, Any]], now: float | None = None) -> list[S
     return sorted(out.values(), key=lambda s: s.start)
 
 
-def _figure(rows: list[Span], title: str) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+# the picture's geometry in pixels: a row per span, the axis below, the labels left of the bars
+ROW_PX, PAD_PX, AXIS_PX, TITLE_PX, BAR_AREA_PX = 28, 10, 44, 24, 620
+FONT_PX = 11
+INK, GRID = "#333333", "#e4e4e4"
 
+
+def _nice_step(span_s: float) -> float:
+    """A round tick step (1, 2 or 5 times a power of ten) giving at most 8 ticks over `span_s`."""
+    base = 10 ** math.floor(math.log10(max(span_s, 1e-3)))
+    for m in (0.1, 0.2, 0.5, 1, 2, 5, 10):
+        if span_s / (base * m) <= 8:
+            return base * m
+    return base * 10
+
+
+def _spaced(text: str) -> str:
+    """`text` with its spaces doubled: the bundled font's space is 2 px wide at FONT_PX."""
+    return text.replace(" ", "  ")
+
+
+def _hatched(size: tuple[int, int], colour: str) -> Image.Image:
+    """A bar's fill with diagonal stripes (a gate still running)."""
+    tile = Image.new("RGB", size, colour)
+    draw = ImageDraw.Draw(tile)
+    for x in range(-size[1], size[0], 6):
+        draw.line([(x, size[1]), (x + size[1], 0)], fill="#ffffff", width=1)
+    return tile
+
+
+def _picture(rows: list[Span], title: str) -> Image.Image:
+    """The timeline drawn with Pillow: a row per span (label, bar, its seconds), seconds on the x axis."""
+    font = ImageFont.load_default(size=FONT_PX)
     t0 = min(s.start for s in rows)
-    fig = Figure(figsize=(9, 0.32 * len(rows) + 1.4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    total = max(max(s.end for s in rows) - t0, 0.5)
+    label_px = max(int(font.getlength(_spaced(s.label))) for s in rows) + 2 * PAD_PX
+    width, height = label_px + BAR_AREA_PX + 60, TITLE_PX + ROW_PX * len(rows) + AXIS_PX
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    top, scale = TITLE_PX, BAR_AREA_PX / total
+
+    def x_of(t: float) -> int:
+        return label_px + round(t * scale)
+
+    step = _nice_step(total)
+    axis_y = top + ROW_PX * len(rows)
+    for i in range(int(total / step) + 1):
+        x = x_of(i * step)
+        draw.line([(x, top), (x, axis_y)], fill=GRID)
+        draw.line([(x, axis_y), (x, axis_y + 4)], fill=INK)
+        draw.text((x, axis_y + 6), f"{i * step:g}", fill=INK, font=font, anchor="mt")
+    draw.line([(label_px, top), (label_px, axis_y), (label_px + BAR_AREA_PX, axis_y)], fill=INK)
+    draw.text((label_px + BAR_AREA_PX // 2, height - 6), _spaced("seconds since the first gate started"), fill=INK,
+              font=font, anchor="mb")
+    draw.text((width // 2, TITLE_PX // 2), _spaced(title), fill=INK, font=font, anchor="mm")
     for i, s in enumerate(rows):
-        width = max(s.end - s.start, 0.05)
-        ax.barh(i, width, left=s.start - t0, color=COLOURS.get(s.outcome, "#666666"),
-                hatch="//" if s.outcome == "running" else None, edgecolor="#333333", linewidth=0.4)
-        ax.text(s.start - t0 + width, i, f" {s.end - s.start:.1f}s", va="center", fontsize=7)
-    ax.set_yticks(range(len(rows)), [s.label for s in rows], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("seconds since the first gate started")
-    ax.grid(axis="x", alpha=0.3)
-    ax.set_title(title, fontsize=9)
-    return fig
+        y0, y1 = top + i * ROW_PX + 5, top + (i + 1) * ROW_PX - 5
+        x0 = x_of(s.start - t0)
+        x1 = max(x_of(s.end - t0), x0 + 2)
+        colour = COLOURS.get(s.outcome, "#666666")
+        if s.outcome == "running":
+            img.paste(_hatched((x1 - x0, y1 - y0), colour), (x0, y0))
+            draw.rectangle([x0, y0, x1, y1], outline=INK)
+        else:
+            draw.rectangle([x0, y0, x1, y1], fill=colour, outline=INK)
+        mid = (y0 + y1) // 2
+        draw.text((label_px - PAD_PX, mid), _spaced(s.label), fill=INK, font=font, anchor="rm")
+        draw.text((x1 + 4, mid), f"{s.end - s.start:.1f}s", fill=INK, font=font, anchor="lm")
+    return img
 
 
 def render(records: Iterable[dict[str, Any]], path: Path, now: float | None = None, title: str = "") -> Path | None:
@@ -96,10 +148,9 @@ def render(records: Iterable[dict[str, Any]], path: Path, now: float | None = No
     rows = spans(records, now)
     if not rows:
         return None
-    with _RENDER_LOCK:
-        fig = _figure(rows, title or f"timeline ({time.strftime('%H:%M:%S', time.gmtime(now or time.time()))} UTC)")
-        buf = io.BytesIO()
-        fig.savefig(buf, dpi=90, bbox_inches="tight", format="png")
+    img = _picture(rows, title or f"timeline ({time.strftime('%H:%M:%S', time.gmtime(now or time.time()))} UTC)")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False)
     atomic.write_bytes(path, buf.getvalue())
     atomic.write_bytes(path.with_suffix(".json"), json.dumps([asdict(s) for s in rows], indent=1).encode())
     return path
@@ -110,7 +161,7 @@ class TimelineWriter:
     `flush()` draws now (and ends the pacing, so no thread outlives the run's last picture by a pause).
 
     The drawing thread is not a daemon and lives only while redraws are asked for: the interpreter's exit
-    waits for a draw in progress instead of freezing it inside matplotlib's C++ code (which aborts the process),
+    waits for a draw in progress instead of freezing it inside Pillow's C code mid-write,
     and a limit (deadlines.alarm's SIGALRM) that fires during `flush()` interrupts the wait, not the drawing."""
 
     def __init__(self, jsonl: Path, png: Path):

@@ -64,8 +64,8 @@ def slow_world():
 def test_a_hanging_fixture_is_cut_at_its_limit(pytester, phase):
     make_suite(pytester, nodes="studio1", behaviour={phase: "hang"})
     (pytester.path / "gates" / "conftest.py").write_text(HANGING_FIXTURES)
-    # only the hanging phase gets a 1 s limit: the session teardown after a cut setup also draws the run's first
-    # timeline (matplotlib's import alone can pass 1 s on a busy machine) and must not be cut for that
+    # only the hanging phase gets a 1 s limit: the session teardown after a cut setup also writes ledger.html and
+    # draws the timeline (together able to pass 1 s on a busy machine) and must not be cut for that
     setup_s, teardown_s = (1, 60) if phase == "setup" else (60, 1)
     pytester.makeini(f"[pytest]\nmodeldrop_fixture_timeout = {setup_s}\nmodeldrop_teardown_timeout = {teardown_s}\n")
     result = subprocess.run([*PYTEST, *BASE], cwd=pytester.path, env=subprocess_env(), capture_output=True,

@@ -307,6 +307,33 @@ def test_timeline_spans_downloads_and_running_gates():
     assert got["node1_verify"] == (30.2, 40.0, "running")
 
 
+def test_timeline_picture_draws_each_bar_where_its_span_is(tmp_path):
+    """The PNG has a row per span, each bar in its outcome's colour at its place on the seconds axis; a running
+    gate's bar is hatched (its colour and white stripes); a longer run gets a rounder tick step."""
+    from PIL import Image
+
+    from modeldrop.ledger import timeline as tl
+    recs = [{"event": "gate_start", "gate": "preflight", "t": 100.0},
+            {"event": "pass", "gate": "preflight", "t": 110.0, "duration_s": 10.0},
+            {"event": "gate_start", "gate": "node1_verify", "t": 110.0},
+            {"event": "fail", "gate": "node1_verify", "t": 115.0, "duration_s": 5.0},
+            {"event": "gate_start", "gate": "chat", "t": 115.0}]
+    path = tl.render(recs, tmp_path / "timeline.png", now=120.0)
+    img = Image.open(path).convert("RGB")
+    assert img.height == tl.TITLE_PX + 3 * tl.ROW_PX + tl.AXIS_PX
+    left = img.width - 60 - tl.BAR_AREA_PX  # where 0 s is: the labels' column ends there
+    x_at = lambda t: left + round(t * tl.BAR_AREA_PX / 20.0)  # noqa: E731
+    row_mid = lambda i: tl.TITLE_PX + i * tl.ROW_PX + tl.ROW_PX // 2  # noqa: E731
+    hexa = lambda rgb: "#{:02x}{:02x}{:02x}".format(*rgb)  # noqa: E731
+    assert hexa(img.getpixel((x_at(5.0), row_mid(0)))) == tl.COLOURS["passed"]
+    assert hexa(img.getpixel((x_at(12.5), row_mid(1)))) == tl.COLOURS["failed"]
+    assert hexa(img.getpixel((x_at(5.0), row_mid(1)))) != tl.COLOURS["failed"]  # nothing before its start
+    running = {hexa(img.getpixel((x, row_mid(2)))) for x in range(x_at(16.0), x_at(19.0))}
+    assert {tl.COLOURS["running"], "#ffffff"} <= running
+    assert [tl._nice_step(s) for s in (0.5, 8, 20, 95, 3600)] == [0.1, 1, 5, 20, 500]
+    assert tl.render([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
 def test_the_ledger_alone_changes_gate_run_state(tmp_path):
     """Outcome, root cause, failing items and deselection change only through Ledger methods, each with its
     ledger.jsonl record; the plugin never reaches into `ledger.state` or `ledger.jsonl`."""
