@@ -106,30 +106,36 @@ def notes(r: RunResult, gate: str, key: str) -> list:
 
 
 # -- green ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("generation", ["new", "old"])
-def test_green_run_both_generations(box, tmp_path, generation):
-    """Every gate green; the canary stopped; the cluster left serving (no --teardown); flags per generation."""
+def green_run(box, tmp_path: Path, generation: str) -> tuple[RunResult, list[dict]]:
+    """A whole `pytest gates/` run on the `generation` checked green (`check_green`): it and its cluster's
+    launch records (left serving)."""
     box.set_exo_generation(generation)
     t0 = time.monotonic()
     r = run(box, tmp_path)
     wall = time.monotonic() - t0
-    folder = r.run_folder()
     try:
         cluster = check_green(r, generation)
-        print(f"\nMEASURE green {generation}: full `pytest gates/` wall {wall:.1f}s")
-    finally:
-        stop_leftovers(launch_records(folder))
+    except BaseException:
+        stop_leftovers(launch_records(r.run_folder()))
+        raise
+    print(f"\nMEASURE green {generation}: full `pytest gates/` wall {wall:.1f}s")
+    return r, cluster
+
+
+def test_green_run_old_generation(box, tmp_path):
+    """Every gate green on the OLD generation; the canary stopped; the cluster left serving (no --teardown)."""
+    r, cluster = green_run(box, tmp_path, "old")
+    stop_leftovers(launch_records(r.run_folder()))
     assert wait_gone(cluster) == []
 
 
-def test_k_rerun_reattaches_and_teardown_stops(box, tmp_path):
-    """After a green run, `pytest benchmarks/ --exo-api <node URLs>` (no env file, a fresh report dir: no pass
-    cache) benchmarks the serving cluster with prompts of exactly the asked length by the server's count; then
-    `-k chat` re-attaches to the serving cluster (same pids); --teardown stops it."""
-    r = run(box, tmp_path)
-    folder = r.run_folder()
+def test_green_run_then_benchmarks_by_url_a_k_rerun_that_reattaches_and_teardown(box, tmp_path):
+    """Every gate green on the NEW generation, the cluster left serving; that cluster is then reused (a green run
+    leaves it clean): `pytest benchmarks/ --exo-api <node URLs>` (no env file, a fresh report dir: no pass cache)
+    benchmarks it with prompts of exactly the asked length by the server's count; `-k chat` re-attaches to it
+    (same pids); --teardown stops it."""
+    r, cluster = green_run(box, tmp_path, "new")
     try:
-        cluster = check_green(r, "new")
         urls = [x["api_url"] for x in sorted(cluster, key=lambda x: x["node"])]
         check_exo_api_benchmarks(box, tmp_path / "fresh", urls)
         r2 = run(box, tmp_path, "-k", "chat", "--teardown")
@@ -137,7 +143,7 @@ def test_k_rerun_reattaches_and_teardown_stops(box, tmp_path):
         assert {x["pid"] for x in launch_records(r2)} == {x["pid"] for x in cluster}
         assert wait_gone(cluster) == []
     finally:
-        stop_leftovers(launch_records(folder))
+        stop_leftovers(launch_records(r.run_folder()))
 
 
 def check_exo_api_benchmarks(box, report_dir: Path, urls: list[str]) -> None:
