@@ -43,6 +43,7 @@ CHAT_STALL_S, CHAT_TIMEOUT_S, SERVING_CHAT_S = 30.0, 120.0, 60.0
 NODE_ID_TIMEOUT_S = 3.0  # one /node_id call of the startup watch, in all
 INTERVAL_S = 0.5
 CLUSTER_INTERVAL_S = 0.5
+PROC_EVERY_S = 2.0  # the process probe of a node whose API answers (`ProcLook`)
 # MLX ring connect retries sleep 1+2+4+8+16 s before `[ring] Couldn't connect (error: N)`;
 # while runners are Connecting the stall budget is at least this, so the errno (G2) wins over "stuck" (F1).
 # Only RunnerConnecting: EXO's runner connects the group in that status and reports RunnerConnected once connect()
@@ -58,9 +59,29 @@ def stall_budget(ready_timeout_s: float) -> float:
 
 
 # -- startup --------------------------------------------------------------------------------------
-def sample_node(launcher: Any, client: ExoClient, t0: float, clock: Callable[[], float]) -> StartupSample:
-    proc = launcher.proc()
+class ProcLook:
+    """A launcher's live process row (`launcher.proc()`, None once it is gone), probed at most every `every_s` while
+    its API answers: each probe is an SSH round trip and a python on the node, and an exit or a restart shows first
+    as an API that stops answering, which asks for a fresh probe at once (`fresh=True`)."""
+
+    def __init__(self, launcher: Any, every_s: float = PROC_EVERY_S, clock: Callable[[], float] = time.monotonic):
+        self.launcher, self.every_s, self.clock = launcher, every_s, clock
+        self.row: dict | None = None
+        self.at: float | None = None
+
+    def __call__(self, fresh: bool = False) -> dict | None:
+        now = self.clock()
+        if fresh or self.at is None or self.row is None or now - self.at >= self.every_s:
+            self.row, self.at = self.launcher.proc(), now
+        return self.row
+
+
+def sample_node(look: ProcLook, client: ExoClient, t0: float, clock: Callable[[], float],
+                fresh: bool = False) -> StartupSample:
+    """One startup sample of a node: its API's node id, and its process (probed afresh when the API does not answer
+    or `fresh`)."""
     nid, err = call_safely(lambda: client.node_id(timeout_s=NODE_ID_TIMEOUT_S))
+    proc = look(fresh=fresh or not nid)
     return StartupSample(round(clock() - t0, 2), proc is not None, proc.get("start") if proc else None, nid, err)
 
 
@@ -69,7 +90,9 @@ def watch_startup(launchers: dict[int, Any], clients: dict[int, ExoClient], sett
                   sleep: Callable[[float], None] = time.sleep,
                   on_up: Callable[[dict[int, str]], None] | None = None,
                   progress: Progress | None = None) -> Verdict:
-    """Wait until every API answers (fail fast when a process exits), then watch for settle_s.
+    """Wait until every API answers (fail fast when a process exits), then watch for settle_s: each API every
+    INTERVAL_S, each process (`ProcLook`) every PROC_EVERY_S while its API answers, at once when it does not, and
+    afresh at the window's end.
 
     `on_up({k: node id})` is called once every API answered, before the settle window: the caller starts
     what may overlap the window (the cluster-join watch); the window itself is still watched in full.
@@ -79,9 +102,10 @@ def watch_startup(launchers: dict[int, Any], clients: dict[int, ExoClient], sett
         progress.restart()
     samples: dict[int, list[StartupSample]] = {k: [] for k in launchers}
     settle: dict[str, float] = {}  # "from": when the settle window started (seconds after t0)
+    procs = {k: ProcLook(la, clock=clock) for k, la in launchers.items()}
 
-    def look() -> dict[int, StartupSample]:
-        out = each(launchers, lambda k: sample_node(launchers[k], clients[k], t0, clock))
+    def look(fresh: bool = False) -> dict[int, StartupSample]:
+        out = each(launchers, lambda k: sample_node(procs[k], clients[k], t0, clock, fresh))
         for k, s in out.items():
             samples[k].append(s)
             if progress is not None:
@@ -96,8 +120,10 @@ def watch_startup(launchers: dict[int, Any], clients: dict[int, ExoClient], sett
             on_up({k: s.node_id for k, s in up.value.items() if s.node_id})
         t1 = clock()
         settle["from"] = t1 - t0
-        poll(look, lambda o: clock() - t1 >= settle_s, settle_s + 5.0, INTERVAL_S,
-             stop=lambda o: any(not s.alive for s in o.values()), clock=clock, sleep=sleep)
+        settled = poll(look, lambda o: clock() - t1 >= settle_s, settle_s + 5.0, INTERVAL_S,
+                       stop=lambda o: any(not s.alive for s in o.values()), clock=clock, sleep=sleep)
+        if not settled.stopped:
+            look(fresh=True)  # the window's end seen afresh: a restart anywhere in it shows as a new start
     v = startup_verdict(samples, starts)
     v.details["elapsed_s"] = round(clock() - t0, 2)
     return v
@@ -564,9 +590,10 @@ def canary_check(launcher: Any, client: ExoClient, model_id: str, model_dir: str
     listed under ?status=downloaded from the audited dir; `progress` gets the API's answer, then the listing."""
     t0 = clock()
     prog = (progress or Progress.off()).restart()
+    proc = ProcLook(launcher, clock=clock)
 
     def sample() -> StartupSample:
-        s = sample_node(launcher, client, t0, clock)
+        s = sample_node(proc, client, t0, clock)
         prog.seen("node1", "the canary's API to answer /node_id", "exo exited" if not s.alive else
                   f"no answer yet ({s.api_error or 'connecting'})", api_timeout_s)
         return s
@@ -591,7 +618,7 @@ def canary_check(launcher: Any, client: ExoClient, model_id: str, model_dir: str
         return card
     # an API that stops answering is a sample too (None), so an exo that died is seen at once, not at the deadline
     listed = poll(listing, lambda ids: model_id in (ids or []),
-                  model_timeout_s, INTERVAL_S, stop=lambda ids: not launcher.proc(), clock=clock, sleep=sleep)
+                  model_timeout_s, INTERVAL_S, stop=lambda ids: not proc(fresh=ids is None), clock=clock, sleep=sleep)
     s, _ = call_safely(client.state)
     dls = [d.__dict__ for d in st.downloads_for_model(s or {}, model_id)]
     details = {"node_id": last.node_id, "card": card.details, "downloaded": listed.value, "downloads": dls,

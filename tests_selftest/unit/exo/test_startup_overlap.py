@@ -94,3 +94,64 @@ def test_join_watch_for_other_ids_is_not_used_and_cancel_ends_it():
     clients[2].states = [NEW_STATE]
     v = cluster.cluster_verdict({1: A, 2: B}, 5.0)
     assert v.ok and "joined_during_startup_s" not in v.details
+
+
+class CountingLauncher(Launcher):
+    """A Launcher that counts its process probes; from `restart_at` it is a new process (another start)."""
+
+    def __init__(self, clock: FakeClock, dies_at: float | None = None, restart_at: float | None = None):
+        super().__init__(clock, dies_at)
+        self.restart_at, self.probes = restart_at, 0
+
+    def proc(self):
+        self.probes += 1
+        row = super().proc()
+        if row is not None and self.restart_at is not None and self.clock() >= self.restart_at:
+            row = {"pid": 2, "start": 200.0}
+        return row
+
+
+class DyingClient(Client):
+    """An API that stops answering when its exo dies."""
+
+    def __init__(self, nid: str, clock: FakeClock, dies_at: float):
+        super().__init__(nid, 0.0, clock)
+        self.dies_at = dies_at
+
+    def node_id(self, timeout_s: float = 3.0) -> str:
+        if self.clock() >= self.dies_at:
+            raise ConnectionRefusedError("refused")
+        return super().node_id(timeout_s)
+
+
+def test_a_node_whose_api_answers_gets_a_process_probe_every_few_seconds_not_every_sample():
+    """Each process probe is an SSH round trip: while the API answers (every 0.5 s sample) the process is probed
+    every PROC_EVERY_S, and once more at the window's end."""
+    c = FakeClock()
+    launchers = {1: CountingLauncher(c), 2: CountingLauncher(c)}
+    v = observe.watch_startup(launchers, {1: Client(A, 0.0, c), 2: Client(B, 0.0, c)}, settle_s=10, clock=c,
+                              sleep=c.sleep)
+    assert v.ok, v.summary
+    samples = 10 / observe.INTERVAL_S
+    for la in launchers.values():
+        assert 10 / observe.PROC_EVERY_S <= la.probes <= 10 / observe.PROC_EVERY_S + 3 < samples, la.probes
+
+
+def test_an_api_that_stops_answering_gets_its_process_probed_at_once():
+    c = FakeClock()
+    v = observe.watch_startup({1: CountingLauncher(c), 2: CountingLauncher(c, dies_at=6.1)},
+                              {1: Client(A, 0.0, c), 2: DyingClient(B, c, dies_at=6.1)}, settle_s=10, clock=c,
+                              sleep=c.sleep)
+    assert not v.ok and v.facts["restarted"] == [2], v.summary
+    assert v.details["elapsed_s"] <= 6.1 + observe.INTERVAL_S, "seen at the first sample that found no API"
+
+
+def test_a_restart_the_api_never_showed_is_caught_by_the_windows_last_look():
+    """A new process under the same API between two paced probes, just before the window ends: the window's
+    last look probes afresh and sees the new start."""
+    c = FakeClock()
+    paced = 4 * observe.PROC_EVERY_S  # the last paced probe before the window's end at paced + 1 s
+    v = observe.watch_startup({1: CountingLauncher(c), 2: CountingLauncher(c, restart_at=paced + 0.5)},
+                              {1: Client(A, 0.0, c), 2: Client(B, 0.0, c)}, settle_s=paced + 1, clock=c,
+                              sleep=c.sleep)
+    assert not v.ok and v.facts["restarted"] == [2], v.summary
