@@ -60,14 +60,15 @@ def stall_budget(ready_timeout_s: float) -> float:
 
 # -- startup --------------------------------------------------------------------------------------
 class ProcLook:
-    """A launcher's live process row (`launcher.proc()`, None once it is gone), probed at most every `every_s` while
-    its API answers: each probe is an SSH round trip and a python on the node, and an exit or a restart shows first
-    as an API that stops answering, which asks for a fresh probe at once (`fresh=True`)."""
+    """A launcher's live process row (`launcher.proc()`, None once it is gone), probed at most every `every_s`: each
+    probe is an SSH round trip and a python on the node. An exit or a restart after the API answered shows first as
+    an API that stops answering, which asks for a fresh probe at once (`fresh=True`, see `sample_node`)."""
 
     def __init__(self, launcher: Any, every_s: float = PROC_EVERY_S, clock: Callable[[], float] = time.monotonic):
         self.launcher, self.every_s, self.clock = launcher, every_s, clock
         self.row: dict | None = None
         self.at: float | None = None
+        self.api_answered = False  # set by sample_node once the node's API answered
 
     def __call__(self, fresh: bool = False) -> dict | None:
         now = self.clock()
@@ -78,10 +79,11 @@ class ProcLook:
 
 def sample_node(look: ProcLook, client: ExoClient, t0: float, clock: Callable[[], float],
                 fresh: bool = False) -> StartupSample:
-    """One startup sample of a node: its API's node id, and its process (probed afresh when the API does not answer
-    or `fresh`)."""
+    """One startup sample of a node: its API's node id, and its process (`look`: paced while the API has not answered
+    yet and while it answers; afresh when it stopped answering, or `fresh`)."""
     nid, err = call_safely(lambda: client.node_id(timeout_s=NODE_ID_TIMEOUT_S))
-    proc = look(fresh=fresh or not nid)
+    proc = look(fresh=fresh or (not nid and look.api_answered))
+    look.api_answered = look.api_answered or bool(nid)
     return StartupSample(round(clock() - t0, 2), proc is not None, proc.get("start") if proc else None, nid, err)
 
 
@@ -91,8 +93,8 @@ def watch_startup(launchers: dict[int, Any], clients: dict[int, ExoClient], sett
                   on_up: Callable[[dict[int, str]], None] | None = None,
                   progress: Progress | None = None) -> Verdict:
     """Wait until every API answers (fail fast when a process exits), then watch for settle_s: each API every
-    INTERVAL_S, each process (`ProcLook`) every PROC_EVERY_S while its API answers, at once when it does not, and
-    afresh at the window's end.
+    INTERVAL_S, each process (`ProcLook`) every PROC_EVERY_S, at once when its API stopped answering, and afresh at
+    the window's end.
 
     `on_up({k: node id})` is called once every API answered, before the settle window: the caller starts
     what may overlap the window (the cluster-join watch); the window itself is still watched in full.

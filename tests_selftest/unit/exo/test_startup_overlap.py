@@ -155,3 +155,17 @@ def test_a_restart_the_api_never_showed_is_caught_by_the_windows_last_look():
                               {1: Client(A, 0.0, c), 2: Client(B, 0.0, c)}, settle_s=paced + 1, clock=c,
                               sleep=c.sleep)
     assert not v.ok and v.facts["restarted"] == [2], v.summary
+
+
+def test_an_api_coming_up_slowly_is_waited_for_with_paced_process_probes_and_an_exit_is_still_seen():
+    """Real EXO takes seconds to answer its first /node_id: its process is probed every PROC_EVERY_S meanwhile (not at
+    every sample); an exo that exits before its API ever answered is still seen within one PROC_EVERY_S."""
+    c = FakeClock()
+    slow = {1: CountingLauncher(c), 2: CountingLauncher(c)}
+    v = observe.watch_startup(slow, {1: Client(A, 8.0, c), 2: Client(B, 8.0, c)}, settle_s=1, clock=c, sleep=c.sleep)
+    assert v.ok, v.summary
+    assert all(la.probes <= 8.0 / observe.PROC_EVERY_S + 3 for la in slow.values()), [la.probes for la in slow.values()]
+    c2 = FakeClock()
+    v = observe.watch_startup({1: CountingLauncher(c2), 2: CountingLauncher(c2, dies_at=3.0)},
+                              {1: Client(A, 8.0, c2), 2: Client(B, 8.0, c2)}, settle_s=1, clock=c2, sleep=c2.sleep)
+    assert not v.ok and "exited" in v.summary and v.details["elapsed_s"] <= 3.0 + observe.PROC_EVERY_S, v.summary
