@@ -3,9 +3,8 @@
 `spans(records, now)` turns ledger.jsonl records into `Span`s: a gate from its `gate_start` to its
 pass/fail/skip (a gate still running ends at `now`), a reused gate as a mark, each node's download from
 its `download_start` to its `download_end`, a benchmark case over its duration. `render(records, path,
-now)` draws them with Pillow (a few CPU milliseconds a picture, where matplotlib took a second for its import
-and a quarter of one per redraw on every run) and writes the PNG atomically, with the spans drawn beside it as
-`<name>.json`; with no span it writes nothing.
+now)` draws them with Pillow (a few CPU milliseconds a picture: it is redrawn all through the run) and writes the
+PNG atomically, with the spans drawn beside it as `<name>.json`; with no span it writes nothing.
 `TimelineWriter(jsonl, png)` redraws in one background thread whenever `touch()` is called, at most once every
 REDRAW_EVERY_S (touches in between make one redraw), and
 `flush()` draws now and waits, so the picture follows the run and a failed or interrupted run keeps the last
@@ -19,7 +18,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -111,36 +110,44 @@ def _picture(rows: list[Span], title: str) -> Image.Image:
     width, height = label_px + BAR_AREA_PX + 60, TITLE_PX + ROW_PX * len(rows) + AXIS_PX
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    top, scale = TITLE_PX, BAR_AREA_PX / total
 
     def x_of(t: float) -> int:
-        return label_px + round(t * scale)
+        return label_px + round(t * BAR_AREA_PX / total)
 
-    step = _nice_step(total)
-    axis_y = top + ROW_PX * len(rows)
-    for i in range(int(total / step) + 1):
-        x = x_of(i * step)
-        draw.line([(x, top), (x, axis_y)], fill=GRID)
-        draw.line([(x, axis_y), (x, axis_y + 4)], fill=INK)
-        draw.text((x, axis_y + 6), f"{i * step:g}", fill=INK, font=font, anchor="mt")
-    draw.line([(label_px, top), (label_px, axis_y), (label_px + BAR_AREA_PX, axis_y)], fill=INK)
-    draw.text((label_px + BAR_AREA_PX // 2, height - 6), _spaced("seconds since the first gate started"), fill=INK,
-              font=font, anchor="mb")
+    _axis(draw, font, x_of, total, TITLE_PX + ROW_PX * len(rows))
     draw.text((width // 2, TITLE_PX // 2), _spaced(title), fill=INK, font=font, anchor="mm")
     for i, s in enumerate(rows):
-        y0, y1 = top + i * ROW_PX + 5, top + (i + 1) * ROW_PX - 5
-        x0 = x_of(s.start - t0)
-        x1 = max(x_of(s.end - t0), x0 + 2)
-        colour = COLOURS.get(s.outcome, "#666666")
-        if s.outcome == "running":
-            img.paste(_hatched((x1 - x0, y1 - y0), colour), (x0, y0))
-            draw.rectangle([x0, y0, x1, y1], outline=INK)
-        else:
-            draw.rectangle([x0, y0, x1, y1], fill=colour, outline=INK)
-        mid = (y0 + y1) // 2
-        draw.text((label_px - PAD_PX, mid), _spaced(s.label), fill=INK, font=font, anchor="rm")
-        draw.text((x1 + 4, mid), f"{s.end - s.start:.1f}s", fill=INK, font=font, anchor="lm")
+        _row(img, draw, font, s, TITLE_PX + i * ROW_PX, x_of(s.start - t0), x_of(s.end - t0), label_px)
     return img
+
+
+def _axis(draw: ImageDraw.ImageDraw, font: Any, x_of: Callable[[float], int], total: float, axis_y: float) -> None:
+    """The seconds axis under the rows: a tick, its label and a grid line every `_nice_step(total)`."""
+    step = _nice_step(total)
+    for i in range(int(total / step) + 1):
+        x = x_of(i * step)
+        draw.line([(x, TITLE_PX), (x, axis_y)], fill=GRID)
+        draw.line([(x, axis_y), (x, axis_y + 4)], fill=INK)
+        draw.text((x, axis_y + 6), f"{i * step:g}", fill=INK, font=font, anchor="mt")
+    draw.line([(x_of(0), TITLE_PX), (x_of(0), axis_y), (x_of(total), axis_y)], fill=INK)
+    draw.text(((x_of(0) + x_of(total)) // 2, axis_y + AXIS_PX - 6), _spaced("seconds since the first gate started"),
+              fill=INK, font=font, anchor="mb")
+
+
+def _row(img: Image.Image, draw: ImageDraw.ImageDraw, font: Any, s: Span, top: int, x0: int, x1: int,
+         label_px: int) -> None:
+    """One span's row: its label right-aligned left of the axis, its bar from x0 to x1, its seconds after it."""
+    y0, y1 = top + 5, top + ROW_PX - 5
+    x1 = max(x1, x0 + 2)
+    colour = COLOURS.get(s.outcome, "#666666")
+    if s.outcome == "running":
+        img.paste(_hatched((x1 - x0, y1 - y0), colour), (x0, y0))
+        draw.rectangle([x0, y0, x1, y1], outline=INK)
+    else:
+        draw.rectangle([x0, y0, x1, y1], fill=colour, outline=INK)
+    mid = (y0 + y1) // 2
+    draw.text((label_px - PAD_PX, mid), _spaced(s.label), fill=INK, font=font, anchor="rm")
+    draw.text((x1 + 4, mid), f"{s.end - s.start:.1f}s", fill=INK, font=font, anchor="lm")
 
 
 def render(records: Iterable[dict[str, Any]], path: Path, now: float | None = None, title: str = "") -> Path | None:
