@@ -271,13 +271,10 @@ class ExoCluster:
         las = {abs(key): la for key, la in self.launchers.items() if la.record is not None and la.record.role == role}
 
         def tails_of(k: int) -> dict[str, str]:
-            rec, out = las[k].record, {}
-            for label, path in (("stdout", rec.log_path), ("exo.log", rec.exo_log_path),
-                                ("runner-stderr", rec.runner_log_path)):
-                text = exologs.tail(las[k].node, path, EVIDENCE_TAIL_BYTES, rec.log_marks.get(path))
-                if text:
-                    out[f"node{k}-{role}-{label}"] = text
-            return out
+            rec = las[k].record
+            labels = {rec.log_path: "stdout", rec.exo_log_path: "exo.log", rec.runner_log_path: "runner-stderr"}
+            texts = exologs.logs_of(las[k].node, list(labels), EVIDENCE_TAIL_BYTES, rec.log_marks)
+            return {f"node{k}-{role}-{labels[path]}": text for path, text in texts.items()}
         return {name: text for tails in each(sorted(las), tails_of).values() for name, text in tails.items()}
 
     def keep_logs(self, role: str = "cluster", max_bytes: int = KEEP_LOG_BYTES) -> dict[str, str]:
@@ -287,15 +284,13 @@ class ExoCluster:
         mine = [(abs(key), la) for key, la in sorted(self.launchers.items(), key=lambda kv: abs(kv[0]))
                 if la.record is not None and la.record.role == role]
 
-        def keep(k: int, la: ExoLauncher) -> dict[str, str]:  # one node's logs, one after the other
+        def keep(k: int, la: ExoLauncher) -> dict[str, str]:  # one node's logs, in one round trip
             rec, out = la.record, {}
             assert rec is not None
-            for label, path in (("stdout", rec.log_path), ("exo", rec.exo_log_path),
-                                ("runner-stderr", rec.runner_log_path)):
-                r, _ = call_safely(lambda path=path: la.node.run_probe(
-                    "tail", {"path": path, "max_bytes": max_bytes, "mark": rec.log_marks.get(path)},
-                    timeout=exologs.TAIL_TIMEOUT_S))
-                if not r or not r.get("exists") or not r.get("text"):
+            logs = (("stdout", rec.log_path), ("exo", rec.exo_log_path), ("runner-stderr", rec.runner_log_path))
+            read = exologs.tails(la.node, [path for _, path in logs], max_bytes, rec.log_marks)
+            for (label, path), r in zip(logs, read, strict=False):
+                if not r.get("exists") or not r.get("text"):
                     continue
                 cut = int(r.get("from") or 0)
                 head = f"# node{k} {role} {label}: {r.get('expanded') or path}"

@@ -69,28 +69,28 @@ def tail(node: ProbeNode, path: str, max_bytes: int = DEFAULT_TAIL_BYTES, mark: 
     """The last max_bytes of a file on the node, written after `mark` when given (see the module docstring), or
     with `match` (names of RX) every line after the mark that matches one; '' when it does not exist or cannot
     be read."""
-    args: dict[str, Any] = {"path": path, "max_bytes": max_bytes}
-    if mark:
-        args["mark"] = mark
+    return logs_of(node, [path], max_bytes, {path: mark} if mark else None, match).get(path, "")
+
+
+def tails(node: ProbeNode, paths: list[str], max_bytes: int = DEFAULT_TAIL_BYTES,
+          marks: dict[str, dict] | None = None, match: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The `tail` probe's result for each path, in one round trip (each read after its mark in `marks`, when it has
+    one; only the lines matching `match`, when given); [] when the node cannot be asked."""
+    args: dict[str, Any] = {"files": [{"path": p, "mark": (marks or {}).get(p)} for p in paths],
+                            "max_bytes": max_bytes}
     if match:
         args["match"] = [RX[name].pattern for name in match]
     try:
-        r = node.run_probe("tail", args, timeout=TAIL_TIMEOUT_S)
+        return list(node.run_probe("tail", args, timeout=TAIL_TIMEOUT_S)["files"])
     except Exception:  # noqa: BLE001 - a missing log must not hide the real failure
-        return ""
-    return str(r.get("text") or "") if r.get("exists") else ""
+        return []
 
 
 def logs_of(node: ProbeNode, paths: list[str], max_bytes: int = DEFAULT_TAIL_BYTES,
             marks: dict[str, dict] | None = None, match: tuple[str, ...] = ()) -> dict[str, str]:
-    """{path: tail} for each path that exists (each read after its mark in `marks`, when it has one; only the
-    lines matching `match`, when given)."""
-    out = {}
-    for p in paths:
-        text = tail(node, p, max_bytes, (marks or {}).get(p), match)
-        if text:
-            out[p] = text
-    return out
+    """{path: tail} for each path that exists and has text (see `tails`)."""
+    return {p: str(r["text"]) for p, r in zip(paths, tails(node, paths, max_bytes, marks, match), strict=False)
+            if r.get("exists") and r.get("text")}
 
 
 # -- the failure catalog's log regexes ---------------------------------------------------------

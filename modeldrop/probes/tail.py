@@ -1,4 +1,5 @@
-"""Probe `tail`: {path, max_bytes, mark, match} -> the last max_bytes of a file (decoded, errors replaced).
+"""Probe `tail`: {path, max_bytes, mark, match} -> the last max_bytes of a file (decoded, errors replaced); with
+`files` ([{path, mark}, ...]) instead of `path`, {"files": [that result for each]}: one round trip for several logs.
 
 With `mark` ({inode, size}: where the file stood at some earlier moment, e.g. a launch), only what was written
 after it: from mark.size on while the file is still that inode and at least that long; all of it (its last
@@ -16,7 +17,14 @@ from collections import deque
 
 
 def main(args: dict) -> dict:
-    """The tail of the expanded path (after the mark, when given), or exists=False."""
+    """The tail of the expanded path (after the mark, when given), or exists=False; of each of `files`, in order."""
+    if "files" in args:
+        return {"files": [_tail({**args, "path": f["path"], "mark": f.get("mark")}) for f in args["files"]]}
+    return _tail(args)
+
+
+def _tail(args: dict) -> dict:
+    """One file's tail (see `main`)."""
     expanded = os.path.expanduser(args["path"])
     max_bytes = int(args.get("max_bytes", 65536))
     out = {"expanded": expanded, "exists": os.path.isfile(expanded), "size": None, "text": "", "from": 0}

@@ -97,6 +97,17 @@ def test_disk_fs_tail_dirsize(node, tmp_path):
     assert m["text"] == "rank 0 hostfile: /tmp/x hosts: [a, b]\n[ring] Couldn't connect (error: 61)", m["text"]
     assert node.run_probe("tail", {"path": str(log), "max_bytes": 40, "mark": mark, "match": rx})["text"] == \
         "[ring] Couldn't connect (error: 61)"  # the newest max_bytes of the matches
+    # `files`: several logs in one round trip, each with its own mark, in order (a missing one says so)
+    other = tmp_path / "other.txt"
+    other.write_text("before\n")
+    other_mark = {"inode": other.stat().st_ino, "size": other.stat().st_size}
+    with other.open("a") as f:
+        f.write("after\n")
+    both = node.run_probe("tail", {"files": [{"path": str(other), "mark": other_mark},
+                                             {"path": str(tmp_path / "nope.log")}, {"path": str(log), "mark": None}],
+                                   "max_bytes": 20})["files"]
+    assert [(r["exists"], r["text"]) for r in both[:2]] == [(True, "after\n"), (False, "")]
+    assert both[0]["from"] == other_mark["size"] and both[2]["text"] == log.read_text()[-20:]
     dl = tmp_path / "m" / ".cache" / "huggingface" / "download"
     dl.mkdir(parents=True)
     (dl / "abc.incomplete").write_bytes(b"1" * 1000)
