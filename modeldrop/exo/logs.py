@@ -7,7 +7,7 @@ Linux uses XDG (`~/.config/exo`, `~/.local/share/exo`, `~/.cache/exo`). The main
 marker `<config>/.dashboard_opened`. The suite also captures exo's stdout/stderr to its own file in
 EXO_LOG_DIR_NODEk: the fatal startup `ValueError`s go to stderr only.
 
-Scanning covers both files: `logs_of(node, paths)` returns their concatenated tails. Only this run's lines
+Scanning covers both files: `logs_of(node, paths)` returns their tails, read in one round trip. Only this run's lines
 count: the launcher records where each log stood when it launched exo (`LaunchRecord.log_marks`: inode and
 size), and a tail with that mark reads only what was written after it (all of a file started afresh since),
 so a previous run's exo.log, or the start-up window before exo rotates it, is never read as this run's.
@@ -62,14 +62,6 @@ def exo_paths(platform: str) -> ExoPaths:
     if platform == "linux":
         return ExoPaths("~/.config/exo", "~/.local/share/exo", "~/.cache/exo")
     return ExoPaths("~/.exo", "~/.exo", "~/.exo")
-
-
-def tail(node: ProbeNode, path: str, max_bytes: int = DEFAULT_TAIL_BYTES, mark: dict | None = None,
-         match: tuple[str, ...] = ()) -> str:
-    """The last max_bytes of a file on the node, written after `mark` when given (see the module docstring), or
-    with `match` (names of RX) every line after the mark that matches one; '' when it does not exist or cannot
-    be read."""
-    return logs_of(node, [path], max_bytes, {path: mark} if mark else None, match).get(path, "")
 
 
 def tails(node: ProbeNode, paths: list[str], max_bytes: int = DEFAULT_TAIL_BYTES,

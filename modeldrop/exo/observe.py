@@ -62,16 +62,20 @@ def stall_budget(ready_timeout_s: float) -> float:
 class ProcLook:
     """A launcher's live process row (`launcher.proc()`, None once it is gone), probed at most every `every_s`: each
     probe is an SSH round trip and a python on the node. An exit or a restart after the API answered shows first as
-    an API that stops answering, which asks for a fresh probe at once (`fresh=True`, see `sample_node`)."""
+    an API that stops answering, which asks for a fresh probe at once."""
 
     def __init__(self, launcher: Any, every_s: float = PROC_EVERY_S, clock: Callable[[], float] = time.monotonic):
         self.launcher, self.every_s, self.clock = launcher, every_s, clock
         self.row: dict | None = None
         self.at: float | None = None
-        self.api_answered = False  # set by sample_node once the node's API answered
+        self.api_answered = False  # the node's API answered at some look
 
-    def __call__(self, fresh: bool = False) -> dict | None:
+    def __call__(self, api_answers: bool, fresh: bool = False) -> dict | None:
+        """The row as of this look, where the API answered (`api_answers`) or not: probed afresh when due, when
+        `fresh`, or when an API that had answered does not."""
         now = self.clock()
+        fresh = fresh or (not api_answers and self.api_answered)
+        self.api_answered = self.api_answered or api_answers
         if fresh or self.at is None or self.row is None or now - self.at >= self.every_s:
             self.row, self.at = self.launcher.proc(), now
         return self.row
@@ -79,11 +83,9 @@ class ProcLook:
 
 def sample_node(look: ProcLook, client: ExoClient, t0: float, clock: Callable[[], float],
                 fresh: bool = False) -> StartupSample:
-    """One startup sample of a node: its API's node id, and its process (`look`: paced while the API has not answered
-    yet and while it answers; afresh when it stopped answering, or `fresh`)."""
+    """One startup sample of a node: its API's node id, and its process (`look`, afresh when `fresh`)."""
     nid, err = call_safely(lambda: client.node_id(timeout_s=NODE_ID_TIMEOUT_S))
-    proc = look(fresh=fresh or (not nid and look.api_answered))
-    look.api_answered = look.api_answered or bool(nid)
+    proc = look(bool(nid), fresh)
     return StartupSample(round(clock() - t0, 2), proc is not None, proc.get("start") if proc else None, nid, err)
 
 
@@ -620,7 +622,7 @@ def canary_check(launcher: Any, client: ExoClient, model_id: str, model_dir: str
         return card
     # an API that stops answering is a sample too (None), so an exo that died is seen at once, not at the deadline
     listed = poll(listing, lambda ids: model_id in (ids or []),
-                  model_timeout_s, INTERVAL_S, stop=lambda ids: not proc(fresh=ids is None), clock=clock, sleep=sleep)
+                  model_timeout_s, INTERVAL_S, stop=lambda ids: not proc(ids is not None), clock=clock, sleep=sleep)
     s, _ = call_safely(client.state)
     dls = [d.__dict__ for d in st.downloads_for_model(s or {}, model_id)]
     details = {"node_id": last.node_id, "card": card.details, "downloaded": listed.value, "downloads": dls,

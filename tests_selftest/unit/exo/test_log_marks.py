@@ -20,21 +20,26 @@ def mark_of(path) -> dict:
     return {"inode": st.st_ino, "size": st.st_size}
 
 
+def tail(node, path: str, mark: dict | None = None) -> str:
+    """One log's text as the scans read it (`exologs.logs_of` for one path)."""
+    return exologs.logs_of(node, [path], marks={path: mark} if mark else None).get(path, "")
+
+
 def test_a_tail_with_a_mark_reads_only_what_came_after_it(tmp_path):
     node, log = LocalNode("node1"), tmp_path / "exo.log"
     log.write_text(OLD)
     mark = mark_of(log)
-    assert exologs.tail(node, str(log), mark=mark) == ""  # exo has not written yet (its start-up window)
+    assert tail(node, str(log), mark) == ""  # exo has not written yet (its start-up window)
     with open(log, "a") as f:
         f.write(NEW)
-    assert exologs.tail(node, str(log), mark=mark) == NEW
-    assert exologs.tail(node, str(log)) == OLD + NEW  # without a mark: the whole tail, as before
+    assert tail(node, str(log), mark) == NEW
+    assert tail(node, str(log)) == OLD + NEW  # without a mark: the whole tail, as before
     rotated = tmp_path / "exo.log.new"
     rotated.write_text(NEW)
     os.replace(rotated, log)  # exo rotated the old file away and started afresh: all of it is this run's
-    assert exologs.tail(node, str(log), mark=mark) == NEW
+    assert tail(node, str(log), mark) == NEW
     log.write_text("x")  # truncated in place: started afresh too
-    assert exologs.tail(node, str(log), mark={**mark_of(log), "size": 10}) == "x"
+    assert tail(node, str(log), {**mark_of(log), "size": 10}) == "x"
 
 
 def test_the_launch_records_where_each_log_stood(tmp_path):
